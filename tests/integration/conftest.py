@@ -1,0 +1,90 @@
+"""Session-scoped real services for integration tests.
+
+Each service comes from an environment variable when it is set (an external Kafka, ClickHouse
+or PostgreSQL), otherwise the embedded one is started on a free port. Never a silent skip.
+Every test gets its own uuid-named ClickHouse database, PostgreSQL database and topic prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import clickhouse_connect
+import psycopg
+import pytest
+
+from pipeline import stack
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(services_dir: Path) -> Iterator[str]:
+    external = os.environ.get("PIPELINE_TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    svc = stack.start_tansu(log_dir=services_dir / "logs")
+    yield svc.url
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_url(services_dir: Path) -> Iterator[str]:
+    external = os.environ.get("PIPELINE_TEST_CLICKHOUSE_URL")
+    if external:
+        yield external
+        return
+    svc = stack.start_clickhouse(services_dir / "clickhouse", log_dir=services_dir / "logs")
+    yield svc.url
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(services_dir: Path) -> Iterator[str]:
+    external = os.environ.get("PIPELINE_TEST_POSTGRES_DSN")
+    if external:
+        yield external
+        return
+    svc = stack.start_postgres(services_dir / "postgres")
+    yield svc.url
+    svc.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def ch_database(clickhouse_url: str, unique: str) -> Iterator[str]:
+    """A fresh ClickHouse database for one test, dropped afterwards."""
+    name = f"t_{unique}"
+    client = clickhouse_connect.get_client(dsn=clickhouse_url)
+    client.command(f"CREATE DATABASE {name}")
+    yield name
+    client.command(f"DROP DATABASE IF EXISTS {name}")
+    client.close()
+
+
+@pytest.fixture
+def pg_dsn(postgres_url: str, unique: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    name = f"t_{unique}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = postgres_url.rpartition("/")
+    yield f"{base}/{name}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def topic_prefix(unique: str) -> str:
+    return f"t{unique}."
