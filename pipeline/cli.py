@@ -1,0 +1,251 @@
+"""`pipeline`: the command line. `pipeline --help` and `pipeline COMMAND --help` are its manual."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from pipeline.settings import Settings, settings_reference
+
+log = logging.getLogger("pipeline")
+
+EPILOG = "Environment variables (all optional):\n" + "\n".join(
+    f"  {name:<34} {doc} (default: {default or 'embedded'})" for name, default, doc in settings_reference()
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, os.environ.get("PIPELINE_LOG_LEVEL", "info").upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    settings = Settings.from_env(config_file=args.config)
+    if getattr(args, "data_dir", None):
+        settings = replace(settings, data_dir=Path(args.data_dir))
+    try:
+        return int(args.func(settings, args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pipeline",
+        description="Device telemetry pipeline: SolarNetwork datums on Kafka, Faust agents, "
+        "ClickHouse and a PostgreSQL history log.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, help="TOML file of settings (keys as in the list below, lower case)")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    up = sub.add_parser(
+        "up", help="start the whole pipeline (embedded services unless URLs are set)",
+        description="Start the Tansu broker, embedded PostgreSQL and the ClickHouse HTTP endpoint "
+        "(each only if its URL is not set), then the Faust worker(s). Prints where everything "
+        "listens; Ctrl-C or SIGTERM drains in-flight batches and stops everything.",
+    )
+    up.add_argument("--data-dir", help="where embedded services keep their data (default: ./data)")
+    up.add_argument("--demo", action="store_true", help="also load sample data and run the simulator")
+    up.add_argument("--workers", type=int, default=1, help="Faust worker processes (default 1)")
+    up.set_defaults(func=cmd_up)
+
+    worker = sub.add_parser("worker", help="run one Faust worker against the configured services")
+    worker.set_defaults(func=cmd_worker)
+
+    ingest = sub.add_parser(
+        "ingest", help="publish datum files to their per-source topics",
+        description="Read files of datums and publish them. --format json: SolarNetwork datum "
+        "JSON, one object per line. Bad lines go to the dead-letter topic with line number and "
+        "reason; the rest continue. Prints lines read, datums sent and lines rejected.",
+    )
+    ingest.add_argument("files", nargs="+", type=Path, help="files to read ('-' for stdin)")
+    ingest.add_argument("--format", choices=["json"], default="json")
+    ingest.set_defaults(func=cmd_ingest)
+
+    sql = sub.add_parser("sql", help="run ClickHouse SQL against the configured store")
+    sql.add_argument("query", help="the SQL; SELECT results print as tab-separated rows")
+    sql.set_defaults(func=cmd_sql)
+
+    topics = sub.add_parser("topic-name", help="print the topic a sourceId maps to")
+    topics.add_argument("source_id")
+    topics.set_defaults(func=lambda s, a: print(_topics(s).source(a.source_id)))
+    return p
+
+
+def _topics(settings: Settings):  # noqa: ANN202 - tiny helper
+    from pipeline.topics import Topics
+
+    return Topics(settings.topic_prefix)
+
+
+def _need(settings: Settings, *what: str) -> None:
+    missing = [w for w in what if not getattr(settings, w)]
+    if missing:
+        names = ", ".join("PIPELINE_" + m.upper() for m in missing)
+        raise SystemExit(f"pipeline: {names} not set; start the stack with `pipeline up` or set them")
+
+
+def embedded_defaults(settings: Settings) -> Settings:
+    """Where `pipeline up` puts the embedded services: fill in what is not set."""
+    return replace(
+        settings,
+        kafka_bootstrap=settings.kafka_bootstrap or f"127.0.0.1:{settings.kafka_port}",
+        clickhouse_url=settings.clickhouse_url or f"http://127.0.0.1:{settings.clickhouse_port}",
+        postgres_dsn=settings.postgres_dsn
+        or f"postgresql://postgres@127.0.0.1:{settings.postgres_port}/postgres",
+    )
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    _need(settings, "kafka_bootstrap", "clickhouse_url")
+    from pipeline.worker import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
+    settings = embedded_defaults(settings)
+    from sinks.clickhouse import connect
+
+    client = connect(settings.clickhouse_url)
+    result = client.query(args.query) if _returns_rows(args.query) else None
+    if result is None:
+        print(client.command(args.query))
+        return 0
+    print("\t".join(result.column_names))
+    for row in result.result_rows:
+        print("\t".join(str(v) for v in row))
+    return 0
+
+
+def _returns_rows(query: str) -> bool:
+    head = query.lstrip().split(None, 1)[0].upper() if query.strip() else ""
+    return head in {"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS"}
+
+
+@contextlib.contextmanager
+def _open_lines(path: Path) -> Iterator[Iterator[bytes]]:
+    if str(path) == "-":
+        yield iter(sys.stdin.buffer)
+        return
+    with path.open("rb") as fh:
+        yield iter(fh)
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    settings = embedded_defaults(settings)
+    from pipeline.ingest import ingest_files
+
+    report = ingest_files(settings, args.files, args.format)
+    print(report.summary())
+    return 0 if report.lines_rejected == 0 else 1
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline import stack
+    from sinks.clickhouse import ensure_schema, wait_for
+
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs = data_dir / "logs"
+    services: list[stack.Service] = []
+    children: list[tuple[str, list[str], subprocess.Popen[bytes]]] = []
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        if not settings.kafka_bootstrap:
+            services.append(stack.start_tansu(settings.kafka_port, log_dir=logs))
+        if not settings.postgres_dsn:
+            services.append(stack.start_postgres(data_dir / "postgres", settings.postgres_port))
+        if not settings.clickhouse_url:
+            services.append(
+                stack.start_clickhouse(data_dir / "clickhouse", settings.clickhouse_port, log_dir=logs)
+            )
+        settings = embedded_defaults(settings)
+        ensure_schema(wait_for(settings.clickhouse_url))
+        env = {**os.environ, **settings.as_env()}
+
+        logs.mkdir(parents=True, exist_ok=True)
+        envs: dict[str, dict[str, str]] = {}
+
+        def spawn(name: str, argv: list[str], **extra: str) -> None:
+            envs[name] = {**env, **extra}
+            out = (logs / f"{name}.log").open("ab")
+            proc = subprocess.Popen(argv, env=envs[name], stdout=out, stderr=subprocess.STDOUT)
+            children.append((name, argv, proc))
+
+        for n in range(args.workers):
+            # each worker its own metrics port: base, base+1, ...
+            port = settings.metrics_port + n if settings.metrics_port else 0
+            spawn(f"worker-{n}", [sys.executable, "-m", "pipeline.cli", "worker"],
+                  PIPELINE_METRICS_PORT=str(port))
+        if args.demo:
+            demo = Path(__file__).resolve().parent.parent / "schemas" / "demo" / "datums.jsonl"
+            if demo.exists():
+                spawn("demo-ingest", [sys.executable, "-m", "pipeline.cli", "ingest", str(demo)])
+        print(_banner(settings, data_dir, args.workers), flush=True)
+        while not stopping:
+            for i, (name, argv, proc) in enumerate(children):
+                code = proc.poll()
+                if code is not None and name.startswith("worker"):
+                    log.error("%s exited with %s; restarting it (log: %s)", name, code, logs / f"{name}.log")
+                    out = (logs / f"{name}.log").open("ab")
+                    proc = subprocess.Popen(argv, env=envs[name], stdout=out, stderr=subprocess.STDOUT)
+                    children[i] = (name, argv, proc)
+            time.sleep(0.5)
+        print("pipeline: stopping (draining in-flight batches)...", flush=True)
+        return 0
+    finally:
+        for _name, _argv, proc in reversed(children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _name, _argv, proc in children:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for svc in reversed(services):
+            with contextlib.suppress(Exception):
+                svc.stop()
+        print("pipeline: stopped", flush=True)
+
+
+def _banner(settings: Settings, data_dir: Path, workers: int) -> str:
+    return "\n".join(
+        [
+            "pipeline is up:",
+            f"  Kafka bootstrap    {settings.kafka_bootstrap}",
+            f"  ClickHouse HTTP    {settings.clickhouse_url}   (try: pipeline sql 'SELECT count() FROM datum')",
+            f"  PostgreSQL         {settings.postgres_dsn}",
+            f"  Prometheus metrics http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else "",
+            f"  Faust workers      {workers}",
+            f"  data directory     {data_dir}",
+            "Ctrl-C to stop.",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

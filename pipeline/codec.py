@@ -1,0 +1,151 @@
+"""Wire formats: the Avro datum batch envelope and the JSON dead-letter record."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+
+from processors.datum import Datum, Rejection
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "avro"
+SCHEMA_HEADER = "schema"
+DATUM_BATCH_V1 = "datum-batch/1"
+# writer schema name in the header -> file; readers resolve every known writer to the current one
+WRITER_SCHEMAS = {DATUM_BATCH_V1: "datum_batch.v1.avsc"}
+CURRENT = DATUM_BATCH_V1
+
+
+class DecodeError(ValueError):
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+@cache
+def _schema(name: str) -> Any:
+    with (SCHEMA_DIR / WRITER_SCHEMAS[name]).open() as fh:
+        return fastavro.parse_schema(json.load(fh))
+
+
+def encode_batch(datums: Sequence[Datum]) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(
+        buf,
+        _schema(CURRENT),
+        {
+            "datums": [
+                {
+                    "nodeId": d.node_id,
+                    "sourceId": d.source_id,
+                    "created": d.created_ms,
+                    "i": d.i,
+                    "a": d.a,
+                    "s": d.s,
+                    "tags": list(d.tags),
+                }
+                for d in datums
+            ]
+        },
+    )
+    return buf.getvalue()
+
+
+def decode_batch(payload: bytes, schema_name: str | None = CURRENT) -> list[Datum]:
+    """Decode one envelope. Raises DecodeError with a rule id for anything unreadable."""
+    if schema_name is None:
+        raise DecodeError("envelope.no_schema_header", f"message has no '{SCHEMA_HEADER}' header")
+    if schema_name not in WRITER_SCHEMAS:
+        raise DecodeError("envelope.unknown_schema", f"unknown writer schema {schema_name!r}")
+    if not payload:
+        raise DecodeError("envelope.empty", "message body is empty")
+    buf = io.BytesIO(payload)
+    try:
+        record = fastavro.schemaless_reader(buf, _schema(schema_name), _schema(CURRENT))
+    except Exception as exc:  # fastavro raises many types for corrupt input
+        raise DecodeError("envelope.corrupt", f"not a datum batch: {type(exc).__name__}: {exc}") from None
+    if buf.tell() != len(payload):
+        raise DecodeError(
+            "envelope.trailing_bytes", f"{len(payload) - buf.tell()} bytes left after the batch"
+        )
+    if not isinstance(record, dict):
+        raise DecodeError("envelope.corrupt", "not a datum batch record")
+    return [
+        Datum(r["nodeId"], r["sourceId"], r["created"], r["i"], r["a"], r["s"], tuple(r["tags"]))
+        for r in record["datums"]
+    ]
+
+
+@dataclass(frozen=True)
+class Origin:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """What goes to the dead-letter topic: why, from where, and the original input."""
+
+    reasons: Sequence[Rejection]
+    origin: Origin | None
+    payload: bytes | None = None  # original message bytes, when the message itself was bad
+    datum: Datum | None = None  # the original datum, when one datum or sample was refused
+    stage: str = "envelope"  # envelope | validation | ingest
+    file: str | None = None  # for ingest: where the bad line was read
+    line: int | None = None
+    text: str | None = None  # for ingest: the line itself
+    at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def to_json(self) -> bytes:
+        doc: dict[str, Any] = {
+            "stage": self.stage,
+            "at": self.at_ms,
+            "reasons": [r.as_dict() for r in self.reasons],
+            "origin": None
+            if self.origin is None
+            else {"topic": self.origin.topic, "partition": self.origin.partition, "offset": self.origin.offset},
+        }
+        if self.file is not None:
+            doc["file"] = self.file
+            doc["line"] = self.line
+        if self.text is not None:
+            doc["text"] = self.text
+        if self.datum is not None:
+            doc["datum"] = datum_to_json(self.datum)
+        if self.payload is not None:
+            doc["payload_base64"] = base64.b64encode(self.payload).decode()
+        return json.dumps(doc, allow_nan=False, separators=(",", ":")).encode()
+
+
+def datum_to_json(d: Datum) -> dict[str, Any]:
+    """SolarNetwork-style JSON of a datum; non-finite numbers spelled as strings."""
+
+    def num(v: float) -> Any:
+        return v if v == v and v not in (float("inf"), float("-inf")) else repr(v)
+
+    samples: dict[str, Any] = {}
+    if d.i:
+        samples["i"] = {k: num(v) for k, v in d.i.items()}
+    if d.a:
+        samples["a"] = {k: num(v) for k, v in d.a.items()}
+    if d.s:
+        samples["s"] = dict(d.s)
+    if d.tags:
+        samples["t"] = list(d.tags)
+    return {"nodeId": d.node_id, "sourceId": d.source_id, "created": d.created_ms, "samples": samples}
+
+
+def group_streams(datums: Iterable[Datum]) -> dict[tuple[int, str], list[Datum]]:
+    out: dict[tuple[int, str], list[Datum]] = {}
+    for d in datums:
+        out.setdefault((d.node_id, d.source_id), []).append(d)
+    return out

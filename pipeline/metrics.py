@@ -1,0 +1,74 @@
+"""Prometheus metrics, built by a factory that takes a CollectorRegistry (tests use a fresh one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    messages_in: Counter
+    datums_in: Counter
+    samples_accepted: Counter
+    dead_letters: Counter
+    agent_batch_seconds: Histogram
+    created_to_stored_seconds: Histogram
+    sink_batch_rows: Histogram
+    sink_insert_seconds: Histogram
+    sink_retries: Counter
+    sink_failures: Counter
+    consumer_lag: Gauge
+    last_stored_timestamp: Gauge
+    source_topics: Gauge
+    qrating_performance: Histogram
+
+
+def build_metrics(registry: CollectorRegistry) -> Metrics:
+    return Metrics(
+        messages_in=Counter("pipeline_messages_in", "Kafka messages consumed", ["agent"], registry=registry),
+        datums_in=Counter("pipeline_datums_in", "Datums decoded from messages", ["agent"], registry=registry),
+        samples_accepted=Counter(
+            "pipeline_samples_accepted", "Samples accepted and stored", ["kind"], registry=registry
+        ),
+        dead_letters=Counter(
+            "pipeline_dead_letters", "Records sent to the dead-letter topic", ["stage", "rule"],
+            registry=registry,
+        ),
+        agent_batch_seconds=Histogram(
+            "pipeline_agent_batch_seconds", "Time to process one batch, store included", ["agent"],
+            buckets=LATENCY_BUCKETS, registry=registry,
+        ),
+        created_to_stored_seconds=Histogram(
+            "pipeline_created_to_stored_seconds", "Datum created time to stored in ClickHouse",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        ),
+        sink_batch_rows=Histogram(
+            "pipeline_sink_batch_rows", "Rows per sink insert", ["sink"],
+            buckets=(1, 10, 100, 1000, 5000, 10_000, 50_000, 100_000, 500_000), registry=registry,
+        ),
+        sink_insert_seconds=Histogram(
+            "pipeline_sink_insert_seconds", "Duration of one sink insert", ["sink"],
+            buckets=LATENCY_BUCKETS, registry=registry,
+        ),
+        sink_retries=Counter("pipeline_sink_retries", "Sink batches retried", ["sink"], registry=registry),
+        sink_failures=Counter(
+            "pipeline_sink_failures", "Sink inserts that failed (then retried)", ["sink"], registry=registry
+        ),
+        consumer_lag=Gauge(
+            "pipeline_consumer_lag", "Messages behind the end of the partition", ["topic", "partition"],
+            registry=registry,
+        ),
+        last_stored_timestamp=Gauge(
+            "pipeline_last_stored_timestamp_seconds", "Wall clock of the last successful store", ["sink"],
+            registry=registry,
+        ),
+        source_topics=Gauge("pipeline_source_topics", "Per-source topics subscribed", registry=registry),
+        qrating_performance=Histogram(
+            "pipeline_qrating_performance", "qRating performance of scored datapoints (0-100)",
+            buckets=(0, 10, 25, 50, 75, 90, 99, 100), registry=registry,
+        ),
+    )

@@ -1,0 +1,112 @@
+"""One settings object, built from the environment (and optionally a TOML config file).
+
+Every tunable of the pipeline is defined here once, with its environment variable.
+When PIPELINE_KAFKA_BOOTSTRAP, PIPELINE_CLICKHOUSE_URL and PIPELINE_POSTGRES_DSN are set,
+`pipeline up` uses those services and starts none of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "PIPELINE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the services are. Empty means "start the embedded one" (pipeline up only).
+    kafka_bootstrap: str = field(default="", metadata={"doc": "Kafka bootstrap servers, host:port[,host:port]"})
+    clickhouse_url: str = field(default="", metadata={"doc": "ClickHouse HTTP URL, e.g. http://user:pw@host:8123/db"})
+    postgres_dsn: str = field(default="", metadata={"doc": "PostgreSQL DSN for the metadata history log"})
+    data_dir: Path = field(default=Path("data"), metadata={"doc": "Embedded stack data directory"})
+
+    # Kafka naming
+    topic_prefix: str = field(default="", metadata={"doc": "Prefix for every topic (lets deployments share a cluster)"})
+    topic_partitions: int = field(default=4, metadata={"doc": "Partitions of each per-source topic the pipeline creates"})
+    app_id: str = field(default="telemetry-pipeline", metadata={"doc": "Faust app id, i.e. consumer group"})
+
+    # Consumer behaviour
+    batch_max_datums: int = field(default=20_000, metadata={"doc": "Most datums stored per sink flush"})
+    batch_within_s: float = field(default=0.5, metadata={"doc": "Longest wait to fill a sink batch, seconds"})
+    topic_scan_interval_s: float = field(default=2.0, metadata={"doc": "How often new source topics are looked for"})
+    session_timeout_s: float = field(default=10.0, metadata={"doc": "Consumer group session timeout"})
+    rebalance_timeout_s: float = field(default=6.0, metadata={"doc": "Consumer group rebalance timeout"})
+    max_message_bytes: int = field(default=8 * 1024 * 1024, metadata={"doc": "Largest Kafka message produced or fetched"})
+
+    # Producer behaviour (gateway side)
+    producer_batch_datums: int = field(default=1000, metadata={"doc": "Datums per Kafka message (one batch envelope)"})
+    producer_linger_ms: int = field(default=20, metadata={"doc": "librdkafka linger.ms"})
+    producer_compression: str = field(default="zstd", metadata={"doc": "librdkafka compression.type"})
+
+    # Serving
+    metrics_port: int = field(default=9108, metadata={"doc": "Prometheus /metrics port of the worker (0: off)"})
+    clickhouse_port: int = field(default=8123, metadata={"doc": "Port of the embedded ClickHouse HTTP endpoint"})
+    kafka_port: int = field(default=9092, metadata={"doc": "Port of the embedded Tansu broker"})
+    postgres_port: int = field(default=5433, metadata={"doc": "Port of the embedded PostgreSQL"})
+    log_level: str = field(default="info", metadata={"doc": "Log level: debug, info, warn, error"})
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, config_file: Path | None = None) -> Settings:
+        """Defaults, then the config file (PIPELINE_CONFIG or given), then environment variables."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        path = config_file or (Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None)
+        if path is not None:
+            with path.open("rb") as fh:
+                raw = tomllib.load(fh)
+            known = {f.name for f in fields(cls)}
+            unknown = set(raw) - known
+            if unknown:
+                raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+            values.update(raw)
+        for f in fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if name in env and env[name] != "":
+                values[f.name] = env[name]
+        return cls()._with(values)
+
+    def _with(self, values: dict[str, Any]) -> Settings:
+        typed: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name not in values:
+                continue
+            raw = values[f.name]
+            default = getattr(self, f.name)
+            try:
+                if isinstance(default, bool):
+                    typed[f.name] = str(raw).lower() in ("1", "true", "yes", "on")
+                elif isinstance(default, int):
+                    typed[f.name] = int(raw)
+                elif isinstance(default, float):
+                    typed[f.name] = float(raw)
+                elif isinstance(default, Path):
+                    typed[f.name] = Path(raw)
+                else:
+                    typed[f.name] = str(raw)
+            except ValueError as exc:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from None
+        return replace(self, **typed)
+
+    def with_services(self, kafka: str, clickhouse: str, postgres: str) -> Settings:
+        return replace(self, kafka_bootstrap=kafka, clickhouse_url=clickhouse, postgres_dsn=postgres)
+
+    @property
+    def external(self) -> bool:
+        """All three services given: start nothing embedded."""
+        return bool(self.kafka_bootstrap and self.clickhouse_url and self.postgres_dsn)
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def settings_reference() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: the README and --help print this."""
+    return [
+        (ENV_PREFIX + f.name.upper(), str(f.default), f.metadata.get("doc", ""))
+        for f in fields(Settings)
+    ]

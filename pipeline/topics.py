@@ -1,0 +1,95 @@
+"""Topic names: defined here once.
+
+Datums go to one topic per source. The sourceId is mapped to a legal Kafka topic name by an
+injective (collision-free, reversible) encoding:
+
+* ASCII letters and digits stay as they are;
+* ``/`` becomes ``.`` (so ``/S1/B1/M1`` reads as ``datum..S1.B1.M1``);
+* every other character becomes ``-HH`` for each byte of its UTF-8 encoding (``_`` → ``-5F``,
+  ``.`` → ``-2E``, ``-`` → ``-2D``, space → ``-20``).
+
+The result only uses ``[A-Za-z0-9.-]``, which Kafka allows, and never ``_``: Kafka warns that
+topics differing only by ``.`` versus ``_`` collide in its metric names, which therefore cannot
+happen here. A 64-character sourceId encodes to at most 192 characters, under Kafka's 249.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DATUM_PREFIX = "datum."
+_KEEP = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ESCAPE = re.compile(r"-([0-9A-F]{2})")
+
+
+def encode_source(source_id: str) -> str:
+    out: list[str] = []
+    for ch in source_id:
+        if ch in _KEEP:
+            out.append(ch)
+        elif ch == "/":
+            out.append(".")
+        else:
+            out.extend(f"-{b:02X}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+def decode_source(encoded: str) -> str:
+    raw = bytearray()
+    i = 0
+    while i < len(encoded):
+        ch = encoded[i]
+        if ch == "-":
+            m = _ESCAPE.match(encoded, i)
+            if m is None:
+                raise ValueError(f"bad escape at {i} in {encoded!r}")
+            raw.append(int(m.group(1), 16))
+            i += 3
+            continue
+        if ch == ".":
+            raw.append(ord("/"))
+        elif ch in _KEEP:
+            raw.append(ord(ch))
+        else:
+            raise ValueError(f"{ch!r} cannot appear in an encoded source topic")
+        i += 1
+    return raw.decode("utf-8")
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic name the pipeline uses, for one deployment prefix."""
+
+    prefix: str = ""
+
+    def source(self, source_id: str) -> str:
+        return f"{self.prefix}{DATUM_PREFIX}{encode_source(source_id)}"
+
+    def source_id_of(self, topic: str) -> str | None:
+        head = self.prefix + DATUM_PREFIX
+        if not topic.startswith(head):
+            return None
+        return decode_source(topic[len(head):])
+
+    @property
+    def source_pattern(self) -> re.Pattern[str]:
+        """Matches every per-source datum topic of this deployment."""
+        return re.compile("^" + re.escape(self.prefix + DATUM_PREFIX) + r"[A-Za-z0-9.\-]*$")
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}pipeline.deadletter"
+
+    @property
+    def metadata(self) -> str:
+        return f"{self.prefix}pipeline.metadata"
+
+    def commands(self, node_id: int) -> str:
+        """Set operations for one node's gateway."""
+        return f"{self.prefix}node.{node_id}.commands"
+
+
+def stream_key(node_id: int, source_id: str) -> bytes:
+    """Message key: one (node, source) stream always lands on one partition, in order."""
+    return f"{node_id}\x1f{source_id}".encode()

@@ -1,0 +1,122 @@
+"""ClickHouse: the raw datum table, the public `datum` view, and the raw sink.
+
+Table and view names are defined here once. Every statement goes through clickhouse-connect,
+so the embedded chDB endpoint and a ClickHouse server are interchangeable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from processors.rows import RAW_COLUMNS, RawColumns
+from sinks.base import BatchingSink, SinkBackpressure
+
+log = logging.getLogger(__name__)
+
+RAW_TABLE = "datum_raw"
+DATUM_VIEW = "datum"
+
+SCHEMA = [
+    f"""
+    CREATE TABLE IF NOT EXISTS {RAW_TABLE} (
+        node_id     UInt64,
+        source_id   LowCardinality(String),
+        created     DateTime64(3, 'UTC'),
+        property    LowCardinality(String),
+        kind        Enum8('i' = 1, 'a' = 2, 's' = 3),
+        value       Nullable(Float64),
+        text        String,
+        tags        Array(LowCardinality(String)),
+        datastream  LowCardinality(String),
+        score       Nullable(Float64),
+        performance Nullable(Float64),
+        label       LowCardinality(String),
+        quality     LowCardinality(String),
+        ttl_days    UInt32,
+        inserted    DateTime64(3, 'UTC') DEFAULT now64(3)
+    )
+    -- One row per (node, source, property, created): a redelivered batch replaces, never adds.
+    ENGINE = ReplacingMergeTree(inserted)
+    PARTITION BY toYYYYMM(created)
+    ORDER BY (node_id, source_id, property, created)
+    TTL toDateTime(created) + toIntervalDay(ttl_days) WHERE ttl_days > 0
+    """,
+    # The public interface: duplicates removed at read time (FINAL) until merges catch up.
+    f"""
+    CREATE VIEW IF NOT EXISTS {DATUM_VIEW} AS
+    SELECT node_id, source_id, created, property, kind, value, text, tags,
+           datastream, score, performance, label, quality, inserted
+    FROM {RAW_TABLE} FINAL
+    """,
+]
+
+
+def connect(url: str, database: str | None = None, **kwargs: Any) -> Client:
+    """A clickhouse-connect client for a URL like http://user:pw@host:8123/db."""
+    parsed = urlparse(url)
+    db = database or (parsed.path.strip("/") or None)
+    base = f"{parsed.scheme}://{parsed.netloc}"
+    settings = kwargs.pop("settings", {})
+    return clickhouse_connect.get_client(
+        dsn=base, database=db or "default", settings=settings, compress="lz4", **kwargs
+    )
+
+
+def ensure_schema(client: Client) -> None:
+    """Create what is missing; safe to run at every start."""
+    for ddl in SCHEMA:
+        client.command(ddl)
+
+
+class RawSink(BatchingSink):
+    """Writes raw sample rows. Idempotent by the table's replacing key."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__()
+        self.client = client
+        self._context = None
+        self.inserted_rows = 0
+
+    def write(self, rows: list[RawColumns]) -> None:
+        batch = RawColumns()
+        for part in rows:
+            batch.extend(part)
+        self.write_columns(batch)
+
+    def write_columns(self, batch: RawColumns) -> None:
+        if not len(batch):
+            return
+        data = batch.columns()
+        # created is epoch ms: clickhouse-connect writes ints to DateTime64(3) as raw ticks.
+        try:
+            if self._context is None:
+                self._context = self.client.create_insert_context(
+                    RAW_TABLE, column_names=list(RAW_COLUMNS), data=data, column_oriented=True
+                )
+            else:
+                self._context.data = data
+            self.client.insert(context=self._context)
+        except (ClickHouseError, OSError) as exc:
+            self._context = None
+            raise SinkBackpressure(f"raw insert of {len(batch)} rows failed: {exc}") from exc
+        self.inserted_rows += len(batch)
+
+
+def wait_for(url: str, timeout: float = 60.0) -> Client:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client = connect(url)
+            client.command("SELECT 1")
+            return client
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
