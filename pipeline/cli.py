@@ -17,9 +17,11 @@ from pathlib import Path
 from pipeline.settings import Settings, settings_reference
 
 log = logging.getLogger("pipeline")
+_URL_VARS = ("KAFKA_BOOTSTRAP", "CLICKHOUSE_URL", "POSTGRES_DSN")
 
 EPILOG = "Environment variables (all optional):\n" + "\n".join(
-    f"  {name:<34} {doc} (default: {default or 'embedded'})" for name, default, doc in settings_reference()
+    f"  {name:<34} {doc} (default: {default or ('embedded' if name.endswith(_URL_VARS) else 'empty')})"
+    for name, default, doc in settings_reference()
 )
 
 

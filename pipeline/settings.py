@@ -26,7 +26,7 @@ class Settings:
 
     # Kafka naming
     topic_prefix: str = field(default="", metadata={"doc": "Prefix for every topic (lets deployments share a cluster)"})
-    topic_partitions: int = field(default=4, metadata={"doc": "Partitions of each per-source topic the pipeline creates"})
+    topic_partitions: int = field(default=4, metadata={"doc": "Partitions of each source topic created"})
     app_id: str = field(default="telemetry-pipeline", metadata={"doc": "Faust app id, i.e. consumer group"})
 
     # Consumer behaviour
@@ -35,7 +35,7 @@ class Settings:
     topic_scan_interval_s: float = field(default=2.0, metadata={"doc": "How often new source topics are looked for"})
     session_timeout_s: float = field(default=10.0, metadata={"doc": "Consumer group session timeout"})
     rebalance_timeout_s: float = field(default=6.0, metadata={"doc": "Consumer group rebalance timeout"})
-    max_message_bytes: int = field(default=8 * 1024 * 1024, metadata={"doc": "Largest Kafka message produced or fetched"})
+    max_message_bytes: int = field(default=8 * 1024 * 1024, metadata={"doc": "Largest Kafka message"})
 
     # Producer behaviour (gateway side)
     producer_batch_datums: int = field(default=1000, metadata={"doc": "Datums per Kafka message (one batch envelope)"})

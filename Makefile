@@ -1,0 +1,43 @@
+# The same commands run here, in pre-commit and in CI (.ci/run calls `make test`).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo up test unit integration lint typecheck bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+# The main job on the embedded default: broker, ClickHouse endpoint, PostgreSQL, workers, demo data.
+demo: install
+	$(BIN)/pipeline up --demo
+
+up: install
+	$(BIN)/pipeline up
+
+# The whole suite: lint, types, unit and integration tests (the suite starts its own services).
+test: install lint typecheck
+	$(BIN)/pytest
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+integration: install
+	$(BIN)/pytest tests/integration
+
+lint: install
+	$(BIN)/ruff check pipeline processors sinks tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy processors
+
+bench: install
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,90 @@
+"""Helpers for integration tests: run a worker process, read a topic, wait for a query."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from pipeline.settings import Settings
+from pipeline.stack import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings_for(kafka: str, clickhouse_url: str, database: str, prefix: str, **extra: Any) -> Settings:
+    base = Settings.from_env({})
+    return base._with(
+        {
+            "kafka_bootstrap": kafka,
+            "clickhouse_url": f"{clickhouse_url.rstrip('/')}/{database}",
+            "topic_prefix": prefix,
+            "app_id": f"{prefix}app",
+            "metrics_port": free_port(),
+            "topic_partitions": 2,
+            "topic_scan_interval_s": 0.5,
+            **extra,
+        }
+    )
+
+
+@contextlib.contextmanager
+def worker_process(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, **settings.as_env()}
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last={last!r}")
+
+
+def read_topic(bootstrap: str, topic: str, min_count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Read JSON messages of a topic from the start, without a consumer group join."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader",
+                         "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        parts = list(meta.topics[topic].partitions) if topic in meta.topics else [0]
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < min_count and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            out.append(json.loads(msg.value()))
+        return out
+    finally:
+        consumer.close()
+
+
+def datum_line(node: int, source: str, created: str, **i: float) -> str:
+    return json.dumps({"nodeId": node, "sourceId": source, "created": created, "samples": {"i": i}})
