@@ -1,0 +1,190 @@
+"""The chDB HTTP endpoint against real clients: clickhouse-connect and raw HTTP like curl."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import clickhouse_connect
+import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
+
+from pipeline import stack
+
+DDL = """CREATE TABLE {db}.readings (
+    ts DateTime64(3, 'UTC'), device LowCardinality(String), value Nullable(Float64),
+    tags Array(String), status Enum8('ok' = 1, 'bad' = 2), attrs Map(String, Float64), seq UInt64
+) ENGINE = MergeTree ORDER BY (device, ts)"""
+COLUMNS = ["ts", "device", "value", "tags", "status", "attrs", "seq"]
+T0 = dt.datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=dt.UTC)
+
+
+def rows(n: int) -> list[list[object]]:
+    return [[T0 + dt.timedelta(seconds=i), f"dev-{i % 3}", None if i % 4 == 0 else i / 8,
+             ["x", str(i)], "ok" if i % 2 else "bad", {"w": float(i)}, i] for i in range(n)]
+
+
+def http(url: str, query: dict[str, str] | None = None, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    full = url + "/?" + urllib.parse.urlencode(query or {})
+    req = urllib.request.Request(full, data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, dict(e.headers), e.read()
+
+
+@pytest.mark.parametrize("compress", [True, False, "lz4", "zstd", "gzip"])
+def test_roundtrip_types_each_compression(clickhouse_url: str, ch_database: str,
+                                          compress: bool | str) -> None:
+    client = clickhouse_connect.get_client(dsn=clickhouse_url, compress=compress)
+    client.command(DDL.format(db=ch_database))
+    data = rows(2000)
+    summary = client.insert(f"{ch_database}.readings", data, column_names=COLUMNS)
+    assert summary.written_rows == 2000
+    got = client.query(f"SELECT * FROM {ch_database}.readings ORDER BY seq").result_rows
+    assert len(got) == 2000
+    for want, row in zip(data[:8], got[:8], strict=True):
+        assert row[0] == want[0].replace(tzinfo=None)  # DateTime64 keeps the milliseconds
+        assert list(row[1:]) == want[1:]
+    types = client.query(f"SELECT toTypeName(device), toTypeName(status) FROM {ch_database}.readings "
+                         "LIMIT 1").result_rows[0]
+    assert types == ("LowCardinality(String)", "Enum8('ok' = 1, 'bad' = 2)")
+    client.close()
+
+
+def test_columnar_insert_and_arrow(clickhouse_url: str, ch_database: str) -> None:
+    client = clickhouse_connect.get_client(dsn=clickhouse_url, database=ch_database)
+    client.command(DDL.format(db=ch_database))
+    data = rows(50)
+    columns = [list(col) for col in zip(*data, strict=True)]
+    client.insert("readings", columns, column_names=COLUMNS, column_oriented=True)
+    table = client.query_arrow("SELECT seq, device FROM readings ORDER BY seq")
+    assert table.num_rows == 50
+    assert table.column("seq").to_pylist() == list(range(50))
+
+
+def test_database_and_settings(clickhouse_url: str, ch_database: str) -> None:
+    client = clickhouse_connect.get_client(dsn=clickhouse_url, database=ch_database,
+                                           settings={"max_threads": 1})
+    assert client.command("SELECT currentDatabase()") == ch_database
+    assert client.command("SELECT getSetting('max_threads')") == 1
+    assert client.command("SELECT getSetting('max_block_size')",
+                          settings={"max_block_size": 777}) == 777
+    # a per-query setting does not stick to the session
+    assert client.command("SELECT getSetting('max_block_size')") != 777
+    # server-side parameter binding
+    assert client.query("SELECT {a:UInt16} * 2", parameters={"a": 21}).result_rows == [(42,)]
+
+
+def test_session_temporary_table_and_set(clickhouse_url: str) -> None:
+    client = clickhouse_connect.get_client(dsn=clickhouse_url)
+    client.command("CREATE TEMPORARY TABLE scratch (a Int32)")
+    client.insert("scratch", [[1], [2], [3]])
+    client.command("SET max_block_size = 4321")
+    assert client.command("SELECT sum(a) FROM scratch") == 6
+    assert client.command("SELECT getSetting('max_block_size')") == 4321
+    other = clickhouse_connect.get_client(dsn=clickhouse_url)
+    with pytest.raises(DatabaseError, match="UNKNOWN_TABLE"):
+        other.command("SELECT sum(a) FROM scratch")
+
+
+def test_sql_error_is_a_clear_database_error(clickhouse_url: str, ch_database: str) -> None:
+    client = clickhouse_connect.get_client(dsn=clickhouse_url)
+    with pytest.raises(DatabaseError) as err:
+        client.query(f"SELECT * FROM {ch_database}.no_such_table")
+    assert "UNKNOWN_TABLE" in str(err.value) and "no_such_table" in str(err.value)
+    with pytest.raises(DatabaseError, match="SYNTAX_ERROR"):
+        client.command("SELEKT 1")
+    with pytest.raises(DatabaseError, match="UNKNOWN_TABLE"):
+        client.insert(f"{ch_database}.missing", [[1]], column_names=["a"], column_type_names=["UInt8"])
+    assert client.command("SELECT 1") == 1  # the session and server survive
+
+
+def test_raw_http_like_curl(clickhouse_url: str, ch_database: str) -> None:
+    status, headers, body = http(clickhouse_url, {"query": "SELECT 1"})
+    assert (status, body) == (200, b"1\n")
+    assert headers["X-ClickHouse-Format"] == "TabSeparated"
+    assert json.loads(headers["X-ClickHouse-Summary"])["read_rows"] == "1"
+    assert headers["X-ClickHouse-Query-Id"] and headers["X-ClickHouse-Timezone"]
+
+    status, _, body = http(clickhouse_url, body=b"SELECT number FROM numbers(3) FORMAT CSV")
+    assert (status, body) == (200, b"0\n1\n2\n")
+
+    assert http(clickhouse_url, body=f"CREATE TABLE {ch_database}.kv (k String, v UInt32) "
+                "ENGINE = MergeTree ORDER BY k".encode())[0] == 200
+    lines = b'{"k": "a", "v": 1}\n{"k": "b", "v": 2}\n'
+    status, headers, _ = http(clickhouse_url, {"query": f"INSERT INTO {ch_database}.kv FORMAT JSONEachRow"},
+                              body=lines)
+    assert status == 200 and json.loads(headers["X-ClickHouse-Summary"])["written_rows"] == "2"
+    # whole INSERT in a gzip-compressed body, data after the FORMAT line
+    payload = gzip.compress(f"INSERT INTO {ch_database}.kv FORMAT CSV\nc,3\n".encode())
+    assert http(clickhouse_url, body=payload, headers={"Content-Encoding": "gzip"})[0] == 200
+
+    status, headers, body = http(
+        clickhouse_url, {"query": f"SELECT k, v FROM {ch_database}.kv ORDER BY k FORMAT JSONEachRow",
+                         "enable_http_compression": "1"}, headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    assert [json.loads(line) for line in gzip.decompress(body).splitlines()] == [
+        {"k": "a", "v": 1}, {"k": "b", "v": 2}, {"k": "c", "v": 3}]
+
+    status, headers, body = http(clickhouse_url, {"query": "SELECT nope"})
+    assert status == 404 and headers["X-ClickHouse-Exception-Code"] == "47"
+    assert body.startswith(b"Code: 47. DB::Exception:") and b"(version " in body
+    # GET implies readonly, as on a ClickHouse server
+    status, headers, _ = http(clickhouse_url, {"query": f"DROP TABLE {ch_database}.kv"})
+    assert status == 500 and headers["X-ClickHouse-Exception-Code"] == "164"
+
+
+def test_concurrent_clients(clickhouse_url: str, ch_database: str) -> None:
+    clickhouse_connect.get_client(dsn=clickhouse_url).command(DDL.format(db=ch_database))
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            client = clickhouse_connect.get_client(dsn=clickhouse_url)
+            for _ in range(5):
+                client.insert(f"{ch_database}.readings", rows(200), column_names=COLUMNS)
+                client.query(f"SELECT count(), sum(seq) FROM {ch_database}.readings")
+            client.close()
+        except BaseException as exc:  # surfaced below, in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    count = clickhouse_connect.get_client(dsn=clickhouse_url).command(
+        f"SELECT count() FROM {ch_database}.readings")
+    assert count == 6 * 5 * 200
+
+
+def test_data_persists_across_restart(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ch"
+    svc = stack.start_clickhouse(data_dir)
+    try:
+        client = clickhouse_connect.get_client(dsn=svc.url)
+        client.command("CREATE DATABASE keep")
+        client.command(DDL.format(db="keep"))
+        client.insert("keep.readings", rows(300), column_names=COLUMNS)
+        client.close()
+    finally:
+        svc.stop()
+    assert svc.proc is not None and svc.proc.returncode == 0  # clean SIGTERM shutdown
+    svc = stack.start_clickhouse(data_dir)
+    try:
+        client = clickhouse_connect.get_client(dsn=svc.url)
+        assert client.command("SELECT count(), max(seq) FROM keep.readings") == ["300", "299"]
+        client.close()
+    finally:
+        svc.stop()
