@@ -301,7 +301,7 @@ def apply_event(conn: Conn, event: MetadataEvent, *, tx_time: datetime | None = 
             )
         if refusal is not None:
             tx_id = _record(conn, event, now, "refused", refusal)
-            log.warning("refused %s %s %s: %s [%s]", event.op, event.entity, ktext,
+            log.warning("refused event %s (%s): %s [%s]", event.event_id, event.op,
                         refusal.message, refusal.rule)
             return ApplyResult("refused", refusal.message, refusal.rule, tx_id, now)
         assert isinstance(outcome, Plan)
@@ -419,24 +419,32 @@ def diff(conn: Conn, t_from: datetime, t_to: datetime, entity: str | None = None
     if classes & {"static", "history"}:
         q = (
             f"WITH touched AS ({touched.format(t='versions', w=w)})"
-            " SELECT v.tx @> %(t)s::timestamptz, v.entity, v.key, v.value, lower(v.tx)"
+            " SELECT v.tx @> %(f)s::timestamptz, v.tx @> %(t)s::timestamptz,"
+            " v.entity, v.key, v.value, lower(v.tx)"
             " FROM history.versions v JOIN touched USING (entity, key)"
             " WHERE v.tx @> %(f)s::timestamptz OR v.tx @> %(t)s::timestamptz"
         )
-        for is_after, e, k, v, since in conn.execute(q, named):
+        for in_from, in_to, e, k, v, since in conn.execute(q, named):
             s = EntityState(e, key_from_text(k), v, None, since)
-            (after if is_after else before)[(e, k, None)] = s
+            if in_from:
+                before[(e, k, None)] = s
+            if in_to:
+                after[(e, k, None)] = s
     if "time_dependent" in classes:
         q = (
             f"WITH touched AS ({touched.format(t='valid_versions', w=w)})"
-            " SELECT v.tx @> %(t)s::timestamptz, v.entity, v.key, v.value, v.valid, lower(v.tx)"
+            " SELECT v.tx @> %(f)s::timestamptz, v.tx @> %(t)s::timestamptz,"
+            " v.entity, v.key, v.value, v.valid, lower(v.tx)"
             " FROM history.valid_versions v JOIN touched USING (entity, key)"
             " WHERE v.tx @> %(f)s::timestamptz OR v.tx @> %(t)s::timestamptz"
         )
-        for is_after, e, k, v, valid, since in conn.execute(q, named):
+        for in_from, in_to, e, k, v, valid, since in conn.execute(q, named):
             iv = _interval(valid)
             s = EntityState(e, key_from_text(k), v, iv, since)
-            (after if is_after else before)[(e, k, iv.start)] = s
+            if in_from:
+                before[(e, k, iv.start)] = s
+            if in_to:
+                after[(e, k, iv.start)] = s
     changes: list[Change] = []
     for ident in sorted(before.keys() | after.keys(), key=_ident_order):
         b, a = before.get(ident), after.get(ident)
