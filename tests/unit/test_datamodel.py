@@ -117,6 +117,34 @@ def second_copy(doc: Doc) -> None:
     doc["categories"][0]["datastreams"].append(copy.deepcopy(ds(doc)))
 
 
+def model_setter(key: str, value: object) -> Callable[[Doc], None]:
+    def apply(doc: Doc) -> None:
+        doc[key] = value
+
+    return apply
+
+
+def category_setter(key: str, value: object) -> Callable[[Doc], None]:
+    def apply(doc: Doc) -> None:
+        if value is None:
+            del doc["categories"][0][key]
+        else:
+            doc["categories"][0][key] = value
+
+    return apply
+
+
+def second_category(doc: Doc) -> None:
+    doc["categories"].append({"identifier": "heart", "name": "again", "datastreams": []})
+
+
+def stream_replaced(value: object) -> Callable[[Doc], None]:
+    def apply(doc: Doc) -> None:
+        doc["categories"][0]["datastreams"][0] = value
+
+    return apply
+
+
 DS = "health.heart.rate"
 # (case id, mutation, rule, datastream named, field named)
 BROKEN: list[tuple[str, Callable[[Doc], None], str, str | None, str | None]] = [
@@ -124,6 +152,47 @@ BROKEN: list[tuple[str, Callable[[Doc], None], str, str | None, str | None]] = [
     ("dm-name", model_deleter("name"), "datamodel.required", None, "name"),
     ("dm-description", model_deleter("description"), "datamodel.required", None, "description"),
     ("dm-categories", model_deleter("categories"), "datamodel.required", None, "categories"),
+    ("dm-categories-type", model_setter("categories", {}), "datamodel.field_type", None, "categories"),
+    ("dm-name-empty", model_setter("name", " "), "datamodel.field_type", None, "name"),
+    (
+        "dm-resource-types",
+        model_setter("allowedResourceTypes", "entity.device"),
+        "datamodel.field_type",
+        None,
+        "allowedResourceTypes",
+    ),
+    ("dm-unknown", model_setter("views", []), "datamodel.unknown_field", None, "views"),
+    ("cat-type", model_setter("categories", ["heart"]), "category.type", None, "categories[0]"),
+    (
+        "cat-identifier",
+        category_setter("identifier", None),
+        "category.required",
+        None,
+        "categories[0].identifier",
+    ),
+    ("cat-name", category_setter("name", None), "category.required", None, "categories[0].name"),
+    (
+        "cat-unknown",
+        category_setter("streams", []),
+        "category.unknown_field",
+        None,
+        "categories[0].streams",
+    ),
+    (
+        "cat-datastreams-type",
+        category_setter("datastreams", {}),
+        "category.field_type",
+        None,
+        "categories[0].datastreams",
+    ),
+    (
+        "cat-duplicate",
+        second_category,
+        "category.duplicate",
+        None,
+        "categories[1].identifier",
+    ),
+    ("ds-type", stream_replaced("health.heart.rate"), "datastream.type", None, None),
     ("ds-identifier", deleter("identifier"), "datastream.required", None, "identifier"),
     ("ds-name", deleter("name"), "datastream.required", DS, "name"),
     ("ds-description", deleter("description"), "datastream.required", DS, "description"),
@@ -174,6 +243,21 @@ BROKEN: list[tuple[str, Callable[[Doc], None], str, str | None, str | None]] = [
         "datastream.schema.remote_ref",
         DS,
         "schema",
+    ),
+    (
+        "schema-unresolvable-ref",
+        setter("schema", {"$ref": "#/$defs/nope"}),
+        "datastream.schema.unsupported",
+        DS,
+        "schema",
+    ),
+    ("storage-type", setter("storage", "DAYS"), "datastream.storage.type", DS, "storage"),
+    (
+        "storage-unknown",
+        setter("storage", {"period": "DAYS", "total": 1, "unit": "d"}),
+        "datastream.storage.unknown_field",
+        DS,
+        "storage.unit",
     ),
     (
         "storage-period",
@@ -401,3 +485,19 @@ def test_sample_datamodels_load() -> None:
     assert {t.period for t in templates} == {"INSTANT", "CUMULATIVE", "PULSE"}
     with pytest.raises(DatamodelError, match="exceeds_plan"):
         load_catalog(SAMPLES, plan=StoragePlan("YEARS", 1))
+
+
+def test_datamodel_identifier_unique_in_a_list() -> None:
+    other = valid_doc()
+    for stream in other["categories"][0]["datastreams"]:
+        stream["identifier"] = stream["identifier"].replace("health", "other")
+    with pytest.raises(DatamodelError) as caught:
+        parse_datamodels([valid_doc(), other])
+    assert (caught.value.rule, caught.value.datamodel) == ("datamodel.duplicate", "health")
+
+
+def test_bad_json_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    with pytest.raises(DatamodelError, match=r"file\.json"):
+        load_datamodels_file(path)
