@@ -10,15 +10,22 @@ injective (collision-free, reversible) encoding:
 
 The result only uses ``[A-Za-z0-9.-]``, which Kafka allows, and never ``_``: Kafka warns that
 topics differing only by ``.`` versus ``_`` collide in its metric names, which therefore cannot
-happen here. A 64-character sourceId encodes to at most 192 characters, under Kafka's 249.
+happen here. An ASCII sourceId of 64 characters encodes to at most 192 characters. A longer
+encoding (non-ASCII sourceIds take up to 12 characters per character) would pass Kafka's 249
+limit; those sources use ``--`` + the SHA-256 of the sourceId instead. ``--`` never occurs in
+the plain encoding (a ``-`` there is always followed by two hex digits, and ``-`` itself is
+``-2D``), so hashed names cannot collide with plain ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
 DATUM_PREFIX = "datum."
+TOPIC_MAX = 249
+HASHED = "--"
 _KEEP = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _ESCAPE = re.compile(r"-([0-9A-F]{2})")
 
@@ -64,11 +71,16 @@ class Topics:
     prefix: str = ""
 
     def source(self, source_id: str) -> str:
-        return f"{self.prefix}{DATUM_PREFIX}{encode_source(source_id)}"
+        head = self.prefix + DATUM_PREFIX
+        encoded = encode_source(source_id)
+        if len(head) + len(encoded) > TOPIC_MAX:
+            encoded = HASHED + hashlib.sha256(source_id.encode("utf-8")).hexdigest()
+        return head + encoded
 
     def source_id_of(self, topic: str) -> str | None:
+        """The sourceId of a plain source topic; None for other topics and hashed names."""
         head = self.prefix + DATUM_PREFIX
-        if not topic.startswith(head):
+        if not topic.startswith(head) or topic.startswith(head + HASHED):
             return None
         return decode_source(topic[len(head):])
 

@@ -70,12 +70,19 @@ def read_topic(bootstrap: str, topic: str, min_count: int, timeout: float = 60.0
     """Read JSON messages of a topic from the start, without a consumer group join."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader",
                          "enable.auto.commit": False})
+    deadline = time.monotonic() + timeout
     try:
-        meta = consumer.list_topics(topic, timeout=10)
-        parts = list(meta.topics[topic].partitions) if topic in meta.topics else [0]
+        # assigning a topic that does not exist yet never recovers: wait for it first
+        while True:
+            meta = consumer.list_topics(timeout=10)
+            if topic in meta.topics and meta.topics[topic].partitions:
+                break
+            if time.monotonic() > deadline:
+                return []
+            time.sleep(0.2)
+        parts = list(meta.topics[topic].partitions)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
         while len(out) < min_count and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
