@@ -143,11 +143,8 @@ def reference(
 
 
 def simple_bucket(mine: list[RawPoint], kind: str, s: int, e: int) -> RefRow | None:
-    inside = [p for p in mine if s <= p.created_ms < e]
-    if kind == "s":
-        inside = [p for p in inside if p.text is not None]
-    else:
-        inside = [p for p in inside if p.value is not None]
+    present = (lambda p: p.text is not None) if kind == "s" else (lambda p: p.value is not None)
+    inside = [p for p in mine if s <= p.created_ms < e and present(p)]
     if not inside:
         return None
     tags = tuple(sorted(set().union(*[p.tags for p in inside])))
@@ -205,11 +202,9 @@ def accumulating_bucket(
                     clock += increase * overlap / gap
                     exists = True
         if gap <= tol.lookback_ms:
-            if gap == 0 and not chained(b.t):
-                mine_to_count = s <= b.t < e  # a step at one instant, opening a new chain
-            else:
-                mine_to_count = s < b.t <= e
-            if mine_to_count:
+            # a step at one instant opening a new chain counts where the instant is
+            opening = gap == 0 and not chained(b.t)
+            if (s <= b.t < e) if opening else (s < b.t <= e):
                 read += increase
                 exists = True
     if not exists:
