@@ -116,8 +116,7 @@ class DatumWorker:
         # Seconds, not Faust's 45: a new source should flow without a long wait.
         self.app.topics._resubscribe_sleep_lock_seconds = 1.0  # type: ignore[attr-defined]
         self.admin = TopicAdmin(settings)
-        # The per-source topics known at start; the list object is shared with the agent's
-        # stream clones, so growing it in place (and flagging the conductor) resubscribes.
+        # The per-source topics known at start; grow_subscription adds to it.
         self.source_topic_names: list[str] = self._discover()
         self.datum_topic = self.app.topic(
             *self.source_topic_names, value_serializer="raw", key_serializer="raw"
@@ -184,9 +183,16 @@ class DatumWorker:
             return
         new = sorted(n for n in existing if pattern.match(n) and n not in self.source_topic_names)
         if new:
+            old = set(self.source_topic_names)
             self.source_topic_names.extend(new)
             log.info("subscribing to %d new source topic(s): %s", len(new), ", ".join(new[:5]))
-            # Faust has no public call for "the topic list of this channel changed".
+            # The agent iterates a clone of datum_topic that the conductor holds; update every
+            # channel carrying our topics. Faust has no public call for "this channel's topic
+            # list changed", hence the conductor's _flag_changes.
+            names = tuple(self.source_topic_names)
+            for channel in [self.datum_topic, *self.app.topics]:
+                if old & set(getattr(channel, "topics", ()) or ()):
+                    channel.topics = names
             self.app.topics._flag_changes()  # type: ignore[attr-defined]
         self.metrics.source_topics.set(len(self.source_topic_names))
 
