@@ -42,6 +42,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(settings, args) or 0)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a clear one-line error, the traceback only at debug level
+        if _is_connection_error(exc):
+            log.debug("details", exc_info=True)
+            print(f"pipeline: cannot reach a service: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    return isinstance(exc, (OperationalError, ConnectionError))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("files", nargs="+", type=Path, help="files to read ('-' for stdin)")
     ingest.add_argument("--format", choices=["json"], default="json")
     ingest.set_defaults(func=cmd_ingest)
+
+    sim = sub.add_parser(
+        "simulate", help="run a fleet of simulated gateways (meters, inverters, weather, heat pumps)",
+        description="Publish datums of a simulated fleet: energy meters, PV inverters, weather "
+        "stations (real TMY weather from pvlib when installed) and oTherm ground-source heat "
+        "pumps. Sends --backfill hours of history as fast as possible, then (with --realtime) "
+        "one datum per device every --interval seconds until Ctrl-C.",
+    )
+    sim.add_argument("--nodes", type=int, default=3, help="nodes (sites), each with its devices (default 3)")
+    sim.add_argument("--interval", type=float, default=60.0, help="seconds between samples (default 60)")
+    sim.add_argument("--backfill", type=float, default=24.0, help="hours of history to send first (default 24)")
+    sim.add_argument("--realtime", action="store_true", help="keep sending as time passes")
+    sim.add_argument("--bad-ratio", type=float, default=0.0, help="fraction of datums with a faulty value")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=cmd_simulate)
 
     sql = sub.add_parser("sql", help="run ClickHouse SQL against the configured store")
     sql.add_argument("query", help="the SQL; SELECT results print as tab-separated rows")
@@ -153,10 +180,28 @@ def _open_lines(path: Path) -> Iterator[Iterator[bytes]]:
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     settings = embedded_defaults(settings)
     from pipeline.ingest import ingest_files
+    from pipeline.progress import Progress
 
-    report = ingest_files(settings, args.files, args.format)
+    with Progress(None, unit="lines", description="ingest") as bar:
+        report = ingest_files(settings, args.files, args.format, progress=bar)
+        bar.update(report.lines_read - bar.n)
     print(report.summary())
     return 0 if report.lines_rejected == 0 else 1
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    settings = embedded_defaults(settings)
+    from pipeline.simulate import simulate
+    from processors.simulate import FleetSpec
+
+    now = int(time.time() * 1000)
+    backfill_ms = int(args.backfill * 3_600_000)
+    start = (now - backfill_ms) // 60_000 * 60_000
+    spec = FleetSpec(nodes=args.nodes, interval_s=args.interval, seed=args.seed, start_ms=start,
+                     bad_ratio=args.bad_ratio)
+    report = simulate(settings, spec, backfill_ms, args.realtime, now_ms=now)
+    print(report.summary())
+    return 0
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
@@ -204,9 +249,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             spawn(f"worker-{n}", [sys.executable, "-m", "pipeline.cli", "worker"],
                   PIPELINE_METRICS_PORT=str(port))
         if args.demo:
-            demo = Path(__file__).resolve().parent.parent / "schemas" / "demo" / "datums.jsonl"
-            if demo.exists():
-                spawn("demo-ingest", [sys.executable, "-m", "pipeline.cli", "ingest", str(demo)])
+            # a day of history from a small fleet, then live data every 10 s
+            spawn("simulate", [sys.executable, "-m", "pipeline.cli", "simulate", "--nodes", "3",
+                               "--interval", "10", "--backfill", "24", "--realtime", "--bad-ratio", "0.01"])
         print(_banner(settings, data_dir, args.workers), flush=True)
         while not stopping:
             for i, (name, argv, proc) in enumerate(children):

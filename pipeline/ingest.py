@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.codec import DeadLetter
 from pipeline.producer import DatumProducer
+from pipeline.progress import Progress
 from pipeline.settings import Settings
 from processors.datum import Datum, check_envelope
 from processors.solarnetwork_json import LineRejection, parse_line
@@ -45,7 +46,8 @@ def _lines(path: Path) -> Iterator[bytes]:
 
 
 def ingest_json(
-    producer: DatumProducer, files: Iterable[Path], report: IngestReport, now_ms: int | None = None
+    producer: DatumProducer, files: Iterable[Path], report: IngestReport, now_ms: int | None = None,
+    progress: Progress | None = None,
 ) -> None:
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     chunk: list[Datum] = []
@@ -73,6 +75,9 @@ def ingest_json(
             if len(chunk) >= CHUNK:
                 report.datums_sent += producer.send(chunk)
                 chunk = []
+                if progress is not None:
+                    progress.update(report.lines_read - progress.n)
+                    progress.set_postfix(sent=report.datums_sent, rejected=report.lines_rejected)
     if chunk:
         report.datums_sent += producer.send(chunk)
 
@@ -87,12 +92,12 @@ def _reject(producer: DatumProducer, report: IngestReport, file: str, line_no: i
     )
 
 
-def ingest_files(settings: Settings, files: list[Path], fmt: str) -> IngestReport:
+def ingest_files(settings: Settings, files: list[Path], fmt: str, progress: Progress | None = None) -> IngestReport:
     report = IngestReport()
     t0 = time.perf_counter()
     producer = DatumProducer(settings)
     if fmt == "json":
-        ingest_json(producer, files, report)
+        ingest_json(producer, files, report, progress=progress)
     else:
         raise ValueError(f"unknown format {fmt!r}")
     producer.flush()
