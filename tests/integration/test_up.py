@@ -1,0 +1,52 @@
+"""`pipeline up` against services given by URL: it starts none of its own, runs the workers,
+serves metrics, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline.producer import DatumProducer
+from processors.datum import Datum
+from sinks.clickhouse import connect
+from tests.integration.helpers import ROOT, settings_for, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_up_with_external_services(kafka_bootstrap: str, clickhouse_url: str, postgres_url: str,
+                                   ch_database: str, topic_prefix: str, tmp_path: Path) -> None:
+    settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)
+    settings = settings._with({"postgres_dsn": postgres_url, "data_dir": tmp_path / "data"})
+    env = {**os.environ, **settings.as_env()}
+    out = tmp_path / "up.log"
+    with out.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], env=env, cwd=ROOT,
+                                stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "pipeline is up" in out.read_text(), 60, "the banner")
+        banner = out.read_text()
+        assert kafka_bootstrap in banner and settings.clickhouse_url in banner
+        # nothing embedded was started: no service logs in the data dir
+        assert not (tmp_path / "data" / "postgres").exists()
+        assert not (tmp_path / "data" / "logs" / "tansu.log").exists()
+        producer = DatumProducer(settings)
+        producer.send([Datum(7, "/up/M1", 1_700_000_000_000 + k, {"w": float(k)}) for k in range(50)])
+        producer.flush()
+        client = connect(settings.clickhouse_url)
+        wait_for(lambda: int(client.command("SELECT count() FROM datum WHERE node_id = 7")) == 50, 120,
+                 "50 datums through pipeline up")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout=5).read()
+        assert b"pipeline_datums_in_total" in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(90)
+    text = out.read_text()
+    assert code == 0, text[-2000:]
+    assert "pipeline: stopped" in text
