@@ -81,8 +81,8 @@ def process_messages(messages: Sequence[Any], now_ms: int) -> BatchOutcome:
         result = accept_batch(datums, now_ms)
         out.rows.extend(result.rows)
         out.accepted += result.datums_accepted
-        for datum, reasons in result.refused:
-            out.letters.append(DeadLetter(reasons, origin, datum=datum))
+        for datum, reasons, stage in result.refused:
+            out.letters.append(DeadLetter(reasons, origin, datum=datum, stage=stage))
         for d in datums:
             if d.created_ms > out.newest_created_ms:
                 out.newest_created_ms = d.created_ms

@@ -6,10 +6,16 @@ raw table, and every refusal with its reasons). Nothing here touches a store.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
+from processors.binding import Catalog
+from processors.datamodel import NOT_STORED, DatastreamTemplate, StoragePlan, ttl_days
 from processors.datum import Datum, Rejection, check_envelope
+from processors.qrating import RateState, Score, ScoreError, Scorer, next_rate
+from processors.validation import validate
+
+RateKey = tuple[int, str, str]  # (node, source, datastream)
 
 RAW_COLUMNS = (
     "node_id", "source_id", "created", "property", "kind", "value", "text", "tags",
@@ -47,49 +53,128 @@ class RawColumns:
         return [getattr(self, name) for name in RAW_COLUMNS]
 
     def add_datum(self, d: Datum) -> int:
-        """Append one row per sample of an accepted datum; returns rows added."""
+        """Append one row per sample of an accepted, unbound datum; returns rows added."""
         n = 0
-        tags = d.tags
         for kind, name, val in d.samples():
-            self.node_id.append(d.node_id)
-            self.source_id.append(d.source_id)
-            self.created.append(d.created_ms)
-            self.property.append(name)
-            self.kind.append(kind)
-            if kind == "s":
-                self.value.append(None)
-                self.text.append(str(val))
-            else:
-                self.value.append(float(val))
-                self.text.append("")
-            self.tags.append(tags)
-            self.datastream.append("")
-            self.score.append(None)
-            self.performance.append(None)
-            self.label.append("")
-            self.quality.append("")
-            self.ttl_days.append(0)
+            self.add(d, kind, name, val)
             n += 1
         return n
+
+    def add(self, d: Datum, kind: str, name: str, val: float | str, datastream: str = "",
+            score: float | None = None, performance: float | None = None, label: str = "",
+            quality: str = "", ttl: int = 0) -> None:
+        self.node_id.append(d.node_id)
+        self.source_id.append(d.source_id)
+        self.created.append(d.created_ms)
+        self.property.append(name)
+        self.kind.append(kind)
+        if kind == "s":
+            self.value.append(None)
+            self.text.append(str(val))
+        else:
+            self.value.append(float(val))
+            self.text.append("")
+        self.tags.append(d.tags)
+        self.datastream.append(datastream)
+        self.score.append(score)
+        self.performance.append(performance)
+        self.label.append(label)
+        self.quality.append(quality)
+        self.ttl_days.append(ttl)
 
 
 @dataclass
 class AcceptResult:
-    rows: RawColumns
+    rows: RawColumns  # raw rows to store
     datums_accepted: int
-    # (original datum, reasons): the whole datum or some of its samples were refused
-    refused: list[tuple[Datum, list[Rejection]]]
+    # (original datum, reasons, stage): the whole datum or some of its samples were refused
+    refused: list[tuple[Datum, list[Rejection], str]]
+    # samples of NEVER-stored datastreams: only the latest value of each is kept queryable
+    latest: RawColumns = field(default_factory=RawColumns)
 
 
-def accept_batch(datums: Sequence[Datum], now_ms: int) -> AcceptResult:
-    rows = RawColumns()
-    refused: list[tuple[Datum, list[Rejection]]] = []
-    accepted = 0
+@dataclass
+class Scoring:
+    """What scoring needs across batches: a Scorer per template, and the last datapoint of every
+    cumulative stream (the rate's baseline). `rates` is owned by the caller, who rebuilds it
+    from the store after a restart."""
+
+    plan: StoragePlan | None = None
+    rates: MutableMapping[RateKey, RateState] = field(default_factory=dict)
+    _scorers: dict[int, tuple[DatastreamTemplate, Scorer | None]] = field(default_factory=dict)
+
+    def scorer(self, template: DatastreamTemplate) -> Scorer | None:
+        hit = self._scorers.get(id(template))
+        if hit is None or hit[0] is not template:
+            hit = (template, Scorer(template.qrating) if template.qrating is not None else None)
+            self._scorers[id(template)] = hit
+        return hit[1]
+
+
+def accept_batch(datums: Sequence[Datum], now_ms: int, catalog: Catalog | None = None,
+                 scoring: Scoring | None = None) -> AcceptResult:
+    """Envelope rules, then (with a catalog) template validation and qRating, per datum.
+
+    Datums of one stream must come in their order of arrival: cumulative rates are taken
+    against the previous datapoint of the stream.
+    """
+    result = AcceptResult(RawColumns(), 0, [])
+    scoring = scoring if scoring is not None else Scoring()
     for d in datums:
         kept, problems = check_envelope(d, now_ms)
         if problems:
-            refused.append((d, problems))
-        if kept is not None:
-            rows.add_datum(kept)
-            accepted += 1
-    return AcceptResult(rows, accepted, refused)
+            result.refused.append((d, problems, "envelope"))
+        if kept is None:
+            continue
+        if catalog is None:
+            result.rows.add_datum(kept)
+            result.datums_accepted += 1
+            continue
+        checked = validate(kept, catalog)
+        rejected = list(checked.rejections)
+        if checked.accepted is not None:
+            if checked.bound:
+                _add_scored(result, checked.accepted, checked.datastreams, scoring, rejected)
+            else:
+                result.rows.add_datum(checked.accepted)
+            result.datums_accepted += 1
+        if rejected:
+            result.refused.append((kept, rejected, "validation"))
+    return result
+
+
+def _add_scored(result: AcceptResult, d: Datum, templates: Mapping[str, DatastreamTemplate],
+                scoring: Scoring, rejected: list[Rejection]) -> None:
+    for kind, name, val in d.samples():
+        template = templates.get(name)
+        if template is None:  # validate() maps every accepted sample of a bound source
+            result.rows.add(d, kind, name, val)
+            continue
+        ttl = ttl_days(template.storage, scoring.plan)
+        target = result.latest if ttl == NOT_STORED else result.rows
+        ttl_value = ttl if isinstance(ttl, int) else 0
+        scorer = scoring.scorer(template)
+        if scorer is None:
+            target.add(d, kind, name, val, template.identifier, ttl=ttl_value)
+            continue
+        try:
+            score = _score(scorer, scoring, d, template.identifier, val)
+        except ScoreError as exc:
+            rejected.append(exc.as_rejection(name, kind, template.identifier))
+            continue
+        if score is None:
+            target.add(d, kind, name, val, template.identifier, ttl=ttl_value)
+        else:
+            target.add(d, kind, name, val, template.identifier, score.score, score.performance,
+                       score.label, score.quality, ttl_value)
+
+
+def _score(scorer: Scorer, scoring: Scoring, d: Datum, datastream: str, val: float | str) -> Score | None:
+    divisor = scorer.cumulative_period_divisor
+    if divisor is None or isinstance(val, str):
+        return scorer.score_sample(val)
+    key = (d.node_id, d.source_id, datastream)
+    outcome = next_rate(scoring.rates.get(key), d.created_ms, float(val), divisor)
+    if outcome.new_state is not None:
+        scoring.rates[key] = outcome.new_state
+    return None if outcome.rate is None else scorer.score(outcome.rate)

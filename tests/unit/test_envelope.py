@@ -54,7 +54,7 @@ def test_accept_batch_counts_rows_and_refusals() -> None:
     assert len(result.rows) == 4
     assert result.rows.kind == ["i", "a", "s", "i"]
     assert result.rows.text[2] == "x" and result.rows.value[2] is None
-    assert [len(r) for _, r in result.refused] == [1, 1]
+    assert [(len(r), stage) for _, r, stage in result.refused] == [(1, "envelope"), (1, "envelope")]
 
 
 @pytest.mark.parametrize(
