@@ -374,6 +374,11 @@ class MetadataEvent:
     author: str
     comment: str
     produced_at: datetime
+    _key_text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # computed once: it is a json.dumps, and bulk imports ask for it several times
+        object.__setattr__(self, "_key_text", key_text(self.key))
 
     @property
     def spec(self) -> EntitySpec:
@@ -381,7 +386,7 @@ class MetadataEvent:
 
     @property
     def key_text(self) -> str:
-        return key_text(self.key)
+        return self._key_text
 
     def as_dict(self) -> dict[str, JsonValue]:
         return {
@@ -599,11 +604,24 @@ def references(event: MetadataEvent) -> list[tuple[str, dict[str, KeyValue]]]:
     return out
 
 
+def relevant_interval(event: MetadataEvent) -> Interval | None:
+    """The valid-time window whose current rows decide() needs, None if not time-dependent.
+
+    Every time-dependent rule only looks at intervals overlapping [valid_from, valid_to) of the
+    event (for close: the moved interval; delete of all: everything), so an adapter may pass
+    just those: one indexed query instead of a key's whole history.
+    """
+    if event.spec.cls != "time_dependent":
+        return None
+    return Interval(event.valid_from, event.valid_to)
+
+
 def decide(event: MetadataEvent, current: Sequence[CurrentRow]) -> Plan | Refusal:
     """The plan an event makes of the current rows of its key, or why it is refused.
 
     `current` holds the key's rows as known now: at most one for master/static/history
-    entities, the non-overlapping intervals for time-dependent ones.
+    entities; for time-dependent ones the non-overlapping intervals, all of them or at least
+    those overlapping relevant_interval(event).
     """
     problem = validate_value(event)
     if problem is not None:
@@ -633,7 +651,9 @@ def decide(event: MetadataEvent, current: Sequence[CurrentRow]) -> Plan | Refusa
 
 
 def _same(a: Mapping[str, JsonValue], b: Mapping[str, JsonValue]) -> bool:
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    # JSON objects compare by value whatever their key order; == also says 1 == 1.0, which
+    # JSON (and jsonb) do not distinguish either.
+    return a == b
 
 
 def _fmt(iv: Interval) -> str:

@@ -481,3 +481,40 @@ def test_writer_role_appends_but_cannot_erase_history(replayed: psycopg.Connecti
     finally:
         c.execute("RESET ROLE")
     assert snapshot(c, T(13)) == {k: v for k, v in AT_13.items() if k[0] != "organization"}
+
+
+def test_bulk_import_with_copy_matches_event_by_event(postgres_url: str,
+                                                       replayed: psycopg.Connection[Any]) -> None:
+    """import_events (binary COPY, one transaction) gives the same answers as apply_event."""
+    base = postgres_url.rpartition("/")[0]
+    name = f"t_imp_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(f"{base}/{name}", autocommit=True) as c:
+            history.migrate(c)
+            events = [event_of(s) for s in SCRIPT]
+            results = history.import_events(c, events, [T(s[0]) for s in SCRIPT])
+            assert [(r.status, r.rule or None) for r in results] == [
+                (s[7], s[8] if len(s) > 8 else None) for s in SCRIPT]
+            for i in range(0, 27):
+                for probe in (T(i), T(i) + timedelta(minutes=30)):
+                    assert snapshot(c, probe) == snapshot(replayed, probe), i
+            assert history.diff(c, T(9), T(23)) == history.diff(replayed, T(9), T(23))
+
+            def log(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+                return [(r["event_id"], r["tx_time"], r["status"], r["changed"], r["rule"])
+                        for r in history.transactions(conn)]
+
+            assert log(c) == log(replayed)
+            again = history.import_events(c, events)
+            assert {r.status for r in again} == {"duplicate"}
+            # a later event-by-event change continues from the imported state
+            e = parse_event({**event_of(SCRIPT[12]).as_dict(), "event_id": str(uuid.uuid4()),
+                             "op": "correct", "value": {"tz": "Asia/Tokyo"}})
+            assert history.apply_event(c, e).status == "applied"
+            now = history.valid_at(c, "node_timezone", N1, d("2024-09-01"))
+            assert now is not None and now.value == {"tz": "Asia/Tokyo"}
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
