@@ -83,12 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser(
         "ingest", help="publish datum files to their per-source topics",
-        description="Read files of datums and publish them. --format json: SolarNetwork datum "
-        "JSON, one object per line. Bad lines go to the dead-letter topic with line number and "
-        "reason; the rest continue. Prints lines read, datums sent and lines rejected.",
+        description="Read files of datums and publish them, streaming, in constant memory. "
+        "--format json: SolarNetwork datum JSON, one object per line. --format lp: InfluxDB line "
+        "protocol (oTherm uploads): measurement and a tag give the source (for oTherm's "
+        "otherm-data/monitoring-data/weather-data, the equipment tag: /otherm-data/<uuid>), fields "
+        "give samples (numbers instantaneous, text and booleans status), -999 means missing. "
+        "Bad lines go to the dead-letter topic with file, line number and reason; the rest "
+        "continue. Prints lines read, datums sent and lines rejected.",
     )
     ingest.add_argument("files", nargs="+", type=Path, help="files to read ('-' for stdin)")
-    ingest.add_argument("--format", choices=["json"], default="json")
+    ingest.add_argument("--format", choices=["json", "lp"], default="json")
+    ingest.add_argument("--precision", choices=["ns", "us", "ms", "s"], default="ns",
+                        help="lp: unit of the timestamps (oTherm writes s)")
+    ingest.add_argument("--node-id", type=int, default=None, help="lp: node of every datum (default 1)")
+    ingest.add_argument("--node-tag", help="lp: take the node id from this tag instead")
+    ingest.add_argument("--source-tag", action="append", default=[], metavar="MEASUREMENT=TAG",
+                        help="lp: the tag naming the source for a measurement (repeatable; "
+                        "'*=TAG' for every other measurement)")
+    ingest.add_argument("--source-template", default="/{measurement}/{source}",
+                        help="lp: sourceId template; {measurement}, {source} and tag keys")
+    ingest.add_argument("--sentinel", action="append", type=float, default=None,
+                        help="lp: a value meaning 'missing' (repeatable; default -999)")
     ingest.set_defaults(func=cmd_ingest)
 
     sim = sub.add_parser(
@@ -182,8 +197,29 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.ingest import ingest_files
     from pipeline.progress import Progress
 
+    mapping = None
+    if args.format == "lp":
+        from processors.lp_mapping import OTHERM_SOURCE_TAGS, LineProtocolMapping
+
+        tags = dict(OTHERM_SOURCE_TAGS)
+        default_tag = None
+        for spec in args.source_tag:
+            measurement, sep, tag = spec.partition("=")
+            if not sep or not tag:
+                raise SystemExit(f"pipeline ingest: --source-tag wants MEASUREMENT=TAG, got {spec!r}")
+            if measurement == "*":
+                default_tag = tag
+            else:
+                tags[measurement] = tag
+        node_id = None if args.node_tag else (args.node_id if args.node_id is not None else 1)
+        mapping = LineProtocolMapping(
+            node_id=node_id, node_tag=args.node_tag, source_tags=tags, default_source_tag=default_tag,
+            source_template=args.source_template,
+            sentinels=frozenset(args.sentinel if args.sentinel is not None else [-999.0]),
+        )
     with Progress(None, unit="lines", description="ingest") as bar:
-        report = ingest_files(settings, args.files, args.format, progress=bar)
+        report = ingest_files(settings, args.files, args.format, progress=bar, mapping=mapping,
+                              precision=args.precision)
         bar.update(report.lines_read - bar.n)
     print(report.summary())
     return 0 if report.lines_rejected == 0 else 1

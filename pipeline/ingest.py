@@ -13,6 +13,9 @@ from pipeline.producer import DatumProducer
 from pipeline.progress import Progress
 from pipeline.settings import Settings
 from processors.datum import Datum, check_envelope
+from processors.line_protocol import parse_lines
+from processors.lp_mapping import LineProtocolMapping, map_points
+from processors.lp_mapping import LineRejection as LPRejection
 from processors.solarnetwork_json import LineRejection, parse_line
 
 CHUNK = 5000  # datums handed to the producer at a time: bounded memory on any file size
@@ -24,6 +27,7 @@ class IngestReport:
     datums_sent: int = 0
     lines_rejected: int = 0
     samples_rejected: int = 0
+    datums_refused: int = 0  # mapped, then refused by the envelope rules (e.g. created too old)
     seconds: float = 0.0
     rejected_by_rule: dict[str, int] = field(default_factory=dict)
 
@@ -32,7 +36,8 @@ class IngestReport:
         rules = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected_by_rule.items()))
         return (
             f"lines read {self.lines_read}, datums sent {self.datums_sent}, "
-            f"lines rejected {self.lines_rejected}, samples rejected {self.samples_rejected} "
+            f"lines rejected {self.lines_rejected}, samples rejected {self.samples_rejected}, "
+            f"datums refused {self.datums_refused} "
             f"in {self.seconds:.2f}s ({rate:,.0f} lines/s)" + (f" [{rules}]" if rules else "")
         )
 
@@ -82,6 +87,63 @@ def ingest_json(
         report.datums_sent += producer.send(chunk)
 
 
+# Rules that drop the whole line; the others drop one field and the datum goes on.
+LP_LINE_RULES = frozenset({
+    "lp.syntax", "lp.measurement_unmapped", "lp.source_tag_missing", "lp.template_tag_missing",
+    "lp.node_id_invalid", "lp.no_samples", "created.missing",
+})
+
+
+def _counted(fh: Iterable[bytes], report: IngestReport) -> Iterator[bytes]:
+    for line in fh:
+        report.lines_read += 1
+        yield line
+
+
+def ingest_lp(
+    producer: DatumProducer, files: Iterable[Path], report: IngestReport, mapping: LineProtocolMapping,
+    precision: str = "ns", now_ms: int | None = None, progress: Progress | None = None,
+) -> None:
+    """Line protocol, streamed: constant memory whatever the file size."""
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    chunk: list[Datum] = []
+    for path in files:
+        rejected_lines: set[int] = set()  # bounded by the bad lines of one file
+        lines = _counted(_lines(path), report)
+        for item in map_points(parse_lines(lines, precision=precision), mapping):
+            if isinstance(item, LPRejection):
+                rule = item.reason.rule
+                report.rejected_by_rule[rule] = report.rejected_by_rule.get(rule, 0) + 1
+                if rule in LP_LINE_RULES:
+                    rejected_lines.add(item.line_no)
+                else:
+                    report.samples_rejected += 1
+                producer.send_dead_letter(
+                    DeadLetter([item.reason], None, stage="ingest", file=str(path), line=item.line_no))
+                continue
+            kept, problems = check_envelope(item, now)
+            if problems:
+                for p in problems:
+                    report.rejected_by_rule[p.rule] = report.rejected_by_rule.get(p.rule, 0) + 1
+                producer.send_dead_letter(DeadLetter(problems, None, datum=item, stage="ingest", file=str(path)))
+                if kept is None:
+                    report.datums_refused += 1
+                else:
+                    report.samples_rejected += len(problems)
+            if kept is None:
+                continue
+            chunk.append(kept)
+            if len(chunk) >= CHUNK:
+                report.datums_sent += producer.send(chunk)
+                chunk = []
+                if progress is not None:
+                    progress.update(report.lines_read - progress.n)
+                    progress.set_postfix(sent=report.datums_sent, rejected=report.lines_rejected)
+        report.lines_rejected += len(rejected_lines)
+    if chunk:
+        report.datums_sent += producer.send(chunk)
+
+
 def _reject(producer: DatumProducer, report: IngestReport, file: str, line_no: int, text: str,
             reasons: list, datum: Datum | None) -> None:  # type: ignore[type-arg]
     report.lines_rejected += 1
@@ -92,12 +154,16 @@ def _reject(producer: DatumProducer, report: IngestReport, file: str, line_no: i
     )
 
 
-def ingest_files(settings: Settings, files: list[Path], fmt: str, progress: Progress | None = None) -> IngestReport:
+def ingest_files(settings: Settings, files: list[Path], fmt: str, progress: Progress | None = None,
+                 mapping: LineProtocolMapping | None = None, precision: str = "ns") -> IngestReport:
     report = IngestReport()
     t0 = time.perf_counter()
     producer = DatumProducer(settings)
     if fmt == "json":
         ingest_json(producer, files, report, progress=progress)
+    elif fmt == "lp":
+        ingest_lp(producer, files, report, mapping or LineProtocolMapping(node_id=1), precision,
+                  progress=progress)
     else:
         raise ValueError(f"unknown format {fmt!r}")
     producer.flush()
