@@ -35,7 +35,8 @@ DEFAULT_START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 TMY_FILES = ("723170TYA.CSV", "703165TY.csv")
 
 # Out-of-range values injected by `bad_ratio`, per property: what a broken sensor sends.
-# -999 is oTherm's own stand-in for a missing reading.
+# -999 is oTherm's own stand-in for a missing reading. Every one of them breaks the schema of
+# its datastream in schemas/datamodels, so validation refuses it (tests/unit/test_demo_catalog).
 FAULT_VALUES: Mapping[str, float] = {
     "watts": -1.0e7,
     "voltage": 9_999.0,
@@ -43,7 +44,7 @@ FAULT_VALUES: Mapping[str, float] = {
     "temperature": -999.0,
     "humidity": 180.0,
     "ghi": 4_000.0,
-    "pressure": 0.0,
+    "atm": 0.0,
     "heatpump_power": -999.0,
     "source_supplytemp": -999.0,
     "load_supplytemp": 250.0,
@@ -398,7 +399,10 @@ class _Meter(_Device):
 
 
 class _Inverter(_Device):
-    """PV inverter: irradiance x panel area x module efficiency, temperature-derated, clipped."""
+    """PV inverter: irradiance x panel area x module efficiency, temperature-derated, clipped.
+
+    `state` is a SunSpec operating state, lower case: `sleeping` at night, `mppt` by day.
+    """
 
     __slots__ = (
         "node_id", "source_id", "area", "eff", "shade", "ac_max", "wh0", "wh", "prev_w",
@@ -423,14 +427,14 @@ class _Inverter(_Device):
         r = rnd.random()
         if ghi < 5.0:
             w = 0.0
-            state = "SLEEP"
+            state = "sleeping"
         else:
             t_cell = wx.temperature + ghi * (25.0 / 800.0)
             dc = ghi * self.area * self.eff * self.shade * (1.0 - 0.004 * (t_cell - 25.0))
             w = min(dc * 0.96 * (1.0 + 0.02 * (r - 0.5)), self.ac_max)
             if w < 0.0:
                 w = 0.0
-            state = "MPPT"
+            state = "mppt"
         if self.prev_w >= 0.0:
             self.wh += (self.prev_w + w) * 0.5 * tick.dt_h
         self.prev_w = w
@@ -441,7 +445,10 @@ class _Inverter(_Device):
 
 
 class _WeatherStation(_Device):
-    """Reports the weather series, interpolated to the sample time."""
+    """Reports the weather series, interpolated to the sample time.
+
+    SolarNetwork AtmosphericDatum names where it has one: `wspeed` (m/s), `atm` (Pa).
+    """
 
     __slots__ = ("node_id", "source_id")
 
@@ -457,8 +464,8 @@ class _WeatherStation(_Device):
             self.node_id, self.source_id, tick.t_ms,
             {
                 "temperature": wx.temperature, "humidity": wx.humidity, "ghi": wx.ghi,
-                "dni": wx.dni, "dhi": wx.dhi, "wind_speed": wx.wind_speed,
-                "pressure": wx.pressure,
+                "dni": wx.dni, "dhi": wx.dhi, "wspeed": wx.wind_speed,
+                "atm": wx.pressure * 100.0,  # mbar -> Pa
             },
         )
 
@@ -571,7 +578,7 @@ class _HeatPump(_Device):
                 "source_supplytemp": src_supply,
                 "source_returntemp": src_return,
                 "source_tempdiff": src_supply - src_return,
-                "sourcefluid_flowrate": src_flow,
+                "sourcefluid_flowrate": src_flow * 60.0,  # L/s -> L/min
                 "sourcefluid_pump_power": pump_w,
                 "load_pumpsfans": fans_w,
                 "load_supplytemp": load_supply,

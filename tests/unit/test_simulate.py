@@ -136,11 +136,11 @@ def test_inverter_sleeps_at_night_and_produces_by_day() -> None:
             local_h = ((d.created_ms - 5 * HOUR) % DAY) / HOUR  # EST
             if local_h < 4 or local_h > 22:
                 assert d.i["watts"] == 0.0
-                assert d.s["state"] == "SLEEP"
-            if d.s["state"] == "SLEEP":
+                assert d.s["state"] == "sleeping"
+            if d.s["state"] == "sleeping":
                 assert d.i["watts"] == 0.0
             else:
-                assert d.s["state"] == "MPPT"
+                assert d.s["state"] == "mppt"
         assert max(d.i["watts"] for d in series) > 1000
         wh = [d.a["wattHours"] for d in series]
         assert all(b >= a for a, b in zip(wh, wh[1:], strict=False))
@@ -171,10 +171,14 @@ def test_weather_station_stays_within_the_series_ranges() -> None:
                             heat_pumps_per_node=0, interval_s=1800, seed=1), series)
     datums = list(fleet.datums_between(DEFAULT_START_MS, DEFAULT_START_MS + 366 * DAY))
     assert len(datums) == 366 * 48
+    # SolarNetwork names for two fields: wspeed (m/s), atm (Pa; the series holds mbar)
+    field = {"wspeed": ("wind_speed", 1.0), "atm": ("pressure", 100.0)}
     for d in datums:
+        assert set(d.i) == {"temperature", "humidity", "ghi", "dni", "dhi", "wspeed", "atm"}
         for name, value in d.i.items():
-            lo, hi = ranges[name]
-            assert lo - 1e-9 <= value <= hi + 1e-9, (name, value, d.created_ms)
+            wx_name, scale = field.get(name, (name, 1.0))
+            lo, hi = ranges[wx_name]
+            assert lo * scale - 1e-6 <= value <= hi * scale + 1e-6, (name, value, d.created_ms)
         assert d.i["ghi"] >= 0 and 0 <= d.i["humidity"] <= 100
     # winter colder than summer
     jan = [d.i["temperature"] for d in datums[: 31 * 48]]
