@@ -135,8 +135,8 @@ def run(dsn: str, versions: int, entities: int, runs: int) -> None:
                 lambda: history.valid_at(conn, "node_timezone", {"node_id": 1},
                                          DAY0 + timedelta(days=100, hours=5), mid), 50,
                 lambda o: f"-> {o.value['tz']!r}")
-        measure("state_at hot tz (all intervals)",
-                lambda: history.state_at(conn, mid, "node_timezone", {"node_id": 1}), 50,
+        measure("state_at hot tz (5k intervals out)",  # a 5k-row answer, not a lookup
+                lambda: history.state_at(conn, mid, "node_timezone", {"node_id": 1}), None,
                 lambda o: f"-> {len(o):,} intervals")
         measure(f"state_at everything ({entities:,}+ entities)",
                 lambda: history.state_at(conn, end), 1000,

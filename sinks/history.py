@@ -445,9 +445,9 @@ def import_events(conn: Conn, events: Sequence[MetadataEvent],
                 continue
             results.append(ApplyResult("applied", "" if changed else "unchanged", "", tx_id,
                                        now, changed))
+            last[ident] = now  # as apply_event: any applied event moves the key's clock
             if not changed:
                 continue
-            last[ident] = now
             cls = e.spec.cls
             closed = {c.row_id for c in plan.close}
             if cls == "master":

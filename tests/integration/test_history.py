@@ -17,7 +17,7 @@ from psycopg import errors
 
 from processors.binding import Catalog, parse_binding
 from processors.datamodel import parse_datamodel
-from processors.metadata import Interval, MetadataEvent, key_text, parse_event
+from processors.metadata import Interval, KeyValue, MetadataEvent, key_text, parse_event
 from sinks import history
 from sinks.history import ApplyResult
 
@@ -40,11 +40,11 @@ HEALTH = {
         "qrating": QRATING,
     }]}],
 }
-SRC = {"node_id": 1, "source_id": "/S1/HP1"}
-BIND = {"node_id": 1, "source_pattern": "/S1/**", "valid_from_ms": None}
-TPL = {"datamodel": "health", "datastream": "health.heart.rate"}
-N1 = {"node_id": 1}
-ORG = {"org_id": 7}
+SRC: dict[str, KeyValue] = {"node_id": 1, "source_id": "/S1/HP1"}
+BIND: dict[str, KeyValue] = {"node_id": 1, "source_pattern": "/S1/**", "valid_from_ms": None}
+TPL: dict[str, KeyValue] = {"datamodel": "health", "datastream": "health.heart.rate"}
+N1: dict[str, KeyValue] = {"node_id": 1}
+ORG: dict[str, KeyValue] = {"org_id": 7}
 
 
 def d(day: str) -> datetime:
@@ -146,10 +146,11 @@ K_SRC = '{"node_id":1,"source_id":"/S1/HP1"}'
 K_BIND = '{"node_id":1,"source_pattern":"/S1/**","valid_from_ms":null}'
 K_TPL = '{"datamodel":"health","datastream":"health.heart.rate"}'
 JAN, MAR, JUL = (iso(d(x)) for x in ("2024-01-01", "2024-03-01", "2024-07-01"))
-ORG_NOW = {("organization", K_ORG, None, None): {"name": "ACME Corp"}}
+Snapshot = dict[tuple[str, str, str | None, str | None], Any]
+ORG_NOW: Snapshot = {("organization", K_ORG, None, None): {"name": "ACME Corp"}}
 BINDING = {"datamodel": "health", "properties": {"rate": "health.heart.rate"}}
 
-AT_9 = {
+AT_9: Snapshot = {
     **ORG_NOW,  # master data: the latest state, whatever the time
     ("node", K_N1, None, None): {"name": "gw-1", "org_id": 7},
     ("site", K_S1, None, None): {"name": "Farmhouse"},
@@ -518,3 +519,29 @@ def test_bulk_import_with_copy_matches_event_by_event(postgres_url: str,
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_racing_overlapping_intervals_one_wins(conn: psycopg.Connection[Any], pg_dsn: str) -> None:
+    """Two writers set overlapping intervals on one key at once: one applies, one is refused."""
+    history.apply_event(conn, event_of(SCRIPT[1]), tx_time=T(2))  # node 1
+    events = [
+        parse_event({**event_of(SCRIPT[7]).as_dict(), "event_id": str(uuid.uuid4()),
+                     "value": {"tz": zone}})
+        for zone in ("Europe/Oslo", "Europe/Paris", "Asia/Tokyo", "UTC")
+    ]
+    results: list[ApplyResult] = []
+    barrier = threading.Barrier(len(events))
+
+    def write(e: MetadataEvent) -> None:
+        with psycopg.connect(pg_dsn, autocommit=True) as c:
+            barrier.wait()
+            results.append(history.apply_event(c, e))
+
+    threads = [threading.Thread(target=write, args=(e,)) for e in events]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted((r.status, r.rule) for r in results) == [
+        ("applied", "")] + [("refused", "valid.overlap")] * 3
+    assert len(history.state_at(conn, datetime.now(UTC), "node_timezone")) == 1
