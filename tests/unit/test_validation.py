@@ -142,14 +142,14 @@ def test_otherm_fields_map_explicitly_and_sentinel_is_refused(demo: Catalog) -> 
         "compressor_stage": 1.0,
         "outdoor_temperature": -999.0,  # oTherm's NaN sentinel
         "heat_flow_rate": 6000.0,
-        "loadside_heat": 6000.0,
-        "sourceside_heat": 3900.0,
     }
-    result = validate(Datum(3, "/otherm-data/1f0c", T0, i=fields), demo)
+    registers = {"loadside_heat": 6000.0, "sourceside_heat": 3900.0}  # CUMULATIVE Wh: a
+    result = validate(Datum(3, "/otherm-data/1f0c", T0, i=fields, a=registers), demo)
     assert rules(result) == [
         ("sample.schema", "outdoor_temperature", "gshp.outdoorTemperature")
     ]
-    assert result.accepted is not None and len(result.accepted.i) == 17
+    assert result.accepted is not None and len(result.accepted.i) == 15
+    assert dict(result.accepted.a) == registers
     assert result.datastreams["compressor_stage"].identifier == "gshp.compressorStage"
 
 
