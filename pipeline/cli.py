@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from pipeline.settings import Settings, settings_reference
 
@@ -120,6 +121,45 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--bad-ratio", type=float, default=0.0, help="fraction of datums with a faulty value")
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=cmd_simulate)
+
+    meta = sub.add_parser("metadata", help="publish metadata changes to the metadata topic")
+    meta_sub = meta.add_subparsers(title="metadata commands", metavar="ACTION")
+    apply_p = meta_sub.add_parser(
+        "apply", help="publish metadata events (JSON array or one object per line)",
+        description="Check every event against the event schema (docs/history.md), then publish "
+        "them to the metadata topic; a worker applies them to the PostgreSQL history log in order. "
+        "One bad event refuses the whole file.",
+    )
+    apply_p.add_argument("files", nargs="+", type=Path)
+    apply_p.set_defaults(func=cmd_metadata_apply)
+    dm = meta_sub.add_parser(
+        "datamodels", help="register OpenGate datamodel files and a bindings.json",
+        description="Check datamodel files (every template rule) and bindings.json, then publish "
+        "them as datamodel and source_binding events. A bad file refuses the whole set. The same "
+        "content gives the same event ids, so publishing twice changes nothing.",
+    )
+    dm.add_argument("files", nargs="+", type=Path, help="datamodel JSON files, bindings.json, or a directory")
+    dm.add_argument("--author", default=os.environ.get("USER", "pipeline"), help="who makes the change")
+    dm.add_argument("--comment", default="", help="why (EBAS's --transcomment)")
+    dm.set_defaults(func=cmd_metadata_datamodels)
+
+    hist = sub.add_parser("history", help="time travel in the metadata history log")
+    hist_sub = hist.add_subparsers(title="history commands", metavar="ACTION")
+    state = hist_sub.add_parser("state", help="the metadata as recorded at transaction time T (EBAS --state)")
+    state.add_argument("--at", required=True, help="transaction time, ISO 8601 with offset, or 'now'")
+    state.add_argument("--entity", help="only this entity type (e.g. node, datastream_template)")
+    state.set_defaults(func=cmd_history_state)
+    hdiff = hist_sub.add_parser("diff", help="what was added, changed and deleted between two states (EBAS --diff)")
+    hdiff.add_argument("--from", dest="t_from", required=True, help="ISO 8601 transaction time")
+    hdiff.add_argument("--to", dest="t_to", default="now", help="ISO 8601 transaction time (default now)")
+    hdiff.add_argument("--entity", help="only this entity type")
+    hdiff.set_defaults(func=cmd_history_diff)
+    valid = hist_sub.add_parser("valid", help="which value held for data time T, as known at transaction time K")
+    valid.add_argument("entity")
+    valid.add_argument("key", help='the key as JSON, e.g. \'{"node_id": 1}\'')
+    valid.add_argument("--data-time", required=True)
+    valid.add_argument("--known-at", default=None)
+    valid.set_defaults(func=cmd_history_valid)
 
     sql = sub.add_parser("sql", help="run ClickHouse SQL against the configured store")
     sql.add_argument("query", help="the SQL; SELECT results print as tab-separated rows")
@@ -240,6 +280,109 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish_events(settings: Settings, events: list[dict[str, Any]]) -> None:
+    import json
+
+    from pipeline.producer import DatumProducer
+
+    producer = DatumProducer(settings)
+    topic = producer.topics.metadata
+    producer.admin.ensure([topic])
+    for e in events:
+        producer.send_raw(topic, json.dumps(e, separators=(",", ":")).encode(),
+                          key=f"{e['entity']}:{json.dumps(e['key'], sort_keys=True)}".encode())
+    producer.flush()
+    print(f"published {len(events)} metadata event(s) to {topic}")
+
+
+def cmd_metadata_apply(settings: Settings, args: argparse.Namespace) -> int:
+    settings = embedded_defaults(settings)
+    from pipeline.metadata import read_event_file
+    from processors.metadata import MetadataEventError
+
+    try:
+        events = [e for path in args.files for e in read_event_file(path)]
+    except (MetadataEventError, ValueError) as exc:
+        print(f"pipeline metadata apply: refused, nothing published: {exc}", file=sys.stderr)
+        return 2
+    _publish_events(settings, events)
+    return 0
+
+
+def cmd_metadata_datamodels(settings: Settings, args: argparse.Namespace) -> int:
+    settings = embedded_defaults(settings)
+    from pipeline.metadata import datamodel_events
+
+    paths: list[Path] = []
+    for p in args.files:
+        paths.extend(sorted(p.glob("*.json")) if p.is_dir() else [p])
+    try:
+        events = datamodel_events(paths, args.author, args.comment)
+    except ValueError as exc:  # DatamodelError, BindingError, MetadataEventError, JSON errors
+        print(f"pipeline metadata datamodels: refused, nothing published: {exc}", file=sys.stderr)
+        return 2
+    _publish_events(settings, events)
+    return 0
+
+
+def _time(text: str | None) -> Any:
+    from datetime import UTC, datetime
+
+    from processors.metadata import parse_time
+
+    if text is None:
+        return None
+    return datetime.now(UTC) if text == "now" else parse_time(text, "time")
+
+
+def _history_conn(settings: Settings) -> Any:
+    import psycopg
+
+    return psycopg.connect(embedded_defaults(settings).postgres_dsn, autocommit=True)
+
+
+def _print_json(doc: Any) -> None:
+    import json
+
+    print(json.dumps(doc, default=str, ensure_ascii=False))
+
+
+def cmd_history_state(settings: Settings, args: argparse.Namespace) -> int:
+    from sinks import history
+
+    with _history_conn(settings) as conn:
+        for row in history.state_at(conn, _time(args.at), args.entity):
+            _print_json({"entity": row.entity, "key": row.key, "value": row.value,
+                         "valid": row.valid.as_json() if row.valid else None, "known_since": row.known_since})
+    return 0
+
+
+def cmd_history_diff(settings: Settings, args: argparse.Namespace) -> int:
+    from sinks import history
+
+    with _history_conn(settings) as conn:
+        for ch in history.diff(conn, _time(args.t_from), _time(args.t_to), args.entity):
+            _print_json({"change": ch.kind, "entity": ch.entity, "key": ch.key, "valid_from": ch.valid_from,
+                         "before": ch.before.value if ch.before else None,
+                         "after": ch.after.value if ch.after else None})
+    return 0
+
+
+def cmd_history_valid(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from sinks import history
+
+    with _history_conn(settings) as conn:
+        row = history.valid_at(conn, args.entity, json.loads(args.key), _time(args.data_time), _time(args.known_at))
+    if row is None:
+        print("no value", file=sys.stderr)
+        return 1
+    _print_json({"entity": row.entity, "key": row.key, "value": row.value,
+                 "valid": row.valid.as_json() if row.valid else None, "known_since": row.known_since})
+    return 0
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline import stack
     from sinks.clickhouse import ensure_schema, wait_for
@@ -285,6 +428,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             spawn(f"worker-{n}", [sys.executable, "-m", "pipeline.cli", "worker"],
                   PIPELINE_METRICS_PORT=str(port))
         if args.demo:
+            # the sample datamodels and bindings go through the metadata topic like any change
+            models = Path(__file__).resolve().parent.parent / "schemas" / "datamodels"
+            subprocess.run([sys.executable, "-m", "pipeline.cli", "metadata", "datamodels", str(models),
+                            "--author", "demo", "--comment", "sample datamodels"], env=env, check=True)
+            _wait_for_bindings(settings.postgres_dsn, timeout=120)
             # a day of history from a small fleet, then live data every 10 s
             spawn("simulate", [sys.executable, "-m", "pipeline.cli", "simulate", "--nodes", "3",
                                "--interval", "10", "--backfill", "24", "--realtime", "--bad-ratio", "0.01"])
@@ -313,6 +461,24 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             with contextlib.suppress(Exception):
                 svc.stop()
         print("pipeline: stopped", flush=True)
+
+
+def _wait_for_bindings(dsn: str, timeout: float) -> None:
+    """Until a worker has applied the demo's bindings: data sent before would go unvalidated."""
+    import psycopg
+
+    from sinks import history
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                if history.current_catalog(conn).bindings:
+                    return
+        except psycopg.Error:
+            pass  # schema not migrated yet: the worker does it on start
+        time.sleep(0.5)
+    raise SystemExit("pipeline up --demo: the sample datamodels were not applied in time; see logs/worker-0.log")
 
 
 def _banner(settings: Settings, data_dir: Path, workers: int) -> str:

@@ -45,6 +45,7 @@ class TopicAdmin:
     def __init__(self, settings: Settings) -> None:
         self._admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
         self._partitions = settings.topic_partitions
+        self._topics = Topics(settings.topic_prefix)
         self._known: set[str] = set()
 
     def existing(self) -> set[str]:
@@ -60,7 +61,8 @@ class TopicAdmin:
         if not missing:
             return
         futures = self._admin.create_topics(
-            [NewTopic(n, num_partitions=partitions or self._partitions, replication_factor=-1)
+            [NewTopic(n, num_partitions=partitions or self._topics.partitions(n, self._partitions),
+                      replication_factor=-1)
              for n in missing],
             operation_timeout=10,
         )

@@ -97,6 +97,11 @@ class Topics:
     def metadata(self) -> str:
         return f"{self.prefix}pipeline.metadata"
 
+    def partitions(self, topic: str, default: int) -> int:
+        """Metadata and dead letters keep one partition: metadata events must apply in the order
+        they were produced, and one partition keeps dead letters in arrival order."""
+        return 1 if topic in (self.metadata, self.deadletter) else default
+
     def commands(self, node_id: int) -> str:
         """Set operations for one node's gateway."""
         return f"{self.prefix}node.{node_id}.commands"

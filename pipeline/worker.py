@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,14 +28,17 @@ from faust.types import EventT
 from prometheus_client import CollectorRegistry, start_http_server
 
 from pipeline.codec import SCHEMA_HEADER, DeadLetter, DecodeError, Origin, decode_batch
+from pipeline.metadata import MetadataLink
 from pipeline.metrics import Metrics, build_metrics
 from pipeline.producer import TopicAdmin
 from pipeline.settings import Settings
 from pipeline.topics import Topics
-from processors.datum import Rejection
-from processors.rows import RawColumns, accept_batch
+from processors.catalog_versions import VersionedCatalog
+from processors.datum import Datum, Rejection
+from processors.qrating import RateState
+from processors.rows import RawColumns, Scoring, accept_batch
 from sinks.base import SinkBackpressure
-from sinks.clickhouse import RawSink, connect, ensure_schema
+from sinks.clickhouse import LATEST_TABLE, RawSink, connect, ensure_schema, rate_baselines
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ def faust_broker_url(bootstrap: str) -> str:
 @dataclass
 class BatchOutcome:
     rows: RawColumns = field(default_factory=RawColumns)
+    latest: RawColumns = field(default_factory=RawColumns)
     letters: list[DeadLetter] = field(default_factory=list)
     datums: int = 0
     accepted: int = 0
@@ -65,9 +69,20 @@ def header(headers: Any, name: str) -> str | None:
     return None
 
 
-def process_messages(messages: Sequence[Any], now_ms: int) -> BatchOutcome:
-    """Decode and check a batch of Kafka messages (anything with topic/partition/offset/value/headers)."""
+def process_messages(
+    messages: Sequence[Any],
+    now_ms: int,
+    catalog: VersionedCatalog | None = None,
+    scoring: Scoring | None = None,
+    prepare: Callable[[list[Datum]], None] | None = None,
+) -> BatchOutcome:
+    """Decode and check a batch of Kafka messages (anything with topic/partition/offset/value/headers).
+
+    `prepare` sees every decoded datum before any is accepted (the worker loads rate baselines
+    of streams it has not seen since it started).
+    """
     out = BatchOutcome()
+    decoded: list[tuple[Origin, list[Datum]]] = []
     for msg in messages:
         origin = Origin(msg.topic, msg.partition, msg.offset)
         try:
@@ -77,9 +92,14 @@ def process_messages(messages: Sequence[Any], now_ms: int) -> BatchOutcome:
                 DeadLetter([Rejection(exc.rule, str(exc))], origin, payload=bytes(msg.value or b""))
             )
             continue
+        decoded.append((origin, datums))
         out.datums += len(datums)
-        result = accept_batch(datums, now_ms)
+    if prepare is not None:
+        prepare([d for _, datums in decoded for d in datums])
+    for origin, datums in decoded:
+        result = accept_batch(datums, now_ms, catalog, scoring)
         out.rows.extend(result.rows)
+        out.latest.extend(result.latest)
         out.accepted += result.datums_accepted
         for datum, reasons, stage in result.refused:
             out.letters.append(DeadLetter(reasons, origin, datum=datum, stage=stage))
@@ -124,7 +144,19 @@ class DatumWorker:
         self.deadletter_topic = self.app.topic(
             self.topics.deadletter, value_serializer="raw", key_serializer="raw"
         )
+        self.metadata_topic = self.app.topic(
+            self.topics.metadata, value_serializer="raw", key_serializer="raw"
+        )
         self._sink: RawSink | None = None
+        self._latest_sink: RawSink | None = None
+        # Metadata: the history log decides what templates apply. Without a PostgreSQL DSN
+        # every source is unbound (stored unvalidated), which the log says at start.
+        self.metadata = MetadataLink(settings.postgres_dsn) if settings.postgres_dsn else None
+        self.catalog: VersionedCatalog | None = None
+        self.catalog_ready = asyncio.Event()
+        self.metadata_ready = asyncio.Event()  # migrations done: events may be applied
+        self.scoring = Scoring()
+        self._baselined: set[tuple[int, str]] = set()
         self._register()
 
     def _discover(self) -> list[str]:
@@ -136,7 +168,7 @@ class DatumWorker:
             inbox = self.topics.source("inbox")
             self.admin.ensure([inbox])
             names = [inbox]
-        self.admin.ensure([self.topics.deadletter], partitions=1)
+        self.admin.ensure([self.topics.deadletter, self.topics.metadata])
         return names
 
     @property
@@ -147,6 +179,37 @@ class DatumWorker:
             self._sink = RawSink(client)
         return self._sink
 
+    @property
+    def latest_sink(self) -> RawSink:
+        if self._latest_sink is None:
+            self._latest_sink = RawSink(self.sink.client, LATEST_TABLE)
+        return self._latest_sink
+
+    def prepare_rates(self, datums: list[Datum]) -> None:
+        """First sight of a stream since start: its cumulative rates continue from the store
+        (the broker may have been restarted and kept nothing)."""
+        if self.catalog is None:
+            return
+        first: dict[tuple[int, str], int] = {}
+        for d in datums:
+            if d.stream not in self._baselined and d.a and d.created_ms < first.get(d.stream, 1 << 62):
+                first[d.stream] = d.created_ms
+        for (node, source), before in first.items():
+            for datastream, created, value in rate_baselines(self.sink.client, node, source, before):
+                self.scoring.rates.setdefault((node, source, datastream), RateState(created, value))
+            self._baselined.add((node, source))
+
+    async def refresh_catalog(self, force: bool = False) -> None:
+        if self.metadata is None:
+            return
+        link = self.metadata
+        version = await asyncio.to_thread(link.version)
+        if force or self.catalog is None or version != self.catalog.version:
+            self.catalog = await asyncio.to_thread(link.load)
+            log.info("catalog version %d: %d data-time stretch(es)", self.catalog.version,
+                     len(self.catalog.catalogs))
+        self.catalog_ready.set()
+
     def _register(self) -> None:
         app, s = self.app, self.settings
         max_messages = max(1, s.batch_max_datums // max(1, s.producer_batch_datums)) * 4
@@ -154,6 +217,8 @@ class DatumWorker:
         @app.agent(self.datum_topic, name="datums")
         async def datums(stream: faust.StreamT[Any]) -> None:
             async for events in stream.noack_take(max_messages, within=s.batch_within_s):
+                # validate with the catalog from the history log, never without it
+                await self.catalog_ready.wait()
                 await self.handle(events)
                 # 4. only now may the offsets move
                 for event in events:
@@ -167,9 +232,30 @@ class DatumWorker:
         async def lag() -> None:
             self.update_lag()
 
+        @app.agent(self.metadata_topic, name="metadata")
+        async def metadata(stream: faust.StreamT[Any]) -> None:
+            async for event in stream.events():
+                await self.apply_metadata(event)
+
+        @app.timer(1.0)
+        async def catalog() -> None:
+            try:
+                await self.refresh_catalog()
+            except Exception as exc:  # PostgreSQL away: keep the catalog we have
+                log.warning("catalog refresh failed: %s", exc)
+
         @app.task
         async def warm_up() -> None:
             await asyncio.to_thread(lambda: self.sink)
+            if self.metadata is not None:
+                await asyncio.to_thread(self.metadata.migrate)
+                self.metadata_ready.set()
+                # Metadata produced before this start applies before any datum is validated.
+                await self.catch_up_metadata()
+                await self.refresh_catalog(force=True)
+            else:
+                log.warning("no PostgreSQL DSN: templates are not applied, every source is stored unvalidated")
+                self.catalog_ready.set()
             if s.metrics_port:
                 start_http_server(s.metrics_port, registry=self.registry)
                 log.info("metrics on :%d/metrics", s.metrics_port)
@@ -206,21 +292,91 @@ class DatumWorker:
 
     _positions: dict[tuple[str, int], int] = {}
 
+    async def catch_up_metadata(self, timeout: float = 60.0) -> None:
+        """Wait until the metadata topic's events that existed at start are applied (by this
+        worker or whichever owns the partition: the group's committed offset tells)."""
+        end = await asyncio.to_thread(self._metadata_end)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = max(self._metadata_next, await asyncio.to_thread(self._metadata_committed))
+            if done >= end:
+                return
+            await asyncio.sleep(0.25)
+        log.warning("metadata not caught up after %.0fs (at %d of %d); validating with what is applied",
+                    timeout, self._metadata_next, end)
+
+    def _metadata_end(self) -> int:
+        from confluent_kafka import Consumer, TopicPartition
+
+        c = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": self.settings.app_id})
+        try:
+            _low, high = c.get_watermark_offsets(TopicPartition(self.topics.metadata, 0), timeout=10)
+            return int(high)
+        finally:
+            c.close()
+
+    def _metadata_committed(self) -> int:
+        from confluent_kafka import Consumer, TopicPartition
+
+        c = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": self.settings.app_id,
+                      "enable.auto.commit": False})
+        try:
+            (tp,) = c.committed([TopicPartition(self.topics.metadata, 0)], timeout=10)
+            return max(0, int(tp.offset))
+        finally:
+            c.close()
+
+    _metadata_next = 0  # the offset after the last metadata event this worker applied
+
+    async def apply_metadata(self, event: EventT) -> None:
+        """Apply one metadata event to the history log; refusals are logged and dead-lettered."""
+        if self.metadata is None:
+            log.error("metadata event at offset %d ignored: no PostgreSQL DSN", event.message.offset)
+            return
+        msg = event.message
+        await self.metadata_ready.wait()
+        delay = 0.5
+        while True:
+            try:
+                result = await asyncio.to_thread(self.metadata.apply, bytes(msg.value or b""))
+                break
+            except Exception as exc:  # the log is unreachable: retry, the offset stays
+                log.warning("applying metadata failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(RETRY_MAX_S, delay * 2)
+        if result.status in ("refused", "invalid"):
+            log.warning("metadata event %s refused: %s (%s)", result.event_id, result.reason, result.rule)
+            letter = DeadLetter([Rejection(result.rule or "metadata.refused", result.reason or "")],
+                                Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""),
+                                stage="metadata")
+            await (await self.deadletter_topic.send(value=letter.to_json()))
+            self.metrics.dead_letters.labels("metadata", result.rule or "metadata.refused").inc()
+        else:
+            log.info("metadata event %s %s", result.event_id, result.status)
+            await self.refresh_catalog()
+        self._metadata_next = msg.offset + 1
+
     async def handle(self, events: Sequence[EventT]) -> None:
         t0 = time.perf_counter()
         m = self.metrics
         messages = [e.message for e in events]
         m.messages_in.labels("datums").inc(len(messages))
-        # 1. decode and check
-        outcome = process_messages(messages, int(time.time() * 1000))
+        # 1. decode and check (a thread: the baseline lookup talks to ClickHouse)
+        outcome = await asyncio.to_thread(
+            process_messages, messages, int(time.time() * 1000), self.catalog, self.scoring, self.prepare_rates)
         m.datums_in.labels("datums").inc(outcome.datums)
         # 2. store first
+        if len(outcome.latest):
+            await self.store(outcome.latest, self.latest_sink)
         if len(outcome.rows):
             await self.store(outcome.rows)
             for kind in ("i", "a", "s"):
                 count = outcome.rows.kind.count(kind)
                 if count:
                     m.samples_accepted.labels(kind).inc(count)
+            for perf in outcome.rows.performance:
+                if perf is not None:
+                    m.qrating_performance.observe(perf)
             if outcome.newest_created_ms:
                 m.created_to_stored_seconds.observe(max(0.0, time.time() - outcome.newest_created_ms / 1000))
         # 3. then the dead letters, each awaited until the broker has it
@@ -235,13 +391,14 @@ class DatumWorker:
             self._positions[(msg.topic, msg.partition)] = msg.offset
         m.agent_batch_seconds.labels("datums").observe(time.perf_counter() - t0)
 
-    async def store(self, rows: RawColumns) -> None:
+    async def store(self, rows: RawColumns, sink: RawSink | None = None) -> None:
         delay = 0.5
         m = self.metrics
+        target = sink or self.sink
         while True:
             t0 = time.perf_counter()
             try:
-                await asyncio.to_thread(self.sink.write_columns, rows)
+                await asyncio.to_thread(target.write_columns, rows)
             except SinkBackpressure as exc:
                 m.sink_failures.labels("raw").inc()
                 m.sink_retries.labels("raw").inc()

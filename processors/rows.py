@@ -10,6 +10,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 from processors.binding import Catalog
+from processors.catalog_versions import VersionedCatalog
 from processors.datamodel import NOT_STORED, DatastreamTemplate, StoragePlan, ttl_days
 from processors.datum import Datum, Rejection, check_envelope
 from processors.qrating import RateState, Score, ScoreError, Scorer, next_rate
@@ -19,7 +20,7 @@ RateKey = tuple[int, str, str]  # (node, source, datastream)
 
 RAW_COLUMNS = (
     "node_id", "source_id", "created", "property", "kind", "value", "text", "tags",
-    "datastream", "score", "performance", "label", "quality", "ttl_days",
+    "datastream", "score", "performance", "label", "quality", "max_score", "ttl_days",
 )
 
 
@@ -40,6 +41,7 @@ class RawColumns:
     performance: list[float | None] = field(default_factory=list)
     label: list[str] = field(default_factory=list)
     quality: list[str] = field(default_factory=list)
+    max_score: list[float | None] = field(default_factory=list)
     ttl_days: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -62,7 +64,7 @@ class RawColumns:
 
     def add(self, d: Datum, kind: str, name: str, val: float | str, datastream: str = "",
             score: float | None = None, performance: float | None = None, label: str = "",
-            quality: str = "", ttl: int = 0) -> None:
+            quality: str = "", ttl: int = 0, max_score: float | None = None) -> None:
         self.node_id.append(d.node_id)
         self.source_id.append(d.source_id)
         self.created.append(d.created_ms)
@@ -80,6 +82,7 @@ class RawColumns:
         self.performance.append(performance)
         self.label.append(label)
         self.quality.append(quality)
+        self.max_score.append(max_score)
         self.ttl_days.append(ttl)
 
 
@@ -111,9 +114,11 @@ class Scoring:
         return hit[1]
 
 
-def accept_batch(datums: Sequence[Datum], now_ms: int, catalog: Catalog | None = None,
+def accept_batch(datums: Sequence[Datum], now_ms: int, catalog: Catalog | VersionedCatalog | None = None,
                  scoring: Scoring | None = None) -> AcceptResult:
     """Envelope rules, then (with a catalog) template validation and qRating, per datum.
+
+    A VersionedCatalog gives each datum the templates valid at its own created time.
 
     Datums of one stream must come in their order of arrival: cumulative rates are taken
     against the previous datapoint of the stream.
@@ -130,7 +135,8 @@ def accept_batch(datums: Sequence[Datum], now_ms: int, catalog: Catalog | None =
             result.rows.add_datum(kept)
             result.datums_accepted += 1
             continue
-        checked = validate(kept, catalog)
+        current = catalog.at(kept.created_ms) if isinstance(catalog, VersionedCatalog) else catalog
+        checked = validate(kept, current)
         rejected = list(checked.rejections)
         if checked.accepted is not None:
             if checked.bound:
@@ -166,7 +172,7 @@ def _add_scored(result: AcceptResult, d: Datum, templates: Mapping[str, Datastre
             target.add(d, kind, name, val, template.identifier, ttl=ttl_value)
         else:
             target.add(d, kind, name, val, template.identifier, score.score, score.performance,
-                       score.label, score.quality, ttl_value)
+                       score.label, score.quality, ttl_value, scorer.max_score)
 
 
 def _score(scorer: Scorer, scoring: Scoring, d: Datum, datastream: str, val: float | str) -> Score | None:

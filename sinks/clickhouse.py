@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 RAW_TABLE = "datum_raw"
 DATUM_VIEW = "datum"
+LATEST_TABLE = "datum_latest_raw"
+LATEST_VIEW = "datum_latest"
 
 SCHEMA = [
     f"""
@@ -39,6 +41,7 @@ SCHEMA = [
         performance Nullable(Float64),
         label       LowCardinality(String),
         quality     LowCardinality(String),
+        max_score   Nullable(Float64),
         ttl_days    UInt32,
         inserted    DateTime64(3, 'UTC') DEFAULT now64(3)
     )
@@ -52,8 +55,20 @@ SCHEMA = [
     f"""
     CREATE VIEW IF NOT EXISTS {DATUM_VIEW} AS
     SELECT node_id, source_id, created, property, kind, value, text, tags,
-           datastream, score, performance, label, quality, inserted
+           datastream, score, performance, label, quality, max_score, inserted
     FROM {RAW_TABLE} FINAL
+    """,
+    # Datastreams whose storage period is NEVER: only the latest value of each is kept.
+    f"""
+    CREATE TABLE IF NOT EXISTS {LATEST_TABLE} AS {RAW_TABLE}
+    ENGINE = ReplacingMergeTree(created)
+    ORDER BY (node_id, source_id, property)
+    """,
+    f"""
+    CREATE VIEW IF NOT EXISTS {LATEST_VIEW} AS
+    SELECT node_id, source_id, created, property, kind, value, text, tags,
+           datastream, score, performance, label, quality, max_score, inserted
+    FROM {LATEST_TABLE} FINAL
     """,
 ]
 
@@ -78,9 +93,10 @@ def ensure_schema(client: Client) -> None:
 class RawSink(BatchingSink):
     """Writes raw sample rows. Idempotent by the table's replacing key."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, table: str = RAW_TABLE) -> None:
         super().__init__()
         self.client = client
+        self.table = table
         self._context = None
         self.inserted_rows = 0
 
@@ -98,7 +114,7 @@ class RawSink(BatchingSink):
         try:
             if self._context is None:
                 self._context = self.client.create_insert_context(
-                    RAW_TABLE, column_names=list(RAW_COLUMNS), data=data, column_oriented=True
+                    self.table, column_names=list(RAW_COLUMNS), data=data, column_oriented=True
                 )
             else:
                 self._context.data = data
@@ -107,6 +123,19 @@ class RawSink(BatchingSink):
             self._context = None
             raise SinkBackpressure(f"raw insert of {len(batch)} rows failed: {exc}") from exc
         self.inserted_rows += len(batch)
+
+
+def rate_baselines(client: Client, node_id: int, source_id: str, before_ms: int) -> list[tuple[str, int, float]]:
+    """The newest stored accumulating value of each datastream of a stream before a time:
+    where a cumulative rate picks up after a restart. (datastream, created_ms, value) rows."""
+    result = client.query(
+        f"SELECT datastream, toUnixTimestamp64Milli(max(created)), argMax(value, created) FROM {DATUM_VIEW}"
+        " WHERE node_id = {node:UInt64} AND source_id = {source:String} AND kind = 'a'"
+        " AND datastream != '' AND value IS NOT NULL"
+        " AND created < fromUnixTimestamp64Milli({before:Int64}, 'UTC') GROUP BY datastream",
+        parameters={"node": node_id, "source": source_id, "before": before_ms},
+    )
+    return [(str(r[0]), int(r[1]), float(r[2])) for r in result.result_rows]
 
 
 def wait_for(url: str, timeout: float = 60.0) -> Client:

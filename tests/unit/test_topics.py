@@ -59,3 +59,9 @@ def test_pattern_excludes_other_deployments() -> None:
 def test_stream_key_distinguishes_streams() -> None:
     assert stream_key(1, "/S1") != stream_key(11, "/S1")
     assert stream_key(1, "/S1") == stream_key(1, "/S1")
+
+
+def test_metadata_and_dead_letters_keep_one_partition() -> None:
+    t = Topics("p.")
+    assert t.partitions(t.metadata, 8) == 1 and t.partitions(t.deadletter, 8) == 1
+    assert t.partitions(t.source("/S1"), 8) == 8
