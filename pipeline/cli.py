@@ -143,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--comment", default="", help="why (EBAS's --transcomment)")
     dm.set_defaults(func=cmd_metadata_datamodels)
 
+    setp = sub.add_parser(
+        "set", help="send a value to a device datastream (WRITE access only)",
+        description="A set operation: accepted only for datastreams whose access includes WRITE and "
+        "whose JSON Schema the value satisfies; accepted commands go to the node's command topic "
+        "(node.<id>.commands) for its gateway. Refusals print their reason and exit 2.",
+    )
+    setp.add_argument("node_id", type=int)
+    setp.add_argument("datastream", help="datastream identifier, e.g. energy.meter.relay")
+    setp.add_argument("value", help="the value as JSON (e.g. 5000, '\"open\"')")
+    setp.add_argument("--source", help="sourceId of the device (needed when bindings use patterns)")
+    setp.set_defaults(func=cmd_set)
+
     hist = sub.add_parser("history", help="time travel in the metadata history log")
     hist_sub = hist.add_subparsers(title="history commands", metavar="ACTION")
     state = hist_sub.add_parser("state", help="the metadata as recorded at transaction time T (EBAS --state)")
@@ -293,6 +305,22 @@ def _publish_events(settings: Settings, events: list[dict[str, Any]]) -> None:
                           key=f"{e['entity']}:{json.dumps(e['key'], sort_keys=True)}".encode())
     producer.flush()
     print(f"published {len(events)} metadata event(s) to {topic}")
+
+
+def cmd_set(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.metadata import send_set_request
+
+    settings = embedded_defaults(settings)
+    try:
+        value = json.loads(args.value)
+    except json.JSONDecodeError:
+        value = args.value  # a bare word is a string
+    result = send_set_request(settings, args.node_id, args.datastream, value, args.source,
+                              os.environ.get("USER", "pipeline"))
+    _print_json(result)
+    return 0 if result["accepted"] else 2
 
 
 def cmd_metadata_apply(settings: Settings, args: argparse.Namespace) -> int:

@@ -147,3 +147,34 @@ def datamodel_events(paths: Sequence[Path], author: str, comment: str) -> list[d
     for e in events:
         parse_event(e)
     return events
+
+
+# --- set operations (WRITE datastreams) -----------------------------------------------------
+
+
+def send_set_request(settings: Any, node_id: int, datastream: str, value: object,
+                     source_id: str | None = None, requested_by: str = "pipeline") -> dict[str, Any]:
+    """Check a set request against the current templates; publish it to the node's command
+    topic when accepted. Returns {"accepted": bool, ...command or reason}."""
+    import time
+
+    from pipeline.producer import DatumProducer
+    from processors.datum import Rejection
+    from processors.setop import set_request
+
+    link = MetadataLink(settings.postgres_dsn)
+    try:
+        now_ms = int(time.time() * 1000)
+        catalog = link.load().at(now_ms)
+    finally:
+        link.close()
+    outcome = set_request(catalog, node_id, datastream, value, source_id=source_id)
+    if isinstance(outcome, Rejection):
+        return {"accepted": False, **outcome.as_dict()}
+    command = {**outcome.as_dict(), "requested_at": now_ms, "requested_by": requested_by,
+               "command_id": str(uuid.uuid4())}
+    producer = DatumProducer(settings)
+    topic = producer.topics.commands(node_id)
+    producer.send_raw(topic, json.dumps(command).encode(), key=outcome.source_id.encode())
+    producer.flush()
+    return {"accepted": True, "topic": topic, **command}

@@ -394,7 +394,7 @@ class DatumWorker:
     async def store(self, rows: RawColumns, sink: RawSink | None = None) -> None:
         delay = 0.5
         m = self.metrics
-        target = sink or self.sink
+        target = sink if sink is not None else self.sink  # a sink with nothing pending is falsy
         while True:
             t0 = time.perf_counter()
             try:
