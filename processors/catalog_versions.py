@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from processors.binding import Binding, BindingError, Catalog, parse_binding
 from processors.datamodel import Datamodel, DatamodelError, StoragePlan, parse_datamodel
-from processors.metadata import JsonValue, MetadataCatalog
+from processors.metadata import JsonValue, MetadataCatalog, TimedValue, value_at
 
 # Fields of a datastream that the time-dependent template entity may override.
 TIME_DEPENDENT_FIELDS = ("qrating", "storage")
@@ -38,9 +38,15 @@ class VersionedCatalog:
     catalogs: tuple[Catalog, ...]
     version: int = 0  # the history log's transaction high-water mark this was built from
     problems: tuple[CatalogProblem, ...] = field(default=())
+    node_timezones: Mapping[int, tuple[TimedValue, ...]] = field(default_factory=dict)
 
     def at(self, created_ms: int) -> Catalog:
         return self.catalogs[bisect.bisect_right(self.bounds_ms, created_ms)]
+
+    def timezone_at(self, node_id: int, created_ms: int) -> str:
+        """The node's time zone at data time created_ms; UTC until the node has one."""
+        v = value_at(self.node_timezones.get(node_id, ()), _at(created_ms))
+        return "UTC" if v is None else str(v["tz"])
 
     @classmethod
     def fixed(cls, catalog: Catalog) -> VersionedCatalog:
@@ -128,4 +134,5 @@ def build_versioned_catalog(meta: MetadataCatalog, plan: StoragePlan | None = No
                 models.append(model)
         known = {m.identifier for m in models}
         catalogs.append(Catalog(models, [b for b in bindings if b.datamodel in known]))
-    return VersionedCatalog(ordered, tuple(catalogs), meta.tx_high_water, tuple(problems))
+    return VersionedCatalog(ordered, tuple(catalogs), meta.tx_high_water, tuple(problems),
+                            dict(meta.node_timezones))

@@ -22,7 +22,7 @@ def meta(templates: dict) -> MetadataCatalog:  # type: ignore[type-arg]
         as_of=datetime(2025, 1, 1, tzinfo=UTC), tx_high_water=7,
         datamodels={"m": DatamodelEntry("m", DOC, templates)},
         bindings=({"node_id": None, "source_pattern": "/**", "datamodel": "m", "properties": {}},),
-        node_timezones={},
+        node_timezones={1: (TimedValue(Interval(CHANGE, None), {"tz": "America/New_York"}),)},
     )
 
 
@@ -53,3 +53,10 @@ def test_broken_overlay_is_reported_not_used() -> None:
     assert "m" not in cat.at(CHANGE_MS).datamodels
     assert [p.what for p in cat.problems] == ["datamodel m"]
     assert ideal_at(cat, CHANGE_MS - 1) == 2.0
+
+
+def test_node_time_zone_by_data_time() -> None:
+    cat = build_versioned_catalog(meta({}))
+    assert cat.timezone_at(1, CHANGE_MS - 1) == "UTC"
+    assert cat.timezone_at(1, CHANGE_MS) == "America/New_York"
+    assert cat.timezone_at(2, CHANGE_MS) == "UTC"
