@@ -61,6 +61,7 @@ def test_otherm_file_counts_are_exact(kafka_bootstrap: str, clickhouse_url: str,
     path = tmp_path / "otherm.lp"
     expected = write_otherm(path, LINES, bad_every=500)
     report = ingest_files(settings, [path], "lp", precision="s")
+    print(report.summary())
     assert report.lines_read == LINES
     assert report.lines_rejected == expected["bad"]
     assert report.datums_sent == expected["good"]
