@@ -173,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     valid.add_argument("--known-at", default=None)
     valid.set_defaults(func=cmd_history_valid)
 
+    # --- rollups (pipeline/rollups.py) ---
+    rec = sub.add_parser(
+        "recompute", help="recompute every rollup level of one stream for a time range from raw",
+        description="Recompute the half hours overlapping [--from, --to) of one stream from the raw "
+        "rows, then cascade hour, day, week, month and year; buckets found empty get tombstones. "
+        "The node's time zone comes from the history log (UTC without one) unless --tz is given.",
+    )
+    rec.add_argument("--node", type=int, required=True)
+    rec.add_argument("--source", required=True)
+    rec.add_argument("--from", dest="t_from", required=True, help="ISO 8601 (with offset; UTC if none)")
+    rec.add_argument("--to", dest="t_to", required=True, help="ISO 8601, exclusive")
+    rec.add_argument("--tz", help="IANA zone to use instead of the node's")
+    rec.set_defaults(func=cmd_recompute)
+    # --- end rollups ---
+
     sql = sub.add_parser("sql", help="run ClickHouse SQL against the configured store")
     sql.add_argument("query", help="the SQL; SELECT results print as tab-separated rows")
     sql.set_defaults(func=cmd_sql)
@@ -212,6 +227,41 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.worker import run_worker
 
     run_worker(settings)
+    return 0
+
+
+def cmd_recompute(settings: Settings, args: argparse.Namespace) -> int:  # rollups
+    from datetime import UTC, datetime
+
+    from pipeline.progress import Progress
+    from pipeline.rollups import recompute_range
+    from processors.rollup import buckets_between
+    from sinks.clickhouse import connect
+    from sinks.rollups import ensure_rollup_schema
+
+    def ms(text: str) -> int:
+        t = datetime.fromisoformat(text)
+        return int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1000)
+
+    settings = embedded_defaults(settings)
+    start, end = ms(args.t_from), ms(args.t_to)
+    if args.tz:
+        tz_name: str = args.tz
+
+        def timezone_at(node: int, at: int) -> str:
+            return tz_name
+    else:
+        from pipeline.metadata import MetadataLink
+
+        catalog = MetadataLink(settings.postgres_dsn).load()
+        timezone_at = catalog.timezone_at
+    client = connect(settings.clickhouse_url)
+    ensure_rollup_schema(client)
+    tz = timezone_at(args.node, start)
+    days = sum(1 for _ in buckets_between(start, end, "day", tz))
+    with Progress(days, unit="days", description=f"recompute {args.node} {args.source} ({tz})") as bar:
+        written = recompute_range(client, args.node, args.source, start, end, timezone_at, progress=bar)
+    print(f"recomputed {days} day(s) of {args.node} {args.source} in {tz}: {written} row(s) written")
     return 0
 
 

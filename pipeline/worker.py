@@ -4,6 +4,7 @@ Order of commitment for every batch of messages (at least once, idempotent store
 
     1. decode and check                  (pure: processors/, nothing leaves the process)
     2. store accepted rows in ClickHouse (retried until it succeeds; offsets stay put)
+    2b. recompute the rollups they stale (retried likewise; pipeline/rollups.py, idempotent)
     3. produce dead letters, await acks  (refusals are as durable as rows before we move on)
     4. ack the events                    (Faust commits acked offsets on its commit interval)
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from clickhouse_connect.driver.exceptions import ClickHouseError  # rollups
 from faust.types import EventT
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -31,6 +33,7 @@ from pipeline.codec import SCHEMA_HEADER, DeadLetter, DecodeError, Origin, decod
 from pipeline.metadata import MetadataLink
 from pipeline.metrics import Metrics, build_metrics
 from pipeline.producer import TopicAdmin
+from pipeline.rollups import RollupMaintainer  # rollups
 from pipeline.settings import Settings
 from pipeline.topics import Topics
 from processors.catalog_versions import VersionedCatalog
@@ -39,6 +42,7 @@ from processors.qrating import RateState
 from processors.rows import RawColumns, Scoring, accept_batch
 from sinks.base import SinkBackpressure
 from sinks.clickhouse import LATEST_TABLE, RawSink, connect, ensure_schema, rate_baselines
+from sinks.rollups import ensure_rollup_schema  # rollups
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +153,7 @@ class DatumWorker:
         )
         self._sink: RawSink | None = None
         self._latest_sink: RawSink | None = None
+        self._rollups: RollupMaintainer | None = None  # rollups: created on first use
         # Metadata: the history log decides what templates apply. Without a PostgreSQL DSN
         # every source is unbound (stored unvalidated), which the log says at start.
         self.metadata = MetadataLink(settings.postgres_dsn) if settings.postgres_dsn else None
@@ -178,6 +183,32 @@ class DatumWorker:
             ensure_schema(client)
             self._sink = RawSink(client)
         return self._sink
+
+    # --- rollups: the maintainer, on the raw sink's client ---
+    @property
+    def rollups(self) -> RollupMaintainer:
+        if self._rollups is None:
+            ensure_rollup_schema(self.sink.client)
+            self._rollups = RollupMaintainer(
+                self.sink.client,
+                lambda node, ms: self.catalog.timezone_at(node, ms) if self.catalog else "UTC",
+            )
+        return self._rollups
+
+    async def update_rollups(self, rows: RawColumns) -> None:
+        """Step 2b: recompute the rollups the stored rows stale; retried like store()."""
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.to_thread(self.rollups.update, rows)
+                return
+            except (ClickHouseError, OSError) as exc:
+                self.metrics.sink_failures.labels("rollup").inc()
+                self.metrics.sink_retries.labels("rollup").inc()
+                log.warning("rollup update of %d rows failed (%s); retrying in %.1fs", len(rows), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(RETRY_MAX_S, delay * 2)
+    # --- end rollups ---
 
     @property
     def latest_sink(self) -> RawSink:
@@ -247,6 +278,7 @@ class DatumWorker:
         @app.task
         async def warm_up() -> None:
             await asyncio.to_thread(lambda: self.sink)
+            await asyncio.to_thread(ensure_rollup_schema, self.sink.client)  # rollups
             if self.metadata is not None:
                 await asyncio.to_thread(self.metadata.migrate)
                 self.metadata_ready.set()
@@ -379,6 +411,8 @@ class DatumWorker:
                     m.qrating_performance.observe(perf)
             if outcome.newest_created_ms:
                 m.created_to_stored_seconds.observe(max(0.0, time.time() - outcome.newest_created_ms / 1000))
+            # 2b. rollups of what was just stored (before the dead letters and the ack)
+            await self.update_rollups(outcome.rows)
         # 3. then the dead letters, each awaited until the broker has it
         if outcome.letters:
             futures = []

@@ -1,0 +1,280 @@
+"""Rollups in the running pipeline (design (b)): the buckets a stored batch makes stale are
+recomputed from raw (half hours) and cascaded up (hour, day, week, month, year) from the stored
+finer rows, replacing the stored rows; a bucket found empty gets a tombstone.
+
+The worker calls `RollupMaintainer.update` with every batch of raw rows it has stored, before
+acking it; `recompute_range` is `pipeline recompute`. The figures come from the pure module
+processors/rollup.py, the SQL from sinks/rollups.py. docs/rollups.md explains the whole.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from clickhouse_connect.driver.client import Client
+
+from pipeline.progress import Progress
+from processors.rollup import (
+    CASCADE_SOURCE,
+    DEFAULT_TOLERANCES,
+    PERIODICITIES,
+    Periodicity,
+    RawPoint,
+    RollupRow,
+    Tolerances,
+    bucket_bounds,
+    buckets_between,
+    combine,
+    recompute,
+    stale_buckets,
+    zone,
+)
+from processors.rows import RawColumns
+from sinks.rollups import (
+    NEAR_MS,
+    TimesRequest,
+    Window,
+    read_accumulating_times,
+    read_points_for_recompute,
+    read_rollups,
+    write_rollups,
+)
+
+log = logging.getLogger(__name__)
+
+HALFHOUR: tuple[Periodicity, ...] = ("halfhour",)
+# Stale half hours closer than this are recomputed as one window (the ones between included).
+MERGE_GAP_MS = 6 * 3_600_000
+TimezoneAt = Callable[[int, int], str]
+
+
+@dataclass
+class Refresh:
+    """What one refresh of one stream produced."""
+
+    rows: list[RollupRow] = field(default_factory=list)
+    tombstones: list[RollupRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.tombstones)
+
+
+def _merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _clusters(times: Sequence[int], gap: int) -> list[tuple[int, int]]:
+    """[lo, hi] spans of sorted times, split where consecutive times are more than gap apart."""
+    out: list[tuple[int, int]] = []
+    for t in times:
+        if out and t - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], t)
+        else:
+            out.append((t, t))
+    return out
+
+
+class RollupMaintainer:
+    """Keeps the `rollup` table in step with the raw rows the worker stores. Synchronous: the
+    worker runs it in a thread. Idempotent: a redelivered batch recomputes the same buckets."""
+
+    def __init__(self, client: Client, timezone_at: TimezoneAt,
+                 tolerances: Tolerances = DEFAULT_TOLERANCES) -> None:
+        self.client = client
+        self.timezone_at = timezone_at
+        self.tol = tolerances
+        self.last_seconds = 0.0
+        self.last_buckets = 0
+
+    # -- the worker's entry point ---------------------------------------------------------------
+
+    def update(self, rows: RawColumns) -> int:
+        """Recompute every bucket the stored rows make stale; returns buckets written.
+
+        A handful of queries per batch whatever the number of streams: neighbours of the
+        changed readings, raw points of the stale windows, stored rows to cascade, one insert."""
+        t0 = time.perf_counter()
+        changes: dict[tuple[int, str, str], list[tuple[str, str, int]]] = {}
+        for node, source, created, prop, kind in zip(rows.node_id, rows.source_id, rows.created,
+                                                     rows.property, rows.kind, strict=True):
+            tz = self.timezone_at(node, created)
+            changes.setdefault((node, source, tz), []).append((prop, kind, created))
+        tasks = list(changes)
+        stale = self.stale_halfhours([(n, s, tz, changes[(n, s, tz)]) for n, s, tz in tasks])
+        out = self.refresh([(n, s, tz, st) for (n, s, tz), st in zip(tasks, stale, strict=True)])
+        written = write_rollups(self.client, out.rows, out.tombstones)
+        self.last_seconds = time.perf_counter() - t0
+        self.last_buckets = written
+        log.debug("rollups: %d bucket(s) from %d raw row(s) in %.3fs", written, len(rows), self.last_seconds)
+        return written
+
+    # -- which half hours are stale -------------------------------------------------------------
+
+    def stale_halfhours(self, tasks: Sequence[tuple[int, str, str, Sequence[tuple[str, str, int]]]]) -> list[set[int]]:
+        """Per (node, source, zone, changes): the half-hour starts made stale by new or rewritten
+        raw rows (property, kind, created), each accumulating reading's neighbours taken from the
+        stored raw rows."""
+        clock, near = self.tol.clock_ms, max(NEAR_MS, self.tol.clock_ms + 1)
+        requests: list[TimesRequest] = []
+        owner: list[int] = []
+        for k, (node, source, _tz, items) in enumerate(tasks):
+            acc = sorted({(c, p) for p, kind, c in items if kind == "a"})
+            for lo, hi in _clusters([c for c, _ in acc], near):
+                last = {p: c for c, p in acc if lo <= c <= hi}
+                requests.append(TimesRequest(node, source, lo - clock, hi + near + 1, tuple(last.items())))
+                owner.append(k)
+        found = read_accumulating_times(self.client, requests, self.tol.lookback_ms - near)
+        times: list[dict[str, list[int]]] = [{} for _ in tasks]
+        for k, got in zip(owner, found, strict=True):
+            for prop, t in got:
+                times[k].setdefault(prop, []).append(t)
+        out: list[set[int]] = []
+        for k, (_node, _source, tz, items) in enumerate(tasks):
+            z = zone(tz)
+            stale: set[int] = set()
+            for ts in times[k].values():
+                ts.sort()
+            for t in {c for _, _, c in items}:
+                stale |= {s for _, s in stale_buckets(t, None, None, z, self.tol, HALFHOUR)}
+            for t, prop in {(c, p) for p, kind, c in items if kind == "a"}:
+                ts = times[k].get(prop, [])
+                i = bisect.bisect_left(ts, t)
+                prev = ts[i - 1] if i > 0 else None
+                j = bisect.bisect_right(ts, t)
+                nxt = ts[j] if j < len(ts) else None
+                stale |= {s for _, s in stale_buckets(t, prev, nxt, z, self.tol, HALFHOUR)}
+            out.append(stale)
+        return out
+
+    # -- recompute and cascade ------------------------------------------------------------------
+
+    def refresh(self, tasks: Sequence[tuple[int, str, str, Iterable[int]]]) -> Refresh:
+        """Per (node, source, zone, stale half-hour starts): recompute those half hours from raw,
+        then every coarser bucket holding one of them from the stored finer rows (the rows just
+        recomputed take the place of the stored ones). Three queries for all tasks."""
+        plans: list[_Plan] = []
+        windows: list[Window] = []
+        for node, source, tz, stale in tasks:
+            plan = _Plan(node, source, zone(tz))
+            starts = sorted(set(stale))
+            if not starts:
+                continue
+            # close stale half hours share a window, and the half hours between turn stale
+            for s in starts:
+                e = bucket_bounds(s, "halfhour", plan.z)[1]
+                if plan.windows and s - plan.windows[-1][1] <= MERGE_GAP_MS:
+                    plan.windows[-1] = (plan.windows[-1][0], e)
+                else:
+                    plan.windows.append((s, e))
+            windows += [Window(node, source, ws, we) for ws, we in plan.windows]
+            plans.append(plan)
+        points = iter(read_points_for_recompute(self.client, windows, self.tol))
+        for plan in plans:
+            plan.fill(points, self.tol)
+        stored: dict[tuple[int, str], list[RollupRow]] = {}
+        for r in read_rollups(self.client, [(p.node, p.source, p.ranges()) for p in plans]):
+            stored.setdefault((r.node_id, r.source_id), []).append(r)
+        out = Refresh()
+        for plan in plans:
+            part = plan.cascade(stored.get((plan.node, plan.source), []))
+            out.rows += part.rows
+            out.tombstones += part.tombstones
+        return out
+
+
+@dataclass
+class _Plan:
+    """One stream's refresh: its windows, its stale buckets per level, its fresh rows."""
+
+    node: int
+    source: str
+    z: ZoneInfo
+    windows: list[tuple[int, int]] = field(default_factory=list)
+    bounds: dict[Periodicity, dict[int, int]] = field(default_factory=lambda: {p: {} for p in PERIODICITIES})
+    fresh: dict[Periodicity, list[RollupRow]] = field(default_factory=dict)
+
+    def fill(self, points: Iterator[list[RawPoint]], tol: Tolerances) -> None:
+        """Half hours from raw (the points of each window, in order), and every stale bucket."""
+        self.fresh["halfhour"] = []
+        for ws, we in self.windows:
+            self.bounds["halfhour"].update(buckets_between(ws, we, "halfhour", self.z))
+            self.fresh["halfhour"] += recompute(next(points), [], ws, we, "halfhour", self.z, tol,
+                                                self.node, self.source)
+        for per in PERIODICITIES[1:]:
+            src = CASCADE_SOURCE[per]
+            assert src is not None
+            for s in self.bounds[src]:
+                lo, hi = bucket_bounds(s, per, self.z)
+                self.bounds[per][lo] = hi
+
+    def ranges(self) -> list[tuple[str, int, int]]:
+        """Stored rows to read: each level inside its stale parents (children to combine, and
+        its own stale rows, which may need a tombstone); years inside themselves."""
+        spans: dict[Periodicity, list[tuple[int, int]]] = {p: [] for p in PERIODICITIES}
+        for per in PERIODICITIES:
+            spans[per] += self.bounds[per].items()
+            src = CASCADE_SOURCE[per]
+            if src is not None:
+                spans[src] += self.bounds[per].items()
+        return [(per, lo, hi) for per in PERIODICITIES for lo, hi in _merge_ranges(spans[per])]
+
+    def cascade(self, stored_rows: Sequence[RollupRow]) -> Refresh:
+        stored: dict[Periodicity, list[RollupRow]] = {p: [] for p in PERIODICITIES}
+        for r in stored_rows:
+            stored[r.periodicity].append(r)
+        out = Refresh()
+        for per in PERIODICITIES:
+            src = CASCADE_SOURCE[per]
+            if src is not None:
+                parents = self.bounds[per]
+                starts = sorted(parents)
+                kept = []
+                for r in stored[src]:
+                    if r.ts_start_ms in self.bounds[src]:
+                        continue  # recomputed: the fresh row (or nothing) replaces it
+                    k = bisect.bisect_right(starts, r.ts_start_ms) - 1
+                    if k >= 0 and r.ts_start_ms < parents[starts[k]]:
+                        kept.append(r)
+                self.fresh[per] = combine(kept + self.fresh[src], per, self.z)
+            rows = self.fresh[per]
+            have = {(r.property, r.ts_start_ms) for r in rows}
+            out.rows += rows
+            out.tombstones += [
+                RollupRow(per, self.node, self.source, r.property, r.kind, r.ts_start_ms, r.ts_end_ms)
+                for r in stored[per]
+                if r.ts_start_ms in self.bounds[per] and (r.property, r.ts_start_ms) not in have
+            ]
+        return out
+
+
+def recompute_range(
+    client: Client, node: int, source: str, start_ms: int, end_ms: int, timezone_at: TimezoneAt,
+    tolerances: Tolerances = DEFAULT_TOLERANCES, chunk_days: int = 7, progress: Progress | None = None,
+) -> int:
+    """Recompute every level of one stream for the half hours overlapping [start_ms, end_ms)
+    from raw, a few days at a time; returns rows written (tombstones included)."""
+    maintainer = RollupMaintainer(client, timezone_at, tolerances)
+    z = zone(timezone_at(node, start_ms))
+    written = 0
+    days = list(buckets_between(start_ms, end_ms, "day", z))
+    for k in range(0, len(days), chunk_days):
+        chunk = days[k:k + chunk_days]
+        lo, hi = max(start_ms, chunk[0][0]), min(end_ms, chunk[-1][1])
+        halfhours = [s for s, _ in buckets_between(lo, hi, "halfhour", z)]
+        part = maintainer.refresh([(node, source, z.key, halfhours)])
+        written += write_rollups(client, part.rows, part.tombstones)
+        if progress is not None:
+            progress.update(len(chunk))
+            progress.set_postfix(rows=written)
+    return written

@@ -1,0 +1,272 @@
+"""ClickHouse side of rollups: the `rollup_raw` table, the public `rollup` view, and the reads
+and writes the rollup maintainer (pipeline/rollups.py) needs. The figures themselves come from
+processors/rollup.py; nothing here computes.
+
+A rollup row is replaced, never updated: every recompute of a bucket inserts a fresh row with a
+newer `computed`, and a recompute that finds a bucket empty inserts a tombstone (deleted = 1).
+The view reads `FINAL` and hides tombstones. See docs/rollups.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from processors.rollup import DEFAULT_TOLERANCES, RawPoint, RollupRow, Tolerances
+from sinks.clickhouse import DATUM_VIEW
+
+ROLLUP_TABLE = "rollup_raw"
+ROLLUP_VIEW = "rollup"
+DAY_MS = 86_400_000
+# How far the first neighbour lookup reaches; a second one reaches the look-back tolerance.
+NEAR_MS = DAY_MS
+
+ROLLUP_SCHEMA = [
+    f"""
+    CREATE TABLE IF NOT EXISTS {ROLLUP_TABLE} (
+        periodicity   LowCardinality(String),
+        node_id       UInt64,
+        source_id     LowCardinality(String),
+        property      LowCardinality(String),
+        kind          LowCardinality(String),
+        ts_start      DateTime64(3, 'UTC'),
+        ts_end        DateTime64(3, 'UTC'),
+        count         UInt64,
+        avg           Nullable(Float64),
+        min           Nullable(Float64),
+        max           Nullable(Float64),
+        diff          Nullable(Float64),
+        read_diff     Nullable(Float64),
+        read_start    Nullable(Float64),
+        read_end      Nullable(Float64),
+        mode          String,
+        status_counts Array(Tuple(String, UInt64)),
+        tags          Array(String),
+        deleted       UInt8,
+        computed      DateTime64(3, 'UTC') DEFAULT now64(3)
+    )
+    -- A recompute replaces the bucket's row; the newest computation wins.
+    ENGINE = ReplacingMergeTree(computed)
+    ORDER BY (periodicity, node_id, source_id, property, ts_start)
+    """,
+    f"""
+    CREATE VIEW IF NOT EXISTS {ROLLUP_VIEW} AS
+    SELECT periodicity, node_id, source_id, property, kind, ts_start, ts_end, count,
+           avg, min, max, diff, read_diff, read_start, read_end, mode, status_counts, tags, computed
+    FROM {ROLLUP_TABLE} FINAL
+    WHERE deleted = 0
+    """,
+]
+
+ROLLUP_COLUMNS = (
+    "periodicity", "node_id", "source_id", "property", "kind", "ts_start", "ts_end", "count",
+    "avg", "min", "max", "diff", "read_diff", "read_start", "read_end", "mode", "status_counts",
+    "tags", "deleted",
+)
+
+
+def ensure_rollup_schema(client: Client) -> None:
+    """Create what is missing; safe to run at every start."""
+    for ddl in ROLLUP_SCHEMA:
+        client.command(ddl)
+
+
+def _str(text: str) -> str:
+    """A ClickHouse string literal (values are inlined: a batch's query names many streams)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _t(ms: int) -> str:
+    return f"fromUnixTimestamp64Milli(toInt64({int(ms)}), 'UTC')"
+
+
+def _stream(node_id: int, source_id: str) -> str:
+    return f"node_id = {int(node_id)} AND source_id = {_str(source_id)}"
+
+
+def _union(client: Client, parts: Sequence[str], chunk: int = 100) -> list[Sequence[Any]]:
+    rows: list[Sequence[Any]] = []
+    for k in range(0, len(parts), chunk):
+        rows += client.query(" UNION ALL ".join(parts[k:k + chunk])).result_rows
+    return rows
+
+
+def _point(created: int, prop: str, kind: str, value: float | None, text: str,
+           tags: Sequence[str]) -> RawPoint:
+    if kind == "s":
+        return RawPoint(int(created), prop, "s", None, text, 0, frozenset(tags))
+    return RawPoint(int(created), prop, "a" if kind == "a" else "i",
+                    None if value is None else float(value), None, 0, frozenset(tags))
+
+
+_ACC = "kind = 'a' AND value IS NOT NULL"
+
+
+def _window_sql(q: int, node_id: int, source_id: str, lo: int, hi: int) -> str:
+    return (f"SELECT {q} AS q, toUnixTimestamp64Milli(created) AS t, toString(property) AS p,"
+            " toString(kind) AS k, value AS v, text AS x, tags AS g"
+            f" FROM {DATUM_VIEW} WHERE {_stream(node_id, source_id)}"
+            f" AND created >= {_t(lo)} AND created < {_t(hi)}")
+
+
+def _before_sql(q: int, node_id: int, source_id: str, lo: int, hi: int, props: Iterable[str] | None) -> str:
+    """The latest accumulating reading per property in [lo, hi)."""
+    only = "" if props is None else f" AND property IN ({', '.join(_str(p) for p in sorted(props))})"
+    return (f"SELECT {q} AS q, toUnixTimestamp64Milli(max(created)) AS t, toString(property) AS p,"
+            " 'a' AS k, argMax(value, created) AS v, '' AS x, argMax(tags, created) AS g"
+            f" FROM {DATUM_VIEW} WHERE {_stream(node_id, source_id)} AND {_ACC}{only}"
+            f" AND created >= {_t(lo)} AND created < {_t(hi)} GROUP BY property")
+
+
+def _after_sql(q: int, node_id: int, source_id: str, lo: int, hi: int, props: Iterable[str] | None) -> str:
+    """The first accumulating reading per property in [lo, hi)."""
+    only = "" if props is None else f" AND property IN ({', '.join(_str(p) for p in sorted(props))})"
+    return (f"SELECT {q} AS q, toUnixTimestamp64Milli(min(created)) AS t, toString(property) AS p,"
+            " 'a' AS k, argMin(value, created) AS v, '' AS x, argMin(tags, created) AS g"
+            f" FROM {DATUM_VIEW} WHERE {_stream(node_id, source_id)} AND {_ACC}{only}"
+            f" AND created >= {_t(lo)} AND created < {_t(hi)} GROUP BY property")
+
+
+@dataclass(frozen=True)
+class Window:
+    """One stream's window [start_ms, end_ms) to recompute."""
+
+    node_id: int
+    source_id: str
+    start_ms: int
+    end_ms: int
+
+
+def read_points_for_recompute(
+    client: Client, windows: Sequence[Window], tolerances: Tolerances = DEFAULT_TOLERANCES,
+) -> list[list[RawPoint]]:
+    """What `recompute(..., start_ms, end_ms, ...)` needs of each window's stream, in one or two
+    queries for all windows: the points in the window and, per accumulating property, the latest
+    reading before it and the first at or after its end, when close enough to matter.
+
+    Identical results to passing [start - lookback, end + lookback] (docs/rollups.md):
+    * after the window, a reading matters only as the end of a pair no longer than the clock
+      tolerance that starts in the window, or exactly at the window end: the first reading in
+      [end, end + max(1 day, clock)] is enough;
+    * before the window, a reading matters for a clock share only within the clock tolerance
+      of the start; further back only through a pair into a reading in [start, end] (its
+      reading difference and the bucket's reading start), so only the properties with such a
+      reading are looked up as far as the look-back; a reading farther back than the look-back
+      from its successor counts for nothing, so reaching past it changes nothing.
+    """
+    near = max(NEAR_MS, tolerances.clock_ms + 1)
+    W, B, A = 0, 1, 2
+    parts: list[str] = []
+    for n, w in enumerate(windows):
+        parts.append(_window_sql(3 * n + W, w.node_id, w.source_id, w.start_ms, w.end_ms))
+        parts.append(_before_sql(3 * n + B, w.node_id, w.source_id, w.start_ms - near, w.start_ms, None))
+        parts.append(_after_sql(3 * n + A, w.node_id, w.source_id, w.end_ms, w.end_ms + near, None))
+    got: list[list[list[RawPoint]]] = [[[], [], []] for _ in windows]
+    for q, t, prop, kind, value, text, tags in _union(client, parts):
+        got[q // 3][q % 3].append(_point(t, prop, kind, value, text, tags))
+    far_parts: list[str] = []
+    if tolerances.lookback_ms > near:
+        for n, w in enumerate(windows):
+            points, before, after = got[n]
+            inside = {p.property for p in points if p.kind == "a" and p.value is not None}
+            inside |= {p.property for p in after if p.created_ms == w.end_ms}
+            far = inside - {p.property for p in before}
+            if far:
+                far_parts.append(_before_sql(3 * n + B, w.node_id, w.source_id,
+                                             w.start_ms - tolerances.lookback_ms, w.start_ms - near, far))
+    for q, t, prop, kind, value, text, tags in _union(client, far_parts):
+        got[q // 3][B].append(_point(t, prop, kind, value, text, tags))
+    return [points + before + after for points, before, after in got]
+
+
+@dataclass(frozen=True)
+class TimesRequest:
+    """Accumulating reading times of a stream in [start_ms, end_ms), and per property in
+    `successor_of` the first reading in [end_ms, end_ms + successor_span)."""
+
+    node_id: int
+    source_id: str
+    start_ms: int
+    end_ms: int
+    successor_of: tuple[tuple[str, int], ...] = ()  # (property, its last changed reading)
+
+
+def read_accumulating_times(
+    client: Client, requests: Sequence[TimesRequest], successor_span_ms: int,
+) -> list[list[tuple[str, int]]]:
+    """(property, created_ms) per request: every accumulating reading in its range (one query
+    for all), then the successors asked for of properties with no reading in range after their
+    last change (a second query, only if any)."""
+    parts = [
+        f"SELECT {n} AS q, toString(property) AS p, toUnixTimestamp64Milli(created) AS t FROM {DATUM_VIEW}"
+        f" WHERE {_stream(r.node_id, r.source_id)} AND {_ACC}"
+        f" AND created >= {_t(r.start_ms)} AND created < {_t(r.end_ms)}"
+        for n, r in enumerate(requests)
+    ]
+    out: list[list[tuple[str, int]]] = [[] for _ in requests]
+    for q, prop, t in _union(client, parts):
+        out[q].append((str(prop), int(t)))
+    more = []
+    for n, r in enumerate(requests):
+        need = {p for p, c in r.successor_of if not any(q == p and t > c for q, t in out[n])}
+        if need and successor_span_ms > 0:
+            more.append(
+                f"SELECT {n} AS q, toString(property) AS p, toUnixTimestamp64Milli(min(created)) AS t"
+                f" FROM {DATUM_VIEW} WHERE {_stream(r.node_id, r.source_id)} AND {_ACC}"
+                f" AND property IN ({', '.join(_str(p) for p in sorted(need))})"
+                f" AND created >= {_t(r.end_ms)} AND created < {_t(r.end_ms + successor_span_ms)}"
+                " GROUP BY property"
+            )
+    for q, prop, t in _union(client, more):
+        out[q].append((str(prop), int(t)))
+    return out
+
+
+def read_rollups(
+    client: Client, requests: Sequence[tuple[int, str, Sequence[tuple[str, int, int]]]],
+) -> list[RollupRow]:
+    """Stored (live) rows: per (node, source, ranges), each (periodicity, start_ms, end_ms)
+    range is the rows of that level with ts_start in [start_ms, end_ms). One query."""
+    conds = []
+    for node_id, source_id, ranges in requests:
+        if ranges:
+            alts = " OR ".join(
+                f"(periodicity = {_str(per)} AND ts_start >= {_t(lo)} AND ts_start < {_t(hi)})"
+                for per, lo, hi in ranges
+            )
+            conds.append(f"({_stream(node_id, source_id)} AND ({alts}))")
+    out: list[RollupRow] = []
+    for k in range(0, len(conds), 100):
+        result = client.query(
+            "SELECT periodicity, node_id, source_id, property, kind, toUnixTimestamp64Milli(ts_start),"
+            " toUnixTimestamp64Milli(ts_end), count, avg, min, max, diff, read_diff, read_start, read_end,"
+            f" mode, status_counts, tags FROM {ROLLUP_VIEW} WHERE {' OR '.join(conds[k:k + 100])}"
+        )
+        for (per, node, source, prop, kind, s, e, count, avg, lo, hi, diff, rdiff, rstart, rend,
+             mode, sc, tags) in result.result_rows:
+            out.append(RollupRow(
+                per, int(node), str(source), prop, kind, int(s), int(e), int(count), avg, lo, hi,
+                diff, rdiff, rstart, rend, mode if kind == "s" else None,
+                tuple((str(v), int(c)) for v, c in sc), tuple(tags),
+            ))
+    return out
+
+
+def write_rollups(client: Client, rows: Sequence[RollupRow],
+                  tombstones: Sequence[RollupRow] = ()) -> int:
+    """Insert rows and tombstones (rows marked deleted) in one insert; returns rows written."""
+    data: list[list[object]] = []
+    for deleted, batch in ((0, rows), (1, tombstones)):
+        for r in batch:
+            data.append([
+                r.periodicity, r.node_id, r.source_id, r.property, r.kind, r.ts_start_ms,
+                r.ts_end_ms, r.count, r.avg, r.min, r.max, r.diff, r.read_diff, r.read_start,
+                r.read_end, r.mode or "", list(r.status_counts), list(r.tags), deleted,
+            ])
+    if data:
+        # ints into DateTime64(3) are raw ticks (epoch ms), as in the raw sink
+        client.insert(ROLLUP_TABLE, data, column_names=list(ROLLUP_COLUMNS))
+    return len(data)
