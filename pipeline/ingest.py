@@ -42,6 +42,16 @@ class IngestReport:
         )
 
 
+def _send_chunk(producer: DatumProducer, chunk: list[Datum], report: IngestReport, progress: Progress | None) -> None:
+    """Hand a chunk to the producer and empty it, so memory stays bounded on any file size."""
+    if chunk:
+        report.datums_sent += producer.send(chunk)
+        chunk.clear()
+    if progress is not None:
+        progress.update(report.lines_read - progress.n)
+        progress.set_postfix(sent=report.datums_sent, rejected=report.lines_rejected)
+
+
 def _lines(path: Path) -> Iterator[bytes]:
     if str(path) == "-":
         yield from sys.stdin.buffer
@@ -78,13 +88,8 @@ def ingest_json(
                     report.rejected_by_rule[p.rule] = report.rejected_by_rule.get(p.rule, 0) + 1
             chunk.append(kept)
             if len(chunk) >= CHUNK:
-                report.datums_sent += producer.send(chunk)
-                chunk = []
-                if progress is not None:
-                    progress.update(report.lines_read - progress.n)
-                    progress.set_postfix(sent=report.datums_sent, rejected=report.lines_rejected)
-    if chunk:
-        report.datums_sent += producer.send(chunk)
+                _send_chunk(producer, chunk, report, progress)
+    _send_chunk(producer, chunk, report, progress)
 
 
 # Rules that drop the whole line; the others drop one field and the datum goes on.
@@ -134,14 +139,9 @@ def ingest_lp(
                 continue
             chunk.append(kept)
             if len(chunk) >= CHUNK:
-                report.datums_sent += producer.send(chunk)
-                chunk = []
-                if progress is not None:
-                    progress.update(report.lines_read - progress.n)
-                    progress.set_postfix(sent=report.datums_sent, rejected=report.lines_rejected)
+                _send_chunk(producer, chunk, report, progress)
         report.lines_rejected += len(rejected_lines)
-    if chunk:
-        report.datums_sent += producer.send(chunk)
+    _send_chunk(producer, chunk, report, progress)
 
 
 def _reject(producer: DatumProducer, report: IngestReport, file: str, line_no: int, text: str,
