@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo up test unit integration lint typecheck bench clean
+.PHONY: install system-packages demo up test unit integration lint typecheck bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# Debian packages the tests use (promtool); installs only what is missing.
+system-packages:
+	.ci/install-system-packages
+
 # The main job on the embedded default: broker, ClickHouse endpoint, PostgreSQL, workers, demo data.
 demo: install
 	$(BIN)/pipeline up --demo
@@ -21,7 +25,7 @@ up: install
 	$(BIN)/pipeline up
 
 # The whole suite: lint, types, unit and integration tests (the suite starts its own services).
-test: install lint typecheck
+test: install system-packages lint typecheck
 	$(BIN)/pytest
 
 unit: install
