@@ -429,20 +429,21 @@ class DatumWorker:
         delay = 0.5
         m = self.metrics
         target = sink if sink is not None else self.sink  # a sink with nothing pending is falsy
+        label = "raw" if target is self.sink else "latest"
         while True:
             t0 = time.perf_counter()
             try:
                 await asyncio.to_thread(target.write_columns, rows)
             except SinkBackpressure as exc:
-                m.sink_failures.labels("raw").inc()
-                m.sink_retries.labels("raw").inc()
+                m.sink_failures.labels(label).inc()
+                m.sink_retries.labels(label).inc()
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(RETRY_MAX_S, delay * 2)
                 continue
-            m.sink_insert_seconds.labels("raw").observe(time.perf_counter() - t0)
-            m.sink_batch_rows.labels("raw").observe(len(rows))
-            m.last_stored_timestamp.labels("raw").set(time.time())
+            m.sink_insert_seconds.labels(label).observe(time.perf_counter() - t0)
+            m.sink_batch_rows.labels(label).observe(len(rows))
+            m.last_stored_timestamp.labels(label).set(time.time())
             return
 
 
