@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from clickhouse_connect.driver.exceptions import ClickHouseError  # rollups
+from clickhouse_connect.driver.exceptions import ClickHouseError
 from faust.types import EventT
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -33,7 +33,7 @@ from pipeline.codec import SCHEMA_HEADER, DeadLetter, DecodeError, Origin, decod
 from pipeline.metadata import MetadataLink
 from pipeline.metrics import Metrics, build_metrics
 from pipeline.producer import TopicAdmin
-from pipeline.rollups import RollupMaintainer  # rollups
+from pipeline.rollups import RollupMaintainer
 from pipeline.settings import Settings
 from pipeline.topics import Topics
 from processors.catalog_versions import VersionedCatalog
@@ -42,7 +42,7 @@ from processors.qrating import RateState
 from processors.rows import RawColumns, Scoring, accept_batch
 from sinks.base import SinkBackpressure
 from sinks.clickhouse import LATEST_TABLE, RawSink, connect, ensure_schema, rate_baselines
-from sinks.rollups import ensure_rollup_schema  # rollups
+from sinks.rollups import ensure_rollup_schema
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class DatumWorker:
         )
         self._sink: RawSink | None = None
         self._latest_sink: RawSink | None = None
-        self._rollups: RollupMaintainer | None = None  # rollups: created on first use
+        self._rollups: RollupMaintainer | None = None  # created on first use
         # Metadata: the history log decides what templates apply. Without a PostgreSQL DSN
         # every source is unbound (stored unvalidated), which the log says at start.
         self.metadata = MetadataLink(settings.postgres_dsn) if settings.postgres_dsn else None
@@ -184,7 +184,7 @@ class DatumWorker:
             self._sink = RawSink(client)
         return self._sink
 
-    # --- rollups: the maintainer, on the raw sink's client ---
+    # The rollup maintainer works on the raw sink's client.
     @property
     def rollups(self) -> RollupMaintainer:
         if self._rollups is None:
@@ -208,7 +208,6 @@ class DatumWorker:
                 log.warning("rollup update of %d rows failed (%s); retrying in %.1fs", len(rows), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(RETRY_MAX_S, delay * 2)
-    # --- end rollups ---
 
     @property
     def latest_sink(self) -> RawSink:
@@ -278,7 +277,7 @@ class DatumWorker:
         @app.task
         async def warm_up() -> None:
             await asyncio.to_thread(lambda: self.sink)
-            await asyncio.to_thread(ensure_rollup_schema, self.sink.client)  # rollups
+            await asyncio.to_thread(ensure_rollup_schema, self.sink.client)
             if self.metadata is not None:
                 await asyncio.to_thread(self.metadata.migrate)
                 self.metadata_ready.set()
