@@ -94,6 +94,11 @@ class Topics:
         return f"{self.prefix}pipeline.deadletter"
 
     @property
+    def rollup_stale(self) -> str:
+        """Stale-bucket marks: (stream, changed readings) the rollup agent recomputes from."""
+        return f"{self.prefix}pipeline.rollup-stale"
+
+    @property
     def metadata(self) -> str:
         return f"{self.prefix}pipeline.metadata"
 

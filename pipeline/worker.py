@@ -4,12 +4,18 @@ Order of commitment for every batch of messages (at least once, idempotent store
 
     1. decode and check                  (pure: processors/, nothing leaves the process)
     2. store accepted rows in ClickHouse (retried until it succeeds; offsets stay put)
-    2b. recompute the rollups they stale (retried likewise; pipeline/rollups.py, idempotent)
+    2b. mark their rollup buckets stale   (marks produced to pipeline.rollup-stale, acks awaited)
     3. produce dead letters, await acks  (refusals are as durable as rows before we move on)
     4. ack the events                    (Faust commits acked offsets on its commit interval)
 
 A crash anywhere before 4 redelivers the batch; the raw table's replacing key makes the
 second store invisible to queries.
+
+The rollup agent takes the stale marks, keyed by stream, and for each batch of marks:
+    1. recompute the stale buckets from the stored raw rows and cascade (pipeline/rollups.py)
+    2. store them (replacing rows, tombstones for emptied buckets; idempotent)
+    3. ack the marks
+so raw ingestion never waits for rollups, and a crash recomputes the same buckets again.
 
 Faust cannot subscribe by pattern (faust-streaming #62), so the datum agent's topic list grows:
 a timer lists the broker's topics, and a new source topic joins the subscription in seconds.
@@ -18,6 +24,7 @@ a timer lists the broker's topics, and a new source topic joins the subscription
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +42,7 @@ from pipeline.metrics import Metrics, build_metrics
 from pipeline.producer import TopicAdmin
 from pipeline.rollups import RollupMaintainer
 from pipeline.settings import Settings
-from pipeline.topics import Topics
+from pipeline.topics import Topics, stream_key
 from processors.catalog_versions import VersionedCatalog
 from processors.datum import Datum, Rejection
 from processors.qrating import RateState
@@ -113,6 +120,32 @@ def process_messages(
     return out
 
 
+def stale_marks(rows: RawColumns) -> list[tuple[bytes, bytes]]:
+    """One mark per stream: the (property, kind, created) of every stored reading."""
+    by_stream: dict[tuple[int, str], list[tuple[str, str, int]]] = {}
+    for node, source, created, prop, kind in zip(rows.node_id, rows.source_id, rows.created,
+                                                 rows.property, rows.kind, strict=True):
+        by_stream.setdefault((node, source), []).append((prop, kind, created))
+    return [
+        (stream_key(node, source), json.dumps({"node": node, "source": source, "changes": changes}).encode())
+        for (node, source), changes in by_stream.items()
+    ]
+
+
+def stale_rows(values: Sequence[bytes]) -> RawColumns:
+    """Marks back to the columns the rollup maintainer reads (node, source, created, property, kind)."""
+    rows = RawColumns()
+    for value in values:
+        mark = json.loads(value)
+        for prop, kind, created in mark["changes"]:
+            rows.node_id.append(mark["node"])
+            rows.source_id.append(mark["source"])
+            rows.created.append(created)
+            rows.property.append(prop)
+            rows.kind.append(kind)
+    return rows
+
+
 class DatumWorker:
     """Wires one Faust app: the datum agent, topic discovery, the raw sink and the metrics."""
 
@@ -151,6 +184,9 @@ class DatumWorker:
         self.metadata_topic = self.app.topic(
             self.topics.metadata, value_serializer="raw", key_serializer="raw"
         )
+        self.stale_topic = self.app.topic(
+            self.topics.rollup_stale, value_serializer="raw", key_serializer="raw"
+        )
         self._sink: RawSink | None = None
         self._latest_sink: RawSink | None = None
         self._rollups: RollupMaintainer | None = None  # created on first use
@@ -173,7 +209,7 @@ class DatumWorker:
             inbox = self.topics.source("inbox")
             self.admin.ensure([inbox])
             names = [inbox]
-        self.admin.ensure([self.topics.deadletter, self.topics.metadata])
+        self.admin.ensure([self.topics.deadletter, self.topics.metadata, self.topics.rollup_stale])
         return names
 
     @property
@@ -194,6 +230,10 @@ class DatumWorker:
                 lambda node, ms: self.catalog.timezone_at(node, ms) if self.catalog else "UTC",
             )
         return self._rollups
+
+    async def mark_stale(self, rows: RawColumns) -> None:
+        futures = [await self.stale_topic.send(key=key, value=value) for key, value in stale_marks(rows)]
+        await asyncio.gather(*futures)
 
     async def update_rollups(self, rows: RawColumns) -> None:
         """Step 2b: recompute the rollups the stored rows stale; retried like store()."""
@@ -261,6 +301,14 @@ class DatumWorker:
         @app.timer(5.0)
         async def lag() -> None:
             self.update_lag()
+
+        @app.agent(self.stale_topic, name="rollups")
+        async def rollups(stream: faust.StreamT[Any]) -> None:
+            async for events in stream.noack_take(500, within=1.0):
+                await self.catalog_ready.wait()  # time zones come from the catalog
+                await self.update_rollups(stale_rows([e.message.value for e in events]))
+                for event in events:
+                    await stream.ack(event)
 
         @app.agent(self.metadata_topic, name="metadata")
         async def metadata(stream: faust.StreamT[Any]) -> None:
@@ -410,8 +458,8 @@ class DatumWorker:
                     m.qrating_performance.observe(perf)
             if outcome.newest_created_ms:
                 m.created_to_stored_seconds.observe(max(0.0, time.time() - outcome.newest_created_ms / 1000))
-            # 2b. rollups of what was just stored (before the dead letters and the ack)
-            await self.update_rollups(outcome.rows)
+            # 2b. mark the rollup buckets of what was just stored stale (before the ack)
+            await self.mark_stale(outcome.rows)
         # 3. then the dead letters, each awaited until the broker has it
         if outcome.letters:
             futures = []
