@@ -42,6 +42,7 @@ class MetadataLink:
         self._writer: psycopg.Connection | None = None
         self._reader: psycopg.Connection | None = None
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()  # one psycopg connection: one thread at a time
 
     def _connect(self) -> psycopg.Connection:
         return psycopg.connect(self.dsn, autocommit=True)
@@ -66,11 +67,13 @@ class MetadataLink:
         return Applied(result.status, result.rule, result.reason, str(event.event_id))
 
     def version(self) -> int:
-        return history.catalog_version(self._read_conn())
+        with self._read_lock:
+            return history.catalog_version(self._read_conn())
 
     def load(self) -> VersionedCatalog:
-        conn = self._read_conn()
-        catalog = build_versioned_catalog(history.current_catalog(conn))
+        with self._read_lock:
+            meta = history.current_catalog(self._read_conn())
+        catalog = build_versioned_catalog(meta)
         for problem in catalog.problems:
             log.warning("catalog: %s left out: %s", problem.what, problem.message)
         return catalog

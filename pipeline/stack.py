@@ -139,11 +139,15 @@ def start_postgres(data_dir: Path, port: int | None = None, host: str = "127.0.0
             raise RuntimeError(f"PostgreSQL already runs on {data_dir} (pid {old})")
         pid_file.unlink(missing_ok=True)
     log_file = data_dir / "server.log"
-    subprocess.run(
-        [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-w", "-t", "60", "-l", str(log_file),
-         "-o", f"-h {host} -p {port} -k {data_dir} -c fsync=off -c max_connections=200", "start"],
-        check=True, capture_output=True, **as_user,  # type: ignore[arg-type]
-    )
+    try:
+        subprocess.run(
+            [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-w", "-t", "60", "-l", str(log_file),
+             "-o", f"-h {host} -p {port} -k {data_dir} -c fsync=off -c max_connections=200", "start"],
+            check=True, capture_output=True, **as_user,  # type: ignore[arg-type]
+        )
+    except subprocess.CalledProcessError:
+        tail = log_file.read_text(errors="replace")[-1500:] if log_file.exists() else ""
+        raise RuntimeError(f"PostgreSQL did not start on {host}:{port} (is the port taken?):\n{tail}") from None
 
     def stop() -> None:
         subprocess.run(

@@ -196,6 +196,7 @@ class DatumWorker:
         self.catalog: VersionedCatalog | None = None
         self.catalog_ready = asyncio.Event()
         self.metadata_ready = asyncio.Event()  # migrations done: events may be applied
+        self._refresh_lock = asyncio.Lock()
         self.scoring = Scoring()
         self._baselined: set[tuple[int, str]] = set()
         self._register()
@@ -273,11 +274,13 @@ class DatumWorker:
         if self.metadata is None:
             return
         link = self.metadata
-        version = await asyncio.to_thread(link.version)
-        if force or self.catalog is None or version != self.catalog.version:
-            self.catalog = await asyncio.to_thread(link.load)
-            log.info("catalog version %d: %d data-time stretch(es)", self.catalog.version,
-                     len(self.catalog.catalogs))
+        # warm-up, the metadata agent and the timer all refresh: one at a time
+        async with self._refresh_lock:
+            version = await asyncio.to_thread(link.version)
+            if force or self.catalog is None or version != self.catalog.version:
+                self.catalog = await asyncio.to_thread(link.load)
+                log.info("catalog version %d: %d data-time stretch(es)", self.catalog.version,
+                         len(self.catalog.catalogs))
         self.catalog_ready.set()
 
     def _register(self) -> None:
@@ -432,7 +435,10 @@ class DatumWorker:
             self.metrics.dead_letters.labels("metadata", result.rule or "metadata.refused").inc()
         else:
             log.info("metadata event %s %s", result.event_id, result.status)
-            await self.refresh_catalog()
+            try:
+                await self.refresh_catalog()
+            except Exception as exc:  # the timer tries again within a second
+                log.warning("catalog refresh after %s failed: %s", result.event_id, exc)
         self._metadata_next = msg.offset + 1
 
     async def handle(self, events: Sequence[EventT]) -> None:
