@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -283,15 +283,6 @@ def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
 def _returns_rows(query: str) -> bool:
     head = query.lstrip().split(None, 1)[0].upper() if query.strip() else ""
     return head in {"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS"}
-
-
-@contextlib.contextmanager
-def _open_lines(path: Path) -> Iterator[Iterator[bytes]]:
-    if str(path) == "-":
-        yield iter(sys.stdin.buffer)
-        return
-    with path.open("rb") as fh:
-        yield iter(fh)
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from pipeline.codec import DeadLetter
 from pipeline.producer import DatumProducer
 from pipeline.progress import Progress
 from pipeline.settings import Settings
-from processors.datum import Datum, check_envelope
+from processors.datum import Datum, Rejection, check_envelope
 from processors.line_protocol import parse_lines
 from processors.lp_mapping import LineProtocolMapping, map_points
 from processors.lp_mapping import LineRejection as LPRejection
@@ -30,6 +30,10 @@ class IngestReport:
     datums_refused: int = 0  # mapped, then refused by the envelope rules (e.g. created too old)
     seconds: float = 0.0
     rejected_by_rule: dict[str, int] = field(default_factory=dict)
+
+    def count(self, reasons: Iterable[Rejection]) -> None:
+        for r in reasons:
+            self.rejected_by_rule[r.rule] = self.rejected_by_rule.get(r.rule, 0) + 1
 
     def summary(self) -> str:
         rate = self.lines_read / self.seconds if self.seconds > 0 else 0.0
@@ -84,8 +88,7 @@ def ingest_json(
                 report.samples_rejected += len(problems)
                 letter = DeadLetter(problems, None, datum=parsed, stage="ingest", file=str(path), line=line_no)
                 producer.send_dead_letter(letter)
-                for p in problems:
-                    report.rejected_by_rule[p.rule] = report.rejected_by_rule.get(p.rule, 0) + 1
+                report.count(problems)
             chunk.append(kept)
             if len(chunk) >= CHUNK:
                 _send_chunk(producer, chunk, report, progress)
@@ -118,7 +121,7 @@ def ingest_lp(
         for item in map_points(parse_lines(lines, precision=precision), mapping):
             if isinstance(item, LPRejection):
                 rule = item.reason.rule
-                report.rejected_by_rule[rule] = report.rejected_by_rule.get(rule, 0) + 1
+                report.count([item.reason])
                 if rule in LP_LINE_RULES:
                     rejected_lines.add(item.line_no)
                 else:
@@ -128,8 +131,7 @@ def ingest_lp(
                 continue
             kept, problems = check_envelope(item, now)
             if problems:
-                for p in problems:
-                    report.rejected_by_rule[p.rule] = report.rejected_by_rule.get(p.rule, 0) + 1
+                report.count(problems)
                 producer.send_dead_letter(DeadLetter(problems, None, datum=item, stage="ingest", file=str(path)))
                 if kept is None:
                     report.datums_refused += 1
@@ -145,10 +147,9 @@ def ingest_lp(
 
 
 def _reject(producer: DatumProducer, report: IngestReport, file: str, line_no: int, text: str,
-            reasons: list, datum: Datum | None) -> None:  # type: ignore[type-arg]
+            reasons: list[Rejection], datum: Datum | None) -> None:
     report.lines_rejected += 1
-    for r in reasons:
-        report.rejected_by_rule[r.rule] = report.rejected_by_rule.get(r.rule, 0) + 1
+    report.count(reasons)
     producer.send_dead_letter(
         DeadLetter(reasons, None, datum=datum, stage="ingest", file=file, line=line_no, text=text)
     )

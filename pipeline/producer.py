@@ -135,5 +135,3 @@ class DatumProducer:
             self._failures.clear()
             raise DeliveryError(f"{count} messages failed delivery, first: {first}")
 
-    def close(self) -> None:
-        self.flush()

@@ -10,7 +10,7 @@ from types import FrameType
 from pipeline.producer import DatumProducer
 from pipeline.progress import Progress
 from pipeline.settings import Settings
-from processors.simulate import Fleet, FleetSpec, WeatherSeries, default_tmy_path, load_tmy
+from processors.simulate import Fleet, FleetSpec, default_tmy_path, load_tmy
 
 CHUNK_MS = 3_600_000  # generate and send an hour of fleet time at a time
 
@@ -26,11 +26,6 @@ class SimulateReport:
         return f"datums sent {self.datums_sent} in {self.seconds:.1f}s ({rate:,.0f} datums/s); weather: {self.weather}"
 
 
-def weather_series() -> WeatherSeries | None:
-    path = default_tmy_path()
-    return load_tmy(path) if path is not None else None
-
-
 def simulate(settings: Settings, spec: FleetSpec, backfill_ms: int, realtime: bool,
              now_ms: int | None = None) -> SimulateReport:
     """Send the fleet's datums from now - backfill to now as fast as possible, then, if realtime,
@@ -44,8 +39,8 @@ def simulate(settings: Settings, spec: FleetSpec, backfill_ms: int, realtime: bo
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     report = SimulateReport()
-    fleet = Fleet(spec, weather_series())
     tmy = default_tmy_path()
+    fleet = Fleet(spec, load_tmy(tmy) if tmy is not None else None)
     report.weather = f"pvlib TMY {tmy.name}" if tmy else "synthetic (pvlib not installed)"
     producer = DatumProducer(settings)
     t_start = time.perf_counter()

@@ -10,15 +10,13 @@ import contextlib
 import logging
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -181,41 +179,3 @@ def start_clickhouse(data_dir: Path, port: int | None = None, host: str = "127.0
 
     wait_until(ping, 120, "ClickHouse HTTP endpoint", proc, log_file)
     return Service("clickhouse", f"http://{host}:{port}", proc)
-
-
-@dataclass
-class Stack:
-    kafka: Service
-    postgres: Service
-    clickhouse: Service
-    extra: list[Service] = field(default_factory=list)
-
-    def stop(self) -> None:
-        for svc in [*reversed(self.extra), self.clickhouse, self.postgres, self.kafka]:
-            with contextlib.suppress(Exception):
-                svc.stop()
-
-
-@contextlib.contextmanager
-def embedded_stack(data_dir: Path, *, kafka_port: int | None = None,
-                   clickhouse_port: int | None = None,
-                   postgres_port: int | None = None) -> Iterator[Stack]:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    started: list[Service] = []
-    try:
-        kafka = start_tansu(kafka_port, log_dir=data_dir / "logs")
-        started.append(kafka)
-        pg = start_postgres(data_dir / "postgres", postgres_port)
-        started.append(pg)
-        ch = start_clickhouse(data_dir / "clickhouse", clickhouse_port, log_dir=data_dir / "logs")
-        started.append(ch)
-        stack = Stack(kafka, pg, ch)
-        yield stack
-    finally:
-        for svc in reversed(started):
-            with contextlib.suppress(Exception):
-                svc.stop()
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

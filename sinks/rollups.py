@@ -112,20 +112,13 @@ def _window_sql(q: int, node_id: int, source_id: str, lo: int, hi: int) -> str:
             f" AND created >= {_t(lo)} AND created < {_t(hi)}")
 
 
-def _before_sql(q: int, node_id: int, source_id: str, lo: int, hi: int, props: Iterable[str] | None) -> str:
-    """The latest accumulating reading per property in [lo, hi)."""
+def _edge_sql(q: int, node_id: int, source_id: str, lo: int, hi: int, props: Iterable[str] | None,
+              *, last: bool) -> str:
+    """Per property, the latest (last=True) or first accumulating reading in [lo, hi)."""
+    pick, arg = ("max", "argMax") if last else ("min", "argMin")
     only = "" if props is None else f" AND property IN ({', '.join(_str(p) for p in sorted(props))})"
-    return (f"SELECT {q} AS q, toUnixTimestamp64Milli(max(created)) AS t, toString(property) AS p,"
-            " 'a' AS k, argMax(value, created) AS v, '' AS x, argMax(tags, created) AS g"
-            f" FROM {DATUM_VIEW} WHERE {_stream(node_id, source_id)} AND {_ACC}{only}"
-            f" AND created >= {_t(lo)} AND created < {_t(hi)} GROUP BY property")
-
-
-def _after_sql(q: int, node_id: int, source_id: str, lo: int, hi: int, props: Iterable[str] | None) -> str:
-    """The first accumulating reading per property in [lo, hi)."""
-    only = "" if props is None else f" AND property IN ({', '.join(_str(p) for p in sorted(props))})"
-    return (f"SELECT {q} AS q, toUnixTimestamp64Milli(min(created)) AS t, toString(property) AS p,"
-            " 'a' AS k, argMin(value, created) AS v, '' AS x, argMin(tags, created) AS g"
+    return (f"SELECT {q} AS q, toUnixTimestamp64Milli({pick}(created)) AS t, toString(property) AS p,"
+            f" 'a' AS k, {arg}(value, created) AS v, '' AS x, {arg}(tags, created) AS g"
             f" FROM {DATUM_VIEW} WHERE {_stream(node_id, source_id)} AND {_ACC}{only}"
             f" AND created >= {_t(lo)} AND created < {_t(hi)} GROUP BY property")
 
@@ -162,8 +155,8 @@ def read_points_for_recompute(
     parts: list[str] = []
     for n, w in enumerate(windows):
         parts.append(_window_sql(3 * n + W, w.node_id, w.source_id, w.start_ms, w.end_ms))
-        parts.append(_before_sql(3 * n + B, w.node_id, w.source_id, w.start_ms - near, w.start_ms, None))
-        parts.append(_after_sql(3 * n + A, w.node_id, w.source_id, w.end_ms, w.end_ms + near, None))
+        parts.append(_edge_sql(3 * n + B, w.node_id, w.source_id, w.start_ms - near, w.start_ms, None, last=True))
+        parts.append(_edge_sql(3 * n + A, w.node_id, w.source_id, w.end_ms, w.end_ms + near, None, last=False))
     got: list[list[list[RawPoint]]] = [[[], [], []] for _ in windows]
     for q, t, prop, kind, value, text, tags in _union(client, parts):
         got[q // 3][q % 3].append(_point(t, prop, kind, value, text, tags))
@@ -175,8 +168,8 @@ def read_points_for_recompute(
             inside |= {p.property for p in after if p.created_ms == w.end_ms}
             far = inside - {p.property for p in before}
             if far:
-                far_parts.append(_before_sql(3 * n + B, w.node_id, w.source_id,
-                                             w.start_ms - tolerances.lookback_ms, w.start_ms - near, far))
+                far_parts.append(_edge_sql(3 * n + B, w.node_id, w.source_id,
+                                           w.start_ms - tolerances.lookback_ms, w.start_ms - near, far, last=True))
     for q, t, prop, kind, value, text, tags in _union(client, far_parts):
         got[q // 3][B].append(_point(t, prop, kind, value, text, tags))
     return [points + before + after for points, before, after in got]
