@@ -199,6 +199,7 @@ class DatumWorker:
         self._refresh_lock = asyncio.Lock()
         self.scoring = Scoring()
         self._baselined: set[tuple[int, str]] = set()
+        self._positions: dict[tuple[str, int], int] = {}  # last offset handled per partition, for lag
         self._register()
 
     def _discover(self) -> list[str]:
@@ -281,7 +282,6 @@ class DatumWorker:
                 self.catalog = await asyncio.to_thread(link.load)
                 log.info("catalog version %d: %d data-time stretch(es)", self.catalog.version,
                          len(self.catalog.catalogs))
-        self.catalog_ready.set()
 
     def _register(self) -> None:
         app, s = self.app, self.settings
@@ -335,6 +335,9 @@ class DatumWorker:
                 # Metadata produced before this start applies before any datum is validated.
                 await self.catch_up_metadata()
                 await self.refresh_catalog(force=True)
+                # Only now: a refresh by the metadata agent during catch-up may hold a catalog
+                # from half-way through the events (a datamodel without its bindings).
+                self.catalog_ready.set()
             else:
                 log.warning("no PostgreSQL DSN: templates are not applied, every source is stored unvalidated")
                 self.catalog_ready.set()
@@ -372,7 +375,6 @@ class DatumWorker:
             if high is not None and pos is not None:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos - 1))
 
-    _positions: dict[tuple[str, int], int] = {}
 
     async def catch_up_metadata(self, timeout: float = 60.0) -> None:
         """Wait until the metadata topic's events that existed at start are applied (by this
