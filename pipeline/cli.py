@@ -188,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     rec.set_defaults(func=cmd_recompute)
     # --- end rollups ---
 
+    api = sub.add_parser(
+        "api", help="serve the OpenOrg time-series HTTP API at /api/timeseries",
+        description="Serve the OpenOrg time-series API (GET /api/timeseries, OpenAPI at /api/timeseries/openapi.json) "
+        "on PIPELINE_API_HOST:PIPELINE_API_PORT, reading raw data and rollups from ClickHouse and node "
+        "time zones from the history log. `pipeline up` starts it.",
+    )
+    api.set_defaults(func=cmd_api)
+
     sql = sub.add_parser("sql", help="run ClickHouse SQL against the configured store")
     sql.add_argument("query", help="the SQL; SELECT results print as tab-separated rows")
     sql.set_defaults(func=cmd_sql)
@@ -227,6 +235,14 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.worker import run_worker
 
     run_worker(settings)
+    return 0
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    _need(settings, "clickhouse_url")
+    from pipeline.api import serve
+
+    serve(settings)
     return 0
 
 
@@ -496,6 +512,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             port = settings.metrics_port + n if settings.metrics_port else 0
             spawn(f"worker-{n}", [sys.executable, "-m", "pipeline.cli", "worker"],
                   PIPELINE_METRICS_PORT=str(port))
+        if settings.api_port:
+            spawn("api", [sys.executable, "-m", "pipeline.cli", "api"])
         if args.demo:
             # the sample datamodels and bindings go through the metadata topic like any change
             models = Path(__file__).resolve().parent.parent / "schemas" / "datamodels"
@@ -509,7 +527,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         while not stopping:
             for i, (name, argv, proc) in enumerate(children):
                 code = proc.poll()
-                if code is not None and name.startswith("worker"):
+                if code is not None and (name.startswith("worker") or name == "api"):
                     log.error("%s exited with %s; restarting it (log: %s)", name, code, logs / f"{name}.log")
                     with (logs / f"{name}.log").open("ab") as out:
                         proc = subprocess.Popen(argv, env=envs[name], stdout=out, stderr=subprocess.STDOUT)
@@ -558,6 +576,8 @@ def _banner(settings: Settings, data_dir: Path, workers: int) -> str:
             f"  ClickHouse HTTP    {settings.clickhouse_url}   (try: pipeline sql 'SELECT count() FROM datum')",
             f"  PostgreSQL         {settings.postgres_dsn}",
             f"  Prometheus metrics http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else "",
+            f"  time-series API    http://{settings.api_host}:{settings.api_port}/api/timeseries"
+            if settings.api_port else "",
             f"  Faust workers      {workers}",
             f"  data directory     {data_dir}",
             "Ctrl-C to stop.",

@@ -158,6 +158,8 @@ class DatumWorker:
             settings.app_id,
             broker=faust_broker_url(settings.kafka_bootstrap),
             store="memory://",
+            # Faust writes a per-app folder; keep it under the data directory, not the cwd.
+            datadir=str(settings.data_dir / "faust" / "{conf.id}"),
             web_enabled=False,
             autodiscover=False,
             topic_partitions=settings.topic_partitions,
