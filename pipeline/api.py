@@ -1,0 +1,522 @@
+"""The OpenOrg time-series HTTP API (`pipeline api`): GET /api/timeseries over ClickHouse.
+
+Parameter rules, series names, periods and formats are in processors/timeseries.py (pure);
+this module reads ClickHouse (the `datum` and `rollup` views, parametrised queries only) and the
+nodes' time zones from the history log, and speaks HTTP. docs/api.md is the manual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+
+from pipeline.settings import Settings
+from processors import timeseries as ts
+from processors.metadata import MetadataCatalog
+from sinks.clickhouse import DATUM_VIEW, RAW_TABLE, connect
+from sinks.rollups import ROLLUP_TABLE, ROLLUP_VIEW
+
+log = logging.getLogger(__name__)
+
+BASE_PATH = "/api/timeseries"
+OPENAPI_PATH = BASE_PATH + "/openapi.json"
+OPENAPI_FILE = Path(__file__).resolve().parent / "openapi" / "timeseries.json"
+SERIES_TTL_S = 2.0  # how long the series list is reused (an unknown name refreshes it at once)
+ZONES_CHECK_S = 2.0  # how often the history log's high-water mark is checked
+CHUNK = 50  # series per UNION ALL query (keeps the parameter list of one request small)
+# DateTime64(3)'s range: times outside are clamped (nothing is stored there anyway)
+MIN_MS = -2_208_988_800_000  # 1900-01-01
+MAX_MS = 10_413_791_999_999  # 2299-12-31T23:59:59.999
+CORS = (("Access-Control-Allow-Origin", "*"),)
+
+
+class Unavailable(Exception):
+    """ClickHouse cannot be reached or cannot answer: 503."""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# ClickHouse
+
+
+class Store:
+    """One shared clickhouse-connect client without a session (sessions serialise requests)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: Client | None = None
+        self._lock = threading.Lock()
+        self._series: dict[ts.SeriesKey, str] = {}
+        self._series_at = 0.0
+        self._series_lock = threading.Lock()
+
+    def _get(self) -> Client:
+        with self._lock:
+            if self._client is None:
+                try:
+                    self._client = connect(self.url, autogenerate_session_id=False, connect_timeout=3,
+                                           send_receive_timeout=60, query_limit=0)
+                except ClickHouseError as exc:
+                    raise Unavailable(f"ClickHouse at {_safe_url(self.url)} is unavailable:"
+                                      f" {_first_line(exc)}") from exc
+            return self._client
+
+    def rows(self, sql: str, params: dict[str, Any]) -> list[Sequence[Any]]:
+        client = self._get()
+        try:
+            return list(client.query(sql, parameters=params).result_rows)
+        except OperationalError as exc:  # connection refused, reset, timed out
+            with self._lock:
+                self._client = None
+            raise Unavailable(f"ClickHouse at {_safe_url(self.url)} is unavailable: {_first_line(exc)}") from exc
+        except DatabaseError as exc:
+            raise Unavailable(f"ClickHouse could not answer: {_first_line(exc)}") from exc
+
+    def _distinct(self, sql: str) -> list[Sequence[Any]]:
+        try:
+            return self.rows(sql, {})
+        except Unavailable as exc:
+            if "UNKNOWN_TABLE" in str(exc):  # nothing stored yet: the worker creates the tables
+                return []
+            raise
+
+    def series(self, refresh: bool = False) -> dict[ts.SeriesKey, str]:
+        """Every series with its kind (i, a, s, p): raw rows first, then rollups (raw rows may
+        have expired by their TTL while their rollups stay)."""
+        with self._series_lock:
+            if refresh or time.monotonic() - self._series_at > SERIES_TTL_S:
+                found: dict[ts.SeriesKey, str] = {}
+                # the raw table, not the view: duplicates cannot change a DISTINCT, FINAL is costly
+                for table, order in ((ROLLUP_TABLE, "ts_start"), (RAW_TABLE, "created")):
+                    where = " WHERE deleted = 0" if table == ROLLUP_TABLE else ""
+                    for node, source, prop, kind in self._distinct(
+                        f"SELECT node_id, toString(source_id), toString(property), toString(argMax(kind, {order}))"
+                        f" FROM {table}{where} GROUP BY node_id, source_id, property"
+                    ):
+                        found[ts.SeriesKey(int(node), str(source), str(prop))] = str(kind)
+                self._series = dict(sorted(found.items()))
+                self._series_at = time.monotonic()
+            return self._series
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+def _safe_url(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}" if parts.hostname else url
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Node time zones from the history log
+
+
+class Zones:
+    """Node time zones by data time, from the history log; UTC without a log or a zone."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._catalog: MetadataCatalog | None = None
+        self._version = -1
+        self._checked = 0.0
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        if not self.dsn or time.monotonic() - self._checked < ZONES_CHECK_S:
+            return
+        self._checked = time.monotonic()
+        import psycopg  # only when there is a log to read
+
+        from sinks import history
+
+        try:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3)
+            version = history.catalog_version(self._conn)
+            if version != self._version:
+                self._catalog = history.current_catalog(self._conn)
+                self._version = version
+        except psycopg.Error as exc:
+            # no log yet (not migrated) or PostgreSQL down: keep what we had, UTC otherwise
+            log.warning("node time zones unavailable (%s); using %s", _first_line(exc),
+                        "the last known" if self._catalog else "UTC")
+            with contextlib.suppress(Exception):
+                if self._conn is not None:
+                    self._conn.close()
+            self._conn = None
+
+    def at(self, node_id: int, ms: int) -> str:
+        with self._lock:
+            self._refresh()
+            catalog = self._catalog
+        if catalog is None:
+            return "UTC"
+        return catalog.timezone_at(node_id, datetime.fromtimestamp(ms / 1000, tz=UTC)) or "UTC"
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(Exception):
+            if self._conn is not None:
+                self._conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries
+
+
+@dataclass(frozen=True)
+class Target:
+    """One series to answer, with its time selection [lo, hi) (clamped) and node time zone."""
+
+    key: ts.SeriesKey
+    kind: str
+    tz: str
+    lo: int = MIN_MS
+    hi: int = MAX_MS
+
+
+def _where(n: int, t: Target, column: str) -> tuple[str, dict[str, Any]]:
+    sql = (f" node_id = {{n{n}:UInt64}} AND source_id = {{s{n}:String}} AND property = {{p{n}:String}}"
+           f" AND {column} >= fromUnixTimestamp64Milli({{lo{n}:Int64}}, 'UTC')"
+           f" AND {column} < fromUnixTimestamp64Milli({{hi{n}:Int64}}, 'UTC')")
+    return sql, {f"n{n}": t.key.node_id, f"s{n}": t.key.source_id, f"p{n}": t.key.property,
+                 f"lo{n}": max(MIN_MS, min(MAX_MS, t.lo)), f"hi{n}": max(MIN_MS, min(MAX_MS, t.hi))}
+
+
+_ROLLUP_FIELDS = ("toUnixTimestamp64Milli(ts_start), count, avg, min, max, diff, read_start, read_end,"
+                  " toString(mode)")
+
+
+class Api:
+    """Answers requests: (status, body) for a path, query string and Accept header."""
+
+    def __init__(self, store: Store, zones: Zones, openapi: bytes) -> None:
+        self.store = store
+        self.zones = zones
+        self.openapi = openapi
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def _union(self, parts: Sequence[tuple[str, dict[str, Any]]], shared: dict[str, Any]) -> list[Sequence[Any]]:
+        rows: list[Sequence[Any]] = []
+        for k in range(0, len(parts), CHUNK):
+            chunk = parts[k:k + CHUNK]
+            params = dict(shared)
+            for _, p in chunk:
+                params.update(p)
+            rows += self.store.rows(" UNION ALL ".join(f"SELECT * FROM ({sql})" for sql, _ in chunk), params)
+        return rows
+
+    def _source(self, query: ts.Query) -> tuple[str, str, dict[str, Any]]:
+        """(relation, time column, shared parameters) of the view a query reads."""
+        if query.periodicity is None:
+            return DATUM_VIEW, "created", {}
+        return f"{ROLLUP_VIEW}", "ts_start", {"per": query.periodicity}
+
+    def _rel_filter(self, query: ts.Query) -> str:
+        return "" if query.periodicity is None else " periodicity = {per:String} AND"
+
+    def results(self, query: ts.Query, targets: Sequence[Target]) -> list[ts.SeriesResult]:
+        view, column, shared = self._source(query)
+        per = self._rel_filter(query)
+        counts = [0] * len(targets)
+        parts = []
+        for n, t in enumerate(targets):
+            where, params = _where(n, t, column)
+            parts.append((f"SELECT toUInt32({n}) AS q, count() AS c FROM {view} WHERE{per}{where}", params))
+        for q, c in self._union(parts, shared):
+            counts[int(q)] = int(c)
+        windows = [ts.page(c, query) for c in counts]
+        parts = []
+        for n, (t, w) in enumerate(zip(targets, windows, strict=True)):
+            if w.limit <= 0:
+                continue
+            where, params = _where(n, t, column)
+            params.update({f"o{n}": w.offset, f"l{n}": w.limit})
+            fields = ("toUnixTimestamp64Milli(created), value, text" if query.periodicity is None
+                      else _ROLLUP_FIELDS)
+            parts.append((f"SELECT toUInt32({n}) AS q, {fields} FROM {view} WHERE{per}{where}"
+                          f" ORDER BY {column} LIMIT {{l{n}:UInt64}} OFFSET {{o{n}:UInt64}}", params))
+        points: list[list[ts.Point]] = [[] for _ in targets]
+        for row in self._union(parts, shared):
+            n = int(row[0])
+            kind = targets[n].kind
+            if query.periodicity is None:
+                points[n].append(ts.raw_point(kind, int(row[1]), row[2], str(row[3])))
+            else:
+                points[n].append(ts.rollup_point(kind, int(row[1]), int(row[2]), *row[3:10]))
+        for p in points:
+            p.sort(key=lambda x: x.ts_ms)  # UNION ALL keeps no order across parts
+        return [
+            ts.SeriesResult(t.key, ts.series_type(t.kind), query.periodicity, query.limit, query.offset,
+                            w.total, t.tz, tuple(p))
+            for t, w, p in zip(targets, windows, points, strict=True)
+        ]
+
+    def compared(self, query: ts.Query, targets: Sequence[Target], at_ms: int) -> list[ts.SeriesResult]:
+        assert query.compare is not None and query.periodicity is not None
+        plans = [ts.compare_buckets(at_ms, query.periodicity, query.compare, query.history, t.tz)
+                 for t in targets]
+        parts = []
+        for n, (t, (now, before)) in enumerate(zip(targets, plans, strict=True)):
+            where, params = _where(n, Target(t.key, t.kind, t.tz, min(before, default=now), now + 1), "ts_start")
+            params[f"b{n}"] = [now, *before]
+            parts.append((f"SELECT toUInt32({n}) AS q, {_ROLLUP_FIELDS} FROM {ROLLUP_VIEW}"
+                          f" WHERE periodicity = {{per:String}} AND{where}"
+                          f" AND toUnixTimestamp64Milli(ts_start) IN {{b{n}:Array(Int64)}}", params))
+        found: list[dict[int, ts.Point]] = [{} for _ in targets]
+        for row in self._union(parts, {"per": query.periodicity}):
+            n = int(row[0])
+            found[n][int(row[1])] = ts.rollup_point(targets[n].kind, int(row[1]), int(row[2]), *row[3:10])
+        out = []
+        for t, (now, before), got in zip(targets, plans, found, strict=True):
+            kind = ts.series_type(t.kind)
+            latest = tuple(p for p in (got.get(now),) if p is not None)
+            base = ts.baseline(query.compare, query.history, kind, [got[s] for s in before if s in got])
+            out.append(ts.SeriesResult(t.key, kind, query.periodicity, 1, 0, len(latest), t.tz, latest, base))
+        return out
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def targets(self, query: ts.Query, at_ms: int) -> list[Target]:
+        known = self.store.series()
+        if query.series is None:
+            keys = list(known)
+        else:
+            missing = [k for k in query.series if k not in known]
+            if missing:
+                known = self.store.series(refresh=True)  # perhaps new since the cached list
+                missing = [k for k in query.series if k not in known]
+            if missing:
+                names = ", ".join(ts.series_name(k) for k in missing[:5])
+                raise ts.ParameterError("series", f"unknown series: {names} (query without parameters"
+                                        " for the list)", status=404)
+            keys = list(query.series)
+        out = []
+        for key in keys:
+            tz = self.zones.at(key.node_id, at_ms)
+            lo, hi = MIN_MS, MAX_MS
+            if query.current is not None:
+                lo, hi = ts.current_bounds(query.current, at_ms, tz)
+            else:
+                lo = query.start_ms if query.start_ms is not None else lo
+                hi = query.end_ms if query.end_ms is not None else hi
+            out.append(Target(key, known[key], tz, lo, hi))
+        return out
+
+    def get(self, raw_query: str, accept: str | None) -> tuple[int, ts.Rendered]:
+        fmt: ts.Format = "json"
+        callback: str | None = None
+        try:
+            params = parse_qs(raw_query, keep_blank_values=True, errors="strict", max_num_fields=100)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return 400, ts.render_error(400, f"the query string cannot be read: {exc}", None)
+        fmt, callback = _error_format(params, accept)
+        try:
+            query = ts.parse_query(params)
+            fmt = ts.negotiate(accept, query)
+            callback = query.callback
+            now = _now_ms()
+            if query.describe:
+                infos = [ts.SeriesInfo(k, ts.series_type(kind), self.zones.at(k.node_id, now))
+                         for k, kind in self.store.series().items()]
+                return 200, ts.render_description(infos, fmt, callback, OPENAPI_PATH)
+            at_ms = query.at_ms if query.at_ms is not None else now
+            targets = self.targets(query, at_ms)
+            if query.compare is not None:
+                results = self.compared(query, targets, at_ms)
+            else:
+                results = self.results(query, targets)
+            return 200, ts.render_results(results, fmt, callback)
+        except ts.ParameterError as exc:
+            return exc.status, ts.render_error(exc.status, exc.message, exc.parameter, fmt, callback)
+        except Unavailable as exc:
+            return 503, ts.render_error(503, str(exc), None, fmt, callback)
+
+
+def _error_format(params: dict[str, list[str]], accept: str | None) -> tuple[ts.Format, str | None]:
+    """The format an error is rendered in: the request's, as far as it can be told."""
+    fmt = (params.get("format") or [""])[0]
+    raw_cb = (params.get("callback") or [""])[0]
+    callback = raw_cb if ts.valid_callback(raw_cb) else None
+    if fmt == "xml":
+        return "xml", None
+    if fmt == "csv":
+        return "csv", None
+    if callback is not None:
+        return "jsonp", callback
+    if fmt:
+        return "json", None
+    try:
+        return ts.negotiate(accept, ts.Query()), None
+    except ts.ParameterError:
+        return "json", None
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # idle keep-alive connections must not hold up a stop
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], api: Api) -> None:
+        self.api = api
+        self.in_flight = 0
+        self.idle = threading.Condition()
+        super().__init__(address, _Handler)
+
+    @contextlib.contextmanager
+    def request_scope(self) -> Iterator[None]:
+        with self.idle:
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self.idle:
+                self.in_flight -= 1
+                self.idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self.idle:
+            return self.idle.wait_for(lambda: self.in_flight == 0, timeout)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "pipeline-timeseries/1"
+    timeout = 30  # an idle keep-alive connection is closed after this
+    server: _Server
+
+    def _send(self, status: int, body: bytes, content_type: str, head: bool = False,
+              extra: Sequence[tuple[str, str]] = ()) -> None:
+        self.send_response(status)
+        for name, value in (*CORS, ("Content-Type", content_type), ("Content-Length", str(len(body))),
+                            ("Vary", "Accept"), ("X-Content-Type-Options", "nosniff"), *extra):
+            self.send_header(name, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _route(self, head: bool) -> None:
+        with self.server.request_scope():
+            url = urlsplit(self.path)
+            path = url.path.rstrip("/") or "/"
+            if path == OPENAPI_PATH:
+                self._send(200, self.server.api.openapi, "application/json; charset=utf-8", head)
+                return
+            if path != BASE_PATH:
+                r = ts.render_error(404, f"no such resource {url.path!r}; the API is at {BASE_PATH}", None)
+                self._send(404, r.body, r.content_type, head)
+                return
+            try:
+                status, r = self.server.api.get(url.query, self.headers.get("Accept"))
+            except Exception:  # a bug, never a bad parameter: logged, and answered without details
+                log.exception("request %s failed", self.path)
+                status, r = 500, ts.render_error(500, "internal error (logged by the server)", None)
+            self._send(status, r.body, r.content_type, head)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._route(head=False)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._route(head=True)
+
+    def do_OPTIONS(self) -> None:  # noqa: N802 - CORS preflight
+        asked = self.headers.get("Access-Control-Request-Headers")
+        self._send(204, b"", "text/plain; charset=utf-8", extra=(
+            ("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS"),
+            ("Access-Control-Allow-Headers", asked or "Accept"),
+            ("Access-Control-Max-Age", "86400"),
+            ("Allow", "GET, HEAD, OPTIONS"),
+        ))
+
+    def _not_allowed(self) -> None:
+        r = ts.render_error(405, f"method {self.command} is not allowed; use GET", None)
+        self._send(405, r.body, r.content_type, extra=(("Allow", "GET, HEAD, OPTIONS"), ("Connection", "close")))
+        self.close_connection = True
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Malformed requests (bad request line, URI too long) get JSON and CORS too."""
+        self.close_connection = True
+        r = ts.render_error(code, message or self.responses.get(code, ("error",))[0], None)
+        try:
+            self.send_response(code, message)
+            for name, value in (*CORS, ("Content-Type", r.content_type), ("Content-Length", str(len(r.body))),
+                                ("Connection", "close")):
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+                self.wfile.write(r.body)
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def load_openapi(path: Path = OPENAPI_FILE) -> bytes:
+    """The OpenAPI document, checked to be JSON once at start."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return json.dumps(doc, indent=1).encode()
+
+
+def serve(settings: Settings, on_ready: Callable[[tuple[str, int]], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; in-flight requests are finished first."""
+    store = Store(settings.clickhouse_url)
+    zones = Zones(settings.postgres_dsn)
+    server = _Server((settings.api_host, settings.api_port), Api(store, zones, load_openapi()))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name="api-http", daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    log.info("time-series API on http://%s:%s%s", host, port, BASE_PATH)
+    if on_ready is not None:
+        on_ready((str(host), int(port)))
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        log.info("time-series API stopping")
+        server.shutdown()
+        if not server.wait_idle(30):
+            log.warning("stopping with requests still in flight")
+        server.server_close()
+        store.close()
+        zones.close()
+        log.info("time-series API stopped")
