@@ -27,9 +27,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -43,10 +43,12 @@ from pipeline.producer import TopicAdmin
 from pipeline.rollups import RollupMaintainer
 from pipeline.settings import Settings
 from pipeline.topics import Topics, stream_key
+from processors.auxiliary import AuxChange, AuxError, parse_change_bytes
 from processors.catalog_versions import VersionedCatalog
 from processors.datum import Datum, Rejection
 from processors.qrating import RateState
 from processors.rows import RawColumns, Scoring, accept_batch
+from sinks.auxiliary import stored_properties, write_changes
 from sinks.base import SinkBackpressure
 from sinks.clickhouse import LATEST_TABLE, RawSink, connect, ensure_schema, rate_baselines
 from sinks.rollups import ensure_rollup_schema
@@ -54,6 +56,7 @@ from sinks.rollups import ensure_rollup_schema
 log = logging.getLogger(__name__)
 
 RETRY_MAX_S = 30.0
+T = TypeVar("T")
 
 
 def faust_broker_url(bootstrap: str) -> str:
@@ -120,16 +123,22 @@ def process_messages(
     return out
 
 
-def stale_marks(rows: RawColumns) -> list[tuple[bytes, bytes]]:
-    """One mark per stream: the (property, kind, created) of every stored reading."""
+Change = tuple[int, str, int, str, str]  # node, source, created, property, kind
+
+
+def stale_marks(changes: Iterable[Change]) -> list[tuple[bytes, bytes]]:
+    """One mark per stream: the (property, kind, created) of every changed reading or reset."""
     by_stream: dict[tuple[int, str], list[tuple[str, str, int]]] = {}
-    for node, source, created, prop, kind in zip(rows.node_id, rows.source_id, rows.created,
-                                                 rows.property, rows.kind, strict=True):
+    for node, source, created, prop, kind in changes:
         by_stream.setdefault((node, source), []).append((prop, kind, created))
     return [
         (stream_key(node, source), json.dumps({"node": node, "source": source, "changes": changes}).encode())
         for (node, source), changes in by_stream.items()
     ]
+
+
+def row_changes(rows: RawColumns) -> Iterable[Change]:
+    return zip(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind, strict=True)
 
 
 def stale_rows(values: Sequence[bytes]) -> RawColumns:
@@ -154,6 +163,7 @@ class DatumWorker:
         self.topics = Topics(settings.topic_prefix)
         self.registry = registry or CollectorRegistry()
         self.metrics: Metrics = build_metrics(self.registry)
+        (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
         self.app = faust.App(
             settings.app_id,
             broker=faust_broker_url(settings.kafka_bootstrap),
@@ -189,6 +199,9 @@ class DatumWorker:
         self.stale_topic = self.app.topic(
             self.topics.rollup_stale, value_serializer="raw", key_serializer="raw"
         )
+        self.aux_topic = self.app.topic(
+            self.topics.auxiliary, value_serializer="raw", key_serializer="raw"
+        )
         self._sink: RawSink | None = None
         self._latest_sink: RawSink | None = None
         self._rollups: RollupMaintainer | None = None  # created on first use
@@ -213,7 +226,8 @@ class DatumWorker:
             inbox = self.topics.source("inbox")
             self.admin.ensure([inbox])
             names = [inbox]
-        self.admin.ensure([self.topics.deadletter, self.topics.metadata, self.topics.rollup_stale])
+        self.admin.ensure([self.topics.deadletter, self.topics.metadata, self.topics.rollup_stale,
+                           self.topics.auxiliary])
         return names
 
     @property
@@ -232,26 +246,70 @@ class DatumWorker:
             self._rollups = RollupMaintainer(
                 self.sink.client,
                 lambda node, ms: self.catalog.timezone_at(node, ms) if self.catalog else "UTC",
+                pulse=lambda: self.catalog.catalogs[-1].pulse_datastreams() if self.catalog else frozenset(),
             )
         return self._rollups
 
-    async def mark_stale(self, rows: RawColumns) -> None:
-        futures = [await self.stale_topic.send(key=key, value=value) for key, value in stale_marks(rows)]
+    async def mark_stale(self, changes: Iterable[Change]) -> None:
+        futures = [await self.stale_topic.send(key=key, value=value) for key, value in stale_marks(changes)]
         await asyncio.gather(*futures)
 
     async def update_rollups(self, rows: RawColumns) -> None:
-        """Step 2b: recompute the rollups the stored rows stale; retried like store()."""
+        """Recompute the rollups the stored rows stale; retried until ClickHouse takes them."""
+        await self.retrying("rollup", f"rollup update of {len(rows)} rows", self.rollups.update, rows)
+
+    async def retrying(self, sink: str, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in a thread until it succeeds: the offsets stay put meanwhile."""
         delay = 0.5
         while True:
             try:
-                await asyncio.to_thread(self.rollups.update, rows)
-                return
+                return await asyncio.to_thread(fn, *args)
             except (ClickHouseError, OSError) as exc:
-                self.metrics.sink_failures.labels("rollup").inc()
-                self.metrics.sink_retries.labels("rollup").inc()
-                log.warning("rollup update of %d rows failed (%s); retrying in %.1fs", len(rows), exc, delay)
+                self.metrics.sink_failures.labels(sink).inc()
+                self.metrics.sink_retries.labels(sink).inc()
+                log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(RETRY_MAX_S, delay * 2)
+
+    async def handle_auxiliary(self, events: Sequence[EventT]) -> None:
+        """Reset markers stored, moved or deleted. Order of commitment as for datums:
+        1. parse (refusals kept aside)  2. store the changes  2b. mark the buckets around the
+        old and new times stale (the rollup agent recomputes them with the resets)
+        3. dead letters, awaited  4. the caller acks."""
+        t0 = time.perf_counter()
+        m = self.metrics
+        m.messages_in.labels("auxiliary").inc(len(events))
+        changes: list[AuxChange] = []
+        letters: list[DeadLetter] = []
+        for e in events:
+            msg = e.message
+            try:
+                changes.append(parse_change_bytes(bytes(msg.value or b"")))
+            except AuxError as exc:
+                letters.append(DeadLetter([exc.as_rejection()], Origin(msg.topic, msg.partition, msg.offset),
+                                          payload=bytes(msg.value or b""), stage="auxiliary"))
+        if changes:
+            client = self.sink.client
+            removed = [c.removed for c in changes if c.removed is not None]
+            # what a delete or move takes away: the stored record's properties, read before the write
+            gone = await self.retrying("auxiliary", "reading stored resets", stored_properties, client, removed)
+            await self.retrying("auxiliary", f"storing {len(changes)} auxiliary change(s)",
+                                write_changes, client, changes)
+            marks: list[Change] = [(k.node_id, k.source_id, k.created_ms, p, "a")
+                                   for k, props in zip(removed, gone, strict=True) for p in sorted(props)]
+            for c in changes:
+                if c.record is not None:
+                    k = c.record.key
+                    marks += [(k.node_id, k.source_id, k.created_ms, p, "a") for p in sorted(c.record.properties)]
+            if marks:
+                await self.mark_stale(marks)
+        if letters:
+            futures = []
+            for letter in letters:
+                futures.append(await self.deadletter_topic.send(value=letter.to_json()))
+                m.dead_letters.labels(letter.stage, letter.reasons[0].rule).inc()
+            await asyncio.gather(*futures)
+        m.agent_batch_seconds.labels("auxiliary").observe(time.perf_counter() - t0)
 
     @property
     def latest_sink(self) -> RawSink:
@@ -312,6 +370,14 @@ class DatumWorker:
             async for events in stream.noack_take(500, within=1.0):
                 await self.catalog_ready.wait()  # time zones come from the catalog
                 await self.update_rollups(stale_rows([e.message.value for e in events]))
+                for event in events:
+                    await stream.ack(event)
+
+        @app.agent(self.aux_topic, name="auxiliary")
+        async def auxiliary(stream: faust.StreamT[Any]) -> None:
+            async for events in stream.noack_take(200, within=0.5):
+                await self.catalog_ready.wait()
+                await self.handle_auxiliary(events)
                 for event in events:
                     await stream.ack(event)
 
@@ -469,7 +535,7 @@ class DatumWorker:
             if outcome.newest_created_ms:
                 m.created_to_stored_seconds.observe(max(0.0, time.time() - outcome.newest_created_ms / 1000))
             # 2b. mark the rollup buckets of what was just stored stale (before the ack)
-            await self.mark_stale(outcome.rows)
+            await self.mark_stale(row_changes(outcome.rows))
         # 3. then the dead letters, each awaited until the broker has it
         if outcome.letters:
             futures = []
