@@ -52,9 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_connection_error(exc: BaseException) -> bool:
+    import psycopg
     from clickhouse_connect.driver.exceptions import OperationalError
 
-    return isinstance(exc, (OperationalError, ConnectionError))
+    return isinstance(exc, (OperationalError, ConnectionError, psycopg.OperationalError))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         "otherm-data/monitoring-data/weather-data, the equipment tag: /otherm-data/<uuid>), fields "
         "give samples (numbers instantaneous, text and booleans status), -999 means missing. "
         "Bad lines go to the dead-letter topic with file, line number and reason; the rest "
-        "continue. Prints lines read, datums sent and lines rejected.",
+        "continue. Prints lines read, datums sent and lines rejected. JSON lines may also be "
+        "SolarNetwork auxiliary records: a meter Reset stored ({\"type\":\"Reset\",\"final\":{\"a\":...},"
+        "\"start\":{\"a\":...},...}), deleted (\"action\":\"delete\") or moved ({\"from\":...,\"to\":...}); "
+        "the rollups around it are recomputed (docs/rollups.md).",
     )
     ingest.add_argument("files", nargs="+", type=Path, help="files to read ('-' for stdin)")
     ingest.add_argument("--format", choices=["json", "lp"], default="json")
@@ -261,22 +265,30 @@ def cmd_recompute(settings: Settings, args: argparse.Namespace) -> int:  # rollu
 
     settings = embedded_defaults(settings)
     start, end = ms(args.t_from), ms(args.t_to)
+    from pipeline.metadata import MetadataLink
+
+    # the history log: the node's time zone, and which datastreams are PULSE (summed)
+    link = MetadataLink(settings.postgres_dsn)
+    try:
+        link.migrate()  # a fresh store: an empty log, not an error
+        catalog = link.load()
+    finally:
+        link.close()
+    pulse = catalog.catalogs[-1].pulse_datastreams()
     if args.tz:
         tz_name: str = args.tz
 
         def timezone_at(node: int, at: int) -> str:
             return tz_name
     else:
-        from pipeline.metadata import MetadataLink
-
-        catalog = MetadataLink(settings.postgres_dsn).load()
         timezone_at = catalog.timezone_at
     client = connect(settings.clickhouse_url)
     ensure_rollup_schema(client)
     tz = timezone_at(args.node, start)
     days = sum(1 for _ in buckets_between(start, end, "day", tz))
     with Progress(days, unit="days", description=f"recompute {args.node} {args.source} ({tz})") as bar:
-        written = recompute_range(client, args.node, args.source, start, end, timezone_at, progress=bar)
+        written = recompute_range(client, args.node, args.source, start, end, timezone_at, progress=bar,
+                                  pulse=pulse)
     print(f"recomputed {days} day(s) of {args.node} {args.source} in {tz}: {written} row(s) written")
     return 0
 

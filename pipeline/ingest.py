@@ -12,9 +12,9 @@ from pipeline.codec import DeadLetter
 from pipeline.producer import DatumProducer
 from pipeline.progress import Progress
 from pipeline.settings import Settings
-from processors.datum import Datum, Rejection, check_envelope
-from processors.line_protocol import parse_lines
-from processors.lp_mapping import LineProtocolMapping, map_points
+from processors.auxiliary import AuxChange
+from processors.datum import CREATED_FUTURE_SLACK_MS, CREATED_MIN_MS, Datum, Rejection, check_envelope
+from processors.lp_mapping import LineProtocolMapping, map_lines
 from processors.lp_mapping import LineRejection as LPRejection
 from processors.solarnetwork_json import LineRejection, parse_line
 
@@ -28,6 +28,7 @@ class IngestReport:
     lines_rejected: int = 0
     samples_rejected: int = 0
     datums_refused: int = 0  # mapped, then refused by the envelope rules (e.g. created too old)
+    auxiliary_sent: int = 0  # Reset markers stored, moved or deleted (JSON only)
     seconds: float = 0.0
     rejected_by_rule: dict[str, int] = field(default_factory=dict)
 
@@ -41,7 +42,9 @@ class IngestReport:
         return (
             f"lines read {self.lines_read}, datums sent {self.datums_sent}, "
             f"lines rejected {self.lines_rejected}, samples rejected {self.samples_rejected}, "
-            f"datums refused {self.datums_refused} "
+            f"datums refused {self.datums_refused}"
+            + (f", auxiliary records sent {self.auxiliary_sent}" if self.auxiliary_sent else "")
+            + " "
             f"in {self.seconds:.2f}s ({rate:,.0f} lines/s)" + (f" [{rules}]" if rules else "")
         )
 
@@ -79,6 +82,10 @@ def ingest_json(
             if isinstance(parsed, LineRejection):
                 _reject(producer, report, str(path), line_no, parsed.text, [parsed.reason], None)
                 continue
+            if isinstance(parsed, AuxChange):
+                producer.send_auxiliary(parsed)
+                report.auxiliary_sent += 1
+                continue
             kept, problems = check_envelope(parsed, now)
             if kept is None:
                 _reject(producer, report, str(path), line_no, raw.decode("utf-8", "replace").rstrip("\n"),
@@ -114,11 +121,21 @@ def ingest_lp(
 ) -> None:
     """Line protocol, streamed: constant memory whatever the file size."""
     now = now_ms if now_ms is not None else int(time.time() * 1000)
+    # A mapped datum already meets every envelope rule but the `created` range (the mapping checks
+    # the node id and the sourceId, and keeps only finite floats and text), so a datum inside the
+    # range needs no check_envelope; one outside it gets the full check.
+    created_max = now + CREATED_FUTURE_SLACK_MS
     chunk: list[Datum] = []
+    keep = chunk.append
     for path in files:
         rejected_lines: set[int] = set()  # bounded by the bad lines of one file
         lines = _counted(_lines(path), report)
-        for item in map_points(parse_lines(lines, precision=precision), mapping):
+        for item in map_lines(lines, mapping, precision):
+            if type(item) is Datum and CREATED_MIN_MS <= item.created_ms <= created_max:
+                keep(item)
+                if len(chunk) >= CHUNK:
+                    _send_chunk(producer, chunk, report, progress)
+                continue
             if isinstance(item, LPRejection):
                 rule = item.reason.rule
                 report.count([item.reason])

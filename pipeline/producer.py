@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from pipeline.codec import CURRENT, SCHEMA_HEADER, DeadLetter, encode_batch, group_streams
 from pipeline.settings import Settings
 from pipeline.topics import Topics, stream_key
+from processors.auxiliary import AuxChange
 from processors.datum import Datum
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,11 @@ class DatumProducer:
                  headers: Sequence[tuple[str, bytes]] = ()) -> None:
         self.admin.ensure([topic])
         self._produce(topic, key, value, list(headers))
+
+    def send_auxiliary(self, change: AuxChange) -> None:
+        """A Reset marker stored, moved or deleted, keyed by its stream like its datums."""
+        node, source = change.stream
+        self.send_raw(self.topics.auxiliary, change.to_json(), key=stream_key(node, source))
 
     def send_dead_letter(self, letter: DeadLetter) -> None:
         self.send_raw(self.topics.deadletter, letter.to_json(), headers=[("stage", letter.stage.encode())])

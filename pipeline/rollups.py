@@ -25,6 +25,7 @@ from processors.rollup import (
     PERIODICITIES,
     Periodicity,
     RawPoint,
+    ResetMarker,
     RollupRow,
     Tolerances,
     bucket_bounds,
@@ -35,6 +36,7 @@ from processors.rollup import (
     zone,
 )
 from processors.rows import RawColumns
+from sinks.auxiliary import read_resets, reset_times
 from sinks.rollups import (
     NEAR_MS,
     TimesRequest,
@@ -90,10 +92,13 @@ class RollupMaintainer:
     worker runs it in a thread. Idempotent: a redelivered batch recomputes the same buckets."""
 
     def __init__(self, client: Client, timezone_at: TimezoneAt,
-                 tolerances: Tolerances = DEFAULT_TOLERANCES) -> None:
+                 tolerances: Tolerances = DEFAULT_TOLERANCES,
+                 pulse: Callable[[], frozenset[str]] = frozenset) -> None:
         self.client = client
         self.timezone_at = timezone_at
         self.tol = tolerances
+        # identifiers of the PULSE datastreams (their instantaneous samples are summed)
+        self.pulse = pulse
         self.last_seconds = 0.0
         self.last_buckets = 0
 
@@ -135,9 +140,12 @@ class RollupMaintainer:
                 requests.append(TimesRequest(node, source, lo - clock, hi + near + 1, tuple(last.items())))
                 owner.append(k)
         found = read_accumulating_times(self.client, requests, self.tol.lookback_ms - near)
+        # Reset markers are chain nodes too (rare: one query reaching the look-back).
+        found_resets = reset_times(self.client, [(r.node_id, r.source_id, r.start_ms,
+                                                  r.end_ms + self.tol.lookback_ms) for r in requests])
         times: list[dict[str, list[int]]] = [{} for _ in tasks]
-        for k, got in zip(owner, found, strict=True):
-            for prop, t in got:
+        for k, got, resets in zip(owner, found, found_resets, strict=True):
+            for prop, t in got + resets:
                 times[k].setdefault(prop, []).append(t)
         out: list[set[int]] = []
         for k, (_node, _source, tz, items) in enumerate(tasks):
@@ -179,9 +187,13 @@ class RollupMaintainer:
                     plan.windows.append((s, e))
             windows += [Window(node, source, ws, we) for ws, we in plan.windows]
             plans.append(plan)
-        points = iter(read_points_for_recompute(self.client, windows, self.tol))
+        points = iter(read_points_for_recompute(self.client, windows, self.tol, self.pulse()))
+        # Every reset that can be a chain node of a window's pairs; older ones change nothing.
+        near = max(NEAR_MS, self.tol.clock_ms + 1)
+        resets = iter(read_resets(self.client, [(w.node_id, w.source_id, w.start_ms - self.tol.lookback_ms,
+                                                 w.end_ms + near) for w in windows]))
         for plan in plans:
-            plan.fill(points, self.tol)
+            plan.fill(points, resets, self.tol)
         stored: dict[tuple[int, str], list[RollupRow]] = {}
         for r in read_rollups(self.client, [(p.node, p.source, p.ranges()) for p in plans]):
             stored.setdefault((r.node_id, r.source_id), []).append(r)
@@ -204,12 +216,12 @@ class _Plan:
     bounds: dict[Periodicity, dict[int, int]] = field(default_factory=lambda: {p: {} for p in PERIODICITIES})
     fresh: dict[Periodicity, list[RollupRow]] = field(default_factory=dict)
 
-    def fill(self, points: Iterator[list[RawPoint]], tol: Tolerances) -> None:
-        """Half hours from raw (the points of each window, in order), and every stale bucket."""
+    def fill(self, points: Iterator[list[RawPoint]], resets: Iterator[list[ResetMarker]], tol: Tolerances) -> None:
+        """Half hours from raw (the points and resets of each window, in order), and every stale bucket."""
         self.fresh["halfhour"] = []
         for ws, we in self.windows:
             self.bounds["halfhour"].update(buckets_between(ws, we, "halfhour", self.z))
-            self.fresh["halfhour"] += recompute(next(points), [], ws, we, "halfhour", self.z, tol,
+            self.fresh["halfhour"] += recompute(next(points), next(resets), ws, we, "halfhour", self.z, tol,
                                                 self.node, self.source)
         for per in PERIODICITIES[1:]:
             src = CASCADE_SOURCE[per]
@@ -261,10 +273,11 @@ class _Plan:
 def recompute_range(
     client: Client, node: int, source: str, start_ms: int, end_ms: int, timezone_at: TimezoneAt,
     tolerances: Tolerances = DEFAULT_TOLERANCES, chunk_days: int = 7, progress: Progress | None = None,
+    pulse: frozenset[str] = frozenset(),
 ) -> int:
     """Recompute every level of one stream for the half hours overlapping [start_ms, end_ms)
     from raw, a few days at a time; returns rows written (tombstones included)."""
-    maintainer = RollupMaintainer(client, timezone_at, tolerances)
+    maintainer = RollupMaintainer(client, timezone_at, tolerances, lambda: pulse)
     z = zone(timezone_at(node, start_ms))
     written = 0
     days = list(buckets_between(start_ms, end_ms, "day", z))

@@ -102,6 +102,11 @@ class Topics:
     def metadata(self) -> str:
         return f"{self.prefix}pipeline.metadata"
 
+    @property
+    def auxiliary(self) -> str:
+        """SolarNetwork auxiliary records (meter Reset markers): store, delete and move changes."""
+        return f"{self.prefix}pipeline.datum-auxiliary"
+
     def partitions(self, topic: str, default: int) -> int:
         """Metadata and dead letters keep one partition: metadata events must apply in the order
         they were produced, and one partition keeps dead letters in arrival order."""

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import faust
+from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from faust.types import EventT
 from prometheus_client import CollectorRegistry, start_http_server
@@ -205,6 +206,7 @@ class DatumWorker:
         self._sink: RawSink | None = None
         self._latest_sink: RawSink | None = None
         self._rollups: RollupMaintainer | None = None  # created on first use
+        self._aux_client: Client | None = None
         # Metadata: the history log decides what templates apply. Without a PostgreSQL DSN
         # every source is unbound (stored unvalidated), which the log says at start.
         self.metadata = MetadataLink(settings.postgres_dsn) if settings.postgres_dsn else None
@@ -238,13 +240,20 @@ class DatumWorker:
             self._sink = RawSink(client)
         return self._sink
 
-    # The rollup maintainer works on the raw sink's client.
+    # Each agent its own ClickHouse client: a client's session takes one query at a time.
+    @property
+    def aux_client(self) -> Client:
+        if self._aux_client is None:
+            self._aux_client = connect(self.settings.clickhouse_url)
+        return self._aux_client
+
     @property
     def rollups(self) -> RollupMaintainer:
         if self._rollups is None:
-            ensure_rollup_schema(self.sink.client)
+            client = connect(self.settings.clickhouse_url)
+            ensure_rollup_schema(client)
             self._rollups = RollupMaintainer(
-                self.sink.client,
+                client,
                 lambda node, ms: self.catalog.timezone_at(node, ms) if self.catalog else "UTC",
                 pulse=lambda: self.catalog.catalogs[-1].pulse_datastreams() if self.catalog else frozenset(),
             )
@@ -289,7 +298,7 @@ class DatumWorker:
                 letters.append(DeadLetter([exc.as_rejection()], Origin(msg.topic, msg.partition, msg.offset),
                                           payload=bytes(msg.value or b""), stage="auxiliary"))
         if changes:
-            client = self.sink.client
+            client = self.aux_client
             removed = [c.removed for c in changes if c.removed is not None]
             # what a delete or move takes away: the stored record's properties, read before the write
             gone = await self.retrying("auxiliary", "reading stored resets", stored_properties, client, removed)

@@ -182,6 +182,10 @@ class Catalog:
     def datamodels(self) -> Mapping[str, Datamodel]:
         return self._datamodels
 
+    def pulse_datastreams(self) -> frozenset[str]:
+        """Identifiers of the datastreams whose period is PULSE: their values roll up as sums."""
+        return frozenset(i for i, (_m, t) in self._datastreams.items() if t.period == "PULSE")
+
     def datastream(self, identifier: str) -> tuple[Datamodel, DatastreamTemplate] | None:
         """The datamodel holding a datastream identifier, and its template."""
         return self._datastreams.get(identifier)

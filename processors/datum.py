@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 Kind = Literal["i", "a", "s"]
@@ -184,3 +184,31 @@ def _finite_only(values: Mapping[str, float], kind: Kind) -> tuple[dict[str, flo
 def format_ms(ms: int) -> str:
     """ISO 8601 UTC with milliseconds, e.g. 2020-06-01T12:00:00.000Z."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_created(raw: object) -> int:
+    """Epoch milliseconds from SolarNetwork's time spellings; ValueError with a reason otherwise."""
+    if isinstance(raw, bool):
+        raise ValueError("created must be a time, not a boolean")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float):
+        if not math.isfinite(raw):
+            raise ValueError("created is not finite")
+        return int(raw)
+    if not isinstance(raw, str) or not raw:
+        raise ValueError("created must be a date string or epoch milliseconds")
+    text = raw.strip().replace(" ", "T", 1)
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"created {raw!r} is not a date like 2020-06-01 12:00:00Z") from None
+    if dt.tzinfo is None:
+        raise ValueError(f"created {raw!r} has no time zone; add Z for UTC")
+    # Integer arithmetic: float seconds would round sub-millisecond times unpredictably.
+    return (dt - _EPOCH) // timedelta(milliseconds=1)

@@ -10,15 +10,13 @@ or epoch milliseconds. Times without a zone are refused rather than guessed.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from processors.datum import Datum, Rejection
+from processors.auxiliary import AuxChange, AuxError, is_auxiliary, parse_change
+from processors.datum import Datum, Rejection, parse_created
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
+__all__ = ["LineRejection", "parse_created", "parse_line"]
 
 @dataclass(frozen=True, slots=True)
 class LineRejection:
@@ -27,33 +25,9 @@ class LineRejection:
     text: str
 
 
-def parse_created(raw: object) -> int:
-    """Epoch milliseconds from SolarNetwork's time spellings; ValueError with a reason otherwise."""
-    if isinstance(raw, bool):
-        raise ValueError("created must be a time, not a boolean")
-    if isinstance(raw, int):
-        return raw
-    if isinstance(raw, float):
-        if not math.isfinite(raw):
-            raise ValueError("created is not finite")
-        return int(raw)
-    if not isinstance(raw, str) or not raw:
-        raise ValueError("created must be a date string or epoch milliseconds")
-    text = raw.strip().replace(" ", "T", 1)
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"created {raw!r} is not a date like 2020-06-01 12:00:00Z") from None
-    if dt.tzinfo is None:
-        raise ValueError(f"created {raw!r} has no time zone; add Z for UTC")
-    # Integer arithmetic: float seconds would round sub-millisecond times unpredictably.
-    return (dt - _EPOCH) // timedelta(milliseconds=1)
-
-
-def parse_line(line: str | bytes, line_no: int) -> Datum | LineRejection | None:
-    """One line → a Datum, a rejection with its reason, or None for a blank line."""
+def parse_line(line: str | bytes, line_no: int) -> Datum | AuxChange | LineRejection | None:
+    """One line → a Datum, an auxiliary change (a Reset marker stored, moved or deleted: see
+    processors/auxiliary.py), a rejection with its reason, or None for a blank line."""
     text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
     if not text.strip():
         return None
@@ -67,11 +41,11 @@ def parse_line(line: str | bytes, line_no: int) -> Datum | LineRejection | None:
         return reject("json.syntax", f"not JSON: {exc.msg} at column {exc.colno}")
     if not isinstance(doc, dict):
         return reject("json.not_object", "a datum line must be a JSON object")
-    if "type" in doc:
-        return reject(
-            "json.auxiliary_unsupported",
-            f"auxiliary record of type {doc['type']!r}: not a datum",
-        )
+    if is_auxiliary(doc):
+        try:
+            return parse_change(doc)
+        except AuxError as exc:
+            return reject(exc.rule, str(exc))
     node = doc.get("nodeId")
     if isinstance(node, bool) or not isinstance(node, int):
         return reject("json.node_id", "nodeId must be an integer")

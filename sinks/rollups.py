@@ -15,7 +15,8 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from processors.rollup import DEFAULT_TOLERANCES, RawPoint, RollupRow, Tolerances
+from processors.rollup import DEFAULT_TOLERANCES, RawPoint, RollupKind, RollupRow, Tolerances
+from sinks.auxiliary import ensure_aux_schema
 from sinks.clickhouse import DATUM_VIEW
 
 ROLLUP_TABLE = "rollup_raw"
@@ -69,7 +70,8 @@ ROLLUP_COLUMNS = (
 
 
 def ensure_rollup_schema(client: Client) -> None:
-    """Create what is missing; safe to run at every start."""
+    """Create what is missing (the reset markers' table too); safe to run at every start."""
+    ensure_aux_schema(client)
     for ddl in ROLLUP_SCHEMA:
         client.command(ddl)
 
@@ -94,20 +96,28 @@ def _union(client: Client, parts: Sequence[str], chunk: int = 100) -> list[Seque
     return rows
 
 
+_KINDS: dict[str, RollupKind] = {"a": "a", "p": "p"}
+
+
 def _point(created: int, prop: str, kind: str, value: float | None, text: str,
            tags: Sequence[str]) -> RawPoint:
     if kind == "s":
         return RawPoint(int(created), prop, "s", None, text, 0, frozenset(tags))
-    return RawPoint(int(created), prop, "a" if kind == "a" else "i",
+    return RawPoint(int(created), prop, _KINDS.get(kind, "i"),
                     None if value is None else float(value), None, 0, frozenset(tags))
 
 
 _ACC = "kind = 'a' AND value IS NOT NULL"
 
 
-def _window_sql(q: int, node_id: int, source_id: str, lo: int, hi: int) -> str:
+def _window_sql(q: int, node_id: int, source_id: str, lo: int, hi: int, pulse: frozenset[str] = frozenset()) -> str:
+    # Instantaneous samples of a PULSE datastream (OpenGate) roll up as sums: kind 'p'.
+    kind = "toString(kind)"
+    if pulse:
+        names = ", ".join(_str(d) for d in sorted(pulse))
+        kind = f"if(kind = 'i' AND datastream IN ({names}), 'p', toString(kind))"
     return (f"SELECT {q} AS q, toUnixTimestamp64Milli(created) AS t, toString(property) AS p,"
-            " toString(kind) AS k, value AS v, text AS x, tags AS g"
+            f" {kind} AS k, value AS v, text AS x, tags AS g"
             f" FROM {DATUM_VIEW} WHERE {_stream(node_id, source_id)}"
             f" AND created >= {_t(lo)} AND created < {_t(hi)}")
 
@@ -135,6 +145,7 @@ class Window:
 
 def read_points_for_recompute(
     client: Client, windows: Sequence[Window], tolerances: Tolerances = DEFAULT_TOLERANCES,
+    pulse: frozenset[str] = frozenset(),
 ) -> list[list[RawPoint]]:
     """What `recompute(..., start_ms, end_ms, ...)` needs of each window's stream, in one or two
     queries for all windows: the points in the window and, per accumulating property, the latest
@@ -154,7 +165,7 @@ def read_points_for_recompute(
     W, B, A = 0, 1, 2
     parts: list[str] = []
     for n, w in enumerate(windows):
-        parts.append(_window_sql(3 * n + W, w.node_id, w.source_id, w.start_ms, w.end_ms))
+        parts.append(_window_sql(3 * n + W, w.node_id, w.source_id, w.start_ms, w.end_ms, pulse))
         parts.append(_edge_sql(3 * n + B, w.node_id, w.source_id, w.start_ms - near, w.start_ms, None, last=True))
         parts.append(_edge_sql(3 * n + A, w.node_id, w.source_id, w.end_ms, w.end_ms + near, None, last=False))
     got: list[list[list[RawPoint]]] = [[[], [], []] for _ in windows]

@@ -9,6 +9,7 @@ import random
 import signal
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,21 @@ from pipeline import cli
 from pipeline.producer import DatumProducer
 from pipeline.rollups import RollupMaintainer, recompute_range
 from pipeline.settings import Settings
+from pipeline.topics import Topics
+from processors.auxiliary import AuxChange, AuxKey, AuxRecord
 from processors.datum import Datum
-from processors.rollup import DEFAULT_TOLERANCES, PERIODICITIES, RawPoint, RollupRow, points_from_datum
+from processors.rollup import (
+    DEFAULT_TOLERANCES,
+    PERIODICITIES,
+    RawPoint,
+    ResetMarker,
+    RollupRow,
+    points_from_datum,
+)
 from processors.rows import RawColumns
 from sinks.clickhouse import RawSink, connect, ensure_schema
 from sinks.rollups import ensure_rollup_schema, read_rollups
-from tests.integration.helpers import settings_for, wait_for, worker_process
+from tests.integration.helpers import read_topic, settings_for, wait_for, worker_process
 from tests.unit import rollup_reference as ref
 from tests.unit.test_rollup import assert_matches
 
@@ -86,18 +96,39 @@ def stored(client: Any, node: int, source: str) -> list[RollupRow]:
     return read_rollups(client, [(node, source, [(p, 0, FAR) for p in PERIODICITIES])])
 
 
-def expected(datums: list[Datum], tz: str) -> dict[tuple[str, str, str, int], ref.RefRow]:
-    points: list[RawPoint] = [p for d in datums for p in points_from_datum(d)]
-    return ref.reference(points, [], tz, DEFAULT_TOLERANCES)
+def expected(datums: list[Datum], tz: str, resets: Sequence[ResetMarker] = (),
+             pulse: frozenset[str] = frozenset()) -> dict[tuple[str, str, str, int], ref.RefRow]:
+    points: list[RawPoint] = [p for d in datums for p in points_from_datum(d, pulse=pulse)]
+    return ref.reference(points, resets, tz, DEFAULT_TOLERANCES)
 
 
-def scale(datums: list[Datum]) -> float:
-    return max([abs(v) for d in datums for v in (*d.i.values(), *d.a.values())], default=1.0)
+def scale(datums: list[Datum], resets: Sequence[ResetMarker] = ()) -> float:
+    values = [abs(v) for d in datums for v in (*d.i.values(), *d.a.values())]
+    values += [abs(v) for r in resets for v in (*r.final.values(), *r.start.values())]
+    return max(values, default=1.0)
 
 
-def check(client: Any, streams: dict[tuple[int, str], tuple[list[Datum], str]]) -> None:
+def check(client: Any, streams: dict[tuple[int, str], tuple[list[Datum], str]],
+          resets: dict[tuple[int, str], list[ResetMarker]] | None = None,
+          pulse: frozenset[str] = frozenset()) -> None:
     for (node, source), (datums, tz) in streams.items():
-        assert_matches(stored(client, node, source), expected(datums, tz), scale(datums), f"{node}{source}")
+        rs = (resets or {}).get((node, source), [])
+        assert_matches(stored(client, node, source), expected(datums, tz, rs, pulse), scale(datums, rs),
+                       f"{node}{source}")
+
+
+def gen_resets(rng: random.Random, datums: list[Datum], n: int) -> list[ResetMarker]:
+    """Meter resets at random instants between the stream's first and last reading."""
+    lo, hi = datums[0].created_ms, datums[-1].created_ms
+    return [ResetMarker(rng.randrange(lo, hi), {"wattHours": round(rng.uniform(500, 3000), 3)},
+                        {"wattHours": round(rng.uniform(0, 10), 3)}) for _ in range(n)]
+
+
+def reset_change(node: int, source: str, r: ResetMarker, action: str = "store") -> AuxChange:
+    key = AuxKey(node, source, "Reset", r.created_ms)
+    if action == "delete":
+        return AuxChange("delete", removed=key)
+    return AuxChange("store", record=AuxRecord(key, dict(r.final), dict(r.start)))
 
 
 def check_example(client: Any) -> None:
@@ -108,7 +139,7 @@ def check_example(client: Any) -> None:
     assert rows[("day", nine - 9 * HOUR)].diff == pytest.approx(300.0)
 
 
-def test_maintainer_on_shuffled_batches_matches_reference(clickhouse_url: str, ch_database: str,
+def test_maintainer_on_shuffled_batches_matches_reference(clickhouse_url: str, ch_database: str, pg_dsn: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The maintainer alone (no broker): raw batches stored in a messy order, each followed by
     update(); then `recompute_range` over everything changes nothing."""
@@ -145,6 +176,7 @@ def test_maintainer_on_shuffled_batches_matches_reference(clickhouse_url: str, c
         recompute_range(client, node, source, T0 - DAY, T0 + SPAN + DAY, lambda n, _ms: zones[n])
     # the command line does the same
     monkeypatch.setenv("PIPELINE_CLICKHOUSE_URL", f"{clickhouse_url.rstrip('/')}/{ch_database}")
+    monkeypatch.setenv("PIPELINE_POSTGRES_DSN", pg_dsn)  # PULSE datastreams come from the history log
     assert cli.main(["recompute", "--node", "2", "--source", "/m/ny", "--from", "2024-10-30T00:00:00Z",
                      "--to", "2024-11-06T00:00:00-05:00", "--tz", "America/New_York"]) == 0
     assert {k: sorted(stored(client, *k), key=RollupRow.key) for k in streams} == before
@@ -192,12 +224,23 @@ def test_pipeline_rollups_match_reference_across_a_restart(
     msgs = deliveries(rng, all_datums, 8)
     distinct = len({d.key for d in all_datums})
     producer = DatumProducer(settings)
+    # meter resets on two streams, sent among the datums (some twice), before and after the restart
+    resets = {k: gen_resets(rng, streams[k][0], 3) for k in [(1, "/p/a"), (2, "/p/ny")]}
+    reset_msgs = [(k, r) for k, rs in resets.items() for r in rs]
+    reset_msgs += rng.sample(reset_msgs, 2)
+    rng.shuffle(reset_msgs)
+    split = len(reset_msgs) // 2
+
+    def send_resets(part: list[tuple[tuple[int, str], ResetMarker]]) -> None:
+        for (node, source), r in part:
+            producer.send_auxiliary(reset_change(node, source, r))
 
     def stored_datums() -> int:
         return int(client.command("SELECT count(DISTINCT node_id, source_id, created) FROM datum"))
 
     half = len(msgs) // 2
     with worker_process(settings, tmp_path / "worker1.log") as first:
+        send_resets(reset_msgs[:split])
         for m in msgs[:half]:
             producer.send(m)
         producer.flush()
@@ -208,21 +251,126 @@ def test_pipeline_rollups_match_reference_across_a_restart(
     with worker_process(settings, tmp_path / "worker2.log"):
         for m in msgs[half:]:
             producer.send(m)
+        send_resets(reset_msgs[split:])
         producer.flush()
         wait_for(lambda: stored_datums() == distinct, 60, f"{distinct} datums stored")
 
         def settled() -> bool:
             try:
-                check(client, streams)
+                check(client, streams, resets)
             except AssertionError:
                 return False
             return True
 
         # the rollups of a batch are written before it is acked, so they follow the raw rows
         try:
-            wait_for(settled, 20, "rollups equal to the reference")
+            wait_for(settled, 30, "rollups equal to the reference")
         finally:
-            check(client, streams)  # the precise difference, if any
+            check(client, streams, resets)  # the precise difference, if any
         check_example(client)
     log = (tmp_path / "worker2.log").read_text() + (tmp_path / "worker1.log").read_text()
     assert "Traceback" not in log
+
+
+PULSE_MODEL = {
+    "identifier": "rain-gauge", "name": "Rain gauge", "version": "1.0",
+    "description": "A tipping-bucket rain gauge and a meter", "allowedResourceTypes": ["entity.device"],
+    "categories": [{"identifier": "rain", "name": "Rain", "datastreams": [
+        {"identifier": "rain.gauge.tips", "name": "Tips", "description": "Bucket tips since the last datum",
+         "period": "PULSE", "access": "READ", "schema": {"type": "number", "minimum": 0}},
+        {"identifier": "rain.gauge.wh", "name": "Energy", "description": "Meter reading",
+         "period": "CUMULATIVE", "access": "READ", "schema": {"type": "number"}},
+    ]}],
+}
+
+
+def test_reset_inside_an_hour_moved_and_deleted_and_pulse_sums(
+    kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`pipeline ingest` of datums and a SolarNetwork Reset line: the hour holding the reset
+    counts the meter's increase on both sides of it; moving and deleting the reset recompute the
+    hours around it; a PULSE datastream's values are summed. Every state against the reference."""
+    from pipeline.metadata import datamodel_events
+
+    settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with(
+        {"postgres_dsn": pg_dsn})
+    for name, value in settings.as_env().items():
+        monkeypatch.setenv(name, value)
+    client = connect(settings.clickhouse_url)
+    ensure_schema(client)
+    ensure_rollup_schema(client)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "rain.json").write_text(json.dumps(PULSE_MODEL))
+    (tmp_path / "models" / "bindings.json").write_text(json.dumps({"bindings": [
+        {"node_id": 5, "source_pattern": "/r/**", "datamodel": "rain-gauge",
+         "properties": {"tips": "rain.gauge.tips", "wh": "rain.gauge.wh"}}]}))
+    publish_metadata(settings, [event("node", {"node_id": 5}, "upsert", {"name": "rain"}),
+                                *datamodel_events(sorted((tmp_path / "models").glob("*.json")), "test", "pulse")])
+
+    noon = T0  # 2024-10-31T12:00Z
+    readings = {0: 100.0, 40 * MIN: 25.0, 70 * MIN: 45.0, 130 * MIN: 60.0}  # the meter restarts at 12:20
+    datums = [Datum(5, "/r/meter", noon + dt, a={"wh": wh}) for dt, wh in readings.items()]
+    tips = [Datum(5, "/r/rain", noon + k * 7 * MIN, i={"tips": float(k % 4)}) for k in range(20)]
+    reset = ResetMarker(noon + 20 * MIN, {"wh": 115.0}, {"wh": 5.0})
+    lines = [json.dumps({"nodeId": d.node_id, "sourceId": d.source_id, "created": d.created_ms,
+                         "samples": {"i": d.i, "a": d.a}}) for d in datums + tips]
+    lines.append(json.dumps({"nodeId": 5, "sourceId": "/r/meter", "type": "Reset",
+                             "created": "2024-10-31 12:20:00Z", "final": {"a": {"wh": 115}},
+                             "start": {"a": {"wh": 5}}}))
+    lines.append(json.dumps({"nodeId": 5, "sourceId": "/r/meter", "type": "Reset", "created": "nope"}))
+    (tmp_path / "in.json").write_text("\n".join(lines) + "\n")
+    pulse = frozenset({"tips"})
+    hour = ("hour", "wh", "a", noon)
+
+    def settled(want_resets: list[ResetMarker]) -> bool:
+        try:
+            check(client, {(5, "/r/meter"): (datums, "UTC")}, {(5, "/r/meter"): want_resets})
+            check(client, {(5, "/r/rain"): (tips, "UTC")}, pulse=pulse)
+        except AssertionError:
+            return False
+        return True
+
+    def ingest(text: str) -> None:
+        path = tmp_path / f"change-{uuid.uuid4().hex}.json"
+        path.write_text(text + "\n")
+        assert cli.main(["ingest", str(path)]) == 0
+
+    with worker_process(settings, tmp_path / "worker.log"):
+        cli._wait_for_bindings(pg_dsn, 60)  # the rain gauge's datastreams decide what PULSE is
+        assert cli.main(["ingest", str(tmp_path / "in.json")]) == 1  # 1: a line was rejected
+        try:
+            wait_for(lambda: settled([reset]), 60, "rollups with the reset")
+        finally:
+            check(client, {(5, "/r/meter"): (datums, "UTC")}, {(5, "/r/meter"): [reset]})
+            check(client, {(5, "/r/rain"): (tips, "UTC")}, pulse=pulse)
+        rows = {(r.periodicity, r.property, r.kind, r.ts_start_ms): r for r in stored(client, 5, "/r/meter")}
+        # 100 → 115 before the reset, 5 → 25 after it, and 20 of the 12:40 → 13:10 pair's 30
+        # minutes (25 → 45): 15 + 20 + 13.33 Wh in the 12:00 hour, not −61.67 as without it
+        assert rows[hour].diff == pytest.approx(15 + 20 + 20 * 20 / 30)
+        # reading: 100 at 12:00 to 25 at 12:40 (the latest at or before 13:00) across the reset
+        assert rows[hour].read_diff == pytest.approx(35.0)
+        rain = {(r.periodicity, r.ts_start_ms): r for r in stored(client, 5, "/r/rain") if r.property == "tips"}
+        assert rain[("day", noon - 12 * HOUR)].kind == "p"
+        assert rain[("day", noon - 12 * HOUR)].diff == pytest.approx(sum(d.i["tips"] for d in tips))
+
+        # move the reset to 13:20, after the 13:10 reading: the 12:00 hour goes negative again
+        moved = ResetMarker(noon + 80 * MIN, {"wh": 50.0}, {"wh": 2.0})
+        ingest(json.dumps({"from": {"nodeId": 5, "sourceId": "/r/meter", "type": "Reset",
+                                    "created": "2024-10-31T12:20:00Z"},
+                           "to": {"nodeId": 5, "sourceId": "/r/meter", "type": "Reset",
+                                  "created": "2024-10-31T13:20:00Z", "final": {"a": {"wh": 50}},
+                                  "start": {"a": {"wh": 2}}}}))
+        wait_for(lambda: settled([moved]), 60, "rollups with the moved reset")
+        rows = {(r.periodicity, r.property, r.kind, r.ts_start_ms): r for r in stored(client, 5, "/r/meter")}
+        assert rows[hour].diff == pytest.approx(25 - 100 + 20 * 20 / 30)
+
+        # delete it: the readings alone
+        ingest(json.dumps({"action": "delete", "nodeId": 5, "sourceId": "/r/meter", "type": "Reset",
+                           "created": "2024-10-31T13:20:00Z"}))
+        wait_for(lambda: settled([]), 60, "rollups without resets")
+        assert int(client.command("SELECT count() FROM datum_auxiliary")) == 0
+    # the bad Reset line went to the dead letters with its rule
+    letters = read_topic(kafka_bootstrap, Topics(topic_prefix).deadletter, 1)
+    assert any(r["rule"] == "aux.created" for letter in letters for r in letter["reasons"])
+    assert "Traceback" not in (tmp_path / "worker.log").read_text()

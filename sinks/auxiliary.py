@@ -1,0 +1,132 @@
+"""ClickHouse side of auxiliary records (meter Reset markers): the `datum_auxiliary_raw` table,
+the public `datum_auxiliary` view, and the reads the rollup maintainer needs.
+
+A change is an insert: a store inserts the record, a delete inserts a tombstone (deleted = 1)
+under the same key, a move does both in one insert. The newest version of a key wins, so
+applying the same change twice leaves the same state. See docs/rollups.md ("Resets").
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from clickhouse_connect.driver.client import Client
+
+from processors.auxiliary import AuxChange, AuxKey, AuxRecord
+from processors.rollup import ResetMarker
+
+AUX_TABLE = "datum_auxiliary_raw"
+AUX_VIEW = "datum_auxiliary"
+
+AUX_SCHEMA = [
+    f"""
+    CREATE TABLE IF NOT EXISTS {AUX_TABLE} (
+        node_id   UInt64,
+        source_id LowCardinality(String),
+        type      LowCardinality(String),
+        created   DateTime64(3, 'UTC'),
+        final     Map(String, Float64),
+        start     Map(String, Float64),
+        notes     String,
+        deleted   UInt8,
+        version   UInt64
+    )
+    -- One live row per (node, source, type, created); the newest change wins.
+    ENGINE = ReplacingMergeTree(version)
+    ORDER BY (node_id, source_id, type, created)
+    """,
+    f"""
+    CREATE VIEW IF NOT EXISTS {AUX_VIEW} AS
+    SELECT node_id, source_id, type, created, final, start, notes
+    FROM {AUX_TABLE} FINAL
+    WHERE deleted = 0
+    """,
+]
+_COLUMNS = ["node_id", "source_id", "type", "created", "final", "start", "notes", "deleted", "version"]
+
+_lock = threading.Lock()
+_last_version = 0
+
+
+def _next_version() -> int:
+    """Microseconds, strictly increasing in this process: a delete right after a store of the
+    same key must win even inside one clock tick."""
+    global _last_version
+    with _lock:
+        _last_version = max(_last_version + 1, time.time_ns() // 1000)
+        return _last_version
+
+
+def ensure_aux_schema(client: Client) -> None:
+    for ddl in AUX_SCHEMA:
+        client.command(ddl)
+
+
+def _row(record: AuxRecord | None, key: AuxKey, deleted: int, version: int) -> list[object]:
+    final = dict(record.final) if record else {}
+    start = dict(record.start) if record else {}
+    notes = record.notes if record else ""
+    return [key.node_id, key.source_id, key.type, key.created_ms, final, start, notes, deleted, version]
+
+
+def write_changes(client: Client, changes: Sequence[AuxChange]) -> int:
+    """Apply changes in their order, in one insert; returns rows written."""
+    data: list[list[object]] = []
+    for change in changes:
+        if change.removed is not None:
+            data.append(_row(None, change.removed, 1, _next_version()))
+        if change.record is not None:
+            data.append(_row(change.record, change.record.key, 0, _next_version()))
+    if data:
+        client.insert(AUX_TABLE, data, column_names=_COLUMNS)
+    return len(data)
+
+
+def stored_properties(client: Client, keys: Sequence[AuxKey]) -> list[frozenset[str]]:
+    """The properties each stored record names (empty if there is none): what a delete or
+    move takes away, so which rollups it makes stale."""
+    if not keys:
+        return []
+    parts = [
+        f"SELECT {n} AS q, mapKeys(final) AS p FROM {AUX_VIEW}"
+        f" WHERE node_id = {int(k.node_id)} AND source_id = {_str(k.source_id)} AND type = {_str(k.type)}"
+        f" AND created = fromUnixTimestamp64Milli(toInt64({int(k.created_ms)}), 'UTC')"
+        for n, k in enumerate(keys)
+    ]
+    out: list[frozenset[str]] = [frozenset() for _ in keys]
+    for k in range(0, len(parts), 100):
+        for q, props in client.query(" UNION ALL ".join(parts[k:k + 100])).result_rows:
+            out[q] = frozenset(out[q] | set(props))
+    return out
+
+
+def _str(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _t(ms: int) -> str:
+    return f"fromUnixTimestamp64Milli(toInt64({int(ms)}), 'UTC')"
+
+
+def read_resets(client: Client, ranges: Sequence[tuple[int, str, int, int]]) -> list[list[ResetMarker]]:
+    """Reset markers of each (node, source, start_ms, end_ms) range, in one query."""
+    parts = [
+        f"SELECT {n} AS q, toUnixTimestamp64Milli(created) AS t, final, start FROM {AUX_VIEW}"
+        f" WHERE node_id = {int(node)} AND source_id = {_str(source)} AND type = 'Reset'"
+        f" AND created >= {_t(lo)} AND created < {_t(hi)}"
+        for n, (node, source, lo, hi) in enumerate(ranges)
+    ]
+    out: list[list[ResetMarker]] = [[] for _ in ranges]
+    for k in range(0, len(parts), 100):
+        for q, t, final, start in client.query(" UNION ALL ".join(parts[k:k + 100])).result_rows:
+            out[q].append(ResetMarker(int(t), {str(p): float(v) for p, v in final.items()},
+                                      {str(p): float(v) for p, v in start.items()}))
+    return out
+
+
+def reset_times(client: Client, ranges: Sequence[tuple[int, str, int, int]]) -> list[list[tuple[str, int]]]:
+    """(property, created_ms) of each range's reset markers: chain neighbours of readings."""
+    return [[(p, r.created_ms) for r in rs for p in r.final if r.applies_to(p)]
+            for rs in read_resets(client, ranges)]
