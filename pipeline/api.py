@@ -242,34 +242,52 @@ class Api:
         return "" if query.periodicity is None else " periodicity = {per:String} AND"
 
     def results(self, query: ts.Query, targets: Sequence[Target]) -> list[ts.SeriesResult]:
+        """Counts and pages of every target. Without negative indices the page does not depend on
+        the count, so both come from one query (the endpoint's cost is mostly per query);
+        otherwise the count comes first and resolves the slice."""
         view, column, shared = self._source(query)
         per = self._rel_filter(query)
+        raw = query.periodicity is None
+        fields = "toUnixTimestamp64Milli(created), value, text" if raw else _ROLLUP_FIELDS
+        # a count row carries the count where a data row has its time, and typed blanks after
+        blanks = ("CAST(NULL, 'Nullable(Float64)'), ''" if raw
+                  else "toUInt64(0), " + ", ".join(["CAST(NULL, 'Nullable(Float64)')"] * 6) + ", ''")
+
+        def count_part(n: int, t: Target) -> tuple[str, dict[str, Any]]:
+            where, params = _where(n, t, column)
+            return (f"SELECT toUInt8(0) AS part, toUInt32({n}) AS q, toInt64(count()), {blanks}"
+                    f" FROM {view} WHERE{per}{where}", params)
+
+        def data_part(n: int, t: Target, offset: int, limit: int) -> tuple[str, dict[str, Any]]:
+            where, params = _where(n, t, column)
+            params.update({f"o{n}": offset, f"l{n}": limit})
+            return (f"SELECT toUInt8(1) AS part, toUInt32({n}) AS q, {fields} FROM {view} WHERE{per}{where}"
+                    f" ORDER BY {column} LIMIT {{l{n}:UInt64}} OFFSET {{o{n}:UInt64}}", params)
+
+        fixed = ts.page_without_count(query)
+        parts = [count_part(n, t) for n, t in enumerate(targets)]
+        if fixed is not None and fixed[1] > 0:
+            parts += [data_part(n, t, *fixed) for n, t in enumerate(targets)]
+        rows = self._union(parts, shared)
         counts = [0] * len(targets)
-        parts = []
-        for n, t in enumerate(targets):
-            where, params = _where(n, t, column)
-            parts.append((f"SELECT toUInt32({n}) AS q, count() AS c FROM {view} WHERE{per}{where}", params))
-        for q, c in self._union(parts, shared):
-            counts[int(q)] = int(c)
+        for row in rows:
+            if row[0] == 0:
+                counts[int(row[1])] = int(row[2])
         windows = [ts.page(c, query) for c in counts]
-        parts = []
-        for n, (t, w) in enumerate(zip(targets, windows, strict=True)):
-            if w.limit <= 0:
-                continue
-            where, params = _where(n, t, column)
-            params.update({f"o{n}": w.offset, f"l{n}": w.limit})
-            fields = ("toUnixTimestamp64Milli(created), value, text" if query.periodicity is None
-                      else _ROLLUP_FIELDS)
-            parts.append((f"SELECT toUInt32({n}) AS q, {fields} FROM {view} WHERE{per}{where}"
-                          f" ORDER BY {column} LIMIT {{l{n}:UInt64}} OFFSET {{o{n}:UInt64}}", params))
+        if fixed is None:
+            rows = self._union([data_part(n, t, w.offset, w.limit)
+                                for n, (t, w) in enumerate(zip(targets, windows, strict=True)) if w.limit > 0],
+                               shared)
         points: list[list[ts.Point]] = [[] for _ in targets]
-        for row in self._union(parts, shared):
-            n = int(row[0])
+        for row in rows:
+            if row[0] != 1:
+                continue
+            n = int(row[1])
             kind = targets[n].kind
-            if query.periodicity is None:
-                points[n].append(ts.raw_point(kind, int(row[1]), row[2], str(row[3])))
+            if raw:
+                points[n].append(ts.raw_point(kind, int(row[2]), row[3], str(row[4])))
             else:
-                points[n].append(ts.rollup_point(kind, int(row[1]), int(row[2]), *row[3:10]))
+                points[n].append(ts.rollup_point(kind, int(row[2]), int(row[3]), *row[4:11]))
         for p in points:
             p.sort(key=lambda x: x.ts_ms)  # UNION ALL keeps no order across parts
         return [

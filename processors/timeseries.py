@@ -466,6 +466,21 @@ def page(count: int, query: Query) -> Window:
     return Window(first + skip, min(query.limit, size - skip), size)
 
 
+ROWS_MAX = 2**62  # beyond any series' length: SQL offsets are capped here
+
+
+def page_without_count(query: Query) -> tuple[int, int] | None:
+    """(offset, limit) of the page when the slice needs no count, i.e. no index is negative:
+    then the page can be read in the same query as the count. Agrees with `page`."""
+    s, e = query.start_index, query.end_index
+    if (s is not None and s < 0) or (e is not None and e < 0):
+        return None
+    skip = min(ROWS_MAX, (s or 0) + query.offset)
+    if e is None:
+        return skip, query.limit
+    return skip, max(0, min(query.limit, e - skip))
+
+
 def current_bounds(current: Current, at_ms: int, tz: str) -> tuple[int, int]:
     """[start, end) of the node-local day, ISO week, month or year holding at_ms."""
     return bucket_bounds(at_ms, current, tz)
@@ -595,11 +610,18 @@ _POINT_FIELDS = ("count", "min", "max", "start", "end")
 
 
 def _point_json(p: Point) -> dict[str, Value | int]:
+    # attribute by attribute: this runs for every point of every response
     out: dict[str, Value | int] = {"ts": p.ts_ms, "val": p.val}
-    for name in _POINT_FIELDS:
-        v = getattr(p, name)
-        if v is not None:
-            out[name] = v
+    if p.count is not None:
+        out["count"] = p.count
+    if p.min is not None:
+        out["min"] = p.min
+    if p.max is not None:
+        out["max"] = p.max
+    if p.start is not None:
+        out["start"] = p.start
+    if p.end is not None:
+        out["end"] = p.end
     return out
 
 

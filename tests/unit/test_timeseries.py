@@ -285,6 +285,28 @@ def test_page_is_python_slice_then_offset_and_limit(count: int, start: int | Non
     assert w.limit >= 0
 
 
+@given(st.integers(0, 50), st.none() | st.integers(0, 60), st.none() | st.integers(0, 60),
+       st.integers(0, 60), st.integers(0, 1000))
+def test_page_without_count_agrees(count: int, start: int | None, end: int | None, offset: int, limit: int) -> None:
+    params = {"series": "*", "offset": str(offset), "limit": str(limit)}
+    if start is not None:
+        params["startIndex"] = str(start)
+    if end is not None:
+        params["endIndex"] = str(end)
+    query = q(**params)
+    fixed = ts.page_without_count(query)
+    assert fixed is not None
+    w = ts.page(count, query)
+    rows = list(range(count))
+    assert rows[fixed[0]:fixed[0] + fixed[1]] == rows[w.offset:w.offset + w.limit]
+
+
+def test_page_without_count_needs_non_negative_indexes() -> None:
+    assert ts.page_without_count(q(series="*", startIndex="-1")) is None
+    assert ts.page_without_count(q(series="*", endIndex="-1")) is None
+    assert ts.page_without_count(q(series="*", offset="9" * 30))[0] == ts.ROWS_MAX  # type: ignore[index]
+
+
 def test_whole_series_by_pages() -> None:
     rows = list(range(2345))
     got: list[int] = []
