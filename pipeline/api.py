@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -45,7 +46,15 @@ CORS = (("Access-Control-Allow-Origin", "*"),)
 
 
 class Unavailable(Exception):
-    """ClickHouse cannot be reached or cannot answer: 503."""
+    """ClickHouse cannot be reached or cannot answer: 503. `code` is ClickHouse's error code."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+UNKNOWN_TABLE = 60
+_CODE = re.compile(r"code: (\d+)", re.IGNORECASE)
 
 
 def _now_ms() -> int:
@@ -87,13 +96,15 @@ class Store:
                 self._client = None
             raise Unavailable(f"ClickHouse at {_safe_url(self.url)} is unavailable: {_first_line(exc)}") from exc
         except DatabaseError as exc:
-            raise Unavailable(f"ClickHouse could not answer: {_first_line(exc)}") from exc
+            m = _CODE.search(str(exc))
+            raise Unavailable(f"ClickHouse could not answer: {_first_line(exc)}",
+                              int(m.group(1)) if m else None) from exc
 
     def _distinct(self, sql: str) -> list[Sequence[Any]]:
         try:
             return self.rows(sql, {})
         except Unavailable as exc:
-            if "UNKNOWN_TABLE" in str(exc):  # nothing stored yet: the worker creates the tables
+            if exc.code == UNKNOWN_TABLE:  # nothing stored yet: the worker creates the tables
                 return []
             raise
 

@@ -34,6 +34,7 @@ import clickhouse_connect
 import psycopg
 import pytest
 
+from pipeline import stack
 from pipeline.producer import DatumProducer
 from pipeline.rollups import recompute_range
 from pipeline.settings import Settings
@@ -633,6 +634,35 @@ def test_clickhouse_down_is_503(tmp_path: Path) -> None:
             assert "ClickHouse" in r.json()["error"]["message"]
         assert down.get(series="*", limit="x").status == 400  # parameters are checked first
         assert down.request("/api/timeseries/openapi.json").status == 200
+
+
+def test_clickhouse_going_down_and_coming_back(tmp_path: Path) -> None:
+    """A private endpoint stopped under a running API: 503 with a message, then answers again."""
+    port = free_port()
+    svc = stack.start_clickhouse(tmp_path / "ch", port, log_dir=tmp_path)
+    try:
+        client = connect(svc.url)
+        ensure_schema(client)
+        write(client, [Datum(1, "/x", T0 + k * MIN, i={"v": float(k)}) for k in range(5)])
+        name = ts.series_name(ts.SeriesKey(1, "/x", "v"))
+        with api_process(Settings.from_env({})._with({"clickhouse_url": svc.url}), tmp_path / "api.log") as api:
+            assert pairs(api.data(series=name)[name]) == [(T0 + k * MIN, float(k)) for k in range(5)]
+            svc.stop()
+            r = api.get(series=name, limit=2)
+            assert r.status == 503 and r.header("Access-Control-Allow-Origin") == "*"
+            assert "ClickHouse" in r.json()["error"]["message"]
+            svc = stack.start_clickhouse(tmp_path / "ch", port, log_dir=tmp_path)
+            assert pairs(api.data(series=name, limit=2)[name]) == [(T0, 0.0), (T0 + MIN, 1.0)]
+    finally:
+        svc.stop()
+
+
+def test_a_database_without_tables_has_no_series(clickhouse_url: str, ch_database: str, tmp_path: Path) -> None:
+    with api_process(api_settings(clickhouse_url, ch_database), tmp_path / "api.log") as api:
+        assert api.data()["series"] == []
+        assert api.data(series="*") == {}
+        r = api.get(series="1~.x~v")
+        assert r.status == 404 and r.json()["error"]["parameter"] == "series"
 
 
 # --- the real pipeline: ingest, worker, rollups, node time zones from the history log --------
