@@ -325,9 +325,9 @@ def device_explorer() -> dict[str, Any]:
 
     lay.row("$source $property ($periodicity)")
     lay.add(timeseries("$property on node $node, $source ($periodicity)", [ch(by_periodicity(
-        "avg(value) AS value, min(value) AS minimum, max(value) AS maximum",
-        "if(kind = 'a', read_end, avg) AS value, min AS minimum, max AS maximum",
-        "time, value, minimum, maximum"))],
+        "avg(value) AS mean, min(value) AS minimum, max(value) AS maximum",
+        "if(kind = 'a', read_end, avg) AS mean, min AS minimum, max AS maximum",
+        "time, mean, minimum, maximum"))],
         description="raw: the samples averaged per interval (min and max beside). Rollups: the bucket's "
                     "average, min and max (instantaneous) or the reading at the bucket's end (accumulating). "
                     "Status properties have no numbers: see the tables."), w=24, h=9)
@@ -429,7 +429,7 @@ def qrating() -> dict[str, Any]:
 
     lay.row("Datastreams of node $node")
     lay.add(timeseries("Performance per datastream", [ch(f"""
-        SELECT $__timeInterval(created) AS time, datastream, avg(performance) AS performance
+        SELECT $__timeInterval(created) AS time, datastream, avg(performance) AS mean_performance
         FROM datum
         WHERE {SCORED}
         GROUP BY time, datastream
@@ -446,7 +446,7 @@ def qrating() -> dict[str, Any]:
     lay.add(table("Datastreams", [ch(f"""
         SELECT datastream, round(avg(performance), 1) AS avg_performance, min(performance) AS min_performance,
                argMax(label, created) AS latest_label, argMax(quality, created) AS latest_quality,
-               argMax(max_score, created) AS max_score, count() AS datapoints,
+               argMax(max_score, created) AS latest_max_score, count() AS datapoints,
                countIf(quality = 'critical') AS critical
         FROM datum
         WHERE {SCORED}
@@ -455,7 +455,7 @@ def qrating() -> dict[str, Any]:
         """, TABLE)], "Each scored datastream of the node over the time range, worst first."), w=12, h=9)
     lay.add(timeseries("$datastream: value and performance", [ch("""
         SELECT toStartOfInterval(created, INTERVAL $__interval_s second) AS time,
-               avg(value) AS value, avg(performance) AS performance
+               avg(value) AS mean_value, avg(performance) AS mean_performance
         FROM datum
         WHERE node_id = $node AND datastream = ${datastream:sqlstring} AND performance IS NOT NULL
           AND $__timeFilter(created)

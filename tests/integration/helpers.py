@@ -95,3 +95,28 @@ def read_topic(bootstrap: str, topic: str, min_count: int, timeout: float = 60.0
 
 def datum_line(node: int, source: str, created: str, **i: float) -> str:
     return json.dumps({"nodeId": node, "sourceId": source, "created": created, "samples": {"i": i}})
+
+
+def wait_for_catalog(dsn: str, events: int, log_path: Path, timeout: float = 120.0) -> int:
+    """Until `events` metadata events are applied to the history log and the worker whose log is
+    log_path has loaded the catalog of that version (its "catalog version N" line). Returns N.
+
+    For tests that publish metadata and then data: a worker started after the metadata was
+    published can validate its first datums with only part of it (seen with the sample
+    datamodels: the catch-up finished before the last bindings were applied)."""
+    import psycopg
+
+    from sinks import history
+
+    def applied() -> int:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                row = conn.execute("SELECT count(*) FROM history.transactions WHERE status = 'applied'").fetchone()
+                return history.catalog_version(conn) if row and int(row[0]) >= events else 0
+        except psycopg.Error:  # not migrated yet
+            return 0
+
+    version = int(wait_for(applied, timeout, f"{events} metadata events applied", interval=0.5))
+    wait_for(lambda: f"catalog version {version}:" in log_path.read_text(errors="replace"), timeout,
+             f"the worker's catalog at version {version}")
+    return version
