@@ -603,6 +603,19 @@ def test_fuzzed_queries_never_fail_the_server(api: Api) -> None:
         assert r.header("Access-Control-Allow-Origin") == "*"
 
 
+def test_concurrent_requests(api: Api, data: Data) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    everything = list(zip(data.times, data.watts, strict=True))
+
+    def one(k: int) -> bool:
+        doc = api.data(series=WATTS, offset=k * 50, limit=50, periodicity="raw")[WATTS]
+        return pairs(doc) == everything[k * 50:k * 50 + 50]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(one, range(40)))
+
+
 # --- throughput ------------------------------------------------------------------------------
 
 
