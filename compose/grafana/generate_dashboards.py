@@ -50,15 +50,23 @@ class Layout:
         self.x += w
         self.height = max(self.height, h)
 
+    def below(self, panel: dict[str, Any], h: int = 8) -> None:
+        """Under the previous panel, as wide (beside a taller panel to its right)."""
+        prev = self.panels[-1]["gridPos"]
+        panel["gridPos"] = {"h": h, "w": prev["w"], "x": prev["x"], "y": prev["y"] + prev["h"]}
+        self.panels.append(panel)
+        self.height = max(self.height, panel["gridPos"]["y"] + h - self.y)
+
     def numbered(self) -> list[dict[str, Any]]:
         for k, panel in enumerate(self.panels, 1):
             panel["id"] = k
         return self.panels
 
 
-def prom(expr: str, legend: str = "", ref: str = "A", fmt: str = "time_series") -> dict[str, Any]:
-    target: dict[str, Any] = {"refId": ref, "datasource": PROM, "expr": expr, "range": True,
-                              "legendFormat": legend or "__auto"}
+def prom(expr: str, legend: str = "", ref: str = "A", fmt: str = "time_series", instant: bool = False
+         ) -> dict[str, Any]:
+    target: dict[str, Any] = {"refId": ref, "datasource": PROM, "expr": expr, "range": not instant,
+                              "instant": instant, "legendFormat": legend or "__auto"}
     if fmt != "time_series":
         target["format"] = fmt
     return target
@@ -103,10 +111,10 @@ def timeseries(title: str, targets: list[dict[str, Any]], unit: str = "", descri
 
 
 def stat(title: str, targets: list[dict[str, Any]], unit: str = "", description: str = "",
-         decimals: int | None = None) -> dict[str, Any]:
+         decimals: int | None = None, fields: str = "") -> dict[str, Any]:
     defaults: dict[str, Any] = {"decimals": decimals} if decimals is not None else {}
     return panel("stat", title, targets, description, unit, defaults=defaults, options={
-        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": fields, "values": False},
         "colorMode": "value", "graphMode": "area", "textMode": "auto", "orientation": "auto",
     })
 
@@ -259,8 +267,9 @@ def pipeline_health() -> dict[str, Any]:
     lay.add(heat, w=12)
     lay.add(panel("bargauge", "Scored datapoints by performance (time range)", [
         prom(f"sum by (le) (increase(pipeline_qrating_performance_bucket{SEL}[$__range]))", "≤ {{le}}",
-             fmt="heatmap"),
-    ], "Cumulative counts: datapoints with performance at most each bound over the dashboard's time range.",
+             fmt="heatmap", instant=True),
+    ], "Scored datapoints per performance bucket (labelled by its upper bound) over the dashboard's time "
+       "range.",
         options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                  "orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True}), w=6)
     lay.add(stat("Mean performance", [
@@ -399,7 +408,20 @@ def qrating() -> dict[str, Any]:
     lay.add(stat("Device qRating", [device], "none",
                  "q_performance: performance weighted by each datastream's max_score; avg_performance: every "
                  "datastream weighs the same (docs/qrating.md, as OpenGate's console combines them).",
-                 decimals=1), w=16, h=5)
+                 decimals=1, fields="/^(q_performance|avg_performance|datastreams)$/"), w=16, h=5)
+    lay.below(timeseries("Device qRating over time", [ch(f"""
+        SELECT time, 100 * sum(ms * perf / 100) / sum(ms) AS q_performance, avg(perf) AS avg_performance
+        FROM (
+            SELECT toStartOfInterval(created, INTERVAL $__interval_s second) AS time, datastream,
+                   avg(performance) AS perf, argMax(max_score, created) AS ms
+            FROM datum
+            WHERE {SCORED}
+            GROUP BY time, datastream
+        )
+        GROUP BY time
+        ORDER BY time
+        """)], "none", "The device formula per interval, over the datastreams scored in it."), h=5)
+
     lay.add(table("Fleet: device qRating per node", [ch("""
         SELECT node_id, sum(ds_max_score * ds_performance / 100) AS score, sum(ds_max_score) AS max_score,
                round(100 * score / max_score, 1) AS q_performance, round(avg(ds_performance), 1) AS avg_performance,
@@ -414,19 +436,6 @@ def qrating() -> dict[str, Any]:
         GROUP BY node_id
         ORDER BY q_performance
         """, TABLE)], "Every node with scored data in the time range, worst first."), w=8, h=10)
-    lay.add(timeseries("Device qRating over time", [ch(f"""
-        SELECT time, 100 * sum(ms * perf / 100) / sum(ms) AS q_performance, avg(perf) AS avg_performance
-        FROM (
-            SELECT toStartOfInterval(created, INTERVAL $__interval_s second) AS time, datastream,
-                   avg(performance) AS perf, argMax(max_score, created) AS ms
-            FROM datum
-            WHERE {SCORED}
-            GROUP BY time, datastream
-        )
-        GROUP BY time
-        ORDER BY time
-        """)], "none", "The device formula per interval, over the datastreams scored in it."), w=16, h=5)
-
     lay.row("Datastreams of node $node")
     lay.add(timeseries("Performance per datastream", [ch(f"""
         SELECT $__timeInterval(created) AS time, datastream, avg(performance) AS mean_performance
