@@ -20,7 +20,7 @@ from typing import Any
 OUT = Path(__file__).resolve().parent / "dashboards"
 PROM = {"type": "prometheus", "uid": "pipeline-prometheus"}
 CH = {"type": "grafana-clickhouse-datasource", "uid": "pipeline-clickhouse"}
-TIMESERIES, TABLE = 0, 1  # the ClickHouse plugin's query formats
+TIMESERIES, TABLE = 0, 1  # the ClickHouse plugin's query formats (sqlds FormatQueryOption)
 PERIODICITIES = ["raw", "halfhour", "hour", "day", "week", "month", "year"]
 
 
@@ -74,7 +74,7 @@ def prom(expr: str, legend: str = "", ref: str = "A", fmt: str = "time_series", 
 
 def ch(sql: str, fmt: int = TIMESERIES, ref: str = "A") -> dict[str, Any]:
     return {"refId": ref, "datasource": CH, "editorType": "sql", "format": fmt,
-            "queryType": "timeseries" if fmt == TIMESERIES else "table", "rawSql": dedent(sql)}
+            "queryType": "timeSeries" if fmt == TIMESERIES else "table", "rawSql": dedent(sql)}
 
 
 def dedent(sql: str) -> str:

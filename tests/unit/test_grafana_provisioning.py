@@ -268,6 +268,22 @@ def test_dashboards_are_well_formed() -> None:
                     f"{name} {where}: a ClickHouse query that ignores the time range")
 
 
+def test_clickhouse_targets_are_the_plugins() -> None:
+    """SQL editor targets as the plugin saves them: its query types, sqlds's formats (0 time series,
+    1 table), and a time column first for time series."""
+    for name, dash in dashboards().items():
+        for p in panels(dash):
+            for t in p.get("targets", []):
+                if (t.get("datasource") or {}).get("type") != CLICKHOUSE_PLUGIN:
+                    continue
+                where = f"{name} panel {p.get('title')!r}"
+                assert t.get("editorType") == "sql" and t.get("rawSql"), where
+                assert (t.get("queryType"), t.get("format")) in {("timeSeries", 0), ("table", 1)}, where
+                if t["format"] == 0:
+                    assert p["type"] in ("timeseries", "barchart"), where
+                    assert re.search(r"\bAS time\b", t["rawSql"]), f"{where}: no time column"
+
+
 def test_explorer_variables() -> None:
     dash = next(d for d in dashboards().values() if d["title"] == "Device data explorer")
     variables = {v["name"]: v for v in dash["templating"]["list"]}
