@@ -36,7 +36,27 @@ def _schema(name: str) -> Any:
         return fastavro.parse_schema(json.load(fh))
 
 
-def encode_batch(datums: Sequence[Datum]) -> bytes:
+try:
+    from pipeline import _avrofast
+except ImportError:  # not built (a plain source checkout): fastavro encodes everything
+    _avrofast = None
+
+
+def encode_batch(datums: Sequence[Datum], *, compiled: bool | None = None) -> bytes:
+    """The Avro datum batch envelope of datums.
+
+    The compiled encoder (pipeline/_avrofast.c) writes exactly fastavro's bytes and hands anything
+    unusual (a value of an unexpected type, an out-of-range long) to fastavro. compiled: None uses
+    it when it is built; False always uses fastavro.
+    """
+    if compiled is None:
+        compiled = _avrofast is not None
+    if compiled:
+        if _avrofast is None:
+            raise RuntimeError("the compiled datum batch encoder is not available (not built?)")
+        out: bytes | None = _avrofast.encode_datum_batch(datums)
+        if out is not None:
+            return out
     buf = io.BytesIO()
     fastavro.schemaless_writer(
         buf,

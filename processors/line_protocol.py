@@ -18,15 +18,22 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
+from itertools import islice
+from typing import Any
+
+from processors.datum import Datum
 
 __all__ = [
     "FieldValue",
     "LineError",
     "Point",
+    "COMPILED",
     "PRECISIONS",
     "Unsigned",
+    "compiled_available",
     "encode_point",
     "fast_parse",
     "parse_line",
@@ -78,6 +85,32 @@ class LineError:
 
     line_no: int
     message: str
+
+
+_POINT_SLOTS = ("measurement", "tags", "fields", "time_ns", "line_no")
+_DATUM_SLOTS = ("node_id", "source_id", "created_ms", "i", "a", "s", "tags")
+
+
+def _load_compiled() -> Any:
+    """processors/_lpfast.c, configured to build Points and Datums; None when not built.
+
+    The extension fills the slots of these classes directly (no __init__), so it is only used when
+    they still have exactly the slots it knows and no __post_init__.
+    """
+    try:
+        import processors._lpfast as _lpfast
+    except ImportError:  # not built (a plain source checkout): the pure-Python parsers do it all
+        return None
+    for cls, slots in ((Point, _POINT_SLOTS), (Datum, _DATUM_SLOTS)):
+        if tuple(f.name for f in dataclass_fields(cls)) != slots or hasattr(cls, "__post_init__"):
+            return None
+    _lpfast.configure(Point, _POINT_SLOTS, Unsigned, Datum, _DATUM_SLOTS)
+    return _lpfast
+
+
+_lpfast = _load_compiled()
+# True when the compiled fast path is built and in use (parse_lines and lp_mapping.map_lines).
+COMPILED = _lpfast is not None
 
 
 PRECISIONS: dict[str, int] = {
@@ -630,31 +663,24 @@ def _decode(raw: str | bytes) -> str:
         return raw.decode("utf-8", "surrogateescape")
 
 
-def parse_lines(
-    lines: Iterable[str | bytes],
-    precision: str = "ns",
-    default_time_ns: int | None = None,
-    start_line: int = 1,
-    *,
-    use_fast_path: bool = True,
-) -> Iterator[Point | LineError]:
-    """Decode line protocol lazily, one physical line at a time, in constant memory.
+class _Stream:
+    """The per-item state of parse_lines: line numbers and an entry whose string is still open."""
 
-    Each item is one physical line, with or without its line ending (iterate a file opened in
-    binary mode: text mode would turn a lone CR into a line break). An item holding several
-    lines is fine too. A string field value that spans lines is put back together. Blank lines
-    and comments yield nothing; a bad entry yields a LineError and decoding goes on.
-    """
-    mult = precision_multiplier(precision)
-    default_ns = _default_time(default_time_ns, mult)
-    line_no = start_line
-    pending = ""  # an entry whose string field value is still open
-    pending_line = 0
-    for raw in lines:
+    __slots__ = ("mult", "default_ns", "line_no", "pending", "pending_line")
+
+    def __init__(self, mult: int, default_ns: int | None, line_no: int) -> None:
+        self.mult = mult
+        self.default_ns = default_ns
+        self.line_no = line_no
+        self.pending = ""  # an entry whose string field value is still open
+        self.pending_line = 0
+
+    def feed(self, raw: str | bytes, use_fast_path: bool) -> list[Point | LineError]:
+        """Decode one item (a physical line, or several) with the pure-Python parsers."""
         text = _decode(raw)
-        if pending:
-            buf = pending + text
-            first_line = pending_line
+        if self.pending:
+            buf = self.pending + text
+            first_line = self.pending_line
         else:
             if use_fast_path:
                 body = text
@@ -663,32 +689,110 @@ def parse_lines(
                     if body[-1:] == "\r":
                         body = body[:-1]
                 if body and "\n" not in body:
-                    point = fast_parse(body, mult, default_ns)
+                    point = fast_parse(body, self.mult, self.default_ns)
                     if point is not None:
-                        point.line_no = line_no
-                        yield point
-                        line_no += 1
-                        continue
+                        point.line_no = self.line_no
+                        self.line_no += 1
+                        return [point]
             buf = text
-            first_line = line_no
+            first_line = self.line_no
         if not buf.endswith("\n"):
             buf += "\n"  # each item is a line: make the join with a following item explicit
-        results, rest, rest_line = _parse_buffer(buf, first_line, mult, default_ns, final=False)
-        yield from results
-        line_no = first_line + buf.count("\n")
+        results, rest, rest_line = _parse_buffer(buf, first_line, self.mult, self.default_ns, final=False)
+        self.line_no = first_line + buf.count("\n")
         if rest is None:
-            pending = ""
+            self.pending = ""
         else:
-            pending, pending_line = buf[rest:], rest_line
-            if len(pending) > MAX_PENDING_CHARS:
-                yield LineError(
-                    pending_line,
-                    f"string field value still open after {MAX_PENDING_CHARS} characters",
+            self.pending, self.pending_line = buf[rest:], rest_line
+            if len(self.pending) > MAX_PENDING_CHARS:
+                results.append(
+                    LineError(
+                        self.pending_line,
+                        f"string field value still open after {MAX_PENDING_CHARS} characters",
+                    )
                 )
-                pending = ""
-    if pending:
-        results, _, _ = _parse_buffer(pending, pending_line, mult, default_ns, final=True)
-        yield from results
+                self.pending = ""
+        return results
+
+    def finish(self) -> list[Point | LineError]:
+        if not self.pending:
+            return []
+        results, _, _ = _parse_buffer(self.pending, self.pending_line, self.mult, self.default_ns, final=True)
+        self.pending = ""
+        return results
+
+
+# Items handed to the compiled parser at a time: the read-ahead of parse_lines.
+COMPILED_CHUNK = 512
+
+# step(items, start, line_no, out) -> (next index, next line number): the compiled loop over
+# items[start:], appending its results to out and stopping at the first item it declines.
+_Step = Callable[[list[Any], int, int, list[Any]], tuple[int, int]]
+
+
+def _compiled_items(lines: Iterable[str | bytes], stream: _Stream, step: _Step) -> Iterator[Any]:
+    """Items through the compiled step; each declined item goes to the pure-Python parser."""
+    it = iter(lines)
+    while chunk := list(islice(it, COMPILED_CHUNK)):
+        i, n = 0, len(chunk)
+        while i < n:
+            if not stream.pending:
+                out: list[Any] = []
+                i, stream.line_no = step(chunk, i, stream.line_no, out)
+                yield from out
+                if i >= n:
+                    break
+            yield from stream.feed(chunk[i], False)
+            i += 1
+    yield from stream.finish()
+
+
+def compiled_available(default_ns: int | None = None) -> bool:
+    """Whether the compiled parser is built and can take this (truncated) default time."""
+    return _lpfast is not None and (default_ns is None or INT64_MIN <= default_ns <= INT64_MAX)
+
+
+def parse_lines(
+    lines: Iterable[str | bytes],
+    precision: str = "ns",
+    default_time_ns: int | None = None,
+    start_line: int = 1,
+    *,
+    use_fast_path: bool = True,
+    compiled: bool | None = None,
+) -> Iterator[Point | LineError]:
+    """Decode line protocol lazily, one physical line at a time, in constant memory.
+
+    Each item is one physical line, with or without its line ending (iterate a file opened in
+    binary mode: text mode would turn a lone CR into a line break). An item holding several
+    lines is fine too. A string field value that spans lines is put back together. Blank lines
+    and comments yield nothing; a bad entry yields a LineError and decoding goes on.
+
+    compiled: use the compiled fast path (processors/_lpfast.c) for common lines; None (default)
+    uses it when it is built and use_fast_path is on. The results are the same either way.
+    """
+    mult = precision_multiplier(precision)
+    default_ns = _default_time(default_time_ns, mult)
+    stream = _Stream(mult, default_ns, start_line)
+    if compiled is None:
+        compiled = use_fast_path and compiled_available(default_ns)
+    elif compiled and not compiled_available(default_ns):
+        raise RuntimeError("the compiled line-protocol parser is not available (not built?)")
+    if not compiled:
+        return _pure_items(lines, stream, use_fast_path)
+    parse_points = _lpfast.parse_points
+
+    def step(items: list[Any], start: int, line_no: int, out: list[Any]) -> tuple[int, int]:
+        result: tuple[int, int] = parse_points(items, start, mult, default_ns, line_no, out)
+        return result
+
+    return _compiled_items(lines, stream, step)
+
+
+def _pure_items(lines: Iterable[str | bytes], stream: _Stream, use_fast_path: bool) -> Iterator[Point | LineError]:
+    for raw in lines:
+        yield from stream.feed(raw, use_fast_path)
+    yield from stream.finish()
 
 
 def _split_keepends(text: str | bytes) -> Iterator[str | bytes]:

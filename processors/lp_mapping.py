@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import itemgetter, not_
+from typing import Any
 
+from processors import line_protocol
 from processors.datum import Datum, Kind, Rejection, source_id_problem
 from processors.line_protocol import FieldValue, LineError, Point
 
@@ -25,6 +27,7 @@ __all__ = [
     "MappedBatch",
     "OTHERM_SOURCE_TAGS",
     "map_batch",
+    "map_lines",
     "map_point",
     "map_points",
 ]
@@ -118,33 +121,36 @@ class _Mapper:
             self.classify = mapping.classify
 
     def identity(self, point: Point) -> _Identity:
-        key = (point.measurement, point.tags)
+        return self.resolve(point.measurement, point.tags)
+
+    def resolve(self, measurement: str, point_tags: tuple[tuple[str, str], ...]) -> _Identity:
+        key = (measurement, point_tags)
         found = self.identities.get(key)
         if found is None:
             if len(self.identities) >= _CACHE_LIMIT:
                 self.identities.clear()
-            found = self.identities[key] = self._identity(point)
+            found = self.identities[key] = self._identity(measurement, point_tags)
         return found
 
-    def _identity(self, point: Point) -> _Identity:
+    def _identity(self, measurement: str, point_tags: tuple[tuple[str, str], ...]) -> _Identity:
         m = self.m
-        tags = dict(point.tags)
-        tag_name = m.source_tags.get(point.measurement, m.default_source_tag)
+        tags = dict(point_tags)
+        tag_name = m.source_tags.get(measurement, m.default_source_tag)
         if tag_name is None:
             return Rejection(
                 "lp.measurement_unmapped",
-                f"no source tag is configured for measurement {point.measurement!r}",
-                value=point.measurement,
+                f"no source tag is configured for measurement {measurement!r}",
+                value=measurement,
             )
         source = tags.get(tag_name)
         if source is None:
             return Rejection(
                 "lp.source_tag_missing",
-                f"measurement {point.measurement!r} needs tag {tag_name!r} to name its source",
+                f"measurement {measurement!r} needs tag {tag_name!r} to name its source",
             )
         try:
             source_id = m.source_template.format_map(
-                {**tags, "measurement": point.measurement, "source": source}
+                {**tags, "measurement": measurement, "source": source}
             )
         except KeyError as exc:
             return Rejection(
@@ -343,3 +349,68 @@ def map_batch(items: Iterable[Point | LineError], mapping: LineProtocolMapping) 
         if datum is not None:
             keep(datum)
     return MappedBatch(datums, rejections)
+
+
+def _compiled_sentinels(sentinels: frozenset[float]) -> tuple[float, ...] | None:
+    """The sentinels as doubles for the compiled mapping, or None when a double comparison could
+    disagree with `value in sentinels` (a sentinel that is not a float or an int that a double holds
+    exactly)."""
+    out: list[float] = []
+    for s in sentinels:
+        if isinstance(s, float) or (isinstance(s, int) and abs(s) <= 2**53):
+            out.append(float(s))
+        else:
+            return None
+    return tuple(out) if len(out) <= 64 else None
+
+
+def map_lines(
+    lines: Iterable[str | bytes],
+    mapping: LineProtocolMapping,
+    precision: str = "ns",
+    default_time_ns: int | None = None,
+    start_line: int = 1,
+    *,
+    compiled: bool | None = None,
+) -> Iterator[Datum | LineRejection]:
+    """`map_points(parse_lines(lines, precision, default_time_ns, start_line), mapping)`, faster.
+
+    With the compiled fast path (processors/_lpfast.c) and the default classification, common lines
+    go straight from bytes to datums without Points; every other line takes the Python route. The
+    output is the same either way. compiled: None uses the compiled path when it is built.
+    """
+    mapper = _Mapper(mapping)
+    mult = line_protocol.precision_multiplier(precision)
+    default_ns = None if default_time_ns is None else default_time_ns - default_time_ns % mult
+    sentinels = _compiled_sentinels(mapping.sentinels)
+    if compiled is None:
+        compiled = line_protocol.compiled_available(default_ns)
+    items: Iterable[object]
+    if compiled and mapper.lookup is None and mapper.classify is None and sentinels is not None:
+        if not line_protocol.compiled_available(default_ns):
+            raise RuntimeError("the compiled line-protocol parser is not available (not built?)")
+        parse_datums = line_protocol._lpfast.parse_datums
+        resolve = mapper.resolve
+        datum_tags = mapping.datum_tags
+
+        def step(chunk: list[Any], start: int, line_no: int, out: list[Any]) -> tuple[int, int]:
+            result: tuple[int, int] = parse_datums(
+                chunk, start, mult, default_ns, line_no, out, mapper, resolve, sentinels, datum_tags
+            )
+            return result
+
+        stream = line_protocol._Stream(mult, default_ns, start_line)
+        items = line_protocol._compiled_items(lines, stream, step)
+    else:
+        items = line_protocol.parse_lines(lines, precision, default_time_ns, start_line, compiled=compiled)
+    for item in items:
+        if type(item) is Datum:
+            yield item
+        elif isinstance(item, LineError):
+            yield _syntax(item)
+        else:
+            assert isinstance(item, Point)
+            datum, problems = mapper.map(item)
+            yield from problems
+            if datum is not None:
+                yield datum

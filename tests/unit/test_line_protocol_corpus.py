@@ -112,12 +112,22 @@ def _lines(raw: bytes) -> Iterator[bytes]:
     return iter(io.BytesIO(raw))
 
 
-def disagreement(case: dict[str, Any], use_fast_path: bool) -> str | None:
+def _raw(case: dict[str, Any]) -> bytes:
+    text = case["input"]["text"]
+    return base64.b64decode(text["binary"]) if isinstance(text, dict) else text.encode()
+
+
+# (use_fast_path, compiled): the compiled fast path, the Python fast path, the full parser alone
+PATHS = {"compiled": (True, True), "python-fast": (True, False), "full-only": (False, False)}
+
+
+def disagreement(case: dict[str, Any], use_fast_path: bool, compiled: bool = False) -> str | None:
     inp, out = case["input"], case["output"]
-    text = inp["text"]
-    raw = base64.b64decode(text["binary"]) if isinstance(text, dict) else text.encode()
+    raw = _raw(case)
     results = list(
-        parse_lines(_lines(raw), inp["precision"], inp["defaultTime"], use_fast_path=use_fast_path)
+        parse_lines(
+            _lines(raw), inp["precision"], inp["defaultTime"], use_fast_path=use_fast_path, compiled=compiled
+        )
     )
     errors = [r for r in results if isinstance(r, LineError)]
     if "error" in out:
@@ -133,11 +143,12 @@ def test_corpus_is_complete() -> None:
     assert len(decode_cases()) == CORPUS_CASES
 
 
-@pytest.mark.parametrize("use_fast_path", [True, False], ids=["fast+full", "full-only"])
-def test_every_decode_case_agrees(use_fast_path: bool) -> None:
+@pytest.mark.parametrize("path", list(PATHS))
+def test_every_decode_case_agrees(path: str) -> None:
+    use_fast_path, compiled = PATHS[path]
     failures = {}
     for key, case in decode_cases().items():
-        problem = disagreement(case, use_fast_path)
+        problem = disagreement(case, use_fast_path, compiled)
         if problem is not None:
             failures[key] = problem
     unexpected = {k: v for k, v in failures.items() if k not in KNOWN_EXCEPTIONS}
@@ -158,3 +169,32 @@ def test_whole_text_and_streaming_agree() -> None:
         whole = parse_text(raw, inp["precision"], inp["defaultTime"])
         streamed = list(parse_lines(_lines(raw), inp["precision"], inp["defaultTime"]))
         assert whole == streamed
+
+
+def _outcome(results: list[Point | LineError]) -> list[object]:
+    """Everything a caller sees, value types and line numbers included."""
+    return [
+        (r.line_no, r.message)
+        if isinstance(r, LineError)
+        else (r.line_no, r.measurement, r.tags, [(k, _our_value(v), type(v).__name__) for k, v in r.fields], r.time_ns)
+        for r in results
+    ]
+
+
+def test_compiled_and_pure_python_agree_line_by_line() -> None:
+    """Each case through the compiled path and through the pure-Python path, bytes and str."""
+    for key, case in decode_cases().items():
+        inp = case["input"]
+        raw = _raw(case)
+        want = _outcome(list(parse_lines(_lines(raw), inp["precision"], inp["defaultTime"], compiled=False)))
+        got = _outcome(list(parse_lines(_lines(raw), inp["precision"], inp["defaultTime"], compiled=True)))
+        assert got == want, key
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            continue
+        got = _outcome(list(parse_lines(text.splitlines(keepends=True), inp["precision"], inp["defaultTime"],
+                                        compiled=True)))
+        want = _outcome(list(parse_lines(text.splitlines(keepends=True), inp["precision"], inp["defaultTime"],
+                                         compiled=False)))
+        assert got == want, key

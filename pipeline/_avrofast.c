@@ -1,0 +1,218 @@
+/* Compiled encoder of the datum batch envelope (schemas/avro/datum_batch.v1.avsc).
+ *
+ * encode_datum_batch(datums) writes exactly the bytes fastavro.schemaless_writer writes for
+ * {"datums": [{"nodeId", "sourceId", "created", "i", "a", "s", "tags"}, ...]}: arrays and maps as
+ * one block (count, items, then 0), longs zig-zag varints, strings and map keys length + UTF-8,
+ * doubles 8 bytes little-endian. It returns None for anything it is not sure about (a value that
+ * is not an int, str, float or dict where expected, an out-of-range long, a string that is not
+ * valid UTF-8), and the caller then uses fastavro, which encodes it or raises as it always did.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} Buf;
+
+static int
+reserve(Buf *b, size_t more)
+{
+    if (b->len + more <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + more)
+        cap *= 2;
+    char *nb = PyMem_Realloc(b->buf, cap);
+    if (nb == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->buf = nb;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int
+put_long(Buf *b, int64_t v)
+{
+    if (reserve(b, 10) < 0)
+        return -1;
+    uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+    char *p = b->buf + b->len;
+    while (z >= 0x80) {
+        *p++ = (char)((z & 0x7f) | 0x80);
+        z >>= 7;
+    }
+    *p++ = (char)z;
+    b->len = (size_t)(p - b->buf);
+    return 0;
+}
+
+/* 1 ok, 0 unsupported (caller falls back), -1 error */
+static int
+put_str(Buf *b, PyObject *s)
+{
+    if (!PyUnicode_Check(s))
+        return 0;
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(s, &n);
+    if (u == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    if (put_long(b, n) < 0 || reserve(b, (size_t)n) < 0)
+        return -1;
+    memcpy(b->buf + b->len, u, (size_t)n);
+    b->len += (size_t)n;
+    return 1;
+}
+
+static int
+put_int(Buf *b, PyObject *v)
+{
+    if (!PyLong_Check(v))
+        return 0;
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow)
+        return 0;
+    return put_long(b, x) < 0 ? -1 : 1;
+}
+
+static int
+put_double(Buf *b, PyObject *v)
+{
+    double d;
+    if (PyFloat_CheckExact(v))
+        d = PyFloat_AS_DOUBLE(v);
+    else if (PyFloat_Check(v) || PyLong_Check(v)) {
+        d = PyFloat_AsDouble(v);
+        if (d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    else
+        return 0;
+    if (reserve(b, 8) < 0)
+        return -1;
+    if (PyFloat_Pack8(d, b->buf + b->len, 1) < 0)
+        return -1;
+    b->len += 8;
+    return 1;
+}
+
+/* a map of doubles (numbers=1) or strings (numbers=0) */
+static int
+put_map(Buf *b, PyObject *m, int numbers)
+{
+    if (!PyDict_CheckExact(m))
+        return 0;
+    Py_ssize_t n = PyDict_GET_SIZE(m), pos = 0;
+    PyObject *k, *v;
+    if (n > 0) {
+        if (put_long(b, n) < 0)
+            return -1;
+        while (PyDict_Next(m, &pos, &k, &v)) {
+            int r = put_str(b, k);
+            if (r <= 0)
+                return r;
+            r = numbers ? put_double(b, v) : put_str(b, v);
+            if (r <= 0)
+                return r;
+        }
+    }
+    return put_long(b, 0) < 0 ? -1 : 1;
+}
+
+static PyObject *names[7]; /* node_id, source_id, created_ms, i, a, s, tags */
+
+static int
+put_datum(Buf *b, PyObject *d)
+{
+    PyObject *v[7] = {NULL};
+    int r = 1;
+    for (int k = 0; k < 7; k++) {
+        v[k] = PyObject_GetAttr(d, names[k]);
+        if (v[k] == NULL) {
+            r = -1;
+            goto done;
+        }
+    }
+    if ((r = put_int(b, v[0])) <= 0 || (r = put_str(b, v[1])) <= 0 || (r = put_int(b, v[2])) <= 0 ||
+        (r = put_map(b, v[3], 1)) <= 0 || (r = put_map(b, v[4], 1)) <= 0 || (r = put_map(b, v[5], 0)) <= 0)
+        goto done;
+    /* tags: fastavro writes list(d.tags) */
+    if (!PyTuple_CheckExact(v[6]) && !PyList_CheckExact(v[6])) {
+        r = 0;
+        goto done;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(v[6]);
+    if (n > 0) {
+        if (put_long(b, n) < 0) {
+            r = -1;
+            goto done;
+        }
+        for (Py_ssize_t k = 0; k < n; k++)
+            if ((r = put_str(b, PySequence_Fast_GET_ITEM(v[6], k))) <= 0)
+                goto done;
+    }
+    r = put_long(b, 0) < 0 ? -1 : 1;
+done:
+    for (int k = 0; k < 7; k++)
+        Py_XDECREF(v[k]);
+    return r;
+}
+
+static PyObject *
+encode_datum_batch(PyObject *self, PyObject *datums)
+{
+    PyObject *seq = PySequence_Fast(datums, "datums must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Buf b = {NULL, 0, 0};
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int r = 1;
+    if (n > 0 && put_long(&b, n) < 0)
+        r = -1;
+    for (Py_ssize_t k = 0; r > 0 && k < n; k++)
+        r = put_datum(&b, PySequence_Fast_GET_ITEM(seq, k));
+    if (r > 0 && put_long(&b, 0) < 0)
+        r = -1;
+    Py_DECREF(seq);
+    PyObject *out = NULL;
+    if (r > 0)
+        out = PyBytes_FromStringAndSize(b.buf, (Py_ssize_t)b.len);
+    else if (r == 0)
+        out = Py_NewRef(Py_None);
+    PyMem_Free(b.buf);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"encode_datum_batch", encode_datum_batch, METH_O,
+     "encode_datum_batch(datums) -> bytes, or None when fastavro must encode them"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_avrofast", "Compiled datum batch envelope encoder (see codec.py).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__avrofast(void)
+{
+    static const char *attrs[7] = {"node_id", "source_id", "created_ms", "i", "a", "s", "tags"};
+    for (int k = 0; k < 7; k++)
+        if ((names[k] = PyUnicode_InternFromString(attrs[k])) == NULL)
+            return NULL;
+    return PyModule_Create(&module);
+}

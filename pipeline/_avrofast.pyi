@@ -1,0 +1,7 @@
+"""Compiled datum batch envelope encoder (pipeline/_avrofast.c); see pipeline/codec.py."""
+
+from collections.abc import Sequence
+
+from processors.datum import Datum
+
+def encode_datum_batch(datums: Sequence[Datum], /) -> bytes | None: ...
