@@ -104,8 +104,8 @@ def wait_for_catalog(dsn: str, events: int, log_path: Path, timeout: float = 120
     For tests that publish metadata and then data: a worker started after the metadata was
     published can validate its first datums with only part of it. Seen with the sample
     datamodels on Tansu 0.6.0, whose high watermark is the last record batch's base offset + 1
-    (three single records, then a batch of five, report 4, not 8): the worker's start-up catch-up ends before the
-    last bindings are applied."""
+    (three single records, then a batch of five, report 4, not 8): the worker's start-up
+    catch-up ends before the last bindings are applied."""
     import psycopg
 
     from sinks import history
