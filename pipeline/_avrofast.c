@@ -9,6 +9,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -134,15 +135,48 @@ put_map(Buf *b, PyObject *m, int numbers)
 }
 
 static PyObject *names[7]; /* node_id, source_id, created_ms, i, a, s, tags */
+/* configure(Datum): the Datum class and where its slots live, to read them without a lookup */
+static PyTypeObject *datum_type = NULL;
+static Py_ssize_t offsets[7];
+
+static PyObject *
+configure(PyObject *self, PyObject *cls)
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "configure: a class");
+        return NULL;
+    }
+    Py_ssize_t found[7];
+    for (int k = 0; k < 7; k++) {
+        PyObject *d = PyObject_GetAttr(cls, names[k]);
+        if (d == NULL)
+            return NULL;
+        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+        if (ok)
+            found[k] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_DECREF(d);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "configure: %R is not an object slot", names[k]);
+            return NULL;
+        }
+    }
+    memcpy(offsets, found, sizeof offsets);
+    Py_INCREF(cls);
+    Py_XSETREF(datum_type, (PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
 
 static int
 put_datum(Buf *b, PyObject *d)
 {
     PyObject *v[7] = {NULL};
     int r = 1;
+    int direct = Py_IS_TYPE(d, datum_type);
     for (int k = 0; k < 7; k++) {
-        v[k] = PyObject_GetAttr(d, names[k]);
-        if (v[k] == NULL) {
+        if (direct && (v[k] = *(PyObject **)((char *)d + offsets[k])) != NULL)
+            Py_INCREF(v[k]);
+        else if ((v[k] = PyObject_GetAttr(d, names[k])) == NULL) {
             r = -1;
             goto done;
         }
@@ -198,6 +232,7 @@ encode_datum_batch(PyObject *self, PyObject *datums)
 }
 
 static PyMethodDef methods[] = {
+    {"configure", configure, METH_O, "configure(Datum): read Datum slots directly"},
     {"encode_datum_batch", encode_datum_batch, METH_O,
      "encode_datum_batch(datums) -> bytes, or None when fastavro must encode them"},
     {NULL, NULL, 0, NULL},

@@ -40,6 +40,8 @@ try:
     from pipeline import _avrofast
 except ImportError:  # not built (a plain source checkout): fastavro encodes everything
     _avrofast = None
+else:
+    _avrofast.configure(Datum)
 
 
 def encode_batch(datums: Sequence[Datum], *, compiled: bool | None = None) -> bytes:
