@@ -192,6 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
     rec.set_defaults(func=cmd_recompute)
     # --- end rollups ---
 
+    replay = sub.add_parser(
+        "replay", help="send stored or dead-lettered datums through the pipeline again",
+        description="Re-publish datums to their source topics, with a progress bar. `replay store` "
+        "rebuilds the datums stored in ClickHouse for a time range: the workers validate and score "
+        "them again with the template versions valid at each datum's time and store them over the "
+        "old rows, and their rollups are recomputed. `replay deadletter` re-sends the datums and "
+        "JSON lines kept on the dead-letter topic (after fixing a template or binding); letters "
+        "without a datum (corrupt envelopes, line-protocol lines) are counted, not sent.",
+    )
+    replay_sub = replay.add_subparsers(title="sources", metavar="SOURCE")
+    rstore = replay_sub.add_parser("store", help="datums stored in ClickHouse for a time range")
+    rstore.add_argument("--from", dest="t_from", required=True, help="ISO 8601 (with offset; UTC if none)")
+    rstore.add_argument("--to", dest="t_to", required=True, help="ISO 8601, exclusive")
+    rstore.add_argument("--node", type=int, help="only this node")
+    rstore.add_argument("--source", help="only this sourceId")
+    rstore.set_defaults(func=cmd_replay_store)
+    rdead = replay_sub.add_parser("deadletter", help="datums kept on the dead-letter topic")
+    rdead.add_argument("--stage", help="only letters of this stage (ingest, envelope, validation, ...)")
+    rdead.add_argument("--rule", help="only letters with this rule id among their reasons")
+    rdead.set_defaults(func=cmd_replay_deadletter)
+
     api = sub.add_parser(
         "api", help="serve the OpenOrg time-series HTTP API at /api/timeseries",
         description="Serve the OpenOrg time-series API (GET /api/timeseries, OpenAPI at /api/timeseries/openapi.json) "
@@ -242,6 +263,35 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _ms(text: str) -> int:
+    from datetime import UTC, datetime
+
+    t = datetime.fromisoformat(text)
+    return int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def cmd_replay_store(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.progress import Progress
+    from pipeline.replay import replay_store
+
+    settings = embedded_defaults(settings)
+    with Progress(None, unit="datums", description="replay store") as bar:
+        report = replay_store(settings, _ms(args.t_from), _ms(args.t_to), args.node, args.source, bar)
+    print(report.summary())
+    return 0
+
+
+def cmd_replay_deadletter(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.progress import Progress
+    from pipeline.replay import replay_deadletters
+
+    settings = embedded_defaults(settings)
+    with Progress(None, unit="letters", description="replay deadletter") as bar:
+        report = replay_deadletters(settings, args.stage, args.rule, bar)
+    print(report.summary())
+    return 0
+
+
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     _need(settings, "clickhouse_url")
     from pipeline.api import serve
@@ -251,7 +301,6 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_recompute(settings: Settings, args: argparse.Namespace) -> int:  # rollups
-    from datetime import UTC, datetime
 
     from pipeline.progress import Progress
     from pipeline.rollups import recompute_range
@@ -259,12 +308,8 @@ def cmd_recompute(settings: Settings, args: argparse.Namespace) -> int:  # rollu
     from sinks.clickhouse import connect
     from sinks.rollups import ensure_rollup_schema
 
-    def ms(text: str) -> int:
-        t = datetime.fromisoformat(text)
-        return int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1000)
-
     settings = embedded_defaults(settings)
-    start, end = ms(args.t_from), ms(args.t_to)
+    start, end = _ms(args.t_from), _ms(args.t_to)
     from pipeline.metadata import MetadataLink
 
     # the history log: the node's time zone, and which datastreams are PULSE (summed)

@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from pipeline.codec import SCHEMA_HEADER, DeadLetter, DecodeError, Origin, decode_batch
 from pipeline.metadata import MetadataLink
 from pipeline.metrics import Metrics, build_metrics
-from pipeline.producer import TopicAdmin
+from pipeline.producer import TopicAdmin, end_offsets
 from pipeline.rollups import RollupMaintainer
 from pipeline.settings import Settings
 from pipeline.topics import Topics, stream_key
@@ -467,14 +467,7 @@ class DatumWorker:
                     timeout, self._metadata_next, end)
 
     def _metadata_end(self) -> int:
-        from confluent_kafka import Consumer, TopicPartition
-
-        c = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": self.settings.app_id})
-        try:
-            _low, high = c.get_watermark_offsets(TopicPartition(self.topics.metadata, 0), timeout=10)
-            return int(high)
-        finally:
-            c.close()
+        return end_offsets(self.settings.kafka_bootstrap, self.topics.metadata, [0])[0]
 
     def _metadata_committed(self) -> int:
         from confluent_kafka import Consumer, TopicPartition
