@@ -13,6 +13,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class Metrics:
     messages_in: Counter
     datums_in: Counter
+    datums_accepted: Counter
     samples_accepted: Counter
     dead_letters: Counter
     agent_batch_seconds: Histogram
@@ -31,6 +32,9 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
     return Metrics(
         messages_in=Counter("pipeline_messages_in", "Kafka messages consumed", ["agent"], registry=registry),
         datums_in=Counter("pipeline_datums_in", "Datums decoded from messages", ["agent"], registry=registry),
+        datums_accepted=Counter(
+            "pipeline_datums_accepted", "Datums with at least one sample stored", ["agent"], registry=registry
+        ),
         samples_accepted=Counter(
             "pipeline_samples_accepted", "Samples accepted and stored", ["kind"], registry=registry
         ),

@@ -265,7 +265,13 @@ class DatumWorker:
 
     async def update_rollups(self, rows: RawColumns) -> None:
         """Recompute the rollups the stored rows stale; retried until ClickHouse takes them."""
-        await self.retrying("rollup", f"rollup update of {len(rows)} rows", self.rollups.update, rows)
+        m = self.metrics
+        t0 = time.perf_counter()
+        written = await self.retrying("rollup", f"rollup update of {len(rows)} rows", self.rollups.update, rows)
+        m.sink_batch_rows.labels("rollup").observe(written)
+        m.sink_insert_seconds.labels("rollup").observe(self.rollups.last_seconds)
+        m.last_stored_timestamp.labels("rollup").set(time.time())
+        m.agent_batch_seconds.labels("rollups").observe(time.perf_counter() - t0)
 
     async def retrying(self, sink: str, what: str, fn: Callable[..., T], *args: Any) -> T:
         """fn(*args) in a thread until it succeeds: the offsets stay put meanwhile."""
@@ -316,8 +322,10 @@ class DatumWorker:
             futures = []
             for letter in letters:
                 futures.append(await self.deadletter_topic.send(value=letter.to_json()))
-                m.dead_letters.labels(letter.stage, letter.reasons[0].rule).inc()
+                for reason in letter.reasons:
+                    m.dead_letters.labels(letter.stage, reason.rule).inc()
             await asyncio.gather(*futures)
+        self.handled([e.message for e in events])
         m.agent_batch_seconds.labels("auxiliary").observe(time.perf_counter() - t0)
 
     @property
@@ -378,7 +386,9 @@ class DatumWorker:
         async def rollups(stream: faust.StreamT[Any]) -> None:
             async for events in stream.noack_take(500, within=1.0):
                 await self.catalog_ready.wait()  # time zones come from the catalog
+                self.metrics.messages_in.labels("rollups").inc(len(events))
                 await self.update_rollups(stale_rows([e.message.value for e in events]))
+                self.handled([e.message for e in events])
                 for event in events:
                     await stream.ack(event)
 
@@ -444,6 +454,11 @@ class DatumWorker:
             self.app.topics._flag_changes()  # type: ignore[attr-defined]
         self.metrics.source_topics.set(len(self.source_topic_names))
 
+    def handled(self, messages: Sequence[Any]) -> None:
+        """Remember the last offset handled per partition: consumer lag is measured from it."""
+        for msg in messages:
+            self._positions[(msg.topic, msg.partition)] = msg.offset
+
     def update_lag(self) -> None:
         consumer = self.app.consumer
         for tp in consumer.assignment():
@@ -489,6 +504,8 @@ class DatumWorker:
             return
         msg = event.message
         await self.metadata_ready.wait()
+        t0 = time.perf_counter()
+        self.metrics.messages_in.labels("metadata").inc()
         delay = 0.5
         while True:
             try:
@@ -512,6 +529,8 @@ class DatumWorker:
             except Exception as exc:  # the timer tries again within a second
                 log.warning("catalog refresh after %s failed: %s", result.event_id, exc)
         self._metadata_next = msg.offset + 1
+        self.handled([msg])
+        self.metrics.agent_batch_seconds.labels("metadata").observe(time.perf_counter() - t0)
 
     async def handle(self, events: Sequence[EventT]) -> None:
         t0 = time.perf_counter()
@@ -522,6 +541,7 @@ class DatumWorker:
         outcome = await asyncio.to_thread(
             process_messages, messages, int(time.time() * 1000), self.catalog, self.scoring, self.prepare_rates)
         m.datums_in.labels("datums").inc(outcome.datums)
+        m.datums_accepted.labels("datums").inc(outcome.accepted)
         # 2. store first
         if len(outcome.latest):
             await self.store(outcome.latest, self.latest_sink)
@@ -546,8 +566,7 @@ class DatumWorker:
                 for reason in letter.reasons:
                     m.dead_letters.labels(letter.stage, reason.rule).inc()
             await asyncio.gather(*futures)
-        for msg in messages:
-            self._positions[(msg.topic, msg.partition)] = msg.offset
+        self.handled(messages)
         m.agent_batch_seconds.labels("datums").observe(time.perf_counter() - t0)
 
     async def store(self, rows: RawColumns, sink: RawSink | None = None) -> None:

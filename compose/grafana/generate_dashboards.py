@@ -202,8 +202,10 @@ def pipeline_health() -> dict[str, Any]:
     lay.add(timeseries("Datums and messages in", [
         prom(rate("pipeline_datums_in_total"), "datums/s"),
         prom(rate("pipeline_messages_in_total"), "messages/s", ref="B"),
-    ], "short", "pipeline_datums_in_total and pipeline_messages_in_total: datums decoded, Kafka messages "
-                "(one message is a batch of datums of one stream)."))
+        prom(rate("pipeline_datums_accepted_total"), "datums accepted/s", ref="C"),
+    ], "short", "pipeline_datums_in_total, pipeline_messages_in_total and pipeline_datums_accepted_total: "
+                "datums decoded, Kafka messages (one message is a batch of datums of one stream), datums "
+                "with at least one sample stored."))
     lay.add(timeseries("Samples accepted by kind", [
         prom(rate("pipeline_samples_accepted_total", "kind"), "{{kind}}"),
     ], "short", "Samples stored per second: i instantaneous, a accumulating, s status.", stacked=True))

@@ -133,6 +133,7 @@ def test_worker_metrics_after_valid_and_invalid_datums(kafka_bootstrap: str, cli
         text = wait_for(settled, 120, "the worker's metrics to count everything sent", interval=0.5)
         scored = int(client.command("SELECT countIf(performance IS NOT NULL) FROM datum"))
         stored = int(client.command("SELECT count() FROM datum"))
+        stored_datums = int(client.command("SELECT count(DISTINCT node_id, source_id, created) FROM datum"))
 
     # promtool's parser and linter
     check = subprocess.run([exe, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
@@ -143,6 +144,7 @@ def test_worker_metrics_after_valid_and_invalid_datums(kafka_bootstrap: str, cli
     types = {name: f.type for name, f in families.items()}
     expected_types = {
         "pipeline_messages_in": "counter", "pipeline_datums_in": "counter", "pipeline_samples_accepted": "counter",
+        "pipeline_datums_accepted": "counter",
         "pipeline_dead_letters": "counter", "pipeline_agent_batch_seconds": "histogram",
         "pipeline_created_to_stored_seconds": "histogram", "pipeline_sink_batch_rows": "histogram",
         "pipeline_sink_insert_seconds": "histogram", "pipeline_sink_retries": "counter",
@@ -155,6 +157,7 @@ def test_worker_metrics_after_valid_and_invalid_datums(kafka_bootstrap: str, cli
 
     # datums in, accepted, dead-lettered by reason
     assert value(all_samples, "pipeline_datums_in_total", agent="datums") == DATUMS
+    assert value(all_samples, "pipeline_datums_accepted_total", agent="datums") == stored_datums
     assert 3 <= value(all_samples, "pipeline_messages_in_total", agent="datums") <= DATUMS + 1
     for kind in ("i", "a", "s"):
         assert value(all_samples, "pipeline_samples_accepted_total", kind=kind) == VALID, kind
