@@ -111,6 +111,7 @@ typedef struct {
 
 static HeadEntry heads[HEAD_SLOTS];
 static KeyEntry keys[KEY_SLOTS];
+static KeyEntry last_keys[MAX_FIELDS]; /* the field keys of the last line, by position */
 
 static inline uint64_t
 hash_bytes(const char *p, Py_ssize_t n)
@@ -509,16 +510,37 @@ parse_line(const char *p, Py_ssize_t n, int64_t mult, int has_default, int64_t d
         return r;
     i++; /* the single space */
     for (;;) {
-        Py_ssize_t ks = i;
-        while (i < n && (CL(p[i]) == C_PLAIN || CL(p[i]) == C_QUOTE))
-            i++;
-        if (i >= n || p[i] != '=' || i == ks || L->nf == MAX_FIELDS)
+        if (L->nf == MAX_FIELDS)
             goto decline;
         Field *f = &L->f[L->nf];
         f->str = NULL;
-        f->key = key_str(p + ks, i - ks, &status);
-        if (f->key == NULL)
-            goto fail;
+        /* Lines of one upload repeat their keys in the same order: when the text here is the key
+         * that was at this position last time (already checked) followed by '=', take it as is. */
+        KeyEntry *last = &last_keys[L->nf];
+        Py_ssize_t klen = last->raw == NULL ? 0 : PyBytes_GET_SIZE(last->raw);
+        if (klen && i + klen < n && p[i + klen] == '=' &&
+            memcmp(p + i, PyBytes_AS_STRING(last->raw), (size_t)klen) == 0) {
+            f->key = Py_NewRef(last->str);
+            i += klen;
+        }
+        else {
+            Py_ssize_t ks = i;
+            while (i < n && (CL(p[i]) == C_PLAIN || CL(p[i]) == C_QUOTE))
+                i++;
+            if (i >= n || p[i] != '=' || i == ks)
+                goto decline;
+            f->key = key_str(p + ks, i - ks, &status);
+            if (f->key == NULL)
+                goto fail;
+            PyObject *raw = PyBytes_FromStringAndSize(p + ks, i - ks);
+            if (raw == NULL) {
+                Py_CLEAR(f->key);
+                status = -1;
+                goto fail;
+            }
+            Py_XSETREF(last->raw, raw);
+            Py_XSETREF(last->str, Py_NewRef(f->key));
+        }
         L->nf++;
         i++;
         if (i >= n)
@@ -765,6 +787,13 @@ make_datum(Line *L, PyObject *ident, PyObject *datum_tags, const double *sent, P
         Py_DECREF(obj);
         return NULL;
     }
+    /* A Datum (frozen) holding only text, numbers and dicts of them cannot be part of a reference
+     * cycle: untracked, as CPython itself untracks such tuples and dicts, the collector does not
+     * traverse the millions of them an ingest makes (a quarter of the mapping's time otherwise).
+     * The dicts and tags are checked rather than assumed. */
+    if (!PyObject_GC_IsTracked(inst) && !PyObject_GC_IsTracked(accu) && !PyObject_GC_IsTracked(status) &&
+        !PyObject_GC_IsTracked(datum_tags))
+        PyObject_GC_UnTrack(obj);
     return obj;
 fail:
     Py_XDECREF(inst);

@@ -164,7 +164,7 @@ class _Mapper:
             return (m.node_id, source_id)
         assert m.node_tag is not None
         raw = tags.get(m.node_tag)
-        if raw is None or not raw.isdigit():
+        if raw is None or not (raw.isascii() and raw.isdigit()):
             return Rejection(
                 "lp.node_id_invalid",
                 f"tag {m.node_tag!r} must hold a non-negative integer node id",
