@@ -632,6 +632,30 @@ def _ts(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text).astimezone(UTC)
 
 
+class _Times(dict[str | None, datetime | None]):
+    """Parsed timestamps of one result: rows written by one transaction share their text."""
+
+    def __missing__(self, text: str | None) -> datetime | None:
+        value = self[text] = _ts(text)
+        return value
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _state(e: str, k: Any, v: Any, valid: Interval | None, since: datetime | None) -> EntityState:
+    """EntityState without the frozen dataclass's __init__ (five object.__setattr__ calls through
+    its guard): the same object, a fifth of a full-state read cheaper on 100k rows."""
+    state = _new(EntityState)
+    _set(state, "entity", e)
+    _set(state, "key", k)
+    _set(state, "value", v)
+    _set(state, "valid", valid)
+    _set(state, "known_since", since)
+    return state
+
+
 @contextlib.contextmanager
 def _no_gc() -> Iterator[None]:
     """Building 100k small dicts trips the cyclic GC over and over (none of them is cyclic):
@@ -651,6 +675,11 @@ def _json_rows(conn: Conn, query: str, params: Mapping[str, Any]) -> list[list[A
     with conn.transaction():
         # the ORDER BY inside json_agg sorts every row: keep it in memory, not on disk
         conn.execute("SET LOCAL work_mem = '64MB'")
+        # and let parallel workers scan, build the rows and sort (a Gather Merge feeds the
+        # aggregate): PostgreSQL's default costs keep a 100k-row query on one core
+        conn.execute("SET LOCAL parallel_setup_cost = 0")
+        conn.execute("SET LOCAL parallel_tuple_cost = 0")
+        conn.execute("SET LOCAL min_parallel_table_scan_size = 0")
         row = conn.execute(query, params).fetchone()
     return json.loads(row[0]) if row and row[0] else []
 
@@ -684,9 +713,10 @@ def state_at(conn: Conn, at: datetime, entity: str | None = None,
         "SELECT json_agg(j ORDER BY e COLLATE \"C\", k COLLATE \"C\", vs NULLS FIRST)::text"
         f" FROM ({' UNION ALL '.join(parts)}) s"
     )
+    times = _Times()
     with _no_gc():
         return [
-            EntityState(e, k, v, Interval(_ts(lo), _ts(hi)) if timed else None, _ts(since))
+            _state(e, k, v, Interval(times[lo], times[hi]) if timed else None, times[since])
             for e, k, v, lo, hi, since, timed in _json_rows(conn, query, {"at": at, **params})
         ]
 
