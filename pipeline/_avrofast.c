@@ -206,13 +206,22 @@ done:
     return r;
 }
 
+/* One buffer kept from call to call (batches are about the same size each time), so a batch is
+ * written without reallocations and copied once into its bytes object. */
+static Buf kept = {NULL, 0, 0};
+static int kept_in_use = 0;
+
 static PyObject *
 encode_datum_batch(PyObject *self, PyObject *datums)
 {
     PyObject *seq = PySequence_Fast(datums, "datums must be a sequence");
     if (seq == NULL)
         return NULL;
-    Buf b = {NULL, 0, 0};
+    /* a fallback attribute lookup can run Python code, which could encode another batch */
+    int own = !kept_in_use;
+    Buf b = own ? kept : (Buf){NULL, 0, 0};
+    b.len = 0;
+    kept_in_use = 1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     int r = 1;
     if (n > 0 && put_long(&b, n) < 0)
@@ -227,7 +236,17 @@ encode_datum_batch(PyObject *self, PyObject *datums)
         out = PyBytes_FromStringAndSize(b.buf, (Py_ssize_t)b.len);
     else if (r == 0)
         out = Py_NewRef(Py_None);
-    PyMem_Free(b.buf);
+    if (own) {
+        if (b.cap > (64u << 20)) { /* do not keep a huge one */
+            PyMem_Free(b.buf);
+            b.buf = NULL;
+            b.cap = 0;
+        }
+        kept = b;
+        kept_in_use = 0;
+    }
+    else
+        PyMem_Free(b.buf);
     return out;
 }
 
