@@ -164,3 +164,20 @@ def test_dockerfile_copies_what_the_packages_need() -> None:
     # editable: the code finds schemas/ beside the packages, not in site-packages
     assert re.search(r"pip install[^\n]*-e \.", text), "install the project editable (pip install -e .)"
     assert re.search(r"^USER (?!root)", text, re.M), "run as a user other than root"
+
+
+def test_the_api_service_serves_on_its_settings(compose: dict[str, Any]) -> None:
+    from pipeline.settings import Settings
+
+    api, worker = compose["services"]["api"], compose["services"]["worker"]
+    env = {k: str(v) for k, v in api["environment"].items()}
+    # the same pipeline settings as the workers, plus where the API listens
+    assert {k: v for k, v in env.items() if not k.startswith("PIPELINE_API_")} == {
+        k: str(v) for k, v in worker["environment"].items()}
+    # ${VAR:-default} as Docker Compose fills it in with nothing set
+    filled = {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", v) for k, v in env.items()}
+    settings = Settings.from_env(filled)
+    assert settings.api_host == "0.0.0.0" and settings.api_port == 8080
+    assert api["command"] == ["pipeline", "api"]
+    assert f"{settings.api_port}:{settings.api_port}" in api["ports"]
+    assert f":{settings.api_port}/api/timeseries" in " ".join(api["healthcheck"]["test"])
