@@ -30,6 +30,7 @@ def settings_for(kafka: str, clickhouse_url: str, database: str, prefix: str, **
             "topic_prefix": prefix,
             "app_id": f"{prefix}app",
             "metrics_port": free_port(),
+            "api_port": free_port(),
             "topic_partitions": 2,
             "topic_scan_interval_s": 0.5,
             **extra,

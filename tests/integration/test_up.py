@@ -44,6 +44,17 @@ def test_up_with_external_services(kafka_bootstrap: str, clickhouse_url: str, po
                  "50 datums through pipeline up")
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout=5).read()
         assert b"pipeline_datums_in_total" in metrics
+        # the time-series API it started lists the new series (docs/api.md naming rule)
+        api = f"http://127.0.0.1:{settings.api_port}/api/timeseries"
+        assert "api/timeseries" in banner
+
+        def listed() -> bool:
+            try:
+                return b"7~.up.M1~w" in urllib.request.urlopen(api, timeout=5).read()
+            except OSError:  # not listening yet
+                return False
+
+        wait_for(listed, 30, "the API listing the series")
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(90)
