@@ -5,8 +5,10 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline.codec import DeadLetter
 from pipeline.producer import DatumProducer
@@ -109,10 +111,23 @@ LP_LINE_RULES = frozenset({
 })
 
 
-def _counted(fh: Iterable[bytes], report: IngestReport) -> Iterator[bytes]:
-    for line in fh:
-        report.lines_read += 1
-        yield line
+class _CountedLines:
+    """The lines of a binary file, counted into the report as they are read. map_lines reads them
+    in blocks through readlines(hint) rather than one by one."""
+
+    def __init__(self, fh: BinaryIO, report: IngestReport) -> None:
+        self._fh = fh
+        self._report = report
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self._fh:
+            self._report.lines_read += 1
+            yield line
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines = self._fh.readlines(hint)
+        self._report.lines_read += len(lines)
+        return lines
 
 
 def ingest_lp(
@@ -121,46 +136,54 @@ def ingest_lp(
 ) -> None:
     """Line protocol, streamed: constant memory whatever the file size."""
     now = now_ms if now_ms is not None else int(time.time() * 1000)
+    chunk: list[Datum] = []
+    for path in files:
+        with nullcontext(sys.stdin.buffer) if str(path) == "-" else path.open("rb") as fh:
+            _ingest_lp_file(producer, path, _CountedLines(fh, report), report, mapping, precision, now, chunk,
+                            progress)
+    _send_chunk(producer, chunk, report, progress)
+
+
+def _ingest_lp_file(
+    producer: DatumProducer, path: Path, lines: _CountedLines, report: IngestReport, mapping: LineProtocolMapping,
+    precision: str, now: int, chunk: list[Datum], progress: Progress | None,
+) -> None:
     # A mapped datum already meets every envelope rule but the `created` range (the mapping checks
     # the node id and the sourceId, and keeps only finite floats and text), so a datum inside the
     # range needs no check_envelope; one outside it gets the full check.
     created_max = now + CREATED_FUTURE_SLACK_MS
-    chunk: list[Datum] = []
     keep = chunk.append
-    for path in files:
-        rejected_lines: set[int] = set()  # bounded by the bad lines of one file
-        lines = _counted(_lines(path), report)
-        for item in map_lines(lines, mapping, precision):
-            if type(item) is Datum and CREATED_MIN_MS <= item.created_ms <= created_max:
-                keep(item)
-                if len(chunk) >= CHUNK:
-                    _send_chunk(producer, chunk, report, progress)
-                continue
-            if isinstance(item, LPRejection):
-                rule = item.reason.rule
-                report.count([item.reason])
-                if rule in LP_LINE_RULES:
-                    rejected_lines.add(item.line_no)
-                else:
-                    report.samples_rejected += 1
-                producer.send_dead_letter(
-                    DeadLetter([item.reason], None, stage="ingest", file=str(path), line=item.line_no))
-                continue
-            kept, problems = check_envelope(item, now)
-            if problems:
-                report.count(problems)
-                producer.send_dead_letter(DeadLetter(problems, None, datum=item, stage="ingest", file=str(path)))
-                if kept is None:
-                    report.datums_refused += 1
-                else:
-                    report.samples_rejected += len(problems)
-            if kept is None:
-                continue
-            chunk.append(kept)
+    rejected_lines: set[int] = set()  # bounded by the bad lines of one file
+    for item in map_lines(lines, mapping, precision):
+        if type(item) is Datum and CREATED_MIN_MS <= item.created_ms <= created_max:
+            keep(item)
             if len(chunk) >= CHUNK:
                 _send_chunk(producer, chunk, report, progress)
-        report.lines_rejected += len(rejected_lines)
-    _send_chunk(producer, chunk, report, progress)
+            continue
+        if isinstance(item, LPRejection):
+            rule = item.reason.rule
+            report.count([item.reason])
+            if rule in LP_LINE_RULES:
+                rejected_lines.add(item.line_no)
+            else:
+                report.samples_rejected += 1
+            producer.send_dead_letter(
+                DeadLetter([item.reason], None, stage="ingest", file=str(path), line=item.line_no))
+            continue
+        kept, problems = check_envelope(item, now)
+        if problems:
+            report.count(problems)
+            producer.send_dead_letter(DeadLetter(problems, None, datum=item, stage="ingest", file=str(path)))
+            if kept is None:
+                report.datums_refused += 1
+            else:
+                report.samples_rejected += len(problems)
+        if kept is None:
+            continue
+        keep(kept)
+        if len(chunk) >= CHUNK:
+            _send_chunk(producer, chunk, report, progress)
+    report.lines_rejected += len(rejected_lines)
 
 
 def _reject(producer: DatumProducer, report: IngestReport, file: str, line_no: int, text: str,

@@ -730,10 +730,24 @@ COMPILED_CHUNK = 512
 _Step = Callable[[list[Any], int, int, list[Any]], tuple[int, int]]
 
 
-def _compiled_items(lines: Iterable[str | bytes], stream: _Stream, step: _Step) -> Iterator[Any]:
-    """Items through the compiled step; each declined item goes to the pure-Python parser."""
+# Bytes read at a time when the items come from a file object (its readlines(hint)).
+READ_HINT = 1 << 18
+
+
+def _chunks(lines: Iterable[str | bytes]) -> Iterator[list[Any]]:
+    readlines = getattr(lines, "readlines", None)
+    if readlines is not None:  # a file: read in blocks, not line by line
+        while chunk := readlines(READ_HINT):
+            yield chunk
+        return
     it = iter(lines)
     while chunk := list(islice(it, COMPILED_CHUNK)):
+        yield chunk
+
+
+def _compiled_items(lines: Iterable[str | bytes], stream: _Stream, step: _Step) -> Iterator[Any]:
+    """Items through the compiled step; each declined item goes to the pure-Python parser."""
+    for chunk in _chunks(lines):
         i, n = 0, len(chunk)
         while i < n:
             if not stream.pending:
