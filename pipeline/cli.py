@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -576,7 +577,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             models = Path(__file__).resolve().parent.parent / "schemas" / "datamodels"
             subprocess.run([sys.executable, "-m", "pipeline.cli", "metadata", "datamodels", str(models),
                             "--author", "demo", "--comment", "sample datamodels"], env=env, check=True)
-            _wait_for_bindings(settings.postgres_dsn, timeout=120)
+            bindings = json.loads((models / "bindings.json").read_text())["bindings"]
+            _wait_for_bindings(settings.postgres_dsn, timeout=120, count=len(bindings))
             # a day of history from a small fleet, then live data every 10 s
             spawn("simulate", [sys.executable, "-m", "pipeline.cli", "simulate", "--nodes", "3",
                                "--interval", "10", "--backfill", "24", "--realtime", "--bad-ratio", "0.01"])
@@ -607,8 +609,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         print("pipeline: stopped", flush=True)
 
 
-def _wait_for_bindings(dsn: str, timeout: float) -> None:
-    """Until a worker has applied the demo's bindings: data sent before would go unvalidated."""
+def _wait_for_bindings(dsn: str, timeout: float, count: int = 1) -> None:
+    """Until a worker has applied `count` of the demo's bindings: data sent before would go
+    unvalidated (the datamodels come first in the events, so they are there too)."""
     import psycopg
 
     from sinks import history
@@ -617,7 +620,7 @@ def _wait_for_bindings(dsn: str, timeout: float) -> None:
     while time.monotonic() < deadline:
         try:
             with psycopg.connect(dsn, autocommit=True) as conn:
-                if history.current_catalog(conn).bindings:
+                if len(history.current_catalog(conn).bindings) >= count:
                     return
         except psycopg.Error:
             pass  # schema not migrated yet: the worker does it on start

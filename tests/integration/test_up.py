@@ -61,3 +61,39 @@ def test_up_with_external_services(kafka_bootstrap: str, clickhouse_url: str, po
     text = out.read_text()
     assert code == 0, text[-2000:]
     assert "pipeline: stopped" in text
+
+
+def test_up_demo_validates_the_simulated_fleet(kafka_bootstrap: str, clickhouse_url: str, postgres_url: str,
+                                               ch_database: str, topic_prefix: str, tmp_path: Path) -> None:
+    """The README's first command (`pipeline up --demo`), on the test's services: the sample
+    datamodels are applied before the simulator starts, so its data arrives validated, and the
+    API serves it."""
+    import json
+
+    import psycopg
+
+    dsn_db = f"pipeline_demo_{topic_prefix.strip('.').replace('-', '_')}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{dsn_db}"')
+    dsn = f"{postgres_url.rpartition('/')[0]}/{dsn_db}"
+    settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)
+    settings = settings._with({"postgres_dsn": dsn, "data_dir": tmp_path / "data"})
+    env = {**os.environ, **settings.as_env()}
+    out = tmp_path / "up.log"
+    with out.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up", "--demo"], env=env, cwd=ROOT,
+                                stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "pipeline is up" in out.read_text(), 180, "the banner (after the sample bindings)")
+        client = connect(settings.clickhouse_url)
+        wait_for(lambda: int(client.command("SELECT count() FROM datum")) > 1000, 180, "simulated data stored")
+        # every stored sample of the fleet was validated against a sample datastream
+        unbound = int(client.command("SELECT count() FROM datum WHERE datastream = ''"))
+        assert unbound == 0, client.query("SELECT DISTINCT source_id FROM datum WHERE datastream = ''").result_rows
+        api = f"http://127.0.0.1:{settings.api_port}/api/timeseries"
+        meta = json.loads(urllib.request.urlopen(api, timeout=10).read())
+        assert (meta["meta"]["limit"]["default"], meta["meta"]["limit"]["maximum"]) == (100, 1000)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(120)
+    assert code == 0, out.read_text()[-2000:]
