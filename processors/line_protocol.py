@@ -3,8 +3,10 @@
 Pure logic, no I/O: callers hand in text (one line, many lines, or an iterable of lines read from a
 file opened in binary mode) and get back `Point` and `LineError` records.
 
-Two parsers live here and must agree:
+Three paths decode and must agree:
 
+* the compiled fast path (processors/_lpfast.c, when built: see `COMPILED`) decodes the common
+  shape straight from the bytes and declines every other line, which then takes the Python paths.
 * `fast_parse` handles the common shape (printable ASCII, no backslash, no quote, no '+', single
   spaces) with str.split/partition. It returns None for anything it is not sure about.
 * the full parser mirrors github.com/influxdata/line-protocol/v2 `lineprotocol.Decoder` (the
