@@ -1,6 +1,7 @@
 """Rollups computed while data flows, on the real services, against the independent reference
 (tests/unit/rollup_reference.py): shuffled, late and duplicated datums, gaps longer than the
-clock tolerance, a New York node across the end of DST, and a worker restart in the middle."""
+clock tolerance, meter resets, a New York node across the end of DST, a worker restart in the
+middle and then two workers sharing the partitions."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pipeline import cli
 from pipeline.producer import DatumProducer
 from pipeline.rollups import RollupMaintainer, recompute_range
 from pipeline.settings import Settings
+from pipeline.stack import free_port
 from pipeline.topics import Topics
 from processors.auxiliary import AuxChange, AuxKey, AuxRecord
 from processors.datum import Datum
@@ -248,7 +250,9 @@ def test_pipeline_rollups_match_reference_across_a_restart(
         wait_for(lambda: stored_datums() >= n_first, 60, "the first half stored")
         first.send_signal(signal.SIGTERM)
         first.wait(30)
-    with worker_process(settings, tmp_path / "worker2.log"):
+    # the second half with two workers sharing the partitions
+    other = settings._with({"metrics_port": free_port(), "api_port": free_port()})  # a port each, as in `up`
+    with worker_process(settings, tmp_path / "worker2.log"), worker_process(other, tmp_path / "worker3.log"):
         for m in msgs[half:]:
             producer.send(m)
         send_resets(reset_msgs[split:])
@@ -268,7 +272,7 @@ def test_pipeline_rollups_match_reference_across_a_restart(
         finally:
             check(client, streams, resets)  # the precise difference, if any
         check_example(client)
-    log = (tmp_path / "worker2.log").read_text() + (tmp_path / "worker1.log").read_text()
+    log = "".join((tmp_path / f"worker{n}.log").read_text() for n in (1, 2, 3))
     assert "Traceback" not in log
 
 
