@@ -857,6 +857,10 @@ walk_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, Walk *w)
     w->line_no = PyLong_AsSsize_t(args[4]);
     if (PyErr_Occurred())
         return -1;
+    if (w->index < 0) {
+        PyErr_SetString(PyExc_ValueError, "start must not be negative");
+        return -1;
+    }
     if (point_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "configure() first");
         return -1;

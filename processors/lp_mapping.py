@@ -392,10 +392,12 @@ def map_lines(
         parse_datums = line_protocol._lpfast.parse_datums
         resolve = mapper.resolve
         datum_tags = mapping.datum_tags
+        # the compiled cache keeps identities per head for this token: this run's mapper only
+        token = object()
 
         def step(chunk: list[Any], start: int, line_no: int, out: list[Any]) -> tuple[int, int]:
             result: tuple[int, int] = parse_datums(
-                chunk, start, mult, default_ns, line_no, out, mapper, resolve, sentinels, datum_tags
+                chunk, start, mult, default_ns, line_no, out, token, resolve, sentinels, datum_tags
             )
             return result
 
