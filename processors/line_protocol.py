@@ -763,9 +763,14 @@ def _compiled_items(lines: Iterable[str | bytes], stream: _Stream, step: _Step) 
     yield from stream.finish()
 
 
-def compiled_available(default_ns: int | None = None) -> bool:
-    """Whether the compiled parser is built and can take this (truncated) default time."""
-    return _lpfast is not None and (default_ns is None or INT64_MIN <= default_ns <= INT64_MAX)
+def compiled_available(default_ns: int | None = None, start_line: int = 1) -> bool:
+    """Whether the compiled parser is built and can take this (truncated) default time and first
+    line number (64-bit integers)."""
+    return (
+        _lpfast is not None
+        and (default_ns is None or INT64_MIN <= default_ns <= INT64_MAX)
+        and -(1 << 62) < start_line < 1 << 62
+    )
 
 
 def parse_lines(
@@ -791,8 +796,8 @@ def parse_lines(
     default_ns = _default_time(default_time_ns, mult)
     stream = _Stream(mult, default_ns, start_line)
     if compiled is None:
-        compiled = use_fast_path and compiled_available(default_ns)
-    elif compiled and not compiled_available(default_ns):
+        compiled = use_fast_path and compiled_available(default_ns, start_line)
+    elif compiled and not compiled_available(default_ns, start_line):
         raise RuntimeError("the compiled line-protocol parser is not available (not built?)")
     if not compiled:
         return _pure_items(lines, stream, use_fast_path)

@@ -384,10 +384,10 @@ def map_lines(
     default_ns = None if default_time_ns is None else default_time_ns - default_time_ns % mult
     sentinels = _compiled_sentinels(mapping.sentinels)
     if compiled is None:
-        compiled = line_protocol.compiled_available(default_ns)
+        compiled = line_protocol.compiled_available(default_ns, start_line)
     items: Iterable[object]
     if compiled and mapper.lookup is None and mapper.classify is None and sentinels is not None:
-        if not line_protocol.compiled_available(default_ns):
+        if not line_protocol.compiled_available(default_ns, start_line):
             raise RuntimeError("the compiled line-protocol parser is not available (not built?)")
         parse_datums = line_protocol._lpfast.parse_datums
         resolve = mapper.resolve

@@ -23,8 +23,9 @@ from processors.lp_mapping import LineProtocolMapping, LineRejection, map_lines,
 def test_the_extensions_are_built() -> None:
     # A clone installed with `pip install -e .` (make install) builds both; failing here means the
     # build did not, and everything else silently runs the slower pure-Python code.
-    assert lp.COMPILED
-    assert codec._avrofast is not None
+    hint = "not built: run `.venv/bin/pip install -e .` (or `rm .venv/.installed && make install`)"
+    assert lp.COMPILED, hint
+    assert codec._avrofast is not None, hint
 
 
 def outcome(results: list[Any]) -> list[object]:
@@ -103,6 +104,18 @@ def test_declined_lines_come_back_through_python_in_order() -> None:
     items = [f"m x={k} {k}\n".encode() if k % 3 else f"m\\ q x={k}i {k}\n".encode() for k in range(2000)]
     out = both(items)
     assert [o[-1] for o in out] == list(range(2000))
+
+
+def test_huge_line_numbers_and_default_times_take_the_python_path() -> None:
+    items = [b"m x=1\n", b"m y=2 3\n"]
+    for start, default in ((2**70, None), (1, 2**70), (-(2**70), -(2**70))):
+        assert outcome(list(parse_lines(items, "ns", default, start))) == outcome(
+            list(parse_lines(items, "ns", default, start, compiled=False))
+        )
+        mapping = LineProtocolMapping(node_id=1, default_source_tag="k")
+        assert outcome(list(map_lines(items, mapping, "ns", default, start))) == outcome(
+            list(map_points(parse_lines(items, "ns", default, start, compiled=False), mapping))
+        )
 
 
 def test_unsigned_type_is_kept() -> None:
