@@ -123,3 +123,22 @@ def wait_for_catalog(dsn: str, events: int, log_path: Path, timeout: float = 120
     wait_for(lambda: f"catalog version {version}:" in log_path.read_text(errors="replace"), timeout,
              f"the worker's catalog at version {version}")
     return version
+
+
+def publish_metadata(settings: Settings, events: list[dict[str, Any]]) -> None:
+    """Metadata events to the metadata topic, as `pipeline metadata apply` sends them."""
+    from pipeline.producer import DatumProducer
+
+    producer = DatumProducer(settings)
+    for e in events:
+        producer.send_raw(producer.topics.metadata, json.dumps(e).encode())
+    producer.flush()
+
+
+def metadata_event(entity: str, key: dict[str, Any], op: str, value: dict[str, Any],
+                   valid_from: str | None = None) -> dict[str, Any]:
+    import uuid
+
+    return {"event_id": str(uuid.uuid4()), "entity": entity, "key": key, "op": op, "value": value,
+            "valid_from": valid_from, "valid_to": None, "author": "test", "comment": "integration test",
+            "produced_at": "2024-01-01T00:00:00Z"}

@@ -46,7 +46,7 @@ from processors.rows import RawColumns
 from sinks import history
 from sinks.clickhouse import RawSink, connect, ensure_schema
 from sinks.rollups import ensure_rollup_schema, read_rollups
-from tests.integration.helpers import ROOT, settings_for, wait_for, worker_process
+from tests.integration.helpers import ROOT, metadata_event, publish_metadata, settings_for, wait_for, worker_process
 from tests.unit import rollup_reference as ref
 from tests.unit.test_rollup import assert_matches
 
@@ -685,20 +685,6 @@ NODE = 7
 STREAM = "/site/meter"
 
 
-def publish_metadata(settings: Settings, events: list[dict[str, Any]]) -> None:
-    producer = DatumProducer(settings)
-    for e in events:
-        producer.send_raw(producer.topics.metadata, json.dumps(e).encode())
-    producer.flush()
-
-
-def event(entity: str, key: dict[str, Any], op: str, value: dict[str, Any],
-          valid_from: str | None = None) -> dict[str, Any]:
-    return {"event_id": str(uuid.uuid4()), "entity": entity, "key": key, "op": op, "value": value,
-            "valid_from": valid_from, "valid_to": None, "author": "test", "comment": "api test",
-            "produced_at": "2024-01-01T00:00:00Z"}
-
-
 def local_start(now_ms: int, unit: str) -> int:
     """Independent of the API: the local calendar period's first instant, by zoneinfo."""
     t = datetime.fromtimestamp(now_ms / 1000, ZoneInfo(ZONE))
@@ -718,8 +704,8 @@ def test_pipeline_today_week_year_and_now_in_the_node_zone(
     ensure_schema(client)
     ensure_rollup_schema(client)
     publish_metadata(settings, [
-        event("node", {"node_id": NODE}, "upsert", {"name": "kathmandu"}),
-        event("node_timezone", {"node_id": NODE}, "set_valid", {"tz": ZONE}, "2000-01-01T00:00:00Z"),
+        metadata_event("node", {"node_id": NODE}, "upsert", {"name": "kathmandu"}),
+        metadata_event("node_timezone", {"node_id": NODE}, "set_valid", {"tz": ZONE}, "2000-01-01T00:00:00Z"),
     ])
     # readings every 10 minutes over the last 9 days, up to a minute ago
     now = int(time.time() * 1000)

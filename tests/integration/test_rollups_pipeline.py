@@ -19,7 +19,6 @@ import pytest
 from pipeline import cli
 from pipeline.producer import DatumProducer
 from pipeline.rollups import RollupMaintainer, recompute_range
-from pipeline.settings import Settings
 from pipeline.stack import free_port
 from pipeline.topics import Topics
 from processors.auxiliary import AuxChange, AuxKey, AuxRecord
@@ -35,7 +34,14 @@ from processors.rollup import (
 from processors.rows import RawColumns
 from sinks.clickhouse import RawSink, connect, ensure_schema
 from sinks.rollups import ensure_rollup_schema, read_rollups
-from tests.integration.helpers import read_topic, settings_for, wait_for, worker_process
+from tests.integration.helpers import (
+    metadata_event,
+    publish_metadata,
+    read_topic,
+    settings_for,
+    wait_for,
+    worker_process,
+)
 from tests.unit import rollup_reference as ref
 from tests.unit.test_rollup import assert_matches
 
@@ -187,20 +193,6 @@ def test_maintainer_on_shuffled_batches_matches_reference(clickhouse_url: str, c
 DAY = 24 * HOUR
 
 
-def publish_metadata(settings: Settings, events: list[dict[str, Any]]) -> None:
-    producer = DatumProducer(settings)
-    for e in events:
-        producer.send_raw(producer.topics.metadata, json.dumps(e).encode())
-    producer.flush()
-
-
-def event(entity: str, key: dict[str, Any], op: str, value: dict[str, Any],
-          valid_from: str | None = None) -> dict[str, Any]:
-    return {"event_id": str(uuid.uuid4()), "entity": entity, "key": key, "op": op, "value": value,
-            "valid_from": valid_from, "valid_to": None, "author": "test", "comment": "rollup test",
-            "produced_at": "2024-10-01T00:00:00Z"}
-
-
 def test_pipeline_rollups_match_reference_across_a_restart(
     kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str,
     tmp_path: Path,
@@ -212,8 +204,9 @@ def test_pipeline_rollups_match_reference_across_a_restart(
     ensure_rollup_schema(client)
     # node 2 keeps New York time from before the data on
     publish_metadata(settings, [
-        event("node", {"node_id": 2}, "upsert", {"name": "ny"}),
-        event("node_timezone", {"node_id": 2}, "set_valid", {"tz": "America/New_York"}, "2024-01-01T00:00:00Z"),
+        metadata_event("node", {"node_id": 2}, "upsert", {"name": "ny"}),
+        metadata_event("node_timezone", {"node_id": 2}, "set_valid", {"tz": "America/New_York"},
+                       "2024-01-01T00:00:00Z"),
     ])
     rng = random.Random(11)
     streams = {
@@ -309,7 +302,7 @@ def test_reset_inside_an_hour_moved_and_deleted_and_pulse_sums(
     (tmp_path / "models" / "bindings.json").write_text(json.dumps({"bindings": [
         {"node_id": 5, "source_pattern": "/r/**", "datamodel": "rain-gauge",
          "properties": {"tips": "rain.gauge.tips", "wh": "rain.gauge.wh"}}]}))
-    publish_metadata(settings, [event("node", {"node_id": 5}, "upsert", {"name": "rain"}),
+    publish_metadata(settings, [metadata_event("node", {"node_id": 5}, "upsert", {"name": "rain"}),
                                 *datamodel_events(sorted((tmp_path / "models").glob("*.json")), "test", "pulse")])
 
     noon = T0  # 2024-10-31T12:00Z
