@@ -23,28 +23,9 @@ from pipeline.producer import DatumProducer
 from processors.datum import Datum
 from sinks.clickhouse import connect, ensure_schema
 from tests.integration.helpers import settings_for, wait_for, wait_for_catalog, worker_process
+from tests.integration.test_templates import BINDINGS, MODEL  # the box datamodel with qratings
 
 pytestmark = pytest.mark.integration
-
-QR = {
-    "version": "1", "max_score": 100,
-    "min_required": {"value": 0, "label": "DEAD"}, "min_desired": {"value": 10, "label": "LOW"},
-    "ideal": {"value": 20, "label": "OK"}, "max_desired": {"value": 30, "label": "WARM"},
-    "max_allowed": {"value": 40, "label": "HOT"},
-}
-MODEL = {
-    "identifier": "box", "name": "box", "description": "a test box", "version": "1",
-    "categories": [{"identifier": "c", "name": "c", "datastreams": [
-        {"identifier": "box.temp", "name": "t", "description": "t", "schema": {"type": "number", "maximum": 100},
-         "qrating": QR},
-        {"identifier": "box.energy", "name": "e", "description": "e", "period": "CUMULATIVE",
-         "schema": {"type": "number"}, "qrating": {**QR, "cumulative_period_divisor": 3600}},
-        {"identifier": "box.state", "name": "s", "description": "s", "schema": {"type": "string"},
-         "qrating": {**QR, "conversion_matrix": {"good": 20, "bad": 0}}},
-    ]}],
-}
-BINDINGS = {"bindings": [{"node_id": None, "source_pattern": "/box/**", "datamodel": "box",
-                          "properties": {"temp": "box.temp", "energy": "box.energy", "state": "box.state"}}]}
 
 VALID = 120  # datums with one sample of each kind, all accepted and scored
 SCHEMA = 10  # datums whose only sample breaks the schema (temp > 100): sample.schema
