@@ -36,7 +36,7 @@ from processors.rollup import (
     zone,
 )
 from processors.rows import RawColumns
-from sinks.auxiliary import read_resets, reset_times
+from sinks.auxiliary import read_resets
 from sinks.rollups import (
     NEAR_MS,
     TimesRequest,
@@ -139,13 +139,11 @@ class RollupMaintainer:
                 last = {p: c for c, p in acc if lo <= c <= hi}
                 requests.append(TimesRequest(node, source, lo - clock, hi + near + 1, tuple(last.items())))
                 owner.append(k)
+        # readings and reset markers: both are chain nodes
         found = read_accumulating_times(self.client, requests, self.tol.lookback_ms - near)
-        # Reset markers are chain nodes too (rare: one query reaching the look-back).
-        found_resets = reset_times(self.client, [(r.node_id, r.source_id, r.start_ms,
-                                                  r.end_ms + self.tol.lookback_ms) for r in requests])
         times: list[dict[str, list[int]]] = [{} for _ in tasks]
-        for k, got, resets in zip(owner, found, found_resets, strict=True):
-            for prop, t in got + resets:
+        for k, got in zip(owner, found, strict=True):
+            for prop, t in got:
                 times[k].setdefault(prop, []).append(t)
         out: list[set[int]] = []
         for k, (_node, _source, tz, items) in enumerate(tasks):

@@ -318,13 +318,7 @@ class DatumWorker:
                     marks += [(k.node_id, k.source_id, k.created_ms, p, "a") for p in sorted(c.record.properties)]
             if marks:
                 await self.mark_stale(marks)
-        if letters:
-            futures = []
-            for letter in letters:
-                futures.append(await self.deadletter_topic.send(value=letter.to_json()))
-                for reason in letter.reasons:
-                    m.dead_letters.labels(letter.stage, reason.rule).inc()
-            await asyncio.gather(*futures)
+        await self.send_dead_letters(letters)
         self.handled([e.message for e in events])
         m.agent_batch_seconds.labels("auxiliary").observe(time.perf_counter() - t0)
 
@@ -454,6 +448,15 @@ class DatumWorker:
             self.app.topics._flag_changes()  # type: ignore[attr-defined]
         self.metrics.source_topics.set(len(self.source_topic_names))
 
+    async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Produce dead letters and wait until the broker has every one (before the ack)."""
+        futures = []
+        for letter in letters:
+            futures.append(await self.deadletter_topic.send(value=letter.to_json()))
+            for reason in letter.reasons:
+                self.metrics.dead_letters.labels(letter.stage, reason.rule).inc()
+        await asyncio.gather(*futures)
+
     def handled(self, messages: Sequence[Any]) -> None:
         """Remember the last offset handled per partition: consumer lag is measured from it."""
         for msg in messages:
@@ -520,8 +523,7 @@ class DatumWorker:
             letter = DeadLetter([Rejection(result.rule or "metadata.refused", result.reason or "")],
                                 Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""),
                                 stage="metadata")
-            await (await self.deadletter_topic.send(value=letter.to_json()))
-            self.metrics.dead_letters.labels("metadata", result.rule or "metadata.refused").inc()
+            await self.send_dead_letters([letter])
         else:
             log.info("metadata event %s %s", result.event_id, result.status)
             try:
@@ -559,13 +561,7 @@ class DatumWorker:
             # 2b. mark the rollup buckets of what was just stored stale (before the ack)
             await self.mark_stale(row_changes(outcome.rows))
         # 3. then the dead letters, each awaited until the broker has it
-        if outcome.letters:
-            futures = []
-            for letter in outcome.letters:
-                futures.append(await self.deadletter_topic.send(value=letter.to_json()))
-                for reason in letter.reasons:
-                    m.dead_letters.labels(letter.stage, reason.rule).inc()
-            await asyncio.gather(*futures)
+        await self.send_dead_letters(outcome.letters)
         self.handled(messages)
         m.agent_batch_seconds.labels("datums").observe(time.perf_counter() - t0)
 

@@ -16,6 +16,7 @@ from clickhouse_connect.driver.client import Client
 
 from processors.auxiliary import AuxChange, AuxKey, AuxRecord
 from processors.rollup import ResetMarker
+from sinks.clickhouse import sql_ms, sql_str, sql_stream, union_all
 
 AUX_TABLE = "datum_auxiliary_raw"
 AUX_VIEW = "datum_auxiliary"
@@ -91,42 +92,24 @@ def stored_properties(client: Client, keys: Sequence[AuxKey]) -> list[frozenset[
         return []
     parts = [
         f"SELECT {n} AS q, mapKeys(final) AS p FROM {AUX_VIEW}"
-        f" WHERE node_id = {int(k.node_id)} AND source_id = {_str(k.source_id)} AND type = {_str(k.type)}"
-        f" AND created = fromUnixTimestamp64Milli(toInt64({int(k.created_ms)}), 'UTC')"
+        f" WHERE {sql_stream(k.node_id, k.source_id)} AND type = {sql_str(k.type)} AND created = {sql_ms(k.created_ms)}"
         for n, k in enumerate(keys)
     ]
     out: list[frozenset[str]] = [frozenset() for _ in keys]
-    for k in range(0, len(parts), 100):
-        for q, props in client.query(" UNION ALL ".join(parts[k:k + 100])).result_rows:
-            out[q] = frozenset(out[q] | set(props))
+    for q, props in union_all(client, parts):
+        out[q] = frozenset(out[q] | set(props))
     return out
-
-
-def _str(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _t(ms: int) -> str:
-    return f"fromUnixTimestamp64Milli(toInt64({int(ms)}), 'UTC')"
 
 
 def read_resets(client: Client, ranges: Sequence[tuple[int, str, int, int]]) -> list[list[ResetMarker]]:
     """Reset markers of each (node, source, start_ms, end_ms) range, in one query."""
     parts = [
         f"SELECT {n} AS q, toUnixTimestamp64Milli(created) AS t, final, start FROM {AUX_VIEW}"
-        f" WHERE node_id = {int(node)} AND source_id = {_str(source)} AND type = 'Reset'"
-        f" AND created >= {_t(lo)} AND created < {_t(hi)}"
+        f" WHERE {sql_stream(node, source)} AND type = 'Reset' AND created >= {sql_ms(lo)} AND created < {sql_ms(hi)}"
         for n, (node, source, lo, hi) in enumerate(ranges)
     ]
     out: list[list[ResetMarker]] = [[] for _ in ranges]
-    for k in range(0, len(parts), 100):
-        for q, t, final, start in client.query(" UNION ALL ".join(parts[k:k + 100])).result_rows:
-            out[q].append(ResetMarker(int(t), {str(p): float(v) for p, v in final.items()},
-                                      {str(p): float(v) for p, v in start.items()}))
+    for q, t, final, start in union_all(client, parts):
+        out[q].append(ResetMarker(int(t), {str(p): float(v) for p, v in final.items()},
+                                  {str(p): float(v) for p, v in start.items()}))
     return out
-
-
-def reset_times(client: Client, ranges: Sequence[tuple[int, str, int, int]]) -> list[list[tuple[str, int]]]:
-    """(property, created_ms) of each range's reset markers: chain neighbours of readings."""
-    return [[(p, r.created_ms) for r in rs for p in r.final if r.applies_to(p)]
-            for rs in read_resets(client, ranges)]

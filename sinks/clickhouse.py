@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -82,6 +83,29 @@ def connect(url: str, database: str | None = None, **kwargs: Any) -> Client:
     return clickhouse_connect.get_client(
         dsn=base, database=db or "default", settings=settings, compress="lz4", **kwargs
     )
+
+
+def sql_str(text: str) -> str:
+    """A ClickHouse string literal (values are inlined: a batch's query names many streams)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sql_ms(ms: int) -> str:
+    """An epoch-millisecond instant as a DateTime64(3, 'UTC') expression."""
+    return f"fromUnixTimestamp64Milli(toInt64({int(ms)}), 'UTC')"
+
+
+def sql_stream(node_id: int, source_id: str) -> str:
+    """The condition selecting one (node, source) stream."""
+    return f"node_id = {int(node_id)} AND source_id = {sql_str(source_id)}"
+
+
+def union_all(client: Client, parts: Sequence[str], chunk: int = 100) -> list[Sequence[Any]]:
+    """The rows of many SELECTs of one shape, `chunk` of them per query."""
+    rows: list[Sequence[Any]] = []
+    for k in range(0, len(parts), chunk):
+        rows += client.query(" UNION ALL ".join(parts[k:k + chunk])).result_rows
+    return rows
 
 
 def ensure_schema(client: Client) -> None:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
 from processors.rollup import DEFAULT_TOLERANCES, RawPoint, RollupKind, RollupRow, Tolerances
-from sinks.auxiliary import ensure_aux_schema
-from sinks.clickhouse import DATUM_VIEW
+from sinks.auxiliary import AUX_VIEW, ensure_aux_schema
+from sinks.clickhouse import DATUM_VIEW, sql_ms, sql_str, sql_stream, union_all
 
 ROLLUP_TABLE = "rollup_raw"
 ROLLUP_VIEW = "rollup"
@@ -76,26 +75,6 @@ def ensure_rollup_schema(client: Client) -> None:
         client.command(ddl)
 
 
-def _str(text: str) -> str:
-    """A ClickHouse string literal (values are inlined: a batch's query names many streams)."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _t(ms: int) -> str:
-    return f"fromUnixTimestamp64Milli(toInt64({int(ms)}), 'UTC')"
-
-
-def _stream(node_id: int, source_id: str) -> str:
-    return f"node_id = {int(node_id)} AND source_id = {_str(source_id)}"
-
-
-def _union(client: Client, parts: Sequence[str], chunk: int = 100) -> list[Sequence[Any]]:
-    rows: list[Sequence[Any]] = []
-    for k in range(0, len(parts), chunk):
-        rows += client.query(" UNION ALL ".join(parts[k:k + chunk])).result_rows
-    return rows
-
-
 _KINDS: dict[str, RollupKind] = {"a": "a", "p": "p"}
 
 
@@ -114,23 +93,23 @@ def _window_sql(q: int, node_id: int, source_id: str, lo: int, hi: int, pulse: f
     # Instantaneous samples of a PULSE datastream (OpenGate) roll up as sums: kind 'p'.
     kind = "toString(kind)"
     if pulse:
-        names = ", ".join(_str(d) for d in sorted(pulse))
+        names = ", ".join(sql_str(d) for d in sorted(pulse))
         kind = f"if(kind = 'i' AND datastream IN ({names}), 'p', toString(kind))"
     return (f"SELECT {q} AS q, toUnixTimestamp64Milli(created) AS t, toString(property) AS p,"
             f" {kind} AS k, value AS v, text AS x, tags AS g"
-            f" FROM {DATUM_VIEW} WHERE {_stream(node_id, source_id)}"
-            f" AND created >= {_t(lo)} AND created < {_t(hi)}")
+            f" FROM {DATUM_VIEW} WHERE {sql_stream(node_id, source_id)}"
+            f" AND created >= {sql_ms(lo)} AND created < {sql_ms(hi)}")
 
 
 def _edge_sql(q: int, node_id: int, source_id: str, lo: int, hi: int, props: Iterable[str] | None,
               *, last: bool) -> str:
     """Per property, the latest (last=True) or first accumulating reading in [lo, hi)."""
     pick, arg = ("max", "argMax") if last else ("min", "argMin")
-    only = "" if props is None else f" AND property IN ({', '.join(_str(p) for p in sorted(props))})"
+    only = "" if props is None else f" AND property IN ({', '.join(sql_str(p) for p in sorted(props))})"
     return (f"SELECT {q} AS q, toUnixTimestamp64Milli({pick}(created)) AS t, toString(property) AS p,"
             f" 'a' AS k, {arg}(value, created) AS v, '' AS x, {arg}(tags, created) AS g"
-            f" FROM {DATUM_VIEW} WHERE {_stream(node_id, source_id)} AND {_ACC}{only}"
-            f" AND created >= {_t(lo)} AND created < {_t(hi)} GROUP BY property")
+            f" FROM {DATUM_VIEW} WHERE {sql_stream(node_id, source_id)} AND {_ACC}{only}"
+            f" AND created >= {sql_ms(lo)} AND created < {sql_ms(hi)} GROUP BY property")
 
 
 @dataclass(frozen=True)
@@ -169,7 +148,7 @@ def read_points_for_recompute(
         parts.append(_edge_sql(3 * n + B, w.node_id, w.source_id, w.start_ms - near, w.start_ms, None, last=True))
         parts.append(_edge_sql(3 * n + A, w.node_id, w.source_id, w.end_ms, w.end_ms + near, None, last=False))
     got: list[list[list[RawPoint]]] = [[[], [], []] for _ in windows]
-    for q, t, prop, kind, value, text, tags in _union(client, parts):
+    for q, t, prop, kind, value, text, tags in union_all(client, parts):
         got[q // 3][q % 3].append(_point(t, prop, kind, value, text, tags))
     far_parts: list[str] = []
     if tolerances.lookback_ms > near:
@@ -181,7 +160,7 @@ def read_points_for_recompute(
             if far:
                 far_parts.append(_edge_sql(3 * n + B, w.node_id, w.source_id,
                                            w.start_ms - tolerances.lookback_ms, w.start_ms - near, far, last=True))
-    for q, t, prop, kind, value, text, tags in _union(client, far_parts):
+    for q, t, prop, kind, value, text, tags in union_all(client, far_parts):
         got[q // 3][B].append(_point(t, prop, kind, value, text, tags))
     return [points + before + after for points, before, after in got]
 
@@ -201,30 +180,39 @@ class TimesRequest:
 def read_accumulating_times(
     client: Client, requests: Sequence[TimesRequest], successor_span_ms: int,
 ) -> list[list[tuple[str, int]]]:
-    """(property, created_ms) per request: every accumulating reading in its range (one query
-    for all), then the successors asked for of properties with no reading in range after their
-    last change (a second query, only if any)."""
+    """(property, created_ms) per request: every accumulating reading in its range, and every
+    reset marker naming a property from its start to the successor span after its end (rare;
+    a chain node like a reading), in one query for all; then the successors asked for of
+    properties with no reading in range after their last change (a second query, only if any)."""
     parts = [
         f"SELECT {n} AS q, toString(property) AS p, toUnixTimestamp64Milli(created) AS t FROM {DATUM_VIEW}"
-        f" WHERE {_stream(r.node_id, r.source_id)} AND {_ACC}"
-        f" AND created >= {_t(r.start_ms)} AND created < {_t(r.end_ms)}"
+        f" WHERE {sql_stream(r.node_id, r.source_id)} AND {_ACC}"
+        f" AND created >= {sql_ms(r.start_ms)} AND created < {sql_ms(r.end_ms)}"
+        for n, r in enumerate(requests)
+    ]
+    parts += [
+        f"SELECT {n} AS q, p, toUnixTimestamp64Milli(created) AS t FROM {AUX_VIEW} ARRAY JOIN mapKeys(final) AS p"
+        f" WHERE {sql_stream(r.node_id, r.source_id)} AND type = 'Reset'"
+        f" AND created >= {sql_ms(r.start_ms)} AND created < {sql_ms(r.end_ms + max(0, successor_span_ms))}"
         for n, r in enumerate(requests)
     ]
     out: list[list[tuple[str, int]]] = [[] for _ in requests]
-    for q, prop, t in _union(client, parts):
+    for q, prop, t in union_all(client, parts):
         out[q].append((str(prop), int(t)))
     more = []
     for n, r in enumerate(requests):
-        need = {p for p, c in r.successor_of if not any(q == p and t > c for q, t in out[n])}
+        # a node after the change inside the range is nearer than any successor reading; a reset
+        # beyond the range end is not, so it does not spare the lookup
+        need = {p for p, c in r.successor_of if not any(q == p and c < t < r.end_ms for q, t in out[n])}
         if need and successor_span_ms > 0:
             more.append(
                 f"SELECT {n} AS q, toString(property) AS p, toUnixTimestamp64Milli(min(created)) AS t"
-                f" FROM {DATUM_VIEW} WHERE {_stream(r.node_id, r.source_id)} AND {_ACC}"
-                f" AND property IN ({', '.join(_str(p) for p in sorted(need))})"
-                f" AND created >= {_t(r.end_ms)} AND created < {_t(r.end_ms + successor_span_ms)}"
+                f" FROM {DATUM_VIEW} WHERE {sql_stream(r.node_id, r.source_id)} AND {_ACC}"
+                f" AND property IN ({', '.join(sql_str(p) for p in sorted(need))})"
+                f" AND created >= {sql_ms(r.end_ms)} AND created < {sql_ms(r.end_ms + successor_span_ms)}"
                 " GROUP BY property"
             )
-    for q, prop, t in _union(client, more):
+    for q, prop, t in union_all(client, more):
         out[q].append((str(prop), int(t)))
     return out
 
@@ -238,10 +226,10 @@ def read_rollups(
     for node_id, source_id, ranges in requests:
         if ranges:
             alts = " OR ".join(
-                f"(periodicity = {_str(per)} AND ts_start >= {_t(lo)} AND ts_start < {_t(hi)})"
+                f"(periodicity = {sql_str(per)} AND ts_start >= {sql_ms(lo)} AND ts_start < {sql_ms(hi)})"
                 for per, lo, hi in ranges
             )
-            conds.append(f"({_stream(node_id, source_id)} AND ({alts}))")
+            conds.append(f"({sql_stream(node_id, source_id)} AND ({alts}))")
     out: list[RollupRow] = []
     for k in range(0, len(conds), 100):
         result = client.query(

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -46,7 +45,15 @@ from processors.rows import RawColumns
 from sinks import history
 from sinks.clickhouse import RawSink, connect, ensure_schema
 from sinks.rollups import ensure_rollup_schema, read_rollups
-from tests.integration.helpers import ROOT, metadata_event, publish_metadata, settings_for, wait_for, worker_process
+from tests.integration.helpers import (
+    ROOT,
+    metadata_event,
+    publish_metadata,
+    settings_for,
+    stop,
+    wait_for,
+    worker_process,
+)
 from tests.unit import rollup_reference as ref
 from tests.unit.test_rollup import assert_matches
 
@@ -162,14 +169,8 @@ def api_process(settings: Settings, log_path: Path) -> Iterator[Api]:
         wait_for(up, 60, "the API to listen")
         yield api
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-                raise AssertionError("pipeline api did not stop on SIGTERM") from None
+        if not stop(proc):
+            raise AssertionError("pipeline api did not stop on SIGTERM")
     # SIGTERM stops it cleanly
     assert proc.returncode == 0, log_path.read_text()
     assert "Traceback" not in log_path.read_text()
