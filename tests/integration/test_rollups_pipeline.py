@@ -367,7 +367,15 @@ def test_reset_inside_an_hour_moved_and_deleted_and_pulse_sums(
                            "created": "2024-10-31T13:20:00Z"}))
         wait_for(lambda: settled([]), 60, "rollups without resets")
         assert int(client.command("SELECT count() FROM datum_auxiliary")) == 0
+        # a producer other than `pipeline ingest` sending garbage: the agent dead-letters it, goes on
+        raw = DatumProducer(settings)
+        raw.send_raw(Topics(topic_prefix).auxiliary, b"{not json", key=b"x")
+        raw.flush()
+        letters = wait_for(lambda: [lt for lt in read_topic(kafka_bootstrap, Topics(topic_prefix).deadletter, 2, 5)
+                                    if lt["stage"] == "auxiliary"], 60, "the auxiliary dead letter")
+        assert letters[0]["reasons"][0]["rule"] == "aux.syntax" and letters[0]["origin"]["topic"].endswith(
+            "pipeline.datum-auxiliary")
     # the bad Reset line went to the dead letters with its rule
-    letters = read_topic(kafka_bootstrap, Topics(topic_prefix).deadletter, 1)
+    letters = read_topic(kafka_bootstrap, Topics(topic_prefix).deadletter, 2)
     assert any(r["rule"] == "aux.created" for letter in letters for r in letter["reasons"])
     assert "Traceback" not in (tmp_path / "worker.log").read_text()
