@@ -504,7 +504,7 @@ def _accumulating(
                 diff=diff.get(k, 0.0),
                 read_diff=read.get(k, 0.0),
                 read_start=None if first is None else nodes[first].out_v,
-                read_end=None if first is None or last is None else nodes[last].out_v,
+                read_end=None if first is None or last is None else _end_value(nodes[last], e),
                 tags=tuple(sorted(tags.get(k, ()))),
             )
         )
@@ -533,6 +533,12 @@ def _start_node(
     if j < len(times) and times[j] < e:
         return j
     return None
+
+
+def _end_value(node: _Node, e: int) -> float:
+    """A bucket's closing reading: a reset exactly at its end closes it with its `final` (the
+    pair into the reset counts here), and opens the next bucket with its `start`."""
+    return node.in_v if node.t == e else node.out_v
 
 
 def _end_node(times: Sequence[int], e: int, lookback: int) -> int | None:

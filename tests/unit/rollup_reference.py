@@ -231,7 +231,8 @@ def accumulating_bucket(
         diff=clock,
         read_diff=read,
         read_start=None if start is None else start.after,
-        read_end=None if end is None else end.after,
+        # a reset exactly at e closes this bucket with its final; its start opens the next
+        read_end=None if end is None else (end.before if end.t == e else end.after),
         tags=tuple(sorted(set().union(*[p.tags for p in readings]))) if readings else (),
     )
 

@@ -188,6 +188,30 @@ def test_meter_reset_inside_an_hour() -> None:
         assert halves[ms("2024-05-01T12:30:00Z")].diff == pytest.approx(2.5)
 
 
+@pytest.mark.parametrize("with_reading_at_reset", [False, True])
+def test_meter_reset_exactly_on_a_bucket_end_closes_it_with_its_final(with_reading_at_reset: bool) -> None:
+    # 100@12:30, a reset at 13:00 (final 115, start 5), 10@13:30. The 12:00 hour ends at the
+    # reset's final (it closes the old chain); the 13:00 hour opens at its start.
+    reset = ResetMarker(ms("2024-05-01T13:00:00Z"), {"wh": 115.0}, {"wh": 5.0})
+    pts = [a("2024-05-01T12:30:00Z", 100.0), a("2024-05-01T13:30:00Z", 10.0)]
+    if with_reading_at_reset:
+        pts.append(a("2024-05-01T13:00:00Z", 112.0))
+    lo, hi = ms("2024-05-01T12:00:00Z"), ms("2024-05-01T14:00:00Z")
+    hours = by_start(recompute(pts, [reset], lo, hi, "hour", "UTC"))
+    h12, h13 = hours[ms("2024-05-01T12:00:00Z")], hours[ms("2024-05-01T13:00:00Z")]
+    assert (h12.read_start, h12.read_diff, h12.read_end) == (100.0, 15.0, 115.0)
+    assert (h13.read_start, h13.read_diff, h13.read_end) == (5.0, 5.0, 10.0)
+    for row in (h12, h13):
+        assert row.read_start is not None and row.read_diff is not None
+        assert row.read_start + row.read_diff == row.read_end
+    # the naive reference agrees, and so does the day (the reset is inside it: one jump of 110)
+    want = ref.reference(pts, [reset], "UTC", Tolerances(), ("hour", "day"))
+    assert want[("hour", "wh", "a", h12.ts_start_ms)].read_end == 115.0
+    assert want[("hour", "wh", "a", h13.ts_start_ms)].read_start == 5.0
+    day = rollup_all(pts, [reset], lo, hi, "UTC")["day"][0]
+    assert (day.read_start, day.read_diff, day.read_end) == (100.0, 20.0, 10.0)
+
+
 def test_negative_differences_are_kept_and_long_gaps_share_nothing() -> None:
     pts = [a("2024-05-01T09:00:00Z", 100.0), a("2024-05-01T09:30:00Z", 90.0),
            a("2024-05-01T12:00:00Z", 200.0)]
