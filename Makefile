@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-packages demo up test unit integration lint typecheck bench clean
+.PHONY: install system-packages demo up test unit integration lint typecheck bench clean wheel-smoke
 
 # the compiled fast paths (setup.py) rebuild when their C sources change
 $(BIN)/.installed: pyproject.toml setup.py processors/_lpfast.c pipeline/_avrofast.c
@@ -40,6 +40,10 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy processors
+
+# Build the wheel, install it in a fresh venv, run datums through it (also run by .ci/run).
+wheel-smoke:
+	.ci/wheel-smoke
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

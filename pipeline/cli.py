@@ -574,7 +574,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             spawn("api", [sys.executable, "-m", "pipeline.cli", "api"])
         if args.demo:
             # the sample datamodels and bindings go through the metadata topic like any change
-            models = Path(__file__).resolve().parent.parent / "schemas" / "datamodels"
+            from pipeline.resources import schemas_dir
+
+            models = schemas_dir("datamodels")  # in the tree, or inside an installed wheel
             subprocess.run([sys.executable, "-m", "pipeline.cli", "metadata", "datamodels", str(models),
                             "--author", "demo", "--comment", "sample datamodels"], env=env, check=True)
             bindings = json.loads((models / "bindings.json").read_text())["bindings"]

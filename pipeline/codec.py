@@ -14,9 +14,10 @@ from typing import Any
 
 import fastavro
 
+from pipeline.resources import ResourceMissing, read_bytes, schemas_dir
 from processors.datum import Datum, Rejection
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "avro"
+SCHEMA_DIR: Path = schemas_dir("avro")
 SCHEMA_HEADER = "schema"
 DATUM_BATCH_V1 = "datum-batch/1"
 # writer schema name in the header -> file; readers resolve every known writer to the current one
@@ -30,10 +31,20 @@ class DecodeError(ValueError):
         self.rule = rule
 
 
+class SchemaUnavailable(ResourceMissing):
+    """A writer or reader schema cannot be loaded: the installation is at fault, not the message.
+    Deliberately not a DecodeError, so a consumer retries instead of dead-lettering."""
+
+
 @cache
 def _schema(name: str) -> Any:
-    with (SCHEMA_DIR / WRITER_SCHEMAS[name]).open() as fh:
-        return fastavro.parse_schema(json.load(fh))
+    path = SCHEMA_DIR / WRITER_SCHEMAS[name]
+    try:
+        return fastavro.parse_schema(json.loads(read_bytes(path)))
+    except ResourceMissing as exc:
+        raise SchemaUnavailable(str(exc)) from exc
+    except ValueError as exc:  # unparsable JSON or an invalid schema: a broken file we ship
+        raise SchemaUnavailable(f"{path} is not a valid Avro schema: {exc}") from exc
 
 
 try:
@@ -89,9 +100,11 @@ def decode_batch(payload: bytes, schema_name: str | None = CURRENT) -> list[Datu
         raise DecodeError("envelope.unknown_schema", f"unknown writer schema {schema_name!r}")
     if not payload:
         raise DecodeError("envelope.empty", "message body is empty")
+    # Loaded outside the try below: a schema that cannot be loaded is our fault, not the message's.
+    writer, reader = _schema(schema_name), _schema(CURRENT)
     buf = io.BytesIO(payload)
     try:
-        record = fastavro.schemaless_reader(buf, _schema(schema_name), _schema(CURRENT))
+        record = fastavro.schemaless_reader(buf, writer, reader)
     except Exception as exc:  # fastavro raises many types for corrupt input
         raise DecodeError("envelope.corrupt", f"not a datum batch: {type(exc).__name__}: {exc}") from None
     if buf.tell() != len(payload):
