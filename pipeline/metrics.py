@@ -26,6 +26,13 @@ class Metrics:
     last_stored_timestamp: Gauge
     source_topics: Gauge
     qrating_performance: Histogram
+    # accepted and stored, but already past their datastream's storage period (a backfill): the
+    # raw rows go within a day (kept that long for the rollups), the rollups stay
+    samples_expired: Counter
+    datums_expired: Counter
+    internal_errors: Counter
+    dependency_up: Gauge
+    rollup_repairs: Counter
 
 
 def build_metrics(registry: CollectorRegistry) -> Metrics:
@@ -74,5 +81,17 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
         qrating_performance=Histogram(
             "pipeline_qrating_performance", "qRating performance of scored datapoints (0-100)",
             buckets=(0, 10, 25, 50, 75, 90, 99, 100), registry=registry,
+        ),
+        internal_errors=Counter(
+            "pipeline_internal_errors", "Exceptions caught by the commit step (a datum, message or mark that made "
+            "a stage throw is dead-lettered as internal.<stage>)", ["stage"], registry=registry,
+        ),
+        dependency_up=Gauge(
+            "pipeline_dependency_up", "1 while the worker reaches the service, 0 while it waits for it",
+            ["service"], registry=registry,
+        ),
+        rollup_repairs=Counter(
+            "pipeline_rollup_repairs", "Stored raw batches found without rollups at start and marked stale again",
+            registry=registry,
         ),
     )

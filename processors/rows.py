@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 
 from processors.binding import Catalog
 from processors.catalog_versions import VersionedCatalog
-from processors.datamodel import NOT_STORED, DatastreamTemplate, StoragePlan, ttl_days
+from processors.datamodel import NOT_STORED, DatastreamTemplate, NotStored, StoragePlan, ttl_days
 from processors.datum import Datum, Rejection, check_envelope
 from processors.qrating import RateState, Score, ScoreError, Scorer, next_rate
 from processors.validation import validate
 
 RateKey = tuple[int, str, str]  # (node, source, datastream)
+DAY_MS = 86_400_000
 
 RAW_COLUMNS = (
     "node_id", "source_id", "created", "property", "kind", "value", "text", "tags",
@@ -94,6 +95,10 @@ class AcceptResult:
     refused: list[tuple[Datum, list[Rejection], str]]
     # samples of NEVER-stored datastreams: only the latest value of each is kept queryable
     latest: RawColumns = field(default_factory=RawColumns)
+    # stored samples already past their datastream's storage period on arrival (a backfill):
+    # the raw rows go within a day, their rollups stay (docs/rollups.md)
+    samples_expired: int = 0
+    datums_expired: int = 0  # accepted datums with at least one such sample
 
 
 @dataclass
@@ -140,7 +145,9 @@ def accept_batch(datums: Sequence[Datum], now_ms: int, catalog: Catalog | Versio
         rejected = list(checked.rejections)
         if checked.accepted is not None:
             if checked.bound:
-                _add_scored(result, checked.accepted, checked.datastreams, scoring, rejected)
+                expired = _add_scored(result, checked.accepted, checked.datastreams, scoring, rejected, now_ms)
+                result.samples_expired += expired
+                result.datums_expired += expired > 0
             else:
                 result.rows.add_datum(checked.accepted)
             result.datums_accepted += 1
@@ -149,8 +156,54 @@ def accept_batch(datums: Sequence[Datum], now_ms: int, catalog: Catalog | Versio
     return result
 
 
+def is_expired(created_ms: int, ttl: int | NotStored | None, now_ms: int) -> bool:
+    """Whether a sample created at created_ms, kept `ttl` days (ttl_days(): an int; None or
+    NOT_STORED keep nothing to expire), is already past its storage period at now_ms."""
+    return isinstance(ttl, int) and ttl > 0 and created_ms + ttl * DAY_MS <= now_ms
+
+
+def expired_samples(d: Datum, catalog: Catalog | VersionedCatalog, now_ms: int,
+                    plan: StoragePlan | None = None) -> int:
+    """How many samples of datum d would be stored already past their datastream's storage period
+    at now_ms, with the templates valid at its created time (0 for an unbound or refused datum).
+    For reports that see datums before the workers do (`pipeline ingest`, `pipeline replay`)."""
+    current = catalog.at(d.created_ms) if isinstance(catalog, VersionedCatalog) else catalog
+    checked = validate(d, current)
+    if checked.accepted is None or not checked.bound:
+        return 0
+    return sum(
+        1 for _kind, name, _val in checked.accepted.samples()
+        if (t := checked.datastreams.get(name)) is not None
+        and is_expired(d.created_ms, ttl_days(t.storage, plan), now_ms)
+    )
+
+
+@dataclass
+class ExpiryCount:
+    """Datums and samples already expired on arrival, for a report."""
+
+    samples: int = 0
+    datums: int = 0
+
+    def add(self, samples: int) -> None:
+        self.samples += samples
+        self.datums += samples > 0
+
+
+def count_expired(datums: Sequence[Datum], catalog: Catalog | VersionedCatalog | None, now_ms: int,
+                  into: ExpiryCount | None = None, plan: StoragePlan | None = None) -> ExpiryCount:
+    """Adds to `into` (or a new count) the expired samples of every datum; nothing without a catalog."""
+    out = into if into is not None else ExpiryCount()
+    if catalog is not None:
+        for d in datums:
+            out.add(expired_samples(d, catalog, now_ms, plan))
+    return out
+
+
 def _add_scored(result: AcceptResult, d: Datum, templates: Mapping[str, DatastreamTemplate],
-                scoring: Scoring, rejected: list[Rejection]) -> None:
+                scoring: Scoring, rejected: list[Rejection], now_ms: int) -> int:
+    """Rows for the samples of a bound datum; returns how many stored ones are already expired."""
+    expired = 0
     for kind, name, val in d.samples():
         template = templates.get(name)
         if template is None:  # validate() maps every accepted sample of a bound source
@@ -162,17 +215,20 @@ def _add_scored(result: AcceptResult, d: Datum, templates: Mapping[str, Datastre
         scorer = scoring.scorer(template)
         if scorer is None:
             target.add(d, kind, name, val, template.identifier, ttl=ttl_value)
+            expired += is_expired(d.created_ms, ttl, now_ms)
             continue
         try:
             score = _score(scorer, scoring, d, template.identifier, val)
         except ScoreError as exc:
             rejected.append(exc.as_rejection(name, kind, template.identifier))
             continue
+        expired += is_expired(d.created_ms, ttl, now_ms)
         if score is None:
             target.add(d, kind, name, val, template.identifier, ttl=ttl_value)
         else:
             target.add(d, kind, name, val, template.identifier, score.score, score.performance,
                        score.label, score.quality, ttl_value, scorer.max_score)
+    return expired
 
 
 def _score(scorer: Scorer, scoring: Scoring, d: Datum, datastream: str, val: float | str) -> Score | None:
