@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import time
@@ -126,6 +127,12 @@ class Origin:
     offset: int
 
 
+# A dead letter must fit in one Kafka message: half the default settings.max_message_bytes, the
+# rest left for the record's headers and batch framing. Callers with other limits pass theirs.
+DEAD_LETTER_MAX_BYTES = 4 * 1024 * 1024
+MIN_DEAD_LETTER_BYTES = 4096
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """What goes to the dead-letter topic: why, from where, and the original input."""
@@ -140,7 +147,18 @@ class DeadLetter:
     text: str | None = None  # for ingest: the line itself
     at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
-    def to_json(self) -> bytes:
+    def to_json(self, max_bytes: int = DEAD_LETTER_MAX_BYTES) -> bytes:
+        """The letter as JSON, at most `max_bytes` long (at least MIN_DEAD_LETTER_BYTES).
+
+        A letter must fit in one Kafka message, or the agent sending it fails on every retry and
+        its partition is stuck. Whatever is too big is cut, in this order, keeping what identifies
+        it: the original message bytes (`payload_bytes` and `payload_sha256` of the whole always
+        kept, `payload_truncated` when `payload_base64` holds only the first bytes), the ingest
+        line (`text_bytes`, `text_sha256`, `text_truncated`), the datum (its identity and a head of
+        its JSON, with `json_bytes` and `json_sha256`) and the reasons (long texts cut, then the
+        first that fit, with `reasons_total`)."""
+        if max_bytes < MIN_DEAD_LETTER_BYTES:
+            raise ValueError(f"a dead letter needs at least {MIN_DEAD_LETTER_BYTES} bytes, not {max_bytes}")
         doc: dict[str, Any] = {
             "stage": self.stage,
             "at": self.at_ms,
@@ -150,15 +168,94 @@ class DeadLetter:
             else {"topic": self.origin.topic, "partition": self.origin.partition, "offset": self.origin.offset},
         }
         if self.file is not None:
-            doc["file"] = self.file
+            doc["file"] = _fit_str(self.file, 1024)
             doc["line"] = self.line
         if self.text is not None:
             doc["text"] = self.text
-        if self.datum is not None:
-            doc["datum"] = datum_to_json(self.datum)
+        datum = datum_to_json(self.datum) if self.datum is not None else None
+        if datum is not None:
+            doc["datum"] = datum
         if self.payload is not None:
-            doc["payload_base64"] = base64.b64encode(self.payload).decode()
-        return json.dumps(doc, allow_nan=False, separators=(",", ":")).encode()
+            doc["payload_bytes"] = len(self.payload)
+            doc["payload_sha256"] = hashlib.sha256(self.payload).hexdigest()
+            # the base64 is appended last, so its room is known without encoding it whole first
+            doc["payload_base64"] = ""
+        head = _dumps(doc)
+        b64_len = 0 if self.payload is None else (len(self.payload) + 2) // 3 * 4
+        if len(head) + b64_len <= max_bytes:
+            return _with_payload(doc, self.payload)
+        # Too big: cut the parts that can be big, each to a share, then the payload to the rest.
+        share = max_bytes // 4
+        if len(_dumps(doc["reasons"])) > share // 2:
+            doc["reasons"] = _fit_reasons(doc["reasons"], share // 2)
+            doc["reasons_total"] = len(self.reasons)
+        if self.text is not None and len(_dumps(self.text)) > share:
+            raw = self.text.encode("utf-8", "surrogatepass")
+            doc["text"] = _fit_str(self.text, share)
+            doc.update(text_truncated=True, text_bytes=len(raw), text_sha256=hashlib.sha256(raw).hexdigest())
+        if datum is not None:
+            whole = _dumps(datum)
+            if len(whole) > share:
+                doc["datum"] = {
+                    "nodeId": datum["nodeId"], "sourceId": _fit_str(datum["sourceId"], 256),
+                    "created": datum["created"], "truncated": True, "json_bytes": len(whole),
+                    "json_sha256": hashlib.sha256(whole).hexdigest(),
+                    "json_head": _fit_str(whole.decode(), share - 512),
+                }
+        kept: bytes | None = None
+        if self.payload is not None:
+            doc["payload_truncated"] = True
+            room = max_bytes - len(_dumps(doc))  # base64 needs no escapes: each character one byte
+            kept = self.payload[: max(0, room) // 4 * 3]
+            if len(kept) == len(self.payload):
+                del doc["payload_truncated"]
+        out = _with_payload(doc, kept)
+        if len(out) <= max_bytes:
+            return out
+        # a small limit and every part big at once: what identifies the letter and its input
+        brief: dict[str, Any] = {k: doc[k] for k in ("stage", "at", "origin", "line", "payload_bytes",
+                                                     "payload_sha256", "text_bytes", "text_sha256") if k in doc}
+        brief["reasons"] = [{"rule": _fit_str(r.rule, 128)} for r in self.reasons[:8]]
+        brief["reasons_total"] = len(self.reasons)
+        brief["truncated"] = True
+        if datum is not None:
+            brief["datum"] = {"nodeId": datum["nodeId"], "created": datum["created"], "truncated": True}
+        return _dumps(brief)
+
+
+def _dumps(doc: object) -> bytes:
+    return json.dumps(doc, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _with_payload(doc: dict[str, Any], kept: bytes | None) -> bytes:
+    if kept is not None:
+        doc["payload_base64"] = base64.b64encode(kept).decode()
+    return _dumps(doc)
+
+
+def _fit_str(text: str, limit: int) -> str:
+    """The longest prefix of text (found in a few proportional steps) whose JSON is at most
+    `limit` bytes: escapes make a character 1 to 12 bytes long."""
+    cut = text[:limit]
+    while len(_dumps(cut)) > limit and cut:
+        cut = cut[: max(0, len(cut) * limit // len(_dumps(cut)) - 1)]
+    return cut
+
+
+def _fit_reasons(reasons: list[dict[str, object]], limit: int) -> list[dict[str, object]]:
+    """Reasons with long texts cut to 512 bytes, then the first of them that fit in `limit`."""
+    out: list[dict[str, object]] = []
+    used = 2
+    for r in reasons:
+        short = {k: _fit_str(v, 512) if isinstance(v, str) else v for k, v in r.items()}
+        if isinstance(short.get("value"), int) and len(str(short["value"])) > 512:
+            short["value"] = "(a huge integer)"
+        size = len(_dumps(short)) + 1
+        if used + size > limit:
+            break
+        out.append(short)
+        used += size
+    return out
 
 
 def datum_to_json(d: Datum) -> dict[str, Any]:

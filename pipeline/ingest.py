@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +15,14 @@ from pipeline.producer import DatumProducer
 from pipeline.progress import Progress
 from pipeline.settings import Settings
 from processors.auxiliary import AuxChange
-from processors.datum import CREATED_FUTURE_SLACK_MS, CREATED_MIN_MS, Datum, Rejection, check_envelope
+from processors.datum import (
+    CREATED_FUTURE_SLACK_MS,
+    CREATED_MIN_MS,
+    SAMPLE_ABS_MAX,
+    Datum,
+    Rejection,
+    check_envelope,
+)
 from processors.lp_mapping import LineProtocolMapping, map_lines
 from processors.lp_mapping import LineRejection as LPRejection
 from processors.solarnetwork_json import LineRejection, parse_line
@@ -34,6 +41,12 @@ class IngestReport:
     seconds: float = 0.0
     rejected_by_rule: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def without_samples(self) -> int:
+        """Lines and datums refused for having no sample (counted in the rejected figures): the
+        workers would store nothing of them, so they are never counted as sent."""
+        return self.rejected_by_rule.get("datum.no_samples", 0) + self.rejected_by_rule.get("lp.no_samples", 0)
+
     def count(self, reasons: Iterable[Rejection]) -> None:
         for r in reasons:
             self.rejected_by_rule[r.rule] = self.rejected_by_rule.get(r.rule, 0) + 1
@@ -45,6 +58,8 @@ class IngestReport:
             f"lines read {self.lines_read}, datums sent {self.datums_sent}, "
             f"lines rejected {self.lines_rejected}, samples rejected {self.samples_rejected}, "
             f"datums refused {self.datums_refused}"
+            + (f", without samples {self.without_samples} (among the rejected: nothing to store)"
+               if self.without_samples else "")
             + (f", auxiliary records sent {self.auxiliary_sent}" if self.auxiliary_sent else "")
             + " "
             f"in {self.seconds:.2f}s ({rate:,.0f} lines/s)" + (f" [{rules}]" if rules else "")
@@ -144,18 +159,24 @@ def ingest_lp(
     _send_chunk(producer, chunk, report, progress)
 
 
+def _bounded(values: Collection[float]) -> bool:
+    """Every value within ±SAMPLE_ABS_MAX (two C-level passes: this runs for every LP datum)."""
+    return not values or (max(values) <= SAMPLE_ABS_MAX and min(values) >= -SAMPLE_ABS_MAX)
+
+
 def _ingest_lp_file(
     producer: DatumProducer, path: Path, lines: _CountedLines, report: IngestReport, mapping: LineProtocolMapping,
     precision: str, now: int, chunk: list[Datum], progress: Progress | None,
 ) -> None:
-    # A mapped datum already meets every envelope rule but the `created` range (the mapping checks
-    # the node id and the sourceId, and keeps only finite floats and text), so a datum inside the
-    # range needs no check_envelope; one outside it gets the full check.
+    # A mapped datum already meets every envelope rule but the `created` range and the sample
+    # bound (the mapping checks the node id and the sourceId, and keeps only finite floats and
+    # text), so a datum inside both needs no check_envelope; any other gets the full check.
     created_max = now + CREATED_FUTURE_SLACK_MS
     keep = chunk.append
     rejected_lines: set[int] = set()  # bounded by the bad lines of one file
     for item in map_lines(lines, mapping, precision):
-        if type(item) is Datum and CREATED_MIN_MS <= item.created_ms <= created_max:
+        if (type(item) is Datum and CREATED_MIN_MS <= item.created_ms <= created_max
+                and _bounded(item.i.values()) and (not item.a or _bounded(item.a.values()))):
             keep(item)
             if len(chunk) >= CHUNK:
                 _send_chunk(producer, chunk, report, progress)

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from processors.datum import Rejection, parse_created
+from processors.datum import NODE_ID_MAX, SAMPLE_ABS_MAX, Rejection, parse_created
 
 AUX_TYPES = ("Reset",)
 Action = Literal["store", "delete", "move"]
@@ -108,8 +108,8 @@ def _key(doc: Any, where: str) -> AuxKey:
     if not isinstance(doc, dict):
         raise AuxError("aux.not_object", f"{where} must be a JSON object")
     node = doc.get("nodeId")
-    if isinstance(node, bool) or not isinstance(node, int) or node < 0:
-        raise AuxError("aux.node_id", f"{where}nodeId must be a non-negative integer")
+    if isinstance(node, bool) or not isinstance(node, int) or not 0 <= node <= NODE_ID_MAX:
+        raise AuxError("aux.node_id", f"{where}nodeId must be an integer in 0..{NODE_ID_MAX} (2^63-1)")
     source = doc.get("sourceId")
     if not isinstance(source, str) or not source:
         raise AuxError("aux.source_id", f"{where}sourceId must be a non-empty string")
@@ -134,8 +134,12 @@ def _samples(doc: Mapping[str, Any], name: str, where: str) -> dict[str, float]:
         raise AuxError(f"aux.{name}", f"{where}{name}.a must name at least one accumulating property")
     out: dict[str, float] = {}
     for prop, value in acc.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise AuxError(f"aux.{name}", f"{where}{name}.a.{prop} must be a finite number, got {value!r}")
+        # the bound of datum samples (processors/datum.py): resets take part in rollup sums too
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not math.isfinite(value)) or abs(value) > SAMPLE_ABS_MAX):
+            shown = repr(value) if not isinstance(value, int) or value.bit_length() < 200 else "a huge integer"
+            raise AuxError(f"aux.{name}", f"{where}{name}.a.{prop} must be a finite number within ±2^53, "
+                                          f"got {shown}")
         out[str(prop)] = float(value)
     return out
 
@@ -177,6 +181,6 @@ def parse_change(doc: Any) -> AuxChange:
 def parse_change_bytes(raw: bytes | str) -> AuxChange:
     try:
         doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, a 4300-digit int
         raise AuxError("aux.syntax", f"not JSON: {exc}") from None
     return parse_change(doc)

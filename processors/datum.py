@@ -20,6 +20,15 @@ SOURCE_ID_MAX = 64
 CREATED_MIN_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 # How far into the future a gateway clock may run before its datum is refused.
 CREATED_FUTURE_SLACK_MS = 24 * 3600 * 1000
+# nodeId travels as an Avro long and is stored as UInt64: 0..2^63-1 fits both.
+NODE_ID_MAX = 2**63 - 1
+# The largest magnitude of a number sample: 2^53, the last magnitude at which float64 (the stored
+# Float64) still holds every integer, so a counter's readings and their differences stay exact to
+# the unit. Rollups multiply and add such values (count-weighted averages over a year, increases
+# times a time share, sums of differences): with every |value| <= 2^53 their worst case is about
+# 2^53 * 2 * 3.2e10 ms * 3.2e10 points ~ 1.8e37, far from float64's 1.8e308, so no sum or average
+# can become inf or NaN.
+SAMPLE_ABS_MAX = 2.0**53
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,15 +148,22 @@ def created_problem(created_ms: int | None, now_ms: int) -> Rejection | None:
 def check_envelope(datum: Datum, now_ms: int) -> tuple[Datum | None, list[Rejection]]:
     """Apply the envelope rules.
 
-    Returns (datum to keep, rejections). A broken identity (node, source, created) refuses the
-    whole datum; a non-finite number refuses only its own sample, its siblings go on.
+    Returns (datum to keep, rejections). A broken identity (node, source, created), or no sample
+    at all, refuses the whole datum; a non-finite number or one beyond SAMPLE_ABS_MAX refuses only
+    its own sample, its siblings go on.
     """
     problems: list[Rejection] = []
     if datum.node_id < 0:
         problems.append(Rejection("node_id.negative", "nodeId is negative", value=datum.node_id))
+    elif datum.node_id > NODE_ID_MAX:
+        problems.append(Rejection("node_id.out_of_range", f"nodeId is above {NODE_ID_MAX} (2^63-1)",
+                                  value=datum.node_id))
     for check in (source_id_problem(datum.source_id), created_problem(datum.created_ms, now_ms)):
         if check is not None:
             problems.append(check)
+    if not (datum.i or datum.a or datum.s):
+        # nothing to store (tags live on sample rows): refused and dead-lettered, never "accepted"
+        problems.append(Rejection("datum.no_samples", "the datum has no i, a or s sample: nothing to store"))
     if problems:
         return None, problems
 
@@ -174,16 +190,26 @@ def _finite_only(values: Mapping[str, float], kind: Kind) -> tuple[dict[str, flo
     for name, num in values.items():
         if isinstance(num, bool) or not isinstance(num, (int, float)):
             bad.append(Rejection("sample.not_a_number", f"{kind} samples are numbers", name, kind, num))
-        elif not math.isfinite(num):
+        elif isinstance(num, float) and not math.isfinite(num):
             bad.append(Rejection("sample.non_finite", f"{num!r} is not a finite number", name, kind, num))
+        elif abs(num) > SAMPLE_ABS_MAX:  # an int too large for a float is caught here too
+            # a huge int is shown by its size: str() of one past 4300 digits raises
+            small = isinstance(num, float) or num.bit_length() <= 1000
+            shown = f"{num:.6g}" if isinstance(num, float) else f"an integer of {num.bit_length()} bits"
+            bad.append(Rejection("sample.out_of_range",
+                                 f"{shown} is beyond ±2^53 (about ±9.007e15), the bound of a number sample",
+                                 name, kind, num if small else shown))
         else:
             kept[name] = float(num)
     return kept, bad
 
 
 def format_ms(ms: int) -> str:
-    """ISO 8601 UTC with milliseconds, e.g. 2020-06-01T12:00:00.000Z."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """ISO 8601 UTC with milliseconds, e.g. 2020-06-01T12:00:00.000Z (epoch ms past year 9999)."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    except (ValueError, OverflowError, OSError):  # beyond datetime's years 1..9999
+        return f"{str(ms)[:40]} ms since 1970"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

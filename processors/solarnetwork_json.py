@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from processors.auxiliary import AuxChange, AuxError, is_auxiliary, parse_change
-from processors.datum import Datum, Rejection, parse_created
+from processors.datum import NODE_ID_MAX, Datum, Rejection, parse_created
 
 __all__ = ["LineRejection", "parse_created", "parse_line"]
 
@@ -23,6 +23,15 @@ class LineRejection:
     line_no: int
     reason: Rejection
     text: str
+
+
+def _has_lone_surrogate(doc: object) -> bool:
+    """JSON escapes can spell half a UTF-16 pair, which no UTF-8 text (an Avro string) can carry."""
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def parse_line(line: str | bytes, line_no: int) -> Datum | AuxChange | LineRejection | None:
@@ -39,8 +48,12 @@ def parse_line(line: str | bytes, line_no: int) -> Datum | AuxChange | LineRejec
         doc: Any = json.loads(text)
     except json.JSONDecodeError as exc:
         return reject("json.syntax", f"not JSON: {exc.msg} at column {exc.colno}")
+    except (ValueError, RecursionError) as exc:  # an integer past 4300 digits; nesting too deep
+        return reject("json.syntax", f"not readable JSON: {exc}")
     if not isinstance(doc, dict):
         return reject("json.not_object", "a datum line must be a JSON object")
+    if "\\u" in text and _has_lone_surrogate(doc):
+        return reject("json.lone_surrogate", "a \\uD800-\\uDFFF escape without its pair is not Unicode text")
     if is_auxiliary(doc):
         try:
             return parse_change(doc)
@@ -49,6 +62,8 @@ def parse_line(line: str | bytes, line_no: int) -> Datum | AuxChange | LineRejec
     node = doc.get("nodeId")
     if isinstance(node, bool) or not isinstance(node, int):
         return reject("json.node_id", "nodeId must be an integer")
+    if node > NODE_ID_MAX:  # no Avro long carries it (negative ones get node_id.negative)
+        return reject("json.node_id", f"nodeId {str(node)[:30]} is out of range: at most {NODE_ID_MAX} (2^63-1)")
     source = doc.get("sourceId")
     if not isinstance(source, str):
         return reject("json.source_id", "sourceId must be a string")

@@ -63,7 +63,7 @@ def test_not_json_is_a_syntax_refusal() -> None:
     assert info.value.rule == "aux.syntax"
 
 
-values = st.floats(allow_nan=False, allow_infinity=False, width=64)
+values = st.floats(-(2.0**53), 2.0**53, allow_nan=False, allow_infinity=False, width=64)  # the sample bound
 props = st.dictionaries(st.text(min_size=1, max_size=8), values, min_size=1, max_size=3)
 keys = st.builds(AuxKey, st.integers(0, 2**53), st.text(min_size=1, max_size=20), st.just("Reset"),
                  st.integers(-2**40, 2**42))

@@ -1,11 +1,22 @@
+import base64
+import hashlib
 import json
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.codec import DATUM_BATCH_V1, DeadLetter, DecodeError, Origin, decode_batch, encode_batch
+from pipeline.codec import (
+    DATUM_BATCH_V1,
+    DEAD_LETTER_MAX_BYTES,
+    MIN_DEAD_LETTER_BYTES,
+    DeadLetter,
+    DecodeError,
+    Origin,
+    decode_batch,
+    encode_batch,
+)
 from processors.datum import Datum, Rejection
 
 names = st.text(min_size=1, max_size=20)
@@ -63,3 +74,65 @@ def test_dead_letter_json_spells_non_finite_values() -> None:
     doc = json.loads(letter.to_json())
     assert doc["datum"]["samples"]["i"]["x"] == "nan"
     assert doc["reasons"][0]["value"] == "nan"
+
+
+# --- dead letters fit in a Kafka message ------------------------------------------------------
+
+
+def check_letter(letter: DeadLetter, limit: int) -> dict[str, object]:
+    out = letter.to_json(max_bytes=limit)
+    assert len(out) <= limit
+    doc: dict[str, object] = json.loads(out)
+    if letter.payload is not None:
+        assert doc["payload_bytes"] == len(letter.payload)
+        assert doc["payload_sha256"] == hashlib.sha256(letter.payload).hexdigest()
+        if "payload_base64" in doc:
+            kept = base64.b64decode(str(doc["payload_base64"]))
+            assert letter.payload.startswith(kept)
+            assert (len(kept) < len(letter.payload)) == bool(doc.get("payload_truncated", False))
+    return doc
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(0, 300_000), limit=st.integers(MIN_DEAD_LETTER_BYTES, 200_000), seed=st.binary(max_size=8))
+def test_a_corrupt_message_of_any_size_makes_a_letter_within_the_limit(size: int, limit: int, seed: bytes) -> None:
+    payload = (hashlib.sha256(seed).digest() * (size // 32 + 1))[:size]
+    doc = check_letter(DeadLetter([Rejection("envelope.corrupt", "not a datum batch")], Origin("t", 0, 5),
+                                  payload=payload), limit)
+    if size <= limit // 2:  # small letters are whole
+        assert base64.b64decode(str(doc["payload_base64"])) == payload and "payload_truncated" not in doc
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    payload=st.none() | st.binary(max_size=50_000),
+    text=st.none() | st.text(max_size=20_000),
+    source=st.text(max_size=3_000),
+    samples=st.dictionaries(st.text(max_size=30), st.floats(), max_size=300),
+    reasons=st.lists(st.tuples(st.text(max_size=40), st.text(max_size=3_000)), max_size=60),
+    limit=st.integers(MIN_DEAD_LETTER_BYTES, 40_000),
+)
+def test_every_part_of_a_letter_is_cut_to_the_limit(payload: bytes | None, text: str | None, source: str,
+                                                    samples: dict[str, float], reasons: list[tuple[str, str]],
+                                                    limit: int) -> None:
+    datum = Datum(2**63 - 1, source, 10**30, samples, {}, {"m": source}, (source,))
+    letter = DeadLetter([Rejection(rule, msg, "p", "i", msg) for rule, msg in reasons], Origin("t" * 249, 3, 9),
+                        payload=payload, datum=datum, stage="ingest", file="/f" * 600, line=7, text=text)
+    doc = check_letter(letter, limit)
+    if text is not None and "text_sha256" in doc:
+        assert doc["text_sha256"] == hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def test_the_issue_case_a_79_mb_corrupt_message() -> None:
+    """7.9 MB of garbage made a 10.5 MB letter; the broker takes 8 MiB."""
+    payload = bytes(range(256)) * (7_900_000 // 256)
+    letter = DeadLetter([Rejection("envelope.corrupt", "not a datum batch")], Origin("datum.S", 1, 2), payload=payload)
+    assert len(letter.to_json(max_bytes=2**62)) > 10_000_000  # uncapped, as before
+    out = letter.to_json(max_bytes=8 * 1024 * 1024 // 2)
+    assert len(out) <= 4 * 1024 * 1024 and len(letter.to_json()) <= DEAD_LETTER_MAX_BYTES
+    doc = json.loads(out)
+    assert doc["payload_truncated"] is True and doc["payload_bytes"] == len(payload)
+    assert doc["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+    assert len(base64.b64decode(doc["payload_base64"])) > 3_000_000  # most of what fits is kept
+    with pytest.raises(ValueError):
+        letter.to_json(max_bytes=100)
