@@ -198,9 +198,37 @@ def _missing_reference(conn: Conn, event: MetadataEvent) -> Refusal | None:
     return None
 
 
-def _lock_key(conn: Conn, entity: str, ktext: str) -> None:
-    # One writer per entity key: decide() must see the rows it changes.
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{entity}|{ktext}",))
+def _lock_key(conn: Conn, event: MetadataEvent) -> None:
+    # One writer per event id (its deliveries see each other's records, whatever key a reused id
+    # names), then one writer per entity key (decide() must see the rows it changes). Always in
+    # this order: no two writers wait on each other crosswise.
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0)),"
+        " pg_advisory_xact_lock(hashtextextended(%s, 0))",
+        (f"event|{event.event_id}", f"{event.entity}|{event.key_text}"),
+    )
+
+
+# What an event says, as opposed to when, by whom and why it was sent: the same content
+# re-published later (a new produced_at, another author or comment) is the same event.
+CONTENT_FIELDS = ("entity", "key", "op", "value", "valid_from", "valid_to")
+
+
+def event_content(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The content of an event document (MetadataEvent.as_dict() or the stored `event` jsonb)."""
+    return {f: doc.get(f) for f in CONTENT_FIELDS}
+
+
+def _content_of(event: MetadataEvent) -> dict[str, Any]:
+    # through JSON: compared with the jsonb of an earlier delivery, as psycopg loads it
+    content: dict[str, Any] = json.loads(json.dumps(event_content(event.as_dict())))
+    return content
+
+
+def _id_reused(event: MetadataEvent, tx_id: int) -> ApplyResult:
+    log.error("event_id %s reused for a different event (tx %s)", event.event_id, tx_id)
+    return ApplyResult("refused", f"event_id {event.event_id} was used by another event "
+                       f"(tx {tx_id})", "event.id_reused", tx_id)
 
 
 def _record(conn: Conn, event: MetadataEvent, tx_time: datetime, status: str,
@@ -265,24 +293,30 @@ def _write_plan(conn: Conn, event: MetadataEvent, plan: Plan, tx_id: int, now: d
 def apply_event(conn: Conn, event: MetadataEvent, *, tx_time: datetime | None = None) -> ApplyResult:
     """Apply one event in one transaction; record it (applied or refused) in `transactions`.
 
-    Idempotent on event_id: a second delivery returns "duplicate" and changes nothing.
+    Idempotent on event_id: a delivery of an event already *applied* returns "duplicate" and
+    changes nothing. Only an applied event spends its id: one refused earlier (or whose apply
+    failed and rolled back) is tried again, and each refused attempt keeps its own log row.
+    The same content re-published (new produced_at, author or comment) is the same event; other
+    content under a used id is refused (event.id_reused) and not recorded.
     tx_time: the transaction time to record; default now (the database clock). An explicit
     one (replaying an export, tests) must be later than the key's last change.
     """
     ktext = event.key_text
     with conn.transaction():
-        _lock_key(conn, event.entity, ktext)
+        _lock_key(conn, event)
+        # the applied delivery if there is one, else the first refused one: all of an id's
+        # records share one content (a different one is never recorded)
         seen = conn.execute(
-            "SELECT tx_id, status, event FROM history.transactions WHERE event_id = %s",
+            "SELECT tx_id, status, event FROM history.transactions WHERE event_id = %s"
+            " ORDER BY status = 'applied' DESC, tx_id LIMIT 1",
             (event.event_id,),
         ).fetchone()
         if seen is not None:
-            if seen[2] != json.loads(json.dumps(event.as_dict())):
-                log.error("event_id %s reused for a different event", event.event_id)
-                return ApplyResult("refused", f"event_id {event.event_id} was used by another "
-                                   f"event (tx {seen[0]})", "event.id_reused", seen[0])
-            return ApplyResult("duplicate", f"already recorded as tx {seen[0]} ({seen[1]})",
-                               "event.duplicate", seen[0])
+            if event_content(seen[2]) != _content_of(event):
+                return _id_reused(event, seen[0])
+            if seen[1] == "applied":
+                return ApplyResult("duplicate", f"already applied as tx {seen[0]}",
+                                   "event.duplicate", seen[0])
         row = conn.execute(
             "SELECT clock_timestamp(), (SELECT max(tx_time) FROM history.transactions"
             " WHERE entity = %s AND key = %s AND status = 'applied')",
@@ -377,10 +411,15 @@ def import_events(conn: Conn, events: Sequence[MetadataEvent],
         row = conn.execute("SELECT clock_timestamp()").fetchone()
         assert row is not None
         clock: datetime = row[0]
-        seen: dict[Any, tuple[int, str]] = {
-            r[0]: (r[1], r[2]) for r in conn.execute(
-                "SELECT event_id, tx_id, status FROM history.transactions"
-                " WHERE event_id = ANY(%s)", ([e.event_id for e in events],))
+        # per event id already recorded, as apply_event sees it: the applied record if there
+        # is one, else the first refused; with its content (or, recorded by this import, its
+        # event: the content is computed only if the id comes again) for the id_reused check
+        seen: dict[Any, tuple[int, str, dict[str, Any] | MetadataEvent]] = {
+            r[0]: (r[1], r[2], event_content(r[3])) for r in conn.execute(
+                "SELECT DISTINCT ON (event_id) event_id, tx_id, status, event"
+                " FROM history.transactions WHERE event_id = ANY(%s)"
+                " ORDER BY event_id, status = 'applied' DESC, tx_id",
+                ([e.event_id for e in events],))
         }
         wanted: set[tuple[str, str]] = set()
         for e in events:
@@ -395,11 +434,19 @@ def import_events(conn: Conn, events: Sequence[MetadataEvent],
         closes: dict[str, list[tuple[int, datetime, int]]] = {"versions": [], "valid_versions": []}
         master: dict[tuple[str, str], tuple[Mapping[str, Any] | None, int, datetime]] = {}
         for i, e in enumerate(events):
-            if e.event_id in seen:
-                tx_id, status = seen[e.event_id]
-                results.append(ApplyResult("duplicate", f"already recorded as tx {tx_id} "
-                                           f"({status})", "event.duplicate", tx_id))
-                continue
+            earlier = seen.get(e.event_id)
+            if earlier is not None:
+                tx_id, status, content = earlier
+                if isinstance(content, MetadataEvent):
+                    content = _content_of(content)
+                if content != _content_of(e):
+                    results.append(_id_reused(e, tx_id))
+                    continue
+                if status == "applied":
+                    results.append(ApplyResult("duplicate", f"already applied as tx {tx_id}",
+                                               "event.duplicate", tx_id))
+                    continue
+                # refused before: tried again below, a new log row
             tx_id = ids[i]
             ktext = e.key_text  # computed once: it is a json.dumps
             ident = (e.entity, ktext)
@@ -432,7 +479,8 @@ def import_events(conn: Conn, events: Sequence[MetadataEvent],
                                 f"{e.entity} {ktext} refers to {target} {key_text(k)}, "
                                 "which does not exist")
                             break
-            seen[e.event_id] = (tx_id, "refused" if refusal else "applied")
+            if earlier is None or refusal is None:  # the first record, or the applied one
+                seen[e.event_id] = (tx_id, "refused" if refusal else "applied", e)
             changed = refusal is None and plan is not None and not plan.unchanged
             tx_rows.append((tx_id, e.event_id, now, e.entity, ktext, e.op,
                             "refused" if refusal else "applied", changed,

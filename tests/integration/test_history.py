@@ -3,6 +3,7 @@ state-at-T, diff and valid-at answers checked against values written by hand."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import uuid
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from pipeline.metadata import datamodel_events
 from processors.binding import Catalog, parse_binding
 from processors.datamodel import parse_datamodel
 from processors.metadata import Interval, KeyValue, MetadataEvent, key_text, parse_event
@@ -321,13 +323,23 @@ def test_refusals_are_recorded_with_reasons(replayed: psycopg.Connection[Any]) -
     assert [r["tx_time"] for r in org_log] == [T(1), T(11)]
 
 
+# Replaying the script again: applied steps are duplicates; refused steps are tried again
+# (only an applied event spends its id) and refused for the same reasons, except step 15,
+# whose value the source has since step 19 (static: an unchanged re-statement is applied).
+RETRIED = {14: ("refused", "valid.overlap"), 15: ("applied", ""),
+           16: ("refused", "datamodel.invalid"), 24: ("refused", "reference.missing")}
+
+
 def test_replaying_is_idempotent(replayed: psycopg.Connection[Any]) -> None:
     c = replayed
     before = snapshot(c, T(100)), snapshot(c, T(13)), len(history.transactions(c))
     for step in SCRIPT:
         r = history.apply_event(c, event_of(step), tx_time=T(200 + step[0]))
-        assert r.status == "duplicate", r
-    assert (snapshot(c, T(100)), snapshot(c, T(13)), len(history.transactions(c))) == before
+        assert (r.status, r.rule) == RETRIED.get(step[0], ("duplicate", "event.duplicate")), r
+        assert not r.changed
+    # nothing changed but the log: one row more per retried refusal
+    assert (snapshot(c, T(100)), snapshot(c, T(13)), len(history.transactions(c))) == (
+        before[0], before[1], before[2] + len(RETRIED))
     # the same event_id with another body is refused, not silently taken for a duplicate
     other = parse_event({**event_of(SCRIPT[2]).as_dict(), "value": {"name": "Elsewhere"}})
     r = history.apply_event(c, other)
@@ -340,10 +352,10 @@ def test_transaction_time_must_move_forward(replayed: psycopg.Connection[Any]) -
                      "value": {"name": "Late"}})
     r = history.apply_event(replayed, e, tx_time=T(10))  # s1 last changed at step 10
     assert (r.status, r.rule) == ("refused", "tx_time.not_after_last_change")
-    again = history.apply_event(replayed, e)  # a refused event stays refused
-    assert (again.status, again.tx_id) == ("duplicate", r.tx_id)
-    e = parse_event({**e.as_dict(), "event_id": str(uuid.uuid4())})
-    r = history.apply_event(replayed, e)  # default: the database clock, now
+    again = history.apply_event(replayed, e, tx_time=T(9))  # refused again: a second log row
+    assert (again.status, again.rule) == ("refused", "tx_time.not_after_last_change")
+    assert again.tx_id != r.tx_id
+    r = history.apply_event(replayed, e)  # the refusal did not spend the id; now: the clock
     assert r.status == "applied" and r.changed
     assert r.tx_time is not None and r.tx_time > T(100)
     assert history.valid_at(replayed, "site", {"site_id": "s1"}, d("2024-01-01")).value == {  # type: ignore[union-attr]
@@ -509,7 +521,8 @@ def test_bulk_import_with_copy_matches_event_by_event(postgres_url: str,
 
             assert log(c) == log(replayed)
             again = history.import_events(c, events)
-            assert {r.status for r in again} == {"duplicate"}
+            assert [(r.status, r.rule) for r in again] == [
+                RETRIED.get(s[0], ("duplicate", "event.duplicate")) for s in SCRIPT]
             # a later event-by-event change continues from the imported state
             e = parse_event({**event_of(SCRIPT[12]).as_dict(), "event_id": str(uuid.uuid4()),
                              "op": "correct", "value": {"tz": "Asia/Tokyo"}})
@@ -545,3 +558,151 @@ def test_racing_overlapping_intervals_one_wins(conn: psycopg.Connection[Any], pg
     assert sorted((r.status, r.rule) for r in results) == [
         ("applied", "")] + [("refused", "valid.overlap")] * 3
     assert len(history.state_at(conn, datetime.now(UTC), "node_timezone")) == 1
+
+
+# --- event ids: spent only by an applied event (issue 12) -------------------------------------
+
+
+def republished(e: MetadataEvent, **changes: Any) -> MetadataEvent:
+    """The event sent again later: same id, a new produced_at (and any other changes)."""
+    return parse_event({**e.as_dict(), "produced_at": iso(datetime.now(UTC)), **changes})
+
+
+def test_binding_refused_for_a_missing_datamodel_applies_once_it_exists(
+        conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    """The datamodel event was lost (acked while PostgreSQL was down), so the binding was
+    refused; `pipeline metadata datamodels DIR` run again must bring both in."""
+    for step in SCRIPT[:2]:  # organization and node 1
+        assert history.apply_event(conn, event_of(step)).status == "applied"
+    model_file, bindings_file = tmp_path / "health.json", tmp_path / "bindings.json"
+    model_file.write_text(json.dumps(HEALTH), encoding="utf-8")
+    bindings_file.write_text(json.dumps({"bindings": [{**BIND, **BINDING}]}), encoding="utf-8")
+    first = [parse_event(doc) for doc in datamodel_events([model_file, bindings_file], "ops", "")]
+    model, binding = first
+    assert (model.entity, binding.entity) == ("datamodel", "source_binding")
+
+    # the datamodel never arrived: the binding is refused, each delivery logged
+    for _ in range(2):
+        r = history.apply_event(conn, binding)
+        assert (r.status, r.rule) == ("refused", "reference.missing"), r
+    assert history.current_catalog(conn).bindings == ()
+
+    # published again: same ids (uuid5 of the content), later produced_at, another comment
+    again = [parse_event({**doc, "produced_at": iso(datetime.now(UTC) + timedelta(minutes=5))})
+             for doc in datamodel_events([model_file, bindings_file], "ops", "re-published")]
+    assert [e.event_id for e in again] == [model.event_id, binding.event_id]
+    assert [e.produced_at for e in again] != [e.produced_at for e in first]
+    assert [(r.status, r.rule) for r in history.apply_events(conn, again)] == [
+        ("applied", ""), ("applied", "")]
+
+    catalog = history.current_catalog(conn)
+    assert set(catalog.datamodels) == {"health"}
+    assert catalog.bindings == ({**BIND, **BINDING},)
+    log = history.transactions(conn, "source_binding", BIND)
+    assert [(r["event_id"], r["status"], r["rule"], r["comment"]) for r in log] == [
+        (binding.event_id, "refused", "reference.missing", ""),
+        (binding.event_id, "refused", "reference.missing", ""),
+        (binding.event_id, "applied", None, "re-published")]
+    # a third publication is a duplicate of the applied one: nothing more is written
+    third = [republished(e) for e in again]
+    assert [(r.status, r.rule, r.tx_id) for r in history.apply_events(conn, third)] == [
+        ("duplicate", "event.duplicate", history.transactions(conn, "datamodel", {
+            "identifier": "health"})[0]["tx_id"]),
+        ("duplicate", "event.duplicate", log[-1]["tx_id"])]
+    assert len(history.transactions(conn, "source_binding", BIND)) == 3
+
+
+def test_republished_event_is_a_duplicate_other_content_is_id_reused(
+        replayed: psycopg.Connection[Any]) -> None:
+    c = replayed
+    before = history.transactions(c)
+    site = event_of(SCRIPT[2])  # applied at step 3
+    tz = event_of(SCRIPT[7])  # time-dependent, applied at step 8
+    original = {r["event_id"]: r["tx_id"] for r in before}
+    # same content, sent later by someone else with another comment: the same event
+    for e in (site, tz):
+        again = republished(e, author="carol", comment="sent again")
+        r = history.apply_event(c, again)
+        assert (r.status, r.rule, r.tx_id) == ("duplicate", "event.duplicate",
+                                               original[e.event_id]), r
+    # another content under a used id: refused, not recorded
+    for other in (
+        republished(site, value={"name": "Elsewhere"}),
+        republished(site, op="delete", value=None),
+        republished(tz, valid_from=iso(d("2024-02-01"))),
+        republished(event_of(SCRIPT[23]), value={"site_id": "s1", "kind": "heat_pump"}),  # refused
+    ):
+        r = history.apply_event(c, other)
+        assert (r.status, r.rule) == ("refused", "event.id_reused"), (other, r)
+    # the bulk path answers the same
+    results = history.import_events(c, [republished(site), republished(site, value={"name": "X"})])
+    assert [(r.status, r.rule) for r in results] == [
+        ("duplicate", "event.duplicate"), ("refused", "event.id_reused")]
+    assert history.transactions(c) == before
+    assert snapshot(c, datetime.now(UTC)) == AT_23
+
+
+def test_bulk_import_retries_refused_ids(conn: psycopg.Connection[Any]) -> None:
+    """import_events: a refused id is tried again, also twice in one import; one applied row."""
+    hp9 = event_of(SCRIPT[23])  # equipment at site "nowhere": refused
+    nowhere = parse_event({**event_of(SCRIPT[2]).as_dict(), "event_id": str(uuid.uuid4()),
+                           "key": {"site_id": "nowhere"}})
+    c = conn
+    results = history.import_events(c, [hp9, hp9, nowhere, republished(hp9), republished(hp9)])
+    assert [(r.status, r.rule) for r in results] == [
+        ("refused", "reference.missing"), ("refused", "reference.missing"), ("applied", ""),
+        ("applied", ""), ("duplicate", "event.duplicate")]
+    assert [r["status"] for r in history.transactions(c, "equipment", {"equipment_id": "hp-9"})
+            ] == ["refused", "refused", "applied"]
+    assert results[4].tx_id == results[3].tx_id
+    assert history.apply_event(c, hp9).status == "duplicate"
+
+
+def _event_id_indexes(c: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    constraints = c.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conrelid = 'history.transactions'::regclass AND contype = 'u' ORDER BY conname"
+    ).fetchall()
+    indexes = c.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'history'"
+        " AND tablename = 'transactions' AND indexdef LIKE '%%(event_id)%%' ORDER BY indexname"
+    ).fetchall()
+    return [*constraints, *indexes]
+
+
+def test_event_id_migration_upgrades_and_reruns(pg_dsn: str, tmp_path: Path) -> None:
+    """0003 on a database made by 0001-0002 (the UNIQUE (event_id) era), then again by hand."""
+    older = tmp_path / "migrations"
+    older.mkdir()
+    for path in history.migration_files()[:2]:
+        shutil.copy(path, older / path.name)
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        assert history.migrate(c, older) == ["0001", "0002"]
+        hp9 = event_of(SCRIPT[23])
+        assert history.apply_event(c, hp9).rule == "reference.missing"
+        later = [p.name.split("_")[0] for p in history.migration_files()[2:]]
+        assert history.migrate(c) == later and later[0] == "0003"
+        upgraded = _event_id_indexes(c)
+        assert upgraded == [
+            ("transactions_event_id", "CREATE INDEX transactions_event_id ON history.transactions"
+             " USING btree (event_id)"),
+            ("transactions_event_id_applied", "CREATE UNIQUE INDEX transactions_event_id_applied"
+             " ON history.transactions USING btree (event_id) WHERE (status = 'applied'::text)"),
+        ]
+        # applied twice (a worker start, or by hand): nothing changes, nothing fails
+        assert history.migrate(c) == []
+        sql_text = next(p for p in history.migration_files() if p.name.startswith("0003_"))
+        for _ in range(2):
+            c.execute(sql_text.read_text(encoding="utf-8"))
+        assert _event_id_indexes(c) == upgraded
+        # the id refused under the old constraint is free: the site comes, the event applies
+        site = parse_event({**event_of(SCRIPT[2]).as_dict(), "event_id": str(uuid.uuid4()),
+                            "key": {"site_id": "nowhere"}})
+        assert history.apply_event(c, site).status == "applied"
+        assert history.apply_event(c, republished(hp9)).status == "applied"
+        # and an applied id stays spent, whatever the writer
+        with pytest.raises(errors.UniqueViolation, match="transactions_event_id_applied"):
+            c.execute("INSERT INTO history.transactions (event_id, tx_time, entity, key, op,"
+                      " status, author, produced_at, event) SELECT event_id, now(), entity, key,"
+                      " op, status, author, produced_at, event FROM history.transactions"
+                      " WHERE event_id = %s AND status = 'applied'", (hp9.event_id,))
