@@ -27,7 +27,7 @@ class Metrics:
     source_topics: Gauge
     qrating_performance: Histogram
     # accepted and stored, but already past their datastream's storage period (a backfill): the
-    # raw rows go within a day (kept that long for the rollups), the rollups stay
+    # raw rows go after a grace period (kept for the rollups), the rollups stay
     samples_expired: Counter
     datums_expired: Counter
     internal_errors: Counter
@@ -92,6 +92,15 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
         ),
         rollup_repairs=Counter(
             "pipeline_rollup_repairs", "Stored raw batches found without rollups at start and marked stale again",
+            registry=registry,
+        ),
+        samples_expired=Counter(
+            "pipeline_samples_expired",
+            "Samples stored already past their datastream's storage period (raw rows go, rollups stay)",
+            registry=registry,
+        ),
+        datums_expired=Counter(
+            "pipeline_datums_expired", "Accepted datums with at least one sample already past its storage period",
             registry=registry,
         ),
     )
