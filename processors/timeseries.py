@@ -532,18 +532,24 @@ class Point:
     end: float | None = None
 
 
+def finite(v: float | None) -> float | None:
+    """A stored number as served: inf and NaN (stored before the envelope bound, or rollup sums of
+    huge values) have no JSON spelling, so they are served as null, in every format."""
+    return v if v is None or v - v == 0.0 else None
+
+
 def raw_point(kind: str, ts_ms: int, value: float | None, text: str) -> Point:
-    return Point(ts_ms, text if kind == "s" else value)
+    return Point(ts_ms, text if kind == "s" else finite(value))
 
 
 def rollup_point(kind: str, ts_ms: int, count: int, avg: float | None, lo: float | None, hi: float | None,
                  diff: float | None, read_start: float | None, read_end: float | None, mode: str) -> Point:
     t = series_type(kind)
     if t == "counter":
-        return Point(ts_ms, diff, count, start=read_start, end=read_end)
+        return Point(ts_ms, finite(diff), count, start=finite(read_start), end=finite(read_end))
     if t == "status":
         return Point(ts_ms, mode, count)
-    return Point(ts_ms, avg, count, lo, hi)
+    return Point(ts_ms, finite(avg), count, finite(lo), finite(hi))
 
 
 @dataclass(frozen=True)
@@ -568,7 +574,7 @@ def baseline(by: CompareBy, history: int, kind: SeriesType, points: Sequence[Poi
     else:
         nums = [float(v) for v in vals if isinstance(v, (int, float))]
         if nums:
-            val = sum(nums) / len(nums)
+            val = finite(sum(nums) / len(nums))  # huge values can sum to inf
     return Baseline(by, history, val, len(vals))
 
 

@@ -480,3 +480,20 @@ def test_openapi_document_lists_every_parameter() -> None:
     assert {"200", "400", "404", "406", "503"} <= set(get["responses"])
     limit = next(p for p in get["parameters"] if p["name"] == "limit")["schema"]
     assert (limit["default"], limit["maximum"]) == (ts.LIMIT_DEFAULT, ts.LIMIT_MAX)
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonp", "xml", "csv"])
+def test_non_finite_stored_values_render_as_null_in_every_format(fmt: ts.Format) -> None:
+    inf, nan = float("inf"), float("nan")
+    points = (ts.raw_point("i", 0, inf, ""), ts.raw_point("i", 1, nan, ""), ts.raw_point("i", 2, 1e308, ""),
+              ts.rollup_point("a", 3, 2, None, None, None, -inf, nan, inf, ""),
+              ts.rollup_point("i", 4, 2, inf, 1.0, nan, None, None, None, ""))
+    base = ts.baseline("timeOfDay", 2, "instantaneous", [ts.Point(0, 1e308), ts.Point(1, 1e308)])
+    result = ts.SeriesResult(SeriesKey(1, "/s", "w"), "instantaneous", None, 10, 0, 5, "UTC", points, base)
+    body = ts.render_results([result], fmt, "cb").body.decode()
+    assert "inf" not in body.lower() and "nan" not in body.lower()
+    if fmt == "json":
+        doc = json.loads(body)["1~.s~w"]
+        assert [p["val"] for p in doc["data"]] == [None, None, 1e308, None, None]
+        assert doc["data"][4]["min"] == 1.0 and "max" not in doc["data"][4]
+        assert doc["baseline"]["val"] is None  # the mean of two 1e308 overflows
