@@ -21,6 +21,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from pipeline.expiry import ExpiryReport
 from pipeline.producer import DatumProducer, end_offsets
 from pipeline.progress import Progress
 from pipeline.settings import Settings
@@ -39,13 +40,28 @@ class ReplayReport:
     not_replayable: int = 0
     skipped: int = 0  # letters filtered out by --stage / --rule
     by_reason: dict[str, int] = field(default_factory=dict)
+    # of datums_sent, those already past their storage period (None: no catalog to tell)
+    datums_expired: int | None = None
+    samples_expired: int | None = None
 
     def summary(self) -> str:
         parts = [f"datums sent {self.datums_sent}"]
+        if self.datums_expired is not None:
+            parts.append(f"already past their storage period {self.datums_expired} datums / "
+                         f"{self.samples_expired} samples (stored and rolled up; raw rows expire)")
         if self.letters_read:
             parts += [f"dead letters read {self.letters_read}", f"not replayable {self.not_replayable}",
                       f"filtered out {self.skipped}"]
         return ", ".join(parts)
+
+    def expiry(self, seen: ExpiryReport) -> None:
+        if seen.catalog is not None:
+            self.datums_expired, self.samples_expired = seen.count.datums, seen.count.samples
+
+
+def _send(producer: DatumProducer, chunk: list[Datum], expiry: ExpiryReport) -> int:
+    expiry.see(chunk)
+    return producer.send(chunk)
 
 
 def _datums_from_rows(rows: Iterator[tuple[int, str, int, str, str, float | None, str, list[str]]]) -> Iterator[Datum]:
@@ -89,6 +105,7 @@ def replay_store(settings: Settings, start_ms: int, end_ms: int, node: int | Non
         progress.total = total
     report = ReplayReport()
     producer = DatumProducer(settings)
+    expiry = ExpiryReport.from_dsn(settings.postgres_dsn)
     chunk: list[Datum] = []
 
     def rows() -> Iterator[tuple[int, str, int, str, str, float | None, str, list[str]]]:
@@ -102,12 +119,13 @@ def replay_store(settings: Settings, start_ms: int, end_ms: int, node: int | Non
     for datum in _datums_from_rows(rows()):
         chunk.append(datum)
         if len(chunk) >= CHUNK:
-            report.datums_sent += producer.send(chunk)
+            report.datums_sent += _send(producer, chunk, expiry)
             chunk.clear()
             if progress is not None:
                 progress.update(report.datums_sent - progress.n)
-    report.datums_sent += producer.send(chunk)
+    report.datums_sent += _send(producer, chunk, expiry)
     producer.flush()
+    report.expiry(expiry)
     if progress is not None:
         progress.update(report.datums_sent - progress.n)
     return report
@@ -138,6 +156,7 @@ def replay_deadletters(settings: Settings, stage: str | None = None, rule: str |
                          "enable.auto.commit": False})
     report = ReplayReport()
     producer = DatumProducer(settings)
+    expiry = ExpiryReport.from_dsn(settings.postgres_dsn)
     chunk: list[Datum] = []
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
@@ -172,13 +191,14 @@ def replay_deadletters(settings: Settings, stage: str | None = None, rule: str |
                 report.by_reason[str(r)] = report.by_reason.get(str(r), 0) + 1
             chunk.append(datum)
             if len(chunk) >= CHUNK:
-                report.datums_sent += producer.send(chunk)
+                report.datums_sent += _send(producer, chunk, expiry)
                 chunk.clear()
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(sent=report.datums_sent + len(chunk))
-        report.datums_sent += producer.send(chunk)
+        report.datums_sent += _send(producer, chunk, expiry)
         producer.flush()
+        report.expiry(expiry)
     finally:
         consumer.close()
     return report

@@ -35,8 +35,9 @@ from processors.rollup import (
     stale_buckets,
     zone,
 )
-from processors.rows import RawColumns
+from processors.rows import DAY_MS, RawColumns
 from sinks.auxiliary import read_resets
+from sinks.clickhouse import raw_retention_days
 from sinks.rollups import (
     NEAR_MS,
     TimesRequest,
@@ -53,6 +54,9 @@ HALFHOUR: tuple[Periodicity, ...] = ("halfhour",)
 # Stale half hours closer than this are recomputed as one window (the ones between included).
 MERGE_GAP_MS = 6 * 3_600_000
 TimezoneAt = Callable[[int, int], str]
+# How long a stream's retention (shortest storage period of its raw rows) is reused before it is
+# looked up again.
+RETENTION_CACHE_S = 600.0
 
 
 @dataclass
@@ -101,6 +105,29 @@ class RollupMaintainer:
         self.pulse = pulse
         self.last_seconds = 0.0
         self.last_buckets = 0
+        self.clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)
+        self._retention: dict[tuple[int, str], tuple[float, int]] = {}  # stream -> (looked up, days)
+        self.kept_expired = 0  # stored half hours a recompute would have shrunk or tombstoned
+
+    def horizons(self, streams: Iterable[tuple[int, str]]) -> dict[tuple[int, str], int | None]:
+        """Per stream, the retention horizon: half hours starting at or before it may have lost raw
+        rows to expiry (docs/rollups.md). None: its raw rows never expire. A stream with no raw
+        rows left at all has every bucket behind the horizon."""
+        now_ms, mono = self.clock_ms(), time.monotonic()
+        wanted = set(streams)
+        missing = [k for k in wanted if k not in self._retention or mono - self._retention[k][0] > RETENTION_CACHE_S]
+        if missing:
+            found = raw_retention_days(self.client, missing)
+            for k, days in found.items():
+                self._retention[k] = (mono, days)
+        out: dict[tuple[int, str], int | None] = {}
+        for k in wanted:
+            hit = self._retention.get(k)
+            if hit is None:
+                out[k] = now_ms  # nothing raw: a recompute could only erase
+            else:
+                out[k] = None if hit[1] == 0 else now_ms - hit[1] * DAY_MS
+        return out
 
     # -- the worker's entry point ---------------------------------------------------------------
 
@@ -171,8 +198,9 @@ class RollupMaintainer:
         recomputed take the place of the stored ones). Three queries for all tasks."""
         plans: list[_Plan] = []
         windows: list[Window] = []
+        horizon = self.horizons((node, source) for node, source, _tz, stale in tasks if stale)
         for node, source, tz, stale in tasks:
-            plan = _Plan(node, source, zone(tz))
+            plan = _Plan(node, source, zone(tz), horizon_ms=horizon.get((node, source)))
             starts = sorted(set(stale))
             if not starts:
                 continue
@@ -200,6 +228,7 @@ class RollupMaintainer:
             part = plan.cascade(stored.get((plan.node, plan.source), []))
             out.rows += part.rows
             out.tombstones += part.tombstones
+            self.kept_expired += plan.kept_expired
         return out
 
 
@@ -213,6 +242,26 @@ class _Plan:
     windows: list[tuple[int, int]] = field(default_factory=list)
     bounds: dict[Periodicity, dict[int, int]] = field(default_factory=lambda: {p: {} for p in PERIODICITIES})
     fresh: dict[Periodicity, list[RollupRow]] = field(default_factory=dict)
+    # half hours starting at or before this may have lost raw rows to expiry; None: none can
+    horizon_ms: int | None = None
+    kept_expired: int = 0
+
+    def keep_expired(self, stored_halfhours: Sequence[RollupRow]) -> None:
+        """Behind the retention horizon the raw rows of a half hour may be gone, so a recompute
+        sees only what arrived within the grace period: a stored row is kept when the recompute
+        finds fewer samples (or none: no tombstone). A backfill arriving in several batches
+        still completes its buckets (its raw rows are all there, the count only grows)."""
+        if self.horizon_ms is None:
+            return
+        fresh = {(r.property, r.ts_start_ms): r for r in self.fresh["halfhour"]}
+        for r in stored_halfhours:
+            if r.ts_start_ms not in self.bounds["halfhour"] or r.ts_start_ms > self.horizon_ms:
+                continue
+            mine = fresh.get((r.property, r.ts_start_ms))
+            if mine is None or mine.count < r.count:
+                fresh[(r.property, r.ts_start_ms)] = r
+                self.kept_expired += 1
+        self.fresh["halfhour"] = list(fresh.values())
 
     def fill(self, points: Iterator[list[RawPoint]], resets: Iterator[list[ResetMarker]], tol: Tolerances) -> None:
         """Half hours from raw (the points and resets of each window, in order), and every stale bucket."""
@@ -243,6 +292,7 @@ class _Plan:
         stored: dict[Periodicity, list[RollupRow]] = {p: [] for p in PERIODICITIES}
         for r in stored_rows:
             stored[r.periodicity].append(r)
+        self.keep_expired(stored["halfhour"])
         out = Refresh()
         for per in PERIODICITIES:
             src = CASCADE_SOURCE[per]

@@ -25,6 +25,15 @@ RAW_TABLE = "datum_raw"
 DATUM_VIEW = "datum"
 LATEST_TABLE = "datum_latest_raw"
 LATEST_VIEW = "datum_latest"
+# A raw row goes when its datastream's storage period is over (ttl_days > 0), but never sooner
+# than RAW_GRACE_DAYS after it was inserted: a backfill already past its period is kept long
+# enough for the rollup agent to compute its buckets from raw (rollups never expire), with room
+# for a worker that is down for a while. See docs/rollups.md, "Raw expiry and rollups".
+RAW_GRACE_DAYS = 7
+RAW_TTL = (
+    "greatest(toDateTime(created) + toIntervalDay(ttl_days),"
+    f" toDateTime(inserted) + toIntervalDay({RAW_GRACE_DAYS})) WHERE ttl_days > 0"
+)
 
 SCHEMA = [
     f"""
@@ -50,7 +59,7 @@ SCHEMA = [
     ENGINE = ReplacingMergeTree(inserted)
     PARTITION BY toYYYYMM(created)
     ORDER BY (node_id, source_id, property, created)
-    TTL toDateTime(created) + toIntervalDay(ttl_days) WHERE ttl_days > 0
+    TTL {RAW_TTL}
     """,
     # The public interface: duplicates removed at read time (FINAL) until merges catch up.
     f"""
@@ -112,6 +121,26 @@ def ensure_schema(client: Client) -> None:
     """Create what is missing; safe to run at every start."""
     for ddl in SCHEMA:
         client.command(ddl)
+    migrate_raw_ttl(client)
+
+
+def _compact(sql: str) -> str:
+    return "".join(sql.split())
+
+
+def migrate_raw_ttl(client: Client) -> bool:
+    """Give a raw table created by an older version the current TTL (RAW_TTL); True if it was
+    changed. Idempotent: a table that has it already is left alone, so a start costs one query.
+    The existing parts get the new TTL by a mutation, in the background and once (left with the
+    old one, their rows would still go by it at the next merge)."""
+    rows = client.query(
+        "SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
+        parameters={"t": RAW_TABLE},
+    ).result_rows
+    if not rows or _compact(f"TTL {RAW_TTL}") in _compact(str(rows[0][0])):
+        return False
+    client.command(f"ALTER TABLE {RAW_TABLE} MODIFY TTL {RAW_TTL}")
+    return True
 
 
 class RawSink(BatchingSink):
@@ -147,6 +176,23 @@ class RawSink(BatchingSink):
             self._context = None
             raise SinkBackpressure(f"raw insert of {len(batch)} rows failed: {exc}") from exc
         self.inserted_rows += len(batch)
+
+
+def raw_retention_days(client: Client, streams: Sequence[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    """Per stream with raw rows: the shortest storage period (days) of its stored samples, 0 when
+    none has one (kept forever). A stream absent from the answer has no raw rows at all (never
+    stored, or all expired). One query per 100 streams."""
+    out: dict[tuple[int, str], int] = {}
+    unique = sorted(set(streams))
+    for k in range(0, len(unique), 100):
+        conds = " OR ".join(f"({sql_stream(n, s)})" for n, s in unique[k:k + 100])
+        result = client.query(
+            f"SELECT node_id, toString(source_id), minIf(ttl_days, ttl_days > 0) FROM {RAW_TABLE}"
+            f" WHERE {conds} GROUP BY node_id, source_id"
+        )
+        for node, source, days in result.result_rows:
+            out[(int(node), str(source))] = int(days)
+    return out
 
 
 def rate_baselines(client: Client, node_id: int, source_id: str, before_ms: int) -> list[tuple[str, int, float]]:

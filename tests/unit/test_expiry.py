@@ -77,3 +77,19 @@ def test_without_a_catalog_nothing_is_known_to_expire() -> None:
     result = accept_batch(datums, JAN_1_2023 + 10 * 366 * DAY_MS)
     assert result.samples_expired == 0 and len(result.rows) > 0
     assert count_expired(datums, None, JAN_1_2023 + 10 * 366 * DAY_MS) == ExpiryCount()
+
+
+def test_expiry_report_counts_what_is_sent_and_says_nothing_without_a_catalog(catalog: Catalog) -> None:
+    from pipeline.expiry import ExpiryReport
+
+    datums = _datums(JAN_1_2023)
+    now_ms = JAN_1_2023 + 120 * DAY_MS
+    report = ExpiryReport(VersionedCatalog.fixed(catalog), clock_ms=lambda: now_ms)
+    report.see(datums[:10])
+    report.see(datums[10:])
+    assert report.count == count_expired(datums, catalog, now_ms)
+    assert f"{report.count.datums} datums / {report.count.samples} samples" in report.summary()
+    blind = ExpiryReport(None, clock_ms=lambda: now_ms)
+    blind.see(datums)
+    assert blind.count == ExpiryCount() and blind.summary() == ""
+    assert ExpiryReport.from_dsn("").catalog is None
