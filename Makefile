@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-packages demo up test unit integration lint typecheck bench clean wheel-smoke
+.PHONY: install system-packages demo up test unit integration lint typecheck bench chaos clean wheel-smoke
 
 # the compiled fast paths (setup.py) rebuild when their C sources change
 $(BIN)/.installed: pyproject.toml setup.py processors/_lpfast.c pipeline/_avrofast.c
@@ -44,6 +44,11 @@ typecheck: install
 # Build the wheel, install it in a fresh venv, run datums through it (also run by .ci/run).
 wheel-smoke:
 	.ci/wheel-smoke
+
+# Every fault drill at 10%, 50% and 90% of a drain, judged by the exact-set oracle; prints the table
+# (tests/chaos; the normal suite runs a reduced set).
+chaos: install
+	$(BIN)/python -m tests.chaos
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
