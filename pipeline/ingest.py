@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from math import hypot
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,6 +35,11 @@ CHUNK = 5000  # datums handed to the producer at a time: bounded memory on any f
 class IngestReport:
     lines_read: int = 0
     datums_sent: int = 0
+    # of datums_sent: stored or dead-lettered by the pipeline (its consumer group committed past
+    # them), and what it did not confirm in time (None: not asked, --no-confirm)
+    datums_confirmed: int | None = None
+    datums_unconfirmed: int = 0
+    unconfirmed_reason: str | None = None
     lines_rejected: int = 0
     samples_rejected: int = 0
     datums_refused: int = 0  # mapped, then refused by the envelope rules (e.g. created too old)
@@ -54,8 +60,14 @@ class IngestReport:
     def summary(self) -> str:
         rate = self.lines_read / self.seconds if self.seconds > 0 else 0.0
         rules = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected_by_rule.items()))
+        if self.datums_confirmed is None:
+            taken = f"datums sent {self.datums_sent} (not confirmed)"
+        else:
+            taken = f"datums sent {self.datums_sent}, stored or dead-lettered {self.datums_confirmed}"
+            if self.datums_unconfirmed:
+                taken += f", NOT CONFIRMED {self.datums_unconfirmed} ({self.unconfirmed_reason})"
         return (
-            f"lines read {self.lines_read}, datums sent {self.datums_sent}, "
+            f"lines read {self.lines_read}, {taken}, "
             f"lines rejected {self.lines_rejected}, samples rejected {self.samples_rejected}, "
             f"datums refused {self.datums_refused}"
             + (f", without samples {self.without_samples} (among the rejected: nothing to store)"
@@ -71,6 +83,8 @@ def _send_chunk(producer: DatumProducer, chunk: list[Datum], report: IngestRepor
     if chunk:
         report.datums_sent += producer.send(chunk)
         chunk.clear()
+        # learn what is stored while sending: if the broker dies later, its commits die with it
+        producer.check_confirmations()
     if progress is not None:
         progress.update(report.lines_read - progress.n)
         progress.set_postfix(sent=report.datums_sent, rejected=report.lines_rejected)
@@ -159,11 +173,6 @@ def ingest_lp(
     _send_chunk(producer, chunk, report, progress)
 
 
-def _bounded(values: Collection[float]) -> bool:
-    """Every value within ±SAMPLE_ABS_MAX (two C-level passes: this runs for every LP datum)."""
-    return not values or (max(values) <= SAMPLE_ABS_MAX and min(values) >= -SAMPLE_ABS_MAX)
-
-
 def _ingest_lp_file(
     producer: DatumProducer, path: Path, lines: _CountedLines, report: IngestReport, mapping: LineProtocolMapping,
     precision: str, now: int, chunk: list[Datum], progress: Progress | None,
@@ -175,8 +184,11 @@ def _ingest_lp_file(
     keep = chunk.append
     rejected_lines: set[int] = set()  # bounded by the bad lines of one file
     for item in map_lines(lines, mapping, precision):
+        # hypot >= every |value| (and is NaN or inf for such values): one C call, ~0.25 µs a line;
+        # a datum it does not clear (rare) gets the exact check below
         if (type(item) is Datum and CREATED_MIN_MS <= item.created_ms <= created_max
-                and _bounded(item.i.values()) and (not item.a or _bounded(item.a.values()))):
+                and hypot(*item.i.values()) <= SAMPLE_ABS_MAX
+                and (not item.a or hypot(*item.a.values()) <= SAMPLE_ABS_MAX)):
             keep(item)
             if len(chunk) >= CHUNK:
                 _send_chunk(producer, chunk, report, progress)
@@ -217,7 +229,11 @@ def _reject(producer: DatumProducer, report: IngestReport, file: str, line_no: i
 
 
 def ingest_files(settings: Settings, files: list[Path], fmt: str, progress: Progress | None = None,
-                 mapping: LineProtocolMapping | None = None, precision: str = "ns") -> IngestReport:
+                 mapping: LineProtocolMapping | None = None, precision: str = "ns",
+                 confirm: bool = False) -> IngestReport:
+    """Send the files' datums; unless `confirm` is off, wait (settings.confirm_timeout_s) until the
+    pipeline has stored or dead-lettered every one, so what the report calls taken survives any
+    crash of the broker or the workers."""
     report = IngestReport()
     t0 = time.perf_counter()
     producer = DatumProducer(settings)
@@ -229,5 +245,13 @@ def ingest_files(settings: Settings, files: list[Path], fmt: str, progress: Prog
     else:
         raise ValueError(f"unknown format {fmt!r}")
     producer.flush()
+    if confirm and settings.confirm_timeout_s > 0:
+        if progress is not None:
+            progress.set_postfix(sent=report.datums_sent, waiting="pipeline to store")
+        outcome = producer.confirm(settings.confirm_timeout_s)
+        report.datums_confirmed = outcome.confirmed_datums
+        report.datums_unconfirmed = outcome.unconfirmed_datums
+        report.unconfirmed_reason = outcome.reason
+    producer.close()
     report.seconds = time.perf_counter() - t0
     return report

@@ -8,7 +8,10 @@ keyed so the stream stays ordered on one partition.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -25,6 +28,38 @@ log = logging.getLogger(__name__)
 
 class DeliveryError(RuntimeError):
     pass
+
+
+Identity = tuple[int, str, int]  # (node, source, created ms): what the datum contract identifies
+
+
+@dataclass
+class Confirmation:
+    """What the pipeline has taken of what this producer sent.
+
+    A datum is *confirmed* once the workers' consumer group has committed past the message that
+    carried it: the worker commits only after the datum is stored (or dead-lettered with its
+    reason), so a confirmed datum survives the loss of the broker. `unconfirmed` is what the
+    producer must treat as not taken (resend it, or report it)."""
+
+    confirmed_datums: int = 0
+    unconfirmed_datums: int = 0
+    confirmed: set[Identity] = field(default_factory=set)  # filled when the producer tracks identities
+    unconfirmed: set[Identity] = field(default_factory=set)
+    reason: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.unconfirmed_datums == 0
+
+
+@dataclass
+class _Sent:
+    """One delivered message: where it landed and what it carried."""
+
+    offset: int
+    datums: int
+    identities: tuple[Identity, ...] = ()
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
@@ -77,7 +112,12 @@ class TopicAdmin:
 
 
 class DatumProducer:
-    def __init__(self, settings: Settings, topics: Topics | None = None) -> None:
+    """Sends datums; `confirm` tells which the pipeline has stored (see Confirmation).
+
+    `track=True` keeps the identity of every datum of every delivered message (for tests and fault
+    drills: the exact set acknowledged); otherwise only counts are kept per message."""
+
+    def __init__(self, settings: Settings, topics: Topics | None = None, *, track: bool = False) -> None:
         self.settings = settings
         self.topics = topics or Topics(settings.topic_prefix)
         self.admin = TopicAdmin(settings)
@@ -85,16 +125,44 @@ class DatumProducer:
         self._failures: list[str] = []
         self.messages_sent = 0
         self.datums_sent = 0
+        self.track = track
+        # delivered datum messages per (topic, partition), in offset order, not yet confirmed
+        self._pending: dict[tuple[str, int], list[_Sent]] = {}
+        self._confirmed = Confirmation()
+        self._failed_datums = 0
+        self._failed_identities: set[Identity] = set()
+        self._offsets_reader: Any = None
+        self._last_check = 0.0
 
     def _on_delivery(self, err: KafkaError | None, _msg: object) -> None:
         if err is not None:
             self._failures.append(str(err))
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    def _on_datums_delivered(self, datums: int, identities: tuple[Identity, ...], err: KafkaError | None,
+                             msg: Any) -> None:
+        if err is not None:
+            self._failures.append(str(err))
+            self._failed_datums += datums
+            self._failed_identities.update(identities)
+            return
+        tp, offset = (msg.topic(), msg.partition()), msg.offset()
+        sent = self._pending.get(tp)
+        if sent and offset <= sent[-1].offset:
+            # offsets went back: the broker lost the partition (an embedded broker restarted). What
+            # it held unconfirmed is gone, and its offsets must not be confirmed by the new log's.
+            for m in sent:
+                self._failed_datums += m.datums
+                self._failed_identities.update(m.identities)
+            self._failures.append(f"{tp[0]}[{tp[1]}] restarted at offset {offset}: {len(sent)} message(s) lost")
+            sent.clear()
+        self._pending.setdefault((msg.topic(), msg.partition()), []).append(_Sent(msg.offset(), datums, identities))
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]],
+                 on_delivery: Any = None) -> None:
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=headers,
-                                       on_delivery=self._on_delivery)
+                                       on_delivery=on_delivery or self._on_delivery)
                 break
             except BufferError:
                 # local queue full: let librdkafka deliver some, then go on (backpressure)
@@ -113,7 +181,9 @@ class DatumProducer:
             key = stream_key(node, src)
             for start in range(0, len(items), size):
                 chunk = items[start:start + size]
-                self._produce(topic, key, encode_batch(chunk), [(SCHEMA_HEADER, CURRENT.encode())])
+                ids = tuple((d.node_id, d.source_id, d.created_ms) for d in chunk) if self.track else ()
+                self._produce(topic, key, encode_batch(chunk), [(SCHEMA_HEADER, CURRENT.encode())],
+                              partial(self._on_datums_delivered, len(chunk), ids))
                 n += len(chunk)
         self.datums_sent += n
         return n
@@ -130,6 +200,88 @@ class DatumProducer:
 
     def send_dead_letter(self, letter: DeadLetter) -> None:
         self.send_raw(self.topics.deadletter, letter.to_json(), headers=[("stage", letter.stage.encode())])
+
+    def send_encoded(self, topic: str, key: bytes | None, value: bytes, datums: int,
+                     identities: Sequence[Identity] = (), headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        """An already encoded datum message (replays, fault drills), confirmed like `send`'s."""
+        self.admin.ensure([topic])
+        self._produce(topic, key, value, list(headers) or [(SCHEMA_HEADER, CURRENT.encode())],
+                      partial(self._on_datums_delivered, datums, tuple(identities) if self.track else ()))
+        self.datums_sent += datums
+
+    def delivered_identities(self) -> set[Identity]:
+        """Identities the broker acknowledged (track=True): confirmed or still pending."""
+        out = set(self._confirmed.confirmed)
+        for sent in self._pending.values():
+            for m in sent:
+                out.update(m.identities)
+        return out
+
+    def check_confirmations(self, min_interval_s: float = 1.0) -> Confirmation:
+        """Move delivered messages the workers have committed past into the confirmed set (cheap
+        enough to call while sending: at most one offset request per `min_interval_s`). A broker
+        that loses its data loses the commits too, so what was confirmed before stays confirmed."""
+        self._producer.poll(0)
+        now = time.monotonic()
+        if self._pending and now - self._last_check >= min_interval_s:
+            self._last_check = now
+            committed = self._committed(list(self._pending))
+            for tp, sent in list(self._pending.items()):
+                upto = committed.get(tp, -1)
+                keep = [m for m in sent if m.offset >= upto]
+                for m in sent:
+                    if m.offset < upto:
+                        self._confirmed.confirmed_datums += m.datums
+                        self._confirmed.confirmed.update(m.identities)
+                if keep:
+                    self._pending[tp] = keep
+                else:
+                    del self._pending[tp]
+        return self._confirmed
+
+    def _committed(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        from confluent_kafka import Consumer, TopicPartition
+
+        try:
+            if self._offsets_reader is None:
+                # the workers' group id; never subscribes, so it never joins (or disturbs) the group
+                self._offsets_reader = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
+                                                 "group.id": self.settings.app_id, "enable.auto.commit": False})
+            got = self._offsets_reader.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
+        except KafkaException as exc:
+            log.warning("reading the pipeline's committed offsets failed: %s", exc)
+            return {}
+        return {(tp.topic, tp.partition): int(tp.offset) for tp in got if tp.error is None and tp.offset >= 0}
+
+    def confirm(self, timeout: float, progress: Any = None) -> Confirmation:
+        """Flush, then wait up to `timeout` s until the pipeline has stored (or dead-lettered) every
+        datum sent. Returns what was confirmed and what was not (with the reason)."""
+        deadline = time.monotonic() + timeout
+        try:
+            self.flush(max(1.0, timeout))
+        except DeliveryError as exc:
+            self._confirmed.reason = str(exc)
+        while self._pending and time.monotonic() < deadline:
+            self.check_confirmations(0.5)
+            if progress is not None:
+                progress(self._confirmed.confirmed_datums)
+            if self._pending:
+                time.sleep(0.25)
+        out = Confirmation(self._confirmed.confirmed_datums, self._failed_datums,
+                           set(self._confirmed.confirmed), set(self._failed_identities), self._confirmed.reason)
+        for sent in self._pending.values():
+            for m in sent:
+                out.unconfirmed_datums += m.datums
+                out.unconfirmed.update(m.identities)
+        if self._pending and out.reason is None:
+            out.reason = (f"the pipeline did not commit {out.unconfirmed_datums} datum(s) within {timeout:.0f}s "
+                          "(is a worker running? was the broker restarted?)")
+        return out
+
+    def close(self) -> None:
+        if self._offsets_reader is not None:
+            self._offsets_reader.close()
+            self._offsets_reader = None
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait for every queued message; raise if any could not be delivered."""

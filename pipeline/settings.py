@@ -41,6 +41,8 @@ class Settings:
     producer_batch_datums: int = field(default=1000, metadata={"doc": "Datums per Kafka message (one batch envelope)"})
     producer_linger_ms: int = field(default=20, metadata={"doc": "librdkafka linger.ms"})
     producer_compression: str = field(default="zstd", metadata={"doc": "librdkafka compression.type"})
+    confirm_timeout_s: float = field(default=300.0, metadata={
+        "doc": "How long `pipeline ingest` waits for the pipeline to store what it sent (0: do not wait)"})
 
     # Serving
     metrics_port: int = field(default=9108, metadata={"doc": "Prometheus /metrics port of the worker (0: off)"})

@@ -1,21 +1,30 @@
 """The Faust worker: agents that take datum batches from the per-source topics and store them.
 
-Order of commitment for every batch of messages (at least once, idempotent store):
+Order of commitment for every batch of messages (at least once, idempotent store), kept by one
+`pipeline.commit.Committer` with one retry policy:
 
     1. decode and check                  (pure: processors/, nothing leaves the process)
-    2. store accepted rows in ClickHouse (retried until it succeeds; offsets stay put)
+    2. store accepted rows in ClickHouse (transient failures retried; offsets stay put)
     2b. mark their rollup buckets stale   (marks produced to pipeline.rollup-stale, acks awaited)
     3. produce dead letters, await acks  (refusals are as durable as rows before we move on)
     4. ack the events                    (Faust commits acked offsets on its commit interval)
 
 A crash anywhere before 4 redelivers the batch; the raw table's replacing key makes the
-second store invisible to queries.
+second store invisible to queries. An exception caused by the data, at any step, is narrowed
+down to the datum (or message) that causes it, which is dead-lettered as `internal.<stage>`;
+the rest of the batch is stored. No exception leaves an agent.
 
 The rollup agent takes the stale marks, keyed by stream, and for each batch of marks:
     1. recompute the stale buckets from the stored raw rows and cascade (pipeline/rollups.py)
     2. store them (replacing rows, tombstones for emptied buckets; idempotent)
+    2b. record the raw batches as rolled up (the rollup ledger, `rollup_done`)
     3. ack the marks
-so raw ingestion never waits for rollups, and a crash recomputes the same buckets again.
+so raw ingestion never waits for rollups, and a crash recomputes the same buckets again. Marks
+live on the broker, which may lose them: at start a worker re-marks every stored raw batch the
+ledger does not list.
+
+Metadata events are applied to the history log one at a time and acked only once applied (or
+refused with a dead letter); while PostgreSQL is away the agent waits, and says so.
 
 Faust cannot subscribe by pattern (faust-streaming #62), so the datum agent's topic list grows:
 a timer lists the broker's topics, and a new source topic joins the subscription in seconds.
@@ -27,17 +36,18 @@ import asyncio
 import json
 import logging
 import time
+from collections import ChainMap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import faust
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError
 from faust.types import EventT
 from prometheus_client import CollectorRegistry, start_http_server
 
 from pipeline.codec import SCHEMA_HEADER, DeadLetter, DecodeError, Origin, decode_batch
+from pipeline.commit import Committer, Isolated, RetryPolicy, Unavailable, describe, stage_named
 from pipeline.metadata import MetadataLink
 from pipeline.metrics import Metrics, build_metrics
 from pipeline.producer import TopicAdmin, end_offsets
@@ -46,17 +56,15 @@ from pipeline.settings import Settings
 from pipeline.topics import Topics, stream_key
 from processors.auxiliary import AuxChange, AuxError, parse_change_bytes
 from processors.catalog_versions import VersionedCatalog
-from processors.datum import Datum, Rejection
+from processors.datum import Datum, Rejection, check_envelope
 from processors.qrating import RateState
 from processors.rows import RawColumns, Scoring, accept_batch
 from sinks.auxiliary import stored_properties, write_changes
-from sinks.base import SinkBackpressure
 from sinks.clickhouse import LATEST_TABLE, RawSink, connect, ensure_schema, rate_baselines
-from sinks.rollups import ensure_rollup_schema
+from sinks.rollups import ensure_rollup_schema, mark_rolled_up, not_rolled_up
 
 log = logging.getLogger(__name__)
 
-RETRY_MAX_S = 30.0
 T = TypeVar("T")
 
 
@@ -84,24 +92,43 @@ def header(headers: Any, name: str) -> str | None:
     return None
 
 
-def process_messages(
-    messages: Sequence[Any],
+@dataclass
+class Part:
+    """A unit of a datum batch: a whole message (decoded when processed), or some of the datums
+    of one message (once a failing message is being narrowed down to the datum at fault)."""
+
+    message: Any
+    datums: list[Datum] | None = None
+
+    @property
+    def origin(self) -> Origin:
+        msg = self.message
+        return Origin(msg.topic, msg.partition, msg.offset)
+
+
+def process_parts(
+    parts: Sequence[Part],
     now_ms: int,
     catalog: VersionedCatalog | None = None,
     scoring: Scoring | None = None,
     prepare: Callable[[list[Datum]], None] | None = None,
 ) -> BatchOutcome:
-    """Decode and check a batch of Kafka messages (anything with topic/partition/offset/value/headers).
+    """Decode and check parts of a batch (pure, but for `prepare`).
 
-    `prepare` sees every decoded datum before any is accepted (the worker loads rate baselines
-    of streams it has not seen since it started).
-    """
+    `prepare` sees every decoded datum before any is accepted (the worker loads rate baselines of
+    streams it has not seen since it started)."""
     out = BatchOutcome()
     decoded: list[tuple[Origin, list[Datum]]] = []
-    for msg in messages:
-        origin = Origin(msg.topic, msg.partition, msg.offset)
+    for part in parts:
+        origin = part.origin
+        if part.datums is not None:
+            decoded.append((origin, part.datums))
+            out.datums += len(part.datums)
+            continue
+        msg = part.message
         try:
-            datums = decode_batch(msg.value, header(msg.headers, SCHEMA_HEADER))
+            with stage_named("decode"):
+                datums = decode_batch(msg.value, header(msg.headers, SCHEMA_HEADER))
         except DecodeError as exc:
             out.letters.append(
                 DeadLetter([Rejection(exc.rule, str(exc))], origin, payload=bytes(msg.value or b""))
@@ -110,9 +137,11 @@ def process_messages(
         decoded.append((origin, datums))
         out.datums += len(datums)
     if prepare is not None:
-        prepare([d for _, datums in decoded for d in datums])
+        with stage_named("rates"):
+            prepare([d for _, datums in decoded for d in datums])
     for origin, datums in decoded:
-        result = accept_batch(datums, now_ms, catalog, scoring)
+        with stage_named("check"):
+            result = accept_batch(datums, now_ms, catalog, scoring)
         out.rows.extend(result.rows)
         out.latest.extend(result.latest)
         out.accepted += result.datums_accepted
@@ -124,18 +153,54 @@ def process_messages(
     return out
 
 
+def process_messages(
+    messages: Sequence[Any],
+    now_ms: int,
+    catalog: VersionedCatalog | None = None,
+    scoring: Scoring | None = None,
+    prepare: Callable[[list[Datum]], None] | None = None,
+) -> BatchOutcome:
+    """Decode and check a batch of Kafka messages (anything with topic/partition/offset/value/headers)."""
+    return process_parts([Part(m) for m in messages], now_ms, catalog, scoring, prepare)
+
+
+def split_part(part: Part) -> list[Part] | None:
+    """A failing message, taken apart into one part per datum (None: it has no parts)."""
+    if part.datums is not None:
+        return [Part(part.message, [d]) for d in part.datums] if len(part.datums) > 1 else None
+    msg = part.message
+    try:
+        datums = decode_batch(msg.value, header(msg.headers, SCHEMA_HEADER))
+    except DecodeError:
+        return None
+    return [Part(msg, [d]) for d in datums] if len(datums) > 1 else [Part(msg, datums)]
+
+
+def internal_letter(isolated: Isolated[Part]) -> DeadLetter:
+    """The dead letter of a datum (or message) that made a stage throw."""
+    part = isolated.unit
+    reason = Rejection(f"internal.{isolated.stage}", describe(isolated.error))
+    if part.datums is not None and len(part.datums) == 1:
+        return DeadLetter([reason], part.origin, datum=part.datums[0], stage="internal")
+    return DeadLetter([reason], part.origin, payload=bytes(part.message.value or b""), stage="internal")
+
+
 Change = tuple[int, str, int, str, str]  # node, source, created, property, kind
 
 
-def stale_marks(changes: Iterable[Change]) -> list[tuple[bytes, bytes]]:
-    """One mark per stream: the (property, kind, created) of every changed reading or reset."""
+def stale_marks(changes: Iterable[Change], inserted_ms: int | None = None) -> list[tuple[bytes, bytes]]:
+    """One mark per stream: the (property, kind, created) of every changed reading or reset, and
+    the stamp of the raw batch that changed them (the rollup ledger's key), if any."""
     by_stream: dict[tuple[int, str], list[tuple[str, str, int]]] = {}
     for node, source, created, prop, kind in changes:
         by_stream.setdefault((node, source), []).append((prop, kind, created))
-    return [
-        (stream_key(node, source), json.dumps({"node": node, "source": source, "changes": changes}).encode())
-        for (node, source), changes in by_stream.items()
-    ]
+    marks = []
+    for (node, source), items in by_stream.items():
+        doc: dict[str, Any] = {"node": node, "source": source, "changes": items}
+        if inserted_ms is not None:
+            doc["inserted"] = inserted_ms
+        marks.append((stream_key(node, source), json.dumps(doc).encode()))
+    return marks
 
 
 def row_changes(rows: RawColumns) -> Iterable[Change]:
@@ -144,7 +209,13 @@ def row_changes(rows: RawColumns) -> Iterable[Change]:
 
 def stale_rows(values: Sequence[bytes]) -> RawColumns:
     """Marks back to the columns the rollup maintainer reads (node, source, created, property, kind)."""
+    return read_marks(values)[0]
+
+
+def read_marks(values: Sequence[bytes]) -> tuple[RawColumns, set[tuple[int, str, int]]]:
+    """Marks back to columns, and the raw batches (node, source, inserted) they stand for."""
     rows = RawColumns()
+    batches: set[tuple[int, str, int]] = set()
     for value in values:
         mark = json.loads(value)
         for prop, kind, created in mark["changes"]:
@@ -153,7 +224,20 @@ def stale_rows(values: Sequence[bytes]) -> RawColumns:
             rows.created.append(created)
             rows.property.append(prop)
             rows.kind.append(kind)
-    return rows
+        if mark.get("inserted") is not None:
+            batches.add((int(mark["node"]), str(mark["source"]), int(mark["inserted"])))
+    return rows, batches
+
+
+class Stamps:
+    """Strictly increasing epoch-ms stamps: each stored raw batch gets its own."""
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def next(self) -> int:
+        self._last = max(self._last + 1, int(time.time() * 1000))
+        return self._last
 
 
 class DatumWorker:
@@ -217,7 +301,15 @@ class DatumWorker:
         self.scoring = Scoring()
         self._baselined: set[tuple[int, str]] = set()
         self._positions: dict[tuple[str, int], int] = {}  # last offset handled per partition, for lag
+        self.stamps = Stamps()
+        self.committer: Committer[Any, DeadLetter] = Committer(
+            RetryPolicy(), on_retry=self._on_retry,
+            on_isolated=lambda i: self.metrics.internal_errors.labels(i.stage).inc())
         self._register()
+
+    def _on_retry(self, what: str, exc: BaseException, delay: float) -> None:
+        self.metrics.sink_retries.labels(what).inc()
+        self.metrics.sink_failures.labels(what).inc()
 
     def _discover(self) -> list[str]:
         pattern = self.topics.source_pattern
@@ -232,6 +324,8 @@ class DatumWorker:
                            self.topics.auxiliary])
         return names
 
+    # The ClickHouse clients are made on first use, in a worker thread and inside the retry
+    # policy (a store that is away at start is waited for, not a crash).
     @property
     def sink(self) -> RawSink:
         if self._sink is None:
@@ -259,88 +353,223 @@ class DatumWorker:
             )
         return self._rollups
 
-    async def mark_stale(self, changes: Iterable[Change]) -> None:
-        futures = [await self.stale_topic.send(key=key, value=value) for key, value in stale_marks(changes)]
-        await asyncio.gather(*futures)
-
-    async def update_rollups(self, rows: RawColumns) -> None:
-        """Recompute the rollups the stored rows stale; retried until ClickHouse takes them."""
-        m = self.metrics
-        t0 = time.perf_counter()
-        written = await self.retrying("rollup", f"rollup update of {len(rows)} rows", self.rollups.update, rows)
-        m.sink_batch_rows.labels("rollup").observe(written)
-        m.sink_insert_seconds.labels("rollup").observe(self.rollups.last_seconds)
-        m.last_stored_timestamp.labels("rollup").set(time.time())
-        m.agent_batch_seconds.labels("rollups").observe(time.perf_counter() - t0)
-
-    async def retrying(self, sink: str, what: str, fn: Callable[..., T], *args: Any) -> T:
-        """fn(*args) in a thread until it succeeds: the offsets stay put meanwhile."""
-        delay = 0.5
-        while True:
-            try:
-                return await asyncio.to_thread(fn, *args)
-            except (ClickHouseError, OSError) as exc:
-                self.metrics.sink_failures.labels(sink).inc()
-                self.metrics.sink_retries.labels(sink).inc()
-                log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(RETRY_MAX_S, delay * 2)
-
-    async def handle_auxiliary(self, events: Sequence[EventT]) -> None:
-        """Reset markers stored, moved or deleted. Order of commitment as for datums:
-        1. parse (refusals kept aside)  2. store the changes  2b. mark the buckets around the
-        old and new times stale (the rollup agent recomputes them with the resets)
-        3. dead letters, awaited  4. the caller acks."""
-        t0 = time.perf_counter()
-        m = self.metrics
-        m.messages_in.labels("auxiliary").inc(len(events))
-        changes: list[AuxChange] = []
-        letters: list[DeadLetter] = []
-        for e in events:
-            msg = e.message
-            try:
-                changes.append(parse_change_bytes(bytes(msg.value or b"")))
-            except AuxError as exc:
-                letters.append(DeadLetter([exc.as_rejection()], Origin(msg.topic, msg.partition, msg.offset),
-                                          payload=bytes(msg.value or b""), stage="auxiliary"))
-        if changes:
-            client = self.aux_client
-            removed = [c.removed for c in changes if c.removed is not None]
-            # what a delete or move takes away: the stored record's properties, read before the write
-            gone = await self.retrying("auxiliary", "reading stored resets", stored_properties, client, removed)
-            await self.retrying("auxiliary", f"storing {len(changes)} auxiliary change(s)",
-                                write_changes, client, changes)
-            marks: list[Change] = [(k.node_id, k.source_id, k.created_ms, p, "a")
-                                   for k, props in zip(removed, gone, strict=True) for p in sorted(props)]
-            for c in changes:
-                if c.record is not None:
-                    k = c.record.key
-                    marks += [(k.node_id, k.source_id, k.created_ms, p, "a") for p in sorted(c.record.properties)]
-            if marks:
-                await self.mark_stale(marks)
-        await self.send_dead_letters(letters)
-        self.handled([e.message for e in events])
-        m.agent_batch_seconds.labels("auxiliary").observe(time.perf_counter() - t0)
-
     @property
     def latest_sink(self) -> RawSink:
         if self._latest_sink is None:
             self._latest_sink = RawSink(self.sink.client, LATEST_TABLE)
         return self._latest_sink
 
-    def prepare_rates(self, datums: list[Datum]) -> None:
+    async def in_thread(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in a thread, retried while it fails transiently; a data error is raised."""
+        return await self.committer.retry(what, asyncio.to_thread, fn, *args)
+
+    async def mark_stale(self, changes: Iterable[Change], inserted_ms: int | None = None) -> None:
+        futures = [await self.stale_topic.send(key=key, value=value)
+                   for key, value in stale_marks(changes, inserted_ms)]
+        await asyncio.gather(*futures)
+
+    # -- rollups --------------------------------------------------------------------------------
+
+    async def handle_marks(self, events: Sequence[EventT], ack: Callable[[], Any]) -> None:
+        """Recompute what a batch of stale marks names, store it, record it in the ledger, ack."""
+        m = self.metrics
+        m.messages_in.labels("rollups").inc(len(events))
+
+        async def attempt(batch: Sequence[EventT]) -> list[DeadLetter]:
+            t0 = time.perf_counter()
+            with stage_named("rollup"):
+                rows, batches = read_marks([e.message.value for e in batch])
+            written = await self.in_thread("rollup", lambda: self.rollups.update(rows))
+            if batches:
+                await self.in_thread("rollup ledger", lambda: mark_rolled_up(self.rollups.client, batches))
+            m.sink_batch_rows.labels("rollup").observe(written)
+            m.sink_insert_seconds.labels("rollup").observe(self.rollups.last_seconds)
+            m.last_stored_timestamp.labels("rollup").set(time.time())
+            m.agent_batch_seconds.labels("rollups").observe(time.perf_counter() - t0)
+            return []
+
+        def letter(isolated: Isolated[EventT]) -> DeadLetter:
+            msg = isolated.unit.message
+            return DeadLetter([Rejection(f"internal.{isolated.stage}", describe(isolated.error))],
+                              Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""),
+                              stage="internal")
+
+        await self.committer.commit(events, attempt, self.send_dead_letters, ack, letter=letter)
+        self.handled([e.message for e in events])
+
+    async def repair_rollups(self) -> int:
+        """Re-mark every stored raw batch the rollup ledger does not list (marks lost with a
+        broker, or a crash between the store and the marks): a full crash heals itself."""
+        def scan() -> list[tuple[int, str, int, list[tuple[str, str, int]]]]:
+            client = connect(self.settings.clickhouse_url)  # its own: the rollup agent uses the other
+            try:
+                return not_rolled_up(client)
+            finally:
+                client.close()
+
+        missing = await self.in_thread("rollup repair", scan)
+        for node, source, inserted, changes in missing:
+            await self.committer.retry("rollup repair marks", self.mark_stale,
+                                       [(node, source, created, prop, kind) for prop, kind, created in changes],
+                                       inserted)
+        if missing:
+            log.warning("rollup repair: %d stored raw batch(es) had no rollups recorded; marked stale again",
+                        len(missing))
+        self.metrics.rollup_repairs.inc(len(missing))
+        return len(missing)
+
+    # -- auxiliary (meter resets) ---------------------------------------------------------------
+
+    async def handle_auxiliary(self, events: Sequence[EventT], ack: Callable[[], Any]) -> None:
+        """Reset markers stored, moved or deleted. Order of commitment as for datums:
+        1. parse (refusals kept aside)  2. store the changes  2b. mark the buckets around the
+        old and new times stale (the rollup agent recomputes them with the resets)
+        3. dead letters, awaited  4. ack."""
+        t0 = time.perf_counter()
+        self.metrics.messages_in.labels("auxiliary").inc(len(events))
+
+        async def attempt(batch: Sequence[EventT]) -> list[DeadLetter]:
+            changes: list[AuxChange] = []
+            letters: list[DeadLetter] = []
+            for e in batch:
+                msg = e.message
+                try:
+                    changes.append(parse_change_bytes(bytes(msg.value or b"")))
+                except AuxError as exc:
+                    letters.append(DeadLetter([exc.as_rejection()], Origin(msg.topic, msg.partition, msg.offset),
+                                              payload=bytes(msg.value or b""), stage="auxiliary"))
+            if changes:
+                removed = [c.removed for c in changes if c.removed is not None]
+                # what a delete or move takes away: the stored record's properties, read before the write
+                gone = await self.in_thread("auxiliary", lambda: stored_properties(self.aux_client, removed))
+                await self.in_thread("auxiliary", lambda: write_changes(self.aux_client, changes))
+                marks: list[Change] = [(k.node_id, k.source_id, k.created_ms, p, "a")
+                                       for k, props in zip(removed, gone, strict=True) for p in sorted(props)]
+                for c in changes:
+                    if c.record is not None:
+                        k = c.record.key
+                        marks += [(k.node_id, k.source_id, k.created_ms, p, "a") for p in sorted(c.record.properties)]
+                if marks:
+                    await self.committer.retry("stale marks", self.mark_stale, marks)
+            return letters
+
+        def letter(isolated: Isolated[EventT]) -> DeadLetter:
+            msg = isolated.unit.message
+            return DeadLetter([Rejection(f"internal.{isolated.stage}", describe(isolated.error))],
+                              Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""),
+                              stage="internal")
+
+        await self.committer.commit(events, attempt, self.send_dead_letters, ack, letter=letter)
+        self.handled([e.message for e in events])
+        self.metrics.agent_batch_seconds.labels("auxiliary").observe(time.perf_counter() - t0)
+
+    # -- datums ---------------------------------------------------------------------------------
+
+    def baseline_loader(self, rates: ChainMap[Any, RateState], seen: set[tuple[int, str]]
+                        ) -> Callable[[list[Datum]], None]:
         """First sight of a stream since start: its cumulative rates continue from the store
-        (the broker may have been restarted and kept nothing)."""
-        if self.catalog is None:
-            return
-        first: dict[tuple[int, str], int] = {}
-        for d in datums:
-            if d.stream not in self._baselined and d.a and d.created_ms < first.get(d.stream, 1 << 62):
-                first[d.stream] = d.created_ms
-        for (node, source), before in first.items():
-            for datastream, created, value in rate_baselines(self.sink.client, node, source, before):
-                self.scoring.rates.setdefault((node, source, datastream), RateState(created, value))
-            self._baselined.add((node, source))
+        (the broker may have been restarted and kept nothing). Writes go to this attempt's
+        overlay and `seen`, kept only if the attempt succeeds."""
+
+        def prepare(datums: list[Datum]) -> None:
+            if self.catalog is None:
+                return
+            first: dict[tuple[int, str], int] = {}
+            now_ms = int(time.time() * 1000)
+            for d in datums:
+                if d.stream in self._baselined or d.stream in seen or not d.a:
+                    continue
+                # a lookup never sees a datum the envelope rules refuse (a negative node id...)
+                kept = check_envelope(d, now_ms)[0]
+                if kept is not None and kept.a and kept.created_ms < first.get(kept.stream, 1 << 62):
+                    first[kept.stream] = kept.created_ms
+            for (node, source), before in first.items():
+                for datastream, created, value in rate_baselines(self.sink.client, node, source, before):
+                    rates.setdefault((node, source, datastream), RateState(created, value))
+                seen.add((node, source))
+
+        return prepare
+
+    async def write_datums(self, parts: Sequence[Part]) -> list[DeadLetter]:
+        """Steps 1, 2 and 2b for some parts of a batch; returns their refusals (step 3's letters).
+
+        Idempotent: the rate baselines and states it moves are kept only if it succeeds, so a
+        retry (or the halves of a split) sees them as they were."""
+        m = self.metrics
+        rates: ChainMap[Any, RateState] = ChainMap({}, self.scoring.rates)
+        seen: set[tuple[int, str]] = set()
+        scoring = Scoring(plan=self.scoring.plan, rates=rates, _scorers=self.scoring._scorers)
+        # 1. decode and check (a thread: the baseline lookup talks to ClickHouse)
+        outcome = await asyncio.to_thread(
+            process_parts, parts, int(time.time() * 1000), self.catalog, scoring,
+            self.baseline_loader(rates, seen))
+        # 2. store first
+        stamp = self.stamps.next()
+        if len(outcome.latest):
+            await self.store(outcome.latest, latest=True)
+        if len(outcome.rows):
+            await self.store(outcome.rows, stamp=stamp)
+            # 2b. mark the rollup buckets of what was just stored stale (before the ack)
+            with stage_named("stale_marks"):
+                await self.committer.retry("stale marks", self.mark_stale, row_changes(outcome.rows), stamp)
+        # this part is in: keep what it learned, count it
+        self.scoring.rates.update(rates.maps[0])
+        self._baselined |= seen
+        m.datums_in.labels("datums").inc(outcome.datums)
+        m.datums_accepted.labels("datums").inc(outcome.accepted)
+        if len(outcome.rows):
+            for kind in ("i", "a", "s"):
+                count = outcome.rows.kind.count(kind)
+                if count:
+                    m.samples_accepted.labels(kind).inc(count)
+            for perf in outcome.rows.performance:
+                if perf is not None:
+                    m.qrating_performance.observe(perf)
+            if outcome.newest_created_ms:
+                m.created_to_stored_seconds.observe(max(0.0, time.time() - outcome.newest_created_ms / 1000))
+        return outcome.letters
+
+    async def handle(self, events: Sequence[EventT], ack: Callable[[], Any] | None = None) -> None:
+        """The order of commitment of one batch of datum messages (module docstring)."""
+        t0 = time.perf_counter()
+        messages = [e.message for e in events]
+        self.metrics.messages_in.labels("datums").inc(len(messages))
+
+        async def no_ack() -> None:
+            return None
+
+        await self.committer.commit([Part(msg) for msg in messages], self.write_datums, self.send_dead_letters,
+                                    ack or no_ack, split=split_part, letter=internal_letter)
+        self.handled(messages)
+        self.metrics.agent_batch_seconds.labels("datums").observe(time.perf_counter() - t0)
+
+    async def store(self, rows: RawColumns, *, latest: bool = False, stamp: int | None = None) -> None:
+        """One insert, retried by the policy while the store is away or pushes back."""
+        m = self.metrics
+        label = "latest" if latest else "raw"
+
+        def insert() -> None:
+            target = self.latest_sink if latest else self.sink
+            t0 = time.perf_counter()
+            with stage_named("store"):
+                target.write_columns(rows, stamp)
+            m.sink_insert_seconds.labels(label).observe(time.perf_counter() - t0)
+
+        await self.in_thread(label, insert)
+        m.sink_batch_rows.labels(label).observe(len(rows))
+        m.last_stored_timestamp.labels(label).set(time.time())
+
+    async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Produce dead letters and wait until the broker has every one (before the ack)."""
+        futures = []
+        for letter in letters:
+            futures.append(await self.deadletter_topic.send(value=letter.to_json()))
+        await asyncio.gather(*futures)
+        for letter in letters:  # counted once they are on the broker (a retry sends them again)
+            for reason in letter.reasons:
+                self.metrics.dead_letters.labels(letter.stage, reason.rule).inc()
+
+    # -- metadata -------------------------------------------------------------------------------
 
     async def refresh_catalog(self, force: bool = False) -> None:
         if self.metadata is None:
@@ -354,19 +583,116 @@ class DatumWorker:
                 log.info("catalog version %d: %d data-time stretch(es)", self.catalog.version,
                          len(self.catalog.catalogs))
 
+    async def wait_for_history_log(self) -> None:
+        """Migrate the history log, waiting (and saying so) while PostgreSQL is away."""
+        assert self.metadata is not None
+        link = self.metadata
+        waiting_since: float | None = None
+
+        def migrate() -> list[str]:
+            try:
+                return link.migrate()
+            except Exception as exc:
+                # any failure to reach or migrate the log is waited out: no datum is validated
+                # and no metadata event is applied without it
+                raise Unavailable(f"history log unavailable: {exc}") from exc
+
+        def on_retry(what: str, exc: BaseException, delay: float) -> None:
+            nonlocal waiting_since
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+            self.metrics.dependency_up.labels("postgres").set(0)
+
+        waiter: Committer[Any, Any] = Committer(self.committer.policy, on_retry=on_retry)
+        await waiter.retry("waiting for PostgreSQL (history log)", asyncio.to_thread, migrate)
+        self.metrics.dependency_up.labels("postgres").set(1)
+        if waiting_since is not None:
+            log.warning("PostgreSQL is back after %.0fs: history log migrated", time.monotonic() - waiting_since)
+
+    async def handle_metadata(self, event: EventT, ack: Callable[[], Any]) -> None:
+        """Apply one metadata event to the history log, then ack it: never acked unapplied.
+        Refusals are logged and dead-lettered; an unreachable log is waited for."""
+        if self.metadata is None:
+            log.error("metadata event at offset %d not applied: no PostgreSQL DSN; it stays unacked",
+                      event.message.offset)
+            await asyncio.Event().wait()  # hold the partition: never ack what was not applied
+            return
+        await self.metadata_ready.wait()
+        t0 = time.perf_counter()
+        msg = event.message
+        self.metrics.messages_in.labels("metadata").inc()
+        link = self.metadata
+
+        async def attempt(batch: Sequence[EventT]) -> list[DeadLetter]:
+            def apply() -> Any:
+                try:
+                    return link.apply(bytes(msg.value or b""))
+                except Exception as exc:
+                    import psycopg
+
+                    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                        raise Unavailable(f"history log unavailable: {exc}") from exc
+                    raise
+
+            with stage_named("metadata"):
+                result = await self.in_thread("applying a metadata event", apply)
+            self.metrics.dependency_up.labels("postgres").set(1)
+            if result.status in ("refused", "invalid"):
+                log.warning("metadata event %s refused: %s (%s)", result.event_id, result.reason, result.rule)
+                return [DeadLetter([Rejection(result.rule or "metadata.refused", result.reason or "")],
+                                   Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""),
+                                   stage="metadata")]
+            log.info("metadata event %s %s", result.event_id, result.status)
+            try:
+                await self.refresh_catalog()
+            except Exception as exc:  # the timer tries again within a second
+                log.warning("catalog refresh after %s failed: %s", result.event_id, exc)
+            return []
+
+        def letter(isolated: Isolated[EventT]) -> DeadLetter:
+            return DeadLetter([Rejection(f"internal.{isolated.stage}", describe(isolated.error))],
+                              Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""),
+                              stage="internal")
+
+        await self.committer.commit([event], attempt, self.send_dead_letters, ack, letter=letter)
+        self._metadata_next = msg.offset + 1
+        self.handled([msg])
+        self.metrics.agent_batch_seconds.labels("metadata").observe(time.perf_counter() - t0)
+
+    # -- the app --------------------------------------------------------------------------------
+
+    async def guarded(self, agent: str, batch: Callable[[], Any]) -> None:
+        """Run one batch's commit; should anything escape it (a defect of ours), retry the same
+        batch rather than let Faust restart the agent and lose the events it holds."""
+        delays = self.committer.policy.delays()
+        while True:
+            try:
+                await batch()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                delay = next(delays)
+                self.metrics.internal_errors.labels(agent).inc()
+                log.exception("%s agent: unexpected error; the batch is retried in %.1fs", agent, delay)
+                await asyncio.sleep(delay)
+
     def _register(self) -> None:
         app, s = self.app, self.settings
         max_messages = max(1, s.batch_max_datums // max(1, s.producer_batch_datums)) * 4
+
+        def acker(stream: faust.StreamT[Any], events: Sequence[EventT]) -> Callable[[], Any]:
+            async def ack() -> None:
+                for event in events:
+                    await stream.ack(event)
+            return ack
 
         @app.agent(self.datum_topic, name="datums")
         async def datums(stream: faust.StreamT[Any]) -> None:
             async for events in stream.noack_take(max_messages, within=s.batch_within_s):
                 # validate with the catalog from the history log, never without it
                 await self.catalog_ready.wait()
-                await self.handle(events)
-                # 4. only now may the offsets move
-                for event in events:
-                    await stream.ack(event)
+                await self.guarded("datums", lambda events=events: self.handle(events, acker(stream, events)))
 
         @app.timer(s.topic_scan_interval_s)
         async def discover_sources() -> None:
@@ -380,27 +706,26 @@ class DatumWorker:
         async def rollups(stream: faust.StreamT[Any]) -> None:
             async for events in stream.noack_take(500, within=1.0):
                 await self.catalog_ready.wait()  # time zones come from the catalog
-                self.metrics.messages_in.labels("rollups").inc(len(events))
-                await self.update_rollups(stale_rows([e.message.value for e in events]))
-                self.handled([e.message for e in events])
-                for event in events:
-                    await stream.ack(event)
+                await self.guarded("rollups", lambda events=events: self.handle_marks(events, acker(stream, events)))
 
         @app.agent(self.aux_topic, name="auxiliary")
         async def auxiliary(stream: faust.StreamT[Any]) -> None:
             async for events in stream.noack_take(200, within=0.5):
                 await self.catalog_ready.wait()
-                await self.handle_auxiliary(events)
-                for event in events:
-                    await stream.ack(event)
+                await self.guarded("auxiliary",
+                                   lambda events=events: self.handle_auxiliary(events, acker(stream, events)))
 
         @app.agent(self.metadata_topic, name="metadata")
         async def metadata(stream: faust.StreamT[Any]) -> None:
-            async for event in stream.events():
-                await self.apply_metadata(event)
+            async for events in stream.noack_take(1, within=0.1):
+                for event in events:
+                    await self.guarded("metadata",
+                                       lambda event=event: self.handle_metadata(event, acker(stream, [event])))
 
         @app.timer(1.0)
         async def catalog() -> None:
+            if not self.metadata_ready.is_set():
+                return
             try:
                 await self.refresh_catalog()
             except Exception as exc:  # PostgreSQL away: keep the catalog we have
@@ -408,23 +733,25 @@ class DatumWorker:
 
         @app.task
         async def warm_up() -> None:
-            await asyncio.to_thread(lambda: self.sink)
-            await asyncio.to_thread(ensure_rollup_schema, self.sink.client)
+            if s.metrics_port:
+                start_http_server(s.metrics_port, registry=self.registry)
+                log.info("metrics on :%d/metrics", s.metrics_port)
+            await self.in_thread("connecting to ClickHouse", lambda: self.sink)
+            await self.in_thread("rollup schema", lambda: self.rollups)
+            self.metrics.dependency_up.labels("clickhouse").set(1)
             if self.metadata is not None:
-                await asyncio.to_thread(self.metadata.migrate)
+                await self.wait_for_history_log()
                 self.metadata_ready.set()
                 # Metadata produced before this start applies before any datum is validated.
                 await self.catch_up_metadata()
-                await self.refresh_catalog(force=True)
+                await self.committer.retry("loading the catalog", self.refresh_catalog, True)
                 # Only now: a refresh by the metadata agent during catch-up may hold a catalog
                 # from half-way through the events (a datamodel without its bindings).
                 self.catalog_ready.set()
             else:
                 log.warning("no PostgreSQL DSN: templates are not applied, every source is stored unvalidated")
                 self.catalog_ready.set()
-            if s.metrics_port:
-                start_http_server(s.metrics_port, registry=self.registry)
-                log.info("metrics on :%d/metrics", s.metrics_port)
+            await self.repair_rollups()
 
     async def grow_subscription(self) -> None:
         pattern = self.topics.source_pattern
@@ -448,15 +775,6 @@ class DatumWorker:
             self.app.topics._flag_changes()  # type: ignore[attr-defined]
         self.metrics.source_topics.set(len(self.source_topic_names))
 
-    async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
-        """Produce dead letters and wait until the broker has every one (before the ack)."""
-        futures = []
-        for letter in letters:
-            futures.append(await self.deadletter_topic.send(value=letter.to_json()))
-            for reason in letter.reasons:
-                self.metrics.dead_letters.labels(letter.stage, reason.rule).inc()
-        await asyncio.gather(*futures)
-
     def handled(self, messages: Sequence[Any]) -> None:
         """Remember the last offset handled per partition: consumer lag is measured from it."""
         for msg in messages:
@@ -470,14 +788,14 @@ class DatumWorker:
             if high is not None and pos is not None:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos - 1))
 
-
     async def catch_up_metadata(self, timeout: float = 60.0) -> None:
         """Wait until the metadata topic's events that existed at start are applied (by this
         worker or whichever owns the partition: the group's committed offset tells)."""
-        end = await asyncio.to_thread(self._metadata_end)
+        end = await self.in_thread("metadata end offset", self._metadata_end)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            done = max(self._metadata_next, await asyncio.to_thread(self._metadata_committed))
+            done = max(self._metadata_next, await self.in_thread("metadata committed offset",
+                                                                  self._metadata_committed))
             if done >= end:
                 return
             await asyncio.sleep(0.25)
@@ -487,104 +805,18 @@ class DatumWorker:
     def _metadata_end(self) -> int:
         return end_offsets(self.settings.kafka_bootstrap, self.topics.metadata, [0])[0]
 
+    _committed_reader: Any = None
+
     def _metadata_committed(self) -> int:
         from confluent_kafka import Consumer, TopicPartition
 
-        c = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": self.settings.app_id,
-                      "enable.auto.commit": False})
-        try:
-            (tp,) = c.committed([TopicPartition(self.topics.metadata, 0)], timeout=10)
-            return max(0, int(tp.offset))
-        finally:
-            c.close()
+        if self._committed_reader is None:  # one reader, not one per poll
+            self._committed_reader = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
+                                               "group.id": self.settings.app_id, "enable.auto.commit": False})
+        (tp,) = self._committed_reader.committed([TopicPartition(self.topics.metadata, 0)], timeout=10)
+        return max(0, int(tp.offset))
 
     _metadata_next = 0  # the offset after the last metadata event this worker applied
-
-    async def apply_metadata(self, event: EventT) -> None:
-        """Apply one metadata event to the history log; refusals are logged and dead-lettered."""
-        if self.metadata is None:
-            log.error("metadata event at offset %d ignored: no PostgreSQL DSN", event.message.offset)
-            return
-        msg = event.message
-        await self.metadata_ready.wait()
-        t0 = time.perf_counter()
-        self.metrics.messages_in.labels("metadata").inc()
-        delay = 0.5
-        while True:
-            try:
-                result = await asyncio.to_thread(self.metadata.apply, bytes(msg.value or b""))
-                break
-            except Exception as exc:  # the log is unreachable: retry, the offset stays
-                log.warning("applying metadata failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(RETRY_MAX_S, delay * 2)
-        if result.status in ("refused", "invalid"):
-            log.warning("metadata event %s refused: %s (%s)", result.event_id, result.reason, result.rule)
-            letter = DeadLetter([Rejection(result.rule or "metadata.refused", result.reason or "")],
-                                Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""),
-                                stage="metadata")
-            await self.send_dead_letters([letter])
-        else:
-            log.info("metadata event %s %s", result.event_id, result.status)
-            try:
-                await self.refresh_catalog()
-            except Exception as exc:  # the timer tries again within a second
-                log.warning("catalog refresh after %s failed: %s", result.event_id, exc)
-        self._metadata_next = msg.offset + 1
-        self.handled([msg])
-        self.metrics.agent_batch_seconds.labels("metadata").observe(time.perf_counter() - t0)
-
-    async def handle(self, events: Sequence[EventT]) -> None:
-        t0 = time.perf_counter()
-        m = self.metrics
-        messages = [e.message for e in events]
-        m.messages_in.labels("datums").inc(len(messages))
-        # 1. decode and check (a thread: the baseline lookup talks to ClickHouse)
-        outcome = await asyncio.to_thread(
-            process_messages, messages, int(time.time() * 1000), self.catalog, self.scoring, self.prepare_rates)
-        m.datums_in.labels("datums").inc(outcome.datums)
-        m.datums_accepted.labels("datums").inc(outcome.accepted)
-        # 2. store first
-        if len(outcome.latest):
-            await self.store(outcome.latest, self.latest_sink)
-        if len(outcome.rows):
-            await self.store(outcome.rows)
-            for kind in ("i", "a", "s"):
-                count = outcome.rows.kind.count(kind)
-                if count:
-                    m.samples_accepted.labels(kind).inc(count)
-            for perf in outcome.rows.performance:
-                if perf is not None:
-                    m.qrating_performance.observe(perf)
-            if outcome.newest_created_ms:
-                m.created_to_stored_seconds.observe(max(0.0, time.time() - outcome.newest_created_ms / 1000))
-            # 2b. mark the rollup buckets of what was just stored stale (before the ack)
-            await self.mark_stale(row_changes(outcome.rows))
-        # 3. then the dead letters, each awaited until the broker has it
-        await self.send_dead_letters(outcome.letters)
-        self.handled(messages)
-        m.agent_batch_seconds.labels("datums").observe(time.perf_counter() - t0)
-
-    async def store(self, rows: RawColumns, sink: RawSink | None = None) -> None:
-        delay = 0.5
-        m = self.metrics
-        target = sink if sink is not None else self.sink  # a sink with nothing pending is falsy
-        label = "raw" if target is self.sink else "latest"
-        while True:
-            t0 = time.perf_counter()
-            try:
-                await asyncio.to_thread(target.write_columns, rows)
-            except SinkBackpressure as exc:
-                m.sink_failures.labels(label).inc()
-                m.sink_retries.labels(label).inc()
-                log.warning("%s; retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(RETRY_MAX_S, delay * 2)
-                continue
-            m.sink_insert_seconds.labels(label).observe(time.perf_counter() - t0)
-            m.sink_batch_rows.labels(label).observe(len(rows))
-            m.last_stored_timestamp.labels(label).set(time.time())
-            return
 
 
 def run_worker(settings: Settings) -> None:

@@ -61,6 +61,26 @@ ROLLUP_SCHEMA = [
     """,
 ]
 
+# The rollup ledger: which stored batches (stream, raw `inserted` stamp) have had their buckets
+# recomputed. Stale marks travel on the broker, which may lose them (an embedded broker keeps
+# nothing); a worker that starts recomputes whatever raw batch the ledger does not list.
+ROLLUP_DONE_TABLE = "rollup_done"
+# How far back a start looks for raw batches without rollups (the ledger keeps a little longer).
+REPAIR_WINDOW_DAYS = 30
+ROLLUP_SCHEMA.append(
+    f"""
+    CREATE TABLE IF NOT EXISTS {ROLLUP_DONE_TABLE} (
+        node_id   UInt64,
+        source_id String,
+        inserted  DateTime64(3, 'UTC'),
+        done      DateTime64(3, 'UTC') DEFAULT now64(3)
+    )
+    ENGINE = ReplacingMergeTree(done)
+    ORDER BY (node_id, source_id, inserted)
+    TTL toDateTime(inserted) + toIntervalDay({REPAIR_WINDOW_DAYS + 5})
+    """
+)
+
 ROLLUP_COLUMNS = (
     "periodicity", "node_id", "source_id", "property", "kind", "ts_start", "ts_end", "count",
     "avg", "min", "max", "diff", "read_diff", "read_start", "read_end", "mode", "status_counts",
@@ -262,3 +282,31 @@ def write_rollups(client: Client, rows: Sequence[RollupRow],
         # ints into DateTime64(3) are raw ticks (epoch ms), as in the raw sink
         client.insert(ROLLUP_TABLE, data, column_names=list(ROLLUP_COLUMNS))
     return len(data)
+
+
+def mark_rolled_up(client: Client, batches: Iterable[tuple[int, str, int]]) -> int:
+    """Record (node, source, inserted ms) raw batches whose buckets are recomputed and stored."""
+    rows = sorted(set(batches))
+    if rows:
+        client.insert(ROLLUP_DONE_TABLE, [[n, s, t] for n, s, t in rows],
+                      column_names=["node_id", "source_id", "inserted"])
+    return len(rows)
+
+
+def not_rolled_up(client: Client, window_days: int = REPAIR_WINDOW_DAYS) -> list[
+        tuple[int, str, int, list[tuple[str, str, int]]]]:
+    """Raw batches stored in the window that the ledger does not list as rolled up:
+    (node, source, inserted ms, [(property, kind, created ms), ...])."""
+    from sinks.clickhouse import RAW_TABLE
+
+    result = client.query(
+        f"SELECT node_id, toString(source_id), toUnixTimestamp64Milli(inserted),"
+        f" groupArray((toString(property), toString(kind), toUnixTimestamp64Milli(created)))"
+        f" FROM {RAW_TABLE}"
+        f" WHERE inserted >= now64(3) - toIntervalDay({int(window_days)})"
+        f" AND (node_id, toString(source_id), inserted) NOT IN"
+        f" (SELECT node_id, source_id, inserted FROM {ROLLUP_DONE_TABLE})"
+        f" GROUP BY node_id, source_id, inserted ORDER BY inserted"
+    )
+    return [(int(r[0]), str(r[1]), int(r[2]), [(str(p), str(k), int(c)) for p, k, c in r[3]])
+            for r in result.result_rows]
