@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("files", nargs="+", type=Path, help="files to read ('-' for stdin)")
     ingest.add_argument("--format", choices=["json", "lp"], default="json")
+    ingest.add_argument("--no-confirm", action="store_true",
+                        help="do not wait until the pipeline has stored what was sent (then a crash of the "
+                             "broker can lose what the report counts as sent)")
     ingest.add_argument("--precision", choices=["ns", "us", "ms", "s"], default="ns",
                         help="lp: unit of the timestamps (oTherm writes s)")
     ingest.add_argument("--node-id", type=int, default=None, help="lp: node of every datum (default 1)")
@@ -386,10 +389,10 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
         )
     with Progress(None, unit="lines", description="ingest") as bar:
         report = ingest_files(settings, args.files, args.format, progress=bar, mapping=mapping,
-                              precision=args.precision)
+                              precision=args.precision, confirm=not args.no_confirm)
         bar.update(report.lines_read - bar.n)
     print(report.summary())
-    return 0 if report.lines_rejected == 0 else 1
+    return 0 if report.lines_rejected == 0 and report.datums_unconfirmed == 0 else 1
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:

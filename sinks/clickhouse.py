@@ -159,15 +159,21 @@ class RawSink(BatchingSink):
             batch.extend(part)
         self.write_columns(batch)
 
-    def write_columns(self, batch: RawColumns) -> None:
+    def write_columns(self, batch: RawColumns, inserted_ms: int | None = None) -> None:
+        """Insert the batch. `inserted_ms` stamps every row (the batch's identity in the rollup
+        ledger, and the replacing version); default: the server's clock."""
         if not len(batch):
             return
         data = batch.columns()
+        names = list(RAW_COLUMNS)
+        if inserted_ms is not None:
+            data = [*data, [inserted_ms] * len(batch)]
+            names.append("inserted")
         # created is epoch ms: clickhouse-connect writes ints to DateTime64(3) as raw ticks.
         try:
-            if self._context is None:
+            if self._context is None or list(self._context.column_names) != names:
                 self._context = self.client.create_insert_context(
-                    self.table, column_names=list(RAW_COLUMNS), data=data, column_oriented=True
+                    self.table, column_names=names, data=data, column_oriented=True
                 )
             else:
                 self._context.data = data
