@@ -70,7 +70,11 @@ class Unavailable(Exception):
 
 
 def _transient_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [SinkBackpressure, Unavailable, OSError, TimeoutError, ConnectionError]
+    from pipeline.resources import ResourceMissing
+
+    # a schema or migration missing from the install is our fault, never the data's: wait for a fix
+    types: list[type[BaseException]] = [SinkBackpressure, Unavailable, OSError, TimeoutError, ConnectionError,
+                                        ResourceMissing]
     try:
         from clickhouse_connect.driver.exceptions import OperationalError as CHOperational
 

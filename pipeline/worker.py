@@ -46,7 +46,15 @@ from clickhouse_connect.driver.client import Client
 from faust.types import EventT
 from prometheus_client import CollectorRegistry, start_http_server
 
-from pipeline.codec import SCHEMA_HEADER, DeadLetter, DecodeError, Origin, decode_batch
+from pipeline.codec import (
+    DEAD_LETTER_MAX_BYTES,
+    MIN_DEAD_LETTER_BYTES,
+    SCHEMA_HEADER,
+    DeadLetter,
+    DecodeError,
+    Origin,
+    decode_batch,
+)
 from pipeline.commit import Committer, Isolated, RetryPolicy, Unavailable, describe, stage_named
 from pipeline.metadata import MetadataLink
 from pipeline.metrics import Metrics, build_metrics
@@ -562,8 +570,10 @@ class DatumWorker:
     async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Produce dead letters and wait until the broker has every one (before the ack)."""
         futures = []
+        # well under the broker's message limit: a letter that cannot be produced would stall the partition
+        cap = max(MIN_DEAD_LETTER_BYTES, min(DEAD_LETTER_MAX_BYTES, self.settings.max_message_bytes // 2))
         for letter in letters:
-            futures.append(await self.deadletter_topic.send(value=letter.to_json()))
+            futures.append(await self.deadletter_topic.send(value=letter.to_json(max_bytes=cap)))
         await asyncio.gather(*futures)
         for letter in letters:  # counted once they are on the broker (a retry sends them again)
             for reason in letter.reasons:

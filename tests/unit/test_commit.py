@@ -269,6 +269,14 @@ def test_transient_classification(exc: BaseException, transient: bool) -> None:
     assert is_transient(exc) is transient
 
 
+def test_a_missing_install_resource_is_waited_for_never_blamed_on_the_data() -> None:
+    """A wheel without its Avro schemas: every message would fail to decode. That is ours to fix,
+    so it is retried (and logged), never dead-lettered as bad input."""
+    from pipeline.codec import SchemaUnavailable
+
+    assert is_transient(SchemaUnavailable("schemas/avro/datum_batch.v1.avsc missing"))
+
+
 def test_clickhouse_errors_are_told_apart_by_code() -> None:
     from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
