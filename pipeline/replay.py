@@ -134,6 +134,8 @@ def replay_store(settings: Settings, start_ms: int, end_ms: int, node: int | Non
 def letter_datum(letter: dict[str, object]) -> Datum | None:
     """The datum a dead letter carries: its `datum`, or the JSON line it quotes; None otherwise."""
     doc = letter.get("datum")
+    if isinstance(doc, dict) and doc.get("truncated"):
+        return None  # cut to fit the letter (pipeline/codec.py): its samples are not all there
     if isinstance(doc, dict):
         parsed = parse_line(json.dumps(doc), 0)
         return parsed if isinstance(parsed, Datum) else None

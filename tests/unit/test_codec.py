@@ -136,3 +136,13 @@ def test_the_issue_case_a_79_mb_corrupt_message() -> None:
     assert len(base64.b64decode(doc["payload_base64"])) > 3_000_000  # most of what fits is kept
     with pytest.raises(ValueError):
         letter.to_json(max_bytes=100)
+
+
+def test_a_letter_with_its_datum_cut_is_not_replayed_as_a_datum() -> None:
+    from pipeline.replay import letter_datum
+
+    big = Datum(1, "/S", 5, {f"p{k}": float(k) for k in range(20_000)})
+    letter = DeadLetter([Rejection("internal.validation", "x")], None, datum=big)
+    whole, cut = json.loads(letter.to_json()), json.loads(letter.to_json(max_bytes=64_000))
+    assert letter_datum(whole) == big and cut["datum"]["truncated"] is True
+    assert letter_datum(cut) is None  # before: replayed as a datum without samples
