@@ -31,8 +31,7 @@ from sinks.clickhouse import connect, ensure_schema  # noqa: E402
 from tests.integration.helpers import settings_for, worker_process  # noqa: E402
 
 
-def make_datums(n: int, sources: int) -> list[Datum]:
-    base = 1_700_000_000_000
+def make_datums(n: int, sources: int, base: int = 1_700_000_000_000) -> list[Datum]:
     return [
         Datum(1 + k % 5, f"/S{k % sources}/M1", base + (k // sources) * 1000,
               {"watts": float(k % 5000), "voltage": 230.0 + (k % 7)}, {"wattHours": float(k)}, {"mode": "auto"})
@@ -91,13 +90,27 @@ def run(n: int, sources: int, kafka: str, clickhouse: str, workdir: Path) -> Non
             if time.perf_counter() - t1 > 900:
                 raise SystemExit(f"only {stored} of {n} datums stored after 900 s")
             time.sleep(0.2)
-    done = time.perf_counter()
+        done = time.perf_counter()
+        # The durable default: the same number again (later times), sent by a producer that waits
+        # until the workers have committed past every message (stored or dead-lettered).
+        t2 = time.perf_counter()
+        confirming = DatumProducer(settings)
+        confirming.send(make_datums(n, sources, base=1_700_000_000_000 + 10 * n * 1000))
+        confirming.flush()
+        acked_s = time.perf_counter() - t2
+        outcome = confirming.confirm(900)
+        confirmed_s = time.perf_counter() - t2
+        confirming.close()
     e2e = n / (done - t1)
     steady = n / (done - first) if first else float("nan")
     print(f"end to end:         {e2e:>12,.0f} datums/s  (worker start, group join and store included)")
     print(f"end to end steady:  {steady:>12,.0f} datums/s  (from the first stored batch)")
     print(f"rows stored:        {int(client.command('SELECT count() FROM datum')):>12,}  (4 samples per datum)")
     print(f"ratio steady/ceiling: {steady / ceiling:.3f}")
+    print(f"confirmed ingest:   {outcome.confirmed_datums / confirmed_s:>12,.0f} datums/s  (a running worker; "
+          f"broker-acked after {acked_s:.1f}s, confirmed stored after {confirmed_s:.1f}s; "
+          f"{outcome.unconfirmed_datums} unconfirmed)")
+    print(f"ratio confirmed/steady: {outcome.confirmed_datums / confirmed_s / steady:.3f}")
     admin.command(f"DROP DATABASE IF EXISTS {db}")
 
 

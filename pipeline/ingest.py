@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.codec import DeadLetter
+from pipeline.expiry import ExpiryReport
 from pipeline.producer import DatumProducer
 from pipeline.progress import Progress
 from pipeline.settings import Settings
@@ -46,6 +47,7 @@ class IngestReport:
     auxiliary_sent: int = 0  # Reset markers stored, moved or deleted (JSON only)
     seconds: float = 0.0
     rejected_by_rule: dict[str, int] = field(default_factory=dict)
+    expiry: ExpiryReport | None = None  # datums already past their storage period (with a catalog)
 
     @property
     def without_samples(self) -> int:
@@ -66,6 +68,9 @@ class IngestReport:
             taken = f"datums sent {self.datums_sent}, stored or dead-lettered {self.datums_confirmed}"
             if self.datums_unconfirmed:
                 taken += f", NOT CONFIRMED {self.datums_unconfirmed} ({self.unconfirmed_reason})"
+        expired = self.expiry.summary() if self.expiry is not None else ""
+        if expired:
+            taken += f", {expired}"
         return (
             f"lines read {self.lines_read}, {taken}, "
             f"lines rejected {self.lines_rejected}, samples rejected {self.samples_rejected}, "
@@ -81,6 +86,8 @@ class IngestReport:
 def _send_chunk(producer: DatumProducer, chunk: list[Datum], report: IngestReport, progress: Progress | None) -> None:
     """Hand a chunk to the producer and empty it, so memory stays bounded on any file size."""
     if chunk:
+        if report.expiry is not None:
+            report.expiry.see(chunk)
         report.datums_sent += producer.send(chunk)
         chunk.clear()
         # learn what is stored while sending: if the broker dies later, its commits die with it
@@ -234,7 +241,7 @@ def ingest_files(settings: Settings, files: list[Path], fmt: str, progress: Prog
     """Send the files' datums; unless `confirm` is off, wait (settings.confirm_timeout_s) until the
     pipeline has stored or dead-lettered every one, so what the report calls taken survives any
     crash of the broker or the workers."""
-    report = IngestReport()
+    report = IngestReport(expiry=ExpiryReport.from_dsn(settings.postgres_dsn) if settings.postgres_dsn else None)
     t0 = time.perf_counter()
     producer = DatumProducer(settings)
     if fmt == "json":

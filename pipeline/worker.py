@@ -88,6 +88,9 @@ class BatchOutcome:
     datums: int = 0
     accepted: int = 0
     newest_created_ms: int = 0
+    # stored, but already past their datastream's storage period (a backfill): rolled up, raw expires
+    samples_expired: int = 0
+    datums_expired: int = 0
 
 
 def header(headers: Any, name: str) -> str | None:
@@ -153,6 +156,8 @@ def process_parts(
         out.rows.extend(result.rows)
         out.latest.extend(result.latest)
         out.accepted += result.datums_accepted
+        out.samples_expired += result.samples_expired
+        out.datums_expired += result.datums_expired
         for datum, reasons, stage in result.refused:
             out.letters.append(DeadLetter(reasons, origin, datum=datum, stage=stage))
         for d in datums:
@@ -525,6 +530,8 @@ class DatumWorker:
         self._baselined |= seen
         m.datums_in.labels("datums").inc(outcome.datums)
         m.datums_accepted.labels("datums").inc(outcome.accepted)
+        m.samples_expired.inc(outcome.samples_expired)
+        m.datums_expired.inc(outcome.datums_expired)
         if len(outcome.rows):
             for kind in ("i", "a", "s"):
                 count = outcome.rows.kind.count(kind)
