@@ -17,7 +17,15 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.codec import CURRENT, SCHEMA_HEADER, DeadLetter, encode_batch, group_streams
+from pipeline.codec import (
+    CURRENT,
+    DEAD_LETTER_MAX_BYTES,
+    MIN_DEAD_LETTER_BYTES,
+    SCHEMA_HEADER,
+    DeadLetter,
+    encode_batch,
+    group_streams,
+)
 from pipeline.settings import Settings
 from pipeline.topics import Topics, stream_key
 from processors.auxiliary import AuxChange
@@ -199,7 +207,9 @@ class DatumProducer:
         self.send_raw(self.topics.auxiliary, change.to_json(), key=stream_key(node, source))
 
     def send_dead_letter(self, letter: DeadLetter) -> None:
-        self.send_raw(self.topics.deadletter, letter.to_json(), headers=[("stage", letter.stage.encode())])
+        # well under the broker's message limit, like the worker's
+        cap = max(MIN_DEAD_LETTER_BYTES, min(DEAD_LETTER_MAX_BYTES, self.settings.max_message_bytes // 2))
+        self.send_raw(self.topics.deadletter, letter.to_json(max_bytes=cap), headers=[("stage", letter.stage.encode())])
 
     def send_encoded(self, topic: str, key: bytes | None, value: bytes, datums: int,
                      identities: Sequence[Identity] = (), headers: Sequence[tuple[str, bytes]] = ()) -> None:

@@ -46,6 +46,7 @@ from clickhouse_connect.driver.client import Client
 from faust.types import EventT
 from prometheus_client import CollectorRegistry, start_http_server
 
+from pipeline import faust_fixes
 from pipeline.codec import (
     DEAD_LETTER_MAX_BYTES,
     MIN_DEAD_LETTER_BYTES,
@@ -262,6 +263,7 @@ class DatumWorker:
         self.registry = registry or CollectorRegistry()
         self.metrics: Metrics = build_metrics(self.registry)
         (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
+        faust_fixes.apply()
         self.app = faust.App(
             settings.app_id,
             broker=faust_broker_url(settings.kafka_bootstrap),
@@ -699,6 +701,9 @@ class DatumWorker:
         max_messages = max(1, s.batch_max_datums // max(1, s.producer_batch_datums)) * 4
 
         def acker(stream: faust.StreamT[Any], events: Sequence[EventT]) -> Callable[[], Any]:
+            # the head of each partition, for the contiguous-commit guard (pipeline/faust_fixes.py)
+            faust_fixes.note_taken(app.consumer, [e.message for e in events])
+
             async def ack() -> None:
                 for event in events:
                     await stream.ack(event)
@@ -710,6 +715,10 @@ class DatumWorker:
                 # validate with the catalog from the history log, never without it
                 await self.catalog_ready.wait()
                 await self.guarded("datums", lambda events=events: self.handle(events, acker(stream, events)))
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(_app: Any, revoked: Any, **_kw: Any) -> None:
+            faust_fixes.forget_taken(app.consumer, revoked)
 
         @app.timer(s.topic_scan_interval_s)
         async def discover_sources() -> None:
