@@ -322,9 +322,14 @@ class DatumWorker:
             on_isolated=lambda i: self.metrics.internal_errors.labels(i.stage).inc())
         self._register()
 
+    # retry labels (pipeline_sink_retries_total{sink}) that mean "ClickHouse is not answering"
+    CLICKHOUSE_STEPS = frozenset({"raw", "latest", "rollup", "auxiliary", "clickhouse"})
+
     def _on_retry(self, what: str, exc: BaseException, delay: float) -> None:
         self.metrics.sink_retries.labels(what).inc()
         self.metrics.sink_failures.labels(what).inc()
+        if what in self.CLICKHOUSE_STEPS:
+            self.metrics.dependency_up.labels("clickhouse").set(0)
 
     def _discover(self) -> list[str]:
         pattern = self.topics.source_pattern
@@ -396,7 +401,7 @@ class DatumWorker:
                 rows, batches = read_marks([e.message.value for e in batch])
             written = await self.in_thread("rollup", lambda: self.rollups.update(rows))
             if batches:
-                await self.in_thread("rollup ledger", lambda: mark_rolled_up(self.rollups.client, batches))
+                await self.in_thread("rollup", lambda: mark_rolled_up(self.rollups.client, batches))
             m.sink_batch_rows.labels("rollup").observe(written)
             m.sink_insert_seconds.labels("rollup").observe(self.rollups.last_seconds)
             m.last_stored_timestamp.labels("rollup").set(time.time())
@@ -422,9 +427,9 @@ class DatumWorker:
             finally:
                 client.close()
 
-        missing = await self.in_thread("rollup repair", scan)
+        missing = await self.in_thread("rollup", scan)
         for node, source, inserted, changes in missing:
-            await self.committer.retry("rollup repair marks", self.mark_stale,
+            await self.committer.retry("stale_marks", self.mark_stale,
                                        [(node, source, created, prop, kind) for prop, kind, created in changes],
                                        inserted)
         if missing:
@@ -465,7 +470,7 @@ class DatumWorker:
                         k = c.record.key
                         marks += [(k.node_id, k.source_id, k.created_ms, p, "a") for p in sorted(c.record.properties)]
                 if marks:
-                    await self.committer.retry("stale marks", self.mark_stale, marks)
+                    await self.committer.retry("stale_marks", self.mark_stale, marks)
             return letters
 
         def letter(isolated: Isolated[EventT]) -> DeadLetter:
@@ -526,7 +531,7 @@ class DatumWorker:
             await self.store(outcome.rows, stamp=stamp)
             # 2b. mark the rollup buckets of what was just stored stale (before the ack)
             with stage_named("stale_marks"):
-                await self.committer.retry("stale marks", self.mark_stale, row_changes(outcome.rows), stamp)
+                await self.committer.retry("stale_marks", self.mark_stale, list(row_changes(outcome.rows)), stamp)
         # this part is in: keep what it learned, count it
         self.scoring.rates.update(rates.maps[0])
         self._baselined |= seen
@@ -573,6 +578,7 @@ class DatumWorker:
             m.sink_insert_seconds.labels(label).observe(time.perf_counter() - t0)
 
         await self.in_thread(label, insert)
+        m.dependency_up.labels("clickhouse").set(1)
         m.sink_batch_rows.labels(label).observe(len(rows))
         m.last_stored_timestamp.labels(label).set(time.time())
 
@@ -620,13 +626,17 @@ class DatumWorker:
             nonlocal waiting_since
             if waiting_since is None:
                 waiting_since = time.monotonic()
+                log.warning("waiting for PostgreSQL (the history log): %s; no metadata event is applied and no "
+                            "datum validated until it answers", exc)
             self.metrics.dependency_up.labels("postgres").set(0)
 
         waiter: Committer[Any, Any] = Committer(self.committer.policy, on_retry=on_retry)
-        await waiter.retry("waiting for PostgreSQL (history log)", asyncio.to_thread, migrate)
+        await waiter.retry("postgres", asyncio.to_thread, migrate)
         self.metrics.dependency_up.labels("postgres").set(1)
         if waiting_since is not None:
             log.warning("PostgreSQL is back after %.0fs: history log migrated", time.monotonic() - waiting_since)
+        else:
+            log.info("history log migrated")
 
     async def handle_metadata(self, event: EventT, ack: Callable[[], Any]) -> None:
         """Apply one metadata event to the history log, then ack it: never acked unapplied.
@@ -654,7 +664,7 @@ class DatumWorker:
                     raise
 
             with stage_named("metadata"):
-                result = await self.in_thread("applying a metadata event", apply)
+                result = await self.in_thread("metadata", apply)
             self.metrics.dependency_up.labels("postgres").set(1)
             if result.status in ("refused", "invalid"):
                 log.warning("metadata event %s refused: %s (%s)", result.event_id, result.reason, result.rule)
@@ -762,15 +772,15 @@ class DatumWorker:
             if s.metrics_port:
                 start_http_server(s.metrics_port, registry=self.registry)
                 log.info("metrics on :%d/metrics", s.metrics_port)
-            await self.in_thread("connecting to ClickHouse", lambda: self.sink)
-            await self.in_thread("rollup schema", lambda: self.rollups)
+            await self.in_thread("clickhouse", lambda: self.sink)
+            await self.in_thread("clickhouse", lambda: self.rollups)
             self.metrics.dependency_up.labels("clickhouse").set(1)
             if self.metadata is not None:
                 await self.wait_for_history_log()
                 self.metadata_ready.set()
                 # Metadata produced before this start applies before any datum is validated.
                 await self.catch_up_metadata()
-                await self.committer.retry("loading the catalog", self.refresh_catalog, True)
+                await self.committer.retry("catalog", self.refresh_catalog, True)
                 # Only now: a refresh by the metadata agent during catch-up may hold a catalog
                 # from half-way through the events (a datamodel without its bindings).
                 self.catalog_ready.set()
@@ -817,10 +827,10 @@ class DatumWorker:
     async def catch_up_metadata(self, timeout: float = 60.0) -> None:
         """Wait until the metadata topic's events that existed at start are applied (by this
         worker or whichever owns the partition: the group's committed offset tells)."""
-        end = await self.in_thread("metadata end offset", self._metadata_end)
+        end = await self.in_thread("kafka", self._metadata_end)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            done = max(self._metadata_next, await self.in_thread("metadata committed offset",
+            done = max(self._metadata_next, await self.in_thread("kafka",
                                                                   self._metadata_committed))
             if done >= end:
                 return
