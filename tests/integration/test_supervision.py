@@ -220,3 +220,31 @@ def test_what_dies_under_up_is_restarted_on_the_same_port(tmp_path: Path) -> Non
     stop_up(up, log)
     left = {p: c for p, c in everything.items() if alive(p)}
     assert not left, f"outlived `pipeline up`: {left}"
+
+
+def test_postgres_refuses_a_data_dir_whose_postgres_runs_and_leaves_it_alone(tmp_path: Path) -> None:
+    """The live server's postmaster.pid was deleted (an error swallowed), and PostgreSQL shut
+    itself down a minute later; now the refusal is loud and nothing is touched."""
+    from pipeline import stack
+
+    pg_dir = tmp_path / "postgres"
+    first = stack.start_postgres(pg_dir)
+    try:
+        pid = postmaster_pid(tmp_path)
+        with pytest.raises(stack.StackError, match=f"PostgreSQL \\(pid {pid}\\) already runs on"):
+            stack.start_postgres(pg_dir, wait_for_old_s=0.5)
+        assert postmaster_pid(tmp_path) == pid
+        assert pg_answers(first.url)
+    finally:
+        first.stop()
+    assert first.proc is not None and first.proc.returncode == 0  # SIGINT: a fast, clean shutdown
+    # a crash leaves postmaster.pid behind, and its pid may belong to another process by now
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (pg_dir / "postmaster.pid").write_text(f"{other.pid}\n{pg_dir}\n")
+        again = stack.start_postgres(pg_dir)
+        assert pg_answers(again.url)
+        again.stop()
+    finally:
+        other.kill()
+        other.wait()
