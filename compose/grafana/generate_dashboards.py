@@ -111,8 +111,14 @@ def timeseries(title: str, targets: list[dict[str, Any]], unit: str = "", descri
 
 
 def stat(title: str, targets: list[dict[str, Any]], unit: str = "", description: str = "",
-         decimals: int | None = None, fields: str = "") -> dict[str, Any]:
+         decimals: int | None = None, fields: str = "", states: dict[str, tuple[str, str]] | None = None
+         ) -> dict[str, Any]:
+    """states: value -> (text, colour), e.g. {"0": ("waiting", "red")}: shown instead of the number."""
     defaults: dict[str, Any] = {"decimals": decimals} if decimals is not None else {}
+    if states:
+        defaults["mappings"] = [{"type": "value", "options": {
+            value: {"text": text, "color": color, "index": k} for k, (value, (text, color)) in enumerate(states.items())
+        }}]
     return panel("stat", title, targets, description, unit, defaults=defaults, options={
         "reduceOptions": {"calcs": ["lastNotNull"], "fields": fields, "values": False},
         "colorMode": "value", "graphMode": "area", "textMode": "auto", "orientation": "auto",
@@ -219,6 +225,31 @@ def pipeline_health() -> dict[str, Any]:
     ], "percentunit", "Refusal reasons per decoded datum (metadata events excluded); the "
                       "PipelineDeadLetterRateHigh alert fires above 5%."), w=8)
 
+    lay.row("Reliability")
+    lay.add(timeseries("Internal errors by stage", [
+        prom(rate("pipeline_internal_errors_total", "stage"), "{{stage}}"),
+    ], "short", "pipeline_internal_errors_total: exceptions (our defects) caught by the commit step, by stage; "
+                "what made a stage throw is dead-lettered with rule internal.<stage>. A worker's first error "
+                "of a stage starts the series at 1, which rate() cannot see: the PipelineInternalErrors alert "
+                "does.", stacked=True, bars=True), w=8)
+    lay.add(stat("Dependencies", [
+        prom(f"min by (service) (pipeline_dependency_up{SEL})", "{{service}}"),
+    ], description="pipeline_dependency_up, the worst worker's: up while the workers reach the service, "
+                   "waiting while one of them waits for it (it holds its batch and commits no offset "
+                   "meanwhile; the PipelineDependencyDown alert fires after a minute).",
+        states={"0": ("waiting", "red"), "1": ("up", "green")}), w=4)
+    lay.add(stat("Rollup repairs (time range)", [
+        prom(f"sum(increase(pipeline_rollup_repairs_total{SEL}[$__range]))", "batches", instant=True),
+    ], "short", "pipeline_rollup_repairs_total: stored raw batches a starting worker found without rollups "
+                "(marks lost with a broker, or a crash between store and marks) and marked stale again.",
+        decimals=0), w=4)
+    lay.add(timeseries("Expired on arrival", [
+        prom(rate("pipeline_samples_expired_total"), "samples/s"),
+        prom(rate("pipeline_datums_expired_total"), "datums/s", ref="B"),
+    ], "short", "pipeline_samples_expired_total and pipeline_datums_expired_total: stored, but already past "
+                "their datastream's storage period when they arrived (a backfill): the raw rows go after a "
+                "grace period, the rollups stay."), w=8)
+
     lay.row("Latency")
     lay.add(timeseries("Agent batch latency", quantiles("pipeline_agent_batch_seconds", "agent", "{{agent}}"),
                        "s", "pipeline_agent_batch_seconds: one batch from decode to ack, store included."))
@@ -282,8 +313,9 @@ def pipeline_health() -> dict[str, Any]:
     variables = [query_variable("instance", "Worker", PROM, "label_values(pipeline_datums_in_total, instance)",
                                 include_all=True, description="Worker instances (host:port)")]
     return dashboard("pipeline-health", "Pipeline health",
-                     "Workers' Prometheus metrics (pipeline/metrics.py): throughput, dead letters, latency, "
-                     "consumer lag, ClickHouse sinks, qRating distribution.", lay, variables, "now-6h",
+                     "Workers' Prometheus metrics (pipeline/metrics.py): throughput, dead letters, reliability "
+                     "(internal errors, dependencies, rollup repairs, expired on arrival), latency, consumer lag, "
+                     "ClickHouse sinks, qRating distribution.", lay, variables, "now-6h",
                      ["prometheus"])
 
 

@@ -65,7 +65,8 @@ def test_every_metric_in_the_rules_exists() -> None:
     # the alerts the rules must cover, by the metrics they rest on
     assert {"pipeline_datums_in_total", "pipeline_last_stored_timestamp_seconds", "pipeline_consumer_lag",
             "pipeline_dead_letters_total", "pipeline_sink_failures_total",
-            "pipeline_created_to_stored_seconds_bucket"} <= used
+            "pipeline_created_to_stored_seconds_bucket", "pipeline_dependency_up",
+            "pipeline_internal_errors_total"} <= used
 
 
 def test_the_name_check_catches_wrong_names() -> None:
