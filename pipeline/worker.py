@@ -282,8 +282,7 @@ class DatumWorker:
             producer_max_request_size=settings.max_message_bytes,
             stream_wait_empty=False,
         )
-        # Seconds, not Faust's 45: a new source should flow without a long wait.
-        self.app.topics._resubscribe_sleep_lock_seconds = 1.0  # type: ignore[attr-defined]
+        faust_fixes.fast_resubscribe(self.app)
         self.admin = TopicAdmin(settings)
         # The per-source topics known at start; grow_subscription adds to it.
         self.source_topic_names: list[str] = self._discover()
@@ -798,17 +797,10 @@ class DatumWorker:
             return
         new = sorted(n for n in existing if pattern.match(n) and n not in self.source_topic_names)
         if new:
-            old = set(self.source_topic_names)
-            self.source_topic_names.extend(new)
             log.info("subscribing to %d new source topic(s): %s", len(new), ", ".join(new[:5]))
-            # The agent iterates a clone of datum_topic that the conductor holds; update every
-            # channel carrying our topics. Faust has no public call for "this channel's topic
-            # list changed", hence the conductor's _flag_changes.
-            names = tuple(self.source_topic_names)
-            for channel in [self.datum_topic, *self.app.topics]:
-                if old & set(getattr(channel, "topics", ()) or ()):
-                    channel.topics = names
-            self.app.topics._flag_changes()  # type: ignore[attr-defined]
+            faust_fixes.grow_subscription(self.app, [self.datum_topic], self.source_topic_names, new)
+        else:
+            faust_fixes.resubscribe_if_dropped(self.app, self.source_topic_names)
         self.metrics.source_topics.set(len(self.source_topic_names))
 
     def handled(self, messages: Sequence[Any]) -> None:

@@ -61,3 +61,53 @@ def test_revoked_partitions_forget_their_head() -> None:
     forget_taken(consumer, [TP])
     note_taken(consumer, [Msg(5)])  # assigned again, reading from 5
     assert contiguous_new_offset(consumer, TP) == 6
+
+
+class FakeConductor:
+    def __init__(self, index: set[str]) -> None:
+        self._topic_name_index = {t: set() for t in index}
+        self.flags = 0
+        self.channels: list[Any] = []
+
+    def _flag_changes(self) -> None:
+        self.flags += 1
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.channels)
+
+
+class FakeApp:
+    def __init__(self, index: set[str], rebalancing: bool = False) -> None:
+        self.topics = FakeConductor(index)
+        self.rebalancing = rebalancing
+
+
+class Channel:
+    def __init__(self, *topics: str) -> None:
+        self.topics = topics
+
+
+def test_a_change_the_conductor_dropped_is_flagged_again() -> None:
+    """Faust's subscriber clears a flag raised during a rebalance: the new topic never joined."""
+    from pipeline.faust_fixes import resubscribe_if_dropped
+
+    app = FakeApp({"datum.a"})
+    assert resubscribe_if_dropped(app, ["datum.a", "datum.b"]) == ["datum.b"]
+    assert app.topics.flags == 1
+    busy = FakeApp({"datum.a"}, rebalancing=True)  # not while the group rebalances: next scan
+    assert resubscribe_if_dropped(busy, ["datum.a", "datum.b"]) == ["datum.b"] and busy.topics.flags == 0
+    done = FakeApp({"datum.a", "datum.b"})
+    assert resubscribe_if_dropped(done, ["datum.a", "datum.b"]) == [] and done.topics.flags == 0
+
+
+def test_grow_subscription_updates_every_channel_of_the_source_topics() -> None:
+    from pipeline.faust_fixes import grow_subscription
+
+    app = FakeApp({"datum.a"})
+    mine, clone, other = Channel("datum.a"), Channel("datum.a"), Channel("pipeline.metadata")
+    app.topics.channels = [clone, other]
+    known = ["datum.a"]
+    grow_subscription(app, [mine], known, ["datum.b"])
+    assert known == ["datum.a", "datum.b"]
+    assert mine.topics == clone.topics == ("datum.a", "datum.b") and other.topics == ("pipeline.metadata",)
+    assert app.topics.flags == 1
