@@ -31,7 +31,7 @@ import logging
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from sinks.base import SinkBackpressure
 
@@ -147,7 +147,7 @@ class stage_named:  # noqa: N801 - used as `with stage_named("rates"):`
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, _t: object, exc: BaseException | None, _tb: object) -> bool:
+    def __exit__(self, _t: object, exc: BaseException | None, _tb: object) -> Literal[False]:
         if exc is not None and not hasattr(exc, "pipeline_stage"):
             with contextlib.suppress(AttributeError):  # exceptions with __slots__
                 exc.pipeline_stage = self.name  # type: ignore[attr-defined]
