@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from tests.chaos.drills import BASELINE, FAULTS, FULL, POINTS, REDUCED, Row, run_drill, table
@@ -45,14 +47,16 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 row = run_drill(fault, point, size, root)
             except Exception as exc:  # a drill that could not run is a row too
+                traceback.print_exc()
                 row = Row(fault.name, point, notes=[f"drill failed: {type(exc).__name__}: {exc}"])
             rows.append(row)
             print(table([row]), flush=True)
             print(f"   ({time.monotonic() - started:.0f} s)", flush=True)
             if args.dir is None:
                 shutil.rmtree(root, ignore_errors=True)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nfault table ({size.datums} datums over {size.nodes} nodes, drained in {size.drain_s:.0f} s; "
-          f"{time.monotonic() - t0:.0f} s in all):\n")
+          f"{time.monotonic() - t0:.0f} s in all; load average now {load}):\n")
     print(table(rows))
     return 0 if all(r.exact for r in rows) else 1
 

@@ -47,12 +47,12 @@ class Size:
     datums: int = 3000
     drain_s: float = 12.0
     down_s: float = 8.0  # how long a killed service stays down
-    stall_s: float = 30.0  # give up waiting for catch-up after this long without progress
+    stall_s: float = 45.0  # give up waiting for catch-up after this long without progress
     max_wait_s: float = 240.0
 
 
-REDUCED = Size()
-FULL = Size(nodes=3, datums=9000, drain_s=25.0, down_s=10.0, stall_s=45.0, max_wait_s=420.0)
+REDUCED = Size(stall_s=45.0)
+FULL = Size(nodes=3, datums=9000, drain_s=25.0, down_s=10.0, stall_s=60.0, max_wait_s=420.0)
 
 
 @dataclass
@@ -187,14 +187,14 @@ class ClickHouseKilled(Fault):
 
 def _wait_quiet(drill: Drill, timeout: float = 20.0) -> bool:
     """Until every message sent so far is stored (the worker has nothing in hand)."""
-    client = _fresh_client(drill.settings.clickhouse_url)
+    store = Store(drill.settings.clickhouse_url)
     assert drill.drain is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(0.5)
         sent = {d.key for m in drill.drain.sent_messages() for d in m}
         with contextlib.suppress(Exception):
-            if stored_identities(client) >= len(sent):
+            if store.run(stored_identities) >= len(sent):
                 time.sleep(1.5)  # the rollup agent's marks too
                 return True
     return False
@@ -214,7 +214,10 @@ class PostgresDownWorkerRestart(Fault):
         producer.flush()
         drill.worker.kill()
         drill.worker.start()
-        time.sleep(drill.size.down_s)
+        # longer than a worker's start: it must come up (and wait) with PostgreSQL away
+        time.sleep(max(20.0, drill.size.down_s))
+        if drill.worker.proc is not None and drill.worker.proc.poll() is not None:
+            drill.notes.append(f"the worker exited ({drill.worker.proc.returncode}) while PostgreSQL was down")
         drill.services.start_postgres()
         ids = [e["event_id"] for e in events]
         dsn = drill.settings.postgres_dsn
@@ -271,6 +274,8 @@ class StackKilled(Fault):
         since = len(drill.log_text())
         drill.up.start()
         wait_until(lambda: "catalog version" in drill.log_text()[since:], 180, "the worker's catalog after restart")
+        # what a producer that trusted the broker's acks alone would have lost
+        stored = set(Store(drill.settings.clickhouse_url).run(stored_identity_set))
         fresh = tracking_producer(drill.settings)
         resend = [d for m in drill.drain.sent_messages() for d in m if d.key not in confirmed]
         drill.drain.resume(fresh, _chunks(resend, drill.settings.producer_batch_datums))
@@ -283,7 +288,8 @@ class StackKilled(Fault):
         drill.bad_inputs = kept
         drill.notes.append(
             f"{killed} processes killed; broker had acked {len(delivered)} datums, {len(confirmed)} confirmed "
-            f"before the crash, {len(delivered - confirmed)} told not taken; resent {len(resend)}"
+            f"before the crash, {len(delivered - confirmed)} told not taken; {len(delivered - stored)} acked "
+            f"but not stored after the restart (lost unless resent); resent {len(resend)}"
             + (f"; {lost_letters} bad input(s) dead-lettered before the crash (letters were on the broker)"
                if lost_letters else ""))
 
@@ -343,8 +349,30 @@ def stored_identities(client: Any) -> int:
     return int(client.command("SELECT count(DISTINCT node_id, source_id, created) FROM datum WHERE node_id > 0"))
 
 
+def stored_identity_set(client: Any) -> list[Identity]:
+    rows = client.query("SELECT DISTINCT node_id, source_id, toUnixTimestamp64Milli(created) FROM datum").result_rows
+    return [(int(n), str(s), int(c)) for n, s, c in rows]
+
+
 def _fresh_client(url: str) -> Any:
-    return connect(url, connect_timeout=3, send_receive_timeout=30)
+    return connect(url, connect_timeout=3, send_receive_timeout=60)
+
+
+class Store:
+    """The drill's ClickHouse reader: reconnects after any failure (the endpoint may be down)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: Any = None
+
+    def run(self, fn: Callable[[Any], Any]) -> Any:
+        try:
+            if self._client is None:
+                self._client = _fresh_client(self.url)
+            return fn(self._client)
+        except Exception:
+            self._client = None
+            raise
 
 
 def start_components(drill: Drill) -> None:
@@ -418,13 +446,13 @@ def _drain_with_fault(drill: Drill, row: Row, sabotage: Callable[[Drill], None] 
     node, src = meter_stream(plan)
     drill.send_bad(bad_datum("created before 2000", drill.topics.source(src), stream_key(node, src),
                              Datum(node, src, 915_148_800_000, i={"watts": 1.0}), ("created.",)))
-    client = _fresh_client(settings.clickhouse_url)
+    store = Store(settings.clickhouse_url)
     target = int(total * drill.point)
     deadline = time.monotonic() + size.drain_s * 3 + 120
     at = 0
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
-            at = stored_identities(client)
+            at = store.run(stored_identities)
             if at >= target:
                 break
         time.sleep(0.2)
@@ -445,20 +473,18 @@ def _drain_with_fault(drill: Drill, row: Row, sabotage: Callable[[Drill], None] 
     datums = plan.datums + [d for m in drill.drain.extra_sent for d in m]
     expected = oracle.expected_samples(datums, acked)
     # catch-up: until data and rollups are exact, or nothing changes for stall_s
-    client = _fresh_client(settings.clickhouse_url)
     verdict: oracle.DataVerdict | None = None
     state: tuple[int, ...] | None = None
     changed = time.monotonic()
     end = time.monotonic() + size.max_wait_s
     while time.monotonic() < end:
         try:
-            verdict = oracle.check_data(client, expected, bad_ids, sent, pulse)
+            verdict = store.run(lambda c: oracle.check_data(c, expected, bad_ids, sent, pulse))
         except Exception as exc:
             log.info("oracle read failed (%s); retrying", exc)
-            client = _fresh_client(settings.clickhouse_url)
             time.sleep(1.0)
             continue
-        if verdict.exact:
+        if verdict.exact and all(ok for ok, _ in _extra_checks(drill)):
             row.recovery_s = time.monotonic() - t_fault
             break
         if verdict.state() != state:
@@ -472,11 +498,25 @@ def _drain_with_fault(drill: Drill, row: Row, sabotage: Callable[[Drill], None] 
         # the sabotage may have changed what the producer was told
         phantom = {d.key for d in drill.phantom}
         expected = oracle.expected_samples(datums + drill.phantom, acked | phantom)
-        verdict = oracle.check_data(_fresh_client(settings.clickhouse_url), expected, bad_ids, sent, pulse)
-    letters = oracle.check_letters(oracle.read_all(settings.kafka_bootstrap, drill.topics.deadletter),
-                                   drill.bad_inputs)
-    checks = [c() for c in drill.extra_checks]
+        verdict = store.run(lambda c: oracle.check_data(c, expected, bad_ids, sent, pulse))
+    try:
+        letters = oracle.check_letters(oracle.read_all(settings.kafka_bootstrap, drill.topics.deadletter),
+                                       drill.bad_inputs)
+    except Exception as exc:
+        letters = oracle.check_letters([], drill.bad_inputs)
+        drill.notes.append(f"the dead-letter topic could not be read: {exc}")
+    checks = _extra_checks(drill)
     _fill(row, verdict, letters, checks, drill, confirmed, reason, len(acked))
+
+
+def _extra_checks(drill: Drill) -> list[tuple[bool, str]]:
+    out = []
+    for check in drill.extra_checks:
+        try:
+            out.append(check())
+        except Exception as exc:
+            out.append((False, f"check failed: {type(exc).__name__}: {exc}"))
+    return out
 
 
 def _confirmation(drill: Drill) -> tuple[set[Identity] | None, str | None]:
@@ -521,6 +561,8 @@ def _fill(row: Row, verdict: oracle.DataVerdict | None, letters: oracle.LetterVe
             row.notes.append(f"confirm: {len(confirmed)} of {acked} confirmed" + (f" ({reason})" if reason else ""))
     row.notes += [msg for _ok, msg in checks]
     row.notes += verdict.examples[:3] + letters.examples[:3]
+    if drill.worker is not None and drill.worker.proc is not None and drill.worker.proc.poll() is not None:
+        row.notes.append(f"the worker had exited ({drill.worker.proc.returncode}) at the end")
     if "Traceback" in drill.log_text():
         row.notes.append(f"worker log has {drill.log_text().count('Traceback')} traceback(s)")
     if row.recovery_s is None and not row.exact:

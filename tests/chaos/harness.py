@@ -164,6 +164,14 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def processes_mentioning(needle: str) -> list[int]:
     """Pids whose command line names `needle` (a drill's own data directory): to find what a
     killed `pipeline up` left behind. Only ever our own drill's processes match."""
@@ -250,7 +258,17 @@ class UpStack:
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(10)
-        time.sleep(1.0)  # let the kernel reap and free the ports
+        # Gone for good before anything starts again: PostgreSQL refuses to start while the pid in
+        # its socket lock file exists, and a zombie exists until init reaps it (here PID 1 takes
+        # seconds to reap).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for pid in [p for p in pids if _alive(p)] + self.leftovers():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if not any(Path(f"/proc/{p}").exists() for p in pids):
+                break
+            time.sleep(0.25)
         return len(pids)
 
     def kill_up_group(self) -> list[int]:
@@ -270,9 +288,9 @@ class UpStack:
         left = set(processes_mentioning(str(self.data_dir.resolve())))
         left |= set(processes_mentioning(f"127.0.0.1:{self.kafka_port}"))
         pg = self.postmaster_pid()
-        if pg is not None and Path(f"/proc/{pg}").exists():
+        if pg is not None and _alive(pg):
             left.add(pg)
-        return sorted(left)
+        return sorted(p for p in left if _alive(p))
 
     def kill_leftovers(self) -> None:
         for pid in self.leftovers():
