@@ -255,43 +255,71 @@ class StackKilled(Fault):
     whole_stack = True
 
     def fire(self, drill: Drill) -> None:
-        assert drill.up is not None and drill.drain is not None
-        old = drill.drain.producer
-        # which bad inputs the pipeline had taken (committed past) before the crash
-        taken = [b for b in drill.bad_inputs if b[1] is not None and committed_past(drill.settings, b[1])]
-        killed = drill.up.kill_everything()
-        drill.drain.pause()
-        check = getattr(old, "check_confirmations", None)
-        # the last confirmation the producer had (no new request: the broker is gone)
-        conf = check(1e9) if check is not None else None
-        confirmed: set[Identity] = set(conf.confirmed) if conf is not None else set()
-        delivered = old.delivered_identities()
-        with contextlib.suppress(Exception):
-            old._producer.purge()  # what it still holds would go to the new, empty broker
-        with contextlib.suppress(Exception):
-            old.close()  # type: ignore[attr-defined]
-        drill.confirmed_before_crash = confirmed
-        since = len(drill.log_text())
-        drill.up.start()
-        wait_until(lambda: "catalog version" in drill.log_text()[since:], 180, "the worker's catalog after restart")
-        # what a producer that trusted the broker's acks alone would have lost
-        stored = set(Store(drill.settings.clickhouse_url).run(stored_identity_set))
-        fresh = tracking_producer(drill.settings)
-        resend = [d for m in drill.drain.sent_messages() for d in m if d.key not in confirmed]
-        drill.drain.resume(fresh, _chunks(resend, drill.settings.producer_batch_datums))
-        drill.bad = BadSender(drill.settings)
-        kept = [b for b in drill.bad_inputs if b in taken]
-        lost_letters = len(taken)
-        for b, _origin in [b for b in drill.bad_inputs if b not in taken]:
-            origin = drill.bad.send(b)  # not taken before the crash: sent again, as anything unconfirmed
-            kept.append((b, origin))
-        drill.bad_inputs = kept
-        drill.notes.append(
-            f"{killed} processes killed; broker had acked {len(delivered)} datums, {len(confirmed)} confirmed "
-            f"before the crash, {len(delivered - confirmed)} told not taken; {len(delivered - stored)} acked "
-            f"but not stored after the restart (lost unless resent); resent {len(resend)}"
-            + (f"; {lost_letters} bad input(s) dead-lettered before the crash (letters were on the broker)"
-               if lost_letters else ""))
+        assert drill.up is not None
+        up = drill.up
+        _crash_and_restart(drill, lambda: f"{up.kill_everything()} processes killed")
+
+
+class UpKilled(Fault):
+    name = "up killed as a group"
+    description = ("a second `pipeline up` on the data directory in use (must refuse, touching nothing), then "
+                   "`pipeline up`'s process group SIGKILLed (nothing may survive it), then `pipeline up` again")
+    whole_stack = True
+
+    def fire(self, drill: Drill) -> None:
+        assert drill.up is not None
+        up = drill.up
+        code, said = up.second_up()
+        drill.extra_checks.append(lambda: (code not in (None, 0),
+                                           f"a second up on the directory in use: exit {code}, said {said!r}"))
+
+        def kill() -> str:
+            orphans = up.kill_up_group()
+            drill.extra_checks.append(lambda: (not orphans, f"{len(orphans)} process(es) outlived up's group"))
+            up.kill_leftovers()
+            return f"up's group killed, {len(orphans)} orphan(s)"
+
+        _crash_and_restart(drill, kill)
+
+
+def _crash_and_restart(drill: Drill, kill: Callable[[], str]) -> None:
+    """The broker dies with its data: the producer keeps what was confirmed before, and resends
+    everything else to the restarted stack (as `pipeline ingest` would be told to)."""
+    assert drill.up is not None and drill.drain is not None
+    old = drill.drain.producer
+    # which bad inputs the pipeline had taken (committed past) before the crash
+    taken = [b for b in drill.bad_inputs if b[1] is not None and committed_past(drill.settings, b[1])]
+    what = kill()
+    drill.drain.pause()
+    check = getattr(old, "check_confirmations", None)
+    # the last confirmation the producer had (no new request: the broker is gone)
+    conf = check(1e9) if check is not None else None
+    confirmed: set[Identity] = set(conf.confirmed) if conf is not None else set()
+    delivered = old.delivered_identities()
+    with contextlib.suppress(Exception):
+        old._producer.purge()  # what it still holds would go to the new, empty broker
+    with contextlib.suppress(Exception):
+        old.close()  # type: ignore[attr-defined]
+    drill.confirmed_before_crash = confirmed
+    since = len(drill.log_text())
+    drill.up.start()
+    wait_until(lambda: "catalog version" in drill.log_text()[since:], 180, "the worker's catalog after restart")
+    # what a producer that trusted the broker's acks alone would have lost
+    stored = set(Store(drill.settings.clickhouse_url).run(stored_identity_set))
+    fresh = tracking_producer(drill.settings)
+    resend = [d for m in drill.drain.sent_messages() for d in m if d.key not in confirmed]
+    drill.drain.resume(fresh, _chunks(resend, drill.settings.producer_batch_datums))
+    drill.bad = BadSender(drill.settings)
+    kept = [b for b in drill.bad_inputs if b in taken]
+    for b, _origin in [b for b in drill.bad_inputs if b not in taken]:
+        kept.append((b, drill.bad.send(b)))  # not taken before the crash: sent again, as anything unconfirmed
+    drill.bad_inputs = kept
+    drill.notes.append(
+        f"{what}; broker had acked {len(delivered)} datums, {len(confirmed)} confirmed before the crash, "
+        f"{len(delivered - confirmed)} told not taken; {len(delivered - stored)} acked but not stored after the "
+        f"restart (lost unless resent); resent {len(resend)}"
+        + (f"; {len(taken)} bad input(s) dead-lettered before the crash (the letters were on the broker)"
+           if taken else ""))
 
 
 def _chunks(datums: Sequence[Datum], size: int) -> list[list[Datum]]:
@@ -338,7 +366,8 @@ class HugeValues(Fault):
 
 
 FAULTS: dict[str, Fault] = {f.name: f for f in (Poison(), ClickHouseKilled(), PostgresDownWorkerRestart(),
-                                                WorkerKilled(), StackKilled(), BigCorrupt(), HugeValues())}
+                                                WorkerKilled(), StackKilled(), UpKilled(), BigCorrupt(),
+                                                HugeValues())}
 BASELINE = Fault()
 
 

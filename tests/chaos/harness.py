@@ -102,6 +102,10 @@ class Services:
         subprocess.run([str(stack._pg_bin() / "pg_ctl"), "-D", str((self.root / "postgres").resolve()),
                         "-m", "immediate", "-w", "stop"], capture_output=True, check=False,
                        **stack._as_pg_user())  # type: ignore[call-overload]
+        proc = self.postgres.proc if self.postgres is not None else None
+        if proc is not None:  # our child when it runs in the foreground: reap it (a zombie holds its pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
 
     def stop(self) -> None:
         for svc in (self.clickhouse, self.postgres, self.kafka):
@@ -209,14 +213,34 @@ class UpStack:
     def worker_log(self) -> Path:
         return self.data_dir / "logs" / "worker-0.log"
 
-    def start(self, timeout: float = 180.0) -> None:
-        s = self.settings()
+    def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
         # only ports and tuning: `up` starts the embedded services when no URL is given
-        env |= {k: v for k, v in s.as_env().items()
+        env |= {k: v for k, v in self.settings().as_env().items()
                 if k not in ("PIPELINE_KAFKA_BOOTSTRAP", "PIPELINE_CLICKHOUSE_URL", "PIPELINE_POSTGRES_DSN")}
         env |= {"PIPELINE_KAFKA_PORT": str(self.kafka_port), "PIPELINE_CLICKHOUSE_PORT": str(self.ch_port),
                 "PIPELINE_POSTGRES_PORT": str(self.pg_port)}
+        return env
+
+    def second_up(self, timeout: float = 60.0) -> tuple[int | None, str]:
+        """Another `pipeline up` on the same data directory while this one runs: (exit code or None
+        if it was still running after `timeout` (then killed), its last line of output)."""
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], env=self._env(), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+            code: int | None = proc.returncode
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            code = None
+        lines = [ln for ln in out.decode(errors="replace").splitlines()
+                 if ln.strip() and "Warning" not in ln and "runtime_dir" not in ln]
+        return code, (lines[-1] if lines else "")[:200]
+
+    def start(self, timeout: float = 180.0) -> None:
+        env = self._env()
         self.root.mkdir(parents=True, exist_ok=True)
         before = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as out:
