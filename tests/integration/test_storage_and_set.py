@@ -13,8 +13,9 @@ from pipeline.metadata import datamodel_events, send_set_request
 from pipeline.producer import DatumProducer
 from processors.datum import Datum
 from processors.metadata import parse_event
+from processors.rows import RawColumns
 from sinks import history
-from sinks.clickhouse import connect, ensure_schema
+from sinks.clickhouse import RAW_GRACE_DAYS, RawSink, connect, ensure_schema
 from tests.integration.helpers import read_topic, settings_for, wait_for, worker_process
 from tests.integration.test_templates import applied, publish
 
@@ -67,6 +68,14 @@ def test_ttl_expires_one_datastream_and_never_keeps_only_the_latest(vault, tmp_p
     assert client.query("SELECT property, ttl_days FROM datum_raw FINAL ORDER BY property").result_rows == [
         ("keep", 3653), ("short", 1)]
     assert client.query("SELECT property, value FROM datum_latest").result_rows == [("never", 4.0)]
+    # A raw row stays at least RAW_GRACE_DAYS after its insert (its rollups are computed from it):
+    # the same rows, as if the worker had stored them that long ago, expire with their datastream.
+    rows = RawColumns()
+    for prop, value, ttl in client.query("SELECT property, value, ttl_days FROM datum_raw FINAL").result_rows:
+        rows.add(Datum(5, "/vault/1", created, {prop: value}), "i", prop, value, "vault", ttl=ttl)
+    client.command("TRUNCATE TABLE datum_raw")
+    RawSink(client).write_columns(rows, inserted_ms=int(time.time() * 1000) - (RAW_GRACE_DAYS * DAY + 60_000))
+    assert int(client.command("SELECT count() FROM datum_raw")) == 2  # not expired yet: 15 s to go
     time.sleep(max(0.0, (expires_ms - time.time() * 1000) / 1000) + 1.5)
     client.command("OPTIMIZE TABLE datum_raw FINAL")  # a forced merge applies the row TTL
     assert client.query("SELECT property FROM datum_raw").result_rows == [("keep",)]
