@@ -74,7 +74,7 @@ def test_supervisor_restarts_with_growing_delays_and_says_so(tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="pipeline.stack")
     sup = stack.Supervisor(policy=lambda: stack.RestartPolicy(initial_s=0.1, max_s=0.4, stable_s=60))
-    crashing = sup.add(_sh("echo run >> runs; exit 3", tmp_path / "crashing.log"))
+    crashing = sup.add(_sh("exit 3", tmp_path / "crashing.log"))
     steady = sup.add(_sh("sleep 30", tmp_path / "steady.log"))
     once = sup.add(_sh("exit 0", tmp_path / "once.log"), restart=False)
     deadline = time.monotonic() + 10
