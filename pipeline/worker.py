@@ -199,6 +199,13 @@ def internal_letter(isolated: Isolated[Part]) -> DeadLetter:
     return DeadLetter([reason], part.origin, payload=bytes(part.message.value or b""), stage="internal")
 
 
+def event_letter(isolated: Isolated[EventT]) -> DeadLetter:
+    """The dead letter of a whole event (a mark, a reset record, a metadata event) that made a stage throw."""
+    msg = isolated.unit.message
+    return DeadLetter([Rejection(f"internal.{isolated.stage}", describe(isolated.error))],
+                      Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""), stage="internal")
+
+
 Change = tuple[int, str, int, str, str]  # node, source, created, property, kind
 
 
@@ -407,13 +414,7 @@ class DatumWorker:
             m.agent_batch_seconds.labels("rollups").observe(time.perf_counter() - t0)
             return []
 
-        def letter(isolated: Isolated[EventT]) -> DeadLetter:
-            msg = isolated.unit.message
-            return DeadLetter([Rejection(f"internal.{isolated.stage}", describe(isolated.error))],
-                              Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""),
-                              stage="internal")
-
-        await self.committer.commit(events, attempt, self.send_dead_letters, ack, letter=letter)
+        await self.committer.commit(events, attempt, self.send_dead_letters, ack, letter=event_letter)
         self.handled([e.message for e in events])
 
     async def repair_rollups(self) -> int:
@@ -472,13 +473,7 @@ class DatumWorker:
                     await self.committer.retry("stale_marks", self.mark_stale, marks)
             return letters
 
-        def letter(isolated: Isolated[EventT]) -> DeadLetter:
-            msg = isolated.unit.message
-            return DeadLetter([Rejection(f"internal.{isolated.stage}", describe(isolated.error))],
-                              Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""),
-                              stage="internal")
-
-        await self.committer.commit(events, attempt, self.send_dead_letters, ack, letter=letter)
+        await self.committer.commit(events, attempt, self.send_dead_letters, ack, letter=event_letter)
         self.handled([e.message for e in events])
         self.metrics.agent_batch_seconds.labels("auxiliary").observe(time.perf_counter() - t0)
 
@@ -677,12 +672,7 @@ class DatumWorker:
                 log.warning("catalog refresh after %s failed: %s", result.event_id, exc)
             return []
 
-        def letter(isolated: Isolated[EventT]) -> DeadLetter:
-            return DeadLetter([Rejection(f"internal.{isolated.stage}", describe(isolated.error))],
-                              Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""),
-                              stage="internal")
-
-        await self.committer.commit([event], attempt, self.send_dead_letters, ack, letter=letter)
+        await self.committer.commit([event], attempt, self.send_dead_letters, ack, letter=event_letter)
         self._metadata_next = msg.offset + 1
         self.handled([msg])
         self.metrics.agent_batch_seconds.labels("metadata").observe(time.perf_counter() - t0)
