@@ -2,8 +2,9 @@
 recomputed from raw (half hours) and cascaded up (hour, day, week, month, year) from the stored
 finer rows, replacing the stored rows; a bucket found empty gets a tombstone.
 
-The worker calls `RollupMaintainer.update` with every batch of raw rows it has stored, before
-acking it; `recompute_range` is `pipeline recompute`. The figures come from the pure module
+The rollup agent calls `RollupMaintainer.update_spans` with the stale marks of the raw batches
+the worker stored (processors/stale_marks.py), before acking them; `update` takes raw rows;
+`recompute_range` is `pipeline recompute`. The figures come from the pure module
 processors/rollup.py, the SQL from sinks/rollups.py. docs/rollups.md explains the whole.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -29,6 +30,7 @@ from processors.rollup import (
     RollupRow,
     Tolerances,
     bucket_bounds,
+    bucket_start,
     buckets_between,
     combine,
     recompute,
@@ -36,6 +38,7 @@ from processors.rollup import (
     zone,
 )
 from processors.rows import DAY_MS, RawColumns
+from processors.stale_marks import Span, compact
 from sinks.auxiliary import read_resets
 from sinks.clickhouse import raw_retention_days
 from sinks.rollups import (
@@ -132,24 +135,65 @@ class RollupMaintainer:
     # -- the worker's entry point ---------------------------------------------------------------
 
     def update(self, rows: RawColumns) -> int:
-        """Recompute every bucket the stored rows make stale; returns buckets written.
+        """Recompute every bucket the stored rows make stale; returns buckets written."""
+        return self.update_spans(compact(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind))
+
+    def update_spans(self, spans: Mapping[tuple[int, str], Sequence[Span]]) -> int:
+        """Recompute every bucket the changed readings make stale, given per stream their spans
+        (property, kind, first and last changed created of a half hour: the stale marks);
+        returns buckets written.
 
         A handful of queries per batch whatever the number of streams: neighbours of the
         changed readings, raw points of the stale windows, stored rows to cascade, one insert."""
         t0 = time.perf_counter()
-        changes: dict[tuple[int, str, str], list[tuple[str, str, int]]] = {}
-        for node, source, created, prop, kind in zip(rows.node_id, rows.source_id, rows.created,
-                                                     rows.property, rows.kind, strict=True):
-            tz = self.timezone_at(node, created)
-            changes.setdefault((node, source, tz), []).append((prop, kind, created))
-        tasks = list(changes)
-        stale = self.stale_halfhours([(n, s, tz, changes[(n, s, tz)]) for n, s, tz in tasks])
-        out = self.refresh([(n, s, tz, st) for (n, s, tz), st in zip(tasks, stale, strict=True)])
+        stale = self.stale_of_spans(spans)
+        out = self.refresh([(n, s, tz, st) for (n, s, tz), st in stale.items()])
         written = write_rollups(self.client, out.rows, out.tombstones)
         self.last_seconds = time.perf_counter() - t0
         self.last_buckets = written
-        log.debug("rollups: %d bucket(s) from %d raw row(s) in %.3fs", written, len(rows), self.last_seconds)
+        log.debug("rollups: %d bucket(s) from %d span(s) in %.3fs", written,
+                  sum(len(v) for v in spans.values()), self.last_seconds)
         return written
+
+    def stale_of_spans(self, spans: Mapping[tuple[int, str], Sequence[Span]]) -> dict[tuple[int, str, str], set[int]]:
+        """Per (node, source, zone): the stale half-hour starts of the spans' changed readings.
+
+        Equal to `stale_halfhours` of every changed reading (docs/rollups.md, "Stale marks"): a
+        span's two ends stand for the readings between them, and a half hour lying strictly
+        between the ends' half hours (only where an offset change splits one) is stale too."""
+        zones: dict[tuple[int, int], str] = {}
+
+        def zone_at(node: int, ms: int) -> str:
+            tz = zones.get((node, ms))
+            if tz is None:
+                zones[(node, ms)] = tz = self.timezone_at(node, ms)
+            return tz
+
+        changes: dict[tuple[int, str, str], list[tuple[str, str, int]]] = {}
+        inside: dict[tuple[int, str, str], list[tuple[int, int]]] = {}
+        for (node, source), items in spans.items():
+            for prop, kind, lo, hi in items:
+                tz = zone_at(node, lo)
+                # a span across a change of the node's zone counts in both (rare: a superset)
+                for z in (tz,) if hi == lo or zone_at(node, hi) == tz else (tz, zone_at(node, hi)):
+                    key = (node, source, z)
+                    got = changes.get(key)
+                    if got is None:
+                        changes[key] = got = []
+                    got.append((prop, kind, lo))
+                    if hi != lo:
+                        got.append((prop, kind, hi))
+                        if hi - lo > 1:
+                            inside.setdefault(key, []).append((lo, hi))
+        tasks = list(changes)
+        stale = self.stale_halfhours([(n, s, tz, changes[(n, s, tz)]) for n, s, tz in tasks])
+        for key, found in zip(tasks, stale, strict=True):
+            zi = zone(key[2])
+            for lo, hi in inside.get(key, ()):
+                end = bucket_bounds(lo, "halfhour", zi)[1]
+                if end <= hi:
+                    found.update(s for s, _ in buckets_between(end, bucket_start(hi, "halfhour", zi), "halfhour", zi))
+        return dict(zip(tasks, stale, strict=True))
 
     # -- which half hours are stale -------------------------------------------------------------
 

@@ -33,7 +33,6 @@ a timer lists the broker's topics, and a new source topic joins the subscription
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import ChainMap
@@ -68,6 +67,9 @@ from processors.catalog_versions import VersionedCatalog
 from processors.datum import Datum, Rejection, check_envelope
 from processors.qrating import RateState
 from processors.rows import RawColumns, Scoring, accept_batch
+from processors.stale_marks import Change, Span, compact, compact_changes, encode_marks
+from processors.stale_marks import decode as decode_mark
+from processors.stale_marks import merge as merge_marks
 from sinks.auxiliary import stored_properties, write_changes
 from sinks.clickhouse import LATEST_TABLE, RawSink, connect, ensure_schema, rate_baselines
 from sinks.rollups import ensure_rollup_schema, mark_rolled_up, not_rolled_up
@@ -206,48 +208,30 @@ def event_letter(isolated: Isolated[EventT]) -> DeadLetter:
                       Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""), stage="internal")
 
 
-Change = tuple[int, str, int, str, str]  # node, source, created, property, kind
-
-
 def stale_marks(changes: Iterable[Change], inserted_ms: int | None = None) -> list[tuple[bytes, bytes]]:
-    """One mark per stream: the (property, kind, created) of every changed reading or reset, and
-    the stamp of the raw batch that changed them (the rollup ledger's key), if any."""
-    by_stream: dict[tuple[int, str], list[tuple[str, str, int]]] = {}
-    for node, source, created, prop, kind in changes:
-        by_stream.setdefault((node, source), []).append((prop, kind, created))
-    marks = []
-    for (node, source), items in by_stream.items():
-        doc: dict[str, Any] = {"node": node, "source": source, "changes": items}
-        if inserted_ms is not None:
-            doc["inserted"] = inserted_ms
-        marks.append((stream_key(node, source), json.dumps(doc).encode()))
-    return marks
+    """One mark per stream, keyed by stream: per (property, kind, half hour) the first and last
+    created of the changed readings or resets (processors/stale_marks.py), and the stamp of the
+    raw batch that changed them (the rollup ledger's key), if any."""
+    return [(stream_key(node, source), value)
+            for node, source, value in encode_marks(compact_changes(changes), inserted_ms)]
+
+
+def column_marks(rows: RawColumns, inserted_ms: int | None = None) -> list[tuple[bytes, bytes]]:
+    """`stale_marks` of stored rows, read straight from their columns."""
+    spans = compact(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind)
+    return [(stream_key(node, source), value) for node, source, value in encode_marks(spans, inserted_ms)]
 
 
 def row_changes(rows: RawColumns) -> Iterable[Change]:
     return zip(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind, strict=True)
 
 
-def stale_rows(values: Sequence[bytes]) -> RawColumns:
-    """Marks back to the columns the rollup maintainer reads (node, source, created, property, kind)."""
-    return read_marks(values)[0]
-
-
-def read_marks(values: Sequence[bytes]) -> tuple[RawColumns, set[tuple[int, str, int]]]:
-    """Marks back to columns, and the raw batches (node, source, inserted) they stand for."""
-    rows = RawColumns()
-    batches: set[tuple[int, str, int]] = set()
-    for value in values:
-        mark = json.loads(value)
-        for prop, kind, created in mark["changes"]:
-            rows.node_id.append(mark["node"])
-            rows.source_id.append(mark["source"])
-            rows.created.append(created)
-            rows.property.append(prop)
-            rows.kind.append(kind)
-        if mark.get("inserted") is not None:
-            batches.add((int(mark["node"]), str(mark["source"]), int(mark["inserted"])))
-    return rows, batches
+def read_marks(values: Sequence[bytes]) -> tuple[dict[tuple[int, str], list[Span]], set[tuple[int, str, int]]]:
+    """Marks (binary, or JSON of the old format) back to spans per stream, and the raw batches
+    (node, source, inserted) they stand for."""
+    marks = [decode_mark(bytes(v)) for v in values]
+    batches = {(m.node_id, m.source_id, m.inserted_ms) for m in marks if m.inserted_ms is not None}
+    return merge_marks(marks), batches
 
 
 class Stamps:
@@ -389,9 +373,8 @@ class DatumWorker:
         """fn(*args) in a thread, retried while it fails transiently; a data error is raised."""
         return await self.committer.retry(what, asyncio.to_thread, fn, *args)
 
-    async def mark_stale(self, changes: Iterable[Change], inserted_ms: int | None = None) -> None:
-        futures = [await self.stale_topic.send(key=key, value=value)
-                   for key, value in stale_marks(changes, inserted_ms)]
+    async def mark_stale(self, marks: Sequence[tuple[bytes, bytes]]) -> None:
+        futures = [await self.stale_topic.send(key=key, value=value) for key, value in marks]
         await asyncio.gather(*futures)
 
     # -- rollups --------------------------------------------------------------------------------
@@ -404,8 +387,8 @@ class DatumWorker:
         async def attempt(batch: Sequence[EventT]) -> list[DeadLetter]:
             t0 = time.perf_counter()
             with stage_named("rollup"):
-                rows, batches = read_marks([e.message.value for e in batch])
-            written = await self.in_thread("rollup", lambda: self.rollups.update(rows))
+                spans, batches = read_marks([e.message.value for e in batch])
+            written = await self.in_thread("rollup", lambda: self.rollups.update_spans(spans))
             if batches:
                 await self.in_thread("rollup", lambda: mark_rolled_up(self.rollups.client, batches))
             m.sink_batch_rows.labels("rollup").observe(written)
@@ -429,9 +412,8 @@ class DatumWorker:
 
         missing = await self.in_thread("rollup", scan)
         for node, source, inserted, changes in missing:
-            await self.committer.retry("stale_marks", self.mark_stale,
-                                       [(node, source, created, prop, kind) for prop, kind, created in changes],
-                                       inserted)
+            await self.committer.retry("stale_marks", self.mark_stale, stale_marks(
+                [(node, source, created, prop, kind) for prop, kind, created in changes], inserted))
         if missing:
             log.warning("rollup repair: %d stored raw batch(es) had no rollups recorded; marked stale again",
                         len(missing))
@@ -470,7 +452,7 @@ class DatumWorker:
                         k = c.record.key
                         marks += [(k.node_id, k.source_id, k.created_ms, p, "a") for p in sorted(c.record.properties)]
                 if marks:
-                    await self.committer.retry("stale_marks", self.mark_stale, marks)
+                    await self.committer.retry("stale_marks", self.mark_stale, stale_marks(marks))
             return letters
 
         await self.committer.commit(events, attempt, self.send_dead_letters, ack, letter=event_letter)
@@ -525,7 +507,7 @@ class DatumWorker:
             await self.store(outcome.rows, stamp=stamp)
             # 2b. mark the rollup buckets of what was just stored stale (before the ack)
             with stage_named("stale_marks"):
-                await self.committer.retry("stale_marks", self.mark_stale, list(row_changes(outcome.rows)), stamp)
+                await self.committer.retry("stale_marks", self.mark_stale, column_marks(outcome.rows, stamp))
         # this part is in: keep what it learned, count it
         self.scoring.rates.update(rates.maps[0])
         self._baselined |= seen

@@ -1,9 +1,32 @@
-"""Stale-bucket marks: one per stream, and back to the columns the rollup maintainer reads."""
+"""Stale-bucket marks: one per stream, binary, one span per (property, kind, half hour); read
+back to the spans the rollup maintainer takes, and old JSON marks still read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.topics import stream_key
-from pipeline.worker import row_changes, stale_marks, stale_rows
+from pipeline.worker import column_marks, read_marks, row_changes, stale_marks
 from processors.datum import Datum
 from processors.rows import RawColumns
+from processors.stale_marks import (
+    HALFHOUR_MS,
+    MarkError,
+    Span,
+    StaleMark,
+    compact,
+    decode,
+    encode,
+    merge,
+)
+
+INT64 = st.integers(-(2**63), 2**63 - 1)
+MS = st.integers(-(2**62), 2**62)
+TEXT = st.text(max_size=12)
 
 
 def test_marks_round_trip_per_stream() -> None:
@@ -11,9 +34,80 @@ def test_marks_round_trip_per_stream() -> None:
     rows.add_datum(Datum(1, "/a", 10, {"w": 1.0}, {"wh": 2.0}))
     rows.add_datum(Datum(2, "/b", 20, {}, {}, {"mode": "x"}))
     rows.add_datum(Datum(1, "/a", 30, {"w": 3.0}))
+    rows.add_datum(Datum(1, "/a", 20, {"w": 2.0}))  # inside w's span: carried by its ends
     marks = stale_marks(row_changes(rows))
     assert [key for key, _ in marks] == [stream_key(1, "/a"), stream_key(2, "/b")]
-    back = stale_rows([value for _, value in marks])
-    got = sorted(zip(back.node_id, back.source_id, back.created, back.property, back.kind, strict=True))
-    want = sorted(zip(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind, strict=True))
-    assert got == want
+    assert marks == column_marks(rows)
+    spans, batches = read_marks([value for _, value in marks])
+    assert spans == {(1, "/a"): [("w", "i", 10, 30), ("wh", "a", 10, 10)], (2, "/b"): [("mode", "s", 20, 20)]}
+    assert batches == set()
+
+
+def test_marks_carry_the_raw_batch_stamp_and_old_json_marks_still_read() -> None:
+    binary = stale_marks([(1, "/a", HALFHOUR_MS + 5, "wh", "a")], inserted_ms=1_700_000_000_123)
+    old = json.dumps({"node": 1, "source": "/a", "inserted": 1_700_000_000_456,
+                      "changes": [["wh", "a", HALFHOUR_MS + 9], ["wh", "a", HALFHOUR_MS + 1], ["w", "i", 7]]}).encode()
+    spans, batches = read_marks([binary[0][1], old])
+    # the two marks' spans of one half hour are joined
+    assert spans == {(1, "/a"): [("wh", "a", HALFHOUR_MS + 1, HALFHOUR_MS + 9), ("w", "i", 7, 7)]}
+    assert batches == {(1, "/a", 1_700_000_000_123), (1, "/a", 1_700_000_000_456)}
+
+
+SPANS = st.lists(st.tuples(TEXT, st.text(max_size=3), MS, st.integers(0, 2**32 - 1))
+                 .map(lambda t: (t[0], t[1], t[2], t[2] + t[3])), max_size=20)
+
+
+@given(node=st.integers(0, 2**64 - 1), source=TEXT, spans=SPANS, inserted=st.none() | INT64)
+def test_encode_decode_round_trip(node: int, source: str, spans: list[Span], inserted: int | None) -> None:
+    data = encode(node, source, spans, inserted)
+    assert data[:1] != b"{"  # the version byte tells it from an old JSON mark
+    assert decode(data) == StaleMark(node, source, inserted, tuple(spans))
+
+
+@given(spans=SPANS, inserted=st.none() | INT64, cut=st.integers(0, 10_000))
+def test_a_cut_mark_is_refused_not_misread(spans: list[Span], inserted: int | None, cut: int) -> None:
+    data = encode(7, "/s", spans, inserted)
+    with pytest.raises(MarkError):
+        decode(data[:cut % len(data)])
+    with pytest.raises(MarkError):
+        decode(data + b"\0")
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=80))
+def test_any_bytes_decode_or_raise_mark_error(data: bytes) -> None:
+    try:
+        mark = decode(data)
+    except MarkError:
+        return
+    assert all(lo <= hi for _, _, lo, hi in mark.spans)
+
+
+ROWS = st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["/a", "/b"]),
+                          st.integers(-10 * HALFHOUR_MS, 10 * HALFHOUR_MS), st.sampled_from(["w", "wh", "mode"]),
+                          st.sampled_from(["i", "a", "s"])), max_size=60)
+
+
+def reference_spans(rows: list[tuple[int, str, int, str, str]]) -> dict[tuple[int, str], set[Span]]:
+    cells: dict[tuple[int, str, str, str, int], list[int]] = {}
+    for node, source, c, prop, kind in rows:
+        cells.setdefault((node, source, prop, kind, c // HALFHOUR_MS), []).append(c)
+    out: dict[tuple[int, str], set[Span]] = {}
+    for (node, source, prop, kind, _), cs in cells.items():
+        out.setdefault((node, source), set()).add((prop, kind, min(cs), max(cs)))
+    return out
+
+
+@given(rows=ROWS, parts=st.integers(1, 4), inserted=st.none() | MS)
+def test_marks_hold_each_half_hours_first_and_last_change(
+        rows: list[tuple[int, str, int, str, str]], parts: int, inserted: int | None) -> None:
+    """However the changes are split into batches, the marks read back to one span per
+    (stream, property, kind, half hour) with the first and last changed created in it."""
+    values = [value for k in range(parts) for _, value in stale_marks(rows[k::parts], inserted)]
+    spans, batches = read_marks(values)
+    assert {k: set(v) for k, v in spans.items()} == reference_spans(rows)
+    assert all(len(v) == len(set(v)) for v in spans.values())
+    assert batches == ({(n, s, inserted) for n, s, *_ in rows} if inserted is not None else set())
+    cols = compact(*zip(*rows, strict=True)) if rows else {}
+    assert {k: set(v) for k, v in cols.items()} == reference_spans(rows)
+    assert merge([StaleMark(n, s, None, tuple(v)) for (n, s), v in cols.items()]) == cols
