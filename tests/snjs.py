@@ -45,11 +45,12 @@ def core_version() -> str:
 
 def run_node(script: str, payload: Any, timeout: float = 60) -> Any:
     """Run tests/js/<script> with `payload` as JSON on stdin; returns its JSON stdout."""
+    js_dir = npm_clients()  # skips first when node/npm are missing
     node = shutil.which("node")
     assert node is not None
     done = subprocess.run(
         [node, script],
-        cwd=npm_clients(),
+        cwd=js_dir,
         input=json.dumps(payload).encode("utf-8"),
         capture_output=True,
         check=False,
