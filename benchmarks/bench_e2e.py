@@ -1,43 +1,201 @@
-"""End-to-end throughput: datums/s from producer to queryable in ClickHouse, and in the same run
-the raw consume+decode ceiling (a plain aiokafka consumer decoding every batch, no Faust, no store).
+"""End to end: datums/s from the producer until every rollup level is caught up, with the sample
+datamodels bound (every sample validated and scored), and in the same run the two ceilings the
+worker sits between: consume+decode (a plain aiokafka consumer decoding every batch, no Faust, no
+store) and store-only (the same raw rows inserted straight through the same ClickHouse endpoint
+by clickhouse-connect's fastest path, `insert_arrow`).
 
-    python benchmarks/bench_e2e.py [--datums 200000] [--sources 20]
+    python benchmarks/bench_e2e.py [--shape dense|fleet] [--datums N] [--workers 1|2]
+                                   [--paced-seconds 30] [--nodes N --sources S --spacing-ms MS]
 
-Starts its own embedded stack in a temp dir unless PIPELINE_KAFKA_BOOTSTRAP and
-PIPELINE_CLICKHOUSE_URL are set. Prints figures; it is not a test.
+Shapes (streams are (node, source); topics are per source name, so they stay few):
+  dense  1 node x 20 sources, a datum per source every second
+  fleet  2,000 nodes x 10 sources = 20,000 streams, a datum per stream every minute
+
+Phases, one worker set throughout:
+  1. the sample datamodels and bindings published; the workers started; one tick of every stream
+     sent and waited for (catalog loaded, partitions assigned, rollups written once);
+  2. max rate: N datums sent at once; timed until every raw row is in the `datum` view and the
+     watts rollups of every level (halfhour ... year) count every datum;
+  3. consume+decode ceiling over the same topics (workers idle);
+  4. the durable default: N datums stored as a gateway that trusts broker acks sees it, then N
+     through a producer that waits for the workers' commits (`pipeline ingest` does that);
+  5. paced at half the rate of 2: per chunk sent every ~0.1 s, the time from send to visible in
+     the `datum` view and in the halfhour rollup (polled every 0.1 s), p50/p99;
+  6. workers stopped; store-only ceiling: the raw rows of phase 2 read back as Arrow and inserted
+     into a copy of the raw table in chunks of the worker's largest batch.
+
+Worker RSS is printed after phase 1 and after phase 5. Starts its own embedded stack (Tansu,
+PostgreSQL, the chDB endpoint) in a temp dir unless PIPELINE_KAFKA_BOOTSTRAP,
+PIPELINE_CLICKHOUSE_URL and PIPELINE_POSTGRES_DSN are set. Prints figures; it is not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import psutil  # noqa: E402
+import psycopg  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
 from pipeline import stack  # noqa: E402
 from pipeline.codec import decode_batch  # noqa: E402
-from pipeline.producer import DatumProducer  # noqa: E402
+from pipeline.metadata import datamodel_events  # noqa: E402
+from pipeline.producer import DatumProducer, end_offsets  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 from processors.datum import Datum  # noqa: E402
-from sinks.clickhouse import connect, ensure_schema  # noqa: E402
-from tests.integration.helpers import settings_for, worker_process  # noqa: E402
+from processors.rollup import PERIODICITIES  # noqa: E402
+from sinks.clickhouse import RAW_TABLE, connect, ensure_schema  # noqa: E402
+from tests.integration.helpers import (  # noqa: E402
+    ROOT,
+    publish_metadata,
+    settings_for,
+    wait_for_catalog,
+    worker_process,
+)
+
+DATAMODELS = ROOT / "schemas" / "datamodels"
+HALFHOUR_MS = 1_800_000
+DAY_MS = 86_400_000
+SAMPLES_PER_DATUM = 4  # watts, voltage, wattHours, mode
+SCORED_PER_DATUM = 3  # voltage, wattHours and mode have a qRating in energy-meter.json
+SHAPES = {"dense": (1, 20, 1_000), "fleet": (2_000, 10, 60_000)}  # nodes, sources, spacing
 
 
-def make_datums(n: int, sources: int, base: int = 1_700_000_000_000) -> list[Datum]:
-    return [
-        Datum(1 + k % 5, f"/S{k % sources}/M1", base + (k // sources) * 1000,
-              {"watts": float(k % 5000), "voltage": 230.0 + (k % 7)}, {"wattHours": float(k)}, {"mode": "auto"})
-        for k in range(n)
-    ]
+@dataclass(frozen=True)
+class Shape:
+    """nodes x sources streams, bound to the sample `energy-meter` datamodel by `/S*/**/M*`."""
 
+    nodes: int
+    sources: int
+    spacing_ms: int
+    base_ms: int
+
+    @property
+    def streams(self) -> int:
+        return self.nodes * self.sources
+
+    def created(self, tick: int) -> int:
+        return self.base_ms + tick * self.spacing_ms
+
+    def tick(self, tick: int, nodes: range | None = None) -> list[Datum]:
+        """One datum per stream (of `nodes`, default all) at a tick: samples an energy meter sends."""
+        t = self.created(tick)
+        out = []
+        for node in nodes or range(1, self.nodes + 1):
+            for s in range(1, self.sources + 1):
+                w = 1_000.0 + (node * 37 + s * 11 + tick) % 4_000
+                out.append(Datum(node, f"/S1/B1/M{s}", t,
+                                 {"watts": w, "voltage": 228.0 + (tick + s) % 5},
+                                 {"wattHours": 1_000_000.0 + tick * 10.0 + s}, {"mode": "auto"}))
+        return out
+
+    def ticks(self, first: int, count: int) -> list[Datum]:
+        return [d for k in range(first, first + count) for d in self.tick(k)]
+
+    def first_tick_at_or_after(self, ms: int) -> int:
+        return -(-(ms - self.base_ms) // self.spacing_ms)
+
+
+# --- the stack and the workers ------------------------------------------------------------------
+
+@contextlib.contextmanager
+def services(work: Path) -> Iterator[tuple[str, str, str]]:
+    kafka = os.environ.get("PIPELINE_KAFKA_BOOTSTRAP", "")
+    ch = os.environ.get("PIPELINE_CLICKHOUSE_URL", "")
+    pg = os.environ.get("PIPELINE_POSTGRES_DSN", "")
+    started: list[stack.Service] = []
+    try:
+        if not kafka:
+            started.append(stack.start_tansu(log_dir=work))
+            kafka = started[-1].url
+        if not ch:
+            started.append(stack.start_clickhouse(work / "ch", log_dir=work))
+            ch = started[-1].url
+        if not pg:
+            started.append(stack.start_postgres(work / "pg"))
+            pg = started[-1].url
+        yield kafka, ch, pg
+    finally:
+        for svc in reversed(started):
+            svc.stop()
+
+
+@contextlib.contextmanager
+def fresh_postgres(url: str, name: str) -> Iterator[str]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{url.rpartition('/')[0]}/{name}"
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except psutil.Error:
+        return float("nan")
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> float:
+    """Poll until check() holds; the perf_counter instant it first held."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        if check():
+            return time.perf_counter()
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --- what is queryable --------------------------------------------------------------------------
+
+def raw_count(client: Any) -> int:
+    """Datums in the `datum` view (one watts row each)."""
+    return int(client.command("SELECT count() FROM datum WHERE property = 'watts'"))
+
+
+def level_counts(client: Any) -> dict[str, int]:
+    """Datums counted by the watts rollups of each level (a coarser level sums the finer counts)."""
+    rows = client.query("SELECT periodicity, sum(count) FROM rollup WHERE property = 'watts' "
+                        "GROUP BY periodicity").result_rows
+    return {str(p): int(c) for p, c in rows}
+
+
+def wait_caught_up(client: Any, expect: int, t0: float, timeout: float = 1800) -> tuple[float, dict[str, float]]:
+    """Seconds from t0 until every raw row is visible, and until each level counts every datum."""
+    raw_at = wait_until(lambda: raw_count(client) >= expect, timeout, f"{expect} datums in the datum view")
+    levels: dict[str, float] = {}
+
+    def all_levels() -> bool:
+        got = level_counts(client)
+        now = time.perf_counter()
+        for per in PERIODICITIES:
+            if per not in levels and got.get(per, 0) >= expect:
+                levels[per] = now - t0
+        return len(levels) == len(PERIODICITIES)
+
+    wait_until(all_levels, timeout, f"rollups of every level counting {expect} datums", interval=0.5)
+    return raw_at - t0, levels
+
+
+# --- ceilings -----------------------------------------------------------------------------------
 
 async def consume_ceiling(settings: Settings, topics: list[str], expect: int) -> float:
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
@@ -57,96 +215,277 @@ async def consume_ceiling(settings: Settings, topics: list[str], expect: int) ->
     return got / (time.perf_counter() - t0)
 
 
-def run(n: int, sources: int, kafka: str, clickhouse: str, workdir: Path) -> None:
+def store_ceiling(client: Any, lo_ms: int, hi_ms: int, chunk_rows: int) -> tuple[int, float]:
+    """The raw rows stored for created in [lo_ms, hi_ms), read back as Arrow (untimed), then
+    inserted with insert_arrow into a copy of the raw table (same engine), `chunk_rows` per
+    insert. Returns (rows, rows/s)."""
+    cols = ("node_id, source_id, created, property, kind, value, text, tags, datastream, score, "
+            "performance, label, quality, max_score, ttl_days")
+    table = client.query_arrow(
+        f"SELECT {cols} FROM {RAW_TABLE} FINAL WHERE created >= fromUnixTimestamp64Milli(toInt64({lo_ms}), 'UTC') "
+        f"AND created < fromUnixTimestamp64Milli(toInt64({hi_ms}), 'UTC') ORDER BY created, node_id, source_id",
+        use_strings=True)
+    client.command(f"CREATE TABLE store_ceiling AS {RAW_TABLE}")
+    names = [c.strip() for c in cols.split(",")]
+    t0 = time.perf_counter()
+    for start in range(0, table.num_rows, chunk_rows):
+        client.insert_arrow("store_ceiling", table.slice(start, chunk_rows).select(names))
+    rate = table.num_rows / (time.perf_counter() - t0)
+    stored = int(client.command("SELECT count() FROM store_ceiling"))
+    client.command("DROP TABLE store_ceiling")
+    if stored != table.num_rows:
+        raise SystemExit(f"store-only ceiling: {stored} of {table.num_rows} rows stored")
+    return table.num_rows, rate
+
+
+# --- paced: created -> queryable ----------------------------------------------------------------
+
+@dataclass
+class Chunk:
+    key: int
+    datums: list[Datum]
+    needs: list[tuple[tuple[int, int], int]]  # ((halfhour bucket, node group), datums counted by then)
+    sent: float = 0.0
+    raw_at: float = 0.0
+    rollup_at: float = 0.0
+
+
+def paced_chunks(shape: Shape, first_tick: int, rate: float, seconds: float, interval_s: float = 0.1,
+                 ) -> tuple[list[Chunk], int, int, int]:
+    """Chunks of about rate * interval_s datums, in time order: whole ticks when a tick is
+    smaller than that (dense), else a tick split into groups of nodes (fleet). Returns the chunks
+    and the (ticks per chunk, chunks per tick, nodes per chunk) their SQL key is made of."""
+    want = max(1.0, rate * interval_s)
+    per_tick = shape.streams
+    if want >= per_tick:
+        tpc, npc = max(1, round(want / per_tick)), shape.nodes
+    else:
+        tpc, limit = 1, max(1, int(want // shape.sources))
+        npc = max(d for d in range(1, shape.nodes + 1) if shape.nodes % d == 0 and d <= limit)
+    cpt = shape.nodes // npc
+    total = max(1, int(rate * seconds / (tpc * npc * shape.sources)))
+    cum: dict[tuple[int, int], int] = {}
+    chunks = []
+    for k in range(total):
+        t0, g = first_tick + (k // cpt) * tpc, k % cpt
+        nodes = range(1 + g * npc, 1 + (g + 1) * npc)
+        datums = [d for t in range(t0, t0 + tpc) for d in shape.tick(t, nodes)]
+        touched: dict[tuple[int, int], int] = {}
+        for d in datums:
+            b = (d.created_ms // HALFHOUR_MS, g)
+            cum[b] = cum.get(b, 0) + 1
+            touched[b] = cum[b]
+        chunks.append(Chunk(k, datums, sorted(touched.items())))
+    return chunks, tpc, cpt, npc
+
+
+def paced(settings: Settings, shape: Shape, first_tick: int, rate: float, seconds: float,
+          tail_s: float = 300.0) -> tuple[list[Chunk], float]:
+    """Send the chunks on schedule from this thread; poll what is visible from another."""
+    chunks, tpc, cpt, npc = paced_chunks(shape, first_tick, rate, seconds)
+    lo = shape.created(first_tick)
+    key = (f"intDiv(toUnixTimestamp64Milli(created) - {lo}, {shape.spacing_ms * tpc}) * {cpt} "
+           f"+ intDiv(node_id - 1, {npc})")
+    raw_sql = (f"SELECT {key} AS k, count() FROM datum WHERE property = 'watts' "
+               f"AND created >= fromUnixTimestamp64Milli(toInt64({lo}), 'UTC') GROUP BY k")
+    rollup_sql = (f"SELECT intDiv(toUnixTimestamp64Milli(ts_start), {HALFHOUR_MS}) AS b, intDiv(node_id - 1, {npc}) "
+                  f"AS g, sum(count) FROM rollup WHERE periodicity = 'halfhour' AND property = 'watts' "
+                  f"AND ts_start >= fromUnixTimestamp64Milli(toInt64({lo}), 'UTC') GROUP BY b, g")
+    client = connect(settings.clickhouse_url)
+    done = threading.Event()
+
+    def poll() -> None:
+        pending = list(chunks)
+        while pending and not done.is_set():
+            raw = {int(k): int(c) for k, c in client.query(raw_sql).result_rows}
+            roll = {(int(b), int(g)): int(c) for b, g, c in client.query(rollup_sql).result_rows}
+            now = time.perf_counter()
+            for ch in pending:
+                if ch.sent and not ch.raw_at and raw.get(ch.key, 0) >= len(ch.datums):
+                    ch.raw_at = now
+                if ch.sent and not ch.rollup_at and all(roll.get(b, 0) >= n for b, n in ch.needs):
+                    ch.rollup_at = now
+            pending = [ch for ch in pending if not (ch.raw_at and ch.rollup_at)]
+            time.sleep(0.1)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    producer = DatumProducer(settings)
+    poller.start()
+    t0 = time.perf_counter()
+    ahead = 0  # datums sent before this chunk
+    for ch in chunks:
+        delay = t0 + ahead / rate - time.perf_counter()
+        ahead += len(ch.datums)
+        if delay > 0:
+            time.sleep(delay)
+        ch.sent = time.perf_counter()
+        producer.send(ch.datums)
+    producer.flush()
+    send_rate = ahead / (time.perf_counter() - t0)
+    poller.join(tail_s)
+    done.set()
+    poller.join(5)
+    producer.close()
+    return chunks, send_rate
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace, kafka: str, ch: str, pg_url: str, work: Path) -> None:
+    nodes, sources, spacing = SHAPES[args.shape]
+    today = int(time.time() * 1000) // DAY_MS * DAY_MS
+    shape = Shape(args.nodes or nodes, args.sources or sources, args.spacing_ms or spacing, today - 10 * DAY_MS)
+    ticks = max(1, args.datums // shape.streams)
+    n = ticks * shape.streams
+    print(f"shape {args.shape}: {shape.nodes} nodes x {shape.sources} sources = {shape.streams:,} streams, "
+          f"{shape.spacing_ms / 1000:g} s apart; {n:,} datums ({SAMPLES_PER_DATUM} samples each, bound to "
+          f"energy-meter); {args.workers} worker(s); {os.cpu_count()} cores")
     prefix = f"b{uuid.uuid4().hex[:8]}."
-    admin = connect(clickhouse)
     db = prefix.rstrip(".")
+    admin = connect(ch)
     admin.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-    settings = settings_for(kafka, clickhouse, db, prefix, topic_partitions=4)
+    try:
+        with fresh_postgres(pg_url, db) as dsn:
+            settings = settings_for(kafka, ch, db, prefix, topic_partitions=4, postgres_dsn=dsn)
+            run_in(args, settings, shape, ticks, n, work)
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: int, n: int, work: Path) -> None:
     client = connect(settings.clickhouse_url)
     ensure_schema(client)
-    datums = make_datums(n, sources)
-
-    t0 = time.perf_counter()
+    events = datamodel_events(sorted(DATAMODELS.glob("*.json")), "bench", "sample datamodels")
+    publish_metadata(settings, events)
     producer = DatumProducer(settings)
-    producer.send(datums)
-    producer.flush()
-    produce_s = time.perf_counter() - t0
-    print(f"produce:            {n / produce_s:>12,.0f} datums/s  ({producer.messages_sent} messages)")
+    topics = sorted({producer.topics.source(f"/S1/B1/M{s}") for s in range(1, shape.sources + 1)})
+    producer.admin.ensure(topics)  # subscribed from the start: no rebalance when data comes
 
-    topics = sorted({producer.topics.source(d.source_id) for d in datums})
-    ceiling = asyncio.run(consume_ceiling(settings, topics, n))
-    print(f"consume+decode:     {ceiling:>12,.0f} datums/s  (aiokafka getmany + fastavro, no store)")
+    with contextlib.ExitStack() as workers:
+        procs = []
+        for k in range(args.workers):
+            log = work / f"worker-{k}.log"
+            mine = replace(settings, metrics_port=stack.free_port()) if k else settings
+            procs.append((workers.enter_context(worker_process(mine, log)), log))
+        for _, log in procs:
+            wait_for_catalog(settings.postgres_dsn, len(events), log)
+        # 1. warm-up: a tick of every stream stored and rolled up (assignment done, caches warm)
+        t = time.perf_counter()
+        producer.send(shape.tick(0))
+        producer.flush()
+        warm = shape.streams
+        wait_caught_up(client, warm, t, timeout=600)
+        print(f"warm-up:            {time.perf_counter() - t:>8.1f} s  (one tick of every stream, rollups included)")
+        rss_start = [rss_mib(p.pid) for p, _ in procs]
 
-    t1 = time.perf_counter()
-    with worker_process(settings, workdir / "worker.log"):
-        first = None
-        while True:
-            stored = int(client.command("SELECT count(DISTINCT node_id, source_id, created) FROM datum"))
-            if stored and first is None:
-                first = time.perf_counter()
-            if stored >= n:
-                break
-            if time.perf_counter() - t1 > 900:
-                raise SystemExit(f"only {stored} of {n} datums stored after 900 s")
-            time.sleep(0.2)
-        done = time.perf_counter()
-        # The durable default, against a running worker: n more datums stored as a gateway that
-        # trusts broker acks sees it (poll the store), then n more through a producer that waits
-        # until the workers have committed past every message (stored or dead-lettered).
-        def later(k: int) -> list[Datum]:
-            return make_datums(n, sources, base=1_700_000_000_000 + k * 10 * n * 1000)
+        # 2. max rate: everything sent at once
+        datums = shape.ticks(1, ticks)
+        t0 = time.perf_counter()
+        producer.send(datums)
+        producer.flush()
+        produce_s = time.perf_counter() - t0
+        raw_s, levels = wait_caught_up(client, warm + n, t0)
+        e2e = n / max(levels.values())
+        print(f"produce:            {n / produce_s:>12,.0f} datums/s  ({producer.messages_sent:,} messages so far)")
+        print(f"raw rows visible:   {n / raw_s:>12,.0f} datums/s  (all in the datum view after {raw_s:.1f} s)")
+        print("rollups caught up:  " + ", ".join(f"{p} {levels[p]:.1f} s" for p in PERIODICITIES))
+        print(f"end to end:         {e2e:>12,.0f} datums/s  (sent -> every level of the rollups counts every datum)")
+        stored = client.query(
+            "SELECT count(), countIf(datastream != ''), countIf(score IS NOT NULL) FROM datum").result_rows[0]
+        print(f"rows stored:        {int(stored[0]):>12,}  ({int(stored[1]):,} bound to a datastream, "
+              f"{int(stored[2]):,} scored; expected {SAMPLES_PER_DATUM * (warm + n):,} and "
+              f"{SCORED_PER_DATUM * (warm + n) - shape.streams:,}: a stream's first wattHours reading has no "
+              "rate to score)")
 
+        # 3. consume+decode ceiling, the workers idle
+        ceiling = asyncio.run(consume_ceiling(settings, topics, warm + n))
+        print(f"consume+decode:     {ceiling:>12,.0f} datums/s  (aiokafka getmany + fastavro, no store)")
+
+        # 4. the durable default against the running workers: n datums stored as a gateway that
+        # trusts broker acks sees it (poll the store), then n through a producer that waits until
+        # the workers have committed past every message (stored or dead-lettered)
+        next_tick = 1 + ticks
         t2 = time.perf_counter()
         plain = DatumProducer(settings)
-        plain.send(later(1))
+        plain.send(shape.ticks(next_tick, ticks))
         plain.flush()
-        while int(client.command("SELECT count(DISTINCT node_id, source_id, created) FROM datum")) < 2 * n:
-            time.sleep(0.1)
+        wait_until(lambda: raw_count(client) >= warm + 2 * n, 1800, "the broker-acked datums", interval=0.1)
         plain_s = time.perf_counter() - t2
         t3 = time.perf_counter()
         confirming = DatumProducer(settings)
-        confirming.send(later(2))
+        confirming.send(shape.ticks(next_tick + ticks, ticks))
         confirming.flush()
         acked_s = time.perf_counter() - t3
         outcome = confirming.confirm(900)
         confirmed_s = time.perf_counter() - t3
         confirming.close()
-    e2e = n / (done - t1)
-    steady = n / (done - first) if first else float("nan")
-    print(f"end to end:         {e2e:>12,.0f} datums/s  (worker start, group join and store included)")
-    print(f"end to end steady:  {steady:>12,.0f} datums/s  (from the first stored batch)")
-    print(f"rows stored:        {int(client.command('SELECT count() FROM datum')):>12,}  (4 samples per datum)")
-    print(f"ratio steady/ceiling: {steady / ceiling:.3f}")
-    print(f"stored, broker acks: {n / plain_s:>11,.0f} datums/s  (a running worker; sent, then polled until queryable)")
-    print(f"stored, confirmed:  {outcome.confirmed_datums / confirmed_s:>12,.0f} datums/s  (the same, the producer "
-          f"waiting for the commits: broker-acked after {acked_s:.1f}s, all confirmed after {confirmed_s:.1f}s; "
-          f"{outcome.unconfirmed_datums} unconfirmed)")
-    print(f"ratio confirmed/broker acks: {(outcome.confirmed_datums / confirmed_s) / (n / plain_s):.3f}"
-          "  (the cost of the durable default: the wait for the next offset commit)")
-    admin.command(f"DROP DATABASE IF EXISTS {db}")
+        print(f"stored, broker acks: {n / plain_s:>11,.0f} datums/s  (a running worker; sent, then polled until "
+              "queryable)")
+        print(f"stored, confirmed:  {outcome.confirmed_datums / confirmed_s:>12,.0f} datums/s  (the same, the "
+              f"producer waiting for the commits: broker-acked after {acked_s:.1f}s, all confirmed after "
+              f"{confirmed_s:.1f}s; {outcome.unconfirmed_datums} unconfirmed)")
+        print(f"ratio confirmed/broker acks: {(outcome.confirmed_datums / confirmed_s) / (n / plain_s):.3f}"
+              "  (the cost of the durable default: the wait for the next offset commit)")
+        # rollups of phase 4 caught up before the paced phase starts, so it measures only itself
+        wait_caught_up(client, warm + 3 * n, time.perf_counter())
+
+        # 5. paced at half the measured maximum, from a fresh half hour
+        last = shape.created(next_tick + 2 * ticks)
+        first = shape.first_tick_at_or_after((last // HALFHOUR_MS + 2) * HALFHOUR_MS)
+        chunks, send_rate = paced(settings, shape, first, e2e / 2, args.paced_seconds)
+        raw_lat = [c.raw_at - c.sent for c in chunks if c.raw_at]
+        roll_lat = [c.rollup_at - c.sent for c in chunks if c.rollup_at]
+        behind = [c.rollup_at - c.raw_at for c in chunks if c.rollup_at and c.raw_at]
+        size = statistics.mean(len(c.datums) for c in chunks)
+        print(f"paced:              {send_rate:>12,.0f} datums/s for {args.paced_seconds:g} s  ({len(chunks)} "
+              f"chunks of {size:,.0f} datums; half of {e2e:,.0f})")
+        print(f"created->queryable: raw p50 {pct(raw_lat, 50):.2f} s, p99 {pct(raw_lat, 99):.2f} s; halfhour "
+              f"rollup p50 {pct(roll_lat, 50):.2f} s, p99 {pct(roll_lat, 99):.2f} s; rollup behind raw p99 "
+              f"{pct(behind, 99):.2f} s  ({len(chunks) - len(raw_lat)} chunks never raw-visible, "
+              f"{len(chunks) - len(roll_lat)} never in the rollup; polled every ~0.1 s)")
+        rss_end = [rss_mib(p.pid) for p, _ in procs]
+        for k, (a, b) in enumerate(zip(rss_start, rss_end, strict=True)):
+            print(f"worker {k} RSS:       {a:>8.0f} MiB after warm-up, {b:.0f} MiB at the end ({(b - a) / a:+.1%})")
+
+        deadletter = producer.topics.deadletter
+        letters = (sum(end_offsets(settings.kafka_bootstrap, deadletter, [0]).values())
+                   if deadletter in producer.admin.existing() else 0)
+        print(f"dead letters:       {letters:>12,}")
+    producer.close()
+
+    # 6. store-only ceiling, the workers stopped: phase 2's raw rows through the same endpoint
+    rows, rows_s = store_ceiling(client, shape.created(1), shape.created(1 + ticks),
+                                 settings.batch_max_datums * SAMPLES_PER_DATUM)
+    store = rows_s / SAMPLES_PER_DATUM
+    print(f"store-only:         {store:>12,.0f} datums/s  ({rows:,} raw rows, {rows_s:,.0f} rows/s, insert_arrow "
+          f"of {settings.batch_max_datums * SAMPLES_PER_DATUM:,} rows per insert)")
+    print(f"ratio end to end/consume+decode: {e2e / ceiling:.3f}")
+    print(f"ratio end to end/store-only:     {e2e / store:.3f}")
+    print(f"ratio end to end/lower ceiling:  {e2e / min(ceiling, store):.3f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datums", type=int, default=200_000)
-    ap.add_argument("--sources", type=int, default=20)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="dense")
+    ap.add_argument("--datums", type=int, default=200_000, help="datums of the max-rate phase (whole ticks)")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes to start")
+    ap.add_argument("--paced-seconds", type=float, default=30.0, help="length of the paced phase")
+    ap.add_argument("--nodes", type=int, help="override the shape's node count")
+    ap.add_argument("--sources", type=int, help="override the shape's sources per node")
+    ap.add_argument("--spacing-ms", type=int, help="override the shape's datum spacing")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        kafka, ch = os.environ.get("PIPELINE_KAFKA_BOOTSTRAP"), os.environ.get("PIPELINE_CLICKHOUSE_URL")
-        services = []
-        if not kafka:
-            services.append(stack.start_tansu(log_dir=work))
-            kafka = services[-1].url
-        if not ch:
-            services.append(stack.start_clickhouse(work / "ch", log_dir=work))
-            ch = services[-1].url
-        try:
-            run(args.datums, args.sources, kafka, ch, work)
-        finally:
-            for svc in services:
-                svc.stop()
+        with services(work) as (kafka, ch, pg):
+            run(args, kafka, ch, pg, work)
 
 
 if __name__ == "__main__":
