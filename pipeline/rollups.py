@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -38,7 +38,7 @@ from processors.rollup import (
     zone,
 )
 from processors.rows import DAY_MS, RawColumns
-from processors.stale_marks import Span, compact
+from processors.stale_marks import SpanColumns, compact
 from sinks.auxiliary import read_resets
 from sinks.clickhouse import raw_retention_days
 from sinks.rollups import (
@@ -138,7 +138,7 @@ class RollupMaintainer:
         """Recompute every bucket the stored rows make stale; returns buckets written."""
         return self.update_spans(compact(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind))
 
-    def update_spans(self, spans: Mapping[tuple[int, str], Sequence[Span]]) -> int:
+    def update_spans(self, spans: SpanColumns) -> int:
         """Recompute every bucket the changed readings make stale, given per stream their spans
         (property, kind, first and last changed created of a half hour: the stale marks);
         returns buckets written.
@@ -151,11 +151,10 @@ class RollupMaintainer:
         written = write_rollups(self.client, out.rows, out.tombstones)
         self.last_seconds = time.perf_counter() - t0
         self.last_buckets = written
-        log.debug("rollups: %d bucket(s) from %d span(s) in %.3fs", written,
-                  sum(len(v) for v in spans.values()), self.last_seconds)
+        log.debug("rollups: %d bucket(s) from %d span(s) in %.3fs", written, len(spans), self.last_seconds)
         return written
 
-    def stale_of_spans(self, spans: Mapping[tuple[int, str], Sequence[Span]]) -> dict[tuple[int, str, str], set[int]]:
+    def stale_of_spans(self, spans: SpanColumns) -> dict[tuple[int, str, str], set[int]]:
         """Per (node, source, zone): the stale half-hour starts of the spans' changed readings.
 
         Equal to `stale_halfhours` of every changed reading (docs/rollups.md, "Stale marks"): a
@@ -171,20 +170,20 @@ class RollupMaintainer:
 
         changes: dict[tuple[int, str, str], list[tuple[str, str, int]]] = {}
         inside: dict[tuple[int, str, str], list[tuple[int, int]]] = {}
-        for (node, source), items in spans.items():
-            for prop, kind, lo, hi in items:
-                tz = zone_at(node, lo)
-                # a span across a change of the node's zone counts in both (rare: a superset)
-                for z in (tz,) if hi == lo or zone_at(node, hi) == tz else (tz, zone_at(node, hi)):
-                    key = (node, source, z)
-                    got = changes.get(key)
-                    if got is None:
-                        changes[key] = got = []
-                    got.append((prop, kind, lo))
-                    if hi != lo:
-                        got.append((prop, kind, hi))
-                        if hi - lo > 1:
-                            inside.setdefault(key, []).append((lo, hi))
+        for node, source, prop, kind, lo, hi in zip(spans.node_id, spans.source_id, spans.property, spans.kind,
+                                                    spans.first, spans.last, strict=True):
+            tz = zone_at(node, lo)
+            # a span across a change of the node's zone counts in both (rare: a superset)
+            for z in (tz,) if hi == lo or zone_at(node, hi) == tz else (tz, zone_at(node, hi)):
+                key = (node, source, z)
+                got = changes.get(key)
+                if got is None:
+                    changes[key] = got = []
+                got.append((prop, kind, lo))
+                if hi != lo:
+                    got.append((prop, kind, hi))
+                    if hi - lo > 1:
+                        inside.setdefault(key, []).append((lo, hi))
         tasks = list(changes)
         stale = self.stale_halfhours([(n, s, tz, changes[(n, s, tz)]) for n, s, tz in tasks])
         for key, found in zip(tasks, stale, strict=True):

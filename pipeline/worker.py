@@ -67,9 +67,7 @@ from processors.catalog_versions import VersionedCatalog
 from processors.datum import Datum, Rejection, check_envelope
 from processors.qrating import RateState
 from processors.rows import RawColumns, Scoring, accept_batch
-from processors.stale_marks import Change, Span, compact, compact_changes, encode_marks
-from processors.stale_marks import decode as decode_mark
-from processors.stale_marks import merge as merge_marks
+from processors.stale_marks import Change, SpanColumns, decode_marks, encode_columns
 from sinks.auxiliary import stored_properties, write_changes
 from sinks.clickhouse import LATEST_TABLE, RawSink, connect, ensure_schema, rate_baselines
 from sinks.rollups import ensure_rollup_schema, mark_rolled_up, not_rolled_up
@@ -212,26 +210,26 @@ def stale_marks(changes: Iterable[Change], inserted_ms: int | None = None) -> li
     """One mark per stream, keyed by stream: per (property, kind, half hour) the first and last
     created of the changed readings or resets (processors/stale_marks.py), and the stamp of the
     raw batch that changed them (the rollup ledger's key), if any."""
-    return [(stream_key(node, source), value)
-            for node, source, value in encode_marks(compact_changes(changes), inserted_ms)]
+    rows = list(changes)
+    return [(stream_key(node, source), value) for node, source, value in encode_columns(
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows],
+        inserted_ms)]
 
 
 def column_marks(rows: RawColumns, inserted_ms: int | None = None) -> list[tuple[bytes, bytes]]:
     """`stale_marks` of stored rows, read straight from their columns."""
-    spans = compact(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind)
-    return [(stream_key(node, source), value) for node, source, value in encode_marks(spans, inserted_ms)]
+    return [(stream_key(node, source), value) for node, source, value
+            in encode_columns(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind, inserted_ms)]
 
 
 def row_changes(rows: RawColumns) -> Iterable[Change]:
     return zip(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind, strict=True)
 
 
-def read_marks(values: Sequence[bytes]) -> tuple[dict[tuple[int, str], list[Span]], set[tuple[int, str, int]]]:
-    """Marks (binary, or JSON of the old format) back to spans per stream, and the raw batches
-    (node, source, inserted) they stand for."""
-    marks = [decode_mark(bytes(v)) for v in values]
-    batches = {(m.node_id, m.source_id, m.inserted_ms) for m in marks if m.inserted_ms is not None}
-    return merge_marks(marks), batches
+def read_marks(values: Sequence[bytes]) -> tuple[SpanColumns, set[tuple[int, str, int]]]:
+    """Marks (binary, or JSON of the old format) back to spans, one per stream, property, kind and
+    half hour, and the raw batches (node, source, inserted) they stand for."""
+    return decode_marks(bytes(v) for v in values)
 
 
 class Stamps:

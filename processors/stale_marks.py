@@ -10,9 +10,14 @@ between theirs.
 Binary encoding, little-endian, version 1 (a JSON mark of the old format starts with `{`):
 
     B version  B flags (1: has inserted)  Q node  q inserted (0 if none)
-    H source length, source (UTF-8)
-    I names, then per name: B kind length, kind, H property length, property (UTF-8)
-    I spans, then the span columns: I name index * n, q first ms * n, I last - first * n
+    H source length  I names table length
+    source (UTF-8)
+    names table: I names, then per name: B kind length, kind, H property length, property (UTF-8)
+    I spans n, then n rows of: I name index, q first created ms, I last - first (ms)
+
+Small marks are the common case (a fleet: one datum per stream per batch), so the per-mark cost
+is kept low: the names table is built and parsed once per distinct table, the span rows are one
+struct call.
 
 Pure: no I/O. Any malformed mark raises `MarkError`.
 """
@@ -21,18 +26,21 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
-from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import add
+from typing import NamedTuple
 
 HALFHOUR_MS = 1_800_000
 VERSION = 1
-_HEAD = struct.Struct("<BBQqH")
+_HEAD = struct.Struct("<BBQqHI")
 _COUNT = struct.Struct("<I")
 _KIND = struct.Struct("<B")
 _PROP = struct.Struct("<H")
-_LITTLE = sys.byteorder == "little"
+# caches: struct per span count, names table per names, names per table bytes
+_SPANS: dict[int, struct.Struct] = {}
+_TABLES: dict[tuple[tuple[str, str], ...], bytes] = {}
+_NAMES: dict[bytes, tuple[list[str], list[str]]] = {}
 
 # (property, kind, first created ms, last created ms): first <= last, both in one span's range
 Span = tuple[str, str, int, int]
@@ -44,8 +52,7 @@ class MarkError(ValueError):
     """A stale mark that cannot be read."""
 
 
-@dataclass(frozen=True, slots=True)
-class StaleMark:
+class StaleMark(NamedTuple):
     """One stream's stale spans, and the raw batch they come from (None: not from a raw batch)."""
 
     node_id: int
@@ -54,110 +61,171 @@ class StaleMark:
     spans: tuple[Span, ...]
 
 
+@dataclass
+class SpanColumns:
+    """Spans of many streams as columns (no object per span), each stream's spans together."""
+
+    node_id: list[int] = field(default_factory=list)
+    source_id: list[str] = field(default_factory=list)
+    property: list[str] = field(default_factory=list)
+    kind: list[str] = field(default_factory=list)
+    first: list[int] = field(default_factory=list)
+    last: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def add(self, node: int, source: str, props: list[str], kinds: list[str], firsts: Sequence[int],
+            lasts: Iterable[int]) -> None:
+        self.node_id += [node] * len(props)
+        self.source_id += [source] * len(props)
+        self.property += props
+        self.kind += kinds
+        self.first += firsts
+        self.last += lasts
+
+    def by_stream(self) -> dict[tuple[int, str], list[Span]]:
+        out: dict[tuple[int, str], list[Span]] = {}
+        for node, source, prop, kind, lo, hi in zip(self.node_id, self.source_id, self.property, self.kind,
+                                                     self.first, self.last, strict=True):
+            out.setdefault((node, source), []).append((prop, kind, lo, hi))
+        return out
+
+    def joined(self) -> SpanColumns:
+        """Spans of one stream, property, kind and half hour(s) joined into one (the union of
+        their readings has the outer ends); streams keep their first-seen order."""
+        return compact(self.node_id + self.node_id, self.source_id + self.source_id, self.first + self.last,
+                       self.property + self.property, self.kind + self.kind, cells_of=self.first + self.first)
+
+
+# per stream: (half hour << 32 | name) -> its slot in the first/last lists; names: (property, kind)
+_Cells = dict[tuple[int, str], dict[int, int]]
+
+
+def _cells(node_ids: Sequence[int], source_ids: Sequence[str], created: Sequence[int],
+           properties: Sequence[str], kinds: Sequence[str], cells_of: Sequence[int] | None = None,
+           ) -> tuple[_Cells, list[tuple[str, str]], list[int], list[int]]:
+    """The hot path: two dict lookups per row, and no object that lives on but ints (keys and
+    slots), so the garbage collector stays out of a large batch. `cells_of`: the instants whose
+    half hours key the cells (default: created)."""
+    streams: _Cells = {}
+    names: dict[tuple[str, str], int] = {}
+    firsts: list[int] = []
+    lasts: list[int] = []
+    last_node: int | None = None
+    last_source: str | None = None
+    cells: dict[int, int] = {}
+    for node, source, c, prop, kind, at in zip(node_ids, source_ids, created, properties, kinds,
+                                               created if cells_of is None else cells_of, strict=True):
+        if node != last_node or source != last_source:  # the rows of a datum come together
+            found = streams.get((node, source))
+            if found is None:
+                streams[(node, source)] = found = {}
+            cells, last_node, last_source = found, node, source
+        name = names.get((prop, kind))
+        if name is None:
+            names[(prop, kind)] = name = len(names)
+        key = (at // HALFHOUR_MS) << 32 | name
+        k = cells.get(key)
+        if k is None:
+            cells[key] = len(firsts)
+            firsts.append(c)
+            lasts.append(c)
+        elif c < firsts[k]:
+            firsts[k] = c
+        elif c > lasts[k]:
+            lasts[k] = c
+    return streams, list(names), firsts, lasts
+
+
 def compact(node_ids: Sequence[int], source_ids: Sequence[str], created: Sequence[int],
-            properties: Sequence[str], kinds: Sequence[str]) -> dict[tuple[int, str], list[Span]]:
-    """Per stream, one span per (property, kind, UTC half hour) of the changed readings, in
-    first-seen order. The hot path: one dict lookup per row."""
-    ends: dict[tuple[int, str, str, str, int], list[int]] = {}
-    get = ends.get
-    for node, source, c, prop, kind in zip(node_ids, source_ids, created, properties, kinds, strict=True):
-        key = (node, source, prop, kind, c // HALFHOUR_MS)
-        span = get(key)
-        if span is None:
-            ends[key] = [c, c]
-        elif c < span[0]:
-            span[0] = c
-        elif c > span[1]:
-            span[1] = c
-    out: dict[tuple[int, str], list[Span]] = {}
-    for (node, source, prop, kind, _cell), (lo, hi) in ends.items():
-        stream = (node, source)
-        spans = out.get(stream)
-        if spans is None:
-            out[stream] = spans = []
-        spans.append((prop, kind, lo, hi))
+            properties: Sequence[str], kinds: Sequence[str], cells_of: Sequence[int] | None = None) -> SpanColumns:
+    """One span per stream, property, kind and UTC half hour of the changed readings: its first
+    and last created. Streams and their spans in first-seen order."""
+    streams, names, firsts, lasts = _cells(node_ids, source_ids, created, properties, kinds, cells_of)
+    out = SpanColumns()
+    for (node, source), cells in streams.items():
+        spans = [names[key & 0xFFFFFFFF] for key in cells]
+        out.add(node, source, [p for p, _ in spans], [k for _, k in spans], [firsts[k] for k in cells.values()],
+                [lasts[k] for k in cells.values()])
     return out
 
 
-def compact_changes(changes: Iterable[Change]) -> dict[tuple[int, str], list[Span]]:
-    """`compact` of (node, source, created, property, kind) tuples."""
-    cols: tuple[list[int], list[str], list[int], list[str], list[str]] = ([], [], [], [], [])
-    for node, source, c, prop, kind in changes:
-        cols[0].append(node)
-        cols[1].append(source)
-        cols[2].append(c)
-        cols[3].append(prop)
-        cols[4].append(kind)
-    return compact(*cols)
-
-
-def merge(marks: Iterable[StaleMark]) -> dict[tuple[int, str], list[Span]]:
-    """The spans of many marks per stream, spans of one (property, kind, half hour) joined
-    (the union of their readings has the outer ends)."""
-    ends: dict[tuple[int, str, str, str, int, int], list[int]] = {}
-    for mark in marks:
-        for prop, kind, lo, hi in mark.spans:
-            key = (mark.node_id, mark.source_id, prop, kind, lo // HALFHOUR_MS, hi // HALFHOUR_MS)
-            have = ends.get(key)
-            if have is None:
-                ends[key] = [lo, hi]
-            else:
-                have[0], have[1] = min(have[0], lo), max(have[1], hi)
-    out: dict[tuple[int, str], list[Span]] = {}
-    for (node, source, prop, kind, _c0, _c1), (lo, hi) in ends.items():
-        out.setdefault((node, source), []).append((prop, kind, lo, hi))
+def encode_columns(node_ids: Sequence[int], source_ids: Sequence[str], created: Sequence[int],
+                   properties: Sequence[str], kinds: Sequence[str], inserted_ms: int | None = None
+                   ) -> list[tuple[int, str, bytes]]:
+    """(node, source, mark) per stream of the changed readings: `encode` of `compact`, without
+    the spans in between."""
+    streams, all_names, firsts, lasts = _cells(node_ids, source_ids, created, properties, kinds)
+    out = []
+    for (node, source), cells in streams.items():
+        names: dict[tuple[str, str], int] = {}
+        flat: list[int] = []
+        for key, k in cells.items():
+            name = all_names[key & 0xFFFFFFFF]
+            n = names.get(name)
+            if n is None:
+                names[name] = n = len(names)
+            lo = firsts[k]
+            flat += (n, lo, lasts[k] - lo)
+        out.append((node, source, _pack(node, source, names, flat, inserted_ms)))
     return out
 
 
-def _column(typecode: str, values: Iterable[int]) -> bytes:
-    col = array(typecode, values)
-    if not _LITTLE:
-        col.byteswap()
-    return col.tobytes()
+def _spans_struct(n: int) -> struct.Struct:
+    """The span rows of an n-span mark: I name index, q first ms, I last - first; cached per n."""
+    packer = _SPANS.get(n)
+    if packer is None:
+        if len(_SPANS) > 4096:
+            _SPANS.clear()
+        _SPANS[n] = packer = struct.Struct("<" + "IqI" * n)
+    return packer
+
+
+def _names_table(names: tuple[tuple[str, str], ...]) -> bytes:
+    """I count, then per name: B kind length, kind, H property length, property. Streams of one
+    datamodel share their table, so it is built once."""
+    table = _TABLES.get(names)
+    if table is None:
+        parts = [_COUNT.pack(len(names))]
+        for prop, kind in names:
+            k_bytes, p_bytes = kind.encode(), prop.encode()
+            if len(k_bytes) > 0xFF or len(p_bytes) > 0xFFFF:
+                raise MarkError(f"name {prop!r}/{kind!r} too long for a stale mark")
+            parts += [_KIND.pack(len(k_bytes)), k_bytes, _PROP.pack(len(p_bytes)), p_bytes]
+        table = b"".join(parts)
+        if len(_TABLES) > 4096:
+            _TABLES.clear()
+        _TABLES[names] = table
+    return table
+
+
+def _pack(node_id: int, source_id: str, names: dict[tuple[str, str], int], flat: list[int],
+          inserted_ms: int | None) -> bytes:
+    source = source_id.encode()
+    table = _names_table(tuple(names))
+    n = len(flat) // 3
+    try:
+        head = _HEAD.pack(VERSION, 0 if inserted_ms is None else 1, node_id,
+                          0 if inserted_ms is None else inserted_ms, len(source), len(table))
+        rows = _spans_struct(n).pack(*flat)
+    except struct.error as exc:
+        raise MarkError(f"stale mark cannot be encoded: {exc}") from exc
+    return b"".join((head, source, table, _COUNT.pack(n), rows))
 
 
 def encode(node_id: int, source_id: str, spans: Sequence[Span], inserted_ms: int | None = None) -> bytes:
     """One stream's mark (version 1)."""
     names: dict[tuple[str, str], int] = {}
-    index: list[int] = []
-    firsts: list[int] = []
-    widths: list[int] = []
+    flat: list[int] = []
     for prop, kind, lo, hi in spans:
-        if hi < lo or hi - lo > 0xFFFFFFFF:
+        if not 0 <= hi - lo <= 0xFFFFFFFF:
             raise MarkError(f"span {prop}/{kind} [{lo}, {hi}] cannot be encoded")
-        name = (prop, kind)
-        k = names.get(name)
+        k = names.get((prop, kind))
         if k is None:
-            names[name] = k = len(names)
-        index.append(k)
-        firsts.append(lo)
-        widths.append(hi - lo)
-    source = source_id.encode()
-    parts = [_HEAD.pack(VERSION, 0 if inserted_ms is None else 1, node_id,
-                        0 if inserted_ms is None else inserted_ms, len(source)), source,
-             _COUNT.pack(len(names))]
-    for prop, kind in names:
-        k_bytes, p_bytes = kind.encode(), prop.encode()
-        parts += [_KIND.pack(len(k_bytes)), k_bytes, _PROP.pack(len(p_bytes)), p_bytes]
-    parts += [_COUNT.pack(len(spans)), _column("I", index), _column("q", firsts), _column("I", widths)]
-    return b"".join(parts)
-
-
-def encode_marks(by_stream: dict[tuple[int, str], list[Span]], inserted_ms: int | None = None
-                 ) -> list[tuple[int, str, bytes]]:
-    """(node, source, mark) per stream."""
-    return [(node, source, encode(node, source, spans, inserted_ms)) for (node, source), spans in by_stream.items()]
-
-
-def _read_column(typecode: str, data: bytes, at: int, n: int) -> tuple[array[int], int]:
-    col = array(typecode)
-    end = at + n * col.itemsize
-    if end > len(data):
-        raise MarkError("stale mark truncated")
-    col.frombytes(data[at:end])
-    if not _LITTLE:
-        col.byteswap()
-    return col, end
+            names[(prop, kind)] = k = len(names)
+        flat += (k, lo, hi - lo)
+    return _pack(node_id, source_id, names, flat, inserted_ms)
 
 
 def _text(data: bytes, at: int, n: int) -> str:
@@ -167,42 +235,64 @@ def _text(data: bytes, at: int, n: int) -> str:
     return raw.decode()
 
 
-def _decode_binary(data: bytes) -> StaleMark:
+def _read_names(table: bytes) -> tuple[list[str], list[str]]:
+    """(properties, kinds) of a names table, parsed once per distinct table."""
+    names = _NAMES.get(table)
+    if names is not None:
+        return names
+    (count,) = _COUNT.unpack_from(table, 0)
+    at = _COUNT.size
+    props: list[str] = []
+    kinds: list[str] = []
+    for _ in range(count):
+        (k_len,) = _KIND.unpack_from(table, at)
+        kinds.append(_text(table, at + 1, k_len))
+        at += 1 + k_len
+        (p_len,) = _PROP.unpack_from(table, at)
+        props.append(_text(table, at + 2, p_len))
+        at += 2 + p_len
+    if at != len(table):
+        raise MarkError("stale mark's names table has trailing bytes")
+    if len(_NAMES) > 4096:
+        _NAMES.clear()
+    _NAMES[table] = names = (props, kinds)
+    return names
+
+
+# node, source, inserted, then the spans as columns: properties, kinds, firsts, lasts
+_Parsed = tuple[int, str, int | None, list[str], list[str], Sequence[int], Iterable[int]]
+
+
+def _parse_binary(data: bytes) -> _Parsed:
     try:
-        version, flags, node, inserted, source_len = _HEAD.unpack_from(data, 0)
+        version, flags, node, inserted, source_len, table_len = _HEAD.unpack_from(data, 0)
         if version != VERSION:
             raise MarkError(f"stale mark version {version} unknown")
         at = _HEAD.size
         source = _text(data, at, source_len)
         at += source_len
-        (n_names,) = _COUNT.unpack_from(data, at)
-        at += _COUNT.size
-        names: list[tuple[str, str]] = []
-        for _ in range(n_names):
-            (k_len,) = _KIND.unpack_from(data, at)
-            kind = _text(data, at + 1, k_len)
-            at += 1 + k_len
-            (p_len,) = _PROP.unpack_from(data, at)
-            prop = _text(data, at + 2, p_len)
-            at += 2 + p_len
-            names.append((prop, kind))
+        table = data[at:at + table_len]
+        if len(table) != table_len:
+            raise MarkError("stale mark truncated")
+        names_p, names_k = _read_names(table)
+        at += table_len
         (n,) = _COUNT.unpack_from(data, at)
         at += _COUNT.size
-        index, at = _read_column("I", data, at, n)
-        firsts, at = _read_column("q", data, at, n)
-        widths, at = _read_column("I", data, at, n)
+        if len(data) - at != 16 * n:
+            raise MarkError("stale mark truncated" if len(data) - at < 16 * n else "stale mark has trailing bytes")
+        flat = _spans_struct(n).unpack_from(data, at)
     except (struct.error, UnicodeDecodeError) as exc:
         raise MarkError(f"stale mark unreadable: {exc}") from exc
-    if at != len(data):
-        raise MarkError("stale mark has trailing bytes")
+    index, firsts = flat[0::3], flat[1::3]
     try:
-        spans = tuple((*names[k], lo, lo + w) for k, lo, w in zip(index, firsts, widths, strict=True))
+        props = [names_p[k] for k in index]
+        kinds = [names_k[k] for k in index]
     except IndexError as exc:
         raise MarkError("stale mark names an unknown property") from exc
-    return StaleMark(node, source, inserted if flags & 1 else None, spans)
+    return node, source, inserted if flags & 1 else None, props, kinds, firsts, map(add, firsts, flat[2::3])
 
 
-def _decode_json(data: bytes) -> StaleMark:
+def _parse_json(data: bytes) -> _Parsed:
     """A mark of the old format (one entry per row), still on the topic after an upgrade."""
     try:
         doc = json.loads(data)
@@ -213,14 +303,35 @@ def _decode_json(data: bytes) -> StaleMark:
     except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise MarkError(f"stale mark unreadable: {exc}") from exc
     spans = compact([node] * len(items), [source] * len(items), [c for _, _, c in items],
-                    [p for p, _, _ in items], [k for _, k, _ in items]).get((node, source), [])
-    return StaleMark(node, source, stamp, tuple(spans))
+                    [p for p, _, _ in items], [k for _, k, _ in items])
+    return node, source, stamp, spans.property, spans.kind, spans.first, spans.last
+
+
+def _parse(data: bytes) -> _Parsed:
+    if not data:
+        raise MarkError("empty stale mark")
+    return _parse_json(data) if data[:1] == b"{" else _parse_binary(data)
 
 
 def decode(data: bytes) -> StaleMark:
-    """A mark of either format."""
-    if not data:
-        raise MarkError("empty stale mark")
-    if data[:1] == b"{":
-        return _decode_json(data)
-    return _decode_binary(data)
+    """One mark of either format."""
+    node, source, inserted, props, kinds, firsts, lasts = _parse(data)
+    return StaleMark(node, source, inserted, tuple(zip(props, kinds, firsts, lasts, strict=True)))
+
+
+def decode_marks(values: Iterable[bytes]) -> tuple[SpanColumns, set[tuple[int, str, int]]]:
+    """Marks of either format to the spans of all, as columns (one span per stream, property,
+    kind and half hour), and the raw batches (node, source, inserted) they stand for."""
+    spans = SpanColumns()
+    batches: set[tuple[int, str, int]] = set()
+    streams: set[tuple[int, str]] = set()
+    repeated = False
+    for data in values:
+        node, source, inserted, props, kinds, firsts, lasts = _parse(data)
+        spans.add(node, source, props, kinds, firsts, lasts)
+        if inserted is not None:
+            batches.add((node, source, inserted))
+        if not repeated:
+            repeated = (node, source) in streams
+            streams.add((node, source))
+    return (spans.joined() if repeated else spans), batches
