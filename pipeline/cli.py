@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--data-dir", help="where embedded services keep their data (default: ./data)")
     up.add_argument("--demo", action="store_true", help="also load sample data and run the simulator")
-    up.add_argument("--workers", type=int, default=1, help="Faust worker processes (default 1)")
+    up.add_argument("--workers", type=int, default=None,
+                    help="Faust worker processes (default: PIPELINE_WORKERS, else one per core)")
     up.set_defaults(func=cmd_up)
 
     worker = sub.add_parser("worker", help="run one Faust worker against the configured services")
@@ -532,6 +533,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline import stack
     from sinks.clickhouse import ensure_schema, wait_for
 
+    args.workers = worker_count(args.workers, settings)
     data_dir = settings.data_dir.resolve()
     try:  # before anything in the data directory is touched
         lock = stack.DataDirLock(data_dir).acquire()
@@ -608,6 +610,19 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
                          *([s] for s in reversed(services))])
         lock.release()
         print("pipeline: stopped", flush=True)
+
+
+def worker_count(requested: int | None, settings: Settings) -> int:
+    """--workers, else PIPELINE_WORKERS, else one per core this process may run on: a worker is
+    one Python process (one event loop, the GIL), so it keeps at most one core busy."""
+    if requested:
+        return requested
+    if settings.workers > 0:
+        return settings.workers
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
 
 
 def _wait_for_bindings(dsn: str, timeout: float, count: int = 1) -> None:

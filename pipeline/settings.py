@@ -36,6 +36,8 @@ class Settings:
     session_timeout_s: float = field(default=10.0, metadata={"doc": "Consumer group session timeout"})
     rebalance_timeout_s: float = field(default=6.0, metadata={"doc": "Consumer group rebalance timeout"})
     max_message_bytes: int = field(default=8 * 1024 * 1024, metadata={"doc": "Largest Kafka message"})
+    # each worker is one Python process, so it uses at most one core: one per core uses them all
+    workers: int = field(default=0, metadata={"doc": "Worker processes `pipeline up` starts (0: one per core)"})
 
     # Producer behaviour (gateway side)
     producer_batch_datums: int = field(default=1000, metadata={"doc": "Datums per Kafka message (one batch envelope)"})

@@ -1,0 +1,30 @@
+"""How many workers `pipeline up` starts: --workers, else PIPELINE_WORKERS, else one per core."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeline.cli import build_parser, worker_count
+from pipeline.settings import Settings
+
+
+def test_one_worker_per_core_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
+    args = build_parser().parse_args(["up"])
+    assert worker_count(args.workers, Settings.from_env({})) == 3
+
+
+def test_the_setting_then_the_flag_override_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
+    settings = Settings.from_env({"PIPELINE_WORKERS": "2"})
+    assert settings.workers == 2
+    assert worker_count(build_parser().parse_args(["up"]).workers, settings) == 2
+    assert worker_count(build_parser().parse_args(["up", "--workers", "1"]).workers, settings) == 1
+
+
+def test_without_affinity_the_core_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert worker_count(None, Settings()) == 4
