@@ -153,6 +153,10 @@ def rss_mib(pid: int) -> float:
         return float("nan")
 
 
+class NotCaughtUp(Exception):
+    pass
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> float:
     """Poll until check() holds; the perf_counter instant it first held."""
     deadline = time.perf_counter() + timeout
@@ -160,7 +164,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
         if check():
             return time.perf_counter()
         if time.perf_counter() > deadline:
-            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise NotCaughtUp(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
 
 
@@ -191,7 +195,12 @@ def wait_caught_up(client: Any, expect: int, t0: float, timeout: float = 1800) -
                 levels[per] = now - t0
         return len(levels) == len(PERIODICITIES)
 
-    wait_until(all_levels, timeout, f"rollups of every level counting {expect} datums", interval=0.5)
+    try:
+        wait_until(all_levels, timeout - (raw_at - t0), f"rollups of every level counting {expect} datums",
+                   interval=0.5)
+    except NotCaughtUp as exc:
+        raise NotCaughtUp(f"{exc}; raw rows all visible after {raw_at - t0:.1f} s, rollups counting "
+                          f"{level_counts(client)}") from None
     return raw_at - t0, levels
 
 
@@ -337,6 +346,32 @@ def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
 
 
+def durable(settings: Settings, client: Any, shape: Shape, next_tick: int, ticks: int, warm: int, n: int) -> None:
+    t2 = time.perf_counter()
+    plain = DatumProducer(settings)
+    plain.send(shape.ticks(next_tick, ticks))
+    plain.flush()
+    wait_until(lambda: raw_count(client) >= warm + 2 * n, 1800, "the broker-acked datums", interval=0.1)
+    plain_s = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    confirming = DatumProducer(settings)
+    confirming.send(shape.ticks(next_tick + ticks, ticks))
+    confirming.flush()
+    acked_s = time.perf_counter() - t3
+    outcome = confirming.confirm(900)
+    confirmed_s = time.perf_counter() - t3
+    confirming.close()
+    print(f"stored, broker acks: {n / plain_s:>11,.0f} datums/s  (a running worker; sent, then polled until "
+          "queryable)")
+    print(f"stored, confirmed:  {outcome.confirmed_datums / confirmed_s:>12,.0f} datums/s  (the same, the "
+          f"producer waiting for the commits: broker-acked after {acked_s:.1f}s, all confirmed after "
+          f"{confirmed_s:.1f}s; {outcome.unconfirmed_datums} unconfirmed)")
+    print(f"ratio confirmed/broker acks: {(outcome.confirmed_datums / confirmed_s) / (n / plain_s):.3f}"
+          "  (the cost of the durable default: the wait for the next offset commit)")
+    # rollups of phase 4 caught up before the paced phase starts, so it measures only itself
+    wait_caught_up(client, warm + 3 * n, time.perf_counter())
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace, kafka: str, ch: str, pg_url: str, work: Path) -> None:
@@ -377,13 +412,14 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
             procs.append((workers.enter_context(worker_process(mine, log)), log))
         for _, log in procs:
             wait_for_catalog(settings.postgres_dsn, len(events), log)
-        # 1. warm-up: a tick of every stream stored and rolled up (assignment done, caches warm)
+        # 1. warm-up: a tick of node 1's streams, one on every topic, stored and rolled up
+        # (partitions assigned, catalog applied); the other nodes' streams are new in phase 2
         t = time.perf_counter()
-        producer.send(shape.tick(0))
+        producer.send(shape.tick(0, range(1, 2)))
         producer.flush()
-        warm = shape.streams
+        warm = shape.sources
         wait_caught_up(client, warm, t, timeout=600)
-        print(f"warm-up:            {time.perf_counter() - t:>8.1f} s  (one tick of every stream, rollups included)")
+        print(f"warm-up:            {time.perf_counter() - t:>8.1f} s  (a datum on every topic, rollups included)")
         rss_start = [rss_mib(p.pid) for p, _ in procs]
 
         # 2. max rate: everything sent at once
@@ -392,7 +428,13 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
         producer.send(datums)
         producer.flush()
         produce_s = time.perf_counter() - t0
-        raw_s, levels = wait_caught_up(client, warm + n, t0)
+        try:
+            raw_s, levels = wait_caught_up(client, warm + n, t0, args.timeout)
+        except NotCaughtUp as exc:
+            done = raw_count(client) - warm
+            print(f"NOT CAUGHT UP: {exc}; {done:,} of {n:,} datums raw-visible; end to end below "
+                  f"{n / args.timeout:,.0f} datums/s; worker RSS {[round(rss_mib(p.pid)) for p, _ in procs]} MiB")
+            return
         e2e = n / max(levels.values())
         print(f"produce:            {n / produce_s:>12,.0f} datums/s  ({producer.messages_sent:,} messages so far)")
         print(f"raw rows visible:   {n / raw_s:>12,.0f} datums/s  (all in the datum view after {raw_s:.1f} s)")
@@ -404,6 +446,7 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
               f"{int(stored[2]):,} scored; expected {SAMPLES_PER_DATUM * (warm + n):,} and "
               f"{SCORED_PER_DATUM * (warm + n) - shape.streams:,}: a stream's first wattHours reading has no "
               "rate to score)")
+        print(f"worker RSS after phase 2: {[round(rss_mib(p.pid)) for p, _ in procs]} MiB")
 
         # 3. consume+decode ceiling, the workers idle
         ceiling = asyncio.run(consume_ceiling(settings, topics, warm + n))
@@ -412,33 +455,11 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
         # 4. the durable default against the running workers: n datums stored as a gateway that
         # trusts broker acks sees it (poll the store), then n through a producer that waits until
         # the workers have committed past every message (stored or dead-lettered)
-        next_tick = 1 + ticks
-        t2 = time.perf_counter()
-        plain = DatumProducer(settings)
-        plain.send(shape.ticks(next_tick, ticks))
-        plain.flush()
-        wait_until(lambda: raw_count(client) >= warm + 2 * n, 1800, "the broker-acked datums", interval=0.1)
-        plain_s = time.perf_counter() - t2
-        t3 = time.perf_counter()
-        confirming = DatumProducer(settings)
-        confirming.send(shape.ticks(next_tick + ticks, ticks))
-        confirming.flush()
-        acked_s = time.perf_counter() - t3
-        outcome = confirming.confirm(900)
-        confirmed_s = time.perf_counter() - t3
-        confirming.close()
-        print(f"stored, broker acks: {n / plain_s:>11,.0f} datums/s  (a running worker; sent, then polled until "
-              "queryable)")
-        print(f"stored, confirmed:  {outcome.confirmed_datums / confirmed_s:>12,.0f} datums/s  (the same, the "
-              f"producer waiting for the commits: broker-acked after {acked_s:.1f}s, all confirmed after "
-              f"{confirmed_s:.1f}s; {outcome.unconfirmed_datums} unconfirmed)")
-        print(f"ratio confirmed/broker acks: {(outcome.confirmed_datums / confirmed_s) / (n / plain_s):.3f}"
-              "  (the cost of the durable default: the wait for the next offset commit)")
-        # rollups of phase 4 caught up before the paced phase starts, so it measures only itself
-        wait_caught_up(client, warm + 3 * n, time.perf_counter())
+        if not args.skip_durable:
+            durable(settings, client, shape, 1 + ticks, ticks, warm, n)
 
-        # 5. paced at half the measured maximum, from a fresh half hour
-        last = shape.created(next_tick + 2 * ticks)
+        # 5. paced at half the measured maximum, from a fresh half hour after phase 4's ticks
+        last = shape.created(1 + 3 * ticks)
         first = shape.first_tick_at_or_after((last // HALFHOUR_MS + 2) * HALFHOUR_MS)
         chunks, send_rate = paced(settings, shape, first, e2e / 2, args.paced_seconds)
         raw_lat = [c.raw_at - c.sent for c in chunks if c.raw_at]
@@ -453,7 +474,8 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
               f"{len(chunks) - len(roll_lat)} never in the rollup; polled every ~0.1 s)")
         rss_end = [rss_mib(p.pid) for p, _ in procs]
         for k, (a, b) in enumerate(zip(rss_start, rss_end, strict=True)):
-            print(f"worker {k} RSS:       {a:>8.0f} MiB after warm-up, {b:.0f} MiB at the end ({(b - a) / a:+.1%})")
+            print(f"worker {k} RSS:       {a:>8.0f} MiB after warm-up, {b:.0f} MiB after the paced phase "
+                  f"({(b - a) / a:+.1%})")
 
         deadletter = producer.topics.deadletter
         letters = (sum(end_offsets(settings.kafka_bootstrap, deadletter, [0]).values())
@@ -478,6 +500,9 @@ def main() -> None:
     ap.add_argument("--datums", type=int, default=200_000, help="datums of the max-rate phase (whole ticks)")
     ap.add_argument("--workers", type=int, default=1, help="worker processes to start")
     ap.add_argument("--paced-seconds", type=float, default=30.0, help="length of the paced phase")
+    ap.add_argument("--skip-durable", action="store_true", help="leave out phase 4 (the durable default)")
+    ap.add_argument("--timeout", type=float, default=1200.0,
+                    help="seconds the max-rate phase may take; past it, the figures reached are printed")
     ap.add_argument("--nodes", type=int, help="override the shape's node count")
     ap.add_argument("--sources", type=int, help="override the shape's sources per node")
     ap.add_argument("--spacing-ms", type=int, help="override the shape's datum spacing")
