@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     for fault in faults:
         for point in points:
-            root = base / f"{fault.name.split()[0].replace('.', '')}-{int(point * 100)}"
+            root = base / f"{re.sub(r'[^a-z0-9]+', '-', fault.name.lower()).strip('-')}-{int(point * 100)}"
             print(f"== {fault.name} at {point:.0%} ({root})", flush=True)
             started = time.monotonic()
             try:

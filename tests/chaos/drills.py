@@ -113,7 +113,9 @@ class Drill:
     bad_inputs: list[tuple[BadInput, tuple[str, int, int] | None]] = field(default_factory=list)
     # identities acknowledged by a broker that was then lost, and confirmed before it was
     confirmed_before_crash: set[Identity] | None = None
+    # checked while waiting for the catch-up (part of "recovered"), and once-only findings
     extra_checks: list[Callable[[], tuple[bool, str]]] = field(default_factory=list)
+    findings: list[tuple[bool, str]] = field(default_factory=list)
     phantom: list[Datum] = field(default_factory=list)  # negative control: "acked" but never sent
 
     @property
@@ -183,6 +185,27 @@ class ClickHouseKilled(Fault):
         time.sleep(max(0.0, drill.size.down_s - (time.monotonic() - t0)))
         drill.services.start_clickhouse()
         drill.drain.hold(False)
+
+
+class ClickHouseKilledBusy(Fault):
+    name = "clickhouse killed, worker restart"
+    description = ("the ClickHouse endpoint SIGKILLed mid-drain and the worker restarted while it is down (every "
+                   "agent's first ClickHouse access fails), new sources among the datums; then it comes back")
+
+    def fire(self, drill: Drill) -> None:
+        assert drill.services is not None and drill.drain is not None and drill.worker is not None
+        drill.services.kill_clickhouse()
+        t0 = time.monotonic()
+        drill.worker.kill()
+        drill.worker.start()
+        fresh = new_source_messages(int(drill.point * 100) + 11, 2, 60, drill.plan.t0)
+        drill.drain.add(fresh)
+        drill.notes.append(f"{sum(len(m) for m in fresh)} datums of 2 new sources among them")
+        # longer than a worker's start: its agents start with ClickHouse away
+        time.sleep(max(0.0, max(20.0, drill.size.down_s) - (time.monotonic() - t0)))
+        if drill.worker.proc is not None and drill.worker.proc.poll() is not None:
+            drill.notes.append(f"the worker exited ({drill.worker.proc.returncode}) while ClickHouse was down")
+        drill.services.start_clickhouse()
 
 
 def _wait_quiet(drill: Drill, timeout: float = 20.0) -> bool:
@@ -270,12 +293,13 @@ class UpKilled(Fault):
         assert drill.up is not None
         up = drill.up
         code, said = up.second_up()
-        drill.extra_checks.append(lambda: (code not in (None, 0),
-                                           f"a second up on the directory in use: exit {code}, said {said!r}"))
+        drill.findings.append((code not in (None, 0),
+                               f"a second up on the directory in use: exit {code}, said {said!r}"))
 
         def kill() -> str:
             orphans = up.kill_up_group()
-            drill.extra_checks.append(lambda: (not orphans, f"{len(orphans)} process(es) outlived up's group"))
+            drill.findings.append((not orphans, f"{len(orphans)} process(es) outlived up's group by 30 s"
+                                   + (f": {orphans}" if orphans else "")))
             up.kill_leftovers()
             return f"up's group killed, {len(orphans)} orphan(s)"
 
@@ -365,7 +389,8 @@ class HugeValues(Fault):
             drill.send_bad(bad_datum(f"huge value {k}", drill.topics.source(src), stream_key(node, src), d, ()))
 
 
-FAULTS: dict[str, Fault] = {f.name: f for f in (Poison(), ClickHouseKilled(), PostgresDownWorkerRestart(),
+FAULTS: dict[str, Fault] = {f.name: f for f in (Poison(), ClickHouseKilled(), ClickHouseKilledBusy(),
+                                                PostgresDownWorkerRestart(),
                                                 WorkerKilled(), StackKilled(), UpKilled(), BigCorrupt(),
                                                 HugeValues())}
 BASELINE = Fault()
@@ -534,7 +559,7 @@ def _drain_with_fault(drill: Drill, row: Row, sabotage: Callable[[Drill], None] 
     except Exception as exc:
         letters = oracle.check_letters([], drill.bad_inputs)
         drill.notes.append(f"the dead-letter topic could not be read: {exc}")
-    checks = _extra_checks(drill)
+    checks = _extra_checks(drill) + drill.findings
     _fill(row, verdict, letters, checks, drill, confirmed, reason, len(acked))
 
 

@@ -53,6 +53,13 @@ def drill_settings(kafka_port: int, ch_port: int, pg_port: int, data_dir: Path, 
     })
 
 
+def _with_us() -> Callable[[], None] | None:
+    """Children that die with the drill (pipeline.stack's PR_SET_PDEATHSIG, where it has it): an
+    interrupted drill leaves no worker or stack behind."""
+    dies_with_parent = getattr(stack, "dies_with_parent", None)
+    return dies_with_parent(signal.SIGTERM) if dies_with_parent is not None else None
+
+
 def _kill(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is not None and proc.poll() is None:
         proc.kill()
@@ -129,7 +136,7 @@ class WorkerProcess:
         with self.log_path.open("ab") as out:
             out.write(f"\n==== chaos: worker start {self.starts + 1} ====\n".encode())
             self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
-                                         stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+                                         stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=_with_us())
         self.starts += 1
 
     def kill(self) -> None:
@@ -246,7 +253,8 @@ class UpStack:
         with self.log_path.open("ab") as out:
             out.write(f"\n==== chaos: up start {self.starts + 1} ====\n".encode())
             self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], env=env, cwd=ROOT,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_with_us())
         self.starts += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -295,18 +303,24 @@ class UpStack:
             time.sleep(0.25)
         return len(pids)
 
-    def kill_up_group(self) -> list[int]:
+    def kill_up_group(self, grace_s: float = 30.0) -> list[str]:
         """SIGKILL `up`'s process group only (what a terminal or a service manager does). Returns
-        the drill's processes still alive 3 s later: orphans, if `up` does not take its children
-        down with it."""
+        the command lines of the drill's processes still alive `grace_s` later (time enough for a
+        graceful stop): orphans, if `up` does not take its children down with it."""
         if self.proc is None:
             return []
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
-        time.sleep(3.0)
-        return self.leftovers()
+        deadline = time.monotonic() + grace_s
+        while self.leftovers() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        out = []
+        for pid in self.leftovers():
+            with contextlib.suppress(OSError):
+                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160])
+        return out
 
     def leftovers(self) -> list[int]:
         left = set(processes_mentioning(str(self.data_dir.resolve())))
