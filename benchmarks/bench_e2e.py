@@ -24,7 +24,10 @@ Phases, one worker set throughout:
   6. workers stopped; store-only ceiling: the raw rows of phase 2 read back as Arrow and inserted
      into a copy of the raw table in chunks of the worker's largest batch.
 
-Worker RSS is printed after phase 1 and after phase 5. Starts its own embedded stack (Tansu,
+Worker RSS is printed after phase 1, 2 and 5. Run time on 2 cores: dense about 2 minutes; the
+full fleet did not catch up within 15 minutes when measured (each stream's first batch costs tens
+of ms in the worker, and 20,000 streams are new in phase 2): use --timeout, which prints the
+figures reached, or a smaller fleet (--nodes 200 --datums 20000, about 4 minutes). Starts its own embedded stack (Tansu,
 PostgreSQL, the chDB endpoint) in a temp dir unless PIPELINE_KAFKA_BOOTSTRAP,
 PIPELINE_CLICKHOUSE_URL and PIPELINE_POSTGRES_DSN are set. Prints figures; it is not a test.
 """
