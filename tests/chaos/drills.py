@@ -235,10 +235,15 @@ class PostgresDownWorkerRestart(Fault):
         for e in events:
             producer.send_raw(producer.topics.metadata, json.dumps(e).encode())
         producer.flush()
-        drill.worker.kill()
+        # a restart (SIGTERM: it leaves the group, so the new one is assigned partitions at once)
+        drill.worker.stop()
+        since = len(drill.log_text())
         drill.worker.start()
-        # longer than a worker's start: it must come up (and wait) with PostgreSQL away
-        time.sleep(max(20.0, drill.size.down_s))
+        # the new worker must have come up, partitions assigned, and run a while with PostgreSQL away
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: "Worker ready" in drill.log_text()[since:] or drill.worker.proc.poll() is not None,
+                       60, "the restarted worker ready")  # type: ignore[union-attr]
+        time.sleep(max(10.0, drill.size.down_s))
         if drill.worker.proc is not None and drill.worker.proc.poll() is not None:
             drill.notes.append(f"the worker exited ({drill.worker.proc.returncode}) while PostgreSQL was down")
         drill.services.start_postgres()
