@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -30,7 +29,6 @@ from pipeline.stack import free_port
 from processors.datum import Datum
 from tests.chaos.plan import DATAMODELS, BadInput, Identity
 
-log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -384,11 +382,6 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last={last!r}")
 
 
-def catalog_loaded(log_text: Callable[[], str], since: int = 0) -> bool:
-    """The worker has loaded a catalog (its log says "catalog version N:") after `since` chars."""
-    return "catalog version" in log_text()[since:]
-
-
 # ------------------------------------------------------------------------------------------------
 # The producer side: what the broker acknowledged, what the pipeline confirmed
 
@@ -445,15 +438,6 @@ class _CallbackTracker(DatumProducer):
     def check_confirmations(self, min_interval_s: float = 1.0) -> Any:
         self._producer.poll(0)
         return None
-
-
-def confirmed_identities(producer: DatumProducer, timeout: float) -> tuple[set[Identity] | None, str | None]:
-    """What `confirm` says the pipeline has taken (None: the producer cannot tell yet)."""
-    confirm = getattr(producer, "confirm", None)
-    if confirm is None:
-        return None, "DatumProducer.confirm not available"
-    result = confirm(timeout)
-    return set(result.confirmed), result.reason
 
 
 class BadSender:
@@ -601,10 +585,6 @@ class Drain:
         finally:
             self._paused_ack.set()
             self.done.set()
-
-    @property
-    def planned_sent(self) -> bool:
-        return self.next_index >= len(self.messages)
 
     def finish(self) -> None:
         """No fault will add messages any more: flush and end once everything is sent."""

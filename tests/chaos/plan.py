@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from processors.datum import Datum
@@ -76,7 +76,6 @@ class DrainPlan:
 
     messages: list[list[Datum]]
     t0: int
-    late_streams: list[tuple[int, str, str]] = field(default_factory=list)  # for faults that add sources
 
     @property
     def datums(self) -> list[Datum]:

@@ -9,6 +9,7 @@ prints the table).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,8 @@ def explain(row: Row) -> str:
     return "\n" + table([row])
 
 
-@pytest.mark.parametrize(("fault", "point"), CASES, ids=[f"{f}-{int(p * 100)}" for f, p in CASES])
+@pytest.mark.parametrize(("fault", "point"), CASES,
+                         ids=[re.sub(r"[^a-z0-9]+", "-", f"{f} {int(p * 100)}".lower()) for f, p in CASES])
 def test_fault_leaves_every_acknowledged_datum_stored_once_and_rollups_exact(
         fault: str, point: float, tmp_path: Path) -> None:
     row = run_drill(FAULTS[fault], point, FULL if EVERYTHING else REDUCED, tmp_path)
