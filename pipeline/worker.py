@@ -69,7 +69,7 @@ from processors.qrating import RateState
 from processors.rows import RawColumns, Scoring, accept_batch
 from processors.stale_marks import Change, SpanColumns, decode_marks, encode_columns
 from sinks.auxiliary import stored_properties, write_changes
-from sinks.clickhouse import LATEST_TABLE, RawSink, connect, ensure_schema, rate_baselines
+from sinks.clickhouse import LATEST_TABLE, RawSink, connect, ensure_schema, rate_baselines_many
 from sinks.rollups import ensure_rollup_schema, mark_rolled_up, not_rolled_up
 
 log = logging.getLogger(__name__)
@@ -477,8 +477,10 @@ class DatumWorker:
                 kept = check_envelope(d, now_ms)[0]
                 if kept is not None and kept.a and kept.created_ms < first.get(kept.stream, 1 << 62):
                     first[kept.stream] = kept.created_ms
-            for (node, source), before in first.items():
-                for datastream, created, value in rate_baselines(self.sink.client, node, source, before):
+            if not first:
+                return
+            for (node, source), found in rate_baselines_many(self.sink.client, first).items():
+                for datastream, created, value in found:
                     rates.setdefault((node, source, datastream), RateState(created, value))
                 seen.add((node, source))
 

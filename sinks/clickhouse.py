@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -198,6 +198,30 @@ def raw_retention_days(client: Client, streams: Sequence[tuple[int, str]]) -> di
         )
         for node, source, days in result.result_rows:
             out[(int(node), str(source))] = int(days)
+    return out
+
+
+def rate_baselines_many(client: Client, firsts: Mapping[tuple[int, str], int], chunk: int = 2000
+                        ) -> dict[tuple[int, str], list[tuple[str, int, float]]]:
+    """`rate_baselines` of many streams, each before its own time, in one query per `chunk` streams
+    (a fleet's first batch names thousands of streams: one query each cost ~50 ms apiece)."""
+    out: dict[tuple[int, str], list[tuple[str, int, float]]] = {stream: [] for stream in firsts}
+    items = sorted(firsts.items())
+    for k in range(0, len(items), chunk):
+        part = items[k:k + chunk]
+        streams = ", ".join(f"({int(n)}, {sql_str(s)}, {int(b)})" for (n, s), b in part)
+        result = client.query(
+            f"SELECT d.node_id, toString(d.source_id), d.datastream, toUnixTimestamp64Milli(max(d.created)),"
+            f" argMax(d.value, d.created)"
+            f" FROM {DATUM_VIEW} AS d INNER JOIN"
+            f" (SELECT * FROM VALUES('node_id UInt64, source_id String, before Int64', {streams})) AS f"
+            f" ON d.node_id = f.node_id AND toString(d.source_id) = f.source_id"
+            f" WHERE d.kind = 'a' AND d.datastream != '' AND d.value IS NOT NULL"
+            f" AND toUnixTimestamp64Milli(d.created) < f.before"
+            f" GROUP BY d.node_id, d.source_id, d.datastream"
+        )
+        for node, source, datastream, created, value in result.result_rows:
+            out.setdefault((int(node), str(source)), []).append((str(datastream), int(created), float(value)))
     return out
 
 

@@ -188,3 +188,23 @@ def test_cli_ingest_exit_code_says_unconfirmed(settings, tmp_path: Path, monkeyp
         monkeypatch.setenv(key, value)
     assert cli.main(["ingest", str(path)]) == 1  # no worker: not confirmed
     assert cli.main(["ingest", "--no-confirm", str(path)]) == 0
+
+
+def test_rate_baselines_of_many_streams_in_one_query_equal_one_by_one(settings) -> None:  # type: ignore[no-untyped-def]
+    """A fleet's first batch names thousands of streams: their baselines come in one query, each
+    stream before its own time, equal to the one-stream lookup."""
+    from sinks.clickhouse import rate_baselines, rate_baselines_many
+
+    _s, client = settings
+    rows = RawColumns()
+    for node, source in ((7, "/F/a"), (7, "/F/b"), (8, "/F/a"), (9, "/F/quote's")):
+        for k in range(5):
+            d = meter(node, source, k)
+            rows.add(d, "a", "wattHours", 10.0 * k + node, "energy")
+            rows.add(d, "i", "watts", float(k), "power")
+    RawSink(client).write_columns(rows)
+    firsts = {(7, "/F/a"): BASE_MS + 3000, (7, "/F/b"): BASE_MS + 10_000, (8, "/F/a"): BASE_MS,
+              (9, "/F/quote's"): BASE_MS + 1500, (10, "/F/none"): BASE_MS + 9000}
+    many = rate_baselines_many(client, firsts, chunk=2)
+    assert many == {k: rate_baselines(client, k[0], k[1], before) for k, before in firsts.items()}
+    assert many[(7, "/F/a")] == [("energy", BASE_MS + 2000, 27.0)] and many[(8, "/F/a")] == []
