@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
+import signal
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -20,6 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pipeline.codec import CURRENT, SCHEMA_HEADER, encode_batch
 from pipeline.producer import DatumProducer, TopicAdmin
 from pipeline.settings import Settings
+from pipeline.stack import port_open
 from pipeline.topics import Topics, stream_key
 from processors.datum import Datum
 from sinks.clickhouse import connect
@@ -311,7 +314,41 @@ class UpKilled(Fault):
         _crash_and_restart(drill, kill)
 
 
-def _crash_and_restart(drill: Drill, kill: Callable[[], str]) -> None:
+class BrokerKilled(Fault):
+    name = "broker killed"
+    description = ("the embedded broker (it keeps nothing) SIGKILLed under a running `pipeline up`, which must "
+                   "restart it; the workers carry on against the empty broker; the producer resends what was "
+                   "not confirmed")
+    whole_stack = True
+
+    def fire(self, drill: Drill) -> None:
+        assert drill.up is not None
+        up = drill.up
+
+        def kill() -> str:
+            pids = up.broker_pids()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            return f"broker killed ({len(pids)} process)"
+
+        def back() -> None:
+            # up's supervision brings it back on its port (or nothing does: the drill says so)
+            wait_until(lambda: up.broker_pids() and port_open("127.0.0.1", up.kafka_port), 90,
+                       "the broker restarted by pipeline up")
+
+        _crash_and_restart(drill, kill, back)
+
+
+def _restart_up(drill: Drill) -> None:
+    assert drill.up is not None
+    since = len(drill.log_text())
+    drill.up.start()
+    wait_until(lambda: "catalog version" in drill.log_text()[since:], 180, "the worker's catalog after restart")
+
+
+def _crash_and_restart(drill: Drill, kill: Callable[[], str],
+                       restart: Callable[[], None] | None = None) -> None:
     """The broker dies with its data: the producer keeps what was confirmed before, and resends
     everything else to the restarted stack (as `pipeline ingest` would be told to)."""
     assert drill.up is not None and drill.drain is not None
@@ -330,9 +367,7 @@ def _crash_and_restart(drill: Drill, kill: Callable[[], str]) -> None:
     with contextlib.suppress(Exception):
         old.close()  # type: ignore[attr-defined]
     drill.confirmed_before_crash = confirmed
-    since = len(drill.log_text())
-    drill.up.start()
-    wait_until(lambda: "catalog version" in drill.log_text()[since:], 180, "the worker's catalog after restart")
+    (restart or (lambda: _restart_up(drill)))()
     # what a producer that trusted the broker's acks alone would have lost
     stored = set(Store(drill.settings.clickhouse_url).run(stored_identity_set))
     fresh = tracking_producer(drill.settings)
@@ -396,7 +431,8 @@ class HugeValues(Fault):
 
 FAULTS: dict[str, Fault] = {f.name: f for f in (Poison(), ClickHouseKilled(), ClickHouseKilledBusy(),
                                                 PostgresDownWorkerRestart(),
-                                                WorkerKilled(), StackKilled(), UpKilled(), BigCorrupt(),
+                                                WorkerKilled(), StackKilled(), UpKilled(), BrokerKilled(),
+                                                BigCorrupt(),
                                                 HugeValues())}
 BASELINE = Fault()
 

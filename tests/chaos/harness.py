@@ -320,6 +320,10 @@ class UpStack:
                 out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160])
         return out
 
+    def broker_pids(self) -> list[int]:
+        """The drill's running Tansu broker (whoever started it)."""
+        return [p for p in processes_mentioning(f"tcp://127.0.0.1:{self.kafka_port}") if _alive(p)]
+
     def leftovers(self) -> list[int]:
         left = set(processes_mentioning(str(self.data_dir.resolve())))
         left |= set(processes_mentioning(f"127.0.0.1:{self.kafka_port}"))
