@@ -147,6 +147,23 @@ class DeadLetter:
     text: str | None = None  # for ingest: the line itself
     at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
+    @property
+    def letter_id(self) -> str:
+        """The same for every send of the same refusal (a batch redelivered after a crash refuses
+        its bad input again): what it refused, from where, and why — not when."""
+        h = hashlib.sha256()
+        o = self.origin
+        parts: list[object] = [self.stage, None if o is None else (o.topic, o.partition, o.offset),
+                               self.file, self.line, [r.rule for r in self.reasons]]
+        if self.datum is not None:
+            parts.append(self.datum.key)
+        h.update(repr(parts).encode("utf-8", "surrogatepass"))
+        if self.payload is not None:
+            h.update(self.payload)
+        if self.text is not None:
+            h.update(self.text.encode("utf-8", "surrogatepass"))
+        return h.hexdigest()[:32]
+
     def to_json(self, max_bytes: int = DEAD_LETTER_MAX_BYTES) -> bytes:
         """The letter as JSON, at most `max_bytes` long (at least MIN_DEAD_LETTER_BYTES).
 
@@ -160,6 +177,7 @@ class DeadLetter:
         if max_bytes < MIN_DEAD_LETTER_BYTES:
             raise ValueError(f"a dead letter needs at least {MIN_DEAD_LETTER_BYTES} bytes, not {max_bytes}")
         doc: dict[str, Any] = {
+            "id": self.letter_id,
             "stage": self.stage,
             "at": self.at_ms,
             "reasons": [r.as_dict() for r in self.reasons],

@@ -69,7 +69,14 @@ from processors.qrating import RateState
 from processors.rows import RawColumns, Scoring, accept_batch
 from processors.stale_marks import Change, SpanColumns, decode_marks, encode_columns
 from sinks.auxiliary import stored_properties, write_changes
-from sinks.clickhouse import LATEST_TABLE, RawSink, connect, ensure_schema, rate_baselines_many
+from sinks.clickhouse import (
+    LATEST_TABLE,
+    RawSink,
+    connect,
+    ensure_schema,
+    rate_baselines_many,
+    write_dead_letters,
+)
 from sinks.rollups import ensure_rollup_schema, mark_rolled_up, not_rolled_up
 
 log = logging.getLogger(__name__)
@@ -559,14 +566,20 @@ class DatumWorker:
         m.last_stored_timestamp.labels(label).set(time.time())
 
     async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
-        """Produce dead letters and wait until the broker has every one (before the ack)."""
-        futures = []
+        """Keep dead letters in the store, then produce them and wait until the broker has every
+        one (before the ack): a refusal outlives a broker that keeps nothing, like a stored row."""
         # well under the broker's message limit: a letter that cannot be produced would stall the partition
         cap = max(MIN_DEAD_LETTER_BYTES, min(DEAD_LETTER_MAX_BYTES, self.settings.max_message_bytes // 2))
-        for letter in letters:
-            futures.append(await self.deadletter_topic.send(value=letter.to_json(max_bytes=cap)))
+        encoded = [(letter, letter.letter_id, letter.to_json(max_bytes=cap)) for letter in letters]
+        rows = [(lid, letter.at_ms, letter.stage, [r.rule for r in letter.reasons],
+                 letter.origin.topic if letter.origin else "", letter.origin.partition if letter.origin else -1,
+                 letter.origin.offset if letter.origin else -1, body) for letter, lid, body in encoded]
+        await self.in_thread("dead_letters", lambda: write_dead_letters(self.sink.client, rows))
+        futures = []
+        for _letter, lid, body in encoded:
+            futures.append(await self.deadletter_topic.send(key=lid.encode(), value=body))
         await asyncio.gather(*futures)
-        for letter in letters:  # counted once they are on the broker (a retry sends them again)
+        for letter in letters:  # counted once they are kept (a retry sends them again)
             for reason in letter.reasons:
                 self.metrics.dead_letters.labels(letter.stage, reason.rule).inc()
 

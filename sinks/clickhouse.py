@@ -83,6 +83,44 @@ SCHEMA = [
 ]
 
 
+# Dead letters are kept in the store as well as on the topic: the embedded broker keeps nothing
+# on disk, and a refusal must outlive it like a stored row does. One row per letter id (a batch
+# redelivered after a crash refuses the same input again, with the same id).
+DEAD_LETTER_TABLE = "dead_letter_raw"
+DEAD_LETTER_VIEW = "dead_letter"
+SCHEMA += [
+    f"""
+    CREATE TABLE IF NOT EXISTS {DEAD_LETTER_TABLE} (
+        id        String,
+        at        DateTime64(3, 'UTC'),
+        stage     LowCardinality(String),
+        rules     Array(LowCardinality(String)),
+        topic     String,
+        partition Int32,
+        offset    Int64,
+        letter    String
+    )
+    ENGINE = ReplacingMergeTree(at)
+    PARTITION BY toYYYYMM(at)
+    ORDER BY id
+    """,
+    f"""
+    CREATE VIEW IF NOT EXISTS {DEAD_LETTER_VIEW} AS
+    SELECT id, at, stage, rules, topic, partition, offset, letter FROM {DEAD_LETTER_TABLE} FINAL
+    """,
+]
+
+
+LetterRow = tuple[str, int, str, list[str], str, int, int, bytes]
+
+
+def write_dead_letters(client: Client, letters: Sequence[LetterRow]) -> None:
+    """(id, at ms, stage, rules, topic, partition, offset, letter JSON) rows; idempotent by id."""
+    if letters:
+        client.insert(DEAD_LETTER_TABLE, [[*row[:7], row[7].decode()] for row in letters],
+                      column_names=["id", "at", "stage", "rules", "topic", "partition", "offset", "letter"])
+
+
 def connect(url: str, database: str | None = None, **kwargs: Any) -> Client:
     """A clickhouse-connect client for a URL like http://user:pw@host:8123/db."""
     parsed = urlparse(url)

@@ -224,6 +224,13 @@ def read_all(bootstrap: str, topic: str, idle_s: float = 2.0, timeout: float = 6
         consumer.close()
 
 
+def stored_letters(client: Any) -> list[dict[str, Any]]:
+    """Every dead letter the pipeline kept in the store (the `dead_letter` view: one per letter id,
+    so a refusal sent again after a redelivery counts once). The store, not the topic: the
+    embedded broker keeps nothing across a crash of the whole stack."""
+    return [json.loads(r[0]) for r in client.query("SELECT letter FROM dead_letter").result_rows]
+
+
 @dataclass
 class LetterVerdict:
     expected: int = 0

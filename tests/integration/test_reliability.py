@@ -75,6 +75,28 @@ def test_a_datum_that_made_the_rate_lookup_throw_no_longer_loses_its_batch(setti
     assert [r["rule"] for x in letters for r in x["reasons"]] == ["node_id.negative"]
     assert letters[0]["datum"]["nodeId"] == -5
     assert int(client.command("SELECT count() FROM datum")) == 400
+    # the refusal is kept in the store too (the embedded broker keeps nothing), under the letter's id
+    kept = client.query("SELECT id, rules, letter FROM dead_letter").result_rows
+    assert [(r[0], list(r[1])) for r in kept] == [(letters[0]["id"], ["node_id.negative"])]
+    assert json.loads(kept[0][2])["datum"]["nodeId"] == -5
+
+
+def test_a_dead_letter_sent_again_is_kept_once(settings) -> None:  # type: ignore[no-untyped-def]
+    """A batch redelivered after a crash refuses its bad input again: same id, one row in the view."""
+    from pipeline.codec import DeadLetter, Origin
+    from processors.datum import Rejection
+    from sinks.clickhouse import write_dead_letters
+
+    _s, client = settings
+    first = DeadLetter([Rejection("envelope.corrupt", "x")], Origin("datum..a", 0, 7), payload=b"junk", at_ms=BASE_MS)
+    again = DeadLetter([Rejection("envelope.corrupt", "x")], Origin("datum..a", 0, 7), payload=b"junk",
+                       at_ms=BASE_MS + 5000)
+    other = DeadLetter([Rejection("envelope.corrupt", "x")], Origin("datum..a", 0, 8), payload=b"junk", at_ms=BASE_MS)
+    assert first.letter_id == again.letter_id != other.letter_id
+    for letter in (first, again, other):
+        write_dead_letters(client, [(letter.letter_id, letter.at_ms, letter.stage, ["envelope.corrupt"], "datum..a", 0,
+                                     letter.origin.offset if letter.origin else -1, letter.to_json())])
+    assert int(client.command("SELECT count() FROM dead_letter")) == 2
 
 
 def test_ingest_reports_taken_only_what_the_pipeline_stored(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
