@@ -714,6 +714,14 @@ class DatumWorker:
         async def on_revoked(_app: Any, revoked: Any, **_kw: Any) -> None:
             faust_fixes.forget_taken(app.consumer, revoked)
 
+        @app.on_partitions_assigned.connect
+        async def on_assigned(_app: Any, assigned: Any, **_kw: Any) -> None:
+            # A new assignment may follow a broker that lost its data (the embedded one restarted
+            # under running workers): the stale marks it held are gone, so look again (after start-up,
+            # which runs the same repair itself).
+            if self.catalog_ready.is_set():
+                asyncio.ensure_future(self.guarded("rollups", self.repair_rollups))
+
         @app.timer(s.topic_scan_interval_s)
         async def discover_sources() -> None:
             await self.grow_subscription()
