@@ -382,8 +382,8 @@ def _crash_and_restart(drill: Drill, kill: Callable[[], str],
         f"{what}; broker had acked {len(delivered)} datums, {len(confirmed)} confirmed before the crash, "
         f"{len(delivered - confirmed)} told not taken; {len(delivered - stored)} acked but not stored after the "
         f"restart (lost unless resent); resent {len(resend)}"
-        + (f"; {len(taken)} bad input(s) dead-lettered before the crash (the letters were on the broker)"
-           if taken else ""))
+        + (f"; {len(taken)} bad input(s) dead-lettered before the crash (not resent: their letters must outlive "
+           "the broker)" if taken else ""))
 
 
 def _chunks(datums: Sequence[Datum], size: int) -> list[list[Datum]]:
