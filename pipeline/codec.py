@@ -149,14 +149,21 @@ class DeadLetter:
 
     @property
     def letter_id(self) -> str:
-        """The same for every send of the same refusal (a batch redelivered after a crash refuses
-        its bad input again): what it refused, from where, and why — not when."""
+        """The same for every send of the same refusal: what it refused and why — not when.
+
+        A refused datum is identified by its content, not by the message that carried it: a
+        producer told "not taken" (a broker lost before the commit) sends it again, and the
+        pipeline's second refusal of it is the same refusal. A refused message or line is
+        identified by where it was read."""
         h = hashlib.sha256()
+        rules = [r.rule for r in self.reasons]
+        if self.datum is not None:
+            h.update(repr([self.stage, rules]).encode())
+            h.update(json.dumps(datum_to_json(self.datum), sort_keys=True).encode("utf-8", "surrogatepass"))
+            return h.hexdigest()[:32]
         o = self.origin
         parts: list[object] = [self.stage, None if o is None else (o.topic, o.partition, o.offset),
-                               self.file, self.line, [r.rule for r in self.reasons]]
-        if self.datum is not None:
-            parts.append(self.datum.key)
+                               self.file, self.line, rules]
         h.update(repr(parts).encode("utf-8", "surrogatepass"))
         if self.payload is not None:
             h.update(self.payload)

@@ -146,3 +146,21 @@ def test_a_letter_with_its_datum_cut_is_not_replayed_as_a_datum() -> None:
     whole, cut = json.loads(letter.to_json()), json.loads(letter.to_json(max_bytes=64_000))
     assert letter_datum(whole) == big and cut["datum"]["truncated"] is True
     assert letter_datum(cut) is None  # before: replayed as a datum without samples
+
+
+def test_a_refused_datum_is_one_refusal_whichever_message_carried_it() -> None:
+    """A producer told "not taken" (its broker lost before the commit) resends; the second refusal of
+    the same datum has the same id, so the store keeps one letter. Messages are told apart by origin."""
+    from pipeline.codec import DeadLetter, Origin
+    from processors.datum import Datum, Rejection
+
+    old = Datum(1, "/S1/B1/M1", 915_148_800_000, {"watts": 1.0})
+    why = [Rejection("created.too_old", "before 2000")]
+    first = DeadLetter(why, Origin("datum..S1.B1.M1", 1, 2), datum=old, at_ms=1)
+    resent = DeadLetter(why, Origin("datum..S1.B1.M1", 1, 0), datum=old, at_ms=2)
+    changed = DeadLetter(why, Origin("datum..S1.B1.M1", 1, 0), datum=Datum(1, "/S1/B1/M1", 915_148_800_000,
+                                                                             {"watts": 2.0}), at_ms=2)
+    assert first.letter_id == resent.letter_id != changed.letter_id
+    corrupt = DeadLetter([Rejection("envelope.corrupt", "x")], Origin("t", 0, 1), payload=b"junk")
+    elsewhere = DeadLetter([Rejection("envelope.corrupt", "x")], Origin("t", 0, 2), payload=b"junk")
+    assert corrupt.letter_id != elsewhere.letter_id
