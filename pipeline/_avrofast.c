@@ -250,10 +250,261 @@ encode_datum_batch(PyObject *self, PyObject *datums)
     return out;
 }
 
+/* ---- decoding, straight into columns ------------------------------------------------------------
+ *
+ * decode_columns(payload) reads the same envelope into columns: per datum its node, source,
+ * created and tags; per sample its datum's index, kind (b"i", b"a" or b"s"), property, number
+ * (NaN for a status) and, for a status, its text. It returns None for anything it is not sure
+ * about (corrupt or truncated bytes, invalid UTF-8, a key repeated within a map, trailing bytes),
+ * and the caller then decodes with fastavro, which either reads it or says exactly why not.
+ */
+
+typedef struct {
+    const unsigned char *p, *end;
+} Rd;
+
+/* 1 ok, 0 malformed */
+static inline int
+get_long(Rd *r, int64_t *out)
+{
+    uint64_t z = 0;
+    int shift = 0;
+    while (r->p < r->end) {
+        unsigned char c = *r->p++;
+        if (shift == 63 && (c & 0x7e))
+            return 0;
+        z |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) {
+            *out = (int64_t)(z >> 1) ^ -(int64_t)(z & 1);
+            return 1;
+        }
+        shift += 7;
+        if (shift > 63)
+            return 0;
+    }
+    return 0;
+}
+
+/* a new reference to an interned str, NULL with no error set when malformed, NULL with an error */
+static PyObject *
+get_str(Rd *r, int intern)
+{
+    int64_t n;
+    if (!get_long(r, &n) || n < 0 || n > (int64_t)(r->end - r->p))
+        return NULL;
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)r->p, (Py_ssize_t)n, NULL);
+    if (s == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            PyErr_Clear();
+        return NULL;
+    }
+    r->p += n;
+    if (intern)
+        PyUnicode_InternInPlace(&s);
+    return s;
+}
+
+/* a block count: 1 ok (0 ends), 0 malformed */
+static inline int
+get_count(Rd *r, int64_t *count)
+{
+    if (!get_long(r, count))
+        return 0;
+    if (*count < 0) {
+        int64_t size;
+        if (*count == INT64_MIN || !get_long(r, &size) || size < 0)
+            return 0;
+        *count = -*count;
+    }
+    return 1;
+}
+
+typedef struct {
+    Buf node, created, datum, kind, value;
+    PyObject *sources, *tags, *props, *texts;
+} Cols;
+
+static int
+put_raw(Buf *b, const void *src, size_t n)
+{
+    if (reserve(b, n) < 0)
+        return -1;
+    memcpy(b->buf + b->len, src, n);
+    b->len += n;
+    return 0;
+}
+
+/* 1 ok, 0 malformed, -1 error */
+static int
+get_map(Rd *r, Cols *c, int32_t index, char kind)
+{
+    size_t first = PyList_GET_SIZE(c->props);
+    int64_t count;
+    for (;;) {
+        if (!get_count(r, &count))
+            return 0;
+        if (count == 0)
+            return 1;
+        for (int64_t k = 0; k < count; k++) {
+            PyObject *key = get_str(r, 1);
+            if (key == NULL)
+                return PyErr_Occurred() ? -1 : 0;
+            /* a key repeated within one map: fastavro keeps the last value, left to it */
+            Py_ssize_t have = PyList_GET_SIZE(c->props);
+            for (Py_ssize_t j = (Py_ssize_t)first; j < have; j++)
+                if (PyList_GET_ITEM(c->props, j) == key) {
+                    Py_DECREF(key);
+                    return 0;
+                }
+            int rc = PyList_Append(c->props, key);
+            Py_DECREF(key);
+            if (rc < 0)
+                return -1;
+            double v;
+            if (kind == 's') {
+                PyObject *text = get_str(r, 0);
+                if (text == NULL)
+                    return PyErr_Occurred() ? -1 : 0;
+                rc = PyList_Append(c->texts, text);
+                Py_DECREF(text);
+                if (rc < 0)
+                    return -1;
+                v = Py_NAN;
+            }
+            else {
+                if (r->end - r->p < 8)
+                    return 0;
+                memcpy(&v, r->p, 8); /* little-endian hosts only (x86-64, arm64) */
+                r->p += 8;
+            }
+            if (put_raw(&c->datum, &index, 4) < 0 || put_raw(&c->kind, &kind, 1) < 0 ||
+                put_raw(&c->value, &v, 8) < 0)
+                return -1;
+        }
+    }
+}
+
+static int
+get_datum(Rd *r, Cols *c, int32_t index)
+{
+    int64_t node, created;
+    if (!get_long(r, &node))
+        return 0;
+    PyObject *source = get_str(r, 1);
+    if (source == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    int rc = PyList_Append(c->sources, source);
+    Py_DECREF(source);
+    if (rc < 0)
+        return -1;
+    if (!get_long(r, &created))
+        return 0;
+    if (put_raw(&c->node, &node, 8) < 0 || put_raw(&c->created, &created, 8) < 0)
+        return -1;
+    if ((rc = get_map(r, c, index, 'i')) <= 0 || (rc = get_map(r, c, index, 'a')) <= 0 ||
+        (rc = get_map(r, c, index, 's')) <= 0)
+        return rc;
+    PyObject *tags = PyList_New(0);
+    if (tags == NULL)
+        return -1;
+    int64_t count;
+    for (;;) {
+        if (!get_count(r, &count)) {
+            Py_DECREF(tags);
+            return 0;
+        }
+        if (count == 0)
+            break;
+        for (int64_t k = 0; k < count; k++) {
+            PyObject *tag = get_str(r, 1);
+            if (tag == NULL) {
+                Py_DECREF(tags);
+                return PyErr_Occurred() ? -1 : 0;
+            }
+            rc = PyList_Append(tags, tag);
+            Py_DECREF(tag);
+            if (rc < 0) {
+                Py_DECREF(tags);
+                return -1;
+            }
+        }
+    }
+    PyObject *tup = PyList_AsTuple(tags);
+    Py_DECREF(tags);
+    if (tup == NULL)
+        return -1;
+    rc = PyList_Append(c->tags, tup);
+    Py_DECREF(tup);
+    return rc < 0 ? -1 : 1;
+}
+
+static PyObject *
+take(Buf *b)
+{
+    PyObject *out = PyBytes_FromStringAndSize(b->buf ? b->buf : "", (Py_ssize_t)b->len);
+    return out;
+}
+
+static PyObject *
+decode_columns(PyObject *self, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Rd r = {(const unsigned char *)view.buf, (const unsigned char *)view.buf + view.len};
+    Cols c = {{0}, {0}, {0}, {0}, {0}, PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0)};
+    PyObject *out = NULL;
+    int rc = 1;
+    if (!c.sources || !c.tags || !c.props || !c.texts) {
+        rc = -1;
+        goto done;
+    }
+    int64_t count, index = 0;
+    for (;;) {
+        if (!get_count(&r, &count)) {
+            rc = 0;
+            goto done;
+        }
+        if (count == 0)
+            break;
+        for (int64_t k = 0; k < count; k++, index++) {
+            if (index >= INT32_MAX) {
+                rc = 0;
+                goto done;
+            }
+            if ((rc = get_datum(&r, &c, (int32_t)index)) <= 0)
+                goto done;
+        }
+    }
+    if (r.p != r.end) {
+        rc = 0;
+        goto done;
+    }
+    out = Py_BuildValue("(NONONNONO)", take(&c.node), c.sources, take(&c.created), c.tags, take(&c.datum),
+                        take(&c.kind), c.props, take(&c.value), c.texts);
+done:
+    if (out == NULL && rc == 0 && !PyErr_Occurred())
+        out = Py_NewRef(Py_None);
+    PyMem_Free(c.node.buf);
+    PyMem_Free(c.created.buf);
+    PyMem_Free(c.datum.buf);
+    PyMem_Free(c.kind.buf);
+    PyMem_Free(c.value.buf);
+    Py_XDECREF(c.sources);
+    Py_XDECREF(c.tags);
+    Py_XDECREF(c.props);
+    Py_XDECREF(c.texts);
+    PyBuffer_Release(&view);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_O, "configure(Datum): read Datum slots directly"},
     {"encode_datum_batch", encode_datum_batch, METH_O,
      "encode_datum_batch(datums) -> bytes, or None when fastavro must encode them"},
+    {"decode_columns", decode_columns, METH_O,
+     "decode_columns(payload) -> (node, sources, created, tags, sample_datum, sample_kind, properties,"
+     " values, texts), or None when fastavro must decode it"},
     {NULL, NULL, 0, NULL},
 };
 

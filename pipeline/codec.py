@@ -16,6 +16,7 @@ from typing import Any
 import fastavro
 
 from pipeline.resources import ResourceMissing, read_bytes, schemas_dir
+from processors.columns import DatumColumns
 from processors.datum import Datum, Rejection
 
 SCHEMA_DIR: Path = schemas_dir("avro")
@@ -118,6 +119,18 @@ def decode_batch(payload: bytes, schema_name: str | None = CURRENT) -> list[Datu
         Datum(r["nodeId"], r["sourceId"], r["created"], r["i"], r["a"], r["s"], tuple(r["tags"]))
         for r in record["datums"]
     ]
+
+
+def decode_columns(payload: bytes, schema_name: str | None = CURRENT) -> DatumColumns:
+    """`decode_batch` straight into columns (processors/columns.py): the compiled decoder reads
+    the usual envelope; anything it leaves (or a build without it) goes through decode_batch, so
+    the result and every DecodeError are the same either way."""
+    if _avrofast is not None and schema_name == CURRENT and payload:
+        _schema(CURRENT)  # an installation without its schemas is told so, whichever decoder reads
+        got = _avrofast.decode_columns(payload)
+        if got is not None:
+            return DatumColumns.from_tuple(got)
+    return DatumColumns.from_datums(decode_batch(payload, schema_name))
 
 
 @dataclass(frozen=True)

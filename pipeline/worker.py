@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import faust
+import numpy as np
 from clickhouse_connect.driver.client import Client
 from faust.types import EventT
 from prometheus_client import CollectorRegistry, start_http_server
@@ -54,6 +55,7 @@ from pipeline.codec import (
     DecodeError,
     Origin,
     decode_batch,
+    decode_columns,
 )
 from pipeline.commit import Committer, Isolated, RetryPolicy, Unavailable, describe, stage_named
 from pipeline.metadata import MetadataLink
@@ -64,7 +66,8 @@ from pipeline.settings import Settings
 from pipeline.topics import Topics, stream_key
 from processors.auxiliary import AuxChange, AuxError, parse_change_bytes
 from processors.catalog_versions import VersionedCatalog
-from processors.datum import Datum, Rejection, check_envelope
+from processors.columns import DatumColumns, accept_columns, first_accumulating
+from processors.datum import Datum, Rejection
 from processors.qrating import RateState
 from processors.rows import RawColumns, Scoring, accept_batch
 from processors.stale_marks import Change, SpanColumns, decode_marks, encode_columns
@@ -125,52 +128,87 @@ class Part:
         return Origin(msg.topic, msg.partition, msg.offset)
 
 
+@dataclass
+class _Run:
+    """Consecutive parts of a batch checked together: whole messages as columns, or the datums
+    of one part (a failing message narrowed down), which go through the reference."""
+
+    origins: list[Origin]
+    columns: list[DatumColumns] = field(default_factory=list)
+    datums: list[Datum] | None = None
+
+    def first_accumulating(self, now_ms: int) -> dict[tuple[int, str], int]:
+        if self.datums is not None:
+            return first_accumulating(DatumColumns.from_datums(self.datums), now_ms)
+        return first_accumulating(DatumColumns.concat(self.columns), now_ms)
+
+
 def process_parts(
     parts: Sequence[Part],
     now_ms: int,
     catalog: VersionedCatalog | None = None,
     scoring: Scoring | None = None,
-    prepare: Callable[[list[Datum]], None] | None = None,
+    prepare: Callable[[dict[tuple[int, str], int]], None] | None = None,
 ) -> BatchOutcome:
     """Decode and check parts of a batch (pure, but for `prepare`).
 
-    `prepare` sees every decoded datum before any is accepted (the worker loads rate baselines of
-    streams it has not seen since it started)."""
+    Whole messages are decoded straight into columns and checked together (processors/columns.py);
+    parts already taken apart into datums go through the reference, in their place in the batch.
+    `prepare` sees, before any datum is accepted, per stream the first created of a datum with an
+    accumulating sample (the worker loads the rate baselines of streams it has not seen since it
+    started)."""
     out = BatchOutcome()
-    decoded: list[tuple[Origin, list[Datum]]] = []
+    scoring = scoring if scoring is not None else Scoring()
+    runs: list[_Run] = []
     for part in parts:
         origin = part.origin
         if part.datums is not None:
-            decoded.append((origin, part.datums))
+            runs.append(_Run([origin], datums=part.datums))
             out.datums += len(part.datums)
             continue
         msg = part.message
         try:
             with stage_named("decode"):
-                datums = decode_batch(msg.value, header(msg.headers, SCHEMA_HEADER))
+                cols = decode_columns(msg.value, header(msg.headers, SCHEMA_HEADER))
         except DecodeError as exc:
             out.letters.append(
                 DeadLetter([Rejection(exc.rule, str(exc))], origin, payload=bytes(msg.value or b""))
             )
             continue
-        decoded.append((origin, datums))
-        out.datums += len(datums)
+        if not runs or runs[-1].datums is not None:
+            runs.append(_Run([]))
+        runs[-1].origins.append(origin)
+        runs[-1].columns.append(cols)
+        out.datums += len(cols)
     if prepare is not None:
         with stage_named("rates"):
-            prepare([d for _, datums in decoded for d in datums])
-    for origin, datums in decoded:
+            first: dict[tuple[int, str], int] = {}
+            for run in runs:
+                for key, created in run.first_accumulating(now_ms).items():
+                    if created < first.get(key, 1 << 62):
+                        first[key] = created
+            prepare(first)
+    for run in runs:
         with stage_named("check"):
-            result = accept_batch(datums, now_ms, catalog, scoring)
+            if run.datums is None:
+                cols = DatumColumns.concat(run.columns)
+                message_of = np.repeat(np.arange(len(run.columns)), [len(c) for c in run.columns])
+                result, refused = accept_columns(cols, now_ms, catalog, scoring, message_of)
+                letters = [DeadLetter(reasons, run.origins[m], datum=datum, stage=stage)
+                           for m, datum, reasons, stage in refused]
+                newest = int(cols.created.max()) if len(cols) else 0
+            else:
+                result = accept_batch(run.datums, now_ms, catalog, scoring)
+                letters = [DeadLetter(reasons, run.origins[0], datum=datum, stage=stage)
+                           for datum, reasons, stage in result.refused]
+                newest = max((d.created_ms for d in run.datums), default=0)
         out.rows.extend(result.rows)
         out.latest.extend(result.latest)
         out.accepted += result.datums_accepted
         out.samples_expired += result.samples_expired
         out.datums_expired += result.datums_expired
-        for datum, reasons, stage in result.refused:
-            out.letters.append(DeadLetter(reasons, origin, datum=datum, stage=stage))
-        for d in datums:
-            if d.created_ms > out.newest_created_ms:
-                out.newest_created_ms = d.created_ms
+        out.letters += letters
+        out.newest_created_ms = max(out.newest_created_ms, newest)
     return out
 
 
@@ -467,23 +505,15 @@ class DatumWorker:
     # -- datums ---------------------------------------------------------------------------------
 
     def baseline_loader(self, rates: ChainMap[Any, RateState], seen: set[tuple[int, str]]
-                        ) -> Callable[[list[Datum]], None]:
+                        ) -> Callable[[dict[tuple[int, str], int]], None]:
         """First sight of a stream since start: its cumulative rates continue from the store
         (the broker may have been restarted and kept nothing). Writes go to this attempt's
         overlay and `seen`, kept only if the attempt succeeds."""
 
-        def prepare(datums: list[Datum]) -> None:
+        def prepare(first_seen: dict[tuple[int, str], int]) -> None:
             if self.catalog is None:
                 return
-            first: dict[tuple[int, str], int] = {}
-            now_ms = int(time.time() * 1000)
-            for d in datums:
-                if d.stream in self._baselined or d.stream in seen or not d.a:
-                    continue
-                # a lookup never sees a datum the envelope rules refuse (a negative node id...)
-                kept = check_envelope(d, now_ms)[0]
-                if kept is not None and kept.a and kept.created_ms < first.get(kept.stream, 1 << 62):
-                    first[kept.stream] = kept.created_ms
+            first = {k: c for k, c in first_seen.items() if k not in self._baselined and k not in seen}
             if not first:
                 return
             for (node, source), found in rate_baselines_many(self.sink.client, first).items():

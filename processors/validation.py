@@ -106,11 +106,17 @@ def _plan(resolved: ResolvedSource) -> _Plan:
     return plan
 
 
-def validate_resolved(datum: Datum, resolved: ResolvedSource) -> ValidationResult:
-    """`validate` with the binding already resolved (for callers that batch per source)."""
+def plan_for(resolved: ResolvedSource) -> _Plan:
+    """Per classification, the properties of a resolved source that may pass, and how (cached)."""
     plan = _PLANS.get(id(resolved))
     if plan is None or plan.resolved is not resolved:
         plan = _plan(resolved)
+    return plan
+
+
+def validate_resolved(datum: Datum, resolved: ResolvedSource) -> ValidationResult:
+    """`validate` with the binding already resolved (for callers that batch per source)."""
+    plan = plan_for(resolved)
     streams: dict[str, DatastreamTemplate] = {}
     rejections: list[Rejection] = []
     bad: set[tuple[Kind, str]] = set()

@@ -1,0 +1,559 @@
+"""The datum path in columns: a batch decoded straight into arrays, checked and scored per
+datastream, with no object per datum and no dict per sample on the way to the raw rows.
+
+`accept_columns` gives what `accept_batch` (processors/rows.py, the reference) gives for the same
+datums, in the same order of arrival: the same raw rows (as a multiset), the same refusals with the
+same reasons, the same rate states and counts. The columnar part takes every stream whose datums
+in this batch pass every rule; a stream with anything to explain (a refusal, a rate baseline out
+of order, a datum across a catalog change) goes through the reference, datum by datum, so dead
+letters stay exactly what they were. tests/unit/test_columns.py compares both under Hypothesis.
+
+Plain data in, plain data out: nothing here touches a store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from processors.binding import Catalog, ResolvedSource
+from processors.catalog_versions import VersionedCatalog
+from processors.datamodel import NOT_STORED, DatastreamTemplate, ttl_days
+from processors.datum import (
+    CREATED_FUTURE_SLACK_MS,
+    CREATED_MIN_MS,
+    SAMPLE_ABS_MAX,
+    Datum,
+    source_id_problem,
+)
+from processors.qrating import ACCEPTABLE, CRITICAL, DESIRED, IDEAL, RateState, ScoreError, Scorer
+from processors.rows import DAY_MS, AcceptResult, RawColumns, Scoring, accept_batch
+from processors.validation import plan_for
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
+
+KIND_I, KIND_A, KIND_S = ord("i"), ord("a"), ord("s")
+_KIND_NAME = {KIND_I: "i", KIND_A: "a", KIND_S: "s"}
+
+
+@dataclass(frozen=True, slots=True)
+class DatumColumns:
+    """A batch of datums as columns: per datum, per sample. Samples of one datum are contiguous
+    and in its order (i, then a, then s, each in map order); status texts are a list of their own,
+    in the order of the status samples."""
+
+    node_id: I64
+    source_id: list[str]
+    created: I64
+    tags: list[tuple[str, ...]]
+    sample_datum: npt.NDArray[np.int32]  # the datum each sample belongs to
+    sample_kind: npt.NDArray[np.uint8]  # ord("i"), ord("a") or ord("s")
+    property: list[str]
+    value: F64  # NaN for a status sample
+    text: list[str]
+
+    def __len__(self) -> int:
+        return len(self.source_id)
+
+    @classmethod
+    def from_tuple(cls, t: tuple[Any, ...]) -> DatumColumns:
+        """From what the compiled decoder returns (pipeline/_avrofast.c: bytes and lists)."""
+        node, sources, created, tags, datum, kind, props, value, texts = t
+        return cls(np.frombuffer(node, np.int64), sources, np.frombuffer(created, np.int64), tags,
+                   np.frombuffer(datum, np.int32), np.frombuffer(kind, np.uint8), props,
+                   np.frombuffer(value, np.float64), texts)
+
+    @classmethod
+    def from_datums(cls, datums: Sequence[Datum]) -> DatumColumns:
+        """The reference way in (and the way for datums that are already objects)."""
+        sd: list[int] = []
+        sk: list[int] = []
+        props: list[str] = []
+        values: list[float] = []
+        texts: list[str] = []
+        for k, d in enumerate(datums):
+            for kind, name, val in d.samples():
+                sd.append(k)
+                sk.append(ord(kind))
+                props.append(name)
+                if kind == "s":
+                    values.append(float("nan"))
+                    texts.append(str(val))
+                else:
+                    values.append(float(val))
+        return cls(np.array([d.node_id for d in datums], np.int64), [d.source_id for d in datums],
+                   np.array([d.created_ms for d in datums], np.int64), [tuple(d.tags) for d in datums],
+                   np.array(sd, np.int32), np.array(sk, np.uint8), props, np.array(values, np.float64), texts)
+
+    @staticmethod
+    def concat(parts: Sequence[DatumColumns]) -> DatumColumns:
+        if len(parts) == 1:
+            return parts[0]
+        shift = np.cumsum([0] + [len(p) for p in parts[:-1]])
+        return DatumColumns(
+            np.concatenate([p.node_id for p in parts]) if parts else np.empty(0, np.int64),
+            [s for p in parts for s in p.source_id],
+            np.concatenate([p.created for p in parts]) if parts else np.empty(0, np.int64),
+            [t for p in parts for t in p.tags],
+            np.concatenate([p.sample_datum + np.int32(o) for p, o in zip(parts, shift, strict=True)])
+            if parts else np.empty(0, np.int32),
+            np.concatenate([p.sample_kind for p in parts]) if parts else np.empty(0, np.uint8),
+            [s for p in parts for s in p.property],
+            np.concatenate([p.value for p in parts]) if parts else np.empty(0, np.float64),
+            [t for p in parts for t in p.text],
+        )
+
+    def datums(self, which: Sequence[int] | None = None) -> list[Datum]:
+        """Datum objects back (the reference path), all or the given ones, in the given order."""
+        starts = np.searchsorted(self.sample_datum, np.arange(len(self) + 1)).tolist()
+        is_text = self.sample_kind == KIND_S
+        text_at = (np.cumsum(is_text) - 1).tolist()
+        kinds = self.sample_kind.tolist()
+        values = self.value.tolist()
+        nodes = self.node_id.tolist()
+        created = self.created.tolist()
+        out: list[Datum] = []
+        for k in range(len(self)) if which is None else which:
+            i: dict[str, float] = {}
+            a: dict[str, float] = {}
+            s: dict[str, str] = {}
+            for j in range(starts[k], starts[k + 1]):
+                kind = kinds[j]
+                if kind == KIND_I:
+                    i[self.property[j]] = values[j]
+                elif kind == KIND_A:
+                    a[self.property[j]] = values[j]
+                else:
+                    s[self.property[j]] = self.text[text_at[j]]
+            out.append(Datum(nodes[k], self.source_id[k], created[k], i, a, s, self.tags[k]))
+        return out
+
+
+def envelope_ok(cols: DatumColumns, now_ms: int) -> Bools:
+    """Per datum: every envelope rule passes and no sample is refused (check_envelope's nothing)."""
+    n = len(cols)
+    ok = (cols.node_id >= 0) & (cols.created >= CREATED_MIN_MS) & (cols.created <= now_ms + CREATED_FUTURE_SLACK_MS)
+    counts = np.bincount(cols.sample_datum, minlength=n) if len(cols.sample_datum) else np.zeros(n, np.int64)
+    ok &= counts > 0
+    numeric = cols.sample_kind != KIND_S
+    with np.errstate(invalid="ignore"):
+        bad_value = numeric & ~(np.abs(cols.value) <= SAMPLE_ABS_MAX)  # NaN and inf fail the <=
+    if bad_value.any():
+        ok[cols.sample_datum[bad_value]] = False
+    checked: dict[str, bool] = {}
+    for k, source in enumerate(cols.source_id):
+        good = checked.get(source)
+        if good is None:
+            checked[source] = good = source_id_problem(source) is None
+        if not good:
+            ok[k] = False
+    return ok
+
+
+def first_accumulating(cols: DatumColumns, now_ms: int) -> dict[tuple[int, str], int]:
+    """Per stream, the earliest created of its datums that pass the envelope rules and keep an
+    accumulating sample: where a cumulative rate's baseline must be looked up from."""
+    ok = envelope_ok(cols, now_ms)
+    has_a = np.zeros(len(cols), bool)
+    acc = cols.sample_kind == KIND_A
+    with np.errstate(invalid="ignore"):
+        acc &= np.abs(cols.value) <= SAMPLE_ABS_MAX
+    has_a[cols.sample_datum[acc]] = True
+    first: dict[tuple[int, str], int] = {}
+    nodes, created = cols.node_id.tolist(), cols.created.tolist()
+    for k in np.flatnonzero(ok & has_a).tolist():
+        key = (nodes[k], cols.source_id[k])
+        if created[k] < first.get(key, 1 << 62):
+            first[key] = created[k]
+    return first
+
+
+# -- the columnar accept --------------------------------------------------------------------
+
+
+def _simple_bounds(schema: Mapping[str, object]) -> tuple[float, float, float, float] | None:
+    """(minimum, exclusiveMinimum, maximum, exclusiveMaximum) of a plain number schema, which a
+    comparison of columns decides exactly as fastjsonschema does; None for any other schema."""
+    if schema.get("type") != "number" or not set(schema) <= {
+        "type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "title", "description", "$comment",
+    }:
+        return None
+    out: list[float] = []
+    for key, default in (("minimum", -np.inf), ("exclusiveMinimum", -np.inf), ("maximum", np.inf),
+                         ("exclusiveMaximum", np.inf)):
+        bound = schema.get(key, default)
+        if isinstance(bound, bool) or not isinstance(bound, int | float) or (
+                isinstance(bound, int) and abs(bound) > 2**53):
+            return None  # a draft-4 boolean, or an integer a float would round
+        out.append(float(bound))
+    return out[0], out[1], out[2], out[3]
+
+
+_BOUNDS: dict[object, tuple[float, float, float, float] | None] = {}
+
+
+def _schema_ok(template: DatastreamTemplate, check: Callable[[object], object], values: F64,
+               texts: list[str] | None) -> Bools:
+    """Per value: the datastream's JSON Schema passes."""
+    if texts is None:
+        key = template.schema_key
+        if key not in _BOUNDS:
+            _BOUNDS[key] = _simple_bounds(template.schema)
+        bounds = _BOUNDS[key]
+        if bounds is not None:
+            lo, xlo, hi, xhi = bounds
+            return (values >= lo) & (values > xlo) & (values <= hi) & (values < xhi)
+        items: list[object] = values.tolist()
+    else:
+        items = list(texts)
+    ok = np.ones(len(items), bool)
+    for j, v in enumerate(items):
+        try:
+            check(v)
+        except Exception:  # noqa: BLE001 - any failure is the reference's to explain
+            ok[j] = False
+    return ok
+
+
+# (label index, quality) of each band, as Scorer.score picks them
+_BANDS = ((2, IDEAL), (2, DESIRED), (1, ACCEPTABLE), (0, CRITICAL), (2, DESIRED), (3, ACCEPTABLE), (4, CRITICAL))
+
+
+def score_values(scorer: Scorer, v: F64) -> tuple[F64, F64, npt.NDArray[np.int8]]:
+    """Scorer.score of every finite value: (score, performance, band), bit for bit the same."""
+    t0, t1, t2, t3, t4 = scorer._t0, scorer._t1, scorer._t2, scorer._t3, scorer._t4
+    band = np.select(
+        [v == t2, (v < t2) & (v >= t1), (v < t2) & (v >= t0), v < t2, v <= t3, v <= t4],
+        [0, 1, 2, 3, 4, 5], default=6).astype(np.int8)
+    with np.errstate(all="ignore"):  # a band never entered may divide by its zero width
+        f = np.select(
+            [band == 0, band == 1, band == 2, band == 4, band == 5],
+            [np.ones_like(v), 1.0 - 0.5 * ((t2 - v) / scorer._w12), 0.5 * ((v - t0) / scorer._w01),
+             1.0 - 0.5 * ((v - t2) / scorer._w23), 0.5 * ((t4 - v) / scorer._w34)],
+            default=0.0)
+    score = scorer._max * f
+    score[band == 0] = scorer._ideal_score.score
+    perf = 100.0 * f
+    return score, perf, band
+
+
+@dataclass
+class _Scored:
+    """The rows of one (datastream plan, kind, property) group, before the bad streams are taken out."""
+
+    idx: I64  # sample indices
+    template: DatastreamTemplate
+    ttl: int
+    latest: bool
+    expired: Bools
+    score: list[float | None]
+    performance: list[float | None]
+    label: list[str]
+    quality: list[str]
+    max_score: list[float | None]
+
+
+def accept_columns(cols: DatumColumns, now_ms: int, catalog: Catalog | VersionedCatalog | None = None,
+                   scoring: Scoring | None = None, message_of: npt.NDArray[np.int64] | None = None,
+                   ) -> tuple[AcceptResult, list[tuple[int, Datum, list[Any], str]]]:
+    """accept_batch over columns. Returns the result and its refusals as (message, datum,
+    reasons, stage): `message_of` gives each datum's message (its dead letter's origin)."""
+    scoring = scoring if scoring is not None else Scoring()
+    result = AcceptResult(RawColumns(), 0, [])
+    n = len(cols)
+    refused: list[tuple[int, Datum, list[Any], str]] = []
+    if n == 0:
+        return result, refused
+    msg = message_of if message_of is not None else np.zeros(n, np.int64)
+
+    # streams, and each datum's
+    index: dict[tuple[int, str], int] = {}
+    nodes = cols.node_id.tolist()
+    sid = np.fromiter((index.setdefault(key, len(index)) for key in zip(nodes, cols.source_id, strict=True)),
+                      np.int64, n)
+    streams = list(index)
+    bad = np.zeros(len(streams), bool)
+    bad[sid[~envelope_ok(cols, now_ms)]] = True
+
+    sample_stream = sid[cols.sample_datum]
+    # per stream, the shared plan of its resolution (None: unbound)
+    resolved: list[ResolvedSource | None] = [None] * len(streams)
+    if catalog is not None:
+        cmin = np.full(len(streams), np.iinfo(np.int64).max)
+        cmax = np.full(len(streams), np.iinfo(np.int64).min)
+        np.minimum.at(cmin, sid, cols.created)
+        np.maximum.at(cmax, sid, cols.created)
+        for s, ((node, source), lo, hi) in enumerate(zip(streams, cmin.tolist(), cmax.tolist(), strict=True)):
+            if bad[s]:
+                continue
+            if isinstance(catalog, VersionedCatalog):
+                cat = catalog.at(lo)
+                if catalog.at(hi) is not cat:
+                    bad[s] = True  # a catalog change inside the batch: datum by datum
+                    continue
+            else:
+                cat = catalog
+            # bindings only ever start (valid_from): the same one at both ends holds in between
+            first = cat.resolve(node, source, lo)
+            if cat.resolve(node, source, hi) is not first:
+                bad[s] = True
+                continue
+            resolved[s] = first
+
+    # plans shared by streams of one binding and datamodel, so groups stay few for a fleet
+    canon: dict[tuple[int, int], int] = {}
+    plans: list[ResolvedSource] = []
+    plan_of = np.full(len(streams), -1, np.int64)
+    for s, r in enumerate(resolved):
+        if r is not None:
+            key = (id(r.binding), id(r.datamodel))
+            p = canon.get(key)
+            if p is None:
+                canon[key] = p = len(plans)
+                plans.append(r)
+            plan_of[s] = p
+
+    prop_code: dict[str, int] = {}
+    pcode = np.fromiter((prop_code.setdefault(p, len(prop_code)) for p in cols.property), np.int64,
+                        len(cols.property))
+    props = list(prop_code)
+
+    # required datastreams: every datum of a bound stream sends each (else a datum-level refusal)
+    if plans:
+        present = np.unique(cols.sample_datum.astype(np.int64) * len(props) + pcode)
+        datum_plan = plan_of[sid]
+        for p, r in enumerate(plans):
+            need = plan_for(r).required
+            if not need:
+                continue
+            mine = np.flatnonzero(datum_plan == p)
+            for _ident, prop in need:
+                code = prop_code.get(prop) if prop is not None else None
+                if code is None:
+                    bad[sid[mine]] = True
+                    break
+                keys = mine * len(props) + code
+                missing = ~np.isin(keys, present)
+                bad[sid[mine[missing]]] = True
+
+    # groups: (plan, kind, property); plan -1 is unbound
+    sample_plan = plan_of[sample_stream]
+    group = (sample_plan + 1) * (3 * len(props)) + pcode * 3 + np.searchsorted([KIND_A, KIND_I, KIND_S],
+                                                                             cols.sample_kind)
+    order = np.argsort(group, kind="stable")
+    sorted_groups = group[order]
+    cuts = np.flatnonzero(np.diff(sorted_groups)) + 1
+    starts = np.concatenate([[0], cuts]).tolist()
+    ends = np.concatenate([cuts, [len(order)]]).tolist()
+    text_at = np.cumsum(cols.sample_kind == KIND_S) - 1
+    scored: list[_Scored] = []
+    unbound: list[I64] = []
+    rate_updates: list[tuple[int, tuple[int, str, str], RateState]] = []
+    for a, b in zip(starts, ends, strict=True):
+        if a == b:
+            continue
+        idx = order[a:b]
+        head = int(idx[0])
+        p = int(sample_plan[head])
+        if p < 0:
+            unbound.append(idx)
+            continue
+        kind = int(cols.sample_kind[head])
+        prop = cols.property[head]
+        plan = plan_for(plans[p])
+        entry = {KIND_I: plan.i, KIND_A: plan.a, KIND_S: plan.s}[kind].get(prop)
+        if entry is None:  # unmapped, calculated or the wrong period: the reference says which
+            bad[sample_stream[idx]] = True
+            continue
+        values = cols.value[idx]
+        texts = [cols.text[j] for j in text_at[idx].tolist()] if kind == KIND_S else None
+        ok = _schema_ok(entry.template, entry.check, values, texts)
+        if entry.pulse:
+            ok &= values >= 0
+        if not ok.all():
+            bad[sample_stream[idx[~ok]]] = True
+        got = _score_group(entry.template, scoring, idx, cols, sample_stream, streams, kind, values, texts, now_ms,
+                           bad, rate_updates)
+        if got is not None:
+            scored.append(got)
+
+    # the columnar part: every sample of a good stream
+    good_datum = ~bad[sid]
+    accepted = int(good_datum.sum())
+    result.datums_accepted += accepted
+    if accepted:
+        value_list = cols.value.tolist()
+        kinds = cols.sample_kind.tolist()
+        created = cols.created.tolist()
+        sd = cols.sample_datum.tolist()
+        tx = text_at.tolist() if cols.text else []
+
+        def add(target: RawColumns, idx: I64, datastream: str, ttl: int, score: list[float | None] | None,
+                performance: list[float | None] | None, label: list[str] | None, quality: list[str] | None,
+                max_score: list[float | None] | None, keep: Bools) -> None:
+            take = idx[keep].tolist()
+            if not take:
+                return
+            pos = np.flatnonzero(keep).tolist() if score is not None else ()
+            ds = [sd[j] for j in take]
+            target.node_id.extend(nodes[d] for d in ds)
+            target.source_id.extend(cols.source_id[d] for d in ds)
+            target.created.extend(created[d] for d in ds)
+            target.property.extend(cols.property[j] for j in take)
+            kind_names = [_KIND_NAME[kinds[j]] for j in take]
+            target.kind.extend(kind_names)
+            for j, kn in zip(take, kind_names, strict=True):
+                if kn == "s":
+                    target.value.append(None)
+                    target.text.append(cols.text[tx[j]])
+                else:
+                    target.value.append(value_list[j])
+                    target.text.append("")
+            target.tags.extend(cols.tags[d] for d in ds)
+            m = len(take)
+            target.datastream.extend([datastream] * m)
+            if score is None:
+                target.score.extend([None] * m)
+                target.performance.extend([None] * m)
+                target.label.extend([""] * m)
+                target.quality.extend([""] * m)
+                target.max_score.extend([None] * m)
+            else:
+                assert performance is not None and label is not None and quality is not None
+                assert max_score is not None
+                target.score.extend(score[k] for k in pos)
+                target.performance.extend(performance[k] for k in pos)
+                target.label.extend(label[k] for k in pos)
+                target.quality.extend(quality[k] for k in pos)
+                target.max_score.extend(max_score[k] for k in pos)
+            target.ttl_days.extend([ttl] * m)
+
+        for idx in unbound:
+            add(result.rows, idx, "", 0, None, None, None, None, None, good_datum[cols.sample_datum[idx]])
+        expired_datums: set[int] = set()
+        for g in scored:
+            keep = good_datum[cols.sample_datum[g.idx]]
+            add(result.latest if g.latest else result.rows, g.idx, g.template.identifier, g.ttl, g.score,
+                g.performance, g.label, g.quality, g.max_score, keep)
+            hit = g.expired & keep
+            if hit.any():
+                result.samples_expired += int(hit.sum())
+                expired_datums.update(cols.sample_datum[g.idx[hit]].tolist())
+        result.datums_expired += len(expired_datums)
+        for s, rate_key, state in rate_updates:
+            if not bad[s]:
+                scoring.rates[rate_key] = state
+
+    # the rest: the reference, datum by datum in order of arrival, message by message
+    if bad.any():
+        slow = np.flatnonzero(bad[sid])
+        datums = cols.datums(slow.tolist())
+        msgs = msg[slow].tolist()
+        k = 0
+        while k < len(datums):
+            j = k
+            while j < len(datums) and msgs[j] == msgs[k]:
+                j += 1
+            part = accept_batch(datums[k:j], now_ms, catalog, scoring)
+            result.rows.extend(part.rows)
+            result.latest.extend(part.latest)
+            result.datums_accepted += part.datums_accepted
+            result.samples_expired += part.samples_expired
+            result.datums_expired += part.datums_expired
+            refused += [(msgs[k], d, reasons, stage) for d, reasons, stage in part.refused]
+            k = j
+    result.refused = [(d, reasons, stage) for _m, d, reasons, stage in refused]
+    return result, refused
+
+
+def _score_group(template: DatastreamTemplate, scoring: Scoring, idx: I64, cols: DatumColumns, sample_stream: I64,
+                 streams: list[tuple[int, str]], kind: int, values: F64, texts: list[str] | None, now_ms: int,
+                 bad: Bools, rate_updates: list[tuple[int, tuple[int, str, str], RateState]]) -> _Scored | None:
+    """Scores, TTL and expiry of one group's samples (rows.py `_add_scored`, in columns)."""
+    ttl = ttl_days(template.storage, scoring.plan)
+    latest = ttl == NOT_STORED
+    ttl_value = ttl if isinstance(ttl, int) else 0
+    created = cols.created[cols.sample_datum[idx]]
+    expired = (created + ttl_value * DAY_MS <= now_ms) if isinstance(ttl, int) and ttl > 0 \
+        else np.zeros(len(idx), bool)
+    scorer = scoring.scorer(template)
+    m = len(idx)
+    if scorer is None:
+        return _Scored(idx, template, ttl_value, latest, expired, [None] * m, [None] * m, [""] * m, [""] * m,
+                       [None] * m)
+    labels = (scorer._l0, scorer._l1, scorer._l2, scorer._l3, scorer._l4)
+    divisor = scorer.cumulative_period_divisor
+    if texts is not None:
+        out_s: list[float | None] = []
+        out_p: list[float | None] = []
+        out_l: list[str] = []
+        out_q: list[str] = []
+        out_m: list[float | None] = []
+        for j, text in enumerate(texts):
+            try:
+                sc = scorer.score_text(text)
+            except ScoreError:
+                bad[sample_stream[idx[j]]] = True
+                sc = None
+            out_s.append(None if sc is None else sc.score)
+            out_p.append(None if sc is None else sc.performance)
+            out_l.append("" if sc is None else sc.label)
+            out_q.append("" if sc is None else sc.quality)
+            out_m.append(None if sc is None else scorer.max_score)
+        return _Scored(idx, template, ttl_value, latest, expired, out_s, out_p, out_l, out_q, out_m)
+    if divisor is None:
+        rated = np.ones(m, bool)
+        x = values
+    else:
+        # rates within each stream, in order of arrival: each datapoint against the one before
+        st = sample_stream[idx]
+        o = np.argsort(st, kind="stable")
+        st_o, v_o, t_o = st[o], values[o], created[o]
+        first = np.ones(m, bool)
+        first[1:] = st_o[1:] != st_o[:-1]
+        prev_v = np.empty(m)
+        prev_t = np.empty(m, np.int64)
+        prev_v[1:], prev_t[1:] = v_o[:-1], t_o[:-1]
+        has_prev = ~first
+        for k in np.flatnonzero(first).tolist():
+            s = int(st_o[k])
+            node, source = streams[s]
+            key = (node, source, template.identifier)
+            state = scoring.rates.get(key)
+            if state is not None:
+                prev_v[k], prev_t[k] = state.value, state.created_ms
+                has_prev[k] = True
+            last = k
+            while last + 1 < m and not first[last + 1]:
+                last += 1
+            rate_updates.append((s, key, RateState(int(t_o[last]), float(v_o[last]))))
+        # out of order or a repeated instant: the reference keeps the old baseline; not here
+        if (has_prev & (t_o <= prev_t)).any():
+            bad[st_o[has_prev & (t_o <= prev_t)]] = True
+        with np.errstate(all="ignore"):
+            diff = v_o - prev_v
+            rate = diff / (t_o - prev_t) * (divisor * 1000.0)
+        ok_o = has_prev & (diff >= 0.0) & np.isfinite(rate)
+        rated = np.empty(m, bool)
+        rated[o] = ok_o
+        x = np.empty(m)
+        x[o] = np.where(ok_o, rate, 0.0)
+    score, perf, band = score_values(scorer, np.where(rated, x, scorer._t2))
+    band_l = band.tolist()
+    rated_l = rated.tolist()
+    sc_l, pf_l = score.tolist(), perf.tolist()
+    max_score = scorer.max_score
+    return _Scored(
+        idx, template, ttl_value, latest, expired,
+        [sc_l[k] if r else None for k, r in enumerate(rated_l)],
+        [pf_l[k] if r else None for k, r in enumerate(rated_l)],
+        [labels[_BANDS[b][0]] if r else "" for b, r in zip(band_l, rated_l, strict=True)],
+        [_BANDS[b][1] if r else "" for b, r in zip(band_l, rated_l, strict=True)],
+        [max_score if r else None for r in rated_l],
+    )
