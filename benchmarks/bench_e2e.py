@@ -56,7 +56,7 @@ import psycopg  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
 from pipeline import stack  # noqa: E402
-from pipeline.codec import decode_batch  # noqa: E402
+from pipeline.codec import decode_columns  # noqa: E402
 from pipeline.metadata import datamodel_events  # noqa: E402
 from pipeline.producer import DatumProducer, end_offsets  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
@@ -221,7 +221,7 @@ async def consume_ceiling(settings: Settings, topics: list[str], expect: int) ->
             batches = await consumer.getmany(timeout_ms=500, max_records=1000)
             for msgs in batches.values():
                 for msg in msgs:
-                    got += len(decode_batch(msg.value))
+                    got += len(decode_columns(msg.value))
     finally:
         await consumer.stop()
     return got / (time.perf_counter() - t0)
@@ -453,7 +453,7 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
 
         # 3. consume+decode ceiling, the workers idle
         ceiling = asyncio.run(consume_ceiling(settings, topics, warm + n))
-        print(f"consume+decode:     {ceiling:>12,.0f} datums/s  (aiokafka getmany + fastavro, no store)")
+        print(f"consume+decode:     {ceiling:>12,.0f} datums/s  (aiokafka getmany + columnar decode, no store)")
 
         # 4. the durable default against the running workers: n datums stored as a gateway that
         # trusts broker acks sees it (poll the store), then n through a producer that waits until
