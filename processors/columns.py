@@ -135,17 +135,10 @@ class DatumColumns:
         return out
 
 
-def envelope_ok(cols: DatumColumns, now_ms: int) -> Bools:
-    """Per datum: every envelope rule passes and no sample is refused (check_envelope's nothing)."""
-    n = len(cols)
+def _identity_ok(cols: DatumColumns, now_ms: int) -> Bools:
+    """Per datum: node, source and created pass and it has a sample (else check_envelope keeps nothing)."""
     ok = (cols.node_id >= 0) & (cols.created >= CREATED_MIN_MS) & (cols.created <= now_ms + CREATED_FUTURE_SLACK_MS)
-    counts = np.bincount(cols.sample_datum, minlength=n) if len(cols.sample_datum) else np.zeros(n, np.int64)
-    ok &= counts > 0
-    numeric = cols.sample_kind != KIND_S
-    with np.errstate(invalid="ignore"):
-        bad_value = numeric & ~(np.abs(cols.value) <= SAMPLE_ABS_MAX)  # NaN and inf fail the <=
-    if bad_value.any():
-        ok[cols.sample_datum[bad_value]] = False
+    ok &= np.bincount(cols.sample_datum, minlength=len(cols)) > 0
     checked: dict[str, bool] = {}
     for k, source in enumerate(cols.source_id):
         good = checked.get(source)
@@ -156,14 +149,26 @@ def envelope_ok(cols: DatumColumns, now_ms: int) -> Bools:
     return ok
 
 
+def _sample_ok(cols: DatumColumns) -> Bools:
+    """Per sample: check_envelope keeps it (a status always; a number finite and within ±2^53)."""
+    with np.errstate(invalid="ignore"):
+        return (cols.sample_kind == KIND_S) | (np.abs(cols.value) <= SAMPLE_ABS_MAX)  # NaN and inf fail the <=
+
+
+def envelope_ok(cols: DatumColumns, now_ms: int) -> Bools:
+    """Per datum: every envelope rule passes and no sample is refused (check_envelope's nothing)."""
+    ok = _identity_ok(cols, now_ms)
+    ok[cols.sample_datum[~_sample_ok(cols)]] = False
+    return ok
+
+
 def first_accumulating(cols: DatumColumns, now_ms: int) -> dict[tuple[int, str], int]:
     """Per stream, the earliest created of its datums that pass the envelope rules and keep an
-    accumulating sample: where a cumulative rate's baseline must be looked up from."""
-    ok = envelope_ok(cols, now_ms)
+    accumulating sample (a refused sibling sample does not matter): where a cumulative rate's
+    baseline must be looked up from."""
+    ok = _identity_ok(cols, now_ms)
     has_a = np.zeros(len(cols), bool)
-    acc = cols.sample_kind == KIND_A
-    with np.errstate(invalid="ignore"):
-        acc &= np.abs(cols.value) <= SAMPLE_ABS_MAX
+    acc = (cols.sample_kind == KIND_A) & _sample_ok(cols)
     has_a[cols.sample_datum[acc]] = True
     first: dict[tuple[int, str], int] = {}
     nodes, created = cols.node_id.tolist(), cols.created.tolist()

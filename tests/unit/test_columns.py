@@ -165,16 +165,30 @@ def test_the_compiled_decoder_leaves_anything_odd_to_fastavro() -> None:
             assert want is None
 
 
-def test_first_accumulating_is_the_reference_lookup() -> None:
-    batch = [Datum(1, "/m", T0 + 5, {}, {"e": 1.0}), Datum(1, "/m", T0 + 1, {}, {"e": math.nan}),
-             Datum(1, "/m", T0 + 3, {}, {"e": 2.0}), Datum(-1, "/m", T0, {}, {"e": 1.0}),
-             Datum(2, "/m", T0 + 9, {"w": 1.0}), Datum(2, "/n", 5, {}, {"e": 1.0})]
+def reference_first(batch: list[Datum]) -> dict[tuple[int, str], int]:
+    """The baseline lookup as the worker did it over Datum objects."""
     want: dict[tuple[int, str], int] = {}
     for d in batch:
         kept = check_envelope(d, NOW)[0]
         if kept is not None and kept.a:
             want[kept.stream] = min(want.get(kept.stream, 1 << 62), kept.created_ms)
-    assert first_accumulating(DatumColumns.from_datums(batch), NOW) == want == {(1, "/m"): T0 + 3}
+    return want
+
+
+def test_first_accumulating_is_the_reference_lookup() -> None:
+    batch = [Datum(1, "/m", T0 + 5, {}, {"e": 1.0}), Datum(1, "/m", T0 + 1, {}, {"e": math.nan}),
+             Datum(1, "/m", T0 + 3, {}, {"e": 2.0}), Datum(-1, "/m", T0, {}, {"e": 1.0}),
+             Datum(2, "/m", T0 + 9, {"w": 1.0}), Datum(2, "/n", 5, {}, {"e": 1.0}),
+             # a refused sibling sample: the datum is kept with its accumulating sample
+             Datum(3, "/m", T0 + 2, {"w": math.nan}, {"e": 1.0})]
+    assert first_accumulating(DatumColumns.from_datums(batch), NOW) == reference_first(batch) == {
+        (1, "/m"): T0 + 3, (3, "/m"): T0 + 2}
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch=st.lists(datums(), max_size=12))
+def test_first_accumulating_equals_the_reference_on_any_batch(batch: list[Datum]) -> None:
+    assert first_accumulating(DatumColumns.from_datums(batch), NOW) == reference_first(batch)
 
 
 @given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=50))
