@@ -152,7 +152,8 @@ def _identity_ok(cols: DatumColumns, now_ms: int) -> Bools:
 def _sample_ok(cols: DatumColumns) -> Bools:
     """Per sample: check_envelope keeps it (a status always; a number finite and within ±2^53)."""
     with np.errstate(invalid="ignore"):
-        return (cols.sample_kind == KIND_S) | (np.abs(cols.value) <= SAMPLE_ABS_MAX)  # NaN and inf fail the <=
+        ok: Bools = (cols.sample_kind == KIND_S) | (np.abs(cols.value) <= SAMPLE_ABS_MAX)  # NaN, inf fail the <=
+    return ok
 
 
 def envelope_ok(cols: DatumColumns, now_ms: int) -> Bools:
