@@ -38,6 +38,7 @@ import time
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 import faust
@@ -137,10 +138,10 @@ class _Run:
     columns: list[DatumColumns] = field(default_factory=list)
     datums: list[Datum] | None = None
 
-    def first_accumulating(self, now_ms: int) -> dict[tuple[int, str], int]:
-        if self.datums is not None:
-            return first_accumulating(DatumColumns.from_datums(self.datums), now_ms)
-        return first_accumulating(DatumColumns.concat(self.columns), now_ms)
+    @cached_property
+    def merged(self) -> DatumColumns:
+        """The run's datums as one set of columns, built once."""
+        return DatumColumns.from_datums(self.datums) if self.datums is not None else DatumColumns.concat(self.columns)
 
 
 def process_parts(
@@ -182,16 +183,11 @@ def process_parts(
         out.datums += len(cols)
     if prepare is not None:
         with stage_named("rates"):
-            first: dict[tuple[int, str], int] = {}
-            for run in runs:
-                for key, created in run.first_accumulating(now_ms).items():
-                    if created < first.get(key, 1 << 62):
-                        first[key] = created
-            prepare(first)
+            prepare(first_accumulating(DatumColumns.concat([run.merged for run in runs]), now_ms))
     for run in runs:
         with stage_named("check"):
             if run.datums is None:
-                cols = DatumColumns.concat(run.columns)
+                cols = run.merged
                 message_of = np.repeat(np.arange(len(run.columns)), [len(c) for c in run.columns])
                 result, refused = accept_columns(cols, now_ms, catalog, scoring, message_of)
                 letters = [DeadLetter(reasons, run.origins[m], datum=datum, stage=stage)
