@@ -25,7 +25,6 @@ from processors.rollup import (
     DEFAULT_TOLERANCES,
     PERIODICITIES,
     Periodicity,
-    RawPoint,
     ResetMarker,
     RollupRow,
     Tolerances,
@@ -33,10 +32,10 @@ from processors.rollup import (
     bucket_start,
     buckets_between,
     combine,
-    recompute,
     stale_buckets,
     zone,
 )
+from processors.rollup_columns import Series, recompute_series
 from processors.rows import DAY_MS, RawColumns
 from processors.stale_marks import SpanColumns, compact
 from sinks.auxiliary import read_resets
@@ -46,8 +45,8 @@ from sinks.rollups import (
     TimesRequest,
     Window,
     read_accumulating_times,
-    read_points_for_recompute,
     read_rollups,
+    read_series_for_recompute,
     write_rollups,
 )
 
@@ -256,13 +255,13 @@ class RollupMaintainer:
                     plan.windows.append((s, e))
             windows += [Window(node, source, ws, we) for ws, we in plan.windows]
             plans.append(plan)
-        points = iter(read_points_for_recompute(self.client, windows, self.tol, self.pulse()))
+        series = iter(read_series_for_recompute(self.client, windows, self.tol, self.pulse()))
         # Every reset that can be a chain node of a window's pairs; older ones change nothing.
         near = max(NEAR_MS, self.tol.clock_ms + 1)
         resets = iter(read_resets(self.client, [(w.node_id, w.source_id, w.start_ms - self.tol.lookback_ms,
                                                  w.end_ms + near) for w in windows]))
         for plan in plans:
-            plan.fill(points, resets, self.tol)
+            plan.fill(series, resets, self.tol)
         stored: dict[tuple[int, str], list[RollupRow]] = {}
         for r in read_rollups(self.client, [(p.node, p.source, p.ranges()) for p in plans]):
             stored.setdefault((r.node_id, r.source_id), []).append(r)
@@ -306,13 +305,13 @@ class _Plan:
                 self.kept_expired += 1
         self.fresh["halfhour"] = list(fresh.values())
 
-    def fill(self, points: Iterator[list[RawPoint]], resets: Iterator[list[ResetMarker]], tol: Tolerances) -> None:
+    def fill(self, series: Iterator[list[Series]], resets: Iterator[list[ResetMarker]], tol: Tolerances) -> None:
         """Half hours from raw (the points and resets of each window, in order), and every stale bucket."""
         self.fresh["halfhour"] = []
         for ws, we in self.windows:
             self.bounds["halfhour"].update(buckets_between(ws, we, "halfhour", self.z))
-            self.fresh["halfhour"] += recompute(next(points), next(resets), ws, we, "halfhour", self.z, tol,
-                                                self.node, self.source)
+            self.fresh["halfhour"] += recompute_series(next(series), next(resets), ws, we, "halfhour", self.z, tol,
+                                                       self.node, self.source)
         for per in PERIODICITIES[1:]:
             src = CASCADE_SOURCE[per]
             assert src is not None

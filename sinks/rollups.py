@@ -9,12 +9,17 @@ The view reads `FINAL` and hides tombstones. See docs/rollups.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 
-from processors.rollup import DEFAULT_TOLERANCES, RawPoint, RollupKind, RollupRow, Tolerances
+from processors.rollup import DEFAULT_TOLERANCES, RollupKind, RollupRow, Tolerances
+from processors.rollup_columns import Series
 from sinks.auxiliary import AUX_VIEW, ensure_aux_schema
 from sinks.clickhouse import DATUM_VIEW, sql_ms, sql_str, sql_stream, union_all
 
@@ -98,14 +103,6 @@ def ensure_rollup_schema(client: Client) -> None:
 _KINDS: dict[str, RollupKind] = {"a": "a", "p": "p"}
 
 
-def _point(created: int, prop: str, kind: str, value: float | None, text: str,
-           tags: Sequence[str]) -> RawPoint:
-    if kind == "s":
-        return RawPoint(int(created), prop, "s", None, text, 0, frozenset(tags))
-    return RawPoint(int(created), prop, _KINDS.get(kind, "i"),
-                    None if value is None else float(value), None, 0, frozenset(tags))
-
-
 _ACC = "kind = 'a' AND value IS NOT NULL"
 
 
@@ -115,7 +112,7 @@ def _window_sql(q: int, node_id: int, source_id: str, lo: int, hi: int, pulse: f
     if pulse:
         names = ", ".join(sql_str(d) for d in sorted(pulse))
         kind = f"if(kind = 'i' AND datastream IN ({names}), 'p', toString(kind))"
-    return (f"SELECT {q} AS q, toUnixTimestamp64Milli(created) AS t, toString(property) AS p,"
+    return (f"SELECT toUInt32({q}) AS q, toUnixTimestamp64Milli(created) AS t, toString(property) AS p,"
             f" {kind} AS k, value AS v, text AS x, tags AS g"
             f" FROM {DATUM_VIEW} WHERE {sql_stream(node_id, source_id)}"
             f" AND created >= {sql_ms(lo)} AND created < {sql_ms(hi)}")
@@ -126,7 +123,7 @@ def _edge_sql(q: int, node_id: int, source_id: str, lo: int, hi: int, props: Ite
     """Per property, the latest (last=True) or first accumulating reading in [lo, hi)."""
     pick, arg = ("max", "argMax") if last else ("min", "argMin")
     only = "" if props is None else f" AND property IN ({', '.join(sql_str(p) for p in sorted(props))})"
-    return (f"SELECT {q} AS q, toUnixTimestamp64Milli({pick}(created)) AS t, toString(property) AS p,"
+    return (f"SELECT toUInt32({q}) AS q, toUnixTimestamp64Milli({pick}(created)) AS t, toString(property) AS p,"
             f" 'a' AS k, {arg}(value, created) AS v, '' AS x, {arg}(tags, created) AS g"
             f" FROM {DATUM_VIEW} WHERE {sql_stream(node_id, source_id)} AND {_ACC}{only}"
             f" AND created >= {sql_ms(lo)} AND created < {sql_ms(hi)} GROUP BY property")
@@ -142,13 +139,52 @@ class Window:
     end_ms: int
 
 
-def read_points_for_recompute(
+def _series_of(table: pa.Table) -> list[tuple[int, Series]]:
+    """(window, series) of an Arrow result of (q, t, p, k, v, x, g) sorted by q, p, k, t: one
+    series per (q, p, k), without a Python object per row (texts and tags only where present)."""
+    n = table.num_rows
+    if n == 0:
+        return []
+    def col(name: str) -> pa.Array:
+        return table.column(name).combine_chunks()
+
+    q = col("q").to_numpy(zero_copy_only=False)
+    t = col("t").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    p, k = pc.dictionary_encode(col("p")), pc.dictionary_encode(col("k"))
+    pi, ki = p.indices.to_numpy(zero_copy_only=False), k.indices.to_numpy(zero_copy_only=False)
+    props, kinds = p.dictionary.to_pylist(), k.dictionary.to_pylist()
+    v, x, g = col("v"), col("x"), col("g")
+    null = v.is_null().to_numpy(zero_copy_only=False)
+    value = v.fill_null(math.nan).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    tagged = pc.list_value_length(g).to_numpy(zero_copy_only=False) > 0
+    cut = np.flatnonzero((q[1:] != q[:-1]) | (pi[1:] != pi[:-1]) | (ki[1:] != ki[:-1])) + 1
+    starts, ends = [0, *cut.tolist()], [*cut.tolist(), n]
+    out: list[tuple[int, Series]] = []
+    for a, b in zip(starts, ends, strict=True):
+        kind = kinds[ki[a]]
+        texts = x.slice(a, b - a).to_pylist() if kind == "s" else None
+        tags = None
+        if tagged[a:b].any():
+            tags = [tuple(tg) for tg in g.slice(a, b - a).to_pylist()]
+        out.append((int(q[a]), Series(props[pi[a]], _KINDS.get(kind, "i") if kind != "s" else "s", t[a:b],
+                                      value[a:b], null[a:b] if kind != "s" else np.zeros(b - a, np.bool_),
+                                      texts, tags)))
+    return out
+
+
+def _union_arrow(client: Client, parts: Sequence[str], chunk: int = 100) -> Iterator[pa.Table]:
+    for k in range(0, len(parts), chunk):
+        yield client.query_arrow(f"SELECT * FROM ({' UNION ALL '.join(parts[k:k + chunk])}) ORDER BY q, p, k, t")
+
+
+def read_series_for_recompute(
     client: Client, windows: Sequence[Window], tolerances: Tolerances = DEFAULT_TOLERANCES,
     pulse: frozenset[str] = frozenset(),
-) -> list[list[RawPoint]]:
-    """What `recompute(..., start_ms, end_ms, ...)` needs of each window's stream, in one or two
-    queries for all windows: the points in the window and, per accumulating property, the latest
-    reading before it and the first at or after its end, when close enough to matter.
+) -> list[list[Series]]:
+    """What `recompute_series(..., start_ms, end_ms, ...)` needs of each window's stream, in
+    one or two queries for all windows, read as Arrow columns: the points in the window and,
+    per accumulating property, the latest reading before it and the first at or after its end,
+    when close enough to matter.
 
     Identical results to passing [start - lookback, end + lookback] (docs/rollups.md):
     * after the window, a reading matters only as the end of a pair no longer than the clock
@@ -161,28 +197,39 @@ def read_points_for_recompute(
       from its successor counts for nothing, so reaching past it changes nothing.
     """
     near = max(NEAR_MS, tolerances.clock_ms + 1)
-    W, B, A = 0, 1, 2
     parts: list[str] = []
     for n, w in enumerate(windows):
-        parts.append(_window_sql(3 * n + W, w.node_id, w.source_id, w.start_ms, w.end_ms, pulse))
-        parts.append(_edge_sql(3 * n + B, w.node_id, w.source_id, w.start_ms - near, w.start_ms, None, last=True))
-        parts.append(_edge_sql(3 * n + A, w.node_id, w.source_id, w.end_ms, w.end_ms + near, None, last=False))
-    got: list[list[list[RawPoint]]] = [[[], [], []] for _ in windows]
-    for q, t, prop, kind, value, text, tags in union_all(client, parts):
-        got[q // 3][q % 3].append(_point(t, prop, kind, value, text, tags))
+        # one window number for the three: sorted by time, before < window < after
+        parts.append(_window_sql(n, w.node_id, w.source_id, w.start_ms, w.end_ms, pulse))
+        parts.append(_edge_sql(n, w.node_id, w.source_id, w.start_ms - near, w.start_ms, None, last=True))
+        parts.append(_edge_sql(n, w.node_id, w.source_id, w.end_ms, w.end_ms + near, None, last=False))
+    got: list[dict[tuple[str, str], Series]] = [{} for _ in windows]
+    for table in _union_arrow(client, parts, 300):
+        for n, series in _series_of(table):
+            got[n][(series.property, series.kind)] = series
     far_parts: list[str] = []
     if tolerances.lookback_ms > near:
         for n, w in enumerate(windows):
-            points, before, after = got[n]
-            inside = {p.property for p in points if p.kind == "a" and p.value is not None}
-            inside |= {p.property for p in after if p.created_ms == w.end_ms}
-            far = inside - {p.property for p in before}
+            far = []
+            for (prop, kind), s in got[n].items():
+                if kind != "a":
+                    continue
+                c = s.created[~s.null]
+                inside = bool(((c >= w.start_ms) & (c <= w.end_ms)).any())
+                if inside and not bool((c < w.start_ms).any()):
+                    far.append(prop)
             if far:
-                far_parts.append(_edge_sql(3 * n + B, w.node_id, w.source_id,
-                                           w.start_ms - tolerances.lookback_ms, w.start_ms - near, far, last=True))
-    for q, t, prop, kind, value, text, tags in union_all(client, far_parts):
-        got[q // 3][B].append(_point(t, prop, kind, value, text, tags))
-    return [points + before + after for points, before, after in got]
+                far_parts.append(_edge_sql(n, w.node_id, w.source_id, w.start_ms - tolerances.lookback_ms,
+                                           w.start_ms - near, far, last=True))
+    for table in _union_arrow(client, far_parts):
+        for n, before in _series_of(table):
+            held = got[n][(before.property, before.kind)]
+            got[n][(before.property, before.kind)] = Series(
+                held.property, held.kind, np.concatenate([before.created, held.created]),
+                np.concatenate([before.value, held.value]), np.concatenate([before.null, held.null]),
+                None, None if held.tags is None and before.tags is None else
+                [*(before.tags or [()] * len(before)), *(held.tags or [()] * len(held))])
+    return [list(series.values()) for series in got]
 
 
 @dataclass(frozen=True)
