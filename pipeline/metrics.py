@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -104,3 +107,21 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
             registry=registry,
         ),
     )
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """`histogram.observe(v)` for every value, in one pass: a batch's qRating performances are
+    hundreds of thousands of observations a second, and `observe` walks the buckets in Python
+    per value (13% of a worker's time when measured). Uses the histogram's own bucket and sum
+    values (prometheus_client keeps per-bucket, non-cumulative counts); no labels, no exemplars."""
+    if not len(values):
+        return
+    histogram._raise_if_not_observable()
+    arr = np.asarray(values, dtype=np.float64)
+    # bucket i counts values <= its upper bound (the last bound is +Inf)
+    counts = np.bincount(np.searchsorted(np.asarray(histogram._upper_bounds), arr, "left"),
+                         minlength=len(histogram._upper_bounds))
+    for bucket, n in zip(histogram._buckets, counts.tolist(), strict=False):
+        if n:
+            bucket.inc(n)
+    histogram._sum.inc(float(arr.sum()))

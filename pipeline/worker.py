@@ -60,7 +60,7 @@ from pipeline.codec import (
 )
 from pipeline.commit import Committer, Isolated, RetryPolicy, Unavailable, describe, stage_named
 from pipeline.metadata import MetadataLink
-from pipeline.metrics import Metrics, build_metrics
+from pipeline.metrics import Metrics, build_metrics, observe_many
 from pipeline.producer import TopicAdmin, end_offsets
 from pipeline.rollups import RollupMaintainer
 from pipeline.settings import Settings
@@ -553,9 +553,7 @@ class DatumWorker:
                 count = outcome.rows.kind.count(kind)
                 if count:
                     m.samples_accepted.labels(kind).inc(count)
-            for perf in outcome.rows.performance:
-                if perf is not None:
-                    m.qrating_performance.observe(perf)
+            observe_many(m.qrating_performance, [p for p in outcome.rows.performance if p is not None])
             if outcome.newest_created_ms:
                 m.created_to_stored_seconds.observe(max(0.0, time.time() - outcome.newest_created_ms / 1000))
         return outcome.letters

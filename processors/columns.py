@@ -37,6 +37,8 @@ from processors.validation import plan_for
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
+# past this many (datum, property) cells the required-datastream check sorts instead
+FLAG_TABLE_MAX = 1 << 26
 
 KIND_I, KIND_A, KIND_S = ord("i"), ord("a"), ord("s")
 _KIND_NAME = {KIND_I: "i", KIND_A: "a", KIND_S: "s"}
@@ -332,7 +334,20 @@ def accept_columns(cols: DatumColumns, now_ms: int, catalog: Catalog | Versioned
 
     # required datastreams: every datum of a bound stream sends each (else a datum-level refusal)
     if plans:
-        present = np.unique(cols.sample_datum.astype(np.int64) * len(props) + pcode)
+        # which (datum, property) pairs occur: a flag table (one pass), not a sort of every
+        # sample, unless the table would be large (many datums times many property names)
+        pairs = cols.sample_datum.astype(np.int64) * len(props) + pcode
+        if len(cols.created) * len(props) <= FLAG_TABLE_MAX:
+            table = np.zeros(len(cols.created) * len(props), dtype=np.bool_)
+            table[pairs] = True
+
+            def occurs(keys: I64) -> Bools:
+                return table[keys]
+        else:
+            seen = np.unique(pairs)
+
+            def occurs(keys: I64) -> Bools:
+                return np.isin(keys, seen)
         datum_plan = plan_of[sid]
         for p, r in enumerate(plans):
             need = plan_for(r).required
@@ -345,7 +360,7 @@ def accept_columns(cols: DatumColumns, now_ms: int, catalog: Catalog | Versioned
                     bad[sid[mine]] = True
                     break
                 keys = mine * len(props) + code
-                missing = ~np.isin(keys, present)
+                missing = ~occurs(keys)
                 bad[sid[mine[missing]]] = True
 
     # groups: (plan, kind, property); plan -1 is unbound

@@ -13,6 +13,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import clickhouse_connect
+import numpy as np
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
@@ -188,7 +190,6 @@ class RawSink(BatchingSink):
         super().__init__()
         self.client = client
         self.table = table
-        self._context = None
         self.inserted_rows = 0
 
     def write(self, rows: list[RawColumns]) -> None:
@@ -198,28 +199,38 @@ class RawSink(BatchingSink):
         self.write_columns(batch)
 
     def write_columns(self, batch: RawColumns, inserted_ms: int | None = None) -> None:
-        """Insert the batch. `inserted_ms` stamps every row (the batch's identity in the rollup
-        ledger, and the replacing version); default: the server's clock."""
+        """Insert the batch as one Arrow table: the columns go to C once each (no Python loop
+        per value, as the Native encoder of Python lists has). `inserted_ms` stamps every row
+        (the batch's identity in the rollup ledger, and the replacing version); default: the
+        server's clock."""
         if not len(batch):
             return
-        data = batch.columns()
-        names = list(RAW_COLUMNS)
-        if inserted_ms is not None:
-            data = [*data, [inserted_ms] * len(batch)]
-            names.append("inserted")
-        # created is epoch ms: clickhouse-connect writes ints to DateTime64(3) as raw ticks.
+        table = raw_arrow(batch, inserted_ms)
         try:
-            if self._context is None or list(self._context.column_names) != names:
-                self._context = self.client.create_insert_context(
-                    self.table, column_names=names, data=data, column_oriented=True
-                )
-            else:
-                self._context.data = data
-            self.client.insert(context=self._context)
+            self.client.insert_arrow(self.table, table)
         except (ClickHouseError, OSError) as exc:
-            self._context = None
             raise SinkBackpressure(f"raw insert of {len(batch)} rows failed: {exc}") from exc
         self.inserted_rows += len(batch)
+
+
+_UTC_MS = pa.timestamp("ms", tz="UTC")
+RAW_ARROW = pa.schema([
+    ("node_id", pa.uint64()), ("source_id", pa.string()), ("created", _UTC_MS), ("property", pa.string()),
+    ("kind", pa.string()), ("value", pa.float64()), ("text", pa.string()), ("tags", pa.list_(pa.string())),
+    ("datastream", pa.string()), ("score", pa.float64()), ("performance", pa.float64()), ("label", pa.string()),
+    ("quality", pa.string()), ("max_score", pa.float64()), ("ttl_days", pa.uint32()),
+])
+assert tuple(RAW_ARROW.names) == RAW_COLUMNS
+
+
+def raw_arrow(batch: RawColumns, inserted_ms: int | None = None) -> pa.Table:
+    """The raw rows as an Arrow table of the raw table's columns (and `inserted`, if given)."""
+    arrays = [pa.array(getattr(batch, f.name), f.type) for f in RAW_ARROW]
+    schema = RAW_ARROW
+    if inserted_ms is not None:
+        arrays.append(pa.array(np.full(len(batch), inserted_ms, dtype=np.int64)).cast(_UTC_MS))
+        schema = schema.append(pa.field("inserted", _UTC_MS))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def raw_retention_days(client: Client, streams: Sequence[tuple[int, str]]) -> dict[tuple[int, str], int]:

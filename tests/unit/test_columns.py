@@ -6,10 +6,12 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import codec
+from processors import columns
 from processors.binding import Binding, Catalog, load_catalog
 from processors.catalog_versions import VersionedCatalog
 from processors.columns import DatumColumns, accept_columns, first_accumulating, score_values
@@ -110,8 +112,17 @@ def baseline_rates() -> dict[tuple[int, str, str], RateState]:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches=st.lists(st.lists(datums(), max_size=12), min_size=1, max_size=3),
-       which=st.sampled_from(sorted(CATALOGS)))
-def test_columns_accept_exactly_what_the_reference_accepts(batches: list[list[Datum]], which: str) -> None:
+       which=st.sampled_from(sorted(CATALOGS)), sorted_check=st.booleans())
+def test_columns_accept_exactly_what_the_reference_accepts(batches: list[list[Datum]], which: str,
+                                                           sorted_check: bool) -> None:
+    # both ways of finding the required datastreams a datum lacks: flag table, and sort
+    with pytest.MonkeyPatch.context() as mp:
+        if sorted_check:
+            mp.setattr(columns, "FLAG_TABLE_MAX", 0)
+        accepts_what_the_reference_accepts(batches, which)
+
+
+def accepts_what_the_reference_accepts(batches: list[list[Datum]], which: str) -> None:
     catalog = CATALOGS[which]
     ref_scoring, col_scoring = Scoring(rates=baseline_rates()), Scoring(rates=baseline_rates())
     for batch in batches:  # one after the other: the rate baselines carry over
