@@ -32,6 +32,8 @@ class Settings:
     # Consumer behaviour
     batch_max_datums: int = field(default=20_000, metadata={"doc": "Most datums stored per sink flush"})
     batch_within_s: float = field(default=0.5, metadata={"doc": "Longest wait to fill a sink batch, seconds"})
+    rollup_within_s: float = field(default=0.2, metadata={
+        "doc": "Longest wait to fill a batch of stale marks, seconds (rollups lag raw rows by about this)"})
     topic_scan_interval_s: float = field(default=2.0, metadata={"doc": "How often new source topics are looked for"})
     session_timeout_s: float = field(default=10.0, metadata={"doc": "Consumer group session timeout"})
     rebalance_timeout_s: float = field(default=6.0, metadata={"doc": "Consumer group rebalance timeout"})

@@ -756,7 +756,7 @@ class DatumWorker:
 
         @app.agent(self.stale_topic, name="rollups")
         async def rollups(stream: faust.StreamT[Any]) -> None:
-            async for events in stream.noack_take(500, within=1.0):
+            async for events in stream.noack_take(500, within=s.rollup_within_s):
                 await self.catalog_ready.wait()  # time zones come from the catalog
                 await self.guarded("rollups", lambda events=events: self.handle_marks(events, acker(stream, events)))
 

@@ -189,14 +189,18 @@ def read_series_for_recompute(
     Identical results to passing [start - lookback, end + lookback] (docs/rollups.md):
     * after the window, a reading matters only as the end of a pair no longer than the clock
       tolerance that starts in the window, or exactly at the window end: the first reading in
-      [end, end + max(1 day, clock)] is enough;
+      [end, end + clock] is enough;
     * before the window, a reading matters for a clock share only within the clock tolerance
       of the start; further back only through a pair into a reading in [start, end] (its
       reading difference and the bucket's reading start), so only the properties with such a
       reading are looked up as far as the look-back; a reading farther back than the look-back
       from its successor counts for nothing, so reaching past it changes nothing.
+
+    Both edges first reach only the clock tolerance: a dense stream (a reading a second) has
+    tens of thousands of readings in a day, and scanning them for one edge reading was most of
+    a refresh's time (issue 13); a sparse stream pays one more, small query for the look-back.
     """
-    near = max(NEAR_MS, tolerances.clock_ms + 1)
+    near = tolerances.clock_ms + 1
     parts: list[str] = []
     for n, w in enumerate(windows):
         # one window number for the three: sorted by time, before < window < after
