@@ -16,7 +16,7 @@ from clickhouse_connect.driver.client import Client
 
 from processors.auxiliary import AuxChange, AuxKey, AuxRecord
 from processors.rollup import ResetMarker
-from sinks.clickhouse import sql_ms, sql_str, sql_stream, union_all
+from sinks.clickhouse import RANGES_CHUNK, Range, ranges_join, sql_ms, sql_str, sql_stream, union_all
 
 AUX_TABLE = "datum_auxiliary_raw"
 AUX_VIEW = "datum_auxiliary"
@@ -102,14 +102,15 @@ def stored_properties(client: Client, keys: Sequence[AuxKey]) -> list[frozenset[
 
 
 def read_resets(client: Client, ranges: Sequence[tuple[int, str, int, int]]) -> list[list[ResetMarker]]:
-    """Reset markers of each (node, source, start_ms, end_ms) range, in one query."""
-    parts = [
-        f"SELECT {n} AS q, toUnixTimestamp64Milli(created) AS t, final, start FROM {AUX_VIEW}"
-        f" WHERE {sql_stream(node, source)} AND type = 'Reset' AND created >= {sql_ms(lo)} AND created < {sql_ms(hi)}"
-        for n, (node, source, lo, hi) in enumerate(ranges)
-    ]
+    """Reset markers of each (node, source, start_ms, end_ms) range, in one query per
+    RANGES_CHUNK ranges."""
     out: list[list[ResetMarker]] = [[] for _ in ranges]
-    for q, t, final, start in union_all(client, parts):
-        out[q].append(ResetMarker(int(t), {str(p): float(v) for p, v in final.items()},
-                                  {str(p): float(v) for p, v in start.items()}))
+    numbered: list[Range] = [(n, node, source, lo, hi) for n, (node, source, lo, hi) in enumerate(ranges)]
+    for k in range(0, len(numbered), RANGES_CHUNK):
+        result = client.query(
+            f"SELECT w.q, toUnixTimestamp64Milli(a.created), a.final, a.start FROM {AUX_VIEW} AS a"
+            f"{ranges_join('a', numbered[k:k + RANGES_CHUNK])} AND a.type = 'Reset'")
+        for q, t, final, start in result.result_rows:
+            out[q].append(ResetMarker(int(t), {str(p): float(v) for p, v in final.items()},
+                                      {str(p): float(v) for p, v in start.items()}))
     return out

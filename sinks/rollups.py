@@ -21,7 +21,14 @@ from clickhouse_connect.driver.client import Client
 from processors.rollup import DEFAULT_TOLERANCES, RollupKind, RollupRow, Tolerances
 from processors.rollup_columns import Series
 from sinks.auxiliary import AUX_VIEW, ensure_aux_schema
-from sinks.clickhouse import DATUM_VIEW, sql_ms, sql_str, sql_stream, union_all
+from sinks.clickhouse import (
+    DATUM_VIEW,
+    RANGES_CHUNK,
+    NamedRange,
+    Range,
+    ranges_join,
+    sql_str,
+)
 
 ROLLUP_TABLE = "rollup_raw"
 ROLLUP_VIEW = "rollup"
@@ -103,30 +110,29 @@ def ensure_rollup_schema(client: Client) -> None:
 _KINDS: dict[str, RollupKind] = {"a": "a", "p": "p"}
 
 
-_ACC = "kind = 'a' AND value IS NOT NULL"
 
 
-def _window_sql(q: int, node_id: int, source_id: str, lo: int, hi: int, pulse: frozenset[str] = frozenset()) -> str:
+def _points_sql(ranges: Sequence[Range], pulse: frozenset[str] = frozenset()) -> str:
+    """Every raw point in each range, tagged with the range's q."""
     # Instantaneous samples of a PULSE datastream (OpenGate) roll up as sums: kind 'p'.
-    kind = "toString(kind)"
+    kind = "toString(d.kind)"
     if pulse:
         names = ", ".join(sql_str(d) for d in sorted(pulse))
-        kind = f"if(kind = 'i' AND datastream IN ({names}), 'p', toString(kind))"
-    return (f"SELECT toUInt32({q}) AS q, toUnixTimestamp64Milli(created) AS t, toString(property) AS p,"
-            f" {kind} AS k, value AS v, text AS x, tags AS g"
-            f" FROM {DATUM_VIEW} WHERE {sql_stream(node_id, source_id)}"
-            f" AND created >= {sql_ms(lo)} AND created < {sql_ms(hi)}")
+        kind = f"if(d.kind = 'i' AND d.datastream IN ({names}), 'p', toString(d.kind))"
+    return (f"SELECT w.q AS q, toUnixTimestamp64Milli(d.created) AS t, toString(d.property) AS p,"
+            f" {kind} AS k, d.value AS v, d.text AS x, d.tags AS g"
+            f" FROM {DATUM_VIEW} AS d{ranges_join('d', ranges)}")
 
 
-def _edge_sql(q: int, node_id: int, source_id: str, lo: int, hi: int, props: Iterable[str] | None,
-              *, last: bool) -> str:
-    """Per property, the latest (last=True) or first accumulating reading in [lo, hi)."""
+def _edge_sql(ranges: Sequence[Range] | Sequence[NamedRange], *, last: bool) -> str:
+    """Per range and property, the latest (last=True) or first accumulating reading in it; with
+    named ranges, only of the property named."""
     pick, arg = ("max", "argMax") if last else ("min", "argMin")
-    only = "" if props is None else f" AND property IN ({', '.join(sql_str(p) for p in sorted(props))})"
-    return (f"SELECT toUInt32({q}) AS q, toUnixTimestamp64Milli({pick}(created)) AS t, toString(property) AS p,"
-            f" 'a' AS k, {arg}(value, created) AS v, '' AS x, {arg}(tags, created) AS g"
-            f" FROM {DATUM_VIEW} WHERE {sql_stream(node_id, source_id)} AND {_ACC}{only}"
-            f" AND created >= {sql_ms(lo)} AND created < {sql_ms(hi)} GROUP BY property")
+    named = bool(ranges) and len(ranges[0]) == 6
+    join = ranges_join("d", ranges, name_column="property" if named else None)
+    return (f"SELECT w.q AS q, toUnixTimestamp64Milli({pick}(d.created)) AS t, toString(d.property) AS p,"
+            f" 'a' AS k, {arg}(d.value, d.created) AS v, '' AS x, {arg}(d.tags, d.created) AS g"
+            f" FROM {DATUM_VIEW} AS d{join} AND d.kind = 'a' AND d.value IS NOT NULL GROUP BY w.q, d.property")
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,17 @@ def _series_of(table: pa.Table) -> list[tuple[int, Series]]:
     return out
 
 
+def _prepend(before: Series, held: Series) -> Series:
+    """held with the points of `before` (all earlier) in front."""
+    tags = None if held.tags is None and before.tags is None else [
+        *(before.tags or [()] * len(before)), *(held.tags or [()] * len(held))]
+    return Series(held.property, held.kind, np.concatenate([before.created, held.created]),
+                  np.concatenate([before.value, held.value]), np.concatenate([before.null, held.null]),
+                  None, tags)
+
+
 def _union_arrow(client: Client, parts: Sequence[str], chunk: int = 100) -> Iterator[pa.Table]:
+    """The Arrow results of SELECTs of one shape (q, t, p, k, v, x, g), sorted by q, p, k, t."""
     for k in range(0, len(parts), chunk):
         yield client.query_arrow(f"SELECT * FROM ({' UNION ALL '.join(parts[k:k + chunk])}) ORDER BY q, p, k, t")
 
@@ -201,38 +217,32 @@ def read_series_for_recompute(
     a refresh's time (issue 13); a sparse stream pays one more, small query for the look-back.
     """
     near = tolerances.clock_ms + 1
-    parts: list[str] = []
-    for n, w in enumerate(windows):
-        # one window number for the three: sorted by time, before < window < after
-        parts.append(_window_sql(n, w.node_id, w.source_id, w.start_ms, w.end_ms, pulse))
-        parts.append(_edge_sql(n, w.node_id, w.source_id, w.start_ms - near, w.start_ms, None, last=True))
-        parts.append(_edge_sql(n, w.node_id, w.source_id, w.end_ms, w.end_ms + near, None, last=False))
     got: list[dict[tuple[str, str], Series]] = [{} for _ in windows]
-    for table in _union_arrow(client, parts, 300):
-        for n, series in _series_of(table):
-            got[n][(series.property, series.kind)] = series
-    far_parts: list[str] = []
+    for k in range(0, len(windows), RANGES_CHUNK):
+        part = list(enumerate(windows))[k:k + RANGES_CHUNK]
+        # one q per window for the three: sorted by time, before < window < after
+        inside = [(n, w.node_id, w.source_id, w.start_ms, w.end_ms) for n, w in part]
+        before = [(n, w.node_id, w.source_id, w.start_ms - near, w.start_ms) for n, w in part]
+        after = [(n, w.node_id, w.source_id, w.end_ms, w.end_ms + near) for n, w in part]
+        sql = [_points_sql(inside, pulse), _edge_sql(before, last=True), _edge_sql(after, last=False)]
+        for table in _union_arrow(client, sql):
+            for n, series in _series_of(table):
+                got[n][(series.property, series.kind)] = series
+    far: list[NamedRange] = []
     if tolerances.lookback_ms > near:
         for n, w in enumerate(windows):
-            far = []
             for (prop, kind), s in got[n].items():
                 if kind != "a":
                     continue
                 c = s.created[~s.null]
-                inside = bool(((c >= w.start_ms) & (c <= w.end_ms)).any())
-                if inside and not bool((c < w.start_ms).any()):
-                    far.append(prop)
-            if far:
-                far_parts.append(_edge_sql(n, w.node_id, w.source_id, w.start_ms - tolerances.lookback_ms,
-                                           w.start_ms - near, far, last=True))
-    for table in _union_arrow(client, far_parts):
-        for n, before in _series_of(table):
-            held = got[n][(before.property, before.kind)]
-            got[n][(before.property, before.kind)] = Series(
-                held.property, held.kind, np.concatenate([before.created, held.created]),
-                np.concatenate([before.value, held.value]), np.concatenate([before.null, held.null]),
-                None, None if held.tags is None and before.tags is None else
-                [*(before.tags or [()] * len(before)), *(held.tags or [()] * len(held))])
+                if bool(((c >= w.start_ms) & (c <= w.end_ms)).any()) and not bool((c < w.start_ms).any()):
+                    far.append((n, w.node_id, w.source_id, prop, w.start_ms - tolerances.lookback_ms,
+                                w.start_ms - near))
+    for k in range(0, len(far), RANGES_CHUNK):
+        for table in _union_arrow(client, [_edge_sql(far[k:k + RANGES_CHUNK], last=True)]):
+            for n, before_edge in _series_of(table):
+                held = got[n][(before_edge.property, before_edge.kind)]
+                got[n][(before_edge.property, before_edge.kind)] = _prepend(before_edge, held)
     return [list(series.values()) for series in got]
 
 
@@ -255,36 +265,32 @@ def read_accumulating_times(
     reset marker naming a property from its start to the successor span after its end (rare;
     a chain node like a reading), in one query for all; then the successors asked for of
     properties with no reading in range after their last change (a second query, only if any)."""
-    parts = [
-        f"SELECT {n} AS q, toString(property) AS p, toUnixTimestamp64Milli(created) AS t FROM {DATUM_VIEW}"
-        f" WHERE {sql_stream(r.node_id, r.source_id)} AND {_ACC}"
-        f" AND created >= {sql_ms(r.start_ms)} AND created < {sql_ms(r.end_ms)}"
-        for n, r in enumerate(requests)
-    ]
-    parts += [
-        f"SELECT {n} AS q, p, toUnixTimestamp64Milli(created) AS t FROM {AUX_VIEW} ARRAY JOIN mapKeys(final) AS p"
-        f" WHERE {sql_stream(r.node_id, r.source_id)} AND type = 'Reset'"
-        f" AND created >= {sql_ms(r.start_ms)} AND created < {sql_ms(r.end_ms + max(0, successor_span_ms))}"
-        for n, r in enumerate(requests)
-    ]
     out: list[list[tuple[str, int]]] = [[] for _ in requests]
-    for q, prop, t in union_all(client, parts):
-        out[q].append((str(prop), int(t)))
-    more = []
+    span = max(0, successor_span_ms)
+    numbered = list(enumerate(requests))
+    for k in range(0, len(numbered), RANGES_CHUNK):
+        part = numbered[k:k + RANGES_CHUNK]
+        readings: list[Range] = [(n, r.node_id, r.source_id, r.start_ms, r.end_ms) for n, r in part]
+        resets: list[Range] = [(n, r.node_id, r.source_id, r.start_ms, r.end_ms + span) for n, r in part]
+        sql = (f"SELECT w.q AS q, toString(d.property) AS p, toUnixTimestamp64Milli(d.created) AS t"
+               f" FROM {DATUM_VIEW} AS d{ranges_join('d', readings)} AND d.kind = 'a' AND d.value IS NOT NULL"
+               f" UNION ALL SELECT w.q AS q, arrayJoin(mapKeys(a.final)) AS p, toUnixTimestamp64Milli(a.created) AS t"
+               f" FROM {AUX_VIEW} AS a{ranges_join('a', resets)} AND a.type = 'Reset'")
+        for q, prop, t in client.query(sql).result_rows:
+            out[q].append((str(prop), int(t)))
+    more: list[NamedRange] = []
     for n, r in enumerate(requests):
         # a node after the change inside the range is nearer than any successor reading; a reset
         # beyond the range end is not, so it does not spare the lookup
         need = {p for p, c in r.successor_of if not any(q == p and c < t < r.end_ms for q, t in out[n])}
         if need and successor_span_ms > 0:
-            more.append(
-                f"SELECT {n} AS q, toString(property) AS p, toUnixTimestamp64Milli(min(created)) AS t"
-                f" FROM {DATUM_VIEW} WHERE {sql_stream(r.node_id, r.source_id)} AND {_ACC}"
-                f" AND property IN ({', '.join(sql_str(p) for p in sorted(need))})"
-                f" AND created >= {sql_ms(r.end_ms)} AND created < {sql_ms(r.end_ms + successor_span_ms)}"
-                " GROUP BY property"
-            )
-    for q, prop, t in union_all(client, more):
-        out[q].append((str(prop), int(t)))
+            more += [(n, r.node_id, r.source_id, p, r.end_ms, r.end_ms + successor_span_ms) for p in sorted(need)]
+    for k in range(0, len(more), RANGES_CHUNK):
+        sql = (f"SELECT w.q, toString(d.property), toUnixTimestamp64Milli(min(d.created)) FROM {DATUM_VIEW} AS d"
+               f"{ranges_join('d', more[k:k + RANGES_CHUNK], name_column='property')}"
+               " AND d.kind = 'a' AND d.value IS NOT NULL GROUP BY w.q, d.property")
+        for q, prop, t in client.query(sql).result_rows:
+            out[q].append((str(prop), int(t)))
     return out
 
 
@@ -292,21 +298,17 @@ def read_rollups(
     client: Client, requests: Sequence[tuple[int, str, Sequence[tuple[str, int, int]]]],
 ) -> list[RollupRow]:
     """Stored (live) rows: per (node, source, ranges), each (periodicity, start_ms, end_ms)
-    range is the rows of that level with ts_start in [start_ms, end_ms). One query."""
-    conds = []
-    for node_id, source_id, ranges in requests:
-        if ranges:
-            alts = " OR ".join(
-                f"(periodicity = {sql_str(per)} AND ts_start >= {sql_ms(lo)} AND ts_start < {sql_ms(hi)})"
-                for per, lo, hi in ranges
-            )
-            conds.append(f"({sql_stream(node_id, source_id)} AND ({alts}))")
+    range is the rows of that level with ts_start in [start_ms, end_ms). One query per
+    RANGES_CHUNK ranges."""
+    ranges: list[NamedRange] = [(0, node_id, source_id, per, lo, hi)
+                                for node_id, source_id, levels in requests for per, lo, hi in levels]
     out: list[RollupRow] = []
-    for k in range(0, len(conds), 100):
+    for k in range(0, len(ranges), RANGES_CHUNK):
         result = client.query(
-            "SELECT periodicity, node_id, source_id, property, kind, toUnixTimestamp64Milli(ts_start),"
-            " toUnixTimestamp64Milli(ts_end), count, avg, min, max, diff, read_diff, read_start, read_end,"
-            f" mode, status_counts, tags FROM {ROLLUP_VIEW} WHERE {' OR '.join(conds[k:k + 100])}"
+            "SELECT r.periodicity, r.node_id, r.source_id, r.property, r.kind, toUnixTimestamp64Milli(r.ts_start),"
+            " toUnixTimestamp64Milli(r.ts_end), r.count, r.avg, r.min, r.max, r.diff, r.read_diff, r.read_start,"
+            f" r.read_end, r.mode, r.status_counts, r.tags FROM {ROLLUP_VIEW} AS r"
+            f"{ranges_join('r', ranges[k:k + RANGES_CHUNK], time_column='ts_start', name_column='periodicity')}"
         )
         for (per, node, source, prop, kind, s, e, count, avg, lo, hi, diff, rdiff, rstart, rend,
              mode, sc, tags) in result.result_rows:
