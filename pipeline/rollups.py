@@ -42,9 +42,9 @@ from sinks.auxiliary import read_resets
 from sinks.clickhouse import raw_retention_days
 from sinks.rollups import (
     NEAR_MS,
-    TimesRequest,
+    NeighbourRequest,
     Window,
-    read_accumulating_times,
+    read_neighbours,
     read_rollups,
     read_series_for_recompute,
     write_rollups,
@@ -199,35 +199,20 @@ class RollupMaintainer:
         """Per (node, source, zone, changes): the half-hour starts made stale by new or rewritten
         raw rows (property, kind, created), each accumulating reading's neighbours taken from the
         stored raw rows."""
-        clock, near = self.tol.clock_ms, max(NEAR_MS, self.tol.clock_ms + 1)
-        requests: list[TimesRequest] = []
-        owner: list[int] = []
-        for k, (node, source, _tz, items) in enumerate(tasks):
-            acc = sorted({(c, p) for p, kind, c in items if kind == "a"})
-            for lo, hi in _clusters([c for c, _ in acc], near):
-                last = {p: c for c, p in acc if lo <= c <= hi}
-                requests.append(TimesRequest(node, source, lo - clock, hi + near + 1, tuple(last.items())))
-                owner.append(k)
+        asked: list[NeighbourRequest] = []
+        for node, source, _tz, items in tasks:
+            asked += [NeighbourRequest(node, source, p, t) for t, p in sorted({(c, p) for p, kind, c in items
+                                                                                if kind == "a"})]
         # readings and reset markers: both are chain nodes
-        found = read_accumulating_times(self.client, requests, self.tol.lookback_ms - near)
-        times: list[dict[str, list[int]]] = [{} for _ in tasks]
-        for k, got in zip(owner, found, strict=True):
-            for prop, t in got:
-                times[k].setdefault(prop, []).append(t)
+        found = iter(read_neighbours(self.client, asked, self.tol.clock_ms, self.tol.lookback_ms))
         out: list[set[int]] = []
-        for k, (_node, _source, tz, items) in enumerate(tasks):
+        for _node, _source, tz, items in tasks:
             z = zone(tz)
             stale: set[int] = set()
-            for ts in times[k].values():
-                ts.sort()
             for t in {c for _, _, c in items}:
                 stale |= {s for _, s in stale_buckets(t, None, None, z, self.tol, HALFHOUR)}
-            for t, prop in {(c, p) for p, kind, c in items if kind == "a"}:
-                ts = times[k].get(prop, [])
-                i = bisect.bisect_left(ts, t)
-                prev = ts[i - 1] if i > 0 else None
-                j = bisect.bisect_right(ts, t)
-                nxt = ts[j] if j < len(ts) else None
+            for t, _prop in sorted({(c, p) for p, kind, c in items if kind == "a"}):
+                prev, nxt = next(found)  # in the order asked
                 stale |= {s for _, s in stale_buckets(t, prev, nxt, z, self.tol, HALFHOUR)}
             out.append(stale)
         return out

@@ -162,8 +162,9 @@ def ranges_join(alias: str, ranges: Sequence[Range] | Sequence[NamedRange], time
     the rows of `alias` inside each range, each tagged with its range's `w.q` — one query for the
     ranges of many streams, where a UNION ALL of one SELECT per range cost the endpoint ~10 ms per
     range (a fleet names thousands). The prefilter (the nodes named, the overall time span) lets
-    the primary key skip what no range can hold; the join then picks each range exactly."""
-    named = name_column is not None
+    the primary key skip what no range can hold; the join then picks each range exactly. Named
+    ranges carry `w.name`, matched to `name_column` if given (else the caller's to use)."""
+    named = bool(ranges) and len(ranges[0]) == 6
     rows = ", ".join(
         f"({int(r[0])}, {int(r[1])}, {sql_str(r[2])}, {sql_str(str(r[3])) + ', ' if named else ''}"
         f"{int(r[-2])}, {int(r[-1])})" for r in ranges)
@@ -171,7 +172,7 @@ def ranges_join(alias: str, ranges: Sequence[Range] | Sequence[NamedRange], time
     lo, hi = min(int(r[-2]) for r in ranges), max(int(r[-1]) for r in ranges)
     nodes = ", ".join(str(n) for n in sorted({int(r[1]) for r in ranges}))
     on = f"{alias}.node_id = w.node_id AND toString({alias}.source_id) = w.source_id"
-    if named:
+    if name_column is not None:
         on += f" AND toString({alias}.{name_column}) = w.name"
     t = f"toUnixTimestamp64Milli({alias}.{time_column})"
     return (f" INNER JOIN (SELECT * FROM VALUES('{shape}', {rows})) AS w ON {on}"

@@ -247,50 +247,68 @@ def read_series_for_recompute(
 
 
 @dataclass(frozen=True)
-class TimesRequest:
-    """Accumulating reading times of a stream in [start_ms, end_ms), and per property in
-    `successor_of` the first reading in [end_ms, end_ms + successor_span)."""
+class NeighbourRequest:
+    """The chain nodes next to `at_ms` of one accumulating property of one stream."""
 
     node_id: int
     source_id: str
-    start_ms: int
-    end_ms: int
-    successor_of: tuple[tuple[str, int], ...] = ()  # (property, its last changed reading)
+    property: str
+    at_ms: int
 
 
-def read_accumulating_times(
-    client: Client, requests: Sequence[TimesRequest], successor_span_ms: int,
-) -> list[list[tuple[str, int]]]:
-    """(property, created_ms) per request: every accumulating reading in its range, and every
-    reset marker naming a property from its start to the successor span after its end (rare;
-    a chain node like a reading), in one query for all; then the successors asked for of
-    properties with no reading in range after their last change (a second query, only if any)."""
-    out: list[list[tuple[str, int]]] = [[] for _ in requests]
-    span = max(0, successor_span_ms)
+def _nearest_sql(view: str, alias: str, ranges: Sequence[NamedRange], side: int, readings: bool) -> str:
+    pick = "max" if side == 0 else "min"
+    if readings:
+        join = ranges_join(alias, ranges, name_column="property")
+        which = f" AND {alias}.kind = 'a' AND {alias}.value IS NOT NULL"
+    else:  # a reset marker naming the property in its final readings is a chain node
+        join = ranges_join(alias, ranges)
+        which = f" AND {alias}.type = 'Reset' AND mapContains({alias}.final, w.name)"
+    return (f"SELECT w.q AS q, toUInt8({side}) AS side, toUnixTimestamp64Milli({pick}({alias}.created)) AS t"
+            f" FROM {view} AS {alias}{join}{which} GROUP BY w.q")
+
+
+def read_neighbours(client: Client, requests: Sequence[NeighbourRequest], clock_ms: int,
+                    lookback_ms: int) -> list[tuple[int | None, int | None]]:
+    """Per request, its nearest chain node (an accumulating reading of the property, or a reset
+    marker naming it) strictly before `at_ms` and no further than the clock tolerance, and
+    strictly after it and no further than the look-back: what `stale_buckets` takes as prev and
+    next (it ignores a prev further than the clock tolerance and a next further than the
+    look-back, so nothing further is looked for).
+
+    One query for all (readings after reach the clock tolerance only: a dense stream has tens
+    of thousands of readings in a day, and reading them all to find the next one was most of
+    the cost), then, only for the requests with no node after in that reach, the first reading
+    up to the look-back (a second query; reset markers are few and looked up that far at once).
+    """
+    out: list[tuple[int | None, int | None]] = [(None, None)] * len(requests)
+    prev: dict[int, int] = {}
+    nxt: dict[int, int] = {}
+
+    def gather(sql: list[str]) -> None:
+        for q, side, t in client.query(" UNION ALL ".join(sql)).result_rows:
+            into = prev if side == 0 else nxt
+            t = int(t)
+            into[q] = t if q not in into else (max(into[q], t) if side == 0 else min(into[q], t))
+
     numbered = list(enumerate(requests))
     for k in range(0, len(numbered), RANGES_CHUNK):
         part = numbered[k:k + RANGES_CHUNK]
-        readings: list[Range] = [(n, r.node_id, r.source_id, r.start_ms, r.end_ms) for n, r in part]
-        resets: list[Range] = [(n, r.node_id, r.source_id, r.start_ms, r.end_ms + span) for n, r in part]
-        sql = (f"SELECT w.q AS q, toString(d.property) AS p, toUnixTimestamp64Milli(d.created) AS t"
-               f" FROM {DATUM_VIEW} AS d{ranges_join('d', readings)} AND d.kind = 'a' AND d.value IS NOT NULL"
-               f" UNION ALL SELECT w.q AS q, arrayJoin(mapKeys(a.final)) AS p, toUnixTimestamp64Milli(a.created) AS t"
-               f" FROM {AUX_VIEW} AS a{ranges_join('a', resets)} AND a.type = 'Reset'")
-        for q, prop, t in client.query(sql).result_rows:
-            out[q].append((str(prop), int(t)))
-    more: list[NamedRange] = []
-    for n, r in enumerate(requests):
-        # a node after the change inside the range is nearer than any successor reading; a reset
-        # beyond the range end is not, so it does not spare the lookup
-        need = {p for p, c in r.successor_of if not any(q == p and c < t < r.end_ms for q, t in out[n])}
-        if need and successor_span_ms > 0:
-            more += [(n, r.node_id, r.source_id, p, r.end_ms, r.end_ms + successor_span_ms) for p in sorted(need)]
-    for k in range(0, len(more), RANGES_CHUNK):
-        sql = (f"SELECT w.q, toString(d.property), toUnixTimestamp64Milli(min(d.created)) FROM {DATUM_VIEW} AS d"
-               f"{ranges_join('d', more[k:k + RANGES_CHUNK], name_column='property')}"
-               " AND d.kind = 'a' AND d.value IS NOT NULL GROUP BY w.q, d.property")
-        for q, prop, t in client.query(sql).result_rows:
-            out[q].append((str(prop), int(t)))
+        before: list[NamedRange] = [(n, r.node_id, r.source_id, r.property, r.at_ms - clock_ms, r.at_ms)
+                                    for n, r in part]
+        after: list[NamedRange] = [(n, r.node_id, r.source_id, r.property, r.at_ms + 1, r.at_ms + clock_ms + 1)
+                                   for n, r in part]
+        far: list[NamedRange] = [(n, r.node_id, r.source_id, r.property, r.at_ms + 1, r.at_ms + lookback_ms + 1)
+                                 for n, r in part]
+        gather([_nearest_sql(DATUM_VIEW, "d", before, 0, True), _nearest_sql(DATUM_VIEW, "d", after, 1, True),
+                _nearest_sql(AUX_VIEW, "a", before, 0, False), _nearest_sql(AUX_VIEW, "a", far, 1, False)])
+    beyond: list[NamedRange] = [
+        (n, r.node_id, r.source_id, r.property, r.at_ms + clock_ms + 1, r.at_ms + lookback_ms + 1)
+        for n, r in numbered if lookback_ms > clock_ms and (n not in nxt or nxt[n] > r.at_ms + clock_ms)]
+    for k in range(0, len(beyond), RANGES_CHUNK):
+        gather([_nearest_sql(DATUM_VIEW, "d", beyond[k:k + RANGES_CHUNK], 1, True)])
+    for n in range(len(requests)):
+        out[n] = (prev.get(n), nxt.get(n))
     return out
 
 

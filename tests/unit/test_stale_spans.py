@@ -2,7 +2,7 @@
 hour) equal those found from every changed row, on random streams: accumulating readings whose
 neighbours stale other half hours, reset times (stored or deleted), DST ends, a +05:45 zone, a
 node that changes zone. The store's neighbour lookup is an in-memory stand-in with the same
-contract as `sinks.rollups.read_accumulating_times` (the SQL itself is covered by the
+contract as `sinks.rollups.read_neighbours` (the SQL itself is covered by the
 integration tests)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pipeline.rollups import RollupMaintainer
 from pipeline.worker import read_marks, stale_marks
 from processors.rollup import DEFAULT_TOLERANCES, Tolerances
 from processors.stale_marks import HALFHOUR_MS
-from sinks.rollups import TimesRequest
+from sinks.rollups import NeighbourRequest
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -40,23 +40,17 @@ Stored = dict[tuple[int, str, str], list[int]]  # (node, source, property) -> ti
 
 
 def store_lookup(readings: Stored, resets: Stored) -> Any:
-    """read_accumulating_times over in-memory readings and reset times."""
+    """read_neighbours over in-memory readings and reset times."""
 
-    def read(_client: object, requests: Sequence[TimesRequest], span: int) -> list[list[tuple[str, int]]]:
-        out = []
+    def read(_client: object, requests: Sequence[NeighbourRequest], clock: int,
+             lookback: int) -> list[tuple[int | None, int | None]]:
+        out: list[tuple[int | None, int | None]] = []
         for r in requests:
-            stream = (r.node_id, r.source_id)
-            got = [(p, t) for (n, s, p), ts in readings.items() if (n, s) == stream
-                   for t in ts if r.start_ms <= t < r.end_ms]
-            got += [(p, t) for (n, s, p), ts in resets.items() if (n, s) == stream
-                    for t in ts if r.start_ms <= t < r.end_ms + max(0, span)]
-            need = {p for p, c in r.successor_of if not any(q == p and c < t < r.end_ms for q, t in got)}
-            if span > 0:
-                for p in sorted(need):
-                    after = [t for t in readings.get((*stream, p), []) if r.end_ms <= t < r.end_ms + span]
-                    if after:
-                        got.append((p, min(after)))
-            out.append(got)
+            key = (r.node_id, r.source_id, r.property)
+            nodes = readings.get(key, []) + resets.get(key, [])
+            before = [t for t in nodes if r.at_ms - clock <= t < r.at_ms]
+            after = [t for t in nodes if r.at_ms < t <= r.at_ms + lookback]
+            out.append((max(before, default=None), min(after, default=None)))
         return out
 
     return read
@@ -97,7 +91,7 @@ def test_compact_marks_stale_the_same_half_hours_as_every_row(
     tol = Tolerances(clock_ms=20 * MIN, lookback_ms=3 * HOUR) if tight else DEFAULT_TOLERANCES
     maintainer = RollupMaintainer(mock.sentinel.client, timezone_at, tol)
 
-    with mock.patch("pipeline.rollups.read_accumulating_times", store_lookup(readings, resets)):
+    with mock.patch("pipeline.rollups.read_neighbours", store_lookup(readings, resets)):
         # every row, grouped as the per-row maintainer did
         per_row: dict[tuple[int, str, str], list[tuple[str, str, int]]] = {}
         for node, source, c, prop, kind in rows:
