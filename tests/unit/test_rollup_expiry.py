@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from pipeline.rollups import _Plan
 from processors.rollup import DEFAULT_TOLERANCES, RawPoint, RollupRow, combine, recompute, zone
+from processors.rollup_columns import series_from_points
 
 UTC = zone("UTC")
 T0 = 1_672_531_200_000  # 2023-01-01T00:00:00Z
@@ -26,7 +27,7 @@ def _stored(n_points: int) -> list[RollupRow]:
 def _refresh(points: list[RawPoint], stored: list[RollupRow],
              horizon_ms: int | None) -> tuple[list[RollupRow], list[RollupRow]]:
     plan = _Plan(1, "/m", UTC, windows=[(T0, T0 + HALF)], horizon_ms=horizon_ms)
-    plan.fill(iter([points]), iter([[]]), DEFAULT_TOLERANCES)
+    plan.fill(iter([series_from_points(points)]), iter([[]]), DEFAULT_TOLERANCES)
     out = plan.cascade(stored)
     return out.rows, out.tombstones
 
