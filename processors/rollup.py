@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -246,7 +246,13 @@ def _bucket_end(start_ms: int, periodicity: Periodicity, z: ZoneInfo) -> int:
 
 def bucket_bounds(ts_ms: int, periodicity: Periodicity, tz: Zone) -> tuple[int, int]:
     """[start_ms, end_ms) of the bucket holding ts_ms."""
-    z = zone(tz)
+    return _bounds(ts_ms, periodicity, zone(tz))
+
+
+# A fleet's streams share their buckets: the same (instant, level, zone) is asked for thousands
+# of times a batch (mostly bucket starts, by the cascade), each a few zone conversions.
+@lru_cache(maxsize=1 << 16)
+def _bounds(ts_ms: int, periodicity: Periodicity, z: ZoneInfo) -> tuple[int, int]:
     start = bucket_start(ts_ms, periodicity, z)
     return start, _bucket_end(start, periodicity, z)
 
@@ -258,7 +264,7 @@ def buckets_between(
     z = zone(tz)
     s = bucket_start(start_ms, periodicity, z)
     while s < end_ms:
-        e = _bucket_end(s, periodicity, z)
+        e = _bounds(s, periodicity, z)[1]  # s opens its bucket: cached
         yield s, e
         s = e
 
