@@ -82,17 +82,6 @@ def _merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _clusters(times: Sequence[int], gap: int) -> list[tuple[int, int]]:
-    """[lo, hi] spans of sorted times, split where consecutive times are more than gap apart."""
-    out: list[tuple[int, int]] = []
-    for t in times:
-        if out and t - out[-1][1] <= gap:
-            out[-1] = (out[-1][0], t)
-        else:
-            out.append((t, t))
-    return out
-
-
 class RollupMaintainer:
     """Keeps the `rollup` table in step with the raw rows the worker stores. Synchronous: the
     worker runs it in a thread. Idempotent: a redelivered batch recomputes the same buckets."""
@@ -199,19 +188,19 @@ class RollupMaintainer:
         """Per (node, source, zone, changes): the half-hour starts made stale by new or rewritten
         raw rows (property, kind, created), each accumulating reading's neighbours taken from the
         stored raw rows."""
-        asked: list[NeighbourRequest] = []
-        for node, source, _tz, items in tasks:
-            asked += [NeighbourRequest(node, source, p, t) for t, p in sorted({(c, p) for p, kind, c in items
-                                                                                if kind == "a"})]
+        # per task, its changed accumulating readings: each needs its neighbours
+        acc = [sorted({(c, p) for p, kind, c in items if kind == "a"}) for _node, _source, _tz, items in tasks]
+        asked = [NeighbourRequest(node, source, p, t)
+                 for (node, source, _tz, _items), mine in zip(tasks, acc, strict=True) for t, p in mine]
         # readings and reset markers: both are chain nodes
         found = iter(read_neighbours(self.client, asked, self.tol.clock_ms, self.tol.lookback_ms))
         out: list[set[int]] = []
-        for _node, _source, tz, items in tasks:
+        for (_node, _source, tz, items), mine in zip(tasks, acc, strict=True):
             z = zone(tz)
             stale: set[int] = set()
             for t in {c for _, _, c in items}:
                 stale |= {s for _, s in stale_buckets(t, None, None, z, self.tol, HALFHOUR)}
-            for t, _prop in sorted({(c, p) for p, kind, c in items if kind == "a"}):
+            for t, _prop in mine:
                 prev, nxt = next(found)  # in the order asked
                 stale |= {s for _, s in stale_buckets(t, prev, nxt, z, self.tol, HALFHOUR)}
             out.append(stale)

@@ -359,10 +359,10 @@ def recompute(
     neighbours matter beyond the window). Order and exact duplicates do not matter.
     Rows come sorted by (property, kind, ts_start_ms); buckets with nothing in them have no row.
     """
-    bounds = list(buckets_between(window_start_ms, window_end_ms, periodicity, tz))
-    if not bounds:
+    edges = window_edges(window_start_ms, window_end_ms, periodicity, tz)
+    if not edges:
         return []
-    edges = [s for s, _ in bounds] + [bounds[-1][1]]
+    row = blank_rows(periodicity, node_id, source_id, edges)
     pts = dedupe_points(points)
     rst = dedupe_resets(resets)
     series: dict[tuple[str, RollupKind], list[RawPoint]] = {}
@@ -373,9 +373,6 @@ def recompute(
             if r.applies_to(prop):
                 series.setdefault((prop, "a"), [])
 
-    def row(prop: str, kind: RollupKind, k: int) -> RollupRow:
-        return RollupRow(periodicity, node_id, source_id, prop, kind, edges[k], edges[k + 1])
-
     out: list[RollupRow] = []
     for (prop, kind), items in sorted(series.items()):
         if kind == "a":
@@ -383,6 +380,20 @@ def recompute(
         else:
             out += _simple(items, kind, edges, partial(row, prop, kind))
     return out
+
+
+def window_edges(window_start_ms: int, window_end_ms: int, periodicity: Periodicity, tz: Zone) -> list[int]:
+    """Bucket k of the window is [edges[k], edges[k + 1]); no edges when no bucket overlaps it."""
+    bounds = list(buckets_between(window_start_ms, window_end_ms, periodicity, tz))
+    return [s for s, _ in bounds] + [bounds[-1][1]] if bounds else []
+
+
+def blank_rows(periodicity: Periodicity, node_id: int, source_id: str,
+               edges: Sequence[int]) -> Callable[[str, RollupKind, int], RollupRow]:
+    """(property, kind, k) -> the empty row of bucket k, for the figures to be filled in."""
+    def row(prop: str, kind: RollupKind, k: int) -> RollupRow:
+        return RollupRow(periodicity, node_id, source_id, prop, kind, edges[k], edges[k + 1])
+    return row
 
 
 def _bucket_of(edges: Sequence[int], t: int) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial, reduce
 
 import numpy as np
@@ -43,9 +43,10 @@ from processors.rollup import (
     _mode,
     _simple,
     _start_node,
-    buckets_between,
+    blank_rows,
     dedupe_points,
     dedupe_resets,
+    window_edges,
 )
 
 I64 = npt.NDArray[np.int64]
@@ -147,17 +148,14 @@ def recompute_series(
     source_id: str = "",
 ) -> list[RollupRow]:
     """`recompute` of the same points given as series (one per property and kind)."""
-    bounds = list(buckets_between(window_start_ms, window_end_ms, periodicity, tz))
-    if not bounds:
+    edges = window_edges(window_start_ms, window_end_ms, periodicity, tz)
+    if not edges:
         return []
-    edges = [s for s, _ in bounds] + [bounds[-1][1]]
+    row = blank_rows(periodicity, node_id, source_id, edges)
     rst = dedupe_resets(resets)
     reset_props = {prop for r in rst for prop in r.final if r.applies_to(prop)}
     by_key: dict[tuple[str, RollupKind], Series] = {(s.property, s.kind): s for s in series}
     keys: set[tuple[str, RollupKind]] = set(by_key) | {(prop, "a") for prop in reset_props}
-
-    def row(prop: str, kind: RollupKind, k: int) -> RollupRow:
-        return RollupRow(periodicity, node_id, source_id, prop, kind, edges[k], edges[k + 1])
 
     out: list[RollupRow] = []
     for prop, kind in sorted(keys):
@@ -199,19 +197,14 @@ def _simple_columns(s: Series, edges: Sequence[int], blank: Callable[[int], Roll
         n, tg, base = b - a, _united(tags, a, b), blank(k)
         if texts is not None:
             sc = tuple(sorted(Counter(texts[a:b]).items()))
-            out.append(RollupRow(base.periodicity, base.node_id, base.source_id, base.property, "s",
-                                 base.ts_start_ms, base.ts_end_ms, count=n, mode=_mode(sc), status_counts=sc,
-                                 tags=tg))
+            out.append(replace(base, count=n, mode=_mode(sc), status_counts=sc, tags=tg))
             continue
         part = values[a:b]
         total = _add(part)
         if s.kind == "p":
-            out.append(RollupRow(base.periodicity, base.node_id, base.source_id, base.property, "p",
-                                 base.ts_start_ms, base.ts_end_ms, count=n, diff=total, tags=tg))
+            out.append(replace(base, count=n, diff=total, tags=tg))
         else:
-            out.append(RollupRow(base.periodicity, base.node_id, base.source_id, base.property, "i",
-                                 base.ts_start_ms, base.ts_end_ms, count=n, avg=total / n, min=min(part),
-                                 max=max(part), tags=tg))
+            out.append(replace(base, count=n, avg=total / n, min=min(part), max=max(part), tags=tg))
     return out
 
 
@@ -284,9 +277,8 @@ def _accumulating_columns(s: Series, edges: Sequence[int], tol: Tolerances,
         lo, hi = edges[k], edges[k + 1]
         first = _start_node(times, (), lo, hi, tol.lookback_ms)
         last = _end_node(times, hi, tol.lookback_ms)
-        base = blank(k)
-        out.append(RollupRow(
-            base.periodicity, base.node_id, base.source_id, base.property, "a", lo, hi,
+        out.append(replace(
+            blank(k),
             count=int(count[k]),
             diff=diff.get(k, 0.0),
             read_diff=read.get(k, 0.0),

@@ -107,8 +107,7 @@ def ensure_rollup_schema(client: Client) -> None:
         client.command(ddl)
 
 
-_KINDS: dict[str, RollupKind] = {"a": "a", "p": "p"}
-
+_KINDS: dict[str, RollupKind] = {"a": "a", "p": "p", "s": "s"}  # anything else: "i"
 
 
 
@@ -172,7 +171,7 @@ def _series_of(table: pa.Table) -> list[tuple[int, Series]]:
         tags = None
         if tagged[a:b].any():
             tags = [tuple(tg) for tg in g.slice(a, b - a).to_pylist()]
-        out.append((int(q[a]), Series(props[pi[a]], _KINDS.get(kind, "i") if kind != "s" else "s", t[a:b],
+        out.append((int(q[a]), Series(props[pi[a]], _KINDS.get(kind, "i"), t[a:b],
                                       value[a:b], null[a:b] if kind != "s" else np.zeros(b - a, np.bool_),
                                       texts, tags)))
     return out
@@ -218,8 +217,9 @@ def read_series_for_recompute(
     """
     near = tolerances.clock_ms + 1
     got: list[dict[tuple[str, str], Series]] = [{} for _ in windows]
-    for k in range(0, len(windows), RANGES_CHUNK):
-        part = list(enumerate(windows))[k:k + RANGES_CHUNK]
+    numbered = list(enumerate(windows))
+    for k in range(0, len(numbered), RANGES_CHUNK):
+        part = numbered[k:k + RANGES_CHUNK]
         # one q per window for the three: sorted by time, before < window < after
         inside = [(n, w.node_id, w.source_id, w.start_ms, w.end_ms) for n, w in part]
         before = [(n, w.node_id, w.source_id, w.start_ms - near, w.start_ms) for n, w in part]
@@ -281,7 +281,6 @@ def read_neighbours(client: Client, requests: Sequence[NeighbourRequest], clock_
     the cost), then, only for the requests with no node after in that reach, the first reading
     up to the look-back (a second query; reset markers are few and looked up that far at once).
     """
-    out: list[tuple[int | None, int | None]] = [(None, None)] * len(requests)
     prev: dict[int, int] = {}
     nxt: dict[int, int] = {}
 
@@ -307,9 +306,7 @@ def read_neighbours(client: Client, requests: Sequence[NeighbourRequest], clock_
         for n, r in numbered if lookback_ms > clock_ms and (n not in nxt or nxt[n] > r.at_ms + clock_ms)]
     for k in range(0, len(beyond), RANGES_CHUNK):
         gather([_nearest_sql(DATUM_VIEW, "d", beyond[k:k + RANGES_CHUNK], 1, True)])
-    for n in range(len(requests)):
-        out[n] = (prev.get(n), nxt.get(n))
-    return out
+    return [(prev.get(n), nxt.get(n)) for n in range(len(requests))]
 
 
 def read_rollups(
