@@ -5,6 +5,9 @@
 (a) direct: clickhouse-connect's in-process chDB client (same row encoding, no HTTP);
 (b) endpoint: clickhouse-connect over HTTP to `python -m pipeline.chserver`, for each
 compression mode. Prints rows/s (best of --repeat) and the ratio b/a.
+(c) round trip of a small query (`SELECT 1`) and of a small insert through the endpoint, median
+of 50: every set-wise read and every batch pays it (a response held back by Nagle's algorithm
+cost 40 ms each before the endpoint set TCP_NODELAY, issue 13).
 """
 
 from __future__ import annotations
@@ -55,6 +58,15 @@ def run(client: clickhouse_connect.driver.Client, db: str, rows: list[list[objec
     return rate
 
 
+def median_ms(repeat: int, call: Callable[[], object]) -> float:
+    took = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        call()
+        took.append(time.perf_counter() - started)
+    return sorted(took)[len(took) // 2] * 1000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=200_000)
@@ -74,6 +86,12 @@ def main() -> None:
                 b = run(client, db, rows, args.repeat)
                 client.close()
                 print(f"(b) endpoint, compress={label:<14}{b:>10,.0f} rows/s   b/a = {b / a:.2f}")
+            client = clickhouse_connect.get_client(dsn=svc.url)
+            one = rows[:1]
+            q = median_ms(50, lambda: client.query("SELECT 1"))
+            i = median_ms(50, lambda: client.insert("endpoint_lz4.bench", one, column_names=COLUMNS))
+            client.close()
+            print(f"(c) endpoint round trip, median of 50: SELECT 1 {q:.1f} ms, one-row insert {i:.1f} ms")
         finally:
             svc.stop()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -149,10 +149,24 @@ def sql_stream(node_id: int, source_id: str) -> str:
     return f"node_id = {int(node_id)} AND source_id = {sql_str(source_id)}"
 
 
+def _tsv_field(value: int | str) -> str:
+    if isinstance(value, int):
+        return str(int(value))
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def sql_table(shape: str, rows: Iterable[Sequence[int | str]]) -> str:
+    """A table expression of literal rows (ints and strings) of the given structure, for a JOIN
+    or IN: `format(TSV, ...)`, which the engine reads as input data. The same 1,000 rows as a
+    VALUES(...) list cost the endpoint ~110 ms to parse, as TSV ~20 ms (issue 13)."""
+    data = "\n".join("\t".join(_tsv_field(v) for v in row) for row in rows)
+    return f"format(TSV, {sql_str(shape)}, {sql_str(data)})"
+
+
 # One row per range a set-wise read asks for: (q, node, source, lo ms, hi ms), optionally a name.
 Range = tuple[int, int, str, int, int]
 NamedRange = tuple[int, int, str, str, int, int]
-# Ranges per set-wise query (the VALUES table travels in the query text).
+# Ranges per set-wise query (the table of ranges travels in the query text).
 RANGES_CHUNK = 1000
 
 
@@ -165,9 +179,6 @@ def ranges_join(alias: str, ranges: Sequence[Range] | Sequence[NamedRange], time
     the primary key skip what no range can hold; the join then picks each range exactly. Named
     ranges carry `w.name`, matched to `name_column` if given (else the caller's to use)."""
     named = bool(ranges) and len(ranges[0]) == 6
-    rows = ", ".join(
-        f"({int(r[0])}, {int(r[1])}, {sql_str(r[2])}, {sql_str(str(r[3])) + ', ' if named else ''}"
-        f"{int(r[-2])}, {int(r[-1])})" for r in ranges)
     shape = "q UInt32, node_id UInt64, source_id String, " + ("name String, " if named else "") + "lo Int64, hi Int64"
     lo, hi = min(int(r[-2]) for r in ranges), max(int(r[-1]) for r in ranges)
     nodes = ", ".join(str(n) for n in sorted({int(r[1]) for r in ranges}))
@@ -175,7 +186,7 @@ def ranges_join(alias: str, ranges: Sequence[Range] | Sequence[NamedRange], time
     if name_column is not None:
         on += f" AND toString({alias}.{name_column}) = w.name"
     t = f"toUnixTimestamp64Milli({alias}.{time_column})"
-    return (f" INNER JOIN (SELECT * FROM VALUES('{shape}', {rows})) AS w ON {on}"
+    return (f" INNER JOIN {sql_table(shape, ranges)} AS w ON {on}"
             f" WHERE {alias}.node_id IN ({nodes}) AND {alias}.{time_column} >= {sql_ms(lo)}"
             f" AND {alias}.{time_column} < {sql_ms(hi)} AND {t} >= w.lo AND {t} < w.hi")
 
@@ -271,11 +282,11 @@ def raw_retention_days(client: Client, streams: Sequence[tuple[int, str]]) -> di
     out: dict[tuple[int, str], int] = {}
     unique = sorted(set(streams))
     for k in range(0, len(unique), RANGES_CHUNK):
-        pairs = ", ".join(f"({int(n)}, {sql_str(s)})" for n, s in unique[k:k + RANGES_CHUNK])
+        pairs = sql_table("node_id UInt64, source_id String", unique[k:k + RANGES_CHUNK])
         result = client.query(
             f"SELECT node_id, toString(source_id), minIf(ttl_days, ttl_days > 0) FROM {RAW_TABLE}"
             f" WHERE (node_id, toString(source_id)) IN"
-            f" (SELECT * FROM VALUES('node_id UInt64, source_id String', {pairs})) GROUP BY node_id, source_id"
+            f" (SELECT * FROM {pairs}) GROUP BY node_id, source_id"
         )
         for node, source, days in result.result_rows:
             out[(int(node), str(source))] = int(days)
@@ -290,12 +301,12 @@ def rate_baselines_many(client: Client, firsts: Mapping[tuple[int, str], int], c
     items = sorted(firsts.items())
     for k in range(0, len(items), chunk):
         part = items[k:k + chunk]
-        streams = ", ".join(f"({int(n)}, {sql_str(s)}, {int(b)})" for (n, s), b in part)
+        streams = sql_table("node_id UInt64, source_id String, before Int64", [(n, s, b) for (n, s), b in part])
         result = client.query(
             f"SELECT d.node_id, toString(d.source_id), d.datastream, toUnixTimestamp64Milli(max(d.created)),"
             f" argMax(d.value, d.created)"
             f" FROM {DATUM_VIEW} AS d INNER JOIN"
-            f" (SELECT * FROM VALUES('node_id UInt64, source_id String, before Int64', {streams})) AS f"
+            f" {streams} AS f"
             f" ON d.node_id = f.node_id AND toString(d.source_id) = f.source_id"
             f" WHERE d.kind = 'a' AND d.datastream != '' AND d.value IS NOT NULL"
             f" AND toUnixTimestamp64Milli(d.created) < f.before"
