@@ -21,10 +21,28 @@ from processors.datum import Datum, Rejection
 
 SCHEMA_DIR: Path = schemas_dir("avro")
 SCHEMA_HEADER = "schema"
+# How many datums the message holds: lets a consumer size its batches in datums without
+# decoding (optional; a message without it is weighed by its size, see `message_weight`).
+DATUMS_HEADER = "datums"
+# bytes of message value counted as one datum where the header is missing (a datum of four
+# samples is about 40-100 bytes encoded)
+BYTES_PER_DATUM = 64
 DATUM_BATCH_V1 = "datum-batch/1"
 # writer schema name in the header -> file; readers resolve every known writer to the current one
 WRITER_SCHEMAS = {DATUM_BATCH_V1: "datum_batch.v1.avsc"}
 CURRENT = DATUM_BATCH_V1
+
+
+def batch_headers(datums: int) -> list[tuple[str, bytes]]:
+    """The headers of a datum batch message of the current schema."""
+    return [(SCHEMA_HEADER, CURRENT.encode()), (DATUMS_HEADER, str(int(datums)).encode())]
+
+
+def message_weight(value: bytes | None, datums_header: str | None) -> int:
+    """Datums a message holds, from its header, else estimated from its size; at least 1."""
+    if datums_header is not None and datums_header.isdigit():
+        return max(1, int(datums_header))
+    return max(1, len(value or b"") // BYTES_PER_DATUM)
 
 
 class DecodeError(ValueError):

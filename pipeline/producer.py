@@ -18,11 +18,10 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.codec import (
-    CURRENT,
     DEAD_LETTER_MAX_BYTES,
     MIN_DEAD_LETTER_BYTES,
-    SCHEMA_HEADER,
     DeadLetter,
+    batch_headers,
     encode_batch,
     group_streams,
 )
@@ -190,7 +189,7 @@ class DatumProducer:
             for start in range(0, len(items), size):
                 chunk = items[start:start + size]
                 ids = tuple((d.node_id, d.source_id, d.created_ms) for d in chunk) if self.track else ()
-                self._produce(topic, key, encode_batch(chunk), [(SCHEMA_HEADER, CURRENT.encode())],
+                self._produce(topic, key, encode_batch(chunk), batch_headers(len(chunk)),
                               partial(self._on_datums_delivered, len(chunk), ids))
                 n += len(chunk)
         self.datums_sent += n
@@ -215,7 +214,7 @@ class DatumProducer:
                      identities: Sequence[Identity] = (), headers: Sequence[tuple[str, bytes]] = ()) -> None:
         """An already encoded datum message (replays, fault drills), confirmed like `send`'s."""
         self.admin.ensure([topic])
-        self._produce(topic, key, value, list(headers) or [(SCHEMA_HEADER, CURRENT.encode())],
+        self._produce(topic, key, value, list(headers) or batch_headers(datums),
                       partial(self._on_datums_delivered, datums, tuple(identities) if self.track else ()))
         self.datums_sent += datums
 

@@ -49,6 +49,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from pipeline import faust_fixes
 from pipeline.codec import (
+    DATUMS_HEADER,
     DEAD_LETTER_MAX_BYTES,
     MIN_DEAD_LETTER_BYTES,
     SCHEMA_HEADER,
@@ -57,6 +58,7 @@ from pipeline.codec import (
     Origin,
     decode_batch,
     decode_columns,
+    message_weight,
 )
 from pipeline.commit import Committer, Isolated, RetryPolicy, Unavailable, describe, stage_named
 from pipeline.metadata import MetadataLink
@@ -716,7 +718,12 @@ class DatumWorker:
 
     def _register(self) -> None:
         app, s = self.app, self.settings
-        max_messages = max(1, s.batch_max_datums // max(1, s.producer_batch_datums)) * 4
+        # a batch closes at this many datums (4 flushes of the sink) or as many messages
+        max_datums = s.batch_max_datums * 4
+
+        def weight(event: EventT) -> int:
+            msg = event.message
+            return message_weight(msg.value, header(msg.headers, DATUMS_HEADER))
 
         def acker(stream: faust.StreamT[Any], events: Sequence[EventT]) -> Callable[[], Any]:
             # the head of each partition, for the contiguous-commit guard (pipeline/faust_fixes.py)
@@ -729,7 +736,8 @@ class DatumWorker:
 
         @app.agent(self.datum_topic, name="datums")
         async def datums(stream: faust.StreamT[Any]) -> None:
-            async for events in stream.noack_take(max_messages, within=s.batch_within_s):
+            limit = faust_fixes.WeightedLimit(stream, max_datums, max_datums, weight)
+            async for events in stream.noack_take(limit, within=s.batch_within_s):  # type: ignore[arg-type]
                 # validate with the catalog from the history log, never without it
                 await self.catalog_ready.wait()
                 await self.guarded("datums", lambda events=events: self.handle(events, acker(stream, events)))

@@ -65,6 +65,8 @@ def test_ingest_n_datums_shows_exactly_n(pipeline_settings, tmp_path: Path) -> N
 
 def test_sigkill_mid_ingest_still_exactly_n(pipeline_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings, client = pipeline_settings
+    # batches of at most 8,000 datums: the kill lands between batches, not after the only one
+    settings = settings._with({"batch_max_datums": 2000})
     n = 60_000
     write_datums(tmp_path / "d.jsonl", n, sources=4)
     ingest = threading.Thread(target=ingest_files, args=(settings, [tmp_path / "d.jsonl"], "json"))

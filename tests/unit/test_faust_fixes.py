@@ -1,12 +1,19 @@
-"""The contiguous-commit guard (pipeline/faust_fixes.py) on Faust's own bookkeeping structures."""
+"""The Faust workarounds (pipeline/faust_fixes.py): the contiguous-commit guard on Faust's own bookkeeping
+structures, and batches closed at a weight of datums by Faust's real take."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
+import pytest
 from intervaltree import IntervalTree
 
+from pipeline.codec import message_weight
 from pipeline.faust_fixes import contiguous_new_offset, forget_taken, note_taken
 
 TP = ("datum..S1", 0)
@@ -111,3 +118,75 @@ def test_grow_subscription_updates_every_channel_of_the_source_topics() -> None:
     assert known == ["datum.a", "datum.b"]
     assert mine.topics == clone.topics == ("datum.a", "datum.b") and other.topics == ("pipeline.metadata",)
     assert app.topics.flags == 1
+
+
+# Faust's real `noack_take` in a child process: a Faust app leaves event loops and sockets for the
+# garbage collector, which strict pytest would report as this test's unraisable warnings.
+_TAKE_SCRIPT = """
+import asyncio, json, sys
+import faust
+from pipeline.faust_fixes import WeightedLimit
+
+def datums(event):
+    return int(dict(event.message.headers)["datums"])
+
+def taken(name, sizes, limit):
+    app = faust.App(name, broker="kafka://localhost:1", store="memory://")
+    out = []
+
+    @app.agent()
+    async def take(stream):
+        max_ = WeightedLimit(stream, limit[0], limit[1], datums) if isinstance(limit, list) else limit
+        async for events in stream.noack_take(max_, within=0.1):
+            out.append([datums(e) for e in events])
+            for e in events:
+                await stream.ack(e)
+
+    async def drive():
+        async with take.test_context() as agent:
+            for n in sizes:
+                await agent.put(b"x", headers={"datums": str(n).encode()})
+            for _ in range(100):
+                if sum(map(len, out)) >= len(sizes):
+                    break
+                await asyncio.sleep(0.02)
+
+    asyncio.run(drive())
+    return out
+
+cases = json.loads(sys.argv[1])
+print(json.dumps([taken(f"weight-{k}", sizes, limit) for k, (sizes, limit) in enumerate(cases)]))
+"""
+MIXED = [1, 1, 5, 10, 3, 3, 3, 30, 1]
+
+
+@pytest.fixture(scope="module")
+def taken() -> list[list[list[int]]]:
+    """Batches for: datum weights with a limit of 10 datums, 1-datum events with a limit of 3
+    events, and the control: the mixed events under a plain `max_` of 100."""
+    cases = [[MIXED, [100, 10]], [[1] * 7, [3, 1000]], [MIXED, 100]]
+    done = subprocess.run([sys.executable, "-c", _TAKE_SCRIPT, json.dumps(cases)], capture_output=True,
+                          text=True, timeout=120, check=True, cwd=Path(__file__).resolve().parents[2])
+    result: list[list[list[int]]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_a_batch_closes_at_a_weight_of_datums(taken: list[list[list[int]]]) -> None:
+    # closed by the first event that brings the batch to 10 datums or more; the rest by `within`
+    assert taken[0] == [[1, 1, 5, 10], [3, 3, 3, 30], [1]]
+
+
+def test_a_batch_still_closes_at_its_count_of_events(taken: list[list[list[int]]]) -> None:
+    assert taken[1] == [[1, 1, 1], [1, 1, 1], [1]]
+
+
+def test_without_the_limit_faust_counts_events_only(taken: list[list[list[int]]]) -> None:
+    """The control: the same events under a plain `max_` make one batch, whatever they hold."""
+    assert taken[2] == [MIXED]
+
+
+def test_message_weight_from_the_header_else_the_size() -> None:
+    assert message_weight(b"x" * 10_000, "250") == 250
+    assert message_weight(b"x" * 640, None) == 10
+    assert message_weight(b"", None) == 1
+    assert message_weight(b"x" * 640, "garbage") == 10
