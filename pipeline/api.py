@@ -25,7 +25,9 @@ from urllib.parse import parse_qs, urlsplit
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
+from pipeline.access import Access, AccessUnavailable, TokenStore
 from pipeline.settings import Settings
+from processors import security_policy as sp
 from processors import timeseries as ts
 from processors.metadata import MetadataCatalog
 from sinks.clickhouse import DATUM_VIEW, RAW_TABLE, connect
@@ -43,6 +45,15 @@ CHUNK = 50  # series per UNION ALL query (keeps the parameter list of one reques
 MIN_MS = -2_208_988_800_000  # 1900-01-01
 MAX_MS = 10_413_791_999_999  # 2299-12-31T23:59:59.999
 CORS = (("Access-Control-Allow-Origin", "*"),)
+SOLARQUERY_PREFIX = "/solarquery/api/v1/"
+# What a preflight may ask to send: the SNWS2 headers (credentials travel in headers only).
+ALLOWED_HEADERS = "Accept, Authorization, Content-Type, Digest, X-SN-Date"
+# The policy's aggregation of each periodicity (SolarNetwork's names); raw readings are None.
+AGGREGATION_OF: dict[str | None, sp.Aggregation] = {
+    None: sp.Aggregation.NONE, "halfhour": sp.Aggregation.THIRTY_MINUTE, "hour": sp.Aggregation.HOUR,
+    "day": sp.Aggregation.DAY, "week": sp.Aggregation.WEEK, "month": sp.Aggregation.MONTH,
+    "year": sp.Aggregation.YEAR,
+}
 
 
 class Unavailable(Exception):
@@ -226,10 +237,11 @@ _ROLLUP_FIELDS = ("toUnixTimestamp64Milli(ts_start), count, avg, min, max, diff,
 class Api:
     """Answers requests: (status, body) for a path, query string and Accept header."""
 
-    def __init__(self, store: Store, zones: Zones, openapi: bytes) -> None:
+    def __init__(self, store: Store, zones: Zones, openapi: bytes, access: Access | None = None) -> None:
         self.store = store
         self.zones = zones
         self.openapi = openapi
+        self.access = access or Access(TokenStore(""))
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -332,14 +344,38 @@ class Api:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def targets(self, query: ts.Query, at_ms: int) -> list[Target]:
+    def visible(self, token: sp.Token | None) -> dict[ts.SeriesKey, str]:
+        """The series list as the token may see it (all of it without a token)."""
         known = self.store.series()
+        if token is None:
+            return known
+        return {k: v for k, v in known.items() if sp.stream_allowed(token.policy, k.node_id, k.source_id)}
+
+    def authorize(self, query: ts.Query, token: sp.Token | None) -> None:
+        """403 for series or an aggregation the token's policy excludes (decided before looking
+        at which series exist, so a refusal tells nothing about series outside the policy)."""
+        if token is None:
+            return
+        sp.check_token(token, datetime.now(UTC))
+        if token.token_type is not sp.TokenType.READ_NODE_DATA:
+            raise sp.AccessDenied(403, f"a {token.token_type.value} token cannot read datums")
+        if not sp.api_path_allowed(token.policy, BASE_PATH):
+            raise sp.AccessDenied(403, f"API path {BASE_PATH} not allowed by the token policy")
+        for key in query.series or ():
+            if not sp.stream_allowed(token.policy, key.node_id, key.source_id):
+                raise sp.AccessDenied(403, f"series {ts.series_name(key)} not allowed by the token policy")
+        if not query.describe:
+            sp.effective_aggregation(token.policy, AGGREGATION_OF[query.periodicity])
+
+    def targets(self, query: ts.Query, at_ms: int, token: sp.Token | None = None) -> list[Target]:
+        known = self.visible(token)
         if query.series is None:
             keys = list(known)
         else:
             missing = [k for k in query.series if k not in known]
             if missing:
-                known = self.store.series(refresh=True)  # perhaps new since the cached list
+                self.store.series(refresh=True)  # perhaps new since the cached list
+                known = self.visible(token)
                 missing = [k for k in query.series if k not in known]
             if missing:
                 names = ", ".join(ts.series_name(k) for k in missing[:5])
@@ -358,7 +394,7 @@ class Api:
             out.append(Target(key, known[key], tz, lo, hi))
         return out
 
-    def get(self, raw_query: str, accept: str | None) -> tuple[int, ts.Rendered]:
+    def get(self, raw_query: str, accept: str | None, token: sp.Token | None = None) -> tuple[int, ts.Rendered]:
         fmt: ts.Format = "json"
         callback: str | None = None
         try:
@@ -370,13 +406,14 @@ class Api:
             query = ts.parse_query(params)
             fmt = ts.negotiate(accept, query)
             callback = query.callback
+            self.authorize(query, token)
             now = _now_ms()
             if query.describe:
                 infos = [ts.SeriesInfo(k, ts.series_type(kind), self.zones.at(k.node_id, now))
-                         for k, kind in self.store.series().items()]
+                         for k, kind in self.visible(token).items()]
                 return 200, ts.render_description(infos, fmt, callback, OPENAPI_PATH)
             at_ms = query.at_ms if query.at_ms is not None else now
-            targets = self.targets(query, at_ms)
+            targets = self.targets(query, at_ms, token)
             if query.compare is not None:
                 results = self.compared(query, targets, at_ms)
             else:
@@ -384,6 +421,8 @@ class Api:
             return 200, ts.render_results(results, fmt, callback)
         except ts.ParameterError as exc:
             return exc.status, ts.render_error(exc.status, exc.message, exc.parameter, fmt, callback)
+        except sp.AccessDenied as exc:
+            return exc.status, ts.render_error(exc.status, exc.reason, None, fmt, callback)
         except Unavailable as exc:
             return 503, ts.render_error(503, str(exc), None, fmt, callback)
 
@@ -460,16 +499,47 @@ class _Handler(BaseHTTPRequestHandler):
             if path == OPENAPI_PATH:
                 self._send(200, self.server.api.openapi, "application/json; charset=utf-8", head)
                 return
+            if path.startswith(SOLARQUERY_PREFIX):
+                self._solarquery(url.path, url.query, head)
+                return
             if path != BASE_PATH:
                 r = ts.render_error(404, f"no such resource {url.path!r}; the API is at {BASE_PATH}", None)
                 self._send(404, r.body, r.content_type, head)
                 return
+            extra: tuple[tuple[str, str], ...] = ()
             try:
-                status, r = self.server.api.get(url.query, self.headers.get("Accept"))
+                token = self._authenticate(url.path, url.query)
+                status, r = self.server.api.get(url.query, self.headers.get("Accept"), token)
+            except sp.AccessDenied as exc:
+                status, r = exc.status, ts.render_error(exc.status, exc.reason, None)
+            except AccessUnavailable as exc:
+                status, r = 503, ts.render_error(503, str(exc), None)
             except Exception:  # a bug, never a bad parameter: logged, and answered without details
                 log.exception("request %s failed", self.path)
                 status, r = 500, ts.render_error(500, "internal error (logged by the server)", None)
-            self._send(status, r.body, r.content_type, head)
+            if status == 401:
+                extra = (("WWW-Authenticate", "SNWS2"),)
+            self._send(status, r.body, r.content_type, head, extra)
+
+    def _authenticate(self, raw_path: str, raw_query: str, body: bytes = b"") -> sp.Token | None:
+        return self.server.api.access.authenticate(self.command, raw_path, raw_query,
+                                                   list(self.headers.items()), body)
+
+    def _solarquery(self, raw_path: str, raw_query: str, head: bool) -> None:
+        from pipeline import solarquery
+
+        try:
+            token = self._authenticate(raw_path, raw_query)
+            status, body = solarquery.handle(self.server.api, raw_path, raw_query, token)
+        except sp.AccessDenied as exc:
+            status, body = exc.status, solarquery.error_body(exc.reason, exc.status)
+        except AccessUnavailable as exc:
+            status, body = 503, solarquery.error_body(str(exc), 503)
+        except Exception:  # a bug: logged, answered without details
+            log.exception("request %s failed", self.path)
+            status, body = 500, solarquery.error_body("internal error (logged by the server)", 500)
+        extra = (("WWW-Authenticate", "SNWS2"),) if status == 401 else ()
+        self._send(status, body, "application/json;charset=UTF-8", head, extra)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self._route(head=False)
@@ -478,10 +548,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._route(head=True)
 
     def do_OPTIONS(self) -> None:  # noqa: N802 - CORS preflight
-        asked = self.headers.get("Access-Control-Request-Headers")
         self._send(204, b"", "text/plain; charset=utf-8", extra=(
             ("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS"),
-            ("Access-Control-Allow-Headers", asked or "Accept"),
+            ("Access-Control-Allow-Headers", ALLOWED_HEADERS),
             ("Access-Control-Max-Age", "86400"),
             ("Allow", "GET, HEAD, OPTIONS"),
         ))
@@ -522,7 +591,9 @@ def serve(settings: Settings, on_ready: Callable[[tuple[str, int]], None] | None
     """Serve until SIGTERM or SIGINT; in-flight requests are finished first."""
     store = Store(settings.clickhouse_url)
     zones = Zones(settings.postgres_dsn)
-    server = _Server((settings.api_host, settings.api_port), Api(store, zones, load_openapi()))
+    tokens = TokenStore(settings.postgres_dsn)
+    access = Access(tokens, settings.api_auth)
+    server = _Server((settings.api_host, settings.api_port), Api(store, zones, load_openapi(), access))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -548,4 +619,5 @@ def serve(settings: Settings, on_ready: Callable[[tuple[str, int]], None] | None
         server.server_close()
         store.close()
         zones.close()
+        tokens.close()
         log.info("time-series API stopped")

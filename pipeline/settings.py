@@ -52,6 +52,8 @@ class Settings:
     metrics_port: int = field(default=9108, metadata={"doc": "Prometheus /metrics port of the worker (0: off)"})
     api_host: str = field(default="127.0.0.1", metadata={"doc": "Address the time-series HTTP API listens on"})
     api_port: int = field(default=8080, metadata={"doc": "Port of the time-series HTTP API (0: off in pipeline up)"})
+    api_auth: str = field(default="auto", metadata={
+        "doc": "API access: 'auto' (a token is required once any token exists) or 'required' (always)"})
     clickhouse_port: int = field(default=8123, metadata={"doc": "Port of the embedded ClickHouse HTTP endpoint"})
     kafka_port: int = field(default=9092, metadata={"doc": "Port of the embedded Tansu broker"})
     postgres_port: int = field(default=5433, metadata={"doc": "Port of the embedded PostgreSQL"})

@@ -225,6 +225,17 @@ def _v_binding(value: Mapping[str, JsonValue], key: Mapping[str, KeyValue]) -> N
         raise ValueProblem("binding.invalid", str(e)) from e
 
 
+def _v_security_token(value: Mapping[str, JsonValue], key: Mapping[str, KeyValue]) -> None:
+    from processors.tokens import TokenValueError, check_value, valid_token_id
+
+    if not valid_token_id(key.get("token_id")):
+        raise ValueProblem("token.id", "token_id must be 1-64 characters of A-Z a-z 0-9 _ - . ~")
+    try:
+        check_value(value)
+    except TokenValueError as e:
+        raise ValueProblem("token.invalid", str(e)) from e
+
+
 def _v_datamodel(value: Mapping[str, JsonValue], key: Mapping[str, KeyValue]) -> None:
     # The datamodel parser belongs to processors.datamodel; imported lazily so this module does
     # not depend on it at import time, and an unavailable parser refuses rather than waves through.
@@ -310,6 +321,9 @@ ENTITY_CLASSES: Final[Mapping[str, EntitySpec]] = {
                    (("datamodel", "str"), ("datastream", "str")), _v_template,
                    (_ref("datamodel", ("identifier", "key", "datamodel")),),
                    doc="a datastream's qrating and storage for an interval of data time"),
+        EntitySpec("security_token", "history", (("token_id", "str"),), _v_security_token,
+                   doc="an API token: type, SolarNetwork policy and the digest that verifies its"
+                       " signatures (processors.tokens); revoked by a delete"),
     )
 }
 

@@ -218,9 +218,27 @@ def string_to_sign(request_date: datetime, canonical: str) -> str:
     return f"{ALGORITHM}\n{_timestamp(request_date)}\n{hashlib.sha256(canonical.encode('utf-8')).hexdigest()}"
 
 
-def signing_key(secret: str, day: date) -> bytes:
-    """HMAC(HMAC("SNWS2" + secret, yyyyMMdd), "snws2_request") for a UTC day."""
-    day_key = hmac.new((SCHEME + secret).encode("utf-8"), day.strftime("%Y%m%d").encode("ascii"), hashlib.sha256)
+# HMAC-SHA256 hashes a key longer than its block (64 bytes) and uses the hash: a server may keep
+# SHA-256("SNWS2" + secret) instead of a long secret and verify exactly as with the secret.
+HMAC_BLOCK_BYTES = 64
+
+
+def stored_key(secret: str) -> bytes:
+    """What a server keeps of a secret: SHA-256("SNWS2" + secret), which verifies exactly as the
+    secret does (HMAC uses that hash in place of a key longer than its block). Only for secrets
+    long enough that "SNWS2" + secret is over 64 bytes; a shorter one raises ValueError (HMAC
+    would use it as it is, so no digest could stand in for it)."""
+    material = (SCHEME + secret).encode("utf-8")
+    if len(material) <= HMAC_BLOCK_BYTES:
+        raise ValueError(f"a secret must be over {HMAC_BLOCK_BYTES - len(SCHEME)} bytes to be kept as a digest")
+    return hashlib.sha256(material).digest()
+
+
+def signing_key(secret: str | bytes, day: date) -> bytes:
+    """HMAC(HMAC("SNWS2" + secret, yyyyMMdd), "snws2_request") for a UTC day. `secret` is the
+    secret itself or (bytes) its `stored_key`."""
+    material = secret if isinstance(secret, bytes) else (SCHEME + secret).encode("utf-8")
+    day_key = hmac.new(material, day.strftime("%Y%m%d").encode("ascii"), hashlib.sha256)
     return hmac.new(day_key.digest(), SIGNING_KEY_MESSAGE.encode("ascii"), hashlib.sha256).digest()
 
 
@@ -404,7 +422,7 @@ def _signed_values(headers: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def check_signature(prepared: PreparedRequest, secret: str) -> bool:
+def check_signature(prepared: PreparedRequest, secret: str | bytes) -> bool:
     """Does the signature match with a key of the request's UTC day or one of the 6 days before?
 
     Every candidate is computed and compared in constant time (hmac.compare_digest), so the time
@@ -429,14 +447,14 @@ def check_date(prepared: PreparedRequest, now: datetime, max_skew: timedelta = M
 
 def verify(
     request: Snws2Request,
-    secret_for: Mapping[str, str],
+    secret_for: Mapping[str, str] | Mapping[str, bytes],
     now: datetime,
     max_skew: timedelta = MAX_DATE_SKEW,
 ) -> PreparedRequest:
     """Authenticate a request end to end; returns it prepared (its `token_id` is the caller) or raises.
 
-    `secret_for` maps token ids to secrets (anything with .get). Reasons, in SolarNetwork's order:
-    malformed header or digest, unknown token ("Bad credentials"), wrong signature ("Bad
+    `secret_for` maps token ids to secrets or their `stored_key`s (anything with .get). Reasons, in
+    SolarNetwork's order: malformed header or digest, unknown token ("Bad credentials"), wrong signature ("Bad
     credentials"), then "date skew too large". Expiry and policy checks are the caller's
     (processors.security_policy).
     """
@@ -444,7 +462,7 @@ def verify(
     secret = secret_for.get(prepared.token_id)
     if secret is None:
         # Still spend the HMAC work so an unknown token id takes as long as a known one.
-        check_signature(prepared, "")
+        check_signature(prepared, bytes(32))
         raise Snws2Error("Bad credentials")
     if not check_signature(prepared, secret):
         raise Snws2Error("Bad credentials")

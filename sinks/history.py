@@ -947,8 +947,19 @@ def current_catalog(conn: Conn) -> MetadataCatalog:
                            {n: tuple(tvs) for n, tvs in zones.items()})
 
 
+def current_tokens(conn: Conn) -> dict[str, dict[str, Any]]:
+    """token id -> stored value of every security token not revoked (processors/tokens.py)."""
+    return {
+        str(key_from_text(k)["token_id"]): v
+        for k, v in conn.execute(
+            "SELECT key, value FROM history.versions WHERE entity = 'security_token' AND upper_inf(tx)"
+            " ORDER BY key"
+        )
+    }
+
+
 __all__ = [
-    "ApplyResult", "MigrationError", "apply_event", "apply_events", "catalog_version",
+    "ApplyResult", "current_tokens", "MigrationError", "apply_event", "apply_events", "catalog_version",
     "import_events",
     "current_catalog", "diff", "migrate", "migration_files", "state_at", "transactions",
     "valid_at",

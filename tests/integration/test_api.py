@@ -510,10 +510,13 @@ def test_head_and_cors_preflight(api: Api) -> None:
     assert head.header("Content-Length") == str(len(get.body))
     pre = api.request("/api/timeseries?series=*", method="OPTIONS",
                       headers={"Origin": "https://example.org", "Access-Control-Request-Method": "GET",
-                               "Access-Control-Request-Headers": "accept, x-custom"})
+                               "Access-Control-Request-Headers": "authorization, x-sn-date"})
     assert pre.status == 204 and pre.header("Access-Control-Allow-Origin") == "*"
     assert "GET" in pre.header("Access-Control-Allow-Methods")  # type: ignore[operator]
-    assert pre.header("Access-Control-Allow-Headers") == "accept, x-custom"
+    # a signed request's headers (SNWS2), and nothing that would carry cookies
+    allowed = {h.strip().lower() for h in (pre.header("Access-Control-Allow-Headers") or "").split(",")}
+    assert {"authorization", "x-sn-date", "digest", "accept"} <= allowed
+    assert pre.header("Access-Control-Allow-Credentials") is None
 
 
 # --- errors ----------------------------------------------------------------------------------
