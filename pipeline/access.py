@@ -118,15 +118,19 @@ class Access:
         self.mode = mode
         self.clock = clock
 
+    def is_open(self) -> bool:
+        """Whether a request without credentials is served (mode auto, no token made yet)."""
+        try:
+            return self.mode == "auto" and not self.tokens.current()
+        except AccessUnavailable:
+            return False
+
     def authenticate(self, method: str, path: str, query: str, headers: Sequence[tuple[str, str]],
                      body: bytes = b"") -> Token | None:
         """The token a request is signed with; None when the API is open and the request carries no
         credentials. Raises AccessDenied (401) or AccessUnavailable (503)."""
         authorization = next((v for k, v in headers if k.lower() == "authorization"), None)
-        try:
-            tokens = self.tokens.current()
-        except AccessUnavailable:
-            raise
+        tokens = self.tokens.current()  # AccessUnavailable: 503, never open by default
         if authorization is None:
             if self.mode == "auto" and not tokens:
                 return None

@@ -98,6 +98,9 @@ class Store:
                                       f" {_first_line(exc)}") from exc
             return self._client
 
+    def client(self) -> Client:
+        return self._get()
+
     def rows(self, sql: str, params: dict[str, Any]) -> list[Sequence[Any]]:
         client = self._get()
         try:

@@ -2,7 +2,8 @@
 
 `npm_clients()` installs them into tests/js/node_modules when that is missing (`npm ci`, the only
 network the tests use) and skips the calling test, with the reason, only when node or npm are not
-installed. `sign_requests()` signs requests with solarnetwork-api-core's AuthorizationV2Builder.
+installed. `sign_requests()` signs requests with solarnetwork-api-core's AuthorizationV2Builder;
+`solarquery_client()` loads data from a running API with solarnetwork-datum-loader.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 JS_DIR = Path(__file__).resolve().parent / "js"
 NODE_MODULES = JS_DIR / "node_modules"
 CORE_PACKAGE = NODE_MODULES / "solarnetwork-api-core" / "package.json"
+LOADER_PACKAGE = NODE_MODULES / "solarnetwork-datum-loader" / "package.json"
 
 
 def npm_clients() -> Path:
@@ -25,7 +27,7 @@ def npm_clients() -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("SolarNetwork's JavaScript clients need node and npm, which are not installed")
-    if not CORE_PACKAGE.exists():
+    if not CORE_PACKAGE.exists() or not LOADER_PACKAGE.exists():
         # npm ci installs exactly the lock file's versions; fail loudly (not skip) if the registry is unreachable
         subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
@@ -68,4 +70,14 @@ def sign_requests(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     out: list[dict[str, Any]] = run_node("snws2_sign.mjs", requests)
     assert len(out) == len(requests)
+    return out
+
+
+def solarquery_client(host: str, port: int, ops: list[dict[str, Any]], token: str | None = None,
+                      secret: str | None = None) -> list[dict[str, Any]]:
+    """Run SolarNetwork's clients (DatumLoader, DatumRangeFinder, DatumSourceFinder, signed
+    SolarQueryApi URLs) against a running API; see tests/js/solarquery_client.mjs for the ops."""
+    out: list[dict[str, Any]] = run_node("solarquery_client.mjs", {"host": host, "port": port, "token": token,
+                                                                   "secret": secret, "ops": ops}, timeout=120)
+    assert len(out) == len(ops)
     return out
