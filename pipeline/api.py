@@ -26,10 +26,13 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
 from pipeline.access import Access, AccessUnavailable, TokenStore
+from pipeline.http_ingest import INGEST_PATH, HttpIngest
 from pipeline.settings import Settings
 from processors import security_policy as sp
 from processors import timeseries as ts
+from processors.http_ingest import MAX_BODY_BYTES
 from processors.metadata import MetadataCatalog
+from processors.solarquery import error_body as sq_error
 from sinks.clickhouse import DATUM_VIEW, RAW_TABLE, connect
 from sinks.rollups import ROLLUP_TABLE, ROLLUP_VIEW
 
@@ -457,8 +460,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # idle keep-alive connections must not hold up a stop
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], api: Api) -> None:
+    def __init__(self, address: tuple[str, int], api: Api, ingest: HttpIngest | None = None) -> None:
         self.api = api
+        self.ingest = ingest or HttpIngest(Settings())
         self.in_flight = 0
         self.idle = threading.Condition()
         super().__init__(address, _Handler)
@@ -552,7 +556,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_OPTIONS(self) -> None:  # noqa: N802 - CORS preflight
         self._send(204, b"", "text/plain; charset=utf-8", extra=(
-            ("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS"),
+            ("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS"),
             ("Access-Control-Allow-Headers", ALLOWED_HEADERS),
             ("Access-Control-Max-Age", "86400"),
             ("Allow", "GET, HEAD, OPTIONS"),
@@ -563,7 +567,45 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(405, r.body, r.content_type, extra=(("Allow", "GET, HEAD, OPTIONS"), ("Connection", "close")))
         self.close_connection = True
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
+    def do_POST(self) -> None:  # noqa: N802
+        url = urlsplit(self.path)
+        if url.path.rstrip("/") != INGEST_PATH:
+            self._not_allowed()
+            return
+        with self.server.request_scope():
+            body = self._body()
+            if body is None:
+                return
+            try:
+                token = self._authenticate(url.path, url.query, body)
+                status, answer = self.server.ingest.post(token, body, url.path)
+            except sp.AccessDenied as exc:
+                status, answer = exc.status, sq_error(exc.reason, exc.status)
+            except AccessUnavailable as exc:
+                status, answer = 503, sq_error(str(exc), 503)
+            except Exception:  # a bug: logged, answered without details; nothing was acknowledged
+                log.exception("request %s failed", self.path)
+                status, answer = 500, sq_error("internal error (logged by the server); not taken", 500)
+            extra = (("WWW-Authenticate", "SNWS2"),) if status == 401 else ()
+            self._send(status, answer, "application/json;charset=UTF-8", extra=extra)
+
+    def _body(self) -> bytes | None:
+        """The request body by Content-Length (bounded); None when refused (answered here)."""
+        raw = self.headers.get("Content-Length")
+        if raw is None or not raw.strip().isdigit():
+            self.close_connection = True
+            self._send(411, sq_error("Content-Length is required (a number)", 411), "application/json;charset=UTF-8",
+                       extra=(("Connection", "close"),))
+            return None
+        size = int(raw)
+        if size > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._send(413, sq_error(f"the body is over {MAX_BODY_BYTES} bytes", 413),
+                       "application/json;charset=UTF-8", extra=(("Connection", "close"),))
+            return None
+        return self.rfile.read(size)
+
+    do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Malformed requests (bad request line, URI too long) get JSON and CORS too."""
@@ -596,7 +638,8 @@ def serve(settings: Settings, on_ready: Callable[[tuple[str, int]], None] | None
     zones = Zones(settings.postgres_dsn)
     tokens = TokenStore(settings.postgres_dsn)
     access = Access(tokens, settings.api_auth)
-    server = _Server((settings.api_host, settings.api_port), Api(store, zones, load_openapi(), access))
+    ingest = HttpIngest(settings)
+    server = _Server((settings.api_host, settings.api_port), Api(store, zones, load_openapi(), access), ingest)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -623,4 +666,5 @@ def serve(settings: Settings, on_ready: Callable[[tuple[str, int]], None] | None
         store.close()
         zones.close()
         tokens.close()
+        ingest.close()
         log.info("time-series API stopped")
