@@ -104,9 +104,13 @@ def parse_date(text: str, name: str) -> datetime:
     return (out - sign * offset).replace(tzinfo=UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ms(moment: datetime) -> int:
+    """Epoch milliseconds, exactly (a float timestamp times 1000 can land a millisecond short)."""
     aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return int(aware.timestamp() * 1000)
+    return (aware - _EPOCH) // timedelta(milliseconds=1)
 
 
 def parse_period(text: str) -> tuple[int, int, int]:
@@ -125,7 +129,7 @@ def shift(ms: int, period: tuple[int, int, int], sign: int = -1) -> int:
     year, month = divmod(months, 12)
     day = min(t.day, _days_in(year, month + 1))
     moved = t.replace(year=year, month=month + 1, day=day) + sign * timedelta(days=period[2])
-    return int(moved.timestamp() * 1000)
+    return _ms(moved)
 
 
 def _days_in(year: int, month: int) -> int:
@@ -213,8 +217,8 @@ def local_bounds(f: DatumFilter, tz: str) -> tuple[int | None, int | None]:
     if f.local_start is None and f.local_end is None:
         return f.start_ms, f.end_ms
     z = ZoneInfo(tz)
-    lo = int(f.local_start.replace(tzinfo=z).timestamp() * 1000) if f.local_start else None
-    hi = int(f.local_end.replace(tzinfo=z).timestamp() * 1000) if f.local_end else None
+    lo = _ms(f.local_start.replace(tzinfo=z)) if f.local_start else None
+    hi = _ms(f.local_end.replace(tzinfo=z)) if f.local_end else None
     return lo, hi
 
 
