@@ -44,6 +44,21 @@ KEEP_ALIVE_TIMEOUT = 30  # seconds an idle keep-alive connection is kept, as Cli
 DEFAULT_SESSION_TIMEOUT = 60  # ClickHouse's default_session_timeout
 MAX_SESSION_TIMEOUT = 3600  # ClickHouse's max_session_timeout
 HEAD_BYTES = 1 << 16  # body prefix read before deciding how a request is executed
+# A query that is not an INSERT's data is held whole: at most this (ClickHouse's max_query_size
+# is 256 KiB; set-wise reads of the pipeline send ~50 KB).
+MAX_QUERY_BYTES = 16 << 20
+MAX_CHUNK_BYTES = 1 << 30  # one chunk of a chunked body
+DECOMPRESS_STEP = 1 << 20  # most decompressed bytes produced per step: a small body never inflates at once
+# Table functions and clauses that reach outside the database (files, URLs, other servers,
+# programs): this endpoint serves the pipeline's tables, never the host's files (issue 14).
+DENIED_TABLE_FUNCTIONS = frozenset({
+    b"FILE", b"URL", b"URLCLUSTER", b"S3", b"S3CLUSTER", b"GCS", b"OSS", b"COSN", b"HDFS", b"HDFSCLUSTER",
+    b"AZUREBLOBSTORAGE", b"AZUREBLOBSTORAGECLUSTER", b"REMOTE", b"REMOTESECURE", b"CLUSTER",
+    b"CLUSTERALLREPLICAS", b"MYSQL", b"POSTGRESQL", b"MONGODB", b"REDIS", b"SQLITE", b"JDBC", b"ODBC",
+    b"EXECUTABLE", b"PYTHON", b"ICEBERG", b"ICEBERGS3", b"ICEBERGAZURE", b"ICEBERGHDFS", b"ICEBERGLOCAL",
+    b"DELTALAKE", b"DELTALAKELOCAL", b"DELTALAKES3", b"HUDI", b"FILECLUSTER", b"ARROWFLIGHT", b"YTSAURUS",
+    b"PARQUETMETADATA", b"DATALAKE",
+})
 IDLE_POOL_SIZE = 8  # sessionless handles kept open between requests
 
 # URL parameters that belong to the HTTP layer, not to the query's settings.
@@ -61,6 +76,7 @@ NOT_IMPLEMENTED = 48
 UNKNOWN_FORMAT = 73
 UNKNOWN_COMPRESSION_METHOD = 89
 READONLY = 164
+ACCESS_DENIED = 497
 CANNOT_DECOMPRESS = 271
 SESSION_NOT_FOUND = 372
 SESSION_IS_LOCKED = 373
@@ -84,6 +100,7 @@ _STATUS_BY_NAME: dict[str, int] = {
         "UNKNOWN_TYPE_OF_QUERY", "UNKNOWN_ROLE",
     ), 404),
     "QUERY_IS_TOO_LARGE": 413,
+    "ACCESS_DENIED": 403,
     "NOT_IMPLEMENTED": 501,
     "SOCKET_TIMEOUT": 503,
     "CANNOT_OPEN_FILE": 503,
@@ -153,6 +170,23 @@ class InsertSplit:
     statement: str  # the INSERT without its FORMAT clause, as chDB's send_insert wants it
     fmt: str
     data_start: int
+
+
+def denied(buf: bytes) -> str | None:
+    """The table function or clause of a statement that reaches outside the database, if any:
+    `file(...)`, `url(...)`, `remote(...)`, ... anywhere (INSERT INTO FUNCTION included), and
+    INTO OUTFILE / FROM INFILE. Quoted strings and comments are skipped, so a literal 'file(' is
+    no match."""
+    prev: bytes = b""
+    for m in _significant(buf, len(buf)):
+        tok = m.group()
+        upper = tok.upper()
+        if tok == b"(" and prev.strip(b'`"').upper() in DENIED_TABLE_FUNCTIONS:
+            return prev.strip(b'`"').decode(errors="replace")
+        if upper in (b"OUTFILE", b"INFILE") and prev.upper() in (b"INTO", b"FROM"):
+            return f"{prev.decode()} {tok.decode()}"
+        prev = tok
+    return None
 
 
 def split_insert(buf: bytes) -> InsertSplit | None:
@@ -250,16 +284,62 @@ def _decompressor_factory(encoding: str) -> Callable[[], _Decompressor]:
                           f"Content-Encoding '{encoding}'. (UNKNOWN_COMPRESSION_METHOD)")
 
 
-def decompress_stream(chunks: Iterator[bytes], encoding: str) -> Iterator[bytes]:
-    """Inflate a request body; clickhouse-connect sends one lz4/zstd frame per block."""
-    factory = _decompressor_factory(encoding)
-    dec = factory()
+class _ChunkReader:
+    """A file-like view of an iterator of chunks (for zstandard's stream reader)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+        self.buf = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while not self.buf:
+            nxt = next(self.chunks, None)
+            if nxt is None:
+                return b""
+            self.buf = nxt
+        if size < 0 or size >= len(self.buf):
+            out, self.buf = self.buf, b""
+        else:
+            out, self.buf = self.buf[:size], self.buf[size:]
+        return out
+
+
+def _bounded(dec: Any, data: bytes, step: int) -> Iterator[bytes]:
+    """What `data` inflates to, `step` bytes at most at a time (lz4 and zlib take a max length)."""
+    if isinstance(dec, lz4.frame.LZ4FrameDecompressor):
+        out = dec.decompress(data, max_length=step)
+        yield out
+        while not dec.needs_input and not dec.eof:
+            yield dec.decompress(b"", max_length=step)
+        return
+    if hasattr(dec, "unconsumed_tail"):  # zlib
+        out = dec.decompress(data, step)
+        yield out
+        while dec.unconsumed_tail and not dec.eof:
+            yield dec.decompress(dec.unconsumed_tail, step)
+        return
+    yield dec.decompress(data)  # brotli: no bound offered
+
+
+def decompress_stream(chunks: Iterator[bytes], encoding: str, step: int = DECOMPRESS_STEP) -> Iterator[bytes]:
+    """Inflate a request body; clickhouse-connect sends one lz4/zstd frame per block. Never more
+    than `step` bytes are produced at once, so a small body that inflates to gigabytes (a
+    decompression bomb) costs no more memory than a large one; the caller bounds the total."""
     try:
+        if encoding == "zstd":
+            reader = zstandard.ZstdDecompressor().stream_reader(_ChunkReader(chunks), read_across_frames=True)
+            while True:
+                out = reader.read(step)
+                if not out:
+                    return
+                yield out
+        factory = _decompressor_factory(encoding)
+        dec = factory()
         for chunk in chunks:
             while chunk:
-                out = dec.decompress(chunk)
-                if out:
-                    yield out
+                for out in _bounded(dec, chunk, step):
+                    if out:
+                        yield out
                 chunk = b""
                 if getattr(dec, "eof", False):
                     chunk = dec.unused_data
@@ -503,9 +583,21 @@ def execute(engine: Engine, req: Request) -> Result:
         head += chunk
     split = split_insert(bytes(head))
     if split is None and not done:  # a long VALUES insert or a huge query: it all is the query
-        head += b"".join(body)
+        for chunk in body:
+            head += chunk
+            if len(head) > MAX_QUERY_BYTES:
+                raise ClickHouseError(SYNTAX_ERROR, f"Code: {SYNTAX_ERROR}. DB::Exception: Max query size "
+                                      f"exceeded: the query is over {MAX_QUERY_BYTES} bytes; send large data "
+                                      "as INSERT ... FORMAT with the data in the body. (SYNTAX_ERROR)",
+                                      "SYNTAX_ERROR")
         done = True
         split = split_insert(bytes(head))
+    statement = bytes(head[:split.data_start]) if split is not None else bytes(head)
+    outside = denied(statement)
+    if outside is not None:
+        raise ClickHouseError(ACCESS_DENIED, f"Code: {ACCESS_DENIED}. DB::Exception: {outside} is not allowed "
+                              "on this endpoint: it serves the database, not the host's files, URLs or other "
+                              "servers. (ACCESS_DENIED)", "ACCESS_DENIED")
     if split is None and not head.strip():
         raise ClickHouseError(SYNTAX_ERROR, f"Code: {SYNTAX_ERROR}. DB::Exception: Empty query. "
                               "(SYNTAX_ERROR)", "SYNTAX_ERROR")
@@ -540,6 +632,10 @@ def execute(engine: Engine, req: Request) -> Result:
         else:
             h.apply_settings(_settings_of(p))
         res = h.run(text, default_fmt, query_params)
+        if info.get("statement_count", 1) == 0:
+            # chDB's parser found no statement and chDB answered nothing (ClickHouse: a syntax error)
+            raise ClickHouseError(SYNTAX_ERROR, f"Code: {SYNTAX_ERROR}. DB::Exception: Syntax error: no SQL "
+                                  f"statement in {text[:40]!r}. (SYNTAX_ERROR)", "SYNTAX_ERROR")
         if _LEADING_USE_RE.match(text):
             h.database = None
         elapsed = time.perf_counter() - started
@@ -652,16 +748,23 @@ class Handler(BaseHTTPRequestHandler):
                     size = int(line.split(b";")[0].strip(), 16)
                 except ValueError:
                     raise BadRequestBody(f"bad chunk size line {line[:40]!r}") from None
+                if not 0 <= size <= MAX_CHUNK_BYTES:
+                    raise BadRequestBody(f"chunk size {size} is over {MAX_CHUNK_BYTES}")
                 if size == 0:
                     while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                         pass  # trailers
                     return
-                data = self.rfile.read(size)
-                if len(data) < size:
-                    raise BadRequestBody("connection closed inside a chunk")
+                while size > 0:  # in pieces: a chunk's size alone never decides what is held
+                    data = self.rfile.read(min(size, 1 << 20))
+                    if not data:
+                        raise BadRequestBody("connection closed inside a chunk")
+                    size -= len(data)
+                    yield data
                 self.rfile.readline(16)
-                yield data
-        remaining = int(self.headers.get("Content-Length") or 0)
+        length = (self.headers.get("Content-Length") or "0").strip()
+        if not length.isdigit():
+            raise BadRequestBody(f"Content-Length {length[:40]!r} is not a number")
+        remaining = int(length)
         while remaining > 0:
             data = self.rfile.read(min(remaining, 1 << 20))
             if not data:
@@ -674,6 +777,10 @@ class Handler(BaseHTTPRequestHandler):
             self._route()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except BadRequestBody as exc:  # a /ping or unknown path with a malformed body
+            self.close_connection = True
+            self._error(ClickHouseError(UNKNOWN_EXCEPTION, f"Code: {UNKNOWN_EXCEPTION}. DB::Exception: "
+                                        f"Malformed request body: {exc}.", ""), 400, None)
         finally:
             with self.server.conn_lock:
                 self.server.connections[self] = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -25,6 +25,7 @@ from pipeline.codec import (
     encode_batch,
     group_streams,
 )
+from pipeline.kafka_config import client_config
 from pipeline.settings import Settings
 from pipeline.topics import Topics, stream_key
 from processors.auxiliary import AuxChange
@@ -71,7 +72,7 @@ class _Sent:
 
 def producer_config(settings: Settings) -> dict[str, Any]:
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **client_config(settings),
         "enable.idempotence": True,
         "acks": "all",
         "compression.type": settings.producer_compression,
@@ -86,7 +87,7 @@ class TopicAdmin:
     """Creates topics on first use; remembers which exist."""
 
     def __init__(self, settings: Settings) -> None:
-        self._admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        self._admin = AdminClient(client_config(settings))
         self._partitions = settings.topic_partitions
         self._topics = Topics(settings.topic_prefix)
         self._known: set[str] = set()
@@ -254,7 +255,7 @@ class DatumProducer:
         try:
             if self._offsets_reader is None:
                 # the workers' group id; never subscribes, so it never joins (or disturbs) the group
-                self._offsets_reader = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
+                self._offsets_reader = Consumer({**client_config(self.settings),
                                                  "group.id": self.settings.app_id, "enable.auto.commit": False})
             got = self._offsets_reader.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
         except KafkaException as exc:
@@ -303,7 +304,8 @@ class DatumProducer:
             raise DeliveryError(f"{count} messages failed delivery, first: {first}")
 
 
-def end_offsets(bootstrap: str, topic: str, partitions: Sequence[int], idle_s: float = 0.5) -> dict[int, int]:
+def end_offsets(client: Mapping[str, Any] | str, topic: str, partitions: Sequence[int],
+                idle_s: float = 0.5) -> dict[int, int]:
     """The offset after the last record of each partition, read, not asked for.
 
     The broker's high watermark should say this, but Tansu 0.6 (the embedded broker) reports
@@ -312,7 +314,8 @@ def end_offsets(bootstrap: str, topic: str, partitions: Sequence[int], idle_s: f
     partition is quiet for `idle_s`; on Apache Kafka this reads one record per partition."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "pipeline-end-offsets",
+    base = {"bootstrap.servers": client} if isinstance(client, str) else dict(client)  # client_config(settings)
+    consumer = Consumer({**base, "group.id": "pipeline-end-offsets",
                          "enable.auto.commit": False, "enable.partition.eof": True})
     ends: dict[int, int] = {}
     try:

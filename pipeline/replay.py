@@ -154,7 +154,9 @@ def replay_deadletters(settings: Settings, stage: str | None = None, rule: str |
     from pipeline.topics import Topics
 
     topic = Topics(settings.topic_prefix).deadletter
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "pipeline-replay",
+    from pipeline.kafka_config import client_config
+
+    consumer = Consumer({**client_config(settings), "group.id": "pipeline-replay",
                          "enable.auto.commit": False})
     report = ReplayReport()
     producer = DatumProducer(settings)
@@ -164,7 +166,7 @@ def replay_deadletters(settings: Settings, stage: str | None = None, rule: str |
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             raise SystemExit(f"pipeline replay: no dead-letter topic {topic!r}")
-        ends = end_offsets(settings.kafka_bootstrap, topic, list(meta.partitions))
+        ends = end_offsets(client_config(settings), topic, list(meta.partitions))
         if progress is not None:
             progress.total = sum(ends.values())
         todo = {p for p, end in ends.items() if end > 0}

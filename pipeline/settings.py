@@ -22,6 +22,13 @@ class Settings:
     kafka_bootstrap: str = field(default="", metadata={"doc": "Kafka bootstrap servers, host:port[,host:port]"})
     clickhouse_url: str = field(default="", metadata={"doc": "ClickHouse HTTP URL, e.g. http://user:pw@host:8123/db"})
     postgres_dsn: str = field(default="", metadata={"doc": "PostgreSQL DSN for the metadata history log"})
+    kafka_security_protocol: str = field(default="PLAINTEXT", metadata={
+        "doc": "Kafka security: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (every client: producer, Faust, admin)"})
+    kafka_sasl_mechanism: str = field(default="SCRAM-SHA-512", metadata={
+        "doc": "SASL mechanism: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN"})
+    kafka_sasl_username: str = field(default="", metadata={"doc": "SASL user name"})
+    kafka_sasl_password: str = field(default="", metadata={"doc": "SASL password"})
+    kafka_ssl_cafile: str = field(default="", metadata={"doc": "CA bundle that signed the brokers' certificates"})
     data_dir: Path = field(default=Path("data"), metadata={"doc": "Embedded stack data directory"})
 
     # Kafka naming
@@ -50,6 +57,8 @@ class Settings:
 
     # Serving
     metrics_port: int = field(default=9108, metadata={"doc": "Prometheus /metrics port of the worker (0: off)"})
+    metrics_host: str = field(default="127.0.0.1", metadata={
+        "doc": "Address the worker's /metrics listens on (0.0.0.0 for a Prometheus on another host)"})
     api_host: str = field(default="127.0.0.1", metadata={"doc": "Address the time-series HTTP API listens on"})
     api_port: int = field(default=8080, metadata={"doc": "Port of the time-series HTTP API (0: off in pipeline up)"})
     api_auth: str = field(default="auto", metadata={

@@ -61,6 +61,7 @@ from pipeline.codec import (
     message_weight,
 )
 from pipeline.commit import Committer, Isolated, RetryPolicy, Unavailable, describe, stage_named
+from pipeline.kafka_config import client_config, faust_credentials
 from pipeline.metadata import MetadataLink
 from pipeline.metrics import Metrics, build_metrics, observe_many
 from pipeline.producer import TopicAdmin, end_offsets
@@ -299,6 +300,7 @@ class DatumWorker:
         self.app = faust.App(
             settings.app_id,
             broker=faust_broker_url(settings.kafka_bootstrap),
+            broker_credentials=faust_credentials(settings),
             store="memory://",
             # Faust writes a per-app folder; keep it under the data directory, not the cwd.
             datadir=str(settings.data_dir / "faust" / "{conf.id}"),
@@ -794,8 +796,8 @@ class DatumWorker:
         @app.task
         async def warm_up() -> None:
             if s.metrics_port:
-                start_http_server(s.metrics_port, registry=self.registry)
-                log.info("metrics on :%d/metrics", s.metrics_port)
+                start_http_server(s.metrics_port, addr=s.metrics_host, registry=self.registry)
+                log.info("metrics on %s:%d/metrics", s.metrics_host, s.metrics_port)
             await self.in_thread("clickhouse", lambda: self.sink)
             await self.in_thread("clickhouse", lambda: self.rollups)
             self.metrics.dependency_up.labels("clickhouse").set(1)
@@ -856,7 +858,7 @@ class DatumWorker:
                     timeout, self._metadata_next, end)
 
     def _metadata_end(self) -> int:
-        return end_offsets(self.settings.kafka_bootstrap, self.topics.metadata, [0])[0]
+        return end_offsets(client_config(self.settings), self.topics.metadata, [0])[0]
 
     _committed_reader: Any = None
 
@@ -864,7 +866,7 @@ class DatumWorker:
         from confluent_kafka import Consumer, TopicPartition
 
         if self._committed_reader is None:  # one reader, not one per poll
-            self._committed_reader = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
+            self._committed_reader = Consumer({**client_config(self.settings),
                                                "group.id": self.settings.app_id, "enable.auto.commit": False})
         (tp,) = self._committed_reader.committed([TopicPartition(self.topics.metadata, 0)], timeout=10)
         return max(0, int(tp.offset))

@@ -171,13 +171,18 @@ def test_the_api_service_serves_on_its_settings(compose: dict[str, Any]) -> None
 
     api, worker = compose["services"]["api"], compose["services"]["worker"]
     env = {k: str(v) for k, v in api["environment"].items()}
-    # the same pipeline settings as the workers, plus where the API listens
-    assert {k: v for k, v in env.items() if not k.startswith("PIPELINE_API_")} == {
-        k: str(v) for k, v in worker["environment"].items()}
+    # the same pipeline settings as the workers, plus where the API listens, and read-only
+    # credentials for the stores (issue 14)
+    reads_only = ("PIPELINE_CLICKHOUSE_URL", "PIPELINE_POSTGRES_DSN")
+    assert {k: v for k, v in env.items() if not k.startswith("PIPELINE_API_") and k not in reads_only} == {
+        k: str(v) for k, v in worker["environment"].items() if k not in reads_only}
+    assert env["PIPELINE_CLICKHOUSE_URL"].startswith("http://pipeline_reader:")
+    assert env["PIPELINE_POSTGRES_DSN"].startswith("postgresql://pipeline_api:")
+    assert env["PIPELINE_API_AUTH"] == "required"
     # ${VAR:-default} as Docker Compose fills it in with nothing set
     filled = {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", v) for k, v in env.items()}
     settings = Settings.from_env(filled)
     assert settings.api_host == "0.0.0.0" and settings.api_port == 8080
     assert api["command"] == ["pipeline", "api"]
     assert f"{settings.api_port}:{settings.api_port}" in api["ports"]
-    assert f":{settings.api_port}/api/timeseries" in " ".join(api["healthcheck"]["test"])
+    assert f":{settings.api_port}/api/timeseries/openapi.json" in " ".join(api["healthcheck"]["test"])

@@ -202,14 +202,18 @@ def test_data_sources() -> None:
     assert CLICKHOUSE_PLUGIN in re.split(r"[,\s;]+", plugins), "the grafana service does not install the plugin"
 
     chs = by_type[CLICKHOUSE_PLUGIN]["jsonData"]
-    assert (chs["host"], chs["port"], chs["protocol"], chs["username"]) == ("clickhouse", 8123, "http", "default")
+    # Grafana reads as the read-only user the ClickHouse service defines (issue 14)
+    assert (chs["host"], chs["port"], chs["protocol"], chs["username"]) == \
+        ("clickhouse", 8123, "http", "pipeline_reader")
+    users = (COMPOSE.parent / "clickhouse" / "users.d" / "pipeline_reader.xml").read_text()
+    assert "<pipeline_reader>" in users and "<readonly>2</readonly>" in users
     assert "clickhouse" in compose["services"]
     # the same password the ClickHouse service is given
     password = by_type[CLICKHOUSE_PLUGIN]["secureJsonData"]["password"]
     var = re.fullmatch(r"\$\{?(\w+)\}?", password)
     assert var, f"the ClickHouse password should come from the environment, not {password!r}"
-    assert env.get(var.group(1)) == compose["services"]["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD"], (
-        f"grafana's {var.group(1)} is not the ClickHouse server's CLICKHOUSE_PASSWORD")
+    assert env.get(var.group(1)) == compose["services"]["clickhouse"]["environment"]["CLICKHOUSE_READER_PASSWORD"], (
+        f"grafana's {var.group(1)} is not the ClickHouse server's CLICKHOUSE_READER_PASSWORD")
     assert by_type["prometheus"]["url"] == "http://prometheus:9090"
     assert "prometheus" in compose["services"]
     # every $VAR the provisioning files' values use is in grafana's environment
