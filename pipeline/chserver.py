@@ -16,7 +16,10 @@ So every HTTP session gets its own handle and sessionless requests borrow one fr
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -77,6 +80,7 @@ UNKNOWN_FORMAT = 73
 UNKNOWN_COMPRESSION_METHOD = 89
 READONLY = 164
 ACCESS_DENIED = 497
+AUTHENTICATION_FAILED = 516
 CANNOT_DECOMPRESS = 271
 SESSION_NOT_FOUND = 372
 SESSION_IS_LOCKED = 373
@@ -101,6 +105,7 @@ _STATUS_BY_NAME: dict[str, int] = {
     ), 404),
     "QUERY_IS_TOO_LARGE": 413,
     "ACCESS_DENIED": 403,
+    "AUTHENTICATION_FAILED": 403,
     "NOT_IMPLEMENTED": 501,
     "SOCKET_TIMEOUT": 503,
     "CANNOT_OPEN_FILE": 503,
@@ -535,6 +540,46 @@ class Request:
     headers: dict[str, str]
     method: str
     body: Iterator[bytes]  # decompressed request body
+    user: str = "default"
+    readonly: bool = False  # the user may only read (SELECT, SHOW, DESCRIBE, ...)
+
+
+@dataclass(frozen=True)
+class User:
+    sha256_hex: str
+    readonly: bool = False
+
+
+def load_users(path: Path) -> dict[str, User]:
+    """{"name": {"sha256_hex": "<SHA-256 of the password>", "readonly": bool}, ...}"""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return {str(name): User(str(u["sha256_hex"]).lower(), bool(u.get("readonly", False))) for name, u in doc.items()}
+
+
+def credentials(headers: dict[str, str], params: dict[str, str]) -> tuple[str, str]:
+    """(user, password) as ClickHouse's HTTP interface takes them: Basic auth, the
+    X-ClickHouse-User/Key headers, or the user/password URL parameters; else default, no password."""
+    auth = headers.get("authorization", "")
+    if auth[:6].lower() == "basic ":
+        try:
+            user, _, password = base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            user, password = "", ""
+        return user or "default", password
+    if "x-clickhouse-user" in headers or "x-clickhouse-key" in headers:
+        return headers.get("x-clickhouse-user") or "default", headers.get("x-clickhouse-key", "")
+    return params.get("user") or "default", params.get("password", "")
+
+
+def authenticate(users: dict[str, User] | None, user: str, password: str) -> User | None:
+    """The user, when the password is right (every user's check costs the same); None otherwise.
+    Without a users file every request is let in as an unrestricted user."""
+    if users is None:
+        return User("", False)
+    known = users.get(user)
+    digest = hashlib.sha256(password.encode("utf-8")).hexdigest()
+    ok = hmac.compare_digest(digest, known.sha256_hex if known else "0" * 64)
+    return known if known is not None and ok else None
 
 
 @dataclass
@@ -608,6 +653,11 @@ def execute(engine: Engine, req: Request) -> Result:
     session_id = p.get("session_id") or None
     database = p.get("database") or req.headers.get("x-clickhouse-database")
     query_params = {k[6:]: v for k, v in p.items() if k.startswith("param_")}
+    if req.readonly and split is not None:
+        raise ClickHouseError(READONLY, f"Code: {READONLY}. DB::Exception: {req.user}: Cannot execute query in "
+                              "readonly mode: the user may only read. (READONLY)", "READONLY")
+    if session_id:
+        session_id = f"{req.user}\x00{session_id}"  # a user's sessions are its own
     with engine.handle(session_id, timeout, p.get("session_check") == "1") as h:
         # a sessionless handle always starts from the default database
         h.use(database, None if session_id else "default")
@@ -623,6 +673,9 @@ def execute(engine: Engine, req: Request) -> Result:
         if info.get("statement_count", 1) > 1:
             raise ClickHouseError(SYNTAX_ERROR, f"Code: {SYNTAX_ERROR}. DB::Exception: Multi-statements "
                                   "are not allowed. (SYNTAX_ERROR)", "SYNTAX_ERROR")
+        if req.readonly and "READ_ONLY" not in kind:
+            raise ClickHouseError(READONLY, f"Code: {READONLY}. DB::Exception: {req.user}: Cannot execute query "
+                                  "in readonly mode: the user may only read. (READONLY)", "READONLY")
         if req.method == "GET" and "MUTATING" in kind:
             raise ClickHouseError(READONLY, f"Code: {READONLY}. DB::Exception: Cannot execute query in "
                                   "readonly mode. For queries over HTTP, method GET implies readonly. "
@@ -689,9 +742,10 @@ class Server(ThreadingHTTPServer):
     block_on_close = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], engine: Engine) -> None:
+    def __init__(self, address: tuple[str, int], engine: Engine, users: dict[str, User] | None = None) -> None:
         super().__init__(address, Handler)
         self.engine = engine
+        self.users = users  # None: no users file, every request is let in
         self.stopping = False
         self.conn_lock = threading.Lock()
         self.connections: dict[Handler, bool] = {}  # handler -> busy with a request
@@ -806,10 +860,19 @@ class Handler(BaseHTTPRequestHandler):
         query_id = params.get("query_id") or str(uuid.uuid4())
         raw = self._raw_body()
         headers = {k.lower(): v for k, v in self.headers.items()}
+        name, password = credentials(headers, params)
+        user = authenticate(self.server.users, name, password)
+        if user is None:
+            self._drain(raw)
+            self._error(ClickHouseError(AUTHENTICATION_FAILED, f"Code: {AUTHENTICATION_FAILED}. DB::Exception: "
+                                        f"{name}: Authentication failed: password is incorrect, or there is no "
+                                        "user with such name. (AUTHENTICATION_FAILED)", "AUTHENTICATION_FAILED"),
+                        None, query_id)
+            return
         try:
             encoding = headers.get("content-encoding", "").strip().lower()
             body = decompress_stream(raw, encoding) if encoding and encoding != "identity" else raw
-            result = execute(self.server.engine, Request(params, headers, self.command, body))
+            result = execute(self.server.engine, Request(params, headers, self.command, body, name, user.readonly))
         except BadRequestBody as exc:
             self.close_connection = True
             self._error(ClickHouseError(UNKNOWN_EXCEPTION, f"Code: {UNKNOWN_EXCEPTION}. DB::Exception: "
@@ -878,18 +941,21 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(head + body if self.command != "HEAD" else head)
 
 
-def serve(data_dir: Path, host: str, port: int) -> None:
-    """Own data_dir and serve it over HTTP until SIGTERM/SIGINT, then shut down cleanly."""
+def serve(data_dir: Path, host: str, port: int, users_file: Path | None = None) -> None:
+    """Own data_dir and serve it over HTTP until SIGTERM/SIGINT, then shut down cleanly. With a
+    users file, every request (but /ping) must name a user of it with its password."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    users = load_users(users_file) if users_file is not None else None
     engine = Engine(data_dir)
-    server = Server((host, port), engine)
+    server = Server((host, port), engine, users)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                             name="chserver-accept")
     loop.start()
-    log.info("chDB %s on %s serving http://%s:%d", engine.version, data_dir, host, port)
+    log.info("chDB %s on %s serving http://%s:%d (%s)", engine.version, data_dir, host, port,
+             f"users: {', '.join(sorted(users))}" if users is not None else "no users file: anyone who reaches it")
     try:
         while not stop.wait(1.0):
             engine.expire_sessions()
@@ -908,11 +974,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8123)
+    ap.add_argument("--users", type=Path, help="JSON users file: {name: {sha256_hex, readonly}} (default: open)")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(args.data_dir, args.host, args.port)
+    serve(args.data_dir, args.host, args.port, args.users)
     return 0
 
 

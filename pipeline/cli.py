@@ -276,11 +276,15 @@ def _need(settings: Settings, *what: str) -> None:
 
 
 def embedded_defaults(settings: Settings) -> Settings:
-    """Where `pipeline up` puts the embedded services: fill in what is not set."""
+    """Where `pipeline up` puts the embedded services: fill in what is not set (the embedded
+    ClickHouse endpoint with the writer's credentials `up` made in the data directory)."""
+    from pipeline.stack import embedded_clickhouse_url
+
     return replace(
         settings,
         kafka_bootstrap=settings.kafka_bootstrap or f"127.0.0.1:{settings.kafka_port}",
-        clickhouse_url=settings.clickhouse_url or f"http://127.0.0.1:{settings.clickhouse_port}",
+        clickhouse_url=settings.clickhouse_url
+        or embedded_clickhouse_url(settings.data_dir.resolve(), settings.clickhouse_port),
         postgres_dsn=settings.postgres_dsn
         or f"postgresql://postgres@127.0.0.1:{settings.postgres_port}/postgres",
     )
@@ -646,8 +650,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             services.append(stack.tansu(settings.kafka_port, log_dir=logs))
         if not settings.postgres_dsn:
             services.append(stack.postgres(data_dir / "postgres", settings.postgres_port))
-        if not settings.clickhouse_url:
-            services.append(stack.clickhouse(data_dir / "clickhouse", settings.clickhouse_port, log_dir=logs))
+        embedded_clickhouse = not settings.clickhouse_url
+        if embedded_clickhouse:
+            # only its users get in: the pipeline's writer, and a reader for the API (issue 14)
+            services.append(stack.clickhouse(data_dir / "clickhouse", settings.clickhouse_port, log_dir=logs,
+                                             users_file=stack.clickhouse_users_file(data_dir)))
         for svc in services:
             supervisor.add(svc.start())
         settings = embedded_defaults(settings)
@@ -666,7 +673,10 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             workers.append(child(f"worker-{n}", [sys.executable, "-m", "pipeline.cli", "worker"],
                                  PIPELINE_METRICS_PORT=str(port)))
         if settings.api_port:
-            others.append(child("api", [sys.executable, "-m", "pipeline.cli", "api"]))
+            # the API only reads ClickHouse: as the read-only user on the embedded endpoint
+            reader = {"PIPELINE_CLICKHOUSE_URL": stack.embedded_clickhouse_url(
+                data_dir, settings.clickhouse_port, user=stack.CLICKHOUSE_READER)} if embedded_clickhouse else {}
+            others.append(child("api", [sys.executable, "-m", "pipeline.cli", "api"], **reader))
         if args.demo:
             # the sample datamodels and bindings go through the metadata topic like any change
             from pipeline.resources import schemas_dir
@@ -732,12 +742,22 @@ def _wait_for_bindings(dsn: str, timeout: float, count: int = 1) -> None:
     raise SystemExit("pipeline up --demo: the sample datamodels were not applied in time; see logs/worker-0.log")
 
 
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
 def _banner(settings: Settings, data_dir: Path, workers: int) -> str:
     return "\n".join(
         [
             "pipeline is up:",
             f"  Kafka bootstrap    {settings.kafka_bootstrap}",
-            f"  ClickHouse HTTP    {settings.clickhouse_url}   (try: pipeline sql 'SELECT count() FROM datum')",
+            f"  ClickHouse HTTP    {_without_password(settings.clickhouse_url)}"
+            "   (try: pipeline sql 'SELECT count() FROM datum')",
             f"  PostgreSQL         {settings.postgres_dsn}",
             f"  Prometheus metrics http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else "",
             f"  time-series API    http://{settings.api_host}:{settings.api_port}/api/timeseries"

@@ -323,13 +323,66 @@ def start_postgres(data_dir: Path, port: int | None = None, host: str = "127.0.0
 
 # --- the ClickHouse endpoint --------------------------------------------------------------------
 
+# The embedded endpoint's users (issue 14): the pipeline's writer and a read-only reader, with
+# passwords made once per data directory and kept there (0600); the endpoint gets only their hashes.
+CLICKHOUSE_WRITER = "pipeline"
+CLICKHOUSE_READER = "reader"
+CREDENTIALS_FILE = "clickhouse-credentials.json"
+USERS_FILE = "clickhouse-users.json"
+
+
+def clickhouse_credentials(data_dir: Path) -> dict[str, str]:
+    """user -> password of the embedded endpoint, made on first use (and kept) in data_dir."""
+    import json
+    import secrets
+
+    path = data_dir / CREDENTIALS_FILE
+    if path.exists():
+        found: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
+        return found
+    data_dir.mkdir(parents=True, exist_ok=True)
+    made = {CLICKHOUSE_WRITER: secrets.token_urlsafe(24), CLICKHOUSE_READER: secrets.token_urlsafe(24)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(made, fh)
+    return made
+
+
+def clickhouse_users_file(data_dir: Path) -> Path:
+    """The endpoint's users file (hashes only) for the data directory's credentials."""
+    import hashlib
+    import json
+
+    creds = clickhouse_credentials(data_dir)
+    users = {name: {"sha256_hex": hashlib.sha256(pw.encode()).hexdigest(), "readonly": name == CLICKHOUSE_READER}
+             for name, pw in creds.items()}
+    path = data_dir / USERS_FILE
+    path.write_text(json.dumps(users), encoding="utf-8")
+    return path
+
+
+def embedded_clickhouse_url(data_dir: Path, port: int, host: str = "127.0.0.1",
+                            user: str = CLICKHOUSE_WRITER) -> str:
+    """The embedded endpoint's URL, with the user's credentials once the data directory has them."""
+    from urllib.parse import quote
+
+    path = data_dir / CREDENTIALS_FILE
+    if not path.exists():
+        return f"http://{host}:{port}"
+    password = clickhouse_credentials(data_dir)[user]
+    return f"http://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}"
+
+
 def clickhouse(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
-               log_dir: Path | None = None) -> Service:
-    """The chDB HTTP endpoint (pipeline.chserver) in its own process, not started: it owns data_dir."""
+               log_dir: Path | None = None, users_file: Path | None = None) -> Service:
+    """The chDB HTTP endpoint (pipeline.chserver) in its own process, not started: it owns data_dir.
+    With a users file, it answers only its users (pipeline up gives it one)."""
     port = port or free_port(host)
     log_file = (log_dir or data_dir) / "chserver.log"
     argv = [sys.executable, "-m", "pipeline.chserver", "--data-dir", str(data_dir),
             "--host", host, "--port", str(port)]
+    if users_file is not None:
+        argv += ["--users", str(users_file)]
 
     def spawn() -> subprocess.Popen[bytes]:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -348,8 +401,8 @@ def clickhouse(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
 
 
 def start_clickhouse(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
-                     log_dir: Path | None = None) -> Service:
-    return clickhouse(data_dir, port, host, log_dir).start()
+                     log_dir: Path | None = None, users_file: Path | None = None) -> Service:
+    return clickhouse(data_dir, port, host, log_dir, users_file).start()
 
 
 # --- the data directory lock --------------------------------------------------------------------

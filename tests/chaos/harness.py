@@ -37,7 +37,8 @@ def drill_settings(kafka_port: int, ch_port: int, pg_port: int, data_dir: Path, 
     small messages (many per drain, so a fault lands between them)."""
     return Settings.from_env({})._with({
         "kafka_bootstrap": f"127.0.0.1:{kafka_port}",
-        "clickhouse_url": f"http://127.0.0.1:{ch_port}",
+        # with the writer's credentials once `pipeline up` (or UpStack) made them in data_dir
+        "clickhouse_url": stack.embedded_clickhouse_url(data_dir.resolve(), ch_port),
         "postgres_dsn": f"postgresql://postgres@127.0.0.1:{pg_port}/postgres",
         "data_dir": data_dir,
         "app_id": "chaos",
@@ -204,6 +205,8 @@ class UpStack:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.data_dir = root / "data"
+        # the endpoint's users, made before `up` so the drill's own clients know them (up keeps them)
+        stack.clickhouse_credentials(self.data_dir.resolve())
         self.kafka_port, self.ch_port, self.pg_port = free_port(), free_port(), free_port()
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None

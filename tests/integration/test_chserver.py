@@ -262,3 +262,43 @@ def test_a_zstd_bomb_is_refused_without_inflating(clickhouse_url: str) -> None:
     # and the endpoint still answers
     client = clickhouse_connect.get_client(dsn=clickhouse_url)
     assert client.command("SELECT 1") == 1
+
+
+def test_users_with_passwords_and_a_read_only_reader(tmp_path: Path) -> None:
+    """With a users file (what `pipeline up` gives it) the endpoint answers only its users:
+    the writer may write, the reader only read, anyone else gets ClickHouse's 516 (HTTP 403, as
+    ClickHouse's exceptionCodeToHTTPStatus answers it)."""
+    data = tmp_path / "data"
+    users = stack.clickhouse_users_file(data)
+    creds = stack.clickhouse_credentials(data)
+    svc = stack.start_clickhouse(data / "clickhouse", users_file=users)
+    try:
+        port = int(svc.url.rsplit(":", 1)[1])
+        writer_url = stack.embedded_clickhouse_url(data, port)
+        reader_url = stack.embedded_clickhouse_url(data, port, user=stack.CLICKHOUSE_READER)
+        assert creds[stack.CLICKHOUSE_WRITER] in writer_url
+        assert (data / stack.CREDENTIALS_FILE).stat().st_mode & 0o077 == 0  # the owner's alone
+        assert creds[stack.CLICKHOUSE_WRITER] not in users.read_text()  # the endpoint gets hashes
+        writer = clickhouse_connect.get_client(dsn=writer_url)
+        writer.command("CREATE TABLE t (a UInt8) ENGINE = MergeTree ORDER BY a")
+        writer.insert("t", [[1], [2]], column_names=["a"])
+        reader = clickhouse_connect.get_client(dsn=reader_url)
+        assert reader.command("SELECT sum(a) FROM t") == 3
+        for attempt in (lambda: reader.insert("t", [[3]], column_names=["a"]),
+                        lambda: reader.command("INSERT INTO t VALUES (4)"),
+                        lambda: reader.command("DROP TABLE t")):
+            with pytest.raises(DatabaseError, match="READONLY"):
+                attempt()
+        assert writer.command("SELECT count() FROM t") == 2
+        status, _, body = http(svc.url, {"query": "SELECT 1"})
+        assert status == 403 and b"AUTHENTICATION_FAILED" in body
+        status, _, body = http(svc.url, {"query": "SELECT 1", "user": stack.CLICKHOUSE_WRITER, "password": "nope"})
+        assert status == 403 and b"AUTHENTICATION_FAILED" in body
+        status, _, body = http(svc.url, {"query": "SELECT 1"},
+                               headers={"X-ClickHouse-User": stack.CLICKHOUSE_READER,
+                                        "X-ClickHouse-Key": creds[stack.CLICKHOUSE_READER]})
+        assert (status, body) == (200, b"1\n")
+        with urllib.request.urlopen(svc.url.rstrip("/") + "/ping", timeout=10) as r:
+            assert r.status == 200  # health checks need no password
+    finally:
+        svc.stop()

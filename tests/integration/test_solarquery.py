@@ -285,3 +285,49 @@ def test_token_list_shows_no_secret_and_the_log_keeps_none(setup: Setup) -> None
                             "--entity", "security_token"], env=env, cwd=ROOT, capture_output=True, text=True,
                            timeout=120, check=True).stdout
     assert setup.tokens["m1"][0] in state and setup.tokens["revoked"][0] not in state
+
+
+def test_fuzzed_signed_requests_never_fail_and_never_leave_the_policy(setup: Setup) -> None:
+    """The time-series API's fuzzing, signed with a token limited to node 1's /m/1, plus fuzzed
+    SolarQuery requests: never a 500, and no answer ever names another stream."""
+    import random
+
+    token, secret = setup.tokens["m1"]
+    rng = random.Random(14)
+
+    def signed(path: str, query: str) -> Any:
+        headers = snws2.sign(token_id=token, secret=secret, method="GET", host=f"127.0.0.1:{setup.api.port}",
+                             path=path, now=datetime.now(UTC), params=snws2.parse_query(query))
+        return setup.api.request(f"{path}?{query}" if query else path, headers=headers)
+
+    series = [ts.series_name(ts.SeriesKey(n, s, "watts")) for n, s in STREAMS]
+    values = ["", "*", "-1", "0", "99999999999999999999", "1e3", "%00", "%2B", "a,b", *[quote(x, safe="")
+              for x in series], "x" * 300, "2025-12-01T00:00:00Z", "halfhour", "xml", "cb", "day", "timeOfDay"]
+    for _ in range(80):
+        params = rng.sample([*ts.PARAMETERS, "other"], rng.randrange(1, 5))
+        r = signed("/api/timeseries", "&".join(f"{p}={rng.choice(values)}" for p in params))
+        assert r.status in (200, 400, 403, 404, 406), (r.status, r.body[:300])
+        if r.status == 200:
+            for other in series[1:]:
+                assert other.encode() not in r.body
+    sq_values = ["1", "2", "1,2", "%2Fm%2F**", "%2F**", "%2Fx%2F1", "Hour", "None", "Day", "Minute", "x", "",
+                 "2025-12-01", "2025-12-01T01:00", "P1D", "Difference", "CalculatedAt", "-5", "5000", "true"]
+    names = ["nodeId", "nodeIds", "sourceId", "sourceIds", "startDate", "endDate", "aggregation", "max", "offset",
+             "readingType", "tolerance", "withNodeIds", "localStartDate", "mostRecent"]
+    for _ in range(120):
+        endpoint = rng.choice(["datum/list", "datum/mostRecent", "datum/reading", "range/sources",
+                               "range/interval"])
+        query = "&".join(f"{p}={rng.choice(sq_values)}" for p in rng.sample(names, rng.randrange(1, 6)))
+        r = signed(f"/solarquery/api/v1/sec/{endpoint}", query)
+        assert r.status in (200, 400, 403, 422), (endpoint, query, r.status, r.body[:300])
+        doc = r.json()
+        if r.status != 200:
+            assert doc["success"] is False and "data" not in doc
+            continue
+        data = doc.get("data")
+        rows = data.get("results", []) if isinstance(data, dict) else data or []
+        for row in rows:
+            if isinstance(row, dict):
+                assert (row.get("nodeId", 1), row.get("sourceId", "/m/1")) == (1, "/m/1"), (endpoint, query, row)
+            else:
+                assert row == "/m/1"
