@@ -115,7 +115,9 @@ _STATUS_BY_NAME: dict[str, int] = {
 
 # One SQL token: whitespace, comment, quoted string or identifier, word, or any single byte.
 _TOKEN = re.compile(
-    rb"""\s+|--[^\n]*|/\*.*?\*/|'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|`(?:[^`\\]|\\.)*`"""
+    # quoted: the unrolled form, a run of plain characters at a time (one alternation per
+    # character took ~5 ms for the ~40 KB literal table of a set-wise read)
+    rb"""\s+|--[^\n]*|/\*.*?\*/|'[^'\\]*(?:\\.[^'\\]*)*'|"[^"\\]*(?:\\.[^"\\]*)*"|`[^`\\]*(?:\\.[^`\\]*)*`"""
     rb"""|[A-Za-z_][A-Za-z0-9_]*|.""",
     re.S,
 )
@@ -185,10 +187,11 @@ def denied(buf: bytes) -> str | None:
     prev: bytes = b""
     for m in _significant(buf, len(buf)):
         tok = m.group()
-        upper = tok.upper()
-        if tok == b"(" and prev.strip(b'`"').upper() in DENIED_TABLE_FUNCTIONS:
-            return prev.strip(b'`"').decode(errors="replace")
-        if upper in (b"OUTFILE", b"INFILE") and prev.upper() in (b"INTO", b"FROM"):
+        if tok == b"(":
+            name = prev.strip(b'`"')
+            if name.upper() in DENIED_TABLE_FUNCTIONS:
+                return name.decode(errors="replace")
+        elif len(tok) in (6, 7) and tok.upper() in (b"OUTFILE", b"INFILE") and prev.upper() in (b"INTO", b"FROM"):
             return f"{prev.decode()} {tok.decode()}"
         prev = tok
     return None
