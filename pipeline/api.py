@@ -362,16 +362,12 @@ class Api:
         at which series exist, so a refusal tells nothing about series outside the policy)."""
         if token is None:
             return
-        sp.check_token(token, datetime.now(UTC))
-        if token.token_type is not sp.TokenType.READ_NODE_DATA:
-            raise sp.AccessDenied(403, f"a {token.token_type.value} token cannot read datums")
-        if not sp.api_path_allowed(token.policy, BASE_PATH):
-            raise sp.AccessDenied(403, f"API path {BASE_PATH} not allowed by the token policy")
+        # a description lists series: no figures, so no aggregation rule applies
+        sp.authorize_read(token, now=datetime.now(UTC), path=BASE_PATH, aggregation=AGGREGATION_OF[query.periodicity],
+                          figures=not query.describe)
         for key in query.series or ():
             if not sp.stream_allowed(token.policy, key.node_id, key.source_id):
                 raise sp.AccessDenied(403, f"series {ts.series_name(key)} not allowed by the token policy")
-        if not query.describe:
-            sp.effective_aggregation(token.policy, AGGREGATION_OF[query.periodicity])
 
     def targets(self, query: ts.Query, at_ms: int, token: sp.Token | None = None) -> list[Target]:
         known = self.visible(token)

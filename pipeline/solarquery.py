@@ -57,12 +57,10 @@ def _streams(api: Api, f: sq.DatumFilter, token: sp.Token | None, path: str, end
     streams exist, so a 403 tells nothing about streams outside the policy)."""
     policy = sp.SecurityPolicy()
     if token is not None:
-        datum = endpoint.startswith("datum/")
-        # range/* reads no figures: the minimum aggregation does not apply there
-        agg = (f.aggregation if f.aggregation is not sp.Aggregation.NONE else None) if datum \
-            else token.policy.min_aggregation
+        agg = f.aggregation if f.aggregation is not sp.Aggregation.NONE else None
+        # range/* reads no figures: no aggregation rule applies there
         sp.authorize_read(token, now=datetime.now(UTC), path=path, node_ids=f.node_ids or None,
-                          source_ids=f.source_ids or None, aggregation=agg)
+                          source_ids=f.source_ids or None, aggregation=agg, figures=endpoint.startswith("datum/"))
         policy = token.policy
     known = sorted({(k.node_id, k.source_id) for k in api.store.series()})
     return sp.select_streams(policy, known, lambda s: s, node_ids=f.node_ids or None,

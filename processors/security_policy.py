@@ -461,9 +461,12 @@ def authorize_read(
     aggregation: Aggregation | None = None,
     raise_to_minimum: bool = False,
     path_prefixes: Sequence[str] = SOLARQUERY_PATH_PREFIXES,
+    figures: bool = True,
 ) -> ReadScope:
     """Decide a read, in this order: expired (401), token type, API path, nodes, sources,
     aggregation (403). Returns the scope; `scope.select(policy, catalog, key)` gives the entries.
+    `figures=False`: the read returns no figures (a list of series or sources, a date range), so
+    the aggregation rules do not apply and the scope's aggregation is None.
 
     Sources are refused (403) only when every requested source ID or pattern provably selects
     nothing the policy allows; otherwise each catalog source is checked on its own, so a wildcard
@@ -480,7 +483,7 @@ def authorize_read(
     sources = frozenset(source_ids) if source_ids else None
     if sources is not None and len(excluded_sources(token.policy, sources)) == len(sources):
         raise _forbidden(f"source(s) {', '.join(sorted(sources))} not allowed by the token policy")
-    agg = effective_aggregation(token.policy, aggregation, raise_to_minimum=raise_to_minimum)
+    agg = effective_aggregation(token.policy, aggregation, raise_to_minimum=raise_to_minimum) if figures else None
     return ReadScope(nodes, sources, agg)
 
 

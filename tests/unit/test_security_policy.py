@@ -201,6 +201,18 @@ def key(entry: tuple[int, str, str]) -> tuple[int, str]:
     return entry[0], entry[1]
 
 
+@pytest.mark.parametrize("policy", [{"min_aggregation": A.HOUR}, {"aggregations": frozenset({A.DAY})}])
+def test_a_read_of_no_figures_is_not_held_to_the_aggregation_rules(policy: dict[str, Any]) -> None:
+    """A list of series or sources, a date range: whatever the policy's aggregation rule, it is
+    not refused for one, while a read of raw figures is."""
+    token = reader(node_ids={1}, **policy)
+    scope = authorize_read(token, now=NOW, path=LIST, aggregation=None, figures=False)
+    assert scope.aggregation is None and scope.node_ids == frozenset({1})
+    with pytest.raises(AccessDenied) as refused:
+        authorize_read(token, now=NOW, path=LIST, aggregation=None)
+    assert refused.value.status == 403
+
+
 def test_authorize_read_narrows_star_and_wildcards_to_the_policy() -> None:
     token = reader(node_ids={1, 2}, source_ids={"/S1/**"}, min_aggregation=A.HOUR, api_paths={"/datum/**"})
     scope = authorize_read(token, now=NOW, path=LIST, aggregation=A.DAY)
