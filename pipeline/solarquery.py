@@ -130,16 +130,22 @@ def _datums(api: Api, f: sq.DatumFilter, streams: list[Stream], most_recent: boo
 # --- readings -------------------------------------------------------------------------------------
 
 
-def _edge(api: Api, ranges: Sequence[Range], last: bool) -> dict[tuple[int, str], sq.Reading]:
-    """Per (range, accumulating property): the latest (last) or earliest reading in the range."""
+def _edges(api: Api, ranges: Sequence[Range], last: bool, kinds: str = "'a'") -> dict[tuple[int, str, str], sq.Reading]:
+    """Per (range, property, kind) of the numeric kinds given (SQL literals): the latest (last) or
+    earliest sample with a value in the range."""
     if not ranges:
         return {}
     pick, arg = ("max", "argMax") if last else ("min", "argMin")
     rows = api.store.rows(
-        f"SELECT w.q, toString(d.property), toUnixTimestamp64Milli({pick}(d.created)), {arg}(d.value, d.created)"
-        f" FROM {DATUM_VIEW} AS d{ranges_join('d', ranges)} AND d.kind = 'a' AND d.value IS NOT NULL"
-        f" GROUP BY w.q, d.property", {})
-    return {(int(q), str(p)): sq.Reading(int(t), float(v)) for q, p, t, v in rows}
+        f"SELECT w.q, toString(d.property), toString(any(d.kind)), toUnixTimestamp64Milli({pick}(d.created)),"
+        f" {arg}(d.value, d.created) FROM {DATUM_VIEW} AS d{ranges_join('d', ranges)}"
+        f" AND d.kind IN ({kinds}) AND d.value IS NOT NULL GROUP BY w.q, d.property", {})
+    return {(int(q), str(p), str(k)): sq.Reading(int(t), float(v)) for q, p, k, t, v in rows}
+
+
+def _edge(api: Api, ranges: Sequence[Range], last: bool) -> dict[tuple[int, str], sq.Reading]:
+    """Per (range, accumulating property): the latest (last) or earliest reading in the range."""
+    return {(q, p): r for (q, p, _k), r in _edges(api, ranges, last).items()}
 
 
 def _around(api: Api, streams: Sequence[Stream], at: Sequence[int], f: sq.DatumFilter, rule: str,
@@ -196,18 +202,10 @@ def _readings(api: Api, f: sq.DatumFilter, streams: list[Stream]) -> dict[str, A
 def _calculated_at(api: Api, f: sq.DatumFilter, streams: list[Stream], at: list[int]) -> list[dict[str, Any]]:
     """Every numeric property interpolated at the start date between the samples around it
     (within the tolerance); one sample alone is taken as it is."""
-    def edge(last: bool) -> dict[tuple[int, str, str], sq.Reading]:
-        pick, arg = ("max", "argMax") if last else ("min", "argMin")
-        ranges: list[Range] = [(q, n, s, sq.shift(t, f.tolerance), t + 1) if last else
-                               (q, n, s, t + 1, sq.shift(t, f.tolerance, +1) + 1)
-                               for q, ((n, s), t) in enumerate(zip(streams, at, strict=True))]
-        rows = api.store.rows(
-            f"SELECT w.q, toString(d.property), toString(any(d.kind)), toUnixTimestamp64Milli({pick}(d.created)),"
-            f" {arg}(d.value, d.created) FROM {DATUM_VIEW} AS d{ranges_join('d', ranges)}"
-            f" AND d.kind IN ('i', 'a') AND d.value IS NOT NULL GROUP BY w.q, d.property", {})
-        return {(int(q), str(p), str(k)): sq.Reading(int(t), float(v)) for q, p, k, t, v in rows}
-
-    before, after = edge(True), edge(False)
+    pairs = list(enumerate(zip(streams, at, strict=True)))
+    before = _edges(api, [(q, n, s, sq.shift(t, f.tolerance), t + 1) for q, ((n, s), t) in pairs], True, "'i', 'a'")
+    after = _edges(api, [(q, n, s, t + 1, sq.shift(t, f.tolerance, +1) + 1) for q, ((n, s), t) in pairs], False,
+                   "'i', 'a'")
     out = []
     for q, (node, source) in enumerate(streams):
         props = sorted({(p, k) for (k_q, p, k) in (*before, *after) if k_q == q})
