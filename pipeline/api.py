@@ -479,6 +479,18 @@ class _Server(ThreadingHTTPServer):
             return self.idle.wait_for(lambda: self.in_flight == 0, timeout)
 
 
+JSON_UTF8 = "application/json;charset=UTF-8"
+
+
+def _timeseries_error(status: int, message: str) -> tuple[bytes, str]:
+    r = ts.render_error(status, message, None)
+    return r.body, r.content_type
+
+
+def _solarnetwork_error(status: int, message: str) -> tuple[bytes, str]:
+    return sq_error(message, status), JSON_UTF8
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "pipeline-timeseries/1"
@@ -509,40 +521,39 @@ class _Handler(BaseHTTPRequestHandler):
                 r = ts.render_error(404, f"no such resource {url.path!r}; the API is at {BASE_PATH}", None)
                 self._send(404, r.body, r.content_type, head)
                 return
-            extra: tuple[tuple[str, str], ...] = ()
-            try:
-                token = self._authenticate(url.path, url.query)
+            def timeseries(token: sp.Token | None) -> tuple[int, bytes, str]:
                 status, r = self.server.api.get(url.query, self.headers.get("Accept"), token)
-            except sp.AccessDenied as exc:
-                status, r = exc.status, ts.render_error(exc.status, exc.reason, None)
-            except AccessUnavailable as exc:
-                status, r = 503, ts.render_error(503, str(exc), None)
-            except Exception:  # a bug, never a bad parameter: logged, and answered without details
-                log.exception("request %s failed", self.path)
-                status, r = 500, ts.render_error(500, "internal error (logged by the server)", None)
-            if status == 401:
-                extra = (("WWW-Authenticate", "SNWS2"),)
-            self._send(status, r.body, r.content_type, head, extra)
+                return status, r.body, r.content_type
 
-    def _authenticate(self, raw_path: str, raw_query: str, body: bytes = b"") -> sp.Token | None:
-        return self.server.api.access.authenticate(self.command, raw_path, raw_query,
-                                                   list(self.headers.items()), body)
+            self._signed(url.path, url.query, timeseries, _timeseries_error, head)
+
+    def _signed(self, raw_path: str, raw_query: str, serve: Callable[[sp.Token | None], tuple[int, bytes, str]],
+                error: Callable[[int, str], tuple[bytes, str]], head: bool = False, body: bytes = b"",
+                internal: str = "internal error (logged by the server)") -> None:
+        """Authenticate the request, then answer it with `serve(token)` -> (status, body, content
+        type); refusals (401/403), unreadable tokens (503) and our own failures (500, logged, no
+        details) are rendered by `error(status, message)` -> (body, content type)."""
+        try:
+            token = self.server.api.access.authenticate(self.command, raw_path, raw_query,
+                                                        list(self.headers.items()), body)
+            status, out, content_type = serve(token)
+        except sp.AccessDenied as exc:
+            status, (out, content_type) = exc.status, error(exc.status, exc.reason)
+        except AccessUnavailable as exc:
+            status, (out, content_type) = 503, error(503, str(exc))
+        except Exception:  # a bug, never a bad parameter: logged, and answered without details
+            log.exception("request %s failed", self.path)
+            status, (out, content_type) = 500, error(500, internal)
+        extra = (("WWW-Authenticate", "SNWS2"),) if status == 401 else ()
+        self._send(status, out, content_type, head, extra)
 
     def _solarquery(self, raw_path: str, raw_query: str, head: bool) -> None:
         from pipeline import solarquery
 
-        try:
-            token = self._authenticate(raw_path, raw_query)
-            status, body = solarquery.handle(self.server.api, raw_path, raw_query, token)
-        except sp.AccessDenied as exc:
-            status, body = exc.status, solarquery.error_body(exc.reason, exc.status)
-        except AccessUnavailable as exc:
-            status, body = 503, solarquery.error_body(str(exc), 503)
-        except Exception:  # a bug: logged, answered without details
-            log.exception("request %s failed", self.path)
-            status, body = 500, solarquery.error_body("internal error (logged by the server)", 500)
-        extra = (("WWW-Authenticate", "SNWS2"),) if status == 401 else ()
-        self._send(status, body, "application/json;charset=UTF-8", head, extra)
+        def answer(token: sp.Token | None) -> tuple[int, bytes, str]:
+            return (*solarquery.handle(self.server.api, raw_path, raw_query, token), JSON_UTF8)
+
+        self._signed(raw_path, raw_query, answer, _solarnetwork_error, head)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self._route(head=False)
@@ -572,32 +583,26 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._body()
             if body is None:
                 return
-            try:
-                token = self._authenticate(url.path, url.query, body)
-                status, answer = self.server.ingest.post(token, body, url.path)
-            except sp.AccessDenied as exc:
-                status, answer = exc.status, sq_error(exc.reason, exc.status)
-            except AccessUnavailable as exc:
-                status, answer = 503, sq_error(str(exc), 503)
-            except Exception:  # a bug: logged, answered without details; nothing was acknowledged
-                log.exception("request %s failed", self.path)
-                status, answer = 500, sq_error("internal error (logged by the server); not taken", 500)
-            extra = (("WWW-Authenticate", "SNWS2"),) if status == 401 else ()
-            self._send(status, answer, "application/json;charset=UTF-8", extra=extra)
+            def ingest(token: sp.Token | None) -> tuple[int, bytes, str]:
+                return (*self.server.ingest.post(token, body, url.path), JSON_UTF8)
+
+            # a failure of ours acknowledged nothing: the gateway must send again
+            self._signed(url.path, url.query, ingest, _solarnetwork_error, body=body,
+                         internal="internal error (logged by the server); not taken")
 
     def _body(self) -> bytes | None:
         """The request body by Content-Length (bounded); None when refused (answered here)."""
         raw = self.headers.get("Content-Length")
         if raw is None or not raw.strip().isdigit():
             self.close_connection = True
-            self._send(411, sq_error("Content-Length is required (a number)", 411), "application/json;charset=UTF-8",
+            self._send(411, sq_error("Content-Length is required (a number)", 411), JSON_UTF8,
                        extra=(("Connection", "close"),))
             return None
         size = int(raw)
         if size > MAX_BODY_BYTES:
             self.close_connection = True
-            self._send(413, sq_error(f"the body is over {MAX_BODY_BYTES} bytes", 413),
-                       "application/json;charset=UTF-8", extra=(("Connection", "close"),))
+            self._send(413, sq_error(f"the body is over {MAX_BODY_BYTES} bytes", 413), JSON_UTF8,
+                       extra=(("Connection", "close"),))
             return None
         return self.rfile.read(size)
 
