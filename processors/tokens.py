@@ -77,8 +77,8 @@ def make_token(token_type: TokenType, policy: SecurityPolicy, choice: Callable[[
     return NewToken(token_id, secret, value)
 
 
-def check_value(value: Mapping[str, Any]) -> None:
-    """Raise TokenValueError unless `value` is a token value as described above."""
+def _parse(value: Mapping[str, Any]) -> Token:
+    """The token (id left blank) a stored value describes; TokenValueError when it breaks the rules."""
     unknown = sorted(set(value) - VALUE_FIELDS)
     if unknown:
         # a "secret" field in particular: the log must never hold one
@@ -91,7 +91,7 @@ def check_value(value: Mapping[str, Any]) -> None:
     if not isinstance(policy, Mapping):
         raise TokenValueError("policy must be an object")
     try:
-        Token("x", token_type, SecurityPolicy.from_json(policy))
+        token = Token("", token_type, SecurityPolicy.from_json(policy))
     except PolicyError as exc:
         raise TokenValueError(f"policy: {exc}") from None
     key = value.get("key_sha256")
@@ -99,13 +99,19 @@ def check_value(value: Mapping[str, Any]) -> None:
         raise TokenValueError("key_sha256 must be 64 lower-case hex digits")
     if not isinstance(value.get("name", ""), str):
         raise TokenValueError("name must be a string")
+    return token
+
+
+def check_value(value: Mapping[str, Any]) -> None:
+    """Raise TokenValueError unless `value` is a token value as described above."""
+    _parse(value)
 
 
 def stored_token(token_id: str, value: Mapping[str, Any]) -> StoredToken:
     """The token a stored value describes (checked first)."""
-    check_value(value)
-    token = Token(token_id, TokenType(value["type"]), SecurityPolicy.from_json(value.get("policy", {})))
-    return StoredToken(token, bytes.fromhex(value["key_sha256"]), str(value.get("name", "")))
+    token = _parse(value)
+    return StoredToken(Token(token_id, token.token_type, token.policy), bytes.fromhex(value["key_sha256"]),
+                       str(value.get("name", "")))
 
 
 def public_view(token_id: str, value: Mapping[str, Any]) -> dict[str, Any]:
