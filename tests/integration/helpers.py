@@ -150,3 +150,35 @@ def metadata_event(entity: str, key: dict[str, Any], op: str, value: dict[str, A
     return {"event_id": str(uuid.uuid4()), "entity": entity, "key": key, "op": op, "value": value,
             "valid_from": valid_from, "valid_to": None, "author": "test", "comment": "integration test",
             "produced_at": "2024-01-01T00:00:00Z"}
+
+
+@contextlib.contextmanager
+def scratch_stores(clickhouse_url: str, postgres_url: str, prefix: str) -> Iterator[tuple[str, str, str]]:
+    """A fresh ClickHouse database and PostgreSQL database (one name) for a module, dropped
+    afterwards: (the name, the ClickHouse URL with the database, the PostgreSQL DSN)."""
+    import uuid
+
+    import clickhouse_connect
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = clickhouse_connect.get_client(dsn=clickhouse_url)
+    admin.command(f"CREATE DATABASE {name}")
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name, f"{clickhouse_url.rstrip('/')}/{name}", f"{postgres_url.rpartition('/')[0]}/{name}"
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {name}")
+        admin.close()
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def token_cli(dsn: str, *args: str) -> dict[str, Any]:
+    """`pipeline token ARGS...` against a history log; its last line of output as JSON."""
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "token", *args],
+                          env={**os.environ, "PIPELINE_POSTGRES_DSN": dsn}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result

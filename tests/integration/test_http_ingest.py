@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,8 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import clickhouse_connect
-import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -27,7 +22,7 @@ from pipeline.codec import SCHEMA_HEADER, decode_batch
 from pipeline.topics import Topics
 from processors.datum import Datum
 from sinks.clickhouse import connect, ensure_schema
-from tests.integration.helpers import ROOT
+from tests.integration.helpers import scratch_stores, token_cli
 from tests.integration.test_api import Api, api_process, api_settings
 from tests.snjs import sign_requests
 
@@ -88,38 +83,20 @@ class Setup:
             consumer.close()
 
 
-def token_cli(dsn: str, *args: str) -> tuple[str, str]:
-    env = {**os.environ, "PIPELINE_POSTGRES_DSN": dsn}
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "token", "create", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=True)
-    made = json.loads(done.stdout.strip().splitlines()[-1])
-    return made["tokenId"], made["tokenSecret"]
-
-
 @pytest.fixture(scope="module")
 def setup(clickhouse_url: str, postgres_url: str, kafka_bootstrap: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    database, pg_name = f"t_hi_{uuid.uuid4().hex[:12]}", f"t_hi_{uuid.uuid4().hex[:12]}"
     prefix = f"t{uuid.uuid4().hex[:12]}."
-    admin = clickhouse_connect.get_client(dsn=clickhouse_url)
-    admin.command(f"CREATE DATABASE {database}")
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{pg_name}"')
-    dsn = f"{postgres_url.rpartition('/')[0]}/{pg_name}"
-    try:
-        ensure_schema(connect(f"{clickhouse_url.rstrip('/')}/{database}"))
-        tokens = {"gw1": token_cli(dsn, "--type", "node", "--node", "1"),
-                  "gw1_meters": token_cli(dsn, "--type", "node", "--node", "1", "--source", "/meter/**"),
-                  "reader": token_cli(dsn, "--node", "1")}
+    with scratch_stores(clickhouse_url, postgres_url, "t_hi") as (database, ch_url, dsn):
+        ensure_schema(connect(ch_url))
+        tokens = {name: (made["tokenId"], made["tokenSecret"]) for name, made in (
+            ("gw1", token_cli(dsn, "create", "--type", "node", "--node", "1")),
+            ("gw1_meters", token_cli(dsn, "create", "--type", "node", "--node", "1", "--source", "/meter/**")),
+            ("reader", token_cli(dsn, "create", "--node", "1")))}
         settings = api_settings(clickhouse_url, database, postgres_dsn=dsn, kafka_bootstrap=kafka_bootstrap,
                                 topic_prefix=prefix)
         with api_process(settings, tmp_path_factory.mktemp("hi") / "api.log") as running:
             yield Setup(running, tokens, kafka_bootstrap, Topics(prefix))
-    finally:
-        admin.command(f"DROP DATABASE IF EXISTS {database}")
-        admin.close()
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
 
 
 def datum_json(node: int, source: str, k: int) -> dict[str, Any]:

@@ -14,14 +14,12 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-import clickhouse_connect
 import psycopg
 import pytest
 
@@ -31,7 +29,7 @@ from processors import timeseries as ts
 from processors.datum import Datum
 from sinks.clickhouse import connect, ensure_schema
 from sinks.rollups import ensure_rollup_schema
-from tests.integration.helpers import ROOT
+from tests.integration.helpers import ROOT, scratch_stores, token_cli
 from tests.integration.test_api import Api, api_process, api_settings, write
 from tests.snjs import solarquery_client
 
@@ -71,24 +69,10 @@ class Setup:
         return solarquery_client("127.0.0.1", self.api.port, ops, token, secret or real)
 
 
-def token_cli(dsn: str, *args: str) -> dict[str, Any]:
-    env = {**os.environ, "PIPELINE_POSTGRES_DSN": dsn}
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "token", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-
 @pytest.fixture(scope="module")
 def setup(clickhouse_url: str, postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    database = f"t_sq_{uuid.uuid4().hex[:12]}"
-    pg_name = f"t_sq_{uuid.uuid4().hex[:12]}"
-    admin = clickhouse_connect.get_client(dsn=clickhouse_url)
-    admin.command(f"CREATE DATABASE {database}")
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{pg_name}"')
-    dsn = f"{postgres_url.rpartition('/')[0]}/{pg_name}"
-    try:
-        client = connect(f"{clickhouse_url.rstrip('/')}/{database}")
+    with scratch_stores(clickhouse_url, postgres_url, "t_sq") as (database, ch_url, dsn):
+        client = connect(ch_url)
         ensure_schema(client)
         ensure_rollup_schema(client)
         datums = make_datums()
@@ -109,11 +93,6 @@ def setup(clickhouse_url: str, postgres_url: str, tmp_path_factory: pytest.TempP
         with api_process(api_settings(clickhouse_url, database, postgres_dsn=dsn),
                          tmp_path_factory.mktemp("sq") / "api.log") as running:
             yield Setup(running, tokens, datums, dsn)
-    finally:
-        admin.command(f"DROP DATABASE IF EXISTS {database}")
-        admin.close()
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
 
 
 def created(ms: int) -> str:
