@@ -19,7 +19,7 @@ from typing import Any
 
 from processors.auxiliary import AuxChange
 from processors.datum import Datum, check_envelope
-from processors.solarnetwork_json import LineRejection, parse_line
+from processors.solarnetwork_json import LineRejection, parse_document, parse_line
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_PROBLEMS = 100  # listed in one answer; the count says how many there were
@@ -51,8 +51,9 @@ class ParsedBody:
             for p in self.problems[:MAX_PROBLEMS]]}
 
 
-def _items(body: bytes) -> list[tuple[int, str]] | Problem:
-    """(line number, one object's JSON text) of a body."""
+def _items(body: bytes) -> list[tuple[int, str | list[Any]]] | Problem:
+    """(line number, one object's JSON text) per line of a body; for a JSON array, (element
+    number, [the element decoded]): an element is decoded once, with the whole array."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -67,14 +68,14 @@ def _items(body: bytes) -> list[tuple[int, str]] | Problem:
             return Problem(1, "json.syntax", f"not a readable JSON array: {exc}")
         if not isinstance(docs, list):
             return Problem(1, "json.syntax", "not a JSON array")
-        return [(n, json.dumps(doc, ensure_ascii=False)) for n, doc in enumerate(docs, start=1)]
+        return [(n, [doc]) for n, doc in enumerate(docs, start=1)]
     if stripped.startswith("{") and "\n" in stripped:
         # JSON lines, or one object spread over lines (pretty-printed): the latter reads whole
         try:
             doc = json.loads(stripped)
         except (ValueError, RecursionError):
             return list(enumerate(text.splitlines(), start=1))
-        return [(1, json.dumps(doc, ensure_ascii=False))]
+        return [(1, [doc])]
     return list(enumerate(text.splitlines(), start=1))
 
 
@@ -85,8 +86,10 @@ def parse_body(body: bytes, now_ms: int) -> ParsedBody:
     if isinstance(items, Problem):
         out.problems.append(items)
         return out
-    for line_no, text in items:
-        parsed = parse_line(text, line_no)
+    escapes = b"\\u" in body  # none: no lone surrogate in any decoded element
+    for line_no, item in items:
+        parsed = parse_line(item, line_no) if isinstance(item, str) else parse_document(item[0], line_no,
+                                                                                       escapes=escapes)
         if parsed is None:
             continue
         if isinstance(parsed, LineRejection):

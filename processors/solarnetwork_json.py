@@ -34,25 +34,37 @@ def _has_lone_surrogate(doc: object) -> bool:
     return False
 
 
+def _rejection(line_no: int, text: str, rule: str, message: str) -> LineRejection:
+    return LineRejection(line_no, Rejection(rule, message), text.rstrip("\n"))
+
+
 def parse_line(line: str | bytes, line_no: int) -> Datum | AuxChange | LineRejection | None:
     """One line → a Datum, an auxiliary change (a Reset marker stored, moved or deleted: see
     processors/auxiliary.py), a rejection with its reason, or None for a blank line."""
     text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
     if not text.strip():
         return None
-
-    def reject(rule: str, message: str) -> LineRejection:
-        return LineRejection(line_no, Rejection(rule, message), text.rstrip("\n"))
-
     try:
         doc: Any = json.loads(text)
     except json.JSONDecodeError as exc:
-        return reject("json.syntax", f"not JSON: {exc.msg} at column {exc.colno}")
+        return _rejection(line_no, text, "json.syntax", f"not JSON: {exc.msg} at column {exc.colno}")
     except (ValueError, RecursionError) as exc:  # an integer past 4300 digits; nesting too deep
-        return reject("json.syntax", f"not readable JSON: {exc}")
+        return _rejection(line_no, text, "json.syntax", f"not readable JSON: {exc}")
+    return parse_document(doc, line_no, text, escapes="\\u" in text)
+
+
+def parse_document(doc: Any, line_no: int, text: str = "", escapes: bool = True
+                   ) -> Datum | AuxChange | LineRejection:
+    """`parse_line` of a document already decoded from JSON (an element of an array, say);
+    `text` is what a rejection quotes. `escapes=False` says the source text holds no \\u
+    escape, so no lone surrogate can be in it (a check spared)."""
+
+    def reject(rule: str, message: str) -> LineRejection:
+        return _rejection(line_no, text, rule, message)
+
     if not isinstance(doc, dict):
         return reject("json.not_object", "a datum line must be a JSON object")
-    if "\\u" in text and _has_lone_surrogate(doc):
+    if escapes and _has_lone_surrogate(doc):
         return reject("json.lone_surrogate", "a \\uD800-\\uDFFF escape without its pair is not Unicode text")
     if is_auxiliary(doc):
         try:
