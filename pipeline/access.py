@@ -16,14 +16,12 @@ for want of knowing the tokens. docs/security.md is the manual.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.logview import LogView
 from processors import snws2
 from processors.security_policy import AccessDenied, Token
 from processors.tokens import StoredToken, TokenValueError, stored_token
@@ -39,61 +37,33 @@ class AccessUnavailable(Exception):
 
 
 class TokenStore:
-    """The tokens in force, from the history log; re-read when its high-water mark moves."""
+    """The tokens in force, from the history log (re-read when it moves)."""
 
     def __init__(self, dsn: str, check_s: float = TOKENS_CHECK_S) -> None:
-        self.dsn = dsn
-        self.check_s = check_s
-        self._tokens: dict[str, StoredToken] | None = None
-        self._version = -1
-        self._checked = float("-inf")
-        self._conn: Any = None
-        self._lock = threading.Lock()
+        self.view: LogView[dict[str, StoredToken]] = LogView(dsn, "security tokens", _load_tokens, check_s,
+                                                              missing={})
 
     def current(self) -> dict[str, StoredToken]:
         """token id -> stored token; raises AccessUnavailable when never read and unreadable."""
-        with self._lock:
-            if time.monotonic() - self._checked >= self.check_s:
-                self._refresh()
-            if self._tokens is None:
-                raise AccessUnavailable("the security tokens cannot be read (history log unavailable)")
-            return self._tokens
-
-    def _refresh(self) -> None:
-        self._checked = time.monotonic()
-        if not self.dsn:
-            self._tokens = {}  # no history log configured: no tokens can exist
-            return
-        import psycopg
-
-        from sinks import history
-
-        try:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3)
-            version = history.catalog_version(self._conn)
-            if version != self._version or self._tokens is None:
-                tokens: dict[str, StoredToken] = {}
-                for token_id, value in history.current_tokens(self._conn).items():
-                    try:
-                        tokens[token_id] = stored_token(token_id, value)
-                    except TokenValueError as exc:  # the log validated it; a later rule may not
-                        log.error("security token %s ignored: %s", token_id, exc)
-                self._tokens, self._version = tokens, version
-        except psycopg.errors.UndefinedTable:
-            self._tokens = {}  # the log is not migrated yet: nothing was ever made
-        except psycopg.Error as exc:
-            log.warning("security tokens unavailable (%s); %s", str(exc).strip().splitlines()[0] if str(exc) else exc,
-                        "keeping the last known" if self._tokens is not None else "refusing every request")
-            with contextlib.suppress(Exception):
-                if self._conn is not None:
-                    self._conn.close()
-            self._conn = None
+        tokens = self.view.get()
+        if tokens is None:
+            raise AccessUnavailable("the security tokens cannot be read (history log unavailable)")
+        return tokens
 
     def close(self) -> None:
-        with self._lock, contextlib.suppress(Exception):
-            if self._conn is not None:
-                self._conn.close()
+        self.view.close()
+
+
+def _load_tokens(conn: Any) -> dict[str, StoredToken]:
+    from sinks import history
+
+    tokens: dict[str, StoredToken] = {}
+    for token_id, value in history.current_tokens(conn).items():
+        try:
+            tokens[token_id] = stored_token(token_id, value)
+        except TokenValueError as exc:  # the log validated it; a later rule may not
+            log.error("security token %s ignored: %s", token_id, exc)
+    return tokens
 
 
 class _Keys:

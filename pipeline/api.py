@@ -27,6 +27,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError,
 
 from pipeline.access import Access, AccessUnavailable, TokenStore
 from pipeline.http_ingest import INGEST_PATH, HttpIngest
+from pipeline.logview import LogView
 from pipeline.settings import Settings
 from processors import security_policy as sp
 from processors import timeseries as ts
@@ -168,49 +169,18 @@ class Zones:
     """Node time zones by data time, from the history log; UTC without a log or a zone."""
 
     def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._catalog: MetadataCatalog | None = None
-        self._version = -1
-        self._checked = 0.0
-        self._conn: Any = None
-        self._lock = threading.Lock()
-
-    def _refresh(self) -> None:
-        if not self.dsn or time.monotonic() - self._checked < ZONES_CHECK_S:
-            return
-        self._checked = time.monotonic()
-        import psycopg  # only when there is a log to read
-
         from sinks import history
 
-        try:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3)
-            version = history.catalog_version(self._conn)
-            if version != self._version:
-                self._catalog = history.current_catalog(self._conn)
-                self._version = version
-        except psycopg.Error as exc:
-            # no log yet (not migrated) or PostgreSQL down: keep what we had, UTC otherwise
-            log.warning("node time zones unavailable (%s); using %s", _first_line(exc),
-                        "the last known" if self._catalog else "UTC")
-            with contextlib.suppress(Exception):
-                if self._conn is not None:
-                    self._conn.close()
-            self._conn = None
+        self.view: LogView[MetadataCatalog] = LogView(dsn, "node time zones", history.current_catalog, ZONES_CHECK_S)
 
     def at(self, node_id: int, ms: int) -> str:
-        with self._lock:
-            self._refresh()
-            catalog = self._catalog
+        catalog = self.view.get()
         if catalog is None:
             return "UTC"
         return catalog.timezone_at(node_id, datetime.fromtimestamp(ms / 1000, tz=UTC)) or "UTC"
 
     def close(self) -> None:
-        with self._lock, contextlib.suppress(Exception):
-            if self._conn is not None:
-                self._conn.close()
+        self.view.close()
 
 
 # ---------------------------------------------------------------------------------------------
