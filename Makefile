@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 .PHONY: install system-packages demo up test unit integration lint typecheck bench chaos clean wheel-smoke
 
 # the compiled fast paths (setup.py) rebuild when their C sources change
-$(BIN)/.installed: pyproject.toml setup.py processors/_lpfast.c pipeline/_avrofast.c
+$(BIN)/.installed: pyproject.toml setup.py processors/_lpfast.c pipeline/wire/_avrofast.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -35,6 +35,6 @@ setup(
         # line protocol: parse lines, and map the common case straight to datums
         Extension("processors._lpfast", ["processors/_lpfast.c"]),
         # the Avro datum batch envelope, byte for byte what fastavro writes
-        Extension("pipeline._avrofast", ["pipeline/_avrofast.c"]),
+        Extension("pipeline.wire._avrofast", ["pipeline/wire/_avrofast.c"]),
     ],
 )

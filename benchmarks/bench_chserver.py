@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_chserver.py [--rows 200000] [--repeat 3]
 
 (a) direct: clickhouse-connect's in-process chDB client (same row encoding, no HTTP);
-(b) endpoint: clickhouse-connect over HTTP to `python -m pipeline.chserver`, for each
+(b) endpoint: clickhouse-connect over HTTP to `python -m pipeline.embedded.chserver`, for each
 compression mode. Prints rows/s (best of --repeat) and the ratio b/a.
 (c) round trip of a small query (`SELECT 1`) and of a small insert through the endpoint, median
 of 50: every set-wise read and every batch pays it (a response held back by Nagle's algorithm
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import clickhouse_connect
 
-from pipeline import stack
+from pipeline.embedded import stack
 
 DDL = """CREATE TABLE {db}.bench (
     ts DateTime64(3, 'UTC'), device LowCardinality(String), source LowCardinality(String),

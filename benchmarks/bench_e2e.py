@@ -55,11 +55,11 @@ import psutil  # noqa: E402
 import psycopg  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
-from pipeline import stack  # noqa: E402
-from pipeline.codec import decode_columns  # noqa: E402
-from pipeline.metadata import datamodel_events  # noqa: E402
-from pipeline.producer import DatumProducer, end_offsets  # noqa: E402
+from pipeline.embedded import stack  # noqa: E402
+from pipeline.history.events import datamodel_events  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
+from pipeline.wire.codec import decode_columns  # noqa: E402
+from pipeline.wire.producer import DatumProducer, end_offsets  # noqa: E402
 from processors.datum import Datum  # noqa: E402
 from processors.rollup import PERIODICITIES  # noqa: E402
 from sinks.clickhouse import RAW_TABLE, connect, ensure_schema  # noqa: E402

@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from pipeline import stack
+from pipeline.embedded import stack
 from processors.metadata import MetadataEvent, parse_event
 from sinks import history
 

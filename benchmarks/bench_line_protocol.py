@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.codec import encode_batch, group_streams  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
+from pipeline.wire.codec import encode_batch, group_streams  # noqa: E402
 from processors.line_protocol import COMPILED, LineError, parse_lines  # noqa: E402
 from processors.lp_mapping import LineProtocolMapping, map_batch, map_lines  # noqa: E402
 
@@ -84,8 +84,8 @@ def timed(label: str, n: int, run: Callable[[], int], target: int) -> float:
 
 def send_run(lines: list[bytes], mapping: LineProtocolMapping) -> None:
     """pipeline ingest --format lp on a file of these lines, to a real broker."""
-    from pipeline import stack
-    from pipeline.ingest import ingest_files
+    from pipeline.embedded import stack
+    from pipeline.gateway.ingest import ingest_files
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

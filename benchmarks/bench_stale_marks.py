@@ -3,7 +3,7 @@ decode (the rollup agent) of the marks of one 20,000-datum batch of 4 samples ea
 rows), 20 streams a datum per second each (dense), and 20,000 streams one datum each (fleet).
 
     old  one JSON mark per stream, one (property, kind, created) entry per stored row, read back
-         into per-row columns (pipeline/worker.py before issue 13)
+         into per-row columns (pipeline/worker/app.py before issue 13)
     new  one binary mark per stream, one (property, kind, first, last) span per half hour
          (processors/stale_marks.py), read back into spans per stream
 
@@ -24,8 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.topics import stream_key  # noqa: E402
-from pipeline.worker import column_marks, read_marks  # noqa: E402
+from pipeline.wire.topics import stream_key  # noqa: E402
+from pipeline.worker.app import column_marks, read_marks  # noqa: E402
 from processors.datum import Datum  # noqa: E402
 from processors.rows import RawColumns  # noqa: E402
 
@@ -34,7 +34,7 @@ DATUMS = 20_000
 Change = tuple[int, str, int, str, str]
 
 
-# -- the old format, as pipeline/worker.py had it ----------------------------------------------
+# -- the old format, as pipeline/worker/app.py had it ----------------------------------------------
 
 def old_stale_marks(changes: Iterable[Change], inserted_ms: int | None = None) -> list[tuple[bytes, bytes]]:
     by_stream: dict[tuple[int, str], list[tuple[str, str, int]]] = {}

@@ -65,7 +65,7 @@ class DatumColumns:
 
     @classmethod
     def from_tuple(cls, t: tuple[Any, ...]) -> DatumColumns:
-        """From what the compiled decoder returns (pipeline/_avrofast.c: bytes and lists)."""
+        """From what the compiled decoder returns (pipeline/wire/_avrofast.c: bytes and lists)."""
         node, sources, created, tags, datum, kind, props, value, texts = t
         return cls(np.frombuffer(node, np.int64), sources, np.frombuffer(created, np.int64), tags,
                    np.frombuffer(datum, np.int32), np.frombuffer(kind, np.uint8), props,

@@ -1,5 +1,5 @@
 """HTTP ingest, the pure half: a request body of SolarNetwork datum JSON to datums, or the reasons
-it is refused. `pipeline/http_ingest.py` authenticates, publishes and answers.
+it is refused. `pipeline/api/http_ingest.py` authenticates, publishes and answers.
 
 A body is one JSON object, a JSON array of objects, or JSON lines (one object per line), each
 object a datum or an auxiliary record (`pipeline ingest`'s format, processors/solarnetwork_json.py).

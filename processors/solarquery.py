@@ -1,6 +1,6 @@
 """SolarQuery API v1 (SolarNetwork's read API), the pure half: parameters in, JSON out.
 
-`pipeline/solarquery.py` reads ClickHouse and calls these. What SolarNetwork's server does is
+`pipeline/api/solarquery.py` reads ClickHouse and calls these. What SolarNetwork's server does is
 taken from its documentation and behaviour as observed with its own JavaScript clients
 (solarnetwork-api-core, solarnetwork-datum-loader); docs/solarquery.md lists what is supported
 and where this differs.

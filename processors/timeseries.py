@@ -1,6 +1,6 @@
 """The OpenOrg time-series API, without I/O: parameters, series names, slices, periods, formats.
 
-pipeline/api.py serves it over HTTP and reads ClickHouse; everything it decides is here so the
+pipeline/api/server.py serves it over HTTP and reads ClickHouse; everything it decides is here so the
 rules can be tested without services. The spec, the naming rule and every error rule are in
 docs/api.md.
 

@@ -1,5 +1,5 @@
 """ClickHouse side of rollups: the `rollup_raw` table, the public `rollup` view, and the reads
-and writes the rollup maintainer (pipeline/rollups.py) needs. The figures themselves come from
+and writes the rollup maintainer (pipeline/worker/rollups.py) needs. The figures themselves come from
 processors/rollup.py; nothing here computes.
 
 A rollup row is replaced, never updated: every recompute of a bucket inserts a fresh row with a

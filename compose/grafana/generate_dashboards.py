@@ -3,7 +3,7 @@
 The JSON files are committed (Grafana reads them); this file is their source. Edit it, then run
 `.venv/bin/python compose/grafana/generate_dashboards.py`. tests/unit/test_grafana_provisioning.py
 fails when the JSON and this file disagree, checks every PromQL metric name against
-pipeline/metrics.py, and tests/integration/test_grafana_queries.py runs every ClickHouse query
+pipeline/worker/metrics.py, and tests/integration/test_grafana_queries.py runs every ClickHouse query
 against a pipeline loaded with simulated data.
 
 ClickHouse queries use the plugin's macros ($__timeFilter(col), $__fromTime, $__toTime,
@@ -313,7 +313,7 @@ def pipeline_health() -> dict[str, Any]:
     variables = [query_variable("instance", "Worker", PROM, "label_values(pipeline_datums_in_total, instance)",
                                 include_all=True, description="Worker instances (host:port)")]
     return dashboard("pipeline-health", "Pipeline health",
-                     "Workers' Prometheus metrics (pipeline/metrics.py): throughput, dead letters, reliability "
+                     "Workers' Prometheus metrics (pipeline/worker/metrics.py): throughput, dead letters, reliability "
                      "(internal errors, dependencies, rollup repairs, expired on arrival), latency, consumer lag, "
                      "ClickHouse sinks, qRating distribution.", lay, variables, "now-6h",
                      ["prometheus"])

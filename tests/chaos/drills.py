@@ -19,11 +19,11 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.codec import CURRENT, SCHEMA_HEADER, encode_batch
-from pipeline.producer import DatumProducer, TopicAdmin
+from pipeline.embedded.stack import port_open
 from pipeline.settings import Settings
-from pipeline.stack import port_open
-from pipeline.topics import Topics, stream_key
+from pipeline.wire.codec import CURRENT, SCHEMA_HEADER, encode_batch
+from pipeline.wire.producer import DatumProducer, TopicAdmin
+from pipeline.wire.topics import Topics, stream_key
 from processors.datum import Datum
 from sinks.clickhouse import connect
 from tests.chaos import oracle

@@ -21,11 +21,11 @@ from typing import Any
 import psycopg
 from confluent_kafka import KafkaError, Producer
 
-from pipeline import stack
-from pipeline.metadata import datamodel_events
-from pipeline.producer import DatumProducer, TopicAdmin, producer_config
+from pipeline.embedded import stack
+from pipeline.embedded.stack import free_port
+from pipeline.history.events import datamodel_events
 from pipeline.settings import Settings
-from pipeline.stack import free_port
+from pipeline.wire.producer import DatumProducer, TopicAdmin, producer_config
 from processors.datum import Datum
 from tests.chaos.plan import DATAMODELS, BadInput, Identity
 
@@ -53,7 +53,7 @@ def drill_settings(kafka_port: int, ch_port: int, pg_port: int, data_dir: Path, 
 
 
 def _with_us() -> Callable[[], None] | None:
-    """Children that die with the drill (pipeline.stack's PR_SET_PDEATHSIG, where it has it): an
+    """Children that die with the drill (pipeline.embedded.stack's PR_SET_PDEATHSIG, where it has it): an
     interrupted drill leaves no worker or stack behind."""
     dies_with_parent = getattr(stack, "dies_with_parent", None)
     return dies_with_parent(signal.SIGTERM) if dies_with_parent is not None else None
@@ -394,7 +394,7 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
 
 
 def tracking_producer(settings: Settings) -> DatumProducer:
-    """DatumProducer(track=True) when it has it (pipeline/producer.py, issue 12); otherwise one
+    """DatumProducer(track=True) when it has it (pipeline/wire/producer.py, issue 12); otherwise one
     that records the identities of every delivered message from its delivery callbacks."""
     if "track" in inspect.signature(DatumProducer.__init__).parameters:
         return DatumProducer(settings, track=True)  # type: ignore[call-arg]
@@ -420,8 +420,8 @@ class _CallbackTracker(DatumProducer):
             else:
                 self._failures.append(str(err))
 
-        from pipeline.codec import CURRENT, SCHEMA_HEADER, encode_batch
-        from pipeline.topics import stream_key
+        from pipeline.wire.codec import CURRENT, SCHEMA_HEADER, encode_batch
+        from pipeline.wire.topics import stream_key
 
         node, src = chunk[0].node_id, chunk[0].source_id
         topic = self.topics.source(src)

@@ -186,7 +186,7 @@ def _check_rollups(client: Client, v: DataVerdict, points: dict[tuple[int, str],
 
 def read_all(bootstrap: str, topic: str, idle_s: float = 2.0, timeout: float = 60.0) -> list[dict[str, Any]]:
     """Every JSON record of a topic, read from the start until it is quiet for idle_s (Tansu's high
-    watermark is not to be trusted after batches, see pipeline.producer.end_offsets)."""
+    watermark is not to be trusted after batches, see pipeline.wire.producer.end_offsets)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-oracle", "enable.auto.commit": False,
                          "enable.partition.eof": True, "fetch.max.bytes": 64 * 1024 * 1024,
                          "max.partition.fetch.bytes": 32 * 1024 * 1024,

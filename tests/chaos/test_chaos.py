@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.codec import CURRENT, SCHEMA_HEADER
+from pipeline.wire.codec import CURRENT, SCHEMA_HEADER
 from processors.datum import Datum
 from sinks.clickhouse import connect
 from tests.chaos.drills import BASELINE, FAULTS, FULL, POINTS, REDUCED, Drill, Row, run_drill, table

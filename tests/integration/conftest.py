@@ -16,7 +16,7 @@ import clickhouse_connect
 import psycopg
 import pytest
 
-from pipeline import stack
+from pipeline.embedded import stack
 
 
 @pytest.fixture(scope="session")

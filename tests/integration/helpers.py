@@ -15,8 +15,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from pipeline.embedded.stack import free_port
 from pipeline.settings import Settings
-from pipeline.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,7 +135,7 @@ def wait_for_catalog(dsn: str, events: int, log_path: Path, timeout: float = 120
 
 def publish_metadata(settings: Settings, events: list[dict[str, Any]]) -> None:
     """Metadata events to the metadata topic, as `pipeline metadata apply` sends them."""
-    from pipeline.producer import DatumProducer
+    from pipeline.wire.producer import DatumProducer
 
     producer = DatumProducer(settings)
     for e in events:

@@ -1,7 +1,7 @@
 """The time-series HTTP API (`pipeline api`) as a process, over real ClickHouse data.
 
 Most tests share one module database: raw rows written through the raw sink, rollups computed by
-`pipeline.rollups.recompute_range`, and expected values computed independently (the inserted
+`pipeline.worker.rollups.recompute_range`, and expected values computed independently (the inserted
 datums, Python slicing, tests/unit/rollup_reference.py). The last tests run the real pipeline
 (ingest to Kafka, a worker storing raw rows and rollups, node time zones from the history log)
 for the today / this week / this year and "now versus usual" use cases."""
@@ -33,11 +33,11 @@ import clickhouse_connect
 import psycopg
 import pytest
 
-from pipeline import stack
-from pipeline.producer import DatumProducer
-from pipeline.rollups import recompute_range
+from pipeline.embedded import stack
+from pipeline.embedded.stack import free_port
 from pipeline.settings import Settings
-from pipeline.stack import free_port
+from pipeline.wire.producer import DatumProducer
+from pipeline.worker.rollups import recompute_range
 from processors import timeseries as ts
 from processors.datum import Datum
 from processors.rollup import DEFAULT_TOLERANCES, PERIODICITIES, RawPoint, points_from_datum

@@ -18,12 +18,12 @@ from xml.etree import ElementTree as ET
 import clickhouse_connect
 import pytest
 
-from pipeline.codec import DATUM_BATCH_V1, SCHEMA_HEADER
-from pipeline.ingest import IngestReport, ingest_json
-from pipeline.producer import DatumProducer
-from pipeline.rollups import recompute_range
+from pipeline.gateway.ingest import IngestReport, ingest_json
 from pipeline.settings import Settings
-from pipeline.topics import stream_key
+from pipeline.wire.codec import DATUM_BATCH_V1, SCHEMA_HEADER
+from pipeline.wire.producer import DatumProducer
+from pipeline.wire.topics import stream_key
+from pipeline.worker.rollups import recompute_range
 from processors import timeseries as ts
 from processors.datum import NODE_ID_MAX, Datum
 from sinks.clickhouse import connect, ensure_schema

@@ -17,7 +17,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import stack
+from pipeline.embedded import stack
 from sinks.clickhouse import sql_table
 
 DDL = """CREATE TABLE {db}.readings (

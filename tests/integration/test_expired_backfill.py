@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from pipeline.metadata import datamodel_events
-from pipeline.producer import DatumProducer
-from pipeline.replay import replay_store
-from pipeline.rollups import RollupMaintainer, recompute_range
+from pipeline.gateway.replay import replay_store
+from pipeline.history.events import datamodel_events
+from pipeline.wire.producer import DatumProducer
+from pipeline.worker.rollups import RollupMaintainer, recompute_range
 from processors.binding import load_catalog
 from processors.datum import Datum
 from processors.rows import DAY_MS, accept_batch, count_expired

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from pipeline.metadata import datamodel_events
+from pipeline.history.events import datamodel_events
 from processors.binding import Catalog, parse_binding
 from processors.datamodel import parse_datamodel
 from processors.metadata import Interval, KeyValue, MetadataEvent, key_text, parse_event

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from pipeline.codec import SCHEMA_HEADER, decode_batch
-from pipeline.topics import Topics
+from pipeline.wire.codec import SCHEMA_HEADER, decode_batch
+from pipeline.wire.topics import Topics
 from processors.datum import Datum
 from sinks.clickhouse import connect, ensure_schema
 from tests.integration.helpers import scratch_stores, token_cli

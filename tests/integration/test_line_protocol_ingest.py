@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ingest import ingest_files
+from pipeline.gateway.ingest import ingest_files
 from sinks.clickhouse import connect, ensure_schema
 from tests.integration.helpers import read_topic, settings_for, wait_for, worker_process
 

@@ -17,9 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from pipeline.codec import DATUM_BATCH_V1, SCHEMA_HEADER, encode_batch
-from pipeline.metadata import datamodel_events
-from pipeline.producer import DatumProducer
+from pipeline.history.events import datamodel_events
+from pipeline.wire.codec import DATUM_BATCH_V1, SCHEMA_HEADER, encode_batch
+from pipeline.wire.producer import DatumProducer
 from processors.datum import Datum
 from sinks.clickhouse import connect, ensure_schema
 from tests.integration.helpers import settings_for, wait_for, wait_for_catalog, worker_process

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.codec import DATUM_BATCH_V1, SCHEMA_HEADER, encode_batch
-from pipeline.ingest import ingest_files
-from pipeline.producer import DatumProducer
+from pipeline.gateway.ingest import ingest_files
+from pipeline.wire.codec import DATUM_BATCH_V1, SCHEMA_HEADER, encode_batch
+from pipeline.wire.producer import DatumProducer
 from processors.datum import Datum
 from sinks.clickhouse import connect, ensure_schema
 from tests.integration.helpers import datum_line, read_topic, settings_for, wait_for, worker_process

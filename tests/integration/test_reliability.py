@@ -14,11 +14,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from pipeline import cli, stack
-from pipeline.codec import CURRENT, SCHEMA_HEADER, encode_batch
-from pipeline.ingest import ingest_files
-from pipeline.producer import DatumProducer
-from pipeline.topics import stream_key
+from pipeline import cli
+from pipeline.embedded import stack
+from pipeline.gateway.ingest import ingest_files
+from pipeline.wire.codec import CURRENT, SCHEMA_HEADER, encode_batch
+from pipeline.wire.producer import DatumProducer
+from pipeline.wire.topics import stream_key
 from processors.datum import Datum
 from processors.rows import RawColumns
 from sinks.clickhouse import RawSink, connect, ensure_schema
@@ -83,7 +84,7 @@ def test_a_datum_that_made_the_rate_lookup_throw_no_longer_loses_its_batch(setti
 
 def test_a_dead_letter_sent_again_is_kept_once(settings) -> None:  # type: ignore[no-untyped-def]
     """A batch redelivered after a crash refuses its bad input again: same id, one row in the view."""
-    from pipeline.codec import DeadLetter, Origin
+    from pipeline.wire.codec import DeadLetter, Origin
     from processors.datum import Rejection
     from sinks.clickhouse import write_dead_letters
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from pipeline import cli
-from pipeline.metadata import datamodel_events
-from pipeline.producer import DatumProducer
+from pipeline.history.events import datamodel_events
 from pipeline.settings import Settings
+from pipeline.wire.producer import DatumProducer
 from sinks.clickhouse import connect, ensure_schema
 from tests.integration.helpers import settings_for, wait_for, wait_for_catalog, worker_process
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from pipeline import cli
-from pipeline.producer import DatumProducer
-from pipeline.rollups import RollupMaintainer, recompute_range
-from pipeline.stack import free_port
-from pipeline.topics import Topics
+from pipeline.embedded.stack import free_port
+from pipeline.wire.producer import DatumProducer
+from pipeline.wire.topics import Topics
+from pipeline.worker.rollups import RollupMaintainer, recompute_range
 from processors.auxiliary import AuxChange, AuxKey, AuxRecord
 from processors.datum import Datum
 from processors.rollup import (
@@ -288,7 +288,7 @@ def test_reset_inside_an_hour_moved_and_deleted_and_pulse_sums(
     """`pipeline ingest` of datums and a SolarNetwork Reset line: the hour holding the reset
     counts the meter's increase on both sides of it; moving and deleting the reset recompute the
     hours around it; a PULSE datastream's values are summed. Every state against the reference."""
-    from pipeline.metadata import datamodel_events
+    from pipeline.history.events import datamodel_events
 
     settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with(
         {"postgres_dsn": pg_dsn})
@@ -334,7 +334,7 @@ def test_reset_inside_an_hour_moved_and_deleted_and_pulse_sums(
         assert cli.main(["ingest", str(path)]) == 0
 
     with worker_process(settings, tmp_path / "worker.log"):
-        cli._wait_for_bindings(pg_dsn, 60)  # the rain gauge's datastreams decide what PULSE is
+        cli.services._wait_for_bindings(pg_dsn, 60)  # the rain gauge's datastreams decide what PULSE is
         assert cli.main(["ingest", str(tmp_path / "in.json")]) == 1  # 1: a line was rejected
         try:
             wait_for(lambda: settled([reset]), 60, "rollups with the reset")

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
-from pipeline.rollups import recompute_range
+from pipeline.worker.rollups import recompute_range
 from processors import snws2
 from processors import timeseries as ts
 from processors.datum import Datum

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.producer import DatumProducer, TopicAdmin
-from pipeline.topics import stream_key
+from pipeline.wire.producer import DatumProducer, TopicAdmin
+from pipeline.wire.topics import stream_key
 from processors.datum import Datum
 from processors.rows import RawColumns
 from sinks.clickhouse import RawSink, connect, ensure_schema

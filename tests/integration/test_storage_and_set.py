@@ -9,8 +9,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pipeline.metadata import datamodel_events, send_set_request
-from pipeline.producer import DatumProducer
+from pipeline.gateway.commands import send_set_request
+from pipeline.history.events import datamodel_events
+from pipeline.wire.producer import DatumProducer
 from processors.datum import Datum
 from processors.metadata import parse_event
 from processors.rows import RawColumns

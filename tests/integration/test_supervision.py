@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pipeline.stack import free_port, port_open
+from pipeline.embedded.stack import free_port, port_open
 from tests.integration.helpers import ROOT, wait_for
 
 pytestmark = pytest.mark.integration
@@ -135,7 +135,7 @@ def test_sigkilled_up_leaves_no_process_behind(tmp_path: Path) -> None:
         started |= {pg: cmdline(pg), **descendants(pg)}
     try:
         everything = " ".join(started.values())
-        for part in ("tansu", "postgres -D", "pipeline.chserver", "pipeline.cli worker", "pipeline.cli api"):
+        for part in ("tansu", "postgres -D", "pipeline.embedded.chserver", "pipeline.cli worker", "pipeline.cli api"):
             assert part in everything, (part, started)
         up.kill()  # no chance to stop anything itself
         up.wait(10)
@@ -192,7 +192,7 @@ def test_what_dies_under_up_is_restarted_on_the_same_port(tmp_path: Path) -> Non
     pg_dsn = f"postgresql://postgres@127.0.0.1:{env['PIPELINE_POSTGRES_PORT']}/postgres"
     probes = {  # the worker first: a broker that goes away makes it exit (and be restarted) too
         "worker-0": ("pipeline.cli worker", None),
-        "clickhouse": ("pipeline.chserver", lambda: ch_pings(env["PIPELINE_CLICKHOUSE_PORT"])),
+        "clickhouse": ("pipeline.embedded.chserver", lambda: ch_pings(env["PIPELINE_CLICKHOUSE_PORT"])),
         "kafka": ("tansu", lambda: port_open("127.0.0.1", int(env["PIPELINE_KAFKA_PORT"]))),
         "postgres": ("postgres -D", lambda: pg_answers(pg_dsn)),
     }
@@ -210,7 +210,7 @@ def test_what_dies_under_up_is_restarted_on_the_same_port(tmp_path: Path) -> Non
             assert child_named(up, marker) != victim
             print(f"{name}: answering again {time.monotonic() - t0:.1f}s after the SIGKILL")
         # a second death soon after: the backoff has grown
-        os.kill(child_named(up, "pipeline.chserver"), signal.SIGKILL)
+        os.kill(child_named(up, "pipeline.embedded.chserver"), signal.SIGKILL)
         wait_for(lambda: "clickhouse exited with -9; restarting in 1.0s" in log.read_text(), 30, "a longer delay")
         wait_for(lambda: ch_pings(env["PIPELINE_CLICKHOUSE_PORT"]), 60, "clickhouse back again")
         everything = descendants(up.pid)
@@ -225,8 +225,7 @@ def test_what_dies_under_up_is_restarted_on_the_same_port(tmp_path: Path) -> Non
 def test_postgres_refuses_a_data_dir_whose_postgres_runs_and_leaves_it_alone(tmp_path: Path) -> None:
     """The live server's postmaster.pid was deleted (an error swallowed), and PostgreSQL shut
     itself down a minute later; now the refusal is loud and nothing is touched."""
-    from pipeline import stack
-
+    from pipeline.embedded import stack
     pg_dir = tmp_path / "postgres"
     first = stack.start_postgres(pg_dir)
     try:

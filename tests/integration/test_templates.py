@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from pipeline.metadata import datamodel_events
-from pipeline.producer import DatumProducer
+from pipeline.history.events import datamodel_events
 from pipeline.settings import Settings
+from pipeline.wire.producer import DatumProducer
 from processors.datum import Datum
 from sinks import history
 from sinks.clickhouse import connect, ensure_schema

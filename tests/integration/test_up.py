@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.producer import DatumProducer
+from pipeline.wire.producer import DatumProducer
 from processors.datum import Datum
 from sinks.clickhouse import connect
 from tests.integration.helpers import ROOT, settings_for, wait_for

@@ -15,7 +15,7 @@ import lz4.frame
 import pytest
 import zstandard
 
-from pipeline.chserver import Handler, decompress_stream, denied
+from pipeline.embedded.chserver import Handler, decompress_stream, denied
 
 
 class _Recorder(io.RawIOBase):

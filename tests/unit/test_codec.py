@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.codec import (
+from pipeline.wire.codec import (
     DATUM_BATCH_V1,
     DEAD_LETTER_MAX_BYTES,
     MIN_DEAD_LETTER_BYTES,
@@ -139,7 +139,7 @@ def test_the_issue_case_a_79_mb_corrupt_message() -> None:
 
 
 def test_a_letter_with_its_datum_cut_is_not_replayed_as_a_datum() -> None:
-    from pipeline.replay import letter_datum
+    from pipeline.gateway.replay import letter_datum
 
     big = Datum(1, "/S", 5, {f"p{k}": float(k) for k in range(20_000)})
     letter = DeadLetter([Rejection("internal.validation", "x")], None, datum=big)
@@ -151,7 +151,7 @@ def test_a_letter_with_its_datum_cut_is_not_replayed_as_a_datum() -> None:
 def test_a_refused_datum_is_one_refusal_whichever_message_carried_it() -> None:
     """A producer told "not taken" (its broker lost before the commit) resends; the second refusal of
     the same datum has the same id, so the store keeps one letter. Messages are told apart by origin."""
-    from pipeline.codec import DeadLetter, Origin
+    from pipeline.wire.codec import DeadLetter, Origin
     from processors.datum import Datum, Rejection
 
     old = Datum(1, "/S1/B1/M1", 915_148_800_000, {"watts": 1.0})

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import codec
+from pipeline.wire import codec
 from processors import columns
 from processors.binding import Binding, Catalog, load_catalog
 from processors.catalog_versions import VersionedCatalog

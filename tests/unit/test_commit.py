@@ -1,4 +1,4 @@
-"""The order of commitment (pipeline/commit.py) driven with fakes: every step, every failure.
+"""The order of commitment (pipeline/worker/commit.py) driven with fakes: every step, every failure.
 
 Like quix-streams' test_checkpointing.py: a fake store, a fake dead-letter producer and a fake
 ack record what happened in which order; each test breaks one of them in one way.
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pipeline.commit import Committer, DataFault, Isolated, RetryPolicy, Unavailable, is_transient, stage_named
+from pipeline.worker.commit import Committer, DataFault, Isolated, RetryPolicy, Unavailable, is_transient, stage_named
 from sinks.base import SinkBackpressure
 
 
@@ -272,7 +272,7 @@ def test_transient_classification(exc: BaseException, transient: bool) -> None:
 def test_a_missing_install_resource_is_waited_for_never_blamed_on_the_data() -> None:
     """A wheel without its Avro schemas: every message would fail to decode. That is ours to fix,
     so it is retried (and logged), never dead-lettered as bad input."""
-    from pipeline.codec import SchemaUnavailable
+    from pipeline.wire.codec import SchemaUnavailable
 
     assert is_transient(SchemaUnavailable("schemas/avro/datum_batch.v1.avsc missing"))
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.codec import DeadLetter, decode_batch, encode_batch
+from pipeline.wire.codec import DeadLetter, decode_batch, encode_batch
 from processors.auxiliary import AuxChange
 from processors.datum import SAMPLE_ABS_MAX, Datum, check_envelope
 from processors.rows import accept_batch

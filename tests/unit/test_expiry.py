@@ -80,7 +80,7 @@ def test_without_a_catalog_nothing_is_known_to_expire() -> None:
 
 
 def test_expiry_report_counts_what_is_sent_and_says_nothing_without_a_catalog(catalog: Catalog) -> None:
-    from pipeline.expiry import ExpiryReport
+    from pipeline.gateway.expiry import ExpiryReport
 
     datums = _datums(JAN_1_2023)
     now_ms = JAN_1_2023 + 120 * DAY_MS

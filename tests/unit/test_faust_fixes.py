@@ -1,4 +1,4 @@
-"""The Faust workarounds (pipeline/faust_fixes.py): the contiguous-commit guard on Faust's own bookkeeping
+"""The Faust workarounds (pipeline/worker/faust_fixes.py): the contiguous-commit guard on Faust's own bookkeeping
 structures, and batches closed at a weight of datums by Faust's real take."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from intervaltree import IntervalTree
 
-from pipeline.codec import message_weight
-from pipeline.faust_fixes import contiguous_new_offset, forget_taken, note_taken
+from pipeline.wire.codec import message_weight
+from pipeline.worker.faust_fixes import contiguous_new_offset, forget_taken, note_taken
 
 TP = ("datum..S1", 0)
 
@@ -96,7 +96,7 @@ class Channel:
 
 def test_a_change_the_conductor_dropped_is_flagged_again() -> None:
     """Faust's subscriber clears a flag raised during a rebalance: the new topic never joined."""
-    from pipeline.faust_fixes import resubscribe_if_dropped
+    from pipeline.worker.faust_fixes import resubscribe_if_dropped
 
     app = FakeApp({"datum.a"})
     assert resubscribe_if_dropped(app, ["datum.a", "datum.b"]) == ["datum.b"]
@@ -108,7 +108,7 @@ def test_a_change_the_conductor_dropped_is_flagged_again() -> None:
 
 
 def test_grow_subscription_updates_every_channel_of_the_source_topics() -> None:
-    from pipeline.faust_fixes import grow_subscription
+    from pipeline.worker.faust_fixes import grow_subscription
 
     app = FakeApp({"datum.a"})
     mine, clone, other = Channel("datum.a"), Channel("datum.a"), Channel("pipeline.metadata")
@@ -125,7 +125,7 @@ def test_grow_subscription_updates_every_channel_of_the_source_topics() -> None:
 _TAKE_SCRIPT = """
 import asyncio, json, sys
 import faust
-from pipeline.faust_fixes import WeightedLimit
+from pipeline.worker.faust_fixes import WeightedLimit
 
 def datums(event):
     return int(dict(event.message.headers)["datums"])

@@ -1,6 +1,6 @@
 """compose/grafana: the provisioned data sources, dashboard provider and dashboards, checked without
 Grafana: every file parses, every data source uid a dashboard names is provisioned, every PromQL
-expression is valid (promtool) and names only metrics pipeline/metrics.py exports, every variable a
+expression is valid (promtool) and names only metrics pipeline/worker/metrics.py exports, every variable a
 query uses is defined, the compose mounts hold what the provisioning refers to, and the committed
 JSON is what compose/grafana/generate_dashboards.py writes. The ClickHouse queries themselves run
 in tests/integration/test_grafana_queries.py."""
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipeline.metrics import build_metrics
+from pipeline.worker.metrics import build_metrics
 from tests.unit.test_compose import COMPOSE, COMPOSE_DIR, load_yaml
 from tests.unit.test_prometheus_rules import exported_series
 
@@ -142,7 +142,7 @@ def test_metric_names_are_the_workers() -> None:
         names = metric_names(expr)
         assert names, f"{where}: no metric in {expr!r}"
         unknown = sorted(names - exported - PROMETHEUS_SERIES)
-        assert not unknown, f"{where}: not exported by pipeline/metrics.py: {unknown} in {expr!r}"
+        assert not unknown, f"{where}: not exported by pipeline/worker/metrics.py: {unknown} in {expr!r}"
         used |= names
     # the dashboards show every metric family the workers export
     families = {f.name for m in vars(build_metrics(CollectorRegistry())).values() for f in m.describe()}

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any, cast
 
-from pipeline.codec import DeadLetter
-from pipeline.ingest import IngestReport, ingest_json, ingest_lp
-from pipeline.producer import DatumProducer
+from pipeline.gateway.ingest import IngestReport, ingest_json, ingest_lp
+from pipeline.wire.codec import DeadLetter
+from pipeline.wire.producer import DatumProducer
 from processors.datum import Datum
 from processors.lp_mapping import LineProtocolMapping
 

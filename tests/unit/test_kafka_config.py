@@ -1,12 +1,12 @@
-"""Every Kafka client gets the same security settings (pipeline/kafka_config.py)."""
+"""Every Kafka client gets the same security settings (pipeline/wire/kafka_config.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.kafka_config import KafkaConfigError, client_config, faust_credentials
-from pipeline.producer import producer_config
 from pipeline.settings import Settings
+from pipeline.wire.kafka_config import KafkaConfigError, client_config, faust_credentials
+from pipeline.wire.producer import producer_config
 
 
 def settings(**kw: str) -> Settings:

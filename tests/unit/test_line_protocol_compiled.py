@@ -1,4 +1,4 @@
-"""The compiled fast paths (processors/_lpfast.c, pipeline/_avrofast.c) against the pure-Python ones.
+"""The compiled fast paths (processors/_lpfast.c, pipeline/wire/_avrofast.c) against the pure-Python ones.
 
 The compiled parser decodes common lines and declines the rest, which the Python parser decides; the
 compiled mapping turns common lines straight into datums; the compiled encoder writes the Avro batch
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import codec
+from pipeline.wire import codec
 from processors import line_protocol as lp
 from processors.datum import Datum
 from processors.line_protocol import LineError, Point, Unsigned, parse_lines

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
-from pipeline.metrics import observe_many
+from pipeline.worker.metrics import observe_many
 
 
 def samples(h: Histogram) -> dict[str, float]:

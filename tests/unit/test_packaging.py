@@ -13,9 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline import codec
-from pipeline.codec import CURRENT, SCHEMA_HEADER, DecodeError, SchemaUnavailable, decode_batch, encode_batch
-from pipeline.worker import process_messages
+from pipeline.wire import codec
+from pipeline.wire.codec import CURRENT, SCHEMA_HEADER, DecodeError, SchemaUnavailable, decode_batch, encode_batch
+from pipeline.worker.app import process_messages
 from processors.datum import Datum
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def test_wheel_carries_every_file_read_at_run_time(tmp_path: Path) -> None:
     expected = {f"pipeline/schemas/avro/{p.name}" for p in (ROOT / "schemas" / "avro").glob("*.avsc")}
     expected |= {f"pipeline/schemas/datamodels/{p.name}" for p in (ROOT / "schemas" / "datamodels").glob("*.json")}
     expected |= {f"sinks/migrations/{p.name}" for p in (ROOT / "sinks" / "migrations").glob("*.sql")}
-    expected.add("pipeline/openapi/timeseries.json")
+    expected.add("pipeline/api/openapi/timeseries.json")
     assert "pipeline/schemas/avro/datum_batch.v1.avsc" in expected
     assert "pipeline/schemas/datamodels/bindings.json" in expected
     assert sorted(expected - names) == []

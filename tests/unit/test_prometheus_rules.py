@@ -1,5 +1,5 @@
 """compose/prometheus: promtool checks the scrape config and the alert rules and runs the rules'
-unit tests; every pipeline_* metric the rules name must exist in pipeline.metrics."""
+unit tests; every pipeline_* metric the rules name must exist in pipeline.worker.metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipeline.metrics import build_metrics
+from pipeline.worker.metrics import build_metrics
 from tests.unit.test_compose import load_yaml
 
 PROM_DIR = Path(__file__).resolve().parents[2] / "compose" / "prometheus"
@@ -40,7 +40,7 @@ def test_promtool(args: tuple[str, ...]) -> None:
 
 
 def exported_series() -> set[str]:
-    """The series names Prometheus sees from pipeline.metrics (prometheus-client adds _total to
+    """The series names Prometheus sees from pipeline.worker.metrics (prometheus-client adds _total to
     counters; histograms export _bucket, _count and _sum; both may export _created)."""
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
                 "gauge": ("",)}
@@ -61,7 +61,7 @@ def used_metric_names(rules: dict) -> set[str]:
 def test_every_metric_in_the_rules_exists() -> None:
     used = used_metric_names(load_yaml(ALERTS))
     missing = sorted(used - exported_series())
-    assert not missing, f"alerts.yml uses metrics pipeline/metrics.py does not export: {missing}"
+    assert not missing, f"alerts.yml uses metrics pipeline/worker/metrics.py does not export: {missing}"
     # the alerts the rules must cover, by the metrics they rest on
     assert {"pipeline_datums_in_total", "pipeline_last_stored_timestamp_seconds", "pipeline_consumer_lag",
             "pipeline_dead_letters_total", "pipeline_sink_failures_total",

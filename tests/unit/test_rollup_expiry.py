@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pipeline.rollups import _Plan
+from pipeline.worker.rollups import _Plan
 from processors.rollup import DEFAULT_TOLERANCES, RawPoint, RollupRow, combine, recompute, zone
 from processors.rollup_columns import series_from_points
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import stack
+from pipeline.embedded import stack
 
 
 def test_backoff_doubles_from_half_a_second_up_to_thirty() -> None:
@@ -72,7 +72,7 @@ def _sh(script: str, log_file: Path) -> stack.Service:
 
 def test_supervisor_restarts_with_growing_delays_and_says_so(tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="pipeline.stack")
+    caplog.set_level(logging.WARNING, logger="pipeline.embedded.stack")
     sup = stack.Supervisor(policy=lambda: stack.RestartPolicy(initial_s=0.1, max_s=0.4, stable_s=60))
     crashing = sup.add(_sh("exit 3", tmp_path / "crashing.log"))
     steady = sup.add(_sh("sleep 30", tmp_path / "steady.log"))
@@ -128,7 +128,7 @@ def test_children_die_with_their_parent_even_on_sigkill(tmp_path: Path) -> None:
     """A parent SIGKILLed cannot stop anything: the kernel signals its children for it."""
     parent = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from pipeline import stack\n"
+         "import sys, time; from pathlib import Path; from pipeline.embedded import stack\n"
          f"p = stack.spawn_process(['sleep', '60'], Path({str(tmp_path / 'sleep.log')!r}))\n"
          "print(p.pid, flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])

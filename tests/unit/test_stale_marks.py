@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.topics import stream_key
-from pipeline.worker import column_marks, read_marks, row_changes, stale_marks
+from pipeline.wire.topics import stream_key
+from pipeline.worker.app import column_marks, read_marks, row_changes, stale_marks
 from processors.datum import Datum
 from processors.rows import RawColumns
 from processors.stale_marks import (

@@ -14,8 +14,8 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.rollups import RollupMaintainer
-from pipeline.worker import read_marks, stale_marks
+from pipeline.worker.app import read_marks, stale_marks
+from pipeline.worker.rollups import RollupMaintainer
 from processors.rollup import DEFAULT_TOLERANCES, Tolerances
 from processors.stale_marks import HALFHOUR_MS
 from sinks.rollups import NeighbourRequest
@@ -91,7 +91,7 @@ def test_compact_marks_stale_the_same_half_hours_as_every_row(
     tol = Tolerances(clock_ms=20 * MIN, lookback_ms=3 * HOUR) if tight else DEFAULT_TOLERANCES
     maintainer = RollupMaintainer(mock.sentinel.client, timezone_at, tol)
 
-    with mock.patch("pipeline.rollups.read_neighbours", store_lookup(readings, resets)):
+    with mock.patch("pipeline.worker.rollups.read_neighbours", store_lookup(readings, resets)):
         # every row, grouped as the per-row maintainer did
         per_row: dict[tuple[int, str, str], list[tuple[str, str, int]]] = {}
         for node, source, c, prop, kind in rows:

@@ -473,7 +473,7 @@ def test_errors_in_each_format() -> None:
 
 
 def test_openapi_document_lists_every_parameter() -> None:
-    doc = json.loads((ROOT / "pipeline" / "openapi" / "timeseries.json").read_text())
+    doc = json.loads((ROOT / "pipeline" / "api" / "openapi" / "timeseries.json").read_text())
     assert doc["openapi"].startswith("3.")
     get = doc["paths"]["/api/timeseries"]["get"]
     assert [p["name"] for p in get["parameters"]] == list(ts.PARAMETERS)

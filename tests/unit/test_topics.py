@@ -3,7 +3,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.topics import Topics, decode_source, encode_source, stream_key
+from pipeline.wire.topics import Topics, decode_source, encode_source, stream_key
 
 LEGAL = re.compile(r"^[A-Za-z0-9._-]+$")
 source_ids = st.text(min_size=1, max_size=64)

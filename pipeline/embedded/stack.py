@@ -375,11 +375,11 @@ def embedded_clickhouse_url(data_dir: Path, port: int, host: str = "127.0.0.1",
 
 def clickhouse(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
                log_dir: Path | None = None, users_file: Path | None = None) -> Service:
-    """The chDB HTTP endpoint (pipeline.chserver) in its own process, not started: it owns data_dir.
+    """The chDB HTTP endpoint (pipeline.embedded.chserver) in its own process, not started: it owns data_dir.
     With a users file, it answers only its users (pipeline up gives it one)."""
     port = port or free_port(host)
     log_file = (log_dir or data_dir) / "chserver.log"
-    argv = [sys.executable, "-m", "pipeline.chserver", "--data-dir", str(data_dir),
+    argv = [sys.executable, "-m", "pipeline.embedded.chserver", "--data-dir", str(data_dir),
             "--host", host, "--port", str(port)]
     if users_file is not None:
         argv += ["--users", str(users_file)]

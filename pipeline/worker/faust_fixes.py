@@ -5,7 +5,7 @@
    `if committed_offset:` — so on a partition with no commit yet (or committed 0) an event taken
    and never acked is committed past as soon as a later one is acked — and where it does look, it
    lets the first offset after the committed one be missing (`min(acked) - committed > 1`). Our
-   agents ack in order and never drop a batch (pipeline/commit.py), so this guard should never
+   agents ack in order and never drop a batch (pipeline/worker/commit.py), so this guard should never
    fire; it is the second line: a hole at the head holds the partition's commit back.
 
    Where no commit exists, the head is the first offset our agents took from the partition since

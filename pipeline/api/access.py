@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.logview import LogView
+from pipeline.history.view import LogView
 from processors import snws2
 from processors.security_policy import AccessDenied, Token
 from processors.tokens import StoredToken, TokenValueError, stored_token

@@ -17,7 +17,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.codec import (
+from pipeline.settings import Settings
+from pipeline.wire.codec import (
     DEAD_LETTER_MAX_BYTES,
     MIN_DEAD_LETTER_BYTES,
     DeadLetter,
@@ -25,9 +26,8 @@ from pipeline.codec import (
     encode_batch,
     group_streams,
 )
-from pipeline.kafka_config import client_config
-from pipeline.settings import Settings
-from pipeline.topics import Topics, stream_key
+from pipeline.wire.kafka_config import client_config
+from pipeline.wire.topics import Topics, stream_key
 from processors.auxiliary import AuxChange
 from processors.datum import Datum
 

@@ -11,11 +11,11 @@ from math import hypot
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline.codec import DeadLetter
-from pipeline.expiry import ExpiryReport
-from pipeline.producer import DatumProducer
+from pipeline.gateway.expiry import ExpiryReport
 from pipeline.progress import Progress
 from pipeline.settings import Settings
+from pipeline.wire.codec import DeadLetter
+from pipeline.wire.producer import DatumProducer
 from processors.auxiliary import AuxChange
 from processors.datum import (
     CREATED_FUTURE_SLACK_MS,

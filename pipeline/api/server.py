@@ -25,9 +25,9 @@ from urllib.parse import parse_qs, urlsplit
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
-from pipeline.access import Access, AccessUnavailable, TokenStore
-from pipeline.http_ingest import INGEST_PATH, HttpIngest
-from pipeline.logview import LogView
+from pipeline.api.access import Access, AccessUnavailable, TokenStore
+from pipeline.api.http_ingest import INGEST_PATH, HttpIngest
+from pipeline.history.view import LogView
 from pipeline.settings import Settings
 from processors import security_policy as sp
 from processors import timeseries as ts
@@ -518,8 +518,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, out, content_type, head, extra)
 
     def _solarquery(self, raw_path: str, raw_query: str, head: bool) -> None:
-        from pipeline import solarquery
-
+        from pipeline.api import solarquery
         def answer(token: sp.Token | None) -> tuple[int, bytes, str]:
             return (*solarquery.handle(self.server.api, raw_path, raw_query, token), JSON_UTF8)
 

@@ -26,7 +26,7 @@ def load_catalog(dsn: str) -> VersionedCatalog | None:
     be read (the report then says the expiry is unknown, nothing else changes)."""
     if not dsn:
         return None
-    from pipeline.metadata import MetadataLink
+    from pipeline.history.link import MetadataLink
 
     link = MetadataLink(dsn)
     try:

@@ -68,7 +68,7 @@ def _schema(name: str) -> Any:
 
 
 try:
-    from pipeline import _avrofast
+    from pipeline.wire import _avrofast
 except ImportError:  # not built (a plain source checkout): fastavro encodes everything
     _avrofast = None
 else:
@@ -78,7 +78,7 @@ else:
 def encode_batch(datums: Sequence[Datum], *, compiled: bool | None = None) -> bytes:
     """The Avro datum batch envelope of datums.
 
-    The compiled encoder (pipeline/_avrofast.c) writes exactly fastavro's bytes and hands anything
+    The compiled encoder (pipeline/wire/_avrofast.c) writes exactly fastavro's bytes and hands anything
     unusual (a value of an unexpected type, an out-of-range long) to fastavro. compiled: None uses
     it when it is built; False always uses fastavro.
     """

@@ -38,7 +38,7 @@ class HttpIngest:
 
     def _get_producer(self) -> Any:
         if self._producer is None:
-            from pipeline.producer import DatumProducer
+            from pipeline.wire.producer import DatumProducer
 
             self._producer = DatumProducer(self.settings)
         return self._producer

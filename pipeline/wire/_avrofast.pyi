@@ -1,4 +1,4 @@
-"""Compiled datum batch envelope encoder (pipeline/_avrofast.c); see pipeline/codec.py."""
+"""Compiled datum batch envelope encoder (pipeline/wire/_avrofast.c); see pipeline/wire/codec.py."""
 
 from collections.abc import Sequence
 

@@ -6,7 +6,7 @@ tell it from a ClickHouse server for what the pipeline uses: queries in any outp
 INSERT ... FORMAT <fmt> with the data in the body, HTTP compression both ways, URL settings,
 sessions (temporary tables, SET), query parameters, ClickHouse-shaped errors and headers.
 
-    python -m pipeline.chserver --data-dir DIR --host HOST --port PORT
+    python -m pipeline.embedded.chserver --data-dir DIR --host HOST --port PORT
 
 Each chDB connection handle has its own session state (current database, settings, temporary
 tables) and runs queries concurrently with other handles, while calls on one handle serialize.
@@ -41,7 +41,7 @@ import chdb
 import lz4.frame
 import zstandard
 
-log = logging.getLogger("pipeline.chserver")
+log = logging.getLogger("pipeline.embedded.chserver")
 
 KEEP_ALIVE_TIMEOUT = 30  # seconds an idle keep-alive connection is kept, as ClickHouse does
 DEFAULT_SESSION_TIMEOUT = 60  # ClickHouse's default_session_timeout
@@ -973,7 +973,7 @@ def serve(data_dir: Path, host: str, port: int, users_file: Path | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.chserver", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.embedded.chserver", description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8123)

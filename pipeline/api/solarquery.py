@@ -21,11 +21,11 @@ from sinks.clickhouse import DATUM_VIEW, RAW_TABLE, Range, ranges_join
 from sinks.rollups import ROLLUP_VIEW
 
 if TYPE_CHECKING:
-    from pipeline.api import Api
+    from pipeline.api.server import Api
 
 ENDPOINTS = ("datum/list", "datum/mostRecent", "datum/reading", "range/sources", "range/interval")
 _PATH = re.compile(r"/solarquery/api/v1/(sec|pub)/(" + "|".join(re.escape(e) for e in ENDPOINTS) + r")/?")
-MIN_MS = -2_208_988_800_000  # DateTime64(3)'s range, as in pipeline/api.py
+MIN_MS = -2_208_988_800_000  # DateTime64(3)'s range, as in pipeline/api/server.py
 MAX_MS = 10_413_791_999_999
 Stream = tuple[int, str]
 

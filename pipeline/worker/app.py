@@ -1,7 +1,7 @@
 """The Faust worker: agents that take datum batches from the per-source topics and store them.
 
 Order of commitment for every batch of messages (at least once, idempotent store), kept by one
-`pipeline.commit.Committer` with one retry policy:
+`pipeline.worker.commit.Committer` with one retry policy:
 
     1. decode and check                  (pure: processors/, nothing leaves the process)
     2. store accepted rows in ClickHouse (transient failures retried; offsets stay put)
@@ -15,7 +15,7 @@ down to the datum (or message) that causes it, which is dead-lettered as `intern
 the rest of the batch is stored. No exception leaves an agent.
 
 The rollup agent takes the stale marks, keyed by stream, and for each batch of marks:
-    1. recompute the stale buckets from the stored raw rows and cascade (pipeline/rollups.py)
+    1. recompute the stale buckets from the stored raw rows and cascade (pipeline/worker/rollups.py)
     2. store them (replacing rows, tombstones for emptied buckets; idempotent)
     2b. record the raw batches as rolled up (the rollup ledger, `rollup_done`)
     3. ack the marks
@@ -47,8 +47,9 @@ from clickhouse_connect.driver.client import Client
 from faust.types import EventT
 from prometheus_client import CollectorRegistry, start_http_server
 
-from pipeline import faust_fixes
-from pipeline.codec import (
+from pipeline.history.link import MetadataLink
+from pipeline.settings import Settings
+from pipeline.wire.codec import (
     DATUMS_HEADER,
     DEAD_LETTER_MAX_BYTES,
     MIN_DEAD_LETTER_BYTES,
@@ -60,14 +61,13 @@ from pipeline.codec import (
     decode_columns,
     message_weight,
 )
-from pipeline.commit import Committer, Isolated, RetryPolicy, Unavailable, describe, stage_named
-from pipeline.kafka_config import client_config, faust_credentials
-from pipeline.metadata import MetadataLink
-from pipeline.metrics import Metrics, build_metrics, observe_many
-from pipeline.producer import TopicAdmin, end_offsets
-from pipeline.rollups import RollupMaintainer
-from pipeline.settings import Settings
-from pipeline.topics import Topics, stream_key
+from pipeline.wire.kafka_config import client_config, faust_credentials
+from pipeline.wire.producer import TopicAdmin, end_offsets
+from pipeline.wire.topics import Topics, stream_key
+from pipeline.worker import faust_fixes
+from pipeline.worker.commit import Committer, Isolated, RetryPolicy, Unavailable, describe, stage_named
+from pipeline.worker.metrics import Metrics, build_metrics, observe_many
+from pipeline.worker.rollups import RollupMaintainer
 from processors.auxiliary import AuxChange, AuxError, parse_change_bytes
 from processors.catalog_versions import VersionedCatalog
 from processors.columns import DatumColumns, accept_columns, first_accumulating
@@ -728,7 +728,7 @@ class DatumWorker:
             return message_weight(msg.value, header(msg.headers, DATUMS_HEADER))
 
         def acker(stream: faust.StreamT[Any], events: Sequence[EventT]) -> Callable[[], Any]:
-            # the head of each partition, for the contiguous-commit guard (pipeline/faust_fixes.py)
+            # the head of each partition, for the contiguous-commit guard (pipeline/worker/faust_fixes.py)
             faust_fixes.note_taken(app.consumer, [e.message for e in events])
 
             async def ack() -> None:

@@ -21,10 +21,10 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pipeline.expiry import ExpiryReport
-from pipeline.producer import DatumProducer, end_offsets
+from pipeline.gateway.expiry import ExpiryReport
 from pipeline.progress import Progress
 from pipeline.settings import Settings
+from pipeline.wire.producer import DatumProducer, end_offsets
 from processors.datum import Datum
 from processors.solarnetwork_json import parse_line
 from sinks.clickhouse import DATUM_VIEW, connect
@@ -135,7 +135,7 @@ def letter_datum(letter: dict[str, object]) -> Datum | None:
     """The datum a dead letter carries: its `datum`, or the JSON line it quotes; None otherwise."""
     doc = letter.get("datum")
     if isinstance(doc, dict) and doc.get("truncated"):
-        return None  # cut to fit the letter (pipeline/codec.py): its samples are not all there
+        return None  # cut to fit the letter (pipeline/wire/codec.py): its samples are not all there
     if isinstance(doc, dict):
         parsed = parse_line(json.dumps(doc), 0)
         return parsed if isinstance(parsed, Datum) else None
@@ -151,10 +151,10 @@ def replay_deadletters(settings: Settings, stage: str | None = None, rule: str |
     """Every letter on the dead-letter topic up to its end when the command starts."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from pipeline.topics import Topics
+    from pipeline.wire.topics import Topics
 
     topic = Topics(settings.topic_prefix).deadletter
-    from pipeline.kafka_config import client_config
+    from pipeline.wire.kafka_config import client_config
 
     consumer = Consumer({**client_config(settings), "group.id": "pipeline-replay",
                          "enable.auto.commit": False})

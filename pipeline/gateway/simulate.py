@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass
 from types import FrameType
 
-from pipeline.producer import DatumProducer
 from pipeline.progress import Progress
 from pipeline.settings import Settings
+from pipeline.wire.producer import DatumProducer
 from processors.simulate import Fleet, FleetSpec, default_tmy_path, load_tmy
 
 CHUNK_MS = 3_600_000  # generate and send an hour of fleet time at a time
