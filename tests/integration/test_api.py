@@ -254,7 +254,7 @@ def test_openapi_document_is_served(api: Api) -> None:
     doc = r.json()
     assert doc["openapi"].startswith("3.")
     assert [p["name"] for p in doc["paths"]["/api/timeseries"]["get"]["parameters"]] == list(ts.PARAMETERS)
-    assert doc == json.loads((ROOT / "pipeline" / "openapi" / "timeseries.json").read_text())
+    assert doc == json.loads((ROOT / "pipeline" / "api" / "openapi" / "timeseries.json").read_text())
 
 
 # --- use case: the entire data, with pagination ----------------------------------------------
