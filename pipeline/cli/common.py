@@ -39,10 +39,8 @@ def ms(text: str) -> int:
     return int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
-def parse_when(text: str | None) -> datetime | None:
+def parse_when(text: str) -> datetime:
     """A transaction or data time of the history commands: ISO 8601 with offset, or 'now'."""
-    if text is None:
-        return None
     return datetime.now(UTC) if text == "now" else parse_time(text, "time")
 
 

@@ -154,7 +154,7 @@ def cmd_history_valid(settings: Settings, args: argparse.Namespace) -> int:
 
     with history_conn(settings) as conn:
         row = history.valid_at(conn, args.entity, json.loads(args.key), parse_when(args.data_time),
-                               parse_when(args.known_at))
+                               parse_when(args.known_at) if args.known_at else None)
     if row is None:
         print("no value", file=sys.stderr)
         return 1

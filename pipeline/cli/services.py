@@ -83,8 +83,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         ensure_schema(wait_for(settings.clickhouse_url))
         env = {**os.environ, **settings.as_env()}
 
-        def child(name: str, argv: list[str], restart: bool = True, **extra: str) -> stack.Service:
-            child_env = {**env, **extra}
+        def child(name: str, argv: list[str], extra: dict[str, str] | None = None, restart: bool = True
+                  ) -> stack.Service:
+            child_env = {**env, **(extra or {})}
             svc = stack.Service(name, "", spawn=lambda: stack.spawn_process(argv, logs / f"{name}.log", child_env),
                                 log_file=logs / f"{name}.log")
             return supervisor.add(svc.start(), restart=restart)
@@ -93,12 +94,12 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             # each worker its own metrics port: base, base+1, ...
             port = settings.metrics_port + n if settings.metrics_port else 0
             workers.append(child(f"worker-{n}", [sys.executable, "-m", "pipeline.cli", "worker"],
-                                 PIPELINE_METRICS_PORT=str(port)))
+                                 {"PIPELINE_METRICS_PORT": str(port)}))
         if settings.api_port:
             # the API only reads ClickHouse: as the read-only user on the embedded endpoint
             reader = {"PIPELINE_CLICKHOUSE_URL": stack.embedded_clickhouse_url(
                 data_dir, settings.clickhouse_port, user=stack.CLICKHOUSE_READER)} if embedded_clickhouse else {}
-            others.append(child("api", [sys.executable, "-m", "pipeline.cli", "api"], **reader))
+            others.append(child("api", [sys.executable, "-m", "pipeline.cli", "api"], reader))
         if args.demo:
             # the sample datamodels and bindings go through the metadata topic like any change
             from pipeline.resources import schemas_dir

@@ -175,11 +175,13 @@ def replay_deadletters(settings: Settings, stage: str | None = None, rule: str |
             msg = consumer.poll(5.0)
             if msg is None or msg.error() is not None:
                 continue
-            if msg.offset() >= ends[msg.partition()] - 1:
-                todo.discard(msg.partition())
+            partition, offset, value = msg.partition(), msg.offset(), msg.value()
+            assert partition is not None and offset is not None  # a message, not an event
+            if offset >= ends[partition] - 1:
+                todo.discard(partition)
             report.letters_read += 1
             try:
-                letter = json.loads(msg.value())
+                letter = json.loads(value or b"")
             except ValueError:
                 report.not_replayable += 1
                 continue

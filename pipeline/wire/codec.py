@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import base64
 import hashlib
 import io
@@ -67,12 +69,14 @@ def _schema(name: str) -> Any:
         raise SchemaUnavailable(f"{path} is not a valid Avro schema: {exc}") from exc
 
 
+_avrofast: ModuleType | None
 try:
-    from pipeline.wire import _avrofast
+    from pipeline.wire import _avrofast as _compiled
 except ImportError:  # not built (a plain source checkout): fastavro encodes everything
     _avrofast = None
 else:
-    _avrofast.configure(Datum)
+    _compiled.configure(Datum)
+    _avrofast = _compiled
 
 
 def encode_batch(datums: Sequence[Datum], *, compiled: bool | None = None) -> bytes:

@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # not re-exported
 
 from pipeline.settings import Settings
 from pipeline.wire.codec import (
@@ -165,11 +165,12 @@ class DatumProducer:
             sent.clear()
         self._pending.setdefault((msg.topic(), msg.partition()), []).append(_Sent(msg.offset(), datums, identities))
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]],
+    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]],
                  on_delivery: Any = None) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers,
+                wire_headers: list[tuple[str, str | bytes | None]] = [*headers]
+                self._producer.produce(topic, value=value, key=key, headers=wire_headers,
                                        on_delivery=on_delivery or self._on_delivery)
                 break
             except BufferError:
@@ -333,11 +334,13 @@ def end_offsets(client: Mapping[str, Any] | str, topic: str, partitions: Sequenc
             msg = consumer.poll(idle_s)
             if msg is None:
                 break
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    open_parts.discard(msg.partition())
+            error, partition, offset = msg.error(), msg.partition(), msg.offset()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    open_parts.discard(partition)
                 continue
-            ends[msg.partition()] = max(ends[msg.partition()], msg.offset() + 1)
+            assert partition is not None and offset is not None  # a message, not an event
+            ends[partition] = max(ends[partition], offset + 1)
         return ends
     finally:
         consumer.close()
