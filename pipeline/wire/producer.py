@@ -167,9 +167,9 @@ class DatumProducer:
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]],
                  on_delivery: Any = None) -> None:
+        wire_headers: list[tuple[str, str | bytes | None]] = [*headers]
         while True:
             try:
-                wire_headers: list[tuple[str, str | bytes | None]] = [*headers]
                 self._producer.produce(topic, value=value, key=key, headers=wire_headers,
                                        on_delivery=on_delivery or self._on_delivery)
                 break
