@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import chdb
@@ -265,24 +265,32 @@ def content_type(fmt: str) -> str:
 
 
 class _Decompressor(Protocol):
-    eof: bool
-    unused_data: bytes
+    @property
+    def eof(self) -> bool: ...
 
-    def decompress(self, data: bytes) -> bytes: ...
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes, /) -> bytes: ...
+
+
+def _lz4_decompressor() -> _Decompressor:
+    made: _Decompressor = lz4.frame.LZ4FrameDecompressor()
+    return made
 
 
 def _decompressor_factory(encoding: str) -> Callable[[], _Decompressor]:
     if encoding == "lz4":
-        return lz4.frame.LZ4FrameDecompressor
+        return _lz4_decompressor
     if encoding == "zstd":
         return lambda: zstandard.ZstdDecompressor().decompressobj()
     if encoding in ("gzip", "x-gzip"):
         return lambda: zlib.decompressobj(zlib.MAX_WBITS | 16)
     if encoding == "deflate":
-        return zlib.decompressobj
+        return lambda: zlib.decompressobj()
     if encoding == "br":
         try:
-            import brotli  # type: ignore[import-not-found]
+            import brotli  # type: ignore[import-not-found,unused-ignore]  # optional
         except ImportError:
             pass
         else:
@@ -335,7 +343,8 @@ def decompress_stream(chunks: Iterator[bytes], encoding: str, step: int = DECOMP
     decompression bomb) costs no more memory than a large one; the caller bounds the total."""
     try:
         if encoding == "zstd":
-            reader = zstandard.ZstdDecompressor().stream_reader(_ChunkReader(chunks), read_across_frames=True)
+            source = cast(IO[bytes], _ChunkReader(chunks))  # a file-like reader: read() is all zstandard calls
+            reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
             while True:
                 out = reader.read(step)
                 if not out:
@@ -470,7 +479,7 @@ class Engine:
         self._closed = False
 
     def _open(self) -> Handle:
-        return Handle(chdb.connect(self.path))
+        return Handle(chdb.connect(self.path))  # type: ignore[no-untyped-call]  # chdb has no annotations
 
     @contextlib.contextmanager
     def handle(self, session_id: str | None, timeout: float, check: bool) -> Iterator[Handle]:
@@ -770,6 +779,7 @@ class Handler(BaseHTTPRequestHandler):
     # the client's delayed ACK, 40 ms on Linux, and every query took at least that (issue 13).
     disable_nagle_algorithm = True
     server: Server
+    _headers_buffer: list[bytes]  # BaseHTTPRequestHandler's, written whole below
 
     def setup(self) -> None:
         super().setup()
