@@ -259,6 +259,8 @@ parse_float(const char *p, Py_ssize_t n, double *out)
     uint64_t m = 0;
     int digits = 0; /* significant digits in m */
     start = i;
+    /* The integer and the fraction digits are accumulated by the same loop, written out twice on
+     * purpose: it is the inner loop of every float value; a helper would need i, m and digits back. */
     while (i < n && IS_DIGIT(p[i])) {
         if (m || p[i] != '0') {
             m = m * 10 + (uint64_t)(p[i] - '0');
@@ -804,6 +806,12 @@ fail:
 
 /* ------------------------------------------------------------------------------------------ */
 /* the item loop */
+
+/* parse_points_impl and parse_datums_impl below write the same walk out twice on purpose (take an
+ * item's body, parse_line, build, append, next line_no), and so do their GC-pausing wrappers: it
+ * is the per-line hot loop, and the datums walk resolves and may hand a line back to Python in the
+ * middle of it. Shared through a callback, every line would pay an indirect call. The argument
+ * handling and the result they do share are in walk_args and walk_result. */
 
 /* The body of one item (bytes or str), without its line ending; 0 to decline. */
 static int
