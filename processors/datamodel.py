@@ -271,6 +271,16 @@ def _bool(doc: Mapping[str, object], key: str, default: bool, ctx: _Ctx) -> bool
     return raw
 
 
+def _choice(doc: Mapping[str, object], key: str, default: str, allowed: Sequence[str], ctx: _Ctx) -> str:
+    """A datastream's `key`, `default` when absent: one of `allowed`."""
+    raw = doc.get(key, default)
+    if raw not in allowed:
+        raise ctx.error(
+            f"datastream.{key}.invalid", f"{key} must be one of {', '.join(allowed)}, got {raw!r}", key
+        )
+    return cast(str, raw)
+
+
 def _unknown(doc: Mapping[str, object], known: frozenset[str], ctx: _Ctx, scope: str) -> None:
     extra = sorted(str(k) for k in doc if k not in known)
     if extra:
@@ -414,20 +424,8 @@ def _parse_datastream(raw: object, ctx: _Ctx, plan: StoragePlan | None) -> Datas
     name = cast(str, _text(raw, "name", ctx, "datastream", required=True))
     description = cast(str, _text(raw, "description", ctx, "datastream", required=True))
 
-    period = raw.get("period", "INSTANT")
-    if period not in PERIODS:
-        raise ctx.error(
-            "datastream.period.invalid",
-            f"period must be one of {', '.join(PERIODS)}, got {period!r}",
-            "period",
-        )
-    access = raw.get("access", "READ")
-    if access not in ACCESSES:
-        raise ctx.error(
-            "datastream.access.invalid",
-            f"access must be one of {', '.join(ACCESSES)}, got {access!r}",
-            "access",
-        )
+    period = _choice(raw, "period", "INSTANT", PERIODS, ctx)
+    access = _choice(raw, "access", "READ", ACCESSES, ctx)
 
     schema = _parse_schema(raw, ctx)
     storage = _parse_storage(raw.get("storage"), ctx, plan)
