@@ -148,6 +148,8 @@ def recompute_series(
     source_id: str = "",
 ) -> list[RollupRow]:
     """`recompute` of the same points given as series (one per property and kind)."""
+    # The parameters and the first lines repeat processors/rollup.py's `recompute` on purpose: this
+    # is its columnar fast path, a drop-in with the same signature, and the reference stays beside it.
     edges = window_edges(window_start_ms, window_end_ms, periodicity, tz)
     if not edges:
         return []
