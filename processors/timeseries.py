@@ -5,10 +5,11 @@ rules can be tested without services. The spec, the naming rule and every error 
 docs/api.md.
 
 A series is one (node, source, property). Its name is `<node>~<source>~<property>`, the source
-and property encoded like topic names but keeping `_`: ASCII letters, digits and `_` stay, `/`
-becomes `.`, every other byte of the UTF-8 text becomes `-HH` (upper-case hex). The output only
-holds RFC 3986 unreserved characters and never `~` inside a part, so names are URL-safe, need no
-escaping in a comma-separated list, and map back to exactly one series.
+and property encoded like topic names but keeping `_` (processors/name_encoding.py): ASCII
+letters, digits and `_` stay, `/` becomes `.`, every other byte of the UTF-8 text becomes `-HH`
+(upper-case hex). The output only holds RFC 3986 unreserved characters and never `~` inside a
+part, so names are URL-safe, need no escaping in a comma-separated list, and map back to exactly
+one series.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import csv
 import io
 import json
 import re
-import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Literal, TypeVar
 from xml.etree import ElementTree as ET
 
+from processors.name_encoding import SERIES
 from processors.rollup import PERIODICITIES, Periodicity, bucket_bounds, bucket_start, zone
 
 # ---------------------------------------------------------------------------------------------
@@ -90,8 +91,6 @@ class ParameterError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Series names
 
-_SAFE = frozenset(string.ascii_letters + string.digits + "_")
-_HEX = frozenset("0123456789ABCDEF")
 _NODE = re.compile(r"0|[1-9][0-9]{0,19}")
 SEPARATOR = "~"
 
@@ -103,61 +102,9 @@ class SeriesKey:
     property: str  # (shadows the builtin in this class body: no @property here)
 
 
-def encode_part(text: str) -> str:
-    """Letters, digits and `_` stay, `/` becomes `.`, any other byte `-HH`."""
-    out: list[str] = []
-    for ch in text:
-        if ch in _SAFE:
-            out.append(ch)
-        elif ch == "/":
-            out.append(".")
-        else:
-            # surrogatepass: a lone surrogate still round-trips (ClickHouse never gives one)
-            out.extend(f"-{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
-    return "".join(out)
-
-
-def decode_part(text: str) -> str:
-    """The inverse of encode_part; ValueError unless `text` is exactly what encode_part makes."""
-    out: list[str] = []
-    pending = bytearray()
-    k = 0
-    while k < len(text):
-        ch = text[k]
-        if ch == "-":
-            hh = text[k + 1:k + 3]
-            if len(hh) != 2 or not set(hh) <= _HEX:
-                raise ValueError(f"'-' must be followed by two upper-case hex digits at {k}")
-            b = int(hh, 16)
-            if chr(b) in _SAFE or b == ord("/"):
-                raise ValueError(f"-{hh} escapes a character that is written as itself")
-            pending.append(b)
-            k += 3
-            continue
-        if pending:
-            out.append(_utf8(pending))
-            pending.clear()
-        if ch == ".":
-            out.append("/")
-        elif ch in _SAFE:
-            out.append(ch)
-        else:
-            raise ValueError(f"character {ch!r} is not allowed (letters, digits, '_', '.', '-HH')")
-        k += 1
-    if pending:
-        out.append(_utf8(pending))
-    return "".join(out)
-
-
-def _utf8(raw: bytearray) -> str:
-    try:
-        text = bytes(raw).decode("utf-8", "surrogatepass")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"escaped bytes are not UTF-8: {exc.reason}") from None
-    # Canonical only: bytes of an ASCII letter, digit, '_' or '/' are never escaped.
-    if any(c in _SAFE or c == "/" for c in text):
-        raise ValueError("an escaped character is written as itself")
-    return text
+# The series format of the shared encoding: topic names use the same one but escape `_` as well.
+encode_part = SERIES.encode
+decode_part = SERIES.decode
 
 
 def series_name(key: SeriesKey) -> str:

@@ -1,7 +1,8 @@
 """Topic names: defined here once.
 
-Datums go to one topic per source. The sourceId is mapped to a legal Kafka topic name by an
-injective (collision-free, reversible) encoding:
+Datums go to one topic per source. The sourceId is mapped to a legal Kafka topic name by the
+injective (collision-free, reversible) encoding of processors/name_encoding.py, keeping ASCII
+letters and digits:
 
 * ASCII letters and digits stay as they are;
 * ``/`` becomes ``.`` (so ``/S1/B1/M1`` reads as ``datum..S1.B1.M1``);
@@ -23,45 +24,15 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from processors.name_encoding import TOPIC
+
 DATUM_PREFIX = "datum."
 TOPIC_MAX = 249
 HASHED = "--"
-_KEEP = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
-_ESCAPE = re.compile(r"-([0-9A-F]{2})")
 
-
-def encode_source(source_id: str) -> str:
-    out: list[str] = []
-    for ch in source_id:
-        if ch in _KEEP:
-            out.append(ch)
-        elif ch == "/":
-            out.append(".")
-        else:
-            out.extend(f"-{b:02X}" for b in ch.encode("utf-8"))
-    return "".join(out)
-
-
-def decode_source(encoded: str) -> str:
-    raw = bytearray()
-    i = 0
-    while i < len(encoded):
-        ch = encoded[i]
-        if ch == "-":
-            m = _ESCAPE.match(encoded, i)
-            if m is None:
-                raise ValueError(f"bad escape at {i} in {encoded!r}")
-            raw.append(int(m.group(1), 16))
-            i += 3
-            continue
-        if ch == ".":
-            raw.append(ord("/"))
-        elif ch in _KEEP:
-            raw.append(ord(ch))
-        else:
-            raise ValueError(f"{ch!r} cannot appear in an encoded source topic")
-        i += 1
-    return raw.decode("utf-8")
+# The topic format of the shared encoding (series names use the same one, keeping `_` too).
+encode_source = TOPIC.encode
+decode_source = TOPIC.decode
 
 
 @dataclass(frozen=True)
@@ -74,7 +45,8 @@ class Topics:
         head = self.prefix + DATUM_PREFIX
         encoded = encode_source(source_id)
         if len(head) + len(encoded) > TOPIC_MAX:
-            encoded = HASHED + hashlib.sha256(source_id.encode("utf-8")).hexdigest()
+            # surrogatepass: as the plain encoding, total (the same bytes for any valid text)
+            encoded = HASHED + hashlib.sha256(source_id.encode("utf-8", "surrogatepass")).hexdigest()
         return head + encoded
 
     def source_id_of(self, topic: str) -> str | None:
