@@ -93,6 +93,19 @@ class Rejection:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class LineRejection:
+    """A line of an input file or body, or one field of it, that did not make it into a datum, and why.
+
+    `text` is the line as read when the rejection quotes it (SolarNetwork JSON, whose dead letters
+    carry the line); line protocol leaves it empty (its dead letters name the line number).
+    """
+
+    line_no: int
+    reason: Rejection
+    text: str = ""
+
+
 def _json_safe(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)  # "nan", "inf": JSON has no spelling for them

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processors.auxiliary import AuxChange
-from processors.datum import Datum, check_envelope
-from processors.solarnetwork_json import LineRejection, parse_document, parse_line
+from processors.datum import Datum, LineRejection, check_envelope
+from processors.solarnetwork_json import parse_document, parse_line
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_PROBLEMS = 100  # listed in one answer; the count says how many there were

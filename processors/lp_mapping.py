@@ -17,7 +17,7 @@ from operator import itemgetter, not_
 from typing import Any
 
 from processors import line_protocol
-from processors.datum import Datum, Kind, Rejection, source_id_problem
+from processors.datum import Datum, Kind, LineRejection, Rejection, source_id_problem
 from processors.line_protocol import FieldValue, LineError, Point
 
 __all__ = [
@@ -81,17 +81,6 @@ class LineProtocolMapping:
             raise ValueError("give exactly one of node_id and node_tag")
         if self.node_id is not None and self.node_id < 0:
             raise ValueError("node_id must not be negative")
-
-
-@dataclass(frozen=True, slots=True)
-class LineRejection:
-    """A line, or one field of it, that did not make it into a datum, and why."""
-
-    line_no: int
-    reason: Rejection
-
-    def as_dict(self) -> dict[str, object]:
-        return {"line": self.line_no, **self.reason.as_dict()}
 
 
 @dataclass(slots=True)

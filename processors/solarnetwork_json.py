@@ -10,19 +10,12 @@ or epoch milliseconds. Times without a zone are refused rather than guessed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from processors.auxiliary import AuxChange, AuxError, is_auxiliary, parse_change
-from processors.datum import NODE_ID_MAX, Datum, Rejection, parse_created
+from processors.datum import NODE_ID_MAX, Datum, LineRejection, Rejection, parse_created
 
 __all__ = ["LineRejection", "parse_created", "parse_line"]
-
-@dataclass(frozen=True, slots=True)
-class LineRejection:
-    line_no: int
-    reason: Rejection
-    text: str
 
 
 def _has_lone_surrogate(doc: object) -> bool:

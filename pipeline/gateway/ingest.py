@@ -22,12 +22,12 @@ from processors.datum import (
     CREATED_MIN_MS,
     SAMPLE_ABS_MAX,
     Datum,
+    LineRejection,
     Rejection,
     check_envelope,
 )
 from processors.lp_mapping import LineProtocolMapping, map_lines
-from processors.lp_mapping import LineRejection as LPRejection
-from processors.solarnetwork_json import LineRejection, parse_line
+from processors.solarnetwork_json import parse_line
 
 CHUNK = 5000  # datums handed to the producer at a time: bounded memory on any file size
 
@@ -200,7 +200,7 @@ def _ingest_lp_file(
             if len(chunk) >= CHUNK:
                 _send_chunk(producer, chunk, report, progress)
             continue
-        if isinstance(item, LPRejection):
+        if isinstance(item, LineRejection):
             rule = item.reason.rule
             report.count([item.reason])
             if rule in LP_LINE_RULES:
