@@ -15,7 +15,6 @@ Each entity type is declared as one of EBAS's metadata classes (see docs/history
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import uuid
@@ -25,8 +24,11 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from processors.binding import BindingError, parse_binding
+from processors.datamodel import DatamodelError, parse_datamodel
 from processors.datum import source_id_problem
 from processors.qrating import QRating, QRatingError
+from processors.tokens import TokenValueError, check_value, valid_token_id
 
 EntityClass = Literal["master", "static", "history", "time_dependent"]
 Op = Literal["upsert", "delete", "set_valid", "correct", "close", "replace"]
@@ -210,24 +212,16 @@ def _v_source(value: Mapping[str, JsonValue], key: Mapping[str, KeyValue]) -> No
 def _v_binding(value: Mapping[str, JsonValue], key: Mapping[str, KeyValue]) -> None:
     # The binding format belongs to processors.binding; the key and value together are one
     # binding document there, so the catalog can hand them over unchanged.
-    try:
-        mod = importlib.import_module("processors.binding")
-        parse = mod.parse_binding
-        error_type = mod.BindingError
-    except (ImportError, AttributeError) as e:
-        raise ValueProblem("binding.validator_unavailable", f"cannot validate bindings: {e}") from e
     overlap = sorted(set(value) & set(key))
     if overlap:
         raise ValueProblem("binding.key_in_value", f"{overlap} belong to the key, not the value")
     try:
-        parse({**key, **value})
-    except error_type as e:
+        parse_binding({**key, **value})
+    except BindingError as e:
         raise ValueProblem("binding.invalid", str(e)) from e
 
 
 def _v_security_token(value: Mapping[str, JsonValue], key: Mapping[str, KeyValue]) -> None:
-    from processors.tokens import TokenValueError, check_value, valid_token_id
-
     if not valid_token_id(key.get("token_id")):
         raise ValueProblem("token.id", "token_id must be 1-64 characters of A-Z a-z 0-9 _ - . ~")
     try:
@@ -237,19 +231,11 @@ def _v_security_token(value: Mapping[str, JsonValue], key: Mapping[str, KeyValue
 
 
 def _v_datamodel(value: Mapping[str, JsonValue], key: Mapping[str, KeyValue]) -> None:
-    # The datamodel parser belongs to processors.datamodel; imported lazily so this module does
-    # not depend on it at import time, and an unavailable parser refuses rather than waves through.
+    # The datamodel format belongs to processors.datamodel: the history log keeps only documents
+    # its parser accepts.
     try:
-        mod = importlib.import_module("processors.datamodel")
-        parse = mod.parse_datamodel
-        error_type = mod.DatamodelError
-    except (ImportError, AttributeError) as e:
-        raise ValueProblem(
-            "datamodel.validator_unavailable", f"cannot validate datamodels: {e}"
-        ) from e
-    try:
-        parse(value)
-    except error_type as e:
+        parse_datamodel(value)
+    except DatamodelError as e:
         raise ValueProblem("datamodel.invalid", str(e)) from e
     if value.get("identifier") != key["identifier"]:
         raise ValueProblem(

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
-import types
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -353,17 +352,23 @@ def test_datamodel_values_use_the_datamodel_parser() -> None:
         "datamodel.key_mismatch")
 
 
-@pytest.fixture
-def no_datamodel_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    broken = types.ModuleType("processors.datamodel")  # no parse_datamodel in it
-    monkeypatch.setitem(sys.modules, "processors.datamodel", broken)
-    yield
-
-
-@pytest.mark.usefixtures("no_datamodel_module")
-def test_an_unavailable_datamodel_parser_refuses() -> None:
-    assert refusal_rule(ev("datamodel", {"identifier": "health"}, "upsert", HEALTH)) == (
-        "datamodel.validator_unavailable")
+def test_without_the_datamodel_parser_nothing_is_taken_in_unchecked() -> None:
+    """Datamodel and binding values are checked by their own parsers, imported plainly: without
+    them processors.metadata does not import, so the history log cannot apply an unchecked
+    document (they were loaded through importlib, and each event refused when that failed)."""
+    probe = (
+        "import sys\n"
+        "sys.modules['processors.datamodel'] = None  # as if the parser were not installed\n"
+        "try:\n"
+        "    import processors.metadata\n"
+        "except ImportError as e:\n"
+        "    print('refused to import:', e.name)\n"
+        "else:\n"
+        "    print('imported')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "refused to import: processors.datamodel"
 
 
 def test_references_name_the_entities_a_value_needs() -> None:
