@@ -1,5 +1,11 @@
 """Workarounds for faust-streaming, in one place (faust-streaming 0.15.3, pinned in pyproject).
 
+Every use of Faust's (or mode's, or aiokafka's) private API in the pipeline is here, behind a
+named function whose docstring says which bug or limitation it works around. What each relies on
+is listed in `RELIES_ON` and checked against the installed Faust by `faust_api_problems`
+(tests/unit/test_faust_fixes.py): an upgrade that removes or renames any of it fails that test,
+naming the fix, instead of silently turning the workaround off.
+
 1. Offsets commit only past contiguously acked events (faust-streaming #312, regressed as #606).
    Faust's `Consumer._new_offset` looks for a hole at the head of a partition's acked offsets only
    `if committed_offset:` — so on a partition with no commit yet (or committed 0) an event taken
@@ -17,7 +23,9 @@
    subscriber clears the event instead of deferring it), and a subscription change is itself a
    rebalance: a source topic found a moment after another was never consumed (375 of 3,000
    datums of the fault suite's baseline, nothing logged). So every scan also checks that the
-   conductor's index holds every source topic, and flags again until it does.
+   conductor's index holds every source topic, and flags again until it does. The conductor
+   waits 45 s after a flag before it resubscribes, a class attribute with no setting
+   (`fast_resubscribe`).
 
 3. Faust's `take` closes a batch at a number of events only; one event may carry one datum (a
    gateway of a fleet) or a thousand (a bulk producer). `WeightedLimit` is a `max_` for
@@ -25,22 +33,34 @@
    then make batches of thousands of datums, not of a few hundred (issue 13: raw rows of the
    fleet benchmark 5.7k -> 18.5k datums/s). Faust tests `buffer_size() >= max_`; an int
    compared with this object hands the comparison to its `__le__`, called once per event added.
+
+4. Faust reports committed offsets (`on_tp_commit`) and partition end offsets
+   (`track_tp_end_offset`) to `app.monitor` only, not to the sensors of `app.sensors` (the
+   SensorDelegate has neither hook): the position sensor (pipeline/worker/sensor.py) therefore
+   is the app's monitor, a `faust.Monitor` subclass passed as `faust.App(monitor=...)`.
+   Public API, but a Faust-internal convention, so it is checked here like the rest.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 FIRST_TAKEN = "_pipeline_first_taken"
 _applied = False
+_faust_new_offset: Any = None  # Faust's own Consumer._new_offset, once `apply` replaced it
 
 
 def note_taken(consumer: Any, messages: Iterable[Any]) -> None:
-    """Remember, per partition, the first offset an agent took (the head where no commit exists)."""
+    """Remember, per partition, the first offset an agent took (the head where no commit exists).
+
+    Works around faust-streaming #312/#606 (1. above): Faust keeps no head for a partition without
+    a commit. Kept in the consumer's own `__dict__`, next to the bookkeeping it completes."""
     firsts: dict[Any, int] = consumer.__dict__.setdefault(FIRST_TAKEN, {})
     for msg in messages:
         firsts.setdefault(msg.tp, msg.offset)
@@ -72,14 +92,18 @@ class WeightedLimit:
 
 
 def forget_taken(consumer: Any, tps: Iterable[Any]) -> None:
-    """Partitions revoked: their head is learned again when they come back."""
+    """Partitions revoked: their head is learned again when they come back (faust-streaming
+    #312/#606, 1. above)."""
     firsts: dict[Any, int] = consumer.__dict__.get(FIRST_TAKEN, {})
     for tp in tps:
         firsts.pop(tp, None)
 
 
 def contiguous_new_offset(self: Any, tp: Any) -> int | None:
-    """Faust's `_new_offset` with the head of the partition checked in every case."""
+    """Faust's `Consumer._new_offset` with the head of the partition checked in every case
+    (faust-streaming #312, regressed as #606; 1. above). Reads and updates the consumer's private
+    bookkeeping (`_acked`, `_acked_index`, `_gap`, `_committed_offset`) exactly as Faust's own
+    version does."""
     from faust.utils.functional import consecutive_numbers
 
     acked = self._acked[tp]
@@ -108,24 +132,32 @@ def contiguous_new_offset(self: Any, tp: Any) -> int | None:
 
 
 def apply() -> None:
-    """Install the workarounds (idempotent)."""
+    """Install the contiguous-commit guard (faust-streaming #312/#606, 1. above) in place of
+    Faust's `Consumer._new_offset`, for every consumer of the process (idempotent)."""
     global _applied
     if _applied:
         return
     from faust.transport.consumer import Consumer
 
+    global _faust_new_offset
+    _faust_new_offset = Consumer.__dict__["_new_offset"]
     Consumer._new_offset = contiguous_new_offset  # type: ignore[method-assign]
     _applied = True
 
 
 def fast_resubscribe(app: Any, seconds: float = 1.0) -> None:
     """Seconds, not Faust's 45, between a subscription change and the resubscribe: a new source
-    should flow without a long wait (the conductor's own knob, no public setting)."""
+    should flow without a long wait. Faust limitation: the conductor's
+    `_resubscribe_sleep_lock_seconds` has no public setting (2. above)."""
     app.topics._resubscribe_sleep_lock_seconds = seconds
 
 
 def grow_subscription(app: Any, channels: Iterable[Any], known: list[str], new: list[str]) -> None:
-    """Add `new` topic names to every channel that carries the `known` ones, and flag the change."""
+    """Add `new` topic names to every channel that carries the `known` ones, and flag the change.
+
+    Works around faust-streaming #62 (no subscription by pattern; 2. above): Faust has no call for
+    "this channel's topic list changed", so the channels' `topics` are replaced and the conductor's
+    private `_flag_changes` is called."""
     old = set(known)
     known.extend(new)
     names = tuple(known)
@@ -138,7 +170,8 @@ def grow_subscription(app: Any, channels: Iterable[Any], known: list[str], new: 
 
 
 def unsubscribed(app: Any, names: Iterable[str]) -> list[str]:
-    """Source topics the conductor has not (yet) put in its subscription."""
+    """Source topics the conductor has not (yet) put in its subscription, read from its private
+    `_topic_name_index` (faust-streaming #62 and the dropped flag; 2. above)."""
     index = getattr(app.topics, "_topic_name_index", None)
     if index is None:
         return []
@@ -146,10 +179,139 @@ def unsubscribed(app: Any, names: Iterable[str]) -> list[str]:
 
 
 def resubscribe_if_dropped(app: Any, names: Iterable[str]) -> list[str]:
-    """Flag the conductor again when a change was dropped (see 2. above); returns the missing."""
+    """Flag the conductor again when a change was dropped: Faust's subscriber clears a flag raised
+    while the group rebalances instead of deferring it (2. above); returns the missing."""
     missing = unsubscribed(app, names)
     if missing and not app.rebalancing:
         log.warning("%d source topic(s) not in the subscription yet (%s): flagging the change again",
                     len(missing), ", ".join(missing[:3]))
         app.topics._flag_changes()
     return missing
+
+
+# -- what the fixes rely on ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reliance:
+    """One thing of Faust's that a fix relies on. `check(app)` is true while it is there, as the fix
+    expects it; `app` is a Faust app that was never started (no broker needed)."""
+
+    fix: str
+    what: str
+    check: Callable[[Any], bool]
+
+
+def _params(fn: Any) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def _source(fn: Any) -> str:
+    return inspect.getsource(getattr(fn, "fun", fn))  # mode's ServiceTask keeps the function as `fun`
+
+
+def _consumer_class() -> Any:
+    from faust.transport.consumer import Consumer
+
+    return Consumer
+
+
+def _conductor_class() -> Any:
+    from faust.transport.conductor import Conductor
+
+    return Conductor
+
+
+def _stream_class() -> Any:
+    from faust.streams import Stream
+
+    return Stream
+
+
+def _monitor_class() -> Any:
+    from faust.sensors.monitor import Monitor
+
+    return Monitor
+
+
+def _faust_own_new_offset() -> Any:
+    return _faust_new_offset if _faust_new_offset is not None else _consumer_class().__dict__.get("_new_offset")
+
+
+def _consecutive_numbers_exists(_app: Any) -> bool:
+    from faust.utils.functional import consecutive_numbers
+
+    return callable(consecutive_numbers)
+
+
+def _topic_list_is_plain(app: Any) -> bool:
+    topic = app.topic("faust-fixes-probe", value_serializer="raw")
+    topic.topics = ("faust-fixes-probe", "faust-fixes-probe-2")
+    return tuple(topic.topics) == ("faust-fixes-probe", "faust-fixes-probe-2")
+
+
+_CONTIGUOUS = "apply/contiguous_new_offset/note_taken (faust-streaming #312, #606)"
+_RESUBSCRIBE = "fast_resubscribe (no setting for the conductor's 45 s)"
+_GROW = "grow_subscription/resubscribe_if_dropped (faust-streaming #62)"
+_WEIGHT = "WeightedLimit (take closes at a count of events only)"
+_MONITOR = "pipeline.worker.sensor.PositionMonitor (commits and end offsets go to app.monitor only)"
+
+RELIES_ON: tuple[Reliance, ...] = (
+    Reliance(_CONTIGUOUS, "faust.transport.consumer.Consumer._new_offset(self, tp), the method replaced",
+             lambda _app: _params(_faust_own_new_offset()) == ["self", "tp"]),
+    Reliance(_CONTIGUOUS, "Consumer._filter_committable_offsets calling self._new_offset(tp)",
+             lambda _app: "self._new_offset(tp)" in _source(_consumer_class()._filter_committable_offsets)),
+    Reliance(_CONTIGUOUS, "the consumer's _acked, _acked_index, _gap and _committed_offset, per-partition mappings",
+             lambda app: all(isinstance(getattr(app.consumer, name), Mapping)
+                             for name in ("_acked", "_acked_index", "_gap", "_committed_offset"))),
+    Reliance(_CONTIGUOUS, "a consumer with a __dict__ (the heads note_taken keeps)",
+             lambda app: isinstance(vars(app.consumer), dict)),
+    Reliance(_CONTIGUOUS, "faust.utils.functional.consecutive_numbers", _consecutive_numbers_exists),
+    Reliance(_RESUBSCRIBE, "Conductor._resubscribe_sleep_lock_seconds, the seconds its subscriber sleeps",
+             lambda _app: isinstance(getattr(_conductor_class(), "_resubscribe_sleep_lock_seconds", None), int | float)
+             and "self._resubscribe_sleep_lock_seconds" in _source(_conductor_class()._subscriber)),
+    Reliance(_GROW, "Conductor._flag_changes(self)",
+             lambda _app: _params(_conductor_class()._flag_changes) == ["self"]),
+    Reliance(_GROW, "Conductor._topic_name_index, a mapping of the subscribed topic names",
+             lambda app: isinstance(app.topics._topic_name_index, Mapping)),
+    Reliance(_GROW, "iterating the conductor gives its channels; it indexes them by their `topics`",
+             lambda app: isinstance(list(app.topics), list)
+             and "channel.topics" in _source(_conductor_class()._update_indices)),
+    Reliance(_GROW, "a topic's `topics`, a plain attribute", _topic_list_is_plain),
+    Reliance(_GROW, "App.rebalancing", lambda app: isinstance(app.rebalancing, bool)),
+    Reliance(_WEIGHT, "Stream.noack_take(self, max_, within)",
+             lambda _app: _params(_stream_class().noack_take)[:3] == ["self", "max_", "within"]),
+    Reliance(_WEIGHT, "noack_take testing `buffer_size() >= max_` once per event added",
+             lambda _app: "buffer_size() >= max_" in _source(_stream_class().noack_take)),
+    Reliance(_WEIGHT, "Stream.current_event", lambda _app: hasattr(_stream_class(), "current_event")),
+    Reliance(_MONITOR, "faust.App(monitor=...)", lambda _app: "monitor" in _params(type(_app).__init__)),
+    Reliance(_MONITOR, "Monitor.on_message_in/on_message_out(self, tp, offset, message)",
+             lambda _app: all(_params(getattr(_monitor_class(), m)) == ["self", "tp", "offset", "message"]
+                              for m in ("on_message_in", "on_message_out"))),
+    Reliance(_MONITOR, "Monitor.on_tp_commit(self, tp_offsets), called by Consumer._commit_offsets",
+             lambda _app: _params(_monitor_class().on_tp_commit) == ["self", "tp_offsets"]
+             and "monitor.on_tp_commit(" in _source(_consumer_class()._commit_offsets)),
+    Reliance(_MONITOR, "Monitor.track_tp_end_offset(self, tp, offset), called by Consumer.getmany",
+             lambda _app: _params(_monitor_class().track_tp_end_offset) == ["self", "tp", "offset"]
+             and "monitor.track_tp_end_offset(" in _source(_consumer_class().getmany)),
+    Reliance(_MONITOR, "Stream.ack reporting the acked message to the sensors (on_message_out)",
+             lambda _app: "_on_message_out(" in _source(_stream_class().ack)),
+)
+
+
+def faust_api_problems(app: Any) -> list[str]:
+    """What the fixes rely on (`RELIES_ON`) and the installed faust-streaming lacks or changed: one
+    line per missing piece, naming the fix. Empty for the version the fixes were written against.
+    `app`: a Faust app that was never started."""
+    import faust
+
+    problems: list[str] = []
+    for reliance in RELIES_ON:
+        try:
+            ok, why = bool(reliance.check(app)), "not there, or changed"
+        except Exception as exc:  # an attribute gone, a signature that cannot be read: all the same
+            ok, why = False, f"{type(exc).__name__}: {exc}"
+        if not ok:
+            problems.append(f"{reliance.fix}: relies on {reliance.what}; faust-streaming {faust.__version__}: {why}. "
+                            "See pipeline/worker/faust_fixes.py before upgrading Faust.")
+    return problems

@@ -1,5 +1,6 @@
 """The Faust workarounds (pipeline/worker/faust_fixes.py): the contiguous-commit guard on Faust's own bookkeeping
-structures, and batches closed at a weight of datums by Faust's real take."""
+structures, batches closed at a weight of datums by Faust's real take, and what every workaround relies on, looked
+up on the installed Faust (an upgrade that removes or renames it fails here, naming the fix)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from intervaltree import IntervalTree
 
 from pipeline.wire.codec import message_weight
-from pipeline.worker.faust_fixes import contiguous_new_offset, forget_taken, note_taken
+from pipeline.worker.faust_fixes import RELIES_ON, contiguous_new_offset, forget_taken, note_taken
 
 TP = ("datum..S1", 0)
 
@@ -72,7 +73,7 @@ def test_revoked_partitions_forget_their_head() -> None:
 
 class FakeConductor:
     def __init__(self, index: set[str]) -> None:
-        self._topic_name_index = {t: set() for t in index}
+        self._topic_name_index: dict[str, set[Any]] = {t: set() for t in index}
         self.flags = 0
         self.channels: list[Any] = []
 
@@ -190,3 +191,57 @@ def test_message_weight_from_the_header_else_the_size() -> None:
     assert message_weight(b"x" * 640, None) == 10
     assert message_weight(b"", None) == 1
     assert message_weight(b"x" * 640, "garbage") == 10
+
+
+# -- what the workarounds rely on, on the real Faust classes (no broker) ------------------------------------------
+
+# In a child process, as for the take above: a Faust consumer, even never started, makes a thread with its own event
+# loop and sockets, which strict pytest would report as unraisable warnings. The second check is the same with two
+# Faust internals renamed, as an upgrade could: the check must then fail, naming the workaround.
+_CHECK_SCRIPT = """
+import json
+import faust
+from faust.streams import Stream
+from faust.transport.conductor import Conductor
+from pipeline.worker.faust_fixes import apply, faust_api_problems
+
+apply()  # as the worker does: the check must see Faust's own _new_offset through the patch
+app = faust.App("faust-fixes-check", broker="kafka://localhost:1", store="memory://")
+real = faust_api_problems(app)
+
+async def noack_take(self, max_items, within):  # a renamed parameter, and no `buffer_size() >= max_`
+    yield []
+
+del Conductor._flag_changes
+Stream.noack_take = noack_take
+print(json.dumps({"real": real, "renamed": faust_api_problems(app)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def api_problems() -> dict[str, list[str]]:
+    done = subprocess.run([sys.executable, "-c", _CHECK_SCRIPT], capture_output=True, text=True, timeout=120,
+                          check=True, cwd=Path(__file__).resolve().parents[2])
+    result: dict[str, list[str]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("fix", sorted({r.fix for r in RELIES_ON}))
+def test_faust_still_has_what_the_workaround_relies_on(fix: str, api_problems: dict[str, list[str]]) -> None:
+    problems = [p for p in api_problems["real"] if p.startswith(fix)]
+    assert not problems, "A Faust upgrade broke a workaround of pipeline/worker/faust_fixes.py:\n" + "\n".join(problems)
+
+
+def test_every_workaround_has_its_reliances_listed() -> None:
+    """Each workaround of faust_fixes.py has what it relies on checked (a new one must add its own)."""
+    assert {r.fix.split(" ")[0] for r in RELIES_ON} == {
+        "apply/contiguous_new_offset/note_taken", "fast_resubscribe", "grow_subscription/resubscribe_if_dropped",
+        "WeightedLimit", "pipeline.worker.sensor.PositionMonitor"}
+
+
+def test_a_renamed_faust_internal_fails_loudly_naming_the_workaround(api_problems: dict[str, list[str]]) -> None:
+    problems = api_problems["renamed"]
+    assert len(problems) == 3, problems  # _flag_changes; noack_take's signature, and its comparison
+    assert problems[0].startswith("grow_subscription") and "_flag_changes" in problems[0]
+    assert all(p.startswith("WeightedLimit") for p in problems[1:]), problems
+    assert "faust-streaming 0.15.3" in problems[0] and "faust_fixes.py" in problems[0]
