@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from processors.binding import Binding, BindingError, Catalog, parse_binding
 from processors.datamodel import Datamodel, DatamodelError, StoragePlan, parse_datamodel
@@ -22,6 +23,21 @@ from processors.metadata import JsonValue, MetadataCatalog, TimedValue, value_at
 
 # Fields of a datastream that the time-dependent template entity may override.
 TIME_DEPENDENT_FIELDS = ("qrating", "storage")
+
+
+class TimezoneAt(Protocol):
+    """A node's time zone (IANA name) at a data time in epoch ms; "UTC" until the node has one.
+
+    The one signature for it: the worker's rollups, `pipeline data recompute` and the API pass
+    such callables around (positional-only, so any (int, int) -> str function fits)."""
+
+    def __call__(self, node_id: int, created_ms: int, /) -> str: ...
+
+
+def timezone_at(node_timezones: Mapping[int, tuple[TimedValue, ...]], node_id: int, created_ms: int) -> str:
+    """The node's time zone at data time created_ms in a catalog's node_timezones; UTC until it has one."""
+    v = value_at(node_timezones.get(node_id, ()), _at(created_ms))
+    return "UTC" if v is None else str(v["tz"])
 
 
 @dataclass(frozen=True)
@@ -44,9 +60,8 @@ class VersionedCatalog:
         return self.catalogs[bisect.bisect_right(self.bounds_ms, created_ms)]
 
     def timezone_at(self, node_id: int, created_ms: int) -> str:
-        """The node's time zone at data time created_ms; UTC until the node has one."""
-        v = value_at(self.node_timezones.get(node_id, ()), _at(created_ms))
-        return "UTC" if v is None else str(v["tz"])
+        """A TimezoneAt: the node's time zone at data time created_ms; UTC until the node has one."""
+        return timezone_at(self.node_timezones, node_id, created_ms)
 
     @classmethod
     def fixed(cls, catalog: Catalog) -> VersionedCatalog:

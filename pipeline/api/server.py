@@ -31,6 +31,7 @@ from pipeline.history.view import LogView
 from pipeline.settings import Settings
 from processors import security_policy as sp
 from processors import timeseries as ts
+from processors.catalog_versions import timezone_at
 from processors.http_ingest import MAX_BODY_BYTES
 from processors.metadata import MetadataCatalog
 from processors.solarquery import error_body as sq_error
@@ -173,11 +174,10 @@ class Zones:
 
         self.view: LogView[MetadataCatalog] = LogView(dsn, "node time zones", history.current_catalog, ZONES_CHECK_S)
 
-    def at(self, node_id: int, ms: int) -> str:
+    def at(self, node_id: int, created_ms: int) -> str:
+        """A TimezoneAt (processors/catalog_versions.py), as the worker's rollups use."""
         catalog = self.view.get()
-        if catalog is None:
-            return "UTC"
-        return catalog.timezone_at(node_id, datetime.fromtimestamp(ms / 1000, tz=UTC)) or "UTC"
+        return "UTC" if catalog is None else timezone_at(catalog.node_timezones, node_id, created_ms)
 
     def close(self) -> None:
         self.view.close()

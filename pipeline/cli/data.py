@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.cli.common import embedded_defaults, ms
 from pipeline.settings import Settings
 from pipeline.wire.topics import Topics
+
+if TYPE_CHECKING:  # the command imports what it runs when it runs (a fast `pipeline --help`)
+    from processors.catalog_versions import TimezoneAt
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -191,13 +195,14 @@ def cmd_recompute(settings: Settings, args: argparse.Namespace) -> int:  # rollu
     finally:
         link.close()
     pulse = catalog.catalogs[-1].pulse_datastreams()
+    timezone_at: TimezoneAt = catalog.timezone_at
     if args.tz:
         tz_name: str = args.tz
 
-        def timezone_at(node: int, at: int) -> str:
+        def fixed_zone(node_id: int, created_ms: int) -> str:
             return tz_name
-    else:
-        timezone_at = catalog.timezone_at
+
+        timezone_at = fixed_zone
     client = connect(settings.clickhouse_url)
     ensure_rollup_schema(client)
     tz = timezone_at(args.node, start)

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from clickhouse_connect.driver.client import Client
 
 from pipeline.progress import Progress
+from processors.catalog_versions import TimezoneAt
 from processors.rollup import (
     CASCADE_SOURCE,
     DEFAULT_TOLERANCES,
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 HALFHOUR: tuple[Periodicity, ...] = ("halfhour",)
 # Stale half hours closer than this are recomputed as one window (the ones between included).
 MERGE_GAP_MS = 6 * 3_600_000
-TimezoneAt = Callable[[int, int], str]
 # How long a stream's retention (shortest storage period of its raw rows) is reused before it is
 # looked up again.
 RETENTION_CACHE_S = 600.0
