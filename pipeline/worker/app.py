@@ -68,6 +68,7 @@ from pipeline.worker import faust_fixes
 from pipeline.worker.commit import Committer, Isolated, RetryPolicy, Unavailable, describe, stage_named
 from pipeline.worker.metrics import Metrics, build_metrics, observe_many
 from pipeline.worker.rollups import RollupMaintainer
+from pipeline.worker.sensor import PositionMonitor
 from processors.auxiliary import AuxChange, AuxError, parse_change_bytes
 from processors.catalog_versions import VersionedCatalog
 from processors.columns import DatumColumns, accept_columns, first_accumulating
@@ -297,6 +298,8 @@ class DatumWorker:
         self.metrics: Metrics = build_metrics(self.registry)
         (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
         faust_fixes.apply()
+        # the app's monitor: Faust's sensor hooks keep every partition's positions there (lag)
+        self.positions = PositionMonitor(self.metrics.consumer_lag)
         self.app = faust.App(
             settings.app_id,
             broker=faust_broker_url(settings.kafka_bootstrap),
@@ -315,6 +318,7 @@ class DatumWorker:
             consumer_max_fetch_size=settings.max_message_bytes,
             producer_max_request_size=settings.max_message_bytes,
             stream_wait_empty=False,
+            monitor=self.positions,
         )
         faust_fixes.fast_resubscribe(self.app)
         self.admin = TopicAdmin(settings)
@@ -348,7 +352,6 @@ class DatumWorker:
         self._refresh_lock = asyncio.Lock()
         self.scoring = Scoring()
         self._baselined: set[tuple[int, str]] = set()
-        self._positions: dict[tuple[str, int], int] = {}  # last offset handled per partition, for lag
         self.stamps = Stamps()
         self.committer: Committer[Any, DeadLetter] = Committer(
             RetryPolicy(), on_retry=self._on_retry,
@@ -441,7 +444,6 @@ class DatumWorker:
             return []
 
         await self.committer.commit(events, attempt, self.send_dead_letters, ack, letter=event_letter)
-        self.handled([e.message for e in events])
 
     async def repair_rollups(self) -> int:
         """Re-mark every stored raw batch the rollup ledger does not list (marks lost with a
@@ -499,7 +501,6 @@ class DatumWorker:
             return letters
 
         await self.committer.commit(events, attempt, self.send_dead_letters, ack, letter=event_letter)
-        self.handled([e.message for e in events])
         self.metrics.agent_batch_seconds.labels("auxiliary").observe(time.perf_counter() - t0)
 
     # -- datums ---------------------------------------------------------------------------------
@@ -573,7 +574,6 @@ class DatumWorker:
 
         await self.committer.commit([Part(msg) for msg in messages], self.write_datums, self.send_dead_letters,
                                     ack or no_ack, split=split_part, letter=internal_letter)
-        self.handled(messages)
         self.metrics.agent_batch_seconds.labels("datums").observe(time.perf_counter() - t0)
 
     async def store(self, rows: RawColumns, *, latest: bool = False, stamp: int | None = None) -> None:
@@ -697,7 +697,6 @@ class DatumWorker:
 
         await self.committer.commit([event], attempt, self.send_dead_letters, ack, letter=event_letter)
         self._metadata_next = msg.offset + 1
-        self.handled([msg])
         self.metrics.agent_batch_seconds.labels("metadata").observe(time.perf_counter() - t0)
 
     # -- the app --------------------------------------------------------------------------------
@@ -747,6 +746,7 @@ class DatumWorker:
         @app.on_partitions_revoked.connect
         async def on_revoked(_app: Any, revoked: Any, **_kw: Any) -> None:
             faust_fixes.forget_taken(app.consumer, revoked)
+            self.positions.forget(revoked)
 
         @app.on_partitions_assigned.connect
         async def on_assigned(_app: Any, assigned: Any, **_kw: Any) -> None:
@@ -762,7 +762,9 @@ class DatumWorker:
 
         @app.timer(5.0)
         async def lag() -> None:
-            self.update_lag()
+            # the positions come from the sensor's hooks; the end offsets from the consumer, now
+            consumer = app.consumer
+            self.positions.update_lag(consumer.assignment(), consumer.highwater)
 
         @app.agent(self.stale_topic, name="rollups")
         async def rollups(stream: faust.StreamT[Any]) -> None:
@@ -829,19 +831,6 @@ class DatumWorker:
         else:
             faust_fixes.resubscribe_if_dropped(self.app, self.source_topic_names)
         self.metrics.source_topics.set(len(self.source_topic_names))
-
-    def handled(self, messages: Sequence[Any]) -> None:
-        """Remember the last offset handled per partition: consumer lag is measured from it."""
-        for msg in messages:
-            self._positions[(msg.topic, msg.partition)] = msg.offset
-
-    def update_lag(self) -> None:
-        consumer = self.app.consumer
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            pos = self._positions.get((tp.topic, tp.partition))
-            if high is not None and pos is not None:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos - 1))
 
     async def catch_up_metadata(self, timeout: float = 60.0) -> None:
         """Wait until the metadata topic's events that existed at start are applied (by this

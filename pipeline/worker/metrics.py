@@ -115,7 +115,7 @@ def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
     values (prometheus_client keeps per-bucket, non-cumulative counts); no labels, no exemplars."""
     if not len(values):
         return
-    histogram._raise_if_not_observable()
+    histogram._raise_if_not_observable()  # type: ignore[no-untyped-call]
     arr = np.asarray(values, dtype=np.float64)
     # bucket i counts values <= its upper bound (the last bound is +Inf)
     counts = np.bincount(np.searchsorted(np.asarray(histogram._upper_bounds), arr, "left"),
