@@ -46,6 +46,11 @@ def typed(fields: tuple[tuple[str, FieldValue], ...]) -> list[tuple[str, str, st
     return [(k, type(v).__name__, repr(v)) for k, v in fields]
 
 
+def exact(p: Point) -> tuple[object, ...]:
+    """A point as two parses of a line must agree on it, field types included (see `typed`)."""
+    return (p.measurement, p.tags, typed(p.fields), p.time_ns)
+
+
 def test_otherm_line() -> None:
     p = one(OTHERM, "s")
     assert p.measurement == "otherm-data"
@@ -298,12 +303,7 @@ def test_fast_path_agrees_with_full_parser(line: str, mult: int, default: int | 
         return
     full = _full(line, mult, default)
     assert isinstance(full, Point), (line, full)
-    assert (fast.measurement, fast.tags, typed(fast.fields), fast.time_ns) == (
-        full.measurement,
-        full.tags,
-        typed(full.fields),
-        full.time_ns,
-    )
+    assert exact(fast) == exact(full)
 
 
 def test_fast_path_takes_the_common_lines() -> None:
@@ -349,12 +349,7 @@ def test_encode_then_parse_round_trips(case: tuple[Point, str]) -> None:
     for use_fast_path in (True, False):
         (got,) = parse_text(line, precision, use_fast_path=use_fast_path)
         assert isinstance(got, Point), (line, got)
-        assert (got.measurement, got.tags, typed(got.fields), got.time_ns) == (
-            point.measurement,
-            point.tags,
-            typed(point.fields),
-            point.time_ns,
-        )
+        assert exact(got) == exact(point)
 
 
 def test_encode_refuses_what_cannot_be_written() -> None:
