@@ -191,7 +191,7 @@ def cmd_recompute(settings: Settings, args: argparse.Namespace) -> int:  # rollu
     link = MetadataLink(settings.postgres_dsn)
     try:
         link.migrate()  # a fresh store: an empty log, not an error
-        catalog = link.load()
+        catalog = link.catalog()
     finally:
         link.close()
     pulse = catalog.catalogs[-1].pulse_datastreams()

@@ -21,7 +21,7 @@ def send_set_request(settings: Any, node_id: int, datastream: str, value: object
     link = MetadataLink(settings.postgres_dsn)
     try:
         now_ms = int(time.time() * 1000)
-        catalog = link.load().at(now_ms)
+        catalog = link.catalog().at(now_ms)
     finally:
         link.close()
     outcome = set_request(catalog, node_id, datastream, value, source_id=source_id)

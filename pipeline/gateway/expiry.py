@@ -30,7 +30,7 @@ def load_catalog(dsn: str) -> VersionedCatalog | None:
 
     link = MetadataLink(dsn)
     try:
-        return link.load()
+        return link.catalog()
     except Exception as exc:  # PostgreSQL away: the datums still go, only this figure is missing
         log.warning("expiry: catalog not loaded from the history log: %s", exc)
         return None

@@ -2,7 +2,8 @@
 
 The log in PostgreSQL is the source of truth: every worker reloads the validators' catalog from
 it when its transaction high-water mark moves, so a change reaches running workers within
-seconds whichever worker applied it.
+seconds whichever worker applied it. The catalog follows the log through a LogView
+(pipeline/history/view.py), the one way anything follows it (the API's zones and tokens too).
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ from dataclasses import dataclass
 
 import psycopg
 
+from pipeline.history.view import LogView
 from processors.catalog_versions import VersionedCatalog, build_versioned_catalog
 from processors.metadata import MetadataEventError, parse_event
 from sinks import history
 
 log = logging.getLogger(__name__)
+
+# LogView.get's throttle; the worker asks with refresh() (from its 1 s timer), which checks at once.
+CATALOG_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -29,14 +34,14 @@ class Applied:
 
 
 class MetadataLink:
-    """Two connections: one applies events, one reads the catalog (they run on separate threads)."""
+    """Two connections: one applies events, the catalog's LogView reads (they run on separate threads)."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self._writer: psycopg.Connection | None = None
-        self._reader: psycopg.Connection | None = None
         self._lock = threading.Lock()
-        self._read_lock = threading.Lock()  # one psycopg connection: one thread at a time
+        self.catalogs: LogView[VersionedCatalog] = LogView(dsn, "the validators' catalog", _load_catalog,
+                                                           CATALOG_CHECK_S)
 
     def _connect(self) -> psycopg.Connection:
         return psycopg.connect(self.dsn, autocommit=True)
@@ -60,24 +65,28 @@ class MetadataLink:
                 raise
         return Applied(result.status, result.rule, result.reason, str(event.event_id))
 
+    def catalog(self, force: bool = False) -> VersionedCatalog:
+        """The current catalog: made again now if the log's high-water mark moved (always if
+        `force`), else the one held. Raises psycopg.Error while the log cannot be read (the
+        caller waits and retries; the catalog held stays for the next call)."""
+        return self.catalogs.refresh(force)
+
+    # version() and load() are what pipeline/worker/app.py's refresh_catalog still calls; once it
+    # calls catalog(force) instead, they go (with LogView.version).
     def version(self) -> int:
-        with self._read_lock:
-            return history.catalog_version(self._read_conn())
+        return self.catalogs.version()
 
     def load(self) -> VersionedCatalog:
-        with self._read_lock:
-            meta = history.current_catalog(self._read_conn())
-        catalog = build_versioned_catalog(meta)
-        for problem in catalog.problems:
-            log.warning("catalog: %s left out: %s", problem.what, problem.message)
-        return catalog
-
-    def _read_conn(self) -> psycopg.Connection:
-        if self._reader is None or self._reader.closed or self._reader.broken:
-            self._reader = self._connect()
-        return self._reader
+        return self.catalogs.refresh(force=True)
 
     def close(self) -> None:
-        for conn in (self._writer, self._reader):
-            if conn is not None:
-                conn.close()
+        if self._writer is not None:
+            self._writer.close()
+        self.catalogs.close()
+
+
+def _load_catalog(conn: psycopg.Connection) -> VersionedCatalog:
+    catalog = build_versioned_catalog(history.current_catalog(conn))
+    for problem in catalog.problems:
+        log.warning("catalog: %s left out: %s", problem.what, problem.message)
+    return catalog

@@ -1,10 +1,17 @@
 """A view of the metadata history log that follows it: what `load(connection)` makes of the log,
-made again whenever the log's high-water mark (its latest applied transaction) moves, checked at
-most every `check_s`. The HTTP API keeps two: node time zones and security tokens.
+made again whenever the log's high-water mark (its latest applied transaction) moves. Every
+follower of the log uses it: the HTTP API (node time zones, security tokens) and the worker (the
+validators' catalog, through MetadataLink).
 
-When the log cannot be read (PostgreSQL away), the last view made is kept; before the first it
-is None, and the caller decides what that means (UTC for zones; 503 for tokens). Without a log
-configured, or before it is migrated, the view is `missing`.
+Two ways to ask, for two kinds of caller:
+
+* `get()` checks at most every `check_s` and never raises for the log: when it cannot be read
+  (PostgreSQL away), the last view made is kept and a warning logged; before the first it is None,
+  and the caller decides what that means (UTC for zones; 503 for tokens). Without a log
+  configured, or before it is migrated, the view is `missing`. (The API, per request.)
+* `refresh(force)` checks now and raises psycopg.Error when the log cannot be read, keeping the
+  last view for the next call: the caller decides whether to wait and retry. (The worker, which
+  validates nothing without its catalog.)
 """
 
 from __future__ import annotations
@@ -19,50 +26,95 @@ from typing import Any, Generic, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+def connect(dsn: str) -> Any:
+    import psycopg  # only when there is a log to read
+
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=3)
 
 
 class LogView(Generic[T]):
     def __init__(self, dsn: str, what: str, load: Callable[[Any], T], check_s: float,
-                 missing: T | None = None) -> None:
+                 missing: T | None = None, connect: Callable[[str], Any] = connect) -> None:
         self.dsn = dsn
         self.what = what  # for the log: "node time zones", "security tokens"
         self.load = load
         self.check_s = check_s
         self.missing = missing
+        self.connect = connect  # tests hand in a fake connection
         self._value: T | None = None
-        self._version = -1
+        self._version = -1  # the high-water mark _value was made at; -1: none made
         self._checked = float("-inf")
         self._conn: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one connection, one thread at a time
 
     def get(self) -> T | None:
+        """The view, checked at most every check_s; the last one kept while the log is unreadable."""
         with self._lock:
             if time.monotonic() - self._checked >= self.check_s:
-                self._refresh()
+                self._get()
             return self._value
 
-    def _refresh(self) -> None:
+    def refresh(self, force: bool = False) -> T:
+        """The view, checked now and made again if the log moved (always if `force`). Raises
+        psycopg.Error (the log unreadable, or not migrated) and LookupError (no log configured)."""
+        with self._lock:
+            if not self.dsn:
+                raise LookupError(f"{self.what}: no history log configured")
+            self._checked = time.monotonic()
+            return self._refresh(force)
+
+    def version(self) -> int:
+        """The log's high-water mark now; raises psycopg.Error when the log cannot be read."""
+        from sinks import history
+
+        with self._lock:
+            return self._reading(history.catalog_version)
+
+    def _get(self) -> None:
         self._checked = time.monotonic()
         if not self.dsn:
             self._value = self.missing
             return
-        import psycopg  # only when there is a log to read
-
-        from sinks import history
+        import psycopg
 
         try:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3)
-            version = history.catalog_version(self._conn)
-            if version != self._version or self._value is None:
-                self._value, self._version = self.load(self._conn), version
+            self._refresh(False)
         except psycopg.errors.UndefinedTable:
-            self._value = self.missing  # the log is not migrated yet: nothing was ever written
+            # the log is not migrated yet: nothing was ever written
+            self._value, self._version = self.missing, -1
         except psycopg.Error as exc:
             first = str(exc).strip().splitlines()
             log.warning("%s unavailable (%s); %s", self.what, first[0] if first else type(exc).__name__,
                         "keeping the last known" if self._value is not None else "none known yet")
-            self.close_connection()
+
+    def _refresh(self, force: bool) -> T:
+        from sinks import history
+
+        def follow(conn: Any) -> T:
+            version = history.catalog_version(conn)
+            value = self._value
+            if force or version != self._version or value is None:
+                value = self.load(conn)
+                self._value, self._version = value, version
+            return value
+
+        return self._reading(follow)
+
+    def _reading(self, read: Callable[[Any], R]) -> R:
+        import psycopg
+
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = self.connect(self.dsn)
+        try:
+            return read(self._conn)
+        except psycopg.errors.UndefinedTable:
+            raise  # the connection is fine: the log is just not migrated
+        except psycopg.Error:
+            self.close_connection()  # a fresh one next time
+            raise
 
     def close_connection(self) -> None:
         with contextlib.suppress(Exception):
