@@ -16,7 +16,8 @@ from clickhouse_connect.driver.client import Client
 
 from processors.auxiliary import AuxChange, AuxKey, AuxRecord
 from processors.rollup import ResetMarker
-from sinks.clickhouse import RANGES_CHUNK, Range, ranges_join, sql_ms, sql_str, sql_stream, union_all
+from sinks.clickhouse import RANGES_CHUNK, Range, ranges_join, sql_ms, sql_stream, union_all
+from sinks.sql import sql_str
 
 AUX_TABLE = "datum_auxiliary_raw"
 AUX_VIEW = "datum_auxiliary"

@@ -20,6 +20,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from processors.rows import RAW_COLUMNS, RawColumns
 from sinks.base import BatchingSink, SinkBackpressure
+from sinks.sql import sql_str
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +133,6 @@ def connect(url: str, database: str | None = None, **kwargs: Any) -> Client:
     return clickhouse_connect.get_client(
         dsn=base, database=db or "default", settings=settings, compress="lz4", **kwargs
     )
-
-
-def sql_str(text: str) -> str:
-    """A ClickHouse string literal (values are inlined: a batch's query names many streams)."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def sql_ms(ms: int) -> str:

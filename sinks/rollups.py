@@ -27,8 +27,8 @@ from sinks.clickhouse import (
     NamedRange,
     Range,
     ranges_join,
-    sql_str,
 )
+from sinks.sql import sql_str
 
 ROLLUP_TABLE = "rollup_raw"
 ROLLUP_VIEW = "rollup"

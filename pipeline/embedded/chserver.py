@@ -41,6 +41,8 @@ import chdb
 import lz4.frame
 import zstandard
 
+from sinks.sql import sql_ident, sql_str
+
 log = logging.getLogger("pipeline.embedded.chserver")
 
 KEEP_ALIVE_TIMEOUT = 30  # seconds an idle keep-alive connection is kept, as ClickHouse does
@@ -152,14 +154,6 @@ def _from_engine(exc: Exception) -> ClickHouseError:
     if not code_m:
         text = f"Code: {code}. DB::Exception: {text}"
     return ClickHouseError(code, _VERSION_SUFFIX_RE.sub("", text), name_m.group(1) if name_m else "")
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _quote_ident(name: str) -> str:
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
 def _significant(buf: bytes, end: int) -> Iterator[re.Match[bytes]]:
@@ -414,7 +408,7 @@ class Handle:
     def use(self, database: str | None, default: str | None) -> None:
         want = database or default
         if want and want != self.database:
-            self.run(f"USE {_quote_ident(want)}")
+            self.run(f"USE {sql_ident(want)}")
             self.database = want
 
     def apply_settings(self, settings: dict[str, str]) -> None:
@@ -424,7 +418,7 @@ class Handle:
             self._restore(stale)
         new = [k for k in settings if k not in self.overlay]
         if new:
-            names = ", ".join(_quote(k) for k in new)
+            names = ", ".join(sql_str(k) for k in new)
             rows = self.run(f"SELECT name, value, changed FROM system.settings WHERE name IN ({names})",
                             "JSONEachRow").bytes()
             for line in rows.splitlines():
@@ -437,7 +431,7 @@ class Handle:
                 raise ClickHouseError(SYNTAX_ERROR, f"Code: {SYNTAX_ERROR}. DB::Exception: "
                                       f"Invalid setting name {key!r}. (SYNTAX_ERROR)", "SYNTAX_ERROR")
             try:
-                self.run(f"SET {key} = {_quote(changes[key])}")
+                self.run(f"SET {key} = {sql_str(changes[key])}")
             except ClickHouseError:
                 self.base.pop(key, None)  # unknown setting: nothing to restore later
                 raise
@@ -451,7 +445,7 @@ class Handle:
         try:
             for key in keys:
                 value, changed = self.base.pop(key, ("", False))
-                self.run(f"SET {key} = {_quote(value)}" if changed else f"SET {key} = DEFAULT")
+                self.run(f"SET {key} = {sql_str(value)}" if changed else f"SET {key} = DEFAULT")
                 del self.overlay[key]
         except ClickHouseError:
             self.broken = True  # e.g. readonly=1 forbids undoing it: drop this handle
