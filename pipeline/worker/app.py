@@ -36,7 +36,7 @@ import asyncio
 import logging
 import time
 from collections import ChainMap
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
@@ -91,6 +91,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+StreamKey = tuple[int, str]  # (node, source)
+PartitionKey = tuple[str, int]  # (topic, partition)
+
 
 def faust_broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
@@ -107,6 +110,20 @@ class BatchOutcome:
     # stored, but already past their datastream's storage period (a backfill): rolled up, raw expires
     samples_expired: int = 0
     datums_expired: int = 0
+    # per stream of the batch, the topic partition its datums came from
+    partitions: dict[StreamKey, PartitionKey] = field(default_factory=dict)
+
+
+def streams_of(cols: DatumColumns) -> set[StreamKey]:
+    """The (node, source) streams of a message's datums: one, as the producer sends them
+    (pipeline/wire/producer.py), checked without a set of every datum."""
+    n = len(cols)
+    if not n:
+        return set()
+    node, source = int(cols.node_id[0]), cols.source_id[0]
+    if cols.source_id.count(source) == n and bool((cols.node_id == node).all()):
+        return {(node, source)}
+    return set(zip(cols.node_id.tolist(), cols.source_id, strict=True))
 
 
 def header(headers: Any, name: str) -> str | None:
@@ -170,6 +187,7 @@ def process_parts(
         if part.datums is not None:
             runs.append(_Run([origin], datums=part.datums))
             out.datums += len(part.datums)
+            out.partitions.update(((d.node_id, d.source_id), (origin.topic, origin.partition)) for d in part.datums)
             continue
         msg = part.message
         try:
@@ -185,6 +203,7 @@ def process_parts(
         runs[-1].origins.append(origin)
         runs[-1].columns.append(cols)
         out.datums += len(cols)
+        out.partitions.update(dict.fromkeys(streams_of(cols), (origin.topic, origin.partition)))
     if prepare is not None:
         with stage_named("rates"):
             prepare(first_accumulating(DatumColumns.concat([run.merged for run in runs]), now_ms))
@@ -288,6 +307,43 @@ class Stamps:
         return self._last
 
 
+class StreamPartitions:
+    """The topic partition each stream with per-stream state (qRating's rate baselines) came from,
+    so that a revoked partition takes the state of its streams with it: another worker stores
+    their next datapoints, and should the partition come back, that state would be stale.
+
+    Faust does not wait for an agent's batch when partitions are revoked (stream_wait_empty is
+    off), so a batch taken before a revocation may finish after it: `learn` tells which of its
+    streams lost their partition meanwhile, whose state the batch must then not keep."""
+
+    def __init__(self) -> None:
+        self.of: dict[StreamKey, PartitionKey] = {}
+        self.revocations = 0
+        self._revoked_at: dict[PartitionKey, int] = {}  # the revocation that last took a partition
+
+    def learn(self, partitions: Mapping[StreamKey, PartitionKey], since: int) -> set[StreamKey]:
+        """Note where the streams of a batch came from; the batch was taken when `revocations` was
+        `since`. Returns the streams whose partition was revoked since (their state is not kept)."""
+        lost: set[StreamKey] = set()
+        for stream, tp in partitions.items():
+            if self._revoked_at.get(tp, 0) > since:
+                lost.add(stream)
+            else:
+                self.of[stream] = tp
+        return lost
+
+    def revoke(self, tps: Iterable[PartitionKey]) -> set[StreamKey]:
+        """Partitions revoked: the streams that came from them (forgotten here)."""
+        self.revocations += 1
+        gone = set(tps)
+        for tp in gone:
+            self._revoked_at[tp] = self.revocations
+        streams = {stream for stream, tp in self.of.items() if tp in gone}
+        for stream in streams:
+            del self.of[stream]
+        return streams
+
+
 class DatumWorker:
     """Wires one Faust app: the datum agent, topic discovery, the raw sink and the metrics."""
 
@@ -350,8 +406,11 @@ class DatumWorker:
         self.catalog_ready = asyncio.Event()
         self.metadata_ready = asyncio.Event()  # migrations done: events may be applied
         self._refresh_lock = asyncio.Lock()
+        # per-stream state, kept between batches (loaded from the store on a stream's first batch
+        # since start, or since its partition came back): qRating's rate baselines
         self.scoring = Scoring()
-        self._baselined: set[tuple[int, str]] = set()
+        self._baselined: set[StreamKey] = set()
+        self.stream_partitions = StreamPartitions()
         self.stamps = Stamps()
         self.committer: Committer[Any, DeadLetter] = Committer(
             RetryPolicy(), on_retry=self._on_retry,
@@ -505,10 +564,24 @@ class DatumWorker:
 
     # -- datums ---------------------------------------------------------------------------------
 
+    def forget_streams(self, revoked: Iterable[Any]) -> set[StreamKey]:
+        """Drop the per-stream state of the streams of revoked partitions (Faust TPs): their next
+        batch loads it from the store again."""
+        streams = self.stream_partitions.revoke((tp.topic, tp.partition) for tp in revoked)
+        if streams:
+            self._baselined -= streams
+            rates = self.scoring.rates
+            for key in [k for k in rates if (k[0], k[1]) in streams]:
+                del rates[key]
+            log.info("partitions revoked: the rate state of %d stream(s) is loaded again on their next batch",
+                     len(streams))
+        return streams
+
     def baseline_loader(self, rates: ChainMap[Any, RateState], seen: set[tuple[int, str]]
                         ) -> Callable[[dict[tuple[int, str], int]], None]:
-        """First sight of a stream since start: its cumulative rates continue from the store
-        (the broker may have been restarted and kept nothing). Writes go to this attempt's
+        """First sight of a stream since start (or since its partition came back: `forget_streams`):
+        its cumulative rates continue from the store (the broker may have been restarted and kept
+        nothing; another worker may have stored the stream meanwhile). Writes go to this attempt's
         overlay and `seen`, kept only if the attempt succeeds."""
 
         def prepare(first_seen: dict[tuple[int, str], int]) -> None:
@@ -530,6 +603,7 @@ class DatumWorker:
         Idempotent: the rate baselines and states it moves are kept only if it succeeds, so a
         retry (or the halves of a split) sees them as they were."""
         m = self.metrics
+        taken_at = self.stream_partitions.revocations
         rates: ChainMap[Any, RateState] = ChainMap({}, self.scoring.rates)
         seen: set[tuple[int, str]] = set()
         scoring = Scoring(plan=self.scoring.plan, rates=rates, _scorers=self.scoring._scorers)
@@ -546,9 +620,12 @@ class DatumWorker:
             # 2b. mark the rollup buckets of what was just stored stale (before the ack)
             with stage_named("stale_marks"):
                 await self.committer.retry("stale_marks", self.mark_stale, column_marks(outcome.rows, stamp))
-        # this part is in: keep what it learned, count it
-        self.scoring.rates.update(rates.maps[0])
-        self._baselined |= seen
+        # this part is in: keep what it learned (but of streams whose partition was revoked meanwhile), count it
+        lost = self.stream_partitions.learn(outcome.partitions, taken_at)
+        learned = rates.maps[0]
+        self.scoring.rates.update(learned if not lost else
+                                  {k: v for k, v in learned.items() if (k[0], k[1]) not in lost})
+        self._baselined |= seen - lost
         m.datums_in.labels("datums").inc(outcome.datums)
         m.datums_accepted.labels("datums").inc(outcome.accepted)
         m.samples_expired.inc(outcome.samples_expired)
@@ -747,6 +824,7 @@ class DatumWorker:
         async def on_revoked(_app: Any, revoked: Any, **_kw: Any) -> None:
             faust_fixes.forget_taken(app.consumer, revoked)
             self.positions.forget(revoked)
+            self.forget_streams(revoked)
 
         @app.on_partitions_assigned.connect
         async def on_assigned(_app: Any, assigned: Any, **_kw: Any) -> None:
