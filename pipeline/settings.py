@@ -110,9 +110,6 @@ class Settings:
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from None
         return replace(self, **typed)
 
-    def with_services(self, kafka: str, clickhouse: str, postgres: str) -> Settings:
-        return replace(self, kafka_bootstrap=kafka, clickhouse_url=clickhouse, postgres_dsn=postgres)
-
     @property
     def external(self) -> bool:
         """All three services given: start nothing embedded."""

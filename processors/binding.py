@@ -79,9 +79,6 @@ class ResolvedSource:
     # Required, not calculated: the device must send these.
     required: tuple[DatastreamTemplate, ...]
 
-    def template_for(self, prop: str) -> DatastreamTemplate | None:
-        return self.targets.get(prop)
-
 
 @dataclass(frozen=True, slots=True)
 class _Prepared:
@@ -189,10 +186,6 @@ class Catalog:
     def datastream(self, identifier: str) -> tuple[Datamodel, DatastreamTemplate] | None:
         """The datamodel holding a datastream identifier, and its template."""
         return self._datastreams.get(identifier)
-
-    def candidates(self, node_id: int, source_id: str) -> tuple[ResolvedSource, ...]:
-        """Every binding matching (node, source) regardless of time, best first."""
-        return tuple(p.resolved for p in self._matching(node_id, source_id))
 
     def _matching(self, node_id: int, source_id: str) -> tuple[_Prepared, ...]:
         key = (node_id, source_id)

@@ -63,10 +63,6 @@ class VersionedCatalog:
         """A TimezoneAt: the node's time zone at data time created_ms; UTC until the node has one."""
         return timezone_at(self.node_timezones, node_id, created_ms)
 
-    @classmethod
-    def fixed(cls, catalog: Catalog) -> VersionedCatalog:
-        return cls((), (catalog,))
-
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

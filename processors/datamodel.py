@@ -136,10 +136,6 @@ class DatastreamTemplate:
         object.__setattr__(self, "schema_key", canonical_json(self.schema))
 
     @property
-    def readable(self) -> bool:
-        return "READ" in self.access.split(",")
-
-    @property
     def writable(self) -> bool:
         return "WRITE" in self.access.split(",")
 
@@ -675,25 +671,3 @@ def load_datamodels_file(
         plan=plan,
         organization_identifiers=organization_identifiers,
     )
-
-
-def load_datamodel_file(
-    path: str | Path,
-    *,
-    plan: StoragePlan | None = None,
-    organization_identifiers: Collection[str] = (),
-) -> Datamodel:
-    """Load a file holding exactly one datamodel (an object, or a list of one).
-
-    A file listing several datamodels is still checked whole; use `load_datamodels_file`
-    to get them all.
-    """
-    models = load_datamodels_file(
-        path, plan=plan, organization_identifiers=organization_identifiers
-    )
-    if len(models) != 1:
-        raise DatamodelError(
-            "file.not_one_datamodel",
-            f"{path} holds {len(models)} datamodels; use load_datamodels_file",
-        )
-    return models[0]

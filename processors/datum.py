@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 Kind = Literal["i", "a", "s"]
-KINDS: tuple[Kind, ...] = ("i", "a", "s")
 
 SOURCE_ID_MAX = 64
 # Earliest plausible `created`: anything before this is taken as a broken clock.

@@ -228,7 +228,6 @@ class RawSink(BatchingSink):
         super().__init__()
         self.client = client
         self.table = table
-        self.inserted_rows = 0
 
     def write(self, rows: list[RawColumns]) -> None:
         batch = RawColumns()
@@ -248,7 +247,6 @@ class RawSink(BatchingSink):
             self.client.insert_arrow(self.table, table)
         except (ClickHouseError, OSError) as exc:
             raise SinkBackpressure(f"raw insert of {len(batch)} rows failed: {exc}") from exc
-        self.inserted_rows += len(batch)
 
 
 _UTC_MS = pa.timestamp("ms", tz="UTC")

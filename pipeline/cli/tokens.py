@@ -48,10 +48,11 @@ def _apply_token_event(settings: Settings, token_id: str, op: str, value: dict[s
     from datetime import UTC, datetime
 
     from processors.metadata import parse_event
+    from processors.tokens import TOKEN_ENTITY
     from sinks import history
 
     event = parse_event({
-        "event_id": str(uuid.uuid4()), "entity": "security_token", "key": {"token_id": token_id}, "op": op,
+        "event_id": str(uuid.uuid4()), "entity": TOKEN_ENTITY, "key": {"token_id": token_id}, "op": op,
         "value": value, "author": author, "comment": comment, "produced_at": datetime.now(UTC).isoformat(),
     })
     with history_conn(settings) as conn:

@@ -45,7 +45,7 @@ def test_backfill_past_the_short_periods_counts_those_samples(catalog: Catalog) 
     datums = _datums(JAN_1_2023)
     # 2023-01-01 + 120 days: the 90-day datastreams are past, the 2- and 5-year ones are not
     now_ms = JAN_1_2023 + 120 * DAY_MS
-    result = accept_batch(datums, now_ms, VersionedCatalog.fixed(catalog))
+    result = accept_batch(datums, now_ms, VersionedCatalog((), (catalog,)))
     assert result.datums_accepted == len(datums) and not result.refused
     assert 0 < result.samples_expired < len(result.rows)
     assert result.samples_expired == _expected(result.rows, now_ms)
@@ -61,7 +61,7 @@ def test_backfill_past_every_period_expires_every_bound_sample(catalog: Catalog)
     stored_with_period = sum(1 for t in result.rows.ttl_days if t > 0)
     assert result.samples_expired == stored_with_period > 0
     assert result.datums_expired == len(datums)
-    counted = count_expired(datums, VersionedCatalog.fixed(catalog), now_ms)
+    counted = count_expired(datums, VersionedCatalog((), (catalog,)), now_ms)
     assert (counted.samples, counted.datums) == (result.samples_expired, result.datums_expired)
 
 
@@ -84,7 +84,7 @@ def test_expiry_report_counts_what_is_sent_and_says_nothing_without_a_catalog(ca
 
     datums = _datums(JAN_1_2023)
     now_ms = JAN_1_2023 + 120 * DAY_MS
-    report = ExpiryReport(VersionedCatalog.fixed(catalog), clock_ms=lambda: now_ms)
+    report = ExpiryReport(VersionedCatalog((), (catalog,)), clock_ms=lambda: now_ms)
     report.see(datums[:10])
     report.see(datums[10:])
     assert report.count == count_expired(datums, catalog, now_ms)

@@ -21,22 +21,19 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import faust
 import pytest
 from faust.types import TP
 
 import pipeline.worker.app as worker_app
-from pipeline.settings import Settings
 from pipeline.wire.codec import CURRENT, SCHEMA_HEADER, encode_batch
-from pipeline.wire.topics import Topics, stream_key
+from pipeline.wire.topics import stream_key
 from pipeline.worker.app import DatumWorker, Part, process_parts
 from processors.binding import Binding, Catalog
 from processors.catalog_versions import VersionedCatalog
 from processors.datamodel import parse_datamodel
 from processors.datum import Datum
+from tests.unit.worker_fakes import OTHER, TOPIC, make_worker
 
-TOPIC = Topics().source("/room/a")
-OTHER = Topics().source("/room/b")
 NOW = int(time.time() * 1000)
 HOUR = 3_600_000
 Stream = tuple[int, str]
@@ -52,17 +49,6 @@ ROOM = Catalog([parse_datamodel({
         {"identifier": "room.energy", "name": "energy", "description": "energy", "period": "CUMULATIVE",
          "schema": {"type": "number"}, "qrating": QRATING}]}],
 })], [Binding(None, "/room/**", "room", {"energy": "room.energy"})])
-
-
-class FakeAdmin:
-    def __init__(self, _settings: Settings) -> None:
-        pass
-
-    def existing(self) -> set[str]:
-        return {TOPIC, OTHER}
-
-    def ensure(self, _names: Any, partitions: int | None = None) -> None:
-        pass
 
 
 @dataclass
@@ -97,12 +83,9 @@ def energy(node: int, source: str, topic: str, partition: int, offset: int, crea
 @pytest.fixture
 def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[DatumWorker, FakeStore]]:
     store = FakeStore()
-    monkeypatch.setattr(worker_app, "TopicAdmin", FakeAdmin)
     monkeypatch.setattr(worker_app, "rate_baselines_many", store.baselines)
-    consumer = SimpleNamespace()  # what the revocation handler hands Faust's consumer: never started, no threads
-    monkeypatch.setattr(faust.App, "consumer", property(lambda _app: consumer))
-    w = DatumWorker(Settings(data_dir=tmp_path, kafka_bootstrap="localhost:1", metrics_port=0))
-    w.catalog = VersionedCatalog.fixed(ROOM)
+    w = make_worker(tmp_path, monkeypatch)
+    w.catalog = VersionedCatalog((), (ROOM,))
     w._sink = SimpleNamespace(client=None)  # type: ignore[assignment]  # the lookup is faked: no client used
 
     async def stored(_rows: Any, **_kw: Any) -> None:
