@@ -344,6 +344,30 @@ class StreamPartitions:
         return streams
 
 
+class CommittedOffset:
+    """A consumer group's committed offset of one partition, read with one confluent-kafka client,
+    made on the first read and closed by `close` (a wait that polls it would otherwise open one
+    client, and its connections, per poll)."""
+
+    def __init__(self, config: Mapping[str, Any], topic: str, partition: int) -> None:
+        self.config = {**config, "enable.auto.commit": False}
+        self.topic, self.partition = topic, partition
+        self._consumer: Any = None
+
+    def read(self) -> int:
+        from confluent_kafka import Consumer, TopicPartition
+
+        if self._consumer is None:
+            self._consumer = Consumer(self.config)
+        (tp,) = self._consumer.committed([TopicPartition(self.topic, self.partition)], timeout=10)
+        return max(0, int(tp.offset))
+
+    def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.close()
+
+
 class DatumWorker:
     """Wires one Faust app: the datum agent, topic discovery, the raw sink and the metrics."""
 
@@ -912,31 +936,28 @@ class DatumWorker:
 
     async def catch_up_metadata(self, timeout: float = 60.0) -> None:
         """Wait until the metadata topic's events that existed at start are applied (by this
-        worker or whichever owns the partition: the group's committed offset tells)."""
+        worker or whichever owns the partition: the group's committed offset tells). One client
+        reads the committed offset for the whole wait, closed at its end."""
         end = await self.in_thread("kafka", self._metadata_end)
+        committed = CommittedOffset({**client_config(self.settings), "group.id": self.settings.app_id},
+                                    self.topics.metadata, 0)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            done = max(self._metadata_next, await self.in_thread("kafka",
-                                                                  self._metadata_committed))
-            if done >= end:
-                return
-            await asyncio.sleep(0.25)
+        try:
+            while time.monotonic() < deadline:
+                # applied here, else ask the group (a worker that does not own the partition)
+                done = self._metadata_next
+                if done < end:
+                    done = max(done, await self.in_thread("kafka", committed.read))
+                if done >= end:
+                    return
+                await asyncio.sleep(0.25)
+        finally:
+            await asyncio.to_thread(committed.close)
         log.warning("metadata not caught up after %.0fs (at %d of %d); validating with what is applied",
                     timeout, self._metadata_next, end)
 
     def _metadata_end(self) -> int:
         return end_offsets(client_config(self.settings), self.topics.metadata, [0])[0]
-
-    _committed_reader: Any = None
-
-    def _metadata_committed(self) -> int:
-        from confluent_kafka import Consumer, TopicPartition
-
-        if self._committed_reader is None:  # one reader, not one per poll
-            self._committed_reader = Consumer({**client_config(self.settings),
-                                               "group.id": self.settings.app_id, "enable.auto.commit": False})
-        (tp,) = self._committed_reader.committed([TopicPartition(self.topics.metadata, 0)], timeout=10)
-        return max(0, int(tp.offset))
 
     _metadata_next = 0  # the offset after the last metadata event this worker applied
 

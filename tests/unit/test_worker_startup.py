@@ -1,0 +1,67 @@
+"""The worker's start-up steps (pipeline/worker/app.py): the metadata catch-up reads the group's
+committed offset with one client for the whole wait, closed at its end."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+import pytest
+
+import pipeline.worker.app as worker_app
+from tests.unit.worker_fakes import make_worker
+
+
+class FakeConsumer:
+    """confluent-kafka's Consumer, as far as the committed-offset read goes."""
+
+    made: list[FakeConsumer] = []
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config, self.reads, self.closed = config, 0, False
+        self.offsets = iter([1, 3, 5])  # the owner of the partition applies on
+        FakeConsumer.made.append(self)
+
+    def committed(self, tps: list[confluent_kafka.TopicPartition], timeout: float) -> list[Any]:
+        assert not self.closed
+        self.reads += 1
+        (tp,) = tps
+        return [confluent_kafka.TopicPartition(tp.topic, tp.partition, next(self.offsets))]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def consumers(monkeypatch: pytest.MonkeyPatch) -> list[FakeConsumer]:
+    FakeConsumer.made = []
+    monkeypatch.setattr(confluent_kafka, "Consumer", FakeConsumer)
+    monkeypatch.setattr(worker_app, "end_offsets", lambda _config, _topic, partitions: dict.fromkeys(partitions, 5))
+    return FakeConsumer.made
+
+
+def test_the_metadata_catch_up_polls_one_client_and_closes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             consumers: list[FakeConsumer]) -> None:
+    w = make_worker(tmp_path, monkeypatch, app_id="catch-up")
+    asyncio.run(w.catch_up_metadata(timeout=10))
+    assert len(consumers) == 1, "one client for the whole catch-up, not one per poll"
+    (consumer,) = consumers
+    assert consumer.reads == 3 and consumer.closed
+    assert consumer.config["group.id"] == "catch-up" and consumer.config["enable.auto.commit"] is False
+
+
+def test_a_catch_up_that_times_out_closes_its_client_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        consumers: list[FakeConsumer]) -> None:
+    w = make_worker(tmp_path, monkeypatch)
+    asyncio.run(w.catch_up_metadata(timeout=0.3))  # at 1, then 3: never 5
+    assert len(consumers) == 1 and consumers[0].closed
+
+
+def test_events_this_worker_applied_need_no_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   consumers: list[FakeConsumer]) -> None:
+    w = make_worker(tmp_path, monkeypatch)
+    w._metadata_next = 5
+    asyncio.run(w.catch_up_metadata(timeout=10))
+    assert consumers == []
