@@ -10,11 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal
 
 from processors.datum import Rejection
-
-K = TypeVar("K")
 
 LABEL_MAX = 50
 THRESHOLDS = ("min_required", "min_desired", "ideal", "max_desired", "max_allowed")
@@ -344,11 +342,6 @@ def _as_number(value: object) -> float:
     return float(value)
 
 
-def scorer_for(qrating: QRating | None) -> Scorer | None:
-    """A Scorer for a template's qrating; None when the datastream has no qrating."""
-    return None if qrating is None else Scorer(qrating)
-
-
 def score_sample(scorer: Scorer | None, value: float | str) -> Score | None:
     """Score one sample; None when the datastream has no qrating (nothing to score against)."""
     return None if scorer is None else scorer.score_sample(value)
@@ -402,34 +395,6 @@ def next_rate(prev: RateState | None, created_ms: int, value: float, divisor: fl
     if not math.isfinite(rate):
         return RateOutcome(None, REASON_RATE_OVERFLOW, here)
     return RateOutcome(rate, None, here)
-
-
-def rate_state_from_last(rows: Iterable[tuple[int, float]]) -> RateState | None:
-    """Rebuild one stream's state from stored raw (created_ms, value) rows, in any order.
-
-    Gives what next_rate would hold after seeing them all: the newest finite row, the first
-    seen among rows with the same created (a live duplicate never replaces the state).
-    """
-    best: RateState | None = None
-    for created_ms, value in rows:
-        if isinstance(value, bool) or not math.isfinite(value):
-            continue
-        if best is None or created_ms > best.created_ms:
-            best = RateState(created_ms, float(value))
-    return best
-
-
-def rate_states_from_rows(rows: Iterable[tuple[K, int, float]]) -> dict[K, RateState]:
-    """rate_state_from_last for many streams at once: rows of (key, created_ms, value),
-    key typically (node_id, source_id, datastream)."""
-    out: dict[K, RateState] = {}
-    for key, created_ms, value in rows:
-        if isinstance(value, bool) or not math.isfinite(value):
-            continue
-        cur = out.get(key)
-        if cur is None or created_ms > cur.created_ms:
-            out[key] = RateState(created_ms, float(value))
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,4 +460,6 @@ def period_qrating(rows: Iterable[tuple[str, int, float, float]]) -> DeviceQRati
         cur = latest.get(datastream)
         if cur is None or created_ms > cur[0]:
             latest[datastream] = (created_ms, max_score)
-    return device_qrating((latest[ds][1], min(100.0, math.fsum(values) / len(values))) for ds, values in perfs.items())
+    # every list holds a performance: datastream_performance is never None here
+    means = ((latest[ds][1], datastream_performance(values)) for ds, values in perfs.items())
+    return device_qrating((max_score, mean) for max_score, mean in means if mean is not None)

@@ -10,7 +10,7 @@ import math
 import re
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
@@ -39,10 +39,7 @@ from processors.qrating import (
     device_qrating,
     next_rate,
     period_qrating,
-    rate_state_from_last,
-    rate_states_from_rows,
     score_sample,
-    scorer_for,
 )
 
 SEED_LABELS = ("FROZEN", "COLD", "NORMAL/IDEAL", "HIGH", "HOT")
@@ -207,14 +204,11 @@ def test_refused_values(value: object, rule: str) -> None:
 
 @pytest.mark.parametrize("value", [pytest.param(25.0, id="number"), pytest.param("COLD", id="text")])
 def test_missing_qrating_gives_no_score(value: float | str) -> None:
-    scorer = scorer_for(None)
-    assert scorer is None
-    assert score_sample(scorer, value) is None
+    assert score_sample(None, value) is None
 
 
-def test_scorer_for_and_score_sample() -> None:
-    scorer = scorer_for(qrating())
-    assert scorer is not None
+def test_score_sample() -> None:
+    scorer = Scorer(qrating())
     assert scorer.max_score == 1000.0
     assert score_sample(scorer, 25) == Score(25.0, 1000.0, 100.0, "NORMAL/IDEAL", "ideal")
 
@@ -319,15 +313,23 @@ def test_rate_scored_through_scorer() -> None:
     assert scorer.score(out.rate).quality == "ideal"
 
 
+def rate_state_from_last(rows: Iterable[tuple[int, float]]) -> RateState | None:
+    """The rule a restart continues by (the worker reads it from the store: the newest stored
+    reading, sinks/clickhouse.py rate_baselines_many): the newest finite row, the first seen
+    among rows with the same created (a live duplicate never replaces the state)."""
+    best: RateState | None = None
+    for created_ms, value in rows:
+        if isinstance(value, bool) or not math.isfinite(value):
+            continue
+        if best is None or created_ms > best.created_ms:
+            best = RateState(created_ms, float(value))
+    return best
+
+
 def test_rate_state_from_last() -> None:
     assert rate_state_from_last([]) is None
     rows = [(MIN, 2.0), (3 * MIN, 7.0), (3 * MIN, 9.0), (4 * MIN, math.nan), (0, 1.0)]
     assert rate_state_from_last(rows) == RateState(3 * MIN, 7.0)
-    keyed = [(("n", "a"), c, v) for c, v in rows] + [(("n", "b"), 5, 1.0)]
-    assert rate_states_from_rows(keyed) == {
-        ("n", "a"): RateState(3 * MIN, 7.0),
-        ("n", "b"): RateState(5, 1.0),
-    }
 
 
 # --- device level -------------------------------------------------------------------------
