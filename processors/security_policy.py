@@ -151,12 +151,6 @@ class SecurityPolicy:
         if self.not_after is not None:
             object.__setattr__(self, "not_after", _aware(self.not_after, "notAfter"))
 
-    def allowed_aggregations(self) -> frozenset[Aggregation] | None:
-        """None when any aggregation is allowed; a minimum allows every level at or above it."""
-        if self.min_aggregation is not None:
-            return frozenset(a for a in Aggregation if a.at_least(self.min_aggregation))
-        return self.aggregations or None
-
     # --- JSON, with SolarNetwork's field names -----------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
@@ -332,40 +326,6 @@ def restrict_node_ids(policy: SecurityPolicy, requested: Collection[int] | None)
     if not kept:
         raise _forbidden(f"node(s) {', '.join(map(str, sorted(requested)))} not allowed by the token policy")
     return kept
-
-
-def restrict_source_ids(policy: SecurityPolicy, requested: Collection[str] | None) -> frozenset[str] | None:
-    """Requested source IDs and patterns narrowed to the policy, exactly as SolarNetwork's enforcer
-    does without a catalog of sources (`authorize_read` + `select_streams` narrow per source instead).
-
-    * a literal is kept when the policy lists it or one of the policy's patterns matches it;
-    * a pattern is kept when the policy has the very same pattern; and every literal policy source
-      ID that a requested pattern matches is added;
-    * nothing requested -> the policy's source IDs (None: any source).
-    403 when sources were requested and nothing is left. Every source ID that matches the result
-    matches both the request and the policy.
-    """
-    if not policy.source_ids:
-        return frozenset(requested) if requested else None
-    if not requested:
-        return policy.source_ids
-    policy_patterns = {p for p in policy.source_ids if is_pattern(p)}
-    policy_literals = policy.source_ids - policy_patterns
-    kept: set[str] = set()
-    requested_patterns: list[str] = []
-    for source in requested:
-        if is_pattern(source):
-            requested_patterns.append(source)
-            if source in policy_patterns:
-                kept.add(source)
-        elif source in policy_literals or any(matches(p, source) for p in policy_patterns):
-            kept.add(source)
-    for literal in policy_literals:
-        if any(matches(p, literal) for p in requested_patterns):
-            kept.add(literal)
-    if not kept:
-        raise _forbidden(f"source(s) {', '.join(sorted(requested))} not allowed by the token policy")
-    return frozenset(kept)
 
 
 def _source_selected(selection: frozenset[str] | None, source_id: str) -> bool:
