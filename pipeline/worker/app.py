@@ -419,9 +419,10 @@ class DatumWorker:
         self.aux_topic = self.app.topic(
             self.topics.auxiliary, value_serializer="raw", key_serializer="raw"
         )
+        # ClickHouse: made, and the schemas created, by setup_stores when the worker starts
         self._sink: RawSink | None = None
         self._latest_sink: RawSink | None = None
-        self._rollups: RollupMaintainer | None = None  # created on first use
+        self._rollups: RollupMaintainer | None = None
         self._aux_client: Client | None = None
         # Metadata: the history log decides what templates apply. Without a PostgreSQL DSN
         # every source is unbound (stored unvalidated), which the log says at start.
@@ -463,40 +464,60 @@ class DatumWorker:
                            self.topics.auxiliary])
         return names
 
-    # The ClickHouse clients are made on first use, in a worker thread and inside the retry
-    # policy (a store that is away at start is waited for, not a crash).
-    @property
-    def sink(self) -> RawSink:
+    # -- the stores -------------------------------------------------------------------------------
+
+    def setup_stores(self) -> None:
+        """Connect to ClickHouse and create what the worker writes to (sinks/clickhouse.py's schema;
+        the rollups', their ledger and the reset markers'): one step at start, in a thread and
+        inside the retry policy (a store that is away at start is waited for, not a crash), before
+        any agent handles a batch. A retry goes on from where the failed attempt stopped."""
+        url = self.settings.clickhouse_url
+
+        def connected(setup: Callable[[Client], object] | None = None) -> Client:
+            client = connect(url)
+            try:
+                if setup is not None:
+                    setup(client)
+            except BaseException:
+                client.close()
+                raise
+            return client
+
         if self._sink is None:
-            client = connect(self.settings.clickhouse_url)
-            ensure_schema(client)
-            self._sink = RawSink(client)
-        return self._sink
-
-    # Each agent its own ClickHouse client: a client's session takes one query at a time.
-    @property
-    def aux_client(self) -> Client:
-        if self._aux_client is None:
-            self._aux_client = connect(self.settings.clickhouse_url)
-        return self._aux_client
-
-    @property
-    def rollups(self) -> RollupMaintainer:
+            self._sink = RawSink(connected(ensure_schema))
+        if self._latest_sink is None:
+            self._latest_sink = RawSink(self._sink.client, LATEST_TABLE)
         if self._rollups is None:
-            client = connect(self.settings.clickhouse_url)
-            ensure_rollup_schema(client)
             self._rollups = RollupMaintainer(
-                client,
+                connected(ensure_rollup_schema),
                 lambda node, ms: self.catalog.timezone_at(node, ms) if self.catalog else "UTC",
                 pulse=lambda: self.catalog.catalogs[-1].pulse_datastreams() if self.catalog else frozenset(),
             )
-        return self._rollups
+        # Each agent its own ClickHouse client: a client's session takes one query at a time.
+        if self._aux_client is None:
+            self._aux_client = connected()
+
+    def _set_up(self, store: T | None) -> T:
+        if store is None:
+            raise RuntimeError("the ClickHouse stores are set up when the worker starts (setup_stores), "
+                               "before any batch is handled")
+        return store
+
+    @property
+    def sink(self) -> RawSink:
+        return self._set_up(self._sink)
 
     @property
     def latest_sink(self) -> RawSink:
-        if self._latest_sink is None:
-            self._latest_sink = RawSink(self.sink.client, LATEST_TABLE)
-        return self._latest_sink
+        return self._set_up(self._latest_sink)
+
+    @property
+    def rollups(self) -> RollupMaintainer:
+        return self._set_up(self._rollups)
+
+    @property
+    def aux_client(self) -> Client:
+        return self._set_up(self._aux_client)
 
     async def in_thread(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         """fn(*args) in a thread, retried while it fails transiently; a data error is raised."""
@@ -902,8 +923,7 @@ class DatumWorker:
             if s.metrics_port:
                 start_http_server(s.metrics_port, addr=s.metrics_host, registry=self.registry)
                 log.info("metrics on %s:%d/metrics", s.metrics_host, s.metrics_port)
-            await self.in_thread("clickhouse", lambda: self.sink)
-            await self.in_thread("clickhouse", lambda: self.rollups)
+            await self.in_thread("clickhouse", self.setup_stores)  # before any batch is handled
             self.metrics.dependency_up.labels("clickhouse").set(1)
             if self.metadata is not None:
                 await self.wait_for_history_log()

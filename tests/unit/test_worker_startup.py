@@ -1,5 +1,6 @@
-"""The worker's start-up steps (pipeline/worker/app.py): the metadata catch-up reads the group's
-committed offset with one client for the whole wait, closed at its end."""
+"""The worker's start-up steps (pipeline/worker/app.py): the ClickHouse stores and their schemas are
+one explicit step (setup_stores), the properties plain accessors; the metadata catch-up reads the
+group's committed offset with one client for the whole wait, closed at its end."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import confluent_kafka
 import pytest
 
 import pipeline.worker.app as worker_app
+from sinks.clickhouse import LATEST_TABLE
 from tests.unit.worker_fakes import make_worker
 
 
@@ -65,3 +67,52 @@ def test_events_this_worker_applied_need_no_client(tmp_path: Path, monkeypatch: 
     w._metadata_next = 5
     asyncio.run(w.catch_up_metadata(timeout=10))
     assert consumers == []
+
+
+class FakeClient:
+    def __init__(self, n: int) -> None:
+        self.n, self.closed = n, False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def clickhouse(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
+    """connect and the schema steps, recorded; the first raw-schema attempt fails (ClickHouse not up yet)."""
+    calls: dict[str, list[Any]] = {"connect": [], "schema": [], "rollup_schema": []}
+
+    def connect(_url: str) -> FakeClient:
+        calls["connect"].append(client := FakeClient(len(calls["connect"])))
+        return client
+
+    def ensure_schema(client: FakeClient) -> None:
+        calls["schema"].append(client)
+        if len(calls["schema"]) == 1:
+            raise ConnectionError("ClickHouse is starting")
+
+    monkeypatch.setattr(worker_app, "connect", connect)
+    monkeypatch.setattr(worker_app, "ensure_schema", ensure_schema)
+    monkeypatch.setattr(worker_app, "ensure_rollup_schema", calls["rollup_schema"].append)
+    return calls
+
+
+def test_the_stores_are_set_up_in_one_step_and_read_without_side_effects(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clickhouse: dict[str, list[Any]]) -> None:
+    w = make_worker(tmp_path, monkeypatch)
+    with pytest.raises(RuntimeError, match="setup_stores"):
+        _ = w.sink  # not a lazy connect any more
+    assert clickhouse["connect"] == []
+    with pytest.raises(ConnectionError):
+        w.setup_stores()
+    assert clickhouse["connect"][0].closed  # the failed attempt's client is not left open
+    w.setup_stores()  # the retry
+    w.setup_stores()  # and once done, nothing more
+    first_failed, raw, rollups, aux = clickhouse["connect"]
+    assert clickhouse["schema"] == [first_failed, raw] and clickhouse["rollup_schema"] == [rollups]
+    assert w.sink.client is raw and w.latest_sink.client is raw and w.latest_sink.table == LATEST_TABLE
+    assert w.rollups.client is rollups and w.aux_client is aux
+    assert not any(c.closed for c in clickhouse["connect"][1:])
+    for _ in range(3):
+        _ = (w.sink, w.latest_sink, w.rollups, w.aux_client)
+    assert len(clickhouse["connect"]) == 4 and len(clickhouse["schema"]) == 2
