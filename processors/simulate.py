@@ -120,11 +120,6 @@ class WeatherSeries:
             for k, name in enumerate(WEATHER_FIELDS)
         }
 
-    @classmethod
-    def constant(cls, weather: Weather, *, tz_offset_h: float = 0.0) -> WeatherSeries:
-        """The same weather all year: for tests and what-if demos."""
-        return cls("constant", "constant", tz_offset_h, 0.0, 0.0, (weather,) * YEAR_HOURS)
-
 
 def _year_start_ms(year: int) -> int:
     return int(datetime(year, 1, 1, tzinfo=UTC).timestamp() * 1000)
@@ -326,13 +321,6 @@ class FleetSpec:
     @property
     def interval_ms(self) -> int:
         return round(self.interval_s * 1000)
-
-    @property
-    def devices_per_node(self) -> int:
-        return (
-            self.meters_per_node + self.inverters_per_node
-            + self.weather_stations_per_node + self.heat_pumps_per_node
-        )
 
 
 @dataclass(slots=True)
@@ -635,20 +623,11 @@ class Fleet:
         """Every (node_id, source_id) stream of the fleet, in emission order."""
         return [(d.node_id, d.source_id) for d in self._devices]
 
-    def tick_times(self, t0_ms: int, t1_ms: int) -> range:
-        """The sample instants in [t0_ms, t1_ms)."""
-        k0, k1 = self._tick_range(t0_ms, t1_ms)
-        return range(self._t(k0), self._t(k1), self._interval_ms) if k1 > k0 else range(0)
-
     def datums_between(self, t0_ms: int, t1_ms: int) -> Iterator[Datum]:
         """All datums with t0_ms <= created < t1_ms, in time order (one datum per device a tick)."""
         k0, k1 = self._tick_range(t0_ms, t1_ms)
         for k in range(k0, k1):
             yield from self._tick(k)
-
-    def datums_at(self, t_ms: int) -> list[Datum]:
-        """The datums created exactly at t_ms: one per device on a sample instant, else none."""
-        return list(self.datums_between(t_ms, t_ms + 1))
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -715,16 +694,6 @@ def _corrupt(datum: Datum, rnd: random.Random) -> Datum:
     return datum.with_samples(i, datum.a, datum.s)
 
 
-def fleet_summary(spec: FleetSpec) -> dict[str, float]:
-    """Sizes for logs: streams, datums per tick, datums per hour of simulated time."""
-    streams = spec.nodes * spec.devices_per_node
-    return {
-        "streams": streams,
-        "datums_per_tick": streams,
-        "datums_per_sim_hour": streams * HOUR_MS / spec.interval_ms,
-    }
-
-
 __all__ = [
     "DEFAULT_START_MS",
     "FAULT_VALUES",
@@ -733,7 +702,6 @@ __all__ = [
     "Weather",
     "WeatherSeries",
     "default_tmy_path",
-    "fleet_summary",
     "load_tmy",
     "synthetic_weather",
 ]

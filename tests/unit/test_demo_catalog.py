@@ -19,6 +19,7 @@ from processors.qrating import RateState, Score, Scorer, next_rate
 from processors.simulate import (
     DEFAULT_START_MS,
     FAULT_VALUES,
+    YEAR_HOURS,
     Fleet,
     FleetSpec,
     Weather,
@@ -56,7 +57,8 @@ def catalog() -> Catalog:
 def weather(name: str) -> WeatherSeries:
     if name == "constant":
         # a bright, mild afternoon all year: inverters at work, heat pumps idle or heating lightly
-        return WeatherSeries.constant(Weather(12.0, 55.0, 700.0, 600.0, 120.0, 4.0, 1013.0))
+        return WeatherSeries("constant", "constant", 0.0, 0.0, 0.0,
+                             (Weather(12.0, 55.0, 700.0, 600.0, 120.0, 4.0, 1013.0),) * YEAR_HOURS)
     if name == "synthetic":
         return synthetic_weather()
     path = default_tmy_path()
@@ -242,7 +244,7 @@ def test_every_injected_fault_is_refused(catalog: Catalog) -> None:
 
 def test_fault_values_break_the_schema_on_every_device_that_sends_them(catalog: Catalog) -> None:
     fleet = Fleet(dataclasses.replace(SPEC, nodes=1))
-    for d in fleet.datums_at(DEFAULT_START_MS + 12 * HOUR):
+    for d in fleet.datums_between(DEFAULT_START_MS + 12 * HOUR, DEFAULT_START_MS + 12 * HOUR + 1):
         for name in d.i:
             if name not in FAULT_VALUES:
                 continue
