@@ -36,10 +36,10 @@ import asyncio
 import logging
 import time
 from collections import ChainMap
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import faust
 import numpy as np
@@ -93,6 +93,14 @@ T = TypeVar("T")
 
 StreamKey = tuple[int, str]  # (node, source)
 PartitionKey = tuple[str, int]  # (topic, partition)
+
+
+def take_events(stream: faust.StreamT[Any], max_: int | faust_fixes.WeightedLimit,
+                within: float) -> AsyncIterator[Sequence[EventT[Any]]]:
+    """`Stream.noack_take`: batches of events that the agent acks (a public method of Faust's
+    Stream that StreamT, the type agents are given, does not declare)."""
+    taken: AsyncIterator[Sequence[EventT[Any]]] = cast(Any, stream).noack_take(max_, within=within)
+    return taken
 
 
 def faust_broker_url(bootstrap: str) -> str:
@@ -236,7 +244,7 @@ def process_messages(
     now_ms: int,
     catalog: VersionedCatalog | None = None,
     scoring: Scoring | None = None,
-    prepare: Callable[[list[Datum]], None] | None = None,
+    prepare: Callable[[dict[tuple[int, str], int]], None] | None = None,
 ) -> BatchOutcome:
     """Decode and check a batch of Kafka messages (anything with topic/partition/offset/value/headers)."""
     return process_parts([Part(m) for m in messages], now_ms, catalog, scoring, prepare)
@@ -263,7 +271,7 @@ def internal_letter(isolated: Isolated[Part]) -> DeadLetter:
     return DeadLetter([reason], part.origin, payload=bytes(part.message.value or b""), stage="internal")
 
 
-def event_letter(isolated: Isolated[EventT]) -> DeadLetter:
+def event_letter(isolated: Isolated[EventT[Any]]) -> DeadLetter:
     """The dead letter of a whole event (a mark, a reset record, a metadata event) that made a stage throw."""
     msg = isolated.unit.message
     return DeadLetter([Rejection(f"internal.{isolated.stage}", describe(isolated.error))],
@@ -529,12 +537,12 @@ class DatumWorker:
 
     # -- rollups --------------------------------------------------------------------------------
 
-    async def handle_marks(self, events: Sequence[EventT], ack: Callable[[], Any]) -> None:
+    async def handle_marks(self, events: Sequence[EventT[Any]], ack: Callable[[], Any]) -> None:
         """Recompute what a batch of stale marks names, store it, record it in the ledger, ack."""
         m = self.metrics
         m.messages_in.labels("rollups").inc(len(events))
 
-        async def attempt(batch: Sequence[EventT]) -> list[DeadLetter]:
+        async def attempt(batch: Sequence[EventT[Any]]) -> list[DeadLetter]:
             t0 = time.perf_counter()
             with stage_named("rollup"):
                 spans, batches = read_marks([e.message.value for e in batch])
@@ -571,7 +579,7 @@ class DatumWorker:
 
     # -- auxiliary (meter resets) ---------------------------------------------------------------
 
-    async def handle_auxiliary(self, events: Sequence[EventT], ack: Callable[[], Any]) -> None:
+    async def handle_auxiliary(self, events: Sequence[EventT[Any]], ack: Callable[[], Any]) -> None:
         """Reset markers stored, moved or deleted. Order of commitment as for datums:
         1. parse (refusals kept aside)  2. store the changes  2b. mark the buckets around the
         old and new times stale (the rollup agent recomputes them with the resets)
@@ -579,7 +587,7 @@ class DatumWorker:
         t0 = time.perf_counter()
         self.metrics.messages_in.labels("auxiliary").inc(len(events))
 
-        async def attempt(batch: Sequence[EventT]) -> list[DeadLetter]:
+        async def attempt(batch: Sequence[EventT[Any]]) -> list[DeadLetter]:
             changes: list[AuxChange] = []
             letters: list[DeadLetter] = []
             for e in batch:
@@ -685,7 +693,7 @@ class DatumWorker:
                 m.created_to_stored_seconds.observe(max(0.0, time.time() - outcome.newest_created_ms / 1000))
         return outcome.letters
 
-    async def handle(self, events: Sequence[EventT], ack: Callable[[], Any] | None = None) -> None:
+    async def handle(self, events: Sequence[EventT[Any]], ack: Callable[[], Any] | None = None) -> None:
         """The order of commitment of one batch of datum messages (module docstring)."""
         t0 = time.perf_counter()
         messages = [e.message for e in events]
@@ -777,7 +785,7 @@ class DatumWorker:
         else:
             log.info("history log migrated")
 
-    async def handle_metadata(self, event: EventT, ack: Callable[[], Any]) -> None:
+    async def handle_metadata(self, event: EventT[Any], ack: Callable[[], Any]) -> None:
         """Apply one metadata event to the history log, then ack it: never acked unapplied.
         Refusals are logged and dead-lettered; an unreachable log is waited for."""
         if self.metadata is None:
@@ -791,7 +799,7 @@ class DatumWorker:
         self.metrics.messages_in.labels("metadata").inc()
         link = self.metadata
 
-        async def attempt(batch: Sequence[EventT]) -> list[DeadLetter]:
+        async def attempt(batch: Sequence[EventT[Any]]) -> list[DeadLetter]:
             def apply() -> Any:
                 try:
                     return link.apply(bytes(msg.value or b""))
@@ -844,11 +852,11 @@ class DatumWorker:
         # a batch closes at this many datums (4 flushes of the sink) or as many messages
         max_datums = s.batch_max_datums * 4
 
-        def weight(event: EventT) -> int:
+        def weight(event: EventT[Any]) -> int:
             msg = event.message
             return message_weight(msg.value, header(msg.headers, DATUMS_HEADER))
 
-        def acker(stream: faust.StreamT[Any], events: Sequence[EventT]) -> Callable[[], Any]:
+        def acker(stream: faust.StreamT[Any], events: Sequence[EventT[Any]]) -> Callable[[], Any]:
             # the head of each partition, for the contiguous-commit guard (pipeline/worker/faust_fixes.py)
             faust_fixes.note_taken(app.consumer, [e.message for e in events])
 
@@ -860,7 +868,7 @@ class DatumWorker:
         @app.agent(self.datum_topic, name="datums")
         async def datums(stream: faust.StreamT[Any]) -> None:
             limit = faust_fixes.WeightedLimit(stream, max_datums, max_datums, weight)
-            async for events in stream.noack_take(limit, within=s.batch_within_s):  # type: ignore[arg-type]
+            async for events in take_events(stream, limit, s.batch_within_s):
                 # validate with the catalog from the history log, never without it
                 await self.catalog_ready.wait()
                 await self.guarded("datums", lambda events=events: self.handle(events, acker(stream, events)))
@@ -891,20 +899,20 @@ class DatumWorker:
 
         @app.agent(self.stale_topic, name="rollups")
         async def rollups(stream: faust.StreamT[Any]) -> None:
-            async for events in stream.noack_take(500, within=s.rollup_within_s):
+            async for events in take_events(stream, 500, s.rollup_within_s):
                 await self.catalog_ready.wait()  # time zones come from the catalog
                 await self.guarded("rollups", lambda events=events: self.handle_marks(events, acker(stream, events)))
 
         @app.agent(self.aux_topic, name="auxiliary")
         async def auxiliary(stream: faust.StreamT[Any]) -> None:
-            async for events in stream.noack_take(200, within=0.5):
+            async for events in take_events(stream, 200, 0.5):
                 await self.catalog_ready.wait()
                 await self.guarded("auxiliary",
                                    lambda events=events: self.handle_auxiliary(events, acker(stream, events)))
 
         @app.agent(self.metadata_topic, name="metadata")
         async def metadata(stream: faust.StreamT[Any]) -> None:
-            async for events in stream.noack_take(1, within=0.1):
+            async for events in take_events(stream, 1, 0.1):
                 for event in events:
                     await self.guarded("metadata",
                                        lambda event=event: self.handle_metadata(event, acker(stream, [event])))
