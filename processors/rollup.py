@@ -694,36 +694,3 @@ def stale_buckets(
         if next_ms is not None and next_ms - changed_ms <= tolerances.clock_ms:
             out.update((per, s) for s, _ in buckets_between(changed_ms, next_ms + 1, per, z))
     return out
-
-
-def stale_buckets_for_change(
-    points: Iterable[RawPoint],
-    resets: Iterable[ResetMarker],
-    changed_ms: int,
-    tz: Zone,
-    tolerances: Tolerances = DEFAULT_TOLERANCES,
-    periodicities: Iterable[Periodicity] = PERIODICITIES,
-) -> set[tuple[Periodicity, int]]:
-    """stale_buckets for every property of a stream, finding the neighbours in its raw rows.
-
-    Pass the stream's rows from [changed_ms - clock, changed_ms + lookback], before or after
-    the change (rows at changed_ms itself are ignored); the union covers every property.
-    """
-    pers = tuple(periodicities)
-    times: dict[str, list[int]] = {}
-    rst = list(resets)
-    for p in points:
-        if p.kind == "a" and p.value is not None:
-            times.setdefault(p.property, []).append(p.created_ms)
-    for r in rst:
-        for prop in r.final:
-            if r.applies_to(prop):
-                times.setdefault(prop, []).append(r.created_ms)
-    out = stale_buckets(changed_ms, None, None, tz, tolerances, pers)
-    for ts in times.values():
-        before = [t for t in ts if t < changed_ms]
-        after = [t for t in ts if t > changed_ms]
-        prev = max(before) if before else None
-        nxt = min(after) if after else None
-        out |= stale_buckets(changed_ms, prev, nxt, tz, tolerances, pers)
-    return out

@@ -84,13 +84,6 @@ class SpanColumns:
         self.first += firsts
         self.last += lasts
 
-    def by_stream(self) -> dict[tuple[int, str], list[Span]]:
-        out: dict[tuple[int, str], list[Span]] = {}
-        for node, source, prop, kind, lo, hi in zip(self.node_id, self.source_id, self.property, self.kind,
-                                                     self.first, self.last, strict=True):
-            out.setdefault((node, source), []).append((prop, kind, lo, hi))
-        return out
-
     def joined(self) -> SpanColumns:
         """Spans of one stream, property, kind and half hour(s) joined into one (the union of
         their readings has the outer ends); streams keep their first-seen order."""

@@ -31,7 +31,6 @@ from processors.rollup import (
     recompute,
     rollup_all,
     stale_buckets,
-    stale_buckets_for_change,
 )
 from tests.unit import rollup_reference as ref
 
@@ -452,6 +451,28 @@ def apply_stale(
             fresh = combine(children, per, tz)
         after[per] = sorted(kept + fresh, key=lambda r: (r.property, r.kind, r.ts_start_ms))
     return after
+
+
+def stale_buckets_for_change(points: Iterable[RawPoint], resets: Iterable[ResetMarker], changed_ms: int, tz: str,
+                             tolerances: Tolerances) -> set[tuple[Periodicity, int]]:
+    """stale_buckets for every property of a stream, its neighbours found in the stream's raw rows
+    (rows at changed_ms itself are ignored): what the worker does with the store's neighbour
+    lookup (sinks.rollups.read_neighbours), by brute force."""
+    times: dict[str, list[int]] = {}
+    for p in points:
+        if p.kind == "a" and p.value is not None:
+            times.setdefault(p.property, []).append(p.created_ms)
+    for r in resets:
+        for prop in r.final:
+            if r.applies_to(prop):
+                times.setdefault(prop, []).append(r.created_ms)
+    out = stale_buckets(changed_ms, None, None, tz, tolerances)
+    for ts in times.values():
+        before = [t for t in ts if t < changed_ms]
+        after = [t for t in ts if t > changed_ms]
+        out |= stale_buckets(changed_ms, max(before) if before else None, min(after) if after else None, tz,
+                             tolerances)
+    return out
 
 
 @pytest.mark.parametrize("seed", range(40))

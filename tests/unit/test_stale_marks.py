@@ -17,6 +17,7 @@ from processors.stale_marks import (
     HALFHOUR_MS,
     MarkError,
     Span,
+    SpanColumns,
     StaleMark,
     compact,
     decode,
@@ -26,6 +27,15 @@ from processors.stale_marks import (
 INT64 = st.integers(-(2**63), 2**63 - 1)
 MS = st.integers(-(2**62), 2**62)
 TEXT = st.text(max_size=12)
+
+
+def by_stream(spans: SpanColumns) -> dict[tuple[int, str], list[Span]]:
+    """The columns as (node, source) -> spans, in column order: what the assertions compare."""
+    out: dict[tuple[int, str], list[Span]] = {}
+    for node, source, prop, kind, lo, hi in zip(spans.node_id, spans.source_id, spans.property, spans.kind,
+                                                 spans.first, spans.last, strict=True):
+        out.setdefault((node, source), []).append((prop, kind, lo, hi))
+    return out
 
 
 def test_marks_round_trip_per_stream() -> None:
@@ -38,7 +48,7 @@ def test_marks_round_trip_per_stream() -> None:
     assert [key for key, _ in marks] == [stream_key(1, "/a"), stream_key(2, "/b")]
     assert marks == column_marks(rows)
     spans, batches = read_marks([value for _, value in marks])
-    assert spans.by_stream() == {(1, "/a"): [("w", "i", 10, 30), ("wh", "a", 10, 10)],
+    assert by_stream(spans) == {(1, "/a"): [("w", "i", 10, 30), ("wh", "a", 10, 10)],
                                  (2, "/b"): [("mode", "s", 20, 20)]}
     assert batches == set()
 
@@ -49,7 +59,7 @@ def test_marks_carry_the_raw_batch_stamp_and_old_json_marks_still_read() -> None
                       "changes": [["wh", "a", HALFHOUR_MS + 9], ["wh", "a", HALFHOUR_MS + 1], ["w", "i", 7]]}).encode()
     spans, batches = read_marks([binary[0][1], old])
     # the two marks' spans of one half hour are joined
-    assert spans.by_stream() == {(1, "/a"): [("wh", "a", HALFHOUR_MS + 1, HALFHOUR_MS + 9), ("w", "i", 7, 7)]}
+    assert by_stream(spans) == {(1, "/a"): [("wh", "a", HALFHOUR_MS + 1, HALFHOUR_MS + 9), ("w", "i", 7, 7)]}
     assert batches == {(1, "/a", 1_700_000_000_123), (1, "/a", 1_700_000_000_456)}
 
 
@@ -105,10 +115,10 @@ def test_marks_hold_each_half_hours_first_and_last_change(
     (stream, property, kind, half hour) with the first and last changed created in it."""
     values = [value for k in range(parts) for _, value in stale_marks(rows[k::parts], inserted)]
     spans, batches = read_marks(values)
-    by_stream = spans.by_stream()
-    assert {k: set(v) for k, v in by_stream.items()} == reference_spans(rows)
-    assert all(len(v) == len(set(v)) for v in by_stream.values())  # each half hour once, however many marks
+    streams = by_stream(spans)
+    assert {k: set(v) for k, v in streams.items()} == reference_spans(rows)
+    assert all(len(v) == len(set(v)) for v in streams.values())  # each half hour once, however many marks
     assert batches == ({(n, s, inserted) for n, s, *_ in rows} if inserted is not None else set())
     cols = compact(*zip(*rows, strict=True)) if rows else compact([], [], [], [], [])
-    assert {k: set(v) for k, v in cols.by_stream().items()} == reference_spans(rows)
+    assert {k: set(v) for k, v in by_stream(cols).items()} == reference_spans(rows)
     assert cols.joined() == cols
