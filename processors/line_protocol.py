@@ -1,4 +1,4 @@
-"""InfluxDB line protocol: a decoder that agrees with InfluxData's reference, and a small encoder.
+"""InfluxDB line protocol: a decoder that agrees with InfluxData's reference.
 
 Pure logic, no I/O: callers hand in text (one line, many lines, or an iterable of lines read from a
 file opened in binary mode) and get back `Point` and `LineError` records.
@@ -36,11 +36,8 @@ __all__ = [
     "PRECISIONS",
     "Unsigned",
     "compiled_available",
-    "encode_point",
     "fast_parse",
-    "parse_line",
     "parse_lines",
-    "parse_text",
     "precision_multiplier",
 ]
 
@@ -814,106 +811,3 @@ def _pure_items(lines: Iterable[str | bytes], stream: _Stream, use_fast_path: bo
     for raw in lines:
         yield from stream.feed(raw, use_fast_path)
     yield from stream.finish()
-
-
-def _split_keepends(text: str | bytes) -> Iterator[str | bytes]:
-    # str.splitlines would also break at CR, VT, FF and friends: line protocol breaks at LF only.
-    if isinstance(text, bytes):
-        text = _decode(text)
-    start = 0
-    while True:
-        k = text.find("\n", start)
-        if k < 0:
-            if start < len(text):
-                yield text[start:]
-            return
-        yield text[start : k + 1]
-        start = k + 1
-
-
-def parse_text(
-    text: str | bytes,
-    precision: str = "ns",
-    default_time_ns: int | None = None,
-    *,
-    use_fast_path: bool = True,
-) -> list[Point | LineError]:
-    """Decode a whole document (str or bytes) at once."""
-    return list(
-        parse_lines(
-            _split_keepends(text), precision, default_time_ns, use_fast_path=use_fast_path
-        )
-    )
-
-
-def parse_line(
-    line: str | bytes,
-    precision: str = "ns",
-    default_time_ns: int | None = None,
-    line_no: int = 1,
-) -> Point | LineError | None:
-    """Decode a single line; None for a blank line or a comment."""
-    results = list(parse_lines([line], precision, default_time_ns, line_no))
-    if not results:
-        return None
-    if len(results) > 1:
-        return LineError(line_no, "more than one entry in a single line")
-    return results[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoder
-
-
-def _escape(text: str, chars: str, what: str) -> str:
-    if not text:
-        raise ValueError(f"{what} is empty")
-    if _NON_PRINTABLE.search(text):
-        raise ValueError(f"{what} {text!r} contains a control character")
-    if text.endswith("\\"):
-        # a trailing backslash would escape the separator that follows it
-        raise ValueError(f"{what} {text!r} ends with a backslash")
-    for ch in chars:
-        if ch in text:
-            text = text.replace(ch, "\\" + ch)
-    return text
-
-
-def _encode_value(value: FieldValue) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Unsigned):
-        if not 0 <= value <= UINT64_MAX:
-            raise ValueError(f"unsigned value {int(value)} out of range")
-        return f"{int(value)}u"
-    if isinstance(value, int):
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise ValueError(f"integer value {value} out of range")
-        return f"{value}i"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{value!r} has no line-protocol spelling")
-        return repr(value)
-    out = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{out}"'
-
-
-def encode_point(point: Point, precision: str = "ns") -> str:
-    """One line of line protocol (no line ending). Raises ValueError for unencodable points.
-
-    The timestamp is written in the given precision (floored); time_ns None writes none.
-    """
-    if point.measurement.startswith("#"):
-        raise ValueError("a measurement starting with '#' reads as a comment")
-    if not point.fields:
-        raise ValueError("a point needs at least one field")
-    parts = [_escape(point.measurement, ", ", "measurement")]
-    for key, value in point.tags:
-        parts.append("," + _escape(key, ",= ", "tag key") + "=" + _escape(value, ",= ", "tag value"))
-    parts.append(" ")
-    parts.append(
-        ",".join(_escape(k, ",= ", "field key") + "=" + _encode_value(v) for k, v in point.fields)
-    )
-    if point.time_ns is not None:
-        parts.append(f" {point.time_ns // precision_multiplier(precision)}")
-    return "".join(parts)

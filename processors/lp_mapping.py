@@ -28,7 +28,6 @@ __all__ = [
     "OTHERM_SOURCE_TAGS",
     "map_batch",
     "map_lines",
-    "map_point",
     "map_points",
 ]
 
@@ -300,11 +299,6 @@ def _as_number(value: FieldValue) -> float | None:
 
 def _syntax(error: LineError) -> LineRejection:
     return LineRejection(error.line_no, Rejection("lp.syntax", error.message))
-
-
-def map_point(point: Point, mapping: LineProtocolMapping) -> tuple[Datum | None, list[LineRejection]]:
-    """Map one point: (datum or None, rejections). Field-level rejections can come with a datum."""
-    return _Mapper(mapping).map(point)
 
 
 def map_points(

@@ -15,13 +15,11 @@ from processors.line_protocol import (
     Point,
     Unsigned,
     _parse_buffer,
-    encode_point,
     fast_parse,
-    parse_line,
     parse_lines,
-    parse_text,
     precision_multiplier,
 )
+from tests.unit.lp_helpers import encode_point, parse_line, parse_text
 
 OTHERM = (
     "otherm-data,equipment=3fa85f64-5717-4562-b3fc-2c963f66afa6 "

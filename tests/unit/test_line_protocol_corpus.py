@@ -160,7 +160,7 @@ def test_every_decode_case_agrees(path: str) -> None:
 
 def test_whole_text_and_streaming_agree() -> None:
     """Each case as one str document gives the same outcome as line-by-line bytes."""
-    from processors.line_protocol import parse_text
+    from tests.unit.lp_helpers import parse_text
 
     for case in decode_cases().values():
         inp = case["input"]

@@ -7,14 +7,14 @@ import math
 import pytest
 
 from processors.datum import Kind
-from processors.line_protocol import LineError, Point, parse_lines, parse_text
+from processors.line_protocol import LineError, Point, parse_lines
 from processors.lp_mapping import (
     LineProtocolMapping,
     LineRejection,
     map_batch,
-    map_point,
     map_points,
 )
+from tests.unit.lp_helpers import map_point, parse_text
 
 UUID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
 OTHERM = f"otherm-data,equipment={UUID} heatpump_power=1.5,source_supplytemp=-999,tstat_set=20 1600000000"
