@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Final, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -651,9 +652,38 @@ def decide(event: MetadataEvent, current: Sequence[CurrentRow]) -> Plan | Refusa
 
 
 def _same(a: Mapping[str, JsonValue], b: Mapping[str, JsonValue]) -> bool:
-    # JSON objects compare by value whatever their key order; == also says 1 == 1.0, which
-    # JSON (and jsonb) do not distinguish either.
-    return a == b
+    # a current row may have been read back from jsonb, the event's value not: compare as jsonb
+    return same_json(a, b)
+
+
+def same_json(a: JsonValue, b: JsonValue) -> bool:
+    """Whether two JSON values are equal as PostgreSQL's jsonb sees them.
+
+    Objects by their members whatever the order; numbers by the decimal they are written as
+    (1 = 1.0, and the float 1e23 is 10**23, as jsonb stores it, not the binary float nearest to
+    it, which == would compare exactly); true and false are never numbers (== says True == 1).
+    A value read back from jsonb and the value as the event carried it compare equal.
+    """
+    ta, tb = type(a), type(b)
+    if ta is str or tb is str:  # the common case first
+        return ta is tb and bool(a == b)
+    if ta is dict and tb is dict or isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(same_json(v, b[k]) for k, v in a.items())
+    if ta in _NUMBERS and tb in _NUMBERS:
+        if ta is tb:
+            return bool(a == b)  # int with int, float with float: exact, as their texts
+        return _decimal(a) == _decimal(b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return ta is tb and bool(a == b)  # true, false, null; a number and a bool never match
+
+
+_NUMBERS: Final[frozenset[type]] = frozenset({int, float})
+
+
+def _decimal(x: int | float) -> Decimal:
+    # repr is the shortest text that reads back as the float: what json.dumps writes
+    return Decimal(repr(x)) if isinstance(x, float) else Decimal(x)
 
 
 def _fmt(iv: Interval) -> str:

@@ -200,6 +200,18 @@ def test_history_aware_changes_make_versions() -> None:
     assert isinstance(gone, Refusal) and gone.rule == "entity.not_found"
 
 
+def test_a_restatement_is_judged_as_jsonb_stores_values() -> None:
+    """A current row may come back from jsonb (1e23 as 10**23); true is never the number 1."""
+    key = {"site_id": "s1"}
+    stored = row({"name": "Farm", "area_m2": 10**23, "floors": 2})
+    assert decide(ev("site", key, "upsert", {"name": "Farm", "area_m2": 1e23, "floors": 2.0}),
+                  [stored]) == Plan()
+    heated = row({"name": "Farm", "heated": True})
+    one = ev("site", key, "upsert", {"name": "Farm", "heated": 1})
+    assert decide(one, [heated]) == Plan(close=(heated,), insert=(NewRow({"name": "Farm",
+                                                                          "heated": 1}),))
+
+
 # --- time-dependent ---------------------------------------------------------------------------
 
 JAN, FEB, MAR, APR, MAY = (t(f"2024-0{m}-01T00:00:00") for m in range(1, 6))
