@@ -11,12 +11,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from pipeline.embedded.stack import free_port
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +39,18 @@ def settings_for(kafka: str, clickhouse_url: str, database: str, prefix: str, **
             **extra,
         }
     )
+
+
+def settings_in_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`settings` put in this process's environment (for `cli.main`, which reads it from there), and
+    a ClickHouse client on their database, with the raw schema."""
+    from sinks.clickhouse import connect, ensure_schema
+
+    for name, value in settings.as_env().items():
+        monkeypatch.setenv(name, value)
+    client = connect(settings.clickhouse_url)
+    ensure_schema(client)
+    return client
 
 
 @contextlib.contextmanager
@@ -143,6 +158,17 @@ def publish_metadata(settings: Settings, events: list[dict[str, Any]]) -> None:
     producer.flush()
 
 
+def model_events(folder: Path, model: dict[str, Any], bindings: dict[str, Any], comment: str) -> list[dict[str, Any]]:
+    """The metadata events of one datamodel and its bindings, as from files: both are written to
+    `folder` (<identifier>.json and bindings.json) and read back by `datamodel_events`."""
+    from pipeline.history.events import datamodel_events
+
+    model_path = folder / f"{model['identifier']}.json"
+    model_path.write_text(json.dumps(model))
+    (folder / "bindings.json").write_text(json.dumps(bindings))
+    return datamodel_events([model_path, folder / "bindings.json"], "test", comment)
+
+
 def metadata_event(entity: str, key: dict[str, Any], op: str, value: dict[str, Any],
                    valid_from: str | None = None) -> dict[str, Any]:
     import uuid
@@ -173,6 +199,30 @@ def scratch_stores(clickhouse_url: str, postgres_url: str, prefix: str) -> Itera
         admin.close()
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def scratch_clickhouse(clickhouse_url: str, prefix: str) -> Iterator[tuple[str, Any]]:
+    """A fresh ClickHouse database with the raw and rollup schemas, dropped afterwards: (its name,
+    a client on it)."""
+    import uuid
+
+    import clickhouse_connect
+
+    from sinks.clickhouse import connect, ensure_schema
+    from sinks.rollups import ensure_rollup_schema
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = clickhouse_connect.get_client(dsn=clickhouse_url)
+    admin.command(f"CREATE DATABASE {name}")
+    try:
+        client = connect(f"{clickhouse_url.rstrip('/')}/{name}")
+        ensure_schema(client)
+        ensure_rollup_schema(client)
+        yield name, client
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {name}")
+        admin.close()
 
 
 def token_cli(dsn: str, *args: str) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import random
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +28,6 @@ from urllib.parse import quote
 from xml.etree import ElementTree as ET
 from zoneinfo import ZoneInfo
 
-import clickhouse_connect
 import psycopg
 import pytest
 
@@ -49,6 +47,7 @@ from tests.integration.helpers import (
     ROOT,
     metadata_event,
     publish_metadata,
+    scratch_clickhouse,
     settings_for,
     stop,
     wait_for,
@@ -188,13 +187,7 @@ def data() -> Data:
 @pytest.fixture(scope="module")
 def api(clickhouse_url: str, data: Data, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """One database and one API process for the module's read-only tests."""
-    database = f"t_api_{uuid.uuid4().hex[:12]}"
-    admin = clickhouse_connect.get_client(dsn=clickhouse_url)
-    admin.command(f"CREATE DATABASE {database}")
-    try:
-        client = connect(f"{clickhouse_url.rstrip('/')}/{database}")
-        ensure_schema(client)
-        ensure_rollup_schema(client)
+    with scratch_clickhouse(clickhouse_url, "t_api") as (database, client):
         write(client, data.datums)
         recompute_range(client, 1, SOURCE, T0 - DAY, T0 + 4 * DAY, lambda _n, _ms: "UTC")
         recompute_range(client, ODD[0], ODD[1], T0 - DAY, T0 + DAY, lambda _n, _ms: "UTC")
@@ -204,9 +197,6 @@ def api(clickhouse_url: str, data: Data, tmp_path_factory: pytest.TempPathFactor
         with api_process(api_settings(clickhouse_url, database),
                          tmp_path_factory.mktemp("api") / "api.log") as running:
             yield running
-    finally:
-        admin.command(f"DROP DATABASE IF EXISTS {database}")
-        admin.close()
 
 
 WATTS = ts.series_name(ts.SeriesKey(1, SOURCE, "watts"))

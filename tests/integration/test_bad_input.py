@@ -11,11 +11,9 @@ import io
 import json
 import math
 import random
-import uuid
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-import clickhouse_connect
 import pytest
 
 from pipeline.gateway.ingest import IngestReport, ingest_json
@@ -27,8 +25,7 @@ from pipeline.worker.rollups import recompute_range
 from processors import timeseries as ts
 from processors.datum import NODE_ID_MAX, Datum
 from sinks.clickhouse import connect, ensure_schema
-from sinks.rollups import ensure_rollup_schema
-from tests.integration.helpers import read_topic, settings_for, wait_for, worker_process
+from tests.integration.helpers import read_topic, scratch_clickhouse, settings_for, wait_for, worker_process
 from tests.integration.test_api import api_process, api_settings, write
 
 pytestmark = pytest.mark.integration
@@ -46,13 +43,7 @@ def test_stored_inf_nan_and_huge_values_are_served_as_null(clickhouse_url: str, 
     """Rows written straight to ClickHouse, past the envelope rules (stored before the bound
     existed): 1e308 makes rollup sums inf and differences -inf/NaN; the API still answers 200, with
     null where the number has no JSON spelling, in every format and in `compare`."""
-    database = f"t_bad_{uuid.uuid4().hex[:12]}"
-    admin = clickhouse_connect.get_client(dsn=clickhouse_url)
-    admin.command(f"CREATE DATABASE {database}")
-    try:
-        client = connect(f"{clickhouse_url.rstrip('/')}/{database}")
-        ensure_schema(client)
-        ensure_rollup_schema(client)
+    with scratch_clickhouse(clickhouse_url, "t_bad") as (database, client):
         huge = [1e308, 1e308, math.inf, math.nan, 5.0]
         write(client, [Datum(1, "/huge", T0 + k * 10 * MIN, i={"w": v}, a={"wh": v if k != 1 else -1e308})
                        for k, v in enumerate(huge)]
@@ -90,9 +81,6 @@ def test_stored_inf_nan_and_huge_values_are_served_as_null(clickhouse_url: str, 
             r = api.get(series=f"{w},{wh}", periodicity="hour", compare="timeOfDay", at=at)
             assert r.status == 200, r.body[:300]
             assert r.json()[w]["baseline"]["val"] is None
-    finally:
-        admin.command(f"DROP DATABASE IF EXISTS {database}")
-        admin.close()
 
 
 # --- every bad ingest line has a report, and the counts are what the pipeline does ----------

@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.gateway.replay import replay_store
 from pipeline.history.events import datamodel_events
+from pipeline.settings import Settings
 from pipeline.wire.producer import DatumProducer
 from pipeline.worker.rollups import RollupMaintainer, recompute_range
 from processors.binding import load_catalog
@@ -21,7 +22,14 @@ from processors.rows import DAY_MS, accept_batch, count_expired
 from processors.simulate import Fleet, FleetSpec
 from sinks.clickhouse import RAW_GRACE_DAYS, RAW_TABLE, RAW_TTL, RawSink, connect, ensure_schema
 from sinks.rollups import ROLLUP_TABLE, ensure_rollup_schema
-from tests.integration.helpers import ROOT, publish_metadata, settings_for, wait_for, wait_for_catalog, worker_process
+from tests.integration.helpers import (
+    ROOT,
+    publish_metadata,
+    settings_in_env,
+    wait_for,
+    wait_for_catalog,
+    worker_process,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +48,10 @@ def _num(client: Any, sql: str) -> int:
 
 
 def test_backfill_past_its_storage_period_keeps_rollups_and_expires_raw(
-    kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    worker_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with(
-        {"postgres_dsn": pg_dsn, "data_dir": str(tmp_path / "data")})
-    for name, value in settings.as_env().items():
-        monkeypatch.setenv(name, value)
-    client = connect(settings.clickhouse_url)
-    ensure_schema(client)
+    settings = worker_settings
+    client = settings_in_env(settings, monkeypatch)
     ensure_rollup_schema(client)
     catalog = load_catalog(SAMPLES)
     pulse = catalog.pulse_datastreams()
@@ -67,7 +70,7 @@ def test_backfill_past_its_storage_period_keeps_rollups_and_expires_raw(
     with worker_process(settings, log) as worker:
         events = datamodel_events(sorted(SAMPLES.glob("*.json")), "test", "sample datamodels")
         publish_metadata(settings, events)
-        wait_for_catalog(pg_dsn, len(events), log)
+        wait_for_catalog(settings.postgres_dsn, len(events), log)
         producer = DatumProducer(settings)
         assert producer.send(datums) == len(datums)
         producer.flush()

@@ -4,7 +4,6 @@ and alerts rest on is there with values that agree with what was sent and stored
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import subprocess
@@ -17,12 +16,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from pipeline.history.events import datamodel_events
+from pipeline.settings import Settings
 from pipeline.wire.codec import DATUM_BATCH_V1, SCHEMA_HEADER, encode_batch
 from pipeline.wire.producer import DatumProducer
 from processors.datum import Datum
 from sinks.clickhouse import connect, ensure_schema
-from tests.integration.helpers import settings_for, wait_for, wait_for_catalog, worker_process
+from tests.integration.helpers import model_events, publish_metadata, wait_for, wait_for_catalog, worker_process
 from tests.integration.test_templates import BINDINGS, MODEL  # the box datamodel with qratings
 
 pytestmark = pytest.mark.integration
@@ -76,25 +75,17 @@ def send(settings: Any) -> None:
     producer.flush()
 
 
-def test_worker_metrics_after_valid_and_invalid_datums(kafka_bootstrap: str, clickhouse_url: str,
-                                                        ch_database: str, topic_prefix: str, pg_dsn: str,
-                                                        tmp_path: Path) -> None:
+def test_worker_metrics_after_valid_and_invalid_datums(worker_settings: Settings, tmp_path: Path) -> None:
     exe = promtool()
-    settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with(
-        {"postgres_dsn": pg_dsn, "data_dir": tmp_path / "data"})
+    settings = worker_settings
     assert settings.metrics_port
-    (tmp_path / "box.json").write_text(json.dumps(MODEL))
-    (tmp_path / "bindings.json").write_text(json.dumps(BINDINGS))
-    events = datamodel_events([tmp_path / "box.json", tmp_path / "bindings.json"], "test", "box model")
-    producer = DatumProducer(settings)
-    for e in events:
-        producer.send_raw(producer.topics.metadata, json.dumps(e).encode())
-    producer.flush()
+    events = model_events(tmp_path, MODEL, BINDINGS, "box model")
+    publish_metadata(settings, events)
     client = connect(settings.clickhouse_url)
     ensure_schema(client)
     log = tmp_path / "worker.log"
     with worker_process(settings, log) as worker:
-        wait_for_catalog(pg_dsn, len(events), log)
+        wait_for_catalog(settings.postgres_dsn, len(events), log)
         send(settings)
 
         def settled() -> str | None:

@@ -11,11 +11,15 @@ from typing import Any
 import pytest
 
 from pipeline import cli
-from pipeline.history.events import datamodel_events
 from pipeline.settings import Settings
-from pipeline.wire.producer import DatumProducer
-from sinks.clickhouse import connect, ensure_schema
-from tests.integration.helpers import settings_for, wait_for, wait_for_catalog, worker_process
+from tests.integration.helpers import (
+    model_events,
+    publish_metadata,
+    settings_in_env,
+    wait_for,
+    wait_for_catalog,
+    worker_process,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,30 +42,22 @@ def publish(settings: Settings, tmp: Path, name: str, maximum: float, node: int 
     """A datamodel and a binding of /rp/** to it (for one node, which is created, or all)."""
     folder = tmp / f"models-{name}"
     folder.mkdir()
-    (folder / f"{name}.json").write_text(json.dumps(model(name, maximum)))
-    (folder / "bindings.json").write_text(json.dumps({"bindings": [
-        {"node_id": node, "source_pattern": "/rp/**", "datamodel": name, "properties": {"temp": f"{name}.temp"}}]}))
-    events = datamodel_events(sorted(folder.glob("*.json")), "test", f"{name}: maximum {maximum}")
+    events = model_events(folder, model(name, maximum), {"bindings": [
+        {"node_id": node, "source_pattern": "/rp/**", "datamodel": name, "properties": {"temp": f"{name}.temp"}}]},
+        f"{name}: maximum {maximum}")
     if node is not None:
         events.insert(0, {**events[0], "event_id": str(uuid.uuid4()), "entity": "node", "key": {"node_id": node},
                           "op": "upsert", "value": {"name": f"node {node}"}})
-    producer = DatumProducer(settings)
-    for e in events:
-        producer.send_raw(producer.topics.metadata, json.dumps(e).encode())
-    producer.flush()
+    publish_metadata(settings, events)
     return len(events)
 
 
 def test_replay_dead_letters_after_a_fix_and_the_store(
-    kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    worker_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with(
-        {"postgres_dsn": pg_dsn, "data_dir": str(tmp_path / "data")})
-    for name, value in settings.as_env().items():
-        monkeypatch.setenv(name, value)
-    client = connect(settings.clickhouse_url)
-    ensure_schema(client)
+    settings = worker_settings
+    pg_dsn = settings.postgres_dsn
+    client = settings_in_env(settings, monkeypatch)
     log = tmp_path / "worker.log"
     lines = [json.dumps({"nodeId": 1, "sourceId": f"/rp/{k % 3}", "created": T0 + k * MIN,
                          "samples": {"i": {"temp": float(40 + 5 * k)}}}) for k in range(30)]

@@ -36,9 +36,11 @@ from sinks.clickhouse import RawSink, connect, ensure_schema
 from sinks.rollups import ensure_rollup_schema, read_rollups
 from tests.integration.helpers import (
     metadata_event,
+    model_events,
     publish_metadata,
     read_topic,
     settings_for,
+    settings_in_env,
     wait_for,
     worker_process,
 )
@@ -288,22 +290,15 @@ def test_reset_inside_an_hour_moved_and_deleted_and_pulse_sums(
     """`pipeline ingest` of datums and a SolarNetwork Reset line: the hour holding the reset
     counts the meter's increase on both sides of it; moving and deleting the reset recompute the
     hours around it; a PULSE datastream's values are summed. Every state against the reference."""
-    from pipeline.history.events import datamodel_events
 
     settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with(
         {"postgres_dsn": pg_dsn})
-    for name, value in settings.as_env().items():
-        monkeypatch.setenv(name, value)
-    client = connect(settings.clickhouse_url)
-    ensure_schema(client)
+    client = settings_in_env(settings, monkeypatch)
     ensure_rollup_schema(client)
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "rain.json").write_text(json.dumps(PULSE_MODEL))
-    (tmp_path / "models" / "bindings.json").write_text(json.dumps({"bindings": [
-        {"node_id": 5, "source_pattern": "/r/**", "datamodel": "rain-gauge",
-         "properties": {"tips": "rain.gauge.tips", "wh": "rain.gauge.wh"}}]}))
+    bindings = {"bindings": [{"node_id": 5, "source_pattern": "/r/**", "datamodel": "rain-gauge",
+                              "properties": {"tips": "rain.gauge.tips", "wh": "rain.gauge.wh"}}]}
     publish_metadata(settings, [metadata_event("node", {"node_id": 5}, "upsert", {"name": "rain"}),
-                                *datamodel_events(sorted((tmp_path / "models").glob("*.json")), "test", "pulse")])
+                                *model_events(tmp_path, PULSE_MODEL, bindings, "pulse")])
 
     noon = T0  # 2024-10-31T12:00Z
     readings = {0: 100.0, 40 * MIN: 25.0, 70 * MIN: 45.0, 130 * MIN: 60.0}  # the meter restarts at 12:20

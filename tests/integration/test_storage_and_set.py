@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -10,15 +9,14 @@ import psycopg
 import pytest
 
 from pipeline.gateway.commands import send_set_request
-from pipeline.history.events import datamodel_events
 from pipeline.wire.producer import DatumProducer
 from processors.datum import Datum
 from processors.metadata import parse_event
 from processors.rows import RawColumns
 from sinks import history
 from sinks.clickhouse import RAW_GRACE_DAYS, RawSink, connect, ensure_schema
-from tests.integration.helpers import read_topic, settings_for, wait_for, worker_process
-from tests.integration.test_templates import applied, publish
+from tests.integration.helpers import model_events, publish_metadata, read_topic, settings_for, wait_for, worker_process
+from tests.integration.test_templates import applied
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +42,13 @@ BINDINGS = {"bindings": [{"node_id": None, "source_pattern": "/vault/1", "datamo
 def vault(kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str,
           tmp_path: Path):  # type: ignore[no-untyped-def]
     settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with({"postgres_dsn": pg_dsn})
-    (tmp_path / "vault.json").write_text(json.dumps(MODEL))
-    (tmp_path / "bindings.json").write_text(json.dumps(BINDINGS))
-    events = datamodel_events([tmp_path / "vault.json", tmp_path / "bindings.json"], "test", "vault")
+    events = model_events(tmp_path, MODEL, BINDINGS, "vault")
     return settings, events
 
 
 def test_ttl_expires_one_datastream_and_never_keeps_only_the_latest(vault, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings, events = vault
-    publish(settings, events)
+    publish_metadata(settings, events)
     client = connect(settings.clickhouse_url)
     ensure_schema(client)
     producer = DatumProducer(settings)

@@ -3,21 +3,17 @@ in data time, rates across a restart of everything but the stores."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 
-from pipeline.history.events import datamodel_events
-from pipeline.settings import Settings
 from pipeline.wire.producer import DatumProducer
 from processors.datum import Datum
 from sinks import history
 from sinks.clickhouse import connect, ensure_schema
-from tests.integration.helpers import read_topic, settings_for, wait_for, worker_process
+from tests.integration.helpers import model_events, publish_metadata, read_topic, settings_for, wait_for, worker_process
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +40,6 @@ BINDINGS = {"bindings": [{"node_id": None, "source_pattern": "/box/**", "datamod
                           "properties": {"temp": "box.temp", "energy": "box.energy", "state": "box.state"}}]}
 
 
-def publish(settings: Settings, events: list[dict[str, Any]]) -> None:
-    producer = DatumProducer(settings)
-    for e in events:
-        producer.send_raw(producer.topics.metadata, json.dumps(e).encode())
-    producer.flush()
-
-
 def applied(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
         try:
@@ -63,9 +52,7 @@ def applied(dsn: str) -> int:
 def box(kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str,
         tmp_path: Path):  # type: ignore[no-untyped-def]
     settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with({"postgres_dsn": pg_dsn})
-    (tmp_path / "box.json").write_text(json.dumps(MODEL))
-    (tmp_path / "bindings.json").write_text(json.dumps(BINDINGS))
-    publish(settings, datamodel_events([tmp_path / "box.json", tmp_path / "bindings.json"], "test", "box model"))
+    publish_metadata(settings, model_events(tmp_path, MODEL, BINDINGS, "box model"))
     client = connect(settings.clickhouse_url)
     ensure_schema(client)
     return settings, client
@@ -126,7 +113,7 @@ def test_template_change_applies_in_data_time_without_restart(box, tmp_path: Pat
             "valid_from": "2023-11-15T22:13:20Z", "valid_to": None, "author": "test", "comment": "new box",
             "produced_at": "2023-11-20T00:00:00Z",
         }
-        publish(settings, [change])
+        publish_metadata(settings, [change])
         wait_for(lambda: applied(settings.postgres_dsn) > version, 60, "the template change applied")
         # a datum after the change, and a replay of one before it
         producer.send([Datum(1, "/box/1", T0 + 25 * HOUR, {"temp": 35.0})])
@@ -147,7 +134,7 @@ def test_cumulative_rate_survives_a_restart_of_everything_but_the_stores(box, tm
         wait_for(lambda: int(client.command("SELECT count() FROM datum")) == 1, 120, "the first reading")
     # A broker that kept nothing: new topics, new consumer group, a fresh worker process.
     fresh = settings._with({"topic_prefix": settings.topic_prefix + "again.", "app_id": settings.app_id + "-again"})
-    publish(fresh, [])
+    publish_metadata(fresh, [])
     again = DatumProducer(fresh)
     again.send([Datum(1, "/box/1", T0 + HOUR, {}, {"energy": 1020.0})])  # 20 Wh in an hour: ideal
     again.flush()
