@@ -28,6 +28,7 @@ from pipeline.settings import Settings
 from pipeline.wire.producer import DatumProducer, TopicAdmin, producer_config
 from processors.datum import Datum
 from tests.chaos.plan import DATAMODELS, BadInput, Identity
+from tests.procfs import alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -174,14 +175,6 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its parent counts as gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def processes_mentioning(needle: str) -> list[int]:
     """Pids whose command line names `needle` (a drill's own data directory): to find what a
     killed `pipeline up` left behind. Only ever our own drill's processes match."""
@@ -296,7 +289,7 @@ class UpStack:
         # seconds to reap).
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            for pid in [p for p in pids if _alive(p)] + self.leftovers():
+            for pid in [p for p in pids if alive(p)] + self.leftovers():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             if not any(Path(f"/proc/{p}").exists() for p in pids):
@@ -325,15 +318,15 @@ class UpStack:
 
     def broker_pids(self) -> list[int]:
         """The drill's running Tansu broker (whoever started it)."""
-        return [p for p in processes_mentioning(f"tcp://127.0.0.1:{self.kafka_port}") if _alive(p)]
+        return [p for p in processes_mentioning(f"tcp://127.0.0.1:{self.kafka_port}") if alive(p)]
 
     def leftovers(self) -> list[int]:
         left = set(processes_mentioning(str(self.data_dir.resolve())))
         left |= set(processes_mentioning(f"127.0.0.1:{self.kafka_port}"))
         pg = self.postmaster_pid()
-        if pg is not None and _alive(pg):
+        if pg is not None and alive(pg):
             left.add(pg)
-        return sorted(p for p in left if _alive(p))
+        return sorted(p for p in left if alive(p))
 
     def kill_leftovers(self) -> None:
         for pid in self.leftovers():

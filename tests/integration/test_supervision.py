@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.embedded.stack import free_port, port_open
 from tests.integration.helpers import ROOT, wait_for
+from tests.procfs import alive
 
 pytestmark = pytest.mark.integration
 
@@ -48,19 +49,25 @@ def start_up(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[byt
     return proc
 
 
+def up_in(tmp_path: Path, workers: int, api: bool = False,
+          metrics: bool = False) -> tuple[Path, dict[str, str], Path, subprocess.Popen[bytes]]:
+    """`pipeline up --workers N` on tmp_path/data and free ports: (data_dir, env, log, process)."""
+    data_dir = tmp_path / "data"
+    env = up_env(data_dir, api, metrics)
+    log = tmp_path / "up.log"
+    return data_dir, env, log, start_up(env, log, "--workers", str(workers))
+
+
+def pg_admin_dsn(env: dict[str, str]) -> str:
+    """The embedded PostgreSQL of an `up` started with env, as its superuser."""
+    return f"postgresql://postgres@127.0.0.1:{env['PIPELINE_POSTGRES_PORT']}/postgres"
+
+
 def stop_up(proc: subprocess.Popen[bytes], log: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(120)
     assert code == 0, log.read_text()[-3000:]
     assert "pipeline: stopped" in log.read_text()
-
-
-def alive(pid: int) -> bool:
-    """Running: not gone, not a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def cmdline(pid: int) -> str:
@@ -125,10 +132,7 @@ def ch_pings(port: str) -> bool:
 
 
 def test_sigkilled_up_leaves_no_process_behind(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    env = up_env(data_dir, api=True, metrics=True)
-    log = tmp_path / "up.log"
-    up = start_up(env, log, "--workers", "1")
+    data_dir, env, log, up = up_in(tmp_path, 1, api=True, metrics=True)
     pg = postmaster_pid(data_dir)
     started = descendants(up.pid)
     if pg is not None:  # pg_ctl daemonizes: then PostgreSQL is no descendant of `up`
@@ -154,17 +158,14 @@ def test_sigkilled_up_leaves_no_process_behind(tmp_path: Path) -> None:
     log2 = tmp_path / "up2.log"
     again = start_up(env, log2, "--workers", "0")
     try:
-        assert pg_answers(f"postgresql://postgres@127.0.0.1:{env['PIPELINE_POSTGRES_PORT']}/postgres")
+        assert pg_answers(pg_admin_dsn(env))
         assert ch_pings(env["PIPELINE_CLICKHOUSE_PORT"])
     finally:
         stop_up(again, log2)
 
 
 def test_a_second_up_on_a_data_dir_in_use_is_refused_and_touches_nothing(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    env = up_env(data_dir)
-    log = tmp_path / "up.log"
-    first = start_up(env, log, "--workers", "0")
+    data_dir, env, log, first = up_in(tmp_path, 0)
     try:
         pg = postmaster_pid(data_dir)
         assert pg is not None
@@ -178,18 +179,15 @@ def test_a_second_up_on_a_data_dir_in_use_is_refused_and_touches_nothing(tmp_pat
         assert postmaster_pid(data_dir) == pg
         for name in ("KAFKA", "CLICKHOUSE", "POSTGRES"):
             assert not port_open("127.0.0.1", int(second_env[f"PIPELINE_{name}_PORT"])), name
-        assert pg_answers(f"postgresql://postgres@127.0.0.1:{env['PIPELINE_POSTGRES_PORT']}/postgres")
+        assert pg_answers(pg_admin_dsn(env))
         assert first.poll() is None
     finally:
         stop_up(first, log)
 
 
 def test_what_dies_under_up_is_restarted_on_the_same_port(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    env = up_env(data_dir)
-    log = tmp_path / "up.log"
-    up = start_up(env, log, "--workers", "1")
-    pg_dsn = f"postgresql://postgres@127.0.0.1:{env['PIPELINE_POSTGRES_PORT']}/postgres"
+    _, env, log, up = up_in(tmp_path, 1)
+    pg_dsn = pg_admin_dsn(env)
     probes = {  # the worker first: a broker that goes away makes it exit (and be restarted) too
         "worker-0": ("pipeline.cli worker", None),
         "clickhouse": ("pipeline.embedded.chserver", lambda: ch_pings(env["PIPELINE_CLICKHOUSE_PORT"])),

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.embedded import stack
+from tests.procfs import alive
 
 
 def test_backoff_doubles_from_half_a_second_up_to_thirty() -> None:
@@ -116,14 +117,6 @@ def test_supervisor_stops_group_after_group(tmp_path: Path) -> None:
     assert lines[2:] == ["api", "clickhouse", "kafka"]
 
 
-def _alive(pid: int) -> bool:
-    """Running, not a zombie waiting for its new parent to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_children_die_with_their_parent_even_on_sigkill(tmp_path: Path) -> None:
     """A parent SIGKILLed cannot stop anything: the kernel signals its children for it."""
     parent = subprocess.Popen(
@@ -134,11 +127,11 @@ def test_children_die_with_their_parent_even_on_sigkill(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
-    assert _alive(child)
+    assert alive(child)
     parent.kill()
     parent.wait()
     parent.stdout.close()
     deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
+    while alive(child) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert not _alive(child), "the child outlived its SIGKILLed parent"
+    assert not alive(child), "the child outlived its SIGKILLed parent"
