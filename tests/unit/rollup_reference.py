@@ -61,6 +61,8 @@ def buckets_covering(lo_ms: int, hi_ms: int, level: str, tz: ZoneInfo) -> list[t
 
 @dataclass
 class RefRow:
+    # The figures of processors.rollup.RollupRow, declared again on purpose: the reference shares
+    # nothing with the module but the spec, and keeps its sums exact (Fraction).
     count: int = 0
     avg: Fraction | None = None
     min: float | None = None
