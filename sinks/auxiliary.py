@@ -16,7 +16,8 @@ from clickhouse_connect.driver.client import Client
 
 from processors.auxiliary import AuxChange, AuxKey, AuxRecord
 from processors.rollup import ResetMarker
-from sinks.clickhouse import RANGES_CHUNK, Range, ranges_join, sql_ms, sql_stream, union_all
+from sinks.base import Sink
+from sinks.clickhouse import RANGES_CHUNK, Range, backpressure, ranges_join, sql_ms, sql_stream, union_all
 from sinks.sql import sql_str
 
 AUX_TABLE = "datum_auxiliary_raw"
@@ -71,6 +72,20 @@ def _row(record: AuxRecord | None, key: AuxKey, deleted: int, version: int) -> l
     start = dict(record.start) if record else {}
     notes = record.notes if record else ""
     return [key.node_id, key.source_id, key.type, key.created_ms, final, start, notes, deleted, version]
+
+
+class AuxiliarySink(Sink[Sequence[AuxChange], int]):
+    """Auxiliary records (meter resets): a batch of changes applied in order in one insert."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def setup(self) -> None:
+        ensure_aux_schema(self.client)
+
+    def write(self, batch: Sequence[AuxChange]) -> int:
+        with backpressure(f"auxiliary insert of {len(batch)} change(s)"):
+            return write_changes(self.client, batch)
 
 
 def write_changes(client: Client, changes: Sequence[AuxChange]) -> int:

@@ -6,9 +6,10 @@ so the embedded chDB endpoint and a ClickHouse server are interchangeable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -16,10 +17,9 @@ import clickhouse_connect
 import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from processors.rows import RAW_COLUMNS, RawColumns
-from sinks.base import BatchingSink, SinkBackpressure
+from sinks.base import Sink, SinkBackpressure
 from sinks.sql import sql_str
 
 log = logging.getLogger(__name__)
@@ -116,12 +116,65 @@ SCHEMA += [
 
 LetterRow = tuple[str, int, str, list[str], str, int, int, bytes]
 
+# ClickHouse's codes for "busy or away, not this data's fault", with how long to wait first:
+# TIMEOUT_EXCEEDED, TOO_MANY_SIMULTANEOUS_QUERIES, MEMORY_LIMIT_EXCEEDED, TOO_MANY_PARTS (merges
+# must catch up: the longest wait), NETWORK_ERROR, SOCKET_TIMEOUT, UNKNOWN_TABLE/UNKNOWN_DATABASE
+# (a store being re-created), QUERY_WAS_CANCELLED, SYSTEM_ERROR, KEEPER_EXCEPTION,
+# TABLE_IS_READ_ONLY and READONLY (a replica that lost Keeper).
+BUSY_CODES: dict[int, float] = {159: 1.0, 202: 1.0, 241: 2.0, 252: 5.0, 210: 1.0, 209: 1.0, 60: 1.0, 81: 1.0,
+                                394: 1.0, 425: 1.0, 999: 2.0, 242: 5.0, 164: 5.0}
 
-def write_dead_letters(client: Client, letters: Sequence[LetterRow]) -> None:
-    """(id, at ms, stage, rules, topic, partition, offset, letter JSON) rows; idempotent by id."""
-    if letters:
-        client.insert(DEAD_LETTER_TABLE, [[*row[:7], row[7].decode()] for row in letters],
-                      column_names=["id", "at", "stage", "rules", "topic", "partition", "offset", "letter"])
+
+def busy_for(exc: BaseException) -> float | None:
+    """Seconds to wait when `exc` is ClickHouse (or the way to it) saying it cannot take a batch
+    now; None when the statement or its data is at fault."""
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+    if isinstance(exc, OperationalError | OSError | TimeoutError | ConnectionError):
+        return 1.0
+    if isinstance(exc, DatabaseError):
+        text = str(exc)  # clickhouse-connect puts the server's "Code: N." in the message
+        for code, wait in BUSY_CODES.items():
+            if f"Code: {code}." in text:
+                return wait
+        # an HTTP 5xx without a ClickHouse code: a proxy or the endpoint itself failing
+        if "HTTPDriver" in text and "Code:" not in text:
+            return 1.0
+    return None
+
+
+@contextlib.contextmanager
+def backpressure(what: str) -> Iterator[None]:
+    """Every ClickHouse sink's write runs in this: the store's "not now" becomes SinkBackpressure
+    (with the wait its code calls for); any other error is raised as it is, the batch's fault."""
+    try:
+        yield
+    except SinkBackpressure:
+        raise
+    except Exception as exc:
+        wait = busy_for(exc)
+        if wait is None:
+            raise
+        raise SinkBackpressure(f"{what}: {exc}", wait) from exc
+
+
+class DeadLetterSink(Sink[Sequence[LetterRow], int]):
+    """Dead letters kept in ClickHouse beside the rows (`dead_letter` view), idempotent by id."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def setup(self) -> None:
+        ensure_schema(self.client)
+
+    def write(self, batch: Sequence[LetterRow]) -> int:
+        """(id, at ms, stage, rules, topic, partition, offset, letter JSON) rows."""
+        if batch:
+            with backpressure(f"dead-letter insert of {len(batch)}"):
+                self.client.insert(DEAD_LETTER_TABLE, [[*row[:7], row[7].decode()] for row in batch],
+                                   column_names=["id", "at", "stage", "rules", "topic", "partition", "offset",
+                                                 "letter"])
+        return len(batch)
 
 
 def connect(url: str, database: str | None = None, **kwargs: Any) -> Client:
@@ -221,32 +274,28 @@ def migrate_raw_ttl(client: Client) -> bool:
     return True
 
 
-class RawSink(BatchingSink):
-    """Writes raw sample rows. Idempotent by the table's replacing key."""
+class RawSink(Sink[RawColumns, int]):
+    """Raw sample rows (`datum_raw`, or the latest-values table), idempotent by the table's
+    replacing key."""
 
     def __init__(self, client: Client, table: str = RAW_TABLE) -> None:
-        super().__init__()
         self.client = client
         self.table = table
 
-    def write(self, rows: list[RawColumns]) -> None:
-        batch = RawColumns()
-        for part in rows:
-            batch.extend(part)
-        self.write_columns(batch)
+    def setup(self) -> None:
+        ensure_schema(self.client)  # the raw, latest and dead-letter tables and their views
 
-    def write_columns(self, batch: RawColumns, inserted_ms: int | None = None) -> None:
+    def write(self, batch: RawColumns, inserted_ms: int | None = None) -> int:
         """Insert the batch as one Arrow table: the columns go to C once each (no Python loop
         per value, as the Native encoder of Python lists has). `inserted_ms` stamps every row
         (the batch's identity in the rollup ledger, and the replacing version); default: the
         server's clock."""
         if not len(batch):
-            return
+            return 0
         table = raw_arrow(batch, inserted_ms)
-        try:
+        with backpressure(f"raw insert of {len(batch)} rows into {self.table}"):
             self.client.insert_arrow(self.table, table)
-        except (ClickHouseError, OSError) as exc:
-            raise SinkBackpressure(f"raw insert of {len(batch)} rows failed: {exc}") from exc
+        return len(batch)
 
 
 _UTC_MS = pa.timestamp("ms", tz="UTC")

@@ -14,8 +14,9 @@ import gc
 import hashlib
 import json
 import logging
+import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +62,7 @@ from processors.metadata import (
     references,
     spec_for,
 )
+from sinks.base import Sink, SinkBackpressure
 
 log = logging.getLogger(__name__)
 
@@ -390,6 +392,41 @@ def apply_event(conn: Conn, event: MetadataEvent, *, tx_time: datetime | None = 
 def apply_events(conn: Conn, events: Iterable[MetadataEvent]) -> list[ApplyResult]:
     """One transaction per event: for a live stream. For volume, use import_events."""
     return [apply_event(conn, e) for e in events]
+
+
+class HistorySink(Sink[Sequence[MetadataEvent], list[ApplyResult]]):
+    """The history log as the workers write it: each event of a batch applied in order, one
+    transaction each (`apply_event`); idempotent by event id, so a batch written again after a
+    failure half-way answers "duplicate" for what it had applied. PostgreSQL away is
+    backpressure; a refusal is an answer (ApplyResult), never an exception."""
+
+    def __init__(self, connect: Callable[[], Conn]) -> None:
+        self._connect = connect
+        self._conn: Conn | None = None
+        self._lock = threading.Lock()  # one psycopg connection: one thread at a time
+
+    def setup(self) -> None:
+        try:
+            with self._connect() as conn:
+                migrate(conn)
+        except psycopg.OperationalError as exc:
+            raise SinkBackpressure(f"history log migration: {exc}") from exc
+
+    def write(self, batch: Sequence[MetadataEvent]) -> list[ApplyResult]:
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    self._conn = self._connect()
+                return [apply_event(self._conn, event) for event in batch]
+            except psycopg.OperationalError as exc:
+                self.close()
+                raise SinkBackpressure(f"history log: {exc}") from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
 
 
 @dataclass

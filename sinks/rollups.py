@@ -21,11 +21,13 @@ from clickhouse_connect.driver.client import Client
 from processors.rollup import DEFAULT_TOLERANCES, RollupKind, RollupRow, Tolerances
 from processors.rollup_columns import Series
 from sinks.auxiliary import AUX_VIEW, ensure_aux_schema
+from sinks.base import Sink
 from sinks.clickhouse import (
     DATUM_VIEW,
     RANGES_CHUNK,
     NamedRange,
     Range,
+    backpressure,
     ranges_join,
 )
 from sinks.sql import sql_str
@@ -333,6 +335,44 @@ def read_rollups(
                 tuple((str(v), int(c)) for v, c in sc), tuple(tags),
             ))
     return out
+
+
+@dataclass(frozen=True)
+class RollupWrite:
+    """What one recompute stores: fresh rows, and tombstones for buckets found empty."""
+
+    rows: Sequence[RollupRow]
+    tombstones: Sequence[RollupRow] = ()
+
+
+class RollupSink(Sink[RollupWrite, int]):
+    """Rollup rows replace the stored rows of their buckets (a newer `computed` wins); a
+    tombstone hides a bucket found empty. Idempotent: the same recompute writes the same state."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def setup(self) -> None:
+        ensure_rollup_schema(self.client)
+
+    def write(self, batch: RollupWrite) -> int:
+        with backpressure(f"rollup insert of {len(batch.rows)} + {len(batch.tombstones)} tombstones"):
+            return write_rollups(self.client, batch.rows, batch.tombstones)
+
+
+class RollupLedger(Sink[Iterable[tuple[int, str, int]], int]):
+    """The rollup ledger: (node, source, raw `inserted` stamp) batches whose buckets are stored,
+    so a restart repairs only what was never rolled up (`not_rolled_up`). Idempotent."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def setup(self) -> None:
+        ensure_rollup_schema(self.client)
+
+    def write(self, batch: Iterable[tuple[int, str, int]]) -> int:
+        with backpressure("rollup ledger insert"):
+            return mark_rolled_up(self.client, batch)
 
 
 def write_rollups(client: Client, rows: Sequence[RollupRow],

@@ -9,7 +9,6 @@ seconds whichever worker applied it. The catalog follows the log through a LogVi
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 
 import psycopg
@@ -38,31 +37,23 @@ class MetadataLink:
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self._writer: psycopg.Connection | None = None
-        self._lock = threading.Lock()
+        self.sink = history.HistorySink(self._connect)
         self.catalogs: LogView[VersionedCatalog] = LogView(dsn, "the validators' catalog", _load_catalog,
                                                            CATALOG_CHECK_S)
 
     def _connect(self) -> psycopg.Connection:
         return psycopg.connect(self.dsn, autocommit=True)
 
-    def migrate(self) -> list[str]:
-        with self._connect() as conn:
-            return history.migrate(conn)
+    def migrate(self) -> None:
+        """The history sink's setup: the log's tables, migrated (SinkBackpressure while away)."""
+        self.sink.setup()
 
     def apply(self, raw: bytes) -> Applied:
         try:
             event = parse_event(raw)
         except MetadataEventError as exc:
             return Applied("invalid", exc.rule, str(exc))
-        with self._lock:
-            if self._writer is None or self._writer.closed:
-                self._writer = self._connect()
-            try:
-                result = history.apply_event(self._writer, event)
-            except psycopg.OperationalError:
-                self._writer = None
-                raise
+        [result] = self.sink.write([event])
         return Applied(result.status, result.rule, result.reason, str(event.event_id))
 
     def catalog(self, force: bool = False) -> VersionedCatalog:
@@ -71,17 +62,8 @@ class MetadataLink:
         caller waits and retries; the catalog held stays for the next call)."""
         return self.catalogs.refresh(force)
 
-    # version() and load() are what pipeline/worker/app.py's refresh_catalog still calls; once it
-    # calls catalog(force) instead, they go (with LogView.version).
-    def version(self) -> int:
-        return self.catalogs.version()
-
-    def load(self) -> VersionedCatalog:
-        return self.catalogs.refresh(force=True)
-
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        self.sink.close()
         self.catalogs.close()
 
 

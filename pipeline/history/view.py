@@ -66,13 +66,6 @@ class LogView(Generic[T]):
             self._checked = time.monotonic()
             return self._refresh(force)
 
-    def version(self) -> int:
-        """The log's high-water mark now; raises psycopg.Error when the log cannot be read."""
-        from sinks import history
-
-        with self._lock:
-            return self._reading(history.catalog_version)
-
     def _get(self) -> None:
         self._checked = time.monotonic()
         if not self.dsn:

@@ -76,20 +76,15 @@ from processors.datum import Datum, Rejection
 from processors.qrating import RateState
 from processors.rows import RawColumns, Scoring, accept_batch
 from processors.stale_marks import Change, SpanColumns, decode_marks, encode_columns
-from sinks.auxiliary import stored_properties, write_changes
-from sinks.clickhouse import (
-    LATEST_TABLE,
-    RawSink,
-    connect,
-    ensure_schema,
-    rate_baselines_many,
-    write_dead_letters,
-)
-from sinks.rollups import ensure_rollup_schema, mark_rolled_up, not_rolled_up
+from sinks.auxiliary import AuxiliarySink, stored_properties
+from sinks.base import Sink
+from sinks.clickhouse import LATEST_TABLE, DeadLetterSink, RawSink, connect, rate_baselines_many
+from sinks.rollups import RollupLedger, RollupSink, not_rolled_up
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+S = TypeVar("S", bound=Sink[Any, Any])
 
 StreamKey = tuple[int, str]  # (node, source)
 PartitionKey = tuple[str, int]  # (topic, partition)
@@ -427,11 +422,15 @@ class DatumWorker:
         self.aux_topic = self.app.topic(
             self.topics.auxiliary, value_serializer="raw", key_serializer="raw"
         )
-        # ClickHouse: made, and the schemas created, by setup_stores when the worker starts
+        # ClickHouse: the sinks (sinks/base.py's contract), made and set up by setup_stores when
+        # the worker starts
         self._sink: RawSink | None = None
         self._latest_sink: RawSink | None = None
+        self._letters: DeadLetterSink | None = None
         self._rollups: RollupMaintainer | None = None
+        self._ledger: RollupLedger | None = None
         self._aux_client: Client | None = None
+        self._aux_sink: AuxiliarySink | None = None
         # Metadata: the history log decides what templates apply. Without a PostgreSQL DSN
         # every source is unbound (stored unvalidated), which the log says at start.
         self.metadata = MetadataLink(settings.postgres_dsn) if settings.postgres_dsn else None
@@ -481,29 +480,33 @@ class DatumWorker:
         any agent handles a batch. A retry goes on from where the failed attempt stopped."""
         url = self.settings.clickhouse_url
 
-        def connected(setup: Callable[[Client], object] | None = None) -> Client:
+        def set_up(make: Callable[[Client], S]) -> S:
             client = connect(url)
             try:
-                if setup is not None:
-                    setup(client)
+                sink = make(client)
+                sink.setup()
             except BaseException:
                 client.close()
                 raise
-            return client
+            return sink
 
         if self._sink is None:
-            self._sink = RawSink(connected(ensure_schema))
+            raw = set_up(RawSink)  # the raw, latest and dead-letter tables: one schema, one client
+            self._sink, self._letters = raw, DeadLetterSink(raw.client)
         if self._latest_sink is None:
             self._latest_sink = RawSink(self._sink.client, LATEST_TABLE)
         if self._rollups is None:
+            rollup_sink = set_up(RollupSink)  # the rollups, their ledger and the reset markers
+            self._ledger = RollupLedger(rollup_sink.client)
             self._rollups = RollupMaintainer(
-                connected(ensure_rollup_schema),
+                rollup_sink.client,
                 lambda node, ms: self.catalog.timezone_at(node, ms) if self.catalog else "UTC",
                 pulse=lambda: self.catalog.catalogs[-1].pulse_datastreams() if self.catalog else frozenset(),
             )
         # Each agent its own ClickHouse client: a client's session takes one query at a time.
-        if self._aux_client is None:
-            self._aux_client = connected()
+        if self._aux_sink is None:
+            self._aux_sink = set_up(AuxiliarySink)
+            self._aux_client = self._aux_sink.client
 
     def _set_up(self, store: T | None) -> T:
         if store is None:
@@ -548,7 +551,7 @@ class DatumWorker:
                 spans, batches = read_marks([e.message.value for e in batch])
             written = await self.in_thread("rollup", lambda: self.rollups.update_spans(spans))
             if batches:
-                await self.in_thread("rollup", lambda: mark_rolled_up(self.rollups.client, batches))
+                await self.in_thread("rollup", lambda: self._set_up(self._ledger).write(batches))
             m.sink_batch_rows.labels("rollup").observe(written)
             m.sink_insert_seconds.labels("rollup").observe(self.rollups.last_seconds)
             m.last_stored_timestamp.labels("rollup").set(time.time())
@@ -601,7 +604,7 @@ class DatumWorker:
                 removed = [c.removed for c in changes if c.removed is not None]
                 # what a delete or move takes away: the stored record's properties, read before the write
                 gone = await self.in_thread("auxiliary", lambda: stored_properties(self.aux_client, removed))
-                await self.in_thread("auxiliary", lambda: write_changes(self.aux_client, changes))
+                await self.in_thread("auxiliary", lambda: self._set_up(self._aux_sink).write(changes))
                 marks: list[Change] = [(k.node_id, k.source_id, k.created_ms, p, "a")
                                        for k, props in zip(removed, gone, strict=True) for p in sorted(props)]
                 for c in changes:
@@ -715,7 +718,7 @@ class DatumWorker:
             target = self.latest_sink if latest else self.sink
             t0 = time.perf_counter()
             with stage_named("store"):
-                target.write_columns(rows, stamp)
+                target.write(rows, stamp)
             m.sink_insert_seconds.labels(label).observe(time.perf_counter() - t0)
 
         await self.in_thread(label, insert)
@@ -732,7 +735,7 @@ class DatumWorker:
         rows = [(lid, letter.at_ms, letter.stage, [r.rule for r in letter.reasons],
                  letter.origin.topic if letter.origin else "", letter.origin.partition if letter.origin else -1,
                  letter.origin.offset if letter.origin else -1, body) for letter, lid, body in encoded]
-        await self.in_thread("dead_letters", lambda: write_dead_letters(self.sink.client, rows))
+        await self.in_thread("dead_letters", lambda: self._set_up(self._letters).write(rows))
         futures = []
         for _letter, lid, body in encoded:
             futures.append(await self.deadletter_topic.send(key=lid.encode(), value=body))
@@ -749,11 +752,10 @@ class DatumWorker:
         link = self.metadata
         # warm-up, the metadata agent and the timer all refresh: one at a time
         async with self._refresh_lock:
-            version = await asyncio.to_thread(link.version)
-            if force or self.catalog is None or version != self.catalog.version:
-                self.catalog = await asyncio.to_thread(link.load)
-                log.info("catalog version %d: %d data-time stretch(es)", self.catalog.version,
-                         len(self.catalog.catalogs))
+            catalog = await asyncio.to_thread(link.catalog, force)
+            if catalog is not self.catalog:  # made again: the log moved (or forced)
+                self.catalog = catalog
+                log.info("catalog version %d: %d data-time stretch(es)", catalog.version, len(catalog.catalogs))
 
     async def wait_for_history_log(self) -> None:
         """Migrate the history log, waiting (and saying so) while PostgreSQL is away."""
@@ -761,9 +763,9 @@ class DatumWorker:
         link = self.metadata
         waiting_since: float | None = None
 
-        def migrate() -> list[str]:
+        def migrate() -> None:
             try:
-                return link.migrate()
+                link.migrate()
             except Exception as exc:
                 # any failure to reach or migrate the log is waited out: no datum is validated
                 # and no metadata event is applied without it

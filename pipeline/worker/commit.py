@@ -91,10 +91,6 @@ def _transient_types() -> tuple[type[BaseException], ...]:
 
 
 TRANSIENT_TYPES = _transient_types()
-# ClickHouse error codes that say "the server is busy or away", not "this data is wrong":
-# TIMEOUT_EXCEEDED, TOO_MANY_SIMULTANEOUS_QUERIES, MEMORY_LIMIT_EXCEEDED, TOO_MANY_PARTS,
-# NETWORK_ERROR, SOCKET_TIMEOUT, UNKNOWN_TABLE/UNKNOWN_DATABASE (a store being re-created), ...
-TRANSIENT_CLICKHOUSE_CODES = frozenset({159, 202, 241, 252, 210, 209, 60, 81, 394, 425, 999, 242, 164})
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -111,17 +107,10 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, KafkaException):
         err = exc.args[0] if exc.args else None
         return bool(getattr(err, "retriable", lambda: True)())
-    from clickhouse_connect.driver.exceptions import DatabaseError
+    # ClickHouse's "busy or away" (its codes are the ClickHouse sinks' knowledge: sinks/clickhouse.py)
+    from sinks.clickhouse import busy_for
 
-    if isinstance(exc, DatabaseError):
-        text = str(exc)
-        # clickhouse-connect puts the server's "Code: N." in the message
-        for code in TRANSIENT_CLICKHOUSE_CODES:
-            if f"Code: {code}." in text:
-                return True
-        # an HTTP 5xx without a ClickHouse code: a proxy or the endpoint itself failing
-        return "HTTPDriver" in text and "Code:" not in text
-    return False
+    return busy_for(exc) is not None
 
 
 def describe(exc: BaseException) -> str:

@@ -44,11 +44,12 @@ from sinks.clickhouse import raw_retention_days
 from sinks.rollups import (
     NEAR_MS,
     NeighbourRequest,
+    RollupSink,
+    RollupWrite,
     Window,
     read_neighbours,
     read_rollups,
     read_series_for_recompute,
-    write_rollups,
 )
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class RollupMaintainer:
                  tolerances: Tolerances = DEFAULT_TOLERANCES,
                  pulse: Callable[[], frozenset[str]] = frozenset) -> None:
         self.client = client
+        self.sink = RollupSink(client)  # set up by whoever runs the maintainer
         self.timezone_at = timezone_at
         self.tol = tolerances
         # identifiers of the PULSE datastreams (their instantaneous samples are summed)
@@ -136,7 +138,7 @@ class RollupMaintainer:
         t0 = time.perf_counter()
         stale = self.stale_of_spans(spans)
         out = self.refresh([(n, s, tz, st) for (n, s, tz), st in stale.items()])
-        written = write_rollups(self.client, out.rows, out.tombstones)
+        written = self.sink.write(RollupWrite(out.rows, out.tombstones))
         self.last_seconds = time.perf_counter() - t0
         self.last_buckets = written
         log.debug("rollups: %d bucket(s) from %d span(s) in %.3fs", written, len(spans), self.last_seconds)
@@ -350,7 +352,7 @@ def recompute_range(
         lo, hi = max(start_ms, chunk[0][0]), min(end_ms, chunk[-1][1])
         halfhours = [s for s, _ in buckets_between(lo, hi, "halfhour", z)]
         part = maintainer.refresh([(node, source, z.key, halfhours)])
-        written += write_rollups(client, part.rows, part.tombstones)
+        written += maintainer.sink.write(RollupWrite(part.rows, part.tombstones))
         if progress is not None:
             progress.update(len(chunk))
             progress.set_postfix(rows=written)

@@ -104,7 +104,7 @@ def write(client: Any, datums: list[Datum]) -> None:
     cols = RawColumns()
     for d in datums:
         cols.add_datum(d)
-    RawSink(client).write_columns(cols)
+    RawSink(client).write(cols)
 
 
 # --- the API process -------------------------------------------------------------------------

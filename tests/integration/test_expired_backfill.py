@@ -125,7 +125,7 @@ def test_backfill_past_its_storage_period_keeps_rollups_and_expires_raw(
     late = Datum(1, "/S1/B1/M1", START + 10 * 60_000 + 1, {"watts": 1.0}, {}, {}, ())
     late_rows = accept_batch([late], now_ms, catalog).rows
     assert len(late_rows) == 1 and late_rows.ttl_days == [90]
-    RawSink(client).write_columns(late_rows)
+    RawSink(client).write(late_rows)
     maintainer = RollupMaintainer(client, lambda node, ms: "UTC", pulse=lambda: pulse)
     maintainer.update(late_rows)
     assert maintainer.kept_expired > 0

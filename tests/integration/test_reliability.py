@@ -86,7 +86,7 @@ def test_a_dead_letter_sent_again_is_kept_once(settings) -> None:  # type: ignor
     """A batch redelivered after a crash refuses its bad input again: same id, one row in the view."""
     from pipeline.wire.codec import DeadLetter, Origin
     from processors.datum import Rejection
-    from sinks.clickhouse import write_dead_letters
+    from sinks.clickhouse import DeadLetterSink
 
     _s, client = settings
     first = DeadLetter([Rejection("envelope.corrupt", "x")], Origin("datum..a", 0, 7), payload=b"junk", at_ms=BASE_MS)
@@ -95,8 +95,8 @@ def test_a_dead_letter_sent_again_is_kept_once(settings) -> None:  # type: ignor
     other = DeadLetter([Rejection("envelope.corrupt", "x")], Origin("datum..a", 0, 8), payload=b"junk", at_ms=BASE_MS)
     assert first.letter_id == again.letter_id != other.letter_id
     for letter in (first, again, other):
-        write_dead_letters(client, [(letter.letter_id, letter.at_ms, letter.stage, ["envelope.corrupt"], "datum..a", 0,
-                                     letter.origin.offset if letter.origin else -1, letter.to_json())])
+        DeadLetterSink(client).write([(letter.letter_id, letter.at_ms, letter.stage, ["envelope.corrupt"], "datum..a",
+                                       0, letter.origin.offset if letter.origin else -1, letter.to_json())])
     assert int(client.command("SELECT count() FROM dead_letter")) == 2
 
 
@@ -142,7 +142,7 @@ def test_rollups_missing_for_stored_rows_are_repaired_at_start(settings, tmp_pat
         d = meter(4, "/R4/m", k)
         for kind, name, val in d.samples():
             rows.add(d, kind, name, val)
-    RawSink(client).write_columns(rows, inserted_ms=int(time.time() * 1000))
+    RawSink(client).write(rows, inserted_ms=int(time.time() * 1000))
     assert len(not_rolled_up(client)) == 1
     hours = "SELECT count() FROM rollup WHERE periodicity = 'hour' AND node_id = 4"
     assert int(client.command(hours)) == 0
@@ -162,7 +162,7 @@ def test_ledger_marks_only_what_it_names(settings) -> None:  # type: ignore[no-u
     for stamp, node in ((now, 5), (now + 1, 6)):
         rows = RawColumns()
         rows.add(meter(node, "/R5/m", 1), "i", "watts", 1.0)
-        RawSink(client).write_columns(rows, inserted_ms=stamp)
+        RawSink(client).write(rows, inserted_ms=stamp)
     assert {(n, t) for n, _s, t, _c in not_rolled_up(client)} == {(5, now), (6, now + 1)}
     mark_rolled_up(client, [(5, "/R5/m", now)])
     assert [(n, t) for n, _s, t, _c in not_rolled_up(client)] == [(6, now + 1)]
@@ -225,7 +225,7 @@ def test_rate_baselines_of_many_streams_in_one_query_equal_one_by_one(settings) 
             d = meter(node, source, k)
             rows.add(d, "a", "wattHours", 10.0 * k + node, "energy")
             rows.add(d, "i", "watts", float(k), "power")
-    RawSink(client).write_columns(rows)
+    RawSink(client).write(rows)
     firsts = {(7, "/F/a"): BASE_MS + 3000, (7, "/F/b"): BASE_MS + 10_000, (8, "/F/a"): BASE_MS,
               (9, "/F/quote's"): BASE_MS + 1500, (10, "/F/none"): BASE_MS + 9000}
     many = rate_baselines_many(client, firsts, chunk=2)

@@ -172,7 +172,7 @@ def test_maintainer_on_shuffled_batches_matches_reference(clickhouse_url: str, c
         cols = RawColumns()
         for d in msg:
             cols.add_datum(d)
-        sink.write_columns(cols)
+        sink.write(cols)
         t0 = time.perf_counter()
         maintainer.update(cols)
         timings.append(time.perf_counter() - t0)

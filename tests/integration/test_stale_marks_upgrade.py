@@ -34,7 +34,7 @@ def test_old_json_marks_are_still_rolled_up_and_unreadable_marks_dead_lettered(
     for k in range(0, 3600, 60):  # an hour of a meter, stored by a worker of the old version
         rows.add_datum(Datum(node, source, BASE_MS + k * 1000, {"watts": float(k)}, a={"wattHours": float(10 * k)}))
     stamp = int(time.time() * 1000)
-    RawSink(client).write_columns(rows, inserted_ms=stamp)
+    RawSink(client).write(rows, inserted_ms=stamp)
     # the ledger lists it so the start-up repair leaves it alone: only the old mark can roll it up
     mark_rolled_up(client, [(node, source, stamp)])
     assert not not_rolled_up(client)

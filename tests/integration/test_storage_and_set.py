@@ -71,7 +71,7 @@ def test_ttl_expires_one_datastream_and_never_keeps_only_the_latest(vault, tmp_p
     for prop, value, ttl in client.query("SELECT property, value, ttl_days FROM datum_raw FINAL").result_rows:
         rows.add(Datum(5, "/vault/1", created, {prop: value}), "i", prop, value, "vault", ttl=ttl)
     client.command("TRUNCATE TABLE datum_raw")
-    RawSink(client).write_columns(rows, inserted_ms=int(time.time() * 1000) - (RAW_GRACE_DAYS * DAY + 60_000))
+    RawSink(client).write(rows, inserted_ms=int(time.time() * 1000) - (RAW_GRACE_DAYS * DAY + 60_000))
     assert int(client.command("SELECT count() FROM datum_raw")) == 2  # not expired yet: 15 s to go
     time.sleep(max(0.0, (expires_ms - time.time() * 1000) / 1000) + 1.5)
     client.command("OPTIMIZE TABLE datum_raw FINAL")  # a forced merge applies the row TTL

@@ -80,20 +80,21 @@ class FakeClient:
 @pytest.fixture
 def clickhouse(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     """connect and the schema steps, recorded; the first raw-schema attempt fails (ClickHouse not up yet)."""
-    calls: dict[str, list[Any]] = {"connect": [], "schema": [], "rollup_schema": []}
+    calls: dict[str, list[Any]] = {"connect": [], "schema": [], "rollup_schema": [], "aux_schema": []}
 
     def connect(_url: str) -> FakeClient:
         calls["connect"].append(client := FakeClient(len(calls["connect"])))
         return client
 
-    def ensure_schema(client: FakeClient) -> None:
-        calls["schema"].append(client)
+    def raw_setup(sink: Any) -> None:
+        calls["schema"].append(sink.client)
         if len(calls["schema"]) == 1:
             raise ConnectionError("ClickHouse is starting")
 
     monkeypatch.setattr(worker_app, "connect", connect)
-    monkeypatch.setattr(worker_app, "ensure_schema", ensure_schema)
-    monkeypatch.setattr(worker_app, "ensure_rollup_schema", calls["rollup_schema"].append)
+    monkeypatch.setattr(worker_app.RawSink, "setup", raw_setup)
+    monkeypatch.setattr(worker_app.RollupSink, "setup", lambda sink: calls["rollup_schema"].append(sink.client))
+    monkeypatch.setattr(worker_app.AuxiliarySink, "setup", lambda sink: calls["aux_schema"].append(sink.client))
     return calls
 
 
@@ -110,6 +111,7 @@ def test_the_stores_are_set_up_in_one_step_and_read_without_side_effects(
     w.setup_stores()  # and once done, nothing more
     first_failed, raw, rollups, aux = clickhouse["connect"]
     assert clickhouse["schema"] == [first_failed, raw] and clickhouse["rollup_schema"] == [rollups]
+    assert clickhouse["aux_schema"] == [aux]
     assert w.sink.client is raw and w.latest_sink.client is raw and w.latest_sink.table == LATEST_TABLE
     assert w.rollups.client is rollups and w.aux_client is aux
     assert not any(c.closed for c in clickhouse["connect"][1:])
