@@ -39,7 +39,7 @@ lint: install
 	$(BIN)/ruff check pipeline processors sinks tests benchmarks
 
 typecheck: install
-	$(BIN)/mypy processors
+	$(BIN)/mypy processors pipeline sinks
 
 # Build the wheel, install it in a fresh venv, run datums through it (also run by .ci/run).
 wheel-smoke:

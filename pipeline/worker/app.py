@@ -36,7 +36,7 @@ import asyncio
 import logging
 import time
 from collections import ChainMap
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar, cast
@@ -548,7 +548,7 @@ class DatumWorker:
         async def attempt(batch: Sequence[EventT[Any]]) -> list[DeadLetter]:
             t0 = time.perf_counter()
             with stage_named("rollup"):
-                spans, batches = read_marks([e.message.value for e in batch])
+                spans, batches = read_marks([e.message.value or b"" for e in batch])
             written = await self.in_thread("rollup", lambda: self.rollups.update_spans(spans))
             if batches:
                 await self.in_thread("rollup", lambda: self._set_up(self._ledger).write(batches))
@@ -787,6 +787,11 @@ class DatumWorker:
         else:
             log.info("history log migrated")
 
+    async def handle_metadata_batch(self, events: Sequence[EventT[Any]], ack: Callable[[], Any]) -> None:
+        """The metadata agent takes one event at a time (each applied and acked in order)."""
+        (event,) = events
+        await self.handle_metadata(event, ack)
+
     async def handle_metadata(self, event: EventT[Any], ack: Callable[[], Any]) -> None:
         """Apply one metadata event to the history log, then ack it: never acked unapplied.
         Refusals are logged and dead-lettered; an unreachable log is waited for."""
@@ -867,59 +872,72 @@ class DatumWorker:
                     await stream.ack(event)
             return ack
 
+        Handler = Callable[[Sequence[EventT[Any]], Callable[[], Any]], Awaitable[None]]
+
+        def batch_of(handler: Handler, stream: faust.StreamT[Any], events: Sequence[EventT[Any]]
+                     ) -> Callable[[], Awaitable[None]]:
+            # one batch's handling, as `guarded` runs (and may run again) it
+            async def run() -> None:
+                await handler(events, acker(stream, events))
+            return run
+
         @app.agent(self.datum_topic, name="datums")
         async def datums(stream: faust.StreamT[Any]) -> None:
             limit = faust_fixes.WeightedLimit(stream, max_datums, max_datums, weight)
             async for events in take_events(stream, limit, s.batch_within_s):
                 # validate with the catalog from the history log, never without it
                 await self.catalog_ready.wait()
-                await self.guarded("datums", lambda events=events: self.handle(events, acker(stream, events)))
+                await self.guarded("datums", batch_of(self.handle, stream, events))
 
-        @app.on_partitions_revoked.connect
-        async def on_revoked(_app: Any, revoked: Any, **_kw: Any) -> None:
+        # receivers of Faust's signals: (sender, *args, signal=..., **kwargs)
+        async def on_revoked(_app: Any, /, *args: Any, signal: Any = None, **_kw: Any) -> None:
+            (revoked,) = args
             faust_fixes.forget_taken(app.consumer, revoked)
             self.positions.forget(revoked)
             self.forget_streams(revoked)
 
-        @app.on_partitions_assigned.connect
-        async def on_assigned(_app: Any, assigned: Any, **_kw: Any) -> None:
+        app.on_partitions_revoked.connect(on_revoked)
+
+        async def on_assigned(_app: Any, /, *_args: Any, signal: Any = None, **_kw: Any) -> None:
             # A new assignment may follow a broker that lost its data (the embedded one restarted
             # under running workers): the stale marks it held are gone, so look again (after start-up,
             # which runs the same repair itself).
             if self.catalog_ready.is_set():
                 asyncio.ensure_future(self.guarded("rollups", self.repair_rollups))
 
-        @app.timer(s.topic_scan_interval_s)
+        app.on_partitions_assigned.connect(on_assigned)
+
+        # Faust's timer and task decorators are untyped: registered by a call, the functions keep their types
         async def discover_sources() -> None:
             await self.grow_subscription()
 
-        @app.timer(5.0)
+        app.timer(s.topic_scan_interval_s)(discover_sources)
+
         async def lag() -> None:
             # the positions come from the sensor's hooks; the end offsets from the consumer, now
             consumer = app.consumer
             self.positions.update_lag(consumer.assignment(), consumer.highwater)
 
+        app.timer(5.0)(lag)
+
         @app.agent(self.stale_topic, name="rollups")
         async def rollups(stream: faust.StreamT[Any]) -> None:
             async for events in take_events(stream, 500, s.rollup_within_s):
                 await self.catalog_ready.wait()  # time zones come from the catalog
-                await self.guarded("rollups", lambda events=events: self.handle_marks(events, acker(stream, events)))
+                await self.guarded("rollups", batch_of(self.handle_marks, stream, events))
 
         @app.agent(self.aux_topic, name="auxiliary")
         async def auxiliary(stream: faust.StreamT[Any]) -> None:
             async for events in take_events(stream, 200, 0.5):
                 await self.catalog_ready.wait()
-                await self.guarded("auxiliary",
-                                   lambda events=events: self.handle_auxiliary(events, acker(stream, events)))
+                await self.guarded("auxiliary", batch_of(self.handle_auxiliary, stream, events))
 
         @app.agent(self.metadata_topic, name="metadata")
         async def metadata(stream: faust.StreamT[Any]) -> None:
             async for events in take_events(stream, 1, 0.1):
                 for event in events:
-                    await self.guarded("metadata",
-                                       lambda event=event: self.handle_metadata(event, acker(stream, [event])))
+                    await self.guarded("metadata", batch_of(self.handle_metadata_batch, stream, [event]))
 
-        @app.timer(1.0)
         async def catalog() -> None:
             if not self.metadata_ready.is_set():
                 return
@@ -928,7 +946,8 @@ class DatumWorker:
             except Exception as exc:  # PostgreSQL away: keep the catalog we have
                 log.warning("catalog refresh failed: %s", exc)
 
-        @app.task
+        app.timer(1.0)(catalog)
+
         async def warm_up() -> None:
             if s.metrics_port:
                 start_http_server(s.metrics_port, addr=s.metrics_host, registry=self.registry)
@@ -948,6 +967,8 @@ class DatumWorker:
                 log.warning("no PostgreSQL DSN: templates are not applied, every source is stored unvalidated")
                 self.catalog_ready.set()
             await self.repair_rollups()
+
+        app.task(warm_up)
 
     async def grow_subscription(self) -> None:
         pattern = self.topics.source_pattern
