@@ -22,6 +22,7 @@ from processors.datamodel import parse_datamodel
 from processors.metadata import Interval, KeyValue, MetadataEvent, key_text, parse_event
 from sinks import history
 from sinks.history import ApplyResult
+from tests.samples import health_model
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +35,7 @@ QRATING = {
 Q1 = {"qrating": QRATING}
 Q2 = {"qrating": {**QRATING, "version": "2.0.0", "max_allowed": {"value": 200, "label": "DANGER"}},
       "storage": {"period": "DAYS", "total": 90}}
-HEALTH = {
-    "identifier": "health", "name": "health", "description": "heart monitoring", "version": "1.2",
-    "categories": [{"identifier": "heart", "name": "heart", "datastreams": [{
-        "identifier": "health.heart.rate", "name": "rate", "description": "beats per minute",
-        "schema": {"type": "number"}, "storage": {"period": "DAYS", "total": 30},
-        "qrating": QRATING,
-    }]}],
-}
+HEALTH = health_model(QRATING)
 SRC: dict[str, KeyValue] = {"node_id": 1, "source_id": "/S1/HP1"}
 BIND: dict[str, KeyValue] = {"node_id": 1, "source_pattern": "/S1/**", "valid_from_ms": None}
 TPL: dict[str, KeyValue] = {"datamodel": "health", "datastream": "health.heart.rate"}

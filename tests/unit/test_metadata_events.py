@@ -30,6 +30,7 @@ from processors.metadata import (
     parse_event,
     references,
 )
+from tests.samples import health_model
 
 
 def t(day: str) -> datetime:
@@ -345,14 +346,7 @@ def test_binding_values_use_the_binding_parser() -> None:
                            {"datamodel": "health", "node_id": 2})) == "binding.key_in_value"
 
 
-HEALTH = {
-    "identifier": "health", "name": "health", "description": "heart", "version": "1.2",
-    "categories": [{"identifier": "heart", "name": "heart", "datastreams": [{
-        "identifier": "health.heart.rate", "name": "rate", "description": "rate",
-        "schema": {"type": "number"}, "storage": {"period": "DAYS", "total": 30},
-        "qrating": QRATING,
-    }]}],
-}
+HEALTH = health_model(QRATING)
 
 
 def test_datamodel_values_use_the_datamodel_parser() -> None:

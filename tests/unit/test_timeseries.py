@@ -267,15 +267,19 @@ def test_nothing_acceptable_is_406(accept: str) -> None:
 maybe_index = st.none() | st.integers(-60, 60)
 
 
-@given(st.integers(0, 50), maybe_index, maybe_index, st.integers(-5, 60), st.integers(-5, 1200))
-def test_page_is_python_slice_then_offset_and_limit(count: int, start: int | None, end: int | None,
-                                                    offset: int, limit: int) -> None:
+def page_query(start: int | None, end: int | None, offset: int, limit: int) -> ts.Query:
     params = {"series": "*", "offset": str(offset), "limit": str(limit)}
     if start is not None:
         params["startIndex"] = str(start)
     if end is not None:
         params["endIndex"] = str(end)
-    query = q(**params)
+    return q(**params)
+
+
+@given(st.integers(0, 50), maybe_index, maybe_index, st.integers(-5, 60), st.integers(-5, 1200))
+def test_page_is_python_slice_then_offset_and_limit(count: int, start: int | None, end: int | None,
+                                                    offset: int, limit: int) -> None:
+    query = page_query(start, end, offset, limit)
     rows = list(range(count))
     selected = rows[start:end]
     want = selected[max(0, offset):][:min(max(0, limit), 1000)]
@@ -288,12 +292,7 @@ def test_page_is_python_slice_then_offset_and_limit(count: int, start: int | Non
 @given(st.integers(0, 50), st.none() | st.integers(0, 60), st.none() | st.integers(0, 60),
        st.integers(0, 60), st.integers(0, 1000))
 def test_page_without_count_agrees(count: int, start: int | None, end: int | None, offset: int, limit: int) -> None:
-    params = {"series": "*", "offset": str(offset), "limit": str(limit)}
-    if start is not None:
-        params["startIndex"] = str(start)
-    if end is not None:
-        params["endIndex"] = str(end)
-    query = q(**params)
+    query = page_query(start, end, offset, limit)
     fixed = ts.page_without_count(query)
     assert fixed is not None
     w = ts.page(count, query)
