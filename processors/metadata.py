@@ -419,6 +419,21 @@ def _optional_time(d: Mapping[str, object], name: str) -> datetime | None:
     return None if raw is None else parse_time(raw, name)
 
 
+def _field_with_nul(doc: Mapping[str, object]) -> str | None:
+    """The first top-level field with a U+0000 anywhere in it (keys of nested objects too)."""
+
+    def has_nul(v: object) -> bool:
+        if isinstance(v, str):
+            return "\x00" in v
+        if isinstance(v, Mapping):
+            return any(has_nul(k) or has_nul(x) for k, x in v.items())
+        if isinstance(v, list | tuple):
+            return any(has_nul(x) for x in v)
+        return False
+
+    return next((str(k) for k, v in doc.items() if has_nul(k) or has_nul(v)), None)
+
+
 def parse_event(raw: str | bytes | Mapping[str, object]) -> MetadataEvent:
     """Parse and validate one event (JSON text or a decoded object) into a MetadataEvent.
 
@@ -437,6 +452,9 @@ def parse_event(raw: str | bytes | Mapping[str, object]) -> MetadataEvent:
     unknown = sorted(set(d) - set(EVENT_FIELDS))
     if unknown:
         raise MetadataEventError(unknown[0], "event.unknown_field", "is not an event field")
+    nul = _field_with_nul(d)
+    if nul is not None:  # PostgreSQL's text and jsonb cannot hold U+0000: refused here, not by the store
+        raise MetadataEventError(nul, "event.nul_character", "contains U+0000, which the history log cannot store")
 
     raw_id = d.get("event_id")
     if not isinstance(raw_id, str):

@@ -408,3 +408,18 @@ def test_catalog_picks_the_interval_of_the_data_time() -> None:
     assert cat.template_at("health", "health.heart.rate", APR) == {
         "storage": {"period": "DAYS", "total": 7}}
     assert cat.datamodels["health"].version == "1.2"
+
+
+@pytest.mark.parametrize(("field", "change"), [
+    ("value", {"value": {"name": "a\x00b"}}),
+    ("value", {"value": {"name": "a", "tags": ["ok", "b\x00"]}}),
+    ("value", {"value": {"na\x00me": "a"}}),
+    ("key", {"key": {"node_id": 1, "x\x00": 2}}),
+    ("comment", {"comment": "why\x00"}),
+])
+def test_a_nul_character_is_refused_before_it_reaches_the_store(field: str, change: dict[str, Any]) -> None:
+    """jsonb and text cannot hold U+0000: such an event used to raise in the store (and drop a
+    whole import batch); now it is refused, naming the field."""
+    with pytest.raises(MetadataEventError) as caught:
+        parse_event({**raw("node", {"node_id": 1}, "upsert", {"name": "a"}), **change})
+    assert (caught.value.field, caught.value.rule) == (field, "event.nul_character")
