@@ -875,10 +875,6 @@ class MetadataCatalog:
     bindings: tuple[Mapping[str, JsonValue], ...]
     node_timezones: Mapping[int, tuple[TimedValue, ...]]
 
-    def timezone_at(self, node_id: int, t: datetime) -> str | None:
-        v = value_at(self.node_timezones.get(node_id, ()), t)
-        return None if v is None else str(v["tz"])
-
     def template_at(
         self, datamodel: str, datastream: str, t: datetime
     ) -> Mapping[str, JsonValue] | None:

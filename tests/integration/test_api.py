@@ -38,6 +38,7 @@ from pipeline.wire.producer import DatumProducer
 from pipeline.worker.rollups import recompute_range
 from processors import timeseries as ts
 from processors.datum import Datum
+from processors.metadata import value_at
 from processors.rollup import DEFAULT_TOLERANCES, PERIODICITIES, RawPoint, points_from_datum
 from processors.rows import RawColumns
 from sinks import history
@@ -779,6 +780,7 @@ def test_pipeline_today_week_year_and_now_in_the_node_zone(
 def _zone_known(dsn: str) -> bool:
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            return history.current_catalog(conn).timezone_at(NODE, datetime.now(UTC)) == ZONE
+            zones = history.current_catalog(conn).node_timezones.get(NODE, ())
+            return value_at(zones, datetime.now(UTC)) == {"tz": ZONE}
     except psycopg.Error:
         return False

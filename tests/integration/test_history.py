@@ -19,7 +19,7 @@ from psycopg import errors
 from pipeline.history.events import datamodel_events
 from processors.binding import Catalog, parse_binding
 from processors.datamodel import parse_datamodel
-from processors.metadata import Interval, KeyValue, MetadataEvent, key_text, parse_event
+from processors.metadata import Interval, KeyValue, MetadataEvent, key_text, parse_event, value_at
 from sinks import history
 from sinks.history import ApplyResult
 from tests.samples import health_model
@@ -388,8 +388,8 @@ def test_current_catalog_feeds_the_validators(replayed: psycopg.Connection[Any])
         (Interval(None, d("2024-03-01")), Q1), (Interval(d("2024-03-01"), None), Q2)]
     assert cat.template_at("health", "health.heart.rate", d("2024-02-01")) == Q1
     assert cat.template_at("health", "health.heart.rate", d("2024-04-01")) == Q2
-    assert cat.timezone_at(1, d("2024-02-01")) == "Europe/Oslo"
-    assert cat.timezone_at(1, d("2024-09-01")) == "Europe/Berlin"
+    assert value_at(cat.node_timezones[1], d("2024-02-01")) == {"tz": "Europe/Oslo"}
+    assert value_at(cat.node_timezones[1], d("2024-09-01")) == {"tz": "Europe/Berlin"}
     assert cat.bindings == ({**BIND, **BINDING},)
     # what processors.binding builds its resolver from
     resolver = Catalog([parse_datamodel(m.doc) for m in cat.datamodels.values()],

@@ -29,6 +29,7 @@ from processors.metadata import (
     key_text,
     parse_event,
     references,
+    value_at,
 )
 from tests.samples import health_model
 
@@ -400,10 +401,10 @@ def test_catalog_picks_the_interval_of_the_data_time() -> None:
         node_timezones={1: (TimedValue(iv(JAN, MAR), {"tz": "UTC"}),
                             TimedValue(iv(MAR, None), {"tz": "Europe/Oslo"}))},
     )
-    assert cat.timezone_at(1, FEB) == "UTC"
-    assert cat.timezone_at(1, MAR) == "Europe/Oslo"
-    assert cat.timezone_at(1, t("2023-06-01T00:00:00")) is None
-    assert cat.timezone_at(2, FEB) is None
+    assert value_at(cat.node_timezones[1], FEB) == {"tz": "UTC"}
+    assert value_at(cat.node_timezones[1], MAR) == {"tz": "Europe/Oslo"}
+    assert value_at(cat.node_timezones[1], t("2023-06-01T00:00:00")) is None
+    assert 2 not in cat.node_timezones
     assert cat.template_at("health", "health.heart.rate", FEB) == {"qrating": QRATING}
     assert cat.template_at("health", "health.heart.rate", APR) == {
         "storage": {"period": "DAYS", "total": 7}}
