@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.wire.topics import stream_key  # noqa: E402
-from pipeline.worker.app import column_marks, read_marks  # noqa: E402
+from pipeline.worker.batch import column_marks, read_marks  # noqa: E402
 from processors.datum import Datum  # noqa: E402
 from processors.rows import RawColumns  # noqa: E402
 

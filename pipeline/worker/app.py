@@ -37,12 +37,9 @@ import logging
 import time
 from collections import ChainMap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, TypeVar, cast
 
 import faust
-import numpy as np
 from clickhouse_connect.driver.client import Client
 from faust.types import EventT
 from prometheus_client import CollectorRegistry, start_http_server
@@ -53,29 +50,36 @@ from pipeline.wire.codec import (
     DATUMS_HEADER,
     DEAD_LETTER_MAX_BYTES,
     MIN_DEAD_LETTER_BYTES,
-    SCHEMA_HEADER,
     DeadLetter,
-    DecodeError,
     Origin,
-    decode_batch,
-    decode_columns,
     message_weight,
 )
 from pipeline.wire.kafka_config import client_config, faust_credentials
 from pipeline.wire.producer import TopicAdmin, end_offsets
-from pipeline.wire.topics import Topics, stream_key
+from pipeline.wire.topics import Topics
 from pipeline.worker import faust_fixes
-from pipeline.worker.commit import Committer, Isolated, RetryPolicy, Unavailable, describe, stage_named
+from pipeline.worker.batch import (
+    Part,
+    Stamps,
+    column_marks,
+    event_letter,
+    header,
+    internal_letter,
+    process_parts,
+    read_marks,
+    split_part,
+    stale_marks,
+)
+from pipeline.worker.commit import Committer, RetryPolicy, Unavailable, stage_named
 from pipeline.worker.metrics import Metrics, build_metrics, observe_many
 from pipeline.worker.rollups import RollupMaintainer
 from pipeline.worker.sensor import PositionMonitor
 from processors.auxiliary import AuxChange, AuxError, parse_change_bytes
 from processors.catalog_versions import VersionedCatalog
-from processors.columns import DatumColumns, accept_columns, first_accumulating
-from processors.datum import Datum, Rejection
+from processors.datum import Rejection
 from processors.qrating import RateState
-from processors.rows import RawColumns, Scoring, accept_batch
-from processors.stale_marks import Change, SpanColumns, decode_marks, encode_columns
+from processors.rows import RawColumns, Scoring
+from processors.stale_marks import Change
 from sinks.auxiliary import AuxiliarySink, stored_properties
 from sinks.base import Sink
 from sinks.clickhouse import LATEST_TABLE, DeadLetterSink, RawSink, connect, rate_baselines_many
@@ -100,214 +104,6 @@ def take_events(stream: faust.StreamT[Any], max_: int | faust_fixes.WeightedLimi
 
 def faust_broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
-
-
-@dataclass
-class BatchOutcome:
-    rows: RawColumns = field(default_factory=RawColumns)
-    latest: RawColumns = field(default_factory=RawColumns)
-    letters: list[DeadLetter] = field(default_factory=list)
-    datums: int = 0
-    accepted: int = 0
-    newest_created_ms: int = 0
-    # stored, but already past their datastream's storage period (a backfill): rolled up, raw expires
-    samples_expired: int = 0
-    datums_expired: int = 0
-    # per stream of the batch, the topic partition its datums came from
-    partitions: dict[StreamKey, PartitionKey] = field(default_factory=dict)
-
-
-def streams_of(cols: DatumColumns) -> set[StreamKey]:
-    """The (node, source) streams of a message's datums: one, as the producer sends them
-    (pipeline/wire/producer.py), checked without a set of every datum."""
-    n = len(cols)
-    if not n:
-        return set()
-    node, source = int(cols.node_id[0]), cols.source_id[0]
-    if cols.source_id.count(source) == n and bool((cols.node_id == node).all()):
-        return {(node, source)}
-    return set(zip(cols.node_id.tolist(), cols.source_id, strict=True))
-
-
-def header(headers: Any, name: str) -> str | None:
-    if not headers:
-        return None
-    items = headers.items() if isinstance(headers, dict) else headers
-    for key, value in items:
-        if key == name:
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return None
-
-
-@dataclass
-class Part:
-    """A unit of a datum batch: a whole message (decoded when processed), or some of the datums
-    of one message (once a failing message is being narrowed down to the datum at fault)."""
-
-    message: Any
-    datums: list[Datum] | None = None
-
-    @property
-    def origin(self) -> Origin:
-        msg = self.message
-        return Origin(msg.topic, msg.partition, msg.offset)
-
-
-@dataclass
-class _Run:
-    """Consecutive parts of a batch checked together: whole messages as columns, or the datums
-    of one part (a failing message narrowed down), which go through the reference."""
-
-    origins: list[Origin]
-    columns: list[DatumColumns] = field(default_factory=list)
-    datums: list[Datum] | None = None
-
-    @cached_property
-    def merged(self) -> DatumColumns:
-        """The run's datums as one set of columns, built once."""
-        return DatumColumns.from_datums(self.datums) if self.datums is not None else DatumColumns.concat(self.columns)
-
-
-def process_parts(
-    parts: Sequence[Part],
-    now_ms: int,
-    catalog: VersionedCatalog | None = None,
-    scoring: Scoring | None = None,
-    prepare: Callable[[dict[tuple[int, str], int]], None] | None = None,
-) -> BatchOutcome:
-    """Decode and check parts of a batch (pure, but for `prepare`).
-
-    Whole messages are decoded straight into columns and checked together (processors/columns.py);
-    parts already taken apart into datums go through the reference, in their place in the batch.
-    `prepare` sees, before any datum is accepted, per stream the first created of a datum with an
-    accumulating sample (the worker loads the rate baselines of streams it has not seen since it
-    started)."""
-    out = BatchOutcome()
-    scoring = scoring if scoring is not None else Scoring()
-    runs: list[_Run] = []
-    for part in parts:
-        origin = part.origin
-        if part.datums is not None:
-            runs.append(_Run([origin], datums=part.datums))
-            out.datums += len(part.datums)
-            out.partitions.update(((d.node_id, d.source_id), (origin.topic, origin.partition)) for d in part.datums)
-            continue
-        msg = part.message
-        try:
-            with stage_named("decode"):
-                cols = decode_columns(msg.value, header(msg.headers, SCHEMA_HEADER))
-        except DecodeError as exc:
-            out.letters.append(
-                DeadLetter([Rejection(exc.rule, str(exc))], origin, payload=bytes(msg.value or b""))
-            )
-            continue
-        if not runs or runs[-1].datums is not None:
-            runs.append(_Run([]))
-        runs[-1].origins.append(origin)
-        runs[-1].columns.append(cols)
-        out.datums += len(cols)
-        out.partitions.update(dict.fromkeys(streams_of(cols), (origin.topic, origin.partition)))
-    if prepare is not None:
-        with stage_named("rates"):
-            prepare(first_accumulating(DatumColumns.concat([run.merged for run in runs]), now_ms))
-    for run in runs:
-        with stage_named("check"):
-            if run.datums is None:
-                cols = run.merged
-                message_of = np.repeat(np.arange(len(run.columns)), [len(c) for c in run.columns])
-                result, refused = accept_columns(cols, now_ms, catalog, scoring, message_of)
-                letters = [DeadLetter(reasons, run.origins[m], datum=datum, stage=stage)
-                           for m, datum, reasons, stage in refused]
-                newest = int(cols.created.max()) if len(cols) else 0
-            else:
-                result = accept_batch(run.datums, now_ms, catalog, scoring)
-                letters = [DeadLetter(reasons, run.origins[0], datum=datum, stage=stage)
-                           for datum, reasons, stage in result.refused]
-                newest = max((d.created_ms for d in run.datums), default=0)
-        out.rows.extend(result.rows)
-        out.latest.extend(result.latest)
-        out.accepted += result.datums_accepted
-        out.samples_expired += result.samples_expired
-        out.datums_expired += result.datums_expired
-        out.letters += letters
-        out.newest_created_ms = max(out.newest_created_ms, newest)
-    return out
-
-
-def process_messages(
-    messages: Sequence[Any],
-    now_ms: int,
-    catalog: VersionedCatalog | None = None,
-    scoring: Scoring | None = None,
-    prepare: Callable[[dict[tuple[int, str], int]], None] | None = None,
-) -> BatchOutcome:
-    """Decode and check a batch of Kafka messages (anything with topic/partition/offset/value/headers)."""
-    return process_parts([Part(m) for m in messages], now_ms, catalog, scoring, prepare)
-
-
-def split_part(part: Part) -> list[Part] | None:
-    """A failing message, taken apart into one part per datum (None: it has no parts)."""
-    if part.datums is not None:
-        return [Part(part.message, [d]) for d in part.datums] if len(part.datums) > 1 else None
-    msg = part.message
-    try:
-        datums = decode_batch(msg.value, header(msg.headers, SCHEMA_HEADER))
-    except DecodeError:
-        return None
-    return [Part(msg, [d]) for d in datums] if len(datums) > 1 else [Part(msg, datums)]
-
-
-def internal_letter(isolated: Isolated[Part]) -> DeadLetter:
-    """The dead letter of a datum (or message) that made a stage throw."""
-    part = isolated.unit
-    reason = Rejection(f"internal.{isolated.stage}", describe(isolated.error))
-    if part.datums is not None and len(part.datums) == 1:
-        return DeadLetter([reason], part.origin, datum=part.datums[0], stage="internal")
-    return DeadLetter([reason], part.origin, payload=bytes(part.message.value or b""), stage="internal")
-
-
-def event_letter(isolated: Isolated[EventT[Any]]) -> DeadLetter:
-    """The dead letter of a whole event (a mark, a reset record, a metadata event) that made a stage throw."""
-    msg = isolated.unit.message
-    return DeadLetter([Rejection(f"internal.{isolated.stage}", describe(isolated.error))],
-                      Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""), stage="internal")
-
-
-def stale_marks(changes: Iterable[Change], inserted_ms: int | None = None) -> list[tuple[bytes, bytes]]:
-    """One mark per stream, keyed by stream: per (property, kind, half hour) the first and last
-    created of the changed readings or resets (processors/stale_marks.py), and the stamp of the
-    raw batch that changed them (the rollup ledger's key), if any."""
-    rows = list(changes)
-    return [(stream_key(node, source), value) for node, source, value in encode_columns(
-        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows],
-        inserted_ms)]
-
-
-def column_marks(rows: RawColumns, inserted_ms: int | None = None) -> list[tuple[bytes, bytes]]:
-    """`stale_marks` of stored rows, read straight from their columns."""
-    return [(stream_key(node, source), value) for node, source, value
-            in encode_columns(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind, inserted_ms)]
-
-
-def row_changes(rows: RawColumns) -> Iterable[Change]:
-    return zip(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind, strict=True)
-
-
-def read_marks(values: Sequence[bytes]) -> tuple[SpanColumns, set[tuple[int, str, int]]]:
-    """Marks (binary, or JSON of the old format) back to spans, one per stream, property, kind and
-    half hour, and the raw batches (node, source, inserted) they stand for."""
-    return decode_marks(bytes(v) for v in values)
-
-
-class Stamps:
-    """Strictly increasing epoch-ms stamps: each stored raw batch gets its own."""
-
-    def __init__(self) -> None:
-        self._last = 0
-
-    def next(self) -> int:
-        self._last = max(self._last + 1, int(time.time() * 1000))
-        return self._last
 
 
 class StreamPartitions:

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.wire import codec
 from pipeline.wire.codec import CURRENT, SCHEMA_HEADER, DecodeError, SchemaUnavailable, decode_batch, encode_batch
-from pipeline.worker.app import process_messages
+from pipeline.worker.batch import process_messages
 from processors.datum import Datum
 
 ROOT = Path(__file__).resolve().parents[2]

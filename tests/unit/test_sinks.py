@@ -121,7 +121,7 @@ def test_the_worker_writes_every_store_through_a_sink() -> None:
         assert issubclass(sink, Sink), sink
     writers = {"write_rollups", "write_changes", "mark_rolled_up", "write_dead_letters", "apply_event",
                "apply_events", "import_events", "insert", "insert_arrow", "insert_df"}
-    for path in ("pipeline/worker/app.py", "pipeline/worker/rollups.py", "pipeline/history/link.py"):
+    for path in ("pipeline/worker/app.py", "pipeline/worker/batch.py", "pipeline/worker/rollups.py", "pipeline/history/link.py"):
         tree = ast.parse((ROOT / path).read_text())
         used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
         used |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}

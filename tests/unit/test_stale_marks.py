@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.wire.topics import stream_key
-from pipeline.worker.app import column_marks, read_marks, row_changes, stale_marks
+from pipeline.worker.batch import column_marks, read_marks, row_changes, stale_marks
 from processors.datum import Datum
 from processors.rows import RawColumns
 from processors.stale_marks import (

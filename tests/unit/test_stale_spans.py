@@ -14,7 +14,7 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.worker.app import read_marks, stale_marks
+from pipeline.worker.batch import read_marks, stale_marks
 from pipeline.worker.rollups import RollupMaintainer
 from processors.rollup import DEFAULT_TOLERANCES, Tolerances
 from processors.stale_marks import HALFHOUR_MS

@@ -27,7 +27,8 @@ from faust.types import TP
 import pipeline.worker.app as worker_app
 from pipeline.wire.codec import CURRENT, SCHEMA_HEADER, encode_batch
 from pipeline.wire.topics import stream_key
-from pipeline.worker.app import DatumWorker, Part, process_parts
+from pipeline.worker.app import DatumWorker
+from pipeline.worker.batch import Part, process_parts
 from processors.binding import Binding, Catalog
 from processors.catalog_versions import VersionedCatalog
 from processors.datamodel import parse_datamodel
