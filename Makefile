@@ -37,6 +37,7 @@ integration: install
 
 lint: install
 	$(BIN)/ruff check pipeline processors sinks tests benchmarks
+	$(BIN)/ruff format --check pipeline processors sinks tests benchmarks
 
 typecheck: install
 	$(BIN)/mypy processors pipeline sinks

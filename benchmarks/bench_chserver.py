@@ -33,9 +33,19 @@ COLUMNS = ["ts", "device", "source", "value", "tags", "status", "attrs", "seq"]
 
 def make_rows(n: int) -> list[list[object]]:
     t0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-    return [[t0 + dt.timedelta(milliseconds=i), f"dev-{i % 500}", f"src-{i % 7}",
-             None if i % 11 == 0 else i * 0.5, ["a", "b"], "ok" if i % 3 else "bad",
-             {"watts": i * 1.5}, i] for i in range(n)]
+    return [
+        [
+            t0 + dt.timedelta(milliseconds=i),
+            f"dev-{i % 500}",
+            f"src-{i % 7}",
+            None if i % 11 == 0 else i * 0.5,
+            ["a", "b"],
+            "ok" if i % 3 else "bad",
+            {"watts": i * 1.5},
+            i,
+        ]
+        for i in range(n)
+    ]
 
 
 def best_rate(n: int, repeat: int, insert: Callable[[], object]) -> float:
@@ -47,12 +57,10 @@ def best_rate(n: int, repeat: int, insert: Callable[[], object]) -> float:
     return n / best
 
 
-def run(client: clickhouse_connect.driver.Client, db: str, rows: list[list[object]],
-        repeat: int) -> float:
+def run(client: clickhouse_connect.driver.Client, db: str, rows: list[list[object]], repeat: int) -> float:
     client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
     client.command(DDL.format(db=db))
-    rate = best_rate(len(rows), repeat,
-                     lambda: client.insert(f"{db}.bench", rows, column_names=COLUMNS))
+    rate = best_rate(len(rows), repeat, lambda: client.insert(f"{db}.bench", rows, column_names=COLUMNS))
     got = client.command(f"SELECT count() FROM {db}.bench")
     assert got == len(rows) * repeat, f"{db}: expected {len(rows) * repeat} rows, found {got}"
     return rate

@@ -102,9 +102,16 @@ class Shape:
         for node in nodes or range(1, self.nodes + 1):
             for s in range(1, self.sources + 1):
                 w = 1_000.0 + (node * 37 + s * 11 + tick) % 4_000
-                out.append(Datum(node, f"/S1/B1/M{s}", t,
-                                 {"watts": w, "voltage": 228.0 + (tick + s) % 5},
-                                 {"wattHours": 1_000_000.0 + tick * 10.0 + s}, {"mode": "auto"}))
+                out.append(
+                    Datum(
+                        node,
+                        f"/S1/B1/M{s}",
+                        t,
+                        {"watts": w, "voltage": 228.0 + (tick + s) % 5},
+                        {"wattHours": 1_000_000.0 + tick * 10.0 + s},
+                        {"mode": "auto"},
+                    )
+                )
         return out
 
     def ticks(self, first: int, count: int) -> list[Datum]:
@@ -115,6 +122,7 @@ class Shape:
 
 
 # --- the stack and the workers ------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def services(work: Path) -> Iterator[tuple[str, str, str]]:
@@ -173,6 +181,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
 
 # --- what is queryable --------------------------------------------------------------------------
 
+
 def raw_count(client: Any) -> int:
     """Datums in the `datum` view (one watts row each)."""
     return int(client.command("SELECT count() FROM datum WHERE property = 'watts'"))
@@ -180,8 +189,9 @@ def raw_count(client: Any) -> int:
 
 def level_counts(client: Any) -> dict[str, int]:
     """Datums counted by the watts rollups of each level (a coarser level sums the finer counts)."""
-    rows = client.query("SELECT periodicity, sum(count) FROM rollup WHERE property = 'watts' "
-                        "GROUP BY periodicity").result_rows
+    rows = client.query(
+        "SELECT periodicity, sum(count) FROM rollup WHERE property = 'watts' GROUP BY periodicity"
+    ).result_rows
     return {str(p): int(c) for p, c in rows}
 
 
@@ -199,20 +209,28 @@ def wait_caught_up(client: Any, expect: int, t0: float, timeout: float = 1800) -
         return len(levels) == len(PERIODICITIES)
 
     try:
-        wait_until(all_levels, timeout - (raw_at - t0), f"rollups of every level counting {expect} datums",
-                   interval=0.5)
+        wait_until(
+            all_levels, timeout - (raw_at - t0), f"rollups of every level counting {expect} datums", interval=0.5
+        )
     except NotCaughtUp as exc:
-        raise NotCaughtUp(f"{exc}; raw rows all visible after {raw_at - t0:.1f} s, rollups counting "
-                          f"{level_counts(client)}") from None
+        raise NotCaughtUp(
+            f"{exc}; raw rows all visible after {raw_at - t0:.1f} s, rollups counting {level_counts(client)}"
+        ) from None
     return raw_at - t0, levels
 
 
 # --- ceilings -----------------------------------------------------------------------------------
 
+
 async def consume_ceiling(settings: Settings, topics: list[str], expect: int) -> float:
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=settings.max_message_bytes,
-                                fetch_max_bytes=64 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=settings.max_message_bytes,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
     await consumer.start()
     got = 0
     t0 = time.perf_counter()
@@ -231,12 +249,15 @@ def store_ceiling(client: Any, lo_ms: int, hi_ms: int, chunk_rows: int) -> tuple
     """The raw rows stored for created in [lo_ms, hi_ms), read back as Arrow (untimed), then
     inserted with insert_arrow into a copy of the raw table (same engine), `chunk_rows` per
     insert. Returns (rows, rows/s)."""
-    cols = ("node_id, source_id, created, property, kind, value, text, tags, datastream, score, "
-            "performance, label, quality, max_score, ttl_days")
+    cols = (
+        "node_id, source_id, created, property, kind, value, text, tags, datastream, score, "
+        "performance, label, quality, max_score, ttl_days"
+    )
     table = client.query_arrow(
         f"SELECT {cols} FROM {RAW_TABLE} FINAL WHERE created >= fromUnixTimestamp64Milli(toInt64({lo_ms}), 'UTC') "
         f"AND created < fromUnixTimestamp64Milli(toInt64({hi_ms}), 'UTC') ORDER BY created, node_id, source_id",
-        use_strings=True)
+        use_strings=True,
+    )
     client.command(f"CREATE TABLE store_ceiling AS {RAW_TABLE}")
     names = [c.strip() for c in cols.split(",")]
     t0 = time.perf_counter()
@@ -252,6 +273,7 @@ def store_ceiling(client: Any, lo_ms: int, hi_ms: int, chunk_rows: int) -> tuple
 
 # --- paced: created -> queryable ----------------------------------------------------------------
 
+
 @dataclass
 class Chunk:
     key: int
@@ -262,8 +284,13 @@ class Chunk:
     rollup_at: float = 0.0
 
 
-def paced_chunks(shape: Shape, first_tick: int, rate: float, seconds: float, interval_s: float = 0.1,
-                 ) -> tuple[list[Chunk], int, int, int]:
+def paced_chunks(
+    shape: Shape,
+    first_tick: int,
+    rate: float,
+    seconds: float,
+    interval_s: float = 0.1,
+) -> tuple[list[Chunk], int, int, int]:
     """Chunks of about rate * interval_s datums, in time order: whole ticks when a tick is
     smaller than that (dense), else a tick split into groups of nodes (fleet). Returns the chunks
     and the (ticks per chunk, chunks per tick, nodes per chunk) their SQL key is made of."""
@@ -291,18 +318,24 @@ def paced_chunks(shape: Shape, first_tick: int, rate: float, seconds: float, int
     return chunks, tpc, cpt, npc
 
 
-def paced(settings: Settings, shape: Shape, first_tick: int, rate: float, seconds: float,
-          tail_s: float = 300.0) -> tuple[list[Chunk], float]:
+def paced(
+    settings: Settings, shape: Shape, first_tick: int, rate: float, seconds: float, tail_s: float = 300.0
+) -> tuple[list[Chunk], float]:
     """Send the chunks on schedule from this thread; poll what is visible from another."""
     chunks, tpc, cpt, npc = paced_chunks(shape, first_tick, rate, seconds)
     lo = shape.created(first_tick)
-    key = (f"intDiv(toUnixTimestamp64Milli(created) - {lo}, {shape.spacing_ms * tpc}) * {cpt} "
-           f"+ intDiv(node_id - 1, {npc})")
-    raw_sql = (f"SELECT {key} AS k, count() FROM datum WHERE property = 'watts' "
-               f"AND created >= fromUnixTimestamp64Milli(toInt64({lo}), 'UTC') GROUP BY k")
-    rollup_sql = (f"SELECT intDiv(toUnixTimestamp64Milli(ts_start), {HALFHOUR_MS}) AS b, intDiv(node_id - 1, {npc}) "
-                  f"AS g, sum(count) FROM rollup WHERE periodicity = 'halfhour' AND property = 'watts' "
-                  f"AND ts_start >= fromUnixTimestamp64Milli(toInt64({lo}), 'UTC') GROUP BY b, g")
+    key = (
+        f"intDiv(toUnixTimestamp64Milli(created) - {lo}, {shape.spacing_ms * tpc}) * {cpt} + intDiv(node_id - 1, {npc})"
+    )
+    raw_sql = (
+        f"SELECT {key} AS k, count() FROM datum WHERE property = 'watts' "
+        f"AND created >= fromUnixTimestamp64Milli(toInt64({lo}), 'UTC') GROUP BY k"
+    )
+    rollup_sql = (
+        f"SELECT intDiv(toUnixTimestamp64Milli(ts_start), {HALFHOUR_MS}) AS b, intDiv(node_id - 1, {npc}) "
+        f"AS g, sum(count) FROM rollup WHERE periodicity = 'halfhour' AND property = 'watts' "
+        f"AND ts_start >= fromUnixTimestamp64Milli(toInt64({lo}), 'UTC') GROUP BY b, g"
+    )
     client = connect(settings.clickhouse_url)
     done = threading.Event()
 
@@ -364,18 +397,22 @@ def durable(settings: Settings, client: Any, shape: Shape, next_tick: int, ticks
     outcome = confirming.confirm(900)
     confirmed_s = time.perf_counter() - t3
     confirming.close()
-    print(f"stored, broker acks: {n / plain_s:>11,.0f} datums/s  (a running worker; sent, then polled until "
-          "queryable)")
-    print(f"stored, confirmed:  {outcome.confirmed_datums / confirmed_s:>12,.0f} datums/s  (the same, the "
-          f"producer waiting for the commits: broker-acked after {acked_s:.1f}s, all confirmed after "
-          f"{confirmed_s:.1f}s; {outcome.unconfirmed_datums} unconfirmed)")
-    print(f"ratio confirmed/broker acks: {(outcome.confirmed_datums / confirmed_s) / (n / plain_s):.3f}"
-          "  (the cost of the durable default: the wait for the next offset commit)")
+    print(f"stored, broker acks: {n / plain_s:>11,.0f} datums/s  (a running worker; sent, then polled until queryable)")
+    print(
+        f"stored, confirmed:  {outcome.confirmed_datums / confirmed_s:>12,.0f} datums/s  (the same, the "
+        f"producer waiting for the commits: broker-acked after {acked_s:.1f}s, all confirmed after "
+        f"{confirmed_s:.1f}s; {outcome.unconfirmed_datums} unconfirmed)"
+    )
+    print(
+        f"ratio confirmed/broker acks: {(outcome.confirmed_datums / confirmed_s) / (n / plain_s):.3f}"
+        "  (the cost of the durable default: the wait for the next offset commit)"
+    )
     # rollups of phase 4 caught up before the paced phase starts, so it measures only itself
     wait_caught_up(client, warm + 3 * n, time.perf_counter())
 
 
 # --- the run ------------------------------------------------------------------------------------
+
 
 def run(args: argparse.Namespace, kafka: str, ch: str, pg_url: str, work: Path) -> None:
     nodes, sources, spacing = SHAPES[args.shape]
@@ -383,9 +420,11 @@ def run(args: argparse.Namespace, kafka: str, ch: str, pg_url: str, work: Path) 
     shape = Shape(args.nodes or nodes, args.sources or sources, args.spacing_ms or spacing, today - 10 * DAY_MS)
     ticks = max(1, args.datums // shape.streams)
     n = ticks * shape.streams
-    print(f"shape {args.shape}: {shape.nodes} nodes x {shape.sources} sources = {shape.streams:,} streams, "
-          f"{shape.spacing_ms / 1000:g} s apart; {n:,} datums ({SAMPLES_PER_DATUM} samples each, bound to "
-          f"energy-meter); {args.workers} worker(s); {os.cpu_count()} cores")
+    print(
+        f"shape {args.shape}: {shape.nodes} nodes x {shape.sources} sources = {shape.streams:,} streams, "
+        f"{shape.spacing_ms / 1000:g} s apart; {n:,} datums ({SAMPLES_PER_DATUM} samples each, bound to "
+        f"energy-meter); {args.workers} worker(s); {os.cpu_count()} cores"
+    )
     prefix = f"b{uuid.uuid4().hex[:8]}."
     db = prefix.rstrip(".")
     admin = connect(ch)
@@ -435,8 +474,10 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
             raw_s, levels = wait_caught_up(client, warm + n, t0, args.timeout)
         except NotCaughtUp as exc:
             done = raw_count(client) - warm
-            print(f"NOT CAUGHT UP: {exc}; {done:,} of {n:,} datums raw-visible; end to end below "
-                  f"{n / args.timeout:,.0f} datums/s; worker RSS {[round(rss_mib(p.pid)) for p, _ in procs]} MiB")
+            print(
+                f"NOT CAUGHT UP: {exc}; {done:,} of {n:,} datums raw-visible; end to end below "
+                f"{n / args.timeout:,.0f} datums/s; worker RSS {[round(rss_mib(p.pid)) for p, _ in procs]} MiB"
+            )
             return
         e2e = n / max(levels.values())
         print(f"produce:            {n / produce_s:>12,.0f} datums/s  ({producer.messages_sent:,} messages so far)")
@@ -444,11 +485,14 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
         print("rollups caught up:  " + ", ".join(f"{p} {levels[p]:.1f} s" for p in PERIODICITIES))
         print(f"end to end:         {e2e:>12,.0f} datums/s  (sent -> every level of the rollups counts every datum)")
         stored = client.query(
-            "SELECT count(), countIf(datastream != ''), countIf(score IS NOT NULL) FROM datum").result_rows[0]
-        print(f"rows stored:        {int(stored[0]):>12,}  ({int(stored[1]):,} bound to a datastream, "
-              f"{int(stored[2]):,} scored; expected {SAMPLES_PER_DATUM * (warm + n):,} and "
-              f"{SCORED_PER_DATUM * (warm + n) - shape.streams:,}: a stream's first wattHours reading has no "
-              "rate to score)")
+            "SELECT count(), countIf(datastream != ''), countIf(score IS NOT NULL) FROM datum"
+        ).result_rows[0]
+        print(
+            f"rows stored:        {int(stored[0]):>12,}  ({int(stored[1]):,} bound to a datastream, "
+            f"{int(stored[2]):,} scored; expected {SAMPLES_PER_DATUM * (warm + n):,} and "
+            f"{SCORED_PER_DATUM * (warm + n) - shape.streams:,}: a stream's first wattHours reading has no "
+            "rate to score)"
+        )
         print(f"worker RSS after phase 2: {[round(rss_mib(p.pid)) for p, _ in procs]} MiB")
 
         # 3. consume+decode ceiling, the workers idle
@@ -469,29 +513,41 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
         roll_lat = [c.rollup_at - c.sent for c in chunks if c.rollup_at]
         behind = [c.rollup_at - c.raw_at for c in chunks if c.rollup_at and c.raw_at]
         size = statistics.mean(len(c.datums) for c in chunks)
-        print(f"paced:              {send_rate:>12,.0f} datums/s for {args.paced_seconds:g} s  ({len(chunks)} "
-              f"chunks of {size:,.0f} datums; half of {e2e:,.0f})")
-        print(f"created->queryable: raw p50 {pct(raw_lat, 50):.2f} s, p99 {pct(raw_lat, 99):.2f} s; halfhour "
-              f"rollup p50 {pct(roll_lat, 50):.2f} s, p99 {pct(roll_lat, 99):.2f} s; rollup behind raw p99 "
-              f"{pct(behind, 99):.2f} s  ({len(chunks) - len(raw_lat)} chunks never raw-visible, "
-              f"{len(chunks) - len(roll_lat)} never in the rollup; polled every ~0.1 s)")
+        print(
+            f"paced:              {send_rate:>12,.0f} datums/s for {args.paced_seconds:g} s  ({len(chunks)} "
+            f"chunks of {size:,.0f} datums; half of {e2e:,.0f})"
+        )
+        print(
+            f"created->queryable: raw p50 {pct(raw_lat, 50):.2f} s, p99 {pct(raw_lat, 99):.2f} s; halfhour "
+            f"rollup p50 {pct(roll_lat, 50):.2f} s, p99 {pct(roll_lat, 99):.2f} s; rollup behind raw p99 "
+            f"{pct(behind, 99):.2f} s  ({len(chunks) - len(raw_lat)} chunks never raw-visible, "
+            f"{len(chunks) - len(roll_lat)} never in the rollup; polled every ~0.1 s)"
+        )
         rss_end = [rss_mib(p.pid) for p, _ in procs]
         for k, (a, b) in enumerate(zip(rss_start, rss_end, strict=True)):
-            print(f"worker {k} RSS:       {a:>8.0f} MiB after warm-up, {b:.0f} MiB after the paced phase "
-                  f"({(b - a) / a:+.1%})")
+            print(
+                f"worker {k} RSS:       {a:>8.0f} MiB after warm-up, {b:.0f} MiB after the paced phase "
+                f"({(b - a) / a:+.1%})"
+            )
 
         deadletter = producer.topics.deadletter
-        letters = (sum(end_offsets(settings.kafka_bootstrap, deadletter, [0]).values())
-                   if deadletter in producer.admin.existing() else 0)
+        letters = (
+            sum(end_offsets(settings.kafka_bootstrap, deadletter, [0]).values())
+            if deadletter in producer.admin.existing()
+            else 0
+        )
         print(f"dead letters:       {letters:>12,}")
     producer.close()
 
     # 6. store-only ceiling, the workers stopped: phase 2's raw rows through the same endpoint
-    rows, rows_s = store_ceiling(client, shape.created(1), shape.created(1 + ticks),
-                                 settings.batch_max_datums * SAMPLES_PER_DATUM)
+    rows, rows_s = store_ceiling(
+        client, shape.created(1), shape.created(1 + ticks), settings.batch_max_datums * SAMPLES_PER_DATUM
+    )
     store = rows_s / SAMPLES_PER_DATUM
-    print(f"store-only:         {store:>12,.0f} datums/s  ({rows:,} raw rows, {rows_s:,.0f} rows/s, insert_arrow "
-          f"of {settings.batch_max_datums * SAMPLES_PER_DATUM:,} rows per insert)")
+    print(
+        f"store-only:         {store:>12,.0f} datums/s  ({rows:,} raw rows, {rows_s:,.0f} rows/s, insert_arrow "
+        f"of {settings.batch_max_datums * SAMPLES_PER_DATUM:,} rows per insert)"
+    )
     print(f"ratio end to end/consume+decode: {e2e / ceiling:.3f}")
     print(f"ratio end to end/store-only:     {e2e / store:.3f}")
     print(f"ratio end to end/lower ceiling:  {e2e / min(ceiling, store):.3f}")
@@ -504,8 +560,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="worker processes to start")
     ap.add_argument("--paced-seconds", type=float, default=30.0, help="length of the paced phase")
     ap.add_argument("--skip-durable", action="store_true", help="leave out phase 4 (the durable default)")
-    ap.add_argument("--timeout", type=float, default=1200.0,
-                    help="seconds the max-rate phase may take; past it, the figures reached are printed")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=1200.0,
+        help="seconds the max-rate phase may take; past it, the figures reached are printed",
+    )
     ap.add_argument("--nodes", type=int, help="override the shape's node count")
     ap.add_argument("--sources", type=int, help="override the shape's sources per node")
     ap.add_argument("--spacing-ms", type=int, help="override the shape's datum spacing")

@@ -36,14 +36,28 @@ T0 = datetime(2020, 1, 1, tzinfo=UTC)
 DAY0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def event(entity: str, key: dict[str, Any], op: str, value: dict[str, Any] | None,
-          valid_from: datetime | None = None, valid_to: datetime | None = None) -> MetadataEvent:
-    return parse_event({
-        "event_id": str(uuid.uuid4()), "entity": entity, "key": key, "op": op, "value": value,
-        "valid_from": None if valid_from is None else valid_from.isoformat(),
-        "valid_to": None if valid_to is None else valid_to.isoformat(),
-        "author": "bench", "comment": "", "produced_at": T0.isoformat(),
-    })
+def event(
+    entity: str,
+    key: dict[str, Any],
+    op: str,
+    value: dict[str, Any] | None,
+    valid_from: datetime | None = None,
+    valid_to: datetime | None = None,
+) -> MetadataEvent:
+    return parse_event(
+        {
+            "event_id": str(uuid.uuid4()),
+            "entity": entity,
+            "key": key,
+            "op": op,
+            "value": value,
+            "valid_from": None if valid_from is None else valid_from.isoformat(),
+            "valid_to": None if valid_to is None else valid_to.isoformat(),
+            "author": "bench",
+            "comment": "",
+            "produced_at": T0.isoformat(),
+        }
+    )
 
 
 def build(versions: int, entities: int) -> tuple[list[MetadataEvent], list[datetime]]:
@@ -56,21 +70,35 @@ def build(versions: int, entities: int) -> tuple[list[MetadataEvent], list[datet
 
     add(event("node", {"node_id": 1}, "upsert", {"name": "hot"}), T0)
     for i in range(versions):  # the hot site: one version an hour
-        add(event("site", {"site_id": "hot"}, "upsert", {"name": f"hot v{i}"}),
-            T0 + timedelta(hours=1 + i))
+        add(event("site", {"site_id": "hot"}, "upsert", {"name": f"hot v{i}"}), T0 + timedelta(hours=1 + i))
     half = versions // 2
     for i in range(half):  # the hot node's time zone: a day each, then each corrected
-        add(event("node_timezone", {"node_id": 1}, "set_valid", {"tz": "UTC"},
-                  DAY0 + timedelta(days=i), DAY0 + timedelta(days=i + 1)),
-            T0 + timedelta(hours=1 + i, minutes=30))
+        add(
+            event(
+                "node_timezone",
+                {"node_id": 1},
+                "set_valid",
+                {"tz": "UTC"},
+                DAY0 + timedelta(days=i),
+                DAY0 + timedelta(days=i + 1),
+            ),
+            T0 + timedelta(hours=1 + i, minutes=30),
+        )
     for i in range(versions - half):
-        add(event("node_timezone", {"node_id": 1}, "correct", {"tz": "Europe/Oslo"},
-                  DAY0 + timedelta(days=i), DAY0 + timedelta(days=i + 1)),
-            T0 + timedelta(hours=1 + half + i, minutes=30))
+        add(
+            event(
+                "node_timezone",
+                {"node_id": 1},
+                "correct",
+                {"tz": "Europe/Oslo"},
+                DAY0 + timedelta(days=i),
+                DAY0 + timedelta(days=i + 1),
+            ),
+            T0 + timedelta(hours=1 + half + i, minutes=30),
+        )
     end = T0 + timedelta(hours=versions + 2)
     for j in range(entities):  # many sites, one version each, spread over the same period
-        add(event("site", {"site_id": f"site-{j:06d}"}, "upsert", {"name": f"Site {j}"}),
-            end + timedelta(seconds=j))
+        add(event("site", {"site_id": f"site-{j:06d}"}, "upsert", {"name": f"Site {j}"}), end + timedelta(seconds=j))
     return events, times
 
 
@@ -101,10 +129,14 @@ def run(dsn: str, versions: int, entities: int, runs: int) -> None:
             " (SELECT count(*) FROM history.valid_versions),"
             " (SELECT count(*) FROM history.transactions)"
         ).fetchone()
-        print(f"built {len(events):,} events in {built:.1f} s; import_events (COPY) "
-              f"{loaded:.1f} s = {len(events) / loaded:,.0f} events/s")
-        print(f"rows: versions {counts[0]:,}, valid_versions {counts[1]:,}, "  # type: ignore[index]
-              f"transactions {counts[2]:,}")  # type: ignore[index]
+        print(
+            f"built {len(events):,} events in {built:.1f} s; import_events (COPY) "
+            f"{loaded:.1f} s = {len(events) / loaded:,.0f} events/s"
+        )
+        print(
+            f"rows: versions {counts[0]:,}, valid_versions {counts[1]:,}, "  # type: ignore[index]
+            f"transactions {counts[2]:,}"
+        )  # type: ignore[index]
 
         hot = {"site_id": "hot"}
         mid = T0 + timedelta(hours=versions // 2, minutes=10)
@@ -112,52 +144,77 @@ def run(dsn: str, versions: int, entities: int, runs: int) -> None:
         end = T0 + timedelta(hours=versions + 2) + timedelta(seconds=entities + 10)
         rows: list[tuple[str, float, float, str]] = []
 
-        def measure(label: str, fn: Callable[[], object], target_ms: float | None,
-                    describe: Callable[[Any], str]) -> None:
+        def measure(
+            label: str, fn: Callable[[], object], target_ms: float | None, describe: Callable[[Any], str]
+        ) -> None:
             med, worst, out = timed(fn, runs)
             verdict = "" if target_ms is None else ("ok" if med < target_ms else "OVER")
             rows.append((label, med, worst, f"{describe(out)} {verdict}".strip()))
 
-        measure("state_at hot site (10k versions)",
-                lambda: history.state_at(conn, mid, "site", hot), 50,
-                lambda o: f"-> {o[0].value['name']!r}")
-        measure("diff hot site, 24 h apart",
-                lambda: history.diff(conn, mid, later, "site", hot), 50,
-                lambda o: f"-> {len(o)} change(s)")
-        measure("diff hot site, first to last",
-                lambda: history.diff(conn, T0, end, "site", hot), 50,
-                lambda o: f"-> {len(o)} change(s)")
-        measure("valid_at hot tz, known now",
-                lambda: history.valid_at(conn, "node_timezone", {"node_id": 1},
-                                         DAY0 + timedelta(days=100, hours=5)), 50,
-                lambda o: f"-> {o.value['tz']!r}")
-        measure("valid_at hot tz, known at mid",
-                lambda: history.valid_at(conn, "node_timezone", {"node_id": 1},
-                                         DAY0 + timedelta(days=100, hours=5), mid), 50,
-                lambda o: f"-> {o.value['tz']!r}")
-        measure("state_at hot tz (5k intervals out)",  # a 5k-row answer, not a lookup
-                lambda: history.state_at(conn, mid, "node_timezone", {"node_id": 1}), None,
-                lambda o: f"-> {len(o):,} intervals")
-        measure(f"state_at everything ({entities:,}+ entities)",
-                lambda: history.state_at(conn, end), 1000,
-                lambda o: f"-> {len(o):,} rows")
-        measure("state_at sites only",
-                lambda: history.state_at(conn, end, "site"), 1000,
-                lambda o: f"-> {len(o):,} rows")
-        measure("diff everything, last hour",
-                lambda: history.diff(conn, end - timedelta(hours=1), end), 1000,
-                lambda o: f"-> {len(o):,} changes")
-        measure("diff everything, whole history",
-                lambda: history.diff(conn, T0, end), None,
-                lambda o: f"-> {len(o):,} changes")
-        one = [event("site", {"site_id": f"live-{i}"}, "upsert", {"name": "x"})
-               for i in range(runs * 10)]
+        measure(
+            "state_at hot site (10k versions)",
+            lambda: history.state_at(conn, mid, "site", hot),
+            50,
+            lambda o: f"-> {o[0].value['name']!r}",
+        )
+        measure(
+            "diff hot site, 24 h apart",
+            lambda: history.diff(conn, mid, later, "site", hot),
+            50,
+            lambda o: f"-> {len(o)} change(s)",
+        )
+        measure(
+            "diff hot site, first to last",
+            lambda: history.diff(conn, T0, end, "site", hot),
+            50,
+            lambda o: f"-> {len(o)} change(s)",
+        )
+        measure(
+            "valid_at hot tz, known now",
+            lambda: history.valid_at(conn, "node_timezone", {"node_id": 1}, DAY0 + timedelta(days=100, hours=5)),
+            50,
+            lambda o: f"-> {o.value['tz']!r}",
+        )
+        measure(
+            "valid_at hot tz, known at mid",
+            lambda: history.valid_at(conn, "node_timezone", {"node_id": 1}, DAY0 + timedelta(days=100, hours=5), mid),
+            50,
+            lambda o: f"-> {o.value['tz']!r}",
+        )
+        measure(
+            "state_at hot tz (5k intervals out)",  # a 5k-row answer, not a lookup
+            lambda: history.state_at(conn, mid, "node_timezone", {"node_id": 1}),
+            None,
+            lambda o: f"-> {len(o):,} intervals",
+        )
+        measure(
+            f"state_at everything ({entities:,}+ entities)",
+            lambda: history.state_at(conn, end),
+            1000,
+            lambda o: f"-> {len(o):,} rows",
+        )
+        measure(
+            "state_at sites only", lambda: history.state_at(conn, end, "site"), 1000, lambda o: f"-> {len(o):,} rows"
+        )
+        measure(
+            "diff everything, last hour",
+            lambda: history.diff(conn, end - timedelta(hours=1), end),
+            1000,
+            lambda o: f"-> {len(o):,} changes",
+        )
+        measure(
+            "diff everything, whole history",
+            lambda: history.diff(conn, T0, end),
+            None,
+            lambda o: f"-> {len(o):,} changes",
+        )
+        one = [event("site", {"site_id": f"live-{i}"}, "upsert", {"name": "x"}) for i in range(runs * 10)]
         it = iter(one)
-        measure("apply_event (one transaction each)",
-                lambda: history.apply_event(conn, next(it)), None, lambda o: o.status)
+        measure(
+            "apply_event (one transaction each)", lambda: history.apply_event(conn, next(it)), None, lambda o: o.status
+        )
         it2 = iter(one)
-        measure("apply_event duplicate", lambda: history.apply_event(conn, next(it2)), None,
-                lambda o: o.status)
+        measure("apply_event duplicate", lambda: history.apply_event(conn, next(it2)), None, lambda o: o.status)
 
         width = max(len(r[0]) for r in rows)
         print(f"\n{'query':<{width}}  median ms  worst ms")

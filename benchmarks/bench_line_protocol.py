@@ -43,10 +43,23 @@ SEND_TARGET = 100_000  # lines/s, parse and send
 
 # oTherm's field dictionary (gshp-analysis db_tools/influx_lp_writer.py).
 FIELDS = (
-    "heatpump_power", "heatpump_aux", "source_supplytemp", "source_returntemp",
-    "source_tempdiff", "sourcefluid_flowrate", "sourcefluid_pump_power", "load_pumpsfans",
-    "load_supplytemp", "load_returntemp", "load_tempdiff", "tstat_set", "tstat_temp",
-    "compressor_stage", "outdoor_temperature", "heat_flow_rate", "loadside_heat",
+    "heatpump_power",
+    "heatpump_aux",
+    "source_supplytemp",
+    "source_returntemp",
+    "source_tempdiff",
+    "sourcefluid_flowrate",
+    "sourcefluid_pump_power",
+    "load_pumpsfans",
+    "load_supplytemp",
+    "load_returntemp",
+    "load_tempdiff",
+    "tstat_set",
+    "tstat_temp",
+    "compressor_stage",
+    "outdoor_temperature",
+    "heat_flow_rate",
+    "loadside_heat",
     "sourceside_heat",
 )
 
@@ -77,8 +90,10 @@ def timed(label: str, n: int, run: Callable[[], int], target: int) -> float:
     produced = run()
     dt = time.process_time() - t0
     rate = n / dt
-    print(f"{label:<34} {n:>10,} lines {dt:7.2f} s {rate:>10,.0f} lines/s  x{rate / target:5.2f} of target"
-          f"  ({produced:,} out)")
+    print(
+        f"{label:<34} {n:>10,} lines {dt:7.2f} s {rate:>10,.0f} lines/s  x{rate / target:5.2f} of target"
+        f"  ({produced:,} out)"
+    )
     return rate
 
 
@@ -115,12 +130,18 @@ def send_run(lines: list[bytes], mapping: LineProtocolMapping) -> None:
                 broker.stop()
     n = len(lines)
     rate = n / wall
-    print(f"{'parse and send (ingest, broker)':<34} {n:>10,} lines {wall:7.2f} s {rate:>10,.0f} lines/s  "
-          f"x{rate / SEND_TARGET:5.2f} of target  ({report.datums_sent:,} sent, wall clock)")
-    print(f"{'  main thread (parse, map, encode)':<34} {n:>10,} lines {main:7.2f} s {n / main:>10,.0f} lines/s  "
-          f"x{n / main / SEND_TARGET:5.2f} of target  (CPU time: the one core of ours)")
-    print(f"{'':<34} CPU beside it: librdkafka threads (compression, I/O) {cpu - main:.2f} s, "
-          f"broker {brokered:.2f} s; {os.cpu_count()} CPUs, load average up to {load:.1f}")
+    print(
+        f"{'parse and send (ingest, broker)':<34} {n:>10,} lines {wall:7.2f} s {rate:>10,.0f} lines/s  "
+        f"x{rate / SEND_TARGET:5.2f} of target  ({report.datums_sent:,} sent, wall clock)"
+    )
+    print(
+        f"{'  main thread (parse, map, encode)':<34} {n:>10,} lines {main:7.2f} s {n / main:>10,.0f} lines/s  "
+        f"x{n / main / SEND_TARGET:5.2f} of target  (CPU time: the one core of ours)"
+    )
+    print(
+        f"{'':<34} CPU beside it: librdkafka threads (compression, I/O) {cpu - main:.2f} s, "
+        f"broker {brokered:.2f} s; {os.cpu_count()} CPUs, load average up to {load:.1f}"
+    )
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -135,16 +156,16 @@ def _cpu_seconds(pid: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--lines", type=int, default=1_000_000, help="lines to generate (1,000,000)")
-    ap.add_argument("--slow-lines", type=int, default=200_000,
-                    help="lines for the pure-Python figures (200,000)")
-    ap.add_argument("--send-lines", type=int, default=500_000,
-                    help="lines for parse and send (500,000; 0 skips it)")
+    ap.add_argument("--slow-lines", type=int, default=200_000, help="lines for the pure-Python figures (200,000)")
+    ap.add_argument("--send-lines", type=int, default=500_000, help="lines for parse and send (500,000; 0 skips it)")
     args = ap.parse_args()
     lines = otherm_lines(args.lines)
     slow = lines[: args.slow_lines]
     avg = sum(map(len, lines)) / len(lines)
-    print(f"python {sys.version.split()[0]}; {len(lines):,} oTherm lines, {avg:.0f} bytes each; "
-          f"compiled fast path {'built' if COMPILED else 'NOT BUILT'}")
+    print(
+        f"python {sys.version.split()[0]}; {len(lines):,} oTherm lines, {avg:.0f} bytes each; "
+        f"compiled fast path {'built' if COMPILED else 'NOT BUILT'}"
+    )
     # A yardstick for comparing machines: the per-field floor of any pure-Python parser.
     reps = 200_000
     t0 = time.process_time()
@@ -186,7 +207,7 @@ def main() -> None:
         while chunk := list(islice(datums, 5_000)):
             for items in group_streams(chunk).values():  # type: ignore[arg-type]
                 for start in range(0, len(items), per_message):
-                    size += len(encode_batch(items[start:start + per_message]))
+                    size += len(encode_batch(items[start : start + per_message]))
         return size
 
     timed("parse, pure Python", len(slow), pure, PARSE_TARGET)

@@ -46,13 +46,14 @@ def main() -> None:
     cascade = time.perf_counter() - t0
     rows = sum(len(r) for r in levels.values())
     print(f"{len(points):,} raw points (1 stream, 3 properties, 1 year of minutes), {TZ}")
-    print(f"all levels by cascade: {cascade:.2f} s, {len(points) / cascade:,.0f} raw points/s, "
-          f"{rows:,} rows ({', '.join(f'{p} {len(levels[p])}' for p in PERIODICITIES)})")
+    print(
+        f"all levels by cascade: {cascade:.2f} s, {len(points) / cascade:,.0f} raw points/s, "
+        f"{rows:,} rows ({', '.join(f'{p} {len(levels[p])}' for p in PERIODICITIES)})"
+    )
     t0 = time.perf_counter()
     hour = recompute(points, resets, START_MS, end, "hour", TZ)
     direct = time.perf_counter() - t0
-    print(f"hour level straight from raw: {direct:.2f} s, {len(points) / direct:,.0f} raw points/s, "
-          f"{len(hour):,} rows")
+    print(f"hour level straight from raw: {direct:.2f} s, {len(points) / direct:,.0f} raw points/s, {len(hour):,} rows")
 
 
 if __name__ == "__main__":

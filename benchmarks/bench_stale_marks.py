@@ -36,6 +36,7 @@ Change = tuple[int, str, int, str, str]
 
 # -- the old format, as pipeline/worker/app.py had it ----------------------------------------------
 
+
 def old_stale_marks(changes: Iterable[Change], inserted_ms: int | None = None) -> list[tuple[bytes, bytes]]:
     by_stream: dict[tuple[int, str], list[tuple[str, str, int]]] = {}
     for node, source, created, prop, kind in changes:
@@ -80,13 +81,20 @@ def new_round(rows: RawColumns, stamp: int) -> int:
 
 # -- the batches ---------------------------------------------------------------------------------
 
+
 def batch(streams: int, spacing_ms: int) -> RawColumns:
     rows = RawColumns()
     for k in range(DATUMS):
         s = k % streams
         node, source = (1, f"/S{s}/meter") if streams <= 100 else (1 + s // 10, f"/S{s % 10}/meter")
-        d = Datum(node, source, START_MS + (k // streams) * spacing_ms + k % 7,
-                  i={"watts": 100.0 + k % 50, "current": 1.5}, a={"wattHours": float(k)}, s={"mode": "auto"})
+        d = Datum(
+            node,
+            source,
+            START_MS + (k // streams) * spacing_ms + k % 7,
+            i={"watts": 100.0 + k % 50, "current": 1.5},
+            a={"wattHours": float(k)},
+            s={"mode": "auto"},
+        )
         rows.add_datum(d)
     return rows
 
@@ -108,9 +116,11 @@ def main() -> None:
         rows = batch(streams, spacing)
         old_ms, old_bytes = best(old_round, rows, args.repeat)
         new_ms, new_bytes = best(new_round, rows, args.repeat)
-        print(f"{name:5} {DATUMS} datums x 4 samples ({len(rows)} rows), {streams} streams: "
-              f"old JSON {old_ms:7.1f} ms {old_bytes:>9,} B | new binary {new_ms:6.1f} ms {new_bytes:>9,} B | "
-              f"new/old time {new_ms / old_ms:.3f}, bytes {new_bytes / old_bytes:.3f}")
+        print(
+            f"{name:5} {DATUMS} datums x 4 samples ({len(rows)} rows), {streams} streams: "
+            f"old JSON {old_ms:7.1f} ms {old_bytes:>9,} B | new binary {new_ms:6.1f} ms {new_bytes:>9,} B | "
+            f"new/old time {new_ms / old_ms:.3f}, bytes {new_bytes / old_bytes:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -22,10 +22,15 @@ class Settings:
     kafka_bootstrap: str = field(default="", metadata={"doc": "Kafka bootstrap servers, host:port[,host:port]"})
     clickhouse_url: str = field(default="", metadata={"doc": "ClickHouse HTTP URL, e.g. http://user:pw@host:8123/db"})
     postgres_dsn: str = field(default="", metadata={"doc": "PostgreSQL DSN for the metadata history log"})
-    kafka_security_protocol: str = field(default="PLAINTEXT", metadata={
-        "doc": "Kafka security: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (every client: producer, Faust, admin)"})
-    kafka_sasl_mechanism: str = field(default="SCRAM-SHA-512", metadata={
-        "doc": "SASL mechanism: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN"})
+    kafka_security_protocol: str = field(
+        default="PLAINTEXT",
+        metadata={
+            "doc": "Kafka security: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (every client: producer, Faust, admin)"
+        },
+    )
+    kafka_sasl_mechanism: str = field(
+        default="SCRAM-SHA-512", metadata={"doc": "SASL mechanism: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN"}
+    )
     kafka_sasl_username: str = field(default="", metadata={"doc": "SASL user name"})
     kafka_sasl_password: str = field(default="", metadata={"doc": "SASL password"})
     kafka_ssl_cafile: str = field(default="", metadata={"doc": "CA bundle that signed the brokers' certificates"})
@@ -39,8 +44,10 @@ class Settings:
     # Consumer behaviour
     batch_max_datums: int = field(default=20_000, metadata={"doc": "Most datums stored per sink flush"})
     batch_within_s: float = field(default=0.5, metadata={"doc": "Longest wait to fill a sink batch, seconds"})
-    rollup_within_s: float = field(default=0.2, metadata={
-        "doc": "Longest wait to fill a batch of stale marks, seconds (rollups lag raw rows by about this)"})
+    rollup_within_s: float = field(
+        default=0.2,
+        metadata={"doc": "Longest wait to fill a batch of stale marks, seconds (rollups lag raw rows by about this)"},
+    )
     topic_scan_interval_s: float = field(default=2.0, metadata={"doc": "How often new source topics are looked for"})
     session_timeout_s: float = field(default=10.0, metadata={"doc": "Consumer group session timeout"})
     rebalance_timeout_s: float = field(default=6.0, metadata={"doc": "Consumer group rebalance timeout"})
@@ -52,17 +59,23 @@ class Settings:
     producer_batch_datums: int = field(default=1000, metadata={"doc": "Datums per Kafka message (one batch envelope)"})
     producer_linger_ms: int = field(default=20, metadata={"doc": "librdkafka linger.ms"})
     producer_compression: str = field(default="zstd", metadata={"doc": "librdkafka compression.type"})
-    confirm_timeout_s: float = field(default=300.0, metadata={
-        "doc": "How long `pipeline ingest` waits for the pipeline to store what it sent (0: do not wait)"})
+    confirm_timeout_s: float = field(
+        default=300.0,
+        metadata={"doc": "How long `pipeline ingest` waits for the pipeline to store what it sent (0: do not wait)"},
+    )
 
     # Serving
     metrics_port: int = field(default=9108, metadata={"doc": "Prometheus /metrics port of the worker (0: off)"})
-    metrics_host: str = field(default="127.0.0.1", metadata={
-        "doc": "Address the worker's /metrics listens on (0.0.0.0 for a Prometheus on another host)"})
+    metrics_host: str = field(
+        default="127.0.0.1",
+        metadata={"doc": "Address the worker's /metrics listens on (0.0.0.0 for a Prometheus on another host)"},
+    )
     api_host: str = field(default="127.0.0.1", metadata={"doc": "Address the time-series HTTP API listens on"})
     api_port: int = field(default=8080, metadata={"doc": "Port of the time-series HTTP API (0: off in pipeline up)"})
-    api_auth: str = field(default="auto", metadata={
-        "doc": "API access: 'auto' (a token is required once any token exists) or 'required' (always)"})
+    api_auth: str = field(
+        default="auto",
+        metadata={"doc": "API access: 'auto' (a token is required once any token exists) or 'required' (always)"},
+    )
     clickhouse_port: int = field(default=8123, metadata={"doc": "Port of the embedded ClickHouse HTTP endpoint"})
     kafka_port: int = field(default=9092, metadata={"doc": "Port of the embedded Tansu broker"})
     postgres_port: int = field(default=5433, metadata={"doc": "Port of the embedded PostgreSQL"})
@@ -122,7 +135,4 @@ class Settings:
 
 def settings_reference() -> list[tuple[str, str, str]]:
     """(variable, default, description) for every setting: the README and --help print this."""
-    return [
-        (ENV_PREFIX + f.name.upper(), str(f.default), f.metadata.get("doc", ""))
-        for f in fields(Settings)
-    ]
+    return [(ENV_PREFIX + f.name.upper(), str(f.default), f.metadata.get("doc", "")) for f in fields(Settings)]

@@ -128,18 +128,21 @@ def _key(doc: Any, where: str) -> AuxKey:
 def _samples(doc: Mapping[str, Any], name: str, where: str) -> dict[str, float]:
     group = doc.get(name)
     if not isinstance(group, dict):
-        raise AuxError(f"aux.{name}", f"{where}{name} must be an object like {{\"a\": {{\"wattHours\": 5}}}}")
+        raise AuxError(f"aux.{name}", f'{where}{name} must be an object like {{"a": {{"wattHours": 5}}}}')
     acc = group.get("a")
     if not isinstance(acc, dict) or not acc:
         raise AuxError(f"aux.{name}", f"{where}{name}.a must name at least one accumulating property")
     out: dict[str, float] = {}
     for prop, value in acc.items():
         # the bound of datum samples (processors/datum.py): resets take part in rollup sums too
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or (isinstance(value, float) and not math.isfinite(value)) or abs(value) > SAMPLE_ABS_MAX):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not math.isfinite(value))
+            or abs(value) > SAMPLE_ABS_MAX
+        ):
             shown = repr(value) if not isinstance(value, int) or value.bit_length() < 200 else "a huge integer"
-            raise AuxError(f"aux.{name}", f"{where}{name}.a.{prop} must be a finite number within ±2^53, "
-                                          f"got {shown}")
+            raise AuxError(f"aux.{name}", f"{where}{name}.a.{prop} must be a finite number within ±2^53, got {shown}")
         out[str(prop)] = float(value)
     return out
 
@@ -149,9 +152,10 @@ def _record(doc: Any, where: str = "") -> AuxRecord:
     final = _samples(doc, "final", where)
     start = _samples(doc, "start", where)
     if set(final) != set(start):
-        raise AuxError("aux.reset_properties",
-                       f"{where}final and start must name the same properties: "
-                       f"{sorted(final)} vs {sorted(start)}")
+        raise AuxError(
+            "aux.reset_properties",
+            f"{where}final and start must name the same properties: {sorted(final)} vs {sorted(start)}",
+        )
     notes = doc.get("notes", "")
     if not isinstance(notes, str):
         raise AuxError("aux.notes", f"{where}notes must be a string")

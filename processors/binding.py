@@ -45,9 +45,7 @@ from processors.datamodel import (
 
 BINDINGS_FILE: Final = "bindings.json"
 _CACHE_MAX: Final = 100_000  # (node, source) pairs remembered before the cache starts over
-_BINDING_KEYS: Final = frozenset(
-    {"node_id", "source_pattern", "datamodel", "properties", "valid_from_ms"}
-)
+_BINDING_KEYS: Final = frozenset({"node_id", "source_pattern", "datamodel", "properties", "valid_from_ms"})
 
 
 class BindingError(ValueError):
@@ -112,9 +110,7 @@ def _targets(binding: Binding, model: Datamodel, index: int) -> ResolvedSource:
             continue
         # A suffix shared by two datastreams maps to neither (None marks it ambiguous).
         by_suffix[template.suffix] = None if template.suffix in by_suffix else template
-    targets: dict[str, DatastreamTemplate] = {
-        suffix: t for suffix, t in by_suffix.items() if t is not None
-    }
+    targets: dict[str, DatastreamTemplate] = {suffix: t for suffix, t in by_suffix.items() if t is not None}
     targets.update(explicit)
     required = tuple(t for t in model.datastreams if t.required and not t.calculated)
     return ResolvedSource(binding, model, MappingProxyType(targets), required)
@@ -136,9 +132,7 @@ class Catalog:
 
     def __init__(self, datamodels: Iterable[Datamodel], bindings: Iterable[Binding]) -> None:
         models = tuple(datamodels)
-        self._datamodels: Mapping[str, Datamodel] = MappingProxyType(
-            {m.identifier: m for m in models}
-        )
+        self._datamodels: Mapping[str, Datamodel] = MappingProxyType({m.identifier: m for m in models})
         if len(self._datamodels) != len(models):
             raise BindingError("catalog.duplicate_datamodel", "two datamodels share an identifier")
         streams: dict[str, tuple[Datamodel, DatastreamTemplate]] = {}
@@ -157,9 +151,7 @@ class Catalog:
         for index, binding in enumerate(self.bindings):
             bound = self._datamodels.get(binding.datamodel)
             if bound is None:
-                raise BindingError(
-                    "binding.unknown_datamodel", f"no datamodel {binding.datamodel!r}", index
-                )
+                raise BindingError("binding.unknown_datamodel", f"no datamodel {binding.datamodel!r}", index)
             key = (binding.node_id, binding.source_pattern, binding.valid_from_ms)
             if key in seen:
                 raise BindingError(
@@ -202,9 +194,7 @@ class Catalog:
             self._cache[key] = found
         return found
 
-    def resolve(
-        self, node_id: int, source_id: str, created_ms: int | None = None
-    ) -> ResolvedSource | None:
+    def resolve(self, node_id: int, source_id: str, created_ms: int | None = None) -> ResolvedSource | None:
         """The binding that applies to (node, source) at `created_ms`; None when unbound.
 
         `created_ms` None ignores `valid_from_ms` (the best binding overall).
@@ -237,12 +227,8 @@ def parse_binding(doc: object, index: int | None = None) -> Binding:
     if not isinstance(model, str) or not model:
         raise BindingError("binding.field_type", "datamodel must be a non-empty string", index)
     props = doc.get("properties", {})
-    if not isinstance(props, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in props.items()
-    ):
-        raise BindingError(
-            "binding.field_type", "properties must map property names to datastream ids", index
-        )
+    if not isinstance(props, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in props.items()):
+        raise BindingError("binding.field_type", "properties must map property names to datastream ids", index)
     valid_from = doc.get("valid_from_ms")
     if valid_from is not None and (isinstance(valid_from, bool) or not isinstance(valid_from, int)):
         raise BindingError("binding.field_type", "valid_from_ms must be an integer or null", index)

@@ -145,5 +145,4 @@ def build_versioned_catalog(meta: MetadataCatalog, plan: StoragePlan | None = No
                 models.append(model)
         known = {m.identifier for m in models}
         catalogs.append(Catalog(models, [b for b in bindings if b.datamodel in known]))
-    return VersionedCatalog(ordered, tuple(catalogs), meta.tx_high_water, tuple(problems),
-                            dict(meta.node_timezones))
+    return VersionedCatalog(ordered, tuple(catalogs), meta.tx_high_water, tuple(problems), dict(meta.node_timezones))

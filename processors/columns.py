@@ -67,9 +67,17 @@ class DatumColumns:
     def from_tuple(cls, t: tuple[Any, ...]) -> DatumColumns:
         """From what the compiled decoder returns (pipeline/wire/_avrofast.c: bytes and lists)."""
         node, sources, created, tags, datum, kind, props, value, texts = t
-        return cls(np.frombuffer(node, np.int64), sources, np.frombuffer(created, np.int64), tags,
-                   np.frombuffer(datum, np.int32), np.frombuffer(kind, np.uint8), props,
-                   np.frombuffer(value, np.float64), texts)
+        return cls(
+            np.frombuffer(node, np.int64),
+            sources,
+            np.frombuffer(created, np.int64),
+            tags,
+            np.frombuffer(datum, np.int32),
+            np.frombuffer(kind, np.uint8),
+            props,
+            np.frombuffer(value, np.float64),
+            texts,
+        )
 
     @classmethod
     def from_datums(cls, datums: Sequence[Datum]) -> DatumColumns:
@@ -89,9 +97,17 @@ class DatumColumns:
                     texts.append(str(val))
                 else:
                     values.append(float(val))
-        return cls(np.array([d.node_id for d in datums], np.int64), [d.source_id for d in datums],
-                   np.array([d.created_ms for d in datums], np.int64), [tuple(d.tags) for d in datums],
-                   np.array(sd, np.int32), np.array(sk, np.uint8), props, np.array(values, np.float64), texts)
+        return cls(
+            np.array([d.node_id for d in datums], np.int64),
+            [d.source_id for d in datums],
+            np.array([d.created_ms for d in datums], np.int64),
+            [tuple(d.tags) for d in datums],
+            np.array(sd, np.int32),
+            np.array(sk, np.uint8),
+            props,
+            np.array(values, np.float64),
+            texts,
+        )
 
     @staticmethod
     def concat(parts: Sequence[DatumColumns]) -> DatumColumns:
@@ -104,7 +120,8 @@ class DatumColumns:
             np.concatenate([p.created for p in parts]) if parts else np.empty(0, np.int64),
             [t for p in parts for t in p.tags],
             np.concatenate([p.sample_datum + np.int32(o) for p, o in zip(parts, shift, strict=True)])
-            if parts else np.empty(0, np.int32),
+            if parts
+            else np.empty(0, np.int32),
             np.concatenate([p.sample_kind for p in parts]) if parts else np.empty(0, np.uint8),
             [s for p in parts for s in p.property],
             np.concatenate([p.value for p in parts]) if parts else np.empty(0, np.float64),
@@ -189,15 +206,29 @@ def _simple_bounds(schema: Mapping[str, object]) -> tuple[float, float, float, f
     """(minimum, exclusiveMinimum, maximum, exclusiveMaximum) of a plain number schema, which a
     comparison of columns decides exactly as fastjsonschema does; None for any other schema."""
     if schema.get("type") != "number" or not set(schema) <= {
-        "type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "title", "description", "$comment",
+        "type",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "title",
+        "description",
+        "$comment",
     }:
         return None
     out: list[float] = []
-    for key, default in (("minimum", -np.inf), ("exclusiveMinimum", -np.inf), ("maximum", np.inf),
-                         ("exclusiveMaximum", np.inf)):
+    for key, default in (
+        ("minimum", -np.inf),
+        ("exclusiveMinimum", -np.inf),
+        ("maximum", np.inf),
+        ("exclusiveMaximum", np.inf),
+    ):
         bound = schema.get(key, default)
-        if isinstance(bound, bool) or not isinstance(bound, int | float) or (
-                isinstance(bound, int) and abs(bound) > 2**53):
+        if (
+            isinstance(bound, bool)
+            or not isinstance(bound, int | float)
+            or (isinstance(bound, int) and abs(bound) > 2**53)
+        ):
             return None  # a draft-4 boolean, or an integer a float would round
         out.append(float(bound))
     return out[0], out[1], out[2], out[3]
@@ -206,8 +237,9 @@ def _simple_bounds(schema: Mapping[str, object]) -> tuple[float, float, float, f
 _BOUNDS: dict[object, tuple[float, float, float, float] | None] = {}
 
 
-def _schema_ok(template: DatastreamTemplate, check: Callable[[object], object], values: F64,
-               texts: list[str] | None) -> Bools:
+def _schema_ok(
+    template: DatastreamTemplate, check: Callable[[object], object], values: F64, texts: list[str] | None
+) -> Bools:
     """Per value: the datastream's JSON Schema passes."""
     if texts is None:
         key = template.schema_key
@@ -237,14 +269,20 @@ def score_values(scorer: Scorer, v: F64) -> tuple[F64, F64, npt.NDArray[np.int8]
     """Scorer.score of every finite value: (score, performance, band), bit for bit the same."""
     t0, t1, t2, t3, t4 = scorer._t0, scorer._t1, scorer._t2, scorer._t3, scorer._t4
     band = np.select(
-        [v == t2, (v < t2) & (v >= t1), (v < t2) & (v >= t0), v < t2, v <= t3, v <= t4],
-        [0, 1, 2, 3, 4, 5], default=6).astype(np.int8)
+        [v == t2, (v < t2) & (v >= t1), (v < t2) & (v >= t0), v < t2, v <= t3, v <= t4], [0, 1, 2, 3, 4, 5], default=6
+    ).astype(np.int8)
     with np.errstate(all="ignore"):  # a band never entered may divide by its zero width
         f = np.select(
             [band == 0, band == 1, band == 2, band == 4, band == 5],
-            [np.ones_like(v), 1.0 - 0.5 * ((t2 - v) / scorer._w12), 0.5 * ((v - t0) / scorer._w01),
-             1.0 - 0.5 * ((v - t2) / scorer._w23), 0.5 * ((t4 - v) / scorer._w34)],
-            default=0.0)
+            [
+                np.ones_like(v),
+                1.0 - 0.5 * ((t2 - v) / scorer._w12),
+                0.5 * ((v - t0) / scorer._w01),
+                1.0 - 0.5 * ((v - t2) / scorer._w23),
+                0.5 * ((t4 - v) / scorer._w34),
+            ],
+            default=0.0,
+        )
     score = scorer._max * f
     score[band == 0] = scorer._ideal_score.score
     perf = 100.0 * f
@@ -267,9 +305,13 @@ class _Scored:
     max_score: list[float | None]
 
 
-def accept_columns(cols: DatumColumns, now_ms: int, catalog: Catalog | VersionedCatalog | None = None,
-                   scoring: Scoring | None = None, message_of: npt.NDArray[np.int64] | None = None,
-                   ) -> tuple[AcceptResult, list[tuple[int, Datum, list[Any], str]]]:
+def accept_columns(
+    cols: DatumColumns,
+    now_ms: int,
+    catalog: Catalog | VersionedCatalog | None = None,
+    scoring: Scoring | None = None,
+    message_of: npt.NDArray[np.int64] | None = None,
+) -> tuple[AcceptResult, list[tuple[int, Datum, list[Any], str]]]:
     """accept_batch over columns. Returns the result and its refusals as (message, datum,
     reasons, stage): `message_of` gives each datum's message (its dead letter's origin)."""
     scoring = scoring if scoring is not None else Scoring()
@@ -283,8 +325,9 @@ def accept_columns(cols: DatumColumns, now_ms: int, catalog: Catalog | Versioned
     # streams, and each datum's
     index: dict[tuple[int, str], int] = {}
     nodes = cols.node_id.tolist()
-    sid = np.fromiter((index.setdefault(key, len(index)) for key in zip(nodes, cols.source_id, strict=True)),
-                      np.int64, n)
+    sid = np.fromiter(
+        (index.setdefault(key, len(index)) for key in zip(nodes, cols.source_id, strict=True)), np.int64, n
+    )
     streams = list(index)
     bad = np.zeros(len(streams), bool)
     bad[sid[~envelope_ok(cols, now_ms)]] = True
@@ -328,8 +371,7 @@ def accept_columns(cols: DatumColumns, now_ms: int, catalog: Catalog | Versioned
             plan_of[s] = p
 
     prop_code: dict[str, int] = {}
-    pcode = np.fromiter((prop_code.setdefault(p, len(prop_code)) for p in cols.property), np.int64,
-                        len(cols.property))
+    pcode = np.fromiter((prop_code.setdefault(p, len(prop_code)) for p in cols.property), np.int64, len(cols.property))
     props = list(prop_code)
 
     # required datastreams: every datum of a bound stream sends each (else a datum-level refusal)
@@ -348,6 +390,7 @@ def accept_columns(cols: DatumColumns, now_ms: int, catalog: Catalog | Versioned
 
             def occurs(keys: I64) -> Bools:
                 return np.isin(keys, seen)
+
         datum_plan = plan_of[sid]
         for p, r in enumerate(plans):
             need = plan_for(r).required
@@ -365,8 +408,9 @@ def accept_columns(cols: DatumColumns, now_ms: int, catalog: Catalog | Versioned
 
     # groups: (plan, kind, property); plan -1 is unbound
     sample_plan = plan_of[sample_stream]
-    group = (sample_plan + 1) * (3 * len(props)) + pcode * 3 + np.searchsorted([KIND_A, KIND_I, KIND_S],
-                                                                             cols.sample_kind)
+    group = (
+        (sample_plan + 1) * (3 * len(props)) + pcode * 3 + np.searchsorted([KIND_A, KIND_I, KIND_S], cols.sample_kind)
+    )
     order = np.argsort(group, kind="stable")
     sorted_groups = group[order]
     cuts = np.flatnonzero(np.diff(sorted_groups)) + 1
@@ -399,8 +443,9 @@ def accept_columns(cols: DatumColumns, now_ms: int, catalog: Catalog | Versioned
             ok &= values >= 0
         if not ok.all():
             bad[sample_stream[idx[~ok]]] = True
-        got = _score_group(entry.template, scoring, idx, cols, sample_stream, streams, kind, values, texts, now_ms,
-                           bad, rate_updates)
+        got = _score_group(
+            entry.template, scoring, idx, cols, sample_stream, streams, kind, values, texts, now_ms, bad, rate_updates
+        )
         if got is not None:
             scored.append(got)
 
@@ -415,9 +460,18 @@ def accept_columns(cols: DatumColumns, now_ms: int, catalog: Catalog | Versioned
         sd = cols.sample_datum.tolist()
         tx = text_at.tolist() if cols.text else []
 
-        def add(target: RawColumns, idx: I64, datastream: str, ttl: int, score: list[float | None] | None,
-                performance: list[float | None] | None, label: list[str] | None, quality: list[str] | None,
-                max_score: list[float | None] | None, keep: Bools) -> None:
+        def add(
+            target: RawColumns,
+            idx: I64,
+            datastream: str,
+            ttl: int,
+            score: list[float | None] | None,
+            performance: list[float | None] | None,
+            label: list[str] | None,
+            quality: list[str] | None,
+            max_score: list[float | None] | None,
+            keep: Bools,
+        ) -> None:
             take = idx[keep].tolist()
             if not take:
                 return
@@ -460,8 +514,18 @@ def accept_columns(cols: DatumColumns, now_ms: int, catalog: Catalog | Versioned
         expired_datums: set[int] = set()
         for g in scored:
             keep = good_datum[cols.sample_datum[g.idx]]
-            add(result.latest if g.latest else result.rows, g.idx, g.template.identifier, g.ttl, g.score,
-                g.performance, g.label, g.quality, g.max_score, keep)
+            add(
+                result.latest if g.latest else result.rows,
+                g.idx,
+                g.template.identifier,
+                g.ttl,
+                g.score,
+                g.performance,
+                g.label,
+                g.quality,
+                g.max_score,
+                keep,
+            )
             hit = g.expired & keep
             if hit.any():
                 result.samples_expired += int(hit.sum())
@@ -493,21 +557,32 @@ def accept_columns(cols: DatumColumns, now_ms: int, catalog: Catalog | Versioned
     return result, refused
 
 
-def _score_group(template: DatastreamTemplate, scoring: Scoring, idx: I64, cols: DatumColumns, sample_stream: I64,
-                 streams: list[tuple[int, str]], kind: int, values: F64, texts: list[str] | None, now_ms: int,
-                 bad: Bools, rate_updates: list[tuple[int, tuple[int, str, str], RateState]]) -> _Scored | None:
+def _score_group(
+    template: DatastreamTemplate,
+    scoring: Scoring,
+    idx: I64,
+    cols: DatumColumns,
+    sample_stream: I64,
+    streams: list[tuple[int, str]],
+    kind: int,
+    values: F64,
+    texts: list[str] | None,
+    now_ms: int,
+    bad: Bools,
+    rate_updates: list[tuple[int, tuple[int, str, str], RateState]],
+) -> _Scored | None:
     """Scores, TTL and expiry of one group's samples (rows.py `_add_scored`, in columns)."""
     ttl = ttl_days(template.storage, scoring.plan)
     latest = ttl == NOT_STORED
     ttl_value = ttl if isinstance(ttl, int) else 0
     created = cols.created[cols.sample_datum[idx]]
-    expired = (created + ttl_value * DAY_MS <= now_ms) if isinstance(ttl, int) and ttl > 0 \
-        else np.zeros(len(idx), bool)
+    expired = (created + ttl_value * DAY_MS <= now_ms) if isinstance(ttl, int) and ttl > 0 else np.zeros(len(idx), bool)
     scorer = scoring.scorer(template)
     m = len(idx)
     if scorer is None:
-        return _Scored(idx, template, ttl_value, latest, expired, [None] * m, [None] * m, [""] * m, [""] * m,
-                       [None] * m)
+        return _Scored(
+            idx, template, ttl_value, latest, expired, [None] * m, [None] * m, [""] * m, [""] * m, [None] * m
+        )
     labels = (scorer._l0, scorer._l1, scorer._l2, scorer._l3, scorer._l4)
     divisor = scorer.cumulative_period_divisor
     if texts is not None:
@@ -571,7 +646,11 @@ def _score_group(template: DatastreamTemplate, scoring: Scoring, idx: I64, cols:
     sc_l, pf_l = score.tolist(), perf.tolist()
     max_score = scorer.max_score
     return _Scored(
-        idx, template, ttl_value, latest, expired,
+        idx,
+        template,
+        ttl_value,
+        latest,
+        expired,
         [sc_l[k] if r else None for k, r in enumerate(rated_l)],
         [pf_l[k] if r else None for k, r in enumerate(rated_l)],
         [labels[_BANDS[b][0]] if r else "" for b, r in zip(band_l, rated_l, strict=True)],

@@ -53,8 +53,20 @@ _DATAMODEL_KEYS: Final = frozenset(
 _CATEGORY_KEYS: Final = frozenset({"identifier", "name", "description", "datastreams"})
 _DATASTREAM_KEYS: Final = frozenset(
     {
-        "identifier", "name", "description", "period", "access", "schema", "storage", "unit",
-        "modifiable", "calculated", "required", "qrating", "tags", "icon",
+        "identifier",
+        "name",
+        "description",
+        "period",
+        "access",
+        "schema",
+        "storage",
+        "unit",
+        "modifiable",
+        "calculated",
+        "required",
+        "qrating",
+        "tags",
+        "icon",
     }
 )
 _IGNORED_DATASTREAM_KEYS: Final = frozenset({"views"})
@@ -184,9 +196,7 @@ def storage_days(storage: Storage | StoragePlan) -> Fraction | NotStored:
     return _DAYS_PER[storage.period] * (storage.total or 0)
 
 
-def ttl_days(
-    storage: Storage | None, plan: StoragePlan | None = None
-) -> int | NotStored | None:
+def ttl_days(storage: Storage | None, plan: StoragePlan | None = None) -> int | NotStored | None:
     """Days a datapoint is kept, rounded up; "not stored" for NEVER.
 
     `storage` None means the plan's default; None back means no limit (no storage, no plan).
@@ -247,9 +257,7 @@ class _Ctx:
         return DatamodelError(rule, message, self.datamodel, self.datastream, field)
 
 
-def _text(
-    doc: Mapping[str, object], key: str, ctx: _Ctx, scope: str, *, required: bool
-) -> str | None:
+def _text(doc: Mapping[str, object], key: str, ctx: _Ctx, scope: str, *, required: bool) -> str | None:
     raw = doc.get(key)
     if raw is None:
         if required:
@@ -271,18 +279,14 @@ def _choice(doc: Mapping[str, object], key: str, default: str, allowed: Sequence
     """A datastream's `key`, `default` when absent: one of `allowed`."""
     raw = doc.get(key, default)
     if raw not in allowed:
-        raise ctx.error(
-            f"datastream.{key}.invalid", f"{key} must be one of {', '.join(allowed)}, got {raw!r}", key
-        )
+        raise ctx.error(f"datastream.{key}.invalid", f"{key} must be one of {', '.join(allowed)}, got {raw!r}", key)
     return cast(str, raw)
 
 
 def _unknown(doc: Mapping[str, object], known: frozenset[str], ctx: _Ctx, scope: str) -> None:
     extra = sorted(str(k) for k in doc if k not in known)
     if extra:
-        raise ctx.error(
-            f"{scope}.unknown_field", f"unknown field(s) {', '.join(extra)}", extra[0]
-        )
+        raise ctx.error(f"{scope}.unknown_field", f"unknown field(s) {', '.join(extra)}", extra[0])
 
 
 def parse_datamodel(
@@ -372,9 +376,7 @@ def _parse_category(
                 raise ctx.error("category.required", f"{key} is mandatory", f"{where}.{key}")
             texts[key] = None
         elif not isinstance(value, str) or not value.strip():
-            raise ctx.error(
-                "category.field_type", f"{key} must be a non-empty string", f"{where}.{key}"
-            )
+            raise ctx.error("category.field_type", f"{key} must be a non-empty string", f"{where}.{key}")
         else:
             texts[key] = value
     raw_streams = raw.get("datastreams", [])
@@ -393,7 +395,9 @@ def _parse_category(
         streams.append(template)
     ctx.datastream = None
     return Category(
-        cast(str, texts["identifier"]), cast(str, texts["name"]), texts["description"],
+        cast(str, texts["identifier"]),
+        cast(str, texts["name"]),
+        texts["description"],
         tuple(streams),
     )
 
@@ -414,9 +418,7 @@ def _parse_datastream(raw: object, ctx: _Ctx, plan: StoragePlan | None) -> Datas
             "identifier",
         )
     if "_" in identifier:
-        raise ctx.error(
-            "datastream.identifier.underscore", "identifier may not contain '_'", "identifier"
-        )
+        raise ctx.error("datastream.identifier.underscore", "identifier may not contain '_'", "identifier")
     name = cast(str, _text(raw, "name", ctx, "datastream", required=True))
     description = cast(str, _text(raw, "description", ctx, "datastream", required=True))
 
@@ -452,9 +454,7 @@ def _parse_datastream(raw: object, ctx: _Ctx, plan: StoragePlan | None) -> Datas
     try:
         schema_validator(template)
     except Exception as exc:  # fastjsonschema raises several types; any means unusable
-        raise ctx.error(
-            "datastream.schema.unsupported", f"schema cannot be compiled: {exc}", "schema"
-        ) from exc
+        raise ctx.error("datastream.schema.unsupported", f"schema cannot be compiled: {exc}", "schema") from exc
     return template
 
 
@@ -474,15 +474,11 @@ def _parse_schema(raw: Mapping[str, object], ctx: _Ctx) -> Mapping[str, object]:
     except SchemaError as exc:
         path = "/".join(str(p) for p in exc.path)
         where = f"schema/{path}" if path else "schema"
-        raise ctx.error(
-            "datastream.schema.invalid", f"not a valid JSON Schema: {exc.message}", where
-        ) from exc
+        raise ctx.error("datastream.schema.invalid", f"not a valid JSON Schema: {exc.message}", where) from exc
     remote = _remote_ref(schema)
     if remote is not None:
         # Resolving it would mean network or file I/O while validating: refuse up front.
-        raise ctx.error(
-            "datastream.schema.remote_ref", f"$ref {remote!r} is not local ('#...')", "schema"
-        )
+        raise ctx.error("datastream.schema.remote_ref", f"$ref {remote!r} is not local ('#...')", "schema")
     return json.loads(canonical_json(schema))  # type: ignore[no-any-return]  # a private copy
 
 
@@ -510,9 +506,7 @@ def _parse_storage(raw: object, ctx: _Ctx, plan: StoragePlan | None) -> Storage 
         raise ctx.error("datastream.storage.type", "storage must be a JSON object", "storage")
     for key in raw:
         if key not in ("period", "total"):
-            raise ctx.error(
-                "datastream.storage.unknown_field", f"unknown field {key}", f"storage.{key}"
-            )
+            raise ctx.error("datastream.storage.unknown_field", f"unknown field {key}", f"storage.{key}")
     period = raw.get("period")
     total = raw.get("total")
     if period is None:
@@ -553,8 +547,8 @@ def _parse_storage(raw: object, ctx: _Ctx, plan: StoragePlan | None) -> Storage 
     if plan is not None and _exceeds(storage, plan):
         raise ctx.error(
             "datastream.storage.exceeds_plan",
-            f"storage {total} {period} exceeds the organization plan "
-            f"({plan.total} {plan.period})" if plan.period != "NEVER"
+            f"storage {total} {period} exceeds the organization plan ({plan.total} {plan.period})"
+            if plan.period != "NEVER"
             else "the organization plan stores nothing",
             "storage",
         )
@@ -641,8 +635,11 @@ def parse_datamodels(
         model = parse_datamodel(doc, plan=plan, organization_identifiers=taken)
         if model.identifier in model_ids:
             raise DatamodelError(
-                "datamodel.duplicate", "datamodel identifier appears twice", model.identifier,
-                None, "identifier",
+                "datamodel.duplicate",
+                "datamodel identifier appears twice",
+                model.identifier,
+                None,
+                "identifier",
             )
         model_ids.add(model.identifier)
         taken.update(t.identifier for t in model.datastreams)

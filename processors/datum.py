@@ -168,8 +168,9 @@ def check_envelope(datum: Datum, now_ms: int) -> tuple[Datum | None, list[Reject
     if datum.node_id < 0:
         problems.append(Rejection("node_id.negative", "nodeId is negative", value=datum.node_id))
     elif datum.node_id > NODE_ID_MAX:
-        problems.append(Rejection("node_id.out_of_range", f"nodeId is above {NODE_ID_MAX} (2^63-1)",
-                                  value=datum.node_id))
+        problems.append(
+            Rejection("node_id.out_of_range", f"nodeId is above {NODE_ID_MAX} (2^63-1)", value=datum.node_id)
+        )
     for check in (source_id_problem(datum.source_id), created_problem(datum.created_ms, now_ms)):
         if check is not None:
             problems.append(check)
@@ -184,9 +185,7 @@ def check_envelope(datum: Datum, now_ms: int) -> tuple[Datum | None, list[Reject
     problems = bad_i + bad_a
     for name, text in datum.s.items():
         if not isinstance(text, str):
-            problems.append(
-                Rejection("sample.status_not_text", "status values are text", name, "s", text)
-            )
+            problems.append(Rejection("sample.status_not_text", "status values are text", name, "s", text))
     if not problems:
         return datum, []
     s = {k: v for k, v in datum.s.items() if isinstance(v, str)}
@@ -208,9 +207,15 @@ def _finite_only(values: Mapping[str, float], kind: Kind) -> tuple[dict[str, flo
             # a huge int is shown by its size: str() of one past 4300 digits raises
             small = isinstance(num, float) or num.bit_length() <= 1000
             shown = f"{num:.6g}" if isinstance(num, float) else f"an integer of {num.bit_length()} bits"
-            bad.append(Rejection("sample.out_of_range",
-                                 f"{shown} is beyond ±2^53 (about ±9.007e15), the bound of a number sample",
-                                 name, kind, num if small else shown))
+            bad.append(
+                Rejection(
+                    "sample.out_of_range",
+                    f"{shown} is beyond ±2^53 (about ±9.007e15), the bound of a number sample",
+                    name,
+                    kind,
+                    num if small else shown,
+                )
+            )
         else:
             kept[name] = float(num)
     return kept, bad

@@ -200,8 +200,7 @@ def transaction_time(asked: datetime | None, clock: Clock) -> tuple[datetime, Re
     if last is not None and now <= last:
         return now, Refusal(
             "tx_time.not_after_last_change",
-            f"transaction time {now.isoformat()} is not after the key's last change "
-            f"{last.isoformat()}",
+            f"transaction time {now.isoformat()} is not after the key's last change {last.isoformat()}",
         )
     return now, None
 
@@ -215,8 +214,12 @@ def apply_step(event: MetadataEvent, tx_time: datetime | None = None) -> Step:
     record = _optional(need, (yield need), IdRecord)
     if record is not None:
         if not same_content(record.content, event.as_dict()):
-            return Refused("event.id_reused", f"event_id {event.event_id} was used by another "
-                           f"event (tx {record.tx_id})", None, record.tx_id)
+            return Refused(
+                "event.id_reused",
+                f"event_id {event.event_id} was used by another event (tx {record.tx_id})",
+                None,
+                record.tx_id,
+            )
         if record.applied:
             return Duplicate(record.tx_id)
         # refused before: tried again, and the attempt gets its own log row
@@ -235,13 +238,15 @@ def apply_step(event: MetadataEvent, tx_time: datetime | None = None) -> Step:
         target_text = key_text(key)
         need = AskExists(target, key, target_text)
         if not _expect(need, (yield need), bool):
-            return Refused("reference.missing", f"{event.entity} {ktext} refers to {target} "
-                           f"{target_text}, which does not exist", now)
+            return Refused(
+                "reference.missing",
+                f"{event.entity} {ktext} refers to {target} {target_text}, which does not exist",
+                now,
+            )
     need = Write(outcome, now)
     violation = _optional(need, (yield need), Violation)
     if violation is not None:
-        return Refused(f"constraint.{violation.constraint}",
-                       f"refused by the database: {violation.message}", now)
+        return Refused(f"constraint.{violation.constraint}", f"refused by the database: {violation.message}", now)
     return Applied(outcome, now)
 
 
@@ -252,8 +257,7 @@ def apply_step(event: MetadataEvent, tx_time: datetime | None = None) -> Step:
 def _expect(need: Need, answer: object, kind: type[T]) -> T:
     if isinstance(answer, kind):
         return answer
-    raise TypeError(f"{type(need).__name__} answered with {type(answer).__name__}, "
-                    f"expected {kind.__name__}")
+    raise TypeError(f"{type(need).__name__} answered with {type(answer).__name__}, expected {kind.__name__}")
 
 
 def _optional(need: Need, answer: object, kind: type[T]) -> T | None:
@@ -310,7 +314,26 @@ def decide_apply(
 
 
 __all__ = [
-    "CONTENT_FIELDS", "ONE_MICROSECOND", "Applied", "AskClock", "AskExists", "AskRecord", "AskRows",
-    "Clock", "Duplicate", "IdRecord", "Need", "Outcome", "Refused", "Step", "Violation", "Write",
-    "apply_step", "decide_apply", "drive", "event_content", "same_content", "transaction_time",
+    "CONTENT_FIELDS",
+    "ONE_MICROSECOND",
+    "Applied",
+    "AskClock",
+    "AskExists",
+    "AskRecord",
+    "AskRows",
+    "Clock",
+    "Duplicate",
+    "IdRecord",
+    "Need",
+    "Outcome",
+    "Refused",
+    "Step",
+    "Violation",
+    "Write",
+    "apply_step",
+    "decide_apply",
+    "drive",
+    "event_content",
+    "same_content",
+    "transaction_time",
 ]

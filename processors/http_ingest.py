@@ -46,9 +46,18 @@ class ParsedBody:
 
     def answer(self) -> dict[str, Any]:
         """The 400 answer's detail: the problems, capped."""
-        return {"problemCount": len(self.problems), "problems": [
-            {"line": p.line, "rule": p.rule, "message": p.message, **({"property": p.property} if p.property else {})}
-            for p in self.problems[:MAX_PROBLEMS]]}
+        return {
+            "problemCount": len(self.problems),
+            "problems": [
+                {
+                    "line": p.line,
+                    "rule": p.rule,
+                    "message": p.message,
+                    **({"property": p.property} if p.property else {}),
+                }
+                for p in self.problems[:MAX_PROBLEMS]
+            ],
+        }
 
 
 def _items(body: bytes) -> list[tuple[int, str | list[Any]]] | Problem:
@@ -88,8 +97,9 @@ def parse_body(body: bytes, now_ms: int) -> ParsedBody:
         return out
     escapes = b"\\u" in body  # none: no lone surrogate in any decoded element
     for line_no, item in items:
-        parsed = parse_line(item, line_no) if isinstance(item, str) else parse_document(item[0], line_no,
-                                                                                       escapes=escapes)
+        parsed = (
+            parse_line(item, line_no) if isinstance(item, str) else parse_document(item[0], line_no, escapes=escapes)
+        )
         if parsed is None:
             continue
         if isinstance(parsed, LineRejection):

@@ -151,8 +151,16 @@ _INT = re.compile(r"-?[0-9]+")
 _UINT = re.compile(r"[0-9]+")
 
 _BOOLS: dict[str, bool] = {
-    "t": True, "T": True, "true": True, "True": True, "TRUE": True,
-    "f": False, "F": False, "false": False, "False": False, "FALSE": False,
+    "t": True,
+    "T": True,
+    "true": True,
+    "True": True,
+    "TRUE": True,
+    "f": False,
+    "F": False,
+    "false": False,
+    "False": False,
+    "FALSE": False,
 }
 
 
@@ -586,7 +594,7 @@ def _entry(buf: str, i: int, mult: int, default_ns: int | None) -> tuple[Point |
         if j < n and buf[j] not in " \r\n":
             m = _EOL.search(buf, j)
             k = n if m is None else m.start()
-            msg = f"invalid timestamp ({buf[j - len(raw):k]!r})"
+            msg = f"invalid timestamp ({buf[j - len(raw) : k]!r})"
             # with no digits the reference has already left the entry: it resumes at the EOL
             return msg, (k if not raw else _after_newline(buf, k))
         j = _skip_spaces(buf, j)

@@ -137,9 +137,7 @@ class _Mapper:
                 f"measurement {measurement!r} needs tag {tag_name!r} to name its source",
             )
         try:
-            source_id = m.source_template.format_map(
-                {**tags, "measurement": measurement, "source": source}
-            )
+            source_id = m.source_template.format_map({**tags, "measurement": measurement, "source": source})
         except KeyError as exc:
             return Rejection(
                 "lp.template_tag_missing",
@@ -301,9 +299,7 @@ def _syntax(error: LineError) -> LineRejection:
     return LineRejection(error.line_no, Rejection("lp.syntax", error.message))
 
 
-def map_points(
-    items: Iterable[Point | LineError], mapping: LineProtocolMapping
-) -> Iterator[Datum | LineRejection]:
+def map_points(items: Iterable[Point | LineError], mapping: LineProtocolMapping) -> Iterator[Datum | LineRejection]:
     """Map a stream lazily (e.g. straight from parse_lines); parse errors become lp.syntax."""
     mapper = _Mapper(mapping)
     for item in items:

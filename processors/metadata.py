@@ -45,8 +45,16 @@ OPS_BY_CLASS: Final[Mapping[EntityClass, frozenset[Op]]] = {
 VALUE_OPS: Final[frozenset[Op]] = frozenset({"upsert", "set_valid", "correct", "replace"})
 
 EVENT_FIELDS: Final[tuple[str, ...]] = (
-    "event_id", "entity", "key", "op", "value", "valid_from", "valid_to",
-    "author", "comment", "produced_at",
+    "event_id",
+    "entity",
+    "key",
+    "op",
+    "value",
+    "valid_from",
+    "valid_to",
+    "author",
+    "comment",
+    "produced_at",
 )
 AUTHOR_MAX = 200
 COMMENT_MAX = 2000
@@ -241,8 +249,7 @@ def _v_datamodel(value: Mapping[str, JsonValue], key: Mapping[str, KeyValue]) ->
     if value.get("identifier") != key["identifier"]:
         raise ValueProblem(
             "datamodel.key_mismatch",
-            f"document identifier {value.get('identifier')!r} differs from the key's "
-            f"{key['identifier']!r}",
+            f"document identifier {value.get('identifier')!r} differs from the key's {key['identifier']!r}",
         )
 
 
@@ -261,16 +268,13 @@ def _v_template(value: Mapping[str, JsonValue], key: Mapping[str, KeyValue]) -> 
     if storage is not None:
         period, total = storage.get("period"), storage.get("total")
         if period not in STORAGE_PERIODS:
-            raise ValueProblem("storage.period", f"storage.period must be one of "
-                               f"{sorted(STORAGE_PERIODS)}, got {period!r}")
+            raise ValueProblem(
+                "storage.period", f"storage.period must be one of {sorted(STORAGE_PERIODS)}, got {period!r}"
+            )
         if period == "NEVER" and total is not None:
             raise ValueProblem("storage.total", "storage.total must be empty when period is NEVER")
-        if period != "NEVER" and (
-            isinstance(total, bool) or not isinstance(total, int) or total <= 0
-        ):
-            raise ValueProblem(
-                "storage.total", f"storage.total must be an integer > 0, got {total!r}"
-            )
+        if period != "NEVER" and (isinstance(total, bool) or not isinstance(total, int) or total <= 0):
+            raise ValueProblem("storage.total", f"storage.total must be an integer > 0, got {total!r}")
 
 
 def _ref(target: str, *pairs: tuple[str, Literal["key", "value"], str]) -> Reference:
@@ -280,37 +284,70 @@ def _ref(target: str, *pairs: tuple[str, Literal["key", "value"], str]) -> Refer
 ENTITY_CLASSES: Final[Mapping[str, EntitySpec]] = {
     spec.name: spec
     for spec in (
-        EntitySpec("organization", "master", (("org_id", "int"),), _v_organization,
-                   doc="owner of nodes and sites; corrections overwrite"),
-        EntitySpec("node", "history", (("node_id", "int"),), _v_node,
-                   doc="a SolarNode: name, organization, location"),
-        EntitySpec("node_timezone", "time_dependent", (("node_id", "int"),), _v_node_timezone,
-                   (_ref("node", ("node_id", "key", "node_id")),),
-                   doc="the node's IANA time zone from a date on (aggregation windows follow it)"),
-        EntitySpec("site", "history", (("site_id", "str"),), _v_site,
-                   doc="an oTherm site (facility)"),
-        EntitySpec("equipment", "history", (("equipment_id", "str"),), _v_equipment,
-                   (_ref("site", ("site_id", "value", "site_id")),),
-                   doc="oTherm equipment at a site: heat pump, monitoring system"),
-        EntitySpec("source", "static", (("node_id", "int"), ("source_id", "str")), _v_source,
-                   (_ref("node", ("node_id", "key", "node_id")),),
-                   doc="a datum stream's identity: immutable, delete and re-create"),
-        EntitySpec("datamodel", "static", (("identifier", "str"),), _v_datamodel,
-                   doc="an OpenGate datamodel; a new version is delete + re-create"),
-        EntitySpec("source_binding", "history",
-                   (("node_id", "int?"), ("source_pattern", "str"), ("valid_from_ms", "int?")),
-                   _v_binding,
-                   (_ref("datamodel", ("identifier", "value", "datamodel")),
-                    _ref("node", ("node_id", "key", "node_id"))),
-                   doc="which datamodel validates the sources matching a pattern "
-                       "(processors.binding)"),
-        EntitySpec("datastream_template", "time_dependent",
-                   (("datamodel", "str"), ("datastream", "str")), _v_template,
-                   (_ref("datamodel", ("identifier", "key", "datamodel")),),
-                   doc="a datastream's qrating and storage for an interval of data time"),
-        EntitySpec("security_token", "history", (("token_id", "str"),), _v_security_token,
-                   doc="an API token: type, SolarNetwork policy and the digest that verifies its"
-                       " signatures (processors.tokens); revoked by a delete"),
+        EntitySpec(
+            "organization",
+            "master",
+            (("org_id", "int"),),
+            _v_organization,
+            doc="owner of nodes and sites; corrections overwrite",
+        ),
+        EntitySpec("node", "history", (("node_id", "int"),), _v_node, doc="a SolarNode: name, organization, location"),
+        EntitySpec(
+            "node_timezone",
+            "time_dependent",
+            (("node_id", "int"),),
+            _v_node_timezone,
+            (_ref("node", ("node_id", "key", "node_id")),),
+            doc="the node's IANA time zone from a date on (aggregation windows follow it)",
+        ),
+        EntitySpec("site", "history", (("site_id", "str"),), _v_site, doc="an oTherm site (facility)"),
+        EntitySpec(
+            "equipment",
+            "history",
+            (("equipment_id", "str"),),
+            _v_equipment,
+            (_ref("site", ("site_id", "value", "site_id")),),
+            doc="oTherm equipment at a site: heat pump, monitoring system",
+        ),
+        EntitySpec(
+            "source",
+            "static",
+            (("node_id", "int"), ("source_id", "str")),
+            _v_source,
+            (_ref("node", ("node_id", "key", "node_id")),),
+            doc="a datum stream's identity: immutable, delete and re-create",
+        ),
+        EntitySpec(
+            "datamodel",
+            "static",
+            (("identifier", "str"),),
+            _v_datamodel,
+            doc="an OpenGate datamodel; a new version is delete + re-create",
+        ),
+        EntitySpec(
+            "source_binding",
+            "history",
+            (("node_id", "int?"), ("source_pattern", "str"), ("valid_from_ms", "int?")),
+            _v_binding,
+            (_ref("datamodel", ("identifier", "value", "datamodel")), _ref("node", ("node_id", "key", "node_id"))),
+            doc="which datamodel validates the sources matching a pattern (processors.binding)",
+        ),
+        EntitySpec(
+            "datastream_template",
+            "time_dependent",
+            (("datamodel", "str"), ("datastream", "str")),
+            _v_template,
+            (_ref("datamodel", ("identifier", "key", "datamodel")),),
+            doc="a datastream's qrating and storage for an interval of data time",
+        ),
+        EntitySpec(
+            "security_token",
+            "history",
+            (("token_id", "str"),),
+            _v_security_token,
+            doc="an API token: type, SolarNetwork policy and the digest that verifies its"
+            " signatures (processors.tokens); revoked by a delete",
+        ),
     )
 }
 
@@ -320,7 +357,8 @@ def spec_for(entity: str) -> EntitySpec:
         return ENTITY_CLASSES[entity]
     except KeyError:
         raise MetadataEventError(
-            "entity", "event.entity_unknown",
+            "entity",
+            "event.entity_unknown",
             f"unknown entity {entity!r}; known: {', '.join(sorted(ENTITY_CLASSES))}",
         ) from None
 
@@ -350,8 +388,7 @@ EVENT_JSON_SCHEMA: Final[Mapping[str, object]] = {
     "properties": {
         "event_id": {"type": "string", "format": "uuid"},
         "entity": {"enum": sorted(ENTITY_CLASSES)},
-        "key": {"type": "object", "minProperties": 1,
-                "additionalProperties": {"type": ["integer", "string", "null"]}},
+        "key": {"type": "object", "minProperties": 1, "additionalProperties": {"type": ["integer", "string", "null"]}},
         "op": {"enum": list(OPS)},
         "value": {"type": ["object", "null"]},
         "valid_from": {"type": ["string", "null"], "format": "date-time"},
@@ -391,10 +428,16 @@ class MetadataEvent:
 
     def as_dict(self) -> dict[str, JsonValue]:
         return {
-            "event_id": str(self.event_id), "entity": self.entity, "key": dict(self.key),
-            "op": self.op, "value": None if self.value is None else dict(self.value),
-            "valid_from": iso(self.valid_from), "valid_to": iso(self.valid_to),
-            "author": self.author, "comment": self.comment, "produced_at": iso(self.produced_at),
+            "event_id": str(self.event_id),
+            "entity": self.entity,
+            "key": dict(self.key),
+            "op": self.op,
+            "value": None if self.value is None else dict(self.value),
+            "valid_from": iso(self.valid_from),
+            "valid_to": iso(self.valid_to),
+            "author": self.author,
+            "comment": self.comment,
+            "produced_at": iso(self.produced_at),
         }
 
 
@@ -402,9 +445,7 @@ def parse_time(raw: object, name: str) -> datetime:
     """ISO 8601 with an explicit offset (or Z), normalised to UTC. Naive times are refused:
     a metadata timestamp without a zone is ambiguous by hours."""
     if not isinstance(raw, str):
-        raise MetadataEventError(
-            name, "event.time_type", f"must be an ISO 8601 string, got {raw!r}"
-        )
+        raise MetadataEventError(name, "event.time_type", f"must be an ISO 8601 string, got {raw!r}")
     try:
         t = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
     except ValueError:
@@ -462,9 +503,7 @@ def parse_event(raw: str | bytes | Mapping[str, object]) -> MetadataEvent:
     try:
         event_id = uuid.UUID(raw_id)
     except ValueError:
-        raise MetadataEventError(
-            "event_id", "event.event_id", f"{raw_id!r} is not a UUID"
-        ) from None
+        raise MetadataEventError("event_id", "event.event_id", f"{raw_id!r} is not a UUID") from None
 
     entity = d.get("entity")
     if not isinstance(entity, str):
@@ -478,7 +517,8 @@ def parse_event(raw: str | bytes | Mapping[str, object]) -> MetadataEvent:
     op = cast(Op, op)
     if op not in spec.ops:
         raise MetadataEventError(
-            "op", "event.op_not_allowed",
+            "op",
+            "event.op_not_allowed",
             f"{op!r} is not allowed for {entity} ({spec.cls}); allowed: {sorted(spec.ops)}",
         )
 
@@ -496,34 +536,35 @@ def parse_event(raw: str | bytes | Mapping[str, object]) -> MetadataEvent:
     valid_to = _optional_time(d, "valid_to")
     if spec.cls != "time_dependent" and (valid_from is not None or valid_to is not None):
         raise MetadataEventError(
-            "valid_from" if valid_from is not None else "valid_to", "event.valid_time_unexpected",
+            "valid_from" if valid_from is not None else "valid_to",
+            "event.valid_time_unexpected",
             f"{entity} is {spec.cls} metadata: it has no valid time",
         )
     if valid_from is not None and valid_to is not None and valid_from >= valid_to:
-        raise MetadataEventError(
-            "valid_to", "event.interval_empty", "valid_to must be after valid_from"
-        )
+        raise MetadataEventError("valid_to", "event.interval_empty", "valid_to must be after valid_from")
     if op == "close" and valid_to is None:
-        raise MetadataEventError(
-            "valid_to", "event.valid_to_missing", "close needs the new valid_to"
-        )
+        raise MetadataEventError("valid_to", "event.valid_to_missing", "close needs the new valid_to")
 
     author = d.get("author")
     if not isinstance(author, str) or not author.strip() or len(author) > AUTHOR_MAX:
-        raise MetadataEventError(
-            "author", "event.author", f"must be non-empty text up to {AUTHOR_MAX} characters"
-        )
+        raise MetadataEventError("author", "event.author", f"must be non-empty text up to {AUTHOR_MAX} characters")
     comment = d.get("comment", "")
     if not isinstance(comment, str) or len(comment) > COMMENT_MAX:
-        raise MetadataEventError(
-            "comment", "event.comment", f"must be text up to {COMMENT_MAX} characters"
-        )
+        raise MetadataEventError("comment", "event.comment", f"must be text up to {COMMENT_MAX} characters")
     if d.get("produced_at") is None:
         raise MetadataEventError("produced_at", "event.produced_at_missing", "is missing")
     produced_at = parse_time(d["produced_at"], "produced_at")
     return MetadataEvent(
-        event_id, entity, key, op, None if value is None else dict(value), valid_from, valid_to,
-        author, comment, produced_at,
+        event_id,
+        entity,
+        key,
+        op,
+        None if value is None else dict(value),
+        valid_from,
+        valid_to,
+        author,
+        comment,
+        produced_at,
     )
 
 
@@ -532,22 +573,17 @@ def _parse_key(raw: object, spec: EntitySpec) -> dict[str, KeyValue]:
         raise MetadataEventError("key", "event.key_type", "must be a JSON object")
     names = [name for name, _ in spec.key_fields]
     if set(raw) != set(names):
-        raise MetadataEventError(
-            "key", "event.key_fields", f"{spec.name} is keyed by {names}, got {sorted(raw)}"
-        )
+        raise MetadataEventError("key", "event.key_fields", f"{spec.name} is keyed by {names}, got {sorted(raw)}")
     key: dict[str, KeyValue] = {}
     for name, kind in spec.key_fields:
         v = raw[name]
         if kind == "str":
             if not isinstance(v, str) or not v:
-                raise MetadataEventError(
-                    f"key.{name}", "event.key_type", f"must be non-empty text, got {v!r}"
-                )
-        elif not (v is None and kind == "int?") and (
-            isinstance(v, bool) or not isinstance(v, int) or v < 0
-        ):
+                raise MetadataEventError(f"key.{name}", "event.key_type", f"must be non-empty text, got {v!r}")
+        elif not (v is None and kind == "int?") and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
             raise MetadataEventError(
-                f"key.{name}", "event.key_type",
+                f"key.{name}",
+                "event.key_type",
                 f"must be an integer >= 0{' or null' if kind == 'int?' else ''}, got {v!r}",
             )
         key[name] = v
@@ -735,9 +771,7 @@ def _decide_valid(event: MetadataEvent, current: Sequence[CurrentRow]) -> Plan |
         if row.valid.end == event.valid_to:
             return Plan()
         moved = Interval(row.valid.start, event.valid_to)
-        clash = [
-            r for r in rows if r is not row and r.valid is not None and r.valid.overlaps(moved)
-        ]
+        clash = [r for r in rows if r is not row and r.valid is not None and r.valid.overlaps(moved)]
         if clash:
             return _overlap(what, moved, clash)
         return Plan(close=(row,), insert=(NewRow(row.value, moved),))
@@ -771,9 +805,7 @@ def _decide_valid(event: MetadataEvent, current: Sequence[CurrentRow]) -> Plan |
         if target.end is not None and (r.valid.end is None or target.end < r.valid.end):
             inserts.append(NewRow(r.value, Interval(target.end, r.valid.end)))
     inserts.append(NewRow(event.value, target))
-    if len(overlapping) == 1 and overlapping[0].valid == target and _same(
-        overlapping[0].value, event.value
-    ):
+    if len(overlapping) == 1 and overlapping[0].valid == target and _same(overlapping[0].value, event.value):
         return Plan()
     inserts.sort(key=lambda n: _start_key(n.valid))
     return Plan(close=tuple(overlapping), insert=tuple(inserts))
@@ -789,8 +821,7 @@ def _overlap(what: str, target: Interval, clash: Sequence[CurrentRow]) -> Refusa
     spans = ", ".join(_fmt(r.valid) for r in clash if r.valid is not None)
     return Refusal(
         "valid.overlap",
-        f"{what}: {_fmt(target)} overlaps {spans}; use replace, or close/delete the earlier "
-        f"interval first",
+        f"{what}: {_fmt(target)} overlaps {spans}; use replace, or close/delete the earlier interval first",
     )
 
 
@@ -875,9 +906,7 @@ class MetadataCatalog:
     bindings: tuple[Mapping[str, JsonValue], ...]
     node_timezones: Mapping[int, tuple[TimedValue, ...]]
 
-    def template_at(
-        self, datamodel: str, datastream: str, t: datetime
-    ) -> Mapping[str, JsonValue] | None:
+    def template_at(self, datamodel: str, datastream: str, t: datetime) -> Mapping[str, JsonValue] | None:
         """The time-dependent template values (qrating, storage) valid at data time t."""
         dm = self.datamodels.get(datamodel)
         return None if dm is None else dm.template_at(datastream, t)

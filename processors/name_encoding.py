@@ -60,7 +60,7 @@ class NameEncoding:
         while k < len(text):
             ch = text[k]
             if ch == "-":
-                hh = text[k + 1:k + 3]
+                hh = text[k + 1 : k + 3]
                 if len(hh) != 2 or not set(hh) <= _HEX:
                     raise ValueError(f"'-' must be followed by two upper-case hex digits at {k}")
                 pending.append(int(hh, 16))

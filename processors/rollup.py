@@ -257,9 +257,7 @@ def _bounds(ts_ms: int, periodicity: Periodicity, z: ZoneInfo) -> tuple[int, int
     return start, _bucket_end(start, periodicity, z)
 
 
-def buckets_between(
-    start_ms: int, end_ms: int, periodicity: Periodicity, tz: Zone
-) -> Iterator[tuple[int, int]]:
+def buckets_between(start_ms: int, end_ms: int, periodicity: Periodicity, tz: Zone) -> Iterator[tuple[int, int]]:
     """Every bucket [s, e) overlapping [start_ms, end_ms), in order."""
     z = zone(tz)
     s = bucket_start(start_ms, periodicity, z)
@@ -329,11 +327,7 @@ class _Node:
 
 def _chain(readings: Sequence[RawPoint], resets: Sequence[ResetMarker], prop: str) -> list[_Node]:
     nodes = [_Node(p.created_ms, 0, p.value, p.value, p.tags) for p in readings if p.value is not None]
-    nodes += [
-        _Node(r.created_ms, 1, r.final[prop], r.start[prop], frozenset())
-        for r in resets
-        if r.applies_to(prop)
-    ]
+    nodes += [_Node(r.created_ms, 1, r.final[prop], r.start[prop], frozenset()) for r in resets if r.applies_to(prop)]
     nodes.sort(key=lambda n: (n.t, n.order))
     return nodes
 
@@ -388,11 +382,14 @@ def window_edges(window_start_ms: int, window_end_ms: int, periodicity: Periodic
     return [s for s, _ in bounds] + [bounds[-1][1]] if bounds else []
 
 
-def blank_rows(periodicity: Periodicity, node_id: int, source_id: str,
-               edges: Sequence[int]) -> Callable[[str, RollupKind, int], RollupRow]:
+def blank_rows(
+    periodicity: Periodicity, node_id: int, source_id: str, edges: Sequence[int]
+) -> Callable[[str, RollupKind, int], RollupRow]:
     """(property, kind, k) -> the empty row of bucket k, for the figures to be filled in."""
+
     def row(prop: str, kind: RollupKind, k: int) -> RollupRow:
         return RollupRow(periodicity, node_id, source_id, prop, kind, edges[k], edges[k + 1])
+
     return row
 
 
@@ -443,9 +440,7 @@ def _simple(
         elif kind == "p":
             out.append(replace(base, count=n, diff=total[k], tags=tg))
         else:
-            out.append(
-                replace(base, count=n, avg=total[k] / n, min=lo[k], max=hi[k], tags=tg)
-            )
+            out.append(replace(base, count=n, avg=total[k] / n, min=lo[k], max=hi[k], tags=tg))
     return out
 
 
@@ -533,9 +528,7 @@ def _chained(times: Sequence[int], first: int, lookback: int) -> bool:
     return first > 0 and times[first] - times[first - 1] <= lookback
 
 
-def _start_node(
-    times: Sequence[int], nodes: Sequence[_Node], s: int, e: int, lookback: int
-) -> int | None:
+def _start_node(times: Sequence[int], nodes: Sequence[_Node], s: int, e: int, lookback: int) -> int | None:
     """The latest node at or before s, if its successor is within the look-back (so the rule
     does not depend on where the bucket starts); else the first node in [s, e). Nodes exactly
     at s: the last of them if chained to the past (the previous bucket ended there), else the

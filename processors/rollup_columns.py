@@ -81,11 +81,14 @@ class Series:
         tags = [frozenset(t) for t in self.tags] if self.tags is not None else [_NO_TAGS] * len(self)
         if self.kind == "s":
             texts = self.texts if self.texts is not None else [""] * len(self)
-            return [RawPoint(t, self.property, "s", None, None if n else x, 0, g)
-                    for t, x, n, g in zip(self.created.tolist(), texts, self.null.tolist(), tags, strict=True)]
-        return [RawPoint(t, self.property, self.kind, None if n else v, None, 0, g)
-                for t, v, n, g in zip(self.created.tolist(), self.value.tolist(), self.null.tolist(), tags,
-                                      strict=True)]
+            return [
+                RawPoint(t, self.property, "s", None, None if n else x, 0, g)
+                for t, x, n, g in zip(self.created.tolist(), texts, self.null.tolist(), tags, strict=True)
+            ]
+        return [
+            RawPoint(t, self.property, self.kind, None if n else v, None, 0, g)
+            for t, v, n, g in zip(self.created.tolist(), self.value.tolist(), self.null.tolist(), tags, strict=True)
+        ]
 
     def fast(self) -> bool:
         """Whether the column path covers this series (else the reference does)."""
@@ -118,14 +121,17 @@ def series_from_points(points: Iterable[RawPoint]) -> list[Series]:
             return
         first = group[0]
         tags = [tuple(sorted(p.tags)) for p in group]
-        out.append(Series(
-            first.property, first.kind,
-            np.array([p.created_ms for p in group], dtype=np.int64),
-            np.array([np.nan if p.value is None else p.value for p in group], dtype=np.float64),
-            np.array([(p.text if first.kind == "s" else p.value) is None for p in group], dtype=np.bool_),
-            [p.text or "" for p in group] if first.kind == "s" else None,
-            tags if any(tags) else None,
-        ))
+        out.append(
+            Series(
+                first.property,
+                first.kind,
+                np.array([p.created_ms for p in group], dtype=np.int64),
+                np.array([np.nan if p.value is None else p.value for p in group], dtype=np.float64),
+                np.array([(p.text if first.kind == "s" else p.value) is None for p in group], dtype=np.bool_),
+                [p.text or "" for p in group] if first.kind == "s" else None,
+                tags if any(tags) else None,
+            )
+        )
         group.clear()
 
     for p in dedupe_points(points):  # sorted by (property, kind, created)
@@ -220,8 +226,9 @@ def _sums_by_bucket(buckets: npt.NDArray[np.int64], values: list[float]) -> dict
     return {k: _add(values[a:b]) for k, a, b in zip(keys, starts, ends, strict=True)}
 
 
-def _accumulating_columns(s: Series, edges: Sequence[int], tol: Tolerances,
-                          blank: Callable[[int], RollupRow]) -> list[RollupRow]:
+def _accumulating_columns(
+    s: Series, edges: Sequence[int], tol: Tolerances, blank: Callable[[int], RollupRow]
+) -> list[RollupRow]:
     """`_accumulating` for a chain of readings only (no reset names the property)."""
     t, v, _, tags = s.kept()
     nb = len(edges) - 1
@@ -279,13 +286,15 @@ def _accumulating_columns(s: Series, edges: Sequence[int], tol: Tolerances,
         lo, hi = edges[k], edges[k + 1]
         first = _start_node(times, (), lo, hi, tol.lookback_ms)
         last = _end_node(times, hi, tol.lookback_ms)
-        out.append(replace(
-            blank(k),
-            count=int(count[k]),
-            diff=diff.get(k, 0.0),
-            read_diff=read.get(k, 0.0),
-            read_start=None if first is None else values[first],
-            read_end=None if first is None or last is None else values[last],
-            tags=_united(tags, starts[k], starts[k + 1]),
-        ))
+        out.append(
+            replace(
+                blank(k),
+                count=int(count[k]),
+                diff=diff.get(k, 0.0),
+                read_diff=read.get(k, 0.0),
+                read_start=None if first is None else values[first],
+                read_end=None if first is None or last is None else values[last],
+                tags=_united(tags, starts[k], starts[k + 1]),
+            )
+        )
     return out

@@ -20,8 +20,21 @@ RateKey = tuple[int, str, str]  # (node, source, datastream)
 DAY_MS = 86_400_000
 
 RAW_COLUMNS = (
-    "node_id", "source_id", "created", "property", "kind", "value", "text", "tags",
-    "datastream", "score", "performance", "label", "quality", "max_score", "ttl_days",
+    "node_id",
+    "source_id",
+    "created",
+    "property",
+    "kind",
+    "value",
+    "text",
+    "tags",
+    "datastream",
+    "score",
+    "performance",
+    "label",
+    "quality",
+    "max_score",
+    "ttl_days",
 )
 
 
@@ -63,9 +76,20 @@ class RawColumns:
             n += 1
         return n
 
-    def add(self, d: Datum, kind: str, name: str, val: float | str, datastream: str = "",
-            score: float | None = None, performance: float | None = None, label: str = "",
-            quality: str = "", ttl: int = 0, max_score: float | None = None) -> None:
+    def add(
+        self,
+        d: Datum,
+        kind: str,
+        name: str,
+        val: float | str,
+        datastream: str = "",
+        score: float | None = None,
+        performance: float | None = None,
+        label: str = "",
+        quality: str = "",
+        ttl: int = 0,
+        max_score: float | None = None,
+    ) -> None:
         self.node_id.append(d.node_id)
         self.source_id.append(d.source_id)
         self.created.append(d.created_ms)
@@ -119,8 +143,12 @@ class Scoring:
         return hit[1]
 
 
-def accept_batch(datums: Sequence[Datum], now_ms: int, catalog: Catalog | VersionedCatalog | None = None,
-                 scoring: Scoring | None = None) -> AcceptResult:
+def accept_batch(
+    datums: Sequence[Datum],
+    now_ms: int,
+    catalog: Catalog | VersionedCatalog | None = None,
+    scoring: Scoring | None = None,
+) -> AcceptResult:
     """Envelope rules, then (with a catalog) template validation and qRating, per datum.
 
     A VersionedCatalog gives each datum the templates valid at its own created time.
@@ -162,8 +190,7 @@ def is_expired(created_ms: int, ttl: int | NotStored | None, now_ms: int) -> boo
     return isinstance(ttl, int) and ttl > 0 and created_ms + ttl * DAY_MS <= now_ms
 
 
-def expired_samples(d: Datum, catalog: Catalog | VersionedCatalog, now_ms: int,
-                    plan: StoragePlan | None = None) -> int:
+def expired_samples(d: Datum, catalog: Catalog | VersionedCatalog, now_ms: int, plan: StoragePlan | None = None) -> int:
     """How many samples of datum d would be stored already past their datastream's storage period
     at now_ms, with the templates valid at its created time (0 for an unbound or refused datum).
     For reports that see datums before the workers do (`pipeline ingest`, `pipeline replay`)."""
@@ -172,7 +199,8 @@ def expired_samples(d: Datum, catalog: Catalog | VersionedCatalog, now_ms: int,
     if checked.accepted is None or not checked.bound:
         return 0
     return sum(
-        1 for _kind, name, _val in checked.accepted.samples()
+        1
+        for _kind, name, _val in checked.accepted.samples()
         if (t := checked.datastreams.get(name)) is not None
         and is_expired(d.created_ms, ttl_days(t.storage, plan), now_ms)
     )
@@ -190,8 +218,13 @@ class ExpiryCount:
         self.datums += samples > 0
 
 
-def count_expired(datums: Sequence[Datum], catalog: Catalog | VersionedCatalog | None, now_ms: int,
-                  into: ExpiryCount | None = None, plan: StoragePlan | None = None) -> ExpiryCount:
+def count_expired(
+    datums: Sequence[Datum],
+    catalog: Catalog | VersionedCatalog | None,
+    now_ms: int,
+    into: ExpiryCount | None = None,
+    plan: StoragePlan | None = None,
+) -> ExpiryCount:
     """Adds to `into` (or a new count) the expired samples of every datum; nothing without a catalog."""
     out = into if into is not None else ExpiryCount()
     if catalog is not None:
@@ -200,8 +233,14 @@ def count_expired(datums: Sequence[Datum], catalog: Catalog | VersionedCatalog |
     return out
 
 
-def _add_scored(result: AcceptResult, d: Datum, templates: Mapping[str, DatastreamTemplate],
-                scoring: Scoring, rejected: list[Rejection], now_ms: int) -> int:
+def _add_scored(
+    result: AcceptResult,
+    d: Datum,
+    templates: Mapping[str, DatastreamTemplate],
+    scoring: Scoring,
+    rejected: list[Rejection],
+    now_ms: int,
+) -> int:
     """Rows for the samples of a bound datum; returns how many stored ones are already expired."""
     expired = 0
     for kind, name, val in d.samples():
@@ -226,8 +265,19 @@ def _add_scored(result: AcceptResult, d: Datum, templates: Mapping[str, Datastre
         if score is None:
             target.add(d, kind, name, val, template.identifier, ttl=ttl_value)
         else:
-            target.add(d, kind, name, val, template.identifier, score.score, score.performance,
-                       score.label, score.quality, ttl_value, scorer.max_score)
+            target.add(
+                d,
+                kind,
+                name,
+                val,
+                template.identifier,
+                score.score,
+                score.performance,
+                score.label,
+                score.quality,
+                ttl_value,
+                scorer.max_score,
+            )
     return expired
 
 

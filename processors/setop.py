@@ -91,9 +91,7 @@ def set_request(
             datastream=datastream,
         )
     if not _finite(value):
-        return Rejection(
-            "set.non_finite", "NaN and infinity cannot be set", value=value, datastream=datastream
-        )
+        return Rejection("set.non_finite", "NaN and infinity cannot be set", value=value, datastream=datastream)
     try:
         schema_validator(template)(value)
     except JsonSchemaValueException as exc:
@@ -109,8 +107,7 @@ def set_request(
         if resolved is None or resolved.datamodel.identifier != model.identifier:
             return Rejection(
                 "set.source_not_bound",
-                f"source {source_id} on node {node_id} is not bound to datamodel "
-                f"{model.identifier}",
+                f"source {source_id} on node {node_id} is not bound to datamodel {model.identifier}",
                 value=value,
                 datastream=datastream,
             )

@@ -116,8 +116,7 @@ class WeatherSeries:
     def ranges(self) -> dict[str, tuple[float, float]]:
         """(min, max) of every field over the year; interpolated values stay inside them."""
         return {
-            name: (min(r[k] for r in self.rows), max(r[k] for r in self.rows))
-            for k, name in enumerate(WEATHER_FIELDS)
+            name: (min(r[k] for r in self.rows), max(r[k] for r in self.rows)) for k, name in enumerate(WEATHER_FIELDS)
         }
 
 
@@ -206,14 +205,9 @@ def load_tmy(path: Path | str) -> WeatherSeries:
                         known[f][j] = v
             except (ValueError, IndexError) as exc:
                 raise ValueError(f"{path}:{line_no}: bad TMY3 row: {exc}") from exc
-    columns = [
-        _fill_year(k, f"{path.name}:{name}")
-        for k, name in zip(known, WEATHER_FIELDS, strict=True)
-    ]
+    columns = [_fill_year(k, f"{path.name}:{name}") for k, name in zip(known, WEATHER_FIELDS, strict=True)]
     rows = tuple(Weather(*vals) for vals in zip(*columns, strict=True))
-    return WeatherSeries(
-        f"TMY3 {station_id} {station_name} ({path.name})", station_name, tz, lat, lon, rows
-    )
+    return WeatherSeries(f"TMY3 {station_id} {station_name} ({path.name})", station_name, tz, lat, lon, rows)
 
 
 _DAYS_BEFORE_MONTH = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
@@ -248,9 +242,7 @@ def default_tmy_path(name: str = TMY_FILES[0]) -> Path | None:
     return None
 
 
-def synthetic_weather(
-    latitude: float = 36.1, longitude: float = -79.95, tz_offset_h: float = -5.0
-) -> WeatherSeries:
+def synthetic_weather(latitude: float = 36.1, longitude: float = -79.95, tz_offset_h: float = -5.0) -> WeatherSeries:
     """Clear-sky irradiance (Haurwitz) plus smooth seasonal/diurnal temperature, humidity, wind.
 
     The fallback when no TMY file is available: deterministic, cloudless, plausible for a
@@ -281,7 +273,11 @@ def synthetic_weather(
         pressure = 982 - 3 * season
         rows.append(Weather(temp, rh, ghi, dni, dhi, wind, pressure))
     return WeatherSeries(
-        "synthetic clear-sky model (no TMY data)", "synthetic", tz_offset_h, latitude, longitude,
+        "synthetic clear-sky model (no TMY data)",
+        "synthetic",
+        tz_offset_h,
+        latitude,
+        longitude,
         tuple(rows),
     )
 
@@ -308,8 +304,12 @@ class FleetSpec:
 
     def __post_init__(self) -> None:
         counts = (
-            self.nodes, self.meters_per_node, self.inverters_per_node,
-            self.weather_stations_per_node, self.heat_pumps_per_node, self.first_node_id,
+            self.nodes,
+            self.meters_per_node,
+            self.inverters_per_node,
+            self.weather_stations_per_node,
+            self.heat_pumps_per_node,
+            self.first_node_id,
         )
         if any(c < 0 for c in counts):
             raise ValueError("fleet counts and node ids are not negative")
@@ -350,8 +350,16 @@ class _Meter(_Device):
     """A building's energy meter: load follows occupancy and air-conditioning on hot days."""
 
     __slots__ = (
-        "node_id", "source_id", "peak_w", "base", "pf", "v_nom", "wh0",
-        "noise", "wh", "prev_w",
+        "node_id",
+        "source_id",
+        "peak_w",
+        "base",
+        "pf",
+        "v_nom",
+        "wh0",
+        "noise",
+        "wh",
+        "prev_w",
     )
 
     def __init__(self, node_id: int, source_id: str, rnd: random.Random) -> None:
@@ -379,7 +387,9 @@ class _Meter(_Device):
         self.prev_w = w
         v = self.v_nom * (1.0 - 0.02 * w / self.peak_w) + 1.5 * (u() - 0.5)
         return Datum(
-            self.node_id, self.source_id, tick.t_ms,
+            self.node_id,
+            self.source_id,
+            tick.t_ms,
             {"watts": w, "current": w / (v * self.pf), "voltage": v},
             {"wattHours": self.wh},
             {"mode": "auto"},
@@ -393,7 +403,15 @@ class _Inverter(_Device):
     """
 
     __slots__ = (
-        "node_id", "source_id", "area", "eff", "shade", "ac_max", "wh0", "wh", "prev_w",
+        "node_id",
+        "source_id",
+        "area",
+        "eff",
+        "shade",
+        "ac_max",
+        "wh0",
+        "wh",
+        "prev_w",
     )
 
     def __init__(self, node_id: int, source_id: str, rnd: random.Random) -> None:
@@ -427,7 +445,11 @@ class _Inverter(_Device):
             self.wh += (self.prev_w + w) * 0.5 * tick.dt_h
         self.prev_w = w
         return Datum(
-            self.node_id, self.source_id, tick.t_ms, {"watts": w}, {"wattHours": self.wh},
+            self.node_id,
+            self.source_id,
+            tick.t_ms,
+            {"watts": w},
+            {"wattHours": self.wh},
             {"state": state},
         )
 
@@ -449,10 +471,16 @@ class _WeatherStation(_Device):
     def step(self, tick: _Tick, rnd: random.Random) -> Datum:
         wx = tick.wx
         return Datum(
-            self.node_id, self.source_id, tick.t_ms,
+            self.node_id,
+            self.source_id,
+            tick.t_ms,
             {
-                "temperature": wx.temperature, "humidity": wx.humidity, "ghi": wx.ghi,
-                "dni": wx.dni, "dhi": wx.dhi, "wspeed": wx.wind_speed,
+                "temperature": wx.temperature,
+                "humidity": wx.humidity,
+                "ghi": wx.ghi,
+                "dni": wx.dni,
+                "dhi": wx.dhi,
+                "wspeed": wx.wind_speed,
                 "atm": wx.pressure * 100.0,  # mbar -> Pa
             },
         )
@@ -471,8 +499,20 @@ class _HeatPump(_Device):
     """
 
     __slots__ = (
-        "node_id", "source_id", "ua", "balance", "cap", "set_day", "set_night", "load_flow",
-        "loop", "room_err", "prev_load", "prev_src", "load_wh", "src_wh",
+        "node_id",
+        "source_id",
+        "ua",
+        "balance",
+        "cap",
+        "set_day",
+        "set_night",
+        "load_flow",
+        "loop",
+        "room_err",
+        "prev_load",
+        "prev_src",
+        "load_wh",
+        "src_wh",
     )
 
     def __init__(self, node_id: int, source_id: str, rnd: random.Random) -> None:
@@ -559,7 +599,9 @@ class _HeatPump(_Device):
             self.src_wh += (self.prev_src + src_w) * 0.5 * tick.dt_h
         self.prev_load, self.prev_src = load_w, src_w
         return Datum(
-            self.node_id, self.source_id, tick.t_ms,
+            self.node_id,
+            self.source_id,
+            tick.t_ms,
             {
                 "heatpump_power": comp_kw * 1000.0 + fans_w,
                 "heatpump_aux": aux_kw * 1000.0,
@@ -584,10 +626,58 @@ class _HeatPump(_Device):
 
 
 # Occupancy by local hour: low at night, morning and evening peaks; weekends flatter.
-_WEEKDAY = (0.05, 0.04, 0.04, 0.04, 0.06, 0.15, 0.45, 0.75, 0.8, 0.7, 0.65, 0.7,
-            0.72, 0.7, 0.68, 0.7, 0.8, 0.95, 1.0, 0.9, 0.7, 0.45, 0.2, 0.1)
-_WEEKEND = (0.08, 0.06, 0.05, 0.05, 0.05, 0.08, 0.15, 0.3, 0.5, 0.6, 0.62, 0.6,
-            0.58, 0.55, 0.55, 0.58, 0.65, 0.75, 0.8, 0.75, 0.6, 0.4, 0.2, 0.12)
+_WEEKDAY = (
+    0.05,
+    0.04,
+    0.04,
+    0.04,
+    0.06,
+    0.15,
+    0.45,
+    0.75,
+    0.8,
+    0.7,
+    0.65,
+    0.7,
+    0.72,
+    0.7,
+    0.68,
+    0.7,
+    0.8,
+    0.95,
+    1.0,
+    0.9,
+    0.7,
+    0.45,
+    0.2,
+    0.1,
+)
+_WEEKEND = (
+    0.08,
+    0.06,
+    0.05,
+    0.05,
+    0.05,
+    0.08,
+    0.15,
+    0.3,
+    0.5,
+    0.6,
+    0.62,
+    0.6,
+    0.58,
+    0.55,
+    0.55,
+    0.58,
+    0.65,
+    0.75,
+    0.8,
+    0.75,
+    0.6,
+    0.4,
+    0.2,
+    0.12,
+)
 
 
 class Fleet:
@@ -667,7 +757,11 @@ class Fleet:
         doy = (day % 365.2425) / 365.2425  # fraction of the year, good enough for the ground
         ground = 13.0 + 3.0 * math.cos(2 * math.pi * (doy - 0.62))  # warmest early autumn
         tick = _Tick(
-            t, self._dt_h if k > 0 else 0.0, self.weather.at(t), occupancy, ground,
+            t,
+            self._dt_h if k > 0 else 0.0,
+            self.weather.at(t),
+            occupancy,
+            ground,
             h >= 23 or h < 6,
         )
         rnd = self._rnd

@@ -46,8 +46,7 @@ def parse_line(line: str | bytes, line_no: int) -> Datum | AuxChange | LineRejec
     return parse_document(doc, line_no, text, escapes="\\u" in text)
 
 
-def parse_document(doc: Any, line_no: int, text: str = "", escapes: bool = True
-                   ) -> Datum | AuxChange | LineRejection:
+def parse_document(doc: Any, line_no: int, text: str = "", escapes: bool = True) -> Datum | AuxChange | LineRejection:
     """`parse_line` of a document already decoded from JSON (an element of an array, say);
     `text` is what a rejection quotes. `escapes=False` says the source text holds no \\u
     escape, so no lone surrogate can be in it (a check spared)."""

@@ -26,8 +26,12 @@ MAX_RESULTS = 1000  # SolarNetwork's default and largest page
 READING_TYPES = ("Difference", "DifferenceWithin", "NearestDifference", "CalculatedAt")
 # The aggregations the rollups hold; SolarNetwork's others are refused with a 422 naming these.
 PERIODICITY_OF: Mapping[Aggregation, Periodicity] = {
-    Aggregation.THIRTY_MINUTE: "halfhour", Aggregation.HOUR: "hour", Aggregation.DAY: "day",
-    Aggregation.WEEK: "week", Aggregation.MONTH: "month", Aggregation.YEAR: "year",
+    Aggregation.THIRTY_MINUTE: "halfhour",
+    Aggregation.HOUR: "hour",
+    Aggregation.DAY: "day",
+    Aggregation.WEEK: "week",
+    Aggregation.MONTH: "month",
+    Aggregation.YEAR: "year",
 }
 DEFAULT_TOLERANCE = (0, 1, 0)  # P1M, SolarNetwork's default
 DIFFERENCE_LOOKBACK = (1, 0, 0)  # Difference looks back at most a year (SolarNetwork's SQL)
@@ -202,12 +206,19 @@ def parse_filter(query: str) -> DatumFilter:
     if (params.get("sorts[0].key") or ["created"])[-1] == "created":
         sort_desc = _flag(params, "sorts[0].descending")
     return DatumFilter(
-        node_ids=nodes, source_ids=sources,
-        start_ms=_ms(start) if start else None, end_ms=_ms(end) if end else None,
-        local_start=local_start, local_end=local_end, aggregation=aggregation,
-        max=min(MAX_RESULTS, _int(params, "max", MAX_RESULTS, 1)), offset=_int(params, "offset", 0, 0),
-        without_total=_flag(params, "withoutTotalResultsCount"), descending=sort_desc,
-        reading_type=reading, tolerance=parse_period(tol) if tol else DEFAULT_TOLERANCE,
+        node_ids=nodes,
+        source_ids=sources,
+        start_ms=_ms(start) if start else None,
+        end_ms=_ms(end) if end else None,
+        local_start=local_start,
+        local_end=local_end,
+        aggregation=aggregation,
+        max=min(MAX_RESULTS, _int(params, "max", MAX_RESULTS, 1)),
+        offset=_int(params, "offset", 0, 0),
+        without_total=_flag(params, "withoutTotalResultsCount"),
+        descending=sort_desc,
+        reading_type=reading,
+        tolerance=parse_period(tol) if tol else DEFAULT_TOLERANCE,
         with_node_ids=_flag(params, "withNodeIds"),
     )
 
@@ -249,11 +260,16 @@ def _number(value: float | None) -> float | int | None:
 Sample = tuple[str, str, float | None, str]  # property, kind, value, text
 
 
-def raw_datum(node_id: int, source_id: str, created_ms: int, tz: str, samples: Iterable[Sample],
-              tags: Sequence[str] = ()) -> dict[str, Any]:
+def raw_datum(
+    node_id: int, source_id: str, created_ms: int, tz: str, samples: Iterable[Sample], tags: Sequence[str] = ()
+) -> dict[str, Any]:
     """A stored datum as SolarNetwork lists it: flat, sample properties at the top level."""
-    out: dict[str, Any] = {"created": format_created(created_ms), "nodeId": node_id, "sourceId": source_id,
-                           **local_fields(created_ms, tz)}
+    out: dict[str, Any] = {
+        "created": format_created(created_ms),
+        "nodeId": node_id,
+        "sourceId": source_id,
+        **local_fields(created_ms, tz),
+    }
     for prop, kind, value, text in sorted(samples):
         if kind == "s":
             if text:
@@ -269,12 +285,17 @@ Aggregate = tuple[str, str, float | None, float | None, float | None, float | No
 # property, kind, avg, min, max, diff, mode
 
 
-def aggregate_datum(node_id: int, source_id: str, start_ms: int, tz: str,
-                    figures: Iterable[Aggregate]) -> dict[str, Any]:
+def aggregate_datum(
+    node_id: int, source_id: str, start_ms: int, tz: str, figures: Iterable[Aggregate]
+) -> dict[str, Any]:
     """A rollup bucket as SolarNetwork lists an aggregate: instantaneous = average plus _min and
     _max, accumulating (and pulse sums) = the difference, status = the most frequent value."""
-    out: dict[str, Any] = {"created": format_created(start_ms), "nodeId": node_id, "sourceId": source_id,
-                           **local_fields(start_ms, tz)}
+    out: dict[str, Any] = {
+        "created": format_created(start_ms),
+        "nodeId": node_id,
+        "sourceId": source_id,
+        **local_fields(start_ms, tz),
+    }
     for prop, kind, avg, lo, hi, diff, mode in sorted(figures):
         if kind == "i":
             if (v := _number(avg)) is not None:
@@ -290,8 +311,12 @@ def aggregate_datum(node_id: int, source_id: str, start_ms: int, tz: str,
 
 
 def paged(results: list[dict[str, Any]], total: int | None, offset: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"totalResults": total, "startingOffset": offset,
-                           "returnedResultCount": len(results), "results": results}
+    out: dict[str, Any] = {
+        "totalResults": total,
+        "startingOffset": offset,
+        "returnedResultCount": len(results),
+        "results": results,
+    }
     if total is None:
         del out["totalResults"]
     return out
@@ -352,11 +377,16 @@ def interpolate(before: Reading | None, after: Reading | None, at_ms: int) -> fl
     return before.value + (after.value - before.value) * (at_ms - before.ms) / (after.ms - before.ms)
 
 
-def reading_datum(node_id: int, source_id: str, tz: str, start_ms: int, end_ms: int,
-                  values: Mapping[str, tuple[float, float, float]]) -> dict[str, Any]:
+def reading_datum(
+    node_id: int, source_id: str, tz: str, start_ms: int, end_ms: int, values: Mapping[str, tuple[float, float, float]]
+) -> dict[str, Any]:
     """A difference reading row: per property p, p (the difference), p_start and p_end."""
-    out: dict[str, Any] = {"created": format_created(start_ms), "nodeId": node_id, "sourceId": source_id,
-                           **local_fields(start_ms, tz)}
+    out: dict[str, Any] = {
+        "created": format_created(start_ms),
+        "nodeId": node_id,
+        "sourceId": source_id,
+        **local_fields(start_ms, tz),
+    }
     for prop, (diff, first, last) in sorted(values.items()):
         out[prop] = _number(diff)
         out[f"{prop}_start"] = _number(first)
@@ -372,8 +402,11 @@ def interval(first_ms: int, last_ms: int, tz: str) -> dict[str, Any]:
     counts (days, months, years touched)."""
     a, b = _local(first_ms, tz), _local(last_ms, tz)
     return {
-        "startDate": a.strftime("%Y-%m-%d %H:%M:%S"), "endDate": b.strftime("%Y-%m-%d %H:%M:%S"),
-        "startDateMillis": first_ms, "endDateMillis": last_ms, "timeZone": tz,
+        "startDate": a.strftime("%Y-%m-%d %H:%M:%S"),
+        "endDate": b.strftime("%Y-%m-%d %H:%M:%S"),
+        "startDateMillis": first_ms,
+        "endDateMillis": last_ms,
+        "timeZone": tz,
         "yearCount": b.year - a.year + 1,
         "monthCount": (b.year - a.year) * 12 + b.month - a.month + 1,
         "dayCount": (b.date() - a.date()).days + 1,

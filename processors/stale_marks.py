@@ -75,8 +75,9 @@ class SpanColumns:
     def __len__(self) -> int:
         return len(self.first)
 
-    def add(self, node: int, source: str, props: list[str], kinds: list[str], firsts: Sequence[int],
-            lasts: Iterable[int]) -> None:
+    def add(
+        self, node: int, source: str, props: list[str], kinds: list[str], firsts: Sequence[int], lasts: Iterable[int]
+    ) -> None:
         self.node_id += [node] * len(props)
         self.source_id += [source] * len(props)
         self.property += props
@@ -87,17 +88,28 @@ class SpanColumns:
     def joined(self) -> SpanColumns:
         """Spans of one stream, property, kind and half hour(s) joined into one (the union of
         their readings has the outer ends); streams keep their first-seen order."""
-        return compact(self.node_id + self.node_id, self.source_id + self.source_id, self.first + self.last,
-                       self.property + self.property, self.kind + self.kind, cells_of=self.first + self.first)
+        return compact(
+            self.node_id + self.node_id,
+            self.source_id + self.source_id,
+            self.first + self.last,
+            self.property + self.property,
+            self.kind + self.kind,
+            cells_of=self.first + self.first,
+        )
 
 
 # per stream: (half hour << 32 | name) -> its slot in the first/last lists; names: (property, kind)
 _Cells = dict[tuple[int, str], dict[int, int]]
 
 
-def _cells(node_ids: Sequence[int], source_ids: Sequence[str], created: Sequence[int],
-           properties: Sequence[str], kinds: Sequence[str], cells_of: Sequence[int] | None = None,
-           ) -> tuple[_Cells, list[tuple[str, str]], list[int], list[int]]:
+def _cells(
+    node_ids: Sequence[int],
+    source_ids: Sequence[str],
+    created: Sequence[int],
+    properties: Sequence[str],
+    kinds: Sequence[str],
+    cells_of: Sequence[int] | None = None,
+) -> tuple[_Cells, list[tuple[str, str]], list[int], list[int]]:
     """The hot path: two dict lookups per row, and no object that lives on but ints (keys and
     slots), so the garbage collector stays out of a large batch. `cells_of`: the instants whose
     half hours key the cells (default: created)."""
@@ -108,8 +120,9 @@ def _cells(node_ids: Sequence[int], source_ids: Sequence[str], created: Sequence
     last_node: int | None = None
     last_source: str | None = None
     cells: dict[int, int] = {}
-    for node, source, c, prop, kind, at in zip(node_ids, source_ids, created, properties, kinds,
-                                               created if cells_of is None else cells_of, strict=True):
+    for node, source, c, prop, kind, at in zip(
+        node_ids, source_ids, created, properties, kinds, created if cells_of is None else cells_of, strict=True
+    ):
         if node != last_node or source != last_source:  # the rows of a datum come together
             found = streams.get((node, source))
             if found is None:
@@ -131,22 +144,39 @@ def _cells(node_ids: Sequence[int], source_ids: Sequence[str], created: Sequence
     return streams, list(names), firsts, lasts
 
 
-def compact(node_ids: Sequence[int], source_ids: Sequence[str], created: Sequence[int],
-            properties: Sequence[str], kinds: Sequence[str], cells_of: Sequence[int] | None = None) -> SpanColumns:
+def compact(
+    node_ids: Sequence[int],
+    source_ids: Sequence[str],
+    created: Sequence[int],
+    properties: Sequence[str],
+    kinds: Sequence[str],
+    cells_of: Sequence[int] | None = None,
+) -> SpanColumns:
     """One span per stream, property, kind and UTC half hour of the changed readings: its first
     and last created. Streams and their spans in first-seen order."""
     streams, names, firsts, lasts = _cells(node_ids, source_ids, created, properties, kinds, cells_of)
     out = SpanColumns()
     for (node, source), cells in streams.items():
         spans = [names[key & 0xFFFFFFFF] for key in cells]
-        out.add(node, source, [p for p, _ in spans], [k for _, k in spans], [firsts[k] for k in cells.values()],
-                [lasts[k] for k in cells.values()])
+        out.add(
+            node,
+            source,
+            [p for p, _ in spans],
+            [k for _, k in spans],
+            [firsts[k] for k in cells.values()],
+            [lasts[k] for k in cells.values()],
+        )
     return out
 
 
-def encode_columns(node_ids: Sequence[int], source_ids: Sequence[str], created: Sequence[int],
-                   properties: Sequence[str], kinds: Sequence[str], inserted_ms: int | None = None
-                   ) -> list[tuple[int, str, bytes]]:
+def encode_columns(
+    node_ids: Sequence[int],
+    source_ids: Sequence[str],
+    created: Sequence[int],
+    properties: Sequence[str],
+    kinds: Sequence[str],
+    inserted_ms: int | None = None,
+) -> list[tuple[int, str, bytes]]:
     """(node, source, mark) per stream of the changed readings: `encode` of `compact`, without
     the spans in between."""
     streams, all_names, firsts, lasts = _cells(node_ids, source_ids, created, properties, kinds)
@@ -193,14 +223,21 @@ def _names_table(names: tuple[tuple[str, str], ...]) -> bytes:
     return table
 
 
-def _pack(node_id: int, source_id: str, names: dict[tuple[str, str], int], flat: list[int],
-          inserted_ms: int | None) -> bytes:
+def _pack(
+    node_id: int, source_id: str, names: dict[tuple[str, str], int], flat: list[int], inserted_ms: int | None
+) -> bytes:
     source = source_id.encode()
     table = _names_table(tuple(names))
     n = len(flat) // 3
     try:
-        head = _HEAD.pack(VERSION, 0 if inserted_ms is None else 1, node_id,
-                          0 if inserted_ms is None else inserted_ms, len(source), len(table))
+        head = _HEAD.pack(
+            VERSION,
+            0 if inserted_ms is None else 1,
+            node_id,
+            0 if inserted_ms is None else inserted_ms,
+            len(source),
+            len(table),
+        )
         rows = _spans_struct(n).pack(*flat)
     except struct.error as exc:
         raise MarkError(f"stale mark cannot be encoded: {exc}") from exc
@@ -222,7 +259,7 @@ def encode(node_id: int, source_id: str, spans: Sequence[Span], inserted_ms: int
 
 
 def _text(data: bytes, at: int, n: int) -> str:
-    raw = data[at:at + n]
+    raw = data[at : at + n]
     if len(raw) != n:
         raise MarkError("stale mark truncated")
     return raw.decode()
@@ -264,7 +301,7 @@ def _parse_binary(data: bytes) -> _Parsed:
         at = _HEAD.size
         source = _text(data, at, source_len)
         at += source_len
-        table = data[at:at + table_len]
+        table = data[at : at + table_len]
         if len(table) != table_len:
             raise MarkError("stale mark truncated")
         names_p, names_k = _read_names(table)
@@ -295,8 +332,13 @@ def _parse_json(data: bytes) -> _Parsed:
         stamp = None if inserted is None else int(inserted)
     except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise MarkError(f"stale mark unreadable: {exc}") from exc
-    spans = compact([node] * len(items), [source] * len(items), [c for _, _, c in items],
-                    [p for p, _, _ in items], [k for _, k, _ in items])
+    spans = compact(
+        [node] * len(items),
+        [source] * len(items),
+        [c for _, _, c in items],
+        [p for p, _, _ in items],
+        [k for _, k, _ in items],
+    )
     return node, source, stamp, spans.property, spans.kind, spans.first, spans.last
 
 

@@ -53,8 +53,20 @@ COMPARE_PERIODICITIES: Mapping[CompareBy, tuple[Periodicity, ...]] = {
 SeriesType = Literal["gauge", "counter", "status"]
 
 PARAMETERS = (
-    "series", "startTime", "endTime", "startIndex", "endIndex", "periodicity", "limit", "offset",
-    "format", "callback", "current", "at", "compare", "history",
+    "series",
+    "startTime",
+    "endTime",
+    "startIndex",
+    "endIndex",
+    "periodicity",
+    "limit",
+    "offset",
+    "format",
+    "callback",
+    "current",
+    "at",
+    "compare",
+    "history",
 )
 TIME_PARAMETERS = ("startTime", "endTime")
 INDEX_PARAMETERS = ("startIndex", "endIndex")
@@ -133,9 +145,7 @@ def parse_series_name(name: str) -> SeriesKey:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The spec's YYYY-MM-DDTHH:MM:SS+ZZ:00, with Z, any offset minutes and optional milliseconds.
 # A space stands for '+': an unescaped '+' in a query string arrives as a space.
-_TIME = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,3}))?(?:(Z)|([+\- ])(\d{2}):(\d{2}))"
-)
+_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,3}))?(?:(Z)|([+\- ])(\d{2}):(\d{2}))")
 TIME_FORMAT = "YYYY-MM-DDTHH:MM:SS+ZZ:00 (or Z; optional .mmm)"
 
 
@@ -164,8 +174,10 @@ def parse_time(text: str, parameter: str) -> int:
 def format_time(ms: int) -> str:
     """UTC ISO 8601 with milliseconds: 2024-10-31T12:00:00.000Z (parse_time reads it back)."""
     t = _EPOCH + timedelta(milliseconds=ms)
-    return (f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
-            f".{t.microsecond // 1000:03d}Z")
+    return (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
+        f".{t.microsecond // 1000:03d}Z"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,8 +276,11 @@ def parse_query(params: Mapping[str, Sequence[str]]) -> Query:
     callback = raw["callback"]
     if callback is not None:
         if not valid_callback(callback):
-            raise ParameterError("callback", "callback must be a JavaScript name such as cb or"
-                                 f" app.onData (letters, digits, _ and $, at most {CALLBACK_MAX} characters)")
+            raise ParameterError(
+                "callback",
+                "callback must be a JavaScript name such as cb or"
+                f" app.onData (letters, digits, _ and $, at most {CALLBACK_MAX} characters)",
+            )
         if fmt in ("xml", "csv"):
             raise ParameterError("callback", f"callback applies to JSONP only, not format={fmt}")
     elif fmt == "jsonp":
@@ -275,17 +290,22 @@ def parse_query(params: Mapping[str, Sequence[str]]) -> Query:
     if not given - {"format", "callback"}:
         return Query(describe=True, format=fmt_typed, callback=callback)
     if raw["series"] is None:
-        raise ParameterError("series", "series is required: a comma-separated list of names or '*'"
-                             " (query without parameters for the list)")
+        raise ParameterError(
+            "series",
+            "series is required: a comma-separated list of names or '*' (query without parameters for the list)",
+        )
     series = parse_series_list(raw["series"])
 
     times = [p for p in TIME_PARAMETERS if p in given]
     indexes = [p for p in INDEX_PARAMETERS if p in given]
     if times and indexes:
-        raise ParameterError(indexes[0], f"{indexes[0]} cannot be combined with {times[0]}:"
-                             " select by time or by index, not both")
-    for extension, clashes in (("current", (*TIME_PARAMETERS, *INDEX_PARAMETERS)),
-                               ("compare", (*TIME_PARAMETERS, *INDEX_PARAMETERS, "current", "limit", "offset"))):
+        raise ParameterError(
+            indexes[0], f"{indexes[0]} cannot be combined with {times[0]}: select by time or by index, not both"
+        )
+    for extension, clashes in (
+        ("current", (*TIME_PARAMETERS, *INDEX_PARAMETERS)),
+        ("compare", (*TIME_PARAMETERS, *INDEX_PARAMETERS, "current", "limit", "offset")),
+    ):
         if extension in given:
             clash = [p for p in clashes if p in given]
             if clash:
@@ -323,17 +343,29 @@ def parse_query(params: Mapping[str, Sequence[str]]) -> Query:
         if periodicity is None:
             periodicity = "halfhour"
         if periodicity not in COMPARE_PERIODICITIES[compare]:
-            raise ParameterError("periodicity", f"compare={compare} works with periodicity "
-                                 f"{' or '.join(COMPARE_PERIODICITIES[compare])}, not {periodicity}")
+            raise ParameterError(
+                "periodicity",
+                f"compare={compare} works with periodicity "
+                f"{' or '.join(COMPARE_PERIODICITIES[compare])}, not {periodicity}",
+            )
         history = _capped(raw["history"], "history", HISTORY_DEFAULT[compare], 1, HISTORY_MAX)
     at_ms = None if raw["at"] is None else parse_time(raw["at"], "at")
 
     return Query(
-        series=series, start_ms=start_ms, end_ms=end_ms, start_index=start_index, end_index=end_index,
+        series=series,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        start_index=start_index,
+        end_index=end_index,
         periodicity=periodicity,
         limit=_capped(raw["limit"], "limit", LIMIT_DEFAULT, 0, LIMIT_MAX),
         offset=_capped(raw["offset"], "offset", OFFSET_DEFAULT, 0, None),
-        format=fmt_typed, callback=callback, current=current, at_ms=at_ms, compare=compare, history=history,
+        format=fmt_typed,
+        callback=callback,
+        current=current,
+        at_ms=at_ms,
+        compare=compare,
+        history=history,
     )
 
 
@@ -374,8 +406,11 @@ def negotiate(accept: str | None, query: Query) -> Format:
             continue  # JSONP needs a callback, handled above
         kind, _, sub = media.partition("/")
         # most specific matching range: exact (2), type/* (1), */* (0)
-        match = [(2 if (k, s) == (kind, sub) else 1 if (k == kind and s == "*") else 0, q)
-                 for k, s, q in ranges if (k, s) in ((kind, sub), (kind, "*"), ("*", "*"))]
+        match = [
+            (2 if (k, s) == (kind, sub) else 1 if (k == kind and s == "*") else 0, q)
+            for k, s, q in ranges
+            if (k, s) in ((kind, sub), (kind, "*"), ("*", "*"))
+        ]
         if not match:
             continue
         q = max(match)[1]
@@ -385,8 +420,12 @@ def negotiate(accept: str | None, query: Query) -> Format:
         if best is None or cand[:2] > best[:2]:
             best = cand
     if best is None:
-        raise ParameterError(None, f"none of the media types in Accept: {accept!r} can be served; "
-                             "use application/json, application/xml or text/csv (or format=)", status=406)
+        raise ParameterError(
+            None,
+            f"none of the media types in Accept: {accept!r} can be served; "
+            "use application/json, application/xml or text/csv (or format=)",
+            status=406,
+        )
     return best[2]
 
 
@@ -433,8 +472,9 @@ def current_bounds(current: Current, at_ms: int, tz: str) -> tuple[int, int]:
     return bucket_bounds(at_ms, current, tz)
 
 
-def compare_buckets(at_ms: int, periodicity: Periodicity, by: CompareBy, history: int,
-                    tz: str) -> tuple[int, tuple[int, ...]]:
+def compare_buckets(
+    at_ms: int, periodicity: Periodicity, by: CompareBy, history: int, tz: str
+) -> tuple[int, tuple[int, ...]]:
     """The bucket compared ("now": the latest complete bucket before at_ms) and the starts of
     the buckets it is compared with: the same local wall-clock start on each of the `history`
     previous days (timeOfDay) or on the same weekday of the previous weeks (dayOfWeek). A wall
@@ -489,8 +529,18 @@ def raw_point(kind: str, ts_ms: int, value: float | None, text: str) -> Point:
     return Point(ts_ms, text if kind == "s" else finite(value))
 
 
-def rollup_point(kind: str, ts_ms: int, count: int, avg: float | None, lo: float | None, hi: float | None,
-                 diff: float | None, read_start: float | None, read_end: float | None, mode: str) -> Point:
+def rollup_point(
+    kind: str,
+    ts_ms: int,
+    count: int,
+    avg: float | None,
+    lo: float | None,
+    hi: float | None,
+    diff: float | None,
+    read_start: float | None,
+    read_end: float | None,
+    mode: str,
+) -> Point:
     t = series_type(kind)
     if t == "counter":
         return Point(ts_ms, finite(diff), count, start=finite(read_start), end=finite(read_end))
@@ -582,8 +632,12 @@ def results_json(results: Sequence[SeriesResult]) -> dict[str, object]:
     out: dict[str, object] = {}
     for r in results:
         doc: dict[str, object] = {
-            "limit": r.limit, "offset": r.offset, "total": r.total,
-            "periodicity": r.periodicity or "raw", "type": r.type, "timeZone": r.time_zone,
+            "limit": r.limit,
+            "offset": r.offset,
+            "total": r.total,
+            "periodicity": r.periodicity or "raw",
+            "type": r.type,
+            "timeZone": r.time_zone,
             "data": [_point_json(p) for p in r.points],
         }
         if r.baseline is not None:
@@ -597,8 +651,13 @@ def _dumps(doc: object) -> bytes:
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
-def render_doc(doc: Mapping[str, object], fmt: Format, callback: str | None,
-               xml: ET.Element | None = None, table: Sequence[Sequence[object]] | None = None) -> Rendered:
+def render_doc(
+    doc: Mapping[str, object],
+    fmt: Format,
+    callback: str | None,
+    xml: ET.Element | None = None,
+    table: Sequence[Sequence[object]] | None = None,
+) -> Rendered:
     """One document in a format: JSON, JSONP (the callback called with it), XML or CSV."""
     if fmt == "jsonp":
         # /**/ keeps a response from starting with attacker-chosen bytes (Rosetta Flash)
@@ -629,10 +688,19 @@ def render_results(results: Sequence[SeriesResult], fmt: Format, callback: str |
     table: list[list[object]] = [list(header)]
     if fmt == "xml":
         for r in results:
-            el = ET.SubElement(root, "timeSeries", {
-                "name": r.name, "limit": str(r.limit), "offset": str(r.offset), "total": str(r.total),
-                "periodicity": r.periodicity or "raw", "type": r.type, "timeZone": r.time_zone,
-            })
+            el = ET.SubElement(
+                root,
+                "timeSeries",
+                {
+                    "name": r.name,
+                    "limit": str(r.limit),
+                    "offset": str(r.offset),
+                    "total": str(r.total),
+                    "periodicity": r.periodicity or "raw",
+                    "type": r.type,
+                    "timeZone": r.time_zone,
+                },
+            )
             for p in r.points:
                 attrs = {"ts": format_time(p.ts_ms)}
                 if p.val is not None:
@@ -654,11 +722,26 @@ def render_results(results: Sequence[SeriesResult], fmt: Format, callback: str |
             if compare:
                 extra = [None, None] if r.baseline is None else [r.baseline.val, r.baseline.count]
             for p in r.points:
-                table.append([r.name, r.type, r.periodicity or "raw", p.ts_ms, format_time(p.ts_ms), p.val,
-                              p.count, p.min, p.max, p.start, p.end, *extra])
+                table.append(
+                    [
+                        r.name,
+                        r.type,
+                        r.periodicity or "raw",
+                        p.ts_ms,
+                        format_time(p.ts_ms),
+                        p.val,
+                        p.count,
+                        p.min,
+                        p.max,
+                        p.start,
+                        p.end,
+                        *extra,
+                    ]
+                )
             if not r.points and compare:
-                table.append([r.name, r.type, r.periodicity or "raw", None, None, None,
-                              None, None, None, None, None, *extra])
+                table.append(
+                    [r.name, r.type, r.periodicity or "raw", None, None, None, None, None, None, None, None, *extra]
+                )
     return render_doc(doc, fmt, callback, root, table)
 
 
@@ -682,14 +765,22 @@ def description(series: Sequence[SeriesInfo], openapi_path: str) -> dict[str, ob
     }
     return {
         "meta": meta,
-        "series": [{"name": series_name(s.key), "node": s.key.node_id, "source": s.key.source_id,
-                    "property": s.key.property, "type": s.type, "timeZone": s.time_zone} for s in series],
+        "series": [
+            {
+                "name": series_name(s.key),
+                "node": s.key.node_id,
+                "source": s.key.source_id,
+                "property": s.key.property,
+                "type": s.type,
+                "timeZone": s.time_zone,
+            }
+            for s in series
+        ],
         "openapi": openapi_path,
     }
 
 
-def render_description(series: Sequence[SeriesInfo], fmt: Format, callback: str | None,
-                       openapi_path: str) -> Rendered:
+def render_description(series: Sequence[SeriesInfo], fmt: Format, callback: str | None, openapi_path: str) -> Rendered:
     doc = description(series, openapi_path)
     root = ET.Element("timeSeriesAPI")
     meta_el = ET.SubElement(root, "meta")
@@ -707,17 +798,28 @@ def render_description(series: Sequence[SeriesInfo], fmt: Format, callback: str 
         ET.SubElement(meta_el, "parameter", {"name": name, **attrs})
     table: list[list[object]] = [["series", "node", "source", "property", "type", "timeZone"]]
     for s in series:
-        ET.SubElement(root, "series", {"name": series_name(s.key), "node": str(s.key.node_id),
-                                       "source": s.key.source_id, "property": s.key.property,
-                                       "type": s.type, "timeZone": s.time_zone})
+        ET.SubElement(
+            root,
+            "series",
+            {
+                "name": series_name(s.key),
+                "node": str(s.key.node_id),
+                "source": s.key.source_id,
+                "property": s.key.property,
+                "type": s.type,
+                "timeZone": s.time_zone,
+            },
+        )
         table.append([series_name(s.key), s.key.node_id, s.key.source_id, s.key.property, s.type, s.time_zone])
     return render_doc(doc, fmt, callback, root, table)
 
 
-def render_error(status: int, message: str, parameter: str | None, fmt: Format = "json",
-                 callback: str | None = None) -> Rendered:
+def render_error(
+    status: int, message: str, parameter: str | None, fmt: Format = "json", callback: str | None = None
+) -> Rendered:
     """An error in the request's format where it is known (CSV clients get JSON)."""
     doc = {"error": {"status": status, "message": message, "parameter": parameter}}
-    root = ET.Element("error", {"status": str(status), "message": message,
-                                **({"parameter": parameter} if parameter else {})})
+    root = ET.Element(
+        "error", {"status": str(status), "message": message, **({"parameter": parameter} if parameter else {})}
+    )
     return render_doc(doc, "json" if fmt == "csv" else fmt, callback, root)

@@ -63,15 +63,17 @@ def valid_token_id(token_id: object) -> bool:
     return isinstance(token_id, str) and _TOKEN_ID.fullmatch(token_id) is not None
 
 
-def make_token(token_type: TokenType, policy: SecurityPolicy, choice: Callable[[str], str],
-               name: str = "") -> NewToken:
+def make_token(token_type: TokenType, policy: SecurityPolicy, choice: Callable[[str], str], name: str = "") -> NewToken:
     """A new token id and secret, and the value the history log keeps (no secret in it).
     `choice(alphabet)` picks one character (secrets.choice in production)."""
     token_id = "".join(choice(ALPHABET) for _ in range(TOKEN_ID_LENGTH))
     secret = "".join(choice(ALPHABET) for _ in range(SECRET_LENGTH))
     Token(token_id, token_type, policy)  # the rules of a token (a Node token names its nodes)
-    value: dict[str, Any] = {"type": token_type.value, "policy": policy.to_json(),
-                             "key_sha256": snws2.stored_key(secret).hex()}
+    value: dict[str, Any] = {
+        "type": token_type.value,
+        "policy": policy.to_json(),
+        "key_sha256": snws2.stored_key(secret).hex(),
+    }
     if name:
         value["name"] = name
     return NewToken(token_id, secret, value)
@@ -110,8 +112,9 @@ def check_value(value: Mapping[str, Any]) -> None:
 def stored_token(token_id: str, value: Mapping[str, Any]) -> StoredToken:
     """The token a stored value describes (checked first)."""
     token = _parse(value)
-    return StoredToken(Token(token_id, token.token_type, token.policy), bytes.fromhex(value["key_sha256"]),
-                       str(value.get("name", "")))
+    return StoredToken(
+        Token(token_id, token.token_type, token.policy), bytes.fromhex(value["key_sha256"]), str(value.get("name", ""))
+    )
 
 
 def public_view(token_id: str, value: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,9 +125,13 @@ def public_view(token_id: str, value: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def policy_from_options(node_ids: Sequence[int] = (), source_ids: Sequence[str] = (),
-                        min_aggregation: str | None = None, api_paths: Sequence[str] = (),
-                        not_after: str | None = None) -> SecurityPolicy:
+def policy_from_options(
+    node_ids: Sequence[int] = (),
+    source_ids: Sequence[str] = (),
+    min_aggregation: str | None = None,
+    api_paths: Sequence[str] = (),
+    not_after: str | None = None,
+) -> SecurityPolicy:
     """A policy from command-line options (SolarNetwork's JSON names underneath)."""
     doc: dict[str, Any] = {}
     if node_ids:

@@ -184,9 +184,7 @@ def validate_resolved(datum: Datum, resolved: ResolvedSource) -> ValidationResul
     return ValidationResult(accepted, rejections, streams, model, valid_from)
 
 
-def _check(
-    prop: str, kind: Kind, value: float | str, template: DatastreamTemplate | None
-) -> Rejection:
+def _check(prop: str, kind: Kind, value: float | str, template: DatastreamTemplate | None) -> Rejection:
     """Why a sample failed the fast path (also correct, if slower, for a good sample)."""
     if template is None:
         return Rejection(
@@ -218,13 +216,9 @@ def _check(
         )
     if kind != "s":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return Rejection(
-                "sample.not_a_number", f"{kind} samples are numbers", prop, kind, value, ident
-            )
+            return Rejection("sample.not_a_number", f"{kind} samples are numbers", prop, kind, value, ident)
         if not math.isfinite(value):
-            return Rejection(
-                "sample.non_finite", f"{value!r} is not a finite number", prop, kind, value, ident
-            )
+            return Rejection("sample.non_finite", f"{value!r} is not a finite number", prop, kind, value, ident)
         if template.period == "PULSE" and value < 0:
             return Rejection(
                 "sample.pulse_negative",

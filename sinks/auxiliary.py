@@ -125,8 +125,12 @@ def read_resets(client: Client, ranges: Sequence[tuple[int, str, int, int]]) -> 
     for k in range(0, len(numbered), RANGES_CHUNK):
         result = client.query(
             f"SELECT w.q, toUnixTimestamp64Milli(a.created), a.final, a.start FROM {AUX_VIEW} AS a"
-            f"{ranges_join('a', numbered[k:k + RANGES_CHUNK])} AND a.type = 'Reset'")
+            f"{ranges_join('a', numbered[k : k + RANGES_CHUNK])} AND a.type = 'Reset'"
+        )
         for q, t, final, start in result.result_rows:
-            out[q].append(ResetMarker(int(t), {str(p): float(v) for p, v in final.items()},
-                                      {str(p): float(v) for p, v in start.items()}))
+            out[q].append(
+                ResetMarker(
+                    int(t), {str(p): float(v) for p, v in final.items()}, {str(p): float(v) for p, v in start.items()}
+                )
+            )
     return out

@@ -121,8 +121,21 @@ LetterRow = tuple[str, int, str, list[str], str, int, int, bytes]
 # must catch up: the longest wait), NETWORK_ERROR, SOCKET_TIMEOUT, UNKNOWN_TABLE/UNKNOWN_DATABASE
 # (a store being re-created), QUERY_WAS_CANCELLED, SYSTEM_ERROR, KEEPER_EXCEPTION,
 # TABLE_IS_READ_ONLY and READONLY (a replica that lost Keeper).
-BUSY_CODES: dict[int, float] = {159: 1.0, 202: 1.0, 241: 2.0, 252: 5.0, 210: 1.0, 209: 1.0, 60: 1.0, 81: 1.0,
-                                394: 1.0, 425: 1.0, 999: 2.0, 242: 5.0, 164: 5.0}
+BUSY_CODES: dict[int, float] = {
+    159: 1.0,
+    202: 1.0,
+    241: 2.0,
+    252: 5.0,
+    210: 1.0,
+    209: 1.0,
+    60: 1.0,
+    81: 1.0,
+    394: 1.0,
+    425: 1.0,
+    999: 2.0,
+    242: 5.0,
+    164: 5.0,
+}
 
 
 def busy_for(exc: BaseException) -> float | None:
@@ -171,9 +184,11 @@ class DeadLetterSink(Sink[Sequence[LetterRow], int]):
         """(id, at ms, stage, rules, topic, partition, offset, letter JSON) rows."""
         if batch:
             with backpressure(f"dead-letter insert of {len(batch)}"):
-                self.client.insert(DEAD_LETTER_TABLE, [[*row[:7], row[7].decode()] for row in batch],
-                                   column_names=["id", "at", "stage", "rules", "topic", "partition", "offset",
-                                                 "letter"])
+                self.client.insert(
+                    DEAD_LETTER_TABLE,
+                    [[*row[:7], row[7].decode()] for row in batch],
+                    column_names=["id", "at", "stage", "rules", "topic", "partition", "offset", "letter"],
+                )
         return len(batch)
 
 
@@ -219,8 +234,12 @@ NamedRange = tuple[int, int, str, str, int, int]
 RANGES_CHUNK = 1000
 
 
-def ranges_join(alias: str, ranges: Sequence[Range] | Sequence[NamedRange], time_column: str = "created",
-                name_column: str | None = None) -> str:
+def ranges_join(
+    alias: str,
+    ranges: Sequence[Range] | Sequence[NamedRange],
+    time_column: str = "created",
+    name_column: str | None = None,
+) -> str:
     """`INNER JOIN <ranges> AS w ON <stream> [AND name] WHERE <index prefilter> AND <in range>`:
     the rows of `alias` inside each range, each tagged with its range's `w.q` — one query for the
     ranges of many streams, where a UNION ALL of one SELECT per range cost the endpoint ~10 ms per
@@ -235,16 +254,18 @@ def ranges_join(alias: str, ranges: Sequence[Range] | Sequence[NamedRange], time
     if name_column is not None:
         on += f" AND toString({alias}.{name_column}) = w.name"
     t = f"toUnixTimestamp64Milli({alias}.{time_column})"
-    return (f" INNER JOIN {sql_table(shape, ranges)} AS w ON {on}"
-            f" WHERE {alias}.node_id IN ({nodes}) AND {alias}.{time_column} >= {sql_ms(lo)}"
-            f" AND {alias}.{time_column} < {sql_ms(hi)} AND {t} >= w.lo AND {t} < w.hi")
+    return (
+        f" INNER JOIN {sql_table(shape, ranges)} AS w ON {on}"
+        f" WHERE {alias}.node_id IN ({nodes}) AND {alias}.{time_column} >= {sql_ms(lo)}"
+        f" AND {alias}.{time_column} < {sql_ms(hi)} AND {t} >= w.lo AND {t} < w.hi"
+    )
 
 
 def union_all(client: Client, parts: Sequence[str], chunk: int = 100) -> list[Sequence[Any]]:
     """The rows of many SELECTs of one shape, `chunk` of them per query."""
     rows: list[Sequence[Any]] = []
     for k in range(0, len(parts), chunk):
-        rows += client.query(" UNION ALL ".join(parts[k:k + chunk])).result_rows
+        rows += client.query(" UNION ALL ".join(parts[k : k + chunk])).result_rows
     return rows
 
 
@@ -299,12 +320,25 @@ class RawSink(Sink[RawColumns, int]):
 
 
 _UTC_MS = pa.timestamp("ms", tz="UTC")
-RAW_ARROW = pa.schema([
-    ("node_id", pa.uint64()), ("source_id", pa.string()), ("created", _UTC_MS), ("property", pa.string()),
-    ("kind", pa.string()), ("value", pa.float64()), ("text", pa.string()), ("tags", pa.list_(pa.string())),
-    ("datastream", pa.string()), ("score", pa.float64()), ("performance", pa.float64()), ("label", pa.string()),
-    ("quality", pa.string()), ("max_score", pa.float64()), ("ttl_days", pa.uint32()),
-])
+RAW_ARROW = pa.schema(
+    [
+        ("node_id", pa.uint64()),
+        ("source_id", pa.string()),
+        ("created", _UTC_MS),
+        ("property", pa.string()),
+        ("kind", pa.string()),
+        ("value", pa.float64()),
+        ("text", pa.string()),
+        ("tags", pa.list_(pa.string())),
+        ("datastream", pa.string()),
+        ("score", pa.float64()),
+        ("performance", pa.float64()),
+        ("label", pa.string()),
+        ("quality", pa.string()),
+        ("max_score", pa.float64()),
+        ("ttl_days", pa.uint32()),
+    ]
+)
 assert tuple(RAW_ARROW.names) == RAW_COLUMNS
 
 
@@ -325,7 +359,7 @@ def raw_retention_days(client: Client, streams: Sequence[tuple[int, str]]) -> di
     out: dict[tuple[int, str], int] = {}
     unique = sorted(set(streams))
     for k in range(0, len(unique), RANGES_CHUNK):
-        pairs = sql_table("node_id UInt64, source_id String", unique[k:k + RANGES_CHUNK])
+        pairs = sql_table("node_id UInt64, source_id String", unique[k : k + RANGES_CHUNK])
         result = client.query(
             f"SELECT node_id, toString(source_id), minIf(ttl_days, ttl_days > 0) FROM {RAW_TABLE}"
             f" WHERE (node_id, toString(source_id)) IN"
@@ -336,14 +370,15 @@ def raw_retention_days(client: Client, streams: Sequence[tuple[int, str]]) -> di
     return out
 
 
-def rate_baselines_many(client: Client, firsts: Mapping[tuple[int, str], int], chunk: int = 2000
-                        ) -> dict[tuple[int, str], list[tuple[str, int, float]]]:
+def rate_baselines_many(
+    client: Client, firsts: Mapping[tuple[int, str], int], chunk: int = 2000
+) -> dict[tuple[int, str], list[tuple[str, int, float]]]:
     """`rate_baselines` of many streams, each before its own time, in one query per `chunk` streams
     (a fleet's first batch names thousands of streams: one query each cost ~50 ms apiece)."""
     out: dict[tuple[int, str], list[tuple[str, int, float]]] = {stream: [] for stream in firsts}
     items = sorted(firsts.items())
     for k in range(0, len(items), chunk):
-        part = items[k:k + chunk]
+        part = items[k : k + chunk]
         streams = sql_table("node_id UInt64, source_id String, before Int64", [(n, s, b) for (n, s), b in part])
         result = client.query(
             f"SELECT d.node_id, toString(d.source_id), d.datastream, toUnixTimestamp64Milli(max(d.created)),"

@@ -120,24 +120,19 @@ def migrate(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list[str]:
                         checksum   text NOT NULL,
                         applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"""
                 )
-            done = dict(
-                conn.execute(f"SELECT version, checksum FROM {SCHEMA}.schema_migrations").fetchall()
-            )
+            done = dict(conn.execute(f"SELECT version, checksum FROM {SCHEMA}.schema_migrations").fetchall())
             for path in migration_files(directory):
                 version = path.name.split("_", 1)[0]
                 text = path.read_text(encoding="utf-8")
                 checksum = hashlib.sha256(text.encode()).hexdigest()
                 if version in done:
                     if done[version] != checksum:
-                        raise MigrationError(
-                            f"migration {path.name} changed after it was applied; add a new one"
-                        )
+                        raise MigrationError(f"migration {path.name} changed after it was applied; add a new one")
                     continue
                 with conn.transaction():
                     conn.execute(text)  # no parameters: several statements in one go
                     conn.execute(
-                        f"INSERT INTO {SCHEMA}.schema_migrations (version, name, checksum)"
-                        " VALUES (%s, %s, %s)",
+                        f"INSERT INTO {SCHEMA}.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                         (version, path.name, checksum),
                     )
                 log.info("applied migration %s", path.name)
@@ -166,8 +161,7 @@ def _table(cls: str) -> str:
     return {"master": "master_data", "time_dependent": "valid_versions"}.get(cls, "versions")
 
 
-def _current_rows(conn: Conn, entity: str, ktext: str,
-                  window: Interval | None = None) -> list[CurrentRow]:
+def _current_rows(conn: Conn, entity: str, ktext: str, window: Interval | None = None) -> list[CurrentRow]:
     cls = ENTITY_CLASSES[entity].cls
     if cls == "master":
         rows = conn.execute(
@@ -185,8 +179,7 @@ def _current_rows(conn: Conn, entity: str, ktext: str,
         ).fetchall()
         return [CurrentRow(r[1], _interval(r[2]), r[0]) for r in rows]
     rows = conn.execute(
-        "SELECT version_id, value FROM history.versions"
-        " WHERE entity = %s AND key = %s AND upper_inf(tx)",
+        "SELECT version_id, value FROM history.versions WHERE entity = %s AND key = %s AND upper_inf(tx)",
         (entity, ktext),
     ).fetchall()
     return [CurrentRow(r[1], None, r[0]) for r in rows]
@@ -209,8 +202,7 @@ def _lock_key(conn: Conn, event: MetadataEvent) -> None:
     # names), then one writer per entity key (decide() must see the rows it changes). Always in
     # this order: no two writers wait on each other crosswise.
     conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0)),"
-        " pg_advisory_xact_lock(hashtextextended(%s, 0))",
+        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0)), pg_advisory_xact_lock(hashtextextended(%s, 0))",
         (f"event|{event.event_id}", f"{event.entity}|{event.key_text}"),
     )
 
@@ -221,19 +213,38 @@ CONSTRAINT_ERRORS = (errors.ExclusionViolation, errors.UniqueViolation, errors.C
 
 
 def _violation(e: psycopg.Error) -> Violation:
-    return Violation(e.diag.constraint_name or type(e).__name__,
-                     e.diag.message_primary or str(e))
+    return Violation(e.diag.constraint_name or type(e).__name__, e.diag.message_primary or str(e))
 
 
-def _record(conn: Conn, event: MetadataEvent, tx_time: datetime, status: str,
-            rule: str | None = None, reason: str | None = None, changed: bool = False) -> int:
+def _record(
+    conn: Conn,
+    event: MetadataEvent,
+    tx_time: datetime,
+    status: str,
+    rule: str | None = None,
+    reason: str | None = None,
+    changed: bool = False,
+) -> int:
     row = conn.execute(
         """INSERT INTO history.transactions
              (event_id, tx_time, entity, key, op, status, changed, rule, reason,
               author, comment, produced_at, event)
            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING tx_id""",
-        (event.event_id, tx_time, event.entity, event.key_text, event.op, status, changed,
-         rule, reason, event.author, event.comment, event.produced_at, Jsonb(event.as_dict())),
+        (
+            event.event_id,
+            tx_time,
+            event.entity,
+            event.key_text,
+            event.op,
+            status,
+            changed,
+            rule,
+            reason,
+            event.author,
+            event.comment,
+            event.produced_at,
+            Jsonb(event.as_dict()),
+        ),
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -262,8 +273,10 @@ def _write_plan(conn: Conn, event: MetadataEvent, plan: Plan, tx_id: int, now: d
     ids = [r.row_id for r in plan.close]
     if ids:
         conn.execute(
-            sql.SQL("UPDATE history.{} SET tx = tstzrange(lower(tx), %s, '[)'), ended_tx = %s"
-                    " WHERE version_id = ANY(%s) AND upper_inf(tx)").format(table),
+            sql.SQL(
+                "UPDATE history.{} SET tx = tstzrange(lower(tx), %s, '[)'), ended_tx = %s"
+                " WHERE version_id = ANY(%s) AND upper_inf(tx)"
+            ).format(table),
             (now, tx_id, ids),
         )
     open_tx = Range(now, None, "[)")
@@ -277,8 +290,7 @@ def _write_plan(conn: Conn, event: MetadataEvent, plan: Plan, tx_id: int, now: d
             )
         else:
             conn.execute(
-                "INSERT INTO history.versions (entity, key, value, tx, created_tx)"
-                " VALUES (%s, %s, %s, %s, %s)",
+                "INSERT INTO history.versions (entity, key, value, tx, created_tx) VALUES (%s, %s, %s, %s, %s)",
                 (event.entity, ktext, Jsonb(new.value), open_tx, tx_id),
             )
 
@@ -286,13 +298,13 @@ def _write_plan(conn: Conn, event: MetadataEvent, plan: Plan, tx_id: int, now: d
 def _result(event: MetadataEvent, outcome: Outcome, tx_id: int | None) -> ApplyResult:
     """The caller's view of an outcome; tx_id: the log row written for it, if any."""
     if isinstance(outcome, Applied):
-        return ApplyResult("applied", "" if outcome.changed else "unchanged", "", tx_id,
-                           outcome.tx_time, outcome.changed)
+        return ApplyResult(
+            "applied", "" if outcome.changed else "unchanged", "", tx_id, outcome.tx_time, outcome.changed
+        )
     if isinstance(outcome, Duplicate):
         return ApplyResult("duplicate", outcome.reason, outcome.rule, outcome.tx_id)
     if not outcome.recorded:  # event.id_reused: a producer bug, not a metadata refusal
-        log.error("event_id %s reused for a different event (tx %s)", event.event_id,
-                  outcome.earlier_tx)
+        log.error("event_id %s reused for a different event (tx %s)", event.event_id, outcome.earlier_tx)
         return ApplyResult("refused", outcome.reason, outcome.rule, outcome.earlier_tx)
     return ApplyResult("refused", outcome.reason, outcome.rule, tx_id, outcome.tx_time)
 
@@ -333,8 +345,7 @@ class _Database:
 
     def _write(self, need: Write) -> Violation | None:
         event = self.event
-        self.tx_id = _record(self.conn, event, need.tx_time, "applied",
-                             changed=not need.plan.unchanged)
+        self.tx_id = _record(self.conn, event, need.tx_time, "applied", changed=not need.plan.unchanged)
         try:
             with self.conn.transaction():  # savepoint: a constraint refusal keeps the log row
                 _write_plan(self.conn, event, need.plan, self.tx_id, need.tx_time)
@@ -348,8 +359,7 @@ class _Database:
         if isinstance(outcome, Refused) and outcome.recorded:
             assert outcome.tx_time is not None
             if self.tx_id is None:
-                self.tx_id = _record(self.conn, event, outcome.tx_time, "refused",
-                                     outcome.rule, outcome.reason)
+                self.tx_id = _record(self.conn, event, outcome.tx_time, "refused", outcome.rule, outcome.reason)
             else:
                 self.conn.execute(
                     "UPDATE history.transactions SET status = 'refused', changed = false,"
@@ -359,8 +369,9 @@ class _Database:
         return _result(event, outcome, self.tx_id)
 
 
-def _apply_here(conn: Conn, event: MetadataEvent, tx_time: datetime | None,
-                clock: datetime | None = None) -> ApplyResult:
+def _apply_here(
+    conn: Conn, event: MetadataEvent, tx_time: datetime | None, clock: datetime | None = None
+) -> ApplyResult:
     """One event inside the caller's transaction: the apply step driven by queries."""
     db = _Database(conn, event, clock)
     return db.settle(drive(apply_step(event, tx_time), db.answer))
@@ -384,8 +395,15 @@ def apply_event(conn: Conn, event: MetadataEvent, *, tx_time: datetime | None = 
         _lock_key(conn, event)
         result = _apply_here(conn, event, tx_time)
     if result.status == "refused" and result.rule != "event.id_reused":
-        log.warning("refused event %s (%s %s %s): %s [%s]", event.event_id, event.op,
-                    event.entity, event.key_text, result.reason, result.rule)
+        log.warning(
+            "refused event %s (%s %s %s): %s [%s]",
+            event.event_id,
+            event.op,
+            event.entity,
+            event.key_text,
+            result.reason,
+            result.rule,
+        )
     return result
 
 
@@ -460,24 +478,29 @@ class _Replay:
         # is one, else the first refused; with its content, or (recorded by this import) its
         # event, whose content is made only if the id comes again
         self.seen: dict[Any, tuple[int, bool, Mapping[str, Any] | MetadataEvent]] = {
-            r[0]: (r[1], r[2] == "applied", r[3]) for r in conn.execute(
+            r[0]: (r[1], r[2] == "applied", r[3])
+            for r in conn.execute(
                 "SELECT DISTINCT ON (event_id) event_id, tx_id, status, event"
                 " FROM history.transactions WHERE event_id = ANY(%s)"
                 " ORDER BY event_id, status = 'applied' DESC, tx_id",
-                ([e.event_id for e in events],))
+                ([e.event_id for e in events],),
+            )
         }
         wanted: set[tuple[str, str]] = set()
         for e in events:
             wanted.add((e.entity, e.key_text))
             wanted.update((t, key_text(k)) for t, k in references(e))
         self.state, self.last = _load_state(conn, wanted)
-        self.ids: list[int] = [r[0] for r in conn.execute(
-            "SELECT nextval(pg_get_serial_sequence('history.transactions', 'tx_id'))"
-            " FROM generate_series(1, %s)", (len(events),))]
+        self.ids: list[int] = [
+            r[0]
+            for r in conn.execute(
+                "SELECT nextval(pg_get_serial_sequence('history.transactions', 'tx_id')) FROM generate_series(1, %s)",
+                (len(events),),
+            )
+        ]
         self.tx_rows: list[tuple[Any, ...]] = []
         self.new_rows: list[_NewVersion] = []
-        self.closes: dict[str, list[tuple[int, datetime, int]]] = {
-            "versions": [], "valid_versions": []}
+        self.closes: dict[str, list[tuple[int, datetime, int]]] = {"versions": [], "valid_versions": []}
         self.master: dict[tuple[str, str], tuple[Mapping[str, Any] | None, int, datetime]] = {}
         # the event being replayed: its tx_id, default transaction time, key and row window
         self.event: MetadataEvent | None = None
@@ -487,8 +510,7 @@ class _Replay:
         self.rows: list[_MemRow] = []
         self.lo = self.hi = 0
 
-    def apply(self, i: int, event: MetadataEvent, tx_time: datetime | None,
-              clock: datetime) -> ApplyResult:
+    def apply(self, i: int, event: MetadataEvent, tx_time: datetime | None, clock: datetime) -> ApplyResult:
         self.event, self.tx_id, self.clock = event, self.ids[i], clock
         self.ident = (event.entity, event.key_text)
         outcome = drive(apply_step(event, tx_time), self.answer)
@@ -501,10 +523,24 @@ class _Replay:
             return _result(event, outcome, None)
         if status == "applied" or event.event_id not in self.seen:  # the applied one, or the first
             self.seen[event.event_id] = (self.tx_id, status == "applied", event)
-        self.tx_rows.append((
-            self.tx_id, event.event_id, at, event.entity, event.key_text, event.op, status,
-            isinstance(outcome, Applied) and outcome.changed, rule, reason, event.author,
-            event.comment, event.produced_at, Jsonb(event.as_dict())))
+        self.tx_rows.append(
+            (
+                self.tx_id,
+                event.event_id,
+                at,
+                event.entity,
+                event.key_text,
+                event.op,
+                status,
+                isinstance(outcome, Applied) and outcome.changed,
+                rule,
+                reason,
+                event.author,
+                event.comment,
+                event.produced_at,
+                Jsonb(event.as_dict()),
+            )
+        )
         return _result(event, outcome, self.tx_id)
 
     def answer(self, need: Need) -> object:
@@ -513,8 +549,7 @@ class _Replay:
             if earlier is None:
                 return None
             tx_id, applied, content = earlier
-            return IdRecord(tx_id, applied,
-                            content.as_dict() if isinstance(content, MetadataEvent) else content)
+            return IdRecord(tx_id, applied, content.as_dict() if isinstance(content, MetadataEvent) else content)
         if isinstance(need, AskClock):
             return Clock(self.clock, self.last.get(self.ident))
         if isinstance(need, AskRows):
@@ -551,17 +586,17 @@ class _Replay:
         for new in plan.insert:
             kept.append(_MemRow(new.value, new.valid, None, len(self.new_rows)))
             if cls != "master":
-                self.new_rows.append(_NewVersion(event.entity, event.key_text, new.value,
-                                                 new.valid, now, tx_id))
+                self.new_rows.append(_NewVersion(event.entity, event.key_text, new.value, new.valid, now, tx_id))
         kept.sort(key=_start_of)
-        rows[self.lo:self.hi] = kept
+        rows[self.lo : self.hi] = kept
 
     def copy_out(self, conn: Conn) -> None:
         _copy_out(conn, self.tx_rows, self.new_rows, self.closes, self.master)
 
 
-def import_events(conn: Conn, events: Sequence[MetadataEvent],
-                  tx_times: Sequence[datetime] | None = None) -> list[ApplyResult]:
+def import_events(
+    conn: Conn, events: Sequence[MetadataEvent], tx_times: Sequence[datetime] | None = None
+) -> list[ApplyResult]:
     """Apply many events in ONE transaction, writing with binary COPY.
 
     The same apply step as apply_event on each event in order (processors.history_apply),
@@ -585,19 +620,23 @@ def import_events(conn: Conn, events: Sequence[MetadataEvent],
         try:
             with conn.transaction():  # savepoint: a failed COPY leaves the lock held
                 replay = _Replay(conn, events)
-                results = [replay.apply(i, e, asked[i], clock + ONE_MICROSECOND * i)
-                           for i, e in enumerate(events)]
+                results = [replay.apply(i, e, asked[i], clock + ONE_MICROSECOND * i) for i, e in enumerate(events)]
                 replay.copy_out(conn)
         except CONSTRAINT_ERRORS as e:
             # COPY cannot say which event broke the constraint: one at a time, as apply_event
-            log.warning("import: the database refused the batch (%s); applying it event by "
-                        "event", _violation(e).constraint)
-            results = [_apply_here(conn, ev, asked[i], clock + ONE_MICROSECOND * i)
-                       for i, ev in enumerate(events)]
+            log.warning(
+                "import: the database refused the batch (%s); applying it event by event", _violation(e).constraint
+            )
+            results = [_apply_here(conn, ev, asked[i], clock + ONE_MICROSECOND * i) for i, ev in enumerate(events)]
     refused = [r for r in results if r.status == "refused"]
     if refused:
-        log.warning("import: %d of %d events refused, first: %s [%s]", len(refused),
-                    len(events), refused[0].reason, refused[0].rule)
+        log.warning(
+            "import: %d of %d events refused, first: %s [%s]",
+            len(refused),
+            len(events),
+            refused[0].reason,
+            refused[0].rule,
+        )
     return results
 
 
@@ -623,11 +662,11 @@ def _window(rows: list[_MemRow], iv: Interval | None) -> tuple[int, int]:
     return lo, max(lo, hi)
 
 
-def _load_state(conn: Conn, wanted: set[tuple[str, str]]
-                ) -> tuple[dict[tuple[str, str], list[_MemRow]], dict[tuple[str, str], datetime]]:
+def _load_state(
+    conn: Conn, wanted: set[tuple[str, str]]
+) -> tuple[dict[tuple[str, str], list[_MemRow]], dict[tuple[str, str], datetime]]:
     """Current rows and last change time of the wanted keys, through one temp table."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _import_keys (entity text, key text)"
-                 " ON COMMIT DROP")
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _import_keys (entity text, key text) ON COMMIT DROP")
     with conn.cursor().copy("COPY _import_keys (entity, key) FROM STDIN (FORMAT BINARY)") as cp:
         cp.set_types(["text", "text"])
         for ident in wanted:
@@ -635,8 +674,7 @@ def _load_state(conn: Conn, wanted: set[tuple[str, str]]
     conn.execute("ANALYZE _import_keys")
     state: dict[tuple[str, str], list[_MemRow]] = defaultdict(list)
     for e, k, v in conn.execute(
-        "SELECT m.entity, m.key, m.value FROM history.master_data m JOIN _import_keys USING"
-        " (entity, key)"
+        "SELECT m.entity, m.key, m.value FROM history.master_data m JOIN _import_keys USING (entity, key)"
     ):
         state[(e, k)].append(_MemRow(v, None))
     for e, k, v, vid in conn.execute(
@@ -651,7 +689,8 @@ def _load_state(conn: Conn, wanted: set[tuple[str, str]]
     ):
         state[(e, k)].append(_MemRow(v, _interval(valid), vid))  # ordered by start: see _window
     last = {
-        (e, k): t for e, k, t in conn.execute(
+        (e, k): t
+        for e, k, t in conn.execute(
             "SELECT t.entity, t.key, max(t.tx_time) FROM history.transactions t"
             " JOIN _import_keys USING (entity, key) WHERE t.status = 'applied'"
             " GROUP BY t.entity, t.key"
@@ -660,55 +699,88 @@ def _load_state(conn: Conn, wanted: set[tuple[str, str]]
     return dict(state), last
 
 
-def _copy_out(conn: Conn, tx_rows: list[tuple[Any, ...]], new_rows: list[_NewVersion],
-              closes: dict[str, list[tuple[int, datetime, int]]],
-              master: dict[tuple[str, str], tuple[Mapping[str, Any] | None, int, datetime]]
-              ) -> None:
+def _copy_out(
+    conn: Conn,
+    tx_rows: list[tuple[Any, ...]],
+    new_rows: list[_NewVersion],
+    closes: dict[str, list[tuple[int, datetime, int]]],
+    master: dict[tuple[str, str], tuple[Mapping[str, Any] | None, int, datetime]],
+) -> None:
     cur = conn.cursor()
     with cur.copy(
         "COPY history.transactions (tx_id, event_id, tx_time, entity, key, op, status, changed,"
         " rule, reason, author, comment, produced_at, event) FROM STDIN (FORMAT BINARY)"
     ) as cp:
-        cp.set_types(["bigint", "uuid", "timestamptz", "text", "text", "text", "text", "bool",
-                      "text", "text", "text", "text", "timestamptz", "jsonb"])
+        cp.set_types(
+            [
+                "bigint",
+                "uuid",
+                "timestamptz",
+                "text",
+                "text",
+                "text",
+                "text",
+                "bool",
+                "text",
+                "text",
+                "text",
+                "text",
+                "timestamptz",
+                "jsonb",
+            ]
+        )
         for r in tx_rows:
             cp.write_row(r)
     # Close database rows before the new ones arrive: the exclusion constraints check each row.
     for table, rows in closes.items():
         if not rows:
             continue
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS _import_closes"
-                     " (version_id bigint, upper timestamptz, ended_tx bigint) ON COMMIT DROP")
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS _import_closes"
+            " (version_id bigint, upper timestamptz, ended_tx bigint) ON COMMIT DROP"
+        )
         conn.execute("TRUNCATE _import_closes")
         with cur.copy("COPY _import_closes FROM STDIN (FORMAT BINARY)") as cp:
             cp.set_types(["bigint", "timestamptz", "bigint"])
             for c in rows:
                 cp.write_row(c)
-        conn.execute(sql.SQL(
-            "UPDATE history.{} v SET tx = tstzrange(lower(v.tx), c.upper, '[)'),"
-            " ended_tx = c.ended_tx FROM _import_closes c WHERE v.version_id = c.version_id"
-        ).format(sql.Identifier(table)))
+        conn.execute(
+            sql.SQL(
+                "UPDATE history.{} v SET tx = tstzrange(lower(v.tx), c.upper, '[)'),"
+                " ended_tx = c.ended_tx FROM _import_closes c WHERE v.version_id = c.version_id"
+            ).format(sql.Identifier(table))
+        )
     plain = [n for n in new_rows if n.valid is None]
     timed = [n for n in new_rows if n.valid is not None]
     if plain:
-        with cur.copy("COPY history.versions (entity, key, value, tx, created_tx, ended_tx)"
-                      " FROM STDIN (FORMAT BINARY)") as cp:
+        with cur.copy(
+            "COPY history.versions (entity, key, value, tx, created_tx, ended_tx) FROM STDIN (FORMAT BINARY)"
+        ) as cp:
             cp.set_types(["text", "text", "jsonb", "tstzrange", "bigint", "bigint"])
             for n in plain:
-                cp.write_row((n.entity, n.key, Jsonb(n.value), Range(n.lower, n.upper, "[)"),
-                              n.created_tx, n.ended_tx))
+                cp.write_row((n.entity, n.key, Jsonb(n.value), Range(n.lower, n.upper, "[)"), n.created_tx, n.ended_tx))
     if timed:
-        with cur.copy("COPY history.valid_versions (entity, key, value, valid, tx, created_tx,"
-                      " ended_tx) FROM STDIN (FORMAT BINARY)") as cp:
+        with cur.copy(
+            "COPY history.valid_versions (entity, key, value, valid, tx, created_tx,"
+            " ended_tx) FROM STDIN (FORMAT BINARY)"
+        ) as cp:
             cp.set_types(["text", "text", "jsonb", "tstzrange", "tstzrange", "bigint", "bigint"])
             for n in timed:
                 assert n.valid is not None
-                cp.write_row((n.entity, n.key, Jsonb(n.value), _range(n.valid),
-                              Range(n.lower, n.upper, "[)"), n.created_tx, n.ended_tx))
+                cp.write_row(
+                    (
+                        n.entity,
+                        n.key,
+                        Jsonb(n.value),
+                        _range(n.valid),
+                        Range(n.lower, n.upper, "[)"),
+                        n.created_tx,
+                        n.ended_tx,
+                    )
+                )
     for (entity, ktext), (value, tx_id, now) in master.items():
         if value is None:
-            conn.execute("DELETE FROM history.master_data WHERE entity = %s AND key = %s",
-                         (entity, ktext))
+            conn.execute("DELETE FROM history.master_data WHERE entity = %s AND key = %s", (entity, ktext))
         else:
             conn.execute(
                 """INSERT INTO history.master_data (entity, key, value, tx_id, updated_at)
@@ -727,8 +799,7 @@ def _copy_out(conn: Conn, tx_rows: list[tuple[Any, ...]], new_rows: list[_NewVer
 INFINITY = "infinity"  # 'infinity'::timestamptz lies inside every tx range still open
 
 
-def _filters(entity: str | None, key: Mapping[str, KeyValue] | None,
-             alias: str = "") -> tuple[str, dict[str, Any]]:
+def _filters(entity: str | None, key: Mapping[str, KeyValue] | None, alias: str = "") -> tuple[str, dict[str, Any]]:
     """' AND ...' clauses with named parameters %(entity)s, %(key)s."""
     p = f"{alias}." if alias else ""
     where = ""
@@ -746,8 +817,7 @@ def _filters(entity: str | None, key: Mapping[str, KeyValue] | None,
 
 
 def _classes(entity: str | None) -> set[str]:
-    return {spec_for(entity).cls} if entity is not None else {
-        "master", "static", "history", "time_dependent"}
+    return {spec_for(entity).cls} if entity is not None else {"master", "static", "history", "time_dependent"}
 
 
 def _ts(text: str | None) -> datetime | None:
@@ -806,8 +876,9 @@ def _json_rows(conn: Conn, query: str, params: Mapping[str, Any]) -> list[list[A
     return json.loads(row[0]) if row and row[0] else []
 
 
-def state_at(conn: Conn, at: datetime, entity: str | None = None,
-             key: Mapping[str, KeyValue] | None = None) -> list[EntityState]:
+def state_at(
+    conn: Conn, at: datetime, entity: str | None = None, key: Mapping[str, KeyValue] | None = None
+) -> list[EntityState]:
     """The metadata as it was at transaction time `at` (EBAS --state).
 
     Master data shows its latest state whatever `at` is: it has no history.
@@ -820,19 +891,22 @@ def state_at(conn: Conn, at: datetime, entity: str | None = None,
         parts.append(
             "SELECT entity AS e, key AS k, NULL::timestamptz AS vs,"
             " json_build_array(entity, key::json, value, NULL, NULL, NULL, false) AS j"
-            f" FROM history.master_data WHERE true{where}")
+            f" FROM history.master_data WHERE true{where}"
+        )
     if classes & {"static", "history"}:
         parts.append(
             "SELECT entity AS e, key AS k, NULL::timestamptz AS vs,"
             " json_build_array(entity, key::json, value, NULL, NULL, lower(tx), false) AS j"
-            f" FROM history.versions WHERE tx @> %(at)s::timestamptz{where}")
+            f" FROM history.versions WHERE tx @> %(at)s::timestamptz{where}"
+        )
     if "time_dependent" in classes:
         parts.append(
             "SELECT entity AS e, key AS k, lower(valid) AS vs,"
             " json_build_array(entity, key::json, value, lower(valid), upper(valid), lower(tx),"
-            f" true) AS j FROM history.valid_versions WHERE tx @> %(at)s::timestamptz{where}")
+            f" true) AS j FROM history.valid_versions WHERE tx @> %(at)s::timestamptz{where}"
+        )
     query = (
-        "SELECT json_agg(j ORDER BY e COLLATE \"C\", k COLLATE \"C\", vs NULLS FIRST)::text"
+        'SELECT json_agg(j ORDER BY e COLLATE "C", k COLLATE "C", vs NULLS FIRST)::text'
         f" FROM ({' UNION ALL '.join(parts)}) s"
     )
     times = _Times()
@@ -843,8 +917,9 @@ def state_at(conn: Conn, at: datetime, entity: str | None = None,
         ]
 
 
-def diff(conn: Conn, t_from: datetime, t_to: datetime, entity: str | None = None,
-         key: Mapping[str, KeyValue] | None = None) -> list[Change]:
+def diff(
+    conn: Conn, t_from: datetime, t_to: datetime, entity: str | None = None, key: Mapping[str, KeyValue] | None = None
+) -> list[Change]:
     """What differs between the states at t_from and t_to (EBAS --diff): net changes only.
 
     A change undone before t_to does not show. Master data never shows (it has no history).
@@ -868,14 +943,16 @@ def diff(conn: Conn, t_from: datetime, t_to: datetime, entity: str | None = None
             " SELECT json_build_array(v.entity, v.key, v.value, NULL, NULL, lower(v.tx), false,"
             " v.tx @> %(f)s::timestamptz, v.tx @> %(t)s::timestamptz) AS j"
             " FROM history.versions v JOIN touched USING (entity, key)"
-            " WHERE v.tx @> %(f)s::timestamptz OR v.tx @> %(t)s::timestamptz)")
+            " WHERE v.tx @> %(f)s::timestamptz OR v.tx @> %(t)s::timestamptz)"
+        )
     if "time_dependent" in classes:
         parts.append(
             f"(WITH touched AS ({touched.format(t='valid_versions')})"
             " SELECT json_build_array(v.entity, v.key, v.value, lower(v.valid), upper(v.valid),"
             " lower(v.tx), true, v.tx @> %(f)s::timestamptz, v.tx @> %(t)s::timestamptz) AS j"
             " FROM history.valid_versions v JOIN touched USING (entity, key)"
-            " WHERE v.tx @> %(f)s::timestamptz OR v.tx @> %(t)s::timestamptz)")
+            " WHERE v.tx @> %(f)s::timestamptz OR v.tx @> %(t)s::timestamptz)"
+        )
     if not parts:
         return []  # master data only: it has no history to differ
     query = f"SELECT json_agg(j)::text FROM ({' UNION ALL '.join(parts)}) s"
@@ -916,8 +993,9 @@ def _diff_rows(rows: list[list[Any]]) -> list[Change]:
     return [c for _, c in changes]
 
 
-def valid_at(conn: Conn, entity: str, key: Mapping[str, KeyValue], data_time: datetime,
-             known_at: datetime | None = None) -> EntityState | None:
+def valid_at(
+    conn: Conn, entity: str, key: Mapping[str, KeyValue], data_time: datetime, known_at: datetime | None = None
+) -> EntityState | None:
     """The value that held for data time `data_time`, as known at transaction time `known_at`
     (default: as known now). One query on the GiST index (entity, key, valid, tx).
 
@@ -934,8 +1012,7 @@ def valid_at(conn: Conn, entity: str, key: Mapping[str, KeyValue], data_time: da
             " AND tx @> %s::timestamptz",
             (entity, ktext, data_time, known),
         ).fetchone()
-        return None if row is None else EntityState(entity, dict(key), row[0],
-                                                    _interval(row[1]), row[2])
+        return None if row is None else EntityState(entity, dict(key), row[0], _interval(row[1]), row[2])
     if cls == "master":
         row = conn.execute(
             "SELECT value FROM history.master_data WHERE entity = %s AND key = %s",
@@ -943,20 +1020,21 @@ def valid_at(conn: Conn, entity: str, key: Mapping[str, KeyValue], data_time: da
         ).fetchone()
         return None if row is None else EntityState(entity, dict(key), row[0])
     row = conn.execute(
-        "SELECT value, lower(tx) FROM history.versions"
-        " WHERE entity = %s AND key = %s AND tx @> %s::timestamptz",
+        "SELECT value, lower(tx) FROM history.versions WHERE entity = %s AND key = %s AND tx @> %s::timestamptz",
         (entity, ktext, known),
     ).fetchone()
     return None if row is None else EntityState(entity, dict(key), row[0], None, row[1])
 
 
-def transactions(conn: Conn, entity: str | None = None,
-                 key: Mapping[str, KeyValue] | None = None) -> list[dict[str, Any]]:
+def transactions(
+    conn: Conn, entity: str | None = None, key: Mapping[str, KeyValue] | None = None
+) -> list[dict[str, Any]]:
     """The transaction log (applied and refused), oldest first: who, when, why."""
     where, params = _filters(entity, key)
     cur = conn.execute(
         "SELECT tx_id, event_id, tx_time, entity, key, op, status, changed, rule, reason,"
-        f" author, comment FROM history.transactions WHERE true{where} ORDER BY tx_id", params,
+        f" author, comment FROM history.transactions WHERE true{where} ORDER BY tx_id",
+        params,
     )
     names = [d.name for d in cur.description or ()]
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
@@ -969,9 +1047,7 @@ def transactions(conn: Conn, entity: str | None = None,
 
 def catalog_version(conn: Conn) -> int:
     """The latest applied transaction id: reload the catalog when this moves."""
-    row = conn.execute(
-        "SELECT coalesce(max(tx_id), 0) FROM history.transactions WHERE status = 'applied'"
-    ).fetchone()
+    row = conn.execute("SELECT coalesce(max(tx_id), 0) FROM history.transactions WHERE status = 'applied'").fetchone()
     return int(row[0]) if row else 0
 
 
@@ -995,20 +1071,19 @@ def current_catalog(conn: Conn) -> MetadataCatalog:
             " ORDER BY key, lower(valid) NULLS FIRST"
         ):
             kd = key_from_text(k)
-            templates[str(kd["datamodel"])][str(kd["datastream"])].append(
-                TimedValue(_interval(valid), v))
+            templates[str(kd["datamodel"])][str(kd["datastream"])].append(TimedValue(_interval(valid), v))
         datamodels: dict[str, DatamodelEntry] = {}
         for k, v in conn.execute(
             "SELECT key, value FROM history.versions WHERE entity = 'datamodel' AND upper_inf(tx)"
         ):
             ident = str(key_from_text(k)["identifier"])
             datamodels[ident] = DatamodelEntry(
-                ident, v, {ds: tuple(tvs) for ds, tvs in templates.get(ident, {}).items()})
+                ident, v, {ds: tuple(tvs) for ds, tvs in templates.get(ident, {}).items()}
+            )
         bindings = tuple(
             {**key_from_text(k), **v}
             for k, v in conn.execute(
-                "SELECT key, value FROM history.versions"
-                " WHERE entity = 'source_binding' AND upper_inf(tx) ORDER BY key"
+                "SELECT key, value FROM history.versions WHERE entity = 'source_binding' AND upper_inf(tx) ORDER BY key"
             )
         )
         zones: dict[int, list[TimedValue]] = defaultdict(list)
@@ -1017,8 +1092,7 @@ def current_catalog(conn: Conn) -> MetadataCatalog:
             " AND upper_inf(tx) ORDER BY key, lower(valid) NULLS FIRST"
         ):
             zones[int(key_from_text(k)["node_id"] or 0)].append(TimedValue(_interval(valid), v))
-    return MetadataCatalog(as_of, high, datamodels, bindings,
-                           {n: tuple(tvs) for n, tvs in zones.items()})
+    return MetadataCatalog(as_of, high, datamodels, bindings, {n: tuple(tvs) for n, tvs in zones.items()})
 
 
 def current_tokens(conn: Conn) -> dict[str, dict[str, Any]]:
@@ -1026,15 +1100,24 @@ def current_tokens(conn: Conn) -> dict[str, dict[str, Any]]:
     return {
         str(key_from_text(k)["token_id"]): v
         for k, v in conn.execute(
-            "SELECT key, value FROM history.versions WHERE entity = 'security_token' AND upper_inf(tx)"
-            " ORDER BY key"
+            "SELECT key, value FROM history.versions WHERE entity = 'security_token' AND upper_inf(tx) ORDER BY key"
         )
     }
 
 
 __all__ = [
-    "ApplyResult", "current_tokens", "MigrationError", "apply_event", "apply_events", "catalog_version",
+    "ApplyResult",
+    "current_tokens",
+    "MigrationError",
+    "apply_event",
+    "apply_events",
+    "catalog_version",
     "import_events",
-    "current_catalog", "diff", "migrate", "migration_files", "state_at", "transactions",
+    "current_catalog",
+    "diff",
+    "migrate",
+    "migration_files",
+    "state_at",
+    "transactions",
     "valid_at",
 ]

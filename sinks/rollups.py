@@ -96,9 +96,25 @@ ROLLUP_SCHEMA.append(
 )
 
 ROLLUP_COLUMNS = (
-    "periodicity", "node_id", "source_id", "property", "kind", "ts_start", "ts_end", "count",
-    "avg", "min", "max", "diff", "read_diff", "read_start", "read_end", "mode", "status_counts",
-    "tags", "deleted",
+    "periodicity",
+    "node_id",
+    "source_id",
+    "property",
+    "kind",
+    "ts_start",
+    "ts_end",
+    "count",
+    "avg",
+    "min",
+    "max",
+    "diff",
+    "read_diff",
+    "read_start",
+    "read_end",
+    "mode",
+    "status_counts",
+    "tags",
+    "deleted",
 )
 
 
@@ -112,7 +128,6 @@ def ensure_rollup_schema(client: Client) -> None:
 _KINDS: dict[str, RollupKind] = {"a": "a", "p": "p", "s": "s"}  # anything else: "i"
 
 
-
 def _points_sql(ranges: Sequence[Range], pulse: frozenset[str] = frozenset()) -> str:
     """Every raw point in each range, tagged with the range's q."""
     # Instantaneous samples of a PULSE datastream (OpenGate) roll up as sums: kind 'p'.
@@ -120,9 +135,11 @@ def _points_sql(ranges: Sequence[Range], pulse: frozenset[str] = frozenset()) ->
     if pulse:
         names = ", ".join(sql_str(d) for d in sorted(pulse))
         kind = f"if(d.kind = 'i' AND d.datastream IN ({names}), 'p', toString(d.kind))"
-    return (f"SELECT w.q AS q, toUnixTimestamp64Milli(d.created) AS t, toString(d.property) AS p,"
-            f" {kind} AS k, d.value AS v, d.text AS x, d.tags AS g"
-            f" FROM {DATUM_VIEW} AS d{ranges_join('d', ranges)}")
+    return (
+        f"SELECT w.q AS q, toUnixTimestamp64Milli(d.created) AS t, toString(d.property) AS p,"
+        f" {kind} AS k, d.value AS v, d.text AS x, d.tags AS g"
+        f" FROM {DATUM_VIEW} AS d{ranges_join('d', ranges)}"
+    )
 
 
 def _edge_sql(ranges: Sequence[Range] | Sequence[NamedRange], *, last: bool) -> str:
@@ -131,9 +148,11 @@ def _edge_sql(ranges: Sequence[Range] | Sequence[NamedRange], *, last: bool) -> 
     pick, arg = ("max", "argMax") if last else ("min", "argMin")
     named = bool(ranges) and len(ranges[0]) == 6
     join = ranges_join("d", ranges, name_column="property" if named else None)
-    return (f"SELECT w.q AS q, toUnixTimestamp64Milli({pick}(d.created)) AS t, toString(d.property) AS p,"
-            f" 'a' AS k, {arg}(d.value, d.created) AS v, '' AS x, {arg}(d.tags, d.created) AS g"
-            f" FROM {DATUM_VIEW} AS d{join} AND d.kind = 'a' AND d.value IS NOT NULL GROUP BY w.q, d.property")
+    return (
+        f"SELECT w.q AS q, toUnixTimestamp64Milli({pick}(d.created)) AS t, toString(d.property) AS p,"
+        f" 'a' AS k, {arg}(d.value, d.created) AS v, '' AS x, {arg}(d.tags, d.created) AS g"
+        f" FROM {DATUM_VIEW} AS d{join} AND d.kind = 'a' AND d.value IS NOT NULL GROUP BY w.q, d.property"
+    )
 
 
 @dataclass(frozen=True)
@@ -152,6 +171,7 @@ def _series_of(table: pa.Table) -> list[tuple[int, Series]]:
     n = table.num_rows
     if n == 0:
         return []
+
     def col(name: str) -> pa.Array:
         return table.column(name).combine_chunks()
 
@@ -173,29 +193,51 @@ def _series_of(table: pa.Table) -> list[tuple[int, Series]]:
         tags = None
         if tagged[a:b].any():
             tags = [tuple(tg) for tg in g.slice(a, b - a).to_pylist()]
-        out.append((int(q[a]), Series(props[pi[a]], _KINDS.get(kind, "i"), t[a:b],
-                                      value[a:b], null[a:b] if kind != "s" else np.zeros(b - a, np.bool_),
-                                      texts, tags)))
+        out.append(
+            (
+                int(q[a]),
+                Series(
+                    props[pi[a]],
+                    _KINDS.get(kind, "i"),
+                    t[a:b],
+                    value[a:b],
+                    null[a:b] if kind != "s" else np.zeros(b - a, np.bool_),
+                    texts,
+                    tags,
+                ),
+            )
+        )
     return out
 
 
 def _prepend(before: Series, held: Series) -> Series:
     """held with the points of `before` (all earlier) in front."""
-    tags = None if held.tags is None and before.tags is None else [
-        *(before.tags or [()] * len(before)), *(held.tags or [()] * len(held))]
-    return Series(held.property, held.kind, np.concatenate([before.created, held.created]),
-                  np.concatenate([before.value, held.value]), np.concatenate([before.null, held.null]),
-                  None, tags)
+    tags = (
+        None
+        if held.tags is None and before.tags is None
+        else [*(before.tags or [()] * len(before)), *(held.tags or [()] * len(held))]
+    )
+    return Series(
+        held.property,
+        held.kind,
+        np.concatenate([before.created, held.created]),
+        np.concatenate([before.value, held.value]),
+        np.concatenate([before.null, held.null]),
+        None,
+        tags,
+    )
 
 
 def _union_arrow(client: Client, parts: Sequence[str], chunk: int = 100) -> Iterator[pa.Table]:
     """The Arrow results of SELECTs of one shape (q, t, p, k, v, x, g), sorted by q, p, k, t."""
     for k in range(0, len(parts), chunk):
-        yield client.query_arrow(f"SELECT * FROM ({' UNION ALL '.join(parts[k:k + chunk])}) ORDER BY q, p, k, t")
+        yield client.query_arrow(f"SELECT * FROM ({' UNION ALL '.join(parts[k : k + chunk])}) ORDER BY q, p, k, t")
 
 
 def read_series_for_recompute(
-    client: Client, windows: Sequence[Window], tolerances: Tolerances = DEFAULT_TOLERANCES,
+    client: Client,
+    windows: Sequence[Window],
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
     pulse: frozenset[str] = frozenset(),
 ) -> list[list[Series]]:
     """What `recompute_series(..., start_ms, end_ms, ...)` needs of each window's stream, in
@@ -221,7 +263,7 @@ def read_series_for_recompute(
     got: list[dict[tuple[str, str], Series]] = [{} for _ in windows]
     numbered = list(enumerate(windows))
     for k in range(0, len(numbered), RANGES_CHUNK):
-        part = numbered[k:k + RANGES_CHUNK]
+        part = numbered[k : k + RANGES_CHUNK]
         # one q per window for the three: sorted by time, before < window < after
         inside = [(n, w.node_id, w.source_id, w.start_ms, w.end_ms) for n, w in part]
         before = [(n, w.node_id, w.source_id, w.start_ms - near, w.start_ms) for n, w in part]
@@ -238,10 +280,11 @@ def read_series_for_recompute(
                     continue
                 c = s.created[~s.null]
                 if bool(((c >= w.start_ms) & (c <= w.end_ms)).any()) and not bool((c < w.start_ms).any()):
-                    far.append((n, w.node_id, w.source_id, prop, w.start_ms - tolerances.lookback_ms,
-                                w.start_ms - near))
+                    far.append(
+                        (n, w.node_id, w.source_id, prop, w.start_ms - tolerances.lookback_ms, w.start_ms - near)
+                    )
     for k in range(0, len(far), RANGES_CHUNK):
-        for table in _union_arrow(client, [_edge_sql(far[k:k + RANGES_CHUNK], last=True)]):
+        for table in _union_arrow(client, [_edge_sql(far[k : k + RANGES_CHUNK], last=True)]):
             for n, before_edge in _series_of(table):
                 held = got[n][(before_edge.property, before_edge.kind)]
                 got[n][(before_edge.property, before_edge.kind)] = _prepend(before_edge, held)
@@ -266,12 +309,15 @@ def _nearest_sql(view: str, alias: str, ranges: Sequence[NamedRange], side: int,
     else:  # a reset marker naming the property in its final readings is a chain node
         join = ranges_join(alias, ranges)
         which = f" AND {alias}.type = 'Reset' AND mapContains({alias}.final, w.name)"
-    return (f"SELECT w.q AS q, toUInt8({side}) AS side, toUnixTimestamp64Milli({pick}({alias}.created)) AS t"
-            f" FROM {view} AS {alias}{join}{which} GROUP BY w.q")
+    return (
+        f"SELECT w.q AS q, toUInt8({side}) AS side, toUnixTimestamp64Milli({pick}({alias}.created)) AS t"
+        f" FROM {view} AS {alias}{join}{which} GROUP BY w.q"
+    )
 
 
-def read_neighbours(client: Client, requests: Sequence[NeighbourRequest], clock_ms: int,
-                    lookback_ms: int) -> list[tuple[int | None, int | None]]:
+def read_neighbours(
+    client: Client, requests: Sequence[NeighbourRequest], clock_ms: int, lookback_ms: int
+) -> list[tuple[int | None, int | None]]:
     """Per request, its nearest chain node (an accumulating reading of the property, or a reset
     marker naming it) strictly before `at_ms` and no further than the clock tolerance, and
     strictly after it and no further than the look-back: what `stale_buckets` takes as prev and
@@ -294,46 +340,94 @@ def read_neighbours(client: Client, requests: Sequence[NeighbourRequest], clock_
 
     numbered = list(enumerate(requests))
     for k in range(0, len(numbered), RANGES_CHUNK):
-        part = numbered[k:k + RANGES_CHUNK]
-        before: list[NamedRange] = [(n, r.node_id, r.source_id, r.property, r.at_ms - clock_ms, r.at_ms)
-                                    for n, r in part]
-        after: list[NamedRange] = [(n, r.node_id, r.source_id, r.property, r.at_ms + 1, r.at_ms + clock_ms + 1)
-                                   for n, r in part]
-        far: list[NamedRange] = [(n, r.node_id, r.source_id, r.property, r.at_ms + 1, r.at_ms + lookback_ms + 1)
-                                 for n, r in part]
-        gather([_nearest_sql(DATUM_VIEW, "d", before, 0, True), _nearest_sql(DATUM_VIEW, "d", after, 1, True),
-                _nearest_sql(AUX_VIEW, "a", before, 0, False), _nearest_sql(AUX_VIEW, "a", far, 1, False)])
+        part = numbered[k : k + RANGES_CHUNK]
+        before: list[NamedRange] = [
+            (n, r.node_id, r.source_id, r.property, r.at_ms - clock_ms, r.at_ms) for n, r in part
+        ]
+        after: list[NamedRange] = [
+            (n, r.node_id, r.source_id, r.property, r.at_ms + 1, r.at_ms + clock_ms + 1) for n, r in part
+        ]
+        far: list[NamedRange] = [
+            (n, r.node_id, r.source_id, r.property, r.at_ms + 1, r.at_ms + lookback_ms + 1) for n, r in part
+        ]
+        gather(
+            [
+                _nearest_sql(DATUM_VIEW, "d", before, 0, True),
+                _nearest_sql(DATUM_VIEW, "d", after, 1, True),
+                _nearest_sql(AUX_VIEW, "a", before, 0, False),
+                _nearest_sql(AUX_VIEW, "a", far, 1, False),
+            ]
+        )
     beyond: list[NamedRange] = [
         (n, r.node_id, r.source_id, r.property, r.at_ms + clock_ms + 1, r.at_ms + lookback_ms + 1)
-        for n, r in numbered if lookback_ms > clock_ms and (n not in nxt or nxt[n] > r.at_ms + clock_ms)]
+        for n, r in numbered
+        if lookback_ms > clock_ms and (n not in nxt or nxt[n] > r.at_ms + clock_ms)
+    ]
     for k in range(0, len(beyond), RANGES_CHUNK):
-        gather([_nearest_sql(DATUM_VIEW, "d", beyond[k:k + RANGES_CHUNK], 1, True)])
+        gather([_nearest_sql(DATUM_VIEW, "d", beyond[k : k + RANGES_CHUNK], 1, True)])
     return [(prev.get(n), nxt.get(n)) for n in range(len(requests))]
 
 
 def read_rollups(
-    client: Client, requests: Sequence[tuple[int, str, Sequence[tuple[str, int, int]]]],
+    client: Client,
+    requests: Sequence[tuple[int, str, Sequence[tuple[str, int, int]]]],
 ) -> list[RollupRow]:
     """Stored (live) rows: per (node, source, ranges), each (periodicity, start_ms, end_ms)
     range is the rows of that level with ts_start in [start_ms, end_ms). One query per
     RANGES_CHUNK ranges."""
-    ranges: list[NamedRange] = [(0, node_id, source_id, per, lo, hi)
-                                for node_id, source_id, levels in requests for per, lo, hi in levels]
+    ranges: list[NamedRange] = [
+        (0, node_id, source_id, per, lo, hi) for node_id, source_id, levels in requests for per, lo, hi in levels
+    ]
     out: list[RollupRow] = []
     for k in range(0, len(ranges), RANGES_CHUNK):
         result = client.query(
             "SELECT r.periodicity, r.node_id, r.source_id, r.property, r.kind, toUnixTimestamp64Milli(r.ts_start),"
             " toUnixTimestamp64Milli(r.ts_end), r.count, r.avg, r.min, r.max, r.diff, r.read_diff, r.read_start,"
             f" r.read_end, r.mode, r.status_counts, r.tags FROM {ROLLUP_VIEW} AS r"
-            f"{ranges_join('r', ranges[k:k + RANGES_CHUNK], time_column='ts_start', name_column='periodicity')}"
+            f"{ranges_join('r', ranges[k : k + RANGES_CHUNK], time_column='ts_start', name_column='periodicity')}"
         )
-        for (per, node, source, prop, kind, s, e, count, avg, lo, hi, diff, rdiff, rstart, rend,
-             mode, sc, tags) in result.result_rows:
-            out.append(RollupRow(
-                per, int(node), str(source), prop, kind, int(s), int(e), int(count), avg, lo, hi,
-                diff, rdiff, rstart, rend, mode if kind == "s" else None,
-                tuple((str(v), int(c)) for v, c in sc), tuple(tags),
-            ))
+        for (
+            per,
+            node,
+            source,
+            prop,
+            kind,
+            s,
+            e,
+            count,
+            avg,
+            lo,
+            hi,
+            diff,
+            rdiff,
+            rstart,
+            rend,
+            mode,
+            sc,
+            tags,
+        ) in result.result_rows:
+            out.append(
+                RollupRow(
+                    per,
+                    int(node),
+                    str(source),
+                    prop,
+                    kind,
+                    int(s),
+                    int(e),
+                    int(count),
+                    avg,
+                    lo,
+                    hi,
+                    diff,
+                    rdiff,
+                    rstart,
+                    rend,
+                    mode if kind == "s" else None,
+                    tuple((str(v), int(c)) for v, c in sc),
+                    tuple(tags),
+                )
+            )
     return out
 
 
@@ -375,17 +469,34 @@ class RollupLedger(Sink[Iterable[tuple[int, str, int]], int]):
             return mark_rolled_up(self.client, batch)
 
 
-def write_rollups(client: Client, rows: Sequence[RollupRow],
-                  tombstones: Sequence[RollupRow] = ()) -> int:
+def write_rollups(client: Client, rows: Sequence[RollupRow], tombstones: Sequence[RollupRow] = ()) -> int:
     """Insert rows and tombstones (rows marked deleted) in one insert; returns rows written."""
     data: list[list[object]] = []
     for deleted, batch in ((0, rows), (1, tombstones)):
         for r in batch:
-            data.append([
-                r.periodicity, r.node_id, r.source_id, r.property, r.kind, r.ts_start_ms,
-                r.ts_end_ms, r.count, r.avg, r.min, r.max, r.diff, r.read_diff, r.read_start,
-                r.read_end, r.mode or "", list(r.status_counts), list(r.tags), deleted,
-            ])
+            data.append(
+                [
+                    r.periodicity,
+                    r.node_id,
+                    r.source_id,
+                    r.property,
+                    r.kind,
+                    r.ts_start_ms,
+                    r.ts_end_ms,
+                    r.count,
+                    r.avg,
+                    r.min,
+                    r.max,
+                    r.diff,
+                    r.read_diff,
+                    r.read_start,
+                    r.read_end,
+                    r.mode or "",
+                    list(r.status_counts),
+                    list(r.tags),
+                    deleted,
+                ]
+            )
     if data:
         # ints into DateTime64(3) are raw ticks (epoch ms), as in the raw sink
         client.insert(ROLLUP_TABLE, data, column_names=list(ROLLUP_COLUMNS))
@@ -396,13 +507,15 @@ def mark_rolled_up(client: Client, batches: Iterable[tuple[int, str, int]]) -> i
     """Record (node, source, inserted ms) raw batches whose buckets are recomputed and stored."""
     rows = sorted(set(batches))
     if rows:
-        client.insert(ROLLUP_DONE_TABLE, [[n, s, t] for n, s, t in rows],
-                      column_names=["node_id", "source_id", "inserted"])
+        client.insert(
+            ROLLUP_DONE_TABLE, [[n, s, t] for n, s, t in rows], column_names=["node_id", "source_id", "inserted"]
+        )
     return len(rows)
 
 
-def not_rolled_up(client: Client, window_days: int = REPAIR_WINDOW_DAYS) -> list[
-        tuple[int, str, int, list[tuple[str, str, int]]]]:
+def not_rolled_up(
+    client: Client, window_days: int = REPAIR_WINDOW_DAYS
+) -> list[tuple[int, str, int, list[tuple[str, str, int]]]]:
     """Raw batches stored in the window that the ledger does not list as rolled up:
     (node, source, inserted ms, [(property, kind, created ms), ...])."""
     from sinks.clickhouse import RAW_TABLE
@@ -416,5 +529,6 @@ def not_rolled_up(client: Client, window_days: int = REPAIR_WINDOW_DAYS) -> list
         f" (SELECT node_id, source_id, inserted FROM {ROLLUP_DONE_TABLE})"
         f" GROUP BY node_id, source_id, inserted ORDER BY inserted"
     )
-    return [(int(r[0]), str(r[1]), int(r[2]), [(str(p), str(k), int(c)) for p, k, c in r[3]])
-            for r in result.result_rows]
+    return [
+        (int(r[0]), str(r[1]), int(r[2]), [(str(p), str(k), int(c)) for p, k, c in r[3]]) for r in result.result_rows
+    ]

@@ -8,10 +8,24 @@ from typing import Any
 def health_model(qrating: dict[str, Any]) -> dict[str, Any]:
     """The 'health' datamodel: one datastream, heart rate, kept 30 days, scored by `qrating`."""
     return {
-        "identifier": "health", "name": "health", "description": "heart monitoring", "version": "1.2",
-        "categories": [{"identifier": "heart", "name": "heart", "datastreams": [{
-            "identifier": "health.heart.rate", "name": "rate", "description": "beats per minute",
-            "schema": {"type": "number"}, "storage": {"period": "DAYS", "total": 30},
-            "qrating": qrating,
-        }]}],
+        "identifier": "health",
+        "name": "health",
+        "description": "heart monitoring",
+        "version": "1.2",
+        "categories": [
+            {
+                "identifier": "heart",
+                "name": "heart",
+                "datastreams": [
+                    {
+                        "identifier": "health.heart.rate",
+                        "name": "rate",
+                        "description": "beats per minute",
+                        "schema": {"type": "number"},
+                        "storage": {"period": "DAYS", "total": 30},
+                        "qrating": qrating,
+                    }
+                ],
+            }
+        ],
     }

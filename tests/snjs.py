@@ -73,11 +73,13 @@ def sign_requests(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def solarquery_client(host: str, port: int, ops: list[dict[str, Any]], token: str | None = None,
-                      secret: str | None = None) -> list[dict[str, Any]]:
+def solarquery_client(
+    host: str, port: int, ops: list[dict[str, Any]], token: str | None = None, secret: str | None = None
+) -> list[dict[str, Any]]:
     """Run SolarNetwork's clients (DatumLoader, DatumRangeFinder, DatumSourceFinder, signed
     SolarQueryApi URLs) against a running API; see tests/js/solarquery_client.mjs for the ops."""
-    out: list[dict[str, Any]] = run_node("solarquery_client.mjs", {"host": host, "port": port, "token": token,
-                                                                   "secret": secret, "ops": ops}, timeout=120)
+    out: list[dict[str, Any]] = run_node(
+        "solarquery_client.mjs", {"host": host, "port": port, "token": token, "secret": secret, "ops": ops}, timeout=120
+    )
     assert len(out) == len(ops)
     return out

@@ -40,8 +40,7 @@ class TokenStore:
     """The tokens in force, from the history log (re-read when it moves)."""
 
     def __init__(self, dsn: str, check_s: float = TOKENS_CHECK_S) -> None:
-        self.view: LogView[dict[str, StoredToken]] = LogView(dsn, "security tokens", _load_tokens, check_s,
-                                                              missing={})
+        self.view: LogView[dict[str, StoredToken]] = LogView(dsn, "security tokens", _load_tokens, check_s, missing={})
 
     def current(self) -> dict[str, StoredToken]:
         """token id -> stored token; raises AccessUnavailable when never read and unreadable."""
@@ -80,8 +79,9 @@ class _Keys:
 class Access:
     """Authenticates requests for the HTTP APIs."""
 
-    def __init__(self, tokens: TokenStore, mode: str = "auto",
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self, tokens: TokenStore, mode: str = "auto", clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"api_auth must be one of {', '.join(MODES)}, not {mode!r}")
         self.tokens = tokens
@@ -95,8 +95,9 @@ class Access:
         except AccessUnavailable:
             return False
 
-    def authenticate(self, method: str, path: str, query: str, headers: Sequence[tuple[str, str]],
-                     body: bytes = b"") -> Token | None:
+    def authenticate(
+        self, method: str, path: str, query: str, headers: Sequence[tuple[str, str]], body: bytes = b""
+    ) -> Token | None:
         """The token a request is signed with; None when the API is open and the request carries no
         credentials. Raises AccessDenied (401) or AccessUnavailable (503)."""
         authorization = next((v for k, v in headers if k.lower() == "authorization"), None)

@@ -56,9 +56,12 @@ class HttpIngest:
         except sp.AccessDenied as exc:
             return exc.status, error_body(exc.reason, exc.status)
         if parsed.problems:
-            doc = {"success": False, "code": "400",
-                   "message": f"{len(parsed.problems)} problem(s) in the body; nothing was published",
-                   "data": parsed.answer()}
+            doc = {
+                "success": False,
+                "code": "400",
+                "message": f"{len(parsed.problems)} problem(s) in the body; nothing was published",
+                "data": parsed.answer(),
+            }
             return 400, json.dumps(doc, ensure_ascii=False).encode()
         if not self.settings.kafka_bootstrap:
             return 503, error_body("HTTP ingest is not configured here (no Kafka bootstrap)", 503)

@@ -55,8 +55,12 @@ SOLARQUERY_PREFIX = "/solarquery/api/v1/"
 ALLOWED_HEADERS = "Accept, Authorization, Content-Type, Digest, X-SN-Date"
 # The policy's aggregation of each periodicity (SolarNetwork's names); raw readings are None.
 AGGREGATION_OF: dict[str | None, sp.Aggregation] = {
-    None: sp.Aggregation.NONE, "halfhour": sp.Aggregation.THIRTY_MINUTE, "hour": sp.Aggregation.HOUR,
-    "day": sp.Aggregation.DAY, "week": sp.Aggregation.WEEK, "month": sp.Aggregation.MONTH,
+    None: sp.Aggregation.NONE,
+    "halfhour": sp.Aggregation.THIRTY_MINUTE,
+    "hour": sp.Aggregation.HOUR,
+    "day": sp.Aggregation.DAY,
+    "week": sp.Aggregation.WEEK,
+    "month": sp.Aggregation.MONTH,
     "year": sp.Aggregation.YEAR,
 }
 
@@ -96,11 +100,17 @@ class Store:
         with self._lock:
             if self._client is None:
                 try:
-                    self._client = connect(self.url, autogenerate_session_id=False, connect_timeout=3,
-                                           send_receive_timeout=60, query_limit=0)
+                    self._client = connect(
+                        self.url,
+                        autogenerate_session_id=False,
+                        connect_timeout=3,
+                        send_receive_timeout=60,
+                        query_limit=0,
+                    )
                 except ClickHouseError as exc:
-                    raise Unavailable(f"ClickHouse at {_safe_url(self.url)} is unavailable:"
-                                      f" {_first_line(exc)}") from exc
+                    raise Unavailable(
+                        f"ClickHouse at {_safe_url(self.url)} is unavailable: {_first_line(exc)}"
+                    ) from exc
             return self._client
 
     def client(self) -> Client:
@@ -116,8 +126,9 @@ class Store:
             raise Unavailable(f"ClickHouse at {_safe_url(self.url)} is unavailable: {_first_line(exc)}") from exc
         except DatabaseError as exc:
             m = _CODE.search(str(exc))
-            raise Unavailable(f"ClickHouse could not answer: {_first_line(exc)}",
-                              int(m.group(1)) if m else None) from exc
+            raise Unavailable(
+                f"ClickHouse could not answer: {_first_line(exc)}", int(m.group(1)) if m else None
+            ) from exc
 
     def _distinct(self, sql: str) -> list[Sequence[Any]]:
         try:
@@ -199,15 +210,21 @@ class Target:
 
 
 def _where(n: int, t: Target, column: str) -> tuple[str, dict[str, Any]]:
-    sql = (f" node_id = {{n{n}:UInt64}} AND source_id = {{s{n}:String}} AND property = {{p{n}:String}}"
-           f" AND {column} >= fromUnixTimestamp64Milli({{lo{n}:Int64}}, 'UTC')"
-           f" AND {column} < fromUnixTimestamp64Milli({{hi{n}:Int64}}, 'UTC')")
-    return sql, {f"n{n}": t.key.node_id, f"s{n}": t.key.source_id, f"p{n}": t.key.property,
-                 f"lo{n}": max(MIN_MS, min(MAX_MS, t.lo)), f"hi{n}": max(MIN_MS, min(MAX_MS, t.hi))}
+    sql = (
+        f" node_id = {{n{n}:UInt64}} AND source_id = {{s{n}:String}} AND property = {{p{n}:String}}"
+        f" AND {column} >= fromUnixTimestamp64Milli({{lo{n}:Int64}}, 'UTC')"
+        f" AND {column} < fromUnixTimestamp64Milli({{hi{n}:Int64}}, 'UTC')"
+    )
+    return sql, {
+        f"n{n}": t.key.node_id,
+        f"s{n}": t.key.source_id,
+        f"p{n}": t.key.property,
+        f"lo{n}": max(MIN_MS, min(MAX_MS, t.lo)),
+        f"hi{n}": max(MIN_MS, min(MAX_MS, t.hi)),
+    }
 
 
-_ROLLUP_FIELDS = ("toUnixTimestamp64Milli(ts_start), count, avg, min, max, diff, read_start, read_end,"
-                  " toString(mode)")
+_ROLLUP_FIELDS = "toUnixTimestamp64Milli(ts_start), count, avg, min, max, diff, read_start, read_end, toString(mode)"
 
 
 class Api:
@@ -224,7 +241,7 @@ class Api:
     def _union(self, parts: Sequence[tuple[str, dict[str, Any]]], shared: dict[str, Any]) -> list[Sequence[Any]]:
         rows: list[Sequence[Any]] = []
         for k in range(0, len(parts), CHUNK):
-            chunk = parts[k:k + CHUNK]
+            chunk = parts[k : k + CHUNK]
             params = dict(shared)
             for _, p in chunk:
                 params.update(p)
@@ -249,19 +266,28 @@ class Api:
         raw = query.periodicity is None
         fields = "toUnixTimestamp64Milli(created), value, text" if raw else _ROLLUP_FIELDS
         # a count row carries the count where a data row has its time, and typed blanks after
-        blanks = ("CAST(NULL, 'Nullable(Float64)'), ''" if raw
-                  else "toUInt64(0), " + ", ".join(["CAST(NULL, 'Nullable(Float64)')"] * 6) + ", ''")
+        blanks = (
+            "CAST(NULL, 'Nullable(Float64)'), ''"
+            if raw
+            else "toUInt64(0), " + ", ".join(["CAST(NULL, 'Nullable(Float64)')"] * 6) + ", ''"
+        )
 
         def count_part(n: int, t: Target) -> tuple[str, dict[str, Any]]:
             where, params = _where(n, t, column)
-            return (f"SELECT toUInt8(0) AS part, toUInt32({n}) AS q, toInt64(count()), {blanks}"
-                    f" FROM {view} WHERE{per}{where}", params)
+            return (
+                f"SELECT toUInt8(0) AS part, toUInt32({n}) AS q, toInt64(count()), {blanks}"
+                f" FROM {view} WHERE{per}{where}",
+                params,
+            )
 
         def data_part(n: int, t: Target, offset: int, limit: int) -> tuple[str, dict[str, Any]]:
             where, params = _where(n, t, column)
             params.update({f"o{n}": offset, f"l{n}": limit})
-            return (f"SELECT toUInt8(1) AS part, toUInt32({n}) AS q, {fields} FROM {view} WHERE{per}{where}"
-                    f" ORDER BY {column} LIMIT {{l{n}:UInt64}} OFFSET {{o{n}:UInt64}}", params)
+            return (
+                f"SELECT toUInt8(1) AS part, toUInt32({n}) AS q, {fields} FROM {view} WHERE{per}{where}"
+                f" ORDER BY {column} LIMIT {{l{n}:UInt64}} OFFSET {{o{n}:UInt64}}",
+                params,
+            )
 
         fixed = ts.page_without_count(query)
         parts = [count_part(n, t) for n, t in enumerate(targets)]
@@ -274,9 +300,14 @@ class Api:
                 counts[int(row[1])] = int(row[2])
         windows = [ts.page(c, query) for c in counts]
         if fixed is None:
-            rows = self._union([data_part(n, t, w.offset, w.limit)
-                                for n, (t, w) in enumerate(zip(targets, windows, strict=True)) if w.limit > 0],
-                               shared)
+            rows = self._union(
+                [
+                    data_part(n, t, w.offset, w.limit)
+                    for n, (t, w) in enumerate(zip(targets, windows, strict=True))
+                    if w.limit > 0
+                ],
+                shared,
+            )
         points: list[list[ts.Point]] = [[] for _ in targets]
         for row in rows:
             if row[0] != 1:
@@ -290,22 +321,27 @@ class Api:
         for p in points:
             p.sort(key=lambda x: x.ts_ms)  # UNION ALL keeps no order across parts
         return [
-            ts.SeriesResult(t.key, ts.series_type(t.kind), query.periodicity, query.limit, query.offset,
-                            w.total, t.tz, tuple(p))
+            ts.SeriesResult(
+                t.key, ts.series_type(t.kind), query.periodicity, query.limit, query.offset, w.total, t.tz, tuple(p)
+            )
             for t, w, p in zip(targets, windows, points, strict=True)
         ]
 
     def compared(self, query: ts.Query, targets: Sequence[Target], at_ms: int) -> list[ts.SeriesResult]:
         assert query.compare is not None and query.periodicity is not None
-        plans = [ts.compare_buckets(at_ms, query.periodicity, query.compare, query.history, t.tz)
-                 for t in targets]
+        plans = [ts.compare_buckets(at_ms, query.periodicity, query.compare, query.history, t.tz) for t in targets]
         parts = []
         for n, (t, (now, before)) in enumerate(zip(targets, plans, strict=True)):
             where, params = _where(n, Target(t.key, t.kind, t.tz, min(before, default=now), now + 1), "ts_start")
             params[f"b{n}"] = [now, *before]
-            parts.append((f"SELECT toUInt32({n}) AS q, {_ROLLUP_FIELDS} FROM {ROLLUP_VIEW}"
-                          f" WHERE periodicity = {{per:String}} AND{where}"
-                          f" AND toUnixTimestamp64Milli(ts_start) IN {{b{n}:Array(Int64)}}", params))
+            parts.append(
+                (
+                    f"SELECT toUInt32({n}) AS q, {_ROLLUP_FIELDS} FROM {ROLLUP_VIEW}"
+                    f" WHERE periodicity = {{per:String}} AND{where}"
+                    f" AND toUnixTimestamp64Milli(ts_start) IN {{b{n}:Array(Int64)}}",
+                    params,
+                )
+            )
         found: list[dict[int, ts.Point]] = [{} for _ in targets]
         for row in self._union(parts, {"per": query.periodicity}):
             n = int(row[0])
@@ -333,8 +369,13 @@ class Api:
         if token is None:
             return
         # a description lists series: no figures, so no aggregation rule applies
-        sp.authorize_read(token, now=datetime.now(UTC), path=BASE_PATH, aggregation=AGGREGATION_OF[query.periodicity],
-                          figures=not query.describe)
+        sp.authorize_read(
+            token,
+            now=datetime.now(UTC),
+            path=BASE_PATH,
+            aggregation=AGGREGATION_OF[query.periodicity],
+            figures=not query.describe,
+        )
         for key in query.series or ():
             if not sp.stream_allowed(token.policy, key.node_id, key.source_id):
                 raise sp.AccessDenied(403, f"series {ts.series_name(key)} not allowed by the token policy")
@@ -351,8 +392,9 @@ class Api:
                 missing = [k for k in query.series if k not in known]
             if missing:
                 names = ", ".join(ts.series_name(k) for k in missing[:5])
-                raise ts.ParameterError("series", f"unknown series: {names} (query without parameters"
-                                        " for the list)", status=404)
+                raise ts.ParameterError(
+                    "series", f"unknown series: {names} (query without parameters for the list)", status=404
+                )
             keys = list(query.series)
         out = []
         for key in keys:
@@ -381,8 +423,10 @@ class Api:
             self.authorize(query, token)
             now = _now_ms()
             if query.describe:
-                infos = [ts.SeriesInfo(k, ts.series_type(kind), self.zones.at(k.node_id, now))
-                         for k, kind in self.visible(token).items()]
+                infos = [
+                    ts.SeriesInfo(k, ts.series_type(kind), self.zones.at(k.node_id, now))
+                    for k, kind in self.visible(token).items()
+                ]
                 return 200, ts.render_description(infos, fmt, callback, OPENAPI_PATH)
             at_ms = query.at_ms if query.at_ms is not None else now
             targets = self.targets(query, at_ms, token)
@@ -467,11 +511,18 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 30  # an idle keep-alive connection is closed after this
     server: _Server
 
-    def _send(self, status: int, body: bytes, content_type: str, head: bool = False,
-              extra: Sequence[tuple[str, str]] = ()) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str, head: bool = False, extra: Sequence[tuple[str, str]] = ()
+    ) -> None:
         self.send_response(status)
-        for name, value in (*CORS, ("Content-Type", content_type), ("Content-Length", str(len(body))),
-                            ("Vary", "Accept"), ("X-Content-Type-Options", "nosniff"), *extra):
+        for name, value in (
+            *CORS,
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Vary", "Accept"),
+            ("X-Content-Type-Options", "nosniff"),
+            *extra,
+        ):
             self.send_header(name, value)
         self.end_headers()
         if not head:
@@ -491,21 +542,30 @@ class _Handler(BaseHTTPRequestHandler):
                 r = ts.render_error(404, f"no such resource {url.path!r}; the API is at {BASE_PATH}", None)
                 self._send(404, r.body, r.content_type, head)
                 return
+
             def timeseries(token: sp.Token | None) -> tuple[int, bytes, str]:
                 status, r = self.server.api.get(url.query, self.headers.get("Accept"), token)
                 return status, r.body, r.content_type
 
             self._signed(url.path, url.query, timeseries, _timeseries_error, head)
 
-    def _signed(self, raw_path: str, raw_query: str, serve: Callable[[sp.Token | None], tuple[int, bytes, str]],
-                error: Callable[[int, str], tuple[bytes, str]], head: bool = False, body: bytes = b"",
-                internal: str = "internal error (logged by the server)") -> None:
+    def _signed(
+        self,
+        raw_path: str,
+        raw_query: str,
+        serve: Callable[[sp.Token | None], tuple[int, bytes, str]],
+        error: Callable[[int, str], tuple[bytes, str]],
+        head: bool = False,
+        body: bytes = b"",
+        internal: str = "internal error (logged by the server)",
+    ) -> None:
         """Authenticate the request, then answer it with `serve(token)` -> (status, body, content
         type); refusals (401/403), unreadable tokens (503) and our own failures (500, logged, no
         details) are rendered by `error(status, message)` -> (body, content type)."""
         try:
-            token = self.server.api.access.authenticate(self.command, raw_path, raw_query,
-                                                        list(self.headers.items()), body)
+            token = self.server.api.access.authenticate(
+                self.command, raw_path, raw_query, list(self.headers.items()), body
+            )
             status, out, content_type = serve(token)
         except sp.AccessDenied as exc:
             status, (out, content_type) = exc.status, error(exc.status, exc.reason)
@@ -519,6 +579,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _solarquery(self, raw_path: str, raw_query: str, head: bool) -> None:
         from pipeline.api import solarquery
+
         def answer(token: sp.Token | None) -> tuple[int, bytes, str]:
             return (*solarquery.handle(self.server.api, raw_path, raw_query, token), JSON_UTF8)
 
@@ -531,12 +592,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._route(head=True)
 
     def do_OPTIONS(self) -> None:  # noqa: N802 - CORS preflight
-        self._send(204, b"", "text/plain; charset=utf-8", extra=(
-            ("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS"),
-            ("Access-Control-Allow-Headers", ALLOWED_HEADERS),
-            ("Access-Control-Max-Age", "86400"),
-            ("Allow", "GET, HEAD, OPTIONS"),
-        ))
+        self._send(
+            204,
+            b"",
+            "text/plain; charset=utf-8",
+            extra=(
+                ("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS"),
+                ("Access-Control-Allow-Headers", ALLOWED_HEADERS),
+                ("Access-Control-Max-Age", "86400"),
+                ("Allow", "GET, HEAD, OPTIONS"),
+            ),
+        )
 
     def _not_allowed(self) -> None:
         r = ts.render_error(405, f"method {self.command} is not allowed; use GET", None)
@@ -552,26 +618,38 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._body()
             if body is None:
                 return
+
             def ingest(token: sp.Token | None) -> tuple[int, bytes, str]:
                 return (*self.server.ingest.post(token, body, url.path), JSON_UTF8)
 
             # a failure of ours acknowledged nothing: the gateway must send again
-            self._signed(url.path, url.query, ingest, _solarnetwork_error, body=body,
-                         internal="internal error (logged by the server); not taken")
+            self._signed(
+                url.path,
+                url.query,
+                ingest,
+                _solarnetwork_error,
+                body=body,
+                internal="internal error (logged by the server); not taken",
+            )
 
     def _body(self) -> bytes | None:
         """The request body by Content-Length (bounded); None when refused (answered here)."""
         raw = self.headers.get("Content-Length")
         if raw is None or not raw.strip().isdigit():
             self.close_connection = True
-            self._send(411, sq_error("Content-Length is required (a number)", 411), JSON_UTF8,
-                       extra=(("Connection", "close"),))
+            self._send(
+                411, sq_error("Content-Length is required (a number)", 411), JSON_UTF8, extra=(("Connection", "close"),)
+            )
             return None
         size = int(raw)
         if size > MAX_BODY_BYTES:
             self.close_connection = True
-            self._send(413, sq_error(f"the body is over {MAX_BODY_BYTES} bytes", 413), JSON_UTF8,
-                       extra=(("Connection", "close"),))
+            self._send(
+                413,
+                sq_error(f"the body is over {MAX_BODY_BYTES} bytes", 413),
+                JSON_UTF8,
+                extra=(("Connection", "close"),),
+            )
             return None
         return self.rfile.read(size)
 
@@ -583,8 +661,12 @@ class _Handler(BaseHTTPRequestHandler):
         r = ts.render_error(code, message or self.responses.get(code, ("error",))[0], None)
         try:
             self.send_response(code, message)
-            for name, value in (*CORS, ("Content-Type", r.content_type), ("Content-Length", str(len(r.body))),
-                                ("Connection", "close")):
+            for name, value in (
+                *CORS,
+                ("Content-Type", r.content_type),
+                ("Content-Length", str(len(r.body))),
+                ("Connection", "close"),
+            ):
                 self.send_header(name, value)
             self.end_headers()
             if self.command != "HEAD" and code >= 200 and code not in (204, 304):
@@ -617,8 +699,7 @@ def serve(settings: Settings, on_ready: Callable[[tuple[str, int]], None] | None
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              name="api-http", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="api-http", daemon=True)
     thread.start()
     host, port = server.server_address[:2]
     log.info("time-series API on http://%s:%s%s", host, port, BASE_PATH)

@@ -39,8 +39,7 @@ def handle(api: Api, raw_path: str, raw_query: str, token: sp.Token | None) -> t
     (None: the API is open)."""
     m = _PATH.fullmatch(raw_path)
     if m is None:
-        return 404, sq.error_body(f"no such SolarQuery endpoint {raw_path!r}; available: {', '.join(ENDPOINTS)}",
-                                  404)
+        return 404, sq.error_body(f"no such SolarQuery endpoint {raw_path!r}; available: {', '.join(ENDPOINTS)}", 404)
     public, endpoint = m.group(1) == "pub", m.group(2)
     if public and token is None and not api.access.is_open():
         return 403, sq.error_body("no node is public here: use /sec with a security token", 403)
@@ -59,12 +58,18 @@ def _streams(api: Api, f: sq.DatumFilter, token: sp.Token | None, path: str, end
     if token is not None:
         agg = f.aggregation if f.aggregation is not sp.Aggregation.NONE else None
         # range/* reads no figures: no aggregation rule applies there
-        sp.authorize_read(token, now=datetime.now(UTC), path=path, node_ids=f.node_ids or None,
-                          source_ids=f.source_ids or None, aggregation=agg, figures=endpoint.startswith("datum/"))
+        sp.authorize_read(
+            token,
+            now=datetime.now(UTC),
+            path=path,
+            node_ids=f.node_ids or None,
+            source_ids=f.source_ids or None,
+            aggregation=agg,
+            figures=endpoint.startswith("datum/"),
+        )
         policy = token.policy
     known = sorted({(k.node_id, k.source_id) for k in api.store.series()})
-    return sp.select_streams(policy, known, lambda s: s, node_ids=f.node_ids or None,
-                             source_ids=f.source_ids or None)
+    return sp.select_streams(policy, known, lambda s: s, node_ids=f.node_ids or None, source_ids=f.source_ids or None)
 
 
 def _answer(api: Api, endpoint: str, f: sq.DatumFilter, streams: list[Stream]) -> Any:
@@ -85,8 +90,9 @@ def _ranges(api: Api, f: sq.DatumFilter, streams: Sequence[Stream]) -> list[Rang
     out: list[Range] = []
     for q, (node, source) in enumerate(streams):
         lo, hi = sq.local_bounds(f, _tz(api, node))
-        out.append((q, node, source, MIN_MS if lo is None else max(MIN_MS, lo),
-                    MAX_MS if hi is None else min(MAX_MS, hi)))
+        out.append(
+            (q, node, source, MIN_MS if lo is None else max(MIN_MS, lo), MAX_MS if hi is None else min(MAX_MS, hi))
+        )
     return out
 
 
@@ -101,19 +107,22 @@ def _datums(api: Api, f: sq.DatumFilter, streams: list[Stream], most_recent: boo
         where = ""
     else:
         rel, col = ROLLUP_VIEW, "ts_start"
-        fields = ("groupArray((toString(d.property), toString(d.kind), d.avg, d.min, d.max, d.diff,"
-                  " toString(d.mode))), []")
+        fields = (
+            "groupArray((toString(d.property), toString(d.kind), d.avg, d.min, d.max, d.diff, toString(d.mode))), []"
+        )
         where = f" AND d.periodicity = '{per}'"  # one of PERIODICITIES: no quoting needed
         assert per in PERIODICITIES
-    body = (f"SELECT d.node_id AS n, toString(d.source_id) AS s, toUnixTimestamp64Milli(d.{col}) AS t, {fields}"
-            f" FROM {rel} AS d{ranges_join('d', ranges, time_column=col)}{where}"
-            f" GROUP BY d.node_id, d.source_id, d.{col}")
+    body = (
+        f"SELECT d.node_id AS n, toString(d.source_id) AS s, toUnixTimestamp64Milli(d.{col}) AS t, {fields}"
+        f" FROM {rel} AS d{ranges_join('d', ranges, time_column=col)}{where}"
+        f" GROUP BY d.node_id, d.source_id, d.{col}"
+    )
     order = "t DESC" if f.descending else "t"
     if most_recent:
         sql = f"SELECT * FROM ({body} ORDER BY t DESC LIMIT 1 BY n, s) ORDER BY n, s"
         rows = api.store.rows(sql, {})
         total: int | None = len(rows)
-        rows = rows[f.offset:f.offset + f.max]
+        rows = rows[f.offset : f.offset + f.max]
     else:
         rows = api.store.rows(f"{body} ORDER BY {order}, n, s LIMIT {int(f.max)} OFFSET {int(f.offset)}", {})
         total = None if f.without_total else int(api.store.rows(f"SELECT count() FROM ({body})", {})[0][0])
@@ -139,7 +148,9 @@ def _edges(api: Api, ranges: Sequence[Range], last: bool, kinds: str = "'a'") ->
     rows = api.store.rows(
         f"SELECT w.q, toString(d.property), toString(any(d.kind)), toUnixTimestamp64Milli({pick}(d.created)),"
         f" {arg}(d.value, d.created) FROM {DATUM_VIEW} AS d{ranges_join('d', ranges)}"
-        f" AND d.kind IN ({kinds}) AND d.value IS NOT NULL GROUP BY w.q, d.property", {})
+        f" AND d.kind IN ({kinds}) AND d.value IS NOT NULL GROUP BY w.q, d.property",
+        {},
+    )
     return {(int(q), str(p), str(k)): sq.Reading(int(t), float(v)) for q, p, k, t, v in rows}
 
 
@@ -148,16 +159,33 @@ def _edge(api: Api, ranges: Sequence[Range], last: bool) -> dict[tuple[int, str]
     return {(q, p): r for (q, p, _k), r in _edges(api, ranges, last).items()}
 
 
-def _around(api: Api, streams: Sequence[Stream], at: Sequence[int], f: sq.DatumFilter, rule: str,
-            ) -> dict[tuple[int, str], sq.Reading]:
+def _around(
+    api: Api,
+    streams: Sequence[Stream],
+    at: Sequence[int],
+    f: sq.DatumFilter,
+    rule: str,
+) -> dict[tuple[int, str], sq.Reading]:
     """Per (stream index, property), the reading a reading type takes for instant at[q]."""
     if rule == "Difference":  # nearest at or before, looking back up to a year
-        return _edge(api, [(q, n, s, sq.shift(t, sq.DIFFERENCE_LOOKBACK), t + 1)
-                           for q, ((n, s), t) in enumerate(zip(streams, at, strict=True))], last=True)
-    before = _edge(api, [(q, n, s, sq.shift(t, f.tolerance), t + 1)
-                         for q, ((n, s), t) in enumerate(zip(streams, at, strict=True))], last=True)
-    after = _edge(api, [(q, n, s, t, sq.shift(t, f.tolerance, +1) + 1)
-                        for q, ((n, s), t) in enumerate(zip(streams, at, strict=True))], last=False)
+        return _edge(
+            api,
+            [
+                (q, n, s, sq.shift(t, sq.DIFFERENCE_LOOKBACK), t + 1)
+                for q, ((n, s), t) in enumerate(zip(streams, at, strict=True))
+            ],
+            last=True,
+        )
+    before = _edge(
+        api,
+        [(q, n, s, sq.shift(t, f.tolerance), t + 1) for q, ((n, s), t) in enumerate(zip(streams, at, strict=True))],
+        last=True,
+    )
+    after = _edge(
+        api,
+        [(q, n, s, t, sq.shift(t, f.tolerance, +1) + 1) for q, ((n, s), t) in enumerate(zip(streams, at, strict=True))],
+        last=False,
+    )
     return {**after, **before}  # at or before wins; else the nearest after, within the tolerance
 
 
@@ -182,8 +210,9 @@ def _readings(api: Api, f: sq.DatumFilter, streams: list[Stream]) -> dict[str, A
         first, last = _edge(api, inside, last=False), _edge(api, inside, last=True)
     else:
         first, last = _around(api, streams, starts, f, rule), _around(api, streams, ends, f, rule)
-    resets = read_resets(api.store.client(), [(n, s, a, b + 1) for (n, s), a, b in zip(streams, starts, ends,
-                                                                                       strict=True)])
+    resets = read_resets(
+        api.store.client(), [(n, s, a, b + 1) for (n, s), a, b in zip(streams, starts, ends, strict=True)]
+    )
     for q, (node, source) in enumerate(streams):
         values: dict[str, tuple[float, float, float]] = {}
         span: tuple[int, int] | None = None
@@ -204,8 +233,9 @@ def _calculated_at(api: Api, f: sq.DatumFilter, streams: list[Stream], at: list[
     (within the tolerance); one sample alone is taken as it is."""
     pairs = list(enumerate(zip(streams, at, strict=True)))
     before = _edges(api, [(q, n, s, sq.shift(t, f.tolerance), t + 1) for q, ((n, s), t) in pairs], True, "'i', 'a'")
-    after = _edges(api, [(q, n, s, t + 1, sq.shift(t, f.tolerance, +1) + 1) for q, ((n, s), t) in pairs], False,
-                   "'i', 'a'")
+    after = _edges(
+        api, [(q, n, s, t + 1, sq.shift(t, f.tolerance, +1) + 1) for q, ((n, s), t) in pairs], False, "'i', 'a'"
+    )
     out = []
     for q, (node, source) in enumerate(streams):
         props = sorted({(p, k) for (k_q, p, k) in (*before, *after) if k_q == q})
@@ -217,25 +247,31 @@ def _calculated_at(api: Api, f: sq.DatumFilter, streams: list[Stream], at: list[
 
 def _aggregate_readings(api: Api, f: sq.DatumFilter, streams: list[Stream]) -> dict[str, Any]:
     """Difference per Hour, Day or Month bucket, from the rollups' readings."""
-    if f.reading_type != "Difference" or f.aggregation not in (sp.Aggregation.HOUR, sp.Aggregation.DAY,
-                                                               sp.Aggregation.MONTH):
+    if f.reading_type != "Difference" or f.aggregation not in (
+        sp.Aggregation.HOUR,
+        sp.Aggregation.DAY,
+        sp.Aggregation.MONTH,
+    ):
         raise sq.QueryError("with an aggregation, only readingType=Difference and Hour, Day or Month")
     if not streams:
         return sq.paged([], 0, f.offset)
     per = f.periodicity
     assert per in PERIODICITIES
-    body = (f"SELECT d.node_id AS n, toString(d.source_id) AS s, toUnixTimestamp64Milli(d.ts_start) AS t,"
-            f" max(toUnixTimestamp64Milli(d.ts_end)) AS e,"
-            f" groupArray((toString(d.property), d.read_diff, d.read_start, d.read_end))"
-            f" FROM {ROLLUP_VIEW} AS d{ranges_join('d', _ranges(api, f, streams), time_column='ts_start')}"
-            f" AND d.periodicity = '{per}' AND d.kind = 'a' AND d.read_start IS NOT NULL"
-            f" GROUP BY d.node_id, d.source_id, d.ts_start")
+    body = (
+        f"SELECT d.node_id AS n, toString(d.source_id) AS s, toUnixTimestamp64Milli(d.ts_start) AS t,"
+        f" max(toUnixTimestamp64Milli(d.ts_end)) AS e,"
+        f" groupArray((toString(d.property), d.read_diff, d.read_start, d.read_end))"
+        f" FROM {ROLLUP_VIEW} AS d{ranges_join('d', _ranges(api, f, streams), time_column='ts_start')}"
+        f" AND d.periodicity = '{per}' AND d.kind = 'a' AND d.read_start IS NOT NULL"
+        f" GROUP BY d.node_id, d.source_id, d.ts_start"
+    )
     rows = api.store.rows(f"{body} ORDER BY t, n, s LIMIT {int(f.max)} OFFSET {int(f.offset)}", {})
     total = None if f.without_total else int(api.store.rows(f"SELECT count() FROM ({body})", {})[0][0])
     out = []
     for node, source, t, e, figures in rows:
-        values = {str(p): (float(d or 0.0), float(a), float(b)) for p, d, a, b in figures
-                  if a is not None and b is not None}
+        values = {
+            str(p): (float(d or 0.0), float(a), float(b)) for p, d, a, b in figures if a is not None and b is not None
+        }
         out.append(sq.reading_datum(int(node), str(source), _tz(api, int(node)), int(t), int(e), values))
     return sq.paged(out, total, f.offset)
 
@@ -246,7 +282,8 @@ def _aggregate_readings(api: Api, f: sq.DatumFilter, streams: list[Stream]) -> d
 def _sources(api: Api, f: sq.DatumFilter, streams: list[Stream]) -> list[Any]:
     if streams and (f.start_ms is not None or f.end_ms is not None or f.local_start or f.local_end):
         rows = api.store.rows(
-            f"SELECT DISTINCT w.q FROM {RAW_TABLE} AS d{ranges_join('d', _ranges(api, f, streams))}", {})
+            f"SELECT DISTINCT w.q FROM {RAW_TABLE} AS d{ranges_join('d', _ranges(api, f, streams))}", {}
+        )
         found = {int(r[0]) for r in rows}
         streams = [s for q, s in enumerate(streams) if q in found]
     if len(f.node_ids) <= 1 and not f.with_node_ids:
@@ -261,8 +298,9 @@ def _interval(api: Api, f: sq.DatumFilter, streams: list[Stream]) -> dict[str, A
         return None
     rows = api.store.rows(
         f"SELECT toUnixTimestamp64Milli(min(d.created)), toUnixTimestamp64Milli(max(d.created)), count()"
-        f" FROM {RAW_TABLE} AS d{ranges_join('d', _ranges(api, f, streams))}", {})
+        f" FROM {RAW_TABLE} AS d{ranges_join('d', _ranges(api, f, streams))}",
+        {},
+    )
     if not rows or int(rows[0][2]) == 0:
         return None
     return sq.interval(int(rows[0][0]), int(rows[0][1]), _tz(api, f.node_ids[0]))
-

@@ -28,8 +28,7 @@ def embedded_defaults(settings: Settings) -> Settings:
         kafka_bootstrap=settings.kafka_bootstrap or f"127.0.0.1:{settings.kafka_port}",
         clickhouse_url=settings.clickhouse_url
         or embedded_clickhouse_url(settings.data_dir.resolve(), settings.clickhouse_port),
-        postgres_dsn=settings.postgres_dsn
-        or f"postgresql://postgres@127.0.0.1:{settings.postgres_port}/postgres",
+        postgres_dsn=settings.postgres_dsn or f"postgresql://postgres@127.0.0.1:{settings.postgres_port}/postgres",
     )
 
 

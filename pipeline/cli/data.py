@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # the command imports what it runs when it runs (a fast `pipe
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ingest = sub.add_parser(
-        "ingest", help="publish datum files to their per-source topics",
+        "ingest",
+        help="publish datum files to their per-source topics",
         description="Read files of datums and publish them, streaming, in constant memory. "
         "--format json: SolarNetwork datum JSON, one object per line. --format lp: InfluxDB line "
         "protocol (oTherm uploads): measurement and a tag give the source (for oTherm's "
@@ -25,30 +26,50 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "give samples (numbers instantaneous, text and booleans status), -999 means missing. "
         "Bad lines go to the dead-letter topic with file, line number and reason; the rest "
         "continue. Prints lines read, datums sent and lines rejected. JSON lines may also be "
-        "SolarNetwork auxiliary records: a meter Reset stored ({\"type\":\"Reset\",\"final\":{\"a\":...},"
-        "\"start\":{\"a\":...},...}), deleted (\"action\":\"delete\") or moved ({\"from\":...,\"to\":...}); "
+        'SolarNetwork auxiliary records: a meter Reset stored ({"type":"Reset","final":{"a":...},'
+        '"start":{"a":...},...}), deleted ("action":"delete") or moved ({"from":...,"to":...}); '
         "the rollups around it are recomputed (docs/rollups.md).",
     )
     ingest.add_argument("files", nargs="+", type=Path, help="files to read ('-' for stdin)")
     ingest.add_argument("--format", choices=["json", "lp"], default="json")
-    ingest.add_argument("--no-confirm", action="store_true",
-                        help="do not wait until the pipeline has stored what was sent (then a crash of the "
-                             "broker can lose what the report counts as sent)")
-    ingest.add_argument("--precision", choices=["ns", "us", "ms", "s"], default="ns",
-                        help="lp: unit of the timestamps (oTherm writes s)")
+    ingest.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="do not wait until the pipeline has stored what was sent (then a crash of the "
+        "broker can lose what the report counts as sent)",
+    )
+    ingest.add_argument(
+        "--precision",
+        choices=["ns", "us", "ms", "s"],
+        default="ns",
+        help="lp: unit of the timestamps (oTherm writes s)",
+    )
     ingest.add_argument("--node-id", type=int, default=None, help="lp: node of every datum (default 1)")
     ingest.add_argument("--node-tag", help="lp: take the node id from this tag instead")
-    ingest.add_argument("--source-tag", action="append", default=[], metavar="MEASUREMENT=TAG",
-                        help="lp: the tag naming the source for a measurement (repeatable; "
-                        "'*=TAG' for every other measurement)")
-    ingest.add_argument("--source-template", default="/{measurement}/{source}",
-                        help="lp: sourceId template; {measurement}, {source} and tag keys")
-    ingest.add_argument("--sentinel", action="append", type=float, default=None,
-                        help="lp: a value meaning 'missing' (repeatable; default -999)")
+    ingest.add_argument(
+        "--source-tag",
+        action="append",
+        default=[],
+        metavar="MEASUREMENT=TAG",
+        help="lp: the tag naming the source for a measurement (repeatable; '*=TAG' for every other measurement)",
+    )
+    ingest.add_argument(
+        "--source-template",
+        default="/{measurement}/{source}",
+        help="lp: sourceId template; {measurement}, {source} and tag keys",
+    )
+    ingest.add_argument(
+        "--sentinel",
+        action="append",
+        type=float,
+        default=None,
+        help="lp: a value meaning 'missing' (repeatable; default -999)",
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     sim = sub.add_parser(
-        "simulate", help="run a fleet of simulated gateways (meters, inverters, weather, heat pumps)",
+        "simulate",
+        help="run a fleet of simulated gateways (meters, inverters, weather, heat pumps)",
         description="Publish datums of a simulated fleet: energy meters, PV inverters, weather "
         "stations (real TMY weather from pvlib when installed) and oTherm ground-source heat "
         "pumps. Sends --backfill hours of history as fast as possible, then (with --realtime) "
@@ -63,7 +84,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim.set_defaults(func=cmd_simulate)
 
     rec = sub.add_parser(
-        "recompute", help="recompute every rollup level of one stream for a time range from raw",
+        "recompute",
+        help="recompute every rollup level of one stream for a time range from raw",
         description="Recompute the half hours overlapping [--from, --to) of one stream from the raw "
         "rows, then cascade hour, day, week, month and year; buckets found empty get tombstones. "
         "The node's time zone comes from the history log (UTC without one) unless --tz is given.",
@@ -76,7 +98,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rec.set_defaults(func=cmd_recompute)
 
     replay = sub.add_parser(
-        "replay", help="send stored or dead-lettered datums through the pipeline again",
+        "replay",
+        help="send stored or dead-lettered datums through the pipeline again",
         description="Re-publish datums to their source topics, with a progress bar. `replay store` "
         "rebuilds the datums stored in ClickHouse for a time range: the workers validate and score "
         "them again with the template versions valid at each datum's time and store them over the "
@@ -126,13 +149,23 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
                 tags[measurement] = tag
         node_id = None if args.node_tag else (args.node_id if args.node_id is not None else 1)
         mapping = LineProtocolMapping(
-            node_id=node_id, node_tag=args.node_tag, source_tags=tags, default_source_tag=default_tag,
+            node_id=node_id,
+            node_tag=args.node_tag,
+            source_tags=tags,
+            default_source_tag=default_tag,
             source_template=args.source_template,
             sentinels=frozenset(args.sentinel if args.sentinel is not None else [-999.0]),
         )
     with Progress(None, unit="lines", description="ingest") as bar:
-        report = ingest_files(settings, args.files, args.format, progress=bar, mapping=mapping,
-                              precision=args.precision, confirm=not args.no_confirm)
+        report = ingest_files(
+            settings,
+            args.files,
+            args.format,
+            progress=bar,
+            mapping=mapping,
+            precision=args.precision,
+            confirm=not args.no_confirm,
+        )
         bar.update(report.lines_read - bar.n)
     print(report.summary())
     return 0 if report.lines_rejected == 0 and report.datums_unconfirmed == 0 else 1
@@ -146,8 +179,9 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     now = int(time.time() * 1000)
     backfill_ms = int(args.backfill * 3_600_000)
     start = (now - backfill_ms) // 60_000 * 60_000
-    spec = FleetSpec(nodes=args.nodes, interval_s=args.interval, seed=args.seed, start_ms=start,
-                     bad_ratio=args.bad_ratio)
+    spec = FleetSpec(
+        nodes=args.nodes, interval_s=args.interval, seed=args.seed, start_ms=start, bad_ratio=args.bad_ratio
+    )
     report = simulate(settings, spec, backfill_ms, args.realtime, now_ms=now)
     print(report.summary())
     return 0
@@ -208,8 +242,7 @@ def cmd_recompute(settings: Settings, args: argparse.Namespace) -> int:  # rollu
     tz = timezone_at(args.node, start)
     days = sum(1 for _ in buckets_between(start, end, "day", tz))
     with Progress(days, unit="days", description=f"recompute {args.node} {args.source} ({tz})") as bar:
-        written = recompute_range(client, args.node, args.source, start, end, timezone_at, progress=bar,
-                                  pulse=pulse)
+        written = recompute_range(client, args.node, args.source, start, end, timezone_at, progress=bar, pulse=pulse)
     print(f"recomputed {days} day(s) of {args.node} {args.source} in {tz}: {written} row(s) written")
     return 0
 

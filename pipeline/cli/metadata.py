@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     meta = sub.add_parser("metadata", help="publish metadata changes to the metadata topic")
     meta_sub = meta.add_subparsers(title="metadata commands", metavar="ACTION")
     apply_p = meta_sub.add_parser(
-        "apply", help="publish metadata events (JSON array or one object per line)",
+        "apply",
+        help="publish metadata events (JSON array or one object per line)",
         description="Check every event against the event schema (docs/history.md), then publish "
         "them to the metadata topic; a worker applies them to the PostgreSQL history log in order. "
         "One bad event refuses the whole file.",
@@ -24,7 +25,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     apply_p.add_argument("files", nargs="+", type=Path)
     apply_p.set_defaults(func=cmd_metadata_apply)
     dm = meta_sub.add_parser(
-        "datamodels", help="register OpenGate datamodel files and a bindings.json",
+        "datamodels",
+        help="register OpenGate datamodel files and a bindings.json",
         description="Check datamodel files (every template rule) and bindings.json, then publish "
         "them as datamodel and source_binding events. A bad file refuses the whole set. The same "
         "content gives the same event ids, so publishing twice changes nothing.",
@@ -35,7 +37,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dm.set_defaults(func=cmd_metadata_datamodels)
 
     setp = sub.add_parser(
-        "set", help="send a value to a device datastream (WRITE access only)",
+        "set",
+        help="send a value to a device datastream (WRITE access only)",
         description="A set operation: accepted only for datastreams whose access includes WRITE and "
         "whose JSON Schema the value satisfies; accepted commands go to the node's command topic "
         "(node.<id>.commands) for its gateway. Refusals print their reason and exit 2.",
@@ -59,7 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hdiff.set_defaults(func=cmd_history_diff)
     valid = hist_sub.add_parser("valid", help="which value held for data time T, as known at transaction time K")
     valid.add_argument("entity")
-    valid.add_argument("key", help='the key as JSON, e.g. \'{"node_id": 1}\'')
+    valid.add_argument("key", help="the key as JSON, e.g. '{\"node_id\": 1}'")
     valid.add_argument("--data-time", required=True)
     valid.add_argument("--known-at", default=None)
     valid.set_defaults(func=cmd_history_valid)
@@ -74,8 +77,11 @@ def _publish_events(settings: Settings, events: list[dict[str, Any]]) -> None:
     topic = producer.topics.metadata
     producer.admin.ensure([topic])
     for e in events:
-        producer.send_raw(topic, json.dumps(e, separators=(",", ":")).encode(),
-                          key=f"{e['entity']}:{json.dumps(e['key'], sort_keys=True)}".encode())
+        producer.send_raw(
+            topic,
+            json.dumps(e, separators=(",", ":")).encode(),
+            key=f"{e['entity']}:{json.dumps(e['key'], sort_keys=True)}".encode(),
+        )
     producer.flush()
     print(f"published {len(events)} metadata event(s) to {topic}")
 
@@ -90,8 +96,9 @@ def cmd_set(settings: Settings, args: argparse.Namespace) -> int:
         value = json.loads(args.value)
     except json.JSONDecodeError:
         value = args.value  # a bare word is a string
-    result = send_set_request(settings, args.node_id, args.datastream, value, args.source,
-                              os.environ.get("USER", "pipeline"))
+    result = send_set_request(
+        settings, args.node_id, args.datastream, value, args.source, os.environ.get("USER", "pipeline")
+    )
     print_json(result)
     return 0 if result["accepted"] else 2
 
@@ -131,8 +138,15 @@ def cmd_history_state(settings: Settings, args: argparse.Namespace) -> int:
 
     with history_conn(settings) as conn:
         for row in history.state_at(conn, parse_when(args.at), args.entity):
-            print_json({"entity": row.entity, "key": row.key, "value": row.value,
-                         "valid": row.valid.as_json() if row.valid else None, "known_since": row.known_since})
+            print_json(
+                {
+                    "entity": row.entity,
+                    "key": row.key,
+                    "value": row.value,
+                    "valid": row.valid.as_json() if row.valid else None,
+                    "known_since": row.known_since,
+                }
+            )
     return 0
 
 
@@ -141,9 +155,16 @@ def cmd_history_diff(settings: Settings, args: argparse.Namespace) -> int:
 
     with history_conn(settings) as conn:
         for ch in history.diff(conn, parse_when(args.t_from), parse_when(args.t_to), args.entity):
-            print_json({"change": ch.kind, "entity": ch.entity, "key": ch.key, "valid_from": ch.valid_from,
-                         "before": ch.before.value if ch.before else None,
-                         "after": ch.after.value if ch.after else None})
+            print_json(
+                {
+                    "change": ch.kind,
+                    "entity": ch.entity,
+                    "key": ch.key,
+                    "valid_from": ch.valid_from,
+                    "before": ch.before.value if ch.before else None,
+                    "after": ch.after.value if ch.after else None,
+                }
+            )
     return 0
 
 
@@ -153,11 +174,23 @@ def cmd_history_valid(settings: Settings, args: argparse.Namespace) -> int:
     from sinks import history
 
     with history_conn(settings) as conn:
-        row = history.valid_at(conn, args.entity, json.loads(args.key), parse_when(args.data_time),
-                               parse_when(args.known_at) if args.known_at else None)
+        row = history.valid_at(
+            conn,
+            args.entity,
+            json.loads(args.key),
+            parse_when(args.data_time),
+            parse_when(args.known_at) if args.known_at else None,
+        )
     if row is None:
         print("no value", file=sys.stderr)
         return 1
-    print_json({"entity": row.entity, "key": row.key, "value": row.value,
-                 "valid": row.valid.as_json() if row.valid else None, "known_since": row.known_since})
+    print_json(
+        {
+            "entity": row.entity,
+            "key": row.key,
+            "value": row.value,
+            "valid": row.valid.as_json() if row.valid else None,
+            "known_since": row.known_since,
+        }
+    )
     return 0

@@ -17,22 +17,28 @@ from pipeline.settings import Settings
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = sub.add_parser(
-        "up", help="start the whole pipeline (embedded services unless URLs are set)",
+        "up",
+        help="start the whole pipeline (embedded services unless URLs are set)",
         description="Start the Tansu broker, embedded PostgreSQL and the ClickHouse HTTP endpoint "
         "(each only if its URL is not set), then the Faust worker(s). Prints where everything "
         "listens; Ctrl-C or SIGTERM drains in-flight batches and stops everything.",
     )
     up.add_argument("--data-dir", help="where embedded services keep their data (default: ./data)")
     up.add_argument("--demo", action="store_true", help="also load sample data and run the simulator")
-    up.add_argument("--workers", type=int, default=None,
-                    help="Faust worker processes (default: PIPELINE_WORKERS, else one per core)")
+    up.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Faust worker processes (default: PIPELINE_WORKERS, else one per core)",
+    )
     up.set_defaults(func=cmd_up)
 
     worker = sub.add_parser("worker", help="run one Faust worker against the configured services")
     worker.set_defaults(func=cmd_worker)
 
     api = sub.add_parser(
-        "api", help="serve the OpenOrg time-series HTTP API at /api/timeseries",
+        "api",
+        help="serve the OpenOrg time-series HTTP API at /api/timeseries",
         description="Serve the OpenOrg time-series API (GET /api/timeseries, OpenAPI at /api/timeseries/openapi.json) "
         "on PIPELINE_API_HOST:PIPELINE_API_PORT, reading raw data and rollups from ClickHouse and node "
         "time zones from the history log. `pipeline up` starts it.",
@@ -65,9 +71,17 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        stack.require_embedded(*[name for name, url in (("broker", settings.kafka_bootstrap),
-                                                        ("postgres", settings.postgres_dsn),
-                                                        ("clickhouse", settings.clickhouse_url)) if not url])
+        stack.require_embedded(
+            *[
+                name
+                for name, url in (
+                    ("broker", settings.kafka_bootstrap),
+                    ("postgres", settings.postgres_dsn),
+                    ("clickhouse", settings.clickhouse_url),
+                )
+                if not url
+            ]
+        )
         if not settings.kafka_bootstrap:
             services.append(stack.tansu(settings.kafka_port, log_dir=logs))
         if not settings.postgres_dsn:
@@ -75,46 +89,102 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         embedded_clickhouse = not settings.clickhouse_url
         if embedded_clickhouse:
             # only its users get in: the pipeline's writer, and a reader for the API (issue 14)
-            services.append(stack.clickhouse(data_dir / "clickhouse", settings.clickhouse_port, log_dir=logs,
-                                             users_file=stack.clickhouse_users_file(data_dir)))
+            services.append(
+                stack.clickhouse(
+                    data_dir / "clickhouse",
+                    settings.clickhouse_port,
+                    log_dir=logs,
+                    users_file=stack.clickhouse_users_file(data_dir),
+                )
+            )
         for svc in services:
             supervisor.add(svc.start())
         settings = embedded_defaults(settings)
         ensure_schema(wait_for(settings.clickhouse_url))
         env = {**os.environ, **settings.as_env()}
 
-        def child(name: str, argv: list[str], extra: dict[str, str] | None = None, restart: bool = True
-                  ) -> stack.Service:
+        def child(
+            name: str, argv: list[str], extra: dict[str, str] | None = None, restart: bool = True
+        ) -> stack.Service:
             child_env = {**env, **(extra or {})}
-            svc = stack.Service(name, "", spawn=lambda: stack.spawn_process(argv, logs / f"{name}.log", child_env),
-                                log_file=logs / f"{name}.log")
+            svc = stack.Service(
+                name,
+                "",
+                spawn=lambda: stack.spawn_process(argv, logs / f"{name}.log", child_env),
+                log_file=logs / f"{name}.log",
+            )
             return supervisor.add(svc.start(), restart=restart)
 
         for n in range(args.workers):
             # each worker its own metrics port: base, base+1, ...
             port = settings.metrics_port + n if settings.metrics_port else 0
-            workers.append(child(f"worker-{n}", [sys.executable, "-m", "pipeline.cli", "worker"],
-                                 {"PIPELINE_METRICS_PORT": str(port)}))
+            workers.append(
+                child(
+                    f"worker-{n}",
+                    [sys.executable, "-m", "pipeline.cli", "worker"],
+                    {"PIPELINE_METRICS_PORT": str(port)},
+                )
+            )
         if settings.api_port:
             # the API only reads ClickHouse: as the read-only user on the embedded endpoint
-            reader = {"PIPELINE_CLICKHOUSE_URL": stack.embedded_clickhouse_url(
-                data_dir, settings.clickhouse_port, user=stack.CLICKHOUSE_READER)} if embedded_clickhouse else {}
+            reader = (
+                {
+                    "PIPELINE_CLICKHOUSE_URL": stack.embedded_clickhouse_url(
+                        data_dir, settings.clickhouse_port, user=stack.CLICKHOUSE_READER
+                    )
+                }
+                if embedded_clickhouse
+                else {}
+            )
             others.append(child("api", [sys.executable, "-m", "pipeline.cli", "api"], reader))
         if args.demo:
             # the sample datamodels and bindings go through the metadata topic like any change
             from pipeline.resources import schemas_dir
 
             models = schemas_dir("datamodels")  # in the tree, or inside an installed wheel
-            subprocess.run([sys.executable, "-m", "pipeline.cli", "metadata", "datamodels", str(models),
-                            "--author", "demo", "--comment", "sample datamodels"], env=env, check=True,
-                           preexec_fn=stack.dies_with_parent())
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline.cli",
+                    "metadata",
+                    "datamodels",
+                    str(models),
+                    "--author",
+                    "demo",
+                    "--comment",
+                    "sample datamodels",
+                ],
+                env=env,
+                check=True,
+                preexec_fn=stack.dies_with_parent(),
+            )
             bindings = json.loads((models / "bindings.json").read_text())["bindings"]
             _wait_for_bindings(settings.postgres_dsn, timeout=120, count=len(bindings))
             # a day of history from a small fleet, then live data every 10 s; not restarted: it
             # would send its day of history again
-            others.insert(0, child("simulate", [sys.executable, "-m", "pipeline.cli", "simulate", "--nodes", "3",
-                                                "--interval", "10", "--backfill", "24", "--realtime",
-                                                "--bad-ratio", "0.01"], restart=False))
+            others.insert(
+                0,
+                child(
+                    "simulate",
+                    [
+                        sys.executable,
+                        "-m",
+                        "pipeline.cli",
+                        "simulate",
+                        "--nodes",
+                        "3",
+                        "--interval",
+                        "10",
+                        "--backfill",
+                        "24",
+                        "--realtime",
+                        "--bad-ratio",
+                        "0.01",
+                    ],
+                    restart=False,
+                ),
+            )
         print(_banner(settings, data_dir, args.workers), flush=True)
         while not stopping:
             supervisor.check()  # restarts what died, with backoff, on the same ports
@@ -127,8 +197,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         # the producer first, then the workers drain, then the API, then the services they used
         simulate = [s for s in others if s.name == "simulate"]
-        supervisor.stop([simulate, workers, [s for s in others if s not in simulate],
-                         *([s] for s in reversed(services))])
+        supervisor.stop(
+            [simulate, workers, [s for s in others if s not in simulate], *([s] for s in reversed(services))]
+        )
         lock.release()
         print("pipeline: stopped", flush=True)
 
@@ -200,7 +271,8 @@ def _banner(settings: Settings, data_dir: Path, workers: int) -> str:
             f"  PostgreSQL         {settings.postgres_dsn}",
             f"  Prometheus metrics http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else "",
             f"  time-series API    http://{settings.api_host}:{settings.api_port}/api/timeseries"
-            if settings.api_port else "",
+            if settings.api_port
+            else "",
             f"  Faust workers      {workers}",
             f"  data directory     {data_dir}",
             "Ctrl-C to stop.",

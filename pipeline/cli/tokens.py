@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tok = sub.add_parser("token", help="API security tokens (SolarNetwork policies, SNWS2 signing)")
     tok_sub = tok.add_subparsers(title="token commands", metavar="ACTION")
     tcreate = tok_sub.add_parser(
-        "create", help="make a token; its secret is printed once, never stored",
+        "create",
+        help="make a token; its secret is printed once, never stored",
         description="Write a security_token to the history log and print its id and secret as JSON. "
         "The secret is shown only here: the log keeps SHA-256('SNWS2' + secret), which verifies SNWS2 "
         "signatures (docs/security.md). A read token reads datums within its policy; a node token posts "
@@ -23,8 +24,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     tcreate.add_argument("--type", choices=["read", "node"], default="read")
     tcreate.add_argument("--node", type=int, action="append", default=[], help="a node ID the token may touch")
-    tcreate.add_argument("--source", action="append", default=[],
-                         help="a source ID or Ant pattern (/S1/**) the token may touch")
+    tcreate.add_argument(
+        "--source", action="append", default=[], help="a source ID or Ant pattern (/S1/**) the token may touch"
+    )
     tcreate.add_argument("--min-aggregation", help="the finest aggregation it may read (e.g. Hour)")
     tcreate.add_argument("--api-path", action="append", default=[], help="an Ant pattern of API paths allowed")
     tcreate.add_argument("--expires", help="not valid after this instant (ISO 8601 with offset)")
@@ -40,8 +42,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     trevoke.set_defaults(func=cmd_token_revoke)
 
 
-def _apply_token_event(settings: Settings, token_id: str, op: str, value: dict[str, Any] | None,
-                       author: str, comment: str) -> Any:
+def _apply_token_event(
+    settings: Settings, token_id: str, op: str, value: dict[str, Any] | None, author: str, comment: str
+) -> Any:
     """Apply a security_token event to the history log at once (not through the metadata topic):
     the secret is printed only once the token is stored, and a revoke holds when this returns."""
     import uuid
@@ -51,10 +54,18 @@ def _apply_token_event(settings: Settings, token_id: str, op: str, value: dict[s
     from processors.tokens import TOKEN_ENTITY
     from sinks import history
 
-    event = parse_event({
-        "event_id": str(uuid.uuid4()), "entity": TOKEN_ENTITY, "key": {"token_id": token_id}, "op": op,
-        "value": value, "author": author, "comment": comment, "produced_at": datetime.now(UTC).isoformat(),
-    })
+    event = parse_event(
+        {
+            "event_id": str(uuid.uuid4()),
+            "entity": TOKEN_ENTITY,
+            "key": {"token_id": token_id},
+            "op": op,
+            "value": value,
+            "author": author,
+            "comment": comment,
+            "produced_at": datetime.now(UTC).isoformat(),
+        }
+    )
     with history_conn(settings) as conn:
         history.migrate(conn)
         return history.apply_event(conn, event)
@@ -68,8 +79,9 @@ def cmd_token_create(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         policy = policy_from_options(args.node, args.source, args.min_aggregation, args.api_path, args.expires)
-        made = make_token(TokenType.NODE if args.type == "node" else TokenType.READ_NODE_DATA, policy,
-                          secrets.choice, args.name)
+        made = make_token(
+            TokenType.NODE if args.type == "node" else TokenType.READ_NODE_DATA, policy, secrets.choice, args.name
+        )
     except PolicyError as exc:
         print(f"pipeline token create: refused: {exc}", file=sys.stderr)
         return 2
@@ -77,8 +89,15 @@ def cmd_token_create(settings: Settings, args: argparse.Namespace) -> int:
     if result.status != "applied":
         print(f"pipeline token create: refused by the history log: {result.reason}", file=sys.stderr)
         return 2
-    print_json({"tokenId": made.token_id, "tokenSecret": made.secret, "type": made.value["type"],
-                 "policy": made.value["policy"], "note": "the secret is shown only now"})
+    print_json(
+        {
+            "tokenId": made.token_id,
+            "tokenSecret": made.secret,
+            "type": made.value["type"],
+            "policy": made.value["policy"],
+            "note": "the secret is shown only now",
+        }
+    )
     return 0
 
 

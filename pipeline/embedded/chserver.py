@@ -56,24 +56,78 @@ MAX_CHUNK_BYTES = 1 << 30  # one chunk of a chunked body
 DECOMPRESS_STEP = 1 << 20  # most decompressed bytes produced per step: a small body never inflates at once
 # Table functions and clauses that reach outside the database (files, URLs, other servers,
 # programs): this endpoint serves the pipeline's tables, never the host's files (issue 14).
-DENIED_TABLE_FUNCTIONS = frozenset({
-    b"FILE", b"URL", b"URLCLUSTER", b"S3", b"S3CLUSTER", b"GCS", b"OSS", b"COSN", b"HDFS", b"HDFSCLUSTER",
-    b"AZUREBLOBSTORAGE", b"AZUREBLOBSTORAGECLUSTER", b"REMOTE", b"REMOTESECURE", b"CLUSTER",
-    b"CLUSTERALLREPLICAS", b"MYSQL", b"POSTGRESQL", b"MONGODB", b"REDIS", b"SQLITE", b"JDBC", b"ODBC",
-    b"EXECUTABLE", b"PYTHON", b"ICEBERG", b"ICEBERGS3", b"ICEBERGAZURE", b"ICEBERGHDFS", b"ICEBERGLOCAL",
-    b"DELTALAKE", b"DELTALAKELOCAL", b"DELTALAKES3", b"HUDI", b"FILECLUSTER", b"ARROWFLIGHT", b"YTSAURUS",
-    b"PARQUETMETADATA", b"DATALAKE",
-})
+DENIED_TABLE_FUNCTIONS = frozenset(
+    {
+        b"FILE",
+        b"URL",
+        b"URLCLUSTER",
+        b"S3",
+        b"S3CLUSTER",
+        b"GCS",
+        b"OSS",
+        b"COSN",
+        b"HDFS",
+        b"HDFSCLUSTER",
+        b"AZUREBLOBSTORAGE",
+        b"AZUREBLOBSTORAGECLUSTER",
+        b"REMOTE",
+        b"REMOTESECURE",
+        b"CLUSTER",
+        b"CLUSTERALLREPLICAS",
+        b"MYSQL",
+        b"POSTGRESQL",
+        b"MONGODB",
+        b"REDIS",
+        b"SQLITE",
+        b"JDBC",
+        b"ODBC",
+        b"EXECUTABLE",
+        b"PYTHON",
+        b"ICEBERG",
+        b"ICEBERGS3",
+        b"ICEBERGAZURE",
+        b"ICEBERGHDFS",
+        b"ICEBERGLOCAL",
+        b"DELTALAKE",
+        b"DELTALAKELOCAL",
+        b"DELTALAKES3",
+        b"HUDI",
+        b"FILECLUSTER",
+        b"ARROWFLIGHT",
+        b"YTSAURUS",
+        b"PARQUETMETADATA",
+        b"DATALAKE",
+    }
+)
 IDLE_POOL_SIZE = 8  # sessionless handles kept open between requests
 
 # URL parameters that belong to the HTTP layer, not to the query's settings.
-TRANSPORT_PARAMS = frozenset({
-    "query", "database", "default_format", "session_id", "session_timeout", "session_check",
-    "query_id", "quota_key", "user", "password", "compress", "decompress", "buffer_size",
-    "wait_end_of_query", "client_protocol_version", "role", "send_progress_in_http_headers",
-    "enable_http_compression", "cancel_http_readonly_queries_on_client_close",
-    "add_http_cors_header", "max_result_bytes_for_http", "stacktrace",
-})
+TRANSPORT_PARAMS = frozenset(
+    {
+        "query",
+        "database",
+        "default_format",
+        "session_id",
+        "session_timeout",
+        "session_check",
+        "query_id",
+        "quota_key",
+        "user",
+        "password",
+        "compress",
+        "decompress",
+        "buffer_size",
+        "wait_end_of_query",
+        "client_protocol_version",
+        "role",
+        "send_progress_in_http_headers",
+        "enable_http_compression",
+        "cancel_http_readonly_queries_on_client_close",
+        "add_http_cors_header",
+        "max_result_bytes_for_http",
+        "stacktrace",
+    }
+)
 
 # ClickHouse error codes this module raises itself.
 SYNTAX_ERROR = 62
@@ -90,21 +144,54 @@ UNKNOWN_EXCEPTION = 1002
 
 # HTTP status per exception name, as ClickHouse's exceptionCodeToHTTPStatus maps them.
 _STATUS_BY_NAME: dict[str, int] = {
-    **dict.fromkeys((
-        "BAD_ARGUMENTS", "CANNOT_COMPILE_REGEXP", "CANNOT_PARSE_TEXT", "CANNOT_PARSE_ESCAPE_SEQUENCE",
-        "CANNOT_PARSE_QUOTED_STRING", "CANNOT_PARSE_DATE", "CANNOT_PARSE_DATETIME",
-        "CANNOT_PARSE_NUMBER", "CANNOT_PARSE_DOMAIN_VALUE_FROM_STRING", "CANNOT_PARSE_IPV4",
-        "CANNOT_PARSE_IPV6", "CANNOT_PARSE_INPUT_ASSERTION_FAILED", "CANNOT_PARSE_UUID",
-        "DUPLICATE_COLUMN", "ILLEGAL_COLUMN", "UNKNOWN_ELEMENT_IN_AST", "UNKNOWN_TYPE_OF_AST_NODE",
-        "THERE_IS_NO_COLUMN", "TOO_DEEP_AST", "TOO_BIG_AST", "UNEXPECTED_AST_STRUCTURE",
-        "SYNTAX_ERROR", "INCORRECT_DATA", "TYPE_MISMATCH", "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE",
-    ), 400),
-    **dict.fromkeys((
-        "UNKNOWN_TABLE", "UNKNOWN_FUNCTION", "UNKNOWN_IDENTIFIER", "UNKNOWN_TYPE",
-        "UNKNOWN_STORAGE", "UNKNOWN_DATABASE", "UNKNOWN_SETTING", "UNKNOWN_DIRECTION_OF_SORTING",
-        "UNKNOWN_AGGREGATE_FUNCTION", "UNKNOWN_FORMAT", "UNKNOWN_DATABASE_ENGINE",
-        "UNKNOWN_TYPE_OF_QUERY", "UNKNOWN_ROLE",
-    ), 404),
+    **dict.fromkeys(
+        (
+            "BAD_ARGUMENTS",
+            "CANNOT_COMPILE_REGEXP",
+            "CANNOT_PARSE_TEXT",
+            "CANNOT_PARSE_ESCAPE_SEQUENCE",
+            "CANNOT_PARSE_QUOTED_STRING",
+            "CANNOT_PARSE_DATE",
+            "CANNOT_PARSE_DATETIME",
+            "CANNOT_PARSE_NUMBER",
+            "CANNOT_PARSE_DOMAIN_VALUE_FROM_STRING",
+            "CANNOT_PARSE_IPV4",
+            "CANNOT_PARSE_IPV6",
+            "CANNOT_PARSE_INPUT_ASSERTION_FAILED",
+            "CANNOT_PARSE_UUID",
+            "DUPLICATE_COLUMN",
+            "ILLEGAL_COLUMN",
+            "UNKNOWN_ELEMENT_IN_AST",
+            "UNKNOWN_TYPE_OF_AST_NODE",
+            "THERE_IS_NO_COLUMN",
+            "TOO_DEEP_AST",
+            "TOO_BIG_AST",
+            "UNEXPECTED_AST_STRUCTURE",
+            "SYNTAX_ERROR",
+            "INCORRECT_DATA",
+            "TYPE_MISMATCH",
+            "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE",
+        ),
+        400,
+    ),
+    **dict.fromkeys(
+        (
+            "UNKNOWN_TABLE",
+            "UNKNOWN_FUNCTION",
+            "UNKNOWN_IDENTIFIER",
+            "UNKNOWN_TYPE",
+            "UNKNOWN_STORAGE",
+            "UNKNOWN_DATABASE",
+            "UNKNOWN_SETTING",
+            "UNKNOWN_DIRECTION_OF_SORTING",
+            "UNKNOWN_AGGREGATE_FUNCTION",
+            "UNKNOWN_FORMAT",
+            "UNKNOWN_DATABASE_ENGINE",
+            "UNKNOWN_TYPE_OF_QUERY",
+            "UNKNOWN_ROLE",
+        ),
+        404,
+    ),
     "QUERY_IS_TOO_LARGE": 413,
     "ACCESS_DENIED": 403,
     "AUTHENTICATION_FAILED": 403,
@@ -233,7 +320,7 @@ def output_format(query: bytes) -> str | None:
     for i, tok in enumerate(toks):
         depth += (tok == b"(") - (tok == b")")
         if depth == 0 and tok.upper() == b"FORMAT" and i + 1 < len(toks) and toks[i + 1][:1].isalpha():
-            rest = toks[i + 2:]
+            rest = toks[i + 2 :]
             if not rest or rest[0] == b";" or rest[0].upper() == b"SETTINGS":
                 found = toks[i + 1].decode()
     return found
@@ -247,8 +334,9 @@ def content_type(fmt: str) -> str:
         return "text/csv; charset=UTF-8; header=" + ("present" if "names" in f else "absent")
     if f.startswith("json") or f == "ndjson":
         return "application/json; charset=UTF-8"
-    if f.startswith(("native", "rowbinary", "parquet", "arrow", "orc", "avro", "protobuf", "capnproto",
-                     "msgpack", "bson", "npy")):
+    if f.startswith(
+        ("native", "rowbinary", "parquet", "arrow", "orc", "avro", "protobuf", "capnproto", "msgpack", "bson", "npy")
+    ):
         return "application/octet-stream"
     if f == "xml":
         return "application/xml; charset=UTF-8"
@@ -289,9 +377,11 @@ def _decompressor_factory(encoding: str) -> Callable[[], _Decompressor]:
             pass
         else:
             return brotli.Decompressor  # type: ignore[no-any-return]
-    raise ClickHouseError(UNKNOWN_COMPRESSION_METHOD,
-                          f"Code: {UNKNOWN_COMPRESSION_METHOD}. DB::Exception: Unsupported HTTP "
-                          f"Content-Encoding '{encoding}'. (UNKNOWN_COMPRESSION_METHOD)")
+    raise ClickHouseError(
+        UNKNOWN_COMPRESSION_METHOD,
+        f"Code: {UNKNOWN_COMPRESSION_METHOD}. DB::Exception: Unsupported HTTP "
+        f"Content-Encoding '{encoding}'. (UNKNOWN_COMPRESSION_METHOD)",
+    )
 
 
 class _ChunkReader:
@@ -356,9 +446,11 @@ def decompress_stream(chunks: Iterator[bytes], encoding: str, step: int = DECOMP
                     chunk = dec.unused_data
                     dec = factory()
     except (zlib.error, RuntimeError, zstandard.ZstdError, ValueError) as exc:
-        raise ClickHouseError(CANNOT_DECOMPRESS, f"Code: {CANNOT_DECOMPRESS}. DB::Exception: "
-                              f"Cannot decompress {encoding} request body: {exc}. (CANNOT_DECOMPRESS)"
-                              ) from exc
+        raise ClickHouseError(
+            CANNOT_DECOMPRESS,
+            f"Code: {CANNOT_DECOMPRESS}. DB::Exception: "
+            f"Cannot decompress {encoding} request body: {exc}. (CANNOT_DECOMPRESS)",
+        ) from exc
 
 
 def compress_body(body: bytes, accept_encoding: str) -> tuple[bytes, str | None]:
@@ -419,8 +511,9 @@ class Handle:
         new = [k for k in settings if k not in self.overlay]
         if new:
             names = ", ".join(sql_str(k) for k in new)
-            rows = self.run(f"SELECT name, value, changed FROM system.settings WHERE name IN ({names})",
-                            "JSONEachRow").bytes()
+            rows = self.run(
+                f"SELECT name, value, changed FROM system.settings WHERE name IN ({names})", "JSONEachRow"
+            ).bytes()
             for line in rows.splitlines():
                 row = json.loads(line)
                 self.base[row["name"]] = (row["value"], bool(row["changed"]))
@@ -428,8 +521,11 @@ class Handle:
         # readonly goes last: once set, no other SET would be accepted
         for key in sorted(changes, key=lambda k: k == "readonly"):
             if not _SETTING_NAME_RE.match(key):
-                raise ClickHouseError(SYNTAX_ERROR, f"Code: {SYNTAX_ERROR}. DB::Exception: "
-                                      f"Invalid setting name {key!r}. (SYNTAX_ERROR)", "SYNTAX_ERROR")
+                raise ClickHouseError(
+                    SYNTAX_ERROR,
+                    f"Code: {SYNTAX_ERROR}. DB::Exception: Invalid setting name {key!r}. (SYNTAX_ERROR)",
+                    "SYNTAX_ERROR",
+                )
             try:
                 self.run(f"SET {key} = {sql_str(changes[key])}")
             except ClickHouseError:
@@ -462,8 +558,10 @@ class Engine:
     def __init__(self, data_dir: Path) -> None:
         self.path = str(data_dir.resolve())
         self._root = self._open()  # keeps the engine up while handles come and go
-        row = self._root.run("SELECT version(), timezone(), displayName(), "
-                             "toString(getSetting('enable_http_compression'))", "JSONCompact")
+        row = self._root.run(
+            "SELECT version(), timezone(), displayName(), toString(getSetting('enable_http_compression'))",
+            "JSONCompact",
+        )
         self.version, self.timezone, self.display_name, http_comp = json.loads(row.bytes())["data"][0]
         # chDB reports enable_http_compression=1, so clients expect compressed responses by default
         self.http_compression_default = http_comp in ("1", "true")
@@ -482,16 +580,22 @@ class Engine:
                 h = self._sessions.get(session_id)
                 if h is None:
                     if check:
-                        raise ClickHouseError(SESSION_NOT_FOUND, f"Code: {SESSION_NOT_FOUND}. DB::Exception: "
-                                              f"Session {session_id} not found. (SESSION_NOT_FOUND)")
+                        raise ClickHouseError(
+                            SESSION_NOT_FOUND,
+                            f"Code: {SESSION_NOT_FOUND}. DB::Exception: "
+                            f"Session {session_id} not found. (SESSION_NOT_FOUND)",
+                        )
                     h = self._sessions[session_id] = self._open()
                 h.timeout = timeout
                 h.expires = float("inf")  # in use: the reaper must not close it
             # ClickHouse refuses concurrent requests in one session rather than queueing them
             if not h.lock.acquire(blocking=False):
-                raise ClickHouseError(SESSION_IS_LOCKED, f"Code: {SESSION_IS_LOCKED}. DB::Exception: "
-                                      f"Session {session_id} is locked by a concurrent client. "
-                                      "(SESSION_IS_LOCKED)")
+                raise ClickHouseError(
+                    SESSION_IS_LOCKED,
+                    f"Code: {SESSION_IS_LOCKED}. DB::Exception: "
+                    f"Session {session_id} is locked by a concurrent client. "
+                    "(SESSION_IS_LOCKED)",
+                )
             try:
                 yield h
             finally:
@@ -596,16 +700,19 @@ class Result:
 
 
 def _settings_of(params: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in params.items()
-            if k not in TRANSPORT_PARAMS and not k.startswith(("param_", "http_"))}
+    return {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS and not k.startswith(("param_", "http_"))}
 
 
 def _summary(res: Any, elapsed: float, written: bool) -> dict[str, str]:
     rows_w, bytes_w = (res.rows_written(), res.bytes_written()) if written else (0, 0)
     return {
-        "read_rows": str(res.rows_read()), "read_bytes": str(res.bytes_read()),
-        "written_rows": str(rows_w), "written_bytes": str(bytes_w),
-        "total_rows_to_read": "0", "result_rows": "0", "result_bytes": str(res.bytes_read()),
+        "read_rows": str(res.rows_read()),
+        "read_bytes": str(res.bytes_read()),
+        "written_rows": str(rows_w),
+        "written_bytes": str(bytes_w),
+        "total_rows_to_read": "0",
+        "result_rows": "0",
+        "result_bytes": str(res.bytes_read()),
         "elapsed_ns": str(int(elapsed * 1e9)),
     }
 
@@ -615,13 +722,20 @@ def execute(engine: Engine, req: Request) -> Result:
     p = req.params
     for flag in ("compress", "decompress"):
         if p.get(flag, "0") not in ("0", ""):
-            raise ClickHouseError(NOT_IMPLEMENTED, f"Code: {NOT_IMPLEMENTED}. DB::Exception: "
-                                  f"'{flag}=1' (ClickHouse's native block compression) is not supported "
-                                  "here; use HTTP Content-Encoding. (NOT_IMPLEMENTED)", "NOT_IMPLEMENTED")
+            raise ClickHouseError(
+                NOT_IMPLEMENTED,
+                f"Code: {NOT_IMPLEMENTED}. DB::Exception: "
+                f"'{flag}=1' (ClickHouse's native block compression) is not supported "
+                "here; use HTTP Content-Encoding. (NOT_IMPLEMENTED)",
+                "NOT_IMPLEMENTED",
+            )
     default_fmt = p.get("default_format") or req.headers.get("x-clickhouse-format") or "TabSeparated"
     if default_fmt.lower() in _PYTHON_FORMATS:
-        raise ClickHouseError(UNKNOWN_FORMAT, f"Code: {UNKNOWN_FORMAT}. DB::Exception: Unknown format "
-                              f"{default_fmt}. (UNKNOWN_FORMAT)", "UNKNOWN_FORMAT")
+        raise ClickHouseError(
+            UNKNOWN_FORMAT,
+            f"Code: {UNKNOWN_FORMAT}. DB::Exception: Unknown format {default_fmt}. (UNKNOWN_FORMAT)",
+            "UNKNOWN_FORMAT",
+        )
     query_param = p.get("query", "")
     head = bytearray((query_param + "\n").encode() if query_param else b"")
     body = req.body
@@ -637,21 +751,29 @@ def execute(engine: Engine, req: Request) -> Result:
         for chunk in body:
             head += chunk
             if len(head) > MAX_QUERY_BYTES:
-                raise ClickHouseError(SYNTAX_ERROR, f"Code: {SYNTAX_ERROR}. DB::Exception: Max query size "
-                                      f"exceeded: the query is over {MAX_QUERY_BYTES} bytes; send large data "
-                                      "as INSERT ... FORMAT with the data in the body. (SYNTAX_ERROR)",
-                                      "SYNTAX_ERROR")
+                raise ClickHouseError(
+                    SYNTAX_ERROR,
+                    f"Code: {SYNTAX_ERROR}. DB::Exception: Max query size "
+                    f"exceeded: the query is over {MAX_QUERY_BYTES} bytes; send large data "
+                    "as INSERT ... FORMAT with the data in the body. (SYNTAX_ERROR)",
+                    "SYNTAX_ERROR",
+                )
         done = True
         split = split_insert(bytes(head))
-    statement = bytes(head[:split.data_start]) if split is not None else bytes(head)
+    statement = bytes(head[: split.data_start]) if split is not None else bytes(head)
     outside = denied(statement)
     if outside is not None:
-        raise ClickHouseError(ACCESS_DENIED, f"Code: {ACCESS_DENIED}. DB::Exception: {outside} is not allowed "
-                              "on this endpoint: it serves the database, not the host's files, URLs or other "
-                              "servers. (ACCESS_DENIED)", "ACCESS_DENIED")
+        raise ClickHouseError(
+            ACCESS_DENIED,
+            f"Code: {ACCESS_DENIED}. DB::Exception: {outside} is not allowed "
+            "on this endpoint: it serves the database, not the host's files, URLs or other "
+            "servers. (ACCESS_DENIED)",
+            "ACCESS_DENIED",
+        )
     if split is None and not head.strip():
-        raise ClickHouseError(SYNTAX_ERROR, f"Code: {SYNTAX_ERROR}. DB::Exception: Empty query. "
-                              "(SYNTAX_ERROR)", "SYNTAX_ERROR")
+        raise ClickHouseError(
+            SYNTAX_ERROR, f"Code: {SYNTAX_ERROR}. DB::Exception: Empty query. (SYNTAX_ERROR)", "SYNTAX_ERROR"
+        )
     try:
         timeout = min(float(p.get("session_timeout", DEFAULT_SESSION_TIMEOUT)), MAX_SESSION_TIMEOUT)
     except ValueError:
@@ -660,8 +782,12 @@ def execute(engine: Engine, req: Request) -> Result:
     database = p.get("database") or req.headers.get("x-clickhouse-database")
     query_params = {k[6:]: v for k, v in p.items() if k.startswith("param_")}
     if req.readonly and split is not None:
-        raise ClickHouseError(READONLY, f"Code: {READONLY}. DB::Exception: {req.user}: Cannot execute query in "
-                              "readonly mode: the user may only read. (READONLY)", "READONLY")
+        raise ClickHouseError(
+            READONLY,
+            f"Code: {READONLY}. DB::Exception: {req.user}: Cannot execute query in "
+            "readonly mode: the user may only read. (READONLY)",
+            "READONLY",
+        )
     if session_id:
         session_id = f"{req.user}\x00{session_id}"  # a user's sessions are its own
     with engine.handle(session_id, timeout, p.get("session_check") == "1") as h:
@@ -670,22 +796,33 @@ def execute(engine: Engine, req: Request) -> Result:
         started = time.perf_counter()
         if split is not None:
             h.apply_settings(_settings_of(p))
-            data = memoryview(head)[split.data_start:]
+            data = memoryview(head)[split.data_start :]
             return Result(summary=_insert(h, split, data, None if done else body, started))
         query = bytes(head)
         text = query.decode("utf-8", errors="replace")
         info = h.classify(text)
         kind = str(info.get("query_class", ""))
         if info.get("statement_count", 1) > 1:
-            raise ClickHouseError(SYNTAX_ERROR, f"Code: {SYNTAX_ERROR}. DB::Exception: Multi-statements "
-                                  "are not allowed. (SYNTAX_ERROR)", "SYNTAX_ERROR")
+            raise ClickHouseError(
+                SYNTAX_ERROR,
+                f"Code: {SYNTAX_ERROR}. DB::Exception: Multi-statements are not allowed. (SYNTAX_ERROR)",
+                "SYNTAX_ERROR",
+            )
         if req.readonly and "READ_ONLY" not in kind:
-            raise ClickHouseError(READONLY, f"Code: {READONLY}. DB::Exception: {req.user}: Cannot execute query "
-                                  "in readonly mode: the user may only read. (READONLY)", "READONLY")
+            raise ClickHouseError(
+                READONLY,
+                f"Code: {READONLY}. DB::Exception: {req.user}: Cannot execute query "
+                "in readonly mode: the user may only read. (READONLY)",
+                "READONLY",
+            )
         if req.method == "GET" and "MUTATING" in kind:
-            raise ClickHouseError(READONLY, f"Code: {READONLY}. DB::Exception: Cannot execute query in "
-                                  "readonly mode. For queries over HTTP, method GET implies readonly. "
-                                  "You should use method POST for modifying queries. (READONLY)", "READONLY")
+            raise ClickHouseError(
+                READONLY,
+                f"Code: {READONLY}. DB::Exception: Cannot execute query in "
+                "readonly mode. For queries over HTTP, method GET implies readonly. "
+                "You should use method POST for modifying queries. (READONLY)",
+                "READONLY",
+            )
         if session_id and _LEADING_SET_RE.match(text):
             h.clear_overlay()  # a session SET changes the session itself, not the overlay
         else:
@@ -693,8 +830,11 @@ def execute(engine: Engine, req: Request) -> Result:
         res = h.run(text, default_fmt, query_params)
         if info.get("statement_count", 1) == 0:
             # chDB's parser found no statement and chDB answered nothing (ClickHouse: a syntax error)
-            raise ClickHouseError(SYNTAX_ERROR, f"Code: {SYNTAX_ERROR}. DB::Exception: Syntax error: no SQL "
-                                  f"statement in {text[:40]!r}. (SYNTAX_ERROR)", "SYNTAX_ERROR")
+            raise ClickHouseError(
+                SYNTAX_ERROR,
+                f"Code: {SYNTAX_ERROR}. DB::Exception: Syntax error: no SQL statement in {text[:40]!r}. (SYNTAX_ERROR)",
+                "SYNTAX_ERROR",
+            )
         if _LEADING_USE_RE.match(text):
             h.database = None
         elapsed = time.perf_counter() - started
@@ -706,8 +846,9 @@ def execute(engine: Engine, req: Request) -> Result:
         return Result(data_out, fmt if produces else None, summary)
 
 
-def _insert(h: Handle, split: InsertSplit, first: memoryview, rest: Iterator[bytes] | None,
-            started: float) -> dict[str, str]:
+def _insert(
+    h: Handle, split: InsertSplit, first: memoryview, rest: Iterator[bytes] | None, started: float
+) -> dict[str, str]:
     """Stream INSERT data into chDB as it arrives; the body is never held whole."""
     try:
         ins = h.conn.send_insert(split.statement, split.fmt)
@@ -728,9 +869,12 @@ def _insert(h: Handle, split: InsertSplit, first: memoryview, rest: Iterator[byt
             ins.cancel()
         raise
     return {
-        "read_rows": str(res.rows_written), "read_bytes": str(res.bytes_written),
-        "written_rows": str(res.rows_written), "written_bytes": str(res.bytes_written),
-        "total_rows_to_read": "0", "result_rows": str(res.rows_written),
+        "read_rows": str(res.rows_written),
+        "read_bytes": str(res.bytes_written),
+        "written_rows": str(res.rows_written),
+        "written_bytes": str(res.bytes_written),
+        "total_rows_to_read": "0",
+        "result_rows": str(res.rows_written),
         "result_bytes": str(res.bytes_written),
         "elapsed_ns": str(int((time.perf_counter() - started) * 1e9)),
     }
@@ -840,8 +984,13 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         except BadRequestBody as exc:  # a /ping or unknown path with a malformed body
             self.close_connection = True
-            self._error(ClickHouseError(UNKNOWN_EXCEPTION, f"Code: {UNKNOWN_EXCEPTION}. DB::Exception: "
-                                        f"Malformed request body: {exc}.", ""), 400, None)
+            self._error(
+                ClickHouseError(
+                    UNKNOWN_EXCEPTION, f"Code: {UNKNOWN_EXCEPTION}. DB::Exception: Malformed request body: {exc}.", ""
+                ),
+                400,
+                None,
+            )
         finally:
             with self.server.conn_lock:
                 self.server.connections[self] = False
@@ -851,8 +1000,9 @@ class Handler(BaseHTTPRequestHandler):
     def _route(self) -> None:
         url = urlsplit(self.path)
         params = dict(parse_qsl(url.query, keep_blank_values=True))
-        if url.path in ("/ping", "/replicas_status") or (url.path == "/" and self.command == "GET"
-                                                           and "query" not in params):
+        if url.path in ("/ping", "/replicas_status") or (
+            url.path == "/" and self.command == "GET" and "query" not in params
+        ):
             for _ in self._raw_body():
                 pass
             self._send(200, b"Ok.\n", {"Content-Type": "text/html; charset=UTF-8"})
@@ -860,9 +1010,15 @@ class Handler(BaseHTTPRequestHandler):
         if url.path != "/":
             for _ in self._raw_body():
                 pass
-            self._error(ClickHouseError(
-                UNKNOWN_EXCEPTION, f"Code: {UNKNOWN_EXCEPTION}. DB::Exception: There is no handle "
-                f"{url.path}. Use / or /ping.", ""), 404, params.get("query_id"))
+            self._error(
+                ClickHouseError(
+                    UNKNOWN_EXCEPTION,
+                    f"Code: {UNKNOWN_EXCEPTION}. DB::Exception: There is no handle {url.path}. Use / or /ping.",
+                    "",
+                ),
+                404,
+                params.get("query_id"),
+            )
             return
         query_id = params.get("query_id") or str(uuid.uuid4())
         raw = self._raw_body()
@@ -871,10 +1027,17 @@ class Handler(BaseHTTPRequestHandler):
         user = authenticate(self.server.users, name, password)
         if user is None:
             self._drain(raw)
-            self._error(ClickHouseError(AUTHENTICATION_FAILED, f"Code: {AUTHENTICATION_FAILED}. DB::Exception: "
-                                        f"{name}: Authentication failed: password is incorrect, or there is no "
-                                        "user with such name. (AUTHENTICATION_FAILED)", "AUTHENTICATION_FAILED"),
-                        None, query_id)
+            self._error(
+                ClickHouseError(
+                    AUTHENTICATION_FAILED,
+                    f"Code: {AUTHENTICATION_FAILED}. DB::Exception: "
+                    f"{name}: Authentication failed: password is incorrect, or there is no "
+                    "user with such name. (AUTHENTICATION_FAILED)",
+                    "AUTHENTICATION_FAILED",
+                ),
+                None,
+                query_id,
+            )
             return
         try:
             encoding = headers.get("content-encoding", "").strip().lower()
@@ -882,8 +1045,13 @@ class Handler(BaseHTTPRequestHandler):
             result = execute(self.server.engine, Request(params, headers, self.command, body, name, user.readonly))
         except BadRequestBody as exc:
             self.close_connection = True
-            self._error(ClickHouseError(UNKNOWN_EXCEPTION, f"Code: {UNKNOWN_EXCEPTION}. DB::Exception: "
-                                        f"Malformed request body: {exc}.", ""), 400, query_id)
+            self._error(
+                ClickHouseError(
+                    UNKNOWN_EXCEPTION, f"Code: {UNKNOWN_EXCEPTION}. DB::Exception: Malformed request body: {exc}.", ""
+                ),
+                400,
+                query_id,
+            )
             return
         except ClickHouseError as exc:
             self._drain(raw)
@@ -892,8 +1060,13 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # never let a bad request take the server down
             log.exception("request failed")
             self._drain(raw)
-            self._error(ClickHouseError(UNKNOWN_EXCEPTION, f"Code: {UNKNOWN_EXCEPTION}. "
-                                        f"DB::Exception: {type(exc).__name__}: {exc}.", ""), 500, query_id)
+            self._error(
+                ClickHouseError(
+                    UNKNOWN_EXCEPTION, f"Code: {UNKNOWN_EXCEPTION}. DB::Exception: {type(exc).__name__}: {exc}.", ""
+                ),
+                500,
+                query_id,
+            )
             return
         out = {
             "X-ClickHouse-Query-Id": query_id,
@@ -923,11 +1096,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def _error(self, exc: ClickHouseError, status: int | None, query_id: str | None) -> None:
         message = f"{exc.message} (version {self.server.engine.version})\n".encode(errors="replace")
-        self._send(status or _STATUS_BY_NAME.get(exc.name, 500), message, {
-            "Content-Type": "text/plain; charset=UTF-8",
-            "X-ClickHouse-Exception-Code": str(exc.code),
-            "X-ClickHouse-Query-Id": query_id or "",
-        })
+        self._send(
+            status or _STATUS_BY_NAME.get(exc.name, 500),
+            message,
+            {
+                "Content-Type": "text/plain; charset=UTF-8",
+                "X-ClickHouse-Exception-Code": str(exc.code),
+                "X-ClickHouse-Query-Id": query_id or "",
+            },
+        )
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         engine = self.server.engine
@@ -958,11 +1135,16 @@ def serve(data_dir: Path, host: str, port: int, users_file: Path | None = None) 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                            name="chserver-accept")
+    loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="chserver-accept")
     loop.start()
-    log.info("chDB %s on %s serving http://%s:%d (%s)", engine.version, data_dir, host, port,
-             f"users: {', '.join(sorted(users))}" if users is not None else "no users file: anyone who reaches it")
+    log.info(
+        "chDB %s on %s serving http://%s:%d (%s)",
+        engine.version,
+        data_dir,
+        host,
+        port,
+        f"users: {', '.join(sorted(users))}" if users is not None else "no users file: anyone who reaches it",
+    )
     try:
         while not stop.wait(1.0):
             engine.expire_sessions()
@@ -984,8 +1166,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=Path, help="JSON users file: {name: {sha256_hex, readonly}} (default: open)")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     serve(args.data_dir, args.host, args.port, args.users)
     return 0
 

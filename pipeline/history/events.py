@@ -35,13 +35,21 @@ def read_event_file(path: Path) -> list[dict[str, Any]]:
     return events
 
 
-def _event(entity: str, key: dict[str, Any], value: dict[str, Any], author: str, comment: str,
-           op: str = "upsert") -> dict[str, Any]:
+def _event(
+    entity: str, key: dict[str, Any], value: dict[str, Any], author: str, comment: str, op: str = "upsert"
+) -> dict[str, Any]:
     body = json.dumps({"entity": entity, "key": key, "op": op, "value": value}, sort_keys=True)
     # the same content gives the same event id: loading a file twice changes nothing
     return {
-        "event_id": str(uuid.uuid5(EVENT_NAMESPACE, body)), "entity": entity, "key": key, "op": op,
-        "value": value, "valid_from": None, "valid_to": None, "author": author, "comment": comment,
+        "event_id": str(uuid.uuid5(EVENT_NAMESPACE, body)),
+        "entity": entity,
+        "key": key,
+        "op": op,
+        "value": value,
+        "valid_from": None,
+        "valid_to": None,
+        "author": author,
+        "comment": comment,
         "produced_at": datetime.now(UTC).isoformat(),
     }
 
@@ -65,8 +73,11 @@ def datamodel_events(paths: Sequence[Path], author: str, comment: str) -> list[d
         load_bindings_file(path)
         raw = json.loads(path.read_text(encoding="utf-8"))
         for doc in raw["bindings"] if isinstance(raw, dict) else raw:
-            key = {"node_id": doc.get("node_id"), "source_pattern": doc["source_pattern"],
-                   "valid_from_ms": doc.get("valid_from_ms")}
+            key = {
+                "node_id": doc.get("node_id"),
+                "source_pattern": doc["source_pattern"],
+                "valid_from_ms": doc.get("valid_from_ms"),
+            }
             value = {k: v for k, v in doc.items() if k not in key}
             events.append(_event("source_binding", key, value, author, comment))
     for e in events:

@@ -38,8 +38,9 @@ class MetadataLink:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.sink = history.HistorySink(self._connect)
-        self.catalogs: LogView[VersionedCatalog] = LogView(dsn, "the validators' catalog", _load_catalog,
-                                                           CATALOG_CHECK_S)
+        self.catalogs: LogView[VersionedCatalog] = LogView(
+            dsn, "the validators' catalog", _load_catalog, CATALOG_CHECK_S
+        )
 
     def _connect(self) -> psycopg.Connection:
         return psycopg.connect(self.dsn, autocommit=True)

@@ -36,8 +36,15 @@ def connect(dsn: str) -> Any:
 
 
 class LogView(Generic[T]):
-    def __init__(self, dsn: str, what: str, load: Callable[[Any], T], check_s: float,
-                 missing: T | None = None, connect: Callable[[str], Any] = connect) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        what: str,
+        load: Callable[[Any], T],
+        check_s: float,
+        missing: T | None = None,
+        connect: Callable[[str], Any] = connect,
+    ) -> None:
         self.dsn = dsn
         self.what = what  # for the log: "node time zones", "security tokens"
         self.load = load
@@ -80,8 +87,12 @@ class LogView(Generic[T]):
             self._value, self._version = self.missing, -1
         except psycopg.Error as exc:
             first = str(exc).strip().splitlines()
-            log.warning("%s unavailable (%s); %s", self.what, first[0] if first else type(exc).__name__,
-                        "keeping the last known" if self._value is not None else "none known yet")
+            log.warning(
+                "%s unavailable (%s); %s",
+                self.what,
+                first[0] if first else type(exc).__name__,
+                "keeping the last known" if self._value is not None else "none known yet",
+            )
 
     def _refresh(self, force: bool) -> T:
         from sinks import history

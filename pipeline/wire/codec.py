@@ -131,9 +131,7 @@ def decode_batch(payload: bytes, schema_name: str | None = CURRENT) -> list[Datu
     except Exception as exc:  # fastavro raises many types for corrupt input
         raise DecodeError("envelope.corrupt", f"not a datum batch: {type(exc).__name__}: {exc}") from None
     if buf.tell() != len(payload):
-        raise DecodeError(
-            "envelope.trailing_bytes", f"{len(payload) - buf.tell()} bytes left after the batch"
-        )
+        raise DecodeError("envelope.trailing_bytes", f"{len(payload) - buf.tell()} bytes left after the batch")
     if not isinstance(record, dict):
         raise DecodeError("envelope.corrupt", "not a datum batch record")
     return [
@@ -196,8 +194,13 @@ class DeadLetter:
             h.update(json.dumps(datum_to_json(self.datum), sort_keys=True).encode("utf-8", "surrogatepass"))
             return h.hexdigest()[:32]
         o = self.origin
-        parts: list[object] = [self.stage, None if o is None else (o.topic, o.partition, o.offset),
-                               self.file, self.line, rules]
+        parts: list[object] = [
+            self.stage,
+            None if o is None else (o.topic, o.partition, o.offset),
+            self.file,
+            self.line,
+            rules,
+        ]
         h.update(repr(parts).encode("utf-8", "surrogatepass"))
         if self.payload is not None:
             h.update(self.payload)
@@ -256,8 +259,11 @@ class DeadLetter:
             whole = _dumps(datum)
             if len(whole) > share:
                 doc["datum"] = {
-                    "nodeId": datum["nodeId"], "sourceId": _fit_str(datum["sourceId"], 256),
-                    "created": datum["created"], "truncated": True, "json_bytes": len(whole),
+                    "nodeId": datum["nodeId"],
+                    "sourceId": _fit_str(datum["sourceId"], 256),
+                    "created": datum["created"],
+                    "truncated": True,
+                    "json_bytes": len(whole),
                     "json_sha256": hashlib.sha256(whole).hexdigest(),
                     "json_head": _fit_str(whole.decode(), share - 512),
                 }
@@ -272,8 +278,11 @@ class DeadLetter:
         if len(out) <= max_bytes:
             return out
         # a small limit and every part big at once: what identifies the letter and its input
-        brief: dict[str, Any] = {k: doc[k] for k in ("stage", "at", "origin", "line", "payload_bytes",
-                                                     "payload_sha256", "text_bytes", "text_sha256") if k in doc}
+        brief: dict[str, Any] = {
+            k: doc[k]
+            for k in ("stage", "at", "origin", "line", "payload_bytes", "payload_sha256", "text_bytes", "text_sha256")
+            if k in doc
+        }
         brief["reasons"] = [{"rule": _fit_str(r.rule, 128)} for r in self.reasons[:8]]
         brief["reasons_total"] = len(self.reasons)
         brief["truncated"] = True

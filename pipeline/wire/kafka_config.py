@@ -43,8 +43,13 @@ def client_config(settings: Settings) -> dict[str, Any]:
     if protocol != "PLAINTEXT":
         out["security.protocol"] = protocol
     if protocol.startswith("SASL"):
-        out.update({"sasl.mechanism": mechanism, "sasl.username": settings.kafka_sasl_username,
-                    "sasl.password": settings.kafka_sasl_password})
+        out.update(
+            {
+                "sasl.mechanism": mechanism,
+                "sasl.username": settings.kafka_sasl_username,
+                "sasl.password": settings.kafka_sasl_password,
+            }
+        )
     if protocol.endswith("SSL") and settings.kafka_ssl_cafile:
         out["ssl.ca.location"] = str(settings.kafka_ssl_cafile)
     return out
@@ -59,9 +64,14 @@ def faust_credentials(settings: Settings) -> Any:
 
     context = None
     if protocol.endswith("SSL"):
-        context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile
-                                             else None)
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
     if protocol == "SSL":
         return SSLCredentials(context)
-    return SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
-                           ssl_context=context, mechanism=mechanism)
+    return SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password,
+        ssl_context=context,
+        mechanism=mechanism,
+    )

@@ -105,9 +105,12 @@ class TopicAdmin:
         if not missing:
             return
         futures = self._admin.create_topics(
-            [NewTopic(n, num_partitions=partitions or self._topics.partitions(n, self._partitions),
-                      replication_factor=-1)
-             for n in missing],
+            [
+                NewTopic(
+                    n, num_partitions=partitions or self._topics.partitions(n, self._partitions), replication_factor=-1
+                )
+                for n in missing
+            ],
             operation_timeout=10,
         )
         for name, fut in futures.items():
@@ -146,8 +149,9 @@ class DatumProducer:
         if err is not None:
             self._failures.append(str(err))
 
-    def _on_datums_delivered(self, datums: int, identities: tuple[Identity, ...], err: KafkaError | None,
-                             msg: Any) -> None:
+    def _on_datums_delivered(
+        self, datums: int, identities: tuple[Identity, ...], err: KafkaError | None, msg: Any
+    ) -> None:
         if err is not None:
             self._failures.append(str(err))
             self._failed_datums += datums
@@ -165,13 +169,15 @@ class DatumProducer:
             sent.clear()
         self._pending.setdefault((msg.topic(), msg.partition()), []).append(_Sent(msg.offset(), datums, identities))
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]],
-                 on_delivery: Any = None) -> None:
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]], on_delivery: Any = None
+    ) -> None:
         wire_headers: list[tuple[str, str | bytes | None]] = [*headers]
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=wire_headers,
-                                       on_delivery=on_delivery or self._on_delivery)
+                self._producer.produce(
+                    topic, value=value, key=key, headers=wire_headers, on_delivery=on_delivery or self._on_delivery
+                )
                 break
             except BufferError:
                 # local queue full: let librdkafka deliver some, then go on (backpressure)
@@ -189,16 +195,22 @@ class DatumProducer:
             topic = self.topics.source(src)
             key = stream_key(node, src)
             for start in range(0, len(items), size):
-                chunk = items[start:start + size]
+                chunk = items[start : start + size]
                 ids = tuple((d.node_id, d.source_id, d.created_ms) for d in chunk) if self.track else ()
-                self._produce(topic, key, encode_batch(chunk), batch_headers(len(chunk)),
-                              partial(self._on_datums_delivered, len(chunk), ids))
+                self._produce(
+                    topic,
+                    key,
+                    encode_batch(chunk),
+                    batch_headers(len(chunk)),
+                    partial(self._on_datums_delivered, len(chunk), ids),
+                )
                 n += len(chunk)
         self.datums_sent += n
         return n
 
-    def send_raw(self, topic: str, value: bytes, key: bytes | None = None,
-                 headers: Sequence[tuple[str, bytes]] = ()) -> None:
+    def send_raw(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
         self.admin.ensure([topic])
         self._produce(topic, key, value, list(headers))
 
@@ -212,12 +224,24 @@ class DatumProducer:
         cap = max(MIN_DEAD_LETTER_BYTES, min(DEAD_LETTER_MAX_BYTES, self.settings.max_message_bytes // 2))
         self.send_raw(self.topics.deadletter, letter.to_json(max_bytes=cap), headers=[("stage", letter.stage.encode())])
 
-    def send_encoded(self, topic: str, key: bytes | None, value: bytes, datums: int,
-                     identities: Sequence[Identity] = (), headers: Sequence[tuple[str, bytes]] = ()) -> None:
+    def send_encoded(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        datums: int,
+        identities: Sequence[Identity] = (),
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         """An already encoded datum message (replays, fault drills), confirmed like `send`'s."""
         self.admin.ensure([topic])
-        self._produce(topic, key, value, list(headers) or batch_headers(datums),
-                      partial(self._on_datums_delivered, datums, tuple(identities) if self.track else ()))
+        self._produce(
+            topic,
+            key,
+            value,
+            list(headers) or batch_headers(datums),
+            partial(self._on_datums_delivered, datums, tuple(identities) if self.track else ()),
+        )
         self.datums_sent += datums
 
     def delivered_identities(self) -> set[Identity]:
@@ -256,8 +280,9 @@ class DatumProducer:
         try:
             if self._offsets_reader is None:
                 # the workers' group id; never subscribes, so it never joins (or disturbs) the group
-                self._offsets_reader = Consumer({**client_config(self.settings),
-                                                 "group.id": self.settings.app_id, "enable.auto.commit": False})
+                self._offsets_reader = Consumer(
+                    {**client_config(self.settings), "group.id": self.settings.app_id, "enable.auto.commit": False}
+                )
             got = self._offsets_reader.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
         except KafkaException as exc:
             log.warning("reading the pipeline's committed offsets failed: %s", exc)
@@ -278,15 +303,22 @@ class DatumProducer:
                 progress(self._confirmed.confirmed_datums)
             if self._pending:
                 time.sleep(0.25)
-        out = Confirmation(self._confirmed.confirmed_datums, self._failed_datums,
-                           set(self._confirmed.confirmed), set(self._failed_identities), self._confirmed.reason)
+        out = Confirmation(
+            self._confirmed.confirmed_datums,
+            self._failed_datums,
+            set(self._confirmed.confirmed),
+            set(self._failed_identities),
+            self._confirmed.reason,
+        )
         for sent in self._pending.values():
             for m in sent:
                 out.unconfirmed_datums += m.datums
                 out.unconfirmed.update(m.identities)
         if self._pending and out.reason is None:
-            out.reason = (f"the pipeline did not commit {out.unconfirmed_datums} datum(s) within {timeout:.0f}s "
-                          "(is a worker running? was the broker restarted?)")
+            out.reason = (
+                f"the pipeline did not commit {out.unconfirmed_datums} datum(s) within {timeout:.0f}s "
+                "(is a worker running? was the broker restarted?)"
+            )
         return out
 
     def close(self) -> None:
@@ -305,8 +337,9 @@ class DatumProducer:
             raise DeliveryError(f"{count} messages failed delivery, first: {first}")
 
 
-def end_offsets(client: Mapping[str, Any] | str, topic: str, partitions: Sequence[int],
-                idle_s: float = 0.5) -> dict[int, int]:
+def end_offsets(
+    client: Mapping[str, Any] | str, topic: str, partitions: Sequence[int], idle_s: float = 0.5
+) -> dict[int, int]:
     """The offset after the last record of each partition, read, not asked for.
 
     The broker's high watermark should say this, but Tansu 0.6 (the embedded broker) reports
@@ -316,8 +349,9 @@ def end_offsets(client: Mapping[str, Any] | str, topic: str, partitions: Sequenc
     from confluent_kafka import Consumer, TopicPartition
 
     base = {"bootstrap.servers": client} if isinstance(client, str) else dict(client)  # client_config(settings)
-    consumer = Consumer({**base, "group.id": "pipeline-end-offsets",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer = Consumer(
+        {**base, "group.id": "pipeline-end-offsets", "enable.auto.commit": False, "enable.partition.eof": True}
+    )
     ends: dict[int, int] = {}
     try:
         starts = []

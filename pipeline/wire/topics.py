@@ -54,7 +54,7 @@ class Topics:
         head = self.prefix + DATUM_PREFIX
         if not topic.startswith(head) or topic.startswith(head + HASHED):
             return None
-        return decode_source(topic[len(head):])
+        return decode_source(topic[len(head) :])
 
     @property
     def source_pattern(self) -> re.Pattern[str]:

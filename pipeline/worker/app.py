@@ -94,8 +94,9 @@ StreamKey = tuple[int, str]  # (node, source)
 PartitionKey = tuple[str, int]  # (topic, partition)
 
 
-def take_events(stream: faust.StreamT[Any], max_: int | faust_fixes.WeightedLimit,
-                within: float) -> AsyncIterator[Sequence[EventT[Any]]]:
+def take_events(
+    stream: faust.StreamT[Any], max_: int | faust_fixes.WeightedLimit, within: float
+) -> AsyncIterator[Sequence[EventT[Any]]]:
     """`Stream.noack_take`: batches of events that the agent acks (a public method of Faust's
     Stream that StreamT, the type agents are given, does not declare)."""
     taken: AsyncIterator[Sequence[EventT[Any]]] = cast(Any, stream).noack_take(max_, within=within)
@@ -203,21 +204,11 @@ class DatumWorker:
         self.admin = TopicAdmin(settings)
         # The per-source topics known at start; grow_subscription adds to it.
         self.source_topic_names: list[str] = self._discover()
-        self.datum_topic = self.app.topic(
-            *self.source_topic_names, value_serializer="raw", key_serializer="raw"
-        )
-        self.deadletter_topic = self.app.topic(
-            self.topics.deadletter, value_serializer="raw", key_serializer="raw"
-        )
-        self.metadata_topic = self.app.topic(
-            self.topics.metadata, value_serializer="raw", key_serializer="raw"
-        )
-        self.stale_topic = self.app.topic(
-            self.topics.rollup_stale, value_serializer="raw", key_serializer="raw"
-        )
-        self.aux_topic = self.app.topic(
-            self.topics.auxiliary, value_serializer="raw", key_serializer="raw"
-        )
+        self.datum_topic = self.app.topic(*self.source_topic_names, value_serializer="raw", key_serializer="raw")
+        self.deadletter_topic = self.app.topic(self.topics.deadletter, value_serializer="raw", key_serializer="raw")
+        self.metadata_topic = self.app.topic(self.topics.metadata, value_serializer="raw", key_serializer="raw")
+        self.stale_topic = self.app.topic(self.topics.rollup_stale, value_serializer="raw", key_serializer="raw")
+        self.aux_topic = self.app.topic(self.topics.auxiliary, value_serializer="raw", key_serializer="raw")
         # ClickHouse: the sinks (sinks/base.py's contract), made and set up by setup_stores when
         # the worker starts
         self._sink: RawSink | None = None
@@ -241,8 +232,10 @@ class DatumWorker:
         self.stream_partitions = StreamPartitions()
         self.stamps = Stamps()
         self.committer: Committer[Any, DeadLetter] = Committer(
-            RetryPolicy(), on_retry=self._on_retry,
-            on_isolated=lambda i: self.metrics.internal_errors.labels(i.stage).inc())
+            RetryPolicy(),
+            on_retry=self._on_retry,
+            on_isolated=lambda i: self.metrics.internal_errors.labels(i.stage).inc(),
+        )
         self._register()
 
     # retry labels (pipeline_sink_retries_total{sink}) that mean "ClickHouse is not answering"
@@ -263,8 +256,9 @@ class DatumWorker:
             inbox = self.topics.source("inbox")
             self.admin.ensure([inbox])
             names = [inbox]
-        self.admin.ensure([self.topics.deadletter, self.topics.metadata, self.topics.rollup_stale,
-                           self.topics.auxiliary])
+        self.admin.ensure(
+            [self.topics.deadletter, self.topics.metadata, self.topics.rollup_stale, self.topics.auxiliary]
+        )
         return names
 
     # -- the stores -------------------------------------------------------------------------------
@@ -306,8 +300,9 @@ class DatumWorker:
 
     def _set_up(self, store: T | None) -> T:
         if store is None:
-            raise RuntimeError("the ClickHouse stores are set up when the worker starts (setup_stores), "
-                               "before any batch is handled")
+            raise RuntimeError(
+                "the ClickHouse stores are set up when the worker starts (setup_stores), before any batch is handled"
+            )
         return store
 
     @property
@@ -359,6 +354,7 @@ class DatumWorker:
     async def repair_rollups(self) -> int:
         """Re-mark every stored raw batch the rollup ledger does not list (marks lost with a
         broker, or a crash between the store and the marks): a full crash heals itself."""
+
         def scan() -> list[tuple[int, str, int, list[tuple[str, str, int]]]]:
             client = connect(self.settings.clickhouse_url)  # its own: the rollup agent uses the other
             try:
@@ -368,11 +364,15 @@ class DatumWorker:
 
         missing = await self.in_thread("rollup", scan)
         for node, source, inserted, changes in missing:
-            await self.committer.retry("stale_marks", self.mark_stale, stale_marks(
-                [(node, source, created, prop, kind) for prop, kind, created in changes], inserted))
+            await self.committer.retry(
+                "stale_marks",
+                self.mark_stale,
+                stale_marks([(node, source, created, prop, kind) for prop, kind, created in changes], inserted),
+            )
         if missing:
-            log.warning("rollup repair: %d stored raw batch(es) had no rollups recorded; marked stale again",
-                        len(missing))
+            log.warning(
+                "rollup repair: %d stored raw batch(es) had no rollups recorded; marked stale again", len(missing)
+            )
         self.metrics.rollup_repairs.inc(len(missing))
         return len(missing)
 
@@ -394,15 +394,24 @@ class DatumWorker:
                 try:
                     changes.append(parse_change_bytes(bytes(msg.value or b"")))
                 except AuxError as exc:
-                    letters.append(DeadLetter([exc.as_rejection()], Origin(msg.topic, msg.partition, msg.offset),
-                                              payload=bytes(msg.value or b""), stage="auxiliary"))
+                    letters.append(
+                        DeadLetter(
+                            [exc.as_rejection()],
+                            Origin(msg.topic, msg.partition, msg.offset),
+                            payload=bytes(msg.value or b""),
+                            stage="auxiliary",
+                        )
+                    )
             if changes:
                 removed = [c.removed for c in changes if c.removed is not None]
                 # what a delete or move takes away: the stored record's properties, read before the write
                 gone = await self.in_thread("auxiliary", lambda: stored_properties(self.aux_client, removed))
                 await self.in_thread("auxiliary", lambda: self._set_up(self._aux_sink).write(changes))
-                marks: list[Change] = [(k.node_id, k.source_id, k.created_ms, p, "a")
-                                       for k, props in zip(removed, gone, strict=True) for p in sorted(props)]
+                marks: list[Change] = [
+                    (k.node_id, k.source_id, k.created_ms, p, "a")
+                    for k, props in zip(removed, gone, strict=True)
+                    for p in sorted(props)
+                ]
                 for c in changes:
                     if c.record is not None:
                         k = c.record.key
@@ -425,12 +434,14 @@ class DatumWorker:
             rates = self.scoring.rates
             for key in [k for k in rates if (k[0], k[1]) in streams]:
                 del rates[key]
-            log.info("partitions revoked: the rate state of %d stream(s) is loaded again on their next batch",
-                     len(streams))
+            log.info(
+                "partitions revoked: the rate state of %d stream(s) is loaded again on their next batch", len(streams)
+            )
         return streams
 
-    def baseline_loader(self, rates: ChainMap[Any, RateState], seen: set[tuple[int, str]]
-                        ) -> Callable[[dict[tuple[int, str], int]], None]:
+    def baseline_loader(
+        self, rates: ChainMap[Any, RateState], seen: set[tuple[int, str]]
+    ) -> Callable[[dict[tuple[int, str], int]], None]:
         """First sight of a stream since start (or since its partition came back: `forget_streams`):
         its cumulative rates continue from the store (the broker may have been restarted and kept
         nothing; another worker may have stored the stream meanwhile). Writes go to this attempt's
@@ -461,8 +472,8 @@ class DatumWorker:
         scoring = Scoring(plan=self.scoring.plan, rates=rates, _scorers=self.scoring._scorers)
         # 1. decode and check (a thread: the baseline lookup talks to ClickHouse)
         outcome = await asyncio.to_thread(
-            process_parts, parts, int(time.time() * 1000), self.catalog, scoring,
-            self.baseline_loader(rates, seen))
+            process_parts, parts, int(time.time() * 1000), self.catalog, scoring, self.baseline_loader(rates, seen)
+        )
         # 2. store first
         stamp = self.stamps.next()
         if len(outcome.latest):
@@ -475,8 +486,9 @@ class DatumWorker:
         # this part is in: keep what it learned (but of streams whose partition was revoked meanwhile), count it
         lost = self.stream_partitions.learn(outcome.partitions, taken_at)
         learned = rates.maps[0]
-        self.scoring.rates.update(learned if not lost else
-                                  {k: v for k, v in learned.items() if (k[0], k[1]) not in lost})
+        self.scoring.rates.update(
+            learned if not lost else {k: v for k, v in learned.items() if (k[0], k[1]) not in lost}
+        )
         self._baselined |= seen - lost
         m.datums_in.labels("datums").inc(outcome.datums)
         m.datums_accepted.labels("datums").inc(outcome.accepted)
@@ -501,8 +513,14 @@ class DatumWorker:
         async def no_ack() -> None:
             return None
 
-        await self.committer.commit([Part(msg) for msg in messages], self.write_datums, self.send_dead_letters,
-                                    ack or no_ack, split=split_part, letter=internal_letter)
+        await self.committer.commit(
+            [Part(msg) for msg in messages],
+            self.write_datums,
+            self.send_dead_letters,
+            ack or no_ack,
+            split=split_part,
+            letter=internal_letter,
+        )
         self.metrics.agent_batch_seconds.labels("datums").observe(time.perf_counter() - t0)
 
     async def store(self, rows: RawColumns, *, latest: bool = False, stamp: int | None = None) -> None:
@@ -528,9 +546,19 @@ class DatumWorker:
         # well under the broker's message limit: a letter that cannot be produced would stall the partition
         cap = max(MIN_DEAD_LETTER_BYTES, min(DEAD_LETTER_MAX_BYTES, self.settings.max_message_bytes // 2))
         encoded = [(letter, letter.letter_id, letter.to_json(max_bytes=cap)) for letter in letters]
-        rows = [(lid, letter.at_ms, letter.stage, [r.rule for r in letter.reasons],
-                 letter.origin.topic if letter.origin else "", letter.origin.partition if letter.origin else -1,
-                 letter.origin.offset if letter.origin else -1, body) for letter, lid, body in encoded]
+        rows = [
+            (
+                lid,
+                letter.at_ms,
+                letter.stage,
+                [r.rule for r in letter.reasons],
+                letter.origin.topic if letter.origin else "",
+                letter.origin.partition if letter.origin else -1,
+                letter.origin.offset if letter.origin else -1,
+                body,
+            )
+            for letter, lid, body in encoded
+        ]
         await self.in_thread("dead_letters", lambda: self._set_up(self._letters).write(rows))
         futures = []
         for _letter, lid, body in encoded:
@@ -571,8 +599,11 @@ class DatumWorker:
             nonlocal waiting_since
             if waiting_since is None:
                 waiting_since = time.monotonic()
-                log.warning("waiting for PostgreSQL (the history log): %s; no metadata event is applied and no "
-                            "datum validated until it answers", exc)
+                log.warning(
+                    "waiting for PostgreSQL (the history log): %s; no metadata event is applied and no "
+                    "datum validated until it answers",
+                    exc,
+                )
             self.metrics.dependency_up.labels("postgres").set(0)
 
         waiter: Committer[Any, Any] = Committer(self.committer.policy, on_retry=on_retry)
@@ -592,8 +623,9 @@ class DatumWorker:
         """Apply one metadata event to the history log, then ack it: never acked unapplied.
         Refusals are logged and dead-lettered; an unreachable log is waited for."""
         if self.metadata is None:
-            log.error("metadata event at offset %d not applied: no PostgreSQL DSN; it stays unacked",
-                      event.message.offset)
+            log.error(
+                "metadata event at offset %d not applied: no PostgreSQL DSN; it stays unacked", event.message.offset
+            )
             await asyncio.Event().wait()  # hold the partition: never ack what was not applied
             return
         await self.metadata_ready.wait()
@@ -618,9 +650,14 @@ class DatumWorker:
             self.metrics.dependency_up.labels("postgres").set(1)
             if result.status in ("refused", "invalid"):
                 log.warning("metadata event %s refused: %s (%s)", result.event_id, result.reason, result.rule)
-                return [DeadLetter([Rejection(result.rule or "metadata.refused", result.reason or "")],
-                                   Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""),
-                                   stage="metadata")]
+                return [
+                    DeadLetter(
+                        [Rejection(result.rule or "metadata.refused", result.reason or "")],
+                        Origin(msg.topic, msg.partition, msg.offset),
+                        payload=bytes(msg.value or b""),
+                        stage="metadata",
+                    )
+                ]
             log.info("metadata event %s %s", result.event_id, result.status)
             try:
                 await self.refresh_catalog()
@@ -666,15 +703,18 @@ class DatumWorker:
             async def ack() -> None:
                 for event in events:
                     await stream.ack(event)
+
             return ack
 
         Handler = Callable[[Sequence[EventT[Any]], Callable[[], Any]], Awaitable[None]]
 
-        def batch_of(handler: Handler, stream: faust.StreamT[Any], events: Sequence[EventT[Any]]
-                     ) -> Callable[[], Awaitable[None]]:
+        def batch_of(
+            handler: Handler, stream: faust.StreamT[Any], events: Sequence[EventT[Any]]
+        ) -> Callable[[], Awaitable[None]]:
             # one batch's handling, as `guarded` runs (and may run again) it
             async def run() -> None:
                 await handler(events, acker(stream, events))
+
             return run
 
         @app.agent(self.datum_topic, name="datums")
@@ -786,8 +826,9 @@ class DatumWorker:
         worker or whichever owns the partition: the group's committed offset tells). One client
         reads the committed offset for the whole wait, closed at its end."""
         end = await self.in_thread("kafka", self._metadata_end)
-        committed = CommittedOffset({**client_config(self.settings), "group.id": self.settings.app_id},
-                                    self.topics.metadata, 0)
+        committed = CommittedOffset(
+            {**client_config(self.settings), "group.id": self.settings.app_id}, self.topics.metadata, 0
+        )
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
@@ -800,8 +841,12 @@ class DatumWorker:
                 await asyncio.sleep(0.25)
         finally:
             await asyncio.to_thread(committed.close)
-        log.warning("metadata not caught up after %.0fs (at %d of %d); validating with what is applied",
-                    timeout, self._metadata_next, end)
+        log.warning(
+            "metadata not caught up after %.0fs (at %d of %d); validating with what is applied",
+            timeout,
+            self._metadata_next,
+            end,
+        )
 
     def _metadata_end(self) -> int:
         return end_offsets(client_config(self.settings), self.topics.metadata, [0])[0]

@@ -130,9 +130,7 @@ def process_parts(
             with stage_named("decode"):
                 cols = decode_columns(msg.value, header(msg.headers, SCHEMA_HEADER))
         except DecodeError as exc:
-            out.letters.append(
-                DeadLetter([Rejection(exc.rule, str(exc))], origin, payload=bytes(msg.value or b""))
-            )
+            out.letters.append(DeadLetter([Rejection(exc.rule, str(exc))], origin, payload=bytes(msg.value or b"")))
             continue
         if not runs or runs[-1].datums is not None:
             runs.append(_Run([]))
@@ -149,13 +147,17 @@ def process_parts(
                 cols = run.merged
                 message_of = np.repeat(np.arange(len(run.columns)), [len(c) for c in run.columns])
                 result, refused = accept_columns(cols, now_ms, catalog, scoring, message_of)
-                letters = [DeadLetter(reasons, run.origins[m], datum=datum, stage=stage)
-                           for m, datum, reasons, stage in refused]
+                letters = [
+                    DeadLetter(reasons, run.origins[m], datum=datum, stage=stage)
+                    for m, datum, reasons, stage in refused
+                ]
                 newest = int(cols.created.max()) if len(cols) else 0
             else:
                 result = accept_batch(run.datums, now_ms, catalog, scoring)
-                letters = [DeadLetter(reasons, run.origins[0], datum=datum, stage=stage)
-                           for datum, reasons, stage in result.refused]
+                letters = [
+                    DeadLetter(reasons, run.origins[0], datum=datum, stage=stage)
+                    for datum, reasons, stage in result.refused
+                ]
                 newest = max((d.created_ms for d in run.datums), default=0)
         out.rows.extend(result.rows)
         out.latest.extend(result.latest)
@@ -202,8 +204,12 @@ def internal_letter(isolated: Isolated[Part]) -> DeadLetter:
 def event_letter(isolated: Isolated[EventT[Any]]) -> DeadLetter:
     """The dead letter of a whole event (a mark, a reset record, a metadata event) that made a stage throw."""
     msg = isolated.unit.message
-    return DeadLetter([Rejection(f"internal.{isolated.stage}", describe(isolated.error))],
-                      Origin(msg.topic, msg.partition, msg.offset), payload=bytes(msg.value or b""), stage="internal")
+    return DeadLetter(
+        [Rejection(f"internal.{isolated.stage}", describe(isolated.error))],
+        Origin(msg.topic, msg.partition, msg.offset),
+        payload=bytes(msg.value or b""),
+        stage="internal",
+    )
 
 
 def stale_marks(changes: Iterable[Change], inserted_ms: int | None = None) -> list[tuple[bytes, bytes]]:
@@ -211,15 +217,27 @@ def stale_marks(changes: Iterable[Change], inserted_ms: int | None = None) -> li
     created of the changed readings or resets (processors/stale_marks.py), and the stamp of the
     raw batch that changed them (the rollup ledger's key), if any."""
     rows = list(changes)
-    return [(stream_key(node, source), value) for node, source, value in encode_columns(
-        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows],
-        inserted_ms)]
+    return [
+        (stream_key(node, source), value)
+        for node, source, value in encode_columns(
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [r[3] for r in rows],
+            [r[4] for r in rows],
+            inserted_ms,
+        )
+    ]
 
 
 def column_marks(rows: RawColumns, inserted_ms: int | None = None) -> list[tuple[bytes, bytes]]:
     """`stale_marks` of stored rows, read straight from their columns."""
-    return [(stream_key(node, source), value) for node, source, value
-            in encode_columns(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind, inserted_ms)]
+    return [
+        (stream_key(node, source), value)
+        for node, source, value in encode_columns(
+            rows.node_id, rows.source_id, rows.created, rows.property, rows.kind, inserted_ms
+        )
+    ]
 
 
 def row_changes(rows: RawColumns) -> Iterable[Change]:

@@ -73,8 +73,14 @@ def _transient_types() -> tuple[type[BaseException], ...]:
     from pipeline.resources import ResourceMissing
 
     # a schema or migration missing from the install is our fault, never the data's: wait for a fix
-    types: list[type[BaseException]] = [SinkBackpressure, Unavailable, OSError, TimeoutError, ConnectionError,
-                                        ResourceMissing]
+    types: list[type[BaseException]] = [
+        SinkBackpressure,
+        Unavailable,
+        OSError,
+        TimeoutError,
+        ConnectionError,
+        ResourceMissing,
+    ]
     try:
         from clickhouse_connect.driver.exceptions import OperationalError as CHOperational
 
@@ -102,8 +108,14 @@ def is_transient(exc: BaseException) -> bool:
 
     if isinstance(exc, AIOKafkaError):  # the broker's own word (a message too large is not)
         return bool(getattr(exc, "retriable", False)) or type(exc).__name__ in (
-            "KafkaConnectionError", "KafkaTimeoutError", "NodeNotReadyError", "RequestTimedOutError",
-            "ProducerClosed", "NotLeaderForPartitionError", "LeaderNotAvailableError")
+            "KafkaConnectionError",
+            "KafkaTimeoutError",
+            "NodeNotReadyError",
+            "RequestTimedOutError",
+            "ProducerClosed",
+            "NotLeaderForPartitionError",
+            "LeaderNotAvailableError",
+        )
     if isinstance(exc, KafkaException):
         err = exc.args[0] if exc.args else None
         return bool(getattr(err, "retriable", lambda: True)())

@@ -183,8 +183,11 @@ def resubscribe_if_dropped(app: Any, names: Iterable[str]) -> list[str]:
     while the group rebalances instead of deferring it (2. above); returns the missing."""
     missing = unsubscribed(app, names)
     if missing and not app.rebalancing:
-        log.warning("%d source topic(s) not in the subscription yet (%s): flagging the change again",
-                    len(missing), ", ".join(missing[:3]))
+        log.warning(
+            "%d source topic(s) not in the subscription yet (%s): flagging the change again",
+            len(missing),
+            ", ".join(missing[:3]),
+        )
         app.topics._flag_changes()
     return missing
 
@@ -257,45 +260,96 @@ _WEIGHT = "WeightedLimit (take closes at a count of events only)"
 _MONITOR = "pipeline.worker.sensor.PositionMonitor (commits and end offsets go to app.monitor only)"
 
 RELIES_ON: tuple[Reliance, ...] = (
-    Reliance(_CONTIGUOUS, "faust.transport.consumer.Consumer._new_offset(self, tp), the method replaced",
-             lambda _app: _params(_faust_own_new_offset()) == ["self", "tp"]),
-    Reliance(_CONTIGUOUS, "Consumer._filter_committable_offsets calling self._new_offset(tp)",
-             lambda _app: "self._new_offset(tp)" in _source(_consumer_class()._filter_committable_offsets)),
-    Reliance(_CONTIGUOUS, "the consumer's _acked, _acked_index, _gap and _committed_offset, per-partition mappings",
-             lambda app: all(isinstance(getattr(app.consumer, name), Mapping)
-                             for name in ("_acked", "_acked_index", "_gap", "_committed_offset"))),
-    Reliance(_CONTIGUOUS, "a consumer with a __dict__ (the heads note_taken keeps)",
-             lambda app: isinstance(vars(app.consumer), dict)),
+    Reliance(
+        _CONTIGUOUS,
+        "faust.transport.consumer.Consumer._new_offset(self, tp), the method replaced",
+        lambda _app: _params(_faust_own_new_offset()) == ["self", "tp"],
+    ),
+    Reliance(
+        _CONTIGUOUS,
+        "Consumer._filter_committable_offsets calling self._new_offset(tp)",
+        lambda _app: "self._new_offset(tp)" in _source(_consumer_class()._filter_committable_offsets),
+    ),
+    Reliance(
+        _CONTIGUOUS,
+        "the consumer's _acked, _acked_index, _gap and _committed_offset, per-partition mappings",
+        lambda app: all(
+            isinstance(getattr(app.consumer, name), Mapping)
+            for name in ("_acked", "_acked_index", "_gap", "_committed_offset")
+        ),
+    ),
+    Reliance(
+        _CONTIGUOUS,
+        "a consumer with a __dict__ (the heads note_taken keeps)",
+        lambda app: isinstance(vars(app.consumer), dict),
+    ),
     Reliance(_CONTIGUOUS, "faust.utils.functional.consecutive_numbers", _consecutive_numbers_exists),
-    Reliance(_RESUBSCRIBE, "Conductor._resubscribe_sleep_lock_seconds, the seconds its subscriber sleeps",
-             lambda _app: isinstance(getattr(_conductor_class(), "_resubscribe_sleep_lock_seconds", None), int | float)
-             and "self._resubscribe_sleep_lock_seconds" in _source(_conductor_class()._subscriber)),
-    Reliance(_GROW, "Conductor._flag_changes(self)",
-             lambda _app: _params(_conductor_class()._flag_changes) == ["self"]),
-    Reliance(_GROW, "Conductor._topic_name_index, a mapping of the subscribed topic names",
-             lambda app: isinstance(app.topics._topic_name_index, Mapping)),
-    Reliance(_GROW, "iterating the conductor gives its channels; it indexes them by their `topics`",
-             lambda app: isinstance(list(app.topics), list)
-             and "channel.topics" in _source(_conductor_class()._update_indices)),
+    Reliance(
+        _RESUBSCRIBE,
+        "Conductor._resubscribe_sleep_lock_seconds, the seconds its subscriber sleeps",
+        lambda _app: (
+            isinstance(getattr(_conductor_class(), "_resubscribe_sleep_lock_seconds", None), int | float)
+            and "self._resubscribe_sleep_lock_seconds" in _source(_conductor_class()._subscriber)
+        ),
+    ),
+    Reliance(
+        _GROW, "Conductor._flag_changes(self)", lambda _app: _params(_conductor_class()._flag_changes) == ["self"]
+    ),
+    Reliance(
+        _GROW,
+        "Conductor._topic_name_index, a mapping of the subscribed topic names",
+        lambda app: isinstance(app.topics._topic_name_index, Mapping),
+    ),
+    Reliance(
+        _GROW,
+        "iterating the conductor gives its channels; it indexes them by their `topics`",
+        lambda app: (
+            isinstance(list(app.topics), list) and "channel.topics" in _source(_conductor_class()._update_indices)
+        ),
+    ),
     Reliance(_GROW, "a topic's `topics`, a plain attribute", _topic_list_is_plain),
     Reliance(_GROW, "App.rebalancing", lambda app: isinstance(app.rebalancing, bool)),
-    Reliance(_WEIGHT, "Stream.noack_take(self, max_, within)",
-             lambda _app: _params(_stream_class().noack_take)[:3] == ["self", "max_", "within"]),
-    Reliance(_WEIGHT, "noack_take testing `buffer_size() >= max_` once per event added",
-             lambda _app: "buffer_size() >= max_" in _source(_stream_class().noack_take)),
+    Reliance(
+        _WEIGHT,
+        "Stream.noack_take(self, max_, within)",
+        lambda _app: _params(_stream_class().noack_take)[:3] == ["self", "max_", "within"],
+    ),
+    Reliance(
+        _WEIGHT,
+        "noack_take testing `buffer_size() >= max_` once per event added",
+        lambda _app: "buffer_size() >= max_" in _source(_stream_class().noack_take),
+    ),
     Reliance(_WEIGHT, "Stream.current_event", lambda _app: hasattr(_stream_class(), "current_event")),
     Reliance(_MONITOR, "faust.App(monitor=...)", lambda _app: "monitor" in _params(type(_app).__init__)),
-    Reliance(_MONITOR, "Monitor.on_message_in/on_message_out(self, tp, offset, message)",
-             lambda _app: all(_params(getattr(_monitor_class(), m)) == ["self", "tp", "offset", "message"]
-                              for m in ("on_message_in", "on_message_out"))),
-    Reliance(_MONITOR, "Monitor.on_tp_commit(self, tp_offsets), called by Consumer._commit_offsets",
-             lambda _app: _params(_monitor_class().on_tp_commit) == ["self", "tp_offsets"]
-             and "monitor.on_tp_commit(" in _source(_consumer_class()._commit_offsets)),
-    Reliance(_MONITOR, "Monitor.track_tp_end_offset(self, tp, offset), called by Consumer.getmany",
-             lambda _app: _params(_monitor_class().track_tp_end_offset) == ["self", "tp", "offset"]
-             and "monitor.track_tp_end_offset(" in _source(_consumer_class().getmany)),
-    Reliance(_MONITOR, "Stream.ack reporting the acked message to the sensors (on_message_out)",
-             lambda _app: "_on_message_out(" in _source(_stream_class().ack)),
+    Reliance(
+        _MONITOR,
+        "Monitor.on_message_in/on_message_out(self, tp, offset, message)",
+        lambda _app: all(
+            _params(getattr(_monitor_class(), m)) == ["self", "tp", "offset", "message"]
+            for m in ("on_message_in", "on_message_out")
+        ),
+    ),
+    Reliance(
+        _MONITOR,
+        "Monitor.on_tp_commit(self, tp_offsets), called by Consumer._commit_offsets",
+        lambda _app: (
+            _params(_monitor_class().on_tp_commit) == ["self", "tp_offsets"]
+            and "monitor.on_tp_commit(" in _source(_consumer_class()._commit_offsets)
+        ),
+    ),
+    Reliance(
+        _MONITOR,
+        "Monitor.track_tp_end_offset(self, tp, offset), called by Consumer.getmany",
+        lambda _app: (
+            _params(_monitor_class().track_tp_end_offset) == ["self", "tp", "offset"]
+            and "monitor.track_tp_end_offset(" in _source(_consumer_class().getmany)
+        ),
+    ),
+    Reliance(
+        _MONITOR,
+        "Stream.ack reporting the acked message to the sensors (on_message_out)",
+        lambda _app: "_on_message_out(" in _source(_stream_class().ack),
+    ),
 )
 
 
@@ -312,6 +366,8 @@ def faust_api_problems(app: Any) -> list[str]:
         except Exception as exc:  # an attribute gone, a signature that cannot be read: all the same
             ok, why = False, f"{type(exc).__name__}: {exc}"
         if not ok:
-            problems.append(f"{reliance.fix}: relies on {reliance.what}; faust-streaming {faust.__version__}: {why}. "
-                            "See pipeline/worker/faust_fixes.py before upgrading Faust.")
+            problems.append(
+                f"{reliance.fix}: relies on {reliance.what}; faust-streaming {faust.__version__}: {why}. "
+                "See pipeline/worker/faust_fixes.py before upgrading Faust."
+            )
     return problems

@@ -48,52 +48,77 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
             "pipeline_samples_accepted", "Samples accepted and stored", ["kind"], registry=registry
         ),
         dead_letters=Counter(
-            "pipeline_dead_letters", "Records sent to the dead-letter topic", ["stage", "rule"],
+            "pipeline_dead_letters",
+            "Records sent to the dead-letter topic",
+            ["stage", "rule"],
             registry=registry,
         ),
         agent_batch_seconds=Histogram(
-            "pipeline_agent_batch_seconds", "Time to process one batch, store included", ["agent"],
-            buckets=LATENCY_BUCKETS, registry=registry,
+            "pipeline_agent_batch_seconds",
+            "Time to process one batch, store included",
+            ["agent"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         ),
         created_to_stored_seconds=Histogram(
-            "pipeline_created_to_stored_seconds", "Datum created time to stored in ClickHouse",
-            buckets=LATENCY_BUCKETS, registry=registry,
+            "pipeline_created_to_stored_seconds",
+            "Datum created time to stored in ClickHouse",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         ),
         sink_batch_rows=Histogram(
-            "pipeline_sink_batch_rows", "Rows per sink insert", ["sink"],
-            buckets=(1, 10, 100, 1000, 5000, 10_000, 50_000, 100_000, 500_000), registry=registry,
+            "pipeline_sink_batch_rows",
+            "Rows per sink insert",
+            ["sink"],
+            buckets=(1, 10, 100, 1000, 5000, 10_000, 50_000, 100_000, 500_000),
+            registry=registry,
         ),
         sink_insert_seconds=Histogram(
-            "pipeline_sink_insert_seconds", "Duration of one sink insert", ["sink"],
-            buckets=LATENCY_BUCKETS, registry=registry,
+            "pipeline_sink_insert_seconds",
+            "Duration of one sink insert",
+            ["sink"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         ),
         sink_retries=Counter("pipeline_sink_retries", "Sink batches retried", ["sink"], registry=registry),
         sink_failures=Counter(
             "pipeline_sink_failures", "Sink inserts that failed (then retried)", ["sink"], registry=registry
         ),
         consumer_lag=Gauge(
-            "pipeline_consumer_lag", "Messages behind the end of the partition", ["topic", "partition"],
+            "pipeline_consumer_lag",
+            "Messages behind the end of the partition",
+            ["topic", "partition"],
             registry=registry,
         ),
         last_stored_timestamp=Gauge(
-            "pipeline_last_stored_timestamp_seconds", "Wall clock of the last successful store", ["sink"],
+            "pipeline_last_stored_timestamp_seconds",
+            "Wall clock of the last successful store",
+            ["sink"],
             registry=registry,
         ),
         source_topics=Gauge("pipeline_source_topics", "Per-source topics subscribed", registry=registry),
         qrating_performance=Histogram(
-            "pipeline_qrating_performance", "qRating performance of scored datapoints (0-100)",
-            buckets=(0, 10, 25, 50, 75, 90, 99, 100), registry=registry,
+            "pipeline_qrating_performance",
+            "qRating performance of scored datapoints (0-100)",
+            buckets=(0, 10, 25, 50, 75, 90, 99, 100),
+            registry=registry,
         ),
         internal_errors=Counter(
-            "pipeline_internal_errors", "Exceptions caught by the commit step (a datum, message or mark that made "
-            "a stage throw is dead-lettered as internal.<stage>)", ["stage"], registry=registry,
+            "pipeline_internal_errors",
+            "Exceptions caught by the commit step (a datum, message or mark that made "
+            "a stage throw is dead-lettered as internal.<stage>)",
+            ["stage"],
+            registry=registry,
         ),
         dependency_up=Gauge(
-            "pipeline_dependency_up", "1 while the worker reaches the service, 0 while it waits for it",
-            ["service"], registry=registry,
+            "pipeline_dependency_up",
+            "1 while the worker reaches the service, 0 while it waits for it",
+            ["service"],
+            registry=registry,
         ),
         rollup_repairs=Counter(
-            "pipeline_rollup_repairs", "Stored raw batches found without rollups at start and marked stale again",
+            "pipeline_rollup_repairs",
+            "Stored raw batches found without rollups at start and marked stale again",
             registry=registry,
         ),
         samples_expired=Counter(
@@ -102,7 +127,8 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
             registry=registry,
         ),
         datums_expired=Counter(
-            "pipeline_datums_expired", "Accepted datums with at least one sample already past its storage period",
+            "pipeline_datums_expired",
+            "Accepted datums with at least one sample already past its storage period",
             registry=registry,
         ),
     )
@@ -118,8 +144,9 @@ def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
     histogram._raise_if_not_observable()  # type: ignore[no-untyped-call]
     arr = np.asarray(values, dtype=np.float64)
     # bucket i counts values <= its upper bound (the last bound is +Inf)
-    counts = np.bincount(np.searchsorted(np.asarray(histogram._upper_bounds), arr, "left"),
-                         minlength=len(histogram._upper_bounds))
+    counts = np.bincount(
+        np.searchsorted(np.asarray(histogram._upper_bounds), arr, "left"), minlength=len(histogram._upper_bounds)
+    )
     for bucket, n in zip(histogram._buckets, counts.tolist(), strict=False):
         if n:
             bucket.inc(n)

@@ -87,9 +87,13 @@ class RollupMaintainer:
     """Keeps the `rollup` table in step with the raw rows the worker stores. Synchronous: the
     worker runs it in a thread. Idempotent: a redelivered batch recomputes the same buckets."""
 
-    def __init__(self, client: Client, timezone_at: TimezoneAt,
-                 tolerances: Tolerances = DEFAULT_TOLERANCES,
-                 pulse: Callable[[], frozenset[str]] = frozenset) -> None:
+    def __init__(
+        self,
+        client: Client,
+        timezone_at: TimezoneAt,
+        tolerances: Tolerances = DEFAULT_TOLERANCES,
+        pulse: Callable[[], frozenset[str]] = frozenset,
+    ) -> None:
         self.client = client
         self.sink = RollupSink(client)  # set up by whoever runs the maintainer
         self.timezone_at = timezone_at
@@ -160,8 +164,9 @@ class RollupMaintainer:
 
         changes: dict[tuple[int, str, str], list[tuple[str, str, int]]] = {}
         inside: dict[tuple[int, str, str], list[tuple[int, int]]] = {}
-        for node, source, prop, kind, lo, hi in zip(spans.node_id, spans.source_id, spans.property, spans.kind,
-                                                    spans.first, spans.last, strict=True):
+        for node, source, prop, kind, lo, hi in zip(
+            spans.node_id, spans.source_id, spans.property, spans.kind, spans.first, spans.last, strict=True
+        ):
             tz = zone_at(node, lo)
             # a span across a change of the node's zone counts in both (rare: a superset)
             for z in (tz,) if hi == lo or zone_at(node, hi) == tz else (tz, zone_at(node, hi)):
@@ -192,8 +197,11 @@ class RollupMaintainer:
         stored raw rows."""
         # per task, its changed accumulating readings: each needs its neighbours
         acc = [sorted({(c, p) for p, kind, c in items if kind == "a"}) for _node, _source, _tz, items in tasks]
-        asked = [NeighbourRequest(node, source, p, t)
-                 for (node, source, _tz, _items), mine in zip(tasks, acc, strict=True) for t, p in mine]
+        asked = [
+            NeighbourRequest(node, source, p, t)
+            for (node, source, _tz, _items), mine in zip(tasks, acc, strict=True)
+            for t, p in mine
+        ]
         # readings and reset markers: both are chain nodes
         found = iter(read_neighbours(self.client, asked, self.tol.clock_ms, self.tol.lookback_ms))
         out: list[set[int]] = []
@@ -234,8 +242,12 @@ class RollupMaintainer:
         series = iter(read_series_for_recompute(self.client, windows, self.tol, self.pulse()))
         # Every reset that can be a chain node of a window's pairs; older ones change nothing.
         near = max(NEAR_MS, self.tol.clock_ms + 1)
-        resets = iter(read_resets(self.client, [(w.node_id, w.source_id, w.start_ms - self.tol.lookback_ms,
-                                                 w.end_ms + near) for w in windows]))
+        resets = iter(
+            read_resets(
+                self.client,
+                [(w.node_id, w.source_id, w.start_ms - self.tol.lookback_ms, w.end_ms + near) for w in windows],
+            )
+        )
         for plan in plans:
             plan.fill(series, resets, self.tol)
         stored: dict[tuple[int, str], list[RollupRow]] = {}
@@ -286,8 +298,9 @@ class _Plan:
         self.fresh["halfhour"] = []
         for ws, we in self.windows:
             self.bounds["halfhour"].update(buckets_between(ws, we, "halfhour", self.z))
-            self.fresh["halfhour"] += recompute_series(next(series), next(resets), ws, we, "halfhour", self.z, tol,
-                                                       self.node, self.source)
+            self.fresh["halfhour"] += recompute_series(
+                next(series), next(resets), ws, we, "halfhour", self.z, tol, self.node, self.source
+            )
         for per in PERIODICITIES[1:]:
             src = CASCADE_SOURCE[per]
             assert src is not None
@@ -337,8 +350,15 @@ class _Plan:
 
 
 def recompute_range(
-    client: Client, node: int, source: str, start_ms: int, end_ms: int, timezone_at: TimezoneAt,
-    tolerances: Tolerances = DEFAULT_TOLERANCES, chunk_days: int = 7, progress: Progress | None = None,
+    client: Client,
+    node: int,
+    source: str,
+    start_ms: int,
+    end_ms: int,
+    timezone_at: TimezoneAt,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
+    chunk_days: int = 7,
+    progress: Progress | None = None,
     pulse: frozenset[str] = frozenset(),
 ) -> int:
     """Recompute every level of one stream for the half hours overlapping [start_ms, end_ms)
@@ -348,7 +368,7 @@ def recompute_range(
     written = 0
     days = list(buckets_between(start_ms, end_ms, "day", z))
     for k in range(0, len(days), chunk_days):
-        chunk = days[k:k + chunk_days]
+        chunk = days[k : k + chunk_days]
         lo, hi = max(start_ms, chunk[0][0]), min(end_ms, chunk[-1][1])
         halfhours = [s for s, _ in buckets_between(lo, hi, "halfhour", z)]
         part = maintainer.refresh([(node, source, z.key, halfhours)])

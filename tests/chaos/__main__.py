@@ -20,19 +20,33 @@ from tests.chaos.drills import BASELINE, FAULTS, FULL, POINTS, REDUCED, Row, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fault", action="append", default=[],
-                        help="a part of a fault's name (repeatable); default: all of them. Faults: "
-                             + ", ".join(FAULTS) + ", none (the baseline)")
-    parser.add_argument("--point", action="append", type=float, default=[],
-                        help="where in the drain to fire, 0..1 (repeatable); default 0.1 0.5 0.9")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.chaos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        help="a part of a fault's name (repeatable); default: all of them. Faults: "
+        + ", ".join(FAULTS)
+        + ", none (the baseline)",
+    )
+    parser.add_argument(
+        "--point",
+        action="append",
+        type=float,
+        default=[],
+        help="where in the drain to fire, 0..1 (repeatable); default 0.1 0.5 0.9",
+    )
     parser.add_argument("--reduced", action="store_true", help="the smaller drain the test suite uses")
     parser.add_argument("--dir", type=Path, help="keep every drill's services, logs and data here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    faults = [BASELINE] if args.fault == ["none"] else [
-        f for name, f in FAULTS.items() if not args.fault or any(p.lower() in name.lower() for p in args.fault)]
+    faults = (
+        [BASELINE]
+        if args.fault == ["none"]
+        else [f for name, f in FAULTS.items() if not args.fault or any(p.lower() in name.lower() for p in args.fault)]
+    )
     if not faults:
         parser.error(f"no fault matches {args.fault}")
     points = args.point or list(POINTS)
@@ -56,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.dir is None:
                 shutil.rmtree(root, ignore_errors=True)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\nfault table ({size.datums} datums over {size.nodes} nodes, drained in {size.drain_s:.0f} s; "
-          f"{time.monotonic() - t0:.0f} s in all; load average now {load}):\n")
+    print(
+        f"\nfault table ({size.datums} datums over {size.nodes} nodes, drained in {size.drain_s:.0f} s; "
+        f"{time.monotonic() - t0:.0f} s in all; load average now {load}):\n"
+    )
     print(table(rows))
     return 0 if all(r.exact for r in rows) else 1
 

@@ -76,13 +76,32 @@ class Row:
     letter_verdict: oracle.LetterVerdict | None = None
 
     def cells(self) -> list[str]:
-        return [self.fault, f"{self.point:.0%}", str(self.expected), str(self.stored), str(self.lost),
-                str(self.duplicates), f"{self.rollups_wrong}/{self.rollups_checked}", self.letters,
-                "-" if self.recovery_s is None else f"{self.recovery_s:.1f}", "yes" if self.exact else "NO"]
+        return [
+            self.fault,
+            f"{self.point:.0%}",
+            str(self.expected),
+            str(self.stored),
+            str(self.lost),
+            str(self.duplicates),
+            f"{self.rollups_wrong}/{self.rollups_checked}",
+            self.letters,
+            "-" if self.recovery_s is None else f"{self.recovery_s:.1f}",
+            "yes" if self.exact else "NO",
+        ]
 
 
-HEADER = ["fault", "at", "expected", "stored", "lost", "dup visible", "rollups wrong", "dead letters",
-          "recovery s", "exact"]
+HEADER = [
+    "fault",
+    "at",
+    "expected",
+    "stored",
+    "lost",
+    "dup visible",
+    "rollups wrong",
+    "dead letters",
+    "recovery s",
+    "exact",
+]
 
 
 def table(rows: Sequence[Row]) -> str:
@@ -155,8 +174,9 @@ def meter_stream(plan: DrainPlan) -> tuple[int, str]:
 
 def bad_datum(name: str, topic: str, key: bytes, datum: Datum, rules: tuple[str, ...]) -> BadInput:
     """A datum message built with the codec, so the producer's own checks cannot stop it."""
-    return BadInput(name, topic, key, encode_batch([datum], compiled=False), ((SCHEMA_HEADER, CURRENT.encode()),),
-                    rules, datum.key)
+    return BadInput(
+        name, topic, key, encode_batch([datum], compiled=False), ((SCHEMA_HEADER, CURRENT.encode()),), rules, datum.key
+    )
 
 
 class Poison(Fault):
@@ -166,14 +186,23 @@ class Poison(Fault):
     def fire(self, drill: Drill) -> None:
         node, src = meter_stream(drill.plan)
         t = drill.plan.t0 + 17 * 60_000 + 123
-        drill.send_bad(bad_datum("negative nodeId", drill.topics.source(src), stream_key(node, src),
-                                 Datum(-1, src, t, a={"wattHours": 5.0}), ("internal.", "node_id.", "envelope.")))
+        drill.send_bad(
+            bad_datum(
+                "negative nodeId",
+                drill.topics.source(src),
+                stream_key(node, src),
+                Datum(-1, src, t, a={"wattHours": 5.0}),
+                ("internal.", "node_id.", "envelope."),
+            )
+        )
 
 
 class ClickHouseKilled(Fault):
     name = "clickhouse killed"
-    description = ("the ClickHouse endpoint SIGKILLed in a quiet moment (the worker idle), restarted on its "
-                   "port; only datums of brand-new sources sent while it is down")
+    description = (
+        "the ClickHouse endpoint SIGKILLed in a quiet moment (the worker idle), restarted on its "
+        "port; only datums of brand-new sources sent while it is down"
+    )
 
     def fire(self, drill: Drill) -> None:
         assert drill.services is not None and drill.drain is not None
@@ -183,8 +212,10 @@ class ClickHouseKilled(Fault):
         t0 = time.monotonic()
         fresh = new_source_messages(int(drill.point * 100) + 7, 1, 60, drill.plan.t0)
         drill.drain.add(fresh)
-        drill.notes.append(f"{sum(len(m) for m in fresh)} datums of 2 new sources sent while it was down"
-                           + ("" if quiet else " (the worker was not idle when it was killed)"))
+        drill.notes.append(
+            f"{sum(len(m) for m in fresh)} datums of 2 new sources sent while it was down"
+            + ("" if quiet else " (the worker was not idle when it was killed)")
+        )
         time.sleep(max(0.0, drill.size.down_s - (time.monotonic() - t0)))
         drill.services.start_clickhouse()
         drill.drain.hold(False)
@@ -192,8 +223,10 @@ class ClickHouseKilled(Fault):
 
 class ClickHouseKilledBusy(Fault):
     name = "clickhouse killed, worker restart"
-    description = ("the ClickHouse endpoint SIGKILLed mid-drain and the worker restarted while it is down (every "
-                   "agent's first ClickHouse access fails), new sources among the datums; then it comes back")
+    description = (
+        "the ClickHouse endpoint SIGKILLed mid-drain and the worker restarted while it is down (every "
+        "agent's first ClickHouse access fails), new sources among the datums; then it comes back"
+    )
 
     def fire(self, drill: Drill) -> None:
         assert drill.services is not None and drill.drain is not None and drill.worker is not None
@@ -244,8 +277,11 @@ class PostgresDownWorkerRestart(Fault):
         drill.worker.start()
         # the new worker must have come up, partitions assigned, and run a while with PostgreSQL away
         with contextlib.suppress(TimeoutError):
-            wait_until(lambda: "Worker ready" in drill.log_text()[since:] or drill.worker.proc.poll() is not None,
-                       60, "the restarted worker ready")  # type: ignore[union-attr]
+            wait_until(
+                lambda: "Worker ready" in drill.log_text()[since:] or drill.worker.proc.poll() is not None,
+                60,
+                "the restarted worker ready",
+            )  # type: ignore[union-attr]
         time.sleep(max(10.0, drill.size.down_s))
         if drill.worker.proc is not None and drill.worker.proc.poll() is not None:
             drill.notes.append(f"the worker exited ({drill.worker.proc.returncode}) while PostgreSQL was down")
@@ -255,8 +291,10 @@ class PostgresDownWorkerRestart(Fault):
 
         def applied() -> tuple[bool, str]:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-                got = conn.execute("SELECT count(*) FROM history.transactions WHERE status = 'applied'"
-                                   " AND event_id::text = ANY(%s)", (ids,)).fetchone()
+                got = conn.execute(
+                    "SELECT count(*) FROM history.transactions WHERE status = 'applied' AND event_id::text = ANY(%s)",
+                    (ids,),
+                ).fetchone()
             n = int(got[0]) if got else 0
             return n == len(ids), f"metadata published while PostgreSQL was down: {n}/{len(ids)} applied"
 
@@ -264,9 +302,18 @@ class PostgresDownWorkerRestart(Fault):
 
 
 def _event(entity: str, key: dict[str, Any], op: str, value: dict[str, Any]) -> dict[str, Any]:
-    return {"event_id": str(uuid.uuid4()), "entity": entity, "key": key, "op": op, "value": value,
-            "valid_from": None, "valid_to": None, "author": "chaos", "comment": "fault drill",
-            "produced_at": "2024-01-01T00:00:00Z"}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "entity": entity,
+        "key": key,
+        "op": op,
+        "value": value,
+        "valid_from": None,
+        "valid_to": None,
+        "author": "chaos",
+        "comment": "fault drill",
+        "produced_at": "2024-01-01T00:00:00Z",
+    }
 
 
 class WorkerKilled(Fault):
@@ -281,8 +328,10 @@ class WorkerKilled(Fault):
 
 class StackKilled(Fault):
     name = "whole stack killed"
-    description = ("`pipeline up` and everything it runs SIGKILLed at once, then `pipeline up` again; "
-                   "the producer resends what the pipeline had not confirmed")
+    description = (
+        "`pipeline up` and everything it runs SIGKILLed at once, then `pipeline up` again; "
+        "the producer resends what the pipeline had not confirmed"
+    )
     whole_stack = True
 
     def fire(self, drill: Drill) -> None:
@@ -293,21 +342,28 @@ class StackKilled(Fault):
 
 class UpKilled(Fault):
     name = "up killed as a group"
-    description = ("a second `pipeline up` on the data directory in use (must refuse, touching nothing), then "
-                   "`pipeline up`'s process group SIGKILLed (nothing may survive it), then `pipeline up` again")
+    description = (
+        "a second `pipeline up` on the data directory in use (must refuse, touching nothing), then "
+        "`pipeline up`'s process group SIGKILLed (nothing may survive it), then `pipeline up` again"
+    )
     whole_stack = True
 
     def fire(self, drill: Drill) -> None:
         assert drill.up is not None
         up = drill.up
         code, said = up.second_up()
-        drill.findings.append((code not in (None, 0),
-                               f"a second up on the directory in use: exit {code}, said {said!r}"))
+        drill.findings.append(
+            (code not in (None, 0), f"a second up on the directory in use: exit {code}, said {said!r}")
+        )
 
         def kill() -> str:
             orphans = up.kill_up_group()
-            drill.findings.append((not orphans, f"{len(orphans)} process(es) outlived up's group by 30 s"
-                                   + (f": {orphans}" if orphans else "")))
+            drill.findings.append(
+                (
+                    not orphans,
+                    f"{len(orphans)} process(es) outlived up's group by 30 s" + (f": {orphans}" if orphans else ""),
+                )
+            )
             up.kill_leftovers()
             return f"up's group killed, {len(orphans)} orphan(s)"
 
@@ -316,9 +372,11 @@ class UpKilled(Fault):
 
 class BrokerKilled(Fault):
     name = "broker killed"
-    description = ("the embedded broker (it keeps nothing) SIGKILLed under a running `pipeline up`, which must "
-                   "restart it; the workers carry on against the empty broker; the producer resends what was "
-                   "not confirmed")
+    description = (
+        "the embedded broker (it keeps nothing) SIGKILLed under a running `pipeline up`, which must "
+        "restart it; the workers carry on against the empty broker; the producer resends what was "
+        "not confirmed"
+    )
     whole_stack = True
 
     def fire(self, drill: Drill) -> None:
@@ -334,8 +392,11 @@ class BrokerKilled(Fault):
 
         def back() -> None:
             # up's supervision brings it back on its port (or nothing does: the drill says so)
-            wait_until(lambda: up.broker_pids() and port_open("127.0.0.1", up.kafka_port), 90,
-                       "the broker restarted by pipeline up")
+            wait_until(
+                lambda: up.broker_pids() and port_open("127.0.0.1", up.kafka_port),
+                90,
+                "the broker restarted by pipeline up",
+            )
 
         _crash_and_restart(drill, kill, back)
 
@@ -347,8 +408,7 @@ def _restart_up(drill: Drill) -> None:
     wait_until(lambda: "catalog version" in drill.log_text()[since:], 180, "the worker's catalog after restart")
 
 
-def _crash_and_restart(drill: Drill, kill: Callable[[], str],
-                       restart: Callable[[], None] | None = None) -> None:
+def _crash_and_restart(drill: Drill, kill: Callable[[], str], restart: Callable[[], None] | None = None) -> None:
     """The broker dies with its data: the producer keeps what was confirmed before, and resends
     everything else to the restarted stack (as `pipeline ingest` would be told to)."""
     assert drill.up is not None and drill.drain is not None
@@ -382,21 +442,27 @@ def _crash_and_restart(drill: Drill, kill: Callable[[], str],
         f"{what}; broker had acked {len(delivered)} datums, {len(confirmed)} confirmed before the crash, "
         f"{len(delivered - confirmed)} told not taken; {len(delivered - stored)} acked but not stored after the "
         f"restart (lost unless resent); resent {len(resend)}"
-        + (f"; {len(taken)} bad input(s) dead-lettered before the crash (not resent: their letters must outlive "
-           "the broker)" if taken else ""))
+        + (
+            f"; {len(taken)} bad input(s) dead-lettered before the crash (not resent: their letters must outlive "
+            "the broker)"
+            if taken
+            else ""
+        )
+    )
 
 
 def _chunks(datums: Sequence[Datum], size: int) -> list[list[Datum]]:
     by_stream: dict[tuple[int, str], list[Datum]] = {}
     for d in datums:
         by_stream.setdefault(d.stream, []).append(d)
-    return [ds[k:k + size] for ds in by_stream.values() for k in range(0, len(ds), size)]
+    return [ds[k : k + size] for ds in by_stream.values() for k in range(0, len(ds), size)]
 
 
 def committed_past(settings: Settings, origin: tuple[str, int, int]) -> bool:
     topic, partition, offset = origin
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.app_id,
-                  "enable.auto.commit": False})
+    c = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.app_id, "enable.auto.commit": False}
+    )
     try:
         (tp,) = c.committed([TopicPartition(topic, partition)], timeout=10)
         return int(tp.offset) > offset
@@ -413,8 +479,16 @@ class BigCorrupt(Fault):
     def fire(self, drill: Drill) -> None:
         node, src = next((d.node_id, d.source_id) for d in drill.plan.datums if "/INV" in d.source_id)
         garbage = random.Random(79).randbytes(7_900_000)
-        drill.send_bad(BadInput("7.9 MB corrupt", drill.topics.source(src), stream_key(node, src), garbage,
-                                ((SCHEMA_HEADER, CURRENT.encode()),), ("envelope.",)))
+        drill.send_bad(
+            BadInput(
+                "7.9 MB corrupt",
+                drill.topics.source(src),
+                stream_key(node, src),
+                garbage,
+                ((SCHEMA_HEADER, CURRENT.encode()),),
+                ("envelope.",),
+            )
+        )
 
 
 class HugeValues(Fault):
@@ -429,11 +503,21 @@ class HugeValues(Fault):
             drill.send_bad(bad_datum(f"huge value {k}", drill.topics.source(src), stream_key(node, src), d, ()))
 
 
-FAULTS: dict[str, Fault] = {f.name: f for f in (Poison(), ClickHouseKilled(), ClickHouseKilledBusy(),
-                                                PostgresDownWorkerRestart(),
-                                                WorkerKilled(), StackKilled(), UpKilled(), BrokerKilled(),
-                                                BigCorrupt(),
-                                                HugeValues())}
+FAULTS: dict[str, Fault] = {
+    f.name: f
+    for f in (
+        Poison(),
+        ClickHouseKilled(),
+        ClickHouseKilledBusy(),
+        PostgresDownWorkerRestart(),
+        WorkerKilled(),
+        StackKilled(),
+        UpKilled(),
+        BrokerKilled(),
+        BigCorrupt(),
+        HugeValues(),
+    )
+}
 BASELINE = Fault()
 
 
@@ -511,8 +595,9 @@ def stop_components(drill: Drill) -> None:
         drill.up.stop()
 
 
-def run_drill(fault: Fault, point: float, size: Size, root: Path, seed: int = 1,
-              sabotage: Callable[[Drill], None] | None = None) -> Row:
+def run_drill(
+    fault: Fault, point: float, size: Size, root: Path, seed: int = 1, sabotage: Callable[[Drill], None] | None = None
+) -> Row:
     """One row of the table. `sabotage` (the negative control) runs after catch-up, before the
     final verdict: it loses data on purpose."""
     root.mkdir(parents=True, exist_ok=True)
@@ -539,8 +624,15 @@ def _drain_with_fault(drill: Drill, row: Row, sabotage: Callable[[Drill], None] 
     drill.drain.start()
     # one ordinary bad input in every drain: a datum from before 2000
     node, src = meter_stream(plan)
-    drill.send_bad(bad_datum("created before 2000", drill.topics.source(src), stream_key(node, src),
-                             Datum(node, src, 915_148_800_000, i={"watts": 1.0}), ("created.",)))
+    drill.send_bad(
+        bad_datum(
+            "created before 2000",
+            drill.topics.source(src),
+            stream_key(node, src),
+            Datum(node, src, 915_148_800_000, i={"watts": 1.0}),
+            ("created.",),
+        )
+    )
     store = Store(settings.clickhouse_url)
     target = int(total * drill.point)
     deadline = time.monotonic() + size.drain_s * 3 + 120
@@ -625,9 +717,16 @@ def _confirmation(drill: Drill) -> tuple[set[Identity] | None, str | None]:
     return set(result.confirmed), result.reason
 
 
-def _fill(row: Row, verdict: oracle.DataVerdict | None, letters: oracle.LetterVerdict,
-          checks: list[tuple[bool, str]], drill: Drill, confirmed: set[Identity] | None, reason: str | None,
-          acked: int) -> None:
+def _fill(
+    row: Row,
+    verdict: oracle.DataVerdict | None,
+    letters: oracle.LetterVerdict,
+    checks: list[tuple[bool, str]],
+    drill: Drill,
+    confirmed: set[Identity] | None,
+    reason: str | None,
+    acked: int,
+) -> None:
     row.notes = drill.notes
     row.letter_verdict = letters
     extra = f" +{letters.duplicated} dup" if letters.duplicated else ""
@@ -661,4 +760,3 @@ def _fill(row: Row, verdict: oracle.DataVerdict | None, letters: oracle.LetterVe
         row.notes.append(f"worker log has {drill.log_text().count('Traceback')} traceback(s)")
     if row.recovery_s is None and not row.exact:
         row.notes.append("never caught up")
-

@@ -36,21 +36,23 @@ ROOT = Path(__file__).resolve().parents[2]
 def drill_settings(kafka_port: int, ch_port: int, pg_port: int, data_dir: Path, **extra: Any) -> Settings:
     """Settings of a drill's clients and workers: small partitions count, quick topic discovery,
     small messages (many per drain, so a fault lands between them)."""
-    return Settings.from_env({})._with({
-        "kafka_bootstrap": f"127.0.0.1:{kafka_port}",
-        # with the writer's credentials once `pipeline up` (or UpStack) made them in data_dir
-        "clickhouse_url": stack.embedded_clickhouse_url(data_dir.resolve(), ch_port),
-        "postgres_dsn": f"postgresql://postgres@127.0.0.1:{pg_port}/postgres",
-        "data_dir": data_dir,
-        "app_id": "chaos",
-        "metrics_port": free_port(),
-        "api_port": 0,
-        "topic_partitions": 2,
-        "topic_scan_interval_s": 0.5,
-        "producer_batch_datums": 25,
-        "producer_linger_ms": 5,
-        **extra,
-    })
+    return Settings.from_env({})._with(
+        {
+            "kafka_bootstrap": f"127.0.0.1:{kafka_port}",
+            # with the writer's credentials once `pipeline up` (or UpStack) made them in data_dir
+            "clickhouse_url": stack.embedded_clickhouse_url(data_dir.resolve(), ch_port),
+            "postgres_dsn": f"postgresql://postgres@127.0.0.1:{pg_port}/postgres",
+            "data_dir": data_dir,
+            "app_id": "chaos",
+            "metrics_port": free_port(),
+            "api_port": 0,
+            "topic_partitions": 2,
+            "topic_scan_interval_s": 0.5,
+            "producer_batch_datums": 25,
+            "producer_linger_ms": 5,
+            **extra,
+        }
+    )
 
 
 def _with_us() -> Callable[[], None] | None:
@@ -106,9 +108,20 @@ class Services:
 
     def stop_postgres_immediately(self) -> None:
         """pg_ctl's immediate mode: every backend gone at once, recovery on the next start."""
-        subprocess.run([str(stack._pg_bin() / "pg_ctl"), "-D", str((self.root / "postgres").resolve()),
-                        "-m", "immediate", "-w", "stop"], capture_output=True, check=False,
-                       **stack._as_pg_user())  # type: ignore[call-overload]
+        subprocess.run(
+            [
+                str(stack._pg_bin() / "pg_ctl"),
+                "-D",
+                str((self.root / "postgres").resolve()),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+            capture_output=True,
+            check=False,
+            **stack._as_pg_user(),
+        )  # type: ignore[call-overload]
         proc = self.postgres.proc if self.postgres is not None else None
         if proc is not None:  # our child when it runs in the foreground: reap it (a zombie holds its pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -135,8 +148,14 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             out.write(f"\n==== chaos: worker start {self.starts + 1} ====\n".encode())
-            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
-                                         stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=_with_us())
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "worker"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                preexec_fn=_with_us(),
+            )
         self.starts += 1
 
     def kill(self) -> None:
@@ -207,8 +226,9 @@ class UpStack:
         self.starts = 0
 
     def settings(self) -> Settings:
-        return drill_settings(self.kafka_port, self.ch_port, self.pg_port, self.data_dir,
-                              metrics_port=self.metrics_port)
+        return drill_settings(
+            self.kafka_port, self.ch_port, self.pg_port, self.data_dir, metrics_port=self.metrics_port
+        )
 
     @property
     def worker_log(self) -> Path:
@@ -217,17 +237,29 @@ class UpStack:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
         # only ports and tuning: `up` starts the embedded services when no URL is given
-        env |= {k: v for k, v in self.settings().as_env().items()
-                if k not in ("PIPELINE_KAFKA_BOOTSTRAP", "PIPELINE_CLICKHOUSE_URL", "PIPELINE_POSTGRES_DSN")}
-        env |= {"PIPELINE_KAFKA_PORT": str(self.kafka_port), "PIPELINE_CLICKHOUSE_PORT": str(self.ch_port),
-                "PIPELINE_POSTGRES_PORT": str(self.pg_port)}
+        env |= {
+            k: v
+            for k, v in self.settings().as_env().items()
+            if k not in ("PIPELINE_KAFKA_BOOTSTRAP", "PIPELINE_CLICKHOUSE_URL", "PIPELINE_POSTGRES_DSN")
+        }
+        env |= {
+            "PIPELINE_KAFKA_PORT": str(self.kafka_port),
+            "PIPELINE_CLICKHOUSE_PORT": str(self.ch_port),
+            "PIPELINE_POSTGRES_PORT": str(self.pg_port),
+        }
         return env
 
     def second_up(self, timeout: float = 60.0) -> tuple[int | None, str]:
         """Another `pipeline up` on the same data directory while this one runs: (exit code or None
         if it was still running after `timeout` (then killed), its last line of output)."""
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], env=self._env(), cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "up"],
+            env=self._env(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             out, _ = proc.communicate(timeout=timeout)
             code: int | None = proc.returncode
@@ -236,8 +268,11 @@ class UpStack:
                 os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
             code = None
-        lines = [ln for ln in out.decode(errors="replace").splitlines()
-                 if ln.strip() and "Warning" not in ln and "runtime_dir" not in ln]
+        lines = [
+            ln
+            for ln in out.decode(errors="replace").splitlines()
+            if ln.strip() and "Warning" not in ln and "runtime_dir" not in ln
+        ]
         return code, (lines[-1] if lines else "")[:200]
 
     def start(self, timeout: float = 180.0) -> None:
@@ -246,9 +281,15 @@ class UpStack:
         before = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as out:
             out.write(f"\n==== chaos: up start {self.starts + 1} ====\n".encode())
-            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], env=env, cwd=ROOT,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=_with_us())
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "up"],
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_with_us(),
+            )
         self.starts += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -364,8 +405,13 @@ def bindings_applied(dsn: str) -> int:
         return 0
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25,
-               fail_fast: type[Exception] | None = None) -> Any:
+def wait_until(
+    check: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.25,
+    fail_fast: type[Exception] | None = None,
+) -> Any:
     """Until check() is truthy; its exceptions count as "not yet", except `fail_fast` ones."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -421,8 +467,13 @@ class _CallbackTracker(DatumProducer):
         self.admin.ensure([topic])
         while True:
             try:
-                self._producer.produce(topic, value=encode_batch(chunk), key=stream_key(node, src),
-                                       headers=[(SCHEMA_HEADER, CURRENT.encode())], on_delivery=done)
+                self._producer.produce(
+                    topic,
+                    value=encode_batch(chunk),
+                    key=stream_key(node, src),
+                    headers=[(SCHEMA_HEADER, CURRENT.encode())],
+                    on_delivery=done,
+                )
                 break
             except BufferError:
                 self._producer.poll(0.1)
@@ -461,8 +512,7 @@ class BadSender:
             else:
                 self._errors.append(str(err))
 
-        self._producer.produce(bad.topic, value=bad.value, key=bad.key, headers=list(bad.headers),
-                               on_delivery=done)
+        self._producer.produce(bad.topic, value=bad.value, key=bad.key, headers=list(bad.headers), on_delivery=done)
         self._producer.flush(timeout)
         origin = where[0] if where else None
         self.sent.append((bad, origin))
@@ -524,7 +574,7 @@ class Drain:
         self._running.set()
 
     def sent_messages(self) -> list[list[Datum]]:
-        return self.messages[:self.next_index] + self.extra_sent
+        return self.messages[: self.next_index] + self.extra_sent
 
     def _send(self, msg: list[Datum]) -> bool:
         try:

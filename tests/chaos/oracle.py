@@ -57,8 +57,15 @@ class DataVerdict:
 
     @property
     def exact(self) -> bool:
-        return (self.stored == self.expected and not self.lost and not self.wrong and not self.duplicates
-                and not self.bad_stored and not self.rollups_wrong and not self.rollups_nonfinite)
+        return (
+            self.stored == self.expected
+            and not self.lost
+            and not self.wrong
+            and not self.duplicates
+            and not self.bad_stored
+            and not self.rollups_wrong
+            and not self.rollups_nonfinite
+        )
 
     def state(self) -> tuple[int, ...]:
         return (self.stored, self.lost, self.wrong, self.duplicates, self.rollups_wrong, self.rollups_nonfinite)
@@ -84,17 +91,26 @@ def rollup_differences(got: RollupRow, want: RollupRow, scale: float) -> list[st
 
 
 def nonfinite(row: RollupRow) -> bool:
-    return any(v is not None and not math.isfinite(v)
-               for v in (row.avg, row.min, row.max, row.diff, row.read_diff, row.read_start, row.read_end))
+    return any(
+        v is not None and not math.isfinite(v)
+        for v in (row.avg, row.min, row.max, row.diff, row.read_diff, row.read_start, row.read_end)
+    )
 
 
-def check_data(client: Client, expected: Mapping[Identity, Samples], bad_ids: set[Identity],
-               sent_ids: set[Identity], pulse: frozenset[str], max_examples: int = 5) -> DataVerdict:
+def check_data(
+    client: Client,
+    expected: Mapping[Identity, Samples],
+    bad_ids: set[Identity],
+    sent_ids: set[Identity],
+    pulse: frozenset[str],
+    max_examples: int = 5,
+) -> DataVerdict:
     """Read the `datum` and `rollup` views and hold them against what was acknowledged."""
     v = DataVerdict(expected=len(expected))
     rows = client.query(
         "SELECT node_id, source_id, toUnixTimestamp64Milli(created), property, toString(kind), value, text,"
-        " datastream FROM datum").result_rows
+        " datastream FROM datum"
+    ).result_rows
     keys = Counter((r[0], r[1], r[2], r[3]) for r in rows)
     v.duplicates = sum(c - 1 for c in keys.values())  # the view's own duplicates (FINAL should leave none)
     seen: dict[Identity, Samples] = {}
@@ -136,18 +152,55 @@ def check_data(client: Client, expected: Mapping[Identity, Samples], bad_ids: se
     return v
 
 
-def _check_rollups(client: Client, v: DataVerdict, points: dict[tuple[int, str], list[RawPoint]],
-                   max_examples: int) -> None:
+def _check_rollups(
+    client: Client, v: DataVerdict, points: dict[tuple[int, str], list[RawPoint]], max_examples: int
+) -> None:
     stored: dict[tuple[int, str], dict[tuple[str, str, str, int], RollupRow]] = {}
     result = client.query(
         "SELECT periodicity, node_id, source_id, property, kind, toUnixTimestamp64Milli(ts_start),"
         " toUnixTimestamp64Milli(ts_end), count, avg, min, max, diff, read_diff, read_start, read_end,"
-        f" mode, status_counts, tags FROM {ROLLUP_VIEW}")
-    for (per, node, source, prop, kind, s, e, count, avg, lo, hi, diff, rdiff, rstart, rend,
-         mode, sc, tags) in result.result_rows:
-        row = RollupRow(per, int(node), str(source), prop, kind, int(s), int(e), int(count), avg, lo, hi, diff,
-                        rdiff, rstart, rend, mode if kind == "s" else None,
-                        tuple((str(a), int(b)) for a, b in sc), tuple(tags))
+        f" mode, status_counts, tags FROM {ROLLUP_VIEW}"
+    )
+    for (
+        per,
+        node,
+        source,
+        prop,
+        kind,
+        s,
+        e,
+        count,
+        avg,
+        lo,
+        hi,
+        diff,
+        rdiff,
+        rstart,
+        rend,
+        mode,
+        sc,
+        tags,
+    ) in result.result_rows:
+        row = RollupRow(
+            per,
+            int(node),
+            str(source),
+            prop,
+            kind,
+            int(s),
+            int(e),
+            int(count),
+            avg,
+            lo,
+            hi,
+            diff,
+            rdiff,
+            rstart,
+            rend,
+            mode if kind == "s" else None,
+            tuple((str(a), int(b)) for a, b in sc),
+            tuple(tags),
+        )
         if nonfinite(row):
             v.rollups_nonfinite += 1
             if len(v.examples) < max_examples:
@@ -187,10 +240,17 @@ def _check_rollups(client: Client, v: DataVerdict, points: dict[tuple[int, str],
 def read_all(bootstrap: str, topic: str, idle_s: float = 2.0, timeout: float = 60.0) -> list[dict[str, Any]]:
     """Every JSON record of a topic, read from the start until it is quiet for idle_s (Tansu's high
     watermark is not to be trusted after batches, see pipeline.wire.producer.end_offsets)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-oracle", "enable.auto.commit": False,
-                         "enable.partition.eof": True, "fetch.max.bytes": 64 * 1024 * 1024,
-                         "max.partition.fetch.bytes": 32 * 1024 * 1024,
-                         "receive.message.max.bytes": 100 * 1024 * 1024})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "chaos-oracle",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 32 * 1024 * 1024,
+            "receive.message.max.bytes": 100 * 1024 * 1024,
+        }
+    )
     out: list[dict[str, Any]] = []
     try:
         meta = consumer.list_topics(timeout=10)
@@ -251,8 +311,9 @@ def _rules(letter: Mapping[str, Any]) -> list[str]:
     return [str(r.get("rule", "")) for r in letter.get("reasons", []) if isinstance(r, Mapping)]
 
 
-def check_letters(letters: Sequence[Mapping[str, Any]],
-                  bad: Sequence[tuple[BadInput, tuple[str, int, int] | None]]) -> LetterVerdict:
+def check_letters(
+    letters: Sequence[Mapping[str, Any]], bad: Sequence[tuple[BadInput, tuple[str, int, int] | None]]
+) -> LetterVerdict:
     v = LetterVerdict(expected=len(bad))
     by_origin: dict[tuple[str, int, int], list[Mapping[str, Any]]] = {}
     for letter in letters:
@@ -263,8 +324,12 @@ def check_letters(letters: Sequence[Mapping[str, Any]],
     for b, origin in bad:
         mine = [x for x in by_origin.get(origin, [])] if origin is not None else []
         if b.identity is not None:
-            mine = [x for x in mine if "datum" not in x or
-                    (x["datum"].get("nodeId"), x["datum"].get("sourceId"), x["datum"].get("created")) == b.identity]
+            mine = [
+                x
+                for x in mine
+                if "datum" not in x
+                or (x["datum"].get("nodeId"), x["datum"].get("sourceId"), x["datum"].get("created")) == b.identity
+            ]
         claimed.update(id(x) for x in mine)
         if not mine:
             v.missing += 1

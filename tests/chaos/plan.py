@@ -36,24 +36,49 @@ def pulse_datastreams() -> frozenset[str]:
 
 def stream_kinds(node: int) -> list[tuple[str, str]]:
     """(source, kind) of one node's streams: kinds are meter, inverter, weather, free."""
-    return [(f"/S{node}/B1/M1", "meter"), (f"/S{node}/INV1", "inverter"), (f"/S{node}/WX1", "weather"),
-            (f"/free/{node}", "free")]
+    return [
+        (f"/S{node}/B1/M1", "meter"),
+        (f"/S{node}/INV1", "inverter"),
+        (f"/S{node}/WX1", "weather"),
+        (f"/free/{node}", "free"),
+    ]
 
 
 def sample(rng: random.Random, kind: str, t: int, counter: float) -> Datum:
     """One reading of a stream of `kind` at t; `counter` is the meter's accumulating value."""
     if kind == "meter":
-        return Datum(0, "", t, i={"watts": round(rng.uniform(0, 5000), 3), "current": round(rng.uniform(0, 40), 3)},
-                     a={"wattHours": round(counter, 3)}, s={"mode": rng.choice(["auto", "manual", "off"])})
+        return Datum(
+            0,
+            "",
+            t,
+            i={"watts": round(rng.uniform(0, 5000), 3), "current": round(rng.uniform(0, 40), 3)},
+            a={"wattHours": round(counter, 3)},
+            s={"mode": rng.choice(["auto", "manual", "off"])},
+        )
     if kind == "inverter":
-        return Datum(0, "", t, i={"watts": round(rng.uniform(0, 9000), 3)}, a={"wattHours": round(counter, 3)},
-                     s={"state": rng.choice(["mppt", "throttled", "sleeping"])})
+        return Datum(
+            0,
+            "",
+            t,
+            i={"watts": round(rng.uniform(0, 9000), 3)},
+            a={"wattHours": round(counter, 3)},
+            s={"state": rng.choice(["mppt", "throttled", "sleeping"])},
+        )
     if kind == "weather":
         # no cumulative datastream here: the PULSE rain count is what rolls up as a sum
-        return Datum(0, "", t, i={"temperature": round(rng.uniform(-10, 35), 2),
-                                  "humidity": round(rng.uniform(0, 100), 1), "rain": float(rng.randrange(0, 4))})
-    return Datum(0, "", t, i={"x": round(rng.uniform(-100, 100), 4)}, a={"y": round(counter, 3)},
-                 s={"z": rng.choice(["a", "b"])})
+        return Datum(
+            0,
+            "",
+            t,
+            i={
+                "temperature": round(rng.uniform(-10, 35), 2),
+                "humidity": round(rng.uniform(0, 100), 1),
+                "rain": float(rng.randrange(0, 4)),
+            },
+        )
+    return Datum(
+        0, "", t, i={"x": round(rng.uniform(-100, 100), 4)}, a={"y": round(counter, 3)}, s={"z": rng.choice(["a", "b"])}
+    )
 
 
 def gen_stream(rng: random.Random, node: int, source: str, kind: str, n: int, t0: int) -> list[Datum]:
@@ -93,7 +118,7 @@ def make_plan(seed: int, nodes: int, datums: int, chunk: int = 25, t0: int | Non
     chunks: list[list[Datum]] = []
     for node, src, kind in streams:
         data = gen_stream(rng, node, src, kind, per, t0)
-        chunks += [data[k:k + chunk] for k in range(0, len(data), chunk)]
+        chunks += [data[k : k + chunk] for k in range(0, len(data), chunk)]
     chunks.sort(key=lambda m: (m[0].created_ms, m[0].node_id, m[0].source_id))
     return DrainPlan(chunks, t0)
 
@@ -104,7 +129,7 @@ def new_source_messages(seed: int, node: int, n: int, t0: int, chunk: int = 25) 
     out: list[list[Datum]] = []
     for src, kind in [(f"/S{node}/B7/M{seed % 100}", "meter"), (f"/new/{node}/{seed}", "free")]:
         data = gen_stream(rng, node, src, kind, n, t0)
-        out += [data[k:k + chunk] for k in range(0, len(data), chunk)]
+        out += [data[k : k + chunk] for k in range(0, len(data), chunk)]
     return out
 
 

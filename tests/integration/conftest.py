@@ -93,9 +93,11 @@ def topic_prefix(unique: str) -> str:
 
 
 @pytest.fixture
-def worker_settings(kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str,
-                    tmp_path: Path) -> Settings:
+def worker_settings(
+    kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str, tmp_path: Path
+) -> Settings:
     """Settings on this test's own stores (its ClickHouse database, topic prefix and PostgreSQL
     database), with a data directory in tmp_path."""
     return settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with(
-        {"postgres_dsn": pg_dsn, "data_dir": str(tmp_path / "data")})
+        {"postgres_dsn": pg_dsn, "data_dir": str(tmp_path / "data")}
+    )

@@ -57,8 +57,9 @@ def settings_in_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
 def worker_process(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, **settings.as_env()}
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
     try:
         yield proc
     finally:
@@ -92,8 +93,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
 
 def read_topic(bootstrap: str, topic: str, min_count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
     """Read JSON messages of a topic from the start, without a consumer group join."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader",
-                         "enable.auto.commit": False})
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False})
     deadline = time.monotonic() + timeout
     try:
         # assigning a topic that does not exist yet never recovers: wait for it first
@@ -143,8 +143,11 @@ def wait_for_catalog(dsn: str, events: int, log_path: Path, timeout: float = 120
             return 0
 
     version = int(wait_for(applied, timeout, f"{events} metadata events applied", interval=0.5))
-    wait_for(lambda: f"catalog version {version}:" in log_path.read_text(errors="replace"), timeout,
-             f"the worker's catalog at version {version}")
+    wait_for(
+        lambda: f"catalog version {version}:" in log_path.read_text(errors="replace"),
+        timeout,
+        f"the worker's catalog at version {version}",
+    )
     return version
 
 
@@ -169,13 +172,23 @@ def model_events(folder: Path, model: dict[str, Any], bindings: dict[str, Any], 
     return datamodel_events([model_path, folder / "bindings.json"], "test", comment)
 
 
-def metadata_event(entity: str, key: dict[str, Any], op: str, value: dict[str, Any],
-                   valid_from: str | None = None) -> dict[str, Any]:
+def metadata_event(
+    entity: str, key: dict[str, Any], op: str, value: dict[str, Any], valid_from: str | None = None
+) -> dict[str, Any]:
     import uuid
 
-    return {"event_id": str(uuid.uuid4()), "entity": entity, "key": key, "op": op, "value": value,
-            "valid_from": valid_from, "valid_to": None, "author": "test", "comment": "integration test",
-            "produced_at": "2024-01-01T00:00:00Z"}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "entity": entity,
+        "key": key,
+        "op": op,
+        "value": value,
+        "valid_from": valid_from,
+        "valid_to": None,
+        "author": "test",
+        "comment": "integration test",
+        "produced_at": "2024-01-01T00:00:00Z",
+    }
 
 
 @contextlib.contextmanager
@@ -227,8 +240,14 @@ def scratch_clickhouse(clickhouse_url: str, prefix: str) -> Iterator[tuple[str, 
 
 def token_cli(dsn: str, *args: str) -> dict[str, Any]:
     """`pipeline token ARGS...` against a history log; its last line of output as JSON."""
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "token", *args],
-                          env={**os.environ, "PIPELINE_POSTGRES_DSN": dsn}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "token", *args],
+        env={**os.environ, "PIPELINE_POSTGRES_DSN": dsn},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result

@@ -154,8 +154,9 @@ def api_process(settings: Settings, log_path: Path) -> Iterator[Api]:
     port = free_port()
     env = {**os.environ, **settings.as_env(), "PIPELINE_API_PORT": str(port), "PIPELINE_API_HOST": "127.0.0.1"}
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "api"], env=env, cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "api"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
     api = Api(port)
 
     def up() -> bool:
@@ -195,8 +196,7 @@ def api(clickhouse_url: str, data: Data, tmp_path_factory: pytest.TempPathFactor
         # the stored rollups are the reference's (the API is tested against these values)
         stored = read_rollups(client, [(1, SOURCE, [(p, 0, 4_102_444_800_000) for p in PERIODICITIES])])
         assert_matches(stored, data.expected, 2e5, "node 1")
-        with api_process(api_settings(clickhouse_url, database),
-                         tmp_path_factory.mktemp("api") / "api.log") as running:
+        with api_process(api_settings(clickhouse_url, database), tmp_path_factory.mktemp("api") / "api.log") as running:
             yield running
 
 
@@ -226,8 +226,14 @@ def test_description_lists_defaults_maxima_and_series(api: Api) -> None:
     assert doc["meta"]["offset"]["default"] == 0
     names = {s["name"]: s for s in doc["series"]}
     assert set(names) == {WATTS, WH, MODE, ODD_NAME}
-    assert names[WATTS] == {"name": WATTS, "node": 1, "source": SOURCE, "property": "watts", "type": "gauge",
-                            "timeZone": "UTC"}
+    assert names[WATTS] == {
+        "name": WATTS,
+        "node": 1,
+        "source": SOURCE,
+        "property": "watts",
+        "type": "gauge",
+        "timeZone": "UTC",
+    }
     assert (names[WH]["type"], names[MODE]["type"]) == ("counter", "status")
     assert ODD_NAME == "2~.odd-20source.-C3-BC-2Ex-7E~temp_-C2-B0C"
     # every listed name works as a series parameter
@@ -236,7 +242,7 @@ def test_description_lists_defaults_maxima_and_series(api: Api) -> None:
     xml = ET.fromstring(api.get(format="xml").body)
     assert xml.find("meta/parameter[@name='limit']").attrib["maximum"] == "1000"  # type: ignore[union-attr]
     assert {e.attrib["name"] for e in xml.findall("series")} == set(names)
-    assert api.get(callback="cb").body.startswith(b"/**/cb({\"meta\"")
+    assert api.get(callback="cb").body.startswith(b'/**/cb({"meta"')
 
 
 def test_openapi_document_is_served(api: Api) -> None:
@@ -301,8 +307,10 @@ def test_time_forms(api: Api, data: Data) -> None:
     want = pairs(api.data(series=WATTS, startTime="2024-10-31T13:00:00Z", endTime="2024-10-31T13:05:00Z")[WATTS])
     assert [t for t, _ in want] == [T0 + HOUR + k * MIN for k in range(5)]
     # the spec's +ZZ:00, escaped, and unescaped (a '+' in a query string reads as a space)
-    assert pairs(api.data(series=WATTS, startTime="2024-10-31T14:00:00+01:00",
-                          endTime="2024-10-31T14:05:00+01:00")[WATTS]) == want
+    assert (
+        pairs(api.data(series=WATTS, startTime="2024-10-31T14:00:00+01:00", endTime="2024-10-31T14:05:00+01:00")[WATTS])
+        == want
+    )
     r = api.get(f"?series={WATTS}&startTime=2024-10-31T14:00:00+01:00&endTime=2024-10-31T14:05:00+01:00")
     assert r.status == 200 and pairs(r.json()[WATTS]) == want
     # only a lower bound, only an upper bound
@@ -310,12 +318,22 @@ def test_time_forms(api: Api, data: Data) -> None:
     assert api.data(series=WATTS, endTime=iso(data.times[3]))[WATTS]["total"] == 3
 
 
-@pytest.mark.parametrize(("start", "end", "offset", "limit"), [
-    (None, None, 0, 10), (-10, None, 0, 100), (-10, -3, 2, 3), (5, 2, 0, 10), (None, -2340, 1, 100),
-    (1000, None, 1000, 1000), (-99999, 3, 0, 10), (2340, 99999, 0, 10),
-])
-def test_index_selection_is_a_python_slice(api: Api, data: Data, start: int | None, end: int | None,
-                                           offset: int, limit: int) -> None:
+@pytest.mark.parametrize(
+    ("start", "end", "offset", "limit"),
+    [
+        (None, None, 0, 10),
+        (-10, None, 0, 100),
+        (-10, -3, 2, 3),
+        (5, 2, 0, 10),
+        (None, -2340, 1, 100),
+        (1000, None, 1000, 1000),
+        (-99999, 3, 0, 10),
+        (2340, 99999, 0, 10),
+    ],
+)
+def test_index_selection_is_a_python_slice(
+    api: Api, data: Data, start: int | None, end: int | None, offset: int, limit: int
+) -> None:
     params: dict[str, Any] = {"series": WATTS, "offset": offset, "limit": limit}
     if start is not None:
         params["startIndex"] = start
@@ -325,23 +343,34 @@ def test_index_selection_is_a_python_slice(api: Api, data: Data, start: int | No
     selected = everything[start:end]
     doc = api.data(**params)[WATTS]
     assert doc["total"] == len(selected)
-    assert pairs(doc) == selected[offset:offset + limit]
+    assert pairs(doc) == selected[offset : offset + limit]
 
 
 # --- use case: every granularity -------------------------------------------------------------
 
 
-def expected_points(data: Data, per: str, prop: str, kind: str, lo: int = -2**62,
-                    hi: int = 2**62) -> list[dict[str, Any]]:
-    rows = sorted((s, r) for (p, name, k, s), r in data.expected.items()
-                  if p == per and name == prop and k == kind and lo <= s < hi)
+def expected_points(
+    data: Data, per: str, prop: str, kind: str, lo: int = -(2**62), hi: int = 2**62
+) -> list[dict[str, Any]]:
+    rows = sorted(
+        (s, r)
+        for (p, name, k, s), r in data.expected.items()
+        if p == per and name == prop and k == kind and lo <= s < hi
+    )
     out = []
     for s, r in rows:
         if kind == "i":
             out.append({"ts": s, "val": float(r.avg), "count": r.count, "min": r.min, "max": r.max})  # type: ignore[arg-type]
         elif kind == "a":
-            out.append({"ts": s, "val": float(r.diff), "count": r.count,  # type: ignore[arg-type]
-                        "start": r.read_start, "end": r.read_end})
+            out.append(
+                {
+                    "ts": s,
+                    "val": float(r.diff),
+                    "count": r.count,  # type: ignore[arg-type]
+                    "start": r.read_start,
+                    "end": r.read_end,
+                }
+            )
         else:
             out.append({"ts": s, "val": r.mode, "count": r.count})
     return out
@@ -361,8 +390,11 @@ def same_points(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
 @pytest.mark.parametrize("per", PERIODICITIES)
 def test_every_granularity(api: Api, data: Data, per: str) -> None:
     docs = api.data(series=f"{WATTS},{WH},{MODE}", periodicity=per, limit=1000)
-    for name, prop, kind, type_ in ((WATTS, "watts", "i", "gauge"), (WH, "wattHours", "a", "counter"),
-                                    (MODE, "mode", "s", "status")):
+    for name, prop, kind, type_ in (
+        (WATTS, "watts", "i", "gauge"),
+        (WH, "wattHours", "a", "counter"),
+        (MODE, "mode", "s", "status"),
+    ):
         doc = docs[name]
         want = expected_points(data, per, prop, kind)
         assert (doc["periodicity"], doc["type"], doc["total"]) == (per, type_, len(want))
@@ -380,8 +412,7 @@ def test_rollups_by_time_and_index(api: Api, data: Data) -> None:
     days = api.data(series=WH, periodicity="day")[WH]["data"]
     hours = api.data(series=WH, periodicity="hour", limit=1000)[WH]["data"]
     for d in days:
-        assert math.isclose(d["val"], sum(h["val"] for h in hours if d["ts"] <= h["ts"] < d["ts"] + DAY),
-                            rel_tol=1e-9)
+        assert math.isclose(d["val"], sum(h["val"] for h in hours if d["ts"] <= h["ts"] < d["ts"] + DAY), rel_tol=1e-9)
 
 
 # --- use case: today / this week / this year (UTC here; node zones in the pipeline test) ------
@@ -394,9 +425,17 @@ def test_current_day_week_year_with_at(api: Api, data: Data) -> None:
     want = [(t, w) for t, w in zip(data.times, data.watts, strict=True) if day <= t < day + DAY]
     assert doc["total"] == len(want) and pairs(doc) == want[:1000]
     week = api.data(series=WH, current="week", at=iso(at), periodicity="day")[WH]
-    same_points(week["data"], expected_points(data, "day", "wattHours", "a",
-                                              int(datetime(2024, 10, 28, tzinfo=UTC).timestamp() * 1000),
-                                              int(datetime(2024, 11, 4, tzinfo=UTC).timestamp() * 1000)))
+    same_points(
+        week["data"],
+        expected_points(
+            data,
+            "day",
+            "wattHours",
+            "a",
+            int(datetime(2024, 10, 28, tzinfo=UTC).timestamp() * 1000),
+            int(datetime(2024, 11, 4, tzinfo=UTC).timestamp() * 1000),
+        ),
+    )
     year = api.data(series=WH, current="year", at=iso(at), periodicity="month")[WH]
     same_points(year["data"], expected_points(data, "month", "wattHours", "a"))
     assert len(year["data"]) == 2  # October and November 2024
@@ -415,8 +454,11 @@ def test_compare_with_the_same_time_of_day(api: Api, data: Data) -> None:
         doc = docs[name]
         want_now = expected_points(data, "halfhour", prop, kind, now, now + 1)
         same_points(doc["data"], want_now)
-        before = [p for k in (1, 2, 3) for p in expected_points(data, "halfhour", prop, kind,
-                                                                 now - k * DAY, now - k * DAY + 1)]
+        before = [
+            p
+            for k in (1, 2, 3)
+            for p in expected_points(data, "halfhour", prop, kind, now - k * DAY, now - k * DAY + 1)
+        ]
         assert len(before) == 1  # the data begins the day before
         assert doc["baseline"]["by"] == "timeOfDay" and doc["baseline"]["history"] == 3
         assert doc["baseline"]["count"] == 1
@@ -443,8 +485,9 @@ def test_compare_in_every_format(api: Api) -> None:
     xml = ET.fromstring(api.get(series=WATTS, compare="dayOfWeek", at=at, format="xml").body)
     base = xml.find("timeSeries/baseline")
     assert base is not None and base.attrib == {"by": "dayOfWeek", "history": "4", "count": "0"}
-    rows = list(csv.DictReader(io.StringIO(api.get(series=WATTS, compare="timeOfDay", at=at,
-                                                   accept="text/csv").body.decode())))
+    rows = list(
+        csv.DictReader(io.StringIO(api.get(series=WATTS, compare="timeOfDay", at=at, accept="text/csv").body.decode()))
+    )
     assert len(rows) == 1 and rows[0]["baselineCount"] == "1" and rows[0]["series"] == WATTS
 
 
@@ -454,7 +497,9 @@ def test_compare_in_every_format(api: Api) -> None:
 def test_formats_by_negotiation_and_override(api: Api, data: Data) -> None:
     want = list(zip(data.times, data.watts, strict=True))[:3]
     j = api.get(series=WATTS, limit=3, accept="application/json")
-    assert j.header("Content-Type", ).startswith("application/json")  # type: ignore[union-attr]
+    assert j.header(
+        "Content-Type",
+    ).startswith("application/json")  # type: ignore[union-attr]
     assert j.header("Vary") == "Accept"
     assert pairs(j.json()[WATTS]) == want
 
@@ -463,8 +508,13 @@ def test_formats_by_negotiation_and_override(api: Api, data: Data) -> None:
     root = ET.fromstring(x.body)
     series = root.find("timeSeries")
     assert series is not None
-    assert {k: series.attrib[k] for k in ("name", "limit", "offset", "periodicity", "type")} == \
-        {"name": WATTS, "limit": "3", "offset": "0", "periodicity": "raw", "type": "gauge"}
+    assert {k: series.attrib[k] for k in ("name", "limit", "offset", "periodicity", "type")} == {
+        "name": WATTS,
+        "limit": "3",
+        "offset": "0",
+        "periodicity": "raw",
+        "type": "gauge",
+    }
     assert [(ts.parse_time(d.attrib["ts"], "ts"), float(d.attrib["val"])) for d in series.findall("datum")] == want
 
     c = api.get(series=WATTS, limit=3, accept="text/csv;q=0.9, application/json;q=0.5")
@@ -486,12 +536,12 @@ def test_jsonp(api: Api, data: Data) -> None:
     assert r.header("Content-Type").startswith("application/javascript")  # type: ignore[union-attr]
     text = r.body.decode()
     assert text.startswith("/**/app.onData(") and text.endswith(");")
-    doc = json.loads(text[len("/**/app.onData("):-2])
+    doc = json.loads(text[len("/**/app.onData(") : -2])
     assert pairs(doc[WATTS]) == list(zip(data.times, data.watts, strict=True))[:2]
     assert api.get(series=WATTS, limit=2, callback="cb", format="jsonp").body.startswith(b"/**/cb(")
     # errors reach a JSONP caller too
     err = api.get(series=WATTS, limit="x", callback="cb")
-    assert err.status == 400 and err.body.startswith(b"/**/cb({\"error\"")
+    assert err.status == 400 and err.body.startswith(b'/**/cb({"error"')
 
 
 def test_head_and_cors_preflight(api: Api) -> None:
@@ -499,9 +549,15 @@ def test_head_and_cors_preflight(api: Api) -> None:
     get = api.get(series=WATTS, limit=2)
     assert head.status == 200 and head.body == b""
     assert head.header("Content-Length") == str(len(get.body))
-    pre = api.request("/api/timeseries?series=*", method="OPTIONS",
-                      headers={"Origin": "https://example.org", "Access-Control-Request-Method": "GET",
-                               "Access-Control-Request-Headers": "authorization, x-sn-date"})
+    pre = api.request(
+        "/api/timeseries?series=*",
+        method="OPTIONS",
+        headers={
+            "Origin": "https://example.org",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization, x-sn-date",
+        },
+    )
     assert pre.status == 204 and pre.header("Access-Control-Allow-Origin") == "*"
     assert "GET" in pre.header("Access-Control-Allow-Methods")  # type: ignore[operator]
     # a signed request's headers (SNWS2), and nothing that would carry cookies
@@ -588,8 +644,27 @@ def test_unknown_series_unacceptable_types_paths_and_methods(api: Api) -> None:
 
 def test_fuzzed_queries_never_fail_the_server(api: Api) -> None:
     rng = random.Random(5)
-    values = ["", "*", "-1", "0", "99999999999999999999", "1e3", "%00", "%ff", "%2B", "a,b", WATTS, "x" * 300,
-              "2024-11-01T00:00:00Z", "2024-11-01T00:00:00+01:00", "halfhour", "xml", "cb", "day", "timeOfDay"]
+    values = [
+        "",
+        "*",
+        "-1",
+        "0",
+        "99999999999999999999",
+        "1e3",
+        "%00",
+        "%ff",
+        "%2B",
+        "a,b",
+        WATTS,
+        "x" * 300,
+        "2024-11-01T00:00:00Z",
+        "2024-11-01T00:00:00+01:00",
+        "halfhour",
+        "xml",
+        "cb",
+        "day",
+        "timeOfDay",
+    ]
     for _ in range(150):
         params = rng.sample([*ts.PARAMETERS, "other"], rng.randrange(1, 5))
         query = "?" + "&".join(f"{p}={rng.choice(values)}" for p in params)
@@ -605,7 +680,7 @@ def test_concurrent_requests(api: Api, data: Data) -> None:
 
     def one(k: int) -> bool:
         doc = api.data(series=WATTS, offset=k * 50, limit=50, periodicity="raw")[WATTS]
-        return pairs(doc) == everything[k * 50:k * 50 + 50]
+        return pairs(doc) == everything[k * 50 : k * 50 + 50]
 
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(one, range(40)))
@@ -692,16 +767,24 @@ def local_start(now_ms: int, unit: str) -> int:
 
 
 def test_pipeline_today_week_year_and_now_in_the_node_zone(
-    kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str, tmp_path: Path,
+    kafka_bootstrap: str,
+    clickhouse_url: str,
+    ch_database: str,
+    topic_prefix: str,
+    pg_dsn: str,
+    tmp_path: Path,
 ) -> None:
     settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with({"postgres_dsn": pg_dsn})
     client = connect(settings.clickhouse_url)
     ensure_schema(client)
     ensure_rollup_schema(client)
-    publish_metadata(settings, [
-        metadata_event("node", {"node_id": NODE}, "upsert", {"name": "kathmandu"}),
-        metadata_event("node_timezone", {"node_id": NODE}, "set_valid", {"tz": ZONE}, "2000-01-01T00:00:00Z"),
-    ])
+    publish_metadata(
+        settings,
+        [
+            metadata_event("node", {"node_id": NODE}, "upsert", {"name": "kathmandu"}),
+            metadata_event("node_timezone", {"node_id": NODE}, "set_valid", {"tz": ZONE}, "2000-01-01T00:00:00Z"),
+        ],
+    )
     # readings every 10 minutes over the last 9 days, up to a minute ago
     now = int(time.time() * 1000)
     rng = random.Random(9)
@@ -718,8 +801,7 @@ def test_pipeline_today_week_year_and_now_in_the_node_zone(
         producer = DatumProducer(settings)
         producer.send(datums)
         producer.flush()
-        wait_for(lambda: int(client.command("SELECT count() FROM datum")) == 2 * len(datums), 90,
-                 "raw rows stored")
+        wait_for(lambda: int(client.command("SELECT count() FROM datum")) == 2 * len(datums), 90, "raw rows stored")
 
         def settled() -> bool:
             stored = read_rollups(client, [(NODE, STREAM, [(p, 0, 4_102_444_800_000) for p in PERIODICITIES])])
@@ -735,8 +817,14 @@ def test_pipeline_today_week_year_and_now_in_the_node_zone(
         wh = ts.series_name(ts.SeriesKey(NODE, STREAM, "wattHours"))
         desc = {s["name"]: s for s in api.data()["series"]}
         assert desc[watts]["timeZone"] == ZONE
-        data = Data(datums, [d.created_ms for d in datums], [d.i["watts"] for d in datums],
-                    [d.a["wattHours"] for d in datums], [], expected)
+        data = Data(
+            datums,
+            [d.created_ms for d in datums],
+            [d.i["watts"] for d in datums],
+            [d.a["wattHours"] for d in datums],
+            [],
+            expected,
+        )
         asked = int(time.time() * 1000)
         # today, raw: exactly the readings since local midnight
         today = api.data(series=watts, current="day", limit=1000)[watts]

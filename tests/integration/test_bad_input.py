@@ -45,12 +45,19 @@ def test_stored_inf_nan_and_huge_values_are_served_as_null(clickhouse_url: str, 
     null where the number has no JSON spelling, in every format and in `compare`."""
     with scratch_clickhouse(clickhouse_url, "t_bad") as (database, client):
         huge = [1e308, 1e308, math.inf, math.nan, 5.0]
-        write(client, [Datum(1, "/huge", T0 + k * 10 * MIN, i={"w": v}, a={"wh": v if k != 1 else -1e308})
-                       for k, v in enumerate(huge)]
-              + [Datum(1, "/huge", T0 + DAY + k * 10 * MIN, i={"w": 2.0 * k}) for k in range(3)])
+        write(
+            client,
+            [
+                Datum(1, "/huge", T0 + k * 10 * MIN, i={"w": v}, a={"wh": v if k != 1 else -1e308})
+                for k, v in enumerate(huge)
+            ]
+            + [Datum(1, "/huge", T0 + DAY + k * 10 * MIN, i={"w": 2.0 * k}) for k in range(3)],
+        )
         recompute_range(client, 1, "/huge", T0 - DAY, T0 + 2 * DAY, lambda _n, _ms: "UTC")
-        stored = client.query("SELECT avg, diff FROM rollup WHERE periodicity = 'hour' AND property IN ('w', 'wh')"
-                              f" AND ts_start = fromUnixTimestamp64Milli(toInt64({T0}))").result_rows
+        stored = client.query(
+            "SELECT avg, diff FROM rollup WHERE periodicity = 'hour' AND property IN ('w', 'wh')"
+            f" AND ts_start = fromUnixTimestamp64Milli(toInt64({T0}))"
+        ).result_rows
         assert any(v is not None and not math.isfinite(v) for row in stored for v in row), stored
         w = ts.series_name(ts.SeriesKey(1, "/huge", "w"))
         wh = ts.series_name(ts.SeriesKey(1, "/huge", "wh"))
@@ -98,7 +105,8 @@ def line(node: object, created: object, samples: dict[str, object] | None, sourc
 
 def stored(client: object) -> list[tuple[int, str, str, float]]:
     rows = client.query(  # type: ignore[attr-defined]
-        "SELECT node_id, source_id, property, value FROM datum ORDER BY node_id, source_id, property").result_rows
+        "SELECT node_id, source_id, property, value FROM datum ORDER BY node_id, source_id, property"
+    ).result_rows
     return [(int(n), str(s), str(p), float(v)) for n, s, p, v in rows]
 
 
@@ -113,42 +121,62 @@ def test_every_bad_ingest_line_is_reported_and_counted_as_the_pipeline_treats_it
     settings: Settings, tmp_path: Path
 ) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text("\n".join([
-        line(1, BASE, {"i": {"w": 1.0}}),                                # 1 stored
-        line(2**64, BASE, {"i": {"w": 1.0}}),                            # 2 OverflowError before
-        line(1, 10**15, {"i": {"w": 1.0}}),                              # 3 year 33658: no datetime
-        line(1, -(10**20), {"i": {"w": 1.0}}),                           # 4
-        line(1, "2023-11-14 22:13:21Z", {"i": {"w": 1e308, "ok": 3.0}}),  # 5 w refused, ok stored
-        line(1, "2023-11-14 22:13:22Z", None),                           # 6 no samples
-        line(1, "2023-11-14 22:13:23Z", {"t": ["only-a-tag"]}),          # 7 no samples either
-        line(1, "2023-11-14 22:13:24Z", {"a": {"wh": 10**400}}),         # 8 its only sample refused
-        line(NODE_ID_MAX, BASE, {"i": {"w": 2.0}}),                      # 9 the largest nodeId: stored
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                line(1, BASE, {"i": {"w": 1.0}}),  # 1 stored
+                line(2**64, BASE, {"i": {"w": 1.0}}),  # 2 OverflowError before
+                line(1, 10**15, {"i": {"w": 1.0}}),  # 3 year 33658: no datetime
+                line(1, -(10**20), {"i": {"w": 1.0}}),  # 4
+                line(1, "2023-11-14 22:13:21Z", {"i": {"w": 1e308, "ok": 3.0}}),  # 5 w refused, ok stored
+                line(1, "2023-11-14 22:13:22Z", None),  # 6 no samples
+                line(1, "2023-11-14 22:13:23Z", {"t": ["only-a-tag"]}),  # 7 no samples either
+                line(1, "2023-11-14 22:13:24Z", {"a": {"wh": 10**400}}),  # 8 its only sample refused
+                line(NODE_ID_MAX, BASE, {"i": {"w": 2.0}}),  # 9 the largest nodeId: stored
+            ]
+        )
+        + "\n"
+    )
     producer = DatumProducer(settings)
     report = IngestReport()
     ingest_json(producer, [path], report)
     # a datum without samples and a huge sample sent by another producer: the worker's rules
-    producer.send([Datum(3, "/S1/direct", BASE_MS),
-                   Datum(3, "/S1/direct", BASE_MS + 1, {"v": 1.0, "huge": -1e300})])
+    producer.send([Datum(3, "/S1/direct", BASE_MS), Datum(3, "/S1/direct", BASE_MS + 1, {"v": 1.0, "huge": -1e300})])
     producer.flush()
     assert (report.lines_read, report.datums_sent, report.lines_rejected, report.samples_rejected) == (9, 3, 6, 1)
     assert report.without_samples == 2
     assert "without samples 2 (among the rejected: nothing to store)" in report.summary()
-    assert report.rejected_by_rule == {"json.node_id": 1, "created.in_future": 1, "created.too_old": 1,
-                                       "sample.out_of_range": 2, "datum.no_samples": 2}
+    assert report.rejected_by_rule == {
+        "json.node_id": 1,
+        "created.in_future": 1,
+        "created.too_old": 1,
+        "sample.out_of_range": 2,
+        "datum.no_samples": 2,
+    }
     letters = read_topic(settings.kafka_bootstrap, f"{settings.topic_prefix}pipeline.deadletter", 7)
     assert sorted((x["line"], x["reasons"][0]["rule"]) for x in letters) == [
-        (2, "json.node_id"), (3, "created.in_future"), (4, "created.too_old"), (5, "sample.out_of_range"),
-        (6, "datum.no_samples"), (7, "datum.no_samples"), (8, "sample.out_of_range")]
+        (2, "json.node_id"),
+        (3, "created.in_future"),
+        (4, "created.too_old"),
+        (5, "sample.out_of_range"),
+        (6, "datum.no_samples"),
+        (7, "datum.no_samples"),
+        (8, "sample.out_of_range"),
+    ]
     assert all(x["file"] == str(path) and x["stage"] == "ingest" for x in letters)
     client = connect(settings.clickhouse_url)
     with worker_process(settings, tmp_path / "worker.log"):
-        want = [(1, "/S1/M1", "ok", 3.0), (1, "/S1/M1", "w", 1.0), (3, "/S1/direct", "v", 1.0),
-                (NODE_ID_MAX, "/S1/M1", "w", 2.0)]
+        want = [
+            (1, "/S1/M1", "ok", 3.0),
+            (1, "/S1/M1", "w", 1.0),
+            (3, "/S1/direct", "v", 1.0),
+            (NODE_ID_MAX, "/S1/M1", "w", 2.0),
+        ]
         wait_for(lambda: stored(client) == want, 120, "the good datums and samples stored")
         # the worker dead-letters what ingest would have refused: nothing is accepted and not stored
-        all_letters = read_topic(settings.kafka_bootstrap, f"{settings.topic_prefix}pipeline.deadletter", 10,
-                                 timeout=20)
+        all_letters = read_topic(
+            settings.kafka_bootstrap, f"{settings.topic_prefix}pipeline.deadletter", 10, timeout=20
+        )
     worker = [x for x in all_letters if x["stage"] != "ingest"]
     assert sorted(r["rule"] for x in worker for r in x["reasons"]) == ["datum.no_samples", "sample.out_of_range"]
     assert len(all_letters) == 9

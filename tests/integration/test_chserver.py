@@ -29,12 +29,23 @@ T0 = dt.datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=dt.UTC)
 
 
 def rows(n: int) -> list[list[object]]:
-    return [[T0 + dt.timedelta(seconds=i), f"dev-{i % 3}", None if i % 4 == 0 else i / 8,
-             ["x", str(i)], "ok" if i % 2 else "bad", {"w": float(i)}, i] for i in range(n)]
+    return [
+        [
+            T0 + dt.timedelta(seconds=i),
+            f"dev-{i % 3}",
+            None if i % 4 == 0 else i / 8,
+            ["x", str(i)],
+            "ok" if i % 2 else "bad",
+            {"w": float(i)},
+            i,
+        ]
+        for i in range(n)
+    ]
 
 
-def http(url: str, query: dict[str, str] | None = None, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def http(
+    url: str, query: dict[str, str] | None = None, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     full = url + "/?" + urllib.parse.urlencode(query or {})
     req = urllib.request.Request(full, data=body, headers=headers or {})
     try:
@@ -46,8 +57,7 @@ def http(url: str, query: dict[str, str] | None = None, body: bytes | None = Non
 
 
 @pytest.mark.parametrize("compress", [True, False, "lz4", "zstd", "gzip"])
-def test_roundtrip_types_each_compression(clickhouse_url: str, ch_database: str,
-                                          compress: bool | str) -> None:
+def test_roundtrip_types_each_compression(clickhouse_url: str, ch_database: str, compress: bool | str) -> None:
     client = clickhouse_connect.get_client(dsn=clickhouse_url, compress=compress)
     client.command(DDL.format(db=ch_database))
     data = rows(2000)
@@ -58,8 +68,9 @@ def test_roundtrip_types_each_compression(clickhouse_url: str, ch_database: str,
     for want, row in zip(data[:8], got[:8], strict=True):
         assert row[0] == want[0].replace(tzinfo=None)  # DateTime64 keeps the milliseconds
         assert list(row[1:]) == want[1:]
-    types = client.query(f"SELECT toTypeName(device), toTypeName(status) FROM {ch_database}.readings "
-                         "LIMIT 1").result_rows[0]
+    types = client.query(
+        f"SELECT toTypeName(device), toTypeName(status) FROM {ch_database}.readings LIMIT 1"
+    ).result_rows[0]
     assert types == ("LowCardinality(String)", "Enum8('ok' = 1, 'bad' = 2)")
     client.close()
 
@@ -76,12 +87,10 @@ def test_columnar_insert_and_arrow(clickhouse_url: str, ch_database: str) -> Non
 
 
 def test_database_and_settings(clickhouse_url: str, ch_database: str) -> None:
-    client = clickhouse_connect.get_client(dsn=clickhouse_url, database=ch_database,
-                                           settings={"max_threads": 1})
+    client = clickhouse_connect.get_client(dsn=clickhouse_url, database=ch_database, settings={"max_threads": 1})
     assert client.command("SELECT currentDatabase()") == ch_database
     assert client.command("SELECT getSetting('max_threads')") == 1
-    assert client.command("SELECT getSetting('max_block_size')",
-                          settings={"max_block_size": 777}) == 777
+    assert client.command("SELECT getSetting('max_block_size')", settings={"max_block_size": 777}) == 777
     # a per-query setting does not stick to the session
     assert client.command("SELECT getSetting('max_block_size')") != 777
     # server-side parameter binding
@@ -122,22 +131,31 @@ def test_raw_http_like_curl(clickhouse_url: str, ch_database: str) -> None:
     status, _, body = http(clickhouse_url, body=b"SELECT number FROM numbers(3) FORMAT CSV")
     assert (status, body) == (200, b"0\n1\n2\n")
 
-    assert http(clickhouse_url, body=f"CREATE TABLE {ch_database}.kv (k String, v UInt32) "
-                "ENGINE = MergeTree ORDER BY k".encode())[0] == 200
+    assert (
+        http(
+            clickhouse_url,
+            body=f"CREATE TABLE {ch_database}.kv (k String, v UInt32) ENGINE = MergeTree ORDER BY k".encode(),
+        )[0]
+        == 200
+    )
     lines = b'{"k": "a", "v": 1}\n{"k": "b", "v": 2}\n'
-    status, headers, _ = http(clickhouse_url, {"query": f"INSERT INTO {ch_database}.kv FORMAT JSONEachRow"},
-                              body=lines)
+    status, headers, _ = http(clickhouse_url, {"query": f"INSERT INTO {ch_database}.kv FORMAT JSONEachRow"}, body=lines)
     assert status == 200 and json.loads(headers["X-ClickHouse-Summary"])["written_rows"] == "2"
     # whole INSERT in a gzip-compressed body, data after the FORMAT line
     payload = gzip.compress(f"INSERT INTO {ch_database}.kv FORMAT CSV\nc,3\n".encode())
     assert http(clickhouse_url, body=payload, headers={"Content-Encoding": "gzip"})[0] == 200
 
     status, headers, body = http(
-        clickhouse_url, {"query": f"SELECT k, v FROM {ch_database}.kv ORDER BY k FORMAT JSONEachRow",
-                         "enable_http_compression": "1"}, headers={"Accept-Encoding": "gzip"})
+        clickhouse_url,
+        {"query": f"SELECT k, v FROM {ch_database}.kv ORDER BY k FORMAT JSONEachRow", "enable_http_compression": "1"},
+        headers={"Accept-Encoding": "gzip"},
+    )
     assert status == 200 and headers["Content-Encoding"] == "gzip"
     assert [json.loads(line) for line in gzip.decompress(body).splitlines()] == [
-        {"k": "a", "v": 1}, {"k": "b", "v": 2}, {"k": "c", "v": 3}]
+        {"k": "a", "v": 1},
+        {"k": "b", "v": 2},
+        {"k": "c", "v": 3},
+    ]
 
     status, headers, body = http(clickhouse_url, {"query": "SELECT nope"})
     assert status == 404 and headers["X-ClickHouse-Exception-Code"] == "47"
@@ -167,8 +185,7 @@ def test_concurrent_clients(clickhouse_url: str, ch_database: str) -> None:
     for t in threads:
         t.join(120)
     assert not errors, errors
-    count = clickhouse_connect.get_client(dsn=clickhouse_url).command(
-        f"SELECT count() FROM {ch_database}.readings")
+    count = clickhouse_connect.get_client(dsn=clickhouse_url).command(f"SELECT count() FROM {ch_database}.readings")
     assert count == 6 * 5 * 200
 
 
@@ -197,10 +214,12 @@ _TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(st.tuples(st.integers(0, 2**63 - 1), _TEXT, st.integers(-(2**62), 2**62), _TEXT),
-                     min_size=1, max_size=30))
-def test_sql_table_reads_back_every_row_exactly(clickhouse_url: str,
-                                                rows: list[tuple[int, str, int, str]]) -> None:
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(0, 2**63 - 1), _TEXT, st.integers(-(2**62), 2**62), _TEXT), min_size=1, max_size=30
+    )
+)
+def test_sql_table_reads_back_every_row_exactly(clickhouse_url: str, rows: list[tuple[int, str, int, str]]) -> None:
     """The literal tables of set-wise reads (sinks.clickhouse.sql_table) survive any text: tabs,
     newlines, backslashes, quotes, `\\N`, non-ASCII."""
     client = clickhouse_connect.get_client(dsn=clickhouse_url)
@@ -224,8 +243,9 @@ def _raw_request(url: str, request: bytes) -> tuple[int, bytes]:
                 break
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
-        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), 0)
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+        )
         while len(body) < length:
             chunk = s.recv(65536)
             if not chunk:
@@ -234,16 +254,27 @@ def _raw_request(url: str, request: bytes) -> tuple[int, bytes]:
     return int(head.split(b" ")[1]), body
 
 
-@pytest.mark.parametrize(("request_bytes", "status", "says"), [
-    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\nSELECT 1", 400, b"is not a number"),
-    (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nSELECT 1\r\n0\r\n\r\n",
-     400, b"chunk size"),
-    ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\néé€€".encode(), 400, b"SYNTAX_ERROR"),
-    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 46\r\n\r\nSELECT * FROM file('/etc/hostname', 'RawBLOB')",
-     403, b"ACCESS_DENIED"),
-])
-def test_malformed_and_outside_requests_get_clickhouse_shaped_4xx(clickhouse_url: str, request_bytes: bytes,
-                                                                  status: int, says: bytes) -> None:
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "says"),
+    [
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\nSELECT 1", 400, b"is not a number"),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"ffffffffffffffff\r\nSELECT 1\r\n0\r\n\r\n",
+            400,
+            b"chunk size",
+        ),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\néé€€".encode(), 400, b"SYNTAX_ERROR"),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 46\r\n\r\nSELECT * FROM file('/etc/hostname', 'RawBLOB')",
+            403,
+            b"ACCESS_DENIED",
+        ),
+    ],
+)
+def test_malformed_and_outside_requests_get_clickhouse_shaped_4xx(
+    clickhouse_url: str, request_bytes: bytes, status: int, says: bytes
+) -> None:
     got, body = _raw_request(clickhouse_url, request_bytes)
     assert got == status, body
     assert says in body and b"Traceback" not in body
@@ -254,8 +285,10 @@ def test_a_zstd_bomb_is_refused_without_inflating(clickhouse_url: str) -> None:
 
     bomb = zstandard.ZstdCompressor().compress(b"SELECT 1 /*" + b" " * (200 << 20) + b"*/")
     assert len(bomb) < 100_000
-    got, body = _raw_request(clickhouse_url, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Encoding: zstd\r\n"
-                             b"Content-Length: %d\r\n\r\n" % len(bomb) + bomb)
+    got, body = _raw_request(
+        clickhouse_url,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Encoding: zstd\r\nContent-Length: %d\r\n\r\n" % len(bomb) + bomb,
+    )
     # refused by the endpoint once 16 MiB were inflated (chDB's parser would say the same after
     # holding all 200 MiB: 1.2 GB more resident memory for a 13 KB request, before this check)
     assert got == 400 and b"Max query size exceeded" in body and b"send large data as INSERT" in body
@@ -284,9 +317,11 @@ def test_users_with_passwords_and_a_read_only_reader(tmp_path: Path) -> None:
         writer.insert("t", [[1], [2]], column_names=["a"])
         reader = clickhouse_connect.get_client(dsn=reader_url)
         assert reader.command("SELECT sum(a) FROM t") == 3
-        for attempt in (lambda: reader.insert("t", [[3]], column_names=["a"]),
-                        lambda: reader.command("INSERT INTO t VALUES (4)"),
-                        lambda: reader.command("DROP TABLE t")):
+        for attempt in (
+            lambda: reader.insert("t", [[3]], column_names=["a"]),
+            lambda: reader.command("INSERT INTO t VALUES (4)"),
+            lambda: reader.command("DROP TABLE t"),
+        ):
             with pytest.raises(DatabaseError, match="READONLY"):
                 attempt()
         assert writer.command("SELECT count() FROM t") == 2
@@ -294,9 +329,11 @@ def test_users_with_passwords_and_a_read_only_reader(tmp_path: Path) -> None:
         assert status == 403 and b"AUTHENTICATION_FAILED" in body
         status, _, body = http(svc.url, {"query": "SELECT 1", "user": stack.CLICKHOUSE_WRITER, "password": "nope"})
         assert status == 403 and b"AUTHENTICATION_FAILED" in body
-        status, _, body = http(svc.url, {"query": "SELECT 1"},
-                               headers={"X-ClickHouse-User": stack.CLICKHOUSE_READER,
-                                        "X-ClickHouse-Key": creds[stack.CLICKHOUSE_READER]})
+        status, _, body = http(
+            svc.url,
+            {"query": "SELECT 1"},
+            headers={"X-ClickHouse-User": stack.CLICKHOUSE_READER, "X-ClickHouse-Key": creds[stack.CLICKHOUSE_READER]},
+        )
         assert (status, body) == (200, b"1\n")
         with urllib.request.urlopen(svc.url.rstrip("/") + "/ping", timeout=10) as r:
             assert r.status == 200  # health checks need no password

@@ -63,11 +63,28 @@ class TimeRange:
     def interval_ms(self, max_data_points: int = 1000) -> int:
         """Grafana's interval: the range over the data points, rounded (rangeutil.roundInterval)."""
         raw = (self.to_ms - self.from_ms) / max_data_points
-        steps = [(1_500, 1_000), (3_500, 2_000), (7_500, 5_000), (12_500, 10_000), (17_500, 15_000),
-                 (25_000, 20_000), (45_000, 30_000), (90_000, 60_000), (210_000, 120_000), (450_000, 300_000),
-                 (750_000, 600_000), (1_050_000, 900_000), (1_500_000, 1_200_000), (2_700_000, 1_800_000),
-                 (5_400_000, 3_600_000), (9_000_000, 7_200_000), (16_200_000, 10_800_000),
-                 (32_400_000, 21_600_000), (86_400_000, 43_200_000), (604_800_000, 86_400_000)]
+        steps = [
+            (1_500, 1_000),
+            (3_500, 2_000),
+            (7_500, 5_000),
+            (12_500, 10_000),
+            (17_500, 15_000),
+            (25_000, 20_000),
+            (45_000, 30_000),
+            (90_000, 60_000),
+            (210_000, 120_000),
+            (450_000, 300_000),
+            (750_000, 600_000),
+            (1_050_000, 900_000),
+            (1_500_000, 1_200_000),
+            (2_700_000, 1_800_000),
+            (5_400_000, 3_600_000),
+            (9_000_000, 7_200_000),
+            (16_200_000, 10_800_000),
+            (32_400_000, 21_600_000),
+            (86_400_000, 43_200_000),
+            (604_800_000, 86_400_000),
+        ]
         return next((value for bound, value in steps if raw < bound), 604_800_000)
 
 
@@ -121,7 +138,7 @@ def _args(text: str, start: int) -> tuple[list[str], int]:
             current = ""
             continue
         current += c
-    raise AssertionError(f"unbalanced parentheses in macro call: {text[start:start + 80]!r}")
+    raise AssertionError(f"unbalanced parentheses in macro call: {text[start : start + 80]!r}")
 
 
 def expand_macros(sql: str, tr: TimeRange, interval_ms: int) -> str:
@@ -142,12 +159,16 @@ def expand_macros(sql: str, tr: TimeRange, interval_ms: int) -> str:
         "fromTime_ms": lambda a: f"fromUnixTimestamp64Milli({tr.from_ms})",
         "toTime_ms": lambda a: f"fromUnixTimestamp64Milli({tr.to_ms})",
         "timeFilter": lambda a: f"{one(a, 'timeFilter')} >= toDateTime({fr}) AND {a[0]} <= toDateTime({to})",
-        "timeFilter_ms": lambda a: (f"{one(a, 'timeFilter_ms')} >= fromUnixTimestamp64Milli({tr.from_ms}) "
-                                    f"AND {a[0]} <= fromUnixTimestamp64Milli({tr.to_ms})"),
+        "timeFilter_ms": lambda a: (
+            f"{one(a, 'timeFilter_ms')} >= fromUnixTimestamp64Milli({tr.from_ms}) "
+            f"AND {a[0]} <= fromUnixTimestamp64Milli({tr.to_ms})"
+        ),
         "dateFilter": lambda a: f"{one(a, 'dateFilter')} >= {date(tr.from_ms)} AND {a[0]} <= {date(tr.to_ms)}",
         "timeInterval": lambda a: f"toStartOfInterval(toDateTime({one(a, 'timeInterval')}), INTERVAL {seconds} second)",
-        "timeInterval_ms": lambda a: (f"toStartOfInterval(toDateTime64({one(a, 'timeInterval_ms')}, 3), "
-                                      f"INTERVAL {max(interval_ms, 1)} millisecond)"),
+        "timeInterval_ms": lambda a: (
+            f"toStartOfInterval(toDateTime64({one(a, 'timeInterval_ms')}, 3), "
+            f"INTERVAL {max(interval_ms, 1)} millisecond)"
+        ),
         "interval_s": lambda a: str(seconds),
     }
     out, pos = [], 0
@@ -160,7 +181,7 @@ def expand_macros(sql: str, tr: TimeRange, interval_ms: int) -> str:
         end = m.end()
         if end < len(sql) and sql[end] == "(":
             args, end = _args(sql, end)
-        out.append(sql[pos:m.start()])
+        out.append(sql[pos : m.start()])
         out.append(macros[name](args))
         pos = end
     out.append(sql[pos:])
@@ -169,17 +190,21 @@ def expand_macros(sql: str, tr: TimeRange, interval_ms: int) -> str:
 
 def test_expansion_matches_the_plugin() -> None:
     tr = TimeRange(1_700_000_000_000, 1_700_086_400_000)
-    sql = ("SELECT $__timeInterval(created) AS t FROM datum WHERE $__timeFilter(created) AND node_id = $node "
-           "AND source_id = ${source:sqlstring} AND ts_end > $__fromTime AND ts_start <= $__toTime "
-           "AND x = $__interval_s AND '$periodicity' = 'raw' AND $__timeFilter_ms(toDateTime64(c, 3))")
-    got = expand_macros(interpolate(sql, {"node": "7", "source": "/S1/it's", "periodicity": "day"}), tr,
-                        tr.interval_ms())
+    sql = (
+        "SELECT $__timeInterval(created) AS t FROM datum WHERE $__timeFilter(created) AND node_id = $node "
+        "AND source_id = ${source:sqlstring} AND ts_end > $__fromTime AND ts_start <= $__toTime "
+        "AND x = $__interval_s AND '$periodicity' = 'raw' AND $__timeFilter_ms(toDateTime64(c, 3))"
+    )
+    got = expand_macros(
+        interpolate(sql, {"node": "7", "source": "/S1/it's", "periodicity": "day"}), tr, tr.interval_ms()
+    )
     assert got == (
         "SELECT toStartOfInterval(toDateTime(created), INTERVAL 60 second) AS t FROM datum WHERE "
         "created >= toDateTime(1700000000) AND created <= toDateTime(1700086400) AND node_id = 7 "
         "AND source_id = '/S1/it''s' AND ts_end > toDateTime(1700000000) AND ts_start <= toDateTime(1700086400) "
         "AND x = 60 AND 'day' = 'raw' AND toDateTime64(c, 3) >= fromUnixTimestamp64Milli(1700000000000) "
-        "AND toDateTime64(c, 3) <= fromUnixTimestamp64Milli(1700086400000)")
+        "AND toDateTime64(c, 3) <= fromUnixTimestamp64Milli(1700086400000)"
+    )
     with pytest.raises(AssertionError, match="not a macro"):
         expand_macros("SELECT $__timeFrom()", tr, 60_000)
     with pytest.raises(AssertionError, match="not defined"):
@@ -263,15 +288,22 @@ def clickhouse_dashboards() -> list[str]:
 
 
 def cli(settings: Settings, *args: str, timeout: float = 180) -> str:
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env={**os.environ, **settings.as_env()},
-                            cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env={**os.environ, **settings.as_env()},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, f"pipeline {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
 
 @pytest.fixture(scope="module")
-def demo(kafka_bootstrap: str, clickhouse_url: str, postgres_url: str,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def demo(
+    kafka_bootstrap: str, clickhouse_url: str, postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     unique = uuid.uuid4().hex[:12]
     database = f"t_{unique}"
     admin = clickhouse_connect.get_client(dsn=clickhouse_url)
@@ -279,12 +311,21 @@ def demo(kafka_bootstrap: str, clickhouse_url: str, postgres_url: str,
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     tmp = tmp_path_factory.mktemp("grafana")
-    settings = settings_for(kafka_bootstrap, clickhouse_url, database, f"t{unique}.")._with({
-        "postgres_dsn": f"{postgres_url.rpartition('/')[0]}/{database}", "data_dir": tmp / "data"})
+    settings = settings_for(kafka_bootstrap, clickhouse_url, database, f"t{unique}.")._with(
+        {"postgres_dsn": f"{postgres_url.rpartition('/')[0]}/{database}", "data_dir": tmp / "data"}
+    )
     try:
         t0 = time.monotonic()
-        out = cli(settings, "metadata", "datamodels", str(ROOT / "schemas" / "datamodels"), "--author", "test",
-                  "--comment", "grafana queries")
+        out = cli(
+            settings,
+            "metadata",
+            "datamodels",
+            str(ROOT / "schemas" / "datamodels"),
+            "--author",
+            "test",
+            "--comment",
+            "grafana queries",
+        )
         events = re.search(r"published (\d+) metadata event", out)
         assert events, out
         client = connect(settings.clickhouse_url)
@@ -294,6 +335,7 @@ def demo(kafka_bootstrap: str, clickhouse_url: str, postgres_url: str,
                 def probe() -> bool:
                     assert worker.poll() is None, (tmp / "worker.log").read_text()[-3000:]
                     return check()
+
                 return probe
 
             # the datamodels first, so that every datum is validated and scored
@@ -327,8 +369,10 @@ def _count(client: Any, sql: str) -> int:
 
 def _rollups_complete(client: Any, streams: int) -> bool:
     levels = {r[0] for r in run(client, "SELECT DISTINCT periodicity FROM rollup")}
-    years = _count(client, "SELECT count() FROM (SELECT DISTINCT node_id, source_id, property FROM rollup "
-                           "WHERE periodicity = 'year')")
+    years = _count(
+        client,
+        "SELECT count() FROM (SELECT DISTINCT node_id, source_id, property FROM rollup WHERE periodicity = 'year')",
+    )
     return levels == PERIODICITIES and years == streams
 
 

@@ -27,14 +27,19 @@ from tests.samples import health_model
 pytestmark = pytest.mark.integration
 
 QRATING = {
-    "version": "1.0.0", "max_score": 1000,
-    "min_required": {"value": 30, "label": "LOW"}, "min_desired": {"value": 50, "label": "OK"},
-    "ideal": {"value": 70, "label": "IDEAL"}, "max_desired": {"value": 120, "label": "HIGH"},
+    "version": "1.0.0",
+    "max_score": 1000,
+    "min_required": {"value": 30, "label": "LOW"},
+    "min_desired": {"value": 50, "label": "OK"},
+    "ideal": {"value": 70, "label": "IDEAL"},
+    "max_desired": {"value": 120, "label": "HIGH"},
     "max_allowed": {"value": 180, "label": "DANGER"},
 }
 Q1 = {"qrating": QRATING}
-Q2 = {"qrating": {**QRATING, "version": "2.0.0", "max_allowed": {"value": 200, "label": "DANGER"}},
-      "storage": {"period": "DAYS", "total": 90}}
+Q2 = {
+    "qrating": {**QRATING, "version": "2.0.0", "max_allowed": {"value": 200, "label": "DANGER"}},
+    "storage": {"period": "DAYS", "total": 90},
+}
 HEALTH = health_model(QRATING)
 SRC: dict[str, KeyValue] = {"node_id": 1, "source_id": "/S1/HP1"}
 BIND: dict[str, KeyValue] = {"node_id": 1, "source_pattern": "/S1/**", "valid_from_ms": None}
@@ -65,47 +70,94 @@ SCRIPT: list[tuple[Any, ...]] = [
     (1, "organization", ORG, "upsert", {"name": "ACME"}, None, None, "applied"),
     (2, "node", N1, "upsert", {"name": "gw-1", "org_id": 7}, None, None, "applied"),
     (3, "site", {"site_id": "s1"}, "upsert", {"name": "Farmhouse"}, None, None, "applied"),
-    (4, "equipment", {"equipment_id": "hp-1"}, "upsert",
-     {"site_id": "s1", "kind": "heat_pump", "model": "WF-5"}, None, None, "applied"),
+    (
+        4,
+        "equipment",
+        {"equipment_id": "hp-1"},
+        "upsert",
+        {"site_id": "s1", "kind": "heat_pump", "model": "WF-5"},
+        None,
+        None,
+        "applied",
+    ),
     (5, "datamodel", {"identifier": "health"}, "upsert", HEALTH, None, None, "applied"),
     (6, "source", SRC, "upsert", {"equipment_id": "hp-1"}, None, None, "applied"),
-    (7, "source_binding", BIND, "upsert",
-     {"datamodel": "health", "properties": {"rate": "health.heart.rate"}}, None, None, "applied"),
+    (
+        7,
+        "source_binding",
+        BIND,
+        "upsert",
+        {"datamodel": "health", "properties": {"rate": "health.heart.rate"}},
+        None,
+        None,
+        "applied",
+    ),
     (8, "node_timezone", N1, "set_valid", {"tz": "Europe/Oslo"}, d("2024-01-01"), None, "applied"),
     (9, "datastream_template", TPL, "set_valid", Q1, None, None, "applied"),
     (10, "site", {"site_id": "s1"}, "upsert", {"name": "Farm House"}, None, None, "applied"),
     (11, "organization", ORG, "upsert", {"name": "ACME Corp"}, None, None, "applied"),
     (12, "node_timezone", N1, "close", None, d("2024-01-01"), d("2024-07-01"), "applied"),
     (13, "node_timezone", N1, "set_valid", {"tz": "UTC"}, d("2024-07-01"), None, "applied"),
-    (14, "node_timezone", N1, "set_valid", {"tz": "CET"}, d("2024-06-01"), d("2024-08-01"),
-     "refused", "valid.overlap"),
-    (15, "source", SRC, "upsert", {"equipment_id": "hp-2"}, None, None,
-     "refused", "static.immutable"),
-    (16, "datamodel", {"identifier": "broken"}, "upsert",
-     {"identifier": "broken", "name": "b", "description": "b", "categories": 3}, None, None,
-     "refused", "datamodel.invalid"),
+    (14, "node_timezone", N1, "set_valid", {"tz": "CET"}, d("2024-06-01"), d("2024-08-01"), "refused", "valid.overlap"),
+    (15, "source", SRC, "upsert", {"equipment_id": "hp-2"}, None, None, "refused", "static.immutable"),
+    (
+        16,
+        "datamodel",
+        {"identifier": "broken"},
+        "upsert",
+        {"identifier": "broken", "name": "b", "description": "b", "categories": 3},
+        None,
+        None,
+        "refused",
+        "datamodel.invalid",
+    ),
     (17, "datastream_template", TPL, "replace", Q2, d("2024-03-01"), None, "applied"),
     (18, "source", SRC, "delete", None, None, None, "applied"),
     (19, "source", SRC, "upsert", {"equipment_id": "hp-2"}, None, None, "applied"),
-    (20, "equipment", {"equipment_id": "hp-1"}, "upsert",
-     {"site_id": "s1", "kind": "heat_pump", "model": "WF-7"}, None, None, "applied"),
+    (
+        20,
+        "equipment",
+        {"equipment_id": "hp-1"},
+        "upsert",
+        {"site_id": "s1", "kind": "heat_pump", "model": "WF-7"},
+        None,
+        None,
+        "applied",
+    ),
     (21, "node_timezone", N1, "correct", {"tz": "Europe/Berlin"}, d("2024-07-01"), None, "applied"),
     (22, "site", {"site_id": "s2"}, "upsert", {"name": "Barn"}, None, None, "applied"),
     (23, "site", {"site_id": "s2"}, "delete", None, None, None, "applied"),
-    (24, "equipment", {"equipment_id": "hp-9"}, "upsert",
-     {"site_id": "nowhere", "kind": "heat_pump"}, None, None, "refused", "reference.missing"),
+    (
+        24,
+        "equipment",
+        {"equipment_id": "hp-9"},
+        "upsert",
+        {"site_id": "nowhere", "kind": "heat_pump"},
+        None,
+        None,
+        "refused",
+        "reference.missing",
+    ),
     (25, "site", {"site_id": "s1"}, "upsert", {"name": "Farm House"}, None, None, "applied"),
 ]
 
 
 def event_of(step: tuple[Any, ...]) -> MetadataEvent:
     i, entity, key, op, value, vf, vt = step[:7]
-    return parse_event({
-        "event_id": str(uuid.UUID(int=i)), "entity": entity, "key": key, "op": op,
-        "value": value, "valid_from": iso(vf), "valid_to": iso(vt),
-        "author": "alice" if i % 2 else "bob", "comment": f"step {i}",
-        "produced_at": iso(T(i) - timedelta(minutes=5)),
-    })
+    return parse_event(
+        {
+            "event_id": str(uuid.UUID(int=i)),
+            "entity": entity,
+            "key": key,
+            "op": op,
+            "value": value,
+            "valid_from": iso(vf),
+            "valid_to": iso(vt),
+            "author": "alice" if i % 2 else "bob",
+            "comment": f"step {i}",
+            "produced_at": iso(T(i) - timedelta(minutes=5)),
+        }
+    )
 
 
 @pytest.fixture
@@ -125,8 +177,9 @@ def replayed(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     return conn
 
 
-def snapshot(conn: psycopg.Connection[Any], at: datetime, entity: str | None = None
-             ) -> dict[tuple[str, str, str | None, str | None], Any]:
+def snapshot(
+    conn: psycopg.Connection[Any], at: datetime, entity: str | None = None
+) -> dict[tuple[str, str, str | None, str | None], Any]:
     out = {}
     for s in history.state_at(conn, at, entity):
         vf = vt = None
@@ -182,8 +235,7 @@ def test_state_at_many_points(replayed: psycopg.Connection[Any]) -> None:
     c = replayed
     assert snapshot(c, T(0)) == ORG_NOW  # before anything: master data only, latest state
     assert snapshot(c, T(1)) == ORG_NOW
-    assert snapshot(c, T(2)) == {**ORG_NOW, ("node", K_N1, None, None): AT_9[("node", K_N1,
-                                                                            None, None)]}
+    assert snapshot(c, T(2)) == {**ORG_NOW, ("node", K_N1, None, None): AT_9[("node", K_N1, None, None)]}
     assert snapshot(c, T(9)) == AT_9
     assert snapshot(c, T(9) + timedelta(minutes=59)) == AT_9
     assert snapshot(c, T(10))[("site", K_S1, None, None)] == {"name": "Farm House"}
@@ -206,19 +258,24 @@ def test_state_at_many_points(replayed: psycopg.Connection[Any]) -> None:
         (Interval(d("2024-01-01"), d("2024-07-01")), T(12)),
         (Interval(d("2024-07-01"), None), T(21)),
     ]
-    assert [s.value for s in history.state_at(c, T(5), "site", {"site_id": "s1"})] == [
-        {"name": "Farmhouse"}]
+    assert [s.value for s in history.state_at(c, T(5), "site", {"site_id": "s1"})] == [{"name": "Farmhouse"}]
 
 
 def test_diff_between_states(replayed: psycopg.Connection[Any]) -> None:
     c = replayed
 
-    def summary(t0: datetime, t1: datetime, entity: str | None = None,
-                key: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    def summary(
+        t0: datetime, t1: datetime, entity: str | None = None, key: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
         return [
-            (ch.kind, ch.entity, key_text(ch.key), iso(ch.valid_from),
-             None if ch.before is None else ch.before.value,
-             None if ch.after is None else ch.after.value)
+            (
+                ch.kind,
+                ch.entity,
+                key_text(ch.key),
+                iso(ch.valid_from),
+                None if ch.before is None else ch.before.value,
+                None if ch.after is None else ch.after.value,
+            )
             for ch in history.diff(c, t0, t1, entity, key)
         ]
 
@@ -237,16 +294,16 @@ def test_diff_between_states(replayed: psycopg.Connection[Any]) -> None:
         ("added", "datastream_template", K_TPL, MAR, None, Q2),
         ("changed", "source", K_SRC, None, {"equipment_id": "hp-1"}, {"equipment_id": "hp-2"}),
     ]  # delete + re-create of a static entity: net, a changed value
-    assert summary(T(17), T(18)) == [
-        ("deleted", "source", K_SRC, None, {"equipment_id": "hp-1"}, None)]
-    assert summary(T(18), T(19), "source") == [
-        ("added", "source", K_SRC, None, None, {"equipment_id": "hp-2"})]
+    assert summary(T(17), T(18)) == [("deleted", "source", K_SRC, None, {"equipment_id": "hp-1"}, None)]
+    assert summary(T(18), T(19), "source") == [("added", "source", K_SRC, None, None, {"equipment_id": "hp-2"})]
     assert summary(T(21), T(22)) == [("added", "site", K_S2, None, None, {"name": "Barn"})]
     assert summary(T(21), T(23)) == []  # created and deleted in between: no net change
     assert summary(T(20), T(21), "node_timezone") == [
-        ("changed", "node_timezone", K_N1, JUL, {"tz": "UTC"}, {"tz": "Europe/Berlin"})]
+        ("changed", "node_timezone", K_N1, JUL, {"tz": "UTC"}, {"tz": "Europe/Berlin"})
+    ]
     assert summary(T(0), T(100), "site", {"site_id": "s1"}) == [
-        ("added", "site", K_S1, None, None, {"name": "Farm House"})]
+        ("added", "site", K_S1, None, None, {"name": "Farm House"})
+    ]
     assert summary(T(0), T(100), "organization") == []
     assert [ch.kind for ch in history.diff(c, T(0), T(100))] == ["added"] * 10  # = AT_23 - org
     assert summary(T(5), T(5)) == []
@@ -305,8 +362,10 @@ def test_refusals_are_recorded_with_reasons(replayed: psycopg.Connection[Any]) -
     assert len(log) == len(SCRIPT)
     refused = {r["tx_time"]: (r["status"], r["rule"]) for r in log if r["status"] == "refused"}
     assert refused == {
-        T(14): ("refused", "valid.overlap"), T(15): ("refused", "static.immutable"),
-        T(16): ("refused", "datamodel.invalid"), T(24): ("refused", "reference.missing"),
+        T(14): ("refused", "valid.overlap"),
+        T(15): ("refused", "static.immutable"),
+        T(16): ("refused", "datamodel.invalid"),
+        T(24): ("refused", "reference.missing"),
     }
     by_step = {r["tx_time"]: r for r in log}
     assert by_step[T(11)]["author"] == "alice" and by_step[T(11)]["comment"] == "step 11"
@@ -320,8 +379,12 @@ def test_refusals_are_recorded_with_reasons(replayed: psycopg.Connection[Any]) -
 # Replaying the script again: applied steps are duplicates; refused steps are tried again
 # (only an applied event spends its id) and refused for the same reasons, except step 15,
 # whose value the source has since step 19 (static: an unchanged re-statement is applied).
-RETRIED = {14: ("refused", "valid.overlap"), 15: ("applied", ""),
-           16: ("refused", "datamodel.invalid"), 24: ("refused", "reference.missing")}
+RETRIED = {
+    14: ("refused", "valid.overlap"),
+    15: ("applied", ""),
+    16: ("refused", "datamodel.invalid"),
+    24: ("refused", "reference.missing"),
+}
 
 
 def test_replaying_is_idempotent(replayed: psycopg.Connection[Any]) -> None:
@@ -333,7 +396,10 @@ def test_replaying_is_idempotent(replayed: psycopg.Connection[Any]) -> None:
         assert not r.changed
     # nothing changed but the log: one row more per retried refusal
     assert (snapshot(c, T(100)), snapshot(c, T(13)), len(history.transactions(c))) == (
-        before[0], before[1], before[2] + len(RETRIED))
+        before[0],
+        before[1],
+        before[2] + len(RETRIED),
+    )
     # the same event_id with another body is refused, not silently taken for a duplicate
     other = parse_event({**event_of(SCRIPT[2]).as_dict(), "value": {"name": "Elsewhere"}})
     r = history.apply_event(c, other)
@@ -342,8 +408,7 @@ def test_replaying_is_idempotent(replayed: psycopg.Connection[Any]) -> None:
 
 
 def test_transaction_time_must_move_forward(replayed: psycopg.Connection[Any]) -> None:
-    e = parse_event({**event_of(SCRIPT[2]).as_dict(), "event_id": str(uuid.uuid4()),
-                     "value": {"name": "Late"}})
+    e = parse_event({**event_of(SCRIPT[2]).as_dict(), "event_id": str(uuid.uuid4()), "value": {"name": "Late"}})
     r = history.apply_event(replayed, e, tx_time=T(10))  # s1 last changed at step 10
     assert (r.status, r.rule) == ("refused", "tx_time.not_after_last_change")
     again = history.apply_event(replayed, e, tx_time=T(9))  # refused again: a second log row
@@ -353,11 +418,11 @@ def test_transaction_time_must_move_forward(replayed: psycopg.Connection[Any]) -
     assert r.status == "applied" and r.changed
     assert r.tx_time is not None and r.tx_time > T(100)
     assert history.valid_at(replayed, "site", {"site_id": "s1"}, d("2024-01-01")).value == {  # type: ignore[union-attr]
-        "name": "Late"}
+        "name": "Late"
+    }
 
 
-def test_same_event_from_two_writers_applies_once(conn: psycopg.Connection[Any],
-                                                   pg_dsn: str) -> None:
+def test_same_event_from_two_writers_applies_once(conn: psycopg.Connection[Any], pg_dsn: str) -> None:
     history.apply_event(conn, event_of(SCRIPT[2]), tx_time=T(3))
     e = parse_event({**event_of(SCRIPT[9]).as_dict(), "event_id": str(uuid.uuid4())})
     results: list[ApplyResult] = []
@@ -374,8 +439,7 @@ def test_same_event_from_two_writers_applies_once(conn: psycopg.Connection[Any],
     for th in threads:
         th.join()
     assert sorted(r.status for r in results) == ["applied", "duplicate", "duplicate", "duplicate"]
-    assert [s.value for s in history.state_at(conn, datetime.now(UTC), "site")] == [
-        {"name": "Farm House"}]
+    assert [s.value for s in history.state_at(conn, datetime.now(UTC), "site")] == [{"name": "Farm House"}]
 
 
 def test_current_catalog_feeds_the_validators(replayed: psycopg.Connection[Any]) -> None:
@@ -385,15 +449,18 @@ def test_current_catalog_feeds_the_validators(replayed: psycopg.Connection[Any])
     dm = cat.datamodels["health"]
     assert dm.doc == HEALTH and dm.version == "1.2"
     assert [(tv.valid, tv.value) for tv in dm.templates["health.heart.rate"]] == [
-        (Interval(None, d("2024-03-01")), Q1), (Interval(d("2024-03-01"), None), Q2)]
+        (Interval(None, d("2024-03-01")), Q1),
+        (Interval(d("2024-03-01"), None), Q2),
+    ]
     assert cat.template_at("health", "health.heart.rate", d("2024-02-01")) == Q1
     assert cat.template_at("health", "health.heart.rate", d("2024-04-01")) == Q2
     assert value_at(cat.node_timezones[1], d("2024-02-01")) == {"tz": "Europe/Oslo"}
     assert value_at(cat.node_timezones[1], d("2024-09-01")) == {"tz": "Europe/Berlin"}
     assert cat.bindings == ({**BIND, **BINDING},)
     # what processors.binding builds its resolver from
-    resolver = Catalog([parse_datamodel(m.doc) for m in cat.datamodels.values()],
-                       [parse_binding(b) for b in cat.bindings])
+    resolver = Catalog(
+        [parse_datamodel(m.doc) for m in cat.datamodels.values()], [parse_binding(b) for b in cat.bindings]
+    )
     found = resolver.resolve(1, "/S1/HP1")
     assert found is not None and found.datamodel.identifier == "health"
 
@@ -401,8 +468,7 @@ def test_current_catalog_feeds_the_validators(replayed: psycopg.Connection[Any])
 def test_migrations_rerun_and_refuse_edits(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
     assert history.migrate(conn) == []
     assert history.migrate(conn) == []
-    versions = [r[0] for r in conn.execute(
-        "SELECT version FROM history.schema_migrations ORDER BY version")]
+    versions = [r[0] for r in conn.execute("SELECT version FROM history.schema_migrations ORDER BY version")]
     assert versions == [p.name.split("_")[0] for p in history.migration_files()]
     edited = tmp_path / "migrations"
     shutil.copytree(history.MIGRATIONS_DIR, edited)
@@ -462,8 +528,9 @@ def test_reader_role_reads_and_cannot_write(replayed: psycopg.Connection[Any]) -
         ):
             with pytest.raises(errors.InsufficientPrivilege):
                 c.execute(statement)
-        e = parse_event({**event_of(SCRIPT[2]).as_dict(), "event_id": str(uuid.uuid4()),
-                         "value": {"name": "Reader was here"}})
+        e = parse_event(
+            {**event_of(SCRIPT[2]).as_dict(), "event_id": str(uuid.uuid4()), "value": {"name": "Reader was here"}}
+        )
         with pytest.raises(errors.InsufficientPrivilege):
             history.apply_event(c, e)
     finally:
@@ -475,14 +542,17 @@ def test_writer_role_appends_but_cannot_erase_history(replayed: psycopg.Connecti
     c = replayed
     c.execute("SET ROLE pipeline_writer")
     try:
-        e = parse_event({**event_of(SCRIPT[2]).as_dict(), "event_id": str(uuid.uuid4()),
-                         "value": {"name": "Written by the writer"}})
+        e = parse_event(
+            {**event_of(SCRIPT[2]).as_dict(), "event_id": str(uuid.uuid4()), "value": {"name": "Written by the writer"}}
+        )
         assert history.apply_event(c, e).status == "applied"
-        o = parse_event({**event_of(SCRIPT[0]).as_dict(), "event_id": str(uuid.uuid4()),
-                         "op": "delete", "value": None})
+        o = parse_event({**event_of(SCRIPT[0]).as_dict(), "event_id": str(uuid.uuid4()), "op": "delete", "value": None})
         assert history.apply_event(c, o).status == "applied"  # master data: really gone
-        for statement in ("DELETE FROM history.versions", "DELETE FROM history.transactions",
-                          "UPDATE history.versions SET value = '{}'"):
+        for statement in (
+            "DELETE FROM history.versions",
+            "DELETE FROM history.transactions",
+            "UPDATE history.versions SET value = '{}'",
+        ):
             with pytest.raises(errors.InsufficientPrivilege):
                 c.execute(statement)
     finally:
@@ -490,8 +560,7 @@ def test_writer_role_appends_but_cannot_erase_history(replayed: psycopg.Connecti
     assert snapshot(c, T(13)) == {k: v for k, v in AT_13.items() if k[0] != "organization"}
 
 
-def test_bulk_import_with_copy_matches_event_by_event(postgres_url: str,
-                                                       replayed: psycopg.Connection[Any]) -> None:
+def test_bulk_import_with_copy_matches_event_by_event(postgres_url: str, replayed: psycopg.Connection[Any]) -> None:
     """import_events (binary COPY, one transaction) gives the same answers as apply_event."""
     base = postgres_url.rpartition("/")[0]
     name = f"t_imp_{uuid.uuid4().hex[:8]}"
@@ -503,23 +572,33 @@ def test_bulk_import_with_copy_matches_event_by_event(postgres_url: str,
             events = [event_of(s) for s in SCRIPT]
             results = history.import_events(c, events, [T(s[0]) for s in SCRIPT])
             assert [(r.status, r.rule or None) for r in results] == [
-                (s[7], s[8] if len(s) > 8 else None) for s in SCRIPT]
+                (s[7], s[8] if len(s) > 8 else None) for s in SCRIPT
+            ]
             for i in range(0, 27):
                 for probe in (T(i), T(i) + timedelta(minutes=30)):
                     assert snapshot(c, probe) == snapshot(replayed, probe), i
             assert history.diff(c, T(9), T(23)) == history.diff(replayed, T(9), T(23))
 
             def log(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
-                return [(r["event_id"], r["tx_time"], r["status"], r["changed"], r["rule"])
-                        for r in history.transactions(conn)]
+                return [
+                    (r["event_id"], r["tx_time"], r["status"], r["changed"], r["rule"])
+                    for r in history.transactions(conn)
+                ]
 
             assert log(c) == log(replayed)
             again = history.import_events(c, events)
             assert [(r.status, r.rule) for r in again] == [
-                RETRIED.get(s[0], ("duplicate", "event.duplicate")) for s in SCRIPT]
+                RETRIED.get(s[0], ("duplicate", "event.duplicate")) for s in SCRIPT
+            ]
             # a later event-by-event change continues from the imported state
-            e = parse_event({**event_of(SCRIPT[12]).as_dict(), "event_id": str(uuid.uuid4()),
-                             "op": "correct", "value": {"tz": "Asia/Tokyo"}})
+            e = parse_event(
+                {
+                    **event_of(SCRIPT[12]).as_dict(),
+                    "event_id": str(uuid.uuid4()),
+                    "op": "correct",
+                    "value": {"tz": "Asia/Tokyo"},
+                }
+            )
             assert history.apply_event(c, e).status == "applied"
             now = history.valid_at(c, "node_timezone", N1, d("2024-09-01"))
             assert now is not None and now.value == {"tz": "Asia/Tokyo"}
@@ -532,8 +611,7 @@ def test_racing_overlapping_intervals_one_wins(conn: psycopg.Connection[Any], pg
     """Two writers set overlapping intervals on one key at once: one applies, one is refused."""
     history.apply_event(conn, event_of(SCRIPT[1]), tx_time=T(2))  # node 1
     events = [
-        parse_event({**event_of(SCRIPT[7]).as_dict(), "event_id": str(uuid.uuid4()),
-                     "value": {"tz": zone}})
+        parse_event({**event_of(SCRIPT[7]).as_dict(), "event_id": str(uuid.uuid4()), "value": {"tz": zone}})
         for zone in ("Europe/Oslo", "Europe/Paris", "Asia/Tokyo", "UTC")
     ]
     results: list[ApplyResult] = []
@@ -549,8 +627,7 @@ def test_racing_overlapping_intervals_one_wins(conn: psycopg.Connection[Any], pg
         th.start()
     for th in threads:
         th.join()
-    assert sorted((r.status, r.rule) for r in results) == [
-        ("applied", "")] + [("refused", "valid.overlap")] * 3
+    assert sorted((r.status, r.rule) for r in results) == [("applied", "")] + [("refused", "valid.overlap")] * 3
     assert len(history.state_at(conn, datetime.now(UTC), "node_timezone")) == 1
 
 
@@ -563,7 +640,8 @@ def republished(e: MetadataEvent, **changes: Any) -> MetadataEvent:
 
 
 def test_binding_refused_for_a_missing_datamodel_applies_once_it_exists(
-        conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
     """The datamodel event was lost (acked while PostgreSQL was down), so the binding was
     refused; `pipeline metadata datamodels DIR` run again must bring both in."""
     for step in SCRIPT[:2]:  # organization and node 1
@@ -582,12 +660,13 @@ def test_binding_refused_for_a_missing_datamodel_applies_once_it_exists(
     assert history.current_catalog(conn).bindings == ()
 
     # published again: same ids (uuid5 of the content), later produced_at, another comment
-    again = [parse_event({**doc, "produced_at": iso(datetime.now(UTC) + timedelta(minutes=5))})
-             for doc in datamodel_events([model_file, bindings_file], "ops", "re-published")]
+    again = [
+        parse_event({**doc, "produced_at": iso(datetime.now(UTC) + timedelta(minutes=5))})
+        for doc in datamodel_events([model_file, bindings_file], "ops", "re-published")
+    ]
     assert [e.event_id for e in again] == [model.event_id, binding.event_id]
     assert [e.produced_at for e in again] != [e.produced_at for e in first]
-    assert [(r.status, r.rule) for r in history.apply_events(conn, again)] == [
-        ("applied", ""), ("applied", "")]
+    assert [(r.status, r.rule) for r in history.apply_events(conn, again)] == [("applied", ""), ("applied", "")]
 
     catalog = history.current_catalog(conn)
     assert set(catalog.datamodels) == {"health"}
@@ -596,18 +675,18 @@ def test_binding_refused_for_a_missing_datamodel_applies_once_it_exists(
     assert [(r["event_id"], r["status"], r["rule"], r["comment"]) for r in log] == [
         (binding.event_id, "refused", "reference.missing", ""),
         (binding.event_id, "refused", "reference.missing", ""),
-        (binding.event_id, "applied", None, "re-published")]
+        (binding.event_id, "applied", None, "re-published"),
+    ]
     # a third publication is a duplicate of the applied one: nothing more is written
     third = [republished(e) for e in again]
     assert [(r.status, r.rule, r.tx_id) for r in history.apply_events(conn, third)] == [
-        ("duplicate", "event.duplicate", history.transactions(conn, "datamodel", {
-            "identifier": "health"})[0]["tx_id"]),
-        ("duplicate", "event.duplicate", log[-1]["tx_id"])]
+        ("duplicate", "event.duplicate", history.transactions(conn, "datamodel", {"identifier": "health"})[0]["tx_id"]),
+        ("duplicate", "event.duplicate", log[-1]["tx_id"]),
+    ]
     assert len(history.transactions(conn, "source_binding", BIND)) == 3
 
 
-def test_republished_event_is_a_duplicate_other_content_is_id_reused(
-        replayed: psycopg.Connection[Any]) -> None:
+def test_republished_event_is_a_duplicate_other_content_is_id_reused(replayed: psycopg.Connection[Any]) -> None:
     c = replayed
     before = history.transactions(c)
     site = event_of(SCRIPT[2])  # applied at step 3
@@ -617,8 +696,7 @@ def test_republished_event_is_a_duplicate_other_content_is_id_reused(
     for e in (site, tz):
         again = republished(e, author="carol", comment="sent again")
         r = history.apply_event(c, again)
-        assert (r.status, r.rule, r.tx_id) == ("duplicate", "event.duplicate",
-                                               original[e.event_id]), r
+        assert (r.status, r.rule, r.tx_id) == ("duplicate", "event.duplicate", original[e.event_id]), r
     # another content under a used id: refused, not recorded
     for other in (
         republished(site, value={"name": "Elsewhere"}),
@@ -630,8 +708,7 @@ def test_republished_event_is_a_duplicate_other_content_is_id_reused(
         assert (r.status, r.rule) == ("refused", "event.id_reused"), (other, r)
     # the bulk path answers the same
     results = history.import_events(c, [republished(site), republished(site, value={"name": "X"})])
-    assert [(r.status, r.rule) for r in results] == [
-        ("duplicate", "event.duplicate"), ("refused", "event.id_reused")]
+    assert [(r.status, r.rule) for r in results] == [("duplicate", "event.duplicate"), ("refused", "event.id_reused")]
     assert history.transactions(c) == before
     assert snapshot(c, datetime.now(UTC)) == AT_23
 
@@ -639,15 +716,23 @@ def test_republished_event_is_a_duplicate_other_content_is_id_reused(
 def test_bulk_import_retries_refused_ids(conn: psycopg.Connection[Any]) -> None:
     """import_events: a refused id is tried again, also twice in one import; one applied row."""
     hp9 = event_of(SCRIPT[23])  # equipment at site "nowhere": refused
-    nowhere = parse_event({**event_of(SCRIPT[2]).as_dict(), "event_id": str(uuid.uuid4()),
-                           "key": {"site_id": "nowhere"}})
+    nowhere = parse_event(
+        {**event_of(SCRIPT[2]).as_dict(), "event_id": str(uuid.uuid4()), "key": {"site_id": "nowhere"}}
+    )
     c = conn
     results = history.import_events(c, [hp9, hp9, nowhere, republished(hp9), republished(hp9)])
     assert [(r.status, r.rule) for r in results] == [
-        ("refused", "reference.missing"), ("refused", "reference.missing"), ("applied", ""),
-        ("applied", ""), ("duplicate", "event.duplicate")]
-    assert [r["status"] for r in history.transactions(c, "equipment", {"equipment_id": "hp-9"})
-            ] == ["refused", "refused", "applied"]
+        ("refused", "reference.missing"),
+        ("refused", "reference.missing"),
+        ("applied", ""),
+        ("applied", ""),
+        ("duplicate", "event.duplicate"),
+    ]
+    assert [r["status"] for r in history.transactions(c, "equipment", {"equipment_id": "hp-9"})] == [
+        "refused",
+        "refused",
+        "applied",
+    ]
     assert results[4].tx_id == results[3].tx_id
     assert history.apply_event(c, hp9).status == "duplicate"
 
@@ -678,10 +763,15 @@ def test_event_id_migration_upgrades_and_reruns(pg_dsn: str, tmp_path: Path) -> 
         assert history.migrate(c) == later and later[0] == "0003"
         upgraded = _event_id_indexes(c)
         assert upgraded == [
-            ("transactions_event_id", "CREATE INDEX transactions_event_id ON history.transactions"
-             " USING btree (event_id)"),
-            ("transactions_event_id_applied", "CREATE UNIQUE INDEX transactions_event_id_applied"
-             " ON history.transactions USING btree (event_id) WHERE (status = 'applied'::text)"),
+            (
+                "transactions_event_id",
+                "CREATE INDEX transactions_event_id ON history.transactions USING btree (event_id)",
+            ),
+            (
+                "transactions_event_id_applied",
+                "CREATE UNIQUE INDEX transactions_event_id_applied"
+                " ON history.transactions USING btree (event_id) WHERE (status = 'applied'::text)",
+            ),
         ]
         # applied twice (a worker start, or by hand): nothing changes, nothing fails
         assert history.migrate(c) == []
@@ -690,13 +780,17 @@ def test_event_id_migration_upgrades_and_reruns(pg_dsn: str, tmp_path: Path) -> 
             c.execute(sql_text.read_text(encoding="utf-8"))
         assert _event_id_indexes(c) == upgraded
         # the id refused under the old constraint is free: the site comes, the event applies
-        site = parse_event({**event_of(SCRIPT[2]).as_dict(), "event_id": str(uuid.uuid4()),
-                            "key": {"site_id": "nowhere"}})
+        site = parse_event(
+            {**event_of(SCRIPT[2]).as_dict(), "event_id": str(uuid.uuid4()), "key": {"site_id": "nowhere"}}
+        )
         assert history.apply_event(c, site).status == "applied"
         assert history.apply_event(c, republished(hp9)).status == "applied"
         # and an applied id stays spent, whatever the writer
         with pytest.raises(errors.UniqueViolation, match="transactions_event_id_applied"):
-            c.execute("INSERT INTO history.transactions (event_id, tx_time, entity, key, op,"
-                      " status, author, produced_at, event) SELECT event_id, now(), entity, key,"
-                      " op, status, author, produced_at, event FROM history.transactions"
-                      " WHERE event_id = %s AND status = 'applied'", (hp9.event_id,))
+            c.execute(
+                "INSERT INTO history.transactions (event_id, tx_time, entity, key, op,"
+                " status, author, produced_at, event) SELECT event_id, now(), entity, key,"
+                " op, status, author, produced_at, event FROM history.transactions"
+                " WHERE event_id = %s AND status = 'applied'",
+                (hp9.event_id,),
+            )

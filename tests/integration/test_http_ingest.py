@@ -44,9 +44,21 @@ class Setup:
         host = f"127.0.0.1:{self.api.port}"
         if name is not None:
             token, secret = self.tokens[name]
-            [signed] = sign_requests([{"token": token, "secret": secret, "method": "POST", "host": host,
-                                       "path": PATH, "query": {}, "contentType": content_type,
-                                       "body": body.decode(), "date": datetime.now(UTC).isoformat()}])
+            [signed] = sign_requests(
+                [
+                    {
+                        "token": token,
+                        "secret": secret,
+                        "method": "POST",
+                        "host": host,
+                        "path": PATH,
+                        "query": {},
+                        "contentType": content_type,
+                        "body": body.decode(),
+                        "date": datetime.now(UTC).isoformat(),
+                    }
+                ]
+            )
             headers = signed["headers"]
         conn = http.client.HTTPConnection("127.0.0.1", self.api.port, timeout=60)
         try:
@@ -59,8 +71,9 @@ class Setup:
     def published(self, source: str) -> list[Datum]:
         """Every datum on a source's topic (none when the topic does not exist)."""
         topic = self.topics.source(source)
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"r{uuid.uuid4().hex}",
-                             "enable.auto.commit": False})
+        consumer = Consumer(
+            {"bootstrap.servers": self.bootstrap, "group.id": f"r{uuid.uuid4().hex}", "enable.auto.commit": False}
+        )
         try:
             meta = consumer.list_topics(timeout=10)
             if topic not in meta.topics:
@@ -84,24 +97,34 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(clickhouse_url: str, postgres_url: str, kafka_bootstrap: str,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+def setup(
+    clickhouse_url: str, postgres_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Setup]:
     prefix = f"t{uuid.uuid4().hex[:12]}."
     with scratch_stores(clickhouse_url, postgres_url, "t_hi") as (database, ch_url, dsn):
         ensure_schema(connect(ch_url))
-        tokens = {name: (made["tokenId"], made["tokenSecret"]) for name, made in (
-            ("gw1", token_cli(dsn, "create", "--type", "node", "--node", "1")),
-            ("gw1_meters", token_cli(dsn, "create", "--type", "node", "--node", "1", "--source", "/meter/**")),
-            ("reader", token_cli(dsn, "create", "--node", "1")))}
-        settings = api_settings(clickhouse_url, database, postgres_dsn=dsn, kafka_bootstrap=kafka_bootstrap,
-                                topic_prefix=prefix)
+        tokens = {
+            name: (made["tokenId"], made["tokenSecret"])
+            for name, made in (
+                ("gw1", token_cli(dsn, "create", "--type", "node", "--node", "1")),
+                ("gw1_meters", token_cli(dsn, "create", "--type", "node", "--node", "1", "--source", "/meter/**")),
+                ("reader", token_cli(dsn, "create", "--node", "1")),
+            )
+        }
+        settings = api_settings(
+            clickhouse_url, database, postgres_dsn=dsn, kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix
+        )
         with api_process(settings, tmp_path_factory.mktemp("hi") / "api.log") as running:
             yield Setup(running, tokens, kafka_bootstrap, Topics(prefix))
 
 
 def datum_json(node: int, source: str, k: int) -> dict[str, Any]:
-    return {"nodeId": node, "sourceId": source, "created": NOW_MS + k * 1000,
-            "samples": {"i": {"watts": float(k)}, "a": {"wattHours": 100.0 + k}}}
+    return {
+        "nodeId": node,
+        "sourceId": source,
+        "created": NOW_MS + k * 1000,
+        "samples": {"i": {"watts": float(k)}, "a": {"wattHours": 100.0 + k}},
+    }
 
 
 def test_accepted_datums_are_on_their_topics_once_the_answer_comes(setup: Setup) -> None:
@@ -112,8 +135,9 @@ def test_accepted_datums_are_on_their_topics_once_the_answer_comes(setup: Setup)
         status, answer = setup.post("gw1", body)
         assert (status, answer) == (200, {"success": True, "data": {"datums": n, "auxiliary": 0}})
         got = setup.published(source)  # read right after the answer: already acknowledged
-        assert sorted((d.created_ms, d.i["watts"], d.a["wattHours"]) for d in got) == \
-            [(NOW_MS + k * 1000, float(k), 100.0 + k) for k in range(n)]
+        assert sorted((d.created_ms, d.i["watts"], d.a["wattHours"]) for d in got) == [
+            (NOW_MS + k * 1000, float(k), 100.0 + k) for k in range(n)
+        ]
 
 
 def test_another_nodes_datum_refuses_the_whole_body(setup: Setup) -> None:
@@ -130,8 +154,12 @@ def test_another_nodes_datum_refuses_the_whole_body(setup: Setup) -> None:
 
 def test_a_bad_body_names_each_line_and_rule_and_publishes_nothing(setup: Setup) -> None:
     good = json.dumps(datum_json(1, "/gw/bad", 0))
-    lines = [good, "{not json", json.dumps({**datum_json(1, "/gw/bad", 2), "sourceId": ""}),
-             json.dumps({**datum_json(1, "/gw/bad", 3), "samples": {"i": {"w": "x"}}})]
+    lines = [
+        good,
+        "{not json",
+        json.dumps({**datum_json(1, "/gw/bad", 2), "sourceId": ""}),
+        json.dumps({**datum_json(1, "/gw/bad", 3), "samples": {"i": {"w": "x"}}}),
+    ]
     status, answer = setup.post("gw1", "\n".join(lines).encode())
     assert status == 400 and answer["success"] is False
     problems = {(p["line"], p["rule"]) for p in answer["data"]["problems"]}

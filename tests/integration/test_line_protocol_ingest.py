@@ -15,8 +15,16 @@ from tests.integration.helpers import read_topic, settings_for, wait_for, worker
 
 pytestmark = pytest.mark.integration
 
-FIELDS = ("heatpump_power", "heatpump_aux", "source_supplytemp", "source_returntemp", "sourcefluid_flowrate",
-          "outdoor_temperature", "heat_flow_rate", "tstat_temp")
+FIELDS = (
+    "heatpump_power",
+    "heatpump_aux",
+    "source_supplytemp",
+    "source_returntemp",
+    "sourcefluid_flowrate",
+    "outdoor_temperature",
+    "heat_flow_rate",
+    "tstat_temp",
+)
 LINES = int(os.environ.get("PIPELINE_TEST_LP_LINES", "50000"))
 T0 = 1_700_000_000  # epoch seconds, as oTherm writes
 
@@ -53,8 +61,9 @@ def write_otherm(path: Path, n: int, bad_every: int) -> dict[str, int]:
     return expected
 
 
-def test_otherm_file_counts_are_exact(kafka_bootstrap: str, clickhouse_url: str, ch_database: str,
-                                      topic_prefix: str, tmp_path: Path) -> None:
+def test_otherm_file_counts_are_exact(
+    kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, tmp_path: Path
+) -> None:
     settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)
     client = connect(settings.clickhouse_url)
     ensure_schema(client)

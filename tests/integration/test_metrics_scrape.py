@@ -30,8 +30,7 @@ VALID = 120  # datums with one sample of each kind, all accepted and scored
 SCHEMA = 10  # datums whose only sample breaks the schema (temp > 100): sample.schema
 NAN = 5  # datums whose only sample is not finite: sample.non_finite
 # one datum with a sourceId over 64 characters (source_id.too_long) and one undecodable message
-EXPECTED_RULES = {"sample.schema": SCHEMA, "sample.non_finite": NAN, "source_id.too_long": 1,
-                  "envelope.corrupt": 1}
+EXPECTED_RULES = {"sample.schema": SCHEMA, "sample.non_finite": NAN, "source_id.too_long": 1, "envelope.corrupt": 1}
 DATUMS = VALID + SCHEMA + NAN + 1
 
 
@@ -55,21 +54,32 @@ def samples(text: str) -> tuple[dict[str, Any], list[Sample]]:
 
 def value(all_samples: list[Sample], name: str, **labels: str) -> float:
     """The sum of the samples of one series name whose labels include `labels`."""
-    return sum(s.value for s in all_samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(s.value for s in all_samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def send(settings: Any) -> None:
     now = int(time.time() * 1000)
     t0 = now - (VALID + 60) * 1000  # the last minutes: created-to-stored stays small
     producer = DatumProducer(settings)
-    producer.send([Datum(1, "/box/1", t0 + k * 1000, {"temp": float(k % 40)}, {"energy": 100.0 + k},
-                         {"state": "good" if k % 2 else "bad"}) for k in range(VALID)])
+    producer.send(
+        [
+            Datum(
+                1,
+                "/box/1",
+                t0 + k * 1000,
+                {"temp": float(k % 40)},
+                {"energy": 100.0 + k},
+                {"state": "good" if k % 2 else "bad"},
+            )
+            for k in range(VALID)
+        ]
+    )
     producer.send([Datum(1, "/box/2", t0 + k * 1000, {"temp": 150.0}) for k in range(SCHEMA)])
     header = [(SCHEMA_HEADER, DATUM_BATCH_V1.encode())]
     topic = producer.topics.source("/box/3")
-    producer.send_raw(topic, encode_batch([Datum(1, "/box/3", t0 + k * 1000, {"temp": math.nan})
-                                           for k in range(NAN)]), headers=header)
+    producer.send_raw(
+        topic, encode_batch([Datum(1, "/box/3", t0 + k * 1000, {"temp": math.nan}) for k in range(NAN)]), headers=header
+    )
     producer.send_raw(topic, encode_batch([Datum(1, "/box/" + "x" * 70, t0, {"temp": 1.0})]), headers=header)
     producer.send_raw(topic, b"\x07not avro at all", headers=header)
     producer.flush()
@@ -95,11 +105,13 @@ def test_worker_metrics_after_valid_and_invalid_datums(worker_settings: Settings
             except OSError:
                 return None
             _families, all_samples = samples(text)
-            done = (value(all_samples, "pipeline_datums_in_total") == DATUMS
-                    and value(all_samples, "pipeline_dead_letters_total") == sum(EXPECTED_RULES.values())
-                    and value(all_samples, "pipeline_samples_accepted_total") == 3 * VALID
-                    # the lag timer runs every 5 s: every source topic with a position
-                    and len({s.labels["topic"] for s in all_samples if s.name == "pipeline_consumer_lag"}) >= 3)
+            done = (
+                value(all_samples, "pipeline_datums_in_total") == DATUMS
+                and value(all_samples, "pipeline_dead_letters_total") == sum(EXPECTED_RULES.values())
+                and value(all_samples, "pipeline_samples_accepted_total") == 3 * VALID
+                # the lag timer runs every 5 s: every source topic with a position
+                and len({s.labels["topic"] for s in all_samples if s.name == "pipeline_consumer_lag"}) >= 3
+            )
             return text if done else None
 
         text = wait_for(settled, 120, "the worker's metrics to count everything sent", interval=0.5)
@@ -115,13 +127,20 @@ def test_worker_metrics_after_valid_and_invalid_datums(worker_settings: Settings
     families, all_samples = samples(text)
     types = {name: f.type for name, f in families.items()}
     expected_types = {
-        "pipeline_messages_in": "counter", "pipeline_datums_in": "counter", "pipeline_samples_accepted": "counter",
+        "pipeline_messages_in": "counter",
+        "pipeline_datums_in": "counter",
+        "pipeline_samples_accepted": "counter",
         "pipeline_datums_accepted": "counter",
-        "pipeline_dead_letters": "counter", "pipeline_agent_batch_seconds": "histogram",
-        "pipeline_created_to_stored_seconds": "histogram", "pipeline_sink_batch_rows": "histogram",
-        "pipeline_sink_insert_seconds": "histogram", "pipeline_sink_retries": "counter",
-        "pipeline_sink_failures": "counter", "pipeline_consumer_lag": "gauge",
-        "pipeline_last_stored_timestamp_seconds": "gauge", "pipeline_source_topics": "gauge",
+        "pipeline_dead_letters": "counter",
+        "pipeline_agent_batch_seconds": "histogram",
+        "pipeline_created_to_stored_seconds": "histogram",
+        "pipeline_sink_batch_rows": "histogram",
+        "pipeline_sink_insert_seconds": "histogram",
+        "pipeline_sink_retries": "counter",
+        "pipeline_sink_failures": "counter",
+        "pipeline_consumer_lag": "gauge",
+        "pipeline_last_stored_timestamp_seconds": "gauge",
+        "pipeline_source_topics": "gauge",
         "pipeline_qrating_performance": "histogram",
     }
     missing = {k: v for k, v in expected_types.items() if types.get(k) != v}
@@ -145,15 +164,17 @@ def test_worker_metrics_after_valid_and_invalid_datums(worker_settings: Settings
     assert value(all_samples, "pipeline_agent_batch_seconds_count", agent="datums") > 0
     assert value(all_samples, "pipeline_agent_batch_seconds_sum", agent="datums") > 0
     assert value(all_samples, "pipeline_agent_batch_seconds_bucket", agent="datums", le="+Inf") == value(
-        all_samples, "pipeline_agent_batch_seconds_count", agent="datums")
+        all_samples, "pipeline_agent_batch_seconds_count", agent="datums"
+    )
     created = value(all_samples, "pipeline_created_to_stored_seconds_count")
     assert created > 0
     assert 0 < value(all_samples, "pipeline_created_to_stored_seconds_sum") / created < 3600
 
     # consumer lag per topic and partition: everything consumed
     lag = [s for s in all_samples if s.name == "pipeline_consumer_lag"]
-    assert {s.labels["topic"] for s in lag} >= {settings.topic_prefix + t for t in
-                                                 ("datum..box.1", "datum..box.2", "datum..box.3")}
+    assert {s.labels["topic"] for s in lag} >= {
+        settings.topic_prefix + t for t in ("datum..box.1", "datum..box.2", "datum..box.3")
+    }
     assert all(s.labels["partition"].isdigit() and s.value >= 0 for s in lag), lag
     assert value(all_samples, "pipeline_consumer_lag") == 0
 
@@ -170,8 +191,9 @@ def test_worker_metrics_after_valid_and_invalid_datums(worker_settings: Settings
 
     # qRating distribution: one observation per scored datapoint stored, cumulative buckets
     assert value(all_samples, "pipeline_qrating_performance_count") == scored > 0
-    buckets = sorted((float(s.labels["le"]), s.value) for s in all_samples
-                      if s.name == "pipeline_qrating_performance_bucket")
+    buckets = sorted(
+        (float(s.labels["le"]), s.value) for s in all_samples if s.name == "pipeline_qrating_performance_bucket"
+    )
     assert [le for le, _ in buckets] == [0, 10, 25, 50, 75, 90, 99, 100, math.inf]
     counts = [c for _, c in buckets]
     assert counts == sorted(counts) and counts[-1] == scored

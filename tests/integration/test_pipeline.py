@@ -26,12 +26,17 @@ def write_datums(path: Path, n: int, sources: int = 5) -> None:
     with path.open("w") as fh:
         for k in range(n):
             created = BASE_MS + (k // sources) * 1000
-            fh.write(json.dumps({
-                "nodeId": 1 + k % 3,
-                "sourceId": f"/S1/M{k % sources}",
-                "created": created,
-                "samples": {"i": {"watts": float(k)}, "a": {"wattHours": float(k * 2)}, "s": {"mode": "auto"}},
-            }) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "nodeId": 1 + k % 3,
+                        "sourceId": f"/S1/M{k % sources}",
+                        "created": created,
+                        "samples": {"i": {"watts": float(k)}, "a": {"wattHours": float(k * 2)}, "s": {"mode": "auto"}},
+                    }
+                )
+                + "\n"
+            )
 
 
 def distinct_datums(client) -> int:  # type: ignore[no-untyped-def]
@@ -72,8 +77,9 @@ def test_sigkill_mid_ingest_still_exactly_n(pipeline_settings, tmp_path: Path) -
     ingest = threading.Thread(target=ingest_files, args=(settings, [tmp_path / "d.jsonl"], "json"))
     with worker_process(settings, tmp_path / "worker1.log") as first:
         ingest.start()
-        stored = wait_for(lambda: distinct_datums(client) > 0 and distinct_datums(client), 120,
-                          "the first datums stored")
+        stored = wait_for(
+            lambda: distinct_datums(client) > 0 and distinct_datums(client), 120, "the first datums stored"
+        )
         first.send_signal(signal.SIGKILL)
         first.wait(10)
     ingest.join(120)
@@ -91,15 +97,17 @@ def test_corrupt_and_invalid_input_goes_to_dead_letters(pipeline_settings, tmp_p
     producer.send_raw(topic, b"\x07not avro at all", headers=[(SCHEMA_HEADER, DATUM_BATCH_V1.encode())])
     producer.send_raw(topic, encode_batch([Datum(1, "/S9/corrupt", BASE_MS, {"w": 1.0})]))  # no header
     good = Datum(1, "/S9/corrupt", BASE_MS, {"w": 2.0, "bad": float("nan")})
-    producer.send_raw(topic, encode_batch([good, Datum(1, "/S9/" + "x" * 70, BASE_MS, {"w": 1.0})]),
-                      headers=[(SCHEMA_HEADER, DATUM_BATCH_V1.encode())])
+    producer.send_raw(
+        topic,
+        encode_batch([good, Datum(1, "/S9/" + "x" * 70, BASE_MS, {"w": 1.0})]),
+        headers=[(SCHEMA_HEADER, DATUM_BATCH_V1.encode())],
+    )
     producer.flush()
     with worker_process(settings, tmp_path / "worker.log"):
         letters = read_topic(settings.kafka_bootstrap, producer.topics.deadletter, 4, timeout=120)
         wait_for(lambda: distinct_datums(client) == 1, 60, "the good datum stored")
     rules = sorted(r["rule"] for letter in letters for r in letter["reasons"])
-    assert rules == ["envelope.corrupt", "envelope.no_schema_header", "sample.non_finite",
-                     "source_id.too_long"]
+    assert rules == ["envelope.corrupt", "envelope.no_schema_header", "sample.non_finite", "source_id.too_long"]
     corrupt = next(x for x in letters if x["reasons"][0]["rule"] == "envelope.corrupt")
     assert base64.b64decode(corrupt["payload_base64"]) == b"\x07not avro at all"
     assert corrupt["origin"]["topic"] == topic and corrupt["origin"]["offset"] >= 0
@@ -112,18 +120,26 @@ def test_corrupt_and_invalid_input_goes_to_dead_letters(pipeline_settings, tmp_p
 def test_bad_lines_at_ingest_are_dead_lettered_with_line_numbers(pipeline_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings, _client = pipeline_settings
     path = tmp_path / "mixed.jsonl"
-    path.write_text("\n".join([
-        datum_line(1, "/S1/M1", "2023-11-14 22:13:20Z", w=1.0),
-        "{broken",
-        datum_line(1, "/S1/M1#", "2023-11-14 22:13:21Z", w=1.0),
-        datum_line(1, "/S1/M1", "2023-11-14 22:13:22", w=1.0),
-        datum_line(1, "/S1/M1", "2023-11-14 22:13:23Z", w=2.0),
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                datum_line(1, "/S1/M1", "2023-11-14 22:13:20Z", w=1.0),
+                "{broken",
+                datum_line(1, "/S1/M1#", "2023-11-14 22:13:21Z", w=1.0),
+                datum_line(1, "/S1/M1", "2023-11-14 22:13:22", w=1.0),
+                datum_line(1, "/S1/M1", "2023-11-14 22:13:23Z", w=2.0),
+            ]
+        )
+        + "\n"
+    )
     report = ingest_files(settings, [path], "json")
     assert (report.lines_read, report.datums_sent, report.lines_rejected) == (5, 2, 3)
     letters = read_topic(settings.kafka_bootstrap, f"{settings.topic_prefix}pipeline.deadletter", 3)
     assert sorted((x["line"], x["reasons"][0]["rule"]) for x in letters) == [
-        (2, "json.syntax"), (3, "source_id.wildcard"), (4, "created.unparseable")]
+        (2, "json.syntax"),
+        (3, "source_id.wildcard"),
+        (4, "created.unparseable"),
+    ]
     assert all(x["file"] == str(path) for x in letters)
 
 

@@ -66,8 +66,13 @@ def test_a_datum_that_made_the_rate_lookup_throw_no_longer_loses_its_batch(setti
     good = [meter(1, source, k) for k in range(200)]
     # the bad datum rides in the same message as good ones, and messages follow it
     bad = Datum(-5, source, BASE_MS, {"watts": 1.0}, a={"wattHours": 3.0})
-    producer.send_encoded(topic, stream_key(1, source), encode_batch(good[:50] + [bad] + good[50:100]), 101,
-                          headers=[(SCHEMA_HEADER, CURRENT.encode())])
+    producer.send_encoded(
+        topic,
+        stream_key(1, source),
+        encode_batch(good[:50] + [bad] + good[50:100]),
+        101,
+        headers=[(SCHEMA_HEADER, CURRENT.encode())],
+    )
     producer.send(good[100:])
     producer.flush()
     with worker_process(s, tmp_path / "worker.log"):
@@ -90,13 +95,26 @@ def test_a_dead_letter_sent_again_is_kept_once(settings) -> None:  # type: ignor
 
     _s, client = settings
     first = DeadLetter([Rejection("envelope.corrupt", "x")], Origin("datum..a", 0, 7), payload=b"junk", at_ms=BASE_MS)
-    again = DeadLetter([Rejection("envelope.corrupt", "x")], Origin("datum..a", 0, 7), payload=b"junk",
-                       at_ms=BASE_MS + 5000)
+    again = DeadLetter(
+        [Rejection("envelope.corrupt", "x")], Origin("datum..a", 0, 7), payload=b"junk", at_ms=BASE_MS + 5000
+    )
     other = DeadLetter([Rejection("envelope.corrupt", "x")], Origin("datum..a", 0, 8), payload=b"junk", at_ms=BASE_MS)
     assert first.letter_id == again.letter_id != other.letter_id
     for letter in (first, again, other):
-        DeadLetterSink(client).write([(letter.letter_id, letter.at_ms, letter.stage, ["envelope.corrupt"], "datum..a",
-                                       0, letter.origin.offset if letter.origin else -1, letter.to_json())])
+        DeadLetterSink(client).write(
+            [
+                (
+                    letter.letter_id,
+                    letter.at_ms,
+                    letter.stage,
+                    ["envelope.corrupt"],
+                    "datum..a",
+                    0,
+                    letter.origin.offset if letter.origin else -1,
+                    letter.to_json(),
+                )
+            ]
+        )
     assert int(client.command("SELECT count() FROM dead_letter")) == 2
 
 
@@ -109,8 +127,17 @@ def test_ingest_reports_taken_only_what_the_pipeline_stored(settings, tmp_path: 
     with path.open("w") as fh:
         for k in range(500):
             d = meter(2, f"/R2/m{k % 3}", k)
-            fh.write(json.dumps({"nodeId": d.node_id, "sourceId": d.source_id, "created": d.created_ms,
-                                 "samples": {"i": dict(d.i), "a": dict(d.a)}}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "nodeId": d.node_id,
+                        "sourceId": d.source_id,
+                        "created": d.created_ms,
+                        "samples": {"i": dict(d.i), "a": dict(d.a)},
+                    }
+                )
+                + "\n"
+            )
     # negative control: nobody consumes, so nothing is confirmed and the report says so
     quick = s._with({"confirm_timeout_s": 3})
     lonely = ingest_files(quick, [path], "json", confirm=True)
@@ -151,8 +178,9 @@ def test_rollups_missing_for_stored_rows_are_repaired_at_start(settings, tmp_pat
         wait_for(lambda: int(client.command(hours)) == 6, 120, "hourly rollups of both properties")
         wait_for(lambda: not not_rolled_up(client), 60, "the ledger listing the batch")
     # the repair computed what the normal path would: the meter's energy over the two hours
-    total = client.command("SELECT sum(diff) FROM rollup WHERE periodicity = 'hour' AND node_id = 4"
-                           " AND property = 'wattHours'")
+    total = client.command(
+        "SELECT sum(diff) FROM rollup WHERE periodicity = 'hour' AND node_id = 4 AND property = 'wattHours'"
+    )
     assert round(float(total), 6) == 10.0 * 7140
 
 
@@ -169,7 +197,8 @@ def test_ledger_marks_only_what_it_names(settings) -> None:  # type: ignore[no-u
 
 
 def test_metadata_is_never_acked_unapplied_while_postgres_is_down(
-        kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, tmp_path: Path) -> None:
+    kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, tmp_path: Path
+) -> None:
     """Before: a worker started with PostgreSQL down crash-looped, and each crash acknowledged one
     metadata event without applying it (datamodels gone for good). Now it waits, says so, and
     applies every event once PostgreSQL is back."""
@@ -188,11 +217,13 @@ def test_metadata_is_never_acked_unapplied_while_postgres_is_down(
         assert proc.poll() is None, "the worker died instead of waiting"
         pg = stack.start_postgres(pg_dir, port)
         try:
+
             def applied() -> int:
                 try:
                     with psycopg.connect(dsn, autocommit=True) as conn:
-                        row = conn.execute("SELECT count(*) FROM history.transactions"
-                                           " WHERE status = 'applied'").fetchone()
+                        row = conn.execute(
+                            "SELECT count(*) FROM history.transactions WHERE status = 'applied'"
+                        ).fetchone()
                         return int(row[0]) if row else 0
                 except psycopg.Error:
                     return 0
@@ -205,8 +236,9 @@ def test_metadata_is_never_acked_unapplied_while_postgres_is_down(
 def test_cli_ingest_exit_code_says_unconfirmed(settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     s, _client = settings
     path = tmp_path / "one.jsonl"
-    path.write_text(json.dumps({"nodeId": 9, "sourceId": "/R9/m", "created": BASE_MS,
-                                "samples": {"i": {"w": 1.0}}}) + "\n")
+    path.write_text(
+        json.dumps({"nodeId": 9, "sourceId": "/R9/m", "created": BASE_MS, "samples": {"i": {"w": 1.0}}}) + "\n"
+    )
     for key, value in s._with({"confirm_timeout_s": 2}).as_env().items():
         monkeypatch.setenv(key, value)
     assert cli.main(["ingest", str(path)]) == 1  # no worker: not confirmed
@@ -226,8 +258,13 @@ def test_rate_baselines_of_many_streams_in_one_query_equal_one_by_one(settings) 
             rows.add(d, "a", "wattHours", 10.0 * k + node, "energy")
             rows.add(d, "i", "watts", float(k), "power")
     RawSink(client).write(rows)
-    firsts = {(7, "/F/a"): BASE_MS + 3000, (7, "/F/b"): BASE_MS + 10_000, (8, "/F/a"): BASE_MS,
-              (9, "/F/quote's"): BASE_MS + 1500, (10, "/F/none"): BASE_MS + 9000}
+    firsts = {
+        (7, "/F/a"): BASE_MS + 3000,
+        (7, "/F/b"): BASE_MS + 10_000,
+        (8, "/F/a"): BASE_MS,
+        (9, "/F/quote's"): BASE_MS + 1500,
+        (10, "/F/none"): BASE_MS + 9000,
+    }
     many = rate_baselines_many(client, firsts, chunk=2)
     assert many == {k: rate_baselines(client, k[0], k[1], before) for k, before in firsts.items()}
     assert many[(7, "/F/a")] == [("energy", BASE_MS + 2000, 27.0)] and many[(8, "/F/a")] == []

@@ -29,12 +29,27 @@ MIN = 60_000
 
 def model(name: str, maximum: float) -> dict[str, Any]:
     return {
-        "identifier": name, "name": "Probe", "version": "1.0", "description": "A temperature probe",
+        "identifier": name,
+        "name": "Probe",
+        "version": "1.0",
+        "description": "A temperature probe",
         "allowedResourceTypes": ["entity.device"],
-        "categories": [{"identifier": "t", "name": "Temperature", "datastreams": [
-            {"identifier": f"{name}.temp", "name": "Temperature", "description": "Degrees",
-             "period": "INSTANT", "access": "READ", "schema": {"type": "number", "maximum": maximum}},
-        ]}],
+        "categories": [
+            {
+                "identifier": "t",
+                "name": "Temperature",
+                "datastreams": [
+                    {
+                        "identifier": f"{name}.temp",
+                        "name": "Temperature",
+                        "description": "Degrees",
+                        "period": "INSTANT",
+                        "access": "READ",
+                        "schema": {"type": "number", "maximum": maximum},
+                    },
+                ],
+            }
+        ],
     }
 
 
@@ -42,12 +57,28 @@ def publish(settings: Settings, tmp: Path, name: str, maximum: float, node: int 
     """A datamodel and a binding of /rp/** to it (for one node, which is created, or all)."""
     folder = tmp / f"models-{name}"
     folder.mkdir()
-    events = model_events(folder, model(name, maximum), {"bindings": [
-        {"node_id": node, "source_pattern": "/rp/**", "datamodel": name, "properties": {"temp": f"{name}.temp"}}]},
-        f"{name}: maximum {maximum}")
+    events = model_events(
+        folder,
+        model(name, maximum),
+        {
+            "bindings": [
+                {"node_id": node, "source_pattern": "/rp/**", "datamodel": name, "properties": {"temp": f"{name}.temp"}}
+            ]
+        },
+        f"{name}: maximum {maximum}",
+    )
     if node is not None:
-        events.insert(0, {**events[0], "event_id": str(uuid.uuid4()), "entity": "node", "key": {"node_id": node},
-                          "op": "upsert", "value": {"name": f"node {node}"}})
+        events.insert(
+            0,
+            {
+                **events[0],
+                "event_id": str(uuid.uuid4()),
+                "entity": "node",
+                "key": {"node_id": node},
+                "op": "upsert",
+                "value": {"name": f"node {node}"},
+            },
+        )
     publish_metadata(settings, events)
     return len(events)
 
@@ -59,8 +90,17 @@ def test_replay_dead_letters_after_a_fix_and_the_store(
     pg_dsn = settings.postgres_dsn
     client = settings_in_env(settings, monkeypatch)
     log = tmp_path / "worker.log"
-    lines = [json.dumps({"nodeId": 1, "sourceId": f"/rp/{k % 3}", "created": T0 + k * MIN,
-                         "samples": {"i": {"temp": float(40 + 5 * k)}}}) for k in range(30)]
+    lines = [
+        json.dumps(
+            {
+                "nodeId": 1,
+                "sourceId": f"/rp/{k % 3}",
+                "created": T0 + k * MIN,
+                "samples": {"i": {"temp": float(40 + 5 * k)}},
+            }
+        )
+        for k in range(30)
+    ]
     too_hot = sum(1 for k in range(30) if 40 + 5 * k > 100)  # 17 of 30 above the first maximum
     (tmp_path / "in.json").write_text("\n".join(lines) + "\n")
 
@@ -83,11 +123,27 @@ def test_replay_dead_letters_after_a_fix_and_the_store(
         before = client.query("SELECT max(inserted) FROM datum").result_rows[0][0]
 
         # the store: every datum in the range sent again, stored over itself (no duplicates)
-        assert cli.main(["replay", "store", "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T00:20:00Z",
-                         "--source", "/rp/1"]) == 0
+        assert (
+            cli.main(
+                [
+                    "replay",
+                    "store",
+                    "--from",
+                    "2026-01-01T00:00:00Z",
+                    "--to",
+                    "2026-01-01T00:20:00Z",
+                    "--source",
+                    "/rp/1",
+                ]
+            )
+            == 0
+        )
         again = sum(1 for k in range(20) if k % 3 == 1)
-        wait_for(lambda: stored(f"source_id = '/rp/1' AND inserted > '{before}'") == again, 60,
-                 f"{again} datums of /rp/1 stored again")
+        wait_for(
+            lambda: stored(f"source_id = '/rp/1' AND inserted > '{before}'") == again,
+            60,
+            f"{again} datums of /rp/1 stored again",
+        )
         assert stored() == 30
         assert int(client.command("SELECT count() FROM datum_raw")) >= 30 + again  # new inserts, same key
     assert "Traceback" not in log.read_text()

@@ -66,9 +66,17 @@ def gen_stream(rng: random.Random, node: int, source: str, n: int, sparse: bool 
         if t >= T0 + SPAN:
             break
         wh += rng.uniform(0, 50)
-        out.append(Datum(node, source, t, i={"watts": round(rng.uniform(-5, 500), 3)},
-                         a={"wattHours": round(wh, 3)}, s={"mode": rng.choice(["auto", "eco", "off"])},
-                         tags=tuple(rng.sample(["x", "y"], rng.randrange(0, 2)))))
+        out.append(
+            Datum(
+                node,
+                source,
+                t,
+                i={"watts": round(rng.uniform(-5, 500), 3)},
+                a={"wattHours": round(wh, 3)},
+                s={"mode": rng.choice(["auto", "eco", "off"])},
+                tags=tuple(rng.sample(["x", "y"], rng.randrange(0, 2))),
+            )
+        )
         r = rng.random()
         if r < 0.04:
             t += rng.randrange(2 * HOUR, 6 * HOUR)  # longer than the clock tolerance
@@ -94,9 +102,9 @@ def deliveries(rng: random.Random, datums: list[Datum], parts: int) -> list[list
     early += rng.sample(datums, len(datums) // 10)  # duplicates
     early.sort(key=lambda d: d.created_ms + rng.randrange(0, 3 * HOUR))
     size = max(1, len(early) // parts)
-    msgs = [early[k:k + size] for k in range(0, len(early), size)]
+    msgs = [early[k : k + size] for k in range(0, len(early), size)]
     rng.shuffle(late)
-    msgs += [late[k:k + size] for k in range(0, len(late), size)]
+    msgs += [late[k : k + size] for k in range(0, len(late), size)]
     for m in msgs:
         rng.shuffle(m)
     return msgs
@@ -106,8 +114,9 @@ def stored(client: Any, node: int, source: str) -> list[RollupRow]:
     return read_rollups(client, [(node, source, [(p, 0, FAR) for p in PERIODICITIES])])
 
 
-def expected(datums: list[Datum], tz: str, resets: Sequence[ResetMarker] = (),
-             pulse: frozenset[str] = frozenset()) -> dict[tuple[str, str, str, int], ref.RefRow]:
+def expected(
+    datums: list[Datum], tz: str, resets: Sequence[ResetMarker] = (), pulse: frozenset[str] = frozenset()
+) -> dict[tuple[str, str, str, int], ref.RefRow]:
     points: list[RawPoint] = [p for d in datums for p in points_from_datum(d, pulse=pulse)]
     return ref.reference(points, resets, tz, DEFAULT_TOLERANCES)
 
@@ -118,20 +127,30 @@ def scale(datums: list[Datum], resets: Sequence[ResetMarker] = ()) -> float:
     return max(values, default=1.0)
 
 
-def check(client: Any, streams: dict[tuple[int, str], tuple[list[Datum], str]],
-          resets: dict[tuple[int, str], list[ResetMarker]] | None = None,
-          pulse: frozenset[str] = frozenset()) -> None:
+def check(
+    client: Any,
+    streams: dict[tuple[int, str], tuple[list[Datum], str]],
+    resets: dict[tuple[int, str], list[ResetMarker]] | None = None,
+    pulse: frozenset[str] = frozenset(),
+) -> None:
     for (node, source), (datums, tz) in streams.items():
         rs = (resets or {}).get((node, source), [])
-        assert_matches(stored(client, node, source), expected(datums, tz, rs, pulse), scale(datums, rs),
-                       f"{node}{source}")
+        assert_matches(
+            stored(client, node, source), expected(datums, tz, rs, pulse), scale(datums, rs), f"{node}{source}"
+        )
 
 
 def gen_resets(rng: random.Random, datums: list[Datum], n: int) -> list[ResetMarker]:
     """Meter resets at random instants between the stream's first and last reading."""
     lo, hi = datums[0].created_ms, datums[-1].created_ms
-    return [ResetMarker(rng.randrange(lo, hi), {"wattHours": round(rng.uniform(500, 3000), 3)},
-                        {"wattHours": round(rng.uniform(0, 10), 3)}) for _ in range(n)]
+    return [
+        ResetMarker(
+            rng.randrange(lo, hi),
+            {"wattHours": round(rng.uniform(500, 3000), 3)},
+            {"wattHours": round(rng.uniform(0, 10), 3)},
+        )
+        for _ in range(n)
+    ]
 
 
 def reset_change(node: int, source: str, r: ResetMarker, action: str = "store") -> AuxChange:
@@ -149,8 +168,9 @@ def check_example(client: Any) -> None:
     assert rows[("day", nine - 9 * HOUR)].diff == pytest.approx(300.0)
 
 
-def test_maintainer_on_shuffled_batches_matches_reference(clickhouse_url: str, ch_database: str, pg_dsn: str,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_maintainer_on_shuffled_batches_matches_reference(
+    clickhouse_url: str, ch_database: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The maintainer alone (no broker): raw batches stored in a messy order, each followed by
     update(); then `recompute_range` over everything changes nothing."""
     client = connect(f"{clickhouse_url.rstrip('/')}/{ch_database}")
@@ -176,8 +196,10 @@ def test_maintainer_on_shuffled_batches_matches_reference(clickhouse_url: str, c
         t0 = time.perf_counter()
         maintainer.update(cols)
         timings.append(time.perf_counter() - t0)
-    print(f"rollup update: {len(timings)} batches, mean {sum(timings) / len(timings) * 1000:.0f} ms, "
-          f"max {max(timings) * 1000:.0f} ms")
+    print(
+        f"rollup update: {len(timings)} batches, mean {sum(timings) / len(timings) * 1000:.0f} ms, "
+        f"max {max(timings) * 1000:.0f} ms"
+    )
     want = {k: (ds, zones[k[0]]) for k, ds in streams.items()}
     check(client, want)
     check_example(client)
@@ -187,8 +209,24 @@ def test_maintainer_on_shuffled_batches_matches_reference(clickhouse_url: str, c
     # the command line does the same
     monkeypatch.setenv("PIPELINE_CLICKHOUSE_URL", f"{clickhouse_url.rstrip('/')}/{ch_database}")
     monkeypatch.setenv("PIPELINE_POSTGRES_DSN", pg_dsn)  # PULSE datastreams come from the history log
-    assert cli.main(["recompute", "--node", "2", "--source", "/m/ny", "--from", "2024-10-30T00:00:00Z",
-                     "--to", "2024-11-06T00:00:00-05:00", "--tz", "America/New_York"]) == 0
+    assert (
+        cli.main(
+            [
+                "recompute",
+                "--node",
+                "2",
+                "--source",
+                "/m/ny",
+                "--from",
+                "2024-10-30T00:00:00Z",
+                "--to",
+                "2024-11-06T00:00:00-05:00",
+                "--tz",
+                "America/New_York",
+            ]
+        )
+        == 0
+    )
     assert {k: sorted(stored(client, *k), key=RollupRow.key) for k in streams} == before
 
 
@@ -196,20 +234,27 @@ DAY = 24 * HOUR
 
 
 def test_pipeline_rollups_match_reference_across_a_restart(
-    kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str,
+    kafka_bootstrap: str,
+    clickhouse_url: str,
+    ch_database: str,
+    topic_prefix: str,
+    pg_dsn: str,
     tmp_path: Path,
 ) -> None:
-    settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with(
-        {"postgres_dsn": pg_dsn})
+    settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with({"postgres_dsn": pg_dsn})
     client = connect(settings.clickhouse_url)
     ensure_schema(client)
     ensure_rollup_schema(client)
     # node 2 keeps New York time from before the data on
-    publish_metadata(settings, [
-        metadata_event("node", {"node_id": 2}, "upsert", {"name": "ny"}),
-        metadata_event("node_timezone", {"node_id": 2}, "set_valid", {"tz": "America/New_York"},
-                       "2024-01-01T00:00:00Z"),
-    ])
+    publish_metadata(
+        settings,
+        [
+            metadata_event("node", {"node_id": 2}, "upsert", {"name": "ny"}),
+            metadata_event(
+                "node_timezone", {"node_id": 2}, "set_valid", {"tz": "America/New_York"}, "2024-01-01T00:00:00Z"
+            ),
+        ],
+    )
     rng = random.Random(11)
     streams = {
         (1, "/p/a"): (gen_stream(rng, 1, "/p/a", 120), "UTC"),
@@ -272,44 +317,95 @@ def test_pipeline_rollups_match_reference_across_a_restart(
 
 
 PULSE_MODEL = {
-    "identifier": "rain-gauge", "name": "Rain gauge", "version": "1.0",
-    "description": "A tipping-bucket rain gauge and a meter", "allowedResourceTypes": ["entity.device"],
-    "categories": [{"identifier": "rain", "name": "Rain", "datastreams": [
-        {"identifier": "rain.gauge.tips", "name": "Tips", "description": "Bucket tips since the last datum",
-         "period": "PULSE", "access": "READ", "schema": {"type": "number", "minimum": 0}},
-        {"identifier": "rain.gauge.wh", "name": "Energy", "description": "Meter reading",
-         "period": "CUMULATIVE", "access": "READ", "schema": {"type": "number"}},
-    ]}],
+    "identifier": "rain-gauge",
+    "name": "Rain gauge",
+    "version": "1.0",
+    "description": "A tipping-bucket rain gauge and a meter",
+    "allowedResourceTypes": ["entity.device"],
+    "categories": [
+        {
+            "identifier": "rain",
+            "name": "Rain",
+            "datastreams": [
+                {
+                    "identifier": "rain.gauge.tips",
+                    "name": "Tips",
+                    "description": "Bucket tips since the last datum",
+                    "period": "PULSE",
+                    "access": "READ",
+                    "schema": {"type": "number", "minimum": 0},
+                },
+                {
+                    "identifier": "rain.gauge.wh",
+                    "name": "Energy",
+                    "description": "Meter reading",
+                    "period": "CUMULATIVE",
+                    "access": "READ",
+                    "schema": {"type": "number"},
+                },
+            ],
+        }
+    ],
 }
 
 
 def test_reset_inside_an_hour_moved_and_deleted_and_pulse_sums(
-    kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    kafka_bootstrap: str,
+    clickhouse_url: str,
+    ch_database: str,
+    topic_prefix: str,
+    pg_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`pipeline ingest` of datums and a SolarNetwork Reset line: the hour holding the reset
     counts the meter's increase on both sides of it; moving and deleting the reset recompute the
     hours around it; a PULSE datastream's values are summed. Every state against the reference."""
 
-    settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with(
-        {"postgres_dsn": pg_dsn})
+    settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with({"postgres_dsn": pg_dsn})
     client = settings_in_env(settings, monkeypatch)
     ensure_rollup_schema(client)
-    bindings = {"bindings": [{"node_id": 5, "source_pattern": "/r/**", "datamodel": "rain-gauge",
-                              "properties": {"tips": "rain.gauge.tips", "wh": "rain.gauge.wh"}}]}
-    publish_metadata(settings, [metadata_event("node", {"node_id": 5}, "upsert", {"name": "rain"}),
-                                *model_events(tmp_path, PULSE_MODEL, bindings, "pulse")])
+    bindings = {
+        "bindings": [
+            {
+                "node_id": 5,
+                "source_pattern": "/r/**",
+                "datamodel": "rain-gauge",
+                "properties": {"tips": "rain.gauge.tips", "wh": "rain.gauge.wh"},
+            }
+        ]
+    }
+    publish_metadata(
+        settings,
+        [
+            metadata_event("node", {"node_id": 5}, "upsert", {"name": "rain"}),
+            *model_events(tmp_path, PULSE_MODEL, bindings, "pulse"),
+        ],
+    )
 
     noon = T0  # 2024-10-31T12:00Z
     readings = {0: 100.0, 40 * MIN: 25.0, 70 * MIN: 45.0, 130 * MIN: 60.0}  # the meter restarts at 12:20
     datums = [Datum(5, "/r/meter", noon + dt, a={"wh": wh}) for dt, wh in readings.items()]
     tips = [Datum(5, "/r/rain", noon + k * 7 * MIN, i={"tips": float(k % 4)}) for k in range(20)]
     reset = ResetMarker(noon + 20 * MIN, {"wh": 115.0}, {"wh": 5.0})
-    lines = [json.dumps({"nodeId": d.node_id, "sourceId": d.source_id, "created": d.created_ms,
-                         "samples": {"i": d.i, "a": d.a}}) for d in datums + tips]
-    lines.append(json.dumps({"nodeId": 5, "sourceId": "/r/meter", "type": "Reset",
-                             "created": "2024-10-31 12:20:00Z", "final": {"a": {"wh": 115}},
-                             "start": {"a": {"wh": 5}}}))
+    lines = [
+        json.dumps(
+            {"nodeId": d.node_id, "sourceId": d.source_id, "created": d.created_ms, "samples": {"i": d.i, "a": d.a}}
+        )
+        for d in datums + tips
+    ]
+    lines.append(
+        json.dumps(
+            {
+                "nodeId": 5,
+                "sourceId": "/r/meter",
+                "type": "Reset",
+                "created": "2024-10-31 12:20:00Z",
+                "final": {"a": {"wh": 115}},
+                "start": {"a": {"wh": 5}},
+            }
+        )
+    )
     lines.append(json.dumps({"nodeId": 5, "sourceId": "/r/meter", "type": "Reset", "created": "nope"}))
     (tmp_path / "in.json").write_text("\n".join(lines) + "\n")
     pulse = frozenset({"tips"})
@@ -348,28 +444,55 @@ def test_reset_inside_an_hour_moved_and_deleted_and_pulse_sums(
 
         # move the reset to 13:20, after the 13:10 reading: the 12:00 hour goes negative again
         moved = ResetMarker(noon + 80 * MIN, {"wh": 50.0}, {"wh": 2.0})
-        ingest(json.dumps({"from": {"nodeId": 5, "sourceId": "/r/meter", "type": "Reset",
-                                    "created": "2024-10-31T12:20:00Z"},
-                           "to": {"nodeId": 5, "sourceId": "/r/meter", "type": "Reset",
-                                  "created": "2024-10-31T13:20:00Z", "final": {"a": {"wh": 50}},
-                                  "start": {"a": {"wh": 2}}}}))
+        ingest(
+            json.dumps(
+                {
+                    "from": {"nodeId": 5, "sourceId": "/r/meter", "type": "Reset", "created": "2024-10-31T12:20:00Z"},
+                    "to": {
+                        "nodeId": 5,
+                        "sourceId": "/r/meter",
+                        "type": "Reset",
+                        "created": "2024-10-31T13:20:00Z",
+                        "final": {"a": {"wh": 50}},
+                        "start": {"a": {"wh": 2}},
+                    },
+                }
+            )
+        )
         wait_for(lambda: settled([moved]), 60, "rollups with the moved reset")
         rows = {(r.periodicity, r.property, r.kind, r.ts_start_ms): r for r in stored(client, 5, "/r/meter")}
         assert rows[hour].diff == pytest.approx(25 - 100 + 20 * 20 / 30)
 
         # delete it: the readings alone
-        ingest(json.dumps({"action": "delete", "nodeId": 5, "sourceId": "/r/meter", "type": "Reset",
-                           "created": "2024-10-31T13:20:00Z"}))
+        ingest(
+            json.dumps(
+                {
+                    "action": "delete",
+                    "nodeId": 5,
+                    "sourceId": "/r/meter",
+                    "type": "Reset",
+                    "created": "2024-10-31T13:20:00Z",
+                }
+            )
+        )
         wait_for(lambda: settled([]), 60, "rollups without resets")
         assert int(client.command("SELECT count() FROM datum_auxiliary")) == 0
         # a producer other than `pipeline ingest` sending garbage: the agent dead-letters it, goes on
         raw = DatumProducer(settings)
         raw.send_raw(Topics(topic_prefix).auxiliary, b"{not json", key=b"x")
         raw.flush()
-        letters = wait_for(lambda: [lt for lt in read_topic(kafka_bootstrap, Topics(topic_prefix).deadletter, 2, 5)
-                                    if lt["stage"] == "auxiliary"], 60, "the auxiliary dead letter")
+        letters = wait_for(
+            lambda: [
+                lt
+                for lt in read_topic(kafka_bootstrap, Topics(topic_prefix).deadletter, 2, 5)
+                if lt["stage"] == "auxiliary"
+            ],
+            60,
+            "the auxiliary dead letter",
+        )
         assert letters[0]["reasons"][0]["rule"] == "aux.syntax" and letters[0]["origin"]["topic"].endswith(
-            "pipeline.datum-auxiliary")
+            "pipeline.datum-auxiliary"
+        )
     # the bad Reset line went to the dead letters with its rule
     letters = read_topic(kafka_bootstrap, Topics(topic_prefix).deadletter, 2)
     assert any(r["rule"] == "aux.created" for letter in letters for r in letter["reasons"])

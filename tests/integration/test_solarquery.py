@@ -52,8 +52,16 @@ def make_datums() -> list[Datum]:
     for node, source in STREAMS:
         for k in range(N):
             watts, wh = value(node, source, k)
-            out.append(Datum(node, source, T0 + k * MIN, i={"watts": watts}, a={"wattHours": wh},
-                             s={"mode": "auto" if k % 2 else "eco"}))
+            out.append(
+                Datum(
+                    node,
+                    source,
+                    T0 + k * MIN,
+                    i={"watts": watts},
+                    a={"wattHours": wh},
+                    s={"mode": "auto" if k % 2 else "eco"},
+                )
+            )
     return out
 
 
@@ -90,8 +98,9 @@ def setup(clickhouse_url: str, postgres_url: str, tmp_path_factory: pytest.TempP
         }
         token_cli(dsn, "revoke", made["revoked"]["tokenId"])
         tokens = {name: (m["tokenId"], m["tokenSecret"]) for name, m in made.items()}
-        with api_process(api_settings(clickhouse_url, database, postgres_dsn=dsn),
-                         tmp_path_factory.mktemp("sq") / "api.log") as running:
+        with api_process(
+            api_settings(clickhouse_url, database, postgres_dsn=dsn), tmp_path_factory.mktemp("sq") / "api.log"
+        ) as running:
             yield Setup(running, tokens, datums, dsn)
 
 
@@ -100,8 +109,11 @@ def created(ms: int) -> str:
 
 
 def expected_rows(datums: list[Datum], streams: set[tuple[int, str]], lo: int, hi: int) -> set[tuple[Any, ...]]:
-    return {(d.node_id, d.source_id, created(d.created_ms), d.i["watts"], d.a["wattHours"], d.s["mode"])
-            for d in datums if (d.node_id, d.source_id) in streams and lo <= d.created_ms < hi}
+    return {
+        (d.node_id, d.source_id, created(d.created_ms), d.i["watts"], d.a["wattHours"], d.s["mode"])
+        for d in datums
+        if (d.node_id, d.source_id) in streams and lo <= d.created_ms < hi
+    }
 
 
 def got_rows(results: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -113,11 +125,17 @@ def got_rows(results: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 def test_datum_loader_pages_exactly_the_ingested_datums(setup: Setup) -> None:
     lo, hi = T0 + 10 * MIN, T0 + 3 * HOUR + 7 * MIN
-    [paged, whole] = setup.client("node1", [
-        {"op": "load", "pageSize": 50, "filter": {"nodeIds": [1], "sourceIds": ["/m/**"], "startDate": lo,
-                                                  "endDate": hi}},
-        {"op": "load", "filter": {"nodeIds": [1], "startDate": lo, "endDate": hi}},
-    ])
+    [paged, whole] = setup.client(
+        "node1",
+        [
+            {
+                "op": "load",
+                "pageSize": 50,
+                "filter": {"nodeIds": [1], "sourceIds": ["/m/**"], "startDate": lo, "endDate": hi},
+            },
+            {"op": "load", "filter": {"nodeIds": [1], "startDate": lo, "endDate": hi}},
+        ],
+    )
     want = expected_rows(setup.datums, {(1, "/m/1"), (1, "/m/2")}, lo, hi)
     rows = got_rows(paged["results"])
     assert len(rows) == len(want) == 2 * (3 * 60 - 3)  # 354 datums in 8 pages of 50
@@ -130,13 +148,16 @@ def test_datum_loader_pages_exactly_the_ingested_datums(setup: Setup) -> None:
 def test_readings_most_recent_ranges_and_sources(setup: Setup) -> None:
     lo, hi = T0 + 30 * MIN, T0 + 2 * HOUR
     one = {"nodeIds": [1], "sourceIds": ["/m/1"], "startDate": lo, "endDate": hi}
-    readings, recent, ranges, sources, within = setup.client("node1", [
-        {"op": "load", "readings": True, "filter": one},
-        {"op": "get", "url": "mostRecentDatumUrl", "filter": {"nodeIds": [1]}},
-        {"op": "range", "filter": {"nodeIds": [1], "sourceIds": ["/m/2"]}},
-        {"op": "sources", "filter": {"nodeIds": [1]}},
-        {"op": "get", "url": "datumReadingUrl", "readingType": "DifferenceWithin", "filter": one},
-    ])
+    readings, recent, ranges, sources, within = setup.client(
+        "node1",
+        [
+            {"op": "load", "readings": True, "filter": one},
+            {"op": "get", "url": "mostRecentDatumUrl", "filter": {"nodeIds": [1]}},
+            {"op": "range", "filter": {"nodeIds": [1], "sourceIds": ["/m/2"]}},
+            {"op": "sources", "filter": {"nodeIds": [1]}},
+            {"op": "get", "url": "datumReadingUrl", "readingType": "DifferenceWithin", "filter": one},
+        ],
+    )
     # Difference: the readings at or before each date
     start_wh, end_wh = value(1, "/m/1", 30)[1], value(1, "/m/1", 120)[1]
     [row] = readings["results"]
@@ -148,17 +169,30 @@ def test_readings_most_recent_ranges_and_sources(setup: Setup) -> None:
     assert recent["status"] == 200
     latest = {(r["sourceId"], r["created"], r["watts"]) for r in recent["body"]["data"]["results"]}
     last = T0 + (N - 1) * MIN
-    assert latest == {("/m/1", created(last), value(1, "/m/1", N - 1)[0]),
-                      ("/m/2", created(last), value(1, "/m/2", N - 1)[0])}
+    assert latest == {
+        ("/m/1", created(last), value(1, "/m/1", N - 1)[0]),
+        ("/m/2", created(last), value(1, "/m/2", N - 1)[0]),
+    }
     assert ranges["results"]["startDateMillis"] == T0 and ranges["results"]["endDateMillis"] == last
     assert sources["results"] == {"1": ["/m/1", "/m/2"]}
 
 
 def test_hourly_aggregates_match_the_raw_datums(setup: Setup) -> None:
-    [hourly] = setup.client("hourly", [
-        {"op": "load", "filter": {"nodeIds": [1], "sourceIds": ["/m/1"], "startDate": T0,
-                                  "endDate": T0 + 4 * HOUR, "aggregation": "Hour"}},
-    ])
+    [hourly] = setup.client(
+        "hourly",
+        [
+            {
+                "op": "load",
+                "filter": {
+                    "nodeIds": [1],
+                    "sourceIds": ["/m/1"],
+                    "startDate": T0,
+                    "endDate": T0 + 4 * HOUR,
+                    "aggregation": "Hour",
+                },
+            },
+        ],
+    )
     rows = hourly["results"]
     assert [r["created"] for r in rows] == [created(T0 + h * HOUR) for h in range(4)]
     for h, r in enumerate(rows):
@@ -173,12 +207,15 @@ def test_hourly_aggregates_match_the_raw_datums(setup: Setup) -> None:
 
 
 def test_a_source_policy_narrows_wildcards_and_refuses_what_it_excludes(setup: Setup) -> None:
-    narrowed, refused, other_node, sources = setup.client("m1", [
-        {"op": "load", "filter": {"nodeIds": [1], "sourceIds": ["/m/**"], "startDate": T0, "endDate": T0 + HOUR}},
-        {"op": "get", "url": "listDatumUrl", "filter": {"nodeIds": [1], "sourceIds": ["/m/2"]}},
-        {"op": "get", "url": "listDatumUrl", "filter": {"nodeIds": [2]}},
-        {"op": "sources", "filter": {"nodeIds": [1]}},
-    ])
+    narrowed, refused, other_node, sources = setup.client(
+        "m1",
+        [
+            {"op": "load", "filter": {"nodeIds": [1], "sourceIds": ["/m/**"], "startDate": T0, "endDate": T0 + HOUR}},
+            {"op": "get", "url": "listDatumUrl", "filter": {"nodeIds": [1], "sourceIds": ["/m/2"]}},
+            {"op": "get", "url": "listDatumUrl", "filter": {"nodeIds": [2]}},
+            {"op": "sources", "filter": {"nodeIds": [1]}},
+        ],
+    )
     assert {r["sourceId"] for r in narrowed["results"]} == {"/m/1"} and len(narrowed["results"]) == 60
     assert refused["status"] == 403 and refused["body"]["success"] is False and "data" not in refused["body"]
     assert other_node["status"] == 403 and "data" not in other_node["body"]
@@ -192,15 +229,20 @@ def test_a_node_policy_never_shows_other_nodes(setup: Setup) -> None:
 
 def test_credentials_that_do_not_hold_get_401_and_no_data(setup: Setup) -> None:
     q = {"nodeIds": [1], "startDate": T0, "endDate": T0 + HOUR}
-    wrong, = setup.client("node1", [{"op": "get", "url": "listDatumUrl", "filter": q}], secret="x" * 64)
-    tampered, = setup.client("node1", [{"op": "get", "url": "listDatumUrl", "filter": q, "tamper": "&nodeIds=2"}])
-    skewed, = setup.client("node1", [{"op": "get", "url": "listDatumUrl", "filter": q, "dateShiftMs": 16 * MIN}])
-    expired, = setup.client("expired", [{"op": "get", "url": "listDatumUrl", "filter": q}])
-    revoked, = setup.client("revoked", [{"op": "get", "url": "listDatumUrl", "filter": q}])
-    anonymous, = setup.client(None, [{"op": "get", "url": "listDatumUrl", "filter": q}])
-    for got, reason in ((wrong, "Bad credentials"), (tampered, "Bad credentials"), (skewed, "date skew too large"),
-                        (expired, "Expired token"), (revoked, "Bad credentials"),
-                        (anonymous, "Missing Authorization header")):
+    (wrong,) = setup.client("node1", [{"op": "get", "url": "listDatumUrl", "filter": q}], secret="x" * 64)
+    (tampered,) = setup.client("node1", [{"op": "get", "url": "listDatumUrl", "filter": q, "tamper": "&nodeIds=2"}])
+    (skewed,) = setup.client("node1", [{"op": "get", "url": "listDatumUrl", "filter": q, "dateShiftMs": 16 * MIN}])
+    (expired,) = setup.client("expired", [{"op": "get", "url": "listDatumUrl", "filter": q}])
+    (revoked,) = setup.client("revoked", [{"op": "get", "url": "listDatumUrl", "filter": q}])
+    (anonymous,) = setup.client(None, [{"op": "get", "url": "listDatumUrl", "filter": q}])
+    for got, reason in (
+        (wrong, "Bad credentials"),
+        (tampered, "Bad credentials"),
+        (skewed, "date skew too large"),
+        (expired, "Expired token"),
+        (revoked, "Bad credentials"),
+        (anonymous, "Missing Authorization header"),
+    ):
         assert got["status"] == 401, got
         assert got["body"]["success"] is False and "data" not in got["body"]
         assert reason in got["body"]["message"]
@@ -211,11 +253,14 @@ def test_credentials_that_do_not_hold_get_401_and_no_data(setup: Setup) -> None:
 
 def test_aggregation_below_the_minimum_and_a_node_token_are_refused(setup: Setup) -> None:
     q = {"nodeIds": [1], "startDate": T0, "endDate": T0 + HOUR}
-    raw, half, hour = setup.client("hourly", [
-        {"op": "get", "url": "listDatumUrl", "filter": q},
-        {"op": "get", "url": "listDatumUrl", "filter": {**q, "aggregation": "ThirtyMinute"}},
-        {"op": "get", "url": "listDatumUrl", "filter": {**q, "aggregation": "Hour"}},
-    ])
+    raw, half, hour = setup.client(
+        "hourly",
+        [
+            {"op": "get", "url": "listDatumUrl", "filter": q},
+            {"op": "get", "url": "listDatumUrl", "filter": {**q, "aggregation": "ThirtyMinute"}},
+            {"op": "get", "url": "listDatumUrl", "filter": {**q, "aggregation": "Hour"}},
+        ],
+    )
     assert raw["status"] == 403 and "below the token policy's minimum Hour" in raw["body"]["message"]
     assert half["status"] == 403 and "data" not in half["body"]
     assert hour["status"] == 200 and hour["body"]["data"]["returnedResultCount"] == 2
@@ -230,9 +275,15 @@ def test_the_time_series_api_is_scoped_too(setup: Setup) -> None:
 
     def signed(target: str) -> Any:
         path, _, query = target.partition("?")
-        headers = snws2.sign(token_id=token, secret=secret, method="GET", host=f"127.0.0.1:{setup.api.port}",
-                             path=path, now=datetime.now(UTC),
-                             params=snws2.parse_query(query))
+        headers = snws2.sign(
+            token_id=token,
+            secret=secret,
+            method="GET",
+            host=f"127.0.0.1:{setup.api.port}",
+            path=path,
+            now=datetime.now(UTC),
+            params=snws2.parse_query(query),
+        )
         return setup.api.request(target, headers=headers)
 
     listing = signed("/api/timeseries")
@@ -251,8 +302,15 @@ def test_the_time_series_api_is_scoped_too(setup: Setup) -> None:
 
 def test_token_list_shows_no_secret_and_the_log_keeps_none(setup: Setup) -> None:
     env = {**os.environ, "PIPELINE_POSTGRES_DSN": setup.dsn}
-    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "token", "list"], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "token", "list"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     listed = {json.loads(line)["tokenId"] for line in out.splitlines() if line.strip()}
     assert listed == {t for name, (t, _) in setup.tokens.items() if name != "revoked"}
     with psycopg.connect(setup.dsn) as conn:
@@ -260,9 +318,15 @@ def test_token_list_shows_no_secret_and_the_log_keeps_none(setup: Setup) -> None
         log = json.dumps([r for r in conn.execute("SELECT * FROM history.transactions").fetchall()], default=str)
     for _, secret in setup.tokens.values():
         assert secret not in dump and secret not in log
-    state = subprocess.run([sys.executable, "-m", "pipeline.cli", "history", "state", "--at", "now",
-                            "--entity", "security_token"], env=env, cwd=ROOT, capture_output=True, text=True,
-                           timeout=120, check=True).stdout
+    state = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "history", "state", "--at", "now", "--entity", "security_token"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     assert setup.tokens["m1"][0] in state and setup.tokens["revoked"][0] not in state
 
 
@@ -275,13 +339,37 @@ def test_fuzzed_signed_requests_never_fail_and_never_leave_the_policy(setup: Set
     rng = random.Random(14)
 
     def signed(path: str, query: str) -> Any:
-        headers = snws2.sign(token_id=token, secret=secret, method="GET", host=f"127.0.0.1:{setup.api.port}",
-                             path=path, now=datetime.now(UTC), params=snws2.parse_query(query))
+        headers = snws2.sign(
+            token_id=token,
+            secret=secret,
+            method="GET",
+            host=f"127.0.0.1:{setup.api.port}",
+            path=path,
+            now=datetime.now(UTC),
+            params=snws2.parse_query(query),
+        )
         return setup.api.request(f"{path}?{query}" if query else path, headers=headers)
 
     series = [ts.series_name(ts.SeriesKey(n, s, "watts")) for n, s in STREAMS]
-    values = ["", "*", "-1", "0", "99999999999999999999", "1e3", "%00", "%2B", "a,b", *[quote(x, safe="")
-              for x in series], "x" * 300, "2025-12-01T00:00:00Z", "halfhour", "xml", "cb", "day", "timeOfDay"]
+    values = [
+        "",
+        "*",
+        "-1",
+        "0",
+        "99999999999999999999",
+        "1e3",
+        "%00",
+        "%2B",
+        "a,b",
+        *[quote(x, safe="") for x in series],
+        "x" * 300,
+        "2025-12-01T00:00:00Z",
+        "halfhour",
+        "xml",
+        "cb",
+        "day",
+        "timeOfDay",
+    ]
     for _ in range(80):
         params = rng.sample([*ts.PARAMETERS, "other"], rng.randrange(1, 5))
         r = signed("/api/timeseries", "&".join(f"{p}={rng.choice(values)}" for p in params))
@@ -289,13 +377,46 @@ def test_fuzzed_signed_requests_never_fail_and_never_leave_the_policy(setup: Set
         if r.status == 200:
             for other in series[1:]:
                 assert other.encode() not in r.body
-    sq_values = ["1", "2", "1,2", "%2Fm%2F**", "%2F**", "%2Fx%2F1", "Hour", "None", "Day", "Minute", "x", "",
-                 "2025-12-01", "2025-12-01T01:00", "P1D", "Difference", "CalculatedAt", "-5", "5000", "true"]
-    names = ["nodeId", "nodeIds", "sourceId", "sourceIds", "startDate", "endDate", "aggregation", "max", "offset",
-             "readingType", "tolerance", "withNodeIds", "localStartDate", "mostRecent"]
+    sq_values = [
+        "1",
+        "2",
+        "1,2",
+        "%2Fm%2F**",
+        "%2F**",
+        "%2Fx%2F1",
+        "Hour",
+        "None",
+        "Day",
+        "Minute",
+        "x",
+        "",
+        "2025-12-01",
+        "2025-12-01T01:00",
+        "P1D",
+        "Difference",
+        "CalculatedAt",
+        "-5",
+        "5000",
+        "true",
+    ]
+    names = [
+        "nodeId",
+        "nodeIds",
+        "sourceId",
+        "sourceIds",
+        "startDate",
+        "endDate",
+        "aggregation",
+        "max",
+        "offset",
+        "readingType",
+        "tolerance",
+        "withNodeIds",
+        "localStartDate",
+        "mostRecent",
+    ]
     for _ in range(120):
-        endpoint = rng.choice(["datum/list", "datum/mostRecent", "datum/reading", "range/sources",
-                               "range/interval"])
+        endpoint = rng.choice(["datum/list", "datum/mostRecent", "datum/reading", "range/sources", "range/interval"])
         query = "&".join(f"{p}={rng.choice(sq_values)}" for p in rng.sample(names, rng.randrange(1, 6)))
         r = signed(f"/solarquery/api/v1/sec/{endpoint}", query)
         assert r.status in (200, 400, 403, 422), (endpoint, query, r.status, r.body[:300])

@@ -24,7 +24,8 @@ BASE_MS = 1_700_000_000_000
 
 
 def test_old_json_marks_are_still_rolled_up_and_unreadable_marks_dead_lettered(
-        kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, tmp_path: Path) -> None:
+    kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, tmp_path: Path
+) -> None:
     s = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)
     client = connect(s.clickhouse_url)
     ensure_schema(client)
@@ -38,8 +39,14 @@ def test_old_json_marks_are_still_rolled_up_and_unreadable_marks_dead_lettered(
     # the ledger lists it so the start-up repair leaves it alone: only the old mark can roll it up
     mark_rolled_up(client, [(node, source, stamp)])
     assert not not_rolled_up(client)
-    old = json.dumps({"node": node, "source": source, "inserted": stamp,
-                      "changes": [[p, k, c] for c, p, k in zip(rows.created, rows.property, rows.kind, strict=True)]})
+    old = json.dumps(
+        {
+            "node": node,
+            "source": source,
+            "inserted": stamp,
+            "changes": [[p, k, c] for c, p, k in zip(rows.created, rows.property, rows.kind, strict=True)],
+        }
+    )
     producer = DatumProducer(s)
     TopicAdmin(s).ensure([producer.topics.rollup_stale, producer.topics.deadletter])
     junk = b"\x01\x00junk"  # the version byte, then nothing a mark can be read from
@@ -51,8 +58,9 @@ def test_old_json_marks_are_still_rolled_up_and_unreadable_marks_dead_lettered(
         # 22:13:20 plus an hour touches two hours, of two properties
         wait_for(lambda: int(client.command(hours)) == 4, 120, "hourly rollups from the old mark")
         letters = read_topic(s.kafka_bootstrap, producer.topics.deadletter, 1, timeout=60)
-    total = client.command(f"SELECT sum(diff) FROM rollup WHERE periodicity = 'hour' AND node_id = {node}"
-                           " AND property = 'wattHours'")
+    total = client.command(
+        f"SELECT sum(diff) FROM rollup WHERE periodicity = 'hour' AND node_id = {node} AND property = 'wattHours'"
+    )
     assert round(float(total), 6) == 10.0 * 3540
     assert [r["rule"] for x in letters for r in x["reasons"]] == ["internal.rollup"]
     assert letters[0]["origin"]["topic"] == producer.topics.rollup_stale

@@ -27,20 +27,43 @@ def stream(ident: str, **extra: object) -> dict[str, object]:
     return {"identifier": ident, "name": ident, "description": ident, "schema": {"type": "number"}, **extra}
 
 
-MODEL = {"identifier": "vault", "name": "vault", "description": "storage test", "version": "1",
-         "categories": [{"identifier": "c", "name": "c", "datastreams": [
-             stream("vault.short", storage={"period": "DAYS", "total": 1}),
-             stream("vault.keep", storage={"period": "YEARS", "total": 10}),
-             stream("vault.never", storage={"period": "NEVER"}),
-             stream("vault.setpoint", access="READ,WRITE", schema={"type": "number", "minimum": 0, "maximum": 50}),
-         ]}]}
-BINDINGS = {"bindings": [{"node_id": None, "source_pattern": "/vault/1", "datamodel": "vault", "properties": {
-    "short": "vault.short", "keep": "vault.keep", "never": "vault.never", "setpoint": "vault.setpoint"}}]}
+MODEL = {
+    "identifier": "vault",
+    "name": "vault",
+    "description": "storage test",
+    "version": "1",
+    "categories": [
+        {
+            "identifier": "c",
+            "name": "c",
+            "datastreams": [
+                stream("vault.short", storage={"period": "DAYS", "total": 1}),
+                stream("vault.keep", storage={"period": "YEARS", "total": 10}),
+                stream("vault.never", storage={"period": "NEVER"}),
+                stream("vault.setpoint", access="READ,WRITE", schema={"type": "number", "minimum": 0, "maximum": 50}),
+            ],
+        }
+    ],
+}
+BINDINGS = {
+    "bindings": [
+        {
+            "node_id": None,
+            "source_pattern": "/vault/1",
+            "datamodel": "vault",
+            "properties": {
+                "short": "vault.short",
+                "keep": "vault.keep",
+                "never": "vault.never",
+                "setpoint": "vault.setpoint",
+            },
+        }
+    ]
+}
 
 
 @pytest.fixture
-def vault(kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str,
-          tmp_path: Path):  # type: ignore[no-untyped-def]
+def vault(kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with({"postgres_dsn": pg_dsn})
     events = model_events(tmp_path, MODEL, BINDINGS, "vault")
     return settings, events
@@ -57,13 +80,19 @@ def test_ttl_expires_one_datastream_and_never_keeps_only_the_latest(vault, tmp_p
         # one day minus 15 s old: a one-day TTL runs out 15 s from now
         expires_ms = int(time.time() * 1000) + 15_000
         created = expires_ms - DAY
-        producer.send([Datum(5, "/vault/1", created, {"short": 1.0, "keep": 2.0, "never": 3.0}),
-                       Datum(5, "/vault/1", created + 1, {"never": 4.0})])
+        producer.send(
+            [
+                Datum(5, "/vault/1", created, {"short": 1.0, "keep": 2.0, "never": 3.0}),
+                Datum(5, "/vault/1", created + 1, {"never": 4.0}),
+            ]
+        )
         producer.flush()
         wait_for(lambda: int(client.command("SELECT count() FROM datum")) == 2, 60, "two stored rows")
         wait_for(lambda: int(client.command("SELECT count() FROM datum_latest")) == 1, 60, "the latest value")
     assert client.query("SELECT property, ttl_days FROM datum_raw FINAL ORDER BY property").result_rows == [
-        ("keep", 3653), ("short", 1)]
+        ("keep", 3653),
+        ("short", 1),
+    ]
     assert client.query("SELECT property, value FROM datum_latest").result_rows == [("never", 4.0)]
     # A raw row stays at least RAW_GRACE_DAYS after its insert (its rollups are computed from it):
     # the same rows, as if the worker had stored them that long ago, expire with their datastream.
@@ -93,7 +122,14 @@ def test_set_operations_accept_write_and_refuse_read(vault) -> None:  # type: ig
         send_set_request(settings, 5, "nope.nothing", 1, "/vault/1"),
     ]
     assert [(r["accepted"], r["rule"]) for r in refused] == [
-        (False, "set.not_writable"), (False, "set.schema"), (False, "set.unknown_datastream")]
+        (False, "set.not_writable"),
+        (False, "set.schema"),
+        (False, "set.unknown_datastream"),
+    ]
     (command,) = read_topic(settings.kafka_bootstrap, ok["topic"], 1)
     assert (command["node_id"], command["source_id"], command["datastream"], command["value"]) == (
-        5, "/vault/1", "vault.setpoint", 21.5)
+        5,
+        "/vault/1",
+        "vault.setpoint",
+        21.5,
+    )

@@ -38,8 +38,9 @@ def up_env(data_dir: Path, api: bool = False, metrics: bool = False) -> dict[str
 
 def start_up(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up", *args], env=env, cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "up", *args], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         wait_for(lambda: "pipeline is up" in log.read_text() or proc.poll() is not None, 120, "the banner")
     except BaseException:
@@ -49,8 +50,9 @@ def start_up(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[byt
     return proc
 
 
-def up_in(tmp_path: Path, workers: int, api: bool = False,
-          metrics: bool = False) -> tuple[Path, dict[str, str], Path, subprocess.Popen[bytes]]:
+def up_in(
+    tmp_path: Path, workers: int, api: bool = False, metrics: bool = False
+) -> tuple[Path, dict[str, str], Path, subprocess.Popen[bytes]]:
     """`pipeline up --workers N` on tmp_path/data and free ports: (data_dir, env, log, process)."""
     data_dir = tmp_path / "data"
     env = up_env(data_dir, api, metrics)
@@ -170,8 +172,14 @@ def test_a_second_up_on_a_data_dir_in_use_is_refused_and_touches_nothing(tmp_pat
         pg = postmaster_pid(data_dir)
         assert pg is not None
         second_env = up_env(data_dir)  # other ports: only the data directory is shared
-        second = subprocess.run([sys.executable, "-m", "pipeline.cli", "up", "--workers", "0"], env=second_env,
-                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "up", "--workers", "0"],
+            env=second_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode != 0
         assert "in use" in second.stderr and f"pid {first.pid}" in second.stderr, second.stderr[-3000:]
         assert "Traceback" not in second.stderr
@@ -224,6 +232,7 @@ def test_postgres_refuses_a_data_dir_whose_postgres_runs_and_leaves_it_alone(tmp
     """The live server's postmaster.pid was deleted (an error swallowed), and PostgreSQL shut
     itself down a minute later; now the refusal is loud and nothing is touched."""
     from pipeline.embedded import stack
+
     pg_dir = tmp_path / "postgres"
     first = stack.start_postgres(pg_dir)
     try:

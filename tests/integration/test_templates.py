@@ -20,24 +20,60 @@ pytestmark = pytest.mark.integration
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 HOUR = 3_600_000
 QR = {
-    "version": "1", "max_score": 100,
-    "min_required": {"value": 0, "label": "DEAD"}, "min_desired": {"value": 10, "label": "LOW"},
-    "ideal": {"value": 20, "label": "OK"}, "max_desired": {"value": 30, "label": "WARM"},
+    "version": "1",
+    "max_score": 100,
+    "min_required": {"value": 0, "label": "DEAD"},
+    "min_desired": {"value": 10, "label": "LOW"},
+    "ideal": {"value": 20, "label": "OK"},
+    "max_desired": {"value": 30, "label": "WARM"},
     "max_allowed": {"value": 40, "label": "HOT"},
 }
 MODEL = {
-    "identifier": "box", "name": "box", "description": "a test box", "version": "1",
-    "categories": [{"identifier": "c", "name": "c", "datastreams": [
-        {"identifier": "box.temp", "name": "t", "description": "t", "schema": {"type": "number", "maximum": 100},
-         "qrating": QR},
-        {"identifier": "box.energy", "name": "e", "description": "e", "period": "CUMULATIVE",
-         "schema": {"type": "number"}, "qrating": {**QR, "cumulative_period_divisor": 3600}},
-        {"identifier": "box.state", "name": "s", "description": "s", "schema": {"type": "string"},
-         "qrating": {**QR, "conversion_matrix": {"good": 20, "bad": 0}}},
-    ]}],
+    "identifier": "box",
+    "name": "box",
+    "description": "a test box",
+    "version": "1",
+    "categories": [
+        {
+            "identifier": "c",
+            "name": "c",
+            "datastreams": [
+                {
+                    "identifier": "box.temp",
+                    "name": "t",
+                    "description": "t",
+                    "schema": {"type": "number", "maximum": 100},
+                    "qrating": QR,
+                },
+                {
+                    "identifier": "box.energy",
+                    "name": "e",
+                    "description": "e",
+                    "period": "CUMULATIVE",
+                    "schema": {"type": "number"},
+                    "qrating": {**QR, "cumulative_period_divisor": 3600},
+                },
+                {
+                    "identifier": "box.state",
+                    "name": "s",
+                    "description": "s",
+                    "schema": {"type": "string"},
+                    "qrating": {**QR, "conversion_matrix": {"good": 20, "bad": 0}},
+                },
+            ],
+        }
+    ],
 }
-BINDINGS = {"bindings": [{"node_id": None, "source_pattern": "/box/**", "datamodel": "box",
-                          "properties": {"temp": "box.temp", "energy": "box.energy", "state": "box.state"}}]}
+BINDINGS = {
+    "bindings": [
+        {
+            "node_id": None,
+            "source_pattern": "/box/**",
+            "datamodel": "box",
+            "properties": {"temp": "box.temp", "energy": "box.energy", "state": "box.state"},
+        }
+    ]
+}
 
 
 def applied(dsn: str) -> int:
@@ -49,8 +85,7 @@ def applied(dsn: str) -> int:
 
 
 @pytest.fixture
-def box(kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str,
-        tmp_path: Path):  # type: ignore[no-untyped-def]
+def box(kafka_bootstrap: str, clickhouse_url: str, ch_database: str, topic_prefix: str, pg_dsn: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with({"postgres_dsn": pg_dsn})
     publish_metadata(settings, model_events(tmp_path, MODEL, BINDINGS, "box model"))
     client = connect(settings.clickhouse_url)
@@ -80,16 +115,20 @@ def test_mixed_input_counts_add_up_and_scores_are_stored(box, tmp_path: Path) ->
     assert sorted({r["rule"] for r in reasons}) == ["qrating.conversion_missing", "sample.schema", "sample.unmapped"]
     assert len(reasons) == invalid + 1
     assert all("datum" in x and x["origin"]["topic"].endswith("datum..box.1") for x in letters)
-    row = client.query("SELECT score, performance, label, quality, max_score, datastream FROM datum "
-                       "WHERE property = 'temp' AND value = 15").first_row
+    row = client.query(
+        "SELECT score, performance, label, quality, max_score, datastream FROM datum "
+        "WHERE property = 'temp' AND value = 15"
+    ).first_row
     assert row == (75.0, 75.0, "OK", "desired", 100.0, "box.temp")
     # device level, one query (docs/qrating.md): both datastreams' mean performance, weighted
     device = client.query(
         "SELECT sum(ms * perf / 100) AS score, sum(ms) AS max_score, 100 * score / max_score AS q, avg(perf) "
         "FROM (SELECT datastream, avg(performance) AS perf, argMax(max_score, created) AS ms FROM datum "
-        "WHERE node_id = 1 AND performance IS NOT NULL GROUP BY datastream)").first_row
-    perfs = client.query("SELECT avg(performance) FROM datum WHERE performance IS NOT NULL "
-                         "GROUP BY datastream ORDER BY datastream").result_rows
+        "WHERE node_id = 1 AND performance IS NOT NULL GROUP BY datastream)"
+    ).first_row
+    perfs = client.query(
+        "SELECT avg(performance) FROM datum WHERE performance IS NOT NULL GROUP BY datastream ORDER BY datastream"
+    ).result_rows
     expected_score = sum(100 * p[0] / 100 for p in perfs)
     assert device[0] == pytest.approx(expected_score) and device[1] == 200.0
     assert device[2] == pytest.approx(expected_score / 2) and device[3] == pytest.approx(expected_score / 2)
@@ -105,12 +144,22 @@ def test_template_change_applies_in_data_time_without_restart(box, tmp_path: Pat
         version = applied(settings.postgres_dsn)
         # from T0 + 1 day on, 35 degrees is ideal
         change = {
-            "event_id": str(uuid.uuid4()), "entity": "datastream_template",
-            "key": {"datamodel": "box", "datastream": "box.temp"}, "op": "set_valid",
-            "value": {"qrating": {**QR, "min_desired": {"value": 30, "label": "LOW"},
-                                  "ideal": {"value": 35, "label": "OK"},
-                                  "max_desired": {"value": 38, "label": "WARM"}}},
-            "valid_from": "2023-11-15T22:13:20Z", "valid_to": None, "author": "test", "comment": "new box",
+            "event_id": str(uuid.uuid4()),
+            "entity": "datastream_template",
+            "key": {"datamodel": "box", "datastream": "box.temp"},
+            "op": "set_valid",
+            "value": {
+                "qrating": {
+                    **QR,
+                    "min_desired": {"value": 30, "label": "LOW"},
+                    "ideal": {"value": 35, "label": "OK"},
+                    "max_desired": {"value": 38, "label": "WARM"},
+                }
+            },
+            "valid_from": "2023-11-15T22:13:20Z",
+            "valid_to": None,
+            "author": "test",
+            "comment": "new box",
             "produced_at": "2023-11-20T00:00:00Z",
         }
         publish_metadata(settings, [change])

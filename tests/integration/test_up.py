@@ -20,15 +20,17 @@ from tests.integration.helpers import ROOT, settings_for, wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_up_with_external_services(kafka_bootstrap: str, clickhouse_url: str, postgres_url: str,
-                                   ch_database: str, topic_prefix: str, tmp_path: Path) -> None:
+def test_up_with_external_services(
+    kafka_bootstrap: str, clickhouse_url: str, postgres_url: str, ch_database: str, topic_prefix: str, tmp_path: Path
+) -> None:
     settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)
     settings = settings._with({"postgres_dsn": postgres_url, "data_dir": tmp_path / "data"})
     env = {**os.environ, **settings.as_env()}
     out = tmp_path / "up.log"
     with out.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], env=env, cwd=ROOT,
-                                stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "up"], env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT
+        )
     try:
         wait_for(lambda: "pipeline is up" in out.read_text(), 60, "the banner")
         banner = out.read_text()
@@ -40,8 +42,11 @@ def test_up_with_external_services(kafka_bootstrap: str, clickhouse_url: str, po
         producer.send([Datum(7, "/up/M1", 1_700_000_000_000 + k, {"w": float(k)}) for k in range(50)])
         producer.flush()
         client = connect(settings.clickhouse_url)
-        wait_for(lambda: int(client.command("SELECT count() FROM datum WHERE node_id = 7")) == 50, 120,
-                 "50 datums through pipeline up")
+        wait_for(
+            lambda: int(client.command("SELECT count() FROM datum WHERE node_id = 7")) == 50,
+            120,
+            "50 datums through pipeline up",
+        )
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout=5).read()
         assert b"pipeline_datums_in_total" in metrics
         # the time-series API it started lists the new series (docs/api.md naming rule)
@@ -63,8 +68,9 @@ def test_up_with_external_services(kafka_bootstrap: str, clickhouse_url: str, po
     assert "pipeline: stopped" in text
 
 
-def test_up_demo_validates_the_simulated_fleet(kafka_bootstrap: str, clickhouse_url: str, postgres_url: str,
-                                               ch_database: str, topic_prefix: str, tmp_path: Path) -> None:
+def test_up_demo_validates_the_simulated_fleet(
+    kafka_bootstrap: str, clickhouse_url: str, postgres_url: str, ch_database: str, topic_prefix: str, tmp_path: Path
+) -> None:
     """The README's first command (`pipeline up --demo`), on the test's services: the sample
     datamodels are applied before the simulator starts, so its data arrives validated, and the
     API serves it."""
@@ -81,8 +87,13 @@ def test_up_demo_validates_the_simulated_fleet(kafka_bootstrap: str, clickhouse_
     env = {**os.environ, **settings.as_env()}
     out = tmp_path / "up.log"
     with out.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up", "--demo"], env=env, cwd=ROOT,
-                                stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "up", "--demo"],
+            env=env,
+            cwd=ROOT,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for(lambda: "pipeline is up" in out.read_text(), 180, "the banner (after the sample bindings)")
         client = connect(settings.clickhouse_url)

@@ -31,14 +31,16 @@ def _lines(text: str | bytes) -> list[str] | list[bytes]:
     return [p + "\n" for p in texts[:-1]] + ([texts[-1]] if texts[-1] else [])
 
 
-def parse_text(text: str | bytes, precision: str = "ns", default_time_ns: int | None = None, *,
-               use_fast_path: bool = True) -> list[Point | LineError]:
+def parse_text(
+    text: str | bytes, precision: str = "ns", default_time_ns: int | None = None, *, use_fast_path: bool = True
+) -> list[Point | LineError]:
     """Decode a whole document (str or bytes) at once."""
     return list(parse_lines(_lines(text), precision, default_time_ns, use_fast_path=use_fast_path))
 
 
-def parse_line(line: str | bytes, precision: str = "ns", default_time_ns: int | None = None,
-               line_no: int = 1) -> Point | LineError | None:
+def parse_line(
+    line: str | bytes, precision: str = "ns", default_time_ns: int | None = None, line_no: int = 1
+) -> Point | LineError | None:
     """Decode a single line; None for a blank line or a comment."""
     results = list(parse_lines([line], precision, default_time_ns, line_no))
     if not results:

@@ -127,9 +127,9 @@ def reference(
     if not all_times:
         return {}
     lo, hi = min(all_times), max(all_times)
-    series = sorted({(p.property, p.kind) for p in pts} | {
-        (name, "a") for r in rsts for name in r.final if name in r.start
-    })
+    series = sorted(
+        {(p.property, p.kind) for p in pts} | {(name, "a") for r in rsts for name in r.final if name in r.start}
+    )
     out: dict[tuple[str, str, str, int], RefRow] = {}
     for level in levels:
         for s, e in buckets_covering(lo, hi, level, tz):
@@ -156,16 +156,12 @@ def simple_bucket(mine: list[RawPoint], kind: str, s: int, e: int) -> RefRow | N
             assert p.text is not None
             tally[p.text] = tally.get(p.text, 0) + 1
         ranked = sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))
-        return RefRow(
-            count=len(inside), mode=ranked[0][0], status_counts=tuple(sorted(tally.items())), tags=tags
-        )
+        return RefRow(count=len(inside), mode=ranked[0][0], status_counts=tuple(sorted(tally.items())), tags=tags)
     values = [p.value for p in inside if p.value is not None]
     total = sum((Fraction(v) for v in values), Fraction(0))
     if kind == "p":
         return RefRow(count=len(values), diff=total, tags=tags)
-    return RefRow(
-        count=len(values), avg=total / len(values), min=min(values), max=max(values), tags=tags
-    )
+    return RefRow(count=len(values), avg=total / len(values), min=min(values), max=max(values), tags=tags)
 
 
 def chain(mine: list[RawPoint], resets: list[ResetMarker], prop: str) -> list[Node]:

@@ -71,11 +71,7 @@ def _segments_ok(pats: list[str], parts: list[str]) -> bool:
         if len(pats) == 1:
             return True
         # "**" takes zero or more non-empty segments
-        return any(
-            _segments_ok(pats[1:], parts[k:])
-            for k in range(len(parts) + 1)
-            if all(parts[:k])
-        )
+        return any(_segments_ok(pats[1:], parts[k:]) for k in range(len(parts) + 1) if all(parts[:k]))
     return bool(parts) and _segment_ok(pats[0], parts[0]) and _segments_ok(pats[1:], parts[1:])
 
 

@@ -7,19 +7,38 @@ from datetime import UTC, datetime
 from processors.catalog_versions import VersionedCatalog, build_versioned_catalog
 from processors.metadata import DatamodelEntry, Interval, MetadataCatalog, TimedValue
 
-QR = {"version": "1", "max_score": 10, "min_required": {"value": 0, "label": "a"},
-      "min_desired": {"value": 1, "label": "b"}, "ideal": {"value": 2, "label": "c"},
-      "max_desired": {"value": 3, "label": "d"}, "max_allowed": {"value": 4, "label": "e"}}
-DOC = {"identifier": "m", "name": "m", "description": "m", "version": "1", "categories": [
-    {"identifier": "c", "name": "c", "datastreams": [
-        {"identifier": "m.x", "name": "x", "description": "x", "schema": {"type": "number"}, "qrating": QR}]}]}
+QR = {
+    "version": "1",
+    "max_score": 10,
+    "min_required": {"value": 0, "label": "a"},
+    "min_desired": {"value": 1, "label": "b"},
+    "ideal": {"value": 2, "label": "c"},
+    "max_desired": {"value": 3, "label": "d"},
+    "max_allowed": {"value": 4, "label": "e"},
+}
+DOC = {
+    "identifier": "m",
+    "name": "m",
+    "description": "m",
+    "version": "1",
+    "categories": [
+        {
+            "identifier": "c",
+            "name": "c",
+            "datastreams": [
+                {"identifier": "m.x", "name": "x", "description": "x", "schema": {"type": "number"}, "qrating": QR}
+            ],
+        }
+    ],
+}
 CHANGE = datetime(2024, 1, 1, tzinfo=UTC)
 CHANGE_MS = int(CHANGE.timestamp() * 1000)
 
 
 def meta(templates: dict) -> MetadataCatalog:  # type: ignore[type-arg]
     return MetadataCatalog(
-        as_of=datetime(2025, 1, 1, tzinfo=UTC), tx_high_water=7,
+        as_of=datetime(2025, 1, 1, tzinfo=UTC),
+        tx_high_water=7,
         datamodels={"m": DatamodelEntry("m", DOC, templates)},
         bindings=({"node_id": None, "source_pattern": "/**", "datamodel": "m", "properties": {}},),
         node_timezones={1: (TimedValue(Interval(CHANGE, None), {"tz": "America/New_York"}),)},

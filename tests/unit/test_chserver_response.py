@@ -76,22 +76,26 @@ def test_the_endpoint_turns_nagle_off() -> None:
 
 # --- what the endpoint refuses (issue 14) -------------------------------------------------------
 
-@pytest.mark.parametrize(("sql", "found"), [
-    ("SELECT * FROM file('/etc/hostname', 'RawBLOB')", "file"),
-    ("select * from FILE ('x')", "FILE"),
-    ("SELECT * FROM `file`('x')", "file"),
-    ("INSERT INTO FUNCTION file('out.tsv', 'TSV') SELECT 1", "file"),
-    ("SELECT * FROM url('http://example.org', CSV)", "url"),
-    ("SELECT * FROM remote('other:9000', db.t)", "remote"),
-    ("SELECT * FROM s3('https://b/k')", "s3"),
-    ("SELECT * FROM executable('x.sh', TSV, 'a Int8')", "executable"),
-    ("SELECT 1 INTO OUTFILE '/tmp/x'", "INTO OUTFILE"),
-    ("INSERT INTO t FROM INFILE '/etc/passwd' FORMAT CSV", "FROM INFILE"),
-    ("SELECT /* file( */ 1", None),
-    ("SELECT 'file(' AS a, \"url\" FROM t -- remote(", None),
-    ("SELECT * FROM format(TSV, 'a Int8', '1')", None),
-    ("SELECT domain(url) FROM t", None),
-])
+
+@pytest.mark.parametrize(
+    ("sql", "found"),
+    [
+        ("SELECT * FROM file('/etc/hostname', 'RawBLOB')", "file"),
+        ("select * from FILE ('x')", "FILE"),
+        ("SELECT * FROM `file`('x')", "file"),
+        ("INSERT INTO FUNCTION file('out.tsv', 'TSV') SELECT 1", "file"),
+        ("SELECT * FROM url('http://example.org', CSV)", "url"),
+        ("SELECT * FROM remote('other:9000', db.t)", "remote"),
+        ("SELECT * FROM s3('https://b/k')", "s3"),
+        ("SELECT * FROM executable('x.sh', TSV, 'a Int8')", "executable"),
+        ("SELECT 1 INTO OUTFILE '/tmp/x'", "INTO OUTFILE"),
+        ("INSERT INTO t FROM INFILE '/etc/passwd' FORMAT CSV", "FROM INFILE"),
+        ("SELECT /* file( */ 1", None),
+        ("SELECT 'file(' AS a, \"url\" FROM t -- remote(", None),
+        ("SELECT * FROM format(TSV, 'a Int8', '1')", None),
+        ("SELECT domain(url) FROM t", None),
+    ],
+)
 def test_table_functions_reaching_outside_are_found(sql: str, found: str | None) -> None:
     assert denied(sql.encode()) == found
 
@@ -99,11 +103,14 @@ def test_table_functions_reaching_outside_are_found(sql: str, found: str | None)
 BOMB = b"SELECT 1 /*" + b" " * (64 << 20) + b"*/"
 
 
-@pytest.mark.parametrize(("encoding", "compress"), [
-    ("zstd", lambda b: zstandard.ZstdCompressor().compress(b)),
-    ("lz4", lz4.frame.compress),
-    ("gzip", gzip.compress),
-])
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        ("zstd", lambda b: zstandard.ZstdCompressor().compress(b)),
+        ("lz4", lz4.frame.compress),
+        ("gzip", gzip.compress),
+    ],
+)
 def test_a_decompression_bomb_never_inflates_at_once(encoding: str, compress: object) -> None:
     body = compress(BOMB)  # type: ignore[operator]
     assert len(body) < (1 << 20)

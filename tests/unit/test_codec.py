@@ -97,8 +97,9 @@ def check_letter(letter: DeadLetter, limit: int) -> dict[str, object]:
 @given(size=st.integers(0, 300_000), limit=st.integers(MIN_DEAD_LETTER_BYTES, 200_000), seed=st.binary(max_size=8))
 def test_a_corrupt_message_of_any_size_makes_a_letter_within_the_limit(size: int, limit: int, seed: bytes) -> None:
     payload = (hashlib.sha256(seed).digest() * (size // 32 + 1))[:size]
-    doc = check_letter(DeadLetter([Rejection("envelope.corrupt", "not a datum batch")], Origin("t", 0, 5),
-                                  payload=payload), limit)
+    doc = check_letter(
+        DeadLetter([Rejection("envelope.corrupt", "not a datum batch")], Origin("t", 0, 5), payload=payload), limit
+    )
     if size <= limit // 2:  # small letters are whole
         assert base64.b64decode(str(doc["payload_base64"])) == payload and "payload_truncated" not in doc
 
@@ -112,12 +113,25 @@ def test_a_corrupt_message_of_any_size_makes_a_letter_within_the_limit(size: int
     reasons=st.lists(st.tuples(st.text(max_size=40), st.text(max_size=3_000)), max_size=60),
     limit=st.integers(MIN_DEAD_LETTER_BYTES, 40_000),
 )
-def test_every_part_of_a_letter_is_cut_to_the_limit(payload: bytes | None, text: str | None, source: str,
-                                                    samples: dict[str, float], reasons: list[tuple[str, str]],
-                                                    limit: int) -> None:
+def test_every_part_of_a_letter_is_cut_to_the_limit(
+    payload: bytes | None,
+    text: str | None,
+    source: str,
+    samples: dict[str, float],
+    reasons: list[tuple[str, str]],
+    limit: int,
+) -> None:
     datum = Datum(2**63 - 1, source, 10**30, samples, {}, {"m": source}, (source,))
-    letter = DeadLetter([Rejection(rule, msg, "p", "i", msg) for rule, msg in reasons], Origin("t" * 249, 3, 9),
-                        payload=payload, datum=datum, stage="ingest", file="/f" * 600, line=7, text=text)
+    letter = DeadLetter(
+        [Rejection(rule, msg, "p", "i", msg) for rule, msg in reasons],
+        Origin("t" * 249, 3, 9),
+        payload=payload,
+        datum=datum,
+        stage="ingest",
+        file="/f" * 600,
+        line=7,
+        text=text,
+    )
     doc = check_letter(letter, limit)
     if text is not None and "text_sha256" in doc:
         assert doc["text_sha256"] == hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
@@ -158,8 +172,9 @@ def test_a_refused_datum_is_one_refusal_whichever_message_carried_it() -> None:
     why = [Rejection("created.too_old", "before 2000")]
     first = DeadLetter(why, Origin("datum..S1.B1.M1", 1, 2), datum=old, at_ms=1)
     resent = DeadLetter(why, Origin("datum..S1.B1.M1", 1, 0), datum=old, at_ms=2)
-    changed = DeadLetter(why, Origin("datum..S1.B1.M1", 1, 0), datum=Datum(1, "/S1/B1/M1", 915_148_800_000,
-                                                                             {"watts": 2.0}), at_ms=2)
+    changed = DeadLetter(
+        why, Origin("datum..S1.B1.M1", 1, 0), datum=Datum(1, "/S1/B1/M1", 915_148_800_000, {"watts": 2.0}), at_ms=2
+    )
     assert first.letter_id == resent.letter_id != changed.letter_id
     corrupt = DeadLetter([Rejection("envelope.corrupt", "x")], Origin("t", 0, 1), payload=b"junk")
     elsewhere = DeadLetter([Rejection("envelope.corrupt", "x")], Origin("t", 0, 2), payload=b"junk")

@@ -24,22 +24,56 @@ from tests.unit.test_rows import SEED_QRATING, stream
 NOW = 1_700_000_000_000
 T0 = NOW - 40 * 86_400_000  # some samples of 30-day datastreams are already expired on arrival
 
-MODEL = parse_datamodel({
-    "identifier": "room", "name": "room", "description": "a room", "version": "1",
-    "categories": [{"identifier": "c", "name": "c", "datastreams": [
-        stream("room.temp", schema={"type": "number", "minimum": -50, "exclusiveMaximum": 80},
-               qrating=SEED_QRATING, storage={"period": "DAYS", "total": 30}, required=True),
-        stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600}),
-        stream("room.mode", schema={"type": "string", "enum": ["cold", "fine", "odd"]},
-               qrating={**SEED_QRATING, "conversion_matrix": {"cold": 0, "fine": 25}}),
-        stream("room.debug", storage={"period": "NEVER"}),
-        stream("room.rain", "PULSE", schema={"type": "number", "multipleOf": 0.5}),
-        stream("room.cop", calculated=True),
-    ]}],
-})
-ROOM = Catalog([MODEL], [Binding(None, "/room/**", "room", {
-    "temperature": "room.temp", "energy": "room.energy", "mode": "room.mode", "debug": "room.debug",
-    "rain": "room.rain", "cop": "room.cop"})])
+MODEL = parse_datamodel(
+    {
+        "identifier": "room",
+        "name": "room",
+        "description": "a room",
+        "version": "1",
+        "categories": [
+            {
+                "identifier": "c",
+                "name": "c",
+                "datastreams": [
+                    stream(
+                        "room.temp",
+                        schema={"type": "number", "minimum": -50, "exclusiveMaximum": 80},
+                        qrating=SEED_QRATING,
+                        storage={"period": "DAYS", "total": 30},
+                        required=True,
+                    ),
+                    stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600}),
+                    stream(
+                        "room.mode",
+                        schema={"type": "string", "enum": ["cold", "fine", "odd"]},
+                        qrating={**SEED_QRATING, "conversion_matrix": {"cold": 0, "fine": 25}},
+                    ),
+                    stream("room.debug", storage={"period": "NEVER"}),
+                    stream("room.rain", "PULSE", schema={"type": "number", "multipleOf": 0.5}),
+                    stream("room.cop", calculated=True),
+                ],
+            }
+        ],
+    }
+)
+ROOM = Catalog(
+    [MODEL],
+    [
+        Binding(
+            None,
+            "/room/**",
+            "room",
+            {
+                "temperature": "room.temp",
+                "energy": "room.energy",
+                "mode": "room.mode",
+                "debug": "room.debug",
+                "rain": "room.rain",
+                "cop": "room.cop",
+            },
+        )
+    ],
+)
 LATER = Catalog([MODEL], [Binding(None, "/room/a", "room", {"temperature": "room.temp"}, valid_from_ms=T0 + 5_000)])
 DEMO = load_catalog(Path(__file__).resolve().parents[2] / "schemas" / "datamodels")
 CATALOGS = {
@@ -53,7 +87,9 @@ SOURCES = ["/room/a", "/room/b", "/S1/B1/M1", "/S1/INV1", "/elsewhere", "", "bad
 PROPS = ["temperature", "energy", "mode", "debug", "rain", "cop", "watts", "wattHours", "current", "other"]
 NUMBERS = st.one_of(
     st.sampled_from([0.0, 0.5, -1.0, 25.0, 5.0, 35.0, 60.0, 79.5, 80.0, -50.0, 1e16, -1e16, math.nan, math.inf]),
-    st.floats(-100, 100, allow_nan=False), st.floats(0, 2e6, allow_nan=False))
+    st.floats(-100, 100, allow_nan=False),
+    st.floats(0, 2e6, allow_nan=False),
+)
 TEXTS = st.sampled_from(["cold", "fine", "odd", "zzz", ""])
 
 
@@ -72,16 +108,27 @@ def clean(draw: st.DrawFn) -> Datum:
     s = {"mode": draw(st.sampled_from(["cold", "fine"]))} if draw(st.booleans()) else {}
     if draw(st.integers(0, 4)) == 0:
         return Datum(draw(st.sampled_from([1, 2])), "/elsewhere", created, i, a, s)
-    return Datum(draw(st.sampled_from([1, 2])), draw(st.sampled_from(["/room/a", "/room/b", "/room/c"])), created,
-                 i, a, s, tuple(draw(st.lists(st.sampled_from(["x", "y"]), max_size=2))))
+    return Datum(
+        draw(st.sampled_from([1, 2])),
+        draw(st.sampled_from(["/room/a", "/room/b", "/room/c"])),
+        created,
+        i,
+        a,
+        s,
+        tuple(draw(st.lists(st.sampled_from(["x", "y"]), max_size=2))),
+    )
 
 
 @st.composite
 def wild(draw: st.DrawFn) -> Datum:
     node = draw(st.sampled_from([1, 2, -3]))
     source = draw(st.sampled_from(SOURCES))
-    created = draw(st.one_of(st.integers(0, 12).map(lambda k: T0 + k * 1000),
-                             st.sampled_from([5, T0 + 3_000, NOW + 2 * 86_400_000, NOW - 10_000])))
+    created = draw(
+        st.one_of(
+            st.integers(0, 12).map(lambda k: T0 + k * 1000),
+            st.sampled_from([5, T0 + 3_000, NOW + 2 * 86_400_000, NOW - 10_000]),
+        )
+    )
     i = draw(st.dictionaries(st.sampled_from(PROPS), NUMBERS, max_size=4))
     a = draw(st.dictionaries(st.sampled_from(PROPS), NUMBERS, max_size=2))
     s = draw(st.dictionaries(st.sampled_from(PROPS), TEXTS, max_size=2))
@@ -101,20 +148,29 @@ def same(a: AcceptResult, b: AcceptResult) -> None:
     assert rows_of(a.rows) == rows_of(b.rows)
     assert rows_of(a.latest) == rows_of(b.latest)
     assert (a.datums_accepted, a.samples_expired, a.datums_expired) == (
-        b.datums_accepted, b.samples_expired, b.datums_expired)
+        b.datums_accepted,
+        b.samples_expired,
+        b.datums_expired,
+    )
     assert repr(a.refused) == repr(b.refused)  # NaN != NaN: compared by spelling
 
 
 def baseline_rates() -> dict[tuple[int, str, str], RateState]:
-    return {(1, "/room/a", "room.energy"): RateState(T0 + 2_000, 10.0),
-            (1, "/S1/B1/M1", "energy.meter.wattHours"): RateState(T0, 5.0)}
+    return {
+        (1, "/room/a", "room.energy"): RateState(T0 + 2_000, 10.0),
+        (1, "/S1/B1/M1", "energy.meter.wattHours"): RateState(T0, 5.0),
+    }
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batches=st.lists(st.lists(datums(), max_size=12), min_size=1, max_size=3),
-       which=st.sampled_from(sorted(CATALOGS)), sorted_check=st.booleans())
-def test_columns_accept_exactly_what_the_reference_accepts(batches: list[list[Datum]], which: str,
-                                                           sorted_check: bool) -> None:
+@given(
+    batches=st.lists(st.lists(datums(), max_size=12), min_size=1, max_size=3),
+    which=st.sampled_from(sorted(CATALOGS)),
+    sorted_check=st.booleans(),
+)
+def test_columns_accept_exactly_what_the_reference_accepts(
+    batches: list[list[Datum]], which: str, sorted_check: bool
+) -> None:
     # both ways of finding the required datastreams a datum lacks: flag table, and sort
     with pytest.MonkeyPatch.context() as mp:
         if sorted_check:
@@ -187,13 +243,21 @@ def reference_first(batch: list[Datum]) -> dict[tuple[int, str], int]:
 
 
 def test_first_accumulating_is_the_reference_lookup() -> None:
-    batch = [Datum(1, "/m", T0 + 5, {}, {"e": 1.0}), Datum(1, "/m", T0 + 1, {}, {"e": math.nan}),
-             Datum(1, "/m", T0 + 3, {}, {"e": 2.0}), Datum(-1, "/m", T0, {}, {"e": 1.0}),
-             Datum(2, "/m", T0 + 9, {"w": 1.0}), Datum(2, "/n", 5, {}, {"e": 1.0}),
-             # a refused sibling sample: the datum is kept with its accumulating sample
-             Datum(3, "/m", T0 + 2, {"w": math.nan}, {"e": 1.0})]
-    assert first_accumulating(DatumColumns.from_datums(batch), NOW) == reference_first(batch) == {
-        (1, "/m"): T0 + 3, (3, "/m"): T0 + 2}
+    batch = [
+        Datum(1, "/m", T0 + 5, {}, {"e": 1.0}),
+        Datum(1, "/m", T0 + 1, {}, {"e": math.nan}),
+        Datum(1, "/m", T0 + 3, {}, {"e": 2.0}),
+        Datum(-1, "/m", T0, {}, {"e": 1.0}),
+        Datum(2, "/m", T0 + 9, {"w": 1.0}),
+        Datum(2, "/n", 5, {}, {"e": 1.0}),
+        # a refused sibling sample: the datum is kept with its accumulating sample
+        Datum(3, "/m", T0 + 2, {"w": math.nan}, {"e": 1.0}),
+    ]
+    assert (
+        first_accumulating(DatumColumns.from_datums(batch), NOW)
+        == reference_first(batch)
+        == {(1, "/m"): T0 + 3, (3, "/m"): T0 + 2}
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -204,8 +268,10 @@ def test_first_accumulating_equals_the_reference_on_any_batch(batch: list[Datum]
 
 @given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=50))
 def test_score_values_is_scorer_score_bit_for_bit(values: list[float]) -> None:
-    for q in (SEED_QRATING, {**SEED_QRATING, "min_desired": {"value": -5, "label": "A"},
-                             "max_desired": {"value": 60, "label": "B"}}):
+    for q in (
+        SEED_QRATING,
+        {**SEED_QRATING, "min_desired": {"value": -5, "label": "A"}, "max_desired": {"value": 60, "label": "B"}},
+    ):
         scorer = Scorer(QRating.from_dict(q))
         score, perf, _band = score_values(scorer, np.array(values + [25.0, -5.0, 60.0]))
         for v, s, p in zip(values + [25.0, -5.0, 60.0], score.tolist(), perf.tolist(), strict=True):

@@ -29,8 +29,13 @@ class Journal:
 class FakeStore:
     """Stores integers; `poison` values raise a data error, `outages` transient errors first."""
 
-    def __init__(self, journal: Journal, poison: set[int] = frozenset(), outages: int = 0,  # type: ignore[assignment]
-                 backpressure: float | None = None) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        poison: set[int] = frozenset(),
+        outages: int = 0,  # type: ignore[assignment]
+        backpressure: float | None = None,
+    ) -> None:
         self.j = journal
         self.poison = set(poison)
         self.outages = outages
@@ -61,8 +66,15 @@ def committer(j: Journal, policy: RetryPolicy | None = None) -> Committer[int, s
     return Committer(policy or RetryPolicy(initial_s=0.5, max_s=4.0), sleep=sleep)
 
 
-def run(j: Journal, store: FakeStore, units: list[int], *, letters_fail: int = 0, ack_fail: int = 0,
-        policy: RetryPolicy | None = None) -> list[str]:
+def run(
+    j: Journal,
+    store: FakeStore,
+    units: list[int],
+    *,
+    letters_fail: int = 0,
+    ack_fail: int = 0,
+    policy: RetryPolicy | None = None,
+) -> list[str]:
     c = committer(j, policy)
     fails = {"letters": letters_fail, "ack": ack_fail}
 
@@ -221,8 +233,9 @@ def test_a_unit_with_parts_is_searched_down_to_the_part() -> None:
     async def ack() -> None:
         j.events.append(("ack", None))
 
-    letters = asyncio.run(c.commit([101, 102, 103], attempt, nothing, ack, split=split,
-                                   letter=lambda i: f"{i.unit}:{i.stage}"))
+    letters = asyncio.run(
+        c.commit([101, 102, 103], attempt, nothing, ack, split=split, letter=lambda i: f"{i.unit}:{i.stage}")
+    )
     assert letters == ["23:write"]
     assert sorted(j.stored) == [d for d in range(10, 40) if d != 23]
     assert kinds(j)[-1] == "ack"
@@ -256,15 +269,18 @@ def test_a_data_error_in_the_letter_step_is_not_swallowed() -> None:
     assert acked == []
 
 
-@pytest.mark.parametrize(("exc", "transient"), [
-    (ConnectionRefusedError(), True),
-    (TimeoutError(), True),
-    (SinkBackpressure("x"), True),
-    (Unavailable("pg"), True),
-    (ValueError("bad"), False),
-    (KeyError("k"), False),
-    (OverflowError("big"), False),
-])
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (ConnectionRefusedError(), True),
+        (TimeoutError(), True),
+        (SinkBackpressure("x"), True),
+        (Unavailable("pg"), True),
+        (ValueError("bad"), False),
+        (KeyError("k"), False),
+        (OverflowError("big"), False),
+    ],
+)
 def test_transient_classification(exc: BaseException, transient: bool) -> None:
     assert is_transient(exc) is transient
 

@@ -36,8 +36,7 @@ def load_yaml(path: Path) -> Any:
         return yaml.safe_load(path.read_text())
     code = "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)"
     if SYSTEM_PYTHON.exists():
-        result = subprocess.run([str(SYSTEM_PYTHON), "-c", code, str(path)], capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run([str(SYSTEM_PYTHON), "-c", code, str(path)], capture_output=True, text=True, timeout=60)
         if result.returncode == 0:
             return json.loads(result.stdout)
         if "No module named 'yaml'" not in result.stderr:
@@ -150,12 +149,19 @@ def _dockerfile_copies() -> set[str]:
 def test_dockerfile_copies_what_the_packages_need() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = project["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()
-                and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)}
+    packages = {
+        p.name
+        for p in ROOT.iterdir()
+        if (p / "__init__.py").is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)
+    }
     assert {"pipeline", "processors", "sinks"} <= packages
     # directories beside the packages that their code reads (Path(__file__)...parent.parent / "x")
-    beside = {m for pkg in packages for src in (ROOT / pkg).rglob("*.py")
-              for m in re.findall(r'parent\.parent\s*/\s*"([^"/]+)"', src.read_text())}
+    beside = {
+        m
+        for pkg in packages
+        for src in (ROOT / pkg).rglob("*.py")
+        for m in re.findall(r'parent\.parent\s*/\s*"([^"/]+)"', src.read_text())
+    }
     readme = project["project"].get("readme")
     needed = packages | beside | {"pyproject.toml"} | ({readme} if isinstance(readme, str) else set())
     missing = sorted(needed - _dockerfile_copies())
@@ -175,7 +181,8 @@ def test_the_api_service_serves_on_its_settings(compose: dict[str, Any]) -> None
     # credentials for the stores (issue 14)
     reads_only = ("PIPELINE_CLICKHOUSE_URL", "PIPELINE_POSTGRES_DSN")
     assert {k: v for k, v in env.items() if not k.startswith("PIPELINE_API_") and k not in reads_only} == {
-        k: str(v) for k, v in worker["environment"].items() if k not in reads_only}
+        k: str(v) for k, v in worker["environment"].items() if k not in reads_only
+    }
     assert env["PIPELINE_CLICKHOUSE_URL"].startswith("http://pipeline_reader:")
     assert env["PIPELINE_POSTGRES_DSN"].startswith("postgresql://pipeline_api:")
     assert env["PIPELINE_API_AUTH"] == "required"

@@ -433,9 +433,7 @@ def test_unknown_datamodel_field_refused() -> None:
         (None, None, None),
     ],
 )
-def test_ttl_days(
-    storage: Storage | None, plan: StoragePlan | None, days: int | str | None
-) -> None:
+def test_ttl_days(storage: Storage | None, plan: StoragePlan | None, days: int | str | None) -> None:
     assert ttl_days(storage, plan) == days
 
 

@@ -57,8 +57,9 @@ def catalog() -> Catalog:
 def weather(name: str) -> WeatherSeries:
     if name == "constant":
         # a bright, mild afternoon all year: inverters at work, heat pumps idle or heating lightly
-        return WeatherSeries("constant", "constant", 0.0, 0.0, 0.0,
-                             (Weather(12.0, 55.0, 700.0, 600.0, 120.0, 4.0, 1013.0),) * YEAR_HOURS)
+        return WeatherSeries(
+            "constant", "constant", 0.0, 0.0, 0.0, (Weather(12.0, 55.0, 700.0, 600.0, 120.0, 4.0, 1013.0),) * YEAR_HOURS
+        )
     if name == "synthetic":
         return synthetic_weather()
     path = default_tmy_path()

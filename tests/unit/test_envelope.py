@@ -49,8 +49,7 @@ def test_non_finite_sample_refused_alone() -> None:
     kept, problems = check_envelope(d, NOW)
     assert kept is not None
     assert dict(kept.i) == {"w": 1.0} and dict(kept.a) == {"ok": 2.0} and dict(kept.s) == {"m": "auto"}
-    assert sorted((p.rule, p.property) for p in problems) == [
-        ("sample.non_finite", "bad"), ("sample.non_finite", "wh")]
+    assert sorted((p.rule, p.property) for p in problems) == [("sample.non_finite", "bad"), ("sample.non_finite", "wh")]
 
 
 def test_accept_batch_counts_rows_and_refusals() -> None:
@@ -108,22 +107,29 @@ def test_bad_lines_name_their_rule(line: str, rule: str) -> None:
 
 
 def test_solarnetwork_line() -> None:
-    line = ('{"nodeId":1,"sourceId":"/S1/M1","created":"2020-06-01 12:00:00Z",'
-            '"samples":{"i":{"watts":5},"a":{"wattHours":7},"s":{"mode":"auto"},"t":["x"]}}')
+    line = (
+        '{"nodeId":1,"sourceId":"/S1/M1","created":"2020-06-01 12:00:00Z",'
+        '"samples":{"i":{"watts":5},"a":{"wattHours":7},"s":{"mode":"auto"},"t":["x"]}}'
+    )
     d = parse_line(line, 1)
     assert d == Datum(1, "/S1/M1", 1_591_012_800_000, {"watts": 5}, {"wattHours": 7}, {"mode": "auto"}, ("x",))
     assert parse_line("   \n", 2) is None
 
 
-@pytest.mark.parametrize("huge", [1e308, -1e308, 2.0**53 + 2, -9.1e15, 10**20, -(10**400), 10**4000],
-                         ids=["1e308", "-1e308", "2^53+2", "-9.1e15", "int 1e20", "int -1e400", "int 1e4000"])
+@pytest.mark.parametrize(
+    "huge",
+    [1e308, -1e308, 2.0**53 + 2, -9.1e15, 10**20, -(10**400), 10**4000],
+    ids=["1e308", "-1e308", "2^53+2", "-9.1e15", "int 1e20", "int -1e400", "int 1e4000"],
+)
 def test_out_of_range_sample_refused_alone(huge: float) -> None:
     d = Datum(1, "/S1", OK, {"w": 1.0, "big": huge}, {"wh": huge, "ok": -(2.0**53)}, {"m": "auto"})
     kept, problems = check_envelope(d, NOW)
     assert kept is not None
     assert dict(kept.i) == {"w": 1.0} and dict(kept.a) == {"ok": -(2.0**53)} and dict(kept.s) == {"m": "auto"}
     assert sorted((p.rule, p.property) for p in problems) == [
-        ("sample.out_of_range", "big"), ("sample.out_of_range", "wh")]
+        ("sample.out_of_range", "big"),
+        ("sample.out_of_range", "wh"),
+    ]
     json.dumps([p.as_dict() for p in problems])  # the dead letter can say so
 
 
@@ -143,19 +149,30 @@ def test_a_datum_without_samples_is_refused_not_accepted() -> None:
 
 
 _JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=5)
     | st.sampled_from([2**63, 2**64, -(2**63) - 1, 10**30, 1e308, -1e308, 10**400, "\ud800", "a\udfffb"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
     max_leaves=8,
 )
-_FIELDS = st.fixed_dictionaries({}, optional={
-    "nodeId": st.integers(-(2**65), 2**65) | _JSON_VALUES, "sourceId": st.text(max_size=70) | _JSON_VALUES,
-    "created": st.integers(OK, NOW) | st.integers() | st.floats() | st.just("2020-06-01 12:00:00Z") | _JSON_VALUES,
-    "samples": st.fixed_dictionaries({}, optional={
-        k: st.dictionaries(st.text(max_size=4), _JSON_VALUES, max_size=3) | _JSON_VALUES for k in "iast"}),
-    "type": st.just("Reset") | _JSON_VALUES,
-    "final": _JSON_VALUES, "start": _JSON_VALUES,
-})
+_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "nodeId": st.integers(-(2**65), 2**65) | _JSON_VALUES,
+        "sourceId": st.text(max_size=70) | _JSON_VALUES,
+        "created": st.integers(OK, NOW) | st.integers() | st.floats() | st.just("2020-06-01 12:00:00Z") | _JSON_VALUES,
+        "samples": st.fixed_dictionaries(
+            {},
+            optional={k: st.dictionaries(st.text(max_size=4), _JSON_VALUES, max_size=3) | _JSON_VALUES for k in "iast"},
+        ),
+        "type": st.just("Reset") | _JSON_VALUES,
+        "final": _JSON_VALUES,
+        "start": _JSON_VALUES,
+    },
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -176,5 +193,12 @@ def test_every_json_line_is_a_datum_a_change_or_a_rejection_never_an_exception(d
 
 
 def replace_floats(d: Datum) -> Datum:
-    return Datum(d.node_id, d.source_id, d.created_ms, {k: float(v) for k, v in d.i.items()},
-                 {k: float(v) for k, v in d.a.items()}, dict(d.s), tuple(d.tags))
+    return Datum(
+        d.node_id,
+        d.source_id,
+        d.created_ms,
+        {k: float(v) for k, v in d.i.items()},
+        {k: float(v) for k, v in d.a.items()},
+        dict(d.s),
+        tuple(d.tags),
+    )

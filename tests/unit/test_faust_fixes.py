@@ -166,8 +166,14 @@ def taken() -> list[list[list[int]]]:
     """Batches for: datum weights with a limit of 10 datums, 1-datum events with a limit of 3
     events, and the control: the mixed events under a plain `max_` of 100."""
     cases = [[MIXED, [100, 10]], [[1] * 7, [3, 1000]], [MIXED, 100]]
-    done = subprocess.run([sys.executable, "-c", _TAKE_SCRIPT, json.dumps(cases)], capture_output=True,
-                          text=True, timeout=120, check=True, cwd=Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", _TAKE_SCRIPT, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     result: list[list[list[int]]] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -220,8 +226,14 @@ print(json.dumps({"real": real, "renamed": faust_api_problems(app)}))
 
 @pytest.fixture(scope="module")
 def api_problems() -> dict[str, list[str]]:
-    done = subprocess.run([sys.executable, "-c", _CHECK_SCRIPT], capture_output=True, text=True, timeout=120,
-                          check=True, cwd=Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", _CHECK_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     result: dict[str, list[str]] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -235,8 +247,12 @@ def test_faust_still_has_what_the_workaround_relies_on(fix: str, api_problems: d
 def test_every_workaround_has_its_reliances_listed() -> None:
     """Each workaround of faust_fixes.py has what it relies on checked (a new one must add its own)."""
     assert {r.fix.split(" ")[0] for r in RELIES_ON} == {
-        "apply/contiguous_new_offset/note_taken", "fast_resubscribe", "grow_subscription/resubscribe_if_dropped",
-        "WeightedLimit", "pipeline.worker.sensor.PositionMonitor"}
+        "apply/contiguous_new_offset/note_taken",
+        "fast_resubscribe",
+        "grow_subscription/resubscribe_if_dropped",
+        "WeightedLimit",
+        "pipeline.worker.sensor.PositionMonitor",
+    }
 
 
 def test_a_renamed_faust_internal_fails_loudly_naming_the_workaround(api_problems: dict[str, list[str]]) -> None:

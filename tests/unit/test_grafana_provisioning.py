@@ -96,8 +96,21 @@ def grafana_service() -> dict[str, Any]:
 # $__rate_interval etc. and the dashboards' own variables, as Grafana would fill them in
 PROM_VARIABLES = {"__rate_interval": "1m", "__interval": "1m", "__range": "1h", "instance": ".*"}
 _LABEL_GROUP = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
-_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
-             "group_right", "inf", "nan"}
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -122,6 +135,7 @@ def expand_prom(expr: str) -> str:
         name = m.group(1) or m.group(2)
         assert name in PROM_VARIABLES, f"unknown variable ${name} in {expr}"
         return PROM_VARIABLES[name]
+
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", sub, expr)
 
 
@@ -152,11 +166,13 @@ def test_metric_names_are_the_workers() -> None:
 
 def test_the_name_check_catches_wrong_names() -> None:
     assert metric_names('sum by (le, agent) (rate(pipeline_agent_batch_seconds_bucket{instance=~"$x"}[5m]))') == {
-        "pipeline_agent_batch_seconds_bucket"}
+        "pipeline_agent_batch_seconds_bucket"
+    }
     assert metric_names("label_values(pipeline_datums_in_total, instance)") == {"pipeline_datums_in_total"}
     assert metric_names('count(up{job="w"} == 1) or vector(0)') == {"up"}
     assert metric_names("time() - max by (sink) (pipeline_last_stored_timestamp_seconds)") == {
-        "pipeline_last_stored_timestamp_seconds"}
+        "pipeline_last_stored_timestamp_seconds"
+    }
     wrong = metric_names("rate(pipeline_dead_letter_total[1m]) / rate(pipeline_sink_failures[1m])")
     assert wrong - exported_series() == {"pipeline_dead_letter_total", "pipeline_sink_failures"}
 
@@ -166,13 +182,21 @@ def test_promql_is_valid(tmp_path: Path) -> None:
     exe = shutil.which("promtool")
     if exe is None:
         pytest.fail("promtool is not installed: run .ci/install-system-packages (Debian package prometheus)")
-    exprs = [(where, expand_prom(expr)) for where, expr in prometheus_expressions()
-             if not expr.startswith("label_values(")]
-    rules = {"groups": [{"name": "dashboards", "rules": [
-        {"record": f"dashboard:expr{k}", "expr": expr} for k, (_where, expr) in enumerate(exprs)]}]}
+    exprs = [
+        (where, expand_prom(expr)) for where, expr in prometheus_expressions() if not expr.startswith("label_values(")
+    ]
+    rules = {
+        "groups": [
+            {
+                "name": "dashboards",
+                "rules": [{"record": f"dashboard:expr{k}", "expr": expr} for k, (_where, expr) in enumerate(exprs)],
+            }
+        ]
+    }
     (tmp_path / "dashboards.rules.yml").write_text(json.dumps(rules, indent=1))  # JSON is YAML
-    result = subprocess.run([exe, "check", "rules", "dashboards.rules.yml"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [exe, "check", "rules", "dashboards.rules.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     if result.returncode != 0:
         index = {f"dashboard:expr{k}": f"{where}: {expr}" for k, (where, expr) in enumerate(exprs)}
         pytest.fail(f"promtool check rules:\n{result.stdout}\n{result.stderr}\n" + "\n".join(index.values()))
@@ -203,8 +227,12 @@ def test_data_sources() -> None:
 
     chs = by_type[CLICKHOUSE_PLUGIN]["jsonData"]
     # Grafana reads as the read-only user the ClickHouse service defines (issue 14)
-    assert (chs["host"], chs["port"], chs["protocol"], chs["username"]) == \
-        ("clickhouse", 8123, "http", "pipeline_reader")
+    assert (chs["host"], chs["port"], chs["protocol"], chs["username"]) == (
+        "clickhouse",
+        8123,
+        "http",
+        "pipeline_reader",
+    )
     users = (COMPOSE.parent / "clickhouse" / "users.d" / "pipeline_reader.xml").read_text()
     assert "<pipeline_reader>" in users and "<readonly>2</readonly>" in users
     assert "clickhouse" in compose["services"]
@@ -213,7 +241,8 @@ def test_data_sources() -> None:
     var = re.fullmatch(r"\$\{?(\w+)\}?", password)
     assert var, f"the ClickHouse password should come from the environment, not {password!r}"
     assert env.get(var.group(1)) == compose["services"]["clickhouse"]["environment"]["CLICKHOUSE_READER_PASSWORD"], (
-        f"grafana's {var.group(1)} is not the ClickHouse server's CLICKHOUSE_READER_PASSWORD")
+        f"grafana's {var.group(1)} is not the ClickHouse server's CLICKHOUSE_READER_PASSWORD"
+    )
     assert by_type["prometheus"]["url"] == "http://prometheus:9090"
     assert "prometheus" in compose["services"]
     # every $VAR the provisioning files' values use is in grafana's environment
@@ -241,10 +270,15 @@ def test_dashboards_use_provisioned_data_sources() -> None:
         for p in panels(dash):
             if p.get("type") != "row":
                 refs.append((f"panel {p.get('title')!r}", p.get("datasource")))
-                refs += [(f"panel {p.get('title')!r} target {t.get('refId')}", t.get("datasource"))
-                         for t in p.get("targets", [])]
-        refs += [(f"variable {v['name']!r}", v.get("datasource")) for v in dash["templating"]["list"]
-                 if v.get("type") == "query"]
+                refs += [
+                    (f"panel {p.get('title')!r} target {t.get('refId')}", t.get("datasource"))
+                    for t in p.get("targets", [])
+                ]
+        refs += [
+            (f"variable {v['name']!r}", v.get("datasource"))
+            for v in dash["templating"]["list"]
+            if v.get("type") == "query"
+        ]
         assert refs, f"{name}: no panels"
         for where, ref in refs:
             assert isinstance(ref, dict) and ref.get("uid"), f"{name} {where}: no data source uid"
@@ -269,7 +303,8 @@ def test_dashboards_are_well_formed() -> None:
             assert not undefined, f"{name} {where}: undefined variables {undefined}"
             if ds.get("type") == CLICKHOUSE_PLUGIN:
                 assert "$__timeFilter(" in text or "$__fromTime" in text or where.startswith("variable"), (
-                    f"{name} {where}: a ClickHouse query that ignores the time range")
+                    f"{name} {where}: a ClickHouse query that ignores the time range"
+                )
 
 
 def test_clickhouse_targets_are_the_plugins() -> None:
@@ -335,4 +370,5 @@ def test_committed_json_is_generated() -> None:
     assert names == {f.name for f in DASHBOARD_DIR.glob("*.json")}, "dashboards without a generator, or unwritten"
     for name in sorted(names):
         assert (DASHBOARD_DIR / name).read_text() == gen.render(name), (
-            f"{name} differs from compose/grafana/generate_dashboards.py: edit the generator and run it")
+            f"{name} differs from compose/grafana/generate_dashboards.py: edit the generator and run it"
+        )

@@ -48,13 +48,26 @@ NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
 JAN = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def ev(entity: str = "site", key: dict[str, Any] | None = None, op: str = "upsert",
-       value: dict[str, Any] | None = None, **extra: Any) -> MetadataEvent:
-    return parse_event({
-        "event_id": str(uuid.UUID(int=1)), "entity": entity, "key": key or {"site_id": "s1"},
-        "op": op, "value": {"name": "Farm"} if value is None and op == "upsert" else value,
-        "author": "alice", "comment": "", "produced_at": "2025-01-01T00:00:00Z", **extra,
-    })
+def ev(
+    entity: str = "site",
+    key: dict[str, Any] | None = None,
+    op: str = "upsert",
+    value: dict[str, Any] | None = None,
+    **extra: Any,
+) -> MetadataEvent:
+    return parse_event(
+        {
+            "event_id": str(uuid.UUID(int=1)),
+            "entity": entity,
+            "key": key or {"site_id": "s1"},
+            "op": op,
+            "value": {"name": "Farm"} if value is None and op == "upsert" else value,
+            "author": "alice",
+            "comment": "",
+            "produced_at": "2025-01-01T00:00:00Z",
+            **extra,
+        }
+    )
 
 
 SITE = ev()
@@ -66,12 +79,14 @@ def record(event: MetadataEvent, *, applied: bool, tx_id: int = 7) -> IdRecord:
 
 
 def republished(event: MetadataEvent, **changes: Any) -> MetadataEvent:
-    return parse_event({**event.as_dict(), "produced_at": "2025-05-05T05:05:05Z",
-                        "author": "carol", "comment": "again", **changes})
+    return parse_event(
+        {**event.as_dict(), "produced_at": "2025-05-05T05:05:05Z", "author": "carol", "comment": "again", **changes}
+    )
 
 
-def asked(event: MetadataEvent, answers: dict[type, object], tx_time: datetime | None = None
-          ) -> tuple[list[type], object]:
+def asked(
+    event: MetadataEvent, answers: dict[type, object], tx_time: datetime | None = None
+) -> tuple[list[type], object]:
     """The kinds of need the step asks, in order, and its outcome."""
     seen: list[type] = []
 
@@ -82,8 +97,7 @@ def asked(event: MetadataEvent, answers: dict[type, object], tx_time: datetime |
     return seen, drive(apply_step(event, tx_time), answer)
 
 
-ALL_THERE: dict[type, object] = {AskRecord: None, AskClock: Clock(NOW, None), AskRows: [],
-                                 AskExists: True, Write: None}
+ALL_THERE: dict[type, object] = {AskRecord: None, AskClock: Clock(NOW, None), AskRows: [], AskExists: True, Write: None}
 
 
 # --- the order of the questions: lazy, as the rules need them ------------------------------------
@@ -98,8 +112,7 @@ def test_a_new_event_asks_everything_in_order() -> None:
 def test_a_duplicate_and_a_reused_id_ask_only_the_record() -> None:
     needs, outcome = asked(EQUIPMENT, {**ALL_THERE, AskRecord: record(EQUIPMENT, applied=True)})
     assert (needs, outcome) == ([AskRecord], Duplicate(7))
-    other = record(ev("equipment", {"equipment_id": "hp-2"}, value={"site_id": "s1", "kind": "x"}),
-                   applied=False)
+    other = record(ev("equipment", {"equipment_id": "hp-2"}, value={"site_id": "s1", "kind": "x"}), applied=False)
     needs, outcome = asked(EQUIPMENT, {**ALL_THERE, AskRecord: other})
     assert needs == [AskRecord]
     assert isinstance(outcome, Refused) and outcome.rule == "event.id_reused"
@@ -118,13 +131,18 @@ def test_refusals_stop_the_questions() -> None:
     needs, outcome = asked(EQUIPMENT, {**ALL_THERE, AskExists: False})
     assert needs == [AskRecord, AskClock, AskRows, AskExists]
     assert isinstance(outcome, Refused) and outcome.rule == "reference.missing"
-    assert outcome.reason == 'equipment {"equipment_id":"hp-1"} refers to site {"site_id":"s1"}, ' \
-                             "which does not exist"
+    assert outcome.reason == 'equipment {"equipment_id":"hp-1"} refers to site {"site_id":"s1"}, which does not exist'
 
 
 def test_a_time_dependent_event_asks_for_its_window_only() -> None:
-    tz = ev("node_timezone", {"node_id": 1}, "set_valid", {"tz": "UTC"},
-            valid_from="2024-01-01T00:00:00Z", valid_to="2024-02-01T00:00:00Z")
+    tz = ev(
+        "node_timezone",
+        {"node_id": 1},
+        "set_valid",
+        {"tz": "UTC"},
+        valid_from="2024-01-01T00:00:00Z",
+        valid_to="2024-02-01T00:00:00Z",
+    )
     needs: list[Need] = []
 
     def answer(need: Need) -> object:
@@ -133,10 +151,8 @@ def test_a_time_dependent_event_asks_for_its_window_only() -> None:
 
     drive(apply_step(tz), answer)
     rows = [n for n in needs if isinstance(n, AskRows)]
-    assert rows == [AskRows("node_timezone", '{"node_id":1}',
-                            Interval(JAN, datetime(2024, 2, 1, tzinfo=UTC)))]
-    assert [n for n in needs if isinstance(n, AskExists)] == [
-        AskExists("node", {"node_id": 1}, '{"node_id":1}')]
+    assert rows == [AskRows("node_timezone", '{"node_id":1}', Interval(JAN, datetime(2024, 2, 1, tzinfo=UTC)))]
+    assert [n for n in needs if isinstance(n, AskExists)] == [AskExists("node", {"node_id": 1}, '{"node_id":1}')]
 
 
 def test_a_driver_answering_the_wrong_thing_fails_naming_the_need() -> None:
@@ -159,19 +175,25 @@ def test_id_rules() -> None:
     # the same content sent again by someone else, later, with another comment: the same event
     again = republished(SITE)
     assert decide_apply(again, record=record(SITE, applied=True), clock=NOW) == Duplicate(7)
-    for other in (republished(SITE, value={"name": "Barn"}), republished(SITE, op="delete", value=None),
-                  republished(SITE, key={"site_id": "s2"})):
+    for other in (
+        republished(SITE, value={"name": "Barn"}),
+        republished(SITE, op="delete", value=None),
+        republished(SITE, key={"site_id": "s2"}),
+    ):
         for applied in (True, False):
             out = decide_apply(other, record=record(SITE, applied=applied), clock=NOW)
-            assert out == Refused("event.id_reused", f"event_id {SITE.event_id} was used by another "
-                                  "event (tx 7)", None, 7), other
+            assert out == Refused(
+                "event.id_reused", f"event_id {SITE.event_id} was used by another event (tx 7)", None, 7
+            ), other
 
 
 def jsonb_read_back(doc: Any) -> Any:
     """What PostgreSQL's jsonb gives back for a document psycopg wrote (json.dumps): numbers
     become numerics, printed in plain notation, which json.loads reads as int or float."""
+
     def numeric_text(x: Any) -> Any:
         return json.loads(format(Decimal(x), "f"))
+
     return json.loads(json.dumps(doc), parse_float=numeric_text, parse_int=numeric_text)
 
 
@@ -189,28 +211,29 @@ def test_content_is_compared_as_jsonb_stores_it() -> None:
     assert isinstance(out, Refused) and out.rule == "event.id_reused"
     # true is not 1, though True == 1 in Python
     flag = ev(value={"name": "Farm", "heated": True})
-    out = decide_apply(ev(value={"name": "Farm", "heated": 1}), clock=NOW,
-                       record=IdRecord(7, True, flag.as_dict()))
+    out = decide_apply(ev(value={"name": "Farm", "heated": 1}), clock=NOW, record=IdRecord(7, True, flag.as_dict()))
     assert isinstance(out, Refused) and out.rule == "event.id_reused"
     # 1 and 1.0 are one JSON number
-    assert decide_apply(ev(value={"name": "Farm", "floors": 1.0}), clock=NOW, record=IdRecord(
-        7, True, ev(value={"name": "Farm", "floors": 1}).as_dict())) == Duplicate(7)
+    assert decide_apply(
+        ev(value={"name": "Farm", "floors": 1.0}),
+        clock=NOW,
+        record=IdRecord(7, True, ev(value={"name": "Farm", "floors": 1}).as_dict()),
+    ) == Duplicate(7)
 
 
 # --- the transaction time ----------------------------------------------------------------------
 
-times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
-                     timezones=st.just(UTC))
+times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
 
 
 @given(clock=times, last=st.none() | times, wanted=st.none() | times)
 def test_transaction_time_is_after_the_keys_last_change(
-        clock: datetime, last: datetime | None, wanted: datetime | None) -> None:
+    clock: datetime, last: datetime | None, wanted: datetime | None
+) -> None:
     out = decide_apply(SITE, clock=clock, last_change=last, tx_time=wanted)
     if wanted is not None and last is not None and wanted <= last:
         assert isinstance(out, Refused)
-        assert (out.rule, out.tx_time, out.recorded) == ("tx_time.not_after_last_change", wanted,
-                                                         True)
+        assert (out.rule, out.tx_time, out.recorded) == ("tx_time.not_after_last_change", wanted, True)
         return
     assert isinstance(out, Applied)
     assert last is None or out.tx_time > last
@@ -240,9 +263,9 @@ VALUES = st.sampled_from([{"name": "Farm"}, {"name": "Barn"}, {"name": "Farm", "
     late=st.booleans(),
     violation=st.none() | st.sampled_from(["versions_no_overlap", "a_check"]),
 )
-def test_outcome_follows_the_rules_in_order(value: dict[str, Any], known: str,
-                                            current: dict[str, Any] | None, late: bool,
-                                            violation: str | None) -> None:
+def test_outcome_follows_the_rules_in_order(
+    value: dict[str, Any], known: str, current: dict[str, Any] | None, late: bool, violation: str | None
+) -> None:
     event = ev(value=value)
     recorded = {
         "none": None,
@@ -252,9 +275,15 @@ def test_outcome_follows_the_rules_in_order(value: dict[str, Any], known: str,
         "other refused": IdRecord(3, False, ev(value={"name": "Other"}).as_dict()),
     }[known]
     rows = [] if current is None else [CurrentRow(current, None, 11)]
-    out = decide_apply(event, clock=NOW, last_change=NOW - timedelta(hours=1),
-                       tx_time=NOW - timedelta(hours=2) if late else None, record=recorded,
-                       rows=rows, violation=None if violation is None else Violation(violation, "no"))
+    out = decide_apply(
+        event,
+        clock=NOW,
+        last_change=NOW - timedelta(hours=1),
+        tx_time=NOW - timedelta(hours=2) if late else None,
+        record=recorded,
+        rows=rows,
+        violation=None if violation is None else Violation(violation, "no"),
+    )
     if known.startswith("other"):
         assert isinstance(out, Refused) and out.rule == "event.id_reused" and not out.recorded
     elif known == "same applied":
@@ -272,16 +301,18 @@ def test_outcome_follows_the_rules_in_order(value: dict[str, Any], known: str,
 
 def test_a_write_refused_by_the_database_is_a_recorded_refusal() -> None:
     out = decide_apply(SITE, clock=NOW, violation=Violation("versions_no_overlap", "conflicting key"))
-    assert out == Refused("constraint.versions_no_overlap",
-                          "refused by the database: conflicting key", NOW)
+    assert out == Refused("constraint.versions_no_overlap", "refused by the database: conflicting key", NOW)
     assert out.recorded
 
 
 # --- JSON equality as jsonb sees it ------------------------------------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(10**30), 10**30)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4),
     max_leaves=12,
 )

@@ -25,8 +25,11 @@ def test_an_object_an_array_and_json_lines_give_the_same_datums() -> None:
 def test_every_bad_line_is_named_with_its_rule() -> None:
     body = "\n".join([json.dumps(datum(1)), "{oops", json.dumps(datum(3, sourceId="")), "[1]"]).encode()
     got = parse_body(body, NOW)
-    assert {(p.line, p.rule) for p in got.problems} == {(2, "json.syntax"), (3, "source_id.empty"),
-                                                        (4, "json.not_object")}
+    assert {(p.line, p.rule) for p in got.problems} == {
+        (2, "json.syntax"),
+        (3, "source_id.empty"),
+        (4, "json.not_object"),
+    }
     assert parse_body(b"  \n", NOW).problems[0].rule == "body.empty"
     assert parse_body(b"\xff", NOW).problems[0].rule == "json.syntax"
 
@@ -37,4 +40,5 @@ def test_a_lone_surrogate_in_an_array_element_is_refused_as_in_a_line() -> None:
     bad = '{"nodeId": 1, "sourceId": "/a\\ud800", "created": ' + str(NOW) + ', "samples": {"i": {"w": 1}}}'
     assert [p.rule for p in parse_body(bad.encode(), NOW).problems] == ["json.lone_surrogate"]
     assert [(p.line, p.rule) for p in parse_body(f"[{json.dumps(datum(1))}, {bad}]".encode(), NOW).problems] == [
-        (2, "json.lone_surrogate")]
+        (2, "json.lone_surrogate")
+    ]

@@ -44,11 +44,16 @@ def rules(rec: Recorder) -> list[tuple[int | None, str]]:
 def test_lp_values_beyond_the_bound_are_refused_and_counted(tmp_path: Path) -> None:
     # the mapped fast path skipped the envelope rules: a 1e308 field went out as a sample
     path = tmp_path / "o.lp"
-    path.write_text("\n".join([
-        f"otherm-data,equipment={UUID} power=1.5,huge=1e308 1600000000",
-        f"otherm-data,equipment={UUID} power=2.5 1600000001",
-        f"otherm-data,equipment={UUID} huge=-9.1e15 1600000002",  # its only field: no datum left
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                f"otherm-data,equipment={UUID} power=1.5,huge=1e308 1600000000",
+                f"otherm-data,equipment={UUID} power=2.5 1600000001",
+                f"otherm-data,equipment={UUID} huge=-9.1e15 1600000002",  # its only field: no datum left
+            ]
+        )
+        + "\n"
+    )
     rec = Recorder()
     report = IngestReport()
     ingest_lp(cast(DatumProducer, rec), [path], report, LineProtocolMapping(node_id=7), "s", now_ms=NOW)

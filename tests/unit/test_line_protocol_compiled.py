@@ -58,7 +58,7 @@ def test_common_lines_and_every_value_type() -> None:
     items = [
         b"otherm-data,equipment=3fa85f64 heatpump_power=1.5,source_supplytemp=-999,stage=1 1600000000\n",
         b'm,k=v i=-5i,u=18446744073709551615u,f=1e3,s="x, y=z",b=t,B=FALSE,g=.5,h=5.,z=-0 -12\r\n',
-        "m\u00e9,t\u00eag=\u00fc s=\"\u2603\",x=1E-5".encode(),
+        'm\u00e9,t\u00eag=\u00fc s="\u2603",x=1E-5'.encode(),
         "str,item=1 x=1 5",
     ]
     out = both(items, "ms", 1_234_567)
@@ -69,18 +69,63 @@ def test_common_lines_and_every_value_type() -> None:
 @pytest.mark.parametrize(
     "line",
     [
-        b"m x=1.0000000000000002 1", b"m x=123456789012345678901234567890 1", b"m x=1e22,y=1e23,z=1e-22,w=1e-23",
-        b"m x=4.9e-324,y=2.2250738585072014e-308,z=1.7976931348623157e308", b"m x=1e400", b"m x=1e-400",
-        b"m x=0.1,y=0.2,z=0.30000000000000004,w=9007199254740993", b"m x=-0.0,y=-.5e-0,z=5.E+2",
-        b"m x=9223372036854775807i,y=-9223372036854775808i,z=0u", b"m x=9223372036854775808i",
-        b"m x=18446744073709551616u", b"m x=-1u", b"m x=1 9223372036854775807", b"m x=1 -9223372036854775808",
-        b"m x=1 9223372036854775808", b"m x=1_0", b"m x=0x1p-2", b"m x=inf", b"m x=+1", b"m x=1 1 ",
-        b"m  x=1", b"m x=1  1", b" m x=1", b"# c", b"", b"\n", b"\r\n", b"m x=1\r", b"m\\ a x=1",
-        b'm s="a\\"b"', b'm s="tab\there"', b"m\tx=1", b"m,a=1,a=2 x=1", b"m,a=1,b=2 x=1",
-        b"m,a= x=1", b"m,=a x=1", b"m, x=1", b"m,a=b=c x=1", b"m x=1,", b"m x=1,,y=2", b'm s="open',
-        b'm s="x"y', b'm "k"=1,k"=2', b'm"x,"t"="v" f=1', b"m#x f=1", b"m=x f=1", b"m x=\xff",
-        b"m\xff x=1", b'm s="\xc3"', b"m,k=\xc3\xa9 x=1", b"m x=1 1\nm y=2 2\n", b"m x=t,y=True,z=tru",
-        b"m x=1e", b"m x=.", b"m x=-", b"m x=1.2.3", b"m x=01,y=-01i,z=00u",
+        b"m x=1.0000000000000002 1",
+        b"m x=123456789012345678901234567890 1",
+        b"m x=1e22,y=1e23,z=1e-22,w=1e-23",
+        b"m x=4.9e-324,y=2.2250738585072014e-308,z=1.7976931348623157e308",
+        b"m x=1e400",
+        b"m x=1e-400",
+        b"m x=0.1,y=0.2,z=0.30000000000000004,w=9007199254740993",
+        b"m x=-0.0,y=-.5e-0,z=5.E+2",
+        b"m x=9223372036854775807i,y=-9223372036854775808i,z=0u",
+        b"m x=9223372036854775808i",
+        b"m x=18446744073709551616u",
+        b"m x=-1u",
+        b"m x=1 9223372036854775807",
+        b"m x=1 -9223372036854775808",
+        b"m x=1 9223372036854775808",
+        b"m x=1_0",
+        b"m x=0x1p-2",
+        b"m x=inf",
+        b"m x=+1",
+        b"m x=1 1 ",
+        b"m  x=1",
+        b"m x=1  1",
+        b" m x=1",
+        b"# c",
+        b"",
+        b"\n",
+        b"\r\n",
+        b"m x=1\r",
+        b"m\\ a x=1",
+        b'm s="a\\"b"',
+        b'm s="tab\there"',
+        b"m\tx=1",
+        b"m,a=1,a=2 x=1",
+        b"m,a=1,b=2 x=1",
+        b"m,a= x=1",
+        b"m,=a x=1",
+        b"m, x=1",
+        b"m,a=b=c x=1",
+        b"m x=1,",
+        b"m x=1,,y=2",
+        b'm s="open',
+        b'm s="x"y',
+        b'm "k"=1,k"=2',
+        b'm"x,"t"="v" f=1',
+        b"m#x f=1",
+        b"m=x f=1",
+        b"m x=\xff",
+        b"m\xff x=1",
+        b'm s="\xc3"',
+        b"m,k=\xc3\xa9 x=1",
+        b"m x=1 1\nm y=2 2\n",
+        b"m x=t,y=True,z=tru",
+        b"m x=1e",
+        b"m x=.",
+        b"m x=-",
+        b"m x=1.2.3",
+        b"m x=01,y=-01i,z=00u",
     ],
 )
 def test_edges_agree(line: bytes) -> None:
@@ -96,8 +141,7 @@ def test_edges_agree(line: bytes) -> None:
 def test_multi_line_strings_and_line_numbers() -> None:
     items = [b"a x=1 1\n", b'b s="one\n', b"two, three\n", b'four" 2\n', b"c x=3 3\n", b"bad\n", b"d x=4"]
     out = both(items, start=10)
-    assert [(o[0], o[1]) for o in out] == [("point", 10), ("point", 11), ("point", 14), ("error", 15),
-                                           ("point", 16)]
+    assert [(o[0], o[1]) for o in out] == [("point", 10), ("point", 11), ("point", 14), ("error", 15), ("point", 16)]
 
 
 def test_declined_lines_come_back_through_python_in_order() -> None:
@@ -126,9 +170,9 @@ def test_unsigned_type_is_kept() -> None:
 # ---------------------------------------------------------------------------------------------
 # Hypothesis: generated lines, through both paths
 
-KEY_CHARS = "abcXYZ019_-.#=,\\ \"+\t\u00e9\u2603"
+KEY_CHARS = 'abcXYZ019_-.#=,\\ "+\t\u00e9\u2603'
 key = st.text(alphabet=KEY_CHARS, min_size=0, max_size=5)
-plain_key = st.text(alphabet="abcXYZ019_-.#\u00e9\u2603\"", min_size=1, max_size=5)
+plain_key = st.text(alphabet='abcXYZ019_-.#\u00e9\u2603"', min_size=1, max_size=5)
 value = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.floats(allow_nan=False, allow_infinity=False).map(lambda f: f"{f:.{abs(hash(f)) % 18}g}"),
@@ -136,11 +180,45 @@ value = st.one_of(
     st.integers(-(2**64), 2**64).map(lambda i: f"{i}i"),
     st.integers(-5, 2**65).map(lambda i: f"{i}u"),
     st.integers(-(10**20), 10**20).map(str),
-    st.text(alphabet="ab ,=\\\"\u00e9\t\n", max_size=6).map(lambda s: f'"{s}"'),
+    st.text(alphabet='ab ,=\\"\u00e9\t\n', max_size=6).map(lambda s: f'"{s}"'),
     st.sampled_from(
-        ["t", "T", "true", "TRUE", "True", "f", "F", "false", "False", "FALSE", "tru", "1_0", "_1", "1e5",
-         "1E+5", ".5", "5.", ".", "-", "-.5e-3", "0x1p3", "+1", "inf", "nan", "1,0", "01", "-0", "1=2", "",
-         "1e308", "1e309", "4.9e-324", "1e-400", "123456789012345678", "0.1000000000000000055511151231257827"]
+        [
+            "t",
+            "T",
+            "true",
+            "TRUE",
+            "True",
+            "f",
+            "F",
+            "false",
+            "False",
+            "FALSE",
+            "tru",
+            "1_0",
+            "_1",
+            "1e5",
+            "1E+5",
+            ".5",
+            "5.",
+            ".",
+            "-",
+            "-.5e-3",
+            "0x1p3",
+            "+1",
+            "inf",
+            "nan",
+            "1,0",
+            "01",
+            "-0",
+            "1=2",
+            "",
+            "1e308",
+            "1e309",
+            "4.9e-324",
+            "1e-400",
+            "123456789012345678",
+            "0.1000000000000000055511151231257827",
+        ]
     ),
 )
 field = st.tuples(st.one_of(key, plain_key), value).map(lambda kv: f"{kv[0]}={kv[1]}")
@@ -174,10 +252,13 @@ plain_line = st.builds(
     plain_key,
     st.lists(st.tuples(plain_key, plain_key).map(lambda kv: f",{kv[0]}={kv[1]}"), max_size=3),
     st.lists(st.tuples(plain_key, plain_value).map(lambda kv: f"{kv[0]}={kv[1]}"), min_size=1, max_size=5),
-    st.one_of(st.just(""), st.integers(-(2**63), 2**63 - 1).map(lambda t: f" {t}"),
-              st.integers(0, 2**41).map(lambda t: f" {t}")),
+    st.one_of(
+        st.just(""),
+        st.integers(-(2**63), 2**63 - 1).map(lambda t: f" {t}"),
+        st.integers(0, 2**41).map(lambda t: f" {t}"),
+    ),
 )
-noise = st.text(alphabet=" ,=\\\"#abc01.-iutTfF\t\r_+e\u00e9", max_size=30)
+noise = st.text(alphabet=' ,=\\"#abc01.-iutTfF\t\r_+e\u00e9', max_size=30)
 ending = st.sampled_from(["\n", "\n", "\r\n", "", "\r"])
 item = st.tuples(st.one_of(plain_line, plain_line, plain_line, line, noise), ending).map("".join)
 
@@ -194,8 +275,9 @@ def encode_item(text: str, raw: bool, corrupt: int) -> str | bytes:
 
 @settings(max_examples=1500, database=None, deadline=None)
 @given(
-    st.lists(st.tuples(item, st.booleans(), st.integers(0, 60).map(lambda c: c if c < 8 else 0)),
-             min_size=1, max_size=6),
+    st.lists(
+        st.tuples(item, st.booleans(), st.integers(0, 60).map(lambda c: c if c < 8 else 0)), min_size=1, max_size=6
+    ),
     st.sampled_from(["ns", "us", "ms", "s"]),
     st.one_of(st.none(), st.integers(-(2**62), 2**62)),
 )
@@ -211,8 +293,12 @@ def test_compiled_parser_agrees_with_python(
 MAPPINGS = [
     LineProtocolMapping(node_id=7),
     LineProtocolMapping(node_id=7, default_source_tag="k", datum_tags=("x",)),
-    LineProtocolMapping(node_tag="node", source_template="/{measurement}/{source}/{k}", default_source_tag="k",
-                        sentinels=frozenset({-999.0, 0.0, 5})),
+    LineProtocolMapping(
+        node_tag="node",
+        source_template="/{measurement}/{source}/{k}",
+        default_source_tag="k",
+        sentinels=frozenset({-999.0, 0.0, 5}),
+    ),
     LineProtocolMapping(node_id=1, sentinels=frozenset()),
 ]
 map_item = st.tuples(
@@ -221,20 +307,31 @@ map_item = st.tuples(
         st.builds(
             lambda m, tags, fields, ts: f"{m}{''.join(tags)} {','.join(fields)}{ts}\n",
             st.sampled_from(["otherm-data", "monitoring-data", "other", "weather-data"]),
-            st.lists(st.sampled_from([",equipment=e1", ",equipment=e2", ",k=a", ",node=12", ",node=x",
-                                      ",k=+", ",equipment=" + "z" * 60]), max_size=3),
-            st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), value).map(lambda kv: f"{kv[0]}={kv[1]}"),
-                     min_size=1, max_size=4),
-            st.one_of(st.just(""), st.integers(-(2**62), 2**62).map(lambda t: f" {t}"),
-                      st.integers(0, 2**40).map(lambda t: f" {t}")),
+            st.lists(
+                st.sampled_from(
+                    [",equipment=e1", ",equipment=e2", ",k=a", ",node=12", ",node=x", ",k=+", ",equipment=" + "z" * 60]
+                ),
+                max_size=3,
+            ),
+            st.lists(
+                st.tuples(st.sampled_from(["a", "b", "c"]), value).map(lambda kv: f"{kv[0]}={kv[1]}"),
+                min_size=1,
+                max_size=4,
+            ),
+            st.one_of(
+                st.just(""),
+                st.integers(-(2**62), 2**62).map(lambda t: f" {t}"),
+                st.integers(0, 2**40).map(lambda t: f" {t}"),
+            ),
         ),
     ),
     st.booleans(),
 )
 
 
-def mapped(items: list[Any], mapping: LineProtocolMapping, precision: str, default: int | None,
-           compiled: bool) -> list[object]:
+def mapped(
+    items: list[Any], mapping: LineProtocolMapping, precision: str, default: int | None, compiled: bool
+) -> list[object]:
     if compiled:
         return outcome(list(map_lines(items, mapping, precision, default, compiled=True)))
     return outcome(list(map_points(parse_lines(items, precision, default, compiled=False), mapping)))
@@ -256,8 +353,7 @@ def test_compiled_mapping_agrees_with_python(
 
 
 def test_otherm_lines_become_datums_in_c() -> None:
-    lines = [f"otherm-data,equipment=e{k % 3} a={k}.5,b=-999,c={k}i,d=t 1600000000\n".encode()
-             for k in range(1500)]
+    lines = [f"otherm-data,equipment=e{k % 3} a={k}.5,b=-999,c={k}i,d=t 1600000000\n".encode() for k in range(1500)]
     mapping = LineProtocolMapping(node_id=3)
     assert mapped(lines, mapping, "s", None, True) == mapped(lines, mapping, "s", None, False)
     datums = list(map_lines(lines, mapping, "s"))

@@ -32,13 +32,7 @@ def corpus_path() -> Path:
     if override:
         return Path(override)
     # CI: a fresh clone with shared/ beside it.
-    return (
-        Path(__file__).resolve().parents[2].parent
-        / "shared"
-        / "peer"
-        / "line-protocol-corpus"
-        / "corpus.json"
-    )
+    return Path(__file__).resolve().parents[2].parent / "shared" / "peer" / "line-protocol-corpus" / "corpus.json"
 
 
 @cache
@@ -86,9 +80,7 @@ def _our_value(v: FieldValue) -> tuple[str, object]:
 def _expected_points(result: list[dict[str, Any]] | None) -> list[object]:
     out: list[object] = []
     for p in result or []:
-        tags = sorted(
-            (_text(t["key"]).encode(), _text(t["value"])) for t in (p.get("tags") or [])
-        )
+        tags = sorted((_text(t["key"]).encode(), _text(t["value"])) for t in (p.get("tags") or []))
         fields = [(_text(f["key"]), _expected_value(f["value"])) for f in p["fields"]]
         out.append((_text(p["name"]), tags, fields, p["time"]))
     return out
@@ -125,9 +117,7 @@ def disagreement(case: dict[str, Any], use_fast_path: bool, compiled: bool = Fal
     inp, out = case["input"], case["output"]
     raw = _raw(case)
     results = list(
-        parse_lines(
-            _lines(raw), inp["precision"], inp["defaultTime"], use_fast_path=use_fast_path, compiled=compiled
-        )
+        parse_lines(_lines(raw), inp["precision"], inp["defaultTime"], use_fast_path=use_fast_path, compiled=compiled)
     )
     errors = [r for r in results if isinstance(r, LineError)]
     if "error" in out:
@@ -193,8 +183,10 @@ def test_compiled_and_pure_python_agree_line_by_line() -> None:
             text = raw.decode()
         except UnicodeDecodeError:
             continue
-        got = _outcome(list(parse_lines(text.splitlines(keepends=True), inp["precision"], inp["defaultTime"],
-                                        compiled=True)))
-        want = _outcome(list(parse_lines(text.splitlines(keepends=True), inp["precision"], inp["defaultTime"],
-                                         compiled=False)))
+        got = _outcome(
+            list(parse_lines(text.splitlines(keepends=True), inp["precision"], inp["defaultTime"], compiled=True))
+        )
+        want = _outcome(
+            list(parse_lines(text.splitlines(keepends=True), inp["precision"], inp["defaultTime"], compiled=False))
+        )
         assert got == want, key

@@ -54,8 +54,7 @@ class FakeConn:
         self.closed = True
 
 
-def view(log: FakeLog, check_s: float = 0.0, dsn: str = "postgresql://log", missing: str | None = None
-         ) -> LogView[str]:
+def view(log: FakeLog, check_s: float = 0.0, dsn: str = "postgresql://log", missing: str | None = None) -> LogView[str]:
     return LogView(dsn, "test view", log.load, check_s, missing=missing, connect=log.connect)
 
 

@@ -116,8 +116,7 @@ def test_classify_callback_decides_and_is_asked_once_per_source_field() -> None:
 
     m = LineProtocolMapping(node_id=1, classify=classify)
     text = "\n".join(
-        f'otherm-data,equipment=e loadside_heat={n}.5,compressor_stage=2,x=1,mode="auto" {n}'
-        for n in range(1, 4)
+        f'otherm-data,equipment=e loadside_heat={n}.5,compressor_stage=2,x=1,mode="auto" {n}' for n in range(1, 4)
     )
     batch = map_batch(parse_lines(text.splitlines(), "s"), m)
     assert len(batch.datums) == 3

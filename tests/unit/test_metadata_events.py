@@ -38,12 +38,26 @@ def t(day: str) -> datetime:
     return datetime.fromisoformat(day).replace(tzinfo=UTC)
 
 
-def raw(entity: str, key: dict[str, Any], op: str, value: dict[str, Any] | None = None,
-        valid_from: str | None = None, valid_to: str | None = None, **extra: Any) -> dict[str, Any]:
+def raw(
+    entity: str,
+    key: dict[str, Any],
+    op: str,
+    value: dict[str, Any] | None = None,
+    valid_from: str | None = None,
+    valid_to: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     d: dict[str, Any] = {
-        "event_id": str(uuid.uuid4()), "entity": entity, "key": key, "op": op, "value": value,
-        "valid_from": valid_from, "valid_to": valid_to, "author": "alice",
-        "comment": "why", "produced_at": "2025-01-01T00:00:00Z",
+        "event_id": str(uuid.uuid4()),
+        "entity": entity,
+        "key": key,
+        "op": op,
+        "value": value,
+        "valid_from": valid_from,
+        "valid_to": valid_to,
+        "author": "alice",
+        "comment": "why",
+        "produced_at": "2025-01-01T00:00:00Z",
     }
     d.update(extra)
     return d
@@ -54,9 +68,12 @@ def ev(*args: Any, **kw: Any) -> MetadataEvent:
 
 
 QRATING = {
-    "version": "1.0.0", "max_score": 1000,
-    "min_required": {"value": -5, "label": "FROZEN"}, "min_desired": {"value": 5, "label": "COLD"},
-    "ideal": {"value": 25, "label": "IDEAL"}, "max_desired": {"value": 35, "label": "HIGH"},
+    "version": "1.0.0",
+    "max_score": 1000,
+    "min_required": {"value": -5, "label": "FROZEN"},
+    "min_desired": {"value": 5, "label": "COLD"},
+    "ideal": {"value": 25, "label": "IDEAL"},
+    "max_desired": {"value": 35, "label": "HIGH"},
     "max_allowed": {"value": 60, "label": "HOT"},
 }
 TZ = "node_timezone"
@@ -100,8 +117,11 @@ def test_comment_defaults_to_empty_and_value_null_for_delete() -> None:
         ({"op": "upsert"}, "op", "event.op_not_allowed"),  # time-dependent: no plain upsert
         ({"value": None}, "value", "event.value_missing"),
         ({"value": [1]}, "value", "event.value_type"),
-        ({"valid_from": "2024-02-01T00:00:00Z", "valid_to": "2024-01-01T00:00:00Z"},
-         "valid_to", "event.interval_empty"),
+        (
+            {"valid_from": "2024-02-01T00:00:00Z", "valid_to": "2024-01-01T00:00:00Z"},
+            "valid_to",
+            "event.interval_empty",
+        ),
         ({"valid_from": "2024-01-01T00:00:00"}, "valid_from", "event.time_naive"),
         ({"valid_from": "yesterday"}, "valid_from", "event.time_format"),
         ({"author": ""}, "author", "event.author"),
@@ -134,8 +154,12 @@ def test_schema_errors_per_class() -> None:
 
 
 def test_nullable_key_fields() -> None:
-    e = ev("source_binding", {"node_id": None, "source_pattern": "/S1/**", "valid_from_ms": None},
-           "upsert", {"datamodel": "health"})
+    e = ev(
+        "source_binding",
+        {"node_id": None, "source_pattern": "/S1/**", "valid_from_ms": None},
+        "upsert",
+        {"datamodel": "health"},
+    )
     assert e.key == {"node_id": None, "source_pattern": "/S1/**", "valid_from_ms": None}
     with pytest.raises(MetadataEventError, match="key.node_id"):
         ev("node", {"node_id": None}, "upsert", {"name": "x"})
@@ -146,8 +170,12 @@ def test_json_schema_accepts_and_refuses_like_the_parser() -> None:
     good = raw(TZ, N1, "set_valid", {"tz": "UTC"}, "2024-01-01T00:00:00Z")
     jsonschema.validate(good, EVENT_JSON_SCHEMA)
     parse_event(good)
-    for bad in ({**good, "extra": 1}, {**good, "op": "merge"}, {**good, "entity": "x"},
-                {k: v for k, v in good.items() if k != "author"}):
+    for bad in (
+        {**good, "extra": 1},
+        {**good, "op": "merge"},
+        {**good, "entity": "x"},
+        {k: v for k, v in good.items() if k != "author"},
+    ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, EVENT_JSON_SCHEMA)
         with pytest.raises(MetadataEventError):
@@ -206,12 +234,10 @@ def test_a_restatement_is_judged_as_jsonb_stores_values() -> None:
     """A current row may come back from jsonb (1e23 as 10**23); true is never the number 1."""
     key = {"site_id": "s1"}
     stored = row({"name": "Farm", "area_m2": 10**23, "floors": 2})
-    assert decide(ev("site", key, "upsert", {"name": "Farm", "area_m2": 1e23, "floors": 2.0}),
-                  [stored]) == Plan()
+    assert decide(ev("site", key, "upsert", {"name": "Farm", "area_m2": 1e23, "floors": 2.0}), [stored]) == Plan()
     heated = row({"name": "Farm", "heated": True})
     one = ev("site", key, "upsert", {"name": "Farm", "heated": 1})
-    assert decide(one, [heated]) == Plan(close=(heated,), insert=(NewRow({"name": "Farm",
-                                                                          "heated": 1}),))
+    assert decide(one, [heated]) == Plan(close=(heated,), insert=(NewRow({"name": "Farm", "heated": 1}),))
 
 
 # --- time-dependent ---------------------------------------------------------------------------
@@ -242,8 +268,7 @@ def test_interval_semantics_are_half_open() -> None:
 
 def test_set_valid_refuses_overlap_and_allows_adjacent() -> None:
     cur = [row({"tz": "UTC"}, iv(JAN, FEB))]
-    assert decide(tz("set_valid", "CET", FEB, None), cur) == Plan(
-        insert=(NewRow({"tz": "CET"}, iv(FEB, None)),))
+    assert decide(tz("set_valid", "CET", FEB, None), cur) == Plan(insert=(NewRow({"tz": "CET"}, iv(FEB, None)),))
     for vf, vt in [(JAN, FEB), (None, t("2024-01-15T00:00:00")), (t("2024-01-31T00:00:00"), None)]:
         r = decide(tz("set_valid", "CET", vf, vt), cur)
         assert isinstance(r, Refusal) and r.rule == "valid.overlap", (vf, vt)
@@ -255,7 +280,8 @@ def test_correct_needs_the_exact_interval() -> None:
     a = row({"tz": "UTC"}, iv(JAN, FEB), 1)
     b = row({"tz": "CET"}, iv(FEB, None), 2)
     assert decide(tz("correct", "Europe/Oslo", FEB, None), [a, b]) == Plan(
-        close=(b,), insert=(NewRow({"tz": "Europe/Oslo"}, iv(FEB, None)),))
+        close=(b,), insert=(NewRow({"tz": "Europe/Oslo"}, iv(FEB, None)),)
+    )
     r = decide(tz("correct", "Europe/Oslo", FEB, MAR), [a, b])
     assert isinstance(r, Refusal) and r.rule == "valid.not_found"
     assert decide(tz("correct", "UTC", JAN, FEB), [a, b]) == Plan()
@@ -263,12 +289,12 @@ def test_correct_needs_the_exact_interval() -> None:
 
 def test_close_moves_an_end_without_overlap() -> None:
     a = row({"tz": "UTC"}, iv(JAN, None), 1)
-    assert decide(tz("close", None, JAN, MAR), [a]) == Plan(
-        close=(a,), insert=(NewRow({"tz": "UTC"}, iv(JAN, MAR)),))
+    assert decide(tz("close", None, JAN, MAR), [a]) == Plan(close=(a,), insert=(NewRow({"tz": "UTC"}, iv(JAN, MAR)),))
     a2 = row({"tz": "UTC"}, iv(JAN, FEB), 1)
     b = row({"tz": "CET"}, iv(MAR, None), 2)
     assert decide(tz("close", None, JAN, MAR), [a2, b]) == Plan(
-        close=(a2,), insert=(NewRow({"tz": "UTC"}, iv(JAN, MAR)),))  # extend up to the next
+        close=(a2,), insert=(NewRow({"tz": "UTC"}, iv(JAN, MAR)),)
+    )  # extend up to the next
     r = decide(tz("close", None, JAN, APR), [a2, b])
     assert isinstance(r, Refusal) and r.rule == "valid.overlap"
     r = decide(tz("close", None, FEB, APR), [a2, b])
@@ -279,23 +305,30 @@ def test_close_moves_an_end_without_overlap() -> None:
 def test_replace_trims_and_splits_what_it_covers() -> None:
     whole = row({"tz": "UTC"}, iv(None, None), 1)
     plan = decide(tz("replace", "CET", FEB, MAR), [whole])
-    assert plan == Plan(close=(whole,), insert=(
-        NewRow({"tz": "UTC"}, iv(None, FEB)),
-        NewRow({"tz": "CET"}, iv(FEB, MAR)),
-        NewRow({"tz": "UTC"}, iv(MAR, None)),
-    ))
+    assert plan == Plan(
+        close=(whole,),
+        insert=(
+            NewRow({"tz": "UTC"}, iv(None, FEB)),
+            NewRow({"tz": "CET"}, iv(FEB, MAR)),
+            NewRow({"tz": "UTC"}, iv(MAR, None)),
+        ),
+    )
     a = row({"tz": "A"}, iv(JAN, FEB), 1)
     b = row({"tz": "B"}, iv(FEB, APR), 2)
     c = row({"tz": "C"}, iv(APR, None), 3)
     plan = decide(tz("replace", "Asia/Tokyo", t("2024-01-15T00:00:00"), MAY), [a, b, c])
-    assert plan == Plan(close=(a, b, c), insert=(
-        NewRow({"tz": "A"}, iv(JAN, t("2024-01-15T00:00:00"))),
-        NewRow({"tz": "Asia/Tokyo"}, iv(t("2024-01-15T00:00:00"), MAY)),
-        NewRow({"tz": "C"}, iv(MAY, None)),
-    ))
+    assert plan == Plan(
+        close=(a, b, c),
+        insert=(
+            NewRow({"tz": "A"}, iv(JAN, t("2024-01-15T00:00:00"))),
+            NewRow({"tz": "Asia/Tokyo"}, iv(t("2024-01-15T00:00:00"), MAY)),
+            NewRow({"tz": "C"}, iv(MAY, None)),
+        ),
+    )
     # nothing overlapping: a plain insert
     assert decide(tz("replace", "Asia/Tokyo", None, JAN), [a, b, c]) == Plan(
-        insert=(NewRow({"tz": "Asia/Tokyo"}, iv(None, JAN)),))
+        insert=(NewRow({"tz": "Asia/Tokyo"}, iv(None, JAN)),)
+    )
 
 
 def test_delete_one_interval_or_all() -> None:
@@ -319,32 +352,42 @@ def refusal_rule(e: MetadataEvent) -> str | None:
 
 def test_value_rules() -> None:
     assert refusal_rule(tz("set_valid", "Mars/Olympus", None, None)) == "value.time_zone"
-    assert refusal_rule(ev("site", {"site_id": "s"}, "upsert", {"name": "x",
-                           "location": {"lat": 91, "lon": 0}})) == "value.range"
+    assert (
+        refusal_rule(ev("site", {"site_id": "s"}, "upsert", {"name": "x", "location": {"lat": 91, "lon": 0}}))
+        == "value.range"
+    )
     assert refusal_rule(ev("organization", {"org_id": 1}, "upsert", {})) == "value.missing"
-    assert refusal_rule(ev("equipment", {"equipment_id": "e"}, "upsert",
-                           {"site_id": "s", "kind": "heat_pump"})) is None
+    assert refusal_rule(ev("equipment", {"equipment_id": "e"}, "upsert", {"site_id": "s", "kind": "heat_pump"})) is None
     key = {"datamodel": "health", "datastream": "health.heart.rate"}
     assert refusal_rule(ev("datastream_template", key, "set_valid", {"qrating": QRATING})) is None
     broken = {**QRATING, "ideal": {"value": 99, "label": "IDEAL"}}
-    assert refusal_rule(ev("datastream_template", key, "set_valid",
-                           {"qrating": broken})) == "qrating.order"
-    assert refusal_rule(ev("datastream_template", key, "set_valid",
-                           {"storage": {"period": "WEEKS", "total": 1}})) == "storage.period"
-    assert refusal_rule(ev("datastream_template", key, "set_valid",
-                           {"storage": {"period": "NEVER", "total": 1}})) == "storage.total"
-    assert refusal_rule(ev("datastream_template", key, "set_valid",
-                           {"storage": {"period": "DAYS", "total": 30}})) is None
+    assert refusal_rule(ev("datastream_template", key, "set_valid", {"qrating": broken})) == "qrating.order"
+    assert (
+        refusal_rule(ev("datastream_template", key, "set_valid", {"storage": {"period": "WEEKS", "total": 1}}))
+        == "storage.period"
+    )
+    assert (
+        refusal_rule(ev("datastream_template", key, "set_valid", {"storage": {"period": "NEVER", "total": 1}}))
+        == "storage.total"
+    )
+    assert (
+        refusal_rule(ev("datastream_template", key, "set_valid", {"storage": {"period": "DAYS", "total": 30}})) is None
+    )
 
 
 def test_binding_values_use_the_binding_parser() -> None:
     key = {"node_id": 1, "source_pattern": "/S1/**", "valid_from_ms": None}
-    assert refusal_rule(ev("source_binding", key, "upsert",
-                           {"datamodel": "health", "properties": {"rate": "h.rate"}})) is None
-    assert refusal_rule(ev("source_binding", key, "upsert",
-                           {"datamodel": "health", "propertys": {}})) == "binding.invalid"
-    assert refusal_rule(ev("source_binding", key, "upsert",
-                           {"datamodel": "health", "node_id": 2})) == "binding.key_in_value"
+    assert (
+        refusal_rule(ev("source_binding", key, "upsert", {"datamodel": "health", "properties": {"rate": "h.rate"}}))
+        is None
+    )
+    assert (
+        refusal_rule(ev("source_binding", key, "upsert", {"datamodel": "health", "propertys": {}})) == "binding.invalid"
+    )
+    assert (
+        refusal_rule(ev("source_binding", key, "upsert", {"datamodel": "health", "node_id": 2}))
+        == "binding.key_in_value"
+    )
 
 
 HEALTH = health_model(QRATING)
@@ -353,10 +396,8 @@ HEALTH = health_model(QRATING)
 def test_datamodel_values_use_the_datamodel_parser() -> None:
     key = {"identifier": "health"}
     assert refusal_rule(ev("datamodel", key, "upsert", HEALTH)) is None
-    assert refusal_rule(ev("datamodel", key, "upsert", {**HEALTH, "categories": 3})) == (
-        "datamodel.invalid")
-    assert refusal_rule(ev("datamodel", {"identifier": "other"}, "upsert", HEALTH)) == (
-        "datamodel.key_mismatch")
+    assert refusal_rule(ev("datamodel", key, "upsert", {**HEALTH, "categories": 3})) == ("datamodel.invalid")
+    assert refusal_rule(ev("datamodel", {"identifier": "other"}, "upsert", HEALTH)) == ("datamodel.key_mismatch")
 
 
 def test_without_the_datamodel_parser_nothing_is_taken_in_unchecked() -> None:
@@ -373,51 +414,69 @@ def test_without_the_datamodel_parser_nothing_is_taken_in_unchecked() -> None:
         "else:\n"
         "    print('imported')\n"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "refused to import: processors.datamodel"
 
 
 def test_references_name_the_entities_a_value_needs() -> None:
-    e = ev("source_binding", {"node_id": 3, "source_pattern": "/a", "valid_from_ms": None},
-           "upsert", {"datamodel": "health"})
+    e = ev(
+        "source_binding",
+        {"node_id": 3, "source_pattern": "/a", "valid_from_ms": None},
+        "upsert",
+        {"datamodel": "health"},
+    )
     assert references(e) == [("datamodel", {"identifier": "health"}), ("node", {"node_id": 3})]
-    any_node = ev("source_binding", {"node_id": None, "source_pattern": "/a",
-                                     "valid_from_ms": None}, "upsert", {"datamodel": "health"})
+    any_node = ev(
+        "source_binding",
+        {"node_id": None, "source_pattern": "/a", "valid_from_ms": None},
+        "upsert",
+        {"datamodel": "health"},
+    )
     assert references(any_node) == [("datamodel", {"identifier": "health"})]
-    assert references(ev("equipment", {"equipment_id": "e"}, "upsert",
-                         {"site_id": "s1", "kind": "heat_pump"})) == [("site", {"site_id": "s1"})]
+    assert references(ev("equipment", {"equipment_id": "e"}, "upsert", {"site_id": "s1", "kind": "heat_pump"})) == [
+        ("site", {"site_id": "s1"})
+    ]
     assert references(ev("site", {"site_id": "s"}, "delete")) == []
 
 
 def test_catalog_picks_the_interval_of_the_data_time() -> None:
     cat = MetadataCatalog(
-        as_of=MAY, tx_high_water=9,
-        datamodels={"health": DatamodelEntry("health", HEALTH, {"health.heart.rate": (
-            TimedValue(iv(None, MAR), {"qrating": QRATING}),
-            TimedValue(iv(MAR, None), {"storage": {"period": "DAYS", "total": 7}}),
-        )})},
+        as_of=MAY,
+        tx_high_water=9,
+        datamodels={
+            "health": DatamodelEntry(
+                "health",
+                HEALTH,
+                {
+                    "health.heart.rate": (
+                        TimedValue(iv(None, MAR), {"qrating": QRATING}),
+                        TimedValue(iv(MAR, None), {"storage": {"period": "DAYS", "total": 7}}),
+                    )
+                },
+            )
+        },
         bindings=(),
-        node_timezones={1: (TimedValue(iv(JAN, MAR), {"tz": "UTC"}),
-                            TimedValue(iv(MAR, None), {"tz": "Europe/Oslo"}))},
+        node_timezones={1: (TimedValue(iv(JAN, MAR), {"tz": "UTC"}), TimedValue(iv(MAR, None), {"tz": "Europe/Oslo"}))},
     )
     assert value_at(cat.node_timezones[1], FEB) == {"tz": "UTC"}
     assert value_at(cat.node_timezones[1], MAR) == {"tz": "Europe/Oslo"}
     assert value_at(cat.node_timezones[1], t("2023-06-01T00:00:00")) is None
     assert 2 not in cat.node_timezones
     assert cat.template_at("health", "health.heart.rate", FEB) == {"qrating": QRATING}
-    assert cat.template_at("health", "health.heart.rate", APR) == {
-        "storage": {"period": "DAYS", "total": 7}}
+    assert cat.template_at("health", "health.heart.rate", APR) == {"storage": {"period": "DAYS", "total": 7}}
     assert cat.datamodels["health"].version == "1.2"
 
 
-@pytest.mark.parametrize(("field", "change"), [
-    ("value", {"value": {"name": "a\x00b"}}),
-    ("value", {"value": {"name": "a", "tags": ["ok", "b\x00"]}}),
-    ("value", {"value": {"na\x00me": "a"}}),
-    ("key", {"key": {"node_id": 1, "x\x00": 2}}),
-    ("comment", {"comment": "why\x00"}),
-])
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        ("value", {"value": {"name": "a\x00b"}}),
+        ("value", {"value": {"name": "a", "tags": ["ok", "b\x00"]}}),
+        ("value", {"value": {"na\x00me": "a"}}),
+        ("key", {"key": {"node_id": 1, "x\x00": 2}}),
+        ("comment", {"comment": "why\x00"}),
+    ],
+)
 def test_a_nul_character_is_refused_before_it_reaches_the_store(field: str, change: dict[str, Any]) -> None:
     """jsonb and text cannot hold U+0000: such an event used to raise in the store (and drop a
     whole import batch); now it is refused, naming the field."""

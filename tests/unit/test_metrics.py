@@ -12,8 +12,12 @@ from pipeline.worker.sensor import PositionMonitor
 
 
 def samples(h: Histogram) -> dict[str, float]:
-    return {s.name + str(sorted(s.labels.items())): s.value for m in h.collect() for s in m.samples
-            if not s.name.endswith("_created")}
+    return {
+        s.name + str(sorted(s.labels.items())): s.value
+        for m in h.collect()
+        for s in m.samples
+        if not s.name.endswith("_created")
+    }
 
 
 @given(st.lists(st.floats(-10, 200, allow_nan=False) | st.sampled_from([0.0, 10.0, 25.0, 100.0])))
@@ -43,8 +47,12 @@ class Message:
 
 
 def lag_samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
-    return {(s.labels["topic"], s.labels["partition"]): s.value for m in registry.collect() for s in m.samples
-            if s.name == "pipeline_consumer_lag"}
+    return {
+        (s.labels["topic"], s.labels["partition"]): s.value
+        for m in registry.collect()
+        for s in m.samples
+        if s.name == "pipeline_consumer_lag"
+    }
 
 
 def monitor() -> tuple[PositionMonitor, CollectorRegistry]:

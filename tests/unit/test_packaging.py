@@ -41,8 +41,7 @@ def test_missing_schema_is_an_internal_error_not_a_decode_error(schemas_gone: No
 
 
 def test_worker_batch_with_missing_schema_raises_and_dead_letters_nothing(schemas_gone: None) -> None:
-    msg = SimpleNamespace(topic="t", partition=0, offset=5, value=PAYLOAD,
-                          headers=[(SCHEMA_HEADER, CURRENT.encode())])
+    msg = SimpleNamespace(topic="t", partition=0, offset=5, value=PAYLOAD, headers=[(SCHEMA_HEADER, CURRENT.encode())])
     # raised out of the batch: the agent does not ack, the batch is retried once the install is fixed
     with pytest.raises(SchemaUnavailable):
         process_messages([msg], 1_700_000_100_000)
@@ -60,8 +59,13 @@ def test_invalid_schema_file_is_an_internal_error(tmp_path: Path, monkeypatch: p
 
 
 def _shipped_files() -> list[str]:
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     return [p for p in listed if (ROOT / p).is_file()]
 
 
@@ -73,8 +77,11 @@ def test_wheel_carries_every_file_read_at_run_time(tmp_path: Path) -> None:
     for rel in _shipped_files():  # a copy: building leaves nothing in the working tree
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, src / rel)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("telemetry_pipeline-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"pipeline/schemas/avro/{p.name}" for p in (ROOT / "schemas" / "avro").glob("*.avsc")}

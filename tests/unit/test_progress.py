@@ -70,9 +70,7 @@ def test_tty_redraws_one_line_with_bar_rate_and_eta() -> None:
     text = out.getvalue()
     frames = text.split("\r")[1:]
     assert len(frames) == 3  # two redraws and the summary
-    assert frames[0] == (
-        "simulate:  25.0% |######..................| 100/400 datums in 0.5s 200 datums/s ETA 1.5s"
-    )
+    assert frames[0] == ("simulate:  25.0% |######..................| 100/400 datums in 0.5s 200 datums/s ETA 1.5s")
     assert frames[1].startswith("simulate:  50.0% |############............| 200/400 datums")
     assert "ETA" in frames[1]
     assert text.count("\n") == 1 and text.endswith("\n")

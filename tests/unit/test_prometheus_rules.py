@@ -42,8 +42,11 @@ def test_promtool(args: tuple[str, ...]) -> None:
 def exported_series() -> set[str]:
     """The series names Prometheus sees from pipeline.worker.metrics (prometheus-client adds _total to
     counters; histograms export _bucket, _count and _sum; both may export _created)."""
-    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
-                "gauge": ("",)}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "gauge": ("",),
+    }
     names: set[str] = set()
     for metric in vars(build_metrics(CollectorRegistry())).values():
         for family in metric.describe():
@@ -63,21 +66,36 @@ def test_every_metric_in_the_rules_exists() -> None:
     missing = sorted(used - exported_series())
     assert not missing, f"alerts.yml uses metrics pipeline/worker/metrics.py does not export: {missing}"
     # the alerts the rules must cover, by the metrics they rest on
-    assert {"pipeline_datums_in_total", "pipeline_last_stored_timestamp_seconds", "pipeline_consumer_lag",
-            "pipeline_dead_letters_total", "pipeline_sink_failures_total",
-            "pipeline_created_to_stored_seconds_bucket", "pipeline_dependency_up",
-            "pipeline_internal_errors_total"} <= used
+    assert {
+        "pipeline_datums_in_total",
+        "pipeline_last_stored_timestamp_seconds",
+        "pipeline_consumer_lag",
+        "pipeline_dead_letters_total",
+        "pipeline_sink_failures_total",
+        "pipeline_created_to_stored_seconds_bucket",
+        "pipeline_dependency_up",
+        "pipeline_internal_errors_total",
+    } <= used
 
 
 def test_the_name_check_catches_wrong_names() -> None:
-    rules = {"groups": [{"rules": [
-        {"alert": "A", "expr": "rate(pipeline_dead_letter_total[5m]) > 0"},  # misspelt
-        {"alert": "B", "expr": "rate(pipeline_sink_failures[5m]) > 0"},  # a counter without _total
-        {"alert": "C", "expr": "pipeline_created_to_stored_seconds > 60"},  # a histogram's bare name
-        {"alert": "D", "expr": "pipeline_consumer_lag > 0 and up == 1"},  # a gauge: fine
-    ]}]}
+    rules = {
+        "groups": [
+            {
+                "rules": [
+                    {"alert": "A", "expr": "rate(pipeline_dead_letter_total[5m]) > 0"},  # misspelt
+                    {"alert": "B", "expr": "rate(pipeline_sink_failures[5m]) > 0"},  # a counter without _total
+                    {"alert": "C", "expr": "pipeline_created_to_stored_seconds > 60"},  # a histogram's bare name
+                    {"alert": "D", "expr": "pipeline_consumer_lag > 0 and up == 1"},  # a gauge: fine
+                ]
+            }
+        ]
+    }
     assert used_metric_names(rules) - exported_series() == {
-        "pipeline_dead_letter_total", "pipeline_sink_failures", "pipeline_created_to_stored_seconds"}
+        "pipeline_dead_letter_total",
+        "pipeline_sink_failures",
+        "pipeline_created_to_stored_seconds",
+    }
 
 
 def test_every_alert_has_for_severity_summary_and_description() -> None:
@@ -91,8 +109,12 @@ def test_every_alert_has_for_severity_summary_and_description() -> None:
 
 def test_the_promtool_tests_fire_the_main_alerts() -> None:
     tests = load_yaml(PROM_DIR / "alerts_test.yml")
-    fired = {case["alertname"] for test in tests["tests"] for case in test.get("alert_rule_test", [])
-             if case.get("exp_alerts")}
+    fired = {
+        case["alertname"]
+        for test in tests["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
     assert {"PipelineStalled", "PipelineDeadLetterRateHigh", "PipelineSinkFailing"} <= fired
     alerts = {rule["alert"] for group in load_yaml(ALERTS)["groups"] for rule in group["rules"]}
     assert fired == alerts, f"alerts without a firing test: {sorted(alerts - fired)}"

@@ -109,8 +109,7 @@ def test_half_hour_and_45_minute_zones_follow_the_local_clock() -> None:
 
 def test_lord_howe_half_hour_shift_and_midnight_gap() -> None:
     # Lord Howe springs forward 30 minutes at 02:00: the 02:00 hour is 30 minutes long.
-    hours = list(buckets_between(ms("2023-09-30T14:30:00Z"), ms("2023-09-30T17:00:00Z"), "hour",
-                                 "Australia/Lord_Howe"))
+    hours = list(buckets_between(ms("2023-09-30T14:30:00Z"), ms("2023-09-30T17:00:00Z"), "hour", "Australia/Lord_Howe"))
     assert [(s, e - s) for s, e in hours][1] == (ms("2023-09-30T15:30:00Z"), 30 * MINUTE_MS)
     # Sao Paulo (2018) sprang forward at midnight: that day opens at 01:00 and lasts 23 hours.
     s, e = bucket_bounds(ms("2018-11-04T12:00:00Z"), "day", "America/Sao_Paulo")
@@ -160,8 +159,7 @@ def test_clock_difference_shared_in_proportion_to_time(tz: str) -> None:
     off = datetime(2024, 5, 1, tzinfo=ZoneInfo(tz)).strftime("%z")
     off = off[:3] + ":" + off[3:]
     pts = [a(f"2024-05-01T09:59:00{off}", 200.0), a(f"2024-05-01T10:02:00{off}", 500.0)]
-    rows = by_start(recompute(pts, [], ms(f"2024-05-01T09:00:00{off}"), ms(f"2024-05-01T11:00:00{off}"),
-                              "hour", tz))
+    rows = by_start(recompute(pts, [], ms(f"2024-05-01T09:00:00{off}"), ms(f"2024-05-01T11:00:00{off}"), "hour", tz))
     h9, h10 = rows[ms(f"2024-05-01T09:00:00{off}")], rows[ms(f"2024-05-01T10:00:00{off}")]
     assert (h9.diff, h10.diff) == (100.0, 200.0)  # exactly
     # reading figures: 09:00 starts at its first reading; 10:00 starts at 09:59, ends at 10:02
@@ -174,14 +172,14 @@ def test_meter_reset_inside_an_hour() -> None:
     pts = [a("2024-05-01T12:00:00Z", 100.0), a("2024-05-01T12:40:00Z", 10.0)]
     for with_reading_at_reset in (False, True):
         extra = [a("2024-05-01T12:20:00Z", 115.0)] if with_reading_at_reset else []
-        hour = recompute(pts + extra, [reset], ms("2024-05-01T12:00:00Z"), ms("2024-05-01T13:00:00Z"),
-                         "hour", "UTC")
+        hour = recompute(pts + extra, [reset], ms("2024-05-01T12:00:00Z"), ms("2024-05-01T13:00:00Z"), "hour", "UTC")
         assert len(hour) == 1
         row = hour[0]
         assert (row.diff, row.read_diff, row.read_start, row.read_end) == (20.0, 20.0, 100.0, 10.0)
         assert row.count == 2 + len(extra)
-        halves = by_start(recompute(pts + extra, [reset], ms("2024-05-01T12:00:00Z"),
-                                    ms("2024-05-01T13:00:00Z"), "halfhour", "UTC"))
+        halves = by_start(
+            recompute(pts + extra, [reset], ms("2024-05-01T12:00:00Z"), ms("2024-05-01T13:00:00Z"), "halfhour", "UTC")
+        )
         # 15 before the reset, then 5 -> 10 over 12:20-12:40 split evenly across 12:30
         assert halves[ms("2024-05-01T12:00:00Z")].diff == pytest.approx(17.5)
         assert halves[ms("2024-05-01T12:30:00Z")].diff == pytest.approx(2.5)
@@ -212,10 +210,8 @@ def test_meter_reset_exactly_on_a_bucket_end_closes_it_with_its_final(with_readi
 
 
 def test_negative_differences_are_kept_and_long_gaps_share_nothing() -> None:
-    pts = [a("2024-05-01T09:00:00Z", 100.0), a("2024-05-01T09:30:00Z", 90.0),
-           a("2024-05-01T12:00:00Z", 200.0)]
-    rows = by_start(recompute(pts, [], ms("2024-05-01T09:00:00Z"), ms("2024-05-01T13:00:00Z"),
-                              "hour", "UTC"))
+    pts = [a("2024-05-01T09:00:00Z", 100.0), a("2024-05-01T09:30:00Z", 90.0), a("2024-05-01T12:00:00Z", 200.0)]
+    rows = by_start(recompute(pts, [], ms("2024-05-01T09:00:00Z"), ms("2024-05-01T13:00:00Z"), "hour", "UTC"))
     assert rows[ms("2024-05-01T09:00:00Z")].diff == -10.0
     assert ms("2024-05-01T10:00:00Z") not in rows  # 2.5 hours apart: no clock share, no row
     noon = rows[ms("2024-05-01T12:00:00Z")]
@@ -235,8 +231,7 @@ def test_status_mode_ties_go_to_the_smallest_and_tags_unite() -> None:
         RawPoint(ms("2024-05-01T09:20:00Z"), "mode", "s", text="auto", tags=frozenset({"y"})),
         RawPoint(ms("2024-05-01T10:20:00Z"), "mode", "s", text="off"),
     ]
-    hours = by_start(recompute(pts, [], ms("2024-05-01T09:00:00Z"), ms("2024-05-01T11:00:00Z"),
-                               "hour", "UTC"))
+    hours = by_start(recompute(pts, [], ms("2024-05-01T09:00:00Z"), ms("2024-05-01T11:00:00Z"), "hour", "UTC"))
     h9 = hours[ms("2024-05-01T09:00:00Z")]
     assert (h9.mode, h9.count, h9.tags) == ("auto", 2, ("x", "y"))
     day = combine(hours.values(), "day", "UTC")[0]
@@ -245,9 +240,7 @@ def test_status_mode_ties_go_to_the_smallest_and_tags_unite() -> None:
 
 def test_pulses_are_summed() -> None:
     d = Datum(1, "m", ms("2024-05-01T09:10:00Z"), i={"pulses": 3.0, "w": 5.0})
-    pts = points_from_datum(d, pulse={"pulses"}) + [
-        RawPoint(ms("2024-05-01T09:40:00Z"), "pulses", "p", 4.0)
-    ]
+    pts = points_from_datum(d, pulse={"pulses"}) + [RawPoint(ms("2024-05-01T09:40:00Z"), "pulses", "p", 4.0)]
     rows = recompute(pts, [], ms("2024-05-01T09:00:00Z"), ms("2024-05-01T10:00:00Z"), "hour", "UTC")
     pulses = next(r for r in rows if r.property == "pulses")
     assert (pulses.kind, pulses.count, pulses.diff) == ("p", 2, 7.0)
@@ -278,7 +271,12 @@ def test_no_readings_and_single_reading() -> None:
     one = recompute([a("1970-01-01T05:00:00Z", 42.0)], [], 0, DAY, "hour", "UTC")
     assert len(one) == 1
     assert (one[0].count, one[0].diff, one[0].read_diff, one[0].read_start, one[0].read_end) == (
-        1, 0.0, 0.0, 42.0, 42.0)
+        1,
+        0.0,
+        0.0,
+        42.0,
+        42.0,
+    )
 
 
 DAY = 24 * HOUR_MS
@@ -361,8 +359,9 @@ def span(points: Sequence[RawPoint], resets: Sequence[ResetMarker]) -> tuple[int
     return min(times), max(times) + 1
 
 
-def assert_matches(rows: Iterable[RollupRow], expected: dict[tuple[str, str, str, int], ref.RefRow],
-                   scale: float, where: str) -> None:
+def assert_matches(
+    rows: Iterable[RollupRow], expected: dict[tuple[str, str, str, int], ref.RefRow], scale: float, where: str
+) -> None:
     got = {(r.periodicity, r.property, r.kind, r.ts_start_ms): r for r in rows}
     missing = sorted(set(expected) - set(got))
     surplus = sorted(set(got) - set(expected))
@@ -453,8 +452,9 @@ def apply_stale(
     return after
 
 
-def stale_buckets_for_change(points: Iterable[RawPoint], resets: Iterable[ResetMarker], changed_ms: int, tz: str,
-                             tolerances: Tolerances) -> set[tuple[Periodicity, int]]:
+def stale_buckets_for_change(
+    points: Iterable[RawPoint], resets: Iterable[ResetMarker], changed_ms: int, tz: str, tolerances: Tolerances
+) -> set[tuple[Periodicity, int]]:
     """stale_buckets for every property of a stream, its neighbours found in the stream's raw rows
     (rows at changed_ms itself are ignored): what the worker does with the store's neighbour
     lookup (sinks.rollups.read_neighbours), by brute force."""
@@ -470,8 +470,7 @@ def stale_buckets_for_change(points: Iterable[RawPoint], resets: Iterable[ResetM
     for ts in times.values():
         before = [t for t in ts if t < changed_ms]
         after = [t for t in ts if t > changed_ms]
-        out |= stale_buckets(changed_ms, max(before) if before else None, min(after) if after else None, tz,
-                             tolerances)
+        out |= stale_buckets(changed_ms, max(before) if before else None, min(after) if after else None, tz, tolerances)
     return out
 
 
@@ -514,8 +513,11 @@ def test_recomputing_only_stale_buckets_equals_recomputing_everything(seed: int)
 def test_stale_rule_is_bounded_by_the_clock_tolerance() -> None:
     t = ms("2024-05-01T12:10:00Z")
     near = stale_buckets(t, t - 20 * MINUTE_MS, t + 70 * MINUTE_MS, "UTC", periodicities=["hour"])
-    assert near == {("hour", ms("2024-05-01T11:00:00Z")), ("hour", ms("2024-05-01T12:00:00Z")),
-                    ("hour", ms("2024-05-01T13:00:00Z"))}
+    assert near == {
+        ("hour", ms("2024-05-01T11:00:00Z")),
+        ("hour", ms("2024-05-01T12:00:00Z")),
+        ("hour", ms("2024-05-01T13:00:00Z")),
+    }
     # neighbours months away: only the change's bucket and the next reading's bucket
     far = stale_buckets(t, t - 90 * DAY, t + 30 * DAY, "UTC", periodicities=["hour"])
     assert far == {("hour", ms("2024-05-01T12:00:00Z")), ("hour", ms("2024-05-31T12:00:00Z"))}

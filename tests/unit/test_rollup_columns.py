@@ -27,8 +27,9 @@ from tests.unit.test_rollup import ANCHORS, TOLERANCES, ms, random_stream, span
 HALF = 30 * MINUTE_MS
 
 
-def same(points: list[RawPoint], resets: list[ResetMarker], lo: int, hi: int, per: Periodicity, tz: str,
-         tol: Tolerances) -> list[RollupRow]:
+def same(
+    points: list[RawPoint], resets: list[ResetMarker], lo: int, hi: int, per: Periodicity, tz: str, tol: Tolerances
+) -> list[RollupRow]:
     want = recompute(points, resets, lo, hi, per, tz, tol, 7, "/m")
     got = recompute_series(series_from_points(points), resets, lo, hi, per, tz, tol, 7, "/m")
     assert got == want
@@ -60,8 +61,11 @@ def test_the_fast_path_is_taken_and_the_reference_is_not_needed() -> None:
     points = []
     for n in range(4000):
         t = t0 + n * 1000
-        points += [RawPoint(t, "watts", "i", float(n % 97) / 3), RawPoint(t, "wh", "a", 1e6 + n * 0.1),
-                   RawPoint(t, "mode", "s", text="auto" if n % 3 else "off")]
+        points += [
+            RawPoint(t, "watts", "i", float(n % 97) / 3),
+            RawPoint(t, "wh", "a", 1e6 + n * 0.1),
+            RawPoint(t, "mode", "s", text="auto" if n % 3 else "off"),
+        ]
     series = series_from_points(points)
     assert all(s.fast() for s in series)
     rows = same(points, [], t0 + 7 * 60_000, t0 + 3_000_000, "halfhour", "America/New_York", Tolerances())
@@ -70,8 +74,7 @@ def test_the_fast_path_is_taken_and_the_reference_is_not_needed() -> None:
 
 def test_a_nan_or_two_points_at_one_instant_go_to_the_reference() -> None:
     t0 = ms("2024-01-01T00:00:00Z")
-    nan = Series("w", "i", np.array([t0, t0 + 1], dtype=np.int64), np.array([1.0, np.nan]),
-                 np.array([False, False]))
+    nan = Series("w", "i", np.array([t0, t0 + 1], dtype=np.int64), np.array([1.0, np.nan]), np.array([False, False]))
     twice = Series("w", "i", np.array([t0, t0], dtype=np.int64), np.array([1.0, 2.0]), np.array([False, False]))
     assert not nan.fast() and not twice.fast()
     rows = recompute_series([nan], [], t0, t0 + HALF, "halfhour", "UTC")
@@ -110,7 +113,8 @@ def streams(draw: st.DrawFn) -> tuple[str, list[RawPoint], list[ResetMarker], To
 @settings(max_examples=300, deadline=None)
 @given(streams(), st.sampled_from(["halfhour", "hour", "day"]))
 def test_hypothesis_streams_equal_the_reference(
-    stream: tuple[str, list[RawPoint], list[ResetMarker], Tolerances, int, int], per: Periodicity,
+    stream: tuple[str, list[RawPoint], list[ResetMarker], Tolerances, int, int],
+    per: Periodicity,
 ) -> None:
     tz, points, resets, tol, lo, hi = stream
     same(points, resets, lo, hi, per, tz, tol)

@@ -24,8 +24,9 @@ def _stored(n_points: int) -> list[RollupRow]:
     return rows
 
 
-def _refresh(points: list[RawPoint], stored: list[RollupRow],
-             horizon_ms: int | None) -> tuple[list[RollupRow], list[RollupRow]]:
+def _refresh(
+    points: list[RawPoint], stored: list[RollupRow], horizon_ms: int | None
+) -> tuple[list[RollupRow], list[RollupRow]]:
     plan = _Plan(1, "/m", UTC, windows=[(T0, T0 + HALF)], horizon_ms=horizon_ms)
     plan.fill(iter([series_from_points(points)]), iter([[]]), DEFAULT_TOLERANCES)
     out = plan.cascade(stored)

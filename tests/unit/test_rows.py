@@ -12,47 +12,95 @@ from processors.rows import Scoring, accept_batch
 NOW = 1_700_000_000_000
 T0 = 1_600_000_000_000
 SEED_QRATING = {
-    "version": "1.0.0", "max_score": 1000,
-    "min_required": {"value": -5, "label": "FROZEN"}, "min_desired": {"value": 5, "label": "COLD"},
-    "ideal": {"value": 25, "label": "NORMAL"}, "max_desired": {"value": 35, "label": "HIGH"},
+    "version": "1.0.0",
+    "max_score": 1000,
+    "min_required": {"value": -5, "label": "FROZEN"},
+    "min_desired": {"value": 5, "label": "COLD"},
+    "ideal": {"value": 25, "label": "NORMAL"},
+    "max_desired": {"value": 35, "label": "HIGH"},
     "max_allowed": {"value": 60, "label": "HOT"},
 }
 
 
 def stream(identifier: str, period: str = "INSTANT", schema: dict | None = None, **extra: object) -> dict:  # type: ignore[type-arg]
-    return {"identifier": identifier, "name": identifier, "description": identifier, "period": period,
-            "schema": schema or {"type": "number"}, **extra}
+    return {
+        "identifier": identifier,
+        "name": identifier,
+        "description": identifier,
+        "period": period,
+        "schema": schema or {"type": "number"},
+        **extra,
+    }
 
 
-MODEL = parse_datamodel({
-    "identifier": "room", "name": "room", "description": "a room", "version": "1",
-    "categories": [{"identifier": "c", "name": "c", "datastreams": [
-        stream("room.temp", qrating=SEED_QRATING, storage={"period": "DAYS", "total": 30}),
-        stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600}),
-        stream("room.mode", schema={"type": "string"},
-               qrating={**SEED_QRATING, "conversion_matrix": {"cold": 0, "fine": 25}}),
-        stream("room.debug", storage={"period": "NEVER"}),
-        stream("room.cop", calculated=True),
-    ]}],
-})
-CATALOG = Catalog([MODEL], [Binding(None, "/room/**", "room", {
-    "temperature": "room.temp", "energy": "room.energy", "mode": "room.mode", "debug": "room.debug",
-    "cop": "room.cop"})])
+MODEL = parse_datamodel(
+    {
+        "identifier": "room",
+        "name": "room",
+        "description": "a room",
+        "version": "1",
+        "categories": [
+            {
+                "identifier": "c",
+                "name": "c",
+                "datastreams": [
+                    stream("room.temp", qrating=SEED_QRATING, storage={"period": "DAYS", "total": 30}),
+                    stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600}),
+                    stream(
+                        "room.mode",
+                        schema={"type": "string"},
+                        qrating={**SEED_QRATING, "conversion_matrix": {"cold": 0, "fine": 25}},
+                    ),
+                    stream("room.debug", storage={"period": "NEVER"}),
+                    stream("room.cop", calculated=True),
+                ],
+            }
+        ],
+    }
+)
+CATALOG = Catalog(
+    [MODEL],
+    [
+        Binding(
+            None,
+            "/room/**",
+            "room",
+            {
+                "temperature": "room.temp",
+                "energy": "room.energy",
+                "mode": "room.mode",
+                "debug": "room.debug",
+                "cop": "room.cop",
+            },
+        )
+    ],
+)
 
 
 def rows_by_property(result) -> dict[str, dict[str, object]]:  # type: ignore[no-untyped-def]
     cols = result.rows
-    return {cols.property[k]: {name: getattr(cols, name)[k] for name in
-                               ("value", "text", "datastream", "score", "performance", "label", "quality",
-                                "ttl_days")}
-            for k in range(len(cols))}
+    return {
+        cols.property[k]: {
+            name: getattr(cols, name)[k]
+            for name in ("value", "text", "datastream", "score", "performance", "label", "quality", "ttl_days")
+        }
+        for k in range(len(cols))
+    }
 
 
 def test_scores_and_ttl_are_stored_with_the_row() -> None:
     result = accept_batch([Datum(1, "/room/1", T0, {"temperature": 15.0}, {}, {"mode": "fine"})], NOW, CATALOG)
     rows = rows_by_property(result)
-    assert rows["temperature"] == {"value": 15.0, "text": "", "datastream": "room.temp", "score": 750.0,
-                                   "performance": 75.0, "label": "NORMAL", "quality": "desired", "ttl_days": 30}
+    assert rows["temperature"] == {
+        "value": 15.0,
+        "text": "",
+        "datastream": "room.temp",
+        "score": 750.0,
+        "performance": 75.0,
+        "label": "NORMAL",
+        "quality": "desired",
+        "ttl_days": 30,
+    }
     assert rows["mode"]["score"] == 1000.0 and rows["mode"]["quality"] == "ideal"
     assert not result.refused
 
@@ -63,7 +111,8 @@ def test_conversion_matrix_miss_refuses_that_sample_only() -> None:
     ((_, reasons, stage),) = result.refused
     assert stage == "validation"
     assert [(r.rule, r.property, r.datastream, r.value) for r in reasons] == [
-        ("qrating.conversion_missing", "mode", "room.mode", "weird")]
+        ("qrating.conversion_missing", "mode", "room.mode", "weird")
+    ]
 
 
 def test_cumulative_rate_is_scored_and_out_of_order_gets_none() -> None:
@@ -87,12 +136,15 @@ def test_never_stored_goes_to_latest_only() -> None:
     assert result.latest.property == ["debug"] and result.latest.value == [3.0]
 
 
-@pytest.mark.parametrize(("datum", "rule"), [
-    (Datum(1, "/room/1", T0, {"temperature": "hot"}), "sample.not_a_number"),  # type: ignore[dict-item]
-    (Datum(1, "/room/1", T0, {"cop": 3.0}), "sample.calculated"),
-    (Datum(1, "/room/1", T0, {"humidity": 3.0}), "sample.unmapped"),
-    (Datum(1, "/room/1", T0, {}, {"temperature": 3.0}), "sample.period_mismatch"),
-])
+@pytest.mark.parametrize(
+    ("datum", "rule"),
+    [
+        (Datum(1, "/room/1", T0, {"temperature": "hot"}), "sample.not_a_number"),  # type: ignore[dict-item]
+        (Datum(1, "/room/1", T0, {"cop": 3.0}), "sample.calculated"),
+        (Datum(1, "/room/1", T0, {"humidity": 3.0}), "sample.unmapped"),
+        (Datum(1, "/room/1", T0, {}, {"temperature": 3.0}), "sample.period_mismatch"),
+    ],
+)
 def test_invalid_samples_are_refused_with_their_rule(datum: Datum, rule: str) -> None:
     result = accept_batch([datum], NOW, CATALOG)
     rules = [r.rule for _, reasons, _ in result.refused for r in reasons]

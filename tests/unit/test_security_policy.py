@@ -59,8 +59,19 @@ def denied(call: Any, status: int, reason_start: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("h", A.HOUR), ("Hour", A.HOUR), ("hour", A.HOUR), ("m", A.MINUTE), ("M", A.MONTH), ("month", A.MONTH),
-     ("FiveMinute", A.FIVE_MINUTE), ("5m", A.FIVE_MINUTE), ("", A.NONE), (None, A.NONE), ("rt", A.RUNNING_TOTAL)],
+    [
+        ("h", A.HOUR),
+        ("Hour", A.HOUR),
+        ("hour", A.HOUR),
+        ("m", A.MINUTE),
+        ("M", A.MONTH),
+        ("month", A.MONTH),
+        ("FiveMinute", A.FIVE_MINUTE),
+        ("5m", A.FIVE_MINUTE),
+        ("", A.NONE),
+        (None, A.NONE),
+        ("rt", A.RUNNING_TOTAL),
+    ],
 )
 def test_aggregation_parse_by_key_or_name(text: str | None, expected: Aggregation) -> None:
     assert Aggregation.parse(text) is expected
@@ -157,8 +168,15 @@ def test_restrict_node_ids(nodes: set[int], requested: set[int] | None, expected
 
 @pytest.mark.parametrize(
     ("sources", "source", "allowed"),
-    [((), "/x", True), ({"/S1/**"}, "/S1", True), ({"/S1/**"}, "/S1/B/M", True), ({"/S1/**"}, "/S2/M", False),
-     ({"/S1/M?"}, "/S1/M1", True), ({"/S1/M?"}, "/S1/M10", False), ({"Meter_1"}, "Meter_1", True)],
+    [
+        ((), "/x", True),
+        ({"/S1/**"}, "/S1", True),
+        ({"/S1/**"}, "/S1/B/M", True),
+        ({"/S1/**"}, "/S2/M", False),
+        ({"/S1/M?"}, "/S1/M1", True),
+        ({"/S1/M?"}, "/S1/M10", False),
+        ({"Meter_1"}, "Meter_1", True),
+    ],
 )
 def test_source_allowed(sources: set[str], source: str, allowed: bool) -> None:
     assert source_allowed(policy(source_ids=sources), source) is allowed
@@ -167,8 +185,12 @@ def test_source_allowed(sources: set[str], source: str, allowed: bool) -> None:
 # --- whole requests ---------------------------------------------------------------------------
 
 CATALOG = [
-    (1, "/S1/M1", "watts"), (1, "/S1/M1", "wattHours"), (1, "/S1/M2", "watts"), (1, "/S2/M1", "watts"),
-    (2, "/S1/M1", "watts"), (3, "/S1/M1", "watts"),
+    (1, "/S1/M1", "watts"),
+    (1, "/S1/M1", "wattHours"),
+    (1, "/S1/M2", "watts"),
+    (1, "/S2/M1", "watts"),
+    (2, "/S1/M1", "watts"),
+    (3, "/S1/M1", "watts"),
 ]
 
 
@@ -215,8 +237,9 @@ def test_authorize_read_narrows_star_and_wildcards_to_the_policy() -> None:
     ],
 )
 def test_authorize_read_refusals(kwargs: dict[str, Any], status: int, reason: str) -> None:
-    token = reader(node_ids={1, 2}, source_ids={"/S1/**"}, min_aggregation=A.HOUR, api_paths={"/datum/**"},
-                   not_after=NOW)
+    token = reader(
+        node_ids={1, 2}, source_ids={"/S1/**"}, min_aggregation=A.HOUR, api_paths={"/datum/**"}, not_after=NOW
+    )
     args: dict[str, Any] = {"now": NOW, "path": LIST, "aggregation": A.HOUR, **kwargs}
     denied(lambda: authorize_read(token, **args), status, reason)
 
@@ -238,8 +261,13 @@ def test_node_token_posts_only_its_nodes_and_reads_nothing() -> None:
 
 
 def test_json_with_solarnetwork_field_names() -> None:
-    doc = {"nodeIds": [2, 1], "sourceIds": ["/S1/**"], "minAggregation": "Hour", "apiPaths": ["/datum/list"],
-           "notAfter": "2027-01-01T00:00:00Z"}
+    doc = {
+        "nodeIds": [2, 1],
+        "sourceIds": ["/S1/**"],
+        "minAggregation": "Hour",
+        "apiPaths": ["/datum/list"],
+        "notAfter": "2027-01-01T00:00:00Z",
+    }
     pol = SecurityPolicy.from_json(doc)
     assert pol.node_ids == {1, 2} and pol.min_aggregation is A.HOUR
     assert pol.not_after == datetime(2027, 1, 1, tzinfo=UTC)

@@ -33,9 +33,7 @@ def test_write_only_datastream_accepted(demo: Catalog) -> None:
 def test_literal_binding_gives_the_source(demo: Catalog) -> None:
     out = set_request(demo, 2, "weather.station.temperature", 20.0)
     assert isinstance(out, Rejection) and out.rule == "set.not_writable"
-    catalog = Catalog(
-        demo.datamodels.values(), [*demo.bindings, Binding(4, "/S1/INV9", "pv-inverter")]
-    )
+    catalog = Catalog(demo.datamodels.values(), [*demo.bindings, Binding(4, "/S1/INV9", "pv-inverter")])
     out = set_request(catalog, 4, "pv.inverter.powerLimit", 50)
     assert out == SetCommand(4, "/S1/INV9", "pv.inverter.powerLimit", 50, "pv-inverter")
 
@@ -53,9 +51,7 @@ def test_literal_binding_gives_the_source(demo: Catalog) -> None:
         (7, "gshp.tstatSet", 60, "/otherm-data/x", "set.schema"),
     ],
 )
-def test_refusals(
-    demo: Catalog, node: int, datastream: str, value: object, source: str | None, rule: str
-) -> None:
+def test_refusals(demo: Catalog, node: int, datastream: str, value: object, source: str | None, rule: str) -> None:
     out = set_request(demo, node, datastream, value, source_id=source)
     assert isinstance(out, Rejection)
     assert (out.rule, out.datastream) == (rule, datastream)
@@ -96,8 +92,6 @@ def test_calculated_and_ambiguous() -> None:
     catalog = Catalog([m], [Binding(1, "/a", "m"), Binding(1, "/b", "m")])
     out = set_request(catalog, 1, "m.set", True)
     assert isinstance(out, Rejection) and out.rule == "set.source_ambiguous"
-    assert set_request(catalog, 1, "m.set", True, source_id="/a") == SetCommand(
-        1, "/a", "m.set", True, "m"
-    )
+    assert set_request(catalog, 1, "m.set", True, source_id="/a") == SetCommand(1, "/a", "m.set", True, "m")
     out = set_request(catalog, 1, "m.calc", 1.0, source_id="/a")
     assert isinstance(out, Rejection) and out.rule == "set.calculated"

@@ -106,8 +106,16 @@ def test_datums_are_valid(day_of_fleet: tuple[Fleet, list[Datum]]) -> None:
 
 
 def test_source_id_shapes() -> None:
-    fleet = Fleet(FleetSpec(nodes=1, meters_per_node=2, inverters_per_node=2,
-                            weather_stations_per_node=2, heat_pumps_per_node=1, first_node_id=40))
+    fleet = Fleet(
+        FleetSpec(
+            nodes=1,
+            meters_per_node=2,
+            inverters_per_node=2,
+            weather_stations_per_node=2,
+            heat_pumps_per_node=1,
+            first_node_id=40,
+        )
+    )
     ids = [s for _, s in fleet.source_ids]
     assert ids[:6] == ["/S40/B1/M1", "/S40/B1/M2", "/S40/INV1", "/S40/INV2", "/S40/WX", "/S40/WX2"]
     assert ids[6].startswith("/otherm-data/") and len(ids[6]) == len("/otherm-data/") + 36
@@ -130,9 +138,7 @@ def test_meter_energy_is_the_integral_of_power(day_of_fleet: tuple[Fleet, list[D
         assert wh[-1] - wh[0] == pytest.approx(integral, rel=1e-6)
         for d in series:
             assert 200 < d.i["voltage"] < 240
-            assert d.i["current"] == pytest.approx(
-                d.i["watts"] / d.i["voltage"], rel=0.1
-            )
+            assert d.i["current"] == pytest.approx(d.i["watts"] / d.i["voltage"], rel=0.1)
             assert d.s == {"mode": "auto"}
 
 
@@ -161,8 +167,9 @@ def test_inverter_sleeps_at_night_and_produces_by_day() -> None:
 def test_inverter_follows_irradiance() -> None:
     def noon_watts(ghi: float) -> float:
         wx = constant_weather(Weather(20.0, 50.0, ghi, 0.0, ghi, 2.0, 1000.0))
-        fleet = Fleet(FleetSpec(nodes=1, meters_per_node=0, weather_stations_per_node=0,
-                                heat_pumps_per_node=0, seed=5), wx)
+        fleet = Fleet(
+            FleetSpec(nodes=1, meters_per_node=0, weather_stations_per_node=0, heat_pumps_per_node=0, seed=5), wx
+        )
         (d,) = datums_at(fleet, DEFAULT_START_MS)
         return d.i["watts"]
 
@@ -178,8 +185,10 @@ def load_or_synthetic() -> WeatherSeries:
 def test_weather_station_stays_within_the_series_ranges() -> None:
     series = load_or_synthetic()
     ranges = series.ranges()
-    fleet = Fleet(FleetSpec(nodes=1, meters_per_node=0, inverters_per_node=0,
-                            heat_pumps_per_node=0, interval_s=1800, seed=1), series)
+    fleet = Fleet(
+        FleetSpec(nodes=1, meters_per_node=0, inverters_per_node=0, heat_pumps_per_node=0, interval_s=1800, seed=1),
+        series,
+    )
     datums = list(fleet.datums_between(DEFAULT_START_MS, DEFAULT_START_MS + 366 * DAY))
     assert len(datums) == 366 * 48
     # SolarNetwork names for two fields: wspeed (m/s), atm (Pa; the series holds mbar)
@@ -204,8 +213,12 @@ def _hp(datums: list[Datum]) -> list[Datum]:
 def test_heat_pump_works_harder_when_colder() -> None:
     def mean_power(t_out: float) -> tuple[float, float]:
         wx = constant_weather(Weather(t_out, 60.0, 0.0, 0.0, 0.0, 3.0, 1000.0))
-        fleet = Fleet(FleetSpec(nodes=4, meters_per_node=0, inverters_per_node=0,
-                                weather_stations_per_node=0, seed=11, interval_s=300), wx)
+        fleet = Fleet(
+            FleetSpec(
+                nodes=4, meters_per_node=0, inverters_per_node=0, weather_stations_per_node=0, seed=11, interval_s=300
+            ),
+            wx,
+        )
         hp = _hp(list(fleet.datums_between(DEFAULT_START_MS, DEFAULT_START_MS + DAY)))
         return (
             sum(d.i["heatpump_power"] + d.i["heatpump_aux"] for d in hp) / len(hp),
@@ -226,19 +239,29 @@ def test_heat_pump_fields_are_consistent(day_of_fleet: tuple[Fleet, list[Datum]]
     hp = _hp(datums)
     assert hp
     expected_i = {
-        "heatpump_power", "heatpump_aux", "source_supplytemp", "source_returntemp",
-        "source_tempdiff", "sourcefluid_flowrate", "sourcefluid_pump_power", "load_pumpsfans",
-        "load_supplytemp", "load_returntemp", "load_tempdiff", "tstat_set", "tstat_temp",
-        "compressor_stage", "outdoor_temperature", "heat_flow_rate",
+        "heatpump_power",
+        "heatpump_aux",
+        "source_supplytemp",
+        "source_returntemp",
+        "source_tempdiff",
+        "sourcefluid_flowrate",
+        "sourcefluid_pump_power",
+        "load_pumpsfans",
+        "load_supplytemp",
+        "load_returntemp",
+        "load_tempdiff",
+        "tstat_set",
+        "tstat_temp",
+        "compressor_stage",
+        "outdoor_temperature",
+        "heat_flow_rate",
     }
     wx = {d.created_ms: d.i["temperature"] for d in datums if d.source_id.endswith("/WX")}
     for d in hp:
         assert set(d.i) == expected_i
         assert set(d.a) == {"loadside_heat", "sourceside_heat"}
         assert d.i["outdoor_temperature"] == wx[d.created_ms]
-        assert d.i["source_tempdiff"] == pytest.approx(
-            d.i["source_supplytemp"] - d.i["source_returntemp"]
-        )
+        assert d.i["source_tempdiff"] == pytest.approx(d.i["source_supplytemp"] - d.i["source_returntemp"])
         assert d.i["compressor_stage"] in (0.0, 1.0, 2.0)
         assert (d.i["compressor_stage"] == 0.0) == (d.s["mode"] == "idle")
         if d.s["mode"] == "heating":
@@ -339,8 +362,7 @@ def test_load_tmy_rejects_other_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a TMY3 file"):
         load_tmy(path)
     bad = tmp_path / "bad.csv"
-    bad.write_text('1,"S",X,0,0,0,0\n' + _HEADER + "13/45/1999,01:00,0,0,0,0,0,0,0,0\n",
-                   encoding="utf-8")
+    bad.write_text('1,"S",X,0,0,0,0\n' + _HEADER + "13/45/1999,01:00,0,0,0,0,0,0,0,0\n", encoding="utf-8")
     with pytest.raises(ValueError, match="bad.csv:3"):
         load_tmy(bad)
 

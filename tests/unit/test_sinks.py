@@ -42,8 +42,10 @@ class FailingClient:
 
 def server_error(code: int, name: str) -> DatabaseError:
     # as clickhouse-connect words a server's refusal
-    return DatabaseError(f"HTTPDriver for http://x:8123 received ClickHouse error code {code}\n"
-                         f" Code: {code}. DB::Exception: ... ({name})")
+    return DatabaseError(
+        f"HTTPDriver for http://x:8123 received ClickHouse error code {code}\n"
+        f" Code: {code}. DB::Exception: ... ({name})"
+    )
 
 
 def one_row() -> RawColumns:
@@ -64,23 +66,27 @@ CLICKHOUSE_SINKS: list[tuple[str, Callable[[Any], Sink[Any, Any]], Any]] = [
 ]
 
 
-@pytest.mark.parametrize(("error", "wait"), [
-    (OperationalError("connection refused"), 1.0),
-    (ConnectionResetError(), 1.0),
-    (server_error(252, "TOO_MANY_PARTS"), 5.0),
-    (server_error(241, "MEMORY_LIMIT_EXCEEDED"), 2.0),
-    (DatabaseError("HTTPDriver for http://x:8123 returned response code 503"), 1.0),
-    (server_error(53, "TYPE_MISMATCH"), None),
-    (server_error(62, "SYNTAX_ERROR"), None),
-    (ValueError("a value the batch carries"), None),
-])
+@pytest.mark.parametrize(
+    ("error", "wait"),
+    [
+        (OperationalError("connection refused"), 1.0),
+        (ConnectionResetError(), 1.0),
+        (server_error(252, "TOO_MANY_PARTS"), 5.0),
+        (server_error(241, "MEMORY_LIMIT_EXCEEDED"), 2.0),
+        (DatabaseError("HTTPDriver for http://x:8123 returned response code 503"), 1.0),
+        (server_error(53, "TYPE_MISMATCH"), None),
+        (server_error(62, "SYNTAX_ERROR"), None),
+        (ValueError("a value the batch carries"), None),
+    ],
+)
 def test_busy_or_the_batchs_fault(error: BaseException, wait: float | None) -> None:
     assert busy_for(error) == wait
 
 
 @pytest.mark.parametrize(("name", "make", "batch"), CLICKHOUSE_SINKS, ids=[s[0] for s in CLICKHOUSE_SINKS])
-def test_a_busy_store_is_backpressure_with_its_wait(name: str, make: Callable[[Any], Sink[Any, Any]],
-                                                    batch: Any) -> None:
+def test_a_busy_store_is_backpressure_with_its_wait(
+    name: str, make: Callable[[Any], Sink[Any, Any]], batch: Any
+) -> None:
     client = FailingClient(server_error(252, "TOO_MANY_PARTS"))
     with pytest.raises(SinkBackpressure) as caught:
         make(client).write(batch)
@@ -88,8 +94,9 @@ def test_a_busy_store_is_backpressure_with_its_wait(name: str, make: Callable[[A
 
 
 @pytest.mark.parametrize(("name", "make", "batch"), CLICKHOUSE_SINKS, ids=[s[0] for s in CLICKHOUSE_SINKS])
-def test_an_error_of_the_batch_is_not_backpressure(name: str, make: Callable[[Any], Sink[Any, Any]],
-                                                   batch: Any) -> None:
+def test_an_error_of_the_batch_is_not_backpressure(
+    name: str, make: Callable[[Any], Sink[Any, Any]], batch: Any
+) -> None:
     """Retried forever, a refusal the data causes would stop the partition; raised as it is, the
     committer splits the batch and dead-letters the unit."""
     client = FailingClient(server_error(53, "TYPE_MISMATCH"))
@@ -119,9 +126,24 @@ def test_the_worker_writes_every_store_through_a_sink() -> None:
     and every store it writes is a Sink."""
     for sink in (RawSink, DeadLetterSink, RollupSink, RollupLedger, AuxiliarySink, HistorySink):
         assert issubclass(sink, Sink), sink
-    writers = {"write_rollups", "write_changes", "mark_rolled_up", "write_dead_letters", "apply_event",
-               "apply_events", "import_events", "insert", "insert_arrow", "insert_df"}
-    for path in ("pipeline/worker/app.py", "pipeline/worker/batch.py", "pipeline/worker/rollups.py", "pipeline/history/link.py"):
+    writers = {
+        "write_rollups",
+        "write_changes",
+        "mark_rolled_up",
+        "write_dead_letters",
+        "apply_event",
+        "apply_events",
+        "import_events",
+        "insert",
+        "insert_arrow",
+        "insert_df",
+    }
+    for path in (
+        "pipeline/worker/app.py",
+        "pipeline/worker/batch.py",
+        "pipeline/worker/rollups.py",
+        "pipeline/history/link.py",
+    ):
         tree = ast.parse((ROOT / path).read_text())
         used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
         used |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}

@@ -173,7 +173,12 @@ def test_date_skew_limit_is_15_minutes(client_signed: list[dict[str, Any]]) -> N
 def test_signing_key_older_than_seven_days_is_refused() -> None:
     for days_back, ok in ((0, True), (6, True), (7, False), (-1, False)):
         headers = snws2.sign(
-            token_id=TOKEN, secret=SECRET, method="GET", host=HOST, path="/x", now=NOW,
+            token_id=TOKEN,
+            secret=SECRET,
+            method="GET",
+            host=HOST,
+            path="/x",
+            now=NOW,
             signing_day=NOW.date() - timedelta(days=days_back),
         )
         request = Snws2Request("GET", "/x", "", list(headers.items()))
@@ -241,8 +246,15 @@ def test_random_queries_match_the_client() -> None:
 def test_python_signer_round_trip_and_form_body() -> None:
     body = b"nodeIds=1&nodeIds=2&sourceIds=%2FS1%2F*"
     headers = snws2.sign(
-        token_id=TOKEN, secret=SECRET, method="POST", host=HOST, path=LIST_PATH, now=NOW, params=[("max", "5")],
-        body=body, content_type="application/x-www-form-urlencoded",
+        token_id=TOKEN,
+        secret=SECRET,
+        method="POST",
+        host=HOST,
+        path=LIST_PATH,
+        now=NOW,
+        params=[("max", "5")],
+        body=body,
+        content_type="application/x-www-form-urlencoded",
     )
     request = Snws2Request("POST", LIST_PATH, "max=5", list(headers.items()), body)
     prepared = verify_at(request)
@@ -277,7 +289,13 @@ def test_header_problems_name_the_rule(headers: list[tuple[str, str]], reason: s
 
 def test_digest_header_must_match_the_body() -> None:
     headers = snws2.sign(
-        token_id=TOKEN, secret=SECRET, method="POST", host=HOST, path="/in", now=NOW, body=b"{}",
+        token_id=TOKEN,
+        secret=SECRET,
+        method="POST",
+        host=HOST,
+        path="/in",
+        now=NOW,
+        body=b"{}",
         content_type="application/json",
     )
     verify_at(Snws2Request("POST", "/in", "", list(headers.items()), b"{}"))

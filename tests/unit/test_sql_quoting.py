@@ -13,8 +13,26 @@ import pytest
 
 from sinks.sql import sql_ident, sql_str
 
-TRICKY = ["", "it's", "a\\b", "\\", "'", "\\'", "`", "a`b\\`", "tab\there", "new\nline", "\x00nul", "é€😀",
-          "{name:String}", "?", "%s", "--", "/*", "\r\n"]
+TRICKY = [
+    "",
+    "it's",
+    "a\\b",
+    "\\",
+    "'",
+    "\\'",
+    "`",
+    "a`b\\`",
+    "tab\there",
+    "new\nline",
+    "\x00nul",
+    "é€😀",
+    "{name:String}",
+    "?",
+    "%s",
+    "--",
+    "/*",
+    "\r\n",
+]
 
 
 def corpus(n: int = 200) -> list[str]:
@@ -33,8 +51,9 @@ def test_chdb_reads_back_what_was_quoted() -> None:
     """A separate process: chDB allows one engine state per process and other tests may hold it."""
     texts = corpus()
     names = [t for t in dict.fromkeys(texts) if t]  # column names: distinct, not empty
-    query = (f"SELECT [{', '.join(sql_str(t) for t in texts)}] AS {sql_ident('values')}, "
-             + ", ".join(f"{k} AS {sql_ident(n)}" for k, n in enumerate(names)))
+    query = f"SELECT [{', '.join(sql_str(t) for t in texts)}] AS {sql_ident('values')}, " + ", ".join(
+        f"{k} AS {sql_ident(n)}" for k, n in enumerate(names)
+    )
     code = "import chdb, sys; sys.stdout.write(chdb.query(sys.stdin.read(), 'JSONEachRow').bytes().decode())"
     out = subprocess.run([sys.executable, "-c", code], input=query, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

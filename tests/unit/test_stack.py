@@ -66,13 +66,13 @@ def test_a_postgres_of_another_data_dir_is_not_this_ones(tmp_path: Path) -> None
 
 
 def _sh(script: str, log_file: Path) -> stack.Service:
-    svc = stack.Service(log_file.stem, "", spawn=lambda: stack.spawn_process(["sh", "-c", script], log_file),
-                        log_file=log_file)
+    svc = stack.Service(
+        log_file.stem, "", spawn=lambda: stack.spawn_process(["sh", "-c", script], log_file), log_file=log_file
+    )
     return svc.start()
 
 
-def test_supervisor_restarts_with_growing_delays_and_says_so(tmp_path: Path,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_supervisor_restarts_with_growing_delays_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="pipeline.embedded.stack")
     sup = stack.Supervisor(policy=lambda: stack.RestartPolicy(initial_s=0.1, max_s=0.4, stable_s=60))
     crashing = sup.add(_sh("exit 3", tmp_path / "crashing.log"))
@@ -83,8 +83,11 @@ def test_supervisor_restarts_with_growing_delays_and_says_so(tmp_path: Path,
         sup.check()
         time.sleep(0.01)
     sup.stop([])
-    delays = [r.getMessage().split("restarting in ")[1].split("s ")[0] for r in caplog.records
-              if r.getMessage().startswith("crashing exited with 3; restarting in")]
+    delays = [
+        r.getMessage().split("restarting in ")[1].split("s ")[0]
+        for r in caplog.records
+        if r.getMessage().startswith("crashing exited with 3; restarting in")
+    ]
     assert delays[:4] == ["0.1", "0.2", "0.4", "0.4"]
     assert f"(log: {tmp_path / 'crashing.log'})" in caplog.text
     assert caplog.text.count("crashing restarted (pid") >= 3
@@ -102,8 +105,12 @@ def test_supervisor_stops_group_after_group(tmp_path: Path) -> None:
     script = f"trap 'sleep 0.2; echo $0 >> {order}; exit 0' TERM; while :; do sleep 0.05; done"
 
     def member(name: str) -> stack.Service:
-        svc = stack.Service(name, "", log_file=tmp_path / f"{name}.log", spawn=lambda: stack.spawn_process(
-            ["sh", "-c", script, name], tmp_path / f"{name}.log"))
+        svc = stack.Service(
+            name,
+            "",
+            log_file=tmp_path / f"{name}.log",
+            spawn=lambda: stack.spawn_process(["sh", "-c", script, name], tmp_path / f"{name}.log"),
+        )
         return svc.start()
 
     sup = stack.Supervisor()
@@ -120,11 +127,16 @@ def test_supervisor_stops_group_after_group(tmp_path: Path) -> None:
 def test_children_die_with_their_parent_even_on_sigkill(tmp_path: Path) -> None:
     """A parent SIGKILLed cannot stop anything: the kernel signals its children for it."""
     parent = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from pipeline.embedded import stack\n"
-         f"p = stack.spawn_process(['sleep', '60'], Path({str(tmp_path / 'sleep.log')!r}))\n"
-         "print(p.pid, flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from pipeline.embedded import stack\n"
+            f"p = stack.spawn_process(['sleep', '60'], Path({str(tmp_path / 'sleep.log')!r}))\n"
+            "print(p.pid, flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
     assert alive(child)

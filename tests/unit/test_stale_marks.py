@@ -32,8 +32,9 @@ TEXT = st.text(max_size=12)
 def by_stream(spans: SpanColumns) -> dict[tuple[int, str], list[Span]]:
     """The columns as (node, source) -> spans, in column order: what the assertions compare."""
     out: dict[tuple[int, str], list[Span]] = {}
-    for node, source, prop, kind, lo, hi in zip(spans.node_id, spans.source_id, spans.property, spans.kind,
-                                                 spans.first, spans.last, strict=True):
+    for node, source, prop, kind, lo, hi in zip(
+        spans.node_id, spans.source_id, spans.property, spans.kind, spans.first, spans.last, strict=True
+    ):
         out.setdefault((node, source), []).append((prop, kind, lo, hi))
     return out
 
@@ -48,23 +49,33 @@ def test_marks_round_trip_per_stream() -> None:
     assert [key for key, _ in marks] == [stream_key(1, "/a"), stream_key(2, "/b")]
     assert marks == column_marks(rows)
     spans, batches = read_marks([value for _, value in marks])
-    assert by_stream(spans) == {(1, "/a"): [("w", "i", 10, 30), ("wh", "a", 10, 10)],
-                                 (2, "/b"): [("mode", "s", 20, 20)]}
+    assert by_stream(spans) == {
+        (1, "/a"): [("w", "i", 10, 30), ("wh", "a", 10, 10)],
+        (2, "/b"): [("mode", "s", 20, 20)],
+    }
     assert batches == set()
 
 
 def test_marks_carry_the_raw_batch_stamp_and_old_json_marks_still_read() -> None:
     binary = stale_marks([(1, "/a", HALFHOUR_MS + 5, "wh", "a")], inserted_ms=1_700_000_000_123)
-    old = json.dumps({"node": 1, "source": "/a", "inserted": 1_700_000_000_456,
-                      "changes": [["wh", "a", HALFHOUR_MS + 9], ["wh", "a", HALFHOUR_MS + 1], ["w", "i", 7]]}).encode()
+    old = json.dumps(
+        {
+            "node": 1,
+            "source": "/a",
+            "inserted": 1_700_000_000_456,
+            "changes": [["wh", "a", HALFHOUR_MS + 9], ["wh", "a", HALFHOUR_MS + 1], ["w", "i", 7]],
+        }
+    ).encode()
     spans, batches = read_marks([binary[0][1], old])
     # the two marks' spans of one half hour are joined
     assert by_stream(spans) == {(1, "/a"): [("wh", "a", HALFHOUR_MS + 1, HALFHOUR_MS + 9), ("w", "i", 7, 7)]}
     assert batches == {(1, "/a", 1_700_000_000_123), (1, "/a", 1_700_000_000_456)}
 
 
-SPANS = st.lists(st.tuples(TEXT, st.text(max_size=3), MS, st.integers(0, 2**32 - 1))
-                 .map(lambda t: (t[0], t[1], t[2], t[2] + t[3])), max_size=20)
+SPANS = st.lists(
+    st.tuples(TEXT, st.text(max_size=3), MS, st.integers(0, 2**32 - 1)).map(lambda t: (t[0], t[1], t[2], t[2] + t[3])),
+    max_size=20,
+)
 
 
 @given(node=st.integers(0, 2**64 - 1), source=TEXT, spans=SPANS, inserted=st.none() | INT64)
@@ -78,7 +89,7 @@ def test_encode_decode_round_trip(node: int, source: str, spans: list[Span], ins
 def test_a_cut_mark_is_refused_not_misread(spans: list[Span], inserted: int | None, cut: int) -> None:
     data = encode(7, "/s", spans, inserted)
     with pytest.raises(MarkError):
-        decode(data[:cut % len(data)])
+        decode(data[: cut % len(data)])
     with pytest.raises(MarkError):
         decode(data + b"\0")
 
@@ -93,9 +104,16 @@ def test_any_bytes_decode_or_raise_mark_error(data: bytes) -> None:
     assert all(lo <= hi for _, _, lo, hi in mark.spans)
 
 
-ROWS = st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["/a", "/b"]),
-                          st.integers(-10 * HALFHOUR_MS, 10 * HALFHOUR_MS), st.sampled_from(["w", "wh", "mode"]),
-                          st.sampled_from(["i", "a", "s"])), max_size=60)
+ROWS = st.lists(
+    st.tuples(
+        st.integers(0, 3),
+        st.sampled_from(["/a", "/b"]),
+        st.integers(-10 * HALFHOUR_MS, 10 * HALFHOUR_MS),
+        st.sampled_from(["w", "wh", "mode"]),
+        st.sampled_from(["i", "a", "s"]),
+    ),
+    max_size=60,
+)
 
 
 def reference_spans(rows: list[tuple[int, str, int, str, str]]) -> dict[tuple[int, str], set[Span]]:
@@ -110,7 +128,8 @@ def reference_spans(rows: list[tuple[int, str, int, str, str]]) -> dict[tuple[in
 
 @given(rows=ROWS, parts=st.integers(1, 4), inserted=st.none() | MS)
 def test_marks_hold_each_half_hours_first_and_last_change(
-        rows: list[tuple[int, str, int, str, str]], parts: int, inserted: int | None) -> None:
+    rows: list[tuple[int, str, int, str, str]], parts: int, inserted: int | None
+) -> None:
     """However the changes are split into batches, the marks read back to one span per
     (stream, property, kind, half hour) with the first and last changed created in it."""
     values = [value for k in range(parts) for _, value in stale_marks(rows[k::parts], inserted)]

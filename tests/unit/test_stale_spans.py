@@ -42,8 +42,9 @@ Stored = dict[tuple[int, str, str], list[int]]  # (node, source, property) -> ti
 def store_lookup(readings: Stored, resets: Stored) -> Any:
     """read_neighbours over in-memory readings and reset times."""
 
-    def read(_client: object, requests: Sequence[NeighbourRequest], clock: int,
-             lookback: int) -> list[tuple[int | None, int | None]]:
+    def read(
+        _client: object, requests: Sequence[NeighbourRequest], clock: int, lookback: int
+    ) -> list[tuple[int | None, int | None]]:
         out: list[tuple[int | None, int | None]] = []
         for r in requests:
             key = (r.node_id, r.source_id, r.property)
@@ -56,27 +57,40 @@ def store_lookup(readings: Stored, resets: Stored) -> Any:
     return read
 
 
-INSTANT = st.builds(lambda at, minutes, jitter: at + minutes * MIN + jitter,
-                    st.sampled_from([EU_END, NY_END, NL_END, SWITCH]), st.integers(-9 * 60, 9 * 60),
-                    st.sampled_from([0, 0, 1, -1, 999, 29_999]))
+INSTANT = st.builds(
+    lambda at, minutes, jitter: at + minutes * MIN + jitter,
+    st.sampled_from([EU_END, NY_END, NL_END, SWITCH]),
+    st.integers(-9 * 60, 9 * 60),
+    st.sampled_from([0, 0, 1, -1, 999, 29_999]),
+)
 STREAM = st.tuples(st.integers(1, 5), st.sampled_from(["/m", "/n"]))
 # bursts: a few changes of one stream and property within minutes, so half hours hold several
-BURST = st.tuples(STREAM, INSTANT, st.sampled_from(PROPS + ("w", "mode")), st.sampled_from("aaais"),
-                  st.lists(st.integers(0, 50 * MIN), min_size=1, max_size=6))
+BURST = st.tuples(
+    STREAM,
+    INSTANT,
+    st.sampled_from(PROPS + ("w", "mode")),
+    st.sampled_from("aaais"),
+    st.lists(st.integers(0, 50 * MIN), min_size=1, max_size=6),
+)
 
 
 @settings(max_examples=400, deadline=None)
-@given(bursts=st.lists(BURST, min_size=1, max_size=8),
-       extra=st.lists(st.tuples(STREAM, st.sampled_from(PROPS), INSTANT), max_size=40),
-       reset_times=st.lists(st.tuples(STREAM, st.sampled_from(PROPS), INSTANT), max_size=4),
-       unstored=st.frozensets(st.integers(0, 39), max_size=8),
-       parts=st.integers(1, 3),
-       tight=st.booleans())
+@given(
+    bursts=st.lists(BURST, min_size=1, max_size=8),
+    extra=st.lists(st.tuples(STREAM, st.sampled_from(PROPS), INSTANT), max_size=40),
+    reset_times=st.lists(st.tuples(STREAM, st.sampled_from(PROPS), INSTANT), max_size=4),
+    unstored=st.frozensets(st.integers(0, 39), max_size=8),
+    parts=st.integers(1, 3),
+    tight=st.booleans(),
+)
 def test_compact_marks_stale_the_same_half_hours_as_every_row(
-        bursts: list[tuple[tuple[int, str], int, str, str, list[int]]],
-        extra: list[tuple[tuple[int, str], str, int]],
-        reset_times: list[tuple[tuple[int, str], str, int]],
-        unstored: frozenset[int], parts: int, tight: bool) -> None:
+    bursts: list[tuple[tuple[int, str], int, str, str, list[int]]],
+    extra: list[tuple[tuple[int, str], str, int]],
+    reset_times: list[tuple[tuple[int, str], str, int]],
+    unstored: frozenset[int],
+    parts: int,
+    tight: bool,
+) -> None:
     rows = [(node, source, c + d, prop, kind) for (node, source), c, prop, kind, ds in bursts for d in ds]
     # the store: changed readings (but a few: deleted resets are changes no longer stored), others
     readings: Stored = {}

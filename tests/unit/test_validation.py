@@ -145,9 +145,7 @@ def test_otherm_fields_map_explicitly_and_sentinel_is_refused(demo: Catalog) -> 
     }
     registers = {"loadside_heat": 6000.0, "sourceside_heat": 3900.0}  # CUMULATIVE Wh: a
     result = validate(Datum(3, "/otherm-data/1f0c", T0, i=fields, a=registers), demo)
-    assert rules(result) == [
-        ("sample.schema", "outdoor_temperature", "gshp.outdoorTemperature")
-    ]
+    assert rules(result) == [("sample.schema", "outdoor_temperature", "gshp.outdoorTemperature")]
     assert result.accepted is not None and len(result.accepted.i) == 15
     assert dict(result.accepted.a) == registers
     assert result.datastreams["compressor_stage"].identifier == "gshp.compressorStage"
@@ -185,9 +183,7 @@ def test_instant_accepts_i_and_s_but_not_a() -> None:
         stream("m.both", schema={"type": ["number", "string"]}),
     )
     catalog = Catalog([m], [Binding(None, "src", "m")])
-    result = validate(
-        Datum(1, "src", T0, i={"num": 1.0, "text": 2.0}, a={"both": 1.0}, s={"both": "x"}), catalog
-    )
+    result = validate(Datum(1, "src", T0, i={"num": 1.0, "text": 2.0}, a={"both": 1.0}, s={"both": "x"}), catalog)
     assert rules(result) == [
         ("sample.period_mismatch", "both", "m.both"),
         ("sample.schema", "text", "m.text"),
@@ -234,9 +230,7 @@ def test_resolution_order_and_valid_from() -> None:
 def test_later_valid_from_wins_for_same_pattern() -> None:
     m1 = model("m1", stream("m1.watts"))
     m2 = model("m2", stream("m2.watts"))
-    catalog = Catalog(
-        [m1, m2], [Binding(None, "/S1/M1", "m1"), Binding(None, "/S1/M1", "m2", valid_from_ms=T0)]
-    )
+    catalog = Catalog([m1, m2], [Binding(None, "/S1/M1", "m1"), Binding(None, "/S1/M1", "m2", valid_from_ms=T0)])
     assert catalog.resolve(1, "/S1/M1", T0 - 1).datamodel.identifier == "m1"  # type: ignore[union-attr]
     assert catalog.resolve(1, "/S1/M1", T0 + 1).datamodel.identifier == "m2"  # type: ignore[union-attr]
     assert catalog.resolve(1, "/S1/M1").datamodel.identifier == "m2"  # type: ignore[union-attr]

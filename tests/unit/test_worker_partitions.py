@@ -39,17 +39,44 @@ NOW = int(time.time() * 1000)
 HOUR = 3_600_000
 Stream = tuple[int, str]
 QRATING = {
-    "version": "1.0.0", "max_score": 1000, "cumulative_period_divisor": 3600,
-    "min_required": {"value": -5, "label": "FROZEN"}, "min_desired": {"value": 5, "label": "COLD"},
-    "ideal": {"value": 25, "label": "NORMAL"}, "max_desired": {"value": 35, "label": "HIGH"},
+    "version": "1.0.0",
+    "max_score": 1000,
+    "cumulative_period_divisor": 3600,
+    "min_required": {"value": -5, "label": "FROZEN"},
+    "min_desired": {"value": 5, "label": "COLD"},
+    "ideal": {"value": 25, "label": "NORMAL"},
+    "max_desired": {"value": 35, "label": "HIGH"},
     "max_allowed": {"value": 60, "label": "HOT"},
 }
-ROOM = Catalog([parse_datamodel({
-    "identifier": "room", "name": "room", "description": "a room", "version": "1",
-    "categories": [{"identifier": "c", "name": "c", "datastreams": [
-        {"identifier": "room.energy", "name": "energy", "description": "energy", "period": "CUMULATIVE",
-         "schema": {"type": "number"}, "qrating": QRATING}]}],
-})], [Binding(None, "/room/**", "room", {"energy": "room.energy"})])
+ROOM = Catalog(
+    [
+        parse_datamodel(
+            {
+                "identifier": "room",
+                "name": "room",
+                "description": "a room",
+                "version": "1",
+                "categories": [
+                    {
+                        "identifier": "c",
+                        "name": "c",
+                        "datastreams": [
+                            {
+                                "identifier": "room.energy",
+                                "name": "energy",
+                                "description": "energy",
+                                "period": "CUMULATIVE",
+                                "schema": {"type": "number"},
+                                "qrating": QRATING,
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    ],
+    [Binding(None, "/room/**", "room", {"energy": "room.energy"})],
+)
 
 
 @dataclass
@@ -77,8 +104,16 @@ class Msg:
 def energy(node: int, source: str, topic: str, partition: int, offset: int, created: int, value: float) -> Part:
     """One message of one datum with an accumulating `energy` reading (room.energy: a rate per hour)."""
     datum = Datum(node, source, created, {}, {"energy": value}, {}, ())
-    return Part(Msg(topic, partition, offset, encode_batch([datum]), stream_key(node, source),
-                    [(SCHEMA_HEADER, CURRENT.encode())]))
+    return Part(
+        Msg(
+            topic,
+            partition,
+            offset,
+            encode_batch([datum]),
+            stream_key(node, source),
+            [(SCHEMA_HEADER, CURRENT.encode())],
+        )
+    )
 
 
 @pytest.fixture
@@ -105,21 +140,22 @@ def revoke(w: DatumWorker, *tps: TP) -> Callable[[], Any]:
 
 
 def test_a_revoked_partition_loads_its_streams_rate_state_from_the_store_again(
-        worker: tuple[DatumWorker, FakeStore]) -> None:
+    worker: tuple[DatumWorker, FakeStore],
+) -> None:
     w, store = worker
     a, b = (1, "/room/a"), (1, "/room/b")
     store.last = {a: (NOW - 4 * HOUR, 100.0), b: (NOW - 4 * HOUR, 50.0)}
 
     async def scenario() -> None:
-        await w.write_datums([energy(*a, TOPIC, 0, 0, NOW - 3 * HOUR, 110.0),
-                              energy(*b, OTHER, 0, 0, NOW - 3 * HOUR, 60.0)])
+        await w.write_datums(
+            [energy(*a, TOPIC, 0, 0, NOW - 3 * HOUR, 110.0), energy(*b, OTHER, 0, 0, NOW - 3 * HOUR, 60.0)]
+        )
         assert store.asked == [{a, b}]  # first sight since start: both from the store
         # the partition of /room/a goes to another worker, which stores its next readings ...
         await revoke(w, TP(TOPIC, 0))()
         store.last[a] = (NOW - 2 * HOUR, 200.0)
         # ... and comes back: the next batch continues from the store, not from what this worker saw
-        await w.write_datums([energy(*a, TOPIC, 0, 7, NOW - HOUR, 210.0),
-                              energy(*b, OTHER, 0, 1, NOW - HOUR, 70.0)])
+        await w.write_datums([energy(*a, TOPIC, 0, 7, NOW - HOUR, 210.0), energy(*b, OTHER, 0, 1, NOW - HOUR, 70.0)])
 
     asyncio.run(scenario())
     assert store.asked == [{a, b}, {a}], "the stream of the revoked partition was not loaded again from the store"
@@ -128,7 +164,8 @@ def test_a_revoked_partition_loads_its_streams_rate_state_from_the_store_again(
 
 
 def test_a_batch_finishing_after_the_revocation_keeps_no_state_of_the_revoked_streams(
-        worker: tuple[DatumWorker, FakeStore]) -> None:
+    worker: tuple[DatumWorker, FakeStore],
+) -> None:
     """Faust does not wait for an agent's batch on revocation (stream_wait_empty=False): a batch taken
     before it may finish after it, and must not bring the stale state back."""
     w, store = worker
@@ -153,9 +190,19 @@ def test_a_batch_finishing_after_the_revocation_keeps_no_state_of_the_revoked_st
 def test_the_streams_of_a_message_are_known_by_their_partition() -> None:
     """One stream per message, as producers send them; a message of several streams maps each."""
     one = energy(1, "/room/a", TOPIC, 3, 0, NOW - HOUR, 1.0)
-    mixed = Msg(OTHER, 2, 5, encode_batch([Datum(1, "/room/b", NOW - HOUR, {}, {"energy": 1.0}, {}, ()),
-                                           Datum(2, "/room/b", NOW - HOUR, {}, {"energy": 1.0}, {}, ())]),
-                b"", [(SCHEMA_HEADER, CURRENT.encode())])
+    mixed = Msg(
+        OTHER,
+        2,
+        5,
+        encode_batch(
+            [
+                Datum(1, "/room/b", NOW - HOUR, {}, {"energy": 1.0}, {}, ()),
+                Datum(2, "/room/b", NOW - HOUR, {}, {"energy": 1.0}, {}, ()),
+            ]
+        ),
+        b"",
+        [(SCHEMA_HEADER, CURRENT.encode())],
+    )
     out = process_parts([one, Part(mixed)], NOW)
     assert out.partitions == {(1, "/room/a"): (TOPIC, 3), (1, "/room/b"): (OTHER, 2), (2, "/room/b"): (OTHER, 2)}
     taken_apart = Part(mixed, [Datum(2, "/room/b", NOW - HOUR, {}, {"energy": 1.0}, {}, ())])  # narrowed down

@@ -44,8 +44,9 @@ def consumers(monkeypatch: pytest.MonkeyPatch) -> list[FakeConsumer]:
     return FakeConsumer.made
 
 
-def test_the_metadata_catch_up_polls_one_client_and_closes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             consumers: list[FakeConsumer]) -> None:
+def test_the_metadata_catch_up_polls_one_client_and_closes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, consumers: list[FakeConsumer]
+) -> None:
     w = make_worker(tmp_path, monkeypatch, app_id="catch-up")
     asyncio.run(w.catch_up_metadata(timeout=10))
     assert len(consumers) == 1, "one client for the whole catch-up, not one per poll"
@@ -54,15 +55,17 @@ def test_the_metadata_catch_up_polls_one_client_and_closes_it(tmp_path: Path, mo
     assert consumer.config["group.id"] == "catch-up" and consumer.config["enable.auto.commit"] is False
 
 
-def test_a_catch_up_that_times_out_closes_its_client_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        consumers: list[FakeConsumer]) -> None:
+def test_a_catch_up_that_times_out_closes_its_client_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, consumers: list[FakeConsumer]
+) -> None:
     w = make_worker(tmp_path, monkeypatch)
     asyncio.run(w.catch_up_metadata(timeout=0.3))  # at 1, then 3: never 5
     assert len(consumers) == 1 and consumers[0].closed
 
 
-def test_events_this_worker_applied_need_no_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   consumers: list[FakeConsumer]) -> None:
+def test_events_this_worker_applied_need_no_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, consumers: list[FakeConsumer]
+) -> None:
     w = make_worker(tmp_path, monkeypatch)
     w._metadata_next = 5
     asyncio.run(w.catch_up_metadata(timeout=10))
@@ -99,7 +102,8 @@ def clickhouse(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
 
 
 def test_the_stores_are_set_up_in_one_step_and_read_without_side_effects(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clickhouse: dict[str, list[Any]]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clickhouse: dict[str, list[Any]]
+) -> None:
     w = make_worker(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="setup_stores"):
         _ = w.sink  # not a lazy connect any more
