@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.cli.common import embedded_defaults, history_conn, parse_when, print_json
 from pipeline.settings import Settings
+from processors.metadata import EntityState
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -133,20 +134,23 @@ def cmd_metadata_datamodels(settings: Settings, args: argparse.Namespace) -> int
     return 0
 
 
+def state_json(row: EntityState) -> dict[str, Any]:
+    """One entity's state as `history state` and `history valid` print it."""
+    return {
+        "entity": row.entity,
+        "key": row.key,
+        "value": row.value,
+        "valid": row.valid.as_json() if row.valid else None,
+        "known_since": row.known_since,
+    }
+
+
 def cmd_history_state(settings: Settings, args: argparse.Namespace) -> int:
     from sinks import history
 
     with history_conn(settings) as conn:
         for row in history.state_at(conn, parse_when(args.at), args.entity):
-            print_json(
-                {
-                    "entity": row.entity,
-                    "key": row.key,
-                    "value": row.value,
-                    "valid": row.valid.as_json() if row.valid else None,
-                    "known_since": row.known_since,
-                }
-            )
+            print_json(state_json(row))
     return 0
 
 
@@ -184,13 +188,5 @@ def cmd_history_valid(settings: Settings, args: argparse.Namespace) -> int:
     if row is None:
         print("no value", file=sys.stderr)
         return 1
-    print_json(
-        {
-            "entity": row.entity,
-            "key": row.key,
-            "value": row.value,
-            "valid": row.valid.as_json() if row.valid else None,
-            "known_since": row.known_since,
-        }
-    )
+    print_json(state_json(row))
     return 0

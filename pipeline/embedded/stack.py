@@ -25,10 +25,11 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
 PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
 LOCK_NAME = ".pipeline-up.lock"
 
@@ -222,10 +223,6 @@ def tansu(port: int | None = None, host: str = "127.0.0.1", log_dir: Path | None
     )
 
 
-def start_tansu(port: int | None = None, host: str = "127.0.0.1", log_dir: Path | None = None) -> Service:
-    return tansu(port, host, log_dir).start()
-
-
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 
@@ -384,12 +381,6 @@ def postgres(data_dir: Path, port: int | None = None, host: str = "127.0.0.1", w
     )
 
 
-def start_postgres(
-    data_dir: Path, port: int | None = None, host: str = "127.0.0.1", wait_for_old_s: float = 10.0
-) -> Service:
-    return postgres(data_dir, port, host, wait_for_old_s).start()
-
-
 # --- the ClickHouse endpoint --------------------------------------------------------------------
 
 # The embedded endpoint's users (issue 14): the pipeline's writer and a read-only reader, with
@@ -481,16 +472,6 @@ def clickhouse(
             return False
 
     return Service("clickhouse", f"http://{host}:{port}", spawn=spawn, ready=ping, log_file=log_file, start_timeout=120)
-
-
-def start_clickhouse(
-    data_dir: Path,
-    port: int | None = None,
-    host: str = "127.0.0.1",
-    log_dir: Path | None = None,
-    users_file: Path | None = None,
-) -> Service:
-    return clickhouse(data_dir, port, host, log_dir, users_file).start()
 
 
 # --- the data directory lock --------------------------------------------------------------------
@@ -636,3 +617,17 @@ class Supervisor:
             for s in members:
                 s.wait(timeout)
                 done.add(id(s))
+
+
+def started(make: Callable[P, Service]) -> Callable[P, Service]:
+    """`make`'s service, started (what tests and benchmarks want; `pipeline up` starts its own)."""
+
+    def start(*args: P.args, **kwargs: P.kwargs) -> Service:
+        return make(*args, **kwargs).start()
+
+    return start
+
+
+start_tansu = started(tansu)
+start_postgres = started(postgres)
+start_clickhouse = started(clickhouse)
