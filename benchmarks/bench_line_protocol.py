@@ -37,31 +37,10 @@ from pipeline.settings import Settings  # noqa: E402
 from pipeline.wire.codec import encode_batch, group_streams  # noqa: E402
 from processors.line_protocol import COMPILED, LineError, parse_lines  # noqa: E402
 from processors.lp_mapping import LineProtocolMapping, map_batch, map_lines  # noqa: E402
+from tests.samples import OTHERM_FIELDS  # noqa: E402  (oTherm's field dictionary)
 
 PARSE_TARGET = 200_000  # lines/s, one core
 SEND_TARGET = 100_000  # lines/s, parse and send
-
-# oTherm's field dictionary (gshp-analysis db_tools/influx_lp_writer.py).
-FIELDS = (
-    "heatpump_power",
-    "heatpump_aux",
-    "source_supplytemp",
-    "source_returntemp",
-    "source_tempdiff",
-    "sourcefluid_flowrate",
-    "sourcefluid_pump_power",
-    "load_pumpsfans",
-    "load_supplytemp",
-    "load_returntemp",
-    "load_tempdiff",
-    "tstat_set",
-    "tstat_temp",
-    "compressor_stage",
-    "outdoor_temperature",
-    "heat_flow_rate",
-    "loadside_heat",
-    "sourceside_heat",
-)
 
 
 def otherm_lines(n: int, seed: int = 7, equipment: int = 50) -> list[bytes]:
@@ -72,7 +51,7 @@ def otherm_lines(n: int, seed: int = 7, equipment: int = 50) -> list[bytes]:
     out: list[bytes] = []
     for i in range(n):
         values = []
-        for name in FIELDS:
+        for name in OTHERM_FIELDS:
             if rnd.random() < 0.04:
                 values.append(f"{name}=-999")  # the writer's NaN
             elif name == "compressor_stage":
