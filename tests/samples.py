@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 # oTherm's field dictionary (gshp-analysis db_tools/influx_lp_writer.py): what its heat pumps
@@ -28,27 +29,59 @@ OTHERM_FIELDS = (
 )
 
 
+# A qRating with a threshold at each level (no cumulative_period_divisor: add it for a CUMULATIVE
+# datastream).
+SEED_QRATING = {
+    "version": "1.0.0",
+    "max_score": 1000,
+    "min_required": {"value": -5, "label": "FROZEN"},
+    "min_desired": {"value": 5, "label": "COLD"},
+    "ideal": {"value": 25, "label": "NORMAL"},
+    "max_desired": {"value": 35, "label": "HIGH"},
+    "max_allowed": {"value": 60, "label": "HOT"},
+}
+
+
+def stream(identifier: str, period: str = "INSTANT", schema: dict | None = None, **extra: object) -> dict:  # type: ignore[type-arg]
+    """A datastream template named after its identifier; a number unless `schema` says otherwise."""
+    return {
+        "identifier": identifier,
+        "name": identifier,
+        "description": identifier,
+        "period": period,
+        "schema": schema or {"type": "number"},
+        **extra,
+    }
+
+
+def datamodel(
+    identifier: str, datastreams: Iterable[dict[str, Any]], description: str, version: str = "1", category: str = "c"
+) -> dict[str, Any]:
+    """A datamodel named after its identifier, its datastreams in one category."""
+    return {
+        "identifier": identifier,
+        "name": identifier,
+        "description": description,
+        "version": version,
+        "categories": [{"identifier": category, "name": category, "datastreams": list(datastreams)}],
+    }
+
+
 def health_model(qrating: dict[str, Any]) -> dict[str, Any]:
     """The 'health' datamodel: one datastream, heart rate, kept 30 days, scored by `qrating`."""
-    return {
-        "identifier": "health",
-        "name": "health",
-        "description": "heart monitoring",
-        "version": "1.2",
-        "categories": [
+    return datamodel(
+        "health",
+        [
             {
-                "identifier": "heart",
-                "name": "heart",
-                "datastreams": [
-                    {
-                        "identifier": "health.heart.rate",
-                        "name": "rate",
-                        "description": "beats per minute",
-                        "schema": {"type": "number"},
-                        "storage": {"period": "DAYS", "total": 30},
-                        "qrating": qrating,
-                    }
-                ],
+                "identifier": "health.heart.rate",
+                "name": "rate",
+                "description": "beats per minute",
+                "schema": {"type": "number"},
+                "storage": {"period": "DAYS", "total": 30},
+                "qrating": qrating,
             }
         ],
-    }
+        description="heart monitoring",
+        version="1.2",
+        category="heart",
+    )

@@ -19,42 +19,34 @@ from processors.datamodel import parse_datamodel
 from processors.datum import Datum, check_envelope
 from processors.qrating import QRating, RateState, Scorer
 from processors.rows import AcceptResult, Scoring, accept_batch
-from tests.unit.test_rows import SEED_QRATING, stream
+from tests.samples import SEED_QRATING, datamodel, stream
 
 NOW = 1_700_000_000_000
 T0 = NOW - 40 * 86_400_000  # some samples of 30-day datastreams are already expired on arrival
 
 MODEL = parse_datamodel(
-    {
-        "identifier": "room",
-        "name": "room",
-        "description": "a room",
-        "version": "1",
-        "categories": [
-            {
-                "identifier": "c",
-                "name": "c",
-                "datastreams": [
-                    stream(
-                        "room.temp",
-                        schema={"type": "number", "minimum": -50, "exclusiveMaximum": 80},
-                        qrating=SEED_QRATING,
-                        storage={"period": "DAYS", "total": 30},
-                        required=True,
-                    ),
-                    stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600}),
-                    stream(
-                        "room.mode",
-                        schema={"type": "string", "enum": ["cold", "fine", "odd"]},
-                        qrating={**SEED_QRATING, "conversion_matrix": {"cold": 0, "fine": 25}},
-                    ),
-                    stream("room.debug", storage={"period": "NEVER"}),
-                    stream("room.rain", "PULSE", schema={"type": "number", "multipleOf": 0.5}),
-                    stream("room.cop", calculated=True),
-                ],
-            }
+    datamodel(
+        "room",
+        [
+            stream(
+                "room.temp",
+                schema={"type": "number", "minimum": -50, "exclusiveMaximum": 80},
+                qrating=SEED_QRATING,
+                storage={"period": "DAYS", "total": 30},
+                required=True,
+            ),
+            stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600}),
+            stream(
+                "room.mode",
+                schema={"type": "string", "enum": ["cold", "fine", "odd"]},
+                qrating={**SEED_QRATING, "conversion_matrix": {"cold": 0, "fine": 25}},
+            ),
+            stream("room.debug", storage={"period": "NEVER"}),
+            stream("room.rain", "PULSE", schema={"type": "number", "multipleOf": 0.5}),
+            stream("room.cop", calculated=True),
         ],
-    }
+        description="a room",
+    )
 )
 ROOM = Catalog(
     [MODEL],

@@ -8,55 +8,28 @@ from processors.binding import Binding, Catalog
 from processors.datamodel import parse_datamodel
 from processors.datum import Datum
 from processors.rows import Scoring, accept_batch
+from tests.samples import SEED_QRATING, datamodel, stream
 
 NOW = 1_700_000_000_000
 T0 = 1_600_000_000_000
-SEED_QRATING = {
-    "version": "1.0.0",
-    "max_score": 1000,
-    "min_required": {"value": -5, "label": "FROZEN"},
-    "min_desired": {"value": 5, "label": "COLD"},
-    "ideal": {"value": 25, "label": "NORMAL"},
-    "max_desired": {"value": 35, "label": "HIGH"},
-    "max_allowed": {"value": 60, "label": "HOT"},
-}
-
-
-def stream(identifier: str, period: str = "INSTANT", schema: dict | None = None, **extra: object) -> dict:  # type: ignore[type-arg]
-    return {
-        "identifier": identifier,
-        "name": identifier,
-        "description": identifier,
-        "period": period,
-        "schema": schema or {"type": "number"},
-        **extra,
-    }
 
 
 MODEL = parse_datamodel(
-    {
-        "identifier": "room",
-        "name": "room",
-        "description": "a room",
-        "version": "1",
-        "categories": [
-            {
-                "identifier": "c",
-                "name": "c",
-                "datastreams": [
-                    stream("room.temp", qrating=SEED_QRATING, storage={"period": "DAYS", "total": 30}),
-                    stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600}),
-                    stream(
-                        "room.mode",
-                        schema={"type": "string"},
-                        qrating={**SEED_QRATING, "conversion_matrix": {"cold": 0, "fine": 25}},
-                    ),
-                    stream("room.debug", storage={"period": "NEVER"}),
-                    stream("room.cop", calculated=True),
-                ],
-            }
+    datamodel(
+        "room",
+        [
+            stream("room.temp", qrating=SEED_QRATING, storage={"period": "DAYS", "total": 30}),
+            stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600}),
+            stream(
+                "room.mode",
+                schema={"type": "string"},
+                qrating={**SEED_QRATING, "conversion_matrix": {"cold": 0, "fine": 25}},
+            ),
+            stream("room.debug", storage={"period": "NEVER"}),
+            stream("room.cop", calculated=True),
         ],
-    }
+        description="a room",
+    )
 )
 CATALOG = Catalog(
     [MODEL],

@@ -33,46 +33,20 @@ from processors.binding import Binding, Catalog
 from processors.catalog_versions import VersionedCatalog
 from processors.datamodel import parse_datamodel
 from processors.datum import Datum
+from tests.samples import SEED_QRATING, datamodel, stream
 from tests.unit.worker_fakes import OTHER, TOPIC, make_worker
 
 NOW = int(time.time() * 1000)
 HOUR = 3_600_000
 Stream = tuple[int, str]
-QRATING = {
-    "version": "1.0.0",
-    "max_score": 1000,
-    "cumulative_period_divisor": 3600,
-    "min_required": {"value": -5, "label": "FROZEN"},
-    "min_desired": {"value": 5, "label": "COLD"},
-    "ideal": {"value": 25, "label": "NORMAL"},
-    "max_desired": {"value": 35, "label": "HIGH"},
-    "max_allowed": {"value": 60, "label": "HOT"},
-}
 ROOM = Catalog(
     [
         parse_datamodel(
-            {
-                "identifier": "room",
-                "name": "room",
-                "description": "a room",
-                "version": "1",
-                "categories": [
-                    {
-                        "identifier": "c",
-                        "name": "c",
-                        "datastreams": [
-                            {
-                                "identifier": "room.energy",
-                                "name": "energy",
-                                "description": "energy",
-                                "period": "CUMULATIVE",
-                                "schema": {"type": "number"},
-                                "qrating": QRATING,
-                            }
-                        ],
-                    }
-                ],
-            }
+            datamodel(
+                "room",
+                [stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600})],
+                description="a room",
+            )
         )
     ],
     [Binding(None, "/room/**", "room", {"energy": "room.energy"})],
