@@ -18,35 +18,42 @@ from processors.auxiliary import AuxChange, AuxKey, AuxRecord
 from processors.rollup import ResetMarker
 from sinks.base import Sink
 from sinks.clickhouse import RANGES_CHUNK, Range, backpressure, ranges_join, sql_ms, sql_stream, union_all
+from sinks.ddl import Engine, SchemaObject, Table, View, statements
 from sinks.sql import sql_str
 
 AUX_TABLE = "datum_auxiliary_raw"
 AUX_VIEW = "datum_auxiliary"
 
-AUX_SCHEMA = [
-    f"""
-    CREATE TABLE IF NOT EXISTS {AUX_TABLE} (
-        node_id   UInt64,
-        source_id LowCardinality(String),
-        type      LowCardinality(String),
-        created   DateTime64(3, 'UTC'),
-        final     Map(String, Float64),
-        start     Map(String, Float64),
-        notes     String,
-        deleted   UInt8,
-        version   UInt64
-    )
-    -- One live row per (node, source, type, created); the newest change wins.
-    ENGINE = ReplacingMergeTree(version)
-    ORDER BY (node_id, source_id, type, created)
-    """,
-    f"""
-    CREATE VIEW IF NOT EXISTS {AUX_VIEW} AS
-    SELECT node_id, source_id, type, created, final, start, notes
-    FROM {AUX_TABLE} FINAL
-    WHERE deleted = 0
-    """,
+AUX_OBJECTS: list[SchemaObject] = [
+    Table(
+        AUX_TABLE,
+        columns=(
+            ("node_id", "UInt64"),
+            ("source_id", "LowCardinality(String)"),
+            ("type", "LowCardinality(String)"),
+            ("created", "DateTime64(3, 'UTC')"),
+            ("final", "Map(String, Float64)"),
+            ("start", "Map(String, Float64)"),
+            ("notes", "String"),
+            ("deleted", "UInt8"),
+            ("version", "UInt64"),
+        ),
+        comment=("One live row per (node, source, type, created); the newest change wins.",),
+        engine=Engine("ReplacingMergeTree", ("version",)),
+        order_by=("node_id", "source_id", "type", "created"),
+    ),
+    View(
+        AUX_VIEW,
+        AUX_TABLE,
+        (
+            "SELECT node_id, source_id, type, created, final, start, notes",
+            "FROM {table} FINAL",
+            "WHERE deleted = 0",
+        ),
+    ),
 ]
+# The statements on one server (as the store has always been made).
+AUX_SCHEMA = statements(AUX_OBJECTS)
 _COLUMNS = ["node_id", "source_id", "type", "created", "final", "start", "notes", "deleted", "version"]
 
 _lock = threading.Lock()

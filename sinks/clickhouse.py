@@ -20,6 +20,7 @@ from clickhouse_connect.driver.client import Client
 
 from processors.rows import RAW_COLUMNS, RawColumns
 from sinks.base import Sink, SinkBackpressure
+from sinks.ddl import Engine, SchemaObject, Table, View, statements
 from sinks.sql import sql_str
 
 log = logging.getLogger(__name__)
@@ -38,51 +39,59 @@ RAW_TTL = (
     f" toDateTime(inserted) + toIntervalDay({RAW_GRACE_DAYS})) WHERE ttl_days > 0"
 )
 
-SCHEMA = [
-    f"""
-    CREATE TABLE IF NOT EXISTS {RAW_TABLE} (
-        node_id     UInt64,
-        source_id   LowCardinality(String),
-        created     DateTime64(3, 'UTC'),
-        property    LowCardinality(String),
-        kind        Enum8('i' = 1, 'a' = 2, 's' = 3),
-        value       Nullable(Float64),
-        text        String,
-        tags        Array(LowCardinality(String)),
-        datastream  LowCardinality(String),
-        score       Nullable(Float64),
-        performance Nullable(Float64),
-        label       LowCardinality(String),
-        quality     LowCardinality(String),
-        max_score   Nullable(Float64),
-        ttl_days    UInt32,
-        inserted    DateTime64(3, 'UTC') DEFAULT now64(3)
-    )
-    -- One row per (node, source, property, created): a redelivered batch replaces, never adds.
-    ENGINE = ReplacingMergeTree(inserted)
-    PARTITION BY toYYYYMM(created)
-    ORDER BY (node_id, source_id, property, created)
-    TTL {RAW_TTL}
-    """,
+RAW_OBJECTS: list[SchemaObject] = [
+    Table(
+        RAW_TABLE,
+        columns=(
+            ("node_id", "UInt64"),
+            ("source_id", "LowCardinality(String)"),
+            ("created", "DateTime64(3, 'UTC')"),
+            ("property", "LowCardinality(String)"),
+            ("kind", "Enum8('i' = 1, 'a' = 2, 's' = 3)"),
+            ("value", "Nullable(Float64)"),
+            ("text", "String"),
+            ("tags", "Array(LowCardinality(String))"),
+            ("datastream", "LowCardinality(String)"),
+            ("score", "Nullable(Float64)"),
+            ("performance", "Nullable(Float64)"),
+            ("label", "LowCardinality(String)"),
+            ("quality", "LowCardinality(String)"),
+            ("max_score", "Nullable(Float64)"),
+            ("ttl_days", "UInt32"),
+            ("inserted", "DateTime64(3, 'UTC') DEFAULT now64(3)"),
+        ),
+        comment=("One row per (node, source, property, created): a redelivered batch replaces, never adds.",),
+        engine=Engine("ReplacingMergeTree", ("inserted",)),
+        partition_by="toYYYYMM(created)",
+        order_by=("node_id", "source_id", "property", "created"),
+        ttl=RAW_TTL,
+    ),
     # The public interface: duplicates removed at read time (FINAL) until merges catch up.
-    f"""
-    CREATE VIEW IF NOT EXISTS {DATUM_VIEW} AS
-    SELECT node_id, source_id, created, property, kind, value, text, tags,
-           datastream, score, performance, label, quality, max_score, inserted
-    FROM {RAW_TABLE} FINAL
-    """,
+    View(
+        DATUM_VIEW,
+        RAW_TABLE,
+        (
+            "SELECT node_id, source_id, created, property, kind, value, text, tags,",
+            "       datastream, score, performance, label, quality, max_score, inserted",
+            "FROM {table} FINAL",
+        ),
+    ),
     # Datastreams whose storage period is NEVER: only the latest value of each is kept.
-    f"""
-    CREATE TABLE IF NOT EXISTS {LATEST_TABLE} AS {RAW_TABLE}
-    ENGINE = ReplacingMergeTree(created)
-    ORDER BY (node_id, source_id, property)
-    """,
-    f"""
-    CREATE VIEW IF NOT EXISTS {LATEST_VIEW} AS
-    SELECT node_id, source_id, created, property, kind, value, text, tags,
-           datastream, score, performance, label, quality, max_score, inserted
-    FROM {LATEST_TABLE} FINAL
-    """,
+    Table(
+        LATEST_TABLE,
+        like=RAW_TABLE,
+        engine=Engine("ReplacingMergeTree", ("created",)),
+        order_by=("node_id", "source_id", "property"),
+    ),
+    View(
+        LATEST_VIEW,
+        LATEST_TABLE,
+        (
+            "SELECT node_id, source_id, created, property, kind, value, text, tags,",
+            "       datastream, score, performance, label, quality, max_score, inserted",
+            "FROM {table} FINAL",
+        ),
+    ),
 ]
 
 
@@ -91,27 +100,33 @@ SCHEMA = [
 # redelivered after a crash refuses the same input again, with the same id).
 DEAD_LETTER_TABLE = "dead_letter_raw"
 DEAD_LETTER_VIEW = "dead_letter"
-SCHEMA += [
-    f"""
-    CREATE TABLE IF NOT EXISTS {DEAD_LETTER_TABLE} (
-        id        String,
-        at        DateTime64(3, 'UTC'),
-        stage     LowCardinality(String),
-        rules     Array(LowCardinality(String)),
-        topic     String,
-        partition Int32,
-        offset    Int64,
-        letter    String
-    )
-    ENGINE = ReplacingMergeTree(at)
-    PARTITION BY toYYYYMM(at)
-    ORDER BY id
-    """,
-    f"""
-    CREATE VIEW IF NOT EXISTS {DEAD_LETTER_VIEW} AS
-    SELECT id, at, stage, rules, topic, partition, offset, letter FROM {DEAD_LETTER_TABLE} FINAL
-    """,
+RAW_OBJECTS += [
+    Table(
+        DEAD_LETTER_TABLE,
+        columns=(
+            ("id", "String"),
+            ("at", "DateTime64(3, 'UTC')"),
+            ("stage", "LowCardinality(String)"),
+            ("rules", "Array(LowCardinality(String))"),
+            ("topic", "String"),
+            ("partition", "Int32"),
+            ("offset", "Int64"),
+            ("letter", "String"),
+        ),
+        engine=Engine("ReplacingMergeTree", ("at",)),
+        partition_by="toYYYYMM(at)",
+        order_by=("id",),
+        # a letter has no stream: sharded by its replacing key
+        shard_by=("id",),
+    ),
+    View(
+        DEAD_LETTER_VIEW,
+        DEAD_LETTER_TABLE,
+        ("SELECT id, at, stage, rules, topic, partition, offset, letter FROM {table} FINAL",),
+    ),
 ]
+# The statements on one server (as the store has always been made).
+SCHEMA = statements(RAW_OBJECTS)
 
 
 LetterRow = tuple[str, int, str, list[str], str, int, int, bytes]

@@ -30,6 +30,7 @@ from sinks.clickhouse import (
     backpressure,
     ranges_join,
 )
+from sinks.ddl import Engine, SchemaObject, Table, View, statements
 from sinks.sql import sql_str
 
 ROLLUP_TABLE = "rollup_raw"
@@ -38,41 +39,45 @@ DAY_MS = 86_400_000
 # How far the first neighbour lookup reaches; a second one reaches the look-back tolerance.
 NEAR_MS = DAY_MS
 
-ROLLUP_SCHEMA = [
-    f"""
-    CREATE TABLE IF NOT EXISTS {ROLLUP_TABLE} (
-        periodicity   LowCardinality(String),
-        node_id       UInt64,
-        source_id     LowCardinality(String),
-        property      LowCardinality(String),
-        kind          LowCardinality(String),
-        ts_start      DateTime64(3, 'UTC'),
-        ts_end        DateTime64(3, 'UTC'),
-        count         UInt64,
-        avg           Nullable(Float64),
-        min           Nullable(Float64),
-        max           Nullable(Float64),
-        diff          Nullable(Float64),
-        read_diff     Nullable(Float64),
-        read_start    Nullable(Float64),
-        read_end      Nullable(Float64),
-        mode          String,
-        status_counts Array(Tuple(String, UInt64)),
-        tags          Array(String),
-        deleted       UInt8,
-        computed      DateTime64(3, 'UTC') DEFAULT now64(3)
-    )
-    -- A recompute replaces the bucket's row; the newest computation wins.
-    ENGINE = ReplacingMergeTree(computed)
-    ORDER BY (periodicity, node_id, source_id, property, ts_start)
-    """,
-    f"""
-    CREATE VIEW IF NOT EXISTS {ROLLUP_VIEW} AS
-    SELECT periodicity, node_id, source_id, property, kind, ts_start, ts_end, count,
-           avg, min, max, diff, read_diff, read_start, read_end, mode, status_counts, tags, computed
-    FROM {ROLLUP_TABLE} FINAL
-    WHERE deleted = 0
-    """,
+ROLLUP_OBJECTS: list[SchemaObject] = [
+    Table(
+        ROLLUP_TABLE,
+        columns=(
+            ("periodicity", "LowCardinality(String)"),
+            ("node_id", "UInt64"),
+            ("source_id", "LowCardinality(String)"),
+            ("property", "LowCardinality(String)"),
+            ("kind", "LowCardinality(String)"),
+            ("ts_start", "DateTime64(3, 'UTC')"),
+            ("ts_end", "DateTime64(3, 'UTC')"),
+            ("count", "UInt64"),
+            ("avg", "Nullable(Float64)"),
+            ("min", "Nullable(Float64)"),
+            ("max", "Nullable(Float64)"),
+            ("diff", "Nullable(Float64)"),
+            ("read_diff", "Nullable(Float64)"),
+            ("read_start", "Nullable(Float64)"),
+            ("read_end", "Nullable(Float64)"),
+            ("mode", "String"),
+            ("status_counts", "Array(Tuple(String, UInt64))"),
+            ("tags", "Array(String)"),
+            ("deleted", "UInt8"),
+            ("computed", "DateTime64(3, 'UTC') DEFAULT now64(3)"),
+        ),
+        comment=("A recompute replaces the bucket's row; the newest computation wins.",),
+        engine=Engine("ReplacingMergeTree", ("computed",)),
+        order_by=("periodicity", "node_id", "source_id", "property", "ts_start"),
+    ),
+    View(
+        ROLLUP_VIEW,
+        ROLLUP_TABLE,
+        (
+            "SELECT periodicity, node_id, source_id, property, kind, ts_start, ts_end, count,",
+            "       avg, min, max, diff, read_diff, read_start, read_end, mode, status_counts, tags, computed",
+            "FROM {table} FINAL",
+            "WHERE deleted = 0",
+        ),
+    ),
 ]
 
 # The rollup ledger: which stored batches (stream, raw `inserted` stamp) have had their buckets
@@ -81,19 +86,22 @@ ROLLUP_SCHEMA = [
 ROLLUP_DONE_TABLE = "rollup_done"
 # How far back a start looks for raw batches without rollups (the ledger keeps a little longer).
 REPAIR_WINDOW_DAYS = 30
-ROLLUP_SCHEMA.append(
-    f"""
-    CREATE TABLE IF NOT EXISTS {ROLLUP_DONE_TABLE} (
-        node_id   UInt64,
-        source_id String,
-        inserted  DateTime64(3, 'UTC'),
-        done      DateTime64(3, 'UTC') DEFAULT now64(3)
+ROLLUP_OBJECTS.append(
+    Table(
+        ROLLUP_DONE_TABLE,
+        columns=(
+            ("node_id", "UInt64"),
+            ("source_id", "String"),
+            ("inserted", "DateTime64(3, 'UTC')"),
+            ("done", "DateTime64(3, 'UTC') DEFAULT now64(3)"),
+        ),
+        engine=Engine("ReplacingMergeTree", ("done",)),
+        order_by=("node_id", "source_id", "inserted"),
+        ttl=f"toDateTime(inserted) + toIntervalDay({REPAIR_WINDOW_DAYS + 5})",
     )
-    ENGINE = ReplacingMergeTree(done)
-    ORDER BY (node_id, source_id, inserted)
-    TTL toDateTime(inserted) + toIntervalDay({REPAIR_WINDOW_DAYS + 5})
-    """
 )
+# The statements on one server (as the store has always been made).
+ROLLUP_SCHEMA = statements(ROLLUP_OBJECTS)
 
 ROLLUP_COLUMNS = (
     "periodicity",
