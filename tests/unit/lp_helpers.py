@@ -21,6 +21,38 @@ from processors.line_protocol import (
 )
 from processors.lp_mapping import LineProtocolMapping, map_points
 
+# Field-value spellings at the edges of the grammar, for the property tests that hold two parsers
+# against each other (each module adds its own): booleans the grammar takes and one it does not,
+# underscores, exponents, bare dots and signs, a hex float, inf and nan, separators inside a value.
+EDGE_VALUE_SPELLINGS = (
+    "t",
+    "T",
+    "true",
+    "TRUE",
+    "True",
+    "f",
+    "false",
+    "tru",
+    "1_0",
+    "_1",
+    "1e5",
+    "1E+5",
+    ".5",
+    "5.",
+    ".",
+    "-",
+    "-.5e-3",
+    "0x1p3",
+    "+1",
+    "inf",
+    "nan",
+    "1,0",
+    "01",
+    "-0",
+    "1=2",
+    "",
+)
+
 
 def _lines(text: str | bytes) -> list[str] | list[bytes]:
     # line protocol breaks at LF only (splitlines would also break at CR, VT, FF, ...)

@@ -18,6 +18,7 @@ from processors import line_protocol as lp
 from processors.datum import Datum
 from processors.line_protocol import LineError, Point, Unsigned, parse_lines
 from processors.lp_mapping import LineProtocolMapping, LineRejection, map_lines, map_points
+from tests.unit.lp_helpers import EDGE_VALUE_SPELLINGS
 
 
 def test_the_extensions_are_built() -> None:
@@ -183,35 +184,10 @@ value = st.one_of(
     st.text(alphabet='ab ,=\\"\u00e9\t\n', max_size=6).map(lambda s: f'"{s}"'),
     st.sampled_from(
         [
-            "t",
-            "T",
-            "true",
-            "TRUE",
-            "True",
-            "f",
+            *EDGE_VALUE_SPELLINGS,
             "F",
-            "false",
             "False",
             "FALSE",
-            "tru",
-            "1_0",
-            "_1",
-            "1e5",
-            "1E+5",
-            ".5",
-            "5.",
-            ".",
-            "-",
-            "-.5e-3",
-            "0x1p3",
-            "+1",
-            "inf",
-            "nan",
-            "1,0",
-            "01",
-            "-0",
-            "1=2",
-            "",
             "1e308",
             "1e309",
             "4.9e-324",
