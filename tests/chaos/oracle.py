@@ -161,26 +161,8 @@ def _check_rollups(
         " toUnixTimestamp64Milli(ts_end), count, avg, min, max, diff, read_diff, read_start, read_end,"
         f" mode, status_counts, tags FROM {ROLLUP_VIEW}"
     )
-    for (
-        per,
-        node,
-        source,
-        prop,
-        kind,
-        s,
-        e,
-        count,
-        avg,
-        lo,
-        hi,
-        diff,
-        rdiff,
-        rstart,
-        rend,
-        mode,
-        sc,
-        tags,
-    ) in result.result_rows:
+    # the seven figures between count and mode are RollupRow's, in its order: avg to read_end
+    for per, node, source, prop, kind, s, e, count, *figures, mode, sc, tags in result.result_rows:
         row = RollupRow(
             per,
             int(node),
@@ -190,13 +172,7 @@ def _check_rollups(
             int(s),
             int(e),
             int(count),
-            avg,
-            lo,
-            hi,
-            diff,
-            rdiff,
-            rstart,
-            rend,
+            *figures,
             mode if kind == "s" else None,
             tuple((str(a), int(b)) for a, b in sc),
             tuple(tags),
