@@ -1,7 +1,9 @@
-"""Sample data shared by several test modules (and the benchmarks): datamodels, oTherm's field names."""
+"""Sample data shared by several test modules (and the benchmarks): datamodels, metadata events,
+oTherm's field names."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -85,3 +87,34 @@ def health_model(qrating: dict[str, Any]) -> dict[str, Any]:
         version="1.2",
         category="heart",
     )
+
+
+def metadata_event(
+    entity: str,
+    key: dict[str, Any],
+    op: str,
+    value: dict[str, Any] | None = None,
+    valid_from: str | None = None,
+    valid_to: str | None = None,
+    *,
+    author: str = "test",
+    comment: str = "integration test",
+    produced_at: str = "2024-01-01T00:00:00Z",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A metadata event as `pipeline metadata apply` sends it, with a fresh event id; `extra` sets
+    any other field (or adds one the schema does not know)."""
+    event: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "entity": entity,
+        "key": key,
+        "op": op,
+        "value": value,
+        "valid_from": valid_from,
+        "valid_to": valid_to,
+        "author": author,
+        "comment": comment,
+        "produced_at": produced_at,
+    }
+    event.update(extra)
+    return event

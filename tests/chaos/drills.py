@@ -10,7 +10,6 @@ import os
 import random
 import signal
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from tests.chaos.harness import (
     wait_until,
 )
 from tests.chaos.plan import BadInput, DrainPlan, Identity, make_plan, new_source_messages, pulse_datastreams
+from tests.samples import metadata_event
 
 log = logging.getLogger(__name__)
 POINTS = (0.1, 0.5, 0.9)
@@ -266,7 +266,12 @@ class PostgresDownWorkerRestart(Fault):
     def fire(self, drill: Drill) -> None:
         assert drill.services is not None and drill.worker is not None
         drill.services.stop_postgres_immediately()
-        events = [_event("node", {"node_id": 900 + k}, "upsert", {"name": f"chaos {k}"}) for k in range(3)]
+        events = [
+            metadata_event(
+                "node", {"node_id": 900 + k}, "upsert", {"name": f"chaos {k}"}, author="chaos", comment="fault drill"
+            )
+            for k in range(3)
+        ]
         producer = DatumProducer(drill.settings)
         for e in events:
             producer.send_raw(producer.topics.metadata, json.dumps(e).encode())
@@ -299,21 +304,6 @@ class PostgresDownWorkerRestart(Fault):
             return n == len(ids), f"metadata published while PostgreSQL was down: {n}/{len(ids)} applied"
 
         drill.extra_checks.append(applied)
-
-
-def _event(entity: str, key: dict[str, Any], op: str, value: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "entity": entity,
-        "key": key,
-        "op": op,
-        "value": value,
-        "valid_from": None,
-        "valid_to": None,
-        "author": "chaos",
-        "comment": "fault drill",
-        "produced_at": "2024-01-01T00:00:00Z",
-    }
 
 
 class WorkerKilled(Fault):

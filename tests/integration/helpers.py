@@ -172,25 +172,6 @@ def model_events(folder: Path, model: dict[str, Any], bindings: dict[str, Any], 
     return datamodel_events([model_path, folder / "bindings.json"], "test", comment)
 
 
-def metadata_event(
-    entity: str, key: dict[str, Any], op: str, value: dict[str, Any], valid_from: str | None = None
-) -> dict[str, Any]:
-    import uuid
-
-    return {
-        "event_id": str(uuid.uuid4()),
-        "entity": entity,
-        "key": key,
-        "op": op,
-        "value": value,
-        "valid_from": valid_from,
-        "valid_to": None,
-        "author": "test",
-        "comment": "integration test",
-        "produced_at": "2024-01-01T00:00:00Z",
-    }
-
-
 @contextlib.contextmanager
 def scratch_stores(clickhouse_url: str, postgres_url: str, prefix: str) -> Iterator[tuple[str, str, str]]:
     """A fresh ClickHouse database and PostgreSQL database (one name) for a module, dropped

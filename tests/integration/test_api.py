@@ -46,7 +46,6 @@ from sinks.clickhouse import RawSink, connect, ensure_schema
 from sinks.rollups import ensure_rollup_schema, read_rollups
 from tests.integration.helpers import (
     ROOT,
-    metadata_event,
     publish_metadata,
     scratch_clickhouse,
     settings_for,
@@ -54,6 +53,7 @@ from tests.integration.helpers import (
     wait_for,
     worker_process,
 )
+from tests.samples import metadata_event
 from tests.unit import rollup_reference as ref
 from tests.unit.test_rollup import assert_matches
 

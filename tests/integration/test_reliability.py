@@ -25,13 +25,13 @@ from processors.rows import RawColumns
 from sinks.clickhouse import RawSink, connect, ensure_schema
 from sinks.rollups import ensure_rollup_schema, mark_rolled_up, not_rolled_up
 from tests.integration.helpers import (
-    metadata_event,
     publish_metadata,
     read_topic,
     settings_for,
     wait_for,
     worker_process,
 )
+from tests.samples import metadata_event
 
 pytestmark = pytest.mark.integration
 

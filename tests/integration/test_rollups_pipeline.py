@@ -35,7 +35,6 @@ from processors.rows import RawColumns
 from sinks.clickhouse import RawSink, connect, ensure_schema
 from sinks.rollups import ensure_rollup_schema, read_rollups
 from tests.integration.helpers import (
-    metadata_event,
     model_events,
     publish_metadata,
     read_topic,
@@ -44,6 +43,7 @@ from tests.integration.helpers import (
     wait_for,
     worker_process,
 )
+from tests.samples import metadata_event
 from tests.unit import rollup_reference as ref
 from tests.unit.test_rollup import assert_matches
 

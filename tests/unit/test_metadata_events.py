@@ -31,7 +31,7 @@ from processors.metadata import (
     references,
     value_at,
 )
-from tests.samples import health_model
+from tests.samples import health_model, metadata_event
 
 
 def t(day: str) -> datetime:
@@ -47,20 +47,8 @@ def raw(
     valid_to: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "event_id": str(uuid.uuid4()),
-        "entity": entity,
-        "key": key,
-        "op": op,
-        "value": value,
-        "valid_from": valid_from,
-        "valid_to": valid_to,
-        "author": "alice",
-        "comment": "why",
-        "produced_at": "2025-01-01T00:00:00Z",
-    }
-    d.update(extra)
-    return d
+    defaults = {"author": "alice", "comment": "why", "produced_at": "2025-01-01T00:00:00Z"}
+    return metadata_event(entity, key, op, value, valid_from, valid_to, **{**defaults, **extra})
 
 
 def ev(*args: Any, **kw: Any) -> MetadataEvent:
