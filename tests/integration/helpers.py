@@ -53,6 +53,18 @@ def settings_in_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
     return client
 
 
+def schema_client(clickhouse_url: str) -> Any:
+    """A ClickHouse client on `clickhouse_url` (a URL with its database), with the raw and rollup
+    schemas."""
+    from sinks.clickhouse import connect, ensure_schema
+    from sinks.rollups import ensure_rollup_schema
+
+    client = connect(clickhouse_url)
+    ensure_schema(client)
+    ensure_rollup_schema(client)
+    return client
+
+
 @contextlib.contextmanager
 def worker_process(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, **settings.as_env()}
@@ -203,32 +215,30 @@ def scratch_clickhouse(clickhouse_url: str, prefix: str) -> Iterator[tuple[str, 
 
     import clickhouse_connect
 
-    from sinks.clickhouse import connect, ensure_schema
-    from sinks.rollups import ensure_rollup_schema
-
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = clickhouse_connect.get_client(dsn=clickhouse_url)
     admin.command(f"CREATE DATABASE {name}")
     try:
-        client = connect(f"{clickhouse_url.rstrip('/')}/{name}")
-        ensure_schema(client)
-        ensure_rollup_schema(client)
-        yield name, client
+        yield name, schema_client(f"{clickhouse_url.rstrip('/')}/{name}")
     finally:
         admin.command(f"DROP DATABASE IF EXISTS {name}")
         admin.close()
 
 
-def token_cli(dsn: str, *args: str) -> dict[str, Any]:
-    """`pipeline token ARGS...` against a history log; its last line of output as JSON."""
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "token", *args],
+def pipeline_cli(dsn: str, *args: str) -> str:
+    """`pipeline ARGS...` as a process against a history log; what it printed (it must succeed)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
         env={**os.environ, "PIPELINE_POSTGRES_DSN": dsn},
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
-    )
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    ).stdout
+
+
+def token_cli(dsn: str, *args: str) -> dict[str, Any]:
+    """`pipeline token ARGS...` against a history log; its last line of output as JSON."""
+    result: dict[str, Any] = json.loads(pipeline_cli(dsn, "token", *args).strip().splitlines()[-1])
     return result
