@@ -21,6 +21,13 @@ class Settings:
     # Where the services are. Empty means "start the embedded one" (pipeline up only).
     kafka_bootstrap: str = field(default="", metadata={"doc": "Kafka bootstrap servers, host:port[,host:port]"})
     clickhouse_url: str = field(default="", metadata={"doc": "ClickHouse HTTP URL, e.g. http://user:pw@host:8123/db"})
+    clickhouse_cluster: str = field(
+        default="",
+        metadata={
+            "doc": "ClickHouse cluster (a remote_servers name) for cluster mode: replicated tables ON CLUSTER,"
+            " Distributed tables sharded by stream (docs/scale-out.md); empty: one server"
+        },
+    )
     postgres_dsn: str = field(default="", metadata={"doc": "PostgreSQL DSN for the metadata history log"})
     kafka_security_protocol: str = field(
         default="PLAINTEXT",

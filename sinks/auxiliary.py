@@ -17,8 +17,19 @@ from clickhouse_connect.driver.client import Client
 from processors.auxiliary import AuxChange, AuxKey, AuxRecord
 from processors.rollup import ResetMarker
 from sinks.base import Sink
-from sinks.clickhouse import RANGES_CHUNK, Range, backpressure, ranges_join, sql_ms, sql_stream, union_all
-from sinks.ddl import Engine, SchemaObject, Table, View, statements
+from sinks.clickhouse import (
+    RANGES_CHUNK,
+    Range,
+    backpressure,
+    cluster_of,
+    insert_kwargs,
+    ranges_join,
+    require_distributed,
+    sql_ms,
+    sql_stream,
+    union_all,
+)
+from sinks.ddl import Cluster, Engine, SchemaObject, Table, View, statements
 from sinks.sql import sql_str
 
 AUX_TABLE = "datum_auxiliary_raw"
@@ -69,9 +80,12 @@ def _next_version() -> int:
         return _last_version
 
 
-def ensure_aux_schema(client: Client) -> None:
-    for ddl in AUX_SCHEMA:
+def ensure_aux_schema(client: Client, cluster: str = "") -> None:
+    target = cluster_of(client, cluster)
+    for ddl in statements(AUX_OBJECTS, target):
         client.command(ddl)
+    if target is not None:
+        require_distributed(client, target, AUX_OBJECTS)
 
 
 def _row(record: AuxRecord | None, key: AuxKey, deleted: int, version: int) -> list[object]:
@@ -84,19 +98,25 @@ def _row(record: AuxRecord | None, key: AuxKey, deleted: int, version: int) -> l
 class AuxiliarySink(Sink[Sequence[AuxChange], int]):
     """Auxiliary records (meter resets): a batch of changes applied in order in one insert."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, cluster: str = "") -> None:
         self.client = client
+        self.cluster_name = cluster
+        self.cluster = cluster_of(client, cluster)
 
     def setup(self) -> None:
-        ensure_aux_schema(self.client)
+        ensure_aux_schema(self.client, self.cluster_name)
 
     def write(self, batch: Sequence[AuxChange]) -> int:
         with backpressure(f"auxiliary insert of {len(batch)} change(s)"):
-            return write_changes(self.client, batch)
+            return write_changes(self.client, batch, self.cluster)
 
 
-def write_changes(client: Client, changes: Sequence[AuxChange]) -> int:
-    """Apply changes in their order, in one insert; returns rows written."""
+def write_changes(client: Client, changes: Sequence[AuxChange], cluster: Cluster | None = None) -> int:
+    """Apply changes in their order, in one insert; returns rows written.
+
+    No deduplication token on a cluster: every attempt gives each change a new version, so a
+    batch has no identity that survives a retry; applying a change again leaves the same state
+    (the newest version of a key wins)."""
     data: list[list[object]] = []
     for change in changes:
         if change.removed is not None:
@@ -104,7 +124,7 @@ def write_changes(client: Client, changes: Sequence[AuxChange]) -> int:
         if change.record is not None:
             data.append(_row(change.record, change.record.key, 0, _next_version()))
     if data:
-        client.insert(AUX_TABLE, data, column_names=_COLUMNS)
+        client.insert(AUX_TABLE, data, column_names=_COLUMNS, **insert_kwargs(cluster))
     return len(data)
 
 

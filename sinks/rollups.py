@@ -9,9 +9,11 @@ The view reads `FINAL` and hides tombstones. See docs/rollups.md.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,9 +30,13 @@ from sinks.clickhouse import (
     NamedRange,
     Range,
     backpressure,
+    cluster_of,
+    insert_kwargs,
     ranges_join,
+    require_distributed,
 )
-from sinks.ddl import Engine, SchemaObject, Table, View, statements
+from sinks.ddl import Cluster, Engine, SchemaObject, Table, View, statements
+from sinks.dedup import batch_token
 from sinks.sql import sql_str
 
 ROLLUP_TABLE = "rollup_raw"
@@ -126,11 +132,15 @@ ROLLUP_COLUMNS = (
 )
 
 
-def ensure_rollup_schema(client: Client) -> None:
-    """Create what is missing (the reset markers' table too); safe to run at every start."""
-    ensure_aux_schema(client)
-    for ddl in ROLLUP_SCHEMA:
+def ensure_rollup_schema(client: Client, cluster: str = "") -> None:
+    """Create what is missing (the reset markers' table too); safe to run at every start. With a
+    cluster name, on every host of the cluster (sinks/ddl.py)."""
+    ensure_aux_schema(client, cluster)
+    target = cluster_of(client, cluster)
+    for ddl in statements(ROLLUP_OBJECTS, target):
         client.command(ddl)
+    if target is not None:
+        require_distributed(client, target, ROLLUP_OBJECTS)
 
 
 _KINDS: dict[str, RollupKind] = {"a": "a", "p": "p", "s": "s"}  # anything else: "i"
@@ -451,34 +461,44 @@ class RollupSink(Sink[RollupWrite, int]):
     """Rollup rows replace the stored rows of their buckets (a newer `computed` wins); a
     tombstone hides a bucket found empty. Idempotent: the same recompute writes the same state."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, cluster: str = "") -> None:
         self.client = client
+        self.cluster_name = cluster
+        self.cluster = cluster_of(client, cluster)
 
     def setup(self) -> None:
-        ensure_rollup_schema(self.client)
+        ensure_rollup_schema(self.client, self.cluster_name)
 
     def write(self, batch: RollupWrite) -> int:
         with backpressure(f"rollup insert of {len(batch.rows)} + {len(batch.tombstones)} tombstones"):
-            return write_rollups(self.client, batch.rows, batch.tombstones)
+            return write_rollups(self.client, batch.rows, batch.tombstones, self.cluster)
 
 
 class RollupLedger(Sink[Iterable[tuple[int, str, int]], int]):
     """The rollup ledger: (node, source, raw `inserted` stamp) batches whose buckets are stored,
     so a restart repairs only what was never rolled up (`not_rolled_up`). Idempotent."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, cluster: str = "") -> None:
         self.client = client
+        self.cluster_name = cluster
+        self.cluster = cluster_of(client, cluster)
 
     def setup(self) -> None:
-        ensure_rollup_schema(self.client)
+        ensure_rollup_schema(self.client, self.cluster_name)
 
     def write(self, batch: Iterable[tuple[int, str, int]]) -> int:
         with backpressure("rollup ledger insert"):
-            return mark_rolled_up(self.client, batch)
+            return mark_rolled_up(self.client, batch, self.cluster)
 
 
-def write_rollups(client: Client, rows: Sequence[RollupRow], tombstones: Sequence[RollupRow] = ()) -> int:
-    """Insert rows and tombstones (rows marked deleted) in one insert; returns rows written."""
+def write_rollups(
+    client: Client, rows: Sequence[RollupRow], tombstones: Sequence[RollupRow] = (), cluster: Cluster | None = None
+) -> int:
+    """Insert rows and tombstones (rows marked deleted) in one insert; returns rows written.
+
+    No deduplication token on a cluster: a recompute reads the store as it is now, so the same
+    stale marks again may rightly give other figures, and the newest computation must win (by
+    `computed`). A copy of the same figures is replaced like any recompute."""
     data: list[list[object]] = []
     for deleted, batch in ((0, rows), (1, tombstones)):
         for r in batch:
@@ -507,27 +527,38 @@ def write_rollups(client: Client, rows: Sequence[RollupRow], tombstones: Sequenc
             )
     if data:
         # ints into DateTime64(3) are raw ticks (epoch ms), as in the raw sink
-        client.insert(ROLLUP_TABLE, data, column_names=list(ROLLUP_COLUMNS))
+        client.insert(ROLLUP_TABLE, data, column_names=list(ROLLUP_COLUMNS), **insert_kwargs(cluster))
     return len(data)
 
 
-def mark_rolled_up(client: Client, batches: Iterable[tuple[int, str, int]]) -> int:
-    """Record (node, source, inserted ms) raw batches whose buckets are recomputed and stored."""
+def mark_rolled_up(client: Client, batches: Iterable[tuple[int, str, int]], cluster: Cluster | None = None) -> int:
+    """Record (node, source, inserted ms) raw batches whose buckets are recomputed and stored. On
+    a cluster the rows are their own deduplication token: the same entries again add nothing."""
     rows = sorted(set(batches))
     if rows:
+        token = batch_token((), [json.dumps(rows).encode()])
         client.insert(
-            ROLLUP_DONE_TABLE, [[n, s, t] for n, s, t in rows], column_names=["node_id", "source_id", "inserted"]
+            ROLLUP_DONE_TABLE,
+            [[n, s, t] for n, s, t in rows],
+            column_names=["node_id", "source_id", "inserted"],
+            **insert_kwargs(cluster, token),
         )
     return len(rows)
 
 
 def not_rolled_up(
-    client: Client, window_days: int = REPAIR_WINDOW_DAYS
+    client: Client, window_days: int = REPAIR_WINDOW_DAYS, cluster: str = ""
 ) -> list[tuple[int, str, int, list[tuple[str, str, int]]]]:
     """Raw batches stored in the window that the ledger does not list as rolled up:
-    (node, source, inserted ms, [(property, kind, created ms), ...])."""
+    (node, source, inserted ms, [(property, kind, created ms), ...]).
+
+    On a cluster both tables are Distributed, which ClickHouse refuses in one IN by default
+    (distributed_product_mode 'deny'). 'local' runs the subquery on each shard against its own
+    ledger: both tables are sharded by stream, so a shard's ledger holds the entries of exactly
+    its raw batches. https://clickhouse.com/docs/reference/settings/session-settings/distributed"""
     from sinks.clickhouse import RAW_TABLE
 
+    kwargs: dict[str, Any] = {"settings": {"distributed_product_mode": "local"}} if cluster else {}
     result = client.query(
         f"SELECT node_id, toString(source_id), toUnixTimestamp64Milli(inserted),"
         f" groupArray((toString(property), toString(kind), toUnixTimestamp64Milli(created)))"
@@ -535,7 +566,8 @@ def not_rolled_up(
         f" WHERE inserted >= now64(3) - toIntervalDay({int(window_days)})"
         f" AND (node_id, toString(source_id), inserted) NOT IN"
         f" (SELECT node_id, source_id, inserted FROM {ROLLUP_DONE_TABLE})"
-        f" GROUP BY node_id, source_id, inserted ORDER BY inserted"
+        f" GROUP BY node_id, source_id, inserted ORDER BY inserted",
+        **kwargs,
     )
     return [
         (int(r[0]), str(r[1]), int(r[2]), [(str(p), str(k), int(c)) for p, k, c in r[3]]) for r in result.result_rows

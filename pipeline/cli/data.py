@@ -238,11 +238,21 @@ def cmd_recompute(settings: Settings, args: argparse.Namespace) -> int:  # rollu
 
         timezone_at = fixed_zone
     client = connect(settings.clickhouse_url)
-    ensure_rollup_schema(client)
+    ensure_rollup_schema(client, settings.clickhouse_cluster)
     tz = timezone_at(args.node, start)
     days = sum(1 for _ in buckets_between(start, end, "day", tz))
     with Progress(days, unit="days", description=f"recompute {args.node} {args.source} ({tz})") as bar:
-        written = recompute_range(client, args.node, args.source, start, end, timezone_at, progress=bar, pulse=pulse)
+        written = recompute_range(
+            client,
+            args.node,
+            args.source,
+            start,
+            end,
+            timezone_at,
+            progress=bar,
+            pulse=pulse,
+            cluster=settings.clickhouse_cluster,
+        )
     print(f"recomputed {days} day(s) of {args.node} {args.source} in {tz}: {written} row(s) written")
     return 0
 

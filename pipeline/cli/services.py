@@ -71,6 +71,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
+        if settings.clickhouse_cluster and not settings.clickhouse_url:
+            raise stack.StackError(
+                "PIPELINE_CLICKHOUSE_CLUSTER needs ClickHouse servers (PIPELINE_CLICKHOUSE_URL): the embedded"
+                " endpoint is one chDB process, which has no cluster"
+            )
         stack.require_embedded(
             *[
                 name
@@ -100,7 +105,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         for svc in services:
             supervisor.add(svc.start())
         settings = embedded_defaults(settings)
-        ensure_schema(wait_for(settings.clickhouse_url))
+        ensure_schema(wait_for(settings.clickhouse_url), settings.clickhouse_cluster)
         env = {**os.environ, **settings.as_env()}
 
         def child(

@@ -83,6 +83,7 @@ from processors.stale_marks import Change
 from sinks.auxiliary import AuxiliarySink, stored_properties
 from sinks.base import Sink
 from sinks.clickhouse import LATEST_TABLE, DeadLetterSink, RawSink, connect, rate_baselines_many
+from sinks.dedup import Origin as MessageAt
 from sinks.rollups import RollupLedger, RollupSink, not_rolled_up
 
 log = logging.getLogger(__name__)
@@ -268,7 +269,7 @@ class DatumWorker:
         the rollups', their ledger and the reset markers'): one step at start, in a thread and
         inside the retry policy (a store that is away at start is waited for, not a crash), before
         any agent handles a batch. A retry goes on from where the failed attempt stopped."""
-        url = self.settings.clickhouse_url
+        url, cluster = self.settings.clickhouse_url, self.settings.clickhouse_cluster
 
         def set_up(make: Callable[[Client], S]) -> S:
             client = connect(url)
@@ -281,21 +282,24 @@ class DatumWorker:
             return sink
 
         if self._sink is None:
-            raw = set_up(RawSink)  # the raw, latest and dead-letter tables: one schema, one client
-            self._sink, self._letters = raw, DeadLetterSink(raw.client)
+            # the raw, latest and dead-letter tables: one schema, one client
+            raw = set_up(lambda client: RawSink(client, cluster=cluster))
+            self._sink, self._letters = raw, DeadLetterSink(raw.client, cluster)
         if self._latest_sink is None:
-            self._latest_sink = RawSink(self._sink.client, LATEST_TABLE)
+            self._latest_sink = RawSink(self._sink.client, LATEST_TABLE, cluster)
         if self._rollups is None:
-            rollup_sink = set_up(RollupSink)  # the rollups, their ledger and the reset markers
-            self._ledger = RollupLedger(rollup_sink.client)
+            # the rollups, their ledger and the reset markers
+            rollup_sink = set_up(lambda client: RollupSink(client, cluster))
+            self._ledger = RollupLedger(rollup_sink.client, cluster)
             self._rollups = RollupMaintainer(
                 rollup_sink.client,
                 lambda node, ms: self.catalog.timezone_at(node, ms) if self.catalog else "UTC",
                 pulse=lambda: self.catalog.catalogs[-1].pulse_datastreams() if self.catalog else frozenset(),
+                cluster=cluster,
             )
         # Each agent its own ClickHouse client: a client's session takes one query at a time.
         if self._aux_sink is None:
-            self._aux_sink = set_up(AuxiliarySink)
+            self._aux_sink = set_up(lambda client: AuxiliarySink(client, cluster))
             self._aux_client = self._aux_sink.client
 
     def _set_up(self, store: T | None) -> T:
@@ -358,7 +362,7 @@ class DatumWorker:
         def scan() -> list[tuple[int, str, int, list[tuple[str, str, int]]]]:
             client = connect(self.settings.clickhouse_url)  # its own: the rollup agent uses the other
             try:
-                return not_rolled_up(client)
+                return not_rolled_up(client, cluster=self.settings.clickhouse_cluster)
             finally:
                 client.close()
 
@@ -476,10 +480,12 @@ class DatumWorker:
         )
         # 2. store first
         stamp = self.stamps.next()
+        # the messages the rows come from: with the rows, a cluster insert's deduplication token
+        origins = [(p.origin.topic, p.origin.partition, p.origin.offset) for p in parts]
         if len(outcome.latest):
-            await self.store(outcome.latest, latest=True)
+            await self.store(outcome.latest, latest=True, origins=origins)
         if len(outcome.rows):
-            await self.store(outcome.rows, stamp=stamp)
+            await self.store(outcome.rows, stamp=stamp, origins=origins)
             # 2b. mark the rollup buckets of what was just stored stale (before the ack)
             with stage_named("stale_marks"):
                 await self.committer.retry("stale_marks", self.mark_stale, column_marks(outcome.rows, stamp))
@@ -523,7 +529,14 @@ class DatumWorker:
         )
         self.metrics.agent_batch_seconds.labels("datums").observe(time.perf_counter() - t0)
 
-    async def store(self, rows: RawColumns, *, latest: bool = False, stamp: int | None = None) -> None:
+    async def store(
+        self,
+        rows: RawColumns,
+        *,
+        latest: bool = False,
+        stamp: int | None = None,
+        origins: Sequence[MessageAt] = (),
+    ) -> None:
         """One insert, retried by the policy while the store is away or pushes back."""
         m = self.metrics
         label = "latest" if latest else "raw"
@@ -532,7 +545,7 @@ class DatumWorker:
             target = self.latest_sink if latest else self.sink
             t0 = time.perf_counter()
             with stage_named("store"):
-                target.write(rows, stamp)
+                target.write(rows, stamp, origins)
             m.sink_insert_seconds.labels(label).observe(time.perf_counter() - t0)
 
         await self.in_thread(label, insert)

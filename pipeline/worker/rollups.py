@@ -93,9 +93,10 @@ class RollupMaintainer:
         timezone_at: TimezoneAt,
         tolerances: Tolerances = DEFAULT_TOLERANCES,
         pulse: Callable[[], frozenset[str]] = frozenset,
+        cluster: str = "",
     ) -> None:
         self.client = client
-        self.sink = RollupSink(client)  # set up by whoever runs the maintainer
+        self.sink = RollupSink(client, cluster)  # set up by whoever runs the maintainer
         self.timezone_at = timezone_at
         self.tol = tolerances
         # identifiers of the PULSE datastreams (their instantaneous samples are summed)
@@ -360,10 +361,11 @@ def recompute_range(
     chunk_days: int = 7,
     progress: Progress | None = None,
     pulse: frozenset[str] = frozenset(),
+    cluster: str = "",
 ) -> int:
     """Recompute every level of one stream for the half hours overlapping [start_ms, end_ms)
     from raw, a few days at a time; returns rows written (tombstones included)."""
-    maintainer = RollupMaintainer(client, timezone_at, tolerances, lambda: pulse)
+    maintainer = RollupMaintainer(client, timezone_at, tolerances, lambda: pulse, cluster)
     z = zone(timezone_at(node, start_ms))
     written = 0
     days = list(buckets_between(start_ms, end_ms, "day", z))
