@@ -1,5 +1,7 @@
-"""compose/: the docker-compose stack cannot run here (no Docker engine), so check its structure:
-healthchecks, PIPELINE_* names, a scalable worker, mounted paths, and the Dockerfile."""
+"""compose/: the docker-compose stacks cannot run here (no Docker engine), so check their structure:
+healthchecks, PIPELINE_* names, a scalable worker, mounted paths, and the Dockerfile; for the
+ClickHouse cluster variant (docker-compose.cluster.yml), also that it is the single-node stack but
+for ClickHouse, and that its servers, macros, remote_servers and Keeper configuration agree."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import re
 import subprocess
 import tomllib
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,8 @@ from pipeline.settings import settings_reference
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE = COMPOSE_DIR / "docker-compose.yml"
+COMPOSE_CLUSTER = COMPOSE_DIR / "docker-compose.cluster.yml"
+CLUSTER_DIR = COMPOSE_DIR / "clickhouse" / "cluster"
 DOCKERFILE = COMPOSE_DIR / "Dockerfile"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
@@ -44,9 +49,16 @@ def load_yaml(path: Path) -> Any:
     pytest.fail("no YAML parser: run .ci/install-system-packages (Debian python3-yaml), or install PyYAML")
 
 
+@pytest.fixture(scope="module", params=[COMPOSE, COMPOSE_CLUSTER], ids=["single-node", "cluster"])
+def compose_file(request: pytest.FixtureRequest) -> Path:
+    """Every structure test runs over both stacks."""
+    path: Path = request.param
+    return path
+
+
 @pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    return load_yaml(COMPOSE)
+def compose(compose_file: Path) -> dict[str, Any]:
+    return load_yaml(compose_file)
 
 
 def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
@@ -62,10 +74,10 @@ def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
                 assert dep not in NO_HEALTHCHECK, f"{name} waits for {dep} to be healthy, which has no healthcheck"
 
 
-def test_pipeline_variables_are_settings(compose: dict[str, Any]) -> None:
+def test_pipeline_variables_are_settings(compose: dict[str, Any], compose_file: Path) -> None:
     known = {name for name, _default, _doc in settings_reference()}
     # every PIPELINE_ name anywhere in the file: environment keys, ${...} interpolations, comments
-    used = set(re.findall(r"\bPIPELINE_[A-Z0-9_]+\b", COMPOSE.read_text()))
+    used = set(re.findall(r"\bPIPELINE_[A-Z0-9_]+\b", compose_file.read_text()))
     assert used, "the compose file configures no PIPELINE_* variable"
     unknown = sorted(used - known)
     assert not unknown, f"not settings (pipeline/settings.py): {unknown}"
@@ -193,3 +205,128 @@ def test_the_api_service_serves_on_its_settings(compose: dict[str, Any]) -> None
     assert api["command"] == ["pipeline", "api"]
     assert f"{settings.api_port}:{settings.api_port}" in api["ports"]
     assert f":{settings.api_port}/api/timeseries/openapi.json" in " ".join(api["healthcheck"]["test"])
+
+
+# -- the ClickHouse cluster variant ---------------------------------------------------------------
+
+CLICKHOUSE_CONFIG = "/etc/clickhouse-server/config.d/"
+
+
+def _filled(value: str) -> str:
+    """${VAR:-default} as Docker Compose fills it in with nothing set."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def _servers(stack: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        n: s for n, s in stack["services"].items() if str(s.get("image", "")).startswith("clickhouse/clickhouse-server")
+    }
+
+
+def _keepers(stack: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        n: s for n, s in stack["services"].items() if str(s.get("image", "")).startswith("clickhouse/clickhouse-keeper")
+    }
+
+
+def _binds(service: dict[str, Any]) -> dict[str, str]:
+    """container path -> repository path (relative to compose/) of each bind mount."""
+    out = {}
+    for entry in service.get("volumes", []):
+        parts = entry.split(":")
+        if parts[0].startswith("./"):
+            out[parts[1]] = parts[0][2:]
+    return out
+
+
+def test_the_cluster_stack_is_the_single_node_stack_but_for_clickhouse() -> None:
+    single, cluster = load_yaml(COMPOSE), load_yaml(COMPOSE_CLUSTER)
+    servers, keepers = _servers(cluster), _keepers(cluster)
+    assert list(_servers(single)) == ["clickhouse"] and not _keepers(single)
+    assert set(cluster["services"]) == set(single["services"]) - {"clickhouse"} | set(servers) | set(keepers)
+    for name, service in single["services"].items():
+        if name == "clickhouse":
+            continue
+        expected = json.loads(json.dumps(service))
+        deps = expected.get("depends_on") or {}
+        if "clickhouse" in deps:  # waits for every server instead of the one
+            cond = deps.pop("clickhouse")
+            expected["depends_on"] = {**deps, **dict.fromkeys(servers, cond)}
+        env = expected.get("environment")
+        if isinstance(env, dict) and "PIPELINE_CLICKHOUSE_URL" in env:
+            env["PIPELINE_CLICKHOUSE_CLUSTER"] = "telemetry"
+        assert cluster["services"][name] == expected, name
+    # the same server image and settings as the single node, for every server of the cluster
+    one = single["services"]["clickhouse"]
+    for name, server in servers.items():
+        assert server["image"] == one["image"] and server["ulimits"] == one["ulimits"]
+        assert server["healthcheck"] == one["healthcheck"]
+        assert {k: v for k, v in server["environment"].items() if k != "CLICKHOUSE_CLUSTER_SECRET"} == one[
+            "environment"
+        ]
+        assert set(_binds(one).items()) <= set(_binds(server).items()), name  # the read-only user on every server
+    # the servers' data volumes replace the single node's
+    assert set(cluster["volumes"]) == set(single["volumes"]) - {"clickhouse-data"} | {
+        f"{n}-data" for n in [*servers, *keepers]
+    }
+
+
+def test_the_cluster_is_two_shards_of_two_replicas_named_alike_everywhere() -> None:
+    stack = load_yaml(COMPOSE_CLUSTER)
+    servers, keepers = _servers(stack), _keepers(stack)
+    remote = ET.parse(CLUSTER_DIR / "remote_servers.xml").getroot()
+    clusters = remote.find("remote_servers")
+    assert clusters is not None
+    (cluster,) = list(clusters)
+    # the pipeline's cluster name is the servers'
+    env = {k: _filled(str(v)) for k, v in stack["x-pipeline-env"].items()}
+    assert cluster.tag == env["PIPELINE_CLICKHOUSE_CLUSTER"] == "telemetry"
+    shards = cluster.findall("shard")
+    assert [len(shard.findall("replica")) for shard in shards] == [2, 2]
+    seen: set[tuple[str, str]] = set()
+    hosts = []
+    for number, shard in enumerate(shards, start=1):
+        assert (shard.findtext("internal_replication") or "").strip() == "true"
+        for replica in shard.findall("replica"):
+            host = replica.findtext("host") or ""
+            assert replica.findtext("port") == "9000"
+            hosts.append(host)
+            # a service of that name and hostname, with remote_servers and its own macros mounted
+            service = servers[host]
+            assert service["hostname"] == host
+            binds = _binds(service)
+            assert binds[CLICKHOUSE_CONFIG + "remote_servers.xml"] == "clickhouse/cluster/remote_servers.xml"
+            assert binds[CLICKHOUSE_CONFIG + "macros.xml"] == f"clickhouse/cluster/macros/{host}.xml"
+            macros = ET.parse(COMPOSE_DIR / binds[CLICKHOUSE_CONFIG + "macros.xml"]).getroot()
+            shard_macro, replica_macro = macros.findtext("macros/shard"), macros.findtext("macros/replica")
+            assert (shard_macro, replica_macro) == (str(number), host)
+            assert macros.findtext("interserver_http_host") == host
+            seen.add((str(shard_macro), str(replica_macro)))
+            # the inter-server secret the cluster names is in every server's environment
+            secret = cluster.find("secret")
+            assert secret is not None and secret.get("from_env") in service["environment"]
+    assert len(seen) == 4 and sorted(hosts) == sorted(servers)
+    # the pipeline's URL names the one server with the `clickhouse` alias
+    aliased = [
+        n
+        for n, s in servers.items()
+        if "clickhouse" in ((s.get("networks") or {}).get("default") or {}).get("aliases", [])
+    ]
+    assert len(aliased) == 1 and "@clickhouse:8123/" in env["PIPELINE_CLICKHOUSE_URL"]
+    assert aliased == [n for n, s in servers.items() if s.get("ports")]
+
+    # Keeper: the servers' <zookeeper> nodes are the keeper services, the keepers' Raft servers too
+    nodes = [(n.findtext("host"), n.findtext("port")) for n in remote.findall("zookeeper/node")]
+    keeper = ET.parse(CLUSTER_DIR / "keeper.xml").getroot()
+    port = keeper.findtext("keeper_server/tcp_port")
+    assert sorted(nodes) == [(k, port) for k in sorted(keepers)] and len(keepers) == 3
+    raft = {s.findtext("hostname"): s.findtext("id") for s in keeper.findall("keeper_server/raft_configuration/server")}
+    assert set(raft) == set(keepers)
+    server_id = keeper.find("keeper_server/server_id")
+    assert server_id is not None and server_id.get("from_env") == "KEEPER_SERVER_ID"
+    for name, service in keepers.items():
+        assert service["hostname"] == name
+        assert service["environment"]["KEEPER_SERVER_ID"] == raft[name]
+        assert _binds(service)["/etc/clickhouse-keeper/keeper_config.xml"] == "clickhouse/cluster/keeper.xml"
+        for server in servers.values():
+            assert server["depends_on"][name] == {"condition": "service_healthy"}
