@@ -43,12 +43,12 @@ from processors.rollup import DEFAULT_TOLERANCES, PERIODICITIES, RawPoint, point
 from processors.rows import RawColumns
 from sinks import history
 from sinks.clickhouse import RawSink, connect, ensure_schema
-from sinks.rollups import ensure_rollup_schema, read_rollups
+from sinks.rollups import read_rollups
 from tests.integration.helpers import (
     ROOT,
     publish_metadata,
+    schema_client,
     scratch_clickhouse,
-    settings_for,
     stop,
     wait_for,
     worker_process,
@@ -760,17 +760,10 @@ def local_start(now_ms: int, unit: str) -> int:
 
 
 def test_pipeline_today_week_year_and_now_in_the_node_zone(
-    kafka_bootstrap: str,
-    clickhouse_url: str,
-    ch_database: str,
-    topic_prefix: str,
-    pg_dsn: str,
-    tmp_path: Path,
+    worker_settings: Settings, pg_dsn: str, tmp_path: Path
 ) -> None:
-    settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with({"postgres_dsn": pg_dsn})
-    client = connect(settings.clickhouse_url)
-    ensure_schema(client)
-    ensure_rollup_schema(client)
+    settings = worker_settings
+    client = schema_client(settings.clickhouse_url)
     publish_metadata(
         settings,
         [

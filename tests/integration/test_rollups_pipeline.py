@@ -18,6 +18,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.embedded.stack import free_port
+from pipeline.settings import Settings
 from pipeline.wire.producer import DatumProducer
 from pipeline.wire.topics import Topics
 from pipeline.worker.rollups import RollupMaintainer, recompute_range
@@ -32,13 +33,13 @@ from processors.rollup import (
     points_from_datum,
 )
 from processors.rows import RawColumns
-from sinks.clickhouse import RawSink, connect, ensure_schema
+from sinks.clickhouse import RawSink
 from sinks.rollups import ensure_rollup_schema, read_rollups
 from tests.integration.helpers import (
     model_events,
     publish_metadata,
     read_topic,
-    settings_for,
+    schema_client,
     settings_in_env,
     wait_for,
     worker_process,
@@ -173,9 +174,7 @@ def test_maintainer_on_shuffled_batches_matches_reference(
 ) -> None:
     """The maintainer alone (no broker): raw batches stored in a messy order, each followed by
     update(); then `recompute_range` over everything changes nothing."""
-    client = connect(f"{clickhouse_url.rstrip('/')}/{ch_database}")
-    ensure_schema(client)
-    ensure_rollup_schema(client)
+    client = schema_client(f"{clickhouse_url.rstrip('/')}/{ch_database}")
     rng = random.Random(7)
     zones = {1: "UTC", 2: "America/New_York", 3: "Asia/Kathmandu", EXAMPLE[0]: "UTC"}
     streams = {
@@ -233,18 +232,9 @@ def test_maintainer_on_shuffled_batches_matches_reference(
 DAY = 24 * HOUR
 
 
-def test_pipeline_rollups_match_reference_across_a_restart(
-    kafka_bootstrap: str,
-    clickhouse_url: str,
-    ch_database: str,
-    topic_prefix: str,
-    pg_dsn: str,
-    tmp_path: Path,
-) -> None:
-    settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with({"postgres_dsn": pg_dsn})
-    client = connect(settings.clickhouse_url)
-    ensure_schema(client)
-    ensure_rollup_schema(client)
+def test_pipeline_rollups_match_reference_across_a_restart(worker_settings: Settings, tmp_path: Path) -> None:
+    settings = worker_settings
+    client = schema_client(settings.clickhouse_url)
     # node 2 keeps New York time from before the data on
     publish_metadata(
         settings,
@@ -350,10 +340,7 @@ PULSE_MODEL = {
 
 
 def test_reset_inside_an_hour_moved_and_deleted_and_pulse_sums(
-    kafka_bootstrap: str,
-    clickhouse_url: str,
-    ch_database: str,
-    topic_prefix: str,
+    worker_settings: Settings,
     pg_dsn: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -362,7 +349,7 @@ def test_reset_inside_an_hour_moved_and_deleted_and_pulse_sums(
     counts the meter's increase on both sides of it; moving and deleting the reset recompute the
     hours around it; a PULSE datastream's values are summed. Every state against the reference."""
 
-    settings = settings_for(kafka_bootstrap, clickhouse_url, ch_database, topic_prefix)._with({"postgres_dsn": pg_dsn})
+    settings = worker_settings
     client = settings_in_env(settings, monkeypatch)
     ensure_rollup_schema(client)
     bindings = {
@@ -479,12 +466,12 @@ def test_reset_inside_an_hour_moved_and_deleted_and_pulse_sums(
         assert int(client.command("SELECT count() FROM datum_auxiliary")) == 0
         # a producer other than `pipeline ingest` sending garbage: the agent dead-letters it, goes on
         raw = DatumProducer(settings)
-        raw.send_raw(Topics(topic_prefix).auxiliary, b"{not json", key=b"x")
+        raw.send_raw(Topics(settings.topic_prefix).auxiliary, b"{not json", key=b"x")
         raw.flush()
         letters = wait_for(
             lambda: [
                 lt
-                for lt in read_topic(kafka_bootstrap, Topics(topic_prefix).deadletter, 2, 5)
+                for lt in read_topic(settings.kafka_bootstrap, Topics(settings.topic_prefix).deadletter, 2, 5)
                 if lt["stage"] == "auxiliary"
             ],
             60,
@@ -494,6 +481,6 @@ def test_reset_inside_an_hour_moved_and_deleted_and_pulse_sums(
             "pipeline.datum-auxiliary"
         )
     # the bad Reset line went to the dead letters with its rule
-    letters = read_topic(kafka_bootstrap, Topics(topic_prefix).deadletter, 2)
+    letters = read_topic(settings.kafka_bootstrap, Topics(settings.topic_prefix).deadletter, 2)
     assert any(r["rule"] == "aux.created" for letter in letters for r in letter["reasons"])
     assert "Traceback" not in (tmp_path / "worker.log").read_text()
