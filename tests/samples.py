@@ -7,6 +7,9 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from processors.binding import Binding, Catalog
+from processors.datamodel import parse_datamodel
+
 # oTherm's field dictionary (gshp-analysis db_tools/influx_lp_writer.py): what its heat pumps
 # report, the two cumulative heat meters last.
 OTHERM_FIELDS = (
@@ -67,6 +70,28 @@ def datamodel(
         "version": version,
         "categories": [{"identifier": category, "name": category, "datastreams": list(datastreams)}],
     }
+
+
+# The 'room' sample's properties and the datastreams they are bound to (room_catalog binds those of
+# its datastreams).
+ROOM_PROPERTIES = {
+    "temperature": "room.temp",
+    "energy": "room.energy",
+    "mode": "room.mode",
+    "debug": "room.debug",
+    "rain": "room.rain",
+    "cop": "room.cop",
+}
+
+
+def room_catalog(*datastreams: dict[str, Any]) -> Catalog:
+    """The 'room' datamodel of these datastreams (room.temp, room.energy, ...: see ROOM_PROPERTIES),
+    bound to /room/** for every node."""
+    identifiers = [d["identifier"] for d in datastreams]
+    assert set(identifiers) <= set(ROOM_PROPERTIES.values()), identifiers
+    properties = {name: ident for name, ident in ROOM_PROPERTIES.items() if ident in identifiers}
+    model = parse_datamodel(datamodel("room", datastreams, "a room"))
+    return Catalog([model], [Binding(None, "/room/**", "room", properties)])
 
 
 def health_model(qrating: dict[str, Any]) -> dict[str, Any]:

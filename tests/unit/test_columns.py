@@ -15,57 +15,33 @@ from processors import columns
 from processors.binding import Binding, Catalog, load_catalog
 from processors.catalog_versions import VersionedCatalog
 from processors.columns import DatumColumns, accept_columns, first_accumulating, score_values
-from processors.datamodel import parse_datamodel
 from processors.datum import Datum, check_envelope
 from processors.qrating import QRating, RateState, Scorer
 from processors.rows import AcceptResult, Scoring, accept_batch
-from tests.samples import SEED_QRATING, datamodel, stream
+from tests.samples import SEED_QRATING, room_catalog, stream
 
 NOW = 1_700_000_000_000
 T0 = NOW - 40 * 86_400_000  # some samples of 30-day datastreams are already expired on arrival
 
-MODEL = parse_datamodel(
-    datamodel(
-        "room",
-        [
-            stream(
-                "room.temp",
-                schema={"type": "number", "minimum": -50, "exclusiveMaximum": 80},
-                qrating=SEED_QRATING,
-                storage={"period": "DAYS", "total": 30},
-                required=True,
-            ),
-            stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600}),
-            stream(
-                "room.mode",
-                schema={"type": "string", "enum": ["cold", "fine", "odd"]},
-                qrating={**SEED_QRATING, "conversion_matrix": {"cold": 0, "fine": 25}},
-            ),
-            stream("room.debug", storage={"period": "NEVER"}),
-            stream("room.rain", "PULSE", schema={"type": "number", "multipleOf": 0.5}),
-            stream("room.cop", calculated=True),
-        ],
-        description="a room",
-    )
+ROOM = room_catalog(
+    stream(
+        "room.temp",
+        schema={"type": "number", "minimum": -50, "exclusiveMaximum": 80},
+        qrating=SEED_QRATING,
+        storage={"period": "DAYS", "total": 30},
+        required=True,
+    ),
+    stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600}),
+    stream(
+        "room.mode",
+        schema={"type": "string", "enum": ["cold", "fine", "odd"]},
+        qrating={**SEED_QRATING, "conversion_matrix": {"cold": 0, "fine": 25}},
+    ),
+    stream("room.debug", storage={"period": "NEVER"}),
+    stream("room.rain", "PULSE", schema={"type": "number", "multipleOf": 0.5}),
+    stream("room.cop", calculated=True),
 )
-ROOM = Catalog(
-    [MODEL],
-    [
-        Binding(
-            None,
-            "/room/**",
-            "room",
-            {
-                "temperature": "room.temp",
-                "energy": "room.energy",
-                "mode": "room.mode",
-                "debug": "room.debug",
-                "rain": "room.rain",
-                "cop": "room.cop",
-            },
-        )
-    ],
-)
+MODEL = ROOM.datamodels["room"]
 LATER = Catalog([MODEL], [Binding(None, "/room/a", "room", {"temperature": "room.temp"}, valid_from_ms=T0 + 5_000)])
 DEMO = load_catalog(Path(__file__).resolve().parents[2] / "schemas" / "datamodels")
 CATALOGS = {

@@ -4,49 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from processors.binding import Binding, Catalog
-from processors.datamodel import parse_datamodel
 from processors.datum import Datum
 from processors.rows import Scoring, accept_batch
-from tests.samples import SEED_QRATING, datamodel, stream
+from tests.samples import SEED_QRATING, room_catalog, stream
 
 NOW = 1_700_000_000_000
 T0 = 1_600_000_000_000
 
 
-MODEL = parse_datamodel(
-    datamodel(
-        "room",
-        [
-            stream("room.temp", qrating=SEED_QRATING, storage={"period": "DAYS", "total": 30}),
-            stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600}),
-            stream(
-                "room.mode",
-                schema={"type": "string"},
-                qrating={**SEED_QRATING, "conversion_matrix": {"cold": 0, "fine": 25}},
-            ),
-            stream("room.debug", storage={"period": "NEVER"}),
-            stream("room.cop", calculated=True),
-        ],
-        description="a room",
-    )
-)
-CATALOG = Catalog(
-    [MODEL],
-    [
-        Binding(
-            None,
-            "/room/**",
-            "room",
-            {
-                "temperature": "room.temp",
-                "energy": "room.energy",
-                "mode": "room.mode",
-                "debug": "room.debug",
-                "cop": "room.cop",
-            },
-        )
-    ],
+CATALOG = room_catalog(
+    stream("room.temp", qrating=SEED_QRATING, storage={"period": "DAYS", "total": 30}),
+    stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600}),
+    stream(
+        "room.mode",
+        schema={"type": "string"},
+        qrating={**SEED_QRATING, "conversion_matrix": {"cold": 0, "fine": 25}},
+    ),
+    stream("room.debug", storage={"period": "NEVER"}),
+    stream("room.cop", calculated=True),
 )
 
 

@@ -29,28 +29,15 @@ from pipeline.wire.codec import CURRENT, SCHEMA_HEADER, encode_batch
 from pipeline.wire.topics import stream_key
 from pipeline.worker.app import DatumWorker
 from pipeline.worker.batch import Part, process_parts
-from processors.binding import Binding, Catalog
 from processors.catalog_versions import VersionedCatalog
-from processors.datamodel import parse_datamodel
 from processors.datum import Datum
-from tests.samples import SEED_QRATING, datamodel, stream
+from tests.samples import SEED_QRATING, room_catalog, stream
 from tests.unit.worker_fakes import OTHER, TOPIC, make_worker
 
 NOW = int(time.time() * 1000)
 HOUR = 3_600_000
 Stream = tuple[int, str]
-ROOM = Catalog(
-    [
-        parse_datamodel(
-            datamodel(
-                "room",
-                [stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600})],
-                description="a room",
-            )
-        )
-    ],
-    [Binding(None, "/room/**", "room", {"energy": "room.energy"})],
-)
+ROOM = room_catalog(stream("room.energy", "CUMULATIVE", qrating={**SEED_QRATING, "cumulative_period_divisor": 3600}))
 
 
 @dataclass
