@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import jsonschema
@@ -31,39 +32,22 @@ from processors.metadata import (
     references,
     value_at,
 )
-from tests.samples import health_model, metadata_event
+from tests.samples import SEED_QRATING, health_model, metadata_event
 
 
 def t(day: str) -> datetime:
     return datetime.fromisoformat(day).replace(tzinfo=UTC)
 
 
-def raw(
-    entity: str,
-    key: dict[str, Any],
-    op: str,
-    value: dict[str, Any] | None = None,
-    valid_from: str | None = None,
-    valid_to: str | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    defaults = {"author": "alice", "comment": "why", "produced_at": "2025-01-01T00:00:00Z"}
-    return metadata_event(entity, key, op, value, valid_from, valid_to, **{**defaults, **extra})
+# events by alice, "why", produced on 2025-01-01 (any field can be given otherwise)
+raw = partial(metadata_event, author="alice", comment="why", produced_at="2025-01-01T00:00:00Z")
 
 
 def ev(*args: Any, **kw: Any) -> MetadataEvent:
     return parse_event(raw(*args, **kw))
 
 
-QRATING = {
-    "version": "1.0.0",
-    "max_score": 1000,
-    "min_required": {"value": -5, "label": "FROZEN"},
-    "min_desired": {"value": 5, "label": "COLD"},
-    "ideal": {"value": 25, "label": "IDEAL"},
-    "max_desired": {"value": 35, "label": "HIGH"},
-    "max_allowed": {"value": 60, "label": "HOT"},
-}
+QRATING = {**SEED_QRATING, "ideal": {"value": 25, "label": "IDEAL"}}
 TZ = "node_timezone"
 N1 = {"node_id": 1}
 
