@@ -161,7 +161,9 @@ def _check_rollups(
         " toUnixTimestamp64Milli(ts_end), count, avg, min, max, diff, read_diff, read_start, read_end,"
         f" mode, status_counts, tags FROM {ROLLUP_VIEW}"
     )
-    # the seven figures between count and mode are RollupRow's, in its order: avg to read_end
+    # Deliberately the row reading of sinks.rollups.read_rollups, not a call to it: that takes known
+    # streams and ranges, the oracle reads every row of the view (a surplus stream's too).
+    # The seven figures between count and mode are RollupRow's, in its order: avg to read_end.
     for per, node, source, prop, kind, s, e, count, *figures, mode, sc, tags in result.result_rows:
         row = RollupRow(
             per,
