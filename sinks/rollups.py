@@ -386,6 +386,42 @@ def read_neighbours(
     return [(prev.get(n), nxt.get(n)) for n in range(len(requests))]
 
 
+def rollup_row_columns(alias: str = "") -> str:
+    """The SELECT list `rollup_row` reads: a stored row's columns in RollupRow's order, the bucket
+    bounds as epoch milliseconds."""
+    p = f"{alias}." if alias else ""
+    return (
+        f"{p}periodicity, {p}node_id, {p}source_id, {p}property, {p}kind, toUnixTimestamp64Milli({p}ts_start),"
+        f" toUnixTimestamp64Milli({p}ts_end), {p}count, {p}avg, {p}min, {p}max, {p}diff, {p}read_diff,"
+        f" {p}read_start, {p}read_end, {p}mode, {p}status_counts, {p}tags"
+    )
+
+
+def rollup_row(values: Sequence[Any]) -> RollupRow:
+    """A RollupRow from one row of `rollup_row_columns`."""
+    per, node, source, prop, kind, s, e, count, avg, lo, hi, diff, rdiff, rstart, rend, mode, sc, tags = values
+    return RollupRow(
+        per,
+        int(node),
+        str(source),
+        prop,
+        kind,
+        int(s),
+        int(e),
+        int(count),
+        avg,
+        lo,
+        hi,
+        diff,
+        rdiff,
+        rstart,
+        rend,
+        mode if kind == "s" else None,
+        tuple((str(v), int(c)) for v, c in sc),
+        tuple(tags),
+    )
+
+
 def read_rollups(
     client: Client,
     requests: Sequence[tuple[int, str, Sequence[tuple[str, int, int]]]],
@@ -399,53 +435,10 @@ def read_rollups(
     out: list[RollupRow] = []
     for k in range(0, len(ranges), RANGES_CHUNK):
         result = client.query(
-            "SELECT r.periodicity, r.node_id, r.source_id, r.property, r.kind, toUnixTimestamp64Milli(r.ts_start),"
-            " toUnixTimestamp64Milli(r.ts_end), r.count, r.avg, r.min, r.max, r.diff, r.read_diff, r.read_start,"
-            f" r.read_end, r.mode, r.status_counts, r.tags FROM {ROLLUP_VIEW} AS r"
+            f"SELECT {rollup_row_columns('r')} FROM {ROLLUP_VIEW} AS r"
             f"{ranges_join('r', ranges[k : k + RANGES_CHUNK], time_column='ts_start', name_column='periodicity')}"
         )
-        for (
-            per,
-            node,
-            source,
-            prop,
-            kind,
-            s,
-            e,
-            count,
-            avg,
-            lo,
-            hi,
-            diff,
-            rdiff,
-            rstart,
-            rend,
-            mode,
-            sc,
-            tags,
-        ) in result.result_rows:
-            out.append(
-                RollupRow(
-                    per,
-                    int(node),
-                    str(source),
-                    prop,
-                    kind,
-                    int(s),
-                    int(e),
-                    int(count),
-                    avg,
-                    lo,
-                    hi,
-                    diff,
-                    rdiff,
-                    rstart,
-                    rend,
-                    mode if kind == "s" else None,
-                    tuple((str(v), int(c)) for v, c in sc),
-                    tuple(tags),
-                )
-            )
+        out.extend(rollup_row(values) for values in result.result_rows)
     return out
 
 

@@ -25,7 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from processors.datum import Datum
 from processors.rollup import RawPoint, RollupRow, recompute
-from sinks.rollups import ROLLUP_VIEW
+from sinks.rollups import ROLLUP_VIEW, rollup_row, rollup_row_columns
 from tests.chaos.plan import BadInput, Identity
 
 LEVELS = ("halfhour", "hour", "day")
@@ -156,29 +156,11 @@ def _check_rollups(
     client: Client, v: DataVerdict, points: dict[tuple[int, str], list[RawPoint]], max_examples: int
 ) -> None:
     stored: dict[tuple[int, str], dict[tuple[str, str, str, int], RollupRow]] = {}
-    result = client.query(
-        "SELECT periodicity, node_id, source_id, property, kind, toUnixTimestamp64Milli(ts_start),"
-        " toUnixTimestamp64Milli(ts_end), count, avg, min, max, diff, read_diff, read_start, read_end,"
-        f" mode, status_counts, tags FROM {ROLLUP_VIEW}"
-    )
-    # Deliberately the row reading of sinks.rollups.read_rollups, not a call to it: that takes known
-    # streams and ranges, the oracle reads every row of the view (a surplus stream's too).
-    # The seven figures between count and mode are RollupRow's, in its order: avg to read_end.
-    for per, node, source, prop, kind, s, e, count, *figures, mode, sc, tags in result.result_rows:
-        row = RollupRow(
-            per,
-            int(node),
-            str(source),
-            prop,
-            kind,
-            int(s),
-            int(e),
-            int(count),
-            *figures,
-            mode if kind == "s" else None,
-            tuple((str(a), int(b)) for a, b in sc),
-            tuple(tags),
-        )
+    # every row of the view (a surplus stream's too), read as sinks.rollups reads a stored row
+    result = client.query(f"SELECT {rollup_row_columns()} FROM {ROLLUP_VIEW}")
+    for values in result.result_rows:
+        row = rollup_row(values)
+        per, prop, kind = row.periodicity, row.property, row.kind
         if nonfinite(row):
             v.rollups_nonfinite += 1
             if len(v.examples) < max_examples:
