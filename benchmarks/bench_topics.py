@@ -4,6 +4,11 @@ new topic costs a consumer-group rebalance.
 
     python benchmarks/bench_topics.py [--topics 100 1000 5000] [--workers 1] [--partitions 4]
                                       [--datums 200000] [--new-sources 5] [--timeout 900]
+                                      [--groups G]
+
+With `--groups G` the N sources are /S<i mod G>/B<i>/M1 and the topic-mapping rule
+`PIPELINE_TOPIC_MAP='/S*/** = S{1}'` puts them in G group topics (datumgroup.S<k>): N sources,
+G topics; a new source of an existing group then needs no topic and no rebalance.
 
 Per topic count N, a fresh Tansu broker (everything in memory) and fresh databases; the sample
 datamodels bound (sources /S1/B<i>/M1 match `/S*/**/M*`, so datums are validated, scored and
@@ -84,8 +89,11 @@ REVOKE = "Revoking previously assigned partitions"
 ASSIGN = "Setting newly assigned partitions"
 
 
-def source_id(i: int) -> str:
-    return f"/S1/B{i}/M1"
+GROUP_MAP = "/S*/** = S{1}"  # --groups: the topic-mapping rule, one topic per /S<k>
+
+
+def source_id(i: int, groups: int = 0) -> str:
+    return f"/S{i % groups}/B{i}/M1" if groups else f"/S1/B{i}/M1"
 
 
 def vm_rss_mib(pid: int) -> float:
@@ -198,8 +206,9 @@ class NewSource:
 
 @dataclass
 class Result:
-    topics: int
+    topics: int  # sources, each its own topic unless --groups
     partitions: int
+    topic_count: int = 0
     lines: list[tuple[str, str]] = field(default_factory=list)
     failed: str = ""
 
@@ -246,7 +255,14 @@ def run_count(args: argparse.Namespace, n: int, kafka: str, ch: str, pg_url: str
         with fresh_postgres(pg_url, db) as dsn:
             scan_s = Settings.from_env({}).topic_scan_interval_s  # the deployment default, not the tests' 0.5
             settings = settings_for(
-                kafka, ch, db, prefix, topic_partitions=args.partitions, postgres_dsn=dsn, topic_scan_interval_s=scan_s
+                kafka,
+                ch,
+                db,
+                prefix,
+                topic_partitions=args.partitions,
+                postgres_dsn=dsn,
+                topic_scan_interval_s=scan_s,
+                topic_map=GROUP_MAP if args.groups else "",
             )
             try:
                 measure(args, res, settings, work / db)
@@ -268,17 +284,23 @@ def measure(args: argparse.Namespace, res: Result, settings: Settings, work: Pat
     publish_metadata(settings, events)
     producer = DatumProducer(settings)
     ticks = Ticks()
-    sources = [source_id(i) for i in range(1, n + 1)]
+    sources = [source_id(i, args.groups) for i in range(1, n + 1)]
     sent = 0  # datums sent so far (every one is expected in the datum view)
 
     # 1. the topics, and a datum on each
     t = time.perf_counter()
-    names = [producer.topics.source(s) for s in sources]
-    for start in range(0, n, CREATE_CHUNK):
+    names = sorted({producer.topics.source(s) for s in sources})
+    for start in range(0, len(names), CREATE_CHUNK):
         producer.admin.ensure(names[start : start + CREATE_CHUNK])
     create_s = time.perf_counter() - t
-    listed = sum(1 for name in producer.admin.existing() if name.startswith(settings.topic_prefix + "datum."))
-    res.add("create topics", f"{create_s:.1f} s ({n / create_s:,.0f} topics/s; {listed:,} listed by the broker)")
+    pattern = producer.topics.source_pattern
+    listed = sum(1 for name in producer.admin.existing() if pattern.match(name))
+    res.topic_count = len(names)
+    res.add(
+        "create topics",
+        f"{len(names):,} for {n:,} sources: {create_s:.1f} s ({len(names) / create_s:,.0f} topics/s;"
+        f" {listed:,} listed by the broker)",
+    )
     producer.send([ticks.datum(1, s) for s in sources])
     producer.flush(120)
     sent += n
@@ -328,7 +350,7 @@ def phases(
     # 3. throughput: round-robin over all N, then over 20 (each after the rollups caught up)
     settle(client, sent, args.timeout)
     rates = {}
-    for label, over in ((f"{n:,} topics", sources), (f"{SMALL} topics", sources[:SMALL])):
+    for label, over in ((f"{n:,} sources", sources), (f"{SMALL} sources", sources[:SMALL])):
         datums = [ticks.datum(1, over[k % len(over)]) for k in range(args.datums)]
         t0p = time.perf_counter()
         producer.send(datums)
@@ -354,7 +376,7 @@ def phases(
         )
     if len(rates) == 2:
         r_n, r_small = rates.values()
-        res.add(f"ratio {n:,} / {SMALL} topics", f"{r_n / r_small:.2f}")
+        res.add(f"ratio {n:,} / {SMALL} sources", f"{r_n / r_small:.2f}")
     res.add("RSS after the throughput runs", workers.rss())
     workers.check()
     settle(client, sent, args.timeout)
@@ -497,7 +519,10 @@ def settle(client: Any, expect: int, timeout: float) -> None:
 def table(results: list[Result]) -> None:
     print("\n=== summary ===")
     for r in results:
-        print(f"\n{r.topics:,} source topics x {r.partitions} partitions" + (" -- FAILED" if r.failed else ""))
+        print(
+            f"\n{r.topics:,} sources in {r.topic_count:,} topics x {r.partitions} partitions"
+            + (" -- FAILED" if r.failed else "")
+        )
         for what, value in r.lines:
             print(f"  {what:<38} {value}")
 
@@ -510,6 +535,7 @@ def main() -> None:
     ap.add_argument("--datums", type=int, default=200_000, help="datums of each throughput run")
     ap.add_argument("--new-sources", type=int, default=5, help="brand-new sources timed one after another")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds any one wait may take")
+    ap.add_argument("--groups", type=int, default=0, help="G: the topic-mapping rule puts the sources in G topics")
     ap.add_argument("--keep-logs", help="a folder for the worker and service logs (default: a temp dir)")
     args = ap.parse_args()
     print(
@@ -523,7 +549,8 @@ def main() -> None:
         shared_kafka = os.environ.get("PIPELINE_KAFKA_BOOTSTRAP", "")
         with stores(work) as (ch, pg):
             for n in args.topics:
-                print(f"\n--- {n:,} source topics ---", flush=True)
+                in_topics = f" in {args.groups} topics" if args.groups else ""
+                print(f"\n--- {n:,} sources{in_topics} ---", flush=True)
                 with broker(shared_kafka, work / f"tansu-{n}") as kafka:
                     results.append(run_count(args, n, kafka, ch, pg, work))
     table(results)

@@ -45,6 +45,15 @@ class Settings:
 
     # Kafka naming
     topic_prefix: str = field(default="", metadata={"doc": "Prefix for every topic (lets deployments share a cluster)"})
+    topic_map: str = field(
+        default="",
+        metadata={
+            "doc": "Topic-mapping rule: '<Ant pattern of sourceIds> = <group>' rules separated by ';', first match"
+            " wins, `{n}` the n-th wildcard's text; matching sources share the topic datumgroup.<group> (keyed by"
+            " stream, so each stream keeps its order). Empty: one topic per source. Same for every producer"
+            " (docs/scale-out.md)"
+        },
+    )
     topic_partitions: int = field(default=4, metadata={"doc": "Partitions of each source topic created"})
     app_id: str = field(default="telemetry-pipeline", metadata={"doc": "Faust app id, i.e. consumer group"})
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline.cli import data, metadata, services, tokens
 from pipeline.cli.services import worker_count
 from pipeline.settings import Settings, settings_reference
+from pipeline.wire.topics import TopicMapError, Topics
 
 __all__ = ["build_parser", "main", "worker_count"]
 
@@ -38,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env(config_file=args.config)
     if getattr(args, "data_dir", None):
         settings = replace(settings, data_dir=Path(args.data_dir))
+    try:
+        Topics.of_settings(settings)  # a topic map that cannot be read stops every command, not a worker later
+    except TopicMapError as exc:
+        print(f"pipeline: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(settings, args) or 0)
     except KeyboardInterrupt:

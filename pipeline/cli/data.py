@@ -125,7 +125,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     topics = sub.add_parser("topic-name", help="print the topic a sourceId maps to")
     topics.add_argument("source_id")
-    topics.set_defaults(func=lambda s, a: print(Topics(s.topic_prefix).source(a.source_id)))
+    topics.set_defaults(func=lambda s, a: print(Topics.of_settings(s).source(a.source_id)))
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:

@@ -170,7 +170,7 @@ def replay_deadletters(
 
     from pipeline.wire.topics import Topics
 
-    topic = Topics(settings.topic_prefix).deadletter
+    topic = Topics.of_settings(settings).deadletter
     from pipeline.wire.kafka_config import client_config
 
     consumer = Consumer({**client_config(settings), "group.id": "pipeline-replay", "enable.auto.commit": False})

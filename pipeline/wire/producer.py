@@ -89,7 +89,7 @@ class TopicAdmin:
     def __init__(self, settings: Settings) -> None:
         self._admin = AdminClient(client_config(settings))
         self._partitions = settings.topic_partitions
-        self._topics = Topics(settings.topic_prefix)
+        self._topics = Topics.of_settings(settings)
         self._known: set[str] = set()
 
     def existing(self) -> set[str]:
@@ -130,7 +130,7 @@ class DatumProducer:
 
     def __init__(self, settings: Settings, topics: Topics | None = None, *, track: bool = False) -> None:
         self.settings = settings
-        self.topics = topics or Topics(settings.topic_prefix)
+        self.topics = topics or Topics.of_settings(settings)
         self.admin = TopicAdmin(settings)
         self._producer = Producer(producer_config(settings))
         self._failures: list[str] = []

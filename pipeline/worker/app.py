@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from collections import ChainMap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -174,7 +176,7 @@ class DatumWorker:
 
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
-        self.topics = Topics(settings.topic_prefix)
+        self.topics = Topics.of_settings(settings)
         self.registry = registry or CollectorRegistry()
         self.metrics: Metrics = build_metrics(self.registry)
         (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
@@ -769,6 +771,12 @@ class DatumWorker:
 
         app.timer(5.0)(lag)
 
+        async def start_watchdog() -> None:
+            # started with the app, once its consumer exists
+            watch_consumer(app)
+
+        app.task(start_watchdog)
+
         @app.agent(self.stale_topic, name="rollups")
         async def rollups(stream: faust.StreamT[Any]) -> None:
             async for events in take_events(stream, 500, s.rollup_within_s):
@@ -865,6 +873,35 @@ class DatumWorker:
         return end_offsets(client_config(self.settings), self.topics.metadata, [0])[0]
 
     _metadata_next = 0  # the offset after the last metadata event this worker applied
+
+
+# The exit status of a worker whose Kafka consumer crashed (EX_SOFTWARE): its supervisor restarts it.
+EXIT_CONSUMER_CRASHED = 70
+
+
+def watch_consumer(app: faust.App, interval_s: float = 2.0) -> threading.Thread:
+    """Exit the process once the app's Kafka consumer has crashed: Faust leaves a crashed consumer
+    crashed, and the worker then neither consumes nor exits (pipeline/worker/faust_fixes.py, 5.).
+    A thread of its own, so that it also sees a crash that stopped the event loop's services.
+    Exiting is safe at any point: what was not committed is delivered again after the restart."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            reason = faust_fixes.consumer_crash(app)
+            if reason is not None:
+                log.critical(
+                    "the Kafka consumer crashed (%r): exiting with %d for the supervisor to restart this"
+                    " worker; what was not committed is delivered again",
+                    reason,
+                    EXIT_CONSUMER_CRASHED,
+                )
+                logging.shutdown()
+                os._exit(EXIT_CONSUMER_CRASHED)
+
+    thread = threading.Thread(target=watch, name="consumer-watchdog", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_worker(settings: Settings) -> None:

@@ -142,7 +142,7 @@ class Drill:
 
     @property
     def topics(self) -> Topics:
-        return Topics(self.settings.topic_prefix)
+        return Topics.of_settings(self.settings)
 
     def send_bad(self, bad: BadInput) -> None:
         assert self.bad is not None

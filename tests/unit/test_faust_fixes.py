@@ -252,6 +252,7 @@ def test_every_workaround_has_its_reliances_listed() -> None:
         "grow_subscription/resubscribe_if_dropped",
         "WeightedLimit",
         "pipeline.worker.sensor.PositionMonitor",
+        "commit_racing_rebalance/consumer_crash",
     }
 
 
@@ -261,3 +262,151 @@ def test_a_renamed_faust_internal_fails_loudly_naming_the_workaround(api_problem
     assert problems[0].startswith("grow_subscription") and "_flag_changes" in problems[0]
     assert all(p.startswith("WeightedLimit") for p in problems[1:]), problems
     assert "faust-streaming 0.15.3" in problems[0] and "faust_fixes.py" in problems[0]
+
+
+# -- a commit overtaken by a rebalance (faust-streaming #94) --------------------------------------
+
+
+class FakeAioKafka:
+    """aiokafka's consumer as the consumer thread's `_commit` sees it: `commit` answers `error` or records."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+        self.committed: list[dict[Any, Any]] = []
+
+    async def commit(self, offsets: dict[Any, Any]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.committed.append(offsets)
+
+
+class FakeConsumerThread:
+    """What `AIOKafkaConsumerThread._commit` uses of its thread, nothing else."""
+
+    def __init__(self, error: BaseException | None, assigned: set[Any]) -> None:
+        import logging
+
+        self.consumer = FakeAioKafka(error)
+        self.assigned = assigned
+        self.tp_last_committed_at: dict[Any, float] = {}
+        self.log = logging.getLogger("fake-consumer-thread")
+        self.crashes: list[BaseException] = []
+
+    def _ensure_consumer(self) -> FakeAioKafka:
+        return self.consumer
+
+    def assignment(self) -> set[Any]:
+        return self.assigned
+
+    async def crash(self, exc: BaseException) -> None:
+        self.crashes.append(exc)
+
+
+def _commit_with(commit: Any, error: BaseException | None) -> tuple[bool, FakeConsumerThread]:
+    import asyncio
+
+    from faust.types import TP as FaustTP
+
+    tp, other = FaustTP("datum..S1", 0), FaustTP("datum..S2", 1)
+    thread = FakeConsumerThread(error, {tp})
+    done = asyncio.run(commit(thread, {tp: 12, other: 7}))
+    return done, thread
+
+
+def _race_errors() -> list[BaseException]:
+    from aiokafka.errors import IllegalStateError
+
+    return [
+        IllegalStateError("No partitions assigned"),
+        IllegalStateError("Partition TopicPartition(x, 0) is not assigned"),
+    ]
+
+
+@pytest.mark.parametrize("error", _race_errors(), ids=["no-partitions", "partition-not-assigned"])
+def test_a_commit_overtaken_by_a_rebalance_is_not_committed_and_does_not_crash(error: BaseException) -> None:
+    from pipeline.worker.faust_fixes import commit_racing_rebalance
+
+    done, thread = _commit_with(commit_racing_rebalance, error)
+    assert done is False  # not committed: Faust's next assignment seeks to the committed offset
+    assert thread.crashes == []
+
+
+@pytest.mark.parametrize("error", _race_errors(), ids=["no-partitions", "partition-not-assigned"])
+def test_faust_own_commit_crashes_the_consumer_thread_on_the_race(error: BaseException) -> None:
+    """The defect the replacement fixes, shown on the installed Faust's own method (negative control)."""
+    from pipeline.worker.faust_fixes import _faust_own_commit
+
+    done, thread = _commit_with(_faust_own_commit(), error)
+    assert done is False
+    assert thread.crashes == [error]
+
+
+def test_any_other_commit_error_still_crashes_the_thread() -> None:
+    from aiokafka.errors import IllegalStateError, KafkaConnectionError
+
+    from pipeline.worker.faust_fixes import commit_racing_rebalance
+
+    for error in (KafkaConnectionError("broker gone"), IllegalStateError("Not subscribed to any topics")):
+        done, thread = _commit_with(commit_racing_rebalance, error)
+        assert done is False and thread.crashes == [error]
+
+
+def test_a_commit_without_error_commits_the_assigned_partitions_only() -> None:
+    from pipeline.worker.faust_fixes import commit_racing_rebalance
+
+    done, thread = _commit_with(commit_racing_rebalance, None)
+    assert done is True and thread.crashes == []
+    ((offsets,),) = [thread.consumer.committed]
+    assert {(tp.topic, tp.partition): o.offset for tp, o in offsets.items()} == {("datum..S1", 0): 12}
+    assert [(tp.topic, tp.partition) for tp in thread.tp_last_committed_at] == [("datum..S1", 0)]
+
+
+class FakeService:
+    def __init__(self, reason: BaseException | None = None, crashed: bool = False) -> None:
+        self.crash_reason, self.crashed = reason, crashed
+
+
+class AppWithConsumer:
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+
+
+def test_consumer_crash_names_the_crashed_service_reason() -> None:
+    from pipeline.worker.faust_fixes import consumer_crash
+
+    consumer = FakeService()
+    consumer._thread = FakeService()  # type: ignore[attr-defined]
+    assert consumer_crash(AppWithConsumer(consumer)) is None
+    reason = RuntimeError("thread gone")
+    consumer._thread = FakeService(reason, crashed=True)  # type: ignore[attr-defined]
+    assert consumer_crash(AppWithConsumer(consumer)) is reason
+    crashed = consumer_crash(AppWithConsumer(FakeService(None, crashed=True)))
+    assert isinstance(crashed, RuntimeError) and "crashed" in str(crashed)
+
+
+WATCHDOG = """
+import time
+from pipeline.worker.app import watch_consumer
+
+class Service:
+    crashed, crash_reason = False, None
+
+class App:
+    consumer = Service()
+
+app = App()
+watch_consumer(app, interval_s=0.05)
+time.sleep(0.3)
+app.consumer.crashed = True
+time.sleep(5)
+raise SystemExit(0)
+"""
+
+
+def test_the_worker_exits_for_its_supervisor_once_the_consumer_crashed() -> None:
+    from pipeline.worker.app import EXIT_CONSUMER_CRASHED
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", WATCHDOG], cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_CONSUMER_CRASHED, done.stderr
+    assert "the Kafka consumer crashed" in done.stderr
