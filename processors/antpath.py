@@ -25,23 +25,26 @@ def is_pattern(text: str) -> bool:
     return any(ch in _WILDCARDS for ch in text)
 
 
-def _segment_regex(segment: str) -> str:
+def _segment_regex(segment: str, group: str) -> str:
     out: list[str] = []
     prev_star = False
     for ch in segment:
         if ch == "*":
             if not prev_star:  # "a**b" inside a segment is just "a*b"
-                out.append("[^/]*")
+                out.append(group + "[^/]*)")
             prev_star = True
             continue
         prev_star = False
-        out.append("[^/]" if ch == "?" else re.escape(ch))
+        out.append(group + "[^/])" if ch == "?" else re.escape(ch))
     return "".join(out)
 
 
 @lru_cache(maxsize=4096)
-def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """The regex equivalent to `pattern`; use with fullmatch."""
+def compile_pattern(pattern: str, capture: bool = False) -> re.Pattern[str]:
+    """The regex equivalent to `pattern`; use with fullmatch. With `capture`, one group per
+    wildcard in order (`?`, a run of `*`, a `**` segment with its separators), the text each matched
+    (the topic-mapping rule's `{n}`, pipeline/wire/topics.py)."""
+    group = "(" if capture else "(?:"
     segments: list[str] = []
     for seg in pattern.split(SEPARATOR):
         if seg == "**" and segments and segments[-1] == "**":
@@ -53,15 +56,15 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         if seg == "**":
             if idx == last:
                 if idx == 0:
-                    out.append(".*")  # "**" alone: everything
+                    out.append(group + ".*)")  # "**" alone: everything
                 else:
                     # out ends with "/": "/S1/**" matches "/S1", "/S1/" and "/S1/x/y"
-                    out[-1] = "(?:/.*)?"
+                    out[-1] = group + "(?:/.*)?)"
             else:
                 # zero or more whole segments, each with its trailing separator
-                out.append("(?:[^/]+/)*")
+                out.append(group + "(?:[^/]+/)*)")
             continue
-        out.append(_segment_regex(seg))
+        out.append(_segment_regex(seg, group))
         if idx != last:
             out.append("/")
     return re.compile("".join(out), re.DOTALL)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from processors.antpath import SEPARATOR
+from processors.antpath import compile_pattern
 from processors.name_encoding import TOPIC
 
 if TYPE_CHECKING:
@@ -52,33 +52,6 @@ class TopicMapError(ValueError):
 _CAPTURE = re.compile(r"\{(\d+)\}")
 
 
-def _capturing_regex(pattern: str) -> re.Pattern[str]:
-    """The Ant pattern (processors/antpath.py) as a regex with one group per wildcard run, in order:
-    `?` one character, `*` within a segment, `**` whole segments (the separators included)."""
-    segments: list[str] = []
-    for seg in pattern.split(SEPARATOR):
-        if not (seg == "**" and segments and segments[-1] == "**"):
-            segments.append(seg)
-    out: list[str] = []
-    last = len(segments) - 1
-    for idx, seg in enumerate(segments):
-        if seg == "**":
-            if idx == last:
-                if idx == 0:
-                    out.append("(.*)")
-                else:
-                    out[-1] = "((?:/.*)?)"  # in place of the "/" before it: "/S1/**" matches "/S1" too
-            else:
-                out.append("((?:[^/]+/)*)")
-            continue
-        for run in re.finditer(r"\*+|\?|[^*?]+", seg):
-            text = run.group()
-            out.append("([^/]*)" if text.startswith("*") else "([^/])" if text == "?" else re.escape(text))
-        if idx != last:
-            out.append("/")
-    return re.compile("".join(out), re.DOTALL)
-
-
 @dataclass(frozen=True)
 class TopicRule:
     """`<Ant pattern of sourceIds> = <group name>`: matching sources share the group's topic. The
@@ -89,7 +62,7 @@ class TopicRule:
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "regex", _capturing_regex(self.pattern))
+        object.__setattr__(self, "regex", compile_pattern(self.pattern, capture=True))
         for ref in _CAPTURE.findall(self.group):
             if not 1 <= int(ref) <= self.regex.groups:
                 raise TopicMapError(
