@@ -1,0 +1,150 @@
+"""The rollup agent's step on a fleet (issue 13): many streams, a few datums each, in one batch of
+stale marks, timed step by step in one process against the ClickHouse endpoint.
+
+    python benchmarks/bench_rollup_fleet.py [--streams 2000] [--datums 10] [--rounds 3]
+
+Per round: the raw rows of `--datums` new datums (1 minute apart) of each of `--streams` streams
+(4 samples: watts, voltage, wattHours, mode) are inserted, and the rollup maintainer is given
+their stale marks, as the rollup agent is. Printed per round: seconds of each step of
+`RollupMaintainer.update_spans` (stale half hours, read raw windows, recompute, read stored
+rollups, cascade, insert) and streams/s. Starts the chDB endpoint in a temp dir unless
+PIPELINE_CLICKHOUSE_URL is set. Prints figures; it is not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.embedded import stack  # noqa: E402
+from pipeline.worker import rollups as worker_rollups  # noqa: E402
+from pipeline.worker.batch import column_marks, read_marks  # noqa: E402
+from processors.rows import RawColumns  # noqa: E402
+from sinks import rollups as sink_rollups  # noqa: E402
+from sinks.clickhouse import RawSink, connect, ensure_schema  # noqa: E402
+from sinks.rollups import ensure_rollup_schema  # noqa: E402
+
+DAY_MS = 86_400_000
+
+
+class Steps:
+    """Seconds per named step, by wrapping the functions the maintainer calls."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._undo: list[Callable[[], None]] = []
+
+    def wrap(self, owner: Any, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - t0
+
+        setattr(owner, name, timed)
+        self._undo.append(lambda: setattr(owner, name, original))
+
+
+def fleet_rows(streams: int, datums: int, base_ms: int, k0: int) -> RawColumns:
+    rows = RawColumns()
+    for s in range(streams):
+        node, source = 1 + s // 10, f"/F/{s % 10}"
+        for k in range(k0, k0 + datums):
+            t = base_ms + k * 60_000 + s
+            for prop, kind, value, text in (
+                ("watts", "i", 1000.0 + k % 300, ""),
+                ("voltage", "i", 230.0 + k % 5, ""),
+                ("wattHours", "a", 1e6 + k * 17.0, ""),
+                ("mode", "s", None, "auto"),
+            ):
+                rows.node_id.append(node)
+                rows.source_id.append(source)
+                rows.created.append(t)
+                rows.property.append(prop)
+                rows.kind.append(kind)
+                rows.value.append(value)
+                rows.text.append(text)
+                rows.tags.append(())
+                rows.datastream.append("")
+                rows.score.append(None)
+                rows.performance.append(None)
+                rows.label.append("")
+                rows.quality.append("")
+                rows.max_score.append(None)
+                rows.ttl_days.append(0)
+    return rows
+
+
+@contextlib.contextmanager
+def endpoint(work: Path) -> Iterator[str]:
+    import os
+
+    url = os.environ.get("PIPELINE_CLICKHOUSE_URL", "")
+    if url:
+        yield url
+        return
+    svc = stack.start_clickhouse(work / "ch", log_dir=work)
+    try:
+        yield svc.url
+    finally:
+        svc.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", type=int, default=2000)
+    ap.add_argument("--datums", type=int, default=10, help="new datums per stream per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, endpoint(Path(tmp)) as url:
+        db = "rf" + uuid.uuid4().hex[:8]
+        admin = connect(url)
+        admin.command(f"CREATE DATABASE {db}")
+        client = connect(f"{url.rstrip('/')}/{db}")
+        ensure_schema(client)
+        ensure_rollup_schema(client)
+        raw = RawSink(client)
+        maintainer = worker_rollups.RollupMaintainer(client, lambda _node, _ms: "Pacific/Auckland")
+        steps = Steps()
+        m = worker_rollups.RollupMaintainer
+        steps.wrap(m, "stale_of_spans", "stale half hours")
+        steps.wrap(worker_rollups, "read_series_for_recompute", "read raw windows")
+        steps.wrap(worker_rollups, "read_resets", "read resets")
+        steps.wrap(worker_rollups._Plan, "fill", "recompute half hours")
+        steps.wrap(worker_rollups, "read_rollups", "read stored rollups")
+        steps.wrap(worker_rollups._Plan, "cascade", "cascade")
+        steps.wrap(sink_rollups.RollupSink, "write", "insert")
+        base = (int(time.time() * 1000) // DAY_MS - 3) * DAY_MS
+        print(f"{args.streams:,} streams x {args.datums} datums per round (4 samples), one batch of marks per round")
+        for r in range(args.rounds):
+            rows = fleet_rows(args.streams, args.datums, base, r * args.datums)
+            stamp = int(time.time() * 1000)
+            raw.write(rows, stamp)
+            spans, _ = read_marks([v for _, v in column_marks(rows, stamp)])
+            steps.seconds.clear()
+            t0 = time.perf_counter()
+            written = maintainer.update_spans(spans)
+            total = time.perf_counter() - t0
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in steps.seconds.items())
+            print(
+                f"round {r}: {total:.2f} s for {args.streams:,} streams ({args.streams / total:,.0f} streams/s,"
+                f" {args.streams * args.datums / total:,.0f} datums/s), {written:,} rows written; {parts}"
+            )
+        admin.command(f"DROP DATABASE {db}")
+
+
+if __name__ == "__main__":
+    main()
