@@ -157,6 +157,42 @@ def fresh_postgres(url: str, name: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+class RssSampler(threading.Thread):
+    """Worker RSS every `every_s` through the paced phase: the half-load memory figure is its
+    own (the max-rate phase before it grows the batch buffers once)."""
+
+    def __init__(self, pids: list[int], every_s: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.pids, self.every_s = pids, every_s
+        self.samples: list[list[float]] = [[] for _ in pids]
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            for k, pid in enumerate(self.pids):
+                self.samples[k].append(rss_mib(pid))
+            if self.halt.wait(self.every_s):
+                break
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(30)
+
+    def summary(self) -> list[str]:
+        out = []
+        for got in self.samples:
+            if len(got) < 2:
+                out.append("too short to sample")
+                continue
+            first, last, half = got[0], got[-1], got[len(got) // 2]
+            out.append(
+                f"{first:.0f} MiB at its start, {last:.0f} MiB at its end ({(last - first) / first:+.1%}; second half "
+                f"{(last - half) / half:+.1%}), range {min(got):.0f}-{max(got):.0f} MiB ({len(got)} samples "
+                f"{self.every_s:g} s apart)"
+            )
+        return out
+
+
 def rss_mib(pid: int) -> float:
     try:
         return psutil.Process(pid).memory_info().rss / 2**20
@@ -508,14 +544,18 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
         # 5. paced at half the measured maximum, from a fresh half hour after phase 4's ticks
         last = shape.created(1 + 3 * ticks)
         first = shape.first_tick_at_or_after((last // HALFHOUR_MS + 2) * HALFHOUR_MS)
-        chunks, send_rate = paced(settings, shape, first, e2e / 2, args.paced_seconds)
+        sampler = RssSampler([p.pid for p, _ in procs])
+        sampler.start()
+        chunks, send_rate = paced(settings, shape, first, args.paced_rate or e2e / 2, args.paced_seconds)
+        sampler.stop()
         raw_lat = [c.raw_at - c.sent for c in chunks if c.raw_at]
         roll_lat = [c.rollup_at - c.sent for c in chunks if c.rollup_at]
         behind = [c.rollup_at - c.raw_at for c in chunks if c.rollup_at and c.raw_at]
         size = statistics.mean(len(c.datums) for c in chunks)
         print(
             f"paced:              {send_rate:>12,.0f} datums/s for {args.paced_seconds:g} s  ({len(chunks)} "
-            f"chunks of {size:,.0f} datums; half of {e2e:,.0f})"
+            f"chunks of {size:,.0f} datums; "
+            + (f"as asked, {e2e:,.0f} measured)" if args.paced_rate else f"half of {e2e:,.0f})")
         )
         print(
             f"created->queryable: raw p50 {pct(raw_lat, 50):.2f} s, p99 {pct(raw_lat, 99):.2f} s; halfhour "
@@ -529,6 +569,8 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
                 f"worker {k} RSS:       {a:>8.0f} MiB after warm-up, {b:.0f} MiB after the paced phase "
                 f"({(b - a) / a:+.1%})"
             )
+        for k, line in enumerate(sampler.summary()):
+            print(f"worker {k} RSS, paced: {line}")
 
         deadletter = producer.topics.deadletter
         letters = (
@@ -559,6 +601,9 @@ def main() -> None:
     ap.add_argument("--datums", type=int, default=200_000, help="datums of the max-rate phase (whole ticks)")
     ap.add_argument("--workers", type=int, default=1, help="worker processes to start")
     ap.add_argument("--paced-seconds", type=float, default=30.0, help="length of the paced phase")
+    ap.add_argument(
+        "--paced-rate", type=float, help="datums/s of the paced phase (default: half the measured end to end)"
+    )
     ap.add_argument("--skip-durable", action="store_true", help="leave out phase 4 (the durable default)")
     ap.add_argument(
         "--timeout",

@@ -627,7 +627,9 @@ def _merge(
         for c in children:
             merged.update(dict(c.status_counts))
         sc = tuple(sorted(merged.items()))
-        return RollupRow(per, node_id, source_id, prop, kind, start, end, n, mode=_mode(sc), status_counts=sc, tags=tags)
+        return RollupRow(
+            per, node_id, source_id, prop, kind, start, end, n, mode=_mode(sc), status_counts=sc, tags=tags
+        )
     if kind == "p":
         return RollupRow(
             per, node_id, source_id, prop, kind, start, end, n, diff=sum(c.diff or 0.0 for c in children), tags=tags

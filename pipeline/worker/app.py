@@ -59,7 +59,7 @@ from pipeline.wire.codec import (
 from pipeline.wire.kafka_config import client_config, faust_credentials
 from pipeline.wire.producer import TopicAdmin, end_offsets
 from pipeline.wire.topics import Topics
-from pipeline.worker import faust_fixes
+from pipeline.worker import faust_fixes, memory
 from pipeline.worker.batch import (
     Part,
     Stamps,
@@ -771,6 +771,12 @@ class DatumWorker:
 
         app.timer(5.0)(lag)
 
+        async def give_back_memory() -> None:
+            # freed batch buffers back to the system (pipeline/worker/memory.py)
+            await asyncio.to_thread(memory.trim)
+
+        app.timer(MALLOC_TRIM_S)(give_back_memory)
+
         async def start_watchdog() -> None:
             # started with the app, once its consumer exists
             watch_consumer(app)
@@ -875,6 +881,10 @@ class DatumWorker:
     _metadata_next = 0  # the offset after the last metadata event this worker applied
 
 
+# glibc malloc arenas of a worker, and how often its free memory is handed back (pipeline/worker/memory.py)
+MALLOC_ARENAS = 2
+MALLOC_TRIM_S = 30.0
+
 # The exit status of a worker whose Kafka consumer crashed (EX_SOFTWARE): its supervisor restarts it.
 EXIT_CONSUMER_CRASHED = 70
 
@@ -906,5 +916,6 @@ def watch_consumer(app: faust.App, interval_s: float = 2.0) -> threading.Thread:
 
 def run_worker(settings: Settings) -> None:
     """Run one worker until SIGINT/SIGTERM; Faust drains and commits on the way out."""
+    memory.limit_arenas(MALLOC_ARENAS)  # before any thread starts
     worker = DatumWorker(settings)
     faust.Worker(worker.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()

@@ -28,3 +28,24 @@ def test_without_affinity_the_core_count(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     assert worker_count(None, Settings()) == 4
+
+
+def test_up_refuses_cluster_mode_without_clickhouse_servers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The embedded endpoint is one chDB process: a cluster needs servers, said before anything starts."""
+    from pipeline.cli import main
+    from pipeline.embedded import stack
+
+    started: list[str] = []
+    monkeypatch.setattr(stack, "start_clickhouse", lambda *a, **k: started.append("clickhouse"))
+    monkeypatch.setattr(stack, "start_tansu", lambda *a, **k: started.append("tansu"))
+    monkeypatch.setattr(stack, "start_postgres", lambda *a, **k: started.append("postgres"))
+    for name in ("KAFKA_BOOTSTRAP", "CLICKHOUSE_URL", "POSTGRES_DSN"):
+        monkeypatch.delenv(f"PIPELINE_{name}", raising=False)
+    monkeypatch.setenv("PIPELINE_CLICKHOUSE_CLUSTER", "pipeline")
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path))
+    assert main(["up"]) == 1
+    err = capsys.readouterr().err
+    assert "PIPELINE_CLICKHOUSE_CLUSTER needs ClickHouse servers (PIPELINE_CLICKHOUSE_URL)" in err
+    assert started == []

@@ -1,0 +1,49 @@
+"""The worker's memory over long runs: glibc's allocator, told to give memory back.
+
+A worker allocates and frees large transient buffers all the time (a batch's columns, Arrow
+tables, the rollup agent's reads), from the event loop's thread and from the threads its
+ClickHouse calls run in. glibc serves each thread from its own arena (up to 8 per core) and
+returns freed memory to the system only from the top of a heap, so the resident size of a
+long-running worker creeps up though nothing is kept (issue 13: +18-23 % over 10 minutes at
+half load). Two remedies, both no-ops where the C library is not glibc:
+
+* `limit_arenas`: at most `arenas` malloc arenas (mallopt M_ARENA_MAX), before threads start;
+* `trim`: malloc_trim(0), which hands the free pages of every arena back; called periodically.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+from functools import cache
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+@cache
+def _glibc() -> Any:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.gnu_get_libc_version  # only glibc has it  # noqa: B018
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def limit_arenas(arenas: int = 2) -> bool:
+    """At most `arenas` malloc arenas for this process; True if glibc took it."""
+    libc = _glibc()
+    return bool(libc is not None and libc.mallopt(M_ARENA_MAX, int(arenas)) == 1)
+
+
+def trim() -> bool:
+    """Give the free memory of every arena back to the system; True if some was released."""
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0) == 1)
