@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.embedded import stack  # noqa: E402
 from pipeline.worker import rollups as worker_rollups  # noqa: E402
 from pipeline.worker.batch import column_marks, read_marks  # noqa: E402
+from processors.datum import Datum  # noqa: E402
 from processors.rows import RawColumns  # noqa: E402
 from sinks import rollups as sink_rollups  # noqa: E402
 from sinks.clickhouse import RawSink, connect, ensure_schema  # noqa: E402
@@ -63,28 +64,10 @@ def fleet_rows(streams: int, datums: int, base_ms: int, k0: int) -> RawColumns:
     for s in range(streams):
         node, source = 1 + s // 10, f"/F/{s % 10}"
         for k in range(k0, k0 + datums):
-            t = base_ms + k * 60_000 + s
-            for prop, kind, value, text in (
-                ("watts", "i", 1000.0 + k % 300, ""),
-                ("voltage", "i", 230.0 + k % 5, ""),
-                ("wattHours", "a", 1e6 + k * 17.0, ""),
-                ("mode", "s", None, "auto"),
-            ):
-                rows.node_id.append(node)
-                rows.source_id.append(source)
-                rows.created.append(t)
-                rows.property.append(prop)
-                rows.kind.append(kind)
-                rows.value.append(value)
-                rows.text.append(text)
-                rows.tags.append(())
-                rows.datastream.append("")
-                rows.score.append(None)
-                rows.performance.append(None)
-                rows.label.append("")
-                rows.quality.append("")
-                rows.max_score.append(None)
-                rows.ttl_days.append(0)
+            i = {"watts": 1000.0 + k % 300, "voltage": 230.0 + k % 5}
+            rows.add_datum(
+                Datum(node, source, base_ms + k * 60_000 + s, i, {"wattHours": 1e6 + k * 17.0}, {"mode": "auto"})
+            )
     return rows
 
 

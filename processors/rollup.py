@@ -587,63 +587,36 @@ def combine(rows: Iterable[RollupRow], periodicity: Periodicity, tz: Zone) -> li
     for (node_id, source_id, prop, kind, start), children in sorted(groups.items()):
         children.sort(key=lambda r: r.ts_start_ms)
         end = parents[children[0].ts_start_ms][1]
-        out.append(_merge(periodicity, node_id, source_id, prop, kind, start, end, children))
+        out.append(_merge((periodicity, node_id, source_id, prop, kind, start, end), children))
     return out
 
 
-def _merge(
-    per: Periodicity,
-    node_id: int,
-    source_id: str,
-    prop: str,
-    kind: RollupKind,
-    start: int,
-    end: int,
-    children: Sequence[RollupRow],
-) -> RollupRow:
+# (periodicity, node, source, property, kind, start ms, end ms): a merged row's identity and bounds
+_Head = tuple[Periodicity, int, str, str, RollupKind, int, int]
+
+
+def _merge(head: _Head, children: Sequence[RollupRow]) -> RollupRow:
     # built in one call: dataclasses.replace on a base row cost more than the merge (issue 13)
+    kind = head[4]
     n = sum(c.count for c in children)
     tags = tuple(sorted({t for c in children for t in c.tags}))
     if kind == "i":
         mins = [c.min for c in children if c.min is not None]
         maxs = [c.max for c in children if c.max is not None]
         avg = sum(c.avg * c.count for c in children if c.count and c.avg is not None) / n if n else None
-        return RollupRow(
-            per,
-            node_id,
-            source_id,
-            prop,
-            kind,
-            start,
-            end,
-            n,
-            avg,
-            min(mins) if mins else None,
-            max(maxs) if maxs else None,
-            tags=tags,
-        )
+        return RollupRow(*head, n, avg, min(mins) if mins else None, max(maxs) if maxs else None, tags=tags)
     if kind == "s":
         merged: Counter[str] = Counter()
         for c in children:
             merged.update(dict(c.status_counts))
         sc = tuple(sorted(merged.items()))
-        return RollupRow(
-            per, node_id, source_id, prop, kind, start, end, n, mode=_mode(sc), status_counts=sc, tags=tags
-        )
+        return RollupRow(*head, n, mode=_mode(sc), status_counts=sc, tags=tags)
     if kind == "p":
-        return RollupRow(
-            per, node_id, source_id, prop, kind, start, end, n, diff=sum(c.diff or 0.0 for c in children), tags=tags
-        )
+        return RollupRow(*head, n, diff=sum(c.diff or 0.0 for c in children), tags=tags)
     starts = [c.read_start for c in children if c.read_start is not None]
     ends = [c.read_end for c in children if c.read_end is not None]
     return RollupRow(
-        per,
-        node_id,
-        source_id,
-        prop,
-        kind,
-        start,
-        end,
+        *head,
         n,
         diff=sum(c.diff or 0.0 for c in children),
         read_diff=sum(c.read_diff or 0.0 for c in children),
