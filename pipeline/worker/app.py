@@ -896,10 +896,13 @@ def watch_consumer(app: faust.App, interval_s: float = 2.0) -> threading.Thread:
     Exiting is safe at any point: what was not committed is delivered again after the restart."""
 
     def watch() -> None:
+        seen = 0
         while True:
             time.sleep(interval_s)
             reason = faust_fixes.consumer_crash(app)
-            if reason is not None:
+            # crashed at two checks in a row: a crash that mode's supervisor restarts clears itself
+            seen = seen + 1 if reason is not None else 0
+            if reason is not None and seen >= 2:
                 log.critical(
                     "the Kafka consumer crashed (%r): exiting with %d for the supervisor to restart this"
                     " worker; what was not committed is delivered again",
