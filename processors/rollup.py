@@ -151,11 +151,26 @@ def zone(tz: Zone) -> ZoneInfo:
     return tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz)
 
 
-def _offset_ms(ts_ms: int, tz: ZoneInfo) -> int:
+def _exact_offset_ms(ts_ms: int, tz: ZoneInfo) -> int:
     # tzdata offsets and transitions fall on whole seconds, so the second is enough.
     off = datetime.fromtimestamp(ts_ms // 1000, tz).utcoffset()
     assert off is not None
     return off // timedelta(milliseconds=1)
+
+
+@lru_cache(maxsize=1 << 14)
+def _hour_offsets(hour_ms: int, tz: ZoneInfo) -> tuple[int, int]:
+    """The offsets at the first and the last whole second of one UTC hour."""
+    return _exact_offset_ms(hour_ms, tz), _exact_offset_ms(hour_ms + HOUR_MS - 1000, tz)
+
+
+def _offset_ms(ts_ms: int, tz: ZoneInfo) -> int:
+    """The zone's UTC offset at ts_ms. A zone changes its offset at most once in an hour (tzdata's
+    transitions are months apart), so where an hour's first and last second share an offset,
+    every instant of it has that offset: asked once per hour and zone, not per instant (the
+    stale half hours of a fleet ask for thousands of instants a batch, issue 13)."""
+    first, last = _hour_offsets(ts_ms // HOUR_MS * HOUR_MS, tz)
+    return first if first == last else _exact_offset_ms(ts_ms, tz)
 
 
 def _first_with_offset(lo: int, hi: int, off: int, tz: ZoneInfo) -> int:
