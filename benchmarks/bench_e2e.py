@@ -43,7 +43,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,7 +51,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402
-import psycopg  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
 from pipeline.embedded import stack  # noqa: E402
@@ -66,6 +64,7 @@ from sinks.clickhouse import RAW_TABLE, connect, ensure_schema  # noqa: E402
 from tests.integration.helpers import (  # noqa: E402
     ROOT,
     publish_metadata,
+    scratch_stores,
     settings_for,
     wait_for_catalog,
     worker_process,
@@ -144,17 +143,6 @@ def services(work: Path) -> Iterator[tuple[str, str, str]]:
     finally:
         for svc in reversed(started):
             svc.stop()
-
-
-@contextlib.contextmanager
-def fresh_postgres(url: str, name: str) -> Iterator[str]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{url.rpartition('/')[0]}/{name}"
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class RssSampler(threading.Thread):
@@ -461,16 +449,9 @@ def run(args: argparse.Namespace, kafka: str, ch: str, pg_url: str, work: Path) 
         f"{shape.spacing_ms / 1000:g} s apart; {n:,} datums ({SAMPLES_PER_DATUM} samples each, bound to "
         f"energy-meter); {args.workers} worker(s); {os.cpu_count()} cores"
     )
-    prefix = f"b{uuid.uuid4().hex[:8]}."
-    db = prefix.rstrip(".")
-    admin = connect(ch)
-    admin.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-    try:
-        with fresh_postgres(pg_url, db) as dsn:
-            settings = settings_for(kafka, ch, db, prefix, topic_partitions=4, postgres_dsn=dsn)
-            run_in(args, settings, shape, ticks, n, work)
-    finally:
-        admin.command(f"DROP DATABASE IF EXISTS {db}")
+    with scratch_stores(ch, pg_url, "b") as (db, _, dsn):
+        settings = settings_for(kafka, ch, db, f"{db}.", topic_partitions=4, postgres_dsn=dsn)
+        run_in(args, settings, shape, ticks, n, work)
 
 
 def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: int, n: int, work: Path) -> None:

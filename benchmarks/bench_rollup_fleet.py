@@ -18,9 +18,8 @@ import contextlib
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,8 @@ from pipeline.worker.batch import column_marks, read_marks  # noqa: E402
 from processors.datum import Datum  # noqa: E402
 from processors.rows import RawColumns  # noqa: E402
 from sinks import rollups as sink_rollups  # noqa: E402
-from sinks.clickhouse import RawSink, connect, ensure_schema  # noqa: E402
-from sinks.rollups import ensure_rollup_schema  # noqa: E402
+from sinks.clickhouse import RawSink  # noqa: E402
+from tests.integration.helpers import scratch_clickhouse  # noqa: E402
 
 DAY_MS = 86_400_000
 
@@ -43,7 +42,6 @@ class Steps:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
-        self._undo: list[Callable[[], None]] = []
 
     def wrap(self, owner: Any, name: str, label: str) -> None:
         original = getattr(owner, name)
@@ -56,7 +54,6 @@ class Steps:
                 self.seconds[label] += time.perf_counter() - t0
 
         setattr(owner, name, timed)
-        self._undo.append(lambda: setattr(owner, name, original))
 
 
 def fleet_rows(streams: int, datums: int, base_ms: int, k0: int) -> RawColumns:
@@ -92,13 +89,11 @@ def main() -> None:
     ap.add_argument("--datums", type=int, default=10, help="new datums per stream per round")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, endpoint(Path(tmp)) as url:
-        db = "rf" + uuid.uuid4().hex[:8]
-        admin = connect(url)
-        admin.command(f"CREATE DATABASE {db}")
-        client = connect(f"{url.rstrip('/')}/{db}")
-        ensure_schema(client)
-        ensure_rollup_schema(client)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        endpoint(Path(tmp)) as url,
+        scratch_clickhouse(url, "rf") as (_, client),
+    ):
         raw = RawSink(client)
         maintainer = worker_rollups.RollupMaintainer(client, lambda _node, _ms: "Pacific/Auckland")
         steps = Steps()
@@ -126,7 +121,6 @@ def main() -> None:
                 f"round {r}: {total:.2f} s for {args.streams:,} streams ({args.streams / total:,.0f} streams/s,"
                 f" {args.streams * args.datums / total:,.0f} datums/s), {written:,} rows written; {parts}"
             )
-        admin.command(f"DROP DATABASE {db}")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,6 @@ import tempfile
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -67,7 +66,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_e2e import DATAMODELS, NotCaughtUp, fresh_postgres, level_counts, raw_count, wait_caught_up  # noqa: E402
+from bench_e2e import DATAMODELS, NotCaughtUp, level_counts, raw_count, wait_caught_up  # noqa: E402
 
 from pipeline.embedded import stack  # noqa: E402
 from pipeline.history.events import datamodel_events  # noqa: E402
@@ -76,7 +75,7 @@ from pipeline.wire.producer import DatumProducer  # noqa: E402
 from processors.datum import Datum  # noqa: E402
 from processors.rollup import PERIODICITIES  # noqa: E402
 from sinks.clickhouse import RAW_TABLE, connect, ensure_schema  # noqa: E402
-from tests.integration.helpers import publish_metadata, settings_for, worker_process  # noqa: E402
+from tests.integration.helpers import publish_metadata, scratch_stores, settings_for, worker_process  # noqa: E402
 
 DAY_MS = 86_400_000
 CREATE_CHUNK = 500
@@ -247,31 +246,24 @@ def fmt(values: list[float | None], unit: str = "s", scale: float = 1.0, digits:
 
 def run_count(args: argparse.Namespace, n: int, kafka: str, ch: str, pg_url: str, work: Path) -> Result:
     res = Result(n, args.partitions)
-    prefix = f"t{n}x{uuid.uuid4().hex[:6]}."
-    db = prefix.rstrip(".")
-    admin = connect(ch)
-    admin.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-    try:
-        with fresh_postgres(pg_url, db) as dsn:
-            scan_s = Settings.from_env({}).topic_scan_interval_s  # the deployment default, not the tests' 0.5
-            settings = settings_for(
-                kafka,
-                ch,
-                db,
-                prefix,
-                topic_partitions=args.partitions,
-                postgres_dsn=dsn,
-                topic_scan_interval_s=scan_s,
-                topic_map=GROUP_MAP if args.groups else "",
-            )
-            try:
-                measure(args, res, settings, work / db)
-            except Exception as exc:  # a limit reached is a finding: print it, go on with the next count
-                res.failed = f"{type(exc).__name__}: {exc}"
-                res.add("FAILED", res.failed)
-                traceback.print_exc()
-    finally:
-        admin.command(f"DROP DATABASE IF EXISTS {db}")
+    with scratch_stores(ch, pg_url, f"t{n}") as (db, _, dsn):
+        scan_s = Settings.from_env({}).topic_scan_interval_s  # the deployment default, not the tests' 0.5
+        settings = settings_for(
+            kafka,
+            ch,
+            db,
+            f"{db}.",
+            topic_partitions=args.partitions,
+            postgres_dsn=dsn,
+            topic_scan_interval_s=scan_s,
+            topic_map=GROUP_MAP if args.groups else "",
+        )
+        try:
+            measure(args, res, settings, work / db)
+        except Exception as exc:  # a limit reached is a finding: print it, go on with the next count
+            res.failed = f"{type(exc).__name__}: {exc}"
+            res.add("FAILED", res.failed)
+            traceback.print_exc()
     return res
 
 
