@@ -166,9 +166,10 @@ def _hour_offsets(hour_ms: int, tz: ZoneInfo) -> tuple[int, int]:
 
 def _offset_ms(ts_ms: int, tz: ZoneInfo) -> int:
     """The zone's UTC offset at ts_ms. A zone changes its offset at most once in an hour (tzdata's
-    transitions are months apart), so where an hour's first and last second share an offset,
-    every instant of it has that offset: asked once per hour and zone, not per instant (the
-    stale half hours of a fleet ask for thousands of instants a batch, issue 13)."""
+    transitions are weeks apart at the least: tests/unit/test_rollup_offsets.py reads them all),
+    so where an hour's first and last second share an offset, every instant of it has that
+    offset: asked once per hour and zone, not per instant (the stale half hours of a fleet ask
+    for thousands of instants a batch, issue 13)."""
     first, last = _hour_offsets(ts_ms // HOUR_MS * HOUR_MS, tz)
     return first if first == last else _exact_offset_ms(ts_ms, tz)
 
