@@ -20,6 +20,19 @@ from tests.integration.helpers import ROOT, settings_for, wait_for
 pytestmark = pytest.mark.integration
 
 
+def scrape(port: int) -> bytes | None:
+    try:
+        body: bytes = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        return body
+    except OSError:  # that worker is not serving yet
+        return None
+
+
+def service_logs(logs: Path, tail: int = 3000) -> str:
+    """The end of every service log `pipeline up` wrote, for a failure's message."""
+    return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-tail:]}" for f in sorted(logs.glob("*.log")))
+
+
 def test_up_with_external_services(
     kafka_bootstrap: str, clickhouse_url: str, postgres_url: str, ch_database: str, topic_prefix: str, tmp_path: Path
 ) -> None:
@@ -47,7 +60,9 @@ def test_up_with_external_services(
             120,
             "50 datums through pipeline up",
         )
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout=5).read()
+        # Worker 0 serves on the base port once it has started: under load the other worker may
+        # have stored all 50 datums before it (seen in CI: connection refused right after).
+        metrics = wait_for(lambda: scrape(settings.metrics_port), 60, "worker-0's /metrics")
         assert b"pipeline_datums_in_total" in metrics
         # the time-series API it started lists the new series (docs/api.md naming rule)
         api = f"http://127.0.0.1:{settings.api_port}/api/timeseries"
@@ -60,6 +75,8 @@ def test_up_with_external_services(
                 return False
 
         wait_for(listed, 30, "the API listing the series")
+    except (AssertionError, OSError) as exc:
+        raise AssertionError(f"{exc}\n{service_logs(tmp_path / 'data' / 'logs')}") from exc
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(90)
