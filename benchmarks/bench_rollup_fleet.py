@@ -103,7 +103,8 @@ def main() -> None:
         steps.wrap(worker_rollups, "read_resets", "read resets")
         steps.wrap(worker_rollups._Plan, "fill", "recompute half hours")
         steps.wrap(worker_rollups, "read_rollups", "read stored rollups")
-        steps.wrap(worker_rollups._Plan, "cascade", "cascade")
+        steps.wrap(worker_rollups._Plan, "halfhours", "tombstones")
+        steps.wrap(sink_rollups, "cascade_rollups", "cascade in the store")
         steps.wrap(sink_rollups.RollupSink, "write", "insert")
         base = (int(time.time() * 1000) // DAY_MS - 3) * DAY_MS
         print(f"{args.streams:,} streams x {args.datums} datums per round (4 samples), one batch of marks per round")

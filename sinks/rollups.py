@@ -11,16 +11,25 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.summary import QuerySummary
 
-from processors.rollup import DEFAULT_TOLERANCES, RollupKind, RollupRow, Tolerances
+from processors.rollup import (
+    CASCADE_SOURCE,
+    DEFAULT_TOLERANCES,
+    PERIODICITIES,
+    Periodicity,
+    RollupKind,
+    RollupRow,
+    Tolerances,
+)
 from processors.rollup_columns import Series
 from sinks.auxiliary import AUX_VIEW, ensure_aux_schema
 from sinks.base import Sink
@@ -442,12 +451,73 @@ def read_rollups(
     return out
 
 
+def cascade_sql(per: Periodicity, ranges: Sequence[Range]) -> str:
+    """`INSERT … SELECT` of the `per` rows of the given parent buckets (q, node, source, start ms,
+    end ms), each combined from the stored rows of its finer level (CASCADE_SOURCE) that start
+    inside it, plus a tombstone for every stored `per` row of those buckets that no child is left
+    for: the cascade of `processors.rollup.combine`, computed where the rows are (issue 13).
+
+    Equal to `combine` field for field: per (property, kind) the average weighted by count, min of
+    mins, max of maxes, sums of counts and differences (added in time order from 0.0, as `combine`
+    adds them: the same bits), the first reading start and the last reading end (by ts_start, over children that
+    have one), status counts summed by value with the mode the most frequent value, ties to the
+    smallest (`_mode`), tags united and sorted. One scan: the stored parent rows are read with
+    the children, each its own group, and kept (as a tombstone) only where its property has no
+    child group. The finer level must already hold its fresh rows."""
+    src = CASCADE_SOURCE[per]
+    assert src is not None, "halfhour rows come from raw"
+    rows = (
+        f"{ranges_join('c', ranges, time_column='ts_start')} AND (c.periodicity = {sql_str(src)}"
+        f" OR (c.periodicity = {sql_str(per)} AND toUnixTimestamp64Milli(c.ts_start) = w.lo))"
+    )
+    # status counts summed by value: (sorted values, their sums)
+    counts = "sumMap(arrayMap(t -> t.1, c.status_counts), arrayMap(t -> t.2, c.status_counts))"
+    groups = (
+        "SELECT c.node_id AS g_node, c.source_id AS g_source, c.property AS g_property, c.kind AS g_kind,"
+        f" w.lo AS g_lo, w.hi AS g_hi, c.periodicity = {sql_str(per)} AS g_parent, sum(c.count) AS g_n,"
+        # the children in time order, for sums added one after the other from 0.0 as `combine` does
+        # (ClickHouse's sum() adds in no set order: a recompute would not give the same bits)
+        " arraySort(groupArray((c.ts_start, toFloat64(c.count), c.avg, c.diff, c.read_diff))) AS g_seq,"
+        " if(c.kind = 'i' AND g_n > 0, arrayFold((acc, x) -> acc + if(x.2 > 0 AND x.3 IS NOT NULL,"
+        " assumeNotNull(x.3) * x.2, 0.), g_seq, 0.) / g_n, NULL) AS g_avg,"
+        " if(c.kind = 'i', min(c.min), NULL) AS g_min, if(c.kind = 'i', max(c.max), NULL) AS g_max,"
+        " if(c.kind IN ('a', 'p'), arrayFold((acc, x) -> acc + ifNull(x.4, 0.), g_seq, 0.), NULL) AS g_diff,"
+        " if(c.kind = 'a', arrayFold((acc, x) -> acc + ifNull(x.5, 0.), g_seq, 0.), NULL) AS g_read_diff,"
+        " if(c.kind = 'a', argMinIf(c.read_start, c.ts_start, c.read_start IS NOT NULL), NULL) AS g_read_start,"
+        " if(c.kind = 'a', argMaxIf(c.read_end, c.ts_start, c.read_end IS NOT NULL), NULL) AS g_read_end,"
+        f" {counts} AS g_counts, arraySort(groupUniqArrayArray(c.tags)) AS g_tags"
+        f" FROM {ROLLUP_VIEW} AS c{rows}"
+        " GROUP BY g_node, g_source, g_property, g_kind, g_lo, g_hi, g_parent"
+    )
+    # per (property, parent bucket): how many child groups; a stored parent row without one is emptied
+    flagged = (
+        f"SELECT *, countIf(NOT g_parent) OVER (PARTITION BY g_node, g_source, g_property, g_lo) AS g_kids"
+        f" FROM ({groups})"
+    )
+    return (
+        f"INSERT INTO {ROLLUP_TABLE} ({', '.join(ROLLUP_COLUMNS)})"
+        f" SELECT {sql_str(per)}, g_node, g_source, g_property, g_kind,"
+        " fromUnixTimestamp64Milli(g_lo, 'UTC'), fromUnixTimestamp64Milli(g_hi, 'UTC'),"
+        " if(g_parent, 0, g_n), if(g_parent, NULL, g_avg), if(g_parent, NULL, g_min), if(g_parent, NULL, g_max),"
+        " if(g_parent, NULL, g_diff), if(g_parent, NULL, g_read_diff), if(g_parent, NULL, g_read_start),"
+        " if(g_parent, NULL, g_read_end),"
+        # the mode: the first (smallest) value of the largest count
+        " if(NOT g_parent AND g_kind = 's' AND notEmpty(g_counts.1),"
+        " g_counts.1[indexOf(g_counts.2, arrayMax(g_counts.2))], ''),"
+        " if(g_parent, [], arrayZip(g_counts.1, g_counts.2)), if(g_parent, [], g_tags), g_parent"
+        f" FROM ({flagged}) WHERE NOT g_parent OR g_kids = 0"
+    )
+
+
 @dataclass(frozen=True)
 class RollupWrite:
-    """What one recompute stores: fresh rows, and tombstones for buckets found empty."""
+    """What one recompute stores: fresh rows, and tombstones for buckets found empty; then, level
+    by level, the coarser buckets to combine from the rows below them (`cascade_sql`): per
+    periodicity, its stale buckets as (node, source, start ms, end ms)."""
 
     rows: Sequence[RollupRow]
     tombstones: Sequence[RollupRow] = ()
+    cascade: Mapping[Periodicity, Sequence[tuple[int, str, int, int]]] = field(default_factory=dict)
 
 
 class RollupSink(Sink[RollupWrite, int]):
@@ -464,7 +534,11 @@ class RollupSink(Sink[RollupWrite, int]):
 
     def write(self, batch: RollupWrite) -> int:
         with backpressure(f"rollup insert of {len(batch.rows)} + {len(batch.tombstones)} tombstones"):
-            return write_rollups(self.client, batch.rows, batch.tombstones, self.cluster)
+            written = write_rollups(self.client, batch.rows, batch.tombstones, self.cluster)
+            # each level after the one below it: it reads their stored rows
+            for per in PERIODICITIES[1:]:
+                written += cascade_rollups(self.client, per, batch.cascade.get(per, ()), self.cluster)
+            return written
 
 
 class RollupLedger(Sink[Iterable[tuple[int, str, int]], int]):
@@ -522,6 +596,42 @@ def write_rollups(
         # ints into DateTime64(3) are raw ticks (epoch ms), as in the raw sink
         client.insert(ROLLUP_TABLE, data, column_names=list(ROLLUP_COLUMNS), **insert_kwargs(cluster))
     return len(data)
+
+
+# The table of buckets travels in the query text, which ClickHouse parses up to `max_query_size`
+# bytes (262,144 by default: https://clickhouse.com/docs/operations/settings/settings#max_query_size);
+# the statement around it is about 3 kB.
+CASCADE_TEXT_BYTES = 200_000
+
+
+def _by_query_size(buckets: Sequence[tuple[int, str, int, int]]) -> Iterator[list[Range]]:
+    """The buckets as ranges (q, node, source, lo, hi), as many per statement as its text allows:
+    one statement per level for a fleet's batch (one per 1,000 cost the endpoint twice the time)."""
+    chunk: list[Range] = []
+    size = 0
+    for node, source, lo, hi in buckets:
+        row = 50 + 2 * len(source.encode())  # q, node, two instants, tabs; the source escaped at most 2x
+        if chunk and size + row > CASCADE_TEXT_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((len(chunk), node, source, lo, hi))
+        size += row
+    if chunk:
+        yield chunk
+
+
+def cascade_rollups(
+    client: Client, per: Periodicity, buckets: Sequence[tuple[int, str, int, int]], cluster: Cluster | None = None
+) -> int:
+    """Combine the `per` rows of the given buckets (node, source, start ms, end ms) from the stored
+    rows below them, tombstoning those left empty (`cascade_sql`); returns rows written, as the
+    store reports them. One statement per RANGES_CHUNK buckets."""
+    written = 0
+    kwargs = insert_kwargs(cluster)  # on a cluster, synchronous into the Distributed table
+    for chunk in _by_query_size(buckets):
+        summary = client.command(cascade_sql(per, chunk), **kwargs)
+        written += summary.written_rows if isinstance(summary, QuerySummary) else 0
+    return written
 
 
 def mark_rolled_up(client: Client, batches: Iterable[tuple[int, str, int]], cluster: Cluster | None = None) -> int:

@@ -10,7 +10,6 @@ processors/rollup.py, the SQL from sinks/rollups.py. docs/rollups.md explains th
 
 from __future__ import annotations
 
-import bisect
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,7 +31,6 @@ from processors.rollup import (
     bucket_bounds,
     bucket_start,
     buckets_between,
-    combine,
     stale_buckets,
     zone,
 )
@@ -64,13 +62,17 @@ RETENTION_CACHE_S = 600.0
 
 @dataclass
 class Refresh:
-    """What one refresh of one stream produced."""
+    """What one refresh produced: half hours from raw (and tombstones of those found empty), and
+    per coarser level the stale buckets the store combines from the level below (`cascade_sql`)."""
 
     rows: list[RollupRow] = field(default_factory=list)
     tombstones: list[RollupRow] = field(default_factory=list)
+    cascade: dict[Periodicity, list[tuple[int, str, int, int]]] = field(
+        default_factory=lambda: {p: [] for p in PERIODICITIES[1:]}
+    )
 
-    def __len__(self) -> int:
-        return len(self.rows) + len(self.tombstones)
+    def write(self) -> RollupWrite:
+        return RollupWrite(self.rows, self.tombstones, self.cascade)
 
 
 def _merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -143,7 +145,7 @@ class RollupMaintainer:
         t0 = time.perf_counter()
         stale = self.stale_of_spans(spans)
         out = self.refresh([(n, s, tz, st) for (n, s, tz), st in stale.items()])
-        written = self.sink.write(RollupWrite(out.rows, out.tombstones))
+        written = self.sink.write(out.write())
         self.last_seconds = time.perf_counter() - t0
         self.last_buckets = written
         log.debug("rollups: %d bucket(s) from %d span(s) in %.3fs", written, len(spans), self.last_seconds)
@@ -221,8 +223,9 @@ class RollupMaintainer:
 
     def refresh(self, tasks: Sequence[tuple[int, str, str, Iterable[int]]]) -> Refresh:
         """Per (node, source, zone, stale half-hour starts): recompute those half hours from raw,
-        then every coarser bucket holding one of them from the stored finer rows (the rows just
-        recomputed take the place of the stored ones). Three queries for all tasks."""
+        and list every coarser bucket holding one of them, for the store to combine from the
+        stored finer rows once the half hours are in (`RollupSink.write`). Four queries for all
+        tasks: raw windows, resets, stored half hours, and a neighbour lookup before."""
         plans: list[_Plan] = []
         windows: list[Window] = []
         horizon = self.horizons((node, source) for node, source, _tz, stale in tasks if stale)
@@ -256,9 +259,7 @@ class RollupMaintainer:
             stored.setdefault((r.node_id, r.source_id), []).append(r)
         out = Refresh()
         for plan in plans:
-            part = plan.cascade(stored.get((plan.node, plan.source), []))
-            out.rows += part.rows
-            out.tombstones += part.tombstones
+            plan.halfhours(stored.get((plan.node, plan.source), []), out)
             self.kept_expired += plan.kept_expired
         return out
 
@@ -310,44 +311,25 @@ class _Plan:
                 self.bounds[per][lo] = hi
 
     def ranges(self) -> list[tuple[str, int, int]]:
-        """Stored rows to read: each level inside its stale parents (children to combine, and
-        its own stale rows, which may need a tombstone); years inside themselves."""
-        spans: dict[Periodicity, list[tuple[int, int]]] = {p: [] for p in PERIODICITIES}
-        for per in PERIODICITIES:
-            spans[per] += self.bounds[per].items()
-            src = CASCADE_SOURCE[per]
-            if src is not None:
-                spans[src] += self.bounds[per].items()
-        return [(per, lo, hi) for per in PERIODICITIES for lo, hi in _merge_ranges(spans[per])]
+        """Stored rows to read: the stale half hours (each may need a tombstone, or be kept behind
+        the retention horizon). The coarser levels never leave the store."""
+        return [("halfhour", lo, hi) for lo, hi in _merge_ranges(self.bounds["halfhour"].items())]
 
-    def cascade(self, stored_rows: Sequence[RollupRow]) -> Refresh:
-        stored: dict[Periodicity, list[RollupRow]] = {p: [] for p in PERIODICITIES}
-        for r in stored_rows:
-            stored[r.periodicity].append(r)
-        self.keep_expired(stored["halfhour"])
-        out = Refresh()
-        for per in PERIODICITIES:
-            src = CASCADE_SOURCE[per]
-            if src is not None:
-                parents = self.bounds[per]
-                starts = sorted(parents)
-                kept = []
-                for r in stored[src]:
-                    if r.ts_start_ms in self.bounds[src]:
-                        continue  # recomputed: the fresh row (or nothing) replaces it
-                    k = bisect.bisect_right(starts, r.ts_start_ms) - 1
-                    if k >= 0 and r.ts_start_ms < parents[starts[k]]:
-                        kept.append(r)
-                self.fresh[per] = combine(kept + self.fresh[src], per, self.z)
-            rows = self.fresh[per]
-            have = {(r.property, r.ts_start_ms) for r in rows}
-            out.rows += rows
-            out.tombstones += [
-                RollupRow(per, self.node, self.source, r.property, r.kind, r.ts_start_ms, r.ts_end_ms)
-                for r in stored[per]
-                if r.ts_start_ms in self.bounds[per] and (r.property, r.ts_start_ms) not in have
-            ]
-        return out
+    def halfhours(self, stored_halfhours: Sequence[RollupRow], out: Refresh) -> None:
+        """Add to `out` this stream's fresh half hours, a tombstone for each stored stale one that
+        none replaces, and its stale buckets of every coarser level."""
+        stored_halfhours = [r for r in stored_halfhours if r.periodicity == "halfhour"]
+        self.keep_expired(stored_halfhours)
+        rows = self.fresh["halfhour"]
+        have = {(r.property, r.ts_start_ms) for r in rows}
+        out.rows += rows
+        out.tombstones += [
+            RollupRow("halfhour", self.node, self.source, r.property, r.kind, r.ts_start_ms, r.ts_end_ms)
+            for r in stored_halfhours
+            if r.ts_start_ms in self.bounds["halfhour"] and (r.property, r.ts_start_ms) not in have
+        ]
+        for per in PERIODICITIES[1:]:
+            out.cascade[per] += [(self.node, self.source, lo, hi) for lo, hi in sorted(self.bounds[per].items())]
 
 
 def recompute_range(
@@ -374,7 +356,7 @@ def recompute_range(
         lo, hi = max(start_ms, chunk[0][0]), min(end_ms, chunk[-1][1])
         halfhours = [s for s, _ in buckets_between(lo, hi, "halfhour", z)]
         part = maintainer.refresh([(node, source, z.key, halfhours)])
-        written += maintainer.sink.write(RollupWrite(part.rows, part.tombstones))
+        written += maintainer.sink.write(part.write())
         if progress is not None:
             progress.update(len(chunk))
             progress.set_postfix(rows=written)

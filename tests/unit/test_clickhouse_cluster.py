@@ -20,13 +20,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from processors.auxiliary import AuxChange, AuxKey, AuxRecord
-from processors.rollup import RollupRow
+from processors.rollup import PERIODICITIES, RollupRow
 from processors.rows import RawColumns
 from sinks.auxiliary import AUX_OBJECTS, AuxiliarySink
 from sinks.clickhouse import LATEST_TABLE, RAW_OBJECTS, RAW_TABLE, RAW_TTL, DeadLetterSink, NotClusterTables, RawSink
 from sinks.ddl import STREAM_KEY, Cluster, Table, View, statements
 from sinks.dedup import batch_token, offset_runs
-from sinks.rollups import ROLLUP_OBJECTS, RollupLedger, RollupSink, RollupWrite, not_rolled_up
+from sinks.rollups import ROLLUP_OBJECTS, RollupLedger, RollupSink, RollupWrite, cascade_sql, not_rolled_up
 
 SINGLE_NODE = Path(__file__).with_name("clickhouse_single_node_ddl.json")
 OLD_TTL = "toDateTime(created) + toIntervalDay(ttl_days) WHERE ttl_days > 0"
@@ -285,6 +285,14 @@ def test_cluster_inserts_are_synchronous_and_carry_tokens_where_a_batch_has_an_i
     assert by_table[4:] == [("rollup_raw", None), ("datum_auxiliary_raw", None)]
     assert all((s or {}).get("distributed_foreground_insert") == 1 for _t, s in client.inserts)
 
+    # the cascade in the store: one INSERT … SELECT per level, as synchronous as any insert
+    client = Recorder()
+    levels = {per: [(1, "/a", 0, 3_600_000)] for per in PERIODICITIES[1:]}
+    RollupSink(client, cluster=CLUSTER).write(RollupWrite([row], [], levels))
+    cascades = [c for c in client.calls if c[0] == "command"]
+    assert [c[1].split(" SELECT ", 2)[1].split(",")[0] for c in cascades] == [f"'{p}'" for p in PERIODICITIES[1:]]
+    assert all(c[2] == {"settings": {"distributed_foreground_insert": 1}} for c in cascades)
+
 
 def test_the_rollup_repair_joins_shard_by_shard_on_a_cluster() -> None:
     client = Recorder()
@@ -300,6 +308,7 @@ def test_clickhouse_parses_every_statement_of_both_modes() -> None:
     single = statements(OBJECTS)
     cluster = statements(OBJECTS, TARGET)
     alters = [c[1] for c in setup_calls(cluster=CLUSTER)["raw_old_ttl"] if c[1].startswith("ALTER")]
+    cascades = [cascade_sql(per, [(0, 1, "/a", 0, 3_600_000)]) for per in PERIODICITIES[1:]]
     texts = [*single, *cluster, *alters]
     code = (
         "import chdb, json, sys\n"
@@ -309,11 +318,14 @@ def test_clickhouse_parses_every_statement_of_both_modes() -> None:
         "json.dump(out, sys.stdout)"
     )
     run = subprocess.run(
-        [sys.executable, "-c", code], input=json.dumps(texts), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], input=json.dumps(texts + cascades), capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 0, run.stderr
     formatted = json.loads(run.stdout)
-    assert len(formatted) == len(texts)
+    assert len(formatted) == len(texts) + len(cascades)
+    # the cascade (the same statement in both modes) inserts into the table the mode makes public
+    assert all(out.startswith("INSERT INTO rollup_raw") for out in formatted[len(texts) :])
+    formatted = formatted[: len(texts)]
     for text, out in zip(texts[len(single) :], formatted[len(single) :], strict=True):
         assert " ON CLUSTER telemetry " in out, (text, out)
     for out in formatted[: len(single)]:

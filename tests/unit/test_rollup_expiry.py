@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pipeline.worker.rollups import _Plan
-from processors.rollup import DEFAULT_TOLERANCES, RawPoint, RollupRow, combine, recompute, zone
+from pipeline.worker.rollups import Refresh, _Plan
+from processors.rollup import DEFAULT_TOLERANCES, PERIODICITIES, RawPoint, RollupRow, combine, recompute, zone
 from processors.rollup_columns import series_from_points
 
 UTC = zone("UTC")
@@ -29,7 +29,10 @@ def _refresh(
 ) -> tuple[list[RollupRow], list[RollupRow]]:
     plan = _Plan(1, "/m", UTC, windows=[(T0, T0 + HALF)], horizon_ms=horizon_ms)
     plan.fill(iter([series_from_points(points)]), iter([[]]), DEFAULT_TOLERANCES)
-    out = plan.cascade(stored)
+    out = Refresh()
+    plan.halfhours(stored, out)
+    # every coarser bucket holding the half hour is left to the store to combine again
+    assert {per: len(buckets) for per, buckets in out.cascade.items()} == {p: 1 for p in PERIODICITIES[1:]}
     return out.rows, out.tombstones
 
 
@@ -37,8 +40,7 @@ def test_expired_half_hour_found_empty_is_kept_not_tombstoned() -> None:
     stored = _stored(10)
     rows, tombstones = _refresh([], stored, horizon_ms=T0 + HALF)
     assert tombstones == []
-    by_level = {r.periodicity: r for r in rows}
-    assert by_level["halfhour"].count == by_level["year"].count == 10
+    assert [(r.periodicity, r.count) for r in rows] == [("halfhour", 10)]
 
 
 def test_expired_half_hour_with_fewer_samples_keeps_the_stored_figures() -> None:
@@ -56,7 +58,7 @@ def test_expired_half_hour_still_complete_in_raw_is_recomputed() -> None:
     points = [RawPoint(T0 + k * 60_000, "watts", "i", float(k), None, 0, frozenset()) for k in range(20)]
     rows, tombstones = _refresh(points, stored, horizon_ms=T0)
     assert tombstones == []
-    assert {r.periodicity: r.count for r in rows}["day"] == 20
+    assert [(r.periodicity, r.count) for r in rows] == [("halfhour", 20)]
 
 
 def test_inside_retention_an_empty_recompute_still_tombstones() -> None:
@@ -65,5 +67,6 @@ def test_inside_retention_an_empty_recompute_still_tombstones() -> None:
     for horizon in (T0 - 1, None):
         rows, tombstones = _refresh([], stored, horizon_ms=horizon)
         assert rows == []
-        assert sorted(t.periodicity for t in tombstones) == sorted(r.periodicity for r in stored)
+        # the coarser levels' tombstones come from the store (sinks.rollups.cascade_sql)
+        assert [t.periodicity for t in tombstones] == ["halfhour"]
         assert all(replace(t, count=0) == t for t in tombstones)

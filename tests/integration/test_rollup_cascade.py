@@ -1,0 +1,129 @@
+"""The cascade computed in the store (`sinks.rollups.cascade_sql`, issue 13) equals the pure
+`processors.rollup.combine`, field for field and bit for bit, on random half hours of every kind
+in zones with daylight saving and a 45-minute offset; a stored parent whose children are all
+gone gets a tombstone, one with children is replaced."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from processors.rollup import (
+    CASCADE_SOURCE,
+    PERIODICITIES,
+    Periodicity,
+    RollupKind,
+    RollupRow,
+    _mode,
+    bucket_bounds,
+    buckets_between,
+    combine,
+    zone,
+)
+from sinks.rollups import RollupSink, RollupWrite, read_rollups
+from tests.integration.helpers import schema_client
+
+pytestmark = pytest.mark.integration
+
+HALF = 1_800_000
+DAY = 86_400_000
+FAR = 4_102_444_800_000
+ZONES = ("UTC", "America/New_York", "Asia/Kathmandu", "Australia/Lord_Howe")
+# 2024-11-01: New York falls back on the 3rd, Lord Howe springs forward by half an hour on 6 Oct
+START = 1_730_419_200_000
+STATUSES = ("auto", "manual", "off", "Ω-mode", "")
+
+
+def random_halfhour(
+    rng: random.Random, node: int, source: str, prop: str, kind: RollupKind, s: int, e: int
+) -> RollupRow:
+    n = rng.randint(1, 30)
+    tags = tuple(sorted(rng.sample(("x", "y", "zz"), rng.randint(0, 2))))
+    if kind == "i":
+        lo, hi = sorted(rng.uniform(-1e3, 1e4) for _ in range(2))
+        return RollupRow("halfhour", node, source, prop, kind, s, e, n, rng.uniform(lo, hi), lo, hi, tags=tags)
+    if kind == "p":
+        return RollupRow("halfhour", node, source, prop, kind, s, e, n, diff=rng.uniform(0, 50), tags=tags)
+    if kind == "s":
+        # few values, small counts: ties in the merged counts are common
+        counts = sorted({v: rng.randint(1, 3) for v in rng.sample(STATUSES, rng.randint(1, 3))}.items())
+        return RollupRow(
+            "halfhour", node, source, prop, kind, s, e, n, mode=_mode(counts), status_counts=tuple(counts), tags=tags
+        )
+    # accumulating: a reading at either edge or not (a half hour between readings has none)
+    start = rng.uniform(0, 1e6) if rng.random() < 0.7 else None
+    end = rng.uniform(0, 1e6) if rng.random() < 0.7 else None
+    return RollupRow(
+        "halfhour", node, source, prop, kind, s, e, n, diff=rng.uniform(0, 500), read_diff=rng.uniform(0, 500),
+        read_start=start, read_end=end, tags=tags,
+    )  # fmt: skip
+
+
+def parents(rows: list[RollupRow], per: Periodicity, tz: str) -> set[tuple[int, int]]:
+    z = zone(tz)
+    return {bucket_bounds(r.ts_start_ms, per, z) for r in rows}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cascade_in_the_store_equals_combine(clickhouse_url: str, ch_database: str, seed: int) -> None:
+    client: Any = schema_client(f"{clickhouse_url.rstrip('/')}/{ch_database}")
+    rng = random.Random(seed)
+    sink = RollupSink(client)
+    kinds: tuple[RollupKind, ...] = ("i", "a", "s", "p")
+    streams = {(1000 * seed + k, f"/c/{k}"): ZONES[k % len(ZONES)] for k in range(12)}
+    halfhours: dict[tuple[int, str], list[RollupRow]] = {}
+    garbage: list[RollupRow] = []
+    for (node, source), tz in streams.items():
+        z = zone(tz)
+        lo = START + rng.randrange(0, 3 * DAY // HALF) * HALF
+        slots = list(buckets_between(lo, lo + rng.randint(1, 5) * DAY, "halfhour", z))
+        rows = []
+        for prop, kind in (("watts", "i"), ("wattHours", "a"), ("mode", "s"), ("tips", "p")):
+            assert kind in kinds
+            rows += [random_halfhour(rng, node, source, prop, kind, s, e) for s, e in slots if rng.random() < 0.6]
+        halfhours[(node, source)] = rows
+        # Stale parents stored before: one of a property with children (replaced), one of a
+        # property none is left for (tombstoned), each with figures the cascade must not keep.
+        day = bucket_bounds(slots[0][0], "day", z)
+        garbage.append(RollupRow("day", node, source, "watts", "i", *day, 999, 1.0, 1.0, 1.0))
+        garbage.append(RollupRow("day", node, source, "gone", "i", *day, 5, 2.0, 2.0, 2.0))
+    # in several inserts, shuffled: the store reads the children in no particular order
+    stored = [r for rows in halfhours.values() for r in rows] + garbage
+    rng.shuffle(stored)
+    for k in range(0, len(stored), len(stored) // 6 + 1):
+        sink.write(RollupWrite(stored[k : k + len(stored) // 6 + 1]))
+
+    cascade: dict[Periodicity, list[tuple[int, str, int, int]]] = {}
+    for per in PERIODICITIES[1:]:
+        src = CASCADE_SOURCE[per]
+        assert src is not None
+        cascade[per] = [
+            (node, source, lo, hi)
+            for (node, source), rows in halfhours.items()
+            for lo, hi in sorted(parents(rows, per, streams[(node, source)]))
+        ]
+    written = sink.write(RollupWrite([], [], cascade))
+
+    coarser = emptied = 0
+    for (node, source), tz in streams.items():
+        want = {"halfhour": halfhours[(node, source)]}
+        for per in PERIODICITIES[1:]:
+            src = CASCADE_SOURCE[per]
+            assert src is not None
+            want[per] = combine(want[src], per, tz)
+            coarser += len(want[per])
+        got = read_rollups(client, [(node, source, [(p, 0, FAR) for p in PERIODICITIES])])
+        expected = sorted((r for rows in want.values() for r in rows), key=RollupRow.key)
+        assert sorted(got, key=RollupRow.key) == expected, f"{node}{source} in {tz}"
+        # the emptied parent is a tombstone: hidden from the view, but stored
+        gone = client.query(
+            f"SELECT count, deleted FROM rollup_raw FINAL WHERE node_id = {node} AND property = 'gone'"
+        ).result_rows
+        assert [tuple(r) for r in gone] == [(0, 1)]
+        live = {(r.periodicity, r.property, r.ts_start_ms) for r in expected}
+        # "gone", and "watts" where that day drew no half hour of it
+        emptied += sum((g.periodicity, g.property, g.ts_start_ms) not in live for g in garbage if g.node_id == node)
+    # what the store reports written: every coarser row and a tombstone per emptied parent
+    assert written == coarser + emptied
