@@ -23,7 +23,7 @@ from __future__ import annotations
 import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial, reduce
 
 import numpy as np
@@ -72,6 +72,8 @@ class Series:
     null: Mask
     texts: Sequence[str] | None = None
     tags: Sequence[Tags] | None = None
+    # `fast()` found beforehand, for many series at once by whoever cut them (None: not known)
+    known_fast: bool | None = None
 
     def __len__(self) -> int:
         return len(self.created)
@@ -91,7 +93,10 @@ class Series:
         ]
 
     def fast(self) -> bool:
-        """Whether the column path covers this series (else the reference does)."""
+        """Whether the column path covers this series (else the reference does): created strictly
+        increasing, and no NaN among the values."""
+        if self.known_fast is not None:
+            return self.known_fast
         if len(self) > 1 and not bool(np.all(self.created[1:] > self.created[:-1])):
             return False
         return self.kind == "s" or not bool(np.isnan(self.value[~self.null]).any())
@@ -193,7 +198,7 @@ def _united(tags: Sequence[Tags] | None, a: int, b: int) -> Tags:
     return tuple(sorted(set().union(*tags[a:b])))
 
 
-def _simple_columns(s: Series, edges: Sequence[int], blank: Callable[[int], RollupRow]) -> list[RollupRow]:
+def _simple_columns(s: Series, edges: Sequence[int], blank: Callable[..., RollupRow]) -> list[RollupRow]:
     created, value, texts, tags = s.kept()
     pos = np.searchsorted(created, np.asarray(edges, dtype=np.int64), "left").tolist()
     values = value.tolist() if texts is None else []
@@ -202,17 +207,17 @@ def _simple_columns(s: Series, edges: Sequence[int], blank: Callable[[int], Roll
         a, b = pos[k], pos[k + 1]
         if a == b:
             continue
-        n, tg, base = b - a, _united(tags, a, b), blank(k)
+        n, tg = b - a, _united(tags, a, b)
         if texts is not None:
             sc = tuple(sorted(Counter(texts[a:b]).items()))
-            out.append(replace(base, count=n, mode=_mode(sc), status_counts=sc, tags=tg))
+            out.append(blank(k, count=n, mode=_mode(sc), status_counts=sc, tags=tg))
             continue
         part = values[a:b]
         total = _add(part)
         if s.kind == "p":
-            out.append(replace(base, count=n, diff=total, tags=tg))
+            out.append(blank(k, count=n, diff=total, tags=tg))
         else:
-            out.append(replace(base, count=n, avg=total / n, min=min(part), max=max(part), tags=tg))
+            out.append(blank(k, count=n, avg=total / n, min=min(part), max=max(part), tags=tg))
     return out
 
 
@@ -227,7 +232,7 @@ def _sums_by_bucket(buckets: npt.NDArray[np.int64], values: list[float]) -> dict
 
 
 def _accumulating_columns(
-    s: Series, edges: Sequence[int], tol: Tolerances, blank: Callable[[int], RollupRow]
+    s: Series, edges: Sequence[int], tol: Tolerances, blank: Callable[..., RollupRow]
 ) -> list[RollupRow]:
     """`_accumulating` for a chain of readings only (no reset names the property)."""
     t, v, _, tags = s.kept()
@@ -287,8 +292,8 @@ def _accumulating_columns(
         first = _start_node(times, (), lo, hi, tol.lookback_ms)
         last = _end_node(times, hi, tol.lookback_ms)
         out.append(
-            replace(
-                blank(k),
+            blank(
+                k,
                 count=int(count[k]),
                 diff=diff.get(k, 0.0),
                 read_diff=read.get(k, 0.0),

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlparse
 
@@ -261,10 +262,16 @@ def sql_stream(node_id: int, source_id: str) -> str:
     return f"node_id = {int(node_id)} AND source_id = {sql_str(source_id)}"
 
 
-def _tsv_field(value: int | str) -> str:
-    if isinstance(value, int):
-        return str(int(value))
+@lru_cache(maxsize=1 << 14)
+def _tsv_text(value: str) -> str:
+    # a fleet's ranges repeat a handful of source ids thousands of times a query
     return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _tsv_field(value: int | str) -> str:
+    if isinstance(value, str):
+        return _tsv_text(value)
+    return str(int(value))
 
 
 def sql_table(shape: str, rows: Iterable[Sequence[int | str]]) -> str:

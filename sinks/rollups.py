@@ -213,8 +213,16 @@ def _series_of(table: pa.Table) -> list[tuple[int, Series]]:
     tagged = pc.list_value_length(g).to_numpy(zero_copy_only=False) > 0
     cut = np.flatnonzero((q[1:] != q[:-1]) | (pi[1:] != pi[:-1]) | (ki[1:] != ki[:-1])) + 1
     starts, ends = [0, *cut.tolist()], [*cut.tolist(), n]
+    # Series.fast() of every series at once (a fleet's series hold a few points each): a point at or
+    # before the one before it in its series, or a NaN value (a status's NaN is its missing number)
+    bad = np.zeros(n, np.bool_)
+    bad[1:] = t[1:] <= t[:-1]
+    bad[cut] = False
+    is_status = np.asarray([kind == "s" for kind in kinds], np.bool_)[ki]
+    bad |= np.isnan(value) & ~null & ~is_status
+    slow = np.logical_or.reduceat(bad, starts).tolist()
     out: list[tuple[int, Series]] = []
-    for a, b in zip(starts, ends, strict=True):
+    for a, b, not_fast in zip(starts, ends, slow, strict=True):
         kind = kinds[ki[a]]
         texts = x.slice(a, b - a).to_pylist() if kind == "s" else None
         tags = None
@@ -231,6 +239,7 @@ def _series_of(table: pa.Table) -> list[tuple[int, Series]]:
                     null[a:b] if kind != "s" else np.zeros(b - a, np.bool_),
                     texts,
                     tags,
+                    known_fast=not not_fast,
                 ),
             )
         )
