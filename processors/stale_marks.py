@@ -15,6 +15,12 @@ Binary encoding, little-endian, version 1 (a JSON mark of the old format starts 
     names table: I names, then per name: B kind length, kind, H property length, property (UTF-8)
     I spans n, then n rows of: I name index, q first created ms, I last - first (ms)
 
+Bundle, version 2: several marks in one message, for the marks of many streams bound for one
+partition of the stale topic (a fleet's stored batch names thousands of streams, and a message
+each cost the worker more than the marks' own work, issue 13):
+
+    B 2  I marks n, then n times: I length, a mark of version 1 (never a bundle)
+
 Small marks are the common case (a fleet: one datum per stream per batch), so the per-mark cost
 is kept low: the names table is built and parsed once per distinct table, the span rows are one
 struct call.
@@ -33,6 +39,8 @@ from typing import NamedTuple
 
 HALFHOUR_MS = 1_800_000
 VERSION = 1
+BUNDLE = 2
+_BUNDLE_HEAD = struct.Struct("<BI")
 _HEAD = struct.Struct("<BBQqHI")
 _COUNT = struct.Struct("<I")
 _KIND = struct.Struct("<B")
@@ -348,6 +356,40 @@ def _parse(data: bytes) -> _Parsed:
     return _parse_json(data) if data[:1] == b"{" else _parse_binary(data)
 
 
+def bundle(marks: Sequence[bytes]) -> bytes:
+    """Marks of version 1 as one message (version 2)."""
+    parts = [_BUNDLE_HEAD.pack(BUNDLE, len(marks))]
+    for mark in marks:
+        if mark[:1] != bytes((VERSION,)):
+            raise ValueError("only marks of version 1 are bundled")
+        parts += (_COUNT.pack(len(mark)), mark)
+    return b"".join(parts)
+
+
+def unbundle(data: bytes) -> list[bytes]:
+    """The marks of a message: a bundle's, or the message itself."""
+    if data[:1] != bytes((BUNDLE,)):
+        return [data]
+    try:
+        _, n = _BUNDLE_HEAD.unpack_from(data, 0)
+        at, out = _BUNDLE_HEAD.size, []
+        for _ in range(n):
+            (size,) = _COUNT.unpack_from(data, at)
+            at += _COUNT.size
+            mark = data[at : at + size]
+            if len(mark) != size:
+                raise MarkError("stale mark bundle truncated")
+            if mark[:1] != bytes((VERSION,)):
+                raise MarkError("a stale mark bundle holds something other than a mark of version 1")
+            out.append(mark)
+            at += size
+    except struct.error as exc:
+        raise MarkError(f"stale mark bundle unreadable: {exc}") from exc
+    if at != len(data):
+        raise MarkError("stale mark bundle has trailing bytes")
+    return out
+
+
 def decode(data: bytes) -> StaleMark:
     """One mark of either format."""
     node, source, inserted, props, kinds, firsts, lasts = _parse(data)
@@ -355,13 +397,13 @@ def decode(data: bytes) -> StaleMark:
 
 
 def decode_marks(values: Iterable[bytes]) -> tuple[SpanColumns, set[tuple[int, str, int]]]:
-    """Marks of either format to the spans of all, as columns (one span per stream, property,
+    """Marks of either format, bundled or not, to the spans of all, as columns (one span per stream, property,
     kind and half hour), and the raw batches (node, source, inserted) they stand for."""
     spans = SpanColumns()
     batches: set[tuple[int, str, int]] = set()
     streams: set[tuple[int, str]] = set()
     repeated = False
-    for data in values:
+    for data in (mark for value in values for mark in unbundle(value)):
         node, source, inserted, props, kinds, firsts, lasts = _parse(data)
         spans.add(node, source, props, kinds, firsts, lasts)
         if inserted is not None:

@@ -63,6 +63,7 @@ from pipeline.worker import faust_fixes, memory
 from pipeline.worker.batch import (
     Part,
     Stamps,
+    bundle_marks,
     column_marks,
     event_letter,
     header,
@@ -91,6 +92,11 @@ from sinks.rollups import RollupLedger, RollupSink, not_rolled_up
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Stale marks (one message per stream and stored raw batch) per rollup batch, at most. A batch costs
+# a dozen statements whatever its size (~0.8 s on the embedded endpoint), so a backlog is best taken
+# whole: a fleet's 2,000 streams in one batch, not four (issue 13). Without a backlog a batch closes
+# after `rollup_within_s` with what has come.
+ROLLUP_TAKE = 4000
 S = TypeVar("S", bound=Sink[Any, Any])
 
 StreamKey = tuple[int, str]  # (node, source)
@@ -332,8 +338,21 @@ class DatumWorker:
         return await self.committer.retry(what, asyncio.to_thread, fn, *args)
 
     async def mark_stale(self, marks: Sequence[tuple[bytes, bytes]]) -> None:
-        futures = [await self.stale_topic.send(key=key, value=value) for key, value in marks]
+        """Produce the marks, a bundle per partition of the stale topic (`bundle_marks`), and
+        wait for the broker to take every one."""
+        futures = [
+            await self.stale_topic.send(key=key, value=value, partition=partition)
+            for partition, key, value in bundle_marks(marks, self._stale_partition)
+        ]
         await asyncio.gather(*futures)
+
+    def _stale_partition(self, key: bytes) -> int | None:
+        """The stale topic's partition a stream's key goes to, as the producer would pick it; None
+        while the producer has no metadata of the topic (its first send loads it)."""
+        try:
+            return int(self.app.producer.key_partition(self.topics.rollup_stale, key).partition)
+        except (TypeError, AssertionError, KeyError):  # partitions_for_topic() is None: not known yet
+            return None
 
     # -- rollups --------------------------------------------------------------------------------
 
@@ -785,7 +804,7 @@ class DatumWorker:
 
         @app.agent(self.stale_topic, name="rollups")
         async def rollups(stream: faust.StreamT[Any]) -> None:
-            async for events in take_events(stream, 500, s.rollup_within_s):
+            async for events in take_events(stream, ROLLUP_TAKE, s.rollup_within_s):
                 await self.catalog_ready.wait()  # time zones come from the catalog
                 await self.guarded("rollups", batch_of(self.handle_marks, stream, events))
 

@@ -29,7 +29,7 @@ from processors.catalog_versions import VersionedCatalog
 from processors.columns import DatumColumns, accept_columns, first_accumulating
 from processors.datum import Datum, Rejection
 from processors.rows import RawColumns, Scoring, accept_batch
-from processors.stale_marks import Change, SpanColumns, decode_marks, encode_columns
+from processors.stale_marks import Change, SpanColumns, bundle, decode_marks, encode_columns
 
 StreamKey = tuple[int, str]  # (node, source)
 PartitionKey = tuple[str, int]  # (topic, partition)
@@ -238,6 +238,41 @@ def column_marks(rows: RawColumns, inserted_ms: int | None = None) -> list[tuple
             rows.node_id, rows.source_id, rows.created, rows.property, rows.kind, inserted_ms
         )
     ]
+
+
+# A bundle of stale marks stays well under the broker's largest message (max_message_bytes).
+BUNDLE_MAX_BYTES = 1 << 20
+
+
+def bundle_marks(
+    marks: Sequence[tuple[bytes, bytes]],
+    partition_of: Callable[[bytes], int | None],
+    max_bytes: int = BUNDLE_MAX_BYTES,
+) -> list[tuple[int | None, bytes | None, bytes]]:
+    """Stale marks (stream key, mark) as messages (partition, key, value): the marks bound for one
+    partition of the stale topic (the one their stream's key hashes to, so each stream's marks stay
+    on one partition, in order) as one bundle, or a few where they exceed `max_bytes`; a mark whose
+    partition is not known (None: no topic metadata yet) goes alone, keyed by its stream, as
+    before. A fleet's stored batch names thousands of streams: a message each cost the worker more
+    than the marks' own work (issue 13)."""
+    out: list[tuple[int | None, bytes | None, bytes]] = []
+    held: dict[int, list[bytes]] = {}
+    size: dict[int, int] = {}
+    for key, mark in marks:
+        p = partition_of(key)
+        if p is None:
+            out.append((None, key, mark))
+            continue
+        group = held.setdefault(p, [])
+        if group and size[p] + len(mark) > max_bytes:
+            out.append((p, None, bundle(group)))
+            group = held[p] = []
+        if not group:
+            size[p] = 0
+        group.append(mark)
+        size[p] += len(mark)
+    out += [(p, None, bundle(group)) for p, group in held.items()]
+    return out
 
 
 def row_changes(rows: RawColumns) -> Iterable[Change]:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.wire.topics import stream_key
-from pipeline.worker.batch import column_marks, read_marks, row_changes, stale_marks
+from pipeline.worker.batch import bundle_marks, column_marks, read_marks, row_changes, stale_marks
 from processors.datum import Datum
 from processors.rows import RawColumns
 from processors.stale_marks import (
@@ -19,9 +19,11 @@ from processors.stale_marks import (
     Span,
     SpanColumns,
     StaleMark,
+    bundle,
     compact,
     decode,
     encode,
+    unbundle,
 )
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
@@ -141,3 +143,72 @@ def test_marks_hold_each_half_hours_first_and_last_change(
     cols = compact(*zip(*rows, strict=True)) if rows else compact([], [], [], [], [])
     assert {k: set(v) for k, v in by_stream(cols).items()} == reference_spans(rows)
     assert cols.joined() == cols
+
+
+@given(rows=ROWS, parts=st.integers(1, 4), groups=st.integers(1, 5), inserted=st.none() | MS)
+def test_bundled_marks_read_back_as_the_marks_themselves(
+    rows: list[tuple[int, str, int, str, str]], parts: int, groups: int, inserted: int | None
+) -> None:
+    """However the marks are grouped into bundles (one per partition of the stale topic), the
+    bundles read back to exactly what the marks read back to."""
+    values = [value for k in range(parts) for _, value in stale_marks(rows[k::parts], inserted)]
+    bundles = [bundle(values[g::groups]) for g in range(groups)]
+    assert [m for b in bundles for m in unbundle(b)] == [v for g in range(groups) for v in values[g::groups]]
+    alone, alone_batches = read_marks(values)
+    spans, batches = read_marks(bundles)
+    assert {k: set(v) for k, v in by_stream(spans).items()} == {k: set(v) for k, v in by_stream(alone).items()}
+    assert batches == alone_batches
+
+
+@given(spans=SPANS, n=st.integers(1, 3), cut=st.integers(0, 10_000))
+def test_a_cut_bundle_is_refused_not_misread(spans: list[Span], n: int, cut: int) -> None:
+    data = bundle([encode(7, f"/s{k}", spans, 5) for k in range(n)])
+    with pytest.raises(MarkError):
+        read_marks([data[: max(1, cut % len(data))]])
+    with pytest.raises(MarkError):
+        read_marks([data + b"\0"])
+    with pytest.raises(ValueError):
+        bundle([data])  # bundles do not nest
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=80))
+def test_any_bytes_after_a_bundle_byte_read_or_raise_mark_error(data: bytes) -> None:
+    try:
+        read_marks([b"\x02" + data])
+    except MarkError:
+        return
+
+
+@given(
+    rows=ROWS,
+    parts=st.integers(1, 4),
+    partitions=st.integers(1, 4),
+    unknown=st.sets(st.integers(0, 3)),
+    max_bytes=st.integers(1, 400),
+)
+def test_bundles_keep_each_stream_on_its_partition_in_order(
+    rows: list[tuple[int, str, int, str, str]], parts: int, partitions: int, unknown: set[int], max_bytes: int
+) -> None:
+    """Each message holds marks of one partition only, each stream's marks in the order made; a
+    mark of unknown partition goes alone under its stream's key; a bundle exceeds `max_bytes` only
+    when one mark does."""
+    marks = [m for k in range(parts) for m in stale_marks(rows[k::parts], 9)]
+
+    def partition_of(key: bytes) -> int | None:
+        node = next(n for n, s, *_ in rows if stream_key(n, s) == key)
+        return None if node in unknown else hash(key) % partitions
+
+    messages = bundle_marks(marks, partition_of, max_bytes)
+    sent: dict[int | None, list[bytes]] = {}
+    for partition, key, value in messages:
+        inside = unbundle(value)
+        if partition is None:
+            assert key is not None and inside == [value] and partition_of(key) is None
+        else:
+            assert key is None
+            assert {partition_of(stream_key(m.node_id, m.source_id)) for m in map(decode, inside)} == {partition}
+            assert len(inside) == 1 or sum(map(len, inside)) <= max_bytes
+        sent.setdefault(partition, []).extend(inside)
+    for p in {partition_of(k) for k, _ in marks}:
+        assert sent[p] == [v for k, v in marks if partition_of(k) == p]  # none lost, none reordered
