@@ -329,12 +329,15 @@ def read_series_for_recompute(
 
 @dataclass(frozen=True)
 class NeighbourRequest:
-    """The chain nodes next to `at_ms` of one accumulating property of one stream."""
+    """The chain nodes next to `at_ms` of one accumulating property of one stream: the one before
+    and the one after, or only one of them (the other is answered None)."""
 
     node_id: int
     source_id: str
     property: str
     at_ms: int
+    before: bool = True
+    after: bool = True
 
 
 def _nearest_sql(view: str, alias: str, ranges: Sequence[NamedRange], side: int, readings: bool) -> str:
@@ -369,6 +372,8 @@ def read_neighbours(
     nxt: dict[int, int] = {}
 
     def gather(sql: list[str]) -> None:
+        if not sql:
+            return
         for q, side, t in client.query(" UNION ALL ".join(sql)).result_rows:
             into = prev if side == 0 else nxt
             t = int(t)
@@ -378,26 +383,21 @@ def read_neighbours(
     for k in range(0, len(numbered), RANGES_CHUNK):
         part = numbered[k : k + RANGES_CHUNK]
         before: list[NamedRange] = [
-            (n, r.node_id, r.source_id, r.property, r.at_ms - clock_ms, r.at_ms) for n, r in part
+            (n, r.node_id, r.source_id, r.property, r.at_ms - clock_ms, r.at_ms) for n, r in part if r.before
         ]
         after: list[NamedRange] = [
-            (n, r.node_id, r.source_id, r.property, r.at_ms + 1, r.at_ms + clock_ms + 1) for n, r in part
+            (n, r.node_id, r.source_id, r.property, r.at_ms + 1, r.at_ms + clock_ms + 1) for n, r in part if r.after
         ]
         far: list[NamedRange] = [
-            (n, r.node_id, r.source_id, r.property, r.at_ms + 1, r.at_ms + lookback_ms + 1) for n, r in part
+            (n, r.node_id, r.source_id, r.property, r.at_ms + 1, r.at_ms + lookback_ms + 1) for n, r in part if r.after
         ]
-        gather(
-            [
-                _nearest_sql(DATUM_VIEW, "d", before, 0, True),
-                _nearest_sql(DATUM_VIEW, "d", after, 1, True),
-                _nearest_sql(AUX_VIEW, "a", before, 0, False),
-                _nearest_sql(AUX_VIEW, "a", far, 1, False),
-            ]
-        )
+        asks = [(DATUM_VIEW, "d", before, 0, True), (AUX_VIEW, "a", before, 0, False)]
+        asks += [(DATUM_VIEW, "d", after, 1, True), (AUX_VIEW, "a", far, 1, False)]
+        gather([_nearest_sql(*ask) for ask in asks if ask[2]])
     beyond: list[NamedRange] = [
         (n, r.node_id, r.source_id, r.property, r.at_ms + clock_ms + 1, r.at_ms + lookback_ms + 1)
         for n, r in numbered
-        if lookback_ms > clock_ms and (n not in nxt or nxt[n] > r.at_ms + clock_ms)
+        if r.after and lookback_ms > clock_ms and (n not in nxt or nxt[n] > r.at_ms + clock_ms)
     ]
     for k in range(0, len(beyond), RANGES_CHUNK):
         gather([_nearest_sql(DATUM_VIEW, "d", beyond[k : k + RANGES_CHUNK], 1, True)])

@@ -53,6 +53,8 @@ from sinks.rollups import (
 log = logging.getLogger(__name__)
 
 HALFHOUR: tuple[Periodicity, ...] = ("halfhour",)
+# Which neighbours of a changed accumulating reading are looked up (`stale_halfhours`).
+BEFORE, AFTER, BOTH = 1, 2, 3
 # Stale half hours closer than this are recomputed as one window (the ones between included).
 MERGE_GAP_MS = 6 * 3_600_000
 # How long a stream's retention (shortest storage period of its raw rows) is reused before it is
@@ -165,7 +167,7 @@ class RollupMaintainer:
                 zones[(node, ms)] = tz = self.timezone_at(node, ms)
             return tz
 
-        changes: dict[tuple[int, str, str], list[tuple[str, str, int]]] = {}
+        changes: dict[tuple[int, str, str], list[tuple[str, str, int, int]]] = {}
         inside: dict[tuple[int, str, str], list[tuple[int, int]]] = {}
         for node, source, prop, kind, lo, hi in zip(
             spans.node_id, spans.source_id, spans.property, spans.kind, spans.first, spans.last, strict=True
@@ -177,9 +179,12 @@ class RollupMaintainer:
                 got = changes.get(key)
                 if got is None:
                     changes[key] = got = []
-                got.append((prop, kind, lo))
+                # A span's first reading needs only its neighbour before, its last only the one
+                # after: the other neighbour of either lies within the span (or is the other's),
+                # whose half hours are stale already (docs/rollups.md, "Stale marks").
+                got.append((prop, kind, lo, BOTH if hi == lo else BEFORE))
                 if hi != lo:
-                    got.append((prop, kind, hi))
+                    got.append((prop, kind, hi, AFTER))
                     if hi - lo > 1:
                         inside.setdefault(key, []).append((lo, hi))
         tasks = list(changes)
@@ -194,16 +199,24 @@ class RollupMaintainer:
 
     # -- which half hours are stale -------------------------------------------------------------
 
-    def stale_halfhours(self, tasks: Sequence[tuple[int, str, str, Sequence[tuple[str, str, int]]]]) -> list[set[int]]:
+    def stale_halfhours(
+        self, tasks: Sequence[tuple[int, str, str, Sequence[tuple[str, str, int, int]]]]
+    ) -> list[set[int]]:
         """Per (node, source, zone, changes): the half-hour starts made stale by new or rewritten
-        raw rows (property, kind, created), each accumulating reading's neighbours taken from the
-        stored raw rows."""
-        # per task, its changed accumulating readings: each needs its neighbours
-        acc = [sorted({(c, p) for p, kind, c in items if kind == "a"}) for _node, _source, _tz, items in tasks]
+        raw rows (property, kind, created, which neighbours count: BEFORE, AFTER or BOTH), each
+        accumulating reading's neighbours taken from the stored raw rows."""
+        # per task, its changed accumulating readings: each needs the neighbours it names
+        acc: list[list[tuple[int, str, int]]] = []
+        for _node, _source, _tz, items in tasks:
+            sides: dict[tuple[int, str], int] = {}
+            for p, kind, c, side in items:
+                if kind == "a":
+                    sides[(c, p)] = sides.get((c, p), 0) | side
+            acc.append(sorted((c, p, side) for (c, p), side in sides.items()))
         asked = [
-            NeighbourRequest(node, source, p, t)
+            NeighbourRequest(node, source, p, t, before=bool(side & BEFORE), after=bool(side & AFTER))
             for (node, source, _tz, _items), mine in zip(tasks, acc, strict=True)
-            for t, p in mine
+            for t, p, side in mine
         ]
         # readings and reset markers: both are chain nodes
         found = iter(read_neighbours(self.client, asked, self.tol.clock_ms, self.tol.lookback_ms))
@@ -211,9 +224,9 @@ class RollupMaintainer:
         for (_node, _source, tz, items), mine in zip(tasks, acc, strict=True):
             z = zone(tz)
             stale: set[int] = set()
-            for t in {c for _, _, c in items}:
+            for t in {c for _, _, c, _ in items}:
                 stale |= {s for _, s in stale_buckets(t, None, None, z, self.tol, HALFHOUR)}
-            for t, _prop in mine:
+            for t, _prop, _side in mine:
                 prev, nxt = next(found)  # in the order asked
                 stale |= {s for _, s in stale_buckets(t, prev, nxt, z, self.tol, HALFHOUR)}
             out.append(stale)

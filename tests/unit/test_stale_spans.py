@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.worker.batch import read_marks, stale_marks
-from pipeline.worker.rollups import RollupMaintainer
+from pipeline.worker.rollups import BOTH, RollupMaintainer
 from processors.rollup import DEFAULT_TOLERANCES, Tolerances
 from processors.stale_marks import HALFHOUR_MS
 from sinks.rollups import NeighbourRequest
@@ -51,7 +51,12 @@ def store_lookup(readings: Stored, resets: Stored) -> Any:
             nodes = readings.get(key, []) + resets.get(key, [])
             before = [t for t in nodes if r.at_ms - clock <= t < r.at_ms]
             after = [t for t in nodes if r.at_ms < t <= r.at_ms + lookback]
-            out.append((max(before, default=None), min(after, default=None)))
+            out.append(
+                (
+                    max(before, default=None) if r.before else None,
+                    min(after, default=None) if r.after else None,
+                )
+            )
         return out
 
     return read
@@ -107,9 +112,9 @@ def test_compact_marks_stale_the_same_half_hours_as_every_row(
 
     with mock.patch("pipeline.worker.rollups.read_neighbours", store_lookup(readings, resets)):
         # every row, grouped as the per-row maintainer did
-        per_row: dict[tuple[int, str, str], list[tuple[str, str, int]]] = {}
+        per_row: dict[tuple[int, str, str], list[tuple[str, str, int, int]]] = {}
         for node, source, c, prop, kind in rows:
-            per_row.setdefault((node, source, timezone_at(node, c)), []).append((prop, kind, c))
+            per_row.setdefault((node, source, timezone_at(node, c)), []).append((prop, kind, c, BOTH))
         tasks = list(per_row)
         want = dict(zip(tasks, maintainer.stale_halfhours([(*t, per_row[t]) for t in tasks]), strict=True))
         # the marks of the same changes, produced in `parts` batches, read back together
