@@ -366,6 +366,14 @@ def bundle(marks: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
+def marks_in(data: bytes) -> int:
+    """How many marks a message holds, from its head alone (a bundle's count; 1 otherwise, and for
+    a bundle too short to say, which reading it refuses)."""
+    if data[:1] == bytes((BUNDLE,)) and len(data) >= _BUNDLE_HEAD.size:
+        return int(_BUNDLE_HEAD.unpack_from(data, 0)[1])
+    return 1
+
+
 def unbundle(data: bytes) -> list[bytes]:
     """The marks of a message: a bundle's, or the message itself."""
     if data[:1] != bytes((BUNDLE,)):

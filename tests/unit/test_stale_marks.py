@@ -23,6 +23,7 @@ from processors.stale_marks import (
     compact,
     decode,
     encode,
+    marks_in,
     unbundle,
 )
 
@@ -153,6 +154,9 @@ def test_bundled_marks_read_back_as_the_marks_themselves(
     bundles read back to exactly what the marks read back to."""
     values = [value for k in range(parts) for _, value in stale_marks(rows[k::parts], inserted)]
     bundles = [bundle(values[g::groups]) for g in range(groups)]
+    # the rollup take weighs a message by its marks, read from the head alone
+    assert [marks_in(b) for b in bundles] == [len(values[g::groups]) for g in range(groups)]
+    assert all(marks_in(v) == 1 for v in values)
     assert [m for b in bundles for m in unbundle(b)] == [v for g in range(groups) for v in values[g::groups]]
     alone, alone_batches = read_marks(values)
     spans, batches = read_marks(bundles)
