@@ -637,7 +637,9 @@ def cascade_rollups(
     store reports them. One statement per RANGES_CHUNK buckets."""
     written = 0
     kwargs = insert_kwargs(cluster)  # on a cluster, synchronous into the Distributed table
-    for chunk in _by_query_size(buckets):
+    # A bucket named twice would join its children twice (a node that changed zone is two tasks,
+    # whose buckets may coincide): each once.
+    for chunk in _by_query_size(sorted(set(buckets))):
         summary = client.command(cascade_sql(per, chunk), **kwargs)
         written += summary.written_rows if isinstance(summary, QuerySummary) else 0
     return written

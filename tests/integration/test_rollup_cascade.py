@@ -104,6 +104,9 @@ def test_cascade_in_the_store_equals_combine(clickhouse_url: str, ch_database: s
             for (node, source), rows in halfhours.items()
             for lo, hi in sorted(parents(rows, per, streams[(node, source)]))
         ]
+        # a stream whose node changed zone is two tasks, whose buckets may coincide (Amsterdam and
+        # Paris): a bucket named twice is combined once
+        cascade[per] += cascade[per][::3]
     written = sink.write(RollupWrite([], [], cascade))
 
     coarser = emptied = 0
