@@ -405,8 +405,9 @@ def decode(data: bytes) -> StaleMark:
 
 
 def decode_marks(values: Iterable[bytes]) -> tuple[SpanColumns, set[tuple[int, str, int]]]:
-    """Marks of either format, bundled or not, to the spans of all, as columns (one span per stream, property,
-    kind and half hour), and the raw batches (node, source, inserted) they stand for."""
+    """Marks of either format, bundled or not, to the spans of all, as columns (one span per
+    stream, property, kind and half hour), and the raw batches (node, source, inserted) they
+    stand for."""
     spans = SpanColumns()
     batches: set[tuple[int, str, int]] = set()
     streams: set[tuple[int, str]] = set()

@@ -634,7 +634,7 @@ def cascade_rollups(
 ) -> int:
     """Combine the `per` rows of the given buckets (node, source, start ms, end ms) from the stored
     rows below them, tombstoning those left empty (`cascade_sql`); returns rows written, as the
-    store reports them. One statement per RANGES_CHUNK buckets."""
+    store reports them. As many buckets per statement as its text allows (`_by_query_size`)."""
     written = 0
     kwargs = insert_kwargs(cluster)  # on a cluster, synchronous into the Distributed table
     # A bucket named twice would join its children twice (a node that changed zone is two tasks,

@@ -237,8 +237,9 @@ class RollupMaintainer:
     def refresh(self, tasks: Sequence[tuple[int, str, str, Iterable[int]]]) -> Refresh:
         """Per (node, source, zone, stale half-hour starts): recompute those half hours from raw,
         and list every coarser bucket holding one of them, for the store to combine from the
-        stored finer rows once the half hours are in (`RollupSink.write`). Four queries for all
-        tasks: raw windows, resets, stored half hours, and a neighbour lookup before."""
+        stored finer rows once the half hours are in (`RollupSink.write`). Three queries for all
+        tasks: raw windows, resets, stored half hours (`stale_of_spans` looked the neighbours up
+        before)."""
         plans: list[_Plan] = []
         windows: list[Window] = []
         horizon = self.horizons((node, source) for node, source, _tz, stale in tasks if stale)
@@ -279,14 +280,14 @@ class RollupMaintainer:
 
 @dataclass
 class _Plan:
-    """One stream's refresh: its windows, its stale buckets per level, its fresh rows."""
+    """One stream's refresh: its windows, its stale buckets per level, its fresh half hours."""
 
     node: int
     source: str
     z: ZoneInfo
     windows: list[tuple[int, int]] = field(default_factory=list)
     bounds: dict[Periodicity, dict[int, int]] = field(default_factory=lambda: {p: {} for p in PERIODICITIES})
-    fresh: dict[Periodicity, list[RollupRow]] = field(default_factory=dict)
+    fresh: list[RollupRow] = field(default_factory=list)  # half hours (the store combines the rest)
     # half hours starting at or before this may have lost raw rows to expiry; None: none can
     horizon_ms: int | None = None
     kept_expired: int = 0
@@ -298,7 +299,7 @@ class _Plan:
         still completes its buckets (its raw rows are all there, the count only grows)."""
         if self.horizon_ms is None:
             return
-        fresh = {(r.property, r.ts_start_ms): r for r in self.fresh["halfhour"]}
+        fresh = {(r.property, r.ts_start_ms): r for r in self.fresh}
         for r in stored_halfhours:
             if r.ts_start_ms not in self.bounds["halfhour"] or r.ts_start_ms > self.horizon_ms:
                 continue
@@ -306,14 +307,14 @@ class _Plan:
             if mine is None or mine.count < r.count:
                 fresh[(r.property, r.ts_start_ms)] = r
                 self.kept_expired += 1
-        self.fresh["halfhour"] = list(fresh.values())
+        self.fresh = list(fresh.values())
 
     def fill(self, series: Iterator[list[Series]], resets: Iterator[list[ResetMarker]], tol: Tolerances) -> None:
         """Half hours from raw (the points and resets of each window, in order), and every stale bucket."""
-        self.fresh["halfhour"] = []
+        self.fresh = []
         for ws, we in self.windows:
             self.bounds["halfhour"].update(buckets_between(ws, we, "halfhour", self.z))
-            self.fresh["halfhour"] += recompute_series(
+            self.fresh += recompute_series(
                 next(series), next(resets), ws, we, "halfhour", self.z, tol, self.node, self.source
             )
         for per in PERIODICITIES[1:]:
@@ -333,9 +334,8 @@ class _Plan:
         none replaces, and its stale buckets of every coarser level."""
         stored_halfhours = [r for r in stored_halfhours if r.periodicity == "halfhour"]
         self.keep_expired(stored_halfhours)
-        rows = self.fresh["halfhour"]
-        have = {(r.property, r.ts_start_ms) for r in rows}
-        out.rows += rows
+        have = {(r.property, r.ts_start_ms) for r in self.fresh}
+        out.rows += self.fresh
         out.tombstones += [
             RollupRow("halfhour", self.node, self.source, r.property, r.kind, r.ts_start_ms, r.ts_end_ms)
             for r in stored_halfhours
