@@ -2,9 +2,10 @@
 stale marks, timed step by step in one process against the ClickHouse endpoint.
 
     python benchmarks/bench_rollup_fleet.py [--streams 2000] [--datums 10] [--rounds 3] [--history]
+                                            [--spacing-ms 60000]
 
-Per round: the raw rows of `--datums` new datums (1 minute apart) of each of `--streams` streams
-(4 samples: watts, voltage, wattHours, mode) are inserted, and the rollup maintainer is given
+Per round: the raw rows of `--datums` new datums of each of `--streams` streams
+(4 samples: watts, voltage, wattHours, mode) (`--spacing-ms` apart; 1 minute by default) are inserted, and the rollup maintainer is given
 their stale marks, as the rollup agent is. Printed per round: seconds of each step of
 `RollupMaintainer.update_spans` (stale half hours, read raw windows, recompute, read the stored
 half hours, their tombstones, the half hours' insert, the cascade in the store) and streams/s.
@@ -59,14 +60,14 @@ class Steps:
         setattr(owner, name, timed)
 
 
-def fleet_rows(streams: int, datums: int, base_ms: int, k0: int) -> RawColumns:
+def fleet_rows(streams: int, datums: int, base_ms: int, k0: int, spacing_ms: int = 60_000) -> RawColumns:
     rows = RawColumns()
     for s in range(streams):
         node, source = 1 + s // 10, f"/F/{s % 10}"
         for k in range(k0, k0 + datums):
             i = {"watts": 1000.0 + k % 300, "voltage": 230.0 + k % 5}
             rows.add_datum(
-                Datum(node, source, base_ms + k * 60_000 + s, i, {"wattHours": 1e6 + k * 17.0}, {"mode": "auto"})
+                Datum(node, source, base_ms + k * spacing_ms + s, i, {"wattHours": 1e6 + k * 17.0}, {"mode": "auto"})
             )
     return rows
 
@@ -115,6 +116,7 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=2000)
     ap.add_argument("--datums", type=int, default=10, help="new datums per stream per round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--spacing-ms", type=int, default=60_000, help="time between a stream's datums")
     ap.add_argument(
         "--history",
         action="store_true",
@@ -148,7 +150,7 @@ def main() -> None:
             print(f"history: {len(rows):,} stored rollup rows of the year so far ({time.perf_counter() - t0:.1f} s)")
         print(f"{args.streams:,} streams x {args.datums} datums per round (4 samples), one batch of marks per round")
         for r in range(args.rounds):
-            rows = fleet_rows(args.streams, args.datums, base, r * args.datums)
+            rows = fleet_rows(args.streams, args.datums, base, r * args.datums, args.spacing_ms)
             stamp = int(time.time() * 1000)
             raw.write(rows, stamp)
             spans, _ = read_marks([v for _, v in column_marks(rows, stamp)])

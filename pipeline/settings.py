@@ -64,6 +64,13 @@ class Settings:
         default=0.2,
         metadata={"doc": "Longest wait to fill a batch of stale marks, seconds (rollups lag raw rows by about this)"},
     )
+    rollup_take_marks: int = field(
+        default=16_000,
+        metadata={
+            "doc": "Most stale marks per rollup batch (a batch costs about ten statements whatever its size, so a"
+            " backlog is best taken in large batches; smaller ones bound the memory of one batch)"
+        },
+    )
     topic_scan_interval_s: float = field(default=2.0, metadata={"doc": "How often new source topics are looked for"})
     session_timeout_s: float = field(default=10.0, metadata={"doc": "Consumer group session timeout"})
     rebalance_timeout_s: float = field(default=6.0, metadata={"doc": "Consumer group rebalance timeout"})

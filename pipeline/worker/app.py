@@ -93,12 +93,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Sink[Any, Any])
-# Stale marks (one per stream and stored raw batch, bundled per partition) per rollup batch, at most.
-# A batch costs about ten statements whatever its size (~0.8 s on the embedded endpoint), so a
-# backlog is best taken whole: a fleet's 2,000 streams in one batch, not four (issue 13). Without a
-# backlog a batch closes after `rollup_within_s` with what has come.
-ROLLUP_TAKE = 4000
-
 StreamKey = tuple[int, str]  # (node, source)
 PartitionKey = tuple[str, int]  # (topic, partition)
 
@@ -805,9 +799,12 @@ class DatumWorker:
         @app.agent(self.stale_topic, name="rollups")
         async def rollups(stream: faust.StreamT[Any]) -> None:
             # weighed in marks: a bundle holds many (a backlog of bundles must not make one batch)
-            marks = faust_fixes.WeightedLimit(
-                stream, ROLLUP_TAKE, ROLLUP_TAKE, lambda e: marks_in(e.message.value or b"")
-            )
+            # Stale marks (one per stream and stored raw batch, bundled per partition) per batch, at
+            # most `rollup_take_marks`. A batch costs about ten statements whatever its size (~0.8 s
+            # on the embedded endpoint), so a backlog is best taken in large batches (issue 13).
+            # Without a backlog a batch closes after `rollup_within_s` with what has come.
+            take = s.rollup_take_marks
+            marks = faust_fixes.WeightedLimit(stream, take, take, lambda e: marks_in(e.message.value or b""))
             async for events in take_events(stream, marks, s.rollup_within_s):
                 await self.catalog_ready.wait()  # time zones come from the catalog
                 await self.guarded("rollups", batch_of(self.handle_marks, stream, events))
