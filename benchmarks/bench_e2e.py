@@ -43,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,7 @@ def services(work: Path) -> Iterator[tuple[str, str, str]]:
         if not ch:
             started.append(stack.start_clickhouse(work / "ch", log_dir=work))
             ch = started[-1].url
+            STORE_PIDS.extend(p.pid for p in [started[-1].proc] if p is not None)
         if not pg:
             started.append(stack.start_postgres(work / "pg"))
             pg = started[-1].url
@@ -179,6 +180,20 @@ class RssSampler(threading.Thread):
                 f"{self.every_s:g} s apart)"
             )
         return out
+
+
+def cpu_s(pids: Sequence[int]) -> float:
+    """CPU seconds (user + system) the processes have used so far."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+    return total
+
+
+# the embedded store endpoint's process, when this run started it (its CPU is counted)
+STORE_PIDS: list[int] = []
 
 
 def rss_mib(pid: int) -> float:
@@ -498,6 +513,8 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
 
         # 2. max rate: everything sent at once
         datums = shape.ticks(1, ticks)
+        worker_pids = [p.pid for p, _ in procs]
+        cpu0 = cpu_s(worker_pids), cpu_s(STORE_PIDS)
         t0 = time.perf_counter()
         producer.send(datums)
         producer.flush()
@@ -512,10 +529,17 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
             )
             return
         e2e = n / max(levels.values())
+        cpu_w, cpu_store = cpu_s(worker_pids) - cpu0[0], cpu_s(STORE_PIDS) - cpu0[1]
         print(f"produce:            {n / produce_s:>12,.0f} datums/s  ({producer.messages_sent:,} messages so far)")
         print(f"raw rows visible:   {n / raw_s:>12,.0f} datums/s  (all in the datum view after {raw_s:.1f} s)")
         print("rollups caught up:  " + ", ".join(f"{p} {levels[p]:.1f} s" for p in PERIODICITIES))
         print(f"end to end:         {e2e:>12,.0f} datums/s  (sent -> every level of the rollups counts every datum)")
+        # what a datum costs in CPU is steadier than a rate on a noisy host: compare builds by it
+        print(
+            f"CPU, phase 2:       workers {cpu_w:.1f} s ({cpu_w / n * 1e6:.1f} us/datum)"
+            + (f", store endpoint {cpu_store:.1f} s ({cpu_store / n * 1e6:.1f} us/datum)" if STORE_PIDS else "")
+            + f", of {max(levels.values()) * (os.cpu_count() or 1):.1f} s the cores had"
+        )
         stored = client.query(
             "SELECT count(), countIf(datastream != ''), countIf(score IS NOT NULL) FROM datum"
         ).result_rows[0]

@@ -4,11 +4,12 @@ stale marks, timed step by step in one process against the ClickHouse endpoint.
     python benchmarks/bench_rollup_fleet.py [--streams 2000] [--datums 10] [--rounds 3] [--history]
                                             [--spacing-ms 60000]
 
-Per round: the raw rows of `--datums` new datums of each of `--streams` streams
-(4 samples: watts, voltage, wattHours, mode) (`--spacing-ms` apart; 1 minute by default) are inserted, and the rollup maintainer is given
-their stale marks, as the rollup agent is. Printed per round: seconds of each step of
-`RollupMaintainer.update_spans` (stale half hours, read raw windows, recompute, read the stored
-half hours, their tombstones, the half hours' insert, the cascade in the store) and streams/s.
+Per round: the raw rows of `--datums` new datums of each of `--streams` streams (4 samples:
+watts, voltage, wattHours, mode; `--spacing-ms` apart, 1 minute by default) are inserted, and the
+rollup maintainer is given their stale marks, as the rollup agent is. Printed per round: seconds
+of each step of `RollupMaintainer.update_spans` (stale half hours, read raw windows, recompute,
+read the stored half hours, their tombstones, the half hours' insert, the cascade in the store)
+and streams/s.
 Starts the chDB endpoint in a temp dir unless PIPELINE_CLICKHOUSE_URL is set. Prints figures; it is not a test.
 """
 
