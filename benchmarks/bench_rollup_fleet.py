@@ -2,7 +2,7 @@
 stale marks, timed step by step in one process against the ClickHouse endpoint.
 
     python benchmarks/bench_rollup_fleet.py [--streams 2000] [--datums 10] [--rounds 3] [--history]
-                                            [--spacing-ms 60000]
+                                            [--spacing-ms 60000] [--lanes 1]
 
 Per round: the raw rows of `--datums` new datums of each of `--streams` streams (4 samples:
 watts, voltage, wattHours, mode; `--spacing-ms` apart, 1 minute by default) are inserted, and the
@@ -34,7 +34,7 @@ from processors.datum import Datum  # noqa: E402
 from processors.rollup import Periodicity, RollupRow, bucket_bounds, buckets_between, zone  # noqa: E402
 from processors.rows import RawColumns  # noqa: E402
 from sinks import rollups as sink_rollups  # noqa: E402
-from sinks.clickhouse import RawSink  # noqa: E402
+from sinks.clickhouse import RawSink, connect  # noqa: E402
 from tests.integration.helpers import scratch_clickhouse  # noqa: E402
 
 DAY_MS = 86_400_000
@@ -118,6 +118,7 @@ def main() -> None:
     ap.add_argument("--datums", type=int, default=10, help="new datums per stream per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--spacing-ms", type=int, default=60_000, help="time between a stream's datums")
+    ap.add_argument("--lanes", type=int, default=1, help="rollup lanes (streams recomputed side by side)")
     ap.add_argument(
         "--history",
         action="store_true",
@@ -127,10 +128,14 @@ def main() -> None:
     with (
         tempfile.TemporaryDirectory() as tmp,
         endpoint(Path(tmp)) as url,
-        scratch_clickhouse(url, "rf") as (_, client),
+        scratch_clickhouse(url, "rf") as (db, client),
     ):
         raw = RawSink(client)
-        maintainer = worker_rollups.RollupMaintainer(client, lambda _node, _ms: "Pacific/Auckland")
+        # lane 0 on the scratch client, each further lane its own client (as the worker's)
+        clients = [client, *(connect(f"{url.rstrip('/')}/{db}") for _ in range(args.lanes - 1))]
+        maintainer = worker_rollups.RollupLanes(
+            [worker_rollups.RollupMaintainer(c, lambda _node, _ms: "Pacific/Auckland") for c in clients]
+        )
         steps = Steps()
         m = worker_rollups.RollupMaintainer
         steps.wrap(m, "stale_of_spans", "stale half hours")
@@ -149,7 +154,10 @@ def main() -> None:
             for k in range(0, len(rows), 200_000):
                 sink_rollups.write_rollups(client, rows[k : k + 200_000])
             print(f"history: {len(rows):,} stored rollup rows of the year so far ({time.perf_counter() - t0:.1f} s)")
-        print(f"{args.streams:,} streams x {args.datums} datums per round (4 samples), one batch of marks per round")
+        print(
+            f"{args.streams:,} streams x {args.datums} datums per round (4 samples), one batch of marks per round,"
+            f" {args.lanes} lane(s) (with more than one, a step's seconds add up the lanes')"
+        )
         for r in range(args.rounds):
             rows = fleet_rows(args.streams, args.datums, base, r * args.datums, args.spacing_ms)
             stamp = int(time.time() * 1000)

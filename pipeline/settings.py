@@ -71,6 +71,13 @@ class Settings:
             " backlog is best taken in large batches; smaller ones bound the memory of one batch)"
         },
     )
+    rollup_lanes: int = field(
+        default=2,
+        metadata={
+            "doc": "Rollup lanes per worker: the streams of a large batch of stale marks (1,000 streams a lane"
+            " and more) recomputed side by side, each lane its own ClickHouse client (1: one at a time)"
+        },
+    )
     topic_scan_interval_s: float = field(default=2.0, metadata={"doc": "How often new source topics are looked for"})
     session_timeout_s: float = field(default=10.0, metadata={"doc": "Consumer group session timeout"})
     rebalance_timeout_s: float = field(default=6.0, metadata={"doc": "Consumer group rebalance timeout"})

@@ -105,6 +105,23 @@ class SpanColumns:
             cells_of=self.first + self.first,
         )
 
+    def lanes(self, k: int) -> list[SpanColumns]:
+        """The spans in `k` parts with no stream in two (streams dealt in turn, in first-seen
+        order), each stream's spans in their order: parts that can be recomputed side by side."""
+        out = [SpanColumns() for _ in range(max(1, k))]
+        lane_of: dict[tuple[int, str], SpanColumns] = {}
+        for row in zip(self.node_id, self.source_id, self.property, self.kind, self.first, self.last, strict=True):
+            lane = lane_of.get(row[:2])
+            if lane is None:
+                lane = lane_of[row[:2]] = out[len(lane_of) % len(out)]
+            lane.node_id.append(row[0])
+            lane.source_id.append(row[1])
+            lane.property.append(row[2])
+            lane.kind.append(row[3])
+            lane.first.append(row[4])
+            lane.last.append(row[5])
+        return out
+
 
 # per stream: (half hour << 32 | name) -> its slot in the first/last lists; names: (property, kind)
 _Cells = dict[tuple[int, str], dict[int, int]]

@@ -75,7 +75,7 @@ from pipeline.worker.batch import (
 )
 from pipeline.worker.commit import Committer, RetryPolicy, Unavailable, stage_named
 from pipeline.worker.metrics import Metrics, build_metrics, observe_many
-from pipeline.worker.rollups import RollupMaintainer
+from pipeline.worker.rollups import RollupLanes, RollupMaintainer
 from pipeline.worker.sensor import PositionMonitor
 from processors.auxiliary import AuxChange, AuxError, parse_change_bytes
 from processors.catalog_versions import VersionedCatalog
@@ -217,7 +217,7 @@ class DatumWorker:
         self._sink: RawSink | None = None
         self._latest_sink: RawSink | None = None
         self._letters: DeadLetterSink | None = None
-        self._rollups: RollupMaintainer | None = None
+        self._rollups: RollupLanes | None = None
         self._ledger: RollupLedger | None = None
         self._aux_client: Client | None = None
         self._aux_sink: AuxiliarySink | None = None
@@ -293,11 +293,24 @@ class DatumWorker:
             # the rollups, their ledger and the reset markers
             rollup_sink = set_up(lambda client: RollupSink(client, cluster))
             self._ledger = RollupLedger(rollup_sink.client, cluster)
-            self._rollups = RollupMaintainer(
-                rollup_sink.client,
-                lambda node, ms: self.catalog.timezone_at(node, ms) if self.catalog else "UTC",
-                pulse=lambda: self.catalog.catalogs[-1].pulse_datastreams() if self.catalog else frozenset(),
-                cluster=cluster,
+            # lane 0 on the rollup sink's client, each further lane its own (one query at a time each)
+            lane_clients = [rollup_sink.client]
+            try:
+                lane_clients += [connect(url) for _ in range(self.settings.rollup_lanes - 1)]
+            except BaseException:
+                for client in lane_clients:
+                    client.close()
+                raise
+            self._rollups = RollupLanes(
+                [
+                    RollupMaintainer(
+                        client,
+                        lambda node, ms: self.catalog.timezone_at(node, ms) if self.catalog else "UTC",
+                        pulse=lambda: self.catalog.catalogs[-1].pulse_datastreams() if self.catalog else frozenset(),
+                        cluster=cluster,
+                    )
+                    for client in lane_clients
+                ]
             )
         # Each agent its own ClickHouse client: a client's session takes one query at a time.
         if self._aux_sink is None:
@@ -320,7 +333,7 @@ class DatumWorker:
         return self._set_up(self._latest_sink)
 
     @property
-    def rollups(self) -> RollupMaintainer:
+    def rollups(self) -> RollupLanes:
         return self._set_up(self._rollups)
 
     @property

@@ -113,12 +113,13 @@ def test_the_stores_are_set_up_in_one_step_and_read_without_side_effects(
     assert clickhouse["connect"][0].closed  # the failed attempt's client is not left open
     w.setup_stores()  # the retry
     w.setup_stores()  # and once done, nothing more
-    first_failed, raw, rollups, aux = clickhouse["connect"]
+    first_failed, raw, rollups, lane, aux = clickhouse["connect"]  # rollup_lanes=2: a client each
     assert clickhouse["schema"] == [first_failed, raw] and clickhouse["rollup_schema"] == [rollups]
     assert clickhouse["aux_schema"] == [aux]
     assert w.sink.client is raw and w.latest_sink.client is raw and w.latest_sink.table == LATEST_TABLE
     assert w.rollups.client is rollups and w.aux_client is aux
+    assert [m.client for m in w.rollups.lanes] == [rollups, lane]
     assert not any(c.closed for c in clickhouse["connect"][1:])
     for _ in range(3):
         _ = (w.sink, w.latest_sink, w.rollups, w.aux_client)
-    assert len(clickhouse["connect"]) == 4 and len(clickhouse["schema"]) == 2
+    assert len(clickhouse["connect"]) == 5 and len(clickhouse["schema"]) == 2
