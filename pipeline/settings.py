@@ -74,8 +74,15 @@ class Settings:
     rollup_lanes: int = field(
         default=2,
         metadata={
-            "doc": "Rollup lanes per worker: the streams of a large batch of stale marks (1,000 streams a lane"
-            " and more) recomputed side by side, each lane its own ClickHouse client (1: one at a time)"
+            "doc": "Rollup lanes per worker: the streams of a large batch of stale marks recomputed side by"
+            " side, each lane its own ClickHouse client (1: one at a time)"
+        },
+    )
+    rollup_lane_streams: int = field(
+        default=1000,
+        metadata={
+            "doc": "Streams of a batch of stale marks per rollup lane, at least (a lane costs its own statements:"
+            " a smaller batch stays in fewer lanes)"
         },
     )
     topic_scan_interval_s: float = field(default=2.0, metadata={"doc": "How often new source topics are looked for"})

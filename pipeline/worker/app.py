@@ -310,7 +310,8 @@ class DatumWorker:
                         cluster=cluster,
                     )
                     for client in lane_clients
-                ]
+                ],
+                self.settings.rollup_lane_streams,
             )
         # Each agent its own ClickHouse client: a client's session takes one query at a time.
         if self._aux_sink is None:

@@ -58,8 +58,8 @@ HALFHOUR: tuple[Periodicity, ...] = ("halfhour",)
 BEFORE, AFTER, BOTH = 1, 2, 3
 # Stale half hours closer than this are recomputed as one window (the ones between included).
 MERGE_GAP_MS = 6 * 3_600_000
-# Streams of a batch per rollup lane (`RollupLanes`): fewer, and a lane's fixed statements cost more
-# than the lanes side by side gain.
+# Streams of a batch per rollup lane (`RollupLanes`; the setting rollup_lane_streams): fewer, and a
+# lane's fixed statements cost more than the lanes side by side gain.
 LANE_MIN_STREAMS = 1000
 # How long a stream's retention (shortest storage period of its raw rows) is reused before it is
 # looked up again.
@@ -316,6 +316,10 @@ class RollupLanes:
     @property
     def kept_expired(self) -> int:
         return sum(m.kept_expired for m in self.lanes)
+
+    def update(self, rows: RawColumns) -> int:
+        """`RollupMaintainer.update`, in lanes."""
+        return self.update_spans(compact(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind))
 
     def update_spans(self, spans: SpanColumns) -> int:
         """`RollupMaintainer.update_spans` of the spans, lane by lane at once; returns buckets

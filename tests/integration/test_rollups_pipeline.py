@@ -21,7 +21,7 @@ from pipeline.embedded.stack import free_port
 from pipeline.settings import Settings
 from pipeline.wire.producer import DatumProducer
 from pipeline.wire.topics import Topics
-from pipeline.worker.rollups import RollupMaintainer, recompute_range
+from pipeline.worker.rollups import RollupLanes, RollupMaintainer, recompute_range
 from processors.auxiliary import AuxChange, AuxKey, AuxRecord
 from processors.datum import Datum
 from processors.rollup import (
@@ -169,11 +169,13 @@ def check_example(client: Any) -> None:
     assert rows[("day", nine - 9 * HOUR)].diff == pytest.approx(300.0)
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
 def test_maintainer_on_shuffled_batches_matches_reference(
-    clickhouse_url: str, ch_database: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+    clickhouse_url: str, ch_database: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, lanes: int
 ) -> None:
     """The maintainer alone (no broker): raw batches stored in a messy order, each followed by
-    update(); then `recompute_range` over everything changes nothing."""
+    update(); then `recompute_range` over everything changes nothing. With 2 lanes (every batch
+    split from one stream a lane, each lane its own client) the rows are the same."""
     client = schema_client(f"{clickhouse_url.rstrip('/')}/{ch_database}")
     rng = random.Random(7)
     zones = {1: "UTC", 2: "America/New_York", 3: "Asia/Kathmandu", EXAMPLE[0]: "UTC"}
@@ -183,7 +185,8 @@ def test_maintainer_on_shuffled_batches_matches_reference(
         (3, "/m/sparse"): gen_stream(rng, 3, "/m/sparse", 80, sparse=True),
         EXAMPLE: example(),
     }
-    maintainer = RollupMaintainer(client, lambda node, _ms: zones[node])
+    clients = [client, *(schema_client(f"{clickhouse_url.rstrip('/')}/{ch_database}") for _ in range(lanes - 1))]
+    maintainer = RollupLanes([RollupMaintainer(c, lambda node, _ms: zones[node]) for c in clients], min_streams=1)
     sink = RawSink(client)
     all_datums = [d for ds in streams.values() for d in ds]
     timings = []
@@ -233,7 +236,8 @@ DAY = 24 * HOUR
 
 
 def test_pipeline_rollups_match_reference_across_a_restart(worker_settings: Settings, tmp_path: Path) -> None:
-    settings = worker_settings
+    # rollup lanes from one stream a lane: the workers' batches of marks split into two lanes
+    settings = worker_settings._with({"rollup_lane_streams": 1})
     client = schema_client(settings.clickhouse_url)
     # node 2 keeps New York time from before the data on
     publish_metadata(
