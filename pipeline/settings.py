@@ -65,17 +65,18 @@ class Settings:
         metadata={"doc": "Longest wait to fill a batch of stale marks, seconds (rollups lag raw rows by about this)"},
     )
     rollup_take_marks: int = field(
-        default=16_000,
+        default=4000,
         metadata={
             "doc": "Most stale marks per rollup batch (a batch costs about ten statements whatever its size, so a"
             " backlog is best taken in large batches; smaller ones bound the memory of one batch)"
         },
     )
     rollup_lanes: int = field(
-        default=2,
+        default=1,
         metadata={
             "doc": "Rollup lanes per worker: the streams of a large batch of stale marks recomputed side by"
-            " side, each lane its own ClickHouse client (1: one at a time)"
+            " side, each lane its own ClickHouse client (1: one at a time; more for a store on other machines,"
+            " docs/rollups.md)"
         },
     )
     rollup_lane_streams: int = field(

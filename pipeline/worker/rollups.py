@@ -287,15 +287,16 @@ class RollupLanes:
     marks side by side, no stream in two lanes (`SpanColumns.lanes`).
 
     One lane's step alternates between Python (the stale half hours, the half hours from raw) and
-    waiting for the store (reads, the cascade's statements): alone it leaves both cores half idle
-    (bench_e2e's CPU figures: ~60 % of the cores used at full rate). Two lanes let one compute
-    while the other waits. Streams are independent (every row is one stream's), so lanes need no
+    waiting for the store (reads, the cascade's statements). Two lanes let one compute while the
+    other waits. Streams are independent (every row is one stream's), so lanes need no
     order between them; a stream's buckets are only ever recomputed by one lane at a time.
 
     Each lane costs its own statements (about ten, whatever its size), so a batch gets a further
     lane per `min_streams` streams only: a fleet's batch of 4,000 streams took 1.15-1.6 times
     less time in two lanes, one of 500 streams the same, one of 20 dense streams a quarter more
-    (`bench_rollup_fleet.py --lanes`)."""
+    (`bench_rollup_fleet.py --lanes`). In the worker on the embedded stack, whose store shares
+    the two cores, the whole pipeline gained nothing measurable (docs/hot-path.md): the worker
+    runs one lane unless `rollup_lanes` says more."""
 
     def __init__(self, lanes: Sequence[RollupMaintainer], min_streams: int = LANE_MIN_STREAMS) -> None:
         if not lanes:

@@ -104,7 +104,7 @@ def clickhouse(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
 def test_the_stores_are_set_up_in_one_step_and_read_without_side_effects(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clickhouse: dict[str, list[Any]]
 ) -> None:
-    w = make_worker(tmp_path, monkeypatch)
+    w = make_worker(tmp_path, monkeypatch, rollup_lanes=2)
     with pytest.raises(RuntimeError, match="setup_stores"):
         _ = w.sink  # not a lazy connect any more
     assert clickhouse["connect"] == []
@@ -113,7 +113,7 @@ def test_the_stores_are_set_up_in_one_step_and_read_without_side_effects(
     assert clickhouse["connect"][0].closed  # the failed attempt's client is not left open
     w.setup_stores()  # the retry
     w.setup_stores()  # and once done, nothing more
-    first_failed, raw, rollups, lane, aux = clickhouse["connect"]  # rollup_lanes=2: a client each
+    first_failed, raw, rollups, lane, aux = clickhouse["connect"]  # rollup_lanes=2: a client a lane
     assert clickhouse["schema"] == [first_failed, raw] and clickhouse["rollup_schema"] == [rollups]
     assert clickhouse["aux_schema"] == [aux]
     assert w.sink.client is raw and w.latest_sink.client is raw and w.latest_sink.table == LATEST_TABLE
