@@ -237,7 +237,7 @@ DAY = 24 * HOUR
 
 def test_pipeline_rollups_match_reference_across_a_restart(worker_settings: Settings, tmp_path: Path) -> None:
     # rollup lanes from one stream a lane: the workers' batches of marks split into two lanes
-    settings = worker_settings._with({"rollup_lane_streams": 1})
+    settings = worker_settings._with({"rollup_lanes": 2, "rollup_lane_streams": 1})
     client = schema_client(settings.clickhouse_url)
     # node 2 keeps New York time from before the data on
     publish_metadata(
