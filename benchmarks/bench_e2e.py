@@ -49,7 +49,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 
 from pipeline.embedded import stack  # noqa: E402
 from pipeline.history.events import datamodel_events  # noqa: E402
-from pipeline.settings import ENV_PREFIX, Settings  # noqa: E402
+from pipeline.settings import Settings  # noqa: E402
 from pipeline.wire.codec import decode_columns  # noqa: E402
 from pipeline.wire.producer import DatumProducer, end_offsets  # noqa: E402
 from processors.datum import Datum  # noqa: E402
@@ -71,6 +71,7 @@ from tests.integration.helpers import (  # noqa: E402
     publish_metadata,
     scratch_stores,
     settings_for,
+    tuning_from_env,
     wait_for_catalog,
     worker_process,
 )
@@ -471,22 +472,6 @@ def durable(settings: Settings, client: Any, shape: Shape, next_tick: int, ticks
 
 
 # --- the run ------------------------------------------------------------------------------------
-
-
-def tuning_from_env() -> dict[str, str]:
-    """The PIPELINE_* variables of this process for settings the benchmark does not set itself
-    (batch sizes, rollup lanes, ...): the workers take their settings from the benchmark, which
-    would otherwise hand them the defaults whatever the environment says."""
-    own = {"kafka_bootstrap", "clickhouse_url", "postgres_dsn", "topic_prefix", "app_id", "metrics_port"}
-    own |= {"api_port", "topic_partitions", "topic_scan_interval_s"}
-    out: dict[str, str] = {}
-    for f in fields(Settings):
-        value = os.environ.get(ENV_PREFIX + f.name.upper(), "")
-        if value and f.name not in own:
-            out[f.name] = value
-    if out:
-        print(f"settings from the environment: {out}")
-    return out
 
 
 def run(args: argparse.Namespace, kafka: str, ch: str, pg_url: str, work: Path) -> None:

@@ -75,7 +75,13 @@ from pipeline.wire.producer import DatumProducer  # noqa: E402
 from processors.datum import Datum  # noqa: E402
 from processors.rollup import PERIODICITIES  # noqa: E402
 from sinks.clickhouse import RAW_TABLE, connect, ensure_schema  # noqa: E402
-from tests.integration.helpers import publish_metadata, scratch_stores, settings_for, worker_process  # noqa: E402
+from tests.integration.helpers import (  # noqa: E402
+    publish_metadata,
+    scratch_stores,
+    settings_for,
+    tuning_from_env,
+    worker_process,
+)
 
 DAY_MS = 86_400_000
 CREATE_CHUNK = 500
@@ -258,6 +264,7 @@ def run_count(args: argparse.Namespace, n: int, kafka: str, ch: str, pg_url: str
             topic_scan_interval_s=scan_s,
             topic_map=GROUP_MAP if args.groups else "",
         )
+        settings = settings._with(tuning_from_env({"topic_map"}))
         try:
             measure(args, res, settings, work / db)
         except Exception as exc:  # a limit reached is a finding: print it, go on with the next count

@@ -9,19 +9,42 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from pipeline.embedded.stack import free_port
-from pipeline.settings import Settings
+from pipeline.settings import ENV_PREFIX, Settings
 
 if TYPE_CHECKING:
     import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+# What `settings_for` sets itself: where the services are, the names and ports of one scratch run.
+SET_PER_RUN = frozenset(
+    {"kafka_bootstrap", "clickhouse_url", "postgres_dsn", "topic_prefix", "app_id", "metrics_port", "api_port"}
+    | {"topic_partitions", "topic_scan_interval_s"}
+)
+
+
+def tuning_from_env(also_set: Iterable[str] = ()) -> dict[str, str]:
+    """The PIPELINE_* variables of this process for the settings a benchmark does not set itself
+    (batch sizes, rollup lanes, ...), for `Settings._with`: `settings_for` starts from the
+    defaults, and workers take the settings they are handed, whatever the environment says."""
+    own = SET_PER_RUN | set(also_set)
+    out: dict[str, str] = {}
+    for f in fields(Settings):
+        value = os.environ.get(ENV_PREFIX + f.name.upper(), "")
+        if value and f.name not in own:
+            out[f.name] = value
+    if out:
+        print(f"settings from the environment: {out}")
+    return out
 
 
 def settings_for(kafka: str, clickhouse_url: str, database: str, prefix: str, **extra: Any) -> Settings:
