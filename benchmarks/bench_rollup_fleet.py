@@ -28,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.embedded import stack  # noqa: E402
+from pipeline.settings import Settings  # noqa: E402
 from pipeline.worker import rollups as worker_rollups  # noqa: E402
 from pipeline.worker.batch import column_marks, read_marks  # noqa: E402
 from processors.datum import Datum  # noqa: E402
@@ -134,7 +135,8 @@ def main() -> None:
         # lane 0 on the scratch client, each further lane its own client (as the worker's)
         clients = [client, *(connect(f"{url.rstrip('/')}/{db}") for _ in range(args.lanes - 1))]
         maintainer = worker_rollups.RollupLanes(
-            [worker_rollups.RollupMaintainer(c, lambda _node, _ms: "Pacific/Auckland") for c in clients]
+            [worker_rollups.RollupMaintainer(c, lambda _node, _ms: "Pacific/Auckland") for c in clients],
+            Settings().rollup_lane_streams,
         )
         steps = Steps()
         m = worker_rollups.RollupMaintainer

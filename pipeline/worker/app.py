@@ -812,11 +812,9 @@ class DatumWorker:
 
         @app.agent(self.stale_topic, name="rollups")
         async def rollups(stream: faust.StreamT[Any]) -> None:
-            # weighed in marks: a bundle holds many (a backlog of bundles must not make one batch)
-            # Stale marks (one per stream and stored raw batch, bundled per partition) per batch, at
-            # most `rollup_take_marks`. A batch costs about ten statements whatever its size (~0.8 s
-            # on the embedded endpoint), so a backlog is best taken in large batches (issue 13).
-            # Without a backlog a batch closes after `rollup_within_s` with what has come.
+            # At most `rollup_take_marks` stale marks a batch, weighed in marks (a bundle holds many:
+            # a backlog of bundles must not make one batch); without a backlog a batch closes after
+            # `rollup_within_s` with what has come.
             take = s.rollup_take_marks
             marks = faust_fixes.WeightedLimit(stream, take, take, lambda e: marks_in(e.message.value or b""))
             async for events in take_events(stream, marks, s.rollup_within_s):

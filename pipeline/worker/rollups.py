@@ -58,9 +58,6 @@ HALFHOUR: tuple[Periodicity, ...] = ("halfhour",)
 BEFORE, AFTER, BOTH = 1, 2, 3
 # Stale half hours closer than this are recomputed as one window (the ones between included).
 MERGE_GAP_MS = 6 * 3_600_000
-# Streams of a batch per rollup lane (`RollupLanes`; the setting rollup_lane_streams): fewer, and a
-# lane's fixed statements cost more than the lanes side by side gain.
-LANE_MIN_STREAMS = 1000
 # How long a stream's retention (shortest storage period of its raw rows) is reused before it is
 # looked up again.
 RETENTION_CACHE_S = 600.0
@@ -89,6 +86,11 @@ def _merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             out.append((lo, hi))
     return out
+
+
+def spans_of(rows: RawColumns) -> SpanColumns:
+    """The spans of stored raw rows, as their stale marks carry them."""
+    return compact(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind)
 
 
 class RollupMaintainer:
@@ -139,7 +141,7 @@ class RollupMaintainer:
 
     def update(self, rows: RawColumns) -> int:
         """Recompute every bucket the stored rows make stale; returns buckets written."""
-        return self.update_spans(compact(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind))
+        return self.update_spans(spans_of(rows))
 
     def update_spans(self, spans: SpanColumns) -> int:
         """Recompute every bucket the changed readings make stale, given per stream their spans
@@ -292,13 +294,13 @@ class RollupLanes:
     order between them; a stream's buckets are only ever recomputed by one lane at a time.
 
     Each lane costs its own statements (about ten, whatever its size), so a batch gets a further
-    lane per `min_streams` streams only: a fleet's batch of 4,000 streams took 1.15-1.6 times
-    less time in two lanes, one of 500 streams the same, one of 20 dense streams a quarter more
-    (`bench_rollup_fleet.py --lanes`). In the worker on the embedded stack, whose store shares
-    the two cores, the whole pipeline gained nothing measurable (docs/hot-path.md): the worker
-    runs one lane unless `rollup_lanes` says more."""
+    lane per `min_streams` streams only (the setting rollup_lane_streams): a fleet's batch of
+    4,000 streams took 1.15-1.6 times less time in two lanes, one of 500 streams the same, one of
+    20 dense streams a quarter more (`bench_rollup_fleet.py --lanes`). In the worker on the
+    embedded stack, whose store shares the two cores, the whole pipeline gained nothing
+    measurable (docs/hot-path.md): the worker runs one lane unless `rollup_lanes` says more."""
 
-    def __init__(self, lanes: Sequence[RollupMaintainer], min_streams: int = LANE_MIN_STREAMS) -> None:
+    def __init__(self, lanes: Sequence[RollupMaintainer], min_streams: int) -> None:
         if not lanes:
             raise ValueError("at least one lane")
         self.lanes = list(lanes)
@@ -320,7 +322,7 @@ class RollupLanes:
 
     def update(self, rows: RawColumns) -> int:
         """`RollupMaintainer.update`, in lanes."""
-        return self.update_spans(compact(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind))
+        return self.update_spans(spans_of(rows))
 
     def update_spans(self, spans: SpanColumns) -> int:
         """`RollupMaintainer.update_spans` of the spans, lane by lane at once; returns buckets

@@ -107,7 +107,7 @@ def test_one_lane_is_the_maintainer_itself() -> None:
     spans = columns([(1, "/a", "w", "i", 1, 2), (2, "/b", "w", "i", 1, 2)])
     assert lanes.update_spans(spans) == 2 and one.streams == [{(1, "/a"), (2, "/b")}]
     with pytest.raises(ValueError):
-        RollupLanes([])
+        RollupLanes([], min_streams=1)
 
 
 def test_a_batch_of_few_streams_stays_in_one_lane() -> None:
