@@ -253,7 +253,8 @@ def fmt(values: list[float | None], unit: str = "s", scale: float = 1.0, digits:
 def run_count(args: argparse.Namespace, n: int, kafka: str, ch: str, pg_url: str, work: Path) -> Result:
     res = Result(n, args.partitions)
     with scratch_stores(ch, pg_url, f"t{n}") as (db, _, dsn):
-        scan_s = Settings.from_env({}).topic_scan_interval_s  # the deployment default, not the tests' 0.5
+        defaults = Settings.from_env({})  # the deployment's, not the tests' (0.5 s scans, 6 s sessions)
+        scan_s, session_s = defaults.topic_scan_interval_s, defaults.session_timeout_s
         settings = settings_for(
             kafka,
             ch,
@@ -262,6 +263,7 @@ def run_count(args: argparse.Namespace, n: int, kafka: str, ch: str, pg_url: str
             topic_partitions=args.partitions,
             postgres_dsn=dsn,
             topic_scan_interval_s=scan_s,
+            session_timeout_s=session_s,
             topic_map=GROUP_MAP if args.groups else "",
         )
         settings = settings._with(tuning_from_env({"topic_map"}))

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.cli.common import embedded_defaults, need
@@ -147,7 +148,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             from pipeline.resources import schemas_dir
 
             models = schemas_dir("datamodels")  # in the tree, or inside an installed wheel
-            subprocess.run(
+            published = subprocess.run(
                 [
                     sys.executable,
                     "-m",
@@ -161,35 +162,39 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
                     "sample datamodels",
                 ],
                 env=env,
-                check=True,
                 preexec_fn=stack.dies_with_parent(),
             )
+            # Ctrl-C reaches the publisher too (one process group): then it is no failure
+            if published.returncode != 0 and not stopping:
+                raise stack.StackError(f"publishing the sample datamodels failed (exit {published.returncode})")
             bindings = json.loads((models / "bindings.json").read_text())["bindings"]
-            _wait_for_bindings(settings.postgres_dsn, timeout=120, count=len(bindings))
-            # a day of history from a small fleet, then live data every 10 s; not restarted: it
-            # would send its day of history again
-            others.insert(
-                0,
-                child(
-                    "simulate",
-                    [
-                        sys.executable,
-                        "-m",
-                        "pipeline.cli",
+            if not stopping and _wait_for_bindings(
+                settings.postgres_dsn, timeout=120, count=len(bindings), stop=lambda: stopping
+            ):
+                # a day of history from a small fleet, then live data every 10 s; not restarted:
+                # it would send its day of history again
+                others.insert(
+                    0,
+                    child(
                         "simulate",
-                        "--nodes",
-                        "3",
-                        "--interval",
-                        "10",
-                        "--backfill",
-                        "24",
-                        "--realtime",
-                        "--bad-ratio",
-                        "0.01",
-                    ],
-                    restart=False,
-                ),
-            )
+                        [
+                            sys.executable,
+                            "-m",
+                            "pipeline.cli",
+                            "simulate",
+                            "--nodes",
+                            "3",
+                            "--interval",
+                            "10",
+                            "--backfill",
+                            "24",
+                            "--realtime",
+                            "--bad-ratio",
+                            "0.01",
+                        ],
+                        restart=False,
+                    ),
+                )
         print(_banner(settings, data_dir, args.workers), flush=True)
         while not stopping:
             supervisor.check()  # restarts what died, with backoff, on the same ports
@@ -238,19 +243,22 @@ def worker_count(requested: int | None, settings: Settings) -> int:
         return os.cpu_count() or 1
 
 
-def _wait_for_bindings(dsn: str, timeout: float, count: int = 1) -> None:
+def _wait_for_bindings(dsn: str, timeout: float, count: int = 1, stop: Callable[[], bool] = lambda: False) -> bool:
     """Until a worker has applied `count` of the demo's bindings: data sent before would go
-    unvalidated (the datamodels come first in the events, so they are there too)."""
+    unvalidated (the datamodels come first in the events, so they are there too). False when
+    `stop()` says to give up first (Ctrl-C while `pipeline up --demo` starts)."""
     import psycopg
 
     from sinks import history
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stop():
+            return False
         try:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 if len(history.current_catalog(conn).bindings) >= count:
-                    return
+                    return True
         except psycopg.Error:
             pass  # schema not migrated yet: the worker does it on start
         time.sleep(0.5)

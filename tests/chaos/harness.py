@@ -48,6 +48,7 @@ def drill_settings(kafka_port: int, ch_port: int, pg_port: int, data_dir: Path, 
             "api_port": 0,
             "topic_partitions": 2,
             "topic_scan_interval_s": 0.5,
+            "session_timeout_s": 6.0,  # a group joins in 3 s on Tansu, not 5 (helpers.settings_for)
             "producer_batch_datums": 25,
             "producer_linger_ms": 5,
             **extra,

@@ -59,6 +59,9 @@ def settings_for(kafka: str, clickhouse_url: str, database: str, prefix: str, **
             "api_port": free_port(),
             "topic_partitions": 2,
             "topic_scan_interval_s": 0.5,
+            # Tansu answers a JoinGroup about session timeout - 1 s after it (5 s at the default
+            # 10 s); Kafka's smallest allowed session (group.min.session.timeout.ms) joins in 3 s
+            "session_timeout_s": 6.0,
             **extra,
         }
     )

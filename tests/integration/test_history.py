@@ -20,6 +20,8 @@ from pipeline.history.events import datamodel_events
 from processors.binding import Catalog, parse_binding
 from processors.datamodel import parse_datamodel
 from processors.metadata import Interval, KeyValue, MetadataEvent, key_text, parse_event, value_at
+from processors.security_policy import SecurityPolicy, TokenType
+from processors.tokens import TOKEN_ENTITY, make_token
 from sinks import history
 from sinks.history import ApplyResult
 from tests.samples import health_model
@@ -536,6 +538,53 @@ def test_reader_role_reads_and_cannot_write(replayed: psycopg.Connection[Any]) -
     finally:
         c.execute("RESET ROLE")
     assert snapshot(c, datetime.now(UTC)) == AT_23
+
+
+def _token_rows(c: psycopg.Connection[Any]) -> dict[str, int]:
+    """Rows of the security_token entity per history table, as the current role sees them."""
+    tables = ("transactions", "versions", "valid_versions", "master_data")
+    return {
+        t: c.execute(f"SELECT count(*) FROM history.{t} WHERE entity = %s", (TOKEN_ENTITY,)).fetchone()[0]  # type: ignore[index]
+        for t in tables
+    }
+
+
+def test_reader_role_cannot_read_token_digests(replayed: psycopg.Connection[Any]) -> None:
+    """A token's stored digest signs as its secret would (SNWS2 keys the HMAC with it): the read-only
+    role sees every other row of the log, none of a token's; the token reader (the HTTP API) and
+    the owner see them. Fails without row-level security (the reader then counts 2 and 1)."""
+    c = replayed
+    made = make_token(TokenType.READ_NODE_DATA, SecurityPolicy(node_ids=frozenset({1})), lambda a: a[0])
+    refused_too = {**made.value, "secret": "x"}  # refused (a secret is never stored), still logged
+    for value in (made.value, refused_too):
+        e = parse_event(
+            {
+                "event_id": str(uuid.uuid4()),
+                "entity": TOKEN_ENTITY,
+                "key": {"token_id": made.token_id},
+                "op": "upsert",
+                "value": value,
+                "author": "test",
+                "produced_at": datetime.now(UTC).isoformat(),
+            }
+        )
+        history.apply_event(c, e)
+    owner = _token_rows(c)
+    assert owner["transactions"] == 2 and owner["versions"] == 1
+    assert made.token_id in history.current_tokens(c)
+    others = c.execute("SELECT count(*) FROM history.versions WHERE entity <> %s", (TOKEN_ENTITY,)).fetchone()
+    try:
+        c.execute("SET ROLE pipeline_reader")
+        assert _token_rows(c) == dict.fromkeys(owner, 0)
+        assert history.current_tokens(c) == {}
+        assert c.execute("SELECT count(*) FROM history.versions").fetchone() == others
+        assert snapshot(c, T(13)) == AT_13
+        c.execute("RESET ROLE")
+        c.execute("SET ROLE pipeline_token_reader")
+        assert _token_rows(c) == owner
+        assert made.token_id in history.current_tokens(c)
+    finally:
+        c.execute("RESET ROLE")
 
 
 def test_writer_role_appends_but_cannot_erase_history(replayed: psycopg.Connection[Any]) -> None:

@@ -197,6 +197,11 @@ def test_the_api_service_serves_on_its_settings(compose: dict[str, Any]) -> None
     }
     assert env["PIPELINE_CLICKHOUSE_URL"].startswith("http://pipeline_reader:")
     assert env["PIPELINE_POSTGRES_DSN"].startswith("postgresql://pipeline_api:")
+    # the API verifies signatures with the tokens' digests, which only the token reader sees
+    roles = (COMPOSE.parent / "postgres" / "10-roles.sql").read_text()
+    api_role = re.search(r"CREATE ROLE pipeline_api LOGIN .* IN ROLE ([\w, ]+);", roles)
+    assert api_role is not None
+    assert {r.strip() for r in api_role.group(1).split(",")} == {"pipeline_reader", "pipeline_token_reader"}
     assert env["PIPELINE_API_AUTH"] == "required"
     # ${VAR:-default} as Docker Compose fills it in with nothing set
     filled = {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", v) for k, v in env.items()}

@@ -49,3 +49,23 @@ def test_up_refuses_cluster_mode_without_clickhouse_servers(
     err = capsys.readouterr().err
     assert "PIPELINE_CLICKHOUSE_CLUSTER needs ClickHouse servers (PIPELINE_CLICKHOUSE_URL)" in err
     assert started == []
+
+
+def test_the_demo_stops_waiting_for_its_bindings_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while `pipeline up --demo` waits for the sample bindings ends the wait at once (it
+    waited its whole 120 s, then started the simulator)."""
+    import psycopg
+
+    from pipeline.cli import services
+
+    tries: list[str] = []
+
+    def unreachable(dsn: str, **_kw: object) -> None:
+        tries.append(dsn)
+        raise psycopg.OperationalError("not up yet")
+
+    monkeypatch.setattr(psycopg, "connect", unreachable)
+    monkeypatch.setattr(services.time, "sleep", lambda _s: None)
+    told = iter([False, False, True])
+    assert services._wait_for_bindings("postgresql://x/y", timeout=3600, stop=lambda: next(told)) is False
+    assert tries == ["postgresql://x/y"] * 2
