@@ -488,7 +488,9 @@ def run(args: argparse.Namespace, kafka: str, ch: str, pg_url: str, work: Path) 
     with scratch_stores(ch, pg_url, "b") as (db, _, dsn):
         # the deployment's session timeout, not the tests' shorter one (a group joins faster on Tansu)
         session_s = Settings.from_env({}).session_timeout_s
-        settings = settings_for(kafka, ch, db, f"{db}.", topic_partitions=4, postgres_dsn=dsn, session_timeout_s=session_s)
+        settings = settings_for(
+            kafka, ch, db, f"{db}.", topic_partitions=4, postgres_dsn=dsn, session_timeout_s=session_s
+        )
         settings = settings._with(tuning_from_env())
         run_in(args, settings, shape, ticks, n, work)
 

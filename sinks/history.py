@@ -1095,6 +1095,21 @@ def current_catalog(conn: Conn) -> MetadataCatalog:
     return MetadataCatalog(as_of, high, datamodels, bindings, {n: tuple(tvs) for n, tvs in zones.items()})
 
 
+def sees_tokens(conn: Conn) -> bool:
+    """Whether the connected role sees security tokens' rows (0004_token_rows.sql hides them from
+    pipeline_reader): a superuser, the tables' owner, a member of pipeline_token_reader or
+    pipeline_writer, or any role while row-level security is off (a log not yet migrated)."""
+    row = conn.execute(
+        """SELECT NOT c.relrowsecurity OR r.rolsuper OR r.rolbypassrls
+                  OR pg_has_role(current_user, c.relowner, 'MEMBER')
+                  OR EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname IN ('pipeline_token_reader', 'pipeline_writer')
+                             AND pg_has_role(current_user, g.oid, 'MEMBER'))
+           FROM pg_class c, pg_roles r
+           WHERE c.oid = 'history.versions'::regclass AND r.rolname = current_user"""
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def current_tokens(conn: Conn) -> dict[str, dict[str, Any]]:
     """token id -> stored value of every security token not revoked (processors/tokens.py)."""
     return {
@@ -1108,6 +1123,7 @@ def current_tokens(conn: Conn) -> dict[str, dict[str, Any]]:
 __all__ = [
     "ApplyResult",
     "current_tokens",
+    "sees_tokens",
     "MigrationError",
     "apply_event",
     "apply_events",

@@ -570,6 +570,7 @@ def test_reader_role_cannot_read_token_digests(replayed: psycopg.Connection[Any]
         )
         history.apply_event(c, e)
     owner = _token_rows(c)
+    assert history.sees_tokens(c)
     assert owner["transactions"] == 2 and owner["versions"] == 1
     assert made.token_id in history.current_tokens(c)
     others = c.execute("SELECT count(*) FROM history.versions WHERE entity <> %s", (TOKEN_ENTITY,)).fetchone()
@@ -577,12 +578,19 @@ def test_reader_role_cannot_read_token_digests(replayed: psycopg.Connection[Any]
         c.execute("SET ROLE pipeline_reader")
         assert _token_rows(c) == dict.fromkeys(owner, 0)
         assert history.current_tokens(c) == {}
+        assert not history.sees_tokens(c)  # what the API checks before it trusts an empty list
+        from pipeline.api.access import _load_tokens
+
+        with pytest.raises(errors.InsufficientPrivilege, match="pipeline_token_reader"):
+            _load_tokens(c)  # the API says why, rather than answering every token 401
         assert c.execute("SELECT count(*) FROM history.versions").fetchone() == others
         assert snapshot(c, T(13)) == AT_13
         c.execute("RESET ROLE")
         c.execute("SET ROLE pipeline_token_reader")
         assert _token_rows(c) == owner
         assert made.token_id in history.current_tokens(c)
+        assert history.sees_tokens(c)
+        assert _load_tokens(c).keys() == {made.token_id}
     finally:
         c.execute("RESET ROLE")
 
