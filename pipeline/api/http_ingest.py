@@ -40,7 +40,8 @@ class HttpIngest:
         if self._producer is None:
             from pipeline.wire.producer import DatumProducer
 
-            self._producer = DatumProducer(self.settings)
+            # taken = acknowledged by the broker (the answer waits for it); never confirmed later
+            self._producer = DatumProducer(self.settings, confirming=False)
         return self._producer
 
     def post(self, token: sp.Token | None, body: bytes, path: str = INGEST_PATH) -> tuple[int, bytes]:

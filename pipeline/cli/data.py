@@ -168,7 +168,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
         )
         bar.update(report.lines_read - bar.n)
     print(report.summary())
-    return 0 if report.lines_rejected == 0 and report.datums_unconfirmed == 0 else 1
+    unconfirmed = report.datums_unconfirmed + report.auxiliary_unconfirmed
+    return 0 if report.lines_rejected == 0 and unconfirmed == 0 else 1
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ class IngestReport:
     samples_rejected: int = 0
     datums_refused: int = 0  # mapped, then refused by the envelope rules (e.g. created too old)
     auxiliary_sent: int = 0  # Reset markers stored, moved or deleted (JSON only)
+    auxiliary_unconfirmed: int = 0  # of auxiliary_sent, what the pipeline did not confirm in time
     seconds: float = 0.0
     rejected_by_rule: dict[str, int] = field(default_factory=dict)
     expiry: ExpiryReport | None = None  # datums already past their storage period (with a catalog)
@@ -68,6 +69,8 @@ class IngestReport:
             taken = f"datums sent {self.datums_sent}, stored or dead-lettered {self.datums_confirmed}"
             if self.datums_unconfirmed:
                 taken += f", NOT CONFIRMED {self.datums_unconfirmed} ({self.unconfirmed_reason})"
+            if self.auxiliary_unconfirmed:
+                taken += f", auxiliary records NOT CONFIRMED {self.auxiliary_unconfirmed} of {self.auxiliary_sent}"
         expired = self.expiry.summary() if self.expiry is not None else ""
         if expired:
             taken += f", {expired}"
@@ -285,7 +288,7 @@ def ingest_files(
     crash of the broker or the workers."""
     report = IngestReport(expiry=ExpiryReport.from_dsn(settings.postgres_dsn) if settings.postgres_dsn else None)
     t0 = time.perf_counter()
-    producer = DatumProducer(settings)
+    producer = DatumProducer(settings, confirming=confirm)
     if fmt == "json":
         ingest_json(producer, files, report, progress=progress)
     elif fmt == "lp":
@@ -299,6 +302,7 @@ def ingest_files(
         outcome = producer.confirm(settings.confirm_timeout_s)
         report.datums_confirmed = outcome.confirmed_datums
         report.datums_unconfirmed = outcome.unconfirmed_datums
+        report.auxiliary_unconfirmed = outcome.unconfirmed_changes
         report.unconfirmed_reason = outcome.reason
     producer.close()
     report.seconds = time.perf_counter() - t0

@@ -43,7 +43,7 @@ def simulate(
     tmy = default_tmy_path()
     fleet = Fleet(spec, load_tmy(tmy) if tmy is not None else None)
     report.weather = f"pvlib TMY {tmy.name}" if tmy else "synthetic (pvlib not installed)"
-    producer = DatumProducer(settings)
+    producer = DatumProducer(settings, confirming=False)  # runs for ever with --realtime
     t_start = time.perf_counter()
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     t0 = max(spec.start_ms, now - backfill_ms)

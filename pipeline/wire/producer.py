@@ -55,10 +55,14 @@ class Confirmation:
     confirmed: set[Identity] = field(default_factory=set)  # filled when the producer tracks identities
     unconfirmed: set[Identity] = field(default_factory=set)
     reason: str | None = None
+    # auxiliary changes (Reset markers stored, moved, deleted), confirmed the same way: the
+    # workers commit past one only once it is stored
+    confirmed_changes: int = 0
+    unconfirmed_changes: int = 0
 
     @property
     def complete(self) -> bool:
-        return self.unconfirmed_datums == 0
+        return self.unconfirmed_datums == 0 and self.unconfirmed_changes == 0
 
 
 @dataclass
@@ -68,6 +72,7 @@ class _Sent:
     offset: int
     datums: int
     identities: tuple[Identity, ...] = ()
+    changes: int = 0  # auxiliary changes
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
@@ -126,9 +131,14 @@ class DatumProducer:
     """Sends datums; `confirm` tells which the pipeline has stored (see Confirmation).
 
     `track=True` keeps the identity of every datum of every delivered message (for tests and fault
-    drills: the exact set acknowledged); otherwise only counts are kept per message."""
+    drills: the exact set acknowledged); otherwise only counts are kept per message.
+    `confirming=False` is for producers that never ask (`confirm`): delivery is all they are told,
+    and nothing is kept per delivered message, which a long-running producer (the simulator, HTTP
+    ingest) would otherwise pile up for ever."""
 
-    def __init__(self, settings: Settings, topics: Topics | None = None, *, track: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, topics: Topics | None = None, *, track: bool = False, confirming: bool = True
+    ) -> None:
         self.settings = settings
         self.topics = topics or Topics.of_settings(settings)
         self.admin = TopicAdmin(settings)
@@ -136,12 +146,15 @@ class DatumProducer:
         self._failures: list[str] = []
         self.messages_sent = 0
         self.datums_sent = 0
+        self.changes_sent = 0  # auxiliary
         self.track = track
+        self.confirming = confirming
         # delivered datum messages per (topic, partition), in offset order, not yet confirmed
         self._pending: dict[tuple[str, int], list[_Sent]] = {}
         self._confirmed = Confirmation()
         self._failed_datums = 0
         self._failed_identities: set[Identity] = set()
+        self._failed_changes = 0
         self._offsets_reader: Any = None
         self._last_check = 0.0
 
@@ -150,12 +163,15 @@ class DatumProducer:
             self._failures.append(str(err))
 
     def _on_datums_delivered(
-        self, datums: int, identities: tuple[Identity, ...], err: KafkaError | None, msg: Any
+        self, datums: int, identities: tuple[Identity, ...], err: KafkaError | None, msg: Any, changes: int = 0
     ) -> None:
         if err is not None:
             self._failures.append(str(err))
             self._failed_datums += datums
             self._failed_identities.update(identities)
+            self._failed_changes += changes
+            return
+        if not self.confirming:
             return
         tp, offset = (msg.topic(), msg.partition()), msg.offset()
         sent = self._pending.get(tp)
@@ -165,9 +181,15 @@ class DatumProducer:
             for m in sent:
                 self._failed_datums += m.datums
                 self._failed_identities.update(m.identities)
+                self._failed_changes += m.changes
             self._failures.append(f"{tp[0]}[{tp[1]}] restarted at offset {offset}: {len(sent)} message(s) lost")
             sent.clear()
-        self._pending.setdefault((msg.topic(), msg.partition()), []).append(_Sent(msg.offset(), datums, identities))
+        self._pending.setdefault((msg.topic(), msg.partition()), []).append(
+            _Sent(msg.offset(), datums, identities, changes)
+        )
+
+    def _on_change_delivered(self, err: KafkaError | None, msg: Any) -> None:
+        self._on_datums_delivered(0, (), err, msg, changes=1)
 
     def _produce(
         self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]], on_delivery: Any = None
@@ -215,9 +237,12 @@ class DatumProducer:
         self._produce(topic, key, value, list(headers))
 
     def send_auxiliary(self, change: AuxChange) -> None:
-        """A Reset marker stored, moved or deleted, keyed by its stream like its datums."""
+        """A Reset marker stored, moved or deleted, keyed by its stream like its datums; confirmed
+        like a datum (`Confirmation.confirmed_changes`)."""
         node, source = change.stream
-        self.send_raw(self.topics.auxiliary, change.to_json(), key=stream_key(node, source))
+        self.admin.ensure([self.topics.auxiliary])
+        self._produce(self.topics.auxiliary, stream_key(node, source), change.to_json(), [], self._on_change_delivered)
+        self.changes_sent += 1
 
     def send_dead_letter(self, letter: DeadLetter) -> None:
         # well under the broker's message limit, like the worker's
@@ -268,6 +293,7 @@ class DatumProducer:
                     if m.offset < upto:
                         self._confirmed.confirmed_datums += m.datums
                         self._confirmed.confirmed.update(m.identities)
+                        self._confirmed.confirmed_changes += m.changes
                 if keep:
                     self._pending[tp] = keep
                 else:
@@ -309,14 +335,18 @@ class DatumProducer:
             set(self._confirmed.confirmed),
             set(self._failed_identities),
             self._confirmed.reason,
+            self._confirmed.confirmed_changes,
+            self._failed_changes,
         )
         for sent in self._pending.values():
             for m in sent:
                 out.unconfirmed_datums += m.datums
                 out.unconfirmed.update(m.identities)
+                out.unconfirmed_changes += m.changes
         if self._pending and out.reason is None:
+            changes = f" and {out.unconfirmed_changes} auxiliary change(s)" if out.unconfirmed_changes else ""
             out.reason = (
-                f"the pipeline did not commit {out.unconfirmed_datums} datum(s) within {timeout:.0f}s "
+                f"the pipeline did not commit {out.unconfirmed_datums} datum(s){changes} within {timeout:.0f}s "
                 "(is a worker running? was the broker restarted?)"
             )
         return out
