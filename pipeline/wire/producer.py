@@ -162,7 +162,7 @@ class DatumProducer:
         if err is not None:
             self._failures.append(str(err))
 
-    def _on_datums_delivered(
+    def _on_message_delivered(
         self, datums: int, identities: tuple[Identity, ...], err: KafkaError | None, msg: Any, changes: int = 0
     ) -> None:
         if err is not None:
@@ -189,7 +189,7 @@ class DatumProducer:
         )
 
     def _on_change_delivered(self, err: KafkaError | None, msg: Any) -> None:
-        self._on_datums_delivered(0, (), err, msg, changes=1)
+        self._on_message_delivered(0, (), err, msg, changes=1)
 
     def _produce(
         self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]], on_delivery: Any = None
@@ -224,7 +224,7 @@ class DatumProducer:
                     key,
                     encode_batch(chunk),
                     batch_headers(len(chunk)),
-                    partial(self._on_datums_delivered, len(chunk), ids),
+                    partial(self._on_message_delivered, len(chunk), ids),
                 )
                 n += len(chunk)
         self.datums_sent += n
@@ -265,7 +265,7 @@ class DatumProducer:
             key,
             value,
             list(headers) or batch_headers(datums),
-            partial(self._on_datums_delivered, datums, tuple(identities) if self.track else ()),
+            partial(self._on_message_delivered, datums, tuple(identities) if self.track else ()),
         )
         self.datums_sent += datums
 
@@ -318,6 +318,8 @@ class DatumProducer:
     def confirm(self, timeout: float, progress: Any = None) -> Confirmation:
         """Flush, then wait up to `timeout` s until the pipeline has stored (or dead-lettered) every
         datum sent. Returns what was confirmed and what was not (with the reason)."""
+        if not self.confirming:
+            raise RuntimeError("this producer keeps no record to confirm from (DatumProducer(confirming=False))")
         deadline = time.monotonic() + timeout
         try:
             self.flush(max(1.0, timeout))

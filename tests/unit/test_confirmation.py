@@ -56,7 +56,7 @@ def committed(producer: DatumProducer, offsets: dict[tuple[str, int], int]) -> N
 
 def test_an_auxiliary_change_is_confirmed_only_once_committed_past(make: type[DatumProducer]) -> None:
     p = make()
-    p._on_datums_delivered(3, ((1, "/a", 10), (1, "/a", 20), (1, "/a", 30)), None, Delivered(DATA, 0, 5))
+    p._on_message_delivered(3, ((1, "/a", 10), (1, "/a", 20), (1, "/a", 30)), None, Delivered(DATA, 0, 5))
     p._on_change_delivered(None, Delivered(AUX, 0, 7))
     committed(p, {(DATA, 0): 6, (AUX, 0): 7})  # the datum message stored; the change not yet
     out = p.confirm(0.01)
@@ -92,7 +92,9 @@ def test_a_failed_delivery_of_a_change_is_unconfirmed(make: type[DatumProducer])
 def test_a_producer_that_never_confirms_keeps_nothing_per_message(make: type[DatumProducer]) -> None:
     p = make(confirming=False)
     for k in range(10_000):
-        p._on_datums_delivered(1, ((1, "/a", k),), None, Delivered(DATA, 0, k))
+        p._on_message_delivered(1, ((1, "/a", k),), None, Delivered(DATA, 0, k))
         p._on_change_delivered(None, Delivered(AUX, 0, k))
     assert p._pending == {}
     assert p.delivered_identities() == set()
+    with pytest.raises(RuntimeError, match="confirming=False"):
+        p.confirm(0.01)  # it could only answer "all confirmed", which nobody checked
