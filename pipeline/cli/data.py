@@ -168,7 +168,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
         )
         bar.update(report.lines_read - bar.n)
     print(report.summary())
-    unconfirmed = report.datums_unconfirmed + report.auxiliary_unconfirmed
+    unconfirmed = report.datums_unconfirmed + report.auxiliary_unconfirmed + report.letters_unconfirmed
     return 0 if report.lines_rejected == 0 and unconfirmed == 0 else 1
 
 

@@ -46,6 +46,8 @@ class IngestReport:
     datums_refused: int = 0  # mapped, then refused by the envelope rules (e.g. created too old)
     auxiliary_sent: int = 0  # Reset markers stored, moved or deleted (JSON only)
     auxiliary_unconfirmed: int = 0  # of auxiliary_sent, what the pipeline did not confirm in time
+    letters_sent: int = 0  # dead letters of the refusals above, each kept in the store by a worker
+    letters_unconfirmed: int = 0
     seconds: float = 0.0
     rejected_by_rule: dict[str, int] = field(default_factory=dict)
     expiry: ExpiryReport | None = None  # datums already past their storage period (with a catalog)
@@ -71,6 +73,8 @@ class IngestReport:
                 taken += f", NOT CONFIRMED {self.datums_unconfirmed} ({self.unconfirmed_reason})"
             if self.auxiliary_unconfirmed:
                 taken += f", auxiliary records NOT CONFIRMED {self.auxiliary_unconfirmed} of {self.auxiliary_sent}"
+            if self.letters_unconfirmed:
+                taken += f", dead letters NOT CONFIRMED {self.letters_unconfirmed} of {self.letters_sent}"
         expired = self.expiry.summary() if self.expiry is not None else ""
         if expired:
             taken += f", {expired}"
@@ -303,7 +307,9 @@ def ingest_files(
         report.datums_confirmed = outcome.confirmed_datums
         report.datums_unconfirmed = outcome.unconfirmed_datums
         report.auxiliary_unconfirmed = outcome.unconfirmed_changes
+        report.letters_unconfirmed = outcome.unconfirmed_letters
         report.unconfirmed_reason = outcome.reason
+    report.letters_sent = producer.letters_sent
     producer.close()
     report.seconds = time.perf_counter() - t0
     return report

@@ -159,6 +159,47 @@ class Origin:
     offset: int
 
 
+# A letter as the `dead_letter` table keeps it: id, at (ms), stage, rules, origin (topic, partition,
+# offset; "", -1, -1 for none) and the letter's JSON.
+LetterRow = tuple[str, int, str, list[str], str, int, int, bytes]
+
+
+def letter_row(
+    letter_id: str, at_ms: int, stage: str, rules: list[str], origin: Origin | None, body: bytes
+) -> LetterRow:
+    o = origin
+    return (letter_id, at_ms, stage, rules, o.topic if o else "", o.partition if o else -1, o.offset if o else -1, body)
+
+
+# Stages whose letters only a producer writes (`pipeline ingest`): the worker keeps them when it
+# reads them on the dead-letter topic. Its own letters it keeps before it produces them.
+PRODUCER_STAGES = frozenset({"ingest"})
+
+
+def read_letter_row(body: bytes, read_at: Origin, now_ms: int) -> LetterRow:
+    """The row of a letter read back from the dead-letter topic (`DeadLetter.to_json`'s shape: the
+    row its sender would have kept). Bytes that are no such letter are kept all the same, as
+    `letter.unreadable` with where they were read: nothing on the topic is dropped."""
+    try:
+        doc = json.loads(body)
+        lid, at, stage, reasons, o = doc["id"], doc["at"], doc["stage"], doc["reasons"], doc["origin"]
+        rules = [r["rule"] for r in reasons]
+        if not (isinstance(lid, str) and lid and isinstance(stage, str) and type(at) is int):
+            raise TypeError("id, stage, at")
+        if not all(isinstance(r, str) for r in rules):
+            raise TypeError("rules")
+        origin = None
+        if o is not None:
+            origin = Origin(o["topic"], o["partition"], o["offset"])
+            if not (isinstance(origin.topic, str) and type(origin.partition) is int and type(origin.offset) is int):
+                raise TypeError("origin")
+        return letter_row(lid, at, stage, rules, origin, body)
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
+        return letter_row(
+            hashlib.sha256(body).hexdigest()[:32], now_ms, "deadletter", ["letter.unreadable"], read_at, body
+        )
+
+
 # A dead letter must fit in one Kafka message: half the default settings.max_message_bytes, the
 # rest left for the record's headers and batch framing. Callers with other limits pass theirs.
 DEAD_LETTER_MAX_BYTES = 4 * 1024 * 1024

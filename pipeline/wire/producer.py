@@ -59,10 +59,14 @@ class Confirmation:
     # workers commit past one only once it is stored
     confirmed_changes: int = 0
     unconfirmed_changes: int = 0
+    # dead letters of what the producer refused itself (`pipeline ingest`): the workers keep them
+    # in the store before they commit past them
+    confirmed_letters: int = 0
+    unconfirmed_letters: int = 0
 
     @property
     def complete(self) -> bool:
-        return self.unconfirmed_datums == 0 and self.unconfirmed_changes == 0
+        return self.unconfirmed_datums == 0 and self.unconfirmed_changes == 0 and self.unconfirmed_letters == 0
 
 
 @dataclass
@@ -73,6 +77,7 @@ class _Sent:
     datums: int
     identities: tuple[Identity, ...] = ()
     changes: int = 0  # auxiliary changes
+    letters: int = 0  # dead letters
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
@@ -147,6 +152,7 @@ class DatumProducer:
         self.messages_sent = 0
         self.datums_sent = 0
         self.changes_sent = 0  # auxiliary
+        self.letters_sent = 0
         self.track = track
         self.confirming = confirming
         # delivered datum messages per (topic, partition), in offset order, not yet confirmed
@@ -155,6 +161,7 @@ class DatumProducer:
         self._failed_datums = 0
         self._failed_identities: set[Identity] = set()
         self._failed_changes = 0
+        self._failed_letters = 0
         self._offsets_reader: Any = None
         self._last_check = 0.0
 
@@ -163,13 +170,20 @@ class DatumProducer:
             self._failures.append(str(err))
 
     def _on_message_delivered(
-        self, datums: int, identities: tuple[Identity, ...], err: KafkaError | None, msg: Any, changes: int = 0
+        self,
+        datums: int,
+        identities: tuple[Identity, ...],
+        err: KafkaError | None,
+        msg: Any,
+        changes: int = 0,
+        letters: int = 0,
     ) -> None:
         if err is not None:
             self._failures.append(str(err))
             self._failed_datums += datums
             self._failed_identities.update(identities)
             self._failed_changes += changes
+            self._failed_letters += letters
             return
         if not self.confirming:
             return
@@ -182,14 +196,18 @@ class DatumProducer:
                 self._failed_datums += m.datums
                 self._failed_identities.update(m.identities)
                 self._failed_changes += m.changes
+                self._failed_letters += m.letters
             self._failures.append(f"{tp[0]}[{tp[1]}] restarted at offset {offset}: {len(sent)} message(s) lost")
             sent.clear()
         self._pending.setdefault((msg.topic(), msg.partition()), []).append(
-            _Sent(msg.offset(), datums, identities, changes)
+            _Sent(msg.offset(), datums, identities, changes, letters)
         )
 
     def _on_change_delivered(self, err: KafkaError | None, msg: Any) -> None:
         self._on_message_delivered(0, (), err, msg, changes=1)
+
+    def _on_letter_delivered(self, err: KafkaError | None, msg: Any) -> None:
+        self._on_message_delivered(0, (), err, msg, letters=1)
 
     def _produce(
         self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]], on_delivery: Any = None
@@ -245,9 +263,19 @@ class DatumProducer:
         self.changes_sent += 1
 
     def send_dead_letter(self, letter: DeadLetter) -> None:
+        """A refusal of the producer's own, keyed by its id; confirmed once a worker has kept it in
+        the store (`Confirmation.confirmed_letters`)."""
         # well under the broker's message limit, like the worker's
         cap = max(MIN_DEAD_LETTER_BYTES, min(DEAD_LETTER_MAX_BYTES, self.settings.max_message_bytes // 2))
-        self.send_raw(self.topics.deadletter, letter.to_json(max_bytes=cap), headers=[("stage", letter.stage.encode())])
+        self.admin.ensure([self.topics.deadletter])
+        self._produce(
+            self.topics.deadletter,
+            letter.letter_id.encode(),
+            letter.to_json(max_bytes=cap),
+            [("stage", letter.stage.encode())],
+            self._on_letter_delivered,
+        )
+        self.letters_sent += 1
 
     def send_encoded(
         self,
@@ -294,6 +322,7 @@ class DatumProducer:
                         self._confirmed.confirmed_datums += m.datums
                         self._confirmed.confirmed.update(m.identities)
                         self._confirmed.confirmed_changes += m.changes
+                        self._confirmed.confirmed_letters += m.letters
                 if keep:
                     self._pending[tp] = keep
                 else:
@@ -339,16 +368,27 @@ class DatumProducer:
             self._confirmed.reason,
             self._confirmed.confirmed_changes,
             self._failed_changes,
+            self._confirmed.confirmed_letters,
+            self._failed_letters,
         )
         for sent in self._pending.values():
             for m in sent:
                 out.unconfirmed_datums += m.datums
                 out.unconfirmed.update(m.identities)
                 out.unconfirmed_changes += m.changes
+                out.unconfirmed_letters += m.letters
         if self._pending and out.reason is None:
-            changes = f" and {out.unconfirmed_changes} auxiliary change(s)" if out.unconfirmed_changes else ""
+            others = [
+                f"{n} {what}"
+                for n, what in (
+                    (out.unconfirmed_changes, "auxiliary change(s)"),
+                    (out.unconfirmed_letters, "dead letter(s)"),
+                )
+                if n
+            ]
+            more = "".join(f" and {o}" for o in others)
             out.reason = (
-                f"the pipeline did not commit {out.unconfirmed_datums} datum(s){changes} within {timeout:.0f}s "
+                f"the pipeline did not commit {out.unconfirmed_datums} datum(s){more} within {timeout:.0f}s "
                 "(is a worker running? was the broker restarted?)"
             )
         return out

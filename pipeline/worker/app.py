@@ -52,9 +52,12 @@ from pipeline.wire.codec import (
     DATUMS_HEADER,
     DEAD_LETTER_MAX_BYTES,
     MIN_DEAD_LETTER_BYTES,
+    PRODUCER_STAGES,
     DeadLetter,
     Origin,
+    letter_row,
     message_weight,
+    read_letter_row,
 )
 from pipeline.wire.kafka_config import client_config, faust_credentials
 from pipeline.wire.producer import TopicAdmin, end_offsets
@@ -589,16 +592,7 @@ class DatumWorker:
         cap = max(MIN_DEAD_LETTER_BYTES, min(DEAD_LETTER_MAX_BYTES, self.settings.max_message_bytes // 2))
         encoded = [(letter, letter.letter_id, letter.to_json(max_bytes=cap)) for letter in letters]
         rows = [
-            (
-                lid,
-                letter.at_ms,
-                letter.stage,
-                [r.rule for r in letter.reasons],
-                letter.origin.topic if letter.origin else "",
-                letter.origin.partition if letter.origin else -1,
-                letter.origin.offset if letter.origin else -1,
-                body,
-            )
+            letter_row(lid, letter.at_ms, letter.stage, [r.rule for r in letter.reasons], letter.origin, body)
             for letter, lid, body in encoded
         ]
         await self.in_thread("dead_letters", lambda: self._set_up(self._letters).write(rows))
@@ -609,6 +603,27 @@ class DatumWorker:
         for letter in letters:  # counted once they are kept (a retry sends them again)
             for reason in letter.reasons:
                 self.metrics.dead_letters.labels(letter.stage, reason.rule).inc()
+
+    async def handle_letters(self, events: Sequence[EventT[Any]], ack: Callable[[], Any]) -> None:
+        """Letters read back from the dead-letter topic, kept in the store when a producer wrote
+        them (`pipeline ingest`'s refused lines, samples and datums reach the topic only, and an
+        embedded broker keeps nothing), or when they are not letters at all (kept as
+        `letter.unreadable`). Order: store, ack; the producer counts a letter taken only then."""
+        self.metrics.messages_in.labels("deadletter").inc(len(events))
+
+        async def attempt(batch: Sequence[EventT[Any]]) -> list[DeadLetter]:
+            now = int(time.time() * 1000)
+            rows = [
+                read_letter_row(bytes(m.value or b""), Origin(m.topic, m.partition, m.offset), now)
+                for m in (e.message for e in batch)
+            ]
+            # the worker's own letters were kept before they were produced
+            rows = [r for r in rows if r[2] in PRODUCER_STAGES or r[3] == ["letter.unreadable"]]
+            if rows:
+                await self.in_thread("dead_letters", lambda: self._set_up(self._letters).write(rows))
+            return []
+
+        await self.committer.commit(events, attempt, self.send_dead_letters, ack, letter=event_letter)
 
     # -- metadata -------------------------------------------------------------------------------
 
@@ -826,6 +841,11 @@ class DatumWorker:
             async for events in take_events(stream, 200, 0.5):
                 await self.catalog_ready.wait()
                 await self.guarded("auxiliary", batch_of(self.handle_auxiliary, stream, events))
+
+        @app.agent(self.deadletter_topic, name="deadletters")
+        async def deadletters(stream: faust.StreamT[Any]) -> None:
+            async for events in take_events(stream, 500, 0.5):
+                await self.guarded("deadletters", batch_of(self.handle_letters, stream, events))
 
         @app.agent(self.metadata_topic, name="metadata")
         async def metadata(stream: faust.StreamT[Any]) -> None:

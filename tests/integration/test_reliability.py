@@ -141,19 +141,27 @@ def test_ingest_reports_taken_only_what_the_pipeline_stored(settings, tmp_path: 
         # a meter reset (an auxiliary record): confirmed like the datums (it was only sent before)
         reset = {"nodeId": 2, "sourceId": "/R2/m0", "type": "Reset", "created": meter(2, "/R2/m0", 250).created_ms}
         fh.write(json.dumps({**reset, "final": {"a": {"wattHours": 9.0}}, "start": {"a": {"wattHours": 0.0}}}) + "\n")
+        # a refused line: its dead letter is kept in the store (it was only on the topic before)
+        fh.write('{"nodeId": 2, "sourceId": "/R2/m0", "created": \n')
     # negative control: nobody consumes, so nothing is confirmed and the report says so
     quick = s._with({"confirm_timeout_s": 3})
     lonely = ingest_files(quick, [path], "json", confirm=True)
     assert (lonely.datums_sent, lonely.datums_confirmed, lonely.datums_unconfirmed) == (500, 0, 500)
     assert (lonely.auxiliary_sent, lonely.auxiliary_unconfirmed) == (1, 1)
+    assert (lonely.lines_rejected, lonely.letters_sent, lonely.letters_unconfirmed) == (1, 1, 1)
     assert "NOT CONFIRMED 500" in lonely.summary()
     assert "auxiliary records NOT CONFIRMED 1 of 1" in lonely.summary()
+    assert "dead letters NOT CONFIRMED 1 of 1" in lonely.summary()
     with worker_process(s, tmp_path / "worker.log"):
         report = ingest_files(s._with({"confirm_timeout_s": 120}), [path], "json", confirm=True)
     assert (report.datums_sent, report.datums_confirmed, report.datums_unconfirmed) == (500, 500, 0)
     assert (report.auxiliary_sent, report.auxiliary_unconfirmed) == (1, 0)
+    assert (report.letters_sent, report.letters_unconfirmed) == (1, 0)
     assert distinct_datums(client) == 500  # confirmed means queryable already
     assert int(client.command("SELECT count() FROM datum_auxiliary WHERE node_id = 2")) == 1
+    # both runs refused the same line: one refusal, kept once (the letter's id is where it was read)
+    kept = client.query("SELECT stage, rules FROM dead_letter").result_rows
+    assert kept == [("ingest", ["json.syntax"])], kept
 
 
 def test_producer_confirmation_tracks_identities(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,8 @@ from pipeline.wire.codec import (
     Origin,
     decode_batch,
     encode_batch,
+    letter_row,
+    read_letter_row,
 )
 from processors.datum import Datum, Rejection
 
@@ -179,3 +181,47 @@ def test_a_refused_datum_is_one_refusal_whichever_message_carried_it() -> None:
     corrupt = DeadLetter([Rejection("envelope.corrupt", "x")], Origin("t", 0, 1), payload=b"junk")
     elsewhere = DeadLetter([Rejection("envelope.corrupt", "x")], Origin("t", 0, 2), payload=b"junk")
     assert corrupt.letter_id != elsewhere.letter_id
+
+
+rules = st.sampled_from(["envelope.corrupt", "sample.non_finite", "datum.too_old", "lp.syntax", "json.invalid"])
+
+
+@given(
+    why=st.lists(rules, min_size=1, max_size=4),
+    origin=st.none() | st.builds(Origin, st.text(max_size=20), st.integers(0, 64), st.integers(0, 2**40)),
+    stage=st.sampled_from(["ingest", "envelope", "validation"]),
+    text=st.none() | st.text(max_size=200),
+    datum=st.none() | datums,
+    at=st.integers(0, 2**45),
+)
+def test_a_letter_read_back_from_the_topic_is_the_row_its_sender_keeps(
+    why: list[str], origin: Origin | None, stage: str, text: str | None, datum: Datum | None, at: int
+) -> None:
+    letter = DeadLetter(
+        [Rejection(r, "because") for r in why],
+        origin,
+        datum=datum,
+        stage=stage,
+        file="f.jsonl",
+        line=3,
+        text=text,
+        at_ms=at,
+    )
+    body = letter.to_json()
+    kept = letter_row(letter.letter_id, at, stage, why, origin, body)
+    assert read_letter_row(body, Origin("deadletter", 0, 9), now_ms=1) == kept
+
+
+@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+def test_anything_on_the_letter_topic_is_kept_even_when_no_letter(body: bytes) -> None:
+    row = read_letter_row(body, Origin("deadletter", 1, 7), now_ms=5)
+    assert row[-1] == body  # kept whole, never dropped
+    if row[3] == ["letter.unreadable"]:
+        assert row[:3] == (hashlib.sha256(body).hexdigest()[:32], 5, "deadletter")
+        assert row[4:7] == ("deadletter", 1, 7)
+
+
+def test_a_letter_with_the_wrong_shape_is_kept_as_unreadable() -> None:
+    for doc in ({"id": "x"}, {"id": 5, "at": 1, "stage": "ingest", "reasons": [], "origin": None}, [1, 2]):
+        body = json.dumps(doc).encode()
+        assert read_letter_row(body, Origin("d", 0, 1), now_ms=2)[3] == ["letter.unreadable"]
