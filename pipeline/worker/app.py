@@ -609,7 +609,8 @@ class DatumWorker:
         them (`pipeline ingest`'s refused lines, samples and datums reach the topic only, and an
         embedded broker keeps nothing), or when they are not letters at all (kept as
         `letter.unreadable`). Order: store, ack; the producer counts a letter taken only then."""
-        self.metrics.messages_in.labels("deadletter").inc(len(events))
+        t0 = time.perf_counter()
+        self.metrics.messages_in.labels("deadletters").inc(len(events))
 
         async def attempt(batch: Sequence[EventT[Any]]) -> list[DeadLetter]:
             now = int(time.time() * 1000)
@@ -624,6 +625,7 @@ class DatumWorker:
             return []
 
         await self.committer.commit(events, attempt, self.send_dead_letters, ack, letter=event_letter)
+        self.metrics.agent_batch_seconds.labels("deadletters").observe(time.perf_counter() - t0)
 
     # -- metadata -------------------------------------------------------------------------------
 
