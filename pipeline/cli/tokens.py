@@ -102,12 +102,24 @@ def cmd_token_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(settings: Settings, args: argparse.Namespace) -> int:
+    import psycopg
+
     from processors.tokens import public_view
     from sinks import history
 
+    # a listing reads: it never migrates (creates) the log it looks at
     with history_conn(settings) as conn:
-        history.migrate(conn)
-        for token_id, value in history.current_tokens(conn).items():
+        try:
+            if not history.sees_tokens(conn):
+                print(
+                    "pipeline token list: this role does not see security tokens (pipeline_token_reader)",
+                    file=sys.stderr,
+                )
+                return 1
+            tokens = history.current_tokens(conn)
+        except psycopg.errors.UndefinedTable:
+            tokens = {}  # no log yet: no token was ever made
+        for token_id, value in tokens.items():
             print_json(public_view(token_id, value))
     return 0
 

@@ -851,3 +851,12 @@ def test_event_id_migration_upgrades_and_reruns(pg_dsn: str, tmp_path: Path) -> 
                 " WHERE event_id = %s AND status = 'applied'",
                 (hp9.event_id,),
             )
+
+
+def test_token_list_on_a_log_never_made_lists_nothing_and_makes_nothing(pg_dsn: str) -> None:
+    """`pipeline token list` used to migrate (create) the history log it was asked to read."""
+    from tests.integration.helpers import pipeline_cli
+
+    assert pipeline_cli(pg_dsn, "token", "list").strip() == ""
+    with psycopg.connect(pg_dsn) as c:
+        assert c.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'history'").fetchone() == (0,)
