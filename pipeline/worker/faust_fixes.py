@@ -52,6 +52,18 @@ naming the fix, instead of silently turning the workaround off.
    was not committed is delivered again (stored idempotently). Any other commit error still
    crashes the thread, and `consumer_crash` lets the worker's watchdog see a crashed consumer and
    exit, so that a supervisor (`pipeline up`, systemd, Kubernetes) restarts it.
+
+6. Committed offsets asked partition by partition (aiokafka 0.14, pinned with Faust): after every
+   assignment `AIOKafkaConsumer.seek_to_committed` awaits `committed(tp)` for one partition after
+   another (a round trip each), and `Fetcher._update_fetch_positions` awaits each partition's
+   `fetch_committed()` in turn, every one waking the commit-refresh routine, which scans every
+   assigned partition for the ones waiting: one round trip and O(partitions) Python work per
+   partition, O(partitions²) in all. With 5,000 source topics of 4 partitions one worker had
+   stored nothing 10 minutes after its partitions were assigned, its consumer thread in that
+   scan (docs/scale-out.md). `seek_to_committed_at_once` asks for every partition in one
+   request; `update_fetch_positions_at_once` asks for every partition's committed point before
+   awaiting any, so the routine fetches them in one request, then leaves the rest (partitions
+   without a commit, resets) to aiokafka's own method, which finds nothing more to ask.
 """
 
 from __future__ import annotations
@@ -69,6 +81,8 @@ FIRST_TAKEN = "_pipeline_first_taken"
 _applied = False
 _faust_new_offset: Any = None  # Faust's own Consumer._new_offset, once `apply` replaced it
 _faust_commit: Any = None  # Faust's own AIOKafkaConsumerThread._commit, once `apply` replaced it
+_aiokafka_seek_to_committed: Any = None  # aiokafka's own, once `apply` replaced them
+_aiokafka_update_fetch_positions: Any = None
 
 
 def note_taken(consumer: Any, messages: Iterable[Any]) -> None:
@@ -186,6 +200,66 @@ async def commit_racing_rebalance(self: Any, offsets: Mapping[Any, int]) -> bool
     return True
 
 
+async def seek_to_committed_at_once(self: Any, *partitions: Any) -> dict[Any, int | None]:
+    """aiokafka's `AIOKafkaConsumer.seek_to_committed` with one OffsetFetch for every partition
+    instead of one per partition (6. above); the same checks, answers and seeks."""
+    from aiokafka.errors import IllegalOperation, IllegalStateError
+    from aiokafka.structs import TopicPartition
+
+    if not all(isinstance(p, TopicPartition) for p in partitions):
+        raise TypeError("partitions must be TopicPartition instances")
+    if not partitions:
+        partitions = tuple(self._subscription.assigned_partitions())
+        assert partitions, "No partitions are currently assigned"
+    else:
+        not_assigned = set(partitions) - self._subscription.assigned_partitions()
+        if not_assigned:
+            raise IllegalStateError(f"Partitions {not_assigned} are not assigned")
+    if self._group_id is None:
+        raise IllegalOperation("Requires group_id")
+    commit_map = await self._coordinator.fetch_committed_offsets(list(partitions))
+    committed_offsets: dict[Any, int | None] = {}
+    for tp in partitions:
+        offset = commit_map[tp].offset if tp in commit_map else None
+        committed_offsets[tp] = None if offset == -1 else offset
+        if offset and offset > 0:
+            self._fetcher.seek_to(tp, offset)
+    return committed_offsets
+
+
+async def update_fetch_positions_at_once(self: Any, assignment: Any, node_id: int, tps: Any) -> bool:
+    """aiokafka's `Fetcher._update_fetch_positions` with the committed point of every partition
+    asked for before any is awaited, so that the commit-refresh routine fetches them in one
+    request and scans the assignment once (6. above). A partition with a commit is positioned
+    here, one without is set to await its reset, as aiokafka would; the resets themselves (one
+    request per broker) are aiokafka's method's, which finds nothing more to ask."""
+    import asyncio
+
+    from aiokafka.consumer.fetcher import UNKNOWN_OFFSET, OffsetResetStrategy
+
+    waiting = []
+    for tp in tps:
+        state = assignment.state_value(tp)
+        if not (state.has_valid_position or state.awaiting_reset):
+            waiting.append((state, state.fetch_committed()))
+    if waiting:
+        try:
+            await asyncio.gather(*(fut for _, fut in waiting))
+        except asyncio.CancelledError:
+            return False
+        for state, fut in waiting:
+            committed = fut.result()
+            if state.has_valid_position or state.awaiting_reset:
+                continue  # a seek came while waiting
+            if committed.offset != UNKNOWN_OFFSET:
+                state.reset_to(committed.offset)
+            elif self._default_reset_strategy != OffsetResetStrategy.NONE:
+                state.await_reset(self._default_reset_strategy)  # no commit: reset by the strategy
+            # else: aiokafka's method asks again and reports the partition without an offset
+    result: bool = await _update_fetch_positions()(self, assignment, node_id, tps)
+    return result
+
+
 def consumer_crash(app: Any) -> BaseException | None:
     """Why the app's consumer (or its aiokafka thread) crashed; None while it runs. A crashed
     consumer fetches nothing and Faust does not restart it: the worker should exit (5. above)."""
@@ -204,14 +278,20 @@ def apply() -> None:
     global _applied
     if _applied:
         return
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.consumer.fetcher import Fetcher
     from faust.transport.consumer import Consumer
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    global _faust_new_offset, _faust_commit
+    global _faust_new_offset, _faust_commit, _aiokafka_seek_to_committed, _aiokafka_update_fetch_positions
     _faust_new_offset = Consumer.__dict__["_new_offset"]
     Consumer._new_offset = contiguous_new_offset  # type: ignore[method-assign]
     _faust_commit = AIOKafkaConsumerThread.__dict__["_commit"]
     AIOKafkaConsumerThread._commit = commit_racing_rebalance  # type: ignore[method-assign]
+    _aiokafka_seek_to_committed = AIOKafkaConsumer.__dict__["seek_to_committed"]
+    AIOKafkaConsumer.seek_to_committed = seek_to_committed_at_once
+    _aiokafka_update_fetch_positions = Fetcher.__dict__["_update_fetch_positions"]
+    Fetcher._update_fetch_positions = update_fetch_positions_at_once
     _applied = True
 
 
@@ -339,6 +419,30 @@ _GROW = "grow_subscription/resubscribe_if_dropped (faust-streaming #62)"
 _WEIGHT = "WeightedLimit (take closes at a count of events only)"
 _RACE = "commit_racing_rebalance/consumer_crash (faust-streaming #94)"
 _MONITOR = "pipeline.worker.sensor.PositionMonitor (commits and end offsets go to app.monitor only)"
+_AT_ONCE = "seek_to_committed_at_once/update_fetch_positions_at_once (committed offsets one partition at a time)"
+
+
+def _aiokafka_own(cls: Any, name: str, saved: Any) -> Any:
+    return saved if saved is not None else cls.__dict__.get(name)
+
+
+def _seek_to_committed() -> Any:
+    from aiokafka import AIOKafkaConsumer
+
+    return _aiokafka_own(AIOKafkaConsumer, "seek_to_committed", _aiokafka_seek_to_committed)
+
+
+def _update_fetch_positions() -> Any:
+    from aiokafka.consumer.fetcher import Fetcher
+
+    return _aiokafka_own(Fetcher, "_update_fetch_positions", _aiokafka_update_fetch_positions)
+
+
+def _partition_state_has(*names: str) -> bool:
+    from aiokafka.consumer.subscription_state import TopicPartitionState
+
+    return all(hasattr(TopicPartitionState, n) for n in names)
+
 
 RELIES_ON: tuple[Reliance, ...] = (
     Reliance(
@@ -450,6 +554,37 @@ RELIES_ON: tuple[Reliance, ...] = (
         _MONITOR,
         "Stream.ack reporting the acked message to the sensors (on_message_out)",
         lambda _app: "_on_message_out(" in _source(_stream_class().ack),
+    ),
+    Reliance(
+        _AT_ONCE,
+        "aiokafka's AIOKafkaConsumer.seek_to_committed(self, *partitions) awaiting committed(tp) per partition,"
+        " then _fetcher.seek_to; _coordinator.fetch_committed_offsets(partitions)",
+        lambda _app: (
+            _params(_seek_to_committed()) == ["self", "partitions"]
+            and all(
+                part in _source(_seek_to_committed())
+                for part in ("await self.committed(tp)", "self._fetcher.seek_to(tp, offset)", "assigned_partitions()")
+            )
+            and "self._coordinator.fetch_committed_offsets("
+            in _source(_seek_to_committed().__globals__["AIOKafkaConsumer"].committed)
+        ),
+    ),
+    Reliance(
+        _AT_ONCE,
+        "aiokafka's Fetcher._update_fetch_positions(self, assignment, node_id, tps) awaiting each partition's"
+        " fetch_committed() in turn, skipping partitions with a valid position or awaiting a reset",
+        lambda _app: (
+            _params(_update_fetch_positions()) == ["self", "assignment", "node_id", "tps"]
+            and all(
+                part in _source(_update_fetch_positions())
+                for part in (
+                    "await tp_state.fetch_committed()",
+                    "tp_state.has_valid_position or tp_state.awaiting_reset",
+                    "tp_state.reset_to(committed.offset)",
+                )
+            )
+            and _partition_state_has("fetch_committed", "reset_to", "has_valid_position", "awaiting_reset")
+        ),
     ),
 )
 

@@ -253,6 +253,7 @@ def test_every_workaround_has_its_reliances_listed() -> None:
         "WeightedLimit",
         "pipeline.worker.sensor.PositionMonitor",
         "commit_racing_rebalance/consumer_crash",
+        "seek_to_committed_at_once/update_fetch_positions_at_once",
     }
 
 
@@ -410,3 +411,157 @@ def test_the_worker_exits_for_its_supervisor_once_the_consumer_crashed() -> None
     done = subprocess.run([sys.executable, "-c", WATCHDOG], cwd=root, capture_output=True, text=True, timeout=60)
     assert done.returncode == EXIT_CONSUMER_CRASHED, done.stderr
     assert "the Kafka consumer crashed" in done.stderr
+
+
+# -- committed offsets asked at once (aiokafka, one partition at a time) ---------------------------
+
+
+class FakeCoordinator:
+    """aiokafka's group coordinator as `committed`/`seek_to_committed` use it: each request recorded."""
+
+    def __init__(self, commits: dict[Any, int]) -> None:
+        self.commits = commits
+        self.requests: list[list[Any]] = []
+
+    async def fetch_committed_offsets(self, partitions: list[Any]) -> dict[Any, Any]:
+        from aiokafka.structs import OffsetAndMetadata
+
+        self.requests.append(list(partitions))
+        return {tp: OffsetAndMetadata(self.commits[tp], "") for tp in partitions if tp in self.commits}
+
+
+def _fake_consumer(commits: dict[Any, int], assigned: set[Any]) -> Any:
+    """What seek_to_committed uses of an AIOKafkaConsumer, with aiokafka's own `committed`."""
+    from functools import partial
+    from types import SimpleNamespace
+
+    from aiokafka import AIOKafkaConsumer
+
+    seeks: list[tuple[Any, int]] = []
+    me = SimpleNamespace(
+        _group_id="g",
+        _coordinator=FakeCoordinator(commits),
+        _subscription=SimpleNamespace(assigned_partitions=lambda: set(assigned)),
+        _fetcher=SimpleNamespace(seek_to=lambda tp, offset: seeks.append((tp, offset))),
+        seeks=seeks,
+    )
+    me.committed = partial(AIOKafkaConsumer.committed, me)
+    return me
+
+
+def test_seek_to_committed_asks_once_for_every_partition_and_seeks_as_aiokafka_does() -> None:
+    import asyncio
+
+    from aiokafka.structs import TopicPartition
+
+    from pipeline.worker.faust_fixes import _seek_to_committed, seek_to_committed_at_once
+
+    tps = [TopicPartition(f"datum..S{k}", p) for k in range(50) for p in range(4)]
+    # committed 7 + k, or -1 (committed nothing), or none at all, or 0
+    commits = {tp: [7 + n, -1, 0][n % 3] for n, tp in enumerate(tps) if n % 5}
+    ours, theirs = _fake_consumer(commits, set(tps)), _fake_consumer(commits, set(tps))
+    got = asyncio.run(seek_to_committed_at_once(ours))
+    want = asyncio.run(_seek_to_committed()(theirs))  # aiokafka's own (negative control: 200 requests)
+    assert got == want and sorted(ours.seeks) == sorted(theirs.seeks)
+    assert len(ours._coordinator.requests) == 1 and set(ours._coordinator.requests[0]) == set(tps)
+    assert len(theirs._coordinator.requests) == len(tps)
+    some = tps[:3]
+    assert asyncio.run(seek_to_committed_at_once(ours, *some)) == asyncio.run(_seek_to_committed()(theirs, *some))
+
+
+class FakePartitionState:
+    """aiokafka's TopicPartitionState as `_update_fetch_positions` uses it."""
+
+    def __init__(self, refresher: FakeRefresher) -> None:
+        self.refresher = refresher
+        self.position: int | None = None
+        self.awaiting_reset = False
+        self.reset_strategy: int | None = None
+        self.futures: list[Any] = []
+
+    @property
+    def has_valid_position(self) -> bool:
+        return self.position is not None
+
+    def fetch_committed(self) -> Any:
+        import asyncio
+
+        fut = asyncio.get_running_loop().create_future()
+        self.futures.append(fut)
+        self.refresher.wake()
+        return fut
+
+    def reset_to(self, offset: int) -> None:
+        self.position, self.awaiting_reset = offset, False
+
+    def await_reset(self, strategy: int) -> None:
+        self.awaiting_reset, self.reset_strategy = True, strategy
+
+
+class FakeRefresher:
+    """aiokafka's commit-refresh routine: woken by any waiting partition, it scans every partition of
+    the assignment and answers all that wait, in one request."""
+
+    def __init__(self, commits: dict[Any, int]) -> None:
+        self.commits = commits
+        self.states: dict[Any, FakePartitionState] = {}
+        self.rounds = 0
+        self.scanned = 0
+        self._woken = False
+
+    def wake(self) -> None:
+        import asyncio
+
+        if not self._woken:
+            self._woken = True
+            asyncio.get_running_loop().call_soon(self.refresh)
+
+    def refresh(self) -> None:
+        from aiokafka.structs import OffsetAndMetadata
+
+        self._woken = False
+        self.rounds += 1
+        self.scanned += len(self.states)
+        for tp, st in self.states.items():
+            for fut in st.futures:
+                fut.set_result(OffsetAndMetadata(self.commits.get(tp, -1), ""))
+            st.futures.clear()
+
+
+def _fetch_positions(update: Any, commits: dict[Any, int], tps: list[Any]) -> tuple[dict[Any, Any], FakeRefresher]:
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka.consumer.fetcher import OffsetResetStrategy
+
+    refresher = FakeRefresher(commits)
+    refresher.states = {tp: FakePartitionState(refresher) for tp in tps}
+    tps[0:1] and refresher.states[tps[0]].reset_to(99)  # one with a position already: left alone
+
+    async def offsets(_node: int, topic_data: dict[str, list[tuple[int, int]]]) -> dict[Any, tuple[int, int]]:
+        from aiokafka.structs import TopicPartition
+
+        return {TopicPartition(t, p): (1000 + p, -1) for t, parts in topic_data.items() for p, _ in parts}
+
+    fetcher = SimpleNamespace(
+        _default_reset_strategy=OffsetResetStrategy.EARLIEST, _proc_offset_request=offsets, _retry_backoff=0.01
+    )
+    assignment = SimpleNamespace(state_value=lambda tp: refresher.states[tp])
+    asyncio.run(update(fetcher, assignment, 0, list(tps)))
+    return {tp: st.position for tp, st in refresher.states.items()}, refresher
+
+
+def test_fetch_positions_ask_every_committed_point_in_one_round() -> None:
+    from aiokafka.structs import TopicPartition
+
+    from pipeline.worker.faust_fixes import _update_fetch_positions, update_fetch_positions_at_once
+
+    tps = [TopicPartition(f"datum..S{k}", p) for k in range(100) for p in range(4)]
+    commits = {tp: 5 + n for n, tp in enumerate(tps) if n % 7}  # the rest: no commit, reset to earliest
+    ours, at_once = _fetch_positions(update_fetch_positions_at_once, commits, tps)
+    theirs, one_by_one = _fetch_positions(_update_fetch_positions(), commits, tps)
+    assert ours == theirs
+    assert ours[tps[0]] == 99 and ours[tps[1]] == commits[tps[1]] and ours[tps[7]] == 1000 + tps[7].partition
+    assert at_once.rounds == 1 and at_once.scanned == len(tps)
+    # aiokafka's own: a round, and a scan of the whole assignment, per partition (negative control)
+    assert one_by_one.rounds == len(tps) - 1 and one_by_one.scanned == len(tps) * (len(tps) - 1)
