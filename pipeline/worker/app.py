@@ -846,7 +846,8 @@ class DatumWorker:
 
         @app.agent(self.deadletter_topic, name="deadletters")
         async def deadletters(stream: faust.StreamT[Any]) -> None:
-            async for events in take_events(stream, 500, 0.5):
+            # a letter may be 4 MiB (DEAD_LETTER_MAX_BYTES): a few dozen a batch bound the memory
+            async for events in take_events(stream, 50, 0.5):
                 await self.guarded("deadletters", batch_of(self.handle_letters, stream, events))
 
         @app.agent(self.metadata_topic, name="metadata")
