@@ -64,15 +64,6 @@ naming the fix, instead of silently turning the workaround off.
    request; `update_fetch_positions_at_once` asks for every partition's committed point before
    awaiting any, so the routine fetches them in one request, then leaves the rest (partitions
    without a commit, resets) to aiokafka's own method, which finds nothing more to ask.
-
-7. A rebalance during `getmany` crashes the fetcher (the race of 5. in another place): Faust's
-   `Consumer.getmany` asks `highwater(tp)` of every partition it yields records of, and aiokafka
-   asserts that the partition is still assigned; a rebalance between the fetch and the question
-   raises `AssertionError('Partition is not assigned')`, which crashes Faust's Fetcher service
-   (measured: 2 of 5 new sources at 5,000 topics, each a worker exit and restart). aiokafka's own
-   answer for "not known" is None, which is what `highwater_of_revoked` gives such a partition:
-   the records are handled as any of a revoked partition (their commit is filtered out, the new
-   owner gets them again, stored idempotently).
 """
 
 from __future__ import annotations
@@ -92,7 +83,6 @@ _faust_new_offset: Any = None  # Faust's own Consumer._new_offset, once `apply` 
 _faust_commit: Any = None  # Faust's own AIOKafkaConsumerThread._commit, once `apply` replaced it
 _aiokafka_seek_to_committed: Any = None  # aiokafka's own, once `apply` replaced them
 _aiokafka_update_fetch_positions: Any = None
-_faust_highwater: Any = None  # Faust's own AIOKafkaConsumerThread.highwater, once `apply` replaced it
 
 
 def note_taken(consumer: Any, messages: Iterable[Any]) -> None:
@@ -270,23 +260,6 @@ async def update_fetch_positions_at_once(self: Any, assignment: Any, node_id: in
     return result
 
 
-def is_revoked_partition(exc: BaseException) -> bool:
-    """aiokafka's assertion that a partition asked about is still assigned (7. above)."""
-    return isinstance(exc, AssertionError) and "Partition is not assigned" in str(exc)
-
-
-def highwater_of_revoked(self: Any, tp: Any) -> int | None:
-    """Faust's `AIOKafkaConsumerThread.highwater`, None (not known) for a partition a rebalance
-    took away meanwhile instead of crashing the fetcher (7. above)."""
-    try:
-        result: int | None = _faust_highwater_own()(self, tp)
-        return result
-    except AssertionError as exc:
-        if is_revoked_partition(exc):
-            return None
-        raise
-
-
 def consumer_crash(app: Any) -> BaseException | None:
     """Why the app's consumer (or its aiokafka thread) crashed; None while it runs. A crashed
     consumer fetches nothing and Faust does not restart it: the worker should exit (5. above)."""
@@ -311,7 +284,6 @@ def apply() -> None:
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     global _faust_new_offset, _faust_commit, _aiokafka_seek_to_committed, _aiokafka_update_fetch_positions
-    global _faust_highwater
     _faust_new_offset = Consumer.__dict__["_new_offset"]
     Consumer._new_offset = contiguous_new_offset  # type: ignore[method-assign]
     _faust_commit = AIOKafkaConsumerThread.__dict__["_commit"]
@@ -320,8 +292,6 @@ def apply() -> None:
     AIOKafkaConsumer.seek_to_committed = seek_to_committed_at_once
     _aiokafka_update_fetch_positions = Fetcher.__dict__["_update_fetch_positions"]
     Fetcher._update_fetch_positions = update_fetch_positions_at_once
-    _faust_highwater = AIOKafkaConsumerThread.__dict__["highwater"]
-    AIOKafkaConsumerThread.highwater = highwater_of_revoked  # type: ignore[method-assign,assignment]
     _applied = True
 
 
@@ -450,7 +420,6 @@ _WEIGHT = "WeightedLimit (take closes at a count of events only)"
 _RACE = "commit_racing_rebalance/consumer_crash (faust-streaming #94)"
 _MONITOR = "pipeline.worker.sensor.PositionMonitor (commits and end offsets go to app.monitor only)"
 _AT_ONCE = "seek_to_committed_at_once/update_fetch_positions_at_once (committed offsets one partition at a time)"
-_REVOKED = "highwater_of_revoked (a rebalance during getmany crashes the fetcher)"
 
 
 def _aiokafka_own(cls: Any, name: str, saved: Any) -> Any:
@@ -467,10 +436,6 @@ def _update_fetch_positions() -> Any:
     from aiokafka.consumer.fetcher import Fetcher
 
     return _aiokafka_own(Fetcher, "_update_fetch_positions", _aiokafka_update_fetch_positions)
-
-
-def _faust_highwater_own() -> Any:
-    return _aiokafka_own(_consumer_thread_class(), "highwater", _faust_highwater)
 
 
 def _partition_state_has(*names: str) -> bool:
@@ -619,17 +584,6 @@ RELIES_ON: tuple[Reliance, ...] = (
                 )
             )
             and _partition_state_has("fetch_committed", "reset_to", "has_valid_position", "awaiting_reset")
-        ),
-    ),
-    Reliance(
-        _REVOKED,
-        "Faust's AIOKafkaConsumerThread.highwater(self, tp) asking aiokafka's highwater, which asserts"
-        " 'Partition is not assigned'; Consumer.getmany asking highwater(tp) of each record's partition",
-        lambda _app: (
-            _params(_faust_highwater_own()) == ["self", "tp"]
-            and ".highwater(tp)" in _source(_faust_highwater_own())
-            and '"Partition is not assigned"' in _source(_seek_to_committed().__globals__["AIOKafkaConsumer"].highwater)
-            and "self.highwater(tp)" in _source(_consumer_class().getmany)
         ),
     ),
 )

@@ -254,7 +254,6 @@ def test_every_workaround_has_its_reliances_listed() -> None:
         "pipeline.worker.sensor.PositionMonitor",
         "commit_racing_rebalance/consumer_crash",
         "seek_to_committed_at_once/update_fetch_positions_at_once",
-        "highwater_of_revoked",
     }
 
 
@@ -566,41 +565,3 @@ def test_fetch_positions_ask_every_committed_point_in_one_round() -> None:
     assert at_once.rounds == 1 and at_once.scanned == len(tps)
     # aiokafka's own: a round, and a scan of the whole assignment, per partition (negative control)
     assert one_by_one.rounds == len(tps) - 1 and one_by_one.scanned == len(tps) * (len(tps) - 1)
-
-
-# -- a rebalance during getmany (highwater of a revoked partition) --------------------------------
-
-
-class FakeHighwaterConsumer:
-    """aiokafka's consumer as Faust's `highwater` asks it: answers, or asserts as aiokafka does."""
-
-    def __init__(self, error: BaseException | None) -> None:
-        self.error = error
-        self.in_transaction = False
-
-    def highwater(self, _tp: Any) -> int:
-        if self.error is not None:
-            raise self.error
-        return 42
-
-
-def _thread_answering(error: BaseException | None) -> Any:
-    from types import SimpleNamespace
-
-    aiokafka = FakeHighwaterConsumer(error)
-    return SimpleNamespace(consumer=aiokafka, _ensure_consumer=lambda: aiokafka)
-
-
-def test_the_highwater_of_a_partition_a_rebalance_took_is_not_known_not_a_crash() -> None:
-    from faust.types import TP as FaustTP
-
-    from pipeline.worker.faust_fixes import _faust_highwater_own, highwater_of_revoked
-
-    tp = FaustTP("datum..S1", 0)
-    revoked = AssertionError("Partition is not assigned")
-    assert highwater_of_revoked(_thread_answering(None), tp) == 42
-    assert highwater_of_revoked(_thread_answering(revoked), tp) is None
-    with pytest.raises(AssertionError, match="Partition is not assigned"):
-        _faust_highwater_own()(_thread_answering(revoked), tp)  # Faust's own (negative control)
-    with pytest.raises(AssertionError, match="something else"):
-        highwater_of_revoked(_thread_answering(AssertionError("something else")), tp)
