@@ -62,8 +62,9 @@ naming the fix, instead of silently turning the workaround off.
    stored nothing 10 minutes after its partitions were assigned, its consumer thread in that
    scan (docs/scale-out.md). `seek_to_committed_at_once` asks for every partition in one
    request; `update_fetch_positions_at_once` asks for every partition's committed point before
-   awaiting any, so the routine fetches them in one request, then leaves the rest (partitions
-   without a commit, resets) to aiokafka's own method, which finds nothing more to ask.
+   awaiting any, so the routine fetches them in one request; it positions the partitions with a
+   commit and marks the others for a reset by the strategy, as aiokafka would, and leaves the
+   resets themselves to aiokafka's own method, which finds nothing more to ask.
 """
 
 from __future__ import annotations
