@@ -1110,8 +1110,19 @@ def sees_tokens(conn: Conn) -> bool:
     return bool(row and row[0])
 
 
+class TokensHidden(errors.InsufficientPrivilege):
+    """The connected role does not see security tokens' rows: an empty list would read as "no
+    token exists" (every signed request refused as unknown), so `current_tokens` says so instead."""
+
+
 def current_tokens(conn: Conn) -> dict[str, dict[str, Any]]:
-    """token id -> stored value of every security token not revoked (processors/tokens.py)."""
+    """token id -> stored value of every security token not revoked (processors/tokens.py).
+    Raises TokensHidden when the role does not see them (`sees_tokens`)."""
+    if not sees_tokens(conn):
+        raise TokensHidden(
+            "this role does not see security tokens (row-level security of the history log):"
+            " make it a member of pipeline_token_reader"
+        )
     return {
         str(key_from_text(k)["token_id"]): v
         for k, v in conn.execute(
@@ -1124,6 +1135,7 @@ __all__ = [
     "ApplyResult",
     "current_tokens",
     "sees_tokens",
+    "TokensHidden",
     "MigrationError",
     "apply_event",
     "apply_events",

@@ -174,6 +174,13 @@ def letter_row(
 # Stages whose letters only a producer writes (`pipeline ingest`): the worker keeps them when it
 # reads them on the dead-letter topic. Its own letters it keeps before it produces them.
 PRODUCER_STAGES = frozenset({"ingest"})
+# What bytes on the dead-letter topic that are no letter are kept as.
+UNREADABLE_STAGE, UNREADABLE_RULE = "deadletter", "letter.unreadable"
+
+
+def kept_on_read(row: LetterRow) -> bool:
+    """Whether a reader of the dead-letter topic keeps the row: a producer's letter, or no letter."""
+    return row[2] in PRODUCER_STAGES or row[2] == UNREADABLE_STAGE
 
 
 def read_letter_row(body: bytes, read_at: Origin, now_ms: int) -> LetterRow:
@@ -196,7 +203,7 @@ def read_letter_row(body: bytes, read_at: Origin, now_ms: int) -> LetterRow:
         return letter_row(lid, at, stage, rules, origin, body)
     except (ValueError, KeyError, TypeError, IndexError, RecursionError):
         return letter_row(
-            hashlib.sha256(body).hexdigest()[:32], now_ms, "deadletter", ["letter.unreadable"], read_at, body
+            hashlib.sha256(body).hexdigest()[:32], now_ms, UNREADABLE_STAGE, [UNREADABLE_RULE], read_at, body
         )
 
 

@@ -180,10 +180,7 @@ class DatumProducer:
     ) -> None:
         if err is not None:
             self._failures.append(str(err))
-            self._failed_datums += datums
-            self._failed_identities.update(identities)
-            self._failed_changes += changes
-            self._failed_letters += letters
+            self._fail(_Sent(-1, datums, identities, changes, letters))
             return
         if not self.confirming:
             return
@@ -193,15 +190,19 @@ class DatumProducer:
             # offsets went back: the broker lost the partition (an embedded broker restarted). What
             # it held unconfirmed is gone, and its offsets must not be confirmed by the new log's.
             for m in sent:
-                self._failed_datums += m.datums
-                self._failed_identities.update(m.identities)
-                self._failed_changes += m.changes
-                self._failed_letters += m.letters
+                self._fail(m)
             self._failures.append(f"{tp[0]}[{tp[1]}] restarted at offset {offset}: {len(sent)} message(s) lost")
             sent.clear()
         self._pending.setdefault((msg.topic(), msg.partition()), []).append(
             _Sent(msg.offset(), datums, identities, changes, letters)
         )
+
+    def _fail(self, m: _Sent) -> None:
+        """A message the broker did not take, or lost: what it carried is not confirmed."""
+        self._failed_datums += m.datums
+        self._failed_identities.update(m.identities)
+        self._failed_changes += m.changes
+        self._failed_letters += m.letters
 
     def _on_change_delivered(self, err: KafkaError | None, msg: Any) -> None:
         self._on_message_delivered(0, (), err, msg, changes=1)

@@ -52,9 +52,9 @@ from pipeline.wire.codec import (
     DATUMS_HEADER,
     DEAD_LETTER_MAX_BYTES,
     MIN_DEAD_LETTER_BYTES,
-    PRODUCER_STAGES,
     DeadLetter,
     Origin,
+    kept_on_read,
     letter_row,
     message_weight,
     read_letter_row,
@@ -618,8 +618,7 @@ class DatumWorker:
                 read_letter_row(bytes(m.value or b""), Origin(m.topic, m.partition, m.offset), now)
                 for m in (e.message for e in batch)
             ]
-            # the worker's own letters were kept before they were produced
-            rows = [r for r in rows if r[2] in PRODUCER_STAGES or r[3] == ["letter.unreadable"]]
+            rows = [r for r in rows if kept_on_read(r)]  # the worker's own were kept before they were produced
             if rows:
                 await self.in_thread("dead_letters", lambda: self._set_up(self._letters).write(rows))
             return []

@@ -388,8 +388,13 @@ def _monitor_class() -> Any:
     return Monitor
 
 
+def _own(cls: Any, name: str, saved: Any) -> Any:
+    """The library's own `cls.name`: the one `apply` saved when it replaced it, else the class's."""
+    return saved if saved is not None else cls.__dict__.get(name)
+
+
 def _faust_own_new_offset() -> Any:
-    return _faust_new_offset if _faust_new_offset is not None else _consumer_class().__dict__.get("_new_offset")
+    return _own(_consumer_class(), "_new_offset", _faust_new_offset)
 
 
 def _consumer_thread_class() -> Any:
@@ -399,7 +404,7 @@ def _consumer_thread_class() -> Any:
 
 
 def _faust_own_commit() -> Any:
-    return _faust_commit if _faust_commit is not None else _consumer_thread_class().__dict__.get("_commit")
+    return _own(_consumer_thread_class(), "_commit", _faust_commit)
 
 
 def _consecutive_numbers_exists(_app: Any) -> bool:
@@ -423,20 +428,16 @@ _MONITOR = "pipeline.worker.sensor.PositionMonitor (commits and end offsets go t
 _AT_ONCE = "seek_to_committed_at_once/update_fetch_positions_at_once (committed offsets one partition at a time)"
 
 
-def _aiokafka_own(cls: Any, name: str, saved: Any) -> Any:
-    return saved if saved is not None else cls.__dict__.get(name)
-
-
 def _seek_to_committed() -> Any:
     from aiokafka import AIOKafkaConsumer
 
-    return _aiokafka_own(AIOKafkaConsumer, "seek_to_committed", _aiokafka_seek_to_committed)
+    return _own(AIOKafkaConsumer, "seek_to_committed", _aiokafka_seek_to_committed)
 
 
 def _update_fetch_positions() -> Any:
     from aiokafka.consumer.fetcher import Fetcher
 
-    return _aiokafka_own(Fetcher, "_update_fetch_positions", _aiokafka_update_fetch_positions)
+    return _own(Fetcher, "_update_fetch_positions", _aiokafka_update_fetch_positions)
 
 
 def _partition_state_has(*names: str) -> bool:

@@ -577,8 +577,9 @@ def test_reader_role_cannot_read_token_digests(replayed: psycopg.Connection[Any]
     try:
         c.execute("SET ROLE pipeline_reader")
         assert _token_rows(c) == dict.fromkeys(owner, 0)
-        assert history.current_tokens(c) == {}
-        assert not history.sees_tokens(c)  # what the API checks before it trusts an empty list
+        assert not history.sees_tokens(c)
+        with pytest.raises(history.TokensHidden, match="pipeline_token_reader"):
+            history.current_tokens(c)  # not an empty list, which would read as "no token exists"
         from pipeline.api.access import _load_tokens
 
         with pytest.raises(errors.InsufficientPrivilege, match="pipeline_token_reader"):
