@@ -65,13 +65,28 @@ naming the fix, instead of silently turning the workaround off.
    awaiting any, so the routine fetches them in one request; it positions the partitions with a
    commit and marks the others for a reset by the strategy, as aiokafka would, and leaves the
    resets themselves to aiokafka's own method, which finds nothing more to ask.
+
+7. A partition's log that starts again is dropped, silently (Faust 0.15.3). `Consumer._drain_messages`
+   drops a message whose offset is below its partition's read offset (the last one handled), logged
+   at Faust's dev level only; `Consumer.ack` ignores an offset below the partition's committed one.
+   Offsets go back when the log is a new one: a broker restarted without its data (the embedded
+   broker keeps nothing: fault drill "broker killed"), a topic deleted and created again, an unclean
+   leader election. A worker that rejoined the restarted broker was assigned the partition again
+   (Tansu's generation ids start again at 0, so Faust's generation check let records fetched from
+   the old log through after the assignment, and they set the read offset high) and then dropped
+   every message of the new log below that offset: resent datums never stored (about 1 drill run
+   in 4). `new_logs_kept` wraps Faust's `Consumer.getmany`: a message below its partition's read
+   offset starts a new log — the partition's read offset, committed offset, acked offsets, gaps and
+   head are forgotten, the old log's messages not yet acked are settled so that their late acks
+   count for nothing, and the message is handled. Where the log did not start again (records of
+   the same log fetched twice) that handles a message twice: the stores are idempotent.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any
@@ -84,6 +99,7 @@ _faust_new_offset: Any = None  # Faust's own Consumer._new_offset, once `apply` 
 _faust_commit: Any = None  # Faust's own AIOKafkaConsumerThread._commit, once `apply` replaced it
 _aiokafka_seek_to_committed: Any = None  # aiokafka's own, once `apply` replaced them
 _aiokafka_update_fetch_positions: Any = None
+_faust_getmany: Any = None  # Faust's own Consumer.getmany, once `apply` replaced it
 
 
 def note_taken(consumer: Any, messages: Iterable[Any]) -> None:
@@ -159,6 +175,50 @@ def contiguous_new_offset(self: Any, tp: Any) -> int | None:
     acked[: len(batch)] = []
     self._acked_index[tp].difference_update(batch)
     return int(batch[-1]) + 1
+
+
+def start_new_log(consumer: Any, tp: Any, offset: int) -> None:
+    """The log of `tp` started again at `offset` (7. above): forget what Faust keeps of the old one
+    (read and committed offsets, acked offsets, gaps) and our head, and settle the old log's
+    messages still unacked, so that a late ack of one lands nowhere in the new log's bookkeeping."""
+    from faust.types.tuples import ack_lock
+
+    with ack_lock:
+        consumer._read_offset[tp] = None
+        consumer._committed_offset[tp] = None
+        consumer._acked.pop(tp, None)
+        consumer._acked_index.pop(tp, None)
+        consumer._gap.pop(tp, None)
+        consumer.__dict__.setdefault(FIRST_TAKEN, {})[tp] = offset
+        old = [m for m in list(consumer._unacked_messages) if m.tp == tp]
+        for message in old:
+            message.acked = True
+            consumer._unacked_messages.discard(message)
+
+
+async def new_logs_kept(consumer: Any, messages: AsyncIterator[tuple[Any, Any]]) -> AsyncIterator[tuple[Any, Any]]:
+    """`messages` (Faust's getmany) with every message below its partition's read offset taken as
+    the start of a new log (7. above) instead of being dropped by Faust's drain loop. Checked as
+    each message is handed on: the loop sets the read offset once it has handled the one before."""
+    read_offset = consumer._read_offset
+    async for tp, message in messages:
+        last = read_offset.get(tp)
+        if last is not None and message.offset < last:
+            log.warning(
+                "%s[%s]: offset %d after %d: the log started again (a broker restarted without its data, the "
+                "topic created again, an unclean leader election); handling it as a new log, not dropping it",
+                tp.topic,
+                tp.partition,
+                message.offset,
+                last,
+            )
+            start_new_log(consumer, tp, message.offset)
+        yield tp, message
+
+
+def getmany_keeping_new_logs(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+    """Faust's `Consumer.getmany` whose messages of a log that started again reach the agents (7.)."""
+    return new_logs_kept(self, _faust_own_getmany()(self, timeout))
 
 
 def is_rebalance_race(exc: BaseException) -> bool:
@@ -273,9 +333,11 @@ def consumer_crash(app: Any) -> BaseException | None:
 
 
 def apply() -> None:
-    """Install the contiguous-commit guard (faust-streaming #312/#606, 1. above) in place of
-    Faust's `Consumer._new_offset`, and the commit that survives a rebalance (#94, 5. above) in
-    place of `AIOKafkaConsumerThread._commit`, for every consumer of the process (idempotent)."""
+    """Install, for every consumer of the process (idempotent): the contiguous-commit guard
+    (faust-streaming #312/#606, 1. above) in place of Faust's `Consumer._new_offset`; the commit
+    that survives a rebalance (#94, 5.) in place of `AIOKafkaConsumerThread._commit`; committed
+    offsets asked at once (6.) in aiokafka; a log that starts again kept (7.) around Faust's
+    `Consumer.getmany`."""
     global _applied
     if _applied:
         return
@@ -285,6 +347,7 @@ def apply() -> None:
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     global _faust_new_offset, _faust_commit, _aiokafka_seek_to_committed, _aiokafka_update_fetch_positions
+    global _faust_getmany
     _faust_new_offset = Consumer.__dict__["_new_offset"]
     Consumer._new_offset = contiguous_new_offset  # type: ignore[method-assign]
     _faust_commit = AIOKafkaConsumerThread.__dict__["_commit"]
@@ -293,6 +356,8 @@ def apply() -> None:
     AIOKafkaConsumer.seek_to_committed = seek_to_committed_at_once
     _aiokafka_update_fetch_positions = Fetcher.__dict__["_update_fetch_positions"]
     Fetcher._update_fetch_positions = update_fetch_positions_at_once
+    _faust_getmany = Consumer.__dict__["getmany"]
+    Consumer.getmany = getmany_keeping_new_logs  # type: ignore[method-assign]
     _applied = True
 
 
@@ -397,6 +462,10 @@ def _faust_own_new_offset() -> Any:
     return _own(_consumer_class(), "_new_offset", _faust_new_offset)
 
 
+def _faust_own_getmany() -> Any:
+    return _own(_consumer_class(), "getmany", _faust_getmany)
+
+
 def _consumer_thread_class() -> Any:
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -413,6 +482,12 @@ def _consecutive_numbers_exists(_app: Any) -> bool:
     return callable(consecutive_numbers)
 
 
+def _ack_lock_exists() -> bool:
+    from faust.types import tuples
+
+    return hasattr(tuples, "ack_lock")
+
+
 def _topic_list_is_plain(app: Any) -> bool:
     topic = app.topic("faust-fixes-probe", value_serializer="raw")
     topic.topics = ("faust-fixes-probe", "faust-fixes-probe-2")
@@ -425,6 +500,7 @@ _GROW = "grow_subscription/resubscribe_if_dropped (faust-streaming #62)"
 _WEIGHT = "WeightedLimit (take closes at a count of events only)"
 _RACE = "commit_racing_rebalance/consumer_crash (faust-streaming #94)"
 _MONITOR = "pipeline.worker.sensor.PositionMonitor (commits and end offsets go to app.monitor only)"
+_NEW_LOG = "new_logs_kept/start_new_log (a log that starts again is dropped)"
 _AT_ONCE = "seek_to_committed_at_once/update_fetch_positions_at_once (committed offsets one partition at a time)"
 
 
@@ -549,7 +625,7 @@ RELIES_ON: tuple[Reliance, ...] = (
         "Monitor.track_tp_end_offset(self, tp, offset), called by Consumer.getmany",
         lambda _app: (
             _params(_monitor_class().track_tp_end_offset) == ["self", "tp", "offset"]
-            and "monitor.track_tp_end_offset(" in _source(_consumer_class().getmany)
+            and "monitor.track_tp_end_offset(" in _source(_faust_own_getmany())
         ),
     ),
     Reliance(
@@ -586,6 +662,29 @@ RELIES_ON: tuple[Reliance, ...] = (
                 )
             )
             and _partition_state_has("fetch_committed", "reset_to", "has_valid_position", "awaiting_reset")
+        ),
+    ),
+    Reliance(
+        _NEW_LOG,
+        "Consumer._drain_messages taking self.getmany once, reading self._read_offset per message and dropping"
+        " offsets below it; Consumer.getmany(self, timeout)",
+        lambda _app: (
+            _params(_faust_own_getmany()) == ["self", "timeout"]
+            and all(
+                part in _source(_consumer_class()._drain_messages)
+                for part in ("getmany = self.getmany", "self._read_offset.__getitem__", "offset >= r_offset")
+            )
+        ),
+    ),
+    Reliance(
+        _NEW_LOG,
+        "the consumer's _read_offset, _unacked_messages; Consumer.ack skipping a message whose `acked` is set;"
+        " faust.types.tuples.ack_lock",
+        lambda app: (
+            isinstance(app.consumer._read_offset, Mapping)
+            and hasattr(app.consumer._unacked_messages, "discard")
+            and "if not message.acked" in _source(_consumer_class().ack)
+            and _ack_lock_exists()
         ),
     ),
 )

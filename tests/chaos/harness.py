@@ -617,8 +617,9 @@ class Drain:
                     self._finish.wait(0.1)  # a fault may still add messages
                     continue
                 due = self.t_start + self.duration_s * self.next_index / n
-                if time.monotonic() < due:
-                    time.sleep(min(0.05, due - time.monotonic()))
+                wait = due - time.monotonic()
+                if wait > 0:  # read once: a second reading may already be past `due`
+                    time.sleep(min(0.05, wait))
                     continue
                 if self._send(self.messages[self.next_index]):
                     self.next_index += 1

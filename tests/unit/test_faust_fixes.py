@@ -4,18 +4,30 @@ up on the installed Faust (an upgrade that removes or renames it fails here, nam
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+from weakref import WeakSet
 
 import pytest
+from faust.types import TP as FaustTP
 from intervaltree import IntervalTree
 
 from pipeline.wire.codec import message_weight
-from pipeline.worker.faust_fixes import RELIES_ON, contiguous_new_offset, forget_taken, note_taken
+from pipeline.worker.faust_fixes import (
+    FIRST_TAKEN,
+    RELIES_ON,
+    contiguous_new_offset,
+    forget_taken,
+    new_logs_kept,
+    note_taken,
+    start_new_log,
+)
 
 TP = ("datum..S1", 0)
 
@@ -254,6 +266,7 @@ def test_every_workaround_has_its_reliances_listed() -> None:
         "pipeline.worker.sensor.PositionMonitor",
         "commit_racing_rebalance/consumer_crash",
         "seek_to_committed_at_once/update_fetch_positions_at_once",
+        "new_logs_kept/start_new_log",
     }
 
 
@@ -565,3 +578,126 @@ def test_fetch_positions_ask_every_committed_point_in_one_round() -> None:
     assert at_once.rounds == 1 and at_once.scanned == len(tps)
     # aiokafka's own: a round, and a scan of the whole assignment, per partition (negative control)
     assert one_by_one.rounds == len(tps) - 1 and one_by_one.scanned == len(tps) * (len(tps) - 1)
+
+
+# -- a log that starts again: Faust's drain loop drops it (7.) -------------------------------------
+
+
+class Record:
+    """A consumed message as Faust's drain loop and `Consumer.ack` read it."""
+
+    def __init__(self, tp: Any, offset: int) -> None:
+        self.tp, self.offset, self.topic = tp, offset, tp.topic
+        self.key = self.value = None
+        self.acked = False
+
+
+class DrainingConsumer:
+    """What Faust's own `Consumer._drain_messages` and `Consumer.ack` read, nothing else; `getmany`
+    hands out one scripted fetch per call (Faust's own getmany, or it wrapped by `new_logs_kept`)."""
+
+    def __init__(self, fetches: list[list[Record]], keep_new_logs: bool) -> None:
+        self.fetches = list(fetches)
+        self.keep_new_logs = keep_new_logs
+        self.handled: list[int] = []
+        self._read_offset: dict[Any, int | None] = defaultdict(lambda: None)
+        self._committed_offset: dict[Any, int | None] = defaultdict(lambda: None)
+        self._acked: dict[Any, list[int]] = defaultdict(list)
+        self._acked_index: dict[Any, set[int]] = defaultdict(set)
+        self._gap: dict[Any, IntervalTree] = defaultdict(IntervalTree)
+        self._unacked_messages: WeakSet[Record] = WeakSet()
+        self._waiting_for_ack = None
+        self._n_acked = 0
+        self._commit_every = None
+        self._stopped = asyncio.Event()
+        self.should_stop = False
+        self.suspend_flow = asyncio.Event()
+        self.consumer_stopped_errors = ()
+        self.diag = SimpleNamespace(set_flag=lambda _flag: None, unset_flag=lambda _flag: None)
+        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda _topic: True))
+        self.transport = SimpleNamespace(app=SimpleNamespace(should_stop=False))
+        self.log = SimpleNamespace(dev=lambda *_a: None, info=lambda *_a: None)
+
+    def getmany(self, timeout: float) -> Any:
+        async def fetch() -> Any:
+            if not self.fetches:
+                self._stopped.set()
+                return
+            for record in self.fetches.pop(0):
+                yield record.tp, record
+
+        return new_logs_kept(self, fetch()) if self.keep_new_logs else fetch()
+
+    async def callback(self, message: Record) -> None:  # the conductor: tracked, handed to an agent
+        self._unacked_messages.add(message)
+        self.handled.append(message.offset)
+
+    async def wait_first(self, *coros: Any) -> None:
+        first, *rest = coros
+        for coro in rest:
+            coro.close()
+        await first
+
+    async def sleep(self, _seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    async def _add_gap(self, *_args: Any) -> None:
+        pass
+
+    async def commit(self) -> None:
+        pass
+
+
+LOG_TP = FaustTP("datum..S1.WX1", 0)
+
+
+def _drain(fetches: list[list[int]], keep_new_logs: bool) -> tuple[DrainingConsumer, list[list[Record]]]:
+    from faust.transport.consumer import Consumer
+
+    records = [[Record(LOG_TP, o) for o in fetch] for fetch in fetches]
+    consumer = DrainingConsumer(records, keep_new_logs)
+    asyncio.run(Consumer._drain_messages(consumer, SimpleNamespace(_stopped=asyncio.Event())))  # type: ignore[arg-type]
+    return consumer, records
+
+
+def test_faust_own_drain_loop_drops_a_log_that_started_again() -> None:
+    """The defect: the broker restarted without its data, the new log's offsets are below the read
+    offset the old one left, and Faust drops them (the broker-killed drill's lost resent datums)."""
+    consumer, _ = _drain([[100, 101, 102], [0, 1, 2]], keep_new_logs=False)
+    assert consumer.handled == [100, 101, 102]
+
+
+def test_a_log_that_started_again_is_handled_not_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    consumer, _ = _drain([[100, 101, 102], [0, 1, 2], [3]], keep_new_logs=True)
+    assert consumer.handled == [100, 101, 102, 0, 1, 2, 3]
+    assert consumer._read_offset[LOG_TP] == 3
+    assert "datum..S1.WX1[0]: offset 0 after 102: the log started again" in caplog.text
+
+
+def test_a_late_ack_from_the_old_log_never_lets_the_commit_pass_the_new_one() -> None:
+    """The old log's 1 and 2 are still with an agent when the new log starts; acked late, they must
+    not count as the new log's 1 and 2 (not acked yet): the commit may pass only the new 0."""
+    from faust.transport.consumer import Consumer
+
+    consumer, (old, new) = _drain([[1, 2], [0, 1, 2]], keep_new_logs=True)
+    for record in old:
+        Consumer.ack(consumer, record)  # type: ignore[arg-type]
+    Consumer.ack(consumer, new[0])  # type: ignore[arg-type]
+    assert contiguous_new_offset(consumer, LOG_TP) == 1
+    consumer._committed_offset[LOG_TP] = 1  # as Faust records the commit
+    assert not any(r in consumer._unacked_messages for r in old)  # settled: no wait for them at stop
+    for record in new[1:]:
+        Consumer.ack(consumer, record)  # type: ignore[arg-type]
+    assert contiguous_new_offset(consumer, LOG_TP) == 3
+
+
+def test_a_commit_of_the_old_log_is_forgotten() -> None:
+    consumer = DrainingConsumer([], keep_new_logs=True)
+    consumer._committed_offset[LOG_TP] = 103
+    consumer._acked[LOG_TP] = [101]
+    consumer._acked_index[LOG_TP] = {101}
+    consumer._gap[LOG_TP].addi(98, 100)
+    start_new_log(consumer, LOG_TP, 0)
+    assert consumer._committed_offset[LOG_TP] is None
+    assert LOG_TP not in consumer._acked and LOG_TP not in consumer._gap
+    assert consumer.__dict__[FIRST_TAKEN][LOG_TP] == 0  # the head of the new log, for the guard (1.)
