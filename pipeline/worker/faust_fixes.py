@@ -80,6 +80,22 @@ naming the fix, instead of silently turning the workaround off.
    head are forgotten, the old log's messages not yet acked are settled so that their late acks
    count for nothing, and the message is handled. Where the log did not start again (records of
    the same log fetched twice) that handles a message twice: the stores are idempotent.
+
+8. Work of one assignment counted in the next (Faust 0.15.3, aiokafka 0.14). Faust skips a message
+   fetched under an earlier assignment by comparing generation ids, which are the broker's; a
+   broker restarted without its data starts them again at 0, so the old log's messages still
+   queued pass as current. Acks of messages taken before a revoke land in the next assignment's
+   bookkeeping, and a commit computed before a rejoin is sent after it with the new member id.
+   Any of these commits an offset of the old log to the new one: in the broker-killed drill one
+   such commit (offset 6) landed between the rejoin and the seek to committed offsets, the worker
+   read the new log from 6, and the resent datums at 0–5 were never stored (2 runs of 8, worker
+   logs with every fetched offset). So: `count_generations_locally` makes the app's consumer
+   generation a count of this process's assignments (Faust's own check then skips what an earlier
+   assignment fetched); `forget_taken` settles, at a revoke, the messages still unacked of the
+   revoked partitions (their late acks count for nothing; they are delivered again, stored
+   idempotently); `commit_of_current_assignment` refuses to send a commit made for an assignment
+   that has been replaced (a broker with generations that go up refuses it too, as
+   IllegalGeneration).
 """
 
 from __future__ import annotations
@@ -100,6 +116,8 @@ _faust_commit: Any = None  # Faust's own AIOKafkaConsumerThread._commit, once `a
 _aiokafka_seek_to_committed: Any = None  # aiokafka's own, once `apply` replaced them
 _aiokafka_update_fetch_positions: Any = None
 _faust_getmany: Any = None  # Faust's own Consumer.getmany, once `apply` replaced it
+_faust_on_assigned: Any = None  # Faust's own ConsumerRebalanceListener.on_partitions_assigned, once replaced
+_aiokafka_do_commit_offsets: Any = None  # aiokafka's own GroupCoordinator._do_commit_offsets, once replaced
 
 
 def note_taken(consumer: Any, messages: Iterable[Any]) -> None:
@@ -139,10 +157,24 @@ class WeightedLimit:
 
 def forget_taken(consumer: Any, tps: Iterable[Any]) -> None:
     """Partitions revoked: their head is learned again when they come back (faust-streaming
-    #312/#606, 1. above)."""
+    #312/#606, 1. above), and their messages still unacked are settled (8.): acked after the
+    revoke they would count in the next assignment's commits."""
     firsts: dict[Any, int] = consumer.__dict__.get(FIRST_TAKEN, {})
-    for tp in tps:
+    revoked = set(tps)
+    for tp in revoked:
         firsts.pop(tp, None)
+    _settle(consumer, revoked)
+
+
+def _settle(consumer: Any, tps: set[Any]) -> None:
+    """Mark the unacked messages of `tps` acked and stop waiting for them: Faust's `ack` then
+    records nothing for them (7., 8.). The agents still store them; they are delivered again."""
+    from faust.types.tuples import ack_lock
+
+    with ack_lock:
+        for message in [m for m in list(consumer._unacked_messages) if m.tp in tps]:
+            message.acked = True
+            consumer._unacked_messages.discard(message)
 
 
 def contiguous_new_offset(self: Any, tp: Any) -> int | None:
@@ -190,10 +222,7 @@ def start_new_log(consumer: Any, tp: Any, offset: int) -> None:
         consumer._acked_index.pop(tp, None)
         consumer._gap.pop(tp, None)
         consumer.__dict__.setdefault(FIRST_TAKEN, {})[tp] = offset
-        old = [m for m in list(consumer._unacked_messages) if m.tp == tp]
-        for message in old:
-            message.acked = True
-            consumer._unacked_messages.discard(message)
+        _settle(consumer, {tp})
 
 
 async def new_logs_kept(consumer: Any, messages: AsyncIterator[tuple[Any, Any]]) -> AsyncIterator[tuple[Any, Any]]:
@@ -219,6 +248,34 @@ async def new_logs_kept(consumer: Any, messages: AsyncIterator[tuple[Any, Any]])
 def getmany_keeping_new_logs(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
     """Faust's `Consumer.getmany` whose messages of a log that started again reach the agents (7.)."""
     return new_logs_kept(self, _faust_own_getmany()(self, timeout))
+
+
+GENERATIONS = "_pipeline_assignments"
+
+
+async def count_generations_locally(self: Any, assigned: Iterable[Any]) -> None:
+    """Faust's `ConsumerRebalanceListener.on_partitions_assigned` with the app's consumer generation
+    one more than at the last assignment of this process, not the broker's generation id, which a
+    restarted broker starts again at 0 (8. above): Faust's streams skip every message fetched
+    under an earlier assignment by that number."""
+    from faust.transport.consumer import ensure_TPset
+
+    app = self._thread.app
+    generation = int(app.__dict__.get(GENERATIONS, 0)) + 1
+    app.__dict__[GENERATIONS] = generation
+    app.consumer_generation_id = generation
+    await self._thread.on_partitions_assigned(ensure_TPset(assigned), generation)
+
+
+async def commit_of_current_assignment(self: Any, assignment: Any, offsets: Any) -> Any:
+    """aiokafka's `GroupCoordinator._do_commit_offsets`, refusing a commit whose assignment has
+    been replaced since it was made (8. above): it may carry offsets of a log that is gone. Raised
+    as aiokafka's own "No partitions assigned", which the commit (5.) takes as a lost race."""
+    from aiokafka.errors import IllegalStateError
+
+    if not assignment.active:
+        raise IllegalStateError("No partitions assigned: the commit was made for an assignment since replaced")
+    return await _do_commit_offsets()(self, assignment, offsets)
 
 
 def is_rebalance_race(exc: BaseException) -> bool:
@@ -337,17 +394,18 @@ def apply() -> None:
     (faust-streaming #312/#606, 1. above) in place of Faust's `Consumer._new_offset`; the commit
     that survives a rebalance (#94, 5.) in place of `AIOKafkaConsumerThread._commit`; committed
     offsets asked at once (6.) in aiokafka; a log that starts again kept (7.) around Faust's
-    `Consumer.getmany`."""
+    `Consumer.getmany`; generations counted locally and commits bound to their assignment (8.)."""
     global _applied
     if _applied:
         return
     from aiokafka import AIOKafkaConsumer
     from aiokafka.consumer.fetcher import Fetcher
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
     from faust.transport.consumer import Consumer
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, ConsumerRebalanceListener
 
     global _faust_new_offset, _faust_commit, _aiokafka_seek_to_committed, _aiokafka_update_fetch_positions
-    global _faust_getmany
+    global _faust_getmany, _faust_on_assigned, _aiokafka_do_commit_offsets
     _faust_new_offset = Consumer.__dict__["_new_offset"]
     Consumer._new_offset = contiguous_new_offset  # type: ignore[method-assign]
     _faust_commit = AIOKafkaConsumerThread.__dict__["_commit"]
@@ -358,6 +416,10 @@ def apply() -> None:
     Fetcher._update_fetch_positions = update_fetch_positions_at_once
     _faust_getmany = Consumer.__dict__["getmany"]
     Consumer.getmany = getmany_keeping_new_logs  # type: ignore[method-assign]
+    _faust_on_assigned = ConsumerRebalanceListener.__dict__["on_partitions_assigned"]
+    ConsumerRebalanceListener.on_partitions_assigned = count_generations_locally  # type: ignore[method-assign]
+    _aiokafka_do_commit_offsets = GroupCoordinator.__dict__["_do_commit_offsets"]
+    GroupCoordinator._do_commit_offsets = commit_of_current_assignment
     _applied = True
 
 
@@ -466,6 +528,18 @@ def _faust_own_getmany() -> Any:
     return _own(_consumer_class(), "getmany", _faust_getmany)
 
 
+def _faust_own_on_assigned() -> Any:
+    from faust.transport.drivers.aiokafka import ConsumerRebalanceListener
+
+    return _own(ConsumerRebalanceListener, "on_partitions_assigned", _faust_on_assigned)
+
+
+def _do_commit_offsets() -> Any:
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    return _own(GroupCoordinator, "_do_commit_offsets", _aiokafka_do_commit_offsets)
+
+
 def _consumer_thread_class() -> Any:
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -480,6 +554,12 @@ def _consecutive_numbers_exists(_app: Any) -> bool:
     from faust.utils.functional import consecutive_numbers
 
     return callable(consecutive_numbers)
+
+
+def _assignment_class() -> Any:
+    from aiokafka.consumer.subscription_state import Assignment
+
+    return Assignment
 
 
 def _ack_lock_exists() -> bool:
@@ -501,6 +581,7 @@ _WEIGHT = "WeightedLimit (take closes at a count of events only)"
 _RACE = "commit_racing_rebalance/consumer_crash (faust-streaming #94)"
 _MONITOR = "pipeline.worker.sensor.PositionMonitor (commits and end offsets go to app.monitor only)"
 _NEW_LOG = "new_logs_kept/start_new_log (a log that starts again is dropped)"
+_ASSIGNMENT = "count_generations_locally/forget_taken/commit_of_current_assignment (work of one assignment in the next)"
 _AT_ONCE = "seek_to_committed_at_once/update_fetch_positions_at_once (committed offsets one partition at a time)"
 
 
@@ -685,6 +766,31 @@ RELIES_ON: tuple[Reliance, ...] = (
             and hasattr(app.consumer._unacked_messages, "discard")
             and "if not message.acked" in _source(_consumer_class().ack)
             and _ack_lock_exists()
+        ),
+    ),
+    Reliance(
+        _ASSIGNMENT,
+        "Faust's ConsumerRebalanceListener.on_partitions_assigned(self, assigned) setting app.consumer_generation_id"
+        " and awaiting self._thread.on_partitions_assigned(tps, generation); Stream skipping a message whose"
+        " generation_id is not the app's; faust.transport.drivers.aiokafka.ensure_TPset",
+        lambda _app: (
+            _params(_faust_own_on_assigned()) == ["self", "assigned"]
+            and all(
+                part in _source(_faust_own_on_assigned())
+                for part in ("app.consumer_generation_id = generation", "self._thread.on_partitions_assigned(")
+            )
+            and "message.generation_id != self.app.consumer_generation_id" in _source(_stream_class()._py_aiter)
+        ),
+    ),
+    Reliance(
+        _ASSIGNMENT,
+        "aiokafka's GroupCoordinator._do_commit_offsets(self, assignment, offsets), called by commit_offsets;"
+        " Assignment.active",
+        lambda _app: (
+            _params(_do_commit_offsets()) == ["self", "assignment", "offsets"]
+            and "self._do_commit_offsets(assignment, offsets)"
+            in _source(_do_commit_offsets().__globals__["GroupCoordinator"].commit_offsets)
+            and isinstance(_do_commit_offsets().__globals__.get("Assignment", _assignment_class()).active, property)
         ),
     ),
 )

@@ -22,8 +22,11 @@ from pipeline.wire.codec import message_weight
 from pipeline.worker.faust_fixes import (
     FIRST_TAKEN,
     RELIES_ON,
+    commit_of_current_assignment,
     contiguous_new_offset,
+    count_generations_locally,
     forget_taken,
+    is_rebalance_race,
     new_logs_kept,
     note_taken,
     start_new_log,
@@ -40,6 +43,7 @@ class FakeConsumer:
         self._acked_index: dict[Any, set[int]] = defaultdict(set, {TP: set(acked)})
         self._gap: dict[Any, IntervalTree] = defaultdict(IntervalTree)
         self._committed_offset: dict[Any, int | None] = defaultdict(lambda: None, {TP: committed})
+        self._unacked_messages: WeakSet[Any] = WeakSet()
 
 
 class Msg:
@@ -267,6 +271,7 @@ def test_every_workaround_has_its_reliances_listed() -> None:
         "commit_racing_rebalance/consumer_crash",
         "seek_to_committed_at_once/update_fetch_positions_at_once",
         "new_logs_kept/start_new_log",
+        "count_generations_locally/forget_taken/commit_of_current_assignment",
     }
 
 
@@ -701,3 +706,89 @@ def test_a_commit_of_the_old_log_is_forgotten() -> None:
     assert consumer._committed_offset[LOG_TP] is None
     assert LOG_TP not in consumer._acked and LOG_TP not in consumer._gap
     assert consumer.__dict__[FIRST_TAKEN][LOG_TP] == 0  # the head of the new log, for the guard (1.)
+
+
+# -- work of one assignment counted in the next (8.) ----------------------------------------------
+
+
+class CommittingCoordinator:
+    """What aiokafka's own GroupCoordinator._do_commit_offsets reads; records what it sends."""
+
+    group_id, generation, member_id, coordinator_id = "chaos", 0, "member-2", 111
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    async def _send_req(self, request: Any) -> Any:
+        self.sent.append(request)
+        return SimpleNamespace(topics=[(t, [(p, 0) for p, _o, _m in parts]) for t, parts in request._topics])
+
+
+def _commit_under(replaced: bool) -> tuple[CommittingCoordinator, BaseException | None]:
+    from aiokafka.consumer.subscription_state import Assignment
+    from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+    coordinator = CommittingCoordinator()
+    tp = TopicPartition("datum..S1.WX1", 1)
+
+    async def run() -> BaseException | None:
+        made_for = Assignment({tp})  # the assignment the offsets were computed under
+        if replaced:
+            made_for._unassign()  # as aiokafka does when the rejoin brings the next one
+        try:
+            await commit_of_current_assignment(coordinator, made_for, {tp: OffsetAndMetadata(6, "")})
+        except Exception as exc:
+            return exc
+        return None
+
+    return coordinator, asyncio.run(run())
+
+
+def test_a_commit_made_for_a_replaced_assignment_is_never_sent() -> None:
+    """The drill's loss: offset 6 of the old log committed to the restarted broker right after the
+    rejoin (the new member id, generation 0 again), then read back as the new log's position."""
+    coordinator, error = _commit_under(replaced=True)
+    assert coordinator.sent == []
+    assert error is not None and is_rebalance_race(error)  # the commit (5.) takes it as a lost race
+
+
+def test_a_commit_for_the_current_assignment_is_sent_by_aiokafka_own_method() -> None:
+    coordinator, error = _commit_under(replaced=False)
+    assert error is None
+    assert [r._topics for r in coordinator.sent] == [[("datum..S1.WX1", [(1, 6, "")])]]
+
+
+def test_messages_unacked_at_a_revoke_count_for_nothing_after_it() -> None:
+    """Taken before the revoke, acked after it: Faust would put 5 and 6 in the next assignment's
+    bookkeeping (then commit 7 to a broker whose log starts again at 0)."""
+    from faust.transport.consumer import Consumer
+
+    consumer = DrainingConsumer([], keep_new_logs=True)
+    revoked, kept = Record(LOG_TP, 5), Record(LOG_TP, 6)
+    other = Record(FaustTP("datum..S2.WX1", 0), 9)
+    for record in (revoked, kept, other):
+        consumer._unacked_messages.add(record)
+    forget_taken(consumer, [LOG_TP])
+    for record in (revoked, kept, other):
+        Consumer.ack(consumer, record)  # type: ignore[arg-type]
+    assert consumer._acked[LOG_TP] == []
+    assert consumer._acked[other.tp] == [9]  # partitions not revoked are untouched
+    assert set(consumer._unacked_messages) == set()
+
+
+def test_each_assignment_is_a_new_generation_even_when_the_broker_repeats_its_own() -> None:
+    """A restarted broker's generation ids start again at 0: Faust's streams could not tell the
+    old assignment's queued messages from the new one's."""
+    got: list[tuple[set[Any], int]] = []
+
+    class Thread:
+        app = SimpleNamespace(consumer_generation_id=0)
+
+        async def on_partitions_assigned(self, tps: set[Any], generation: int) -> None:
+            got.append((tps, generation))
+
+    listener = SimpleNamespace(_thread=Thread())
+    for _ in range(2):  # the broker says generation 0 both times
+        asyncio.run(count_generations_locally(listener, [LOG_TP]))
+    assert [g for _, g in got] == [1, 2]
+    assert listener._thread.app.consumer_generation_id == 2
