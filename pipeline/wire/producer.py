@@ -94,7 +94,9 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 
 
 class TopicAdmin:
-    """Creates topics on first use; remembers which exist."""
+    """Creates topics on first use; remembers which exist, as the broker last listed them: a broker
+    restarted without its data (the embedded one keeps nothing) has lost them, and the next
+    `ensure` after a listing creates them again."""
 
     def __init__(self, settings: Settings) -> None:
         self._admin = AdminClient(client_config(settings))
@@ -104,7 +106,7 @@ class TopicAdmin:
 
     def existing(self) -> set[str]:
         meta = self._admin.list_topics(timeout=10)
-        self._known |= set(meta.topics)
+        self._known = set(meta.topics)
         return set(meta.topics)
 
     def ensure(self, names: Iterable[str], partitions: int | None = None) -> None:
