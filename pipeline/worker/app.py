@@ -262,10 +262,13 @@ class DatumWorker:
             inbox = self.topics.source("inbox")
             self.admin.ensure([inbox])
             names = [inbox]
-        self.admin.ensure(
-            [self.topics.deadletter, self.topics.metadata, self.topics.rollup_stale, self.topics.auxiliary]
-        )
+        self.admin.ensure(self.internal_topics)
         return names
+
+    @property
+    def internal_topics(self) -> list[str]:
+        """The topics the worker writes and reads besides the sources."""
+        return [self.topics.deadletter, self.topics.metadata, self.topics.rollup_stale, self.topics.auxiliary]
 
     # -- the stores -------------------------------------------------------------------------------
 
@@ -894,6 +897,16 @@ class DatumWorker:
         except Exception as exc:  # broker hiccup: try again next tick
             log.warning("topic scan failed: %s", exc)
             return
+        lost = [t for t in self.internal_topics if t not in existing]
+        if lost:
+            # A broker restarted without its data (the embedded one keeps nothing) lost them: the stale
+            # topic's commits would retry UnknownTopicOrPartition until a rebalance, stale marks and dead
+            # letters would wait for it. Produced to, the broker creates them with its own partitions.
+            log.warning("topic(s) %s missing from the broker (restarted without its data?): creating them", lost)
+            try:
+                await asyncio.to_thread(self.admin.ensure, lost)
+            except Exception as exc:
+                log.warning("creating %s failed: %s; tried again next scan", lost, exc)
         new = sorted(n for n in existing if pattern.match(n) and n not in self.source_topic_names)
         if new:
             log.info("subscribing to %d new source topic(s): %s", len(new), ", ".join(new[:5]))
