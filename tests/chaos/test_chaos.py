@@ -1,6 +1,6 @@
 """Fault drills on the real components, judged by the exact-set oracle (tests/chaos/oracle.py).
 
-The normal suite runs a reduced set: three faults at 50% of a small drain, and the negative
+The normal suite runs a reduced set: four faults at 50% of a small drain, and the negative
 control (a drain where the harness loses data on purpose, which the oracle must catch).
 PIPELINE_CHAOS_FULL=1 runs every fault at 10%, 50% and 90% (as `make chaos` does, which also
 prints the table).
@@ -23,8 +23,15 @@ from tests.chaos.plan import BadInput
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 EVERYTHING = os.environ.get("PIPELINE_CHAOS_FULL", "") not in ("", "0")
-# each fails on the code before issue 12's fixes (9f9eed5); the first two SIGKILL the worker too
-REDUCED_FAULTS = ["clickhouse killed, worker restart", "postgres down, worker restart", "poison datum"]
+# each of the first three fails on the code before issue 12's fixes (9f9eed5); the first two SIGKILL the
+# worker too. "broker killed" lost resent datums in about 1 run in 4 before faust_fixes 7./8. (7 of 27
+# runs; 0 of 20 after: CHANGELOG), so a regression shows here within a few CI runs, not at once.
+REDUCED_FAULTS = [
+    "clickhouse killed, worker restart",
+    "postgres down, worker restart",
+    "poison datum",
+    "broker killed",
+]
 CASES = [(name, p) for name in FAULTS for p in POINTS] if EVERYTHING else [(name, 0.5) for name in REDUCED_FAULTS]
 DELETED, PHANTOM = 5, 25
 
