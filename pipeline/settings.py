@@ -87,6 +87,13 @@ class Settings:
         },
     )
     topic_scan_interval_s: float = field(default=2.0, metadata={"doc": "How often new source topics are looked for"})
+    metadata_max_age_s: float = field(
+        default=10.0,
+        metadata={
+            "doc": "Oldest the workers' view of a topic's partitions may grow: a partition added (or a topic a"
+            " broker created again with other partitions) is assigned and read within this"
+        },
+    )
     session_timeout_s: float = field(default=10.0, metadata={"doc": "Consumer group session timeout"})
     rebalance_timeout_s: float = field(default=6.0, metadata={"doc": "Consumer group rebalance timeout"})
     max_message_bytes: int = field(default=8 * 1024 * 1024, metadata={"doc": "Largest Kafka message"})

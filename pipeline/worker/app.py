@@ -201,6 +201,12 @@ class DatumWorker:
             broker_rebalance_timeout=settings.rebalance_timeout_s,
             broker_heartbeat_interval=1.0,
             broker_commit_interval=1.0,
+            # Faust's default is 5 min: partitions a topic gained (an operator scaling out, or a broker
+            # that restarted without its data and created the topic again with its own count) went
+            # unassigned that long, their datums unread (the broker-killed drill: 4 partitions where
+            # the group's leader still knew 2)
+            consumer_metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
+            producer_metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
             consumer_max_fetch_size=settings.max_message_bytes,
             producer_max_request_size=settings.max_message_bytes,
             stream_wait_empty=False,
