@@ -22,6 +22,7 @@ from pipeline.wire.codec import message_weight
 from pipeline.worker.faust_fixes import (
     FIRST_TAKEN,
     RELIES_ON,
+    ack_of_handled_only,
     commit_of_current_assignment,
     contiguous_new_offset,
     count_generations_locally,
@@ -272,6 +273,7 @@ def test_every_workaround_has_its_reliances_listed() -> None:
         "seek_to_committed_at_once/update_fetch_positions_at_once",
         "new_logs_kept/start_new_log",
         "count_generations_locally/forget_taken/commit_of_current_assignment",
+        "ack_of_handled_only",
     }
 
 
@@ -595,6 +597,7 @@ class Record:
         self.tp, self.offset, self.topic = tp, offset, tp.topic
         self.key = self.value = None
         self.acked = False
+        self.tracked = True  # handed to an agent (a stream skipping it would leave it False)
 
 
 class DrainingConsumer:
@@ -682,17 +685,16 @@ def test_a_log_that_started_again_is_handled_not_dropped(caplog: pytest.LogCaptu
 def test_a_late_ack_from_the_old_log_never_lets_the_commit_pass_the_new_one() -> None:
     """The old log's 1 and 2 are still with an agent when the new log starts; acked late, they must
     not count as the new log's 1 and 2 (not acked yet): the commit may pass only the new 0."""
-    from faust.transport.consumer import Consumer
 
     consumer, (old, new) = _drain([[1, 2], [0, 1, 2]], keep_new_logs=True)
     for record in old:
-        Consumer.ack(consumer, record)  # type: ignore[arg-type]
-    Consumer.ack(consumer, new[0])  # type: ignore[arg-type]
+        faust_own_ack(consumer, record)  # type: ignore[arg-type]
+    faust_own_ack(consumer, new[0])  # type: ignore[arg-type]
     assert contiguous_new_offset(consumer, LOG_TP) == 1
     consumer._committed_offset[LOG_TP] = 1  # as Faust records the commit
     assert not any(r in consumer._unacked_messages for r in old)  # settled: no wait for them at stop
     for record in new[1:]:
-        Consumer.ack(consumer, record)  # type: ignore[arg-type]
+        faust_own_ack(consumer, record)  # type: ignore[arg-type]
     assert contiguous_new_offset(consumer, LOG_TP) == 3
 
 
@@ -761,7 +763,6 @@ def test_a_commit_for_the_current_assignment_is_sent_by_aiokafka_own_method() ->
 def test_messages_unacked_at_a_revoke_count_for_nothing_after_it() -> None:
     """Taken before the revoke, acked after it: Faust would put 5 and 6 in the next assignment's
     bookkeeping (then commit 7 to a broker whose log starts again at 0)."""
-    from faust.transport.consumer import Consumer
 
     consumer = DrainingConsumer([], keep_new_logs=True)
     revoked, kept = Record(LOG_TP, 5), Record(LOG_TP, 6)
@@ -770,7 +771,7 @@ def test_messages_unacked_at_a_revoke_count_for_nothing_after_it() -> None:
         consumer._unacked_messages.add(record)
     forget_taken(consumer, [LOG_TP])
     for record in (revoked, kept, other):
-        Consumer.ack(consumer, record)  # type: ignore[arg-type]
+        faust_own_ack(consumer, record)  # type: ignore[arg-type]
     assert consumer._acked[LOG_TP] == []
     assert consumer._acked[other.tp] == [9]  # partitions not revoked are untouched
     assert set(consumer._unacked_messages) == set()
@@ -792,3 +793,39 @@ def test_each_assignment_is_a_new_generation_even_when_the_broker_repeats_its_ow
         asyncio.run(count_generations_locally(listener, [LOG_TP]))
     assert [g for _, g in got] == [1, 2]
     assert listener._thread.app.consumer_generation_id == 2
+
+
+# -- a message the streams skipped is acked (9.) ------------------------------------------------------
+
+
+def faust_own_ack(consumer: Any, message: Any) -> bool:
+    from pipeline.worker.faust_fixes import _faust_own_ack
+
+    done: bool = _faust_own_ack()(consumer, message)
+    return done
+
+
+def _acked_around_a_skip(ack: Any) -> DrainingConsumer:
+    consumer = DrainingConsumer([], keep_new_logs=True)
+    handled, skipped, later = Record(LOG_TP, 0), Record(LOG_TP, 1), Record(LOG_TP, 2)
+    skipped.tracked = False  # fetched under the last assignment, or while a rebalance suspended the flow
+    for record in (handled, later):
+        consumer._unacked_messages.add(record)
+    consumer.__dict__[FIRST_TAKEN] = {LOG_TP: 0}
+    for record in (handled, skipped, later):  # Faust's stream acks what it skipped too
+        ack(consumer, record)
+    return consumer
+
+
+def test_faust_commits_past_a_message_its_streams_skipped() -> None:
+    """The drill's last loss: skipped during a rebalance, acked, committed past, never handled."""
+    assert contiguous_new_offset(_acked_around_a_skip(faust_own_ack), LOG_TP) == 3
+
+
+def test_a_skipped_message_holds_the_commit_until_it_is_handled() -> None:
+    consumer = _acked_around_a_skip(ack_of_handled_only)
+    assert contiguous_new_offset(consumer, LOG_TP) == 1
+    consumer._committed_offset[LOG_TP] = 1
+    again = Record(LOG_TP, 1)  # fetched again after the assignment, handed to an agent this time
+    ack_of_handled_only(consumer, again)
+    assert contiguous_new_offset(consumer, LOG_TP) == 3
