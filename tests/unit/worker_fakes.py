@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from weakref import WeakSet
 
 import faust
 import pytest
@@ -32,6 +33,7 @@ class FakeAdmin:
 
 def make_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: Any) -> DatumWorker:
     monkeypatch.setattr(worker_app, "TopicAdmin", FakeAdmin)
-    consumer = SimpleNamespace()  # what the worker hands Faust's consumer: never started, no threads
+    # what the worker hands Faust's consumer: never started, no threads; what faust_fixes settles at a revoke
+    consumer = SimpleNamespace(_unacked_messages=WeakSet())
     monkeypatch.setattr(faust.App, "consumer", property(lambda _app: consumer))
     return DatumWorker(Settings(data_dir=tmp_path, kafka_bootstrap="localhost:1", metrics_port=0, **settings))
