@@ -24,8 +24,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 EVERYTHING = os.environ.get("PIPELINE_CHAOS_FULL", "") not in ("", "0")
 # each of the first three fails on the code before issue 12's fixes (9f9eed5); the first two SIGKILL the
-# worker too. "broker killed" lost resent datums in about 1 run in 4 before faust_fixes 7./8. (7 of 27
-# runs; 0 of 20 after: CHANGELOG), so a regression shows here within a few CI runs, not at once.
+# worker too. "broker killed" lost resent datums in about 1 run in 4 before faust_fixes 8./9. and the
+# metadata age (7 of 27 runs; 16 of 16 exact after all of them: CHANGELOG), so a regression shows here
+# within a few CI runs, not always at once.
 REDUCED_FAULTS = [
     "clickhouse killed, worker restart",
     "postgres down, worker restart",
