@@ -123,14 +123,8 @@ log = logging.getLogger(__name__)
 
 FIRST_TAKEN = "_pipeline_first_taken"
 _applied = False
-_faust_new_offset: Any = None  # Faust's own Consumer._new_offset, once `apply` replaced it
-_faust_commit: Any = None  # Faust's own AIOKafkaConsumerThread._commit, once `apply` replaced it
-_aiokafka_seek_to_committed: Any = None  # aiokafka's own, once `apply` replaced them
-_aiokafka_update_fetch_positions: Any = None
-_faust_getmany: Any = None  # Faust's own Consumer.getmany, once `apply` replaced it
-_faust_on_assigned: Any = None  # Faust's own ConsumerRebalanceListener.on_partitions_assigned, once replaced
-_aiokafka_do_commit_offsets: Any = None  # aiokafka's own GroupCoordinator._do_commit_offsets, once replaced
-_faust_ack: Any = None  # Faust's own Consumer.ack, once `apply` replaced it
+# the libraries' own methods that `apply` replaced, by (class, name)
+_REPLACED: dict[tuple[Any, str], Any] = {}
 
 
 def note_taken(consumer: Any, messages: Iterable[Any]) -> None:
@@ -184,10 +178,17 @@ def _settle(consumer: Any, tps: set[Any]) -> None:
     records nothing for them (7., 8.). The agents still store them; they are delivered again."""
     from faust.types.tuples import ack_lock
 
-    with ack_lock:
+    with ack_lock:  # Faust's ack changes the set under it
         for message in [m for m in list(consumer._unacked_messages) if m.tp in tps]:
-            message.acked = True
-            consumer._unacked_messages.discard(message)
+            _settle_message(consumer, message)
+
+
+def _settle_message(consumer: Any, message: Any) -> None:
+    from faust.types.tuples import ack_lock
+
+    with ack_lock:  # reentrant
+        message.acked = True
+        consumer._unacked_messages.discard(message)
 
 
 def contiguous_new_offset(self: Any, tp: Any) -> int | None:
@@ -295,11 +296,7 @@ def ack_of_handled_only(self: Any, message: Any) -> bool:
     """Faust's `Consumer.ack` for a message the streams handed to an agent (`tracked`); a message
     they skipped is settled instead, its ack recorded nowhere (9. above)."""
     if not message.tracked:
-        from faust.types.tuples import ack_lock
-
-        with ack_lock:
-            message.acked = True
-            self._unacked_messages.discard(message)
+        _settle_message(self, message)
         return False
     done: bool = _faust_own_ack()(self, message)
     return done
@@ -432,24 +429,14 @@ def apply() -> None:
     from faust.transport.consumer import Consumer
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, ConsumerRebalanceListener
 
-    global _faust_new_offset, _faust_commit, _aiokafka_seek_to_committed, _aiokafka_update_fetch_positions
-    global _faust_getmany, _faust_on_assigned, _aiokafka_do_commit_offsets, _faust_ack
-    _faust_new_offset = Consumer.__dict__["_new_offset"]
-    Consumer._new_offset = contiguous_new_offset  # type: ignore[method-assign]
-    _faust_commit = AIOKafkaConsumerThread.__dict__["_commit"]
-    AIOKafkaConsumerThread._commit = commit_racing_rebalance  # type: ignore[method-assign]
-    _aiokafka_seek_to_committed = AIOKafkaConsumer.__dict__["seek_to_committed"]
-    AIOKafkaConsumer.seek_to_committed = seek_to_committed_at_once
-    _aiokafka_update_fetch_positions = Fetcher.__dict__["_update_fetch_positions"]
-    Fetcher._update_fetch_positions = update_fetch_positions_at_once
-    _faust_getmany = Consumer.__dict__["getmany"]
-    Consumer.getmany = getmany_keeping_new_logs  # type: ignore[method-assign]
-    _faust_on_assigned = ConsumerRebalanceListener.__dict__["on_partitions_assigned"]
-    ConsumerRebalanceListener.on_partitions_assigned = count_generations_locally  # type: ignore[method-assign]
-    _aiokafka_do_commit_offsets = GroupCoordinator.__dict__["_do_commit_offsets"]
-    GroupCoordinator._do_commit_offsets = commit_of_current_assignment
-    _faust_ack = Consumer.__dict__["ack"]
-    Consumer.ack = ack_of_handled_only  # type: ignore[method-assign]
+    _replace(Consumer, "_new_offset", contiguous_new_offset)
+    _replace(AIOKafkaConsumerThread, "_commit", commit_racing_rebalance)
+    _replace(AIOKafkaConsumer, "seek_to_committed", seek_to_committed_at_once)
+    _replace(Fetcher, "_update_fetch_positions", update_fetch_positions_at_once)
+    _replace(Consumer, "getmany", getmany_keeping_new_logs)
+    _replace(ConsumerRebalanceListener, "on_partitions_assigned", count_generations_locally)
+    _replace(GroupCoordinator, "_do_commit_offsets", commit_of_current_assignment)
+    _replace(Consumer, "ack", ack_of_handled_only)
     _applied = True
 
 
@@ -545,33 +532,39 @@ def _monitor_class() -> Any:
     return Monitor
 
 
-def _own(cls: Any, name: str, saved: Any) -> Any:
+def _replace(cls: Any, name: str, ours: Any) -> None:
+    """Put `ours` in place of `cls.name`, keeping the library's own for `_own`."""
+    _REPLACED[(cls, name)] = cls.__dict__[name]
+    setattr(cls, name, ours)
+
+
+def _own(cls: Any, name: str) -> Any:
     """The library's own `cls.name`: the one `apply` saved when it replaced it, else the class's."""
-    return saved if saved is not None else cls.__dict__.get(name)
+    return _REPLACED.get((cls, name), cls.__dict__.get(name))
 
 
 def _faust_own_new_offset() -> Any:
-    return _own(_consumer_class(), "_new_offset", _faust_new_offset)
+    return _own(_consumer_class(), "_new_offset")
 
 
 def _faust_own_ack() -> Any:
-    return _own(_consumer_class(), "ack", _faust_ack)
+    return _own(_consumer_class(), "ack")
 
 
 def _faust_own_getmany() -> Any:
-    return _own(_consumer_class(), "getmany", _faust_getmany)
+    return _own(_consumer_class(), "getmany")
 
 
 def _faust_own_on_assigned() -> Any:
     from faust.transport.drivers.aiokafka import ConsumerRebalanceListener
 
-    return _own(ConsumerRebalanceListener, "on_partitions_assigned", _faust_on_assigned)
+    return _own(ConsumerRebalanceListener, "on_partitions_assigned")
 
 
 def _do_commit_offsets() -> Any:
     from aiokafka.consumer.group_coordinator import GroupCoordinator
 
-    return _own(GroupCoordinator, "_do_commit_offsets", _aiokafka_do_commit_offsets)
+    return _own(GroupCoordinator, "_do_commit_offsets")
 
 
 def _consumer_thread_class() -> Any:
@@ -581,7 +574,7 @@ def _consumer_thread_class() -> Any:
 
 
 def _faust_own_commit() -> Any:
-    return _own(_consumer_thread_class(), "_commit", _faust_commit)
+    return _own(_consumer_thread_class(), "_commit")
 
 
 def _consecutive_numbers_exists(_app: Any) -> bool:
@@ -629,13 +622,13 @@ _AT_ONCE = "seek_to_committed_at_once/update_fetch_positions_at_once (committed 
 def _seek_to_committed() -> Any:
     from aiokafka import AIOKafkaConsumer
 
-    return _own(AIOKafkaConsumer, "seek_to_committed", _aiokafka_seek_to_committed)
+    return _own(AIOKafkaConsumer, "seek_to_committed")
 
 
 def _update_fetch_positions() -> Any:
     from aiokafka.consumer.fetcher import Fetcher
 
-    return _own(Fetcher, "_update_fetch_positions", _aiokafka_update_fetch_positions)
+    return _own(Fetcher, "_update_fetch_positions")
 
 
 def _partition_state_has(*names: str) -> bool:
