@@ -113,7 +113,8 @@ class TopicAdmin:
         missing = [n for n in set(names) if n not in self._known]
         if not missing:
             return
-        missing = [n for n in missing if n not in self.existing()]
+        listed = self.existing()  # one listing for all of them, not one per missing name
+        missing = [n for n in missing if n not in listed]
         if not missing:
             return
         futures = self._admin.create_topics(

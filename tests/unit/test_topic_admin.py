@@ -61,3 +61,18 @@ def test_topics_a_restarted_broker_lost_are_created_again_after_the_next_listing
     assert admin.existing() == set()
     admin.ensure(["pipeline.rollup-stale", "pipeline.deadletter"])
     assert sorted(broker(admin).created) == sorted(first * 2)  # again, with the same partitions
+
+
+def test_one_listing_for_many_missing_topics(admin: producer.TopicAdmin, monkeypatch: pytest.MonkeyPatch) -> None:
+    listings: list[int] = []
+    fake = broker(admin)
+    list_topics = fake.list_topics
+
+    def counted(timeout: float) -> Any:
+        listings.append(1)
+        return list_topics(timeout)
+
+    monkeypatch.setattr(fake, "list_topics", counted)
+    admin.ensure(["a.1", "a.2", "a.3"])
+    assert len(listings) == 1
+    assert sorted(t for t, _ in fake.created) == ["a.1", "a.2", "a.3"]
