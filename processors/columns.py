@@ -14,11 +14,12 @@ Plain data in, plain data out: nothing here touches a store.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from processors.binding import Catalog, ResolvedSource
 from processors.catalog_versions import VersionedCatalog
@@ -31,7 +32,7 @@ from processors.datum import (
     source_id_problem,
 )
 from processors.qrating import ACCEPTABLE, CRITICAL, DESIRED, IDEAL, RateState, ScoreError, Scorer
-from processors.rows import DAY_MS, AcceptResult, RawColumns, Scoring, accept_batch
+from processors.rows import DAY_MS, RAW_COLUMNS, RawColumns, Scoring, accept_batch
 from processors.validation import plan_for
 
 I64 = npt.NDArray[np.int64]
@@ -42,6 +43,53 @@ FLAG_TABLE_MAX = 1 << 26
 
 KIND_I, KIND_A, KIND_S = ord("i"), ord("a"), ord("s")
 _KIND_NAME = {KIND_I: "i", KIND_A: "a", KIND_S: "s"}
+
+# The raw rows of a batch as Arrow columns: the raw table's columns, `created` in epoch ms (the
+# sink makes it a timestamp without a copy). What the columnar path hands the store: no Python
+# object per value from decode to insert (issue 13).
+RAW_SCHEMA = pa.schema(
+    [
+        ("node_id", pa.uint64()),
+        ("source_id", pa.string()),
+        ("created", pa.int64()),
+        ("property", pa.string()),
+        ("kind", pa.string()),
+        ("value", pa.float64()),
+        ("text", pa.string()),
+        ("tags", pa.list_(pa.string())),
+        ("datastream", pa.string()),
+        ("score", pa.float64()),
+        ("performance", pa.float64()),
+        ("label", pa.string()),
+        ("quality", pa.string()),
+        ("max_score", pa.float64()),
+        ("ttl_days", pa.uint32()),
+    ]
+)
+assert tuple(RAW_SCHEMA.names) == RAW_COLUMNS
+
+
+def raw_table(rows: RawColumns) -> pa.Table:
+    """The reference's raw rows (Python lists) as an Arrow table of RAW_SCHEMA."""
+    return pa.Table.from_arrays([pa.array(getattr(rows, f.name), f.type) for f in RAW_SCHEMA], schema=RAW_SCHEMA)
+
+
+def concat_raw(tables: Sequence[pa.Table]) -> pa.Table:
+    """Raw tables as one (no copy of their buffers); empty without any."""
+    return pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
+
+
+@dataclass
+class ColumnsResult:
+    """What `accept_columns` gives: `AcceptResult` (processors/rows.py) with its raw rows as Arrow
+    tables of RAW_SCHEMA."""
+
+    rows: pa.Table = field(default_factory=RAW_SCHEMA.empty_table)  # raw rows to store
+    latest: pa.Table = field(default_factory=RAW_SCHEMA.empty_table)  # samples of NEVER-stored datastreams
+    datums_accepted: int = 0
+    refused: list[tuple[Datum, list[Any], str]] = field(default_factory=list)
+    samples_expired: int = 0
+    datums_expired: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,18 +339,19 @@ def score_values(scorer: Scorer, v: F64) -> tuple[F64, F64, npt.NDArray[np.int8]
 
 @dataclass
 class _Scored:
-    """The rows of one (datastream plan, kind, property) group, before the bad streams are taken out."""
+    """The rows of one (datastream plan, kind, property) group, before the bad streams are taken
+    out: its scores as Arrow columns (null where a sample is not rated)."""
 
     idx: I64  # sample indices
     template: DatastreamTemplate
     ttl: int
     latest: bool
     expired: Bools
-    score: list[float | None]
-    performance: list[float | None]
-    label: list[str]
-    quality: list[str]
-    max_score: list[float | None]
+    score: pa.Array
+    performance: pa.Array
+    label: pa.Array
+    quality: pa.Array
+    max_score: pa.Array
 
 
 def accept_columns(
@@ -311,11 +360,11 @@ def accept_columns(
     catalog: Catalog | VersionedCatalog | None = None,
     scoring: Scoring | None = None,
     message_of: npt.NDArray[np.int64] | None = None,
-) -> tuple[AcceptResult, list[tuple[int, Datum, list[Any], str]]]:
+) -> tuple[ColumnsResult, list[tuple[int, Datum, list[Any], str]]]:
     """accept_batch over columns. Returns the result and its refusals as (message, datum,
     reasons, stage): `message_of` gives each datum's message (its dead letter's origin)."""
     scoring = scoring if scoring is not None else Scoring()
-    result = AcceptResult(RawColumns(), 0, [])
+    result = ColumnsResult()
     n = len(cols)
     refused: list[tuple[int, Datum, list[Any], str]] = []
     if n == 0:
@@ -453,79 +502,58 @@ def accept_columns(
     good_datum = ~bad[sid]
     accepted = int(good_datum.sum())
     result.datums_accepted += accepted
+    rows: list[pa.Table] = []
+    latest: list[pa.Table] = []
     if accepted:
-        value_list = cols.value.tolist()
-        kinds = cols.sample_kind.tolist()
-        created = cols.created.tolist()
-        sd = cols.sample_datum.tolist()
-        tx = text_at.tolist() if cols.text else []
+        # the batch's columns as Arrow once; each group's rows are takes from them, in C
+        sources = pa.array(cols.source_id, pa.string())
+        properties = pa.array(cols.property, pa.string())
+        tags = pa.array(cols.tags, pa.list_(pa.string()))
+        texts = pa.array(cols.text, pa.string())
 
         def add(
-            target: RawColumns,
-            idx: I64,
-            datastream: str,
-            ttl: int,
-            score: list[float | None] | None,
-            performance: list[float | None] | None,
-            label: list[str] | None,
-            quality: list[str] | None,
-            max_score: list[float | None] | None,
-            keep: Bools,
+            target: list[pa.Table], idx: I64, kind: int, datastream: str, ttl: int, g: _Scored | None, keep: Bools
         ) -> None:
-            take = idx[keep].tolist()
-            if not take:
-                return
-            pos = np.flatnonzero(keep).tolist() if score is not None else ()
-            ds = [sd[j] for j in take]
-            target.node_id.extend(nodes[d] for d in ds)
-            target.source_id.extend(cols.source_id[d] for d in ds)
-            target.created.extend(created[d] for d in ds)
-            target.property.extend(cols.property[j] for j in take)
-            kind_names = [_KIND_NAME[kinds[j]] for j in take]
-            target.kind.extend(kind_names)
-            for j, kn in zip(take, kind_names, strict=True):
-                if kn == "s":
-                    target.value.append(None)
-                    target.text.append(cols.text[tx[j]])
-                else:
-                    target.value.append(value_list[j])
-                    target.text.append("")
-            target.tags.extend(cols.tags[d] for d in ds)
+            everything = bool(keep.all())
+            take = idx if everything else idx[keep]
             m = len(take)
-            target.datastream.extend([datastream] * m)
-            if score is None:
-                target.score.extend([None] * m)
-                target.performance.extend([None] * m)
-                target.label.extend([""] * m)
-                target.quality.extend([""] * m)
-                target.max_score.extend([None] * m)
+            if not m:
+                return
+            d = cols.sample_datum[take]
+            if kind == KIND_S:
+                value, text = pa.nulls(m, pa.float64()), texts.take(text_at[take])
             else:
-                assert performance is not None and label is not None and quality is not None
-                assert max_score is not None
-                target.score.extend(score[k] for k in pos)
-                target.performance.extend(performance[k] for k in pos)
-                target.label.extend(label[k] for k in pos)
-                target.quality.extend(quality[k] for k in pos)
-                target.max_score.extend(max_score[k] for k in pos)
-            target.ttl_days.extend([ttl] * m)
+                value, text = pa.array(cols.value[take]), pa.repeat("", m)
+            if g is None:
+                nulls, empty = pa.nulls(m, pa.float64()), pa.repeat("", m)
+                scores = [nulls, nulls, empty, empty, nulls]
+            else:
+                scores = [g.score, g.performance, g.label, g.quality, g.max_score]
+                if not everything:
+                    kept = pa.array(keep)
+                    scores = [a.filter(kept) for a in scores]
+            arrays = [
+                pa.array(cols.node_id[d].astype(np.uint64)),
+                sources.take(d),
+                pa.array(cols.created[d]),
+                properties.take(take),
+                pa.repeat(_KIND_NAME[kind], m),
+                value,
+                text,
+                tags.take(d),
+                pa.repeat(datastream, m),
+                *scores,
+                pa.repeat(pa.scalar(ttl, pa.uint32()), m),
+            ]
+            target.append(pa.Table.from_arrays(arrays, schema=RAW_SCHEMA))
 
         for idx in unbound:
-            add(result.rows, idx, "", 0, None, None, None, None, None, good_datum[cols.sample_datum[idx]])
+            add(rows, idx, int(cols.sample_kind[idx[0]]), "", 0, None, good_datum[cols.sample_datum[idx]])
         expired_datums: set[int] = set()
         for g in scored:
             keep = good_datum[cols.sample_datum[g.idx]]
-            add(
-                result.latest if g.latest else result.rows,
-                g.idx,
-                g.template.identifier,
-                g.ttl,
-                g.score,
-                g.performance,
-                g.label,
-                g.quality,
-                g.max_score,
-                keep,
-            )
+            kind = int(cols.sample_kind[g.idx[0]])
+            add(latest if g.latest else rows, g.idx, kind, g.template.identifier, g.ttl, g, keep)
             hit = g.expired & keep
             if hit.any():
                 result.samples_expired += int(hit.sum())
@@ -546,13 +574,16 @@ def accept_columns(
             while j < len(datums) and msgs[j] == msgs[k]:
                 j += 1
             part = accept_batch(datums[k:j], now_ms, catalog, scoring)
-            result.rows.extend(part.rows)
-            result.latest.extend(part.latest)
+            if len(part.rows):
+                rows.append(raw_table(part.rows))
+            if len(part.latest):
+                latest.append(raw_table(part.latest))
             result.datums_accepted += part.datums_accepted
             result.samples_expired += part.samples_expired
             result.datums_expired += part.datums_expired
             refused += [(msgs[k], d, reasons, stage) for d, reasons, stage in part.refused]
             k = j
+    result.rows, result.latest = concat_raw(rows), concat_raw(latest)
     result.refused = [(d, reasons, stage) for _m, d, reasons, stage in refused]
     return result, refused
 
@@ -580,9 +611,8 @@ def _score_group(
     scorer = scoring.scorer(template)
     m = len(idx)
     if scorer is None:
-        return _Scored(
-            idx, template, ttl_value, latest, expired, [None] * m, [None] * m, [""] * m, [""] * m, [None] * m
-        )
+        nulls, empty = pa.nulls(m, pa.float64()), pa.repeat("", m)
+        return _Scored(idx, template, ttl_value, latest, expired, nulls, nulls, empty, empty, nulls)
     labels = (scorer._l0, scorer._l1, scorer._l2, scorer._l3, scorer._l4)
     divisor = scorer.cumulative_period_divisor
     if texts is not None:
@@ -602,7 +632,19 @@ def _score_group(
             out_l.append("" if sc is None else sc.label)
             out_q.append("" if sc is None else sc.quality)
             out_m.append(None if sc is None else scorer.max_score)
-        return _Scored(idx, template, ttl_value, latest, expired, out_s, out_p, out_l, out_q, out_m)
+        f64 = pa.float64()
+        return _Scored(
+            idx,
+            template,
+            ttl_value,
+            latest,
+            expired,
+            pa.array(out_s, f64),
+            pa.array(out_p, f64),
+            pa.array(out_l, pa.string()),
+            pa.array(out_q, pa.string()),
+            pa.array(out_m, f64),
+        )
     if divisor is None:
         rated = np.ones(m, bool)
         x = values
@@ -641,19 +683,20 @@ def _score_group(
         x = np.empty(m)
         x[o] = np.where(ok_o, rate, 0.0)
     score, perf, band = score_values(scorer, np.where(rated, x, scorer._t2))
-    band_l = band.tolist()
-    rated_l = rated.tolist()
-    sc_l, pf_l = score.tolist(), perf.tolist()
-    max_score = scorer.max_score
+    unrated = ~rated
+    # a band's label and quality, by band code; the last entry ("") for a sample not rated
+    band_of = np.where(rated, band, len(_BANDS))
+    names = pa.array([labels[b[0]] for b in _BANDS] + [""])
+    qualities = pa.array([b[1] for b in _BANDS] + [""])
     return _Scored(
         idx,
         template,
         ttl_value,
         latest,
         expired,
-        [sc_l[k] if r else None for k, r in enumerate(rated_l)],
-        [pf_l[k] if r else None for k, r in enumerate(rated_l)],
-        [labels[_BANDS[b][0]] if r else "" for b, r in zip(band_l, rated_l, strict=True)],
-        [_BANDS[b][1] if r else "" for b, r in zip(band_l, rated_l, strict=True)],
-        [max_score if r else None for r in rated_l],
+        pa.array(score, mask=unrated),
+        pa.array(perf, mask=unrated),
+        names.take(band_of),
+        qualities.take(band_of),
+        pa.array(np.full(m, scorer.max_score, np.float64), mask=unrated),
     )

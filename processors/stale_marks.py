@@ -37,6 +37,10 @@ from dataclasses import dataclass, field
 from operator import add
 from typing import NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
 HALFHOUR_MS = 1_800_000
 VERSION = 1
 BUNDLE = 2
@@ -217,6 +221,65 @@ def encode_columns(
             lo = firsts[k]
             flat += (n, lo, lasts[k] - lo)
         out.append((node, source, _pack(node, source, names, flat, inserted_ms)))
+    return out
+
+
+def encode_arrow(
+    node_ids: pa.Array | pa.ChunkedArray,
+    source_ids: pa.Array | pa.ChunkedArray,
+    created: npt.NDArray[np.int64],
+    properties: pa.Array | pa.ChunkedArray,
+    kinds: pa.Array | pa.ChunkedArray,
+    inserted_ms: int | None = None,
+) -> list[tuple[int, str, bytes]]:
+    """`encode_columns` of Arrow columns: the same marks, byte for byte (streams, and each
+    stream's spans, in first-seen order), with the cells found by Arrow's hash grouping in C
+    instead of two dict lookups per row in Python (the columnar datum path's rows, issue 13)."""
+    n = len(created)
+    if not n:
+        return []
+    rows = pa.table(
+        {
+            "n": node_ids,
+            "s": source_ids,
+            "h": created // HALFHOUR_MS,
+            "p": properties,
+            "k": kinds,
+            "c": created,
+            "i": np.arange(n, dtype=np.int64),
+        }
+    )
+    cells = rows.group_by(["n", "s", "h", "p", "k"], use_threads=False).aggregate(
+        [("c", "min"), ("c", "max"), ("i", "min")]
+    )
+    nodes, sources = cells.column("n").to_pylist(), cells.column("s").to_pylist()
+    props, kinds_ = cells.column("p").to_pylist(), cells.column("k").to_pylist()
+    firsts, lasts = cells.column("c_min").to_pylist(), cells.column("c_max").to_pylist()
+    seen = cells.column("i_min").to_numpy()
+    # a stream's place: its first row; a cell's: its first row within its stream
+    stream_of: dict[tuple[int, str], int] = {}
+    stream_ids = [stream_of.setdefault(key, len(stream_of)) for key in zip(nodes, sources, strict=True)]
+    sid = np.asarray(stream_ids, dtype=np.int64)
+    stream_first = np.full(len(stream_of), n, dtype=np.int64)
+    np.minimum.at(stream_first, sid, seen)
+    order = np.lexsort((seen, stream_first[sid])).tolist()
+    out: list[tuple[int, str, bytes]] = []
+    current, node, source = -1, 0, ""
+    names: dict[tuple[str, str], int] = {}
+    flat: list[int] = []
+    for g in order:
+        if stream_ids[g] != current:
+            if current >= 0:
+                out.append((node, source, _pack(node, source, names, flat, inserted_ms)))
+            current, node, source = stream_ids[g], nodes[g], sources[g]
+            names, flat = {}, []
+        name = (props[g], kinds_[g])
+        k = names.get(name)
+        if k is None:
+            names[name] = k = len(names)
+        lo = firsts[g]
+        flat += (k, lo, lasts[g] - lo)
+    out.append((node, source, _pack(node, source, names, flat, inserted_ms)))
     return out
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from processors.columns import RAW_SCHEMA, raw_table
 from processors.rows import RAW_COLUMNS, RawColumns
 from sinks.base import Sink, SinkBackpressure
 from sinks.ddl import Cluster, Engine, SchemaObject, Table, View, alter_table, statements, storage_name
@@ -377,7 +378,7 @@ def migrate_raw_ttl(client: Client, cluster: str = "") -> bool:
     return True
 
 
-class RawSink(Sink[RawColumns, int]):
+class RawSink(Sink[pa.Table | RawColumns, int]):
     """Raw sample rows (`datum_raw`, or the latest-values table), idempotent by the table's
     replacing key."""
 
@@ -390,9 +391,11 @@ class RawSink(Sink[RawColumns, int]):
     def setup(self) -> None:
         ensure_schema(self.client, self.cluster_name)  # the raw, latest and dead-letter tables and their views
 
-    def write(self, batch: RawColumns, inserted_ms: int | None = None, origins: Sequence[Origin] = ()) -> int:
-        """Insert the batch as one Arrow table: the columns go to C once each (no Python loop
-        per value, as the Native encoder of Python lists has). `inserted_ms` stamps every row
+    def write(
+        self, batch: pa.Table | RawColumns, inserted_ms: int | None = None, origins: Sequence[Origin] = ()
+    ) -> int:
+        """Insert the batch as one Arrow table (the columnar path's own, or the reference's lists
+        converted once: no Python loop per value, as the Native encoder of Python lists has). `inserted_ms` stamps every row
         (the batch's identity in the rollup ledger, and the replacing version); default: the
         server's clock. `origins`: the (topic, partition, offset) of the messages the rows come
         from; on a cluster they and the rows make the insert's deduplication token."""
@@ -406,41 +409,29 @@ class RawSink(Sink[RawColumns, int]):
         # The rows without their `inserted` stamp, which is new at every attempt. A copy dropped
         # as a duplicate leaves the first attempt's stamp: the rollup ledger's repair (stamps
         # stored but never rolled up) covers a stamp whose marks were never sent.
-        token = raw_token(table.drop_columns(["inserted"]) if inserted_ms is not None else table, origins)
+        # by content, whatever the chunks (a batch's groups are chunks of their own)
+        rows = table.drop_columns(["inserted"]) if inserted_ms is not None else table
+        token = raw_token(rows.combine_chunks(), origins)
         with backpressure(f"raw insert of {len(batch)} rows into {self.table}"):
             self.client.insert_arrow(self.table, table, **insert_kwargs(self.cluster, token))
         return len(batch)
 
 
 _UTC_MS = pa.timestamp("ms", tz="UTC")
-RAW_ARROW = pa.schema(
-    [
-        ("node_id", pa.uint64()),
-        ("source_id", pa.string()),
-        ("created", _UTC_MS),
-        ("property", pa.string()),
-        ("kind", pa.string()),
-        ("value", pa.float64()),
-        ("text", pa.string()),
-        ("tags", pa.list_(pa.string())),
-        ("datastream", pa.string()),
-        ("score", pa.float64()),
-        ("performance", pa.float64()),
-        ("label", pa.string()),
-        ("quality", pa.string()),
-        ("max_score", pa.float64()),
-        ("ttl_days", pa.uint32()),
-    ]
-)
+# processors.columns.RAW_SCHEMA with `created` a timestamp: what the raw table takes
+RAW_ARROW = RAW_SCHEMA.set(RAW_SCHEMA.get_field_index("created"), pa.field("created", _UTC_MS))
 assert tuple(RAW_ARROW.names) == RAW_COLUMNS
 
 
-def raw_arrow(batch: RawColumns, inserted_ms: int | None = None) -> pa.Table:
-    """The raw rows as an Arrow table of the raw table's columns (and `inserted`, if given)."""
-    arrays = [pa.array(getattr(batch, f.name), f.type) for f in RAW_ARROW]
+def raw_arrow(batch: pa.Table | RawColumns, inserted_ms: int | None = None) -> pa.Table:
+    """The raw rows as an Arrow table of the raw table's columns (and `inserted`, if given);
+    `created` epoch ms become timestamps without a copy."""
+    table = batch if isinstance(batch, pa.Table) else raw_table(batch)
+    arrays = [table.column(name) for name in RAW_COLUMNS]
+    arrays[RAW_COLUMNS.index("created")] = arrays[RAW_COLUMNS.index("created")].cast(_UTC_MS)
     schema = RAW_ARROW
     if inserted_ms is not None:
-        arrays.append(pa.array(np.full(len(batch), inserted_ms, dtype=np.int64)).cast(_UTC_MS))
+        arrays.append(pa.chunked_array([pa.array(np.full(len(table), inserted_ms, dtype=np.int64)).cast(_UTC_MS)]))
         schema = schema.append(pa.field("inserted", _UTC_MS))
     return pa.Table.from_arrays(arrays, schema=schema)
 

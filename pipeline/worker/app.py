@@ -42,6 +42,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import Any, TypeVar, cast
 
 import faust
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from faust.types import EventT
 from prometheus_client import CollectorRegistry, start_http_server
@@ -542,11 +543,10 @@ class DatumWorker:
         m.samples_expired.inc(outcome.samples_expired)
         m.datums_expired.inc(outcome.datums_expired)
         if len(outcome.rows):
-            for kind in ("i", "a", "s"):
-                count = outcome.rows.kind.count(kind)
-                if count:
-                    m.samples_accepted.labels(kind).inc(count)
-            observe_many(m.qrating_performance, [p for p in outcome.rows.performance if p is not None])
+            kinds = outcome.rows.column("kind").value_counts().to_pylist()
+            for count in kinds:
+                m.samples_accepted.labels(count["values"]).inc(count["counts"])
+            observe_many(m.qrating_performance, outcome.rows.column("performance").drop_null().to_numpy())
             if outcome.newest_created_ms:
                 m.created_to_stored_seconds.observe(max(0.0, time.time() - outcome.newest_created_ms / 1000))
         return outcome.letters
@@ -572,7 +572,7 @@ class DatumWorker:
 
     async def store(
         self,
-        rows: RawColumns,
+        rows: pa.Table | RawColumns,
         *,
         latest: bool = False,
         stamp: int | None = None,

@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from faust.types import EventT
 
 from pipeline.wire.codec import (
@@ -26,10 +27,10 @@ from pipeline.wire.codec import (
 from pipeline.wire.topics import stream_key
 from pipeline.worker.commit import Isolated, describe, stage_named
 from processors.catalog_versions import VersionedCatalog
-from processors.columns import DatumColumns, accept_columns, first_accumulating
+from processors.columns import RAW_SCHEMA, DatumColumns, accept_columns, concat_raw, first_accumulating, raw_table
 from processors.datum import Datum, Rejection
 from processors.rows import RawColumns, Scoring, accept_batch
-from processors.stale_marks import Change, SpanColumns, bundle, decode_marks, encode_columns
+from processors.stale_marks import Change, SpanColumns, bundle, decode_marks, encode_arrow, encode_columns
 
 StreamKey = tuple[int, str]  # (node, source)
 PartitionKey = tuple[str, int]  # (topic, partition)
@@ -37,8 +38,10 @@ PartitionKey = tuple[str, int]  # (topic, partition)
 
 @dataclass
 class BatchOutcome:
-    rows: RawColumns = field(default_factory=RawColumns)
-    latest: RawColumns = field(default_factory=RawColumns)
+    # raw rows to store, and samples of NEVER-stored datastreams (latest values): Arrow columns
+    # of processors.columns.RAW_SCHEMA
+    rows: pa.Table = field(default_factory=RAW_SCHEMA.empty_table)
+    latest: pa.Table = field(default_factory=RAW_SCHEMA.empty_table)
     letters: list[DeadLetter] = field(default_factory=list)
     datums: int = 0
     accepted: int = 0
@@ -141,12 +144,16 @@ def process_parts(
     if prepare is not None:
         with stage_named("rates"):
             prepare(first_accumulating(DatumColumns.concat([run.merged for run in runs]), now_ms))
+    rows: list[pa.Table] = []
+    latest: list[pa.Table] = []
     for run in runs:
         with stage_named("check"):
             if run.datums is None:
                 cols = run.merged
                 message_of = np.repeat(np.arange(len(run.columns)), [len(c) for c in run.columns])
-                result, refused = accept_columns(cols, now_ms, catalog, scoring, message_of)
+                got, refused = accept_columns(cols, now_ms, catalog, scoring, message_of)
+                rows.append(got.rows)
+                latest.append(got.latest)
                 letters = [
                     DeadLetter(reasons, run.origins[m], datum=datum, stage=stage)
                     for m, datum, reasons, stage in refused
@@ -154,18 +161,21 @@ def process_parts(
                 newest = int(cols.created.max()) if len(cols) else 0
             else:
                 result = accept_batch(run.datums, now_ms, catalog, scoring)
+                rows.append(raw_table(result.rows))
+                latest.append(raw_table(result.latest))
                 letters = [
                     DeadLetter(reasons, run.origins[0], datum=datum, stage=stage)
                     for datum, reasons, stage in result.refused
                 ]
                 newest = max((d.created_ms for d in run.datums), default=0)
-        out.rows.extend(result.rows)
-        out.latest.extend(result.latest)
-        out.accepted += result.datums_accepted
-        out.samples_expired += result.samples_expired
-        out.datums_expired += result.datums_expired
+        counted = got if run.datums is None else result
+        out.accepted += counted.datums_accepted
+        out.samples_expired += counted.samples_expired
+        out.datums_expired += counted.datums_expired
         out.letters += letters
         out.newest_created_ms = max(out.newest_created_ms, newest)
+    out.rows = concat_raw([t for t in rows if t.num_rows])
+    out.latest = concat_raw([t for t in latest if t.num_rows])
     return out
 
 
@@ -230,14 +240,20 @@ def stale_marks(changes: Iterable[Change], inserted_ms: int | None = None) -> li
     ]
 
 
-def column_marks(rows: RawColumns, inserted_ms: int | None = None) -> list[tuple[bytes, bytes]]:
-    """`stale_marks` of stored rows, read straight from their columns."""
-    return [
-        (stream_key(node, source), value)
-        for node, source, value in encode_columns(
-            rows.node_id, rows.source_id, rows.created, rows.property, rows.kind, inserted_ms
+def column_marks(rows: pa.Table | RawColumns, inserted_ms: int | None = None) -> list[tuple[bytes, bytes]]:
+    """`stale_marks` of stored rows, read straight from their columns (Arrow: `encode_arrow`)."""
+    if isinstance(rows, pa.Table):
+        encoded = encode_arrow(
+            rows.column("node_id"),
+            rows.column("source_id"),
+            rows.column("created").to_numpy(),
+            rows.column("property"),
+            rows.column("kind"),
+            inserted_ms,
         )
-    ]
+    else:
+        encoded = encode_columns(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind, inserted_ms)
+    return [(stream_key(node, source), value) for node, source, value in encoded]
 
 
 # A bundle of stale marks stays well under the broker's largest message (max_message_bytes).

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,10 +15,10 @@ from pipeline.wire import codec
 from processors import columns
 from processors.binding import Binding, Catalog, load_catalog
 from processors.catalog_versions import VersionedCatalog
-from processors.columns import DatumColumns, accept_columns, first_accumulating, score_values
+from processors.columns import ColumnsResult, DatumColumns, accept_columns, first_accumulating, score_values
 from processors.datum import Datum, check_envelope
 from processors.qrating import QRating, RateState, Scorer
-from processors.rows import AcceptResult, Scoring, accept_batch
+from processors.rows import AcceptResult, RawColumns, Scoring, accept_batch
 from tests.samples import SEED_QRATING, room_catalog, stream
 
 NOW = 1_700_000_000_000
@@ -108,11 +109,14 @@ def datums() -> st.SearchStrategy[Datum]:
     return st.one_of(clean(), clean(), wild())
 
 
-def rows_of(cols) -> list[tuple[object, ...]]:  # type: ignore[no-untyped-def]
-    return sorted((tuple(r) for r in zip(*cols.columns(), strict=True)), key=repr)
+def rows_of(cols: RawColumns | pa.Table) -> list[tuple[object, ...]]:
+    """Rows as a multiset (sorted), tags as tuples: the reference's lists and the Arrow columns alike."""
+    columns = cols.to_pydict().values() if isinstance(cols, pa.Table) else cols.columns()
+    rows = (tuple(tuple(v) if isinstance(v, list | tuple) else v for v in r) for r in zip(*columns, strict=True))
+    return sorted(rows, key=repr)
 
 
-def same(a: AcceptResult, b: AcceptResult) -> None:
+def same(a: ColumnsResult, b: AcceptResult) -> None:
     assert rows_of(a.rows) == rows_of(b.rows)
     assert rows_of(a.latest) == rows_of(b.latest)
     assert (a.datums_accepted, a.samples_expired, a.datums_expired) == (

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.wire.topics import stream_key
 from pipeline.worker.batch import bundle_marks, column_marks, read_marks, row_changes, stale_marks
+from processors.columns import raw_table
 from processors.datum import Datum
 from processors.rows import RawColumns
 from processors.stale_marks import (
@@ -23,6 +26,8 @@ from processors.stale_marks import (
     compact,
     decode,
     encode,
+    encode_arrow,
+    encode_columns,
     marks_in,
     unbundle,
 )
@@ -144,6 +149,47 @@ def test_marks_hold_each_half_hours_first_and_last_change(
     cols = compact(*zip(*rows, strict=True)) if rows else compact([], [], [], [], [])
     assert {k: set(v) for k, v in by_stream(cols).items()} == reference_spans(rows)
     assert cols.joined() == cols
+
+
+ARROW_ROWS = st.lists(
+    st.tuples(
+        st.sampled_from([0, 1, 2**40, 2**64 - 1]),
+        st.sampled_from(["/a", "/b", "/\u00e9", ""]),
+        st.integers(-(2**40), 2**40) | st.sampled_from([-1, 0, HALFHOUR_MS - 1, HALFHOUR_MS]),
+        st.sampled_from(["w", "wh", "mode"]),
+        st.sampled_from(["i", "a", "s"]),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=ARROW_ROWS, inserted=st.none() | MS)
+def test_marks_of_arrow_columns_are_the_marks_of_lists_byte_for_byte(
+    rows: list[tuple[int, str, int, str, str]], inserted: int | None
+) -> None:
+    """The columnar datum path's marks (`encode_arrow`, Arrow's hash grouping) are those of the
+    per-row reference (`encode_columns`): streams and spans in first-seen order, the same bytes."""
+    node, source, created, prop, kind = (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [], [], [])
+    want = encode_columns(node, source, created, prop, kind, inserted)
+    got = encode_arrow(
+        pa.array(node, pa.uint64()),
+        pa.array(source, pa.string()),
+        np.asarray(created, dtype=np.int64),
+        pa.array(prop, pa.string()),
+        pa.array(kind, pa.string()),
+        inserted,
+    )
+    assert got == want
+
+
+def test_column_marks_read_arrow_tables_and_lists_alike() -> None:
+    rows = RawColumns()
+    for k, prop in enumerate(["w", "wh", "w", "mode"]):
+        d = Datum(7, "/s", 1_000 + k * HALFHOUR_MS // 2, {prop: 1.0})
+        rows.add(d, "i", prop, 1.0)
+    assert column_marks(raw_table(rows), 5) == column_marks(rows, 5)
+    assert len(column_marks(raw_table(rows), 5)) == 1
 
 
 @given(rows=ROWS, parts=st.integers(1, 4), groups=st.integers(1, 5), inserted=st.none() | MS)
