@@ -146,7 +146,7 @@ def main() -> None:
         steps.wrap(worker_rollups._Plan, "fill", "recompute half hours")
         steps.wrap(worker_rollups, "read_rollups", "read stored rollups")
         steps.wrap(worker_rollups._Plan, "halfhours", "tombstones")
-        steps.wrap(sink_rollups, "cascade_rollups", "cascade in the store")
+        steps.wrap(sink_rollups, "cascade_stage", "cascade in the store")
         # the half hours' insert alone (RollupSink.write also runs the cascade, timed above)
         steps.wrap(sink_rollups, "write_rollups", "insert")
         base = (int(time.time() * 1000) // DAY_MS - 3) * DAY_MS

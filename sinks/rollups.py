@@ -465,6 +465,21 @@ def cascade_sql(per: Periodicity, ranges: Sequence[Range]) -> str:
     end ms), each combined from the stored rows of its finer level (CASCADE_SOURCE) that start
     inside it, plus a tombstone for every stored `per` row of those buckets that no child is left
     for: the cascade of `processors.rollup.combine`, computed where the rows are (issue 13).
+    `cascade_levels_sql` of one level."""
+    return cascade_levels_sql([(per, ranges)])
+
+
+def cascade_levels_sql(levels: Sequence[tuple[Periodicity, Sequence[Range]]]) -> str:
+    """One `INSERT … SELECT` of several levels' cascades (`cascade_sql`), their SELECTs joined by
+    UNION ALL: levels whose finer rows are all stored already (week and month both come from
+    days) cost the store one statement, not one each (a statement's planning alone is ~50 ms on
+    the embedded endpoint, whatever it carries)."""
+    selects = " UNION ALL ".join(_cascade_select(per, ranges) for per, ranges in levels)
+    return f"INSERT INTO {ROLLUP_TABLE} ({', '.join(ROLLUP_COLUMNS)}) {selects}"
+
+
+def _cascade_select(per: Periodicity, ranges: Sequence[Range]) -> str:
+    """The SELECT of `cascade_sql`: the rows (and tombstones) of one level's parent buckets.
 
     Equal to `combine` field for field: per (property, kind) the average weighted by count, min of
     mins, max of maxes, sums of counts and differences (added in time order from 0.0, as `combine`
@@ -504,8 +519,7 @@ def cascade_sql(per: Periodicity, ranges: Sequence[Range]) -> str:
         f" FROM ({groups})"
     )
     return (
-        f"INSERT INTO {ROLLUP_TABLE} ({', '.join(ROLLUP_COLUMNS)})"
-        f" SELECT {sql_str(per)}, g_node, g_source, g_property, g_kind,"
+        f"SELECT {sql_str(per)}, g_node, g_source, g_property, g_kind,"
         " fromUnixTimestamp64Milli(g_lo, 'UTC'), fromUnixTimestamp64Milli(g_hi, 'UTC'),"
         " if(g_parent, 0, g_n), if(g_parent, NULL, g_avg), if(g_parent, NULL, g_min), if(g_parent, NULL, g_max),"
         " if(g_parent, NULL, g_diff), if(g_parent, NULL, g_read_diff), if(g_parent, NULL, g_read_start),"
@@ -544,9 +558,10 @@ class RollupSink(Sink[RollupWrite, int]):
     def write(self, batch: RollupWrite) -> int:
         with backpressure(f"rollup insert of {len(batch.rows)} + {len(batch.tombstones)} tombstones"):
             written = write_rollups(self.client, batch.rows, batch.tombstones, self.cluster)
-            # each level after the one below it: it reads their stored rows
-            for per in PERIODICITIES[1:]:
-                written += cascade_rollups(self.client, per, batch.cascade.get(per, ()), self.cluster)
+            # each stage after the one below it: it reads their stored rows
+            for stage in CASCADE_STAGES:
+                levels = {per: batch.cascade.get(per, ()) for per in stage}
+                written += cascade_stage(self.client, levels, self.cluster)
             return written
 
 
@@ -613,20 +628,28 @@ def write_rollups(
 CASCADE_TEXT_BYTES = 200_000
 
 
-def _by_query_size(buckets: Sequence[tuple[int, str, int, int]]) -> Iterator[list[Range]]:
-    """The buckets as ranges (q, node, source, lo, hi), as many per statement as its text allows:
-    one statement per level for a fleet's batch (one per 1,000 cost the endpoint twice the time)."""
+def _by_query_size(buckets: Sequence[tuple[int, str, int, int]]) -> Iterator[tuple[list[Range], int]]:
+    """The buckets as ranges (q, node, source, lo, hi), as many per statement as its text allows
+    (and the text's estimated size): one statement per level for a fleet's batch (one per 1,000
+    cost the endpoint twice the time)."""
     chunk: list[Range] = []
     size = 0
     for node, source, lo, hi in buckets:
         row = 50 + 2 * len(source.encode())  # q, node, two instants, tabs; the source escaped at most 2x
         if chunk and size + row > CASCADE_TEXT_BYTES:
-            yield chunk
+            yield chunk, size
             chunk, size = [], 0
         chunk.append((len(chunk), node, source, lo, hi))
         size += row
     if chunk:
-        yield chunk
+        yield chunk, size
+
+
+# The cascade's levels in the order they can be combined: each from rows stored by a stage
+# before it (CASCADE_SOURCE). Week and month both come from days: one statement for both.
+CASCADE_STAGES: tuple[tuple[Periodicity, ...], ...] = (("hour",), ("day",), ("week", "month"), ("year",))
+assert [p for stage in CASCADE_STAGES for p in stage] == list(PERIODICITIES[1:])
+assert all(CASCADE_SOURCE[p] not in stage for stage in CASCADE_STAGES for p in stage)
 
 
 def cascade_rollups(
@@ -634,14 +657,40 @@ def cascade_rollups(
 ) -> int:
     """Combine the `per` rows of the given buckets (node, source, start ms, end ms) from the stored
     rows below them, tombstoning those left empty (`cascade_sql`); returns rows written, as the
-    store reports them. As many buckets per statement as its text allows (`_by_query_size`)."""
+    store reports them. `cascade_stage` of one level."""
+    return cascade_stage(client, {per: buckets}, cluster)
+
+
+def cascade_stage(
+    client: Client,
+    levels: Mapping[Periodicity, Sequence[tuple[int, str, int, int]]],
+    cluster: Cluster | None = None,
+) -> int:
+    """`cascade_rollups` of levels that need no row of each other (a stage of CASCADE_STAGES),
+    in as few statements as their text allows: every level's buckets in one statement when they
+    fit (`cascade_levels_sql`). Returns rows written, as the store reports them."""
     written = 0
     kwargs = insert_kwargs(cluster)  # on a cluster, synchronous into the Distributed table
-    # A bucket named twice would join its children twice (a node that changed zone is two tasks,
-    # whose buckets may coincide): each once.
-    for chunk in _by_query_size(sorted(set(buckets))):
-        summary = client.command(cascade_sql(per, chunk), **kwargs)
-        written += summary.written_rows if isinstance(summary, QuerySummary) else 0
+    statement: list[tuple[Periodicity, Sequence[Range]]] = []
+    size = 0
+
+    def send() -> None:
+        nonlocal written, size
+        if statement:
+            summary = client.command(cascade_levels_sql(statement), **kwargs)
+            written += summary.written_rows if isinstance(summary, QuerySummary) else 0
+        statement.clear()
+        size = 0
+
+    for per, buckets in levels.items():
+        # A bucket named twice would join its children twice (a node that changed zone is two
+        # tasks, whose buckets may coincide): each once.
+        for chunk, chunk_size in _by_query_size(sorted(set(buckets))):
+            if size + chunk_size > CASCADE_TEXT_BYTES:
+                send()
+            statement.append((per, chunk))
+            size += chunk_size
+    send()
     return written
 
 
