@@ -22,6 +22,7 @@ from sinks.clickhouse import (
     Range,
     backpressure,
     cluster_of,
+    final_rows,
     insert_kwargs,
     ranges_join,
     require_distributed,
@@ -150,9 +151,10 @@ def read_resets(client: Client, ranges: Sequence[tuple[int, str, int, int]]) -> 
     out: list[list[ResetMarker]] = [[] for _ in ranges]
     numbered: list[Range] = [(n, node, source, lo, hi) for n, (node, source, lo, hi) in enumerate(ranges)]
     for k in range(0, len(numbered), RANGES_CHUNK):
+        source, live = final_rows(AUX_TABLE, "a", live=True)
         result = client.query(
-            f"SELECT w.q, toUnixTimestamp64Milli(a.created), a.final, a.start FROM {AUX_VIEW} AS a"
-            f"{ranges_join('a', numbered[k : k + RANGES_CHUNK])} AND a.type = 'Reset'"
+            f"SELECT w.q, toUnixTimestamp64Milli(a.created), a.final, a.start FROM {source}"
+            f"{ranges_join('a', numbered[k : k + RANGES_CHUNK])} AND a.type = 'Reset'{live}"
         )
         for q, t, final, start in result.result_rows:
             out[q].append(

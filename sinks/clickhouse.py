@@ -275,6 +275,16 @@ def _tsv_field(value: int | str) -> str:
     return str(int(value))
 
 
+def final_rows(table: str, alias: str, live: bool = False) -> tuple[str, str]:
+    """What a view `SELECT … FROM table FINAL [WHERE deleted = 0]` reads, named directly: the FROM
+    item, and the condition to add to the query's WHERE (`live`: without the rows marked deleted).
+    The worker's own set-wise reads use it instead of the views: the engine plans a view's
+    wrapping query on every statement, 8-25 ms each on the embedded endpoint (measured on the
+    rollup cascade, docs/hot-path.md). The views stay, for people and Grafana;
+    tests/unit/test_views_inlined.py holds them to these definitions."""
+    return f"{table} AS {alias} FINAL", (f" AND {alias}.deleted = 0" if live else "")
+
+
 def sql_table(shape: str, rows: Iterable[Sequence[int | str]]) -> str:
     """A table expression of literal rows (ints and strings) of the given structure, for a JOIN
     or IN: `format(TSV, ...)`, which the engine reads as input data. The same 1,000 rows as a
@@ -395,10 +405,11 @@ class RawSink(Sink[pa.Table | RawColumns, int]):
         self, batch: pa.Table | RawColumns, inserted_ms: int | None = None, origins: Sequence[Origin] = ()
     ) -> int:
         """Insert the batch as one Arrow table (the columnar path's own, or the reference's lists
-        converted once: no Python loop per value, as the Native encoder of Python lists has). `inserted_ms` stamps every row
-        (the batch's identity in the rollup ledger, and the replacing version); default: the
-        server's clock. `origins`: the (topic, partition, offset) of the messages the rows come
-        from; on a cluster they and the rows make the insert's deduplication token."""
+        converted once: no Python loop per value, as the Native encoder of Python lists has).
+        `inserted_ms` stamps every row (the batch's identity in the rollup ledger, and the
+        replacing version); default: the server's clock. `origins`: the (topic, partition,
+        offset) of the messages the rows come from; on a cluster they and the rows make the
+        insert's deduplication token."""
         if not len(batch):
             return 0
         table = raw_arrow(batch, inserted_ms)

@@ -31,15 +31,16 @@ from processors.rollup import (
     Tolerances,
 )
 from processors.rollup_columns import Series
-from sinks.auxiliary import AUX_VIEW, ensure_aux_schema
+from sinks.auxiliary import AUX_TABLE, ensure_aux_schema
 from sinks.base import Sink
 from sinks.clickhouse import (
-    DATUM_VIEW,
     RANGES_CHUNK,
+    RAW_TABLE,
     NamedRange,
     Range,
     backpressure,
     cluster_of,
+    final_rows,
     insert_kwargs,
     ranges_join,
     require_distributed,
@@ -165,7 +166,7 @@ def _points_sql(ranges: Sequence[Range], pulse: frozenset[str] = frozenset()) ->
     return (
         f"SELECT w.q AS q, toUnixTimestamp64Milli(d.created) AS t, toString(d.property) AS p,"
         f" {kind} AS k, d.value AS v, d.text AS x, d.tags AS g"
-        f" FROM {DATUM_VIEW} AS d{ranges_join('d', ranges)}"
+        f" FROM {final_rows(RAW_TABLE, 'd')[0]}{ranges_join('d', ranges)}"
     )
 
 
@@ -178,7 +179,7 @@ def _edge_sql(ranges: Sequence[Range] | Sequence[NamedRange], *, last: bool) -> 
     return (
         f"SELECT w.q AS q, toUnixTimestamp64Milli({pick}(d.created)) AS t, toString(d.property) AS p,"
         f" 'a' AS k, {arg}(d.value, d.created) AS v, '' AS x, {arg}(d.tags, d.created) AS g"
-        f" FROM {DATUM_VIEW} AS d{join} AND d.kind = 'a' AND d.value IS NOT NULL GROUP BY w.q, d.property"
+        f" FROM {final_rows(RAW_TABLE, 'd')[0]}{join} AND d.kind = 'a' AND d.value IS NOT NULL GROUP BY w.q, d.property"
     )
 
 
@@ -340,17 +341,19 @@ class NeighbourRequest:
     after: bool = True
 
 
-def _nearest_sql(view: str, alias: str, ranges: Sequence[NamedRange], side: int, readings: bool) -> str:
+def _nearest_sql(alias: str, ranges: Sequence[NamedRange], side: int, readings: bool) -> str:
     pick = "max" if side == 0 else "min"
     if readings:
+        source, live = final_rows(RAW_TABLE, alias)
         join = ranges_join(alias, ranges, name_column="property")
         which = f" AND {alias}.kind = 'a' AND {alias}.value IS NOT NULL"
     else:  # a reset marker naming the property in its final readings is a chain node
+        source, live = final_rows(AUX_TABLE, alias, live=True)
         join = ranges_join(alias, ranges)
         which = f" AND {alias}.type = 'Reset' AND mapContains({alias}.final, w.name)"
     return (
         f"SELECT w.q AS q, toUInt8({side}) AS side, toUnixTimestamp64Milli({pick}({alias}.created)) AS t"
-        f" FROM {view} AS {alias}{join}{which} GROUP BY w.q"
+        f" FROM {source}{join}{which}{live} GROUP BY w.q"
     )
 
 
@@ -391,16 +394,16 @@ def read_neighbours(
         far: list[NamedRange] = [
             (n, r.node_id, r.source_id, r.property, r.at_ms + 1, r.at_ms + lookback_ms + 1) for n, r in part if r.after
         ]
-        asks = [(DATUM_VIEW, "d", before, 0, True), (AUX_VIEW, "a", before, 0, False)]
-        asks += [(DATUM_VIEW, "d", after, 1, True), (AUX_VIEW, "a", far, 1, False)]
-        gather([_nearest_sql(*ask) for ask in asks if ask[2]])
+        asks = [("d", before, 0, True), ("a", before, 0, False)]
+        asks += [("d", after, 1, True), ("a", far, 1, False)]
+        gather([_nearest_sql(*ask) for ask in asks if ask[1]])
     beyond: list[NamedRange] = [
         (n, r.node_id, r.source_id, r.property, r.at_ms + clock_ms + 1, r.at_ms + lookback_ms + 1)
         for n, r in numbered
         if r.after and lookback_ms > clock_ms and (n not in nxt or nxt[n] > r.at_ms + clock_ms)
     ]
     for k in range(0, len(beyond), RANGES_CHUNK):
-        gather([_nearest_sql(DATUM_VIEW, "d", beyond[k : k + RANGES_CHUNK], 1, True)])
+        gather([_nearest_sql("d", beyond[k : k + RANGES_CHUNK], 1, True)])
     return [(prev.get(n), nxt.get(n)) for n in range(len(requests))]
 
 
@@ -452,10 +455,9 @@ def read_rollups(
     ]
     out: list[RollupRow] = []
     for k in range(0, len(ranges), RANGES_CHUNK):
-        result = client.query(
-            f"SELECT {rollup_row_columns('r')} FROM {ROLLUP_VIEW} AS r"
-            f"{ranges_join('r', ranges[k : k + RANGES_CHUNK], time_column='ts_start', name_column='periodicity')}"
-        )
+        source, live = final_rows(ROLLUP_TABLE, "r", live=True)
+        join = ranges_join("r", ranges[k : k + RANGES_CHUNK], time_column="ts_start", name_column="periodicity")
+        result = client.query(f"SELECT {rollup_row_columns('r')} FROM {source}{join}{live}")
         out.extend(rollup_row(values) for values in result.result_rows)
     return out
 
@@ -490,8 +492,9 @@ def _cascade_select(per: Periodicity, ranges: Sequence[Range]) -> str:
     child group. The finer level must already hold its fresh rows."""
     src = CASCADE_SOURCE[per]
     assert src is not None, "halfhour rows come from raw"
+    source, live = final_rows(ROLLUP_TABLE, "c", live=True)
     rows = (
-        f"{ranges_join('c', ranges, time_column='ts_start')} AND (c.periodicity = {sql_str(src)}"
+        f"{ranges_join('c', ranges, time_column='ts_start')}{live} AND (c.periodicity = {sql_str(src)}"
         f" OR (c.periodicity = {sql_str(per)} AND toUnixTimestamp64Milli(c.ts_start) = w.lo))"
     )
     # status counts summed by value: (sorted values, their sums)
@@ -510,7 +513,7 @@ def _cascade_select(per: Periodicity, ranges: Sequence[Range]) -> str:
         " if(c.kind = 'a', argMinIf(c.read_start, c.ts_start, c.read_start IS NOT NULL), NULL) AS g_read_start,"
         " if(c.kind = 'a', argMaxIf(c.read_end, c.ts_start, c.read_end IS NOT NULL), NULL) AS g_read_end,"
         f" {counts} AS g_counts, arraySort(groupUniqArrayArray(c.tags)) AS g_tags"
-        f" FROM {ROLLUP_VIEW} AS c{rows}"
+        f" FROM {source}{rows}"
         " GROUP BY g_node, g_source, g_property, g_kind, g_lo, g_hi, g_parent"
     )
     # per (property, parent bucket): how many child groups; a stored parent row without one is emptied
