@@ -54,6 +54,12 @@ ROLLUP_VIEW = "rollup"
 DAY_MS = 86_400_000
 # How far the first neighbour lookup reaches; a second one reaches the look-back tolerance.
 NEAR_MS = DAY_MS
+# How far the first look for a reading next to an instant reaches (neighbours, a window's edges);
+# only where it finds none does a second look reach the clock tolerance (an hour by default). A
+# dense stream has a reading a second: an hour of them scanned for the one nearest cost the
+# store more than the rest of the look (issue 13). Ten minutes covers the usual logging
+# intervals (1, 5, 10 minutes) in one look.
+FIRST_REACH_MS = 10 * 60_000
 
 ROLLUP_OBJECTS: list[SchemaObject] = [
     Table(
@@ -292,23 +298,35 @@ def read_series_for_recompute(
       reading are looked up as far as the look-back; a reading farther back than the look-back
       from its successor counts for nothing, so reaching past it changes nothing.
 
-    Both edges first reach only the clock tolerance: a dense stream (a reading a second) has
-    tens of thousands of readings in a day, and scanning them for one edge reading was most of
-    a refresh's time (issue 13); a sparse stream pays one more, small query for the look-back.
+    The edge before first reaches only FIRST_REACH_MS, the edge after the clock tolerance: a
+    dense stream (a reading a second) has thousands of readings in an hour, and scanning them for
+    one edge reading was most of a refresh's time (issue 13); a sparser stream pays one more,
+    small query for the rest of the clock tolerance, and one for the look-back.
     """
     near = tolerances.clock_ms + 1
+    reach = min(FIRST_REACH_MS, near)
     got: list[dict[tuple[str, str], Series]] = [{} for _ in windows]
     numbered = list(enumerate(windows))
     for k in range(0, len(numbered), RANGES_CHUNK):
         part = numbered[k : k + RANGES_CHUNK]
         # one q per window for the three: sorted by time, before < window < after
         inside = [(n, w.node_id, w.source_id, w.start_ms, w.end_ms) for n, w in part]
-        before = [(n, w.node_id, w.source_id, w.start_ms - near, w.start_ms) for n, w in part]
+        before = [(n, w.node_id, w.source_id, w.start_ms - reach, w.start_ms) for n, w in part]
         after = [(n, w.node_id, w.source_id, w.end_ms, w.end_ms + near) for n, w in part]
         sql = [_points_sql(inside, pulse), _edge_sql(before, last=True), _edge_sql(after, last=False)]
         for table in _union_arrow(client, sql):
             for n, series in _series_of(table):
                 got[n][(series.property, series.kind)] = series
+    # The rest of the clock tolerance before the window, for each accumulating property read with
+    # no reading found before it in the first reach. Only a property with a reading in the window
+    # or after it within the clock tolerance can pair with one before it: no other is missed.
+    rest: list[NamedRange] = []
+    if near > reach:
+        for n, w in enumerate(windows):
+            for (prop, kind), s in got[n].items():
+                if kind == "a" and not bool((s.created[~s.null] < w.start_ms).any()):
+                    rest.append((n, w.node_id, w.source_id, prop, w.start_ms - near, w.start_ms - reach))
+    _prepend_edges(client, got, rest)
     far: list[NamedRange] = []
     if tolerances.lookback_ms > near:
         for n, w in enumerate(windows):
@@ -320,12 +338,18 @@ def read_series_for_recompute(
                     far.append(
                         (n, w.node_id, w.source_id, prop, w.start_ms - tolerances.lookback_ms, w.start_ms - near)
                     )
-    for k in range(0, len(far), RANGES_CHUNK):
-        for table in _union_arrow(client, [_edge_sql(far[k : k + RANGES_CHUNK], last=True)]):
+    _prepend_edges(client, got, far)
+    return [list(series.values()) for series in got]
+
+
+def _prepend_edges(client: Client, got: list[dict[tuple[str, str], Series]], ranges: Sequence[NamedRange]) -> None:
+    """The latest reading of each named range (q: a window, name: a property read in it), put in
+    front of that window's series of the property."""
+    for k in range(0, len(ranges), RANGES_CHUNK):
+        for table in _union_arrow(client, [_edge_sql(ranges[k : k + RANGES_CHUNK], last=True)]):
             for n, before_edge in _series_of(table):
                 held = got[n][(before_edge.property, before_edge.kind)]
                 got[n][(before_edge.property, before_edge.kind)] = _prepend(before_edge, held)
-    return [list(series.values()) for series in got]
 
 
 @dataclass(frozen=True)
@@ -342,6 +366,9 @@ class NeighbourRequest:
 
 
 def _nearest_sql(alias: str, ranges: Sequence[NamedRange], side: int, readings: bool) -> str:
+    """The nearest chain node in each range: the latest (side 0) or the earliest (side 1) reading
+    of the range's property, or reset marker naming it; tagged `side` for readings, `side + 2`
+    for reset markers."""
     pick = "max" if side == 0 else "min"
     if readings:
         source, live = final_rows(RAW_TABLE, alias)
@@ -351,8 +378,9 @@ def _nearest_sql(alias: str, ranges: Sequence[NamedRange], side: int, readings: 
         source, live = final_rows(AUX_TABLE, alias, live=True)
         join = ranges_join(alias, ranges)
         which = f" AND {alias}.type = 'Reset' AND mapContains({alias}.final, w.name)"
+    tag = side if readings else side + 2
     return (
-        f"SELECT w.q AS q, toUInt8({side}) AS side, toUnixTimestamp64Milli({pick}({alias}.created)) AS t"
+        f"SELECT w.q AS q, toUInt8({tag}) AS side, toUnixTimestamp64Milli({pick}({alias}.created)) AS t"
         f" FROM {source}{join}{which}{live} GROUP BY w.q"
     )
 
@@ -366,44 +394,72 @@ def read_neighbours(
     next (it ignores a prev further than the clock tolerance and a next further than the
     look-back, so nothing further is looked for).
 
-    One query for all (readings after reach the clock tolerance only: a dense stream has tens
-    of thousands of readings in a day, and reading them all to find the next one was most of
-    the cost), then, only for the requests with no node after in that reach, the first reading
-    up to the look-back (a second query; reset markers are few and looked up that far at once).
+    One query for all: readings on either side within FIRST_REACH_MS (a dense stream has
+    thousands of readings in an hour, and scanning them all for the nearest one was most of the
+    cost), reset markers (few) within the clock tolerance before and the look-back after. Then,
+    only for the requests with no reading found on a side, a second query reaching the rest of
+    the way: the clock tolerance before, the look-back after. A reading found in the first reach
+    is nearer than anything the second could find, so the nearest of both is the answer.
     """
     prev: dict[int, int] = {}
     nxt: dict[int, int] = {}
+    read_before: set[int] = set()  # requests whose first reach found a reading before
+    read_after: set[int] = set()
 
-    def gather(sql: list[str]) -> None:
+    def gather(sql: list[str], first: bool) -> None:
         if not sql:
             return
         for q, side, t in client.query(" UNION ALL ".join(sql)).result_rows:
-            into = prev if side == 0 else nxt
+            into = prev if side % 2 == 0 else nxt
             t = int(t)
-            into[q] = t if q not in into else (max(into[q], t) if side == 0 else min(into[q], t))
+            into[q] = t if q not in into else (max(into[q], t) if side % 2 == 0 else min(into[q], t))
+            if first and side < 2:
+                (read_before if side == 0 else read_after).add(q)
 
+    reach = min(FIRST_REACH_MS, clock_ms)
     numbered = list(enumerate(requests))
     for k in range(0, len(numbered), RANGES_CHUNK):
         part = numbered[k : k + RANGES_CHUNK]
         before: list[NamedRange] = [
+            (n, r.node_id, r.source_id, r.property, r.at_ms - reach, r.at_ms) for n, r in part if r.before
+        ]
+        resets_before: list[NamedRange] = [
             (n, r.node_id, r.source_id, r.property, r.at_ms - clock_ms, r.at_ms) for n, r in part if r.before
         ]
         after: list[NamedRange] = [
-            (n, r.node_id, r.source_id, r.property, r.at_ms + 1, r.at_ms + clock_ms + 1) for n, r in part if r.after
+            (n, r.node_id, r.source_id, r.property, r.at_ms + 1, r.at_ms + reach + 1) for n, r in part if r.after
         ]
         far: list[NamedRange] = [
             (n, r.node_id, r.source_id, r.property, r.at_ms + 1, r.at_ms + lookback_ms + 1) for n, r in part if r.after
         ]
-        asks = [("d", before, 0, True), ("a", before, 0, False)]
+        asks = [("d", before, 0, True), ("a", resets_before, 0, False)]
         asks += [("d", after, 1, True), ("a", far, 1, False)]
-        gather([_nearest_sql(*ask) for ask in asks if ask[1]])
-    beyond: list[NamedRange] = [
-        (n, r.node_id, r.source_id, r.property, r.at_ms + clock_ms + 1, r.at_ms + lookback_ms + 1)
+        gather([_nearest_sql(*ask) for ask in asks if ask[1]], first=True)
+    # the rest of the way, where the first reach found no reading: before up to the clock
+    # tolerance (unless a reset marker nearer than that is the answer), after up to the look-back
+    # (or the reset marker found, if nearer)
+    rest: list[str] = []
+    before_rest: list[NamedRange] = [
+        (n, r.node_id, r.source_id, r.property, r.at_ms - clock_ms, r.at_ms - reach)
         for n, r in numbered
-        if r.after and lookback_ms > clock_ms and (n not in nxt or nxt[n] > r.at_ms + clock_ms)
+        if r.before and clock_ms > reach and n not in read_before
     ]
+    before_rest = [
+        (n, node, source, prop, lo, hi) for n, node, source, prop, lo, hi in before_rest if prev.get(n, lo - 1) < hi
+    ]
+    # after: nothing beyond a reset marker found nearer (nxt holds only reset markers here)
+    beyond: list[NamedRange] = []
+    for n, r in numbered:
+        if r.after and lookback_ms > reach and n not in read_after:
+            hi = min(nxt.get(n, r.at_ms + lookback_ms), r.at_ms + lookback_ms) + 1
+            if hi > r.at_ms + reach + 1:
+                beyond.append((n, r.node_id, r.source_id, r.property, r.at_ms + reach + 1, hi))
+    for k in range(0, len(before_rest), RANGES_CHUNK):
+        rest.append(_nearest_sql("d", before_rest[k : k + RANGES_CHUNK], 0, True))
     for k in range(0, len(beyond), RANGES_CHUNK):
-        gather([_nearest_sql("d", beyond[k : k + RANGES_CHUNK], 1, True)])
+        rest.append(_nearest_sql("d", beyond[k : k + RANGES_CHUNK], 1, True))
+    for k in range(0, len(rest), 2):
+        gather(rest[k : k + 2], first=False)
     return [(prev.get(n), nxt.get(n)) for n in range(len(requests))]
 
 
