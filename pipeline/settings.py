@@ -61,7 +61,10 @@ class Settings:
     batch_max_datums: int = field(default=20_000, metadata={"doc": "Most datums stored per sink flush"})
     batch_within_s: float = field(default=0.5, metadata={"doc": "Longest wait to fill a sink batch, seconds"})
     rollup_within_s: float = field(
-        default=0.2,
+        # A take waits this long even with a backlog in hand (Faust closes it early only when it
+        # is full), and a rollup step itself takes the store most of a second: a long wait only
+        # delays the step that catches up.
+        default=0.05,
         metadata={"doc": "Longest wait to fill a batch of stale marks, seconds (rollups lag raw rows by about this)"},
     )
     rollup_take_marks: int = field(
