@@ -31,7 +31,7 @@ from processors.datum import (
     Datum,
     source_id_problem,
 )
-from processors.qrating import ACCEPTABLE, CRITICAL, DESIRED, IDEAL, RateState, ScoreError, Scorer
+from processors.qrating import ACCEPTABLE, CRITICAL, DESIRED, IDEAL, RateState, Score, ScoreError, Scorer
 from processors.rows import DAY_MS, RAW_COLUMNS, RawColumns, Scoring, accept_batch
 from processors.validation import plan_for
 
@@ -354,6 +354,22 @@ class _Scored:
     max_score: pa.Array
 
 
+def _streams_of(cols: DatumColumns) -> tuple[I64, list[tuple[int, str]]]:
+    """Each datum's stream (an index), and the streams (node, source) in order of first
+    appearance, found in C: sources dictionary-encoded, (node, source code) pairs made unique."""
+    src = pa.array(cols.source_id, pa.string()).dictionary_encode()
+    pairs = np.empty(len(cols), dtype=[("node", np.int64), ("source", np.int64)])
+    pairs["node"] = cols.node_id
+    pairs["source"] = src.indices.to_numpy(zero_copy_only=False)
+    unique, first, inverse = np.unique(pairs, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # the unique pairs in order of first appearance
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    names = src.dictionary.to_pylist()
+    streams = [(int(node), names[code]) for node, code in unique[order].tolist()]
+    return rank[inverse.reshape(-1)], streams
+
+
 def accept_columns(
     cols: DatumColumns,
     now_ms: int,
@@ -372,12 +388,7 @@ def accept_columns(
     msg = message_of if message_of is not None else np.zeros(n, np.int64)
 
     # streams, and each datum's
-    index: dict[tuple[int, str], int] = {}
-    nodes = cols.node_id.tolist()
-    sid = np.fromiter(
-        (index.setdefault(key, len(index)) for key in zip(nodes, cols.source_id, strict=True)), np.int64, n
-    )
-    streams = list(index)
+    sid, streams = _streams_of(cols)
     bad = np.zeros(len(streams), bool)
     bad[sid[~envelope_ok(cols, now_ms)]] = True
 
@@ -419,9 +430,11 @@ def accept_columns(
                 plans.append(r)
             plan_of[s] = p
 
-    prop_code: dict[str, int] = {}
-    pcode = np.fromiter((prop_code.setdefault(p, len(prop_code)) for p in cols.property), np.int64, len(cols.property))
-    props = list(prop_code)
+    # property codes in order of first appearance (Arrow's dictionary encoding keeps that order)
+    prop_enc = pa.array(cols.property, pa.string()).dictionary_encode()
+    pcode = prop_enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    props: list[str] = prop_enc.dictionary.to_pylist()
+    prop_code = {p: k for k, p in enumerate(props)}
 
     # required datastreams: every datum of a bound stream sends each (else a datum-level refusal)
     if plans:
@@ -507,7 +520,7 @@ def accept_columns(
     if accepted:
         # the batch's columns as Arrow once; each group's rows are takes from them, in C
         sources = pa.array(cols.source_id, pa.string())
-        properties = pa.array(cols.property, pa.string())
+        properties = prop_enc.dictionary.take(pa.array(pcode))
         tags = pa.array(cols.tags, pa.list_(pa.string()))
         texts = pa.array(cols.text, pa.string())
 
@@ -616,34 +629,38 @@ def _score_group(
     labels = (scorer._l0, scorer._l1, scorer._l2, scorer._l3, scorer._l4)
     divisor = scorer.cumulative_period_divisor
     if texts is not None:
-        out_s: list[float | None] = []
-        out_p: list[float | None] = []
-        out_l: list[str] = []
-        out_q: list[str] = []
-        out_m: list[float | None] = []
-        for j, text in enumerate(texts):
+        # a status has a handful of values: each distinct text scored once (Scorer.score_text is
+        # a pure function of the text), then looked up per sample
+        enc = pa.array(texts, pa.string()).dictionary_encode()
+        scores: list[Score | None] = []
+        failed: list[bool] = []
+        for text in enc.dictionary.to_pylist():
             try:
-                sc = scorer.score_text(text)
+                scores.append(scorer.score_text(text))
+                failed.append(False)
             except ScoreError:
-                bad[sample_stream[idx[j]]] = True
-                sc = None
-            out_s.append(None if sc is None else sc.score)
-            out_p.append(None if sc is None else sc.performance)
-            out_l.append("" if sc is None else sc.label)
-            out_q.append("" if sc is None else sc.quality)
-            out_m.append(None if sc is None else scorer.max_score)
+                scores.append(None)
+                failed.append(True)
+        codes = enc.indices.to_numpy(zero_copy_only=False)
+        wrong = np.asarray(failed, np.bool_)[codes]
+        if wrong.any():
+            bad[sample_stream[idx[wrong]]] = True
         f64 = pa.float64()
+
+        def per_sample(values: list[Any], kind: pa.DataType) -> pa.Array:
+            return pa.array(values, kind).take(codes)
+
         return _Scored(
             idx,
             template,
             ttl_value,
             latest,
             expired,
-            pa.array(out_s, f64),
-            pa.array(out_p, f64),
-            pa.array(out_l, pa.string()),
-            pa.array(out_q, pa.string()),
-            pa.array(out_m, f64),
+            per_sample([None if sc is None else sc.score for sc in scores], f64),
+            per_sample([None if sc is None else sc.performance for sc in scores], f64),
+            per_sample(["" if sc is None else sc.label for sc in scores], pa.string()),
+            per_sample(["" if sc is None else sc.quality for sc in scores], pa.string()),
+            per_sample([None if sc is None else scorer.max_score for sc in scores], f64),
         )
     if divisor is None:
         rated = np.ones(m, bool)

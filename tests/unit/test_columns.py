@@ -249,3 +249,15 @@ def test_score_values_is_scorer_score_bit_for_bit(values: list[float]) -> None:
         for v, s, p in zip(values + [25.0, -5.0, 60.0], score.tolist(), perf.tolist(), strict=True):
             want = scorer.score(v)
             assert (s, p) == (want.score, want.performance)
+
+
+def test_a_status_text_missing_from_the_conversion_matrix_is_refused_as_the_reference_refuses_it() -> None:
+    """room.mode's schema takes "odd", its conversion matrix does not: scoring the text fails, and
+    the columnar path (each distinct text scored once) refuses exactly what the reference does."""
+    texts = ["fine", "odd", "cold", "odd", "fine"]
+    batch = [
+        Datum(1, "/room/a", T0 + 1_000 * k, i={"temperature": 20.0}, s={"mode": text}) for k, text in enumerate(texts)
+    ]
+    accepts_what_the_reference_accepts([batch], "room")
+    got, _ = accept_columns(DatumColumns.from_datums(batch), NOW, ROOM, Scoring(rates=baseline_rates()))
+    assert got.refused and all("odd" in repr(d) for d, _reasons, _stage in got.refused)
