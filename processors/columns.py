@@ -520,7 +520,6 @@ def accept_columns(
     if accepted:
         # the batch's columns as Arrow once; each group's rows are takes from them, in C
         sources = pa.array(cols.source_id, pa.string())
-        properties = prop_enc.dictionary.take(pa.array(pcode))
         tags = pa.array(cols.tags, pa.list_(pa.string()))
         texts = pa.array(cols.text, pa.string())
 
@@ -549,7 +548,7 @@ def accept_columns(
                 pa.array(cols.node_id[d].astype(np.uint64)),
                 sources.take(d),
                 pa.array(cols.created[d]),
-                properties.take(take),
+                pa.repeat(props[int(pcode[take[0]])], m),  # a group is one property's
                 pa.repeat(_KIND_NAME[kind], m),
                 value,
                 text,

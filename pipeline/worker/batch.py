@@ -154,6 +154,7 @@ def process_parts(
                 got, refused = accept_columns(cols, now_ms, catalog, scoring, message_of)
                 rows.append(got.rows)
                 latest.append(got.latest)
+                counts = (got.datums_accepted, got.samples_expired, got.datums_expired)
                 letters = [
                     DeadLetter(reasons, run.origins[m], datum=datum, stage=stage)
                     for m, datum, reasons, stage in refused
@@ -163,15 +164,15 @@ def process_parts(
                 result = accept_batch(run.datums, now_ms, catalog, scoring)
                 rows.append(raw_table(result.rows))
                 latest.append(raw_table(result.latest))
+                counts = (result.datums_accepted, result.samples_expired, result.datums_expired)
                 letters = [
                     DeadLetter(reasons, run.origins[0], datum=datum, stage=stage)
                     for datum, reasons, stage in result.refused
                 ]
                 newest = max((d.created_ms for d in run.datums), default=0)
-        counted = got if run.datums is None else result
-        out.accepted += counted.datums_accepted
-        out.samples_expired += counted.samples_expired
-        out.datums_expired += counted.datums_expired
+        out.accepted += counts[0]
+        out.samples_expired += counts[1]
+        out.datums_expired += counts[2]
         out.letters += letters
         out.newest_created_ms = max(out.newest_created_ms, newest)
     out.rows = concat_raw([t for t in rows if t.num_rows])
