@@ -62,9 +62,9 @@ class Settings:
     batch_within_s: float = field(default=0.5, metadata={"doc": "Longest wait to fill a sink batch, seconds"})
     rollup_within_s: float = field(
         # A take waits this long even with a backlog in hand (Faust closes it early only when it
-        # is full), and a rollup step itself takes the store most of a second: a long wait only
-        # delays the step that catches up.
-        default=0.05,
+        # is full); a shorter wait means more, smaller rollup steps, each costing the store about
+        # the same. 0.05 s was tried (docs/hot-path.md): nothing to tell from the host's noise.
+        default=0.2,
         metadata={"doc": "Longest wait to fill a batch of stale marks, seconds (rollups lag raw rows by about this)"},
     )
     rollup_take_marks: int = field(
