@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -47,26 +48,18 @@ _KIND_NAME = {KIND_I: "i", KIND_A: "a", KIND_S: "s"}
 # The raw rows of a batch as Arrow columns: the raw table's columns, `created` in epoch ms (the
 # sink makes it a timestamp without a copy). What the columnar path hands the store: no Python
 # object per value from decode to insert (issue 13).
-RAW_SCHEMA = pa.schema(
-    [
-        ("node_id", pa.uint64()),
-        ("source_id", pa.string()),
-        ("created", pa.int64()),
-        ("property", pa.string()),
-        ("kind", pa.string()),
-        ("value", pa.float64()),
-        ("text", pa.string()),
-        ("tags", pa.list_(pa.string())),
-        ("datastream", pa.string()),
-        ("score", pa.float64()),
-        ("performance", pa.float64()),
-        ("label", pa.string()),
-        ("quality", pa.string()),
-        ("max_score", pa.float64()),
-        ("ttl_days", pa.uint32()),
-    ]
-)
-assert tuple(RAW_SCHEMA.names) == RAW_COLUMNS
+_NOT_TEXT: dict[str, pa.DataType] = {
+    "node_id": pa.uint64(),
+    "created": pa.int64(),
+    "value": pa.float64(),
+    "tags": pa.list_(pa.string()),
+    "score": pa.float64(),
+    "performance": pa.float64(),
+    "max_score": pa.float64(),
+    "ttl_days": pa.uint32(),
+}
+# in the raw table's column order; every column not listed above is text
+RAW_SCHEMA = pa.schema([(name, _NOT_TEXT.get(name, pa.string())) for name in RAW_COLUMNS])
 
 
 def raw_table(rows: RawColumns) -> pa.Table:
@@ -622,9 +615,11 @@ def _score_group(
     expired = (created + ttl_value * DAY_MS <= now_ms) if isinstance(ttl, int) and ttl > 0 else np.zeros(len(idx), bool)
     scorer = scoring.scorer(template)
     m = len(idx)
+    # the group's rows with their score columns: score, performance, label, quality, max_score
+    scored = partial(_Scored, idx, template, ttl_value, latest, expired)
     if scorer is None:
         nulls, empty = pa.nulls(m, pa.float64()), pa.repeat("", m)
-        return _Scored(idx, template, ttl_value, latest, expired, nulls, nulls, empty, empty, nulls)
+        return scored(nulls, nulls, empty, empty, nulls)
     labels = (scorer._l0, scorer._l1, scorer._l2, scorer._l3, scorer._l4)
     divisor = scorer.cumulative_period_divisor
     if texts is not None:
@@ -649,12 +644,7 @@ def _score_group(
         def per_sample(values: list[Any], kind: pa.DataType) -> pa.Array:
             return pa.array(values, kind).take(codes)
 
-        return _Scored(
-            idx,
-            template,
-            ttl_value,
-            latest,
-            expired,
+        return scored(
             per_sample([None if sc is None else sc.score for sc in scores], f64),
             per_sample([None if sc is None else sc.performance for sc in scores], f64),
             per_sample(["" if sc is None else sc.label for sc in scores], pa.string()),
@@ -704,12 +694,7 @@ def _score_group(
     band_of = np.where(rated, band, len(_BANDS))
     names = pa.array([labels[b[0]] for b in _BANDS] + [""])
     qualities = pa.array([b[1] for b in _BANDS] + [""])
-    return _Scored(
-        idx,
-        template,
-        ttl_value,
-        latest,
-        expired,
+    return scored(
         pa.array(score, mask=unrated),
         pa.array(perf, mask=unrated),
         names.take(band_of),

@@ -34,6 +34,7 @@ import json
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from operator import add
 from typing import NamedTuple
 
@@ -209,19 +210,34 @@ def encode_columns(
     """(node, source, mark) per stream of the changed readings: `encode` of `compact`, without
     the spans in between."""
     streams, all_names, firsts, lasts = _cells(node_ids, source_ids, created, properties, kinds)
-    out = []
-    for (node, source), cells in streams.items():
-        names: dict[tuple[str, str], int] = {}
-        flat: list[int] = []
-        for key, k in cells.items():
-            name = all_names[key & 0xFFFFFFFF]
-            n = names.get(name)
-            if n is None:
-                names[name] = n = len(names)
-            lo = firsts[k]
-            flat += (n, lo, lasts[k] - lo)
-        out.append((node, source, _pack(node, source, names, flat, inserted_ms)))
-    return out
+    return [
+        (
+            node,
+            source,
+            _mark(
+                node,
+                source,
+                ((all_names[key & 0xFFFFFFFF], firsts[k], lasts[k]) for key, k in cells.items()),
+                inserted_ms,
+            ),
+        )
+        for (node, source), cells in streams.items()
+    ]
+
+
+def _mark(
+    node_id: int, source_id: str, cells: Iterable[tuple[tuple[str, str], int, int]], inserted_ms: int | None
+) -> bytes:
+    """One stream's mark of its cells ((property, kind), first, last), in order: the names table in
+    order of first use."""
+    names: dict[tuple[str, str], int] = {}
+    flat: list[int] = []
+    for name, lo, hi in cells:
+        k = names.get(name)
+        if k is None:
+            names[name] = k = len(names)
+        flat += (k, lo, hi - lo)
+    return _pack(node_id, source_id, names, flat, inserted_ms)
 
 
 def encode_arrow(
@@ -264,22 +280,11 @@ def encode_arrow(
     np.minimum.at(stream_first, sid, seen)
     order = np.lexsort((seen, stream_first[sid])).tolist()
     out: list[tuple[int, str, bytes]] = []
-    current, node, source = -1, 0, ""
-    names: dict[tuple[str, str], int] = {}
-    flat: list[int] = []
-    for g in order:
-        if stream_ids[g] != current:
-            if current >= 0:
-                out.append((node, source, _pack(node, source, names, flat, inserted_ms)))
-            current, node, source = stream_ids[g], nodes[g], sources[g]
-            names, flat = {}, []
-        name = (props[g], kinds_[g])
-        k = names.get(name)
-        if k is None:
-            names[name] = k = len(names)
-        lo = firsts[g]
-        flat += (k, lo, lasts[g] - lo)
-    out.append((node, source, _pack(node, source, names, flat, inserted_ms)))
+    for _stream, run in groupby(order, key=stream_ids.__getitem__):
+        mine = list(run)
+        node, source = nodes[mine[0]], sources[mine[0]]
+        spans = (((props[g], kinds_[g]), firsts[g], lasts[g]) for g in mine)
+        out.append((node, source, _mark(node, source, spans, inserted_ms)))
     return out
 
 
