@@ -150,8 +150,8 @@ def read_resets(client: Client, ranges: Sequence[tuple[int, str, int, int]]) -> 
     RANGES_CHUNK ranges."""
     out: list[list[ResetMarker]] = [[] for _ in ranges]
     numbered: list[Range] = [(n, node, source, lo, hi) for n, (node, source, lo, hi) in enumerate(ranges)]
+    source, live = final_rows(AUX_TABLE, "a", live=True)
     for k in range(0, len(numbered), RANGES_CHUNK):
-        source, live = final_rows(AUX_TABLE, "a", live=True)
         result = client.query(
             f"SELECT w.q, toUnixTimestamp64Milli(a.created), a.final, a.start FROM {source}"
             f"{ranges_join('a', numbered[k : k + RANGES_CHUNK])} AND a.type = 'Reset'{live}"

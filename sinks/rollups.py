@@ -442,10 +442,10 @@ def read_neighbours(
     before_rest: list[NamedRange] = [
         (n, r.node_id, r.source_id, r.property, r.at_ms - clock_ms, r.at_ms - reach)
         for n, r in numbered
-        if r.before and clock_ms > reach and n not in read_before
-    ]
-    before_rest = [
-        (n, node, source, prop, lo, hi) for n, node, source, prop, lo, hi in before_rest if prev.get(n, lo - 1) < hi
+        if r.before
+        and clock_ms > reach
+        and n not in read_before
+        and prev.get(n, r.at_ms - clock_ms - 1) < r.at_ms - reach
     ]
     # after: nothing beyond a reset marker found nearer (nxt holds only reset markers here)
     beyond: list[NamedRange] = []
