@@ -89,6 +89,14 @@ class Settings:
             " a smaller batch stays in fewer lanes)"
         },
     )
+    rollup_cache_points: int = field(
+        default=2_000_000,
+        metadata={
+            "doc": "Recent raw points the rollup agent holds between steps, so a step reads from the store only the"
+            " points its stale marks say changed (0: none held, every step reads its windows whole;"
+            " docs/rollups.md)"
+        },
+    )
     topic_scan_interval_s: float = field(default=2.0, metadata={"doc": "How often new source topics are looked for"})
     metadata_max_age_s: float = field(
         default=10.0,

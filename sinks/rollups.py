@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.summary import QuerySummary
 
+from processors.point_cache import POINT_SCHEMA
 from processors.rollup import (
     CASCADE_SOURCE,
     DEFAULT_TOLERANCES,
@@ -160,10 +161,13 @@ def ensure_rollup_schema(client: Client, cluster: str = "") -> None:
 
 
 _KINDS: dict[str, RollupKind] = {"a": "a", "p": "p", "s": "s"}  # anything else: "i"
+# A points read: the window (or range) number, then the points as the point cache holds them.
+_POINTS = pa.schema([pa.field("q", pa.uint32()), *POINT_SCHEMA])
 
 
-def _points_sql(ranges: Sequence[Range], pulse: frozenset[str] = frozenset()) -> str:
-    """Every raw point in each range, tagged with the range's q."""
+def _points_sql(ranges: Sequence[Range] | Sequence[NamedRange], pulse: frozenset[str] = frozenset()) -> str:
+    """Every raw point in each range, tagged with the range's q; with named ranges, only of the
+    property named."""
     # Instantaneous samples of a PULSE datastream (OpenGate) roll up as sums: kind 'p'.
     kind = "toString(d.kind)"
     if pulse:
@@ -172,8 +176,37 @@ def _points_sql(ranges: Sequence[Range], pulse: frozenset[str] = frozenset()) ->
     return (
         f"SELECT w.q AS q, toUnixTimestamp64Milli(d.created) AS t, toString(d.property) AS p,"
         f" {kind} AS k, d.value AS v, d.text AS x, d.tags AS g"
-        f" FROM {final_rows(RAW_TABLE, 'd')[0]}{ranges_join('d', ranges)}"
+        f" FROM {final_rows(RAW_TABLE, 'd')[0]}{ranges_join('d', ranges, name_column=_named(ranges))}"
     )
+
+
+def _named(ranges: Sequence[Range] | Sequence[NamedRange]) -> str | None:
+    """The column named ranges name (a property), None for plain ones."""
+    return "property" if ranges and len(ranges[0]) == 6 else None
+
+
+def read_points(
+    client: Client, ranges: Sequence[Range] | Sequence[NamedRange], pulse: frozenset[str] = frozenset()
+) -> pa.Table:
+    """Every raw point (`FINAL`) in each range (q, t, p, k, v, x, g), sorted by q, p, k, t; with
+    named ranges, only of the property named. The rollup agent's point cache
+    (processors/point_cache.py) is filled and kept in step with these."""
+    parts = [_points_sql(ranges[k : k + RANGES_CHUNK], pulse) for k in range(0, len(ranges), RANGES_CHUNK)]
+    tables = [t for t in _union_arrow(client, parts, chunk=1)] if parts else []
+    return pa.concat_tables(tables) if tables else _POINTS.empty_table()
+
+
+def read_last_after(client: Client, ranges: Sequence[Range]) -> dict[int, int]:
+    """Per range (q, node, source, lo, hi), the last `created` of any raw row of the stream in
+    it, for the ranges that have one. No `FINAL`: whether a row is there is all it tells."""
+    out: dict[int, int] = {}
+    for k in range(0, len(ranges), RANGES_CHUNK):
+        sql = (
+            "SELECT w.q, toUnixTimestamp64Milli(max(d.created)) FROM"
+            f" {RAW_TABLE} AS d{ranges_join('d', ranges[k : k + RANGES_CHUNK])} GROUP BY w.q"
+        )
+        out.update((int(q), int(t)) for q, t in client.query(sql).result_rows)
+    return out
 
 
 def _edge_sql(ranges: Sequence[Range] | Sequence[NamedRange], *, last: bool) -> str:
@@ -282,6 +315,8 @@ def read_series_for_recompute(
     windows: Sequence[Window],
     tolerances: Tolerances = DEFAULT_TOLERANCES,
     pulse: frozenset[str] = frozenset(),
+    served: Collection[int] = (),
+    held: pa.Table | None = None,
 ) -> list[list[Series]]:
     """What `recompute_series(..., start_ms, end_ms, ...)` needs of each window's stream, in
     one or two queries for all windows, read as Arrow columns: the points in the window and,
@@ -302,11 +337,20 @@ def read_series_for_recompute(
     dense stream (a reading a second) has thousands of readings in an hour, and scanning them for
     one edge reading was most of a refresh's time (issue 13); a sparser stream pays one more,
     small query for the rest of the clock tolerance, and one for the look-back.
+
+    `served`: windows (by number) whose points and edges within the clock tolerance are in
+    `held` instead, as the store would answer them (the rollup agent's point cache,
+    `processors.point_cache.window_rows`, q numbering the window, sorted by q, p, k, t); only
+    the look-back is read for those.
     """
     near = tolerances.clock_ms + 1
     reach = min(FIRST_REACH_MS, near)
     got: list[dict[tuple[str, str], Series]] = [{} for _ in windows]
-    numbered = list(enumerate(windows))
+    served = set(served)
+    if held is not None and held.num_rows:
+        for n, series in _series_of(held):
+            got[n][(series.property, series.kind)] = series
+    numbered = [(n, w) for n, w in enumerate(windows) if n not in served]
     for k in range(0, len(numbered), RANGES_CHUNK):
         part = numbered[k : k + RANGES_CHUNK]
         # one q per window for the three: sorted by time, before < window < after
@@ -322,7 +366,7 @@ def read_series_for_recompute(
     # or after it within the clock tolerance can pair with one before it: no other is missed.
     rest: list[NamedRange] = []
     if near > reach:
-        for n, w in enumerate(windows):
+        for n, w in numbered:
             for (prop, kind), s in got[n].items():
                 if kind == "a" and not bool((s.created[~s.null] < w.start_ms).any()):
                     rest.append((n, w.node_id, w.source_id, prop, w.start_ms - near, w.start_ms - reach))
@@ -386,7 +430,7 @@ def _nearest_sql(alias: str, ranges: Sequence[NamedRange], side: int, readings: 
 
 
 def read_neighbours(
-    client: Client, requests: Sequence[NeighbourRequest], clock_ms: int, lookback_ms: int
+    client: Client, requests: Sequence[NeighbourRequest], clock_ms: int, lookback_ms: int, readings: bool = True
 ) -> list[tuple[int | None, int | None]]:
     """Per request, its nearest chain node (an accumulating reading of the property, or a reset
     marker naming it) strictly before `at_ms` and no further than the clock tolerance, and
@@ -400,6 +444,8 @@ def read_neighbours(
     only for the requests with no reading found on a side, a second query reaching the rest of
     the way: the clock tolerance before, the look-back after. A reading found in the first reach
     is nearer than anything the second could find, so the nearest of both is the answer.
+
+    `readings` False: reset markers only (the caller holds the readings: the point cache).
     """
     prev: dict[int, int] = {}
     nxt: dict[int, int] = {}
@@ -434,7 +480,9 @@ def read_neighbours(
         ]
         asks = [("d", before, 0, True), ("a", resets_before, 0, False)]
         asks += [("d", after, 1, True), ("a", far, 1, False)]
-        gather([_nearest_sql(*ask) for ask in asks if ask[1]], first=True)
+        gather([_nearest_sql(*ask) for ask in asks if ask[1] and (readings or not ask[3])], first=True)
+    if not readings:
+        return [(prev.get(n), nxt.get(n)) for n in range(len(requests))]
     # the rest of the way, where the first reach found no reading: before up to the clock
     # tolerance (unless a reset marker nearer than that is the answer), after up to the look-back
     # (or the reset marker found, if nearer)

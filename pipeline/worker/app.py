@@ -84,6 +84,7 @@ from pipeline.worker.sensor import PositionMonitor
 from processors.auxiliary import AuxChange, AuxError, parse_change_bytes
 from processors.catalog_versions import VersionedCatalog
 from processors.datum import Rejection
+from processors.point_cache import PointCache
 from processors.qrating import RateState
 from processors.rows import RawColumns, Scoring
 from processors.stale_marks import Change, marks_in
@@ -228,6 +229,7 @@ class DatumWorker:
         self._latest_sink: RawSink | None = None
         self._letters: DeadLetterSink | None = None
         self._rollups: RollupLanes | None = None
+        self.rollup_cache: PointCache | None = None
         self._ledger: RollupLedger | None = None
         self._aux_client: Client | None = None
         self._aux_sink: AuxiliarySink | None = None
@@ -314,6 +316,10 @@ class DatumWorker:
                 for client in lane_clients:
                     client.close()
                 raise
+            # one cache for the lanes: a stream is in one lane at a time, not always the same one
+            self.rollup_cache = (
+                PointCache(self.settings.rollup_cache_points) if self.settings.rollup_cache_points else None
+            )
             self._rollups = RollupLanes(
                 [
                     RollupMaintainer(
@@ -321,6 +327,7 @@ class DatumWorker:
                         lambda node, ms: self.catalog.timezone_at(node, ms) if self.catalog else "UTC",
                         pulse=lambda: self.catalog.catalogs[-1].pulse_datastreams() if self.catalog else frozenset(),
                         cluster=cluster,
+                        cache=self.rollup_cache,
                     )
                     for client in lane_clients
                 ],
@@ -470,6 +477,12 @@ class DatumWorker:
         self.metrics.agent_batch_seconds.labels("auxiliary").observe(time.perf_counter() - t0)
 
     # -- datums ---------------------------------------------------------------------------------
+
+    def forget_points(self) -> None:
+        """Empty the rollup agent's point cache: once the stale topic's partitions move, another
+        worker may take marks of streams held here, and what it stores is not spliced in here."""
+        if self.rollup_cache is not None:
+            self.rollup_cache.clear()
 
     def forget_streams(self, revoked: Iterable[Any]) -> set[StreamKey]:
         """Drop the per-stream state of the streams of revoked partitions (Faust TPs): their next
@@ -798,6 +811,7 @@ class DatumWorker:
             faust_fixes.forget_taken(app.consumer, revoked)
             self.positions.forget(revoked)
             self.forget_streams(revoked)
+            self.forget_points()
 
         app.on_partitions_revoked.connect(on_revoked)
 
@@ -805,6 +819,7 @@ class DatumWorker:
             # A new assignment may follow a broker that lost its data (the embedded one restarted
             # under running workers): the stale marks it held are gone, so look again (after start-up,
             # which runs the same repair itself).
+            self.forget_points()
             if self.catalog_ready.is_set():
                 asyncio.ensure_future(self.guarded("rollups", self.repair_rollups))
 

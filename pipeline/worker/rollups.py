@@ -17,10 +17,22 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+import numpy as np
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from pipeline.progress import Progress
 from processors.catalog_versions import TimezoneAt
+from processors.point_cache import (
+    OPEN,
+    Held,
+    PointCache,
+    Stream,
+    nearest_readings,
+    spliced,
+    trimmed,
+    window_rows,
+)
 from processors.rollup import (
     CASCADE_SOURCE,
     DEFAULT_TOLERANCES,
@@ -46,7 +58,9 @@ from sinks.rollups import (
     RollupSink,
     RollupWrite,
     Window,
+    read_last_after,
     read_neighbours,
+    read_points,
     read_rollups,
     read_series_for_recompute,
 )
@@ -61,6 +75,12 @@ MERGE_GAP_MS = 6 * 3_600_000
 # How long a stream's retention (shortest storage period of its raw rows) is reused before it is
 # looked up again.
 RETENTION_CACHE_S = 600.0
+# Streams of a step whose points the point cache does not hold are read into it only when a few:
+# a fleet's step names thousands, each with a few points (reading them as always costs less).
+CACHE_FILL_STREAMS = 200
+# How far past a window a stream's stored rows may reach for its points to be read to the end.
+FILL_AHEAD_MS = 6 * 3_600_000
+HOUR_MS = 3_600_000
 
 
 @dataclass
@@ -88,6 +108,10 @@ def _merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def _nearest(a: int | None, b: int | None, pick: Callable[[int, int], int]) -> int | None:
+    return b if a is None else a if b is None else pick(a, b)
+
+
 def spans_of(rows: RawColumns) -> SpanColumns:
     """The spans of stored raw rows, as their stale marks carry them."""
     return compact(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind)
@@ -104,8 +128,14 @@ class RollupMaintainer:
         tolerances: Tolerances = DEFAULT_TOLERANCES,
         pulse: Callable[[], frozenset[str]] = frozenset,
         cluster: str = "",
+        cache: PointCache | None = None,
     ) -> None:
         self.client = client
+        # the recent raw points of the streams, kept between steps (shared by a worker's lanes)
+        self.cache = cache
+        self._held: dict[Stream, Held] = {}  # a step's own references to what the cache holds
+        self._generation = 0
+        self._pulse: frozenset[str] | None = None  # a step's PULSE datastreams (the cache's)
         self.sink = RollupSink(client, cluster)  # set up by whoever runs the maintainer
         self.timezone_at = timezone_at
         self.tol = tolerances
@@ -151,13 +181,155 @@ class RollupMaintainer:
         A handful of queries per batch whatever the number of streams: neighbours of the
         changed readings, raw points of the stale windows, stored rows to cascade, one insert."""
         t0 = time.perf_counter()
-        stale = self.stale_of_spans(spans)
-        out = self.refresh([(n, s, tz, st) for (n, s, tz), st in stale.items()])
-        written = self.sink.write(out.write())
+        try:
+            if self.cache is not None:
+                self._hold(spans, self.cache)
+            stale = self.stale_of_spans(spans)
+            out = self.refresh([(n, s, tz, st) for (n, s, tz), st in stale.items()])
+            written = self.sink.write(out.write())
+        except BaseException:
+            # a step that failed may not have re-read all it was told changed
+            if self.cache is not None:
+                self.cache.clear()
+            raise
+        finally:
+            self._held, self._pulse = {}, None
         self.last_seconds = time.perf_counter() - t0
         self.last_buckets = written
         log.debug("rollups: %d bucket(s) from %d span(s) in %.3fs", written, len(spans), self.last_seconds)
         return written
+
+    # -- the point cache (processors/point_cache.py) ----------------------------------------------
+
+    def _hold(self, spans: SpanColumns, cache: PointCache) -> None:
+        """A step's start: take what the cache holds of the spans' streams, and re-read from the
+        store every point the spans say changed inside it (what was written since it was read)."""
+        self._pulse = self.pulse()
+        cache.use_pulse(self._pulse)
+        self._generation = cache.generation
+        held = cache.take(zip(spans.node_id, spans.source_id, strict=True))
+        changed: dict[Stream, dict[str, list[tuple[int, int]]]] = {}
+        for node, source, prop, lo, hi in zip(
+            spans.node_id, spans.source_id, spans.property, spans.first, spans.last, strict=True
+        ):
+            h = held.get((node, source))
+            if h is not None and max(lo, h.lo) < min(hi + 1, h.hi):
+                changed.setdefault((node, source), {}).setdefault(prop, []).append((lo, hi + 1))
+        ranges: list[tuple[int, int, str, str, int, int]] = []
+        mine: dict[Stream, list[tuple[str, int, int]]] = {}  # per stream, its (property, lo, hi) re-read
+        for (node, source), props in changed.items():
+            h = held[(node, source)]
+            for prop, spans_of_prop in props.items():
+                for lo, hi in _merge_ranges(spans_of_prop):
+                    ranges.append((len(ranges), node, source, prop, max(lo, h.lo), min(hi, h.hi)))
+                    mine.setdefault((node, source), []).append(ranges[-1][3:])
+        out: list[tuple[Stream, Held]] = []
+        if ranges:
+            fresh = read_points(self.client, ranges, self._pulse)
+            # the ranges of a stream are consecutive qs: its rows, one slice of the sorted read
+            q = fresh.column("q").to_numpy()
+            ends = np.searchsorted(q, np.cumsum([len(m) for m in mine.values()]), "left").tolist()
+            keep = 2 * self.tol.clock_ms + HOUR_MS  # what an append's next step can need of the past
+            start = 0
+            for (stream, its), end in zip(mine.items(), ends, strict=True):
+                h = spliced(held[stream], its, fresh.slice(start, end - start))
+                start = end
+                # what this step's changes need of the past is kept too (a backlog's step spans hours)
+                newest = min(h.newest() or 0, *(lo for _prop, lo, _hi in its))
+                if h.hi == OPEN and newest - keep > h.lo + HOUR_MS:
+                    h = trimmed(h, newest - keep)
+                out.append((stream, h))
+        cache.put(out, self._generation)
+        cache.count(respliced=len(ranges))
+        self._held = {**held, **dict(out)}
+
+    def _fill(self, windows: Sequence[Window], pulse: frozenset[str]) -> tuple[list[int], pa.Table | None]:
+        """The windows the held points answer (and those points, as `read_series_for_recompute`
+        takes them). Each stream's last window, when not held, is read into the cache first (with
+        the clock tolerance on either side, and to the stream's end when nothing is stored after)."""
+        if self.cache is None:
+            return [], None
+        near = self.tol.clock_ms + 1
+        last: dict[Stream, int] = {}
+        for n, w in enumerate(windows):
+            k = (w.node_id, w.source_id)
+            if k not in last or windows[last[k]].start_ms < w.start_ms:
+                last[k] = n
+        want = [
+            n
+            for k, n in last.items()
+            if k not in self._held or not self._held[k].covers(windows[n].start_ms - near, windows[n].end_ms + near)
+        ]
+        if want and len(want) <= CACHE_FILL_STREAMS and self._pulse is not None:
+            ahead = read_last_after(
+                self.client,
+                [
+                    (q, windows[n].node_id, windows[n].source_id, windows[n].end_ms + near, OPEN)
+                    for q, n in enumerate(want)
+                ],
+            )
+            # to the stream's last stored row when that is close (the datum agent ahead of the
+            # rollups): held to its end, kept in step by the marks of whatever comes after
+            ends: list[tuple[int, int]] = []  # per q: read up to, held up to
+            for q, n in enumerate(want):
+                end = windows[n].end_ms + near
+                last_ms = ahead.get(q)
+                if last_ms is None or last_ms - end <= FILL_AHEAD_MS:
+                    ends.append((max(end, (last_ms or 0) + 1), OPEN))
+                else:
+                    ends.append((end, end))
+            ranges = [
+                (q, windows[n].node_id, windows[n].source_id, windows[n].start_ms - near, ends[q][0])
+                for q, n in enumerate(want)
+            ]
+            table = read_points(self.client, ranges, pulse)
+            cuts = np.searchsorted(table.column("q").to_numpy(), range(len(want) + 1), "left").tolist()
+            filled = [
+                ((node, source), Held.read(lo, ends[q][1], table.slice(cuts[q], cuts[q + 1] - cuts[q])))
+                for q, node, source, lo, _hi in ranges
+            ]
+            self.cache.put(filled, self._generation)
+            self.cache.count(filled=len(filled))
+            self._held.update(filled)
+        served = [
+            n
+            for n, w in enumerate(windows)
+            if (h := self._held.get((w.node_id, w.source_id))) is not None
+            and h.covers(w.start_ms - near, w.end_ms + near)
+        ]
+        rows = [
+            window_rows(
+                self._held[(windows[n].node_id, windows[n].source_id)], n, windows[n].start_ms, windows[n].end_ms, near
+            )
+            for n in served
+        ]
+        self.cache.count(served=len(served))
+        return served, (pa.concat_tables(rows) if rows else None)
+
+    def _neighbours(self, asked: Sequence[NeighbourRequest]) -> list[tuple[int | None, int | None]]:
+        """`read_neighbours` of the requests, the readings of held streams from the cache (their
+        reset markers from the store)."""
+        clock, lookback = self.tol.clock_ms, self.tol.lookback_ms
+        held: list[int] = []
+        stored: list[int] = []
+        for i, r in enumerate(asked):
+            h = self._held.get((r.node_id, r.source_id))
+            ok = h is not None and h.covers(r.at_ms - clock, min(r.at_ms + lookback + 1, OPEN))
+            (held if ok else stored).append(i)
+        out: list[tuple[int | None, int | None]] = [(None, None)] * len(asked)
+        if stored:
+            found = read_neighbours(self.client, [asked[i] for i in stored], clock, lookback)
+            for i, got in zip(stored, found, strict=True):
+                out[i] = got
+        if held:
+            resets = read_neighbours(self.client, [asked[i] for i in held], clock, lookback, readings=False)
+            for i, (reset_prev, reset_next) in zip(held, resets, strict=True):
+                r = asked[i]
+                prev, nxt = nearest_readings(
+                    self._held[(r.node_id, r.source_id)], r.property, r.at_ms, clock, lookback, r.before, r.after
+                )
+                out[i] = (_nearest(prev, reset_prev, max), _nearest(nxt, reset_next, min))
+        return out
 
     def stale_of_spans(self, spans: SpanColumns) -> dict[tuple[int, str, str], set[int]]:
         """Per (node, source, zone): the stale half-hour starts of the spans' changed readings.
@@ -225,7 +397,7 @@ class RollupMaintainer:
             for t, p, side in mine
         ]
         # readings and reset markers: both are chain nodes
-        found = iter(read_neighbours(self.client, asked, self.tol.clock_ms, self.tol.lookback_ms))
+        found = iter(self._neighbours(asked))
         out: list[set[int]] = []
         for (_node, _source, tz, items), mine in zip(tasks, acc, strict=True):
             z = zone(tz)
@@ -263,7 +435,9 @@ class RollupMaintainer:
                     plan.windows.append((s, e))
             windows += [Window(node, source, ws, we) for ws, we in plan.windows]
             plans.append(plan)
-        series = iter(read_series_for_recompute(self.client, windows, self.tol, self.pulse()))
+        pulse = self.pulse() if self._pulse is None else self._pulse
+        served, held = self._fill(windows, pulse)
+        series = iter(read_series_for_recompute(self.client, windows, self.tol, pulse, served, held))
         # Every reset that can be a chain node of a window's pairs; older ones change nothing.
         near = max(NEAR_MS, self.tol.clock_ms + 1)
         resets = iter(

@@ -24,6 +24,7 @@ from pipeline.wire.topics import Topics
 from pipeline.worker.rollups import RollupLanes, RollupMaintainer, recompute_range
 from processors.auxiliary import AuxChange, AuxKey, AuxRecord
 from processors.datum import Datum
+from processors.point_cache import PointCache
 from processors.rollup import (
     DEFAULT_TOLERANCES,
     PERIODICITIES,
@@ -169,13 +170,20 @@ def check_example(client: Any) -> None:
     assert rows[("day", nine - 9 * HOUR)].diff == pytest.approx(300.0)
 
 
-@pytest.mark.parametrize("lanes", [1, 2])
+@pytest.mark.parametrize(("lanes", "cache_points"), [(1, 0), (2, 0), (1, 2_000_000), (2, 2_000_000), (1, 600)])
 def test_maintainer_on_shuffled_batches_matches_reference(
-    clickhouse_url: str, ch_database: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, lanes: int
+    clickhouse_url: str,
+    ch_database: str,
+    pg_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    lanes: int,
+    cache_points: int,
 ) -> None:
     """The maintainer alone (no broker): raw batches stored in a messy order, each followed by
     update(); then `recompute_range` over everything changes nothing. With 2 lanes (every batch
-    split from one stream a lane, each lane its own client) the rows are the same."""
+    split from one stream a lane, each lane its own client) the rows are the same. With a point
+    cache (shared by the lanes; one too small for every stream, so streams leave and come back)
+    too."""
     client = schema_client(f"{clickhouse_url.rstrip('/')}/{ch_database}")
     rng = random.Random(7)
     zones = {1: "UTC", 2: "America/New_York", 3: "Asia/Kathmandu", EXAMPLE[0]: "UTC"}
@@ -186,7 +194,10 @@ def test_maintainer_on_shuffled_batches_matches_reference(
         EXAMPLE: example(),
     }
     clients = [client, *(schema_client(f"{clickhouse_url.rstrip('/')}/{ch_database}") for _ in range(lanes - 1))]
-    maintainer = RollupLanes([RollupMaintainer(c, lambda node, _ms: zones[node]) for c in clients], min_streams=1)
+    cache = PointCache(cache_points) if cache_points else None
+    maintainer = RollupLanes(
+        [RollupMaintainer(c, lambda node, _ms: zones[node], cache=cache) for c in clients], min_streams=1
+    )
     sink = RawSink(client)
     all_datums = [d for ds in streams.values() for d in ds]
     timings = []
@@ -202,6 +213,10 @@ def test_maintainer_on_shuffled_batches_matches_reference(
         f"rollup update: {len(timings)} batches, mean {sum(timings) / len(timings) * 1000:.0f} ms, "
         f"max {max(timings) * 1000:.0f} ms"
     )
+    if cache is not None:
+        print(f"point cache: {cache.served} windows served, {cache.filled} streams read in, {cache.respliced} spans")
+        # it answered most windows and took in changes: the test exercises it
+        assert cache.served > cache.filled and cache.respliced > 0
     want = {k: (ds, zones[k[0]]) for k, ds in streams.items()}
     check(client, want)
     check_example(client)
