@@ -97,6 +97,13 @@ class Settings:
             " docs/rollups.md)"
         },
     )
+    rollup_cache_min_points: int = field(
+        default=1000,
+        metadata={
+            "doc": "Fewest points a stream's window read must bring for the stream to be held (a sparse stream's"
+            " few points cost less to read again than to keep in step)"
+        },
+    )
     topic_scan_interval_s: float = field(default=2.0, metadata={"doc": "How often new source topics are looked for"})
     metadata_max_age_s: float = field(
         default=10.0,

@@ -227,9 +227,13 @@ class PointCache:
     puts back is dropped if the cache was emptied meanwhile (a rebalance while the step ran:
     `generation`)."""
 
-    def __init__(self, max_points: int, max_streams: int = 2_000) -> None:
+    def __init__(self, max_points: int, max_streams: int = 2_000, min_points: int = 1_000) -> None:
         self.max_points = max_points
         self.max_streams = max_streams
+        # A stream read in with fewer points is not held: a fleet's stream has a few points a
+        # window, which cost the store less to read again than the worker to splice in (a dense
+        # one has thousands).
+        self.min_points = min_points
         self.generation = 0
         self.pulse: frozenset[str] | None = None
         self._held: OrderedDict[Stream, Held] = OrderedDict()
@@ -237,6 +241,8 @@ class PointCache:
         self._lock = threading.Lock()
         # what it saved and cost so far: windows answered, streams read in, spans re-read
         self.served = self.filled = self.respliced = 0
+        # streams found too sparse to be worth holding: their windows are read as always
+        self.sparse: set[Stream] = set()
 
     @property
     def points(self) -> int:
@@ -249,6 +255,7 @@ class PointCache:
         with self._lock:
             self._held.clear()
             self._points = 0
+            self.sparse.clear()
             self.generation += 1
 
     def use_pulse(self, pulse: frozenset[str]) -> None:
@@ -266,6 +273,13 @@ class PointCache:
                     self._held.move_to_end(s)
                     out[s] = held
             return out
+
+    def too_sparse(self, streams: Iterable[Stream]) -> None:
+        """Streams not to hold: a few points per window cost less to read again than to splice."""
+        with self._lock:
+            if len(self.sparse) > 100 * self.max_streams:
+                self.sparse.clear()
+            self.sparse.update(streams)
 
     def put(self, items: Sequence[tuple[Stream, Held]], generation: int) -> None:
         with self._lock:

@@ -482,6 +482,22 @@ def pipeline_health() -> dict[str, Any]:
         ),
         w=8,
     )
+    lay.add(
+        timeseries(
+            "Rollup point cache",
+            [
+                prom(rate("pipeline_rollup_cache_windows_total"), "windows from held points/s"),
+                prom(rate("pipeline_rollup_cache_fills_total"), "streams read in/s", ref="B"),
+                prom(f"sum(pipeline_rollup_cache_points{SEL})", "points held", ref="C"),
+            ],
+            "short",
+            "pipeline_rollup_cache_windows_total, pipeline_rollup_cache_fills_total and "
+            "pipeline_rollup_cache_points: the rollup agent's held raw points. A window recomputed from them "
+            "costs the store no read; a stream read in costs one. Many fills and few windows: streams held "
+            "too briefly (raise PIPELINE_ROLLUP_CACHE_POINTS).",
+        ),
+        w=8,
+    )
 
     lay.row("Latency")
     lay.add(

@@ -230,6 +230,7 @@ class DatumWorker:
         self._letters: DeadLetterSink | None = None
         self._rollups: RollupLanes | None = None
         self.rollup_cache: PointCache | None = None
+        self._cache_seen = (0, 0)  # the cache's counts last put into the metrics
         self._ledger: RollupLedger | None = None
         self._aux_client: Client | None = None
         self._aux_sink: AuxiliarySink | None = None
@@ -318,7 +319,9 @@ class DatumWorker:
                 raise
             # one cache for the lanes: a stream is in one lane at a time, not always the same one
             self.rollup_cache = (
-                PointCache(self.settings.rollup_cache_points) if self.settings.rollup_cache_points else None
+                PointCache(self.settings.rollup_cache_points, min_points=self.settings.rollup_cache_min_points)
+                if self.settings.rollup_cache_points
+                else None
             )
             self._rollups = RollupLanes(
                 [
@@ -398,6 +401,7 @@ class DatumWorker:
                 await self.in_thread("rollup", lambda: self._set_up(self._ledger).write(batches))
             m.sink_batch_rows.labels("rollup").observe(written)
             m.sink_insert_seconds.labels("rollup").observe(self.rollups.last_seconds)
+            self.observe_cache()
             m.last_stored_timestamp.labels("rollup").set(time.time())
             m.agent_batch_seconds.labels("rollups").observe(time.perf_counter() - t0)
             return []
@@ -477,6 +481,16 @@ class DatumWorker:
         self.metrics.agent_batch_seconds.labels("auxiliary").observe(time.perf_counter() - t0)
 
     # -- datums ---------------------------------------------------------------------------------
+
+    def observe_cache(self) -> None:
+        """The point cache's figures into the metrics (its counts only grow)."""
+        cache = self.rollup_cache
+        if cache is not None:
+            m = self.metrics
+            m.rollup_cache_points.set(cache.points)
+            m.rollup_cache_windows.inc(cache.served - self._cache_seen[0])
+            m.rollup_cache_fills.inc(cache.filled - self._cache_seen[1])
+            self._cache_seen = (cache.served, cache.filled)
 
     def forget_points(self) -> None:
         """Empty the rollup agent's point cache: once the stale topic's partitions move, another

@@ -36,6 +36,9 @@ class Metrics:
     internal_errors: Counter
     dependency_up: Gauge
     rollup_repairs: Counter
+    rollup_cache_points: Gauge
+    rollup_cache_windows: Counter
+    rollup_cache_fills: Counter
 
 
 def build_metrics(registry: CollectorRegistry) -> Metrics:
@@ -121,6 +124,17 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
             "pipeline_rollup_repairs",
             "Stored raw batches found without rollups at start and marked stale again",
             registry=registry,
+        ),
+        rollup_cache_points=Gauge(
+            "pipeline_rollup_cache_points", "Raw points the rollup agent holds between steps", registry=registry
+        ),
+        rollup_cache_windows=Counter(
+            "pipeline_rollup_cache_windows",
+            "Rollup windows recomputed from the held raw points (not read from the store)",
+            registry=registry,
+        ),
+        rollup_cache_fills=Counter(
+            "pipeline_rollup_cache_fills", "Streams whose recent raw points were read into the cache", registry=registry
         ),
         samples_expired=Counter(
             "pipeline_samples_expired",

@@ -258,7 +258,8 @@ class RollupMaintainer:
         want = [
             n
             for k, n in last.items()
-            if k not in self._held or not self._held[k].covers(windows[n].start_ms - near, windows[n].end_ms + near)
+            if k not in self.cache.sparse
+            and (k not in self._held or not self._held[k].covers(windows[n].start_ms - near, windows[n].end_ms + near))
         ]
         if want and len(want) <= CACHE_FILL_STREAMS and self._pulse is not None:
             ahead = read_last_after(
@@ -288,9 +289,10 @@ class RollupMaintainer:
                 ((node, source), Held.read(lo, ends[q][1], table.slice(cuts[q], cuts[q + 1] - cuts[q])))
                 for q, node, source, lo, _hi in ranges
             ]
-            self.cache.put(filled, self._generation)
+            self._held.update(filled)  # this step's either way
+            self.cache.too_sparse(k for k, h in filled if len(h) < self.cache.min_points)
+            self.cache.put([(k, h) for k, h in filled if len(h) >= self.cache.min_points], self._generation)
             self.cache.count(filled=len(filled))
-            self._held.update(filled)
         served = [
             n
             for n, w in enumerate(windows)

@@ -9,12 +9,14 @@ import json
 import random
 import signal
 import time
+import urllib.request
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import cli
 from pipeline.embedded.stack import free_port
@@ -112,6 +114,13 @@ def deliveries(rng: random.Random, datums: list[Datum], parts: int) -> list[list
     return msgs
 
 
+def scraped(port: int, name: str) -> float:
+    """A sample's value from a worker's /metrics (0 if it has none)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
 def stored(client: Any, node: int, source: str) -> list[RollupRow]:
     return read_rollups(client, [(node, source, [(p, 0, FAR) for p in PERIODICITIES])])
 
@@ -194,7 +203,8 @@ def test_maintainer_on_shuffled_batches_matches_reference(
         EXAMPLE: example(),
     }
     clients = [client, *(schema_client(f"{clickhouse_url.rstrip('/')}/{ch_database}") for _ in range(lanes - 1))]
-    cache = PointCache(cache_points) if cache_points else None
+    # these streams are sparse (minutes apart): held whatever their size
+    cache = PointCache(cache_points, min_points=0) if cache_points else None
     maintainer = RollupLanes(
         [RollupMaintainer(c, lambda node, _ms: zones[node], cache=cache) for c in clients], min_streams=1
     )
@@ -252,7 +262,8 @@ DAY = 24 * HOUR
 
 def test_pipeline_rollups_match_reference_across_a_restart(worker_settings: Settings, tmp_path: Path) -> None:
     # rollup lanes from one stream a lane: the workers' batches of marks split into two lanes
-    settings = worker_settings._with({"rollup_lanes": 2, "rollup_lane_streams": 1})
+    # and every stream's points held between steps (these streams are sparse: minutes apart)
+    settings = worker_settings._with({"rollup_lanes": 2, "rollup_lane_streams": 1, "rollup_cache_min_points": 0})
     client = schema_client(settings.clickhouse_url)
     # node 2 keeps New York time from before the data on
     publish_metadata(
@@ -321,6 +332,9 @@ def test_pipeline_rollups_match_reference_across_a_restart(worker_settings: Sett
         finally:
             check(client, streams, resets)  # the precise difference, if any
         check_example(client)
+        # the held points answered windows (the test exercises the cache)
+        served = sum(scraped(s.metrics_port, "pipeline_rollup_cache_windows_total") for s in (settings, other))
+        assert served > 0
     log = "".join((tmp_path / f"worker{n}.log").read_text() for n in (1, 2, 3))
     assert "Traceback" not in log
 

@@ -178,3 +178,11 @@ def test_tolerances_include_their_bounds() -> None:
     assert nearest_readings(held, "wh", 20, 10, 10, True, True) == (10, 30)
     assert nearest_readings(held, "wh", 20, 9, 9, True, True) == (None, None)
     assert nearest_readings(held, "wh", 20, 10, 10, False, False) == (None, None)
+
+
+def test_sparse_streams_are_remembered_until_emptied() -> None:
+    cache = PointCache(max_points=100)
+    cache.too_sparse([(1, "a")])
+    assert (1, "a") in cache.sparse
+    cache.clear()
+    assert not cache.sparse
