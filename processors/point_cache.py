@@ -37,6 +37,9 @@ import pyarrow.compute as pc
 # `hi` of points held to the stream's end: 2200-01-01T00:00Z, inside DateTime64(3)'s range.
 OPEN = 7_258_118_400_000
 
+# How long a stream found sparse is read whole before it is tried again.
+SPARSE_FOR_S = 60.0
+
 # The points as held: a `sinks.rollups` points read without its window number q.
 POINT_SCHEMA = pa.schema(
     [
@@ -122,6 +125,12 @@ class Held:
 
     def newest(self) -> int | None:
         return max((int(g.t[-1]) for g in self.groups.values() if len(g)), default=None)
+
+    def span(self) -> int:
+        """From its oldest point to its newest (0 with fewer than two)."""
+        oldest = min((int(g.t[0]) for g in self.groups.values() if len(g)), default=None)
+        newest = self.newest()
+        return 0 if oldest is None or newest is None else newest - oldest
 
 
 def spliced(held: Held, spans: Iterable[tuple[str, int, int]], fresh: pa.Table) -> Held:
@@ -241,8 +250,9 @@ class PointCache:
         self._lock = threading.Lock()
         # what it saved and cost so far: windows answered, streams read in, spans re-read
         self.served = self.filled = self.respliced = 0
-        # streams found too sparse to be worth holding: their windows are read as always
-        self.sparse: set[Stream] = set()
+        # streams found too sparse to be worth holding, and when: their windows are read as always
+        # for a while (a new stream's first points are few, however dense it turns out)
+        self.sparse: dict[Stream, float] = {}
 
     @property
     def points(self) -> int:
@@ -274,12 +284,23 @@ class PointCache:
                     out[s] = held
             return out
 
-    def too_sparse(self, streams: Iterable[Stream]) -> None:
-        """Streams not to hold: a few points per window cost less to read again than to splice."""
+    def too_sparse(self, streams: Iterable[Stream], now_s: float) -> None:
+        """Streams not to hold for SPARSE_FOR_S: a few points per window cost less to read again
+        than to keep in step."""
         with self._lock:
             if len(self.sparse) > 100 * self.max_streams:
-                self.sparse.clear()
-            self.sparse.update(streams)
+                self.sparse = {k: t for k, t in self.sparse.items() if now_s - t < SPARSE_FOR_S}
+            self.sparse.update((k, now_s) for k in streams)
+
+    def is_sparse(self, stream: Stream, now_s: float) -> bool:
+        since = self.sparse.get(stream)
+        return since is not None and now_s - since < SPARSE_FOR_S
+
+    def drop(self, streams: Iterable[Stream]) -> None:
+        with self._lock:
+            for k in streams:
+                old = self._held.pop(k, None)
+                self._points -= len(old) if old is not None else 0
 
     def put(self, items: Sequence[tuple[Stream, Held]], generation: int) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
@@ -78,6 +78,9 @@ RETENTION_CACHE_S = 600.0
 # Streams of a step whose points the point cache does not hold are read into it only when a few:
 # a fleet's step names thousands, each with a few points (reading them as always costs less).
 CACHE_FILL_STREAMS = 200
+# A stream read in with fewer points than the cache's min_points is sparse only if they span
+# this long; before that it is read in again at its next step.
+SPARSE_AFTER_MS = 30 * 60_000
 # How far past a window a stream's stored rows may reach for its points to be read to the end.
 FILL_AHEAD_MS = 6 * 3_600_000
 HOUR_MS = 3_600_000
@@ -202,19 +205,45 @@ class RollupMaintainer:
     # -- the point cache (processors/point_cache.py) ----------------------------------------------
 
     def _hold(self, spans: SpanColumns, cache: PointCache) -> None:
-        """A step's start: take what the cache holds of the spans' streams, and re-read from the
-        store every point the spans say changed inside it (what was written since it was read)."""
+        """A step's start: take what the cache holds of the spans' streams and re-read from the
+        store every point the spans say changed inside it (written since it was read); read in
+        the streams it does not hold, from as far back as the step can look to their end."""
         self._pulse = self.pulse()
         cache.use_pulse(self._pulse)
         self._generation = cache.generation
         held = cache.take(zip(spans.node_id, spans.source_id, strict=True))
+        # what an append's step needs of the past: its windows start a clock tolerance and a half
+        # hour before its first change, and read a clock tolerance before that
+        keep = 2 * self.tol.clock_ms + HOUR_MS
         changed: dict[Stream, dict[str, list[tuple[int, int]]]] = {}
+        reach: dict[Stream, tuple[int, int]] = {}  # streams not held: their first and last change
+        now_s = time.monotonic()
         for node, source, prop, lo, hi in zip(
             spans.node_id, spans.source_id, spans.property, spans.first, spans.last, strict=True
         ):
-            h = held.get((node, source))
-            if h is not None and max(lo, h.lo) < min(hi + 1, h.hi):
-                changed.setdefault((node, source), {}).setdefault(prop, []).append((lo, hi + 1))
+            k = (node, source)
+            h = held.get(k)
+            if h is not None:
+                if max(lo, h.lo) < min(hi + 1, h.hi):
+                    changed.setdefault(k, {}).setdefault(prop, []).append((lo, hi + 1))
+            elif not cache.is_sparse(k, now_s):
+                was = reach.get(k, (lo, hi))
+                reach[k] = (min(was[0], lo), max(was[1], hi))
+        out = self._respliced(held, changed, keep)
+        if reach and len(reach) <= CACHE_FILL_STREAMS:
+            out += self._read_in(reach, keep, cache)
+        self._held = {**held, **dict(out)}  # this step's, whatever the cache keeps
+        # few points over a while: sparse (a new stream's first few points tell nothing yet)
+        sparse = {k for k, h in out if len(h) < cache.min_points and h.span() >= SPARSE_AFTER_MS}
+        cache.too_sparse(sparse, now_s)
+        cache.drop(sparse)
+        cache.put([(k, h) for k, h in out if k not in sparse], self._generation)
+
+    def _respliced(
+        self, held: Mapping[Stream, Held], changed: Mapping[Stream, Mapping[str, list[tuple[int, int]]]], keep: int
+    ) -> list[tuple[Stream, Held]]:
+        """The held streams with their changed spans read again and spliced in, trimmed to what
+        the next step can need."""
         ranges: list[tuple[int, int, str, str, int, int]] = []
         mine: dict[Stream, list[tuple[str, int, int]]] = {}  # per stream, its (property, lo, hi) re-read
         for (node, source), props in changed.items():
@@ -224,75 +253,58 @@ class RollupMaintainer:
                     ranges.append((len(ranges), node, source, prop, max(lo, h.lo), min(hi, h.hi)))
                     mine.setdefault((node, source), []).append(ranges[-1][3:])
         out: list[tuple[Stream, Held]] = []
-        if ranges:
-            fresh = read_points(self.client, ranges, self._pulse)
-            # the ranges of a stream are consecutive qs: its rows, one slice of the sorted read
-            q = fresh.column("q").to_numpy()
-            ends = np.searchsorted(q, np.cumsum([len(m) for m in mine.values()]), "left").tolist()
-            keep = 2 * self.tol.clock_ms + HOUR_MS  # what an append's next step can need of the past
-            start = 0
-            for (stream, its), end in zip(mine.items(), ends, strict=True):
-                h = spliced(held[stream], its, fresh.slice(start, end - start))
-                start = end
-                # what this step's changes need of the past is kept too (a backlog's step spans hours)
-                newest = min(h.newest() or 0, *(lo for _prop, lo, _hi in its))
-                if h.hi == OPEN and newest - keep > h.lo + HOUR_MS:
-                    h = trimmed(h, newest - keep)
-                out.append((stream, h))
-        cache.put(out, self._generation)
-        cache.count(respliced=len(ranges))
-        self._held = {**held, **dict(out)}
+        if not ranges:
+            return out
+        fresh = read_points(self.client, ranges, self._pulse or frozenset())
+        # the ranges of a stream are consecutive qs: its rows, one slice of the sorted read
+        ends = np.searchsorted(fresh.column("q").to_numpy(), np.cumsum([len(m) for m in mine.values()]), "left")
+        start = 0
+        for (stream, its), end in zip(mine.items(), ends.tolist(), strict=True):
+            h = spliced(held[stream], its, fresh.slice(start, end - start))
+            start = end
+            # what this step's changes need of the past is kept too (a backlog's step spans hours)
+            newest = min(h.newest() or 0, *(lo for _prop, lo, _hi in its))
+            if h.hi == OPEN and newest - keep > h.lo + HOUR_MS:
+                h = trimmed(h, newest - keep)
+            out.append((stream, h))
+        assert self.cache is not None
+        self.cache.count(respliced=len(ranges))
+        return out
 
-    def _fill(self, windows: Sequence[Window], pulse: frozenset[str]) -> tuple[list[int], pa.Table | None]:
-        """The windows the held points answer (and those points, as `read_series_for_recompute`
-        takes them). Each stream's last window, when not held, is read into the cache first (with
-        the clock tolerance on either side, and to the stream's end when nothing is stored after)."""
+    def _read_in(
+        self, reach: Mapping[Stream, tuple[int, int]], keep: int, cache: PointCache
+    ) -> list[tuple[Stream, Held]]:
+        """Streams the cache does not hold, read in from `keep` before their first change to their
+        end (when that is near their last change: the datum agent ahead of the rollups). Not one
+        with stored rows far beyond this step's changes (a backfill: its windows are read as
+        always)."""
+        streams = list(reach)
+        ahead = read_last_after(
+            self.client,
+            [(q, node, source, reach[(node, source)][1] + 1, OPEN) for q, (node, source) in enumerate(streams)],
+        )
+        ranges: list[tuple[int, int, str, int, int]] = []
+        for q, (node, source) in enumerate(streams):
+            first, last = reach[(node, source)]
+            end = ahead.get(q, last)
+            if end - last <= FILL_AHEAD_MS:
+                ranges.append((len(ranges), node, source, first - keep, end + 1))
+        if not ranges:
+            return []
+        table = read_points(self.client, ranges, self._pulse or frozenset())
+        cuts = np.searchsorted(table.column("q").to_numpy(), range(len(ranges) + 1), "left").tolist()
+        cache.count(filled=len(ranges))
+        return [
+            ((node, source), Held.read(lo, OPEN, table.slice(cuts[q], cuts[q + 1] - cuts[q])))
+            for q, node, source, lo, _hi in ranges
+        ]
+
+    def _served(self, windows: Sequence[Window]) -> tuple[list[int], pa.Table | None]:
+        """The windows the held points answer, and those points as `read_series_for_recompute`
+        takes them."""
         if self.cache is None:
             return [], None
         near = self.tol.clock_ms + 1
-        last: dict[Stream, int] = {}
-        for n, w in enumerate(windows):
-            k = (w.node_id, w.source_id)
-            if k not in last or windows[last[k]].start_ms < w.start_ms:
-                last[k] = n
-        want = [
-            n
-            for k, n in last.items()
-            if k not in self.cache.sparse
-            and (k not in self._held or not self._held[k].covers(windows[n].start_ms - near, windows[n].end_ms + near))
-        ]
-        if want and len(want) <= CACHE_FILL_STREAMS and self._pulse is not None:
-            ahead = read_last_after(
-                self.client,
-                [
-                    (q, windows[n].node_id, windows[n].source_id, windows[n].end_ms + near, OPEN)
-                    for q, n in enumerate(want)
-                ],
-            )
-            # to the stream's last stored row when that is close (the datum agent ahead of the
-            # rollups): held to its end, kept in step by the marks of whatever comes after
-            ends: list[tuple[int, int]] = []  # per q: read up to, held up to
-            for q, n in enumerate(want):
-                end = windows[n].end_ms + near
-                last_ms = ahead.get(q)
-                if last_ms is None or last_ms - end <= FILL_AHEAD_MS:
-                    ends.append((max(end, (last_ms or 0) + 1), OPEN))
-                else:
-                    ends.append((end, end))
-            ranges = [
-                (q, windows[n].node_id, windows[n].source_id, windows[n].start_ms - near, ends[q][0])
-                for q, n in enumerate(want)
-            ]
-            table = read_points(self.client, ranges, pulse)
-            cuts = np.searchsorted(table.column("q").to_numpy(), range(len(want) + 1), "left").tolist()
-            filled = [
-                ((node, source), Held.read(lo, ends[q][1], table.slice(cuts[q], cuts[q + 1] - cuts[q])))
-                for q, node, source, lo, _hi in ranges
-            ]
-            self._held.update(filled)  # this step's either way
-            self.cache.too_sparse(k for k, h in filled if len(h) < self.cache.min_points)
-            self.cache.put([(k, h) for k, h in filled if len(h) >= self.cache.min_points], self._generation)
-            self.cache.count(filled=len(filled))
         served = [
             n
             for n, w in enumerate(windows)
@@ -438,7 +450,7 @@ class RollupMaintainer:
             windows += [Window(node, source, ws, we) for ws, we in plan.windows]
             plans.append(plan)
         pulse = self.pulse() if self._pulse is None else self._pulse
-        served, held = self._fill(windows, pulse)
+        served, held = self._served(windows)
         series = iter(read_series_for_recompute(self.client, windows, self.tol, pulse, served, held))
         # Every reset that can be a chain node of a window's pairs; older ones change nothing.
         near = max(NEAR_MS, self.tol.clock_ms + 1)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from processors.point_cache import (
     OPEN,
     POINT_SCHEMA,
+    SPARSE_FOR_S,
     Held,
     PointCache,
     nearest_readings,
@@ -180,9 +181,19 @@ def test_tolerances_include_their_bounds() -> None:
     assert nearest_readings(held, "wh", 20, 10, 10, False, False) == (None, None)
 
 
-def test_sparse_streams_are_remembered_until_emptied() -> None:
+def test_sparse_streams_are_read_whole_for_a_while() -> None:
     cache = PointCache(max_points=100)
-    cache.too_sparse([(1, "a")])
-    assert (1, "a") in cache.sparse
+    cache.too_sparse([(1, "a")], 1000.0)
+    assert cache.is_sparse((1, "a"), 1000.0 + SPARSE_FOR_S - 1) and not cache.is_sparse((1, "b"), 1000.0)
+    assert not cache.is_sparse((1, "a"), 1000.0 + SPARSE_FOR_S)  # tried again: it may have grown dense
+    cache.too_sparse([(1, "a")], 2000.0)
     cache.clear()
-    assert not cache.sparse
+    assert not cache.is_sparse((1, "a"), 2000.0)
+
+
+def test_span_is_from_oldest_to_newest() -> None:
+    assert readings().span() == 0 and readings(5).span() == 0
+    held = Held.read(
+        0, OPEN, rows({("wh", 7): ("a", 1.0, "", ()), ("w", 3): ("i", 1.0, "", ()), ("w", 4): ("i", 1.0, "", ())})
+    )
+    assert held.span() == 4
