@@ -192,7 +192,7 @@ def read_points(
     named ranges, only of the property named. The rollup agent's point cache
     (processors/point_cache.py) is filled and kept in step with these."""
     parts = [_points_sql(ranges[k : k + RANGES_CHUNK], pulse) for k in range(0, len(ranges), RANGES_CHUNK)]
-    tables = [t for t in _union_arrow(client, parts, chunk=1)] if parts else []
+    tables = list(_union_arrow(client, parts, chunk=1))
     return pa.concat_tables(tables) if tables else _POINTS.empty_table()
 
 
