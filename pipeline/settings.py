@@ -100,8 +100,8 @@ class Settings:
     rollup_cache_min_points: int = field(
         default=1000,
         metadata={
-            "doc": "Fewest points a stream's window read must bring for the stream to be held (a sparse stream's"
-            " few points cost less to read again than to keep in step)"
+            "doc": "Fewest points a stream must have over half an hour to be held (a sparse stream's few points"
+            " cost less to read again than to keep in step)"
         },
     )
     topic_scan_interval_s: float = field(default=2.0, metadata={"doc": "How often new source topics are looked for"})

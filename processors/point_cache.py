@@ -51,16 +51,14 @@ POINT_SCHEMA = pa.schema(
         ("g", pa.list_(pa.string())),
     ]
 )
-_ORDER = [("p", "ascending"), ("k", "ascending"), ("t", "ascending")]
 
 Stream = tuple[int, str]
 I64 = npt.NDArray[np.int64]
 
 
-def _sorted(table: pa.Table) -> pa.Table:
-    """A points read (any column order, q or not) as POINT_SCHEMA rows sorted by p, k, t."""
-    table = table.select(POINT_SCHEMA.names).cast(POINT_SCHEMA)
-    return table.take(pc.sort_indices(table, sort_keys=_ORDER)) if table.num_rows > 1 else table
+def _points(table: pa.Table) -> pa.Table:
+    """A points read (any column order, q or not) as POINT_SCHEMA rows, in the read's order."""
+    return table.select(POINT_SCHEMA.names).cast(POINT_SCHEMA)
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,16 +89,28 @@ class Group:
 
 
 def _groups(table: pa.Table) -> dict[tuple[str, str], Group]:
-    """Rows sorted by p, k, t cut into groups."""
-    out: dict[tuple[str, str], Group] = {}
+    """The store's points read of one stream cut into groups: rows sorted by (p, k, t) within each
+    read range (`sinks.rollups.read_points`), so one group's rows are one run per range; runs of a
+    group are joined, sorted by created where a later run does not start after the one before."""
+    runs: dict[tuple[str, str], list[pa.Table]] = {}
     if table.num_rows:
         p, k = (pc.dictionary_encode(table.column(c).combine_chunks()) for c in ("p", "k"))
         pi, ki = (c.indices.to_numpy(zero_copy_only=False) for c in (p, k))
         props, kinds = p.dictionary.to_pylist(), k.dictionary.to_pylist()
         cut = (np.flatnonzero((pi[1:] != pi[:-1]) | (ki[1:] != ki[:-1])) + 1).tolist()
         for a, b in zip([0, *cut], [*cut, table.num_rows], strict=True):
-            out[(props[pi[a]], kinds[ki[a]])] = Group.of(table.slice(a, b - a))
-    return out
+            runs.setdefault((props[pi[a]], kinds[ki[a]]), []).append(table.slice(a, b - a))
+    return {key: _joined([Group.of(r) for r in parts]) for key, parts in runs.items()}
+
+
+def _joined(groups: Sequence[Group]) -> Group:
+    """One group from runs of its rows, each sorted by created."""
+    if len(groups) == 1:
+        return groups[0]
+    rows = pa.concat_tables([g.rows for g in groups])
+    if all(b.t[0] > a.t[-1] for a, b in zip(groups, groups[1:], strict=False)):  # one after another
+        return Group.of(rows)
+    return Group.of(rows.take(pa.array(np.argsort(np.concatenate([g.t for g in groups]), kind="stable"))))
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,8 +123,9 @@ class Held:
 
     @staticmethod
     def read(lo: int, hi: int, table: pa.Table) -> Held:
-        """Held points from the store's read of [lo, hi) (any order)."""
-        return Held(lo, hi, _groups(_sorted(table)))
+        """Held points from the store's read of [lo, hi) (`sinks.rollups.read_points`: sorted by
+        property, kind and created)."""
+        return Held(lo, hi, _groups(_points(table)))
 
     def __len__(self) -> int:
         return sum(len(g) for g in self.groups.values())
@@ -152,16 +163,9 @@ def spliced(held: Held, spans: Iterable[tuple[str, int, int]], fresh: pa.Table) 
             groups[(prop, kind)] = Group.of(g.rows.filter(pa.array(keep)))
     if fresh.num_rows:
         t = fresh.column("t").to_numpy()
-        for key, new in _groups(_sorted(fresh.filter(pa.array((t >= held.lo) & (t < held.hi))))).items():
+        for key, new in _groups(_points(fresh.filter(pa.array((t >= held.lo) & (t < held.hi))))).items():
             old = groups.get(key)
-            if old is None or not len(old):
-                groups[key] = new
-            elif new.t[0] > old.t[-1]:  # an append: no sort
-                groups[key] = Group.of(pa.concat_tables([old.rows, new.rows]))
-            else:
-                both = pa.concat_tables([old.rows, new.rows])
-                order = np.argsort(np.concatenate([old.t, new.t]), kind="stable")
-                groups[key] = Group.of(both.take(pa.array(order)))
+            groups[key] = new if old is None or not len(old) else _joined([old, new])
     return Held(held.lo, held.hi, {k: g for k, g in groups.items() if len(g)})
 
 
@@ -239,9 +243,9 @@ class PointCache:
     def __init__(self, max_points: int, max_streams: int = 2_000, min_points: int = 1_000) -> None:
         self.max_points = max_points
         self.max_streams = max_streams
-        # A stream read in with fewer points is not held: a fleet's stream has a few points a
-        # window, which cost the store less to read again than the worker to splice in (a dense
-        # one has thousands).
+        # A stream with fewer points over half an hour is not held: a fleet's stream has a few
+        # points a window, which cost the store less to read again than the worker to splice in
+        # (a dense one has thousands).
         self.min_points = min_points
         self.generation = 0
         self.pulse: frozenset[str] | None = None

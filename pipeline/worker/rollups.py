@@ -229,7 +229,7 @@ class RollupMaintainer:
             elif not cache.is_sparse(k, now_s):
                 was = reach.get(k, (lo, hi))
                 reach[k] = (min(was[0], lo), max(was[1], hi))
-        out = self._respliced(held, changed, keep)
+        out = self._respliced(held, changed, keep, cache)
         if reach and len(reach) <= CACHE_FILL_STREAMS:
             out += self._read_in(reach, keep, cache)
         self._held = {**held, **dict(out)}  # this step's, whatever the cache keeps
@@ -240,7 +240,11 @@ class RollupMaintainer:
         cache.put([(k, h) for k, h in out if k not in sparse], self._generation)
 
     def _respliced(
-        self, held: Mapping[Stream, Held], changed: Mapping[Stream, Mapping[str, list[tuple[int, int]]]], keep: int
+        self,
+        held: Mapping[Stream, Held],
+        changed: Mapping[Stream, Mapping[str, list[tuple[int, int]]]],
+        keep: int,
+        cache: PointCache,
     ) -> list[tuple[Stream, Held]]:
         """The held streams with their changed spans read again and spliced in, trimmed to what
         the next step can need."""
@@ -267,8 +271,7 @@ class RollupMaintainer:
             if h.hi == OPEN and newest - keep > h.lo + HOUR_MS:
                 h = trimmed(h, newest - keep)
             out.append((stream, h))
-        assert self.cache is not None
-        self.cache.count(respliced=len(ranges))
+        cache.count(respliced=len(ranges))
         return out
 
     def _read_in(
@@ -305,18 +308,13 @@ class RollupMaintainer:
         if self.cache is None:
             return [], None
         near = self.tol.clock_ms + 1
-        served = [
-            n
-            for n, w in enumerate(windows)
-            if (h := self._held.get((w.node_id, w.source_id))) is not None
-            and h.covers(w.start_ms - near, w.end_ms + near)
-        ]
-        rows = [
-            window_rows(
-                self._held[(windows[n].node_id, windows[n].source_id)], n, windows[n].start_ms, windows[n].end_ms, near
-            )
-            for n in served
-        ]
+        served: list[int] = []
+        rows: list[pa.Table] = []
+        for n, w in enumerate(windows):
+            h = self._held.get((w.node_id, w.source_id))
+            if h is not None and h.covers(w.start_ms - near, w.end_ms + near):
+                served.append(n)
+                rows.append(window_rows(h, n, w.start_ms, w.end_ms, near))
         self.cache.count(served=len(served))
         return served, (pa.concat_tables(rows) if rows else None)
 

@@ -38,12 +38,15 @@ stores = st.dictionaries(st.tuples(st.sampled_from(PROPS), st.integers(0, 60)), 
 
 
 def rows(store: Store, lo: int = -(10**9), hi: int = 10**9) -> pa.Table:
-    """The store's points in [lo, hi) as its read gives them (any order: reversed here)."""
-    got = [
-        {"t": t, "p": p, "k": k, "v": v, "x": x, "g": list(g)}
-        for (p, t), (k, v, x, g) in sorted(store.items(), reverse=True)
-        if lo <= t < hi
-    ]
+    """The store's points in [lo, hi) as its read gives them: sorted by property, kind, created."""
+    got = sorted(
+        (
+            {"t": t, "p": p, "k": k, "v": v, "x": x, "g": list(g)}
+            for (p, t), (k, v, x, g) in store.items()
+            if lo <= t < hi
+        ),
+        key=lambda r: (r["p"], r["k"], r["t"]),
+    )
     return pa.Table.from_pylist(got, schema=POINT_SCHEMA)
 
 
@@ -110,8 +113,17 @@ def test_spliced_equals_a_fresh_read(
     marked = [(p, a, a + n + 1) for p, a, n in spans]
     after = dict(before)
     after.update({(p, t): v for (p, t), v in written.items() if any(p == q and a <= t < b for q, a, b in marked)})
-    inside = {(p, t): v for (p, t), v in after.items() if any(p == q and a <= t < b for q, a, b in marked)}
-    fresh = rows(inside)  # the store's points of the spans (the maintainer merges overlapping ones)
+    # the store's points of the spans as the maintainer reads them: overlapping spans of a
+    # property merged, one range after another (so a property's kinds come once per range)
+    merged: list[tuple[str, int, int]] = []
+    for p, a, b in sorted(marked):
+        if merged and merged[-1][0] == p and a <= merged[-1][2]:
+            merged[-1] = (p, merged[-1][1], max(b, merged[-1][2]))
+        else:
+            merged.append((p, a, b))
+    fresh = pa.concat_tables(
+        [rows({k: v for k, v in after.items() if k[0] == p}, a, b) for p, a, b in merged] or [rows({})]
+    )
     got = spliced(Held.read(lo, hi, rows(before, lo, hi)), marked, fresh)
     assert (got.lo, got.hi) == (lo, hi)
     assert content(got) == content(Held.read(lo, hi, rows(after, lo, hi)))
@@ -197,3 +209,11 @@ def test_span_is_from_oldest_to_newest() -> None:
         0, OPEN, rows({("wh", 7): ("a", 1.0, "", ()), ("w", 3): ("i", 1.0, "", ()), ("w", 4): ("i", 1.0, "", ())})
     )
     assert held.span() == 4
+
+
+def test_a_read_of_several_ranges_is_one_group_per_property_and_kind() -> None:
+    """read_points sorts within each range: a property's kinds come once per range."""
+    store: Store = {("wh", t): ("a" if t % 2 else "i", float(t), "", ()) for t in range(10)}
+    read = pa.concat_tables([rows(store, 0, 5), rows(store, 5, 10)])
+    assert read.column("k").to_pylist() == ["a", "a", "i", "i", "i", "a", "a", "a", "i", "i"]  # two runs each
+    assert content(Held.read(0, 10, read)) == content(Held.read(0, 10, rows(store)))
