@@ -104,6 +104,14 @@ class Settings:
             " cost less to read again than to keep in step)"
         },
     )
+    rollup_combine_buckets: int = field(
+        default=1000,
+        metadata={
+            "doc": "Most stale hour-to-year buckets a rollup step combines in the worker, from their stored rows"
+            " read in one query; a step with more has the store combine them, a statement per level"
+            " (0: always the store; docs/rollups.md)"
+        },
+    )
     topic_scan_interval_s: float = field(default=2.0, metadata={"doc": "How often new source topics are looked for"})
     metadata_max_age_s: float = field(
         default=10.0,

@@ -643,6 +643,56 @@ def _merge(head: _Head, children: Sequence[RollupRow]) -> RollupRow:
     )
 
 
+# A stale bucket of a coarser level: (node, source, start ms, end ms).
+Bucket = tuple[int, str, int, int]
+
+
+def cascade(
+    buckets: Mapping[Periodicity, Iterable[Bucket]],
+    fresh: Iterable[RollupRow],
+    emptied: Iterable[RollupRow],
+    stored: Iterable[RollupRow],
+) -> tuple[list[RollupRow], list[RollupRow]]:
+    """The coarser levels' rows and tombstones of the stale buckets, level by level up from the
+    half hours, as `sinks.rollups.cascade_sql` computes them in the store: each bucket's rows
+    combined (`_merge`) from the rows of its CASCADE_SOURCE level starting inside it, per
+    (property, kind); a tombstone for each stored row of a bucket whose property has no child
+    left. `stored`: the live stored rows of those children and of the buckets themselves, read
+    before this step wrote anything; `fresh` and `emptied` (tombstones): this step's half hours,
+    which replace the stored ones (each level computed here replaces its stored rows in turn).
+    Pure, and only for a few buckets (every child a Python object): many go to the store."""
+    rows: dict[tuple[Periodicity, int, str], dict[tuple[str, int], RollupRow]] = {}
+    for r in stored:
+        rows.setdefault((r.periodicity, r.node_id, r.source_id), {})[(r.property, r.ts_start_ms)] = r
+    for r in emptied:
+        rows.get((r.periodicity, r.node_id, r.source_id), {}).pop((r.property, r.ts_start_ms), None)
+    for r in fresh:
+        rows.setdefault((r.periodicity, r.node_id, r.source_id), {})[(r.property, r.ts_start_ms)] = r
+    out: list[RollupRow] = []
+    tombstones: list[RollupRow] = []
+    for per in PERIODICITIES[1:]:
+        src = CASCADE_SOURCE[per]
+        assert src is not None
+        for node, source, lo, hi in sorted(set(buckets.get(per, ()))):
+            children = rows.get((src, node, source), {})
+            mine = rows.setdefault((per, node, source), {})
+            groups: dict[tuple[str, RollupKind], list[RollupRow]] = {}
+            for (prop, start), r in children.items():
+                if lo <= start < hi:
+                    groups.setdefault((prop, r.kind), []).append(r)
+            have = {prop for prop, _kind in groups}
+            for (prop, start), r in list(mine.items()):
+                if start == lo and prop not in have:
+                    tombstones.append(RollupRow(per, node, source, prop, r.kind, lo, hi))
+                    del mine[(prop, start)]
+            for (prop, kind), kids in sorted(groups.items()):
+                kids.sort(key=lambda r: r.ts_start_ms)
+                row = _merge((per, node, source, prop, kind, lo, hi), kids)
+                out.append(row)
+                mine[(prop, lo)] = row
+    return out, tombstones
+
+
 def rollup_all(
     points: Iterable[RawPoint],
     resets: Iterable[ResetMarker],

@@ -30,6 +30,7 @@ from processors.rollup import (
     RollupKind,
     RollupRow,
     Tolerances,
+    cascade,
 )
 from processors.rollup_columns import Series
 from sinks.auxiliary import AUX_TABLE, ensure_aux_schema
@@ -597,8 +598,12 @@ def _cascade_select(per: Periodicity, ranges: Sequence[Range]) -> str:
     src = CASCADE_SOURCE[per]
     assert src is not None, "halfhour rows come from raw"
     source, live = final_rows(ROLLUP_TABLE, "c", live=True)
+    # The levels named apart too (the first column of the table's key): the condition after it
+    # names the range's own w.lo, which the engine cannot use to skip parts, and without this a
+    # year's cascade read (FINAL) every finer row of the year, half hours included.
     rows = (
-        f"{ranges_join('c', ranges, time_column='ts_start')}{live} AND (c.periodicity = {sql_str(src)}"
+        f"{ranges_join('c', ranges, time_column='ts_start')}{live}"
+        f" AND c.periodicity IN ({sql_str(src)}, {sql_str(per)}) AND (c.periodicity = {sql_str(src)}"
         f" OR (c.periodicity = {sql_str(per)} AND toUnixTimestamp64Milli(c.ts_start) = w.lo))"
     )
     # status counts summed by value: (sorted values, their sums)
@@ -650,20 +655,48 @@ class RollupWrite:
     cascade: Mapping[Periodicity, Sequence[tuple[int, str, int, int]]] = field(default_factory=dict)
 
 
+# Stale coarser buckets (all levels) a step may have for its cascade to be combined in the worker
+# (`combine_here`); more go to the store (`cascade_stage`). Each cascade statement costs the
+# embedded endpoint ~50 ms of planning whatever it carries, four a step (docs/hot-path.md); a
+# few hundred buckets' children are a few thousand rows, read in one query.
+COMBINE_BUCKETS = 1000
+
+
+def combine_here(client: Client, batch: RollupWrite) -> tuple[list[RollupRow], list[RollupRow]]:
+    """The batch's rows and tombstones with its whole cascade (`processors.rollup.cascade`): the
+    stored children and rows of every stale bucket read in one query, combined here, the
+    result for one insert. Equal to the store's cascade (`cascade_stage`), which it replaces
+    for a step with few buckets."""
+    requests: dict[tuple[int, str], list[tuple[str, int, int]]] = {}
+    for per, buckets in batch.cascade.items():
+        src = CASCADE_SOURCE[per]
+        assert src is not None
+        for node, source, lo, hi in set(buckets):
+            requests.setdefault((node, source), []).extend(((src, lo, hi), (per, lo, lo + 1)))
+    stored = read_rollups(client, [(node, source, ranges) for (node, source), ranges in requests.items()])
+    rows, tombstones = cascade(batch.cascade, batch.rows, batch.tombstones, stored)
+    return [*batch.rows, *rows], [*batch.tombstones, *tombstones]
+
+
 class RollupSink(Sink[RollupWrite, int]):
     """Rollup rows replace the stored rows of their buckets (a newer `computed` wins); a
     tombstone hides a bucket found empty. Idempotent: the same recompute writes the same state."""
 
-    def __init__(self, client: Client, cluster: str = "") -> None:
+    def __init__(self, client: Client, cluster: str = "", combine_buckets: int = COMBINE_BUCKETS) -> None:
         self.client = client
         self.cluster_name = cluster
         self.cluster = cluster_of(client, cluster)
+        # up to this many stale coarser buckets, the cascade is combined here (`combine_here`)
+        self.combine_buckets = combine_buckets
 
     def setup(self) -> None:
         ensure_rollup_schema(self.client, self.cluster_name)
 
     def write(self, batch: RollupWrite) -> int:
         with backpressure(f"rollup insert of {len(batch.rows)} + {len(batch.tombstones)} tombstones"):
+            if 0 < sum(len(b) for b in batch.cascade.values()) <= self.combine_buckets:
+                rows, tombstones = combine_here(self.client, batch)
+                return write_rollups(self.client, rows, tombstones, self.cluster)
             written = write_rollups(self.client, batch.rows, batch.tombstones, self.cluster)
             # each stage after the one below it: it reads their stored rows
             for stage in CASCADE_STAGES:

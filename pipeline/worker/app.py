@@ -331,6 +331,7 @@ class DatumWorker:
                         pulse=lambda: self.catalog.catalogs[-1].pulse_datastreams() if self.catalog else frozenset(),
                         cluster=cluster,
                         cache=self.rollup_cache,
+                        combine_buckets=self.settings.rollup_combine_buckets,
                     )
                     for client in lane_clients
                 ],

@@ -53,6 +53,7 @@ from processors.stale_marks import SpanColumns, compact
 from sinks.auxiliary import read_resets
 from sinks.clickhouse import raw_retention_days
 from sinks.rollups import (
+    COMBINE_BUCKETS,
     NEAR_MS,
     NeighbourRequest,
     RollupSink,
@@ -132,6 +133,7 @@ class RollupMaintainer:
         pulse: Callable[[], frozenset[str]] = frozenset,
         cluster: str = "",
         cache: PointCache | None = None,
+        combine_buckets: int = COMBINE_BUCKETS,
     ) -> None:
         self.client = client
         # the recent raw points of the streams, kept between steps (shared by a worker's lanes)
@@ -139,7 +141,8 @@ class RollupMaintainer:
         self._held: dict[Stream, Held] = {}  # a step's own references to what the cache holds
         self._generation = 0
         self._pulse: frozenset[str] | None = None  # a step's PULSE datastreams (the cache's)
-        self.sink = RollupSink(client, cluster)  # set up by whoever runs the maintainer
+        # set up by whoever runs the maintainer
+        self.sink = RollupSink(client, cluster, combine_buckets=combine_buckets)
         self.timezone_at = timezone_at
         self.tol = tolerances
         # identifiers of the PULSE datastreams (their instantaneous samples are summed)

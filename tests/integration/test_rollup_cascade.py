@@ -1,7 +1,8 @@
 """The cascade computed in the store (`sinks.rollups.cascade_sql`, issue 13) equals the pure
 `processors.rollup.combine`, field for field and bit for bit, on random half hours of every kind
 in zones with daylight saving and a 45-minute offset; a stored parent whose children are all
-gone gets a tombstone, one with children is replaced."""
+gone gets a tombstone, one with children is replaced. So does the cascade combined in the
+worker from the stored rows (`sinks.rollups.combine_here`), which a step with few buckets takes."""
 
 from __future__ import annotations
 
@@ -66,11 +67,11 @@ def parents(rows: list[RollupRow], per: Periodicity, tz: str) -> set[tuple[int, 
     return {bucket_bounds(r.ts_start_ms, per, z) for r in rows}
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_cascade_in_the_store_equals_combine(clickhouse_url: str, ch_database: str, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "where"), [(0, "store"), (1, "store"), (2, "worker"), (3, "worker"), (4, "store")])
+def test_cascade_in_the_store_equals_combine(clickhouse_url: str, ch_database: str, seed: int, where: str) -> None:
     client: Any = schema_client(f"{clickhouse_url.rstrip('/')}/{ch_database}")
     rng = random.Random(seed)
-    sink = RollupSink(client)
+    sink = RollupSink(client, combine_buckets=0 if where == "store" else 1_000_000)
     kinds: tuple[RollupKind, ...] = ("i", "a", "s", "p")
     streams = {(1000 * seed + k, f"/c/{k}"): ZONES[k % len(ZONES)] for k in range(12)}
     halfhours: dict[tuple[int, str], list[RollupRow]] = {}

@@ -37,7 +37,7 @@ from processors.rollup import (
 )
 from processors.rows import RawColumns
 from sinks.clickhouse import RawSink
-from sinks.rollups import ensure_rollup_schema, read_rollups
+from sinks.rollups import COMBINE_BUCKETS, ensure_rollup_schema, read_rollups
 from tests.integration.helpers import (
     model_events,
     publish_metadata,
@@ -179,7 +179,10 @@ def check_example(client: Any) -> None:
     assert rows[("day", nine - 9 * HOUR)].diff == pytest.approx(300.0)
 
 
-@pytest.mark.parametrize(("lanes", "cache_points"), [(1, 0), (2, 0), (1, 2_000_000), (2, 2_000_000), (1, 600)])
+@pytest.mark.parametrize(
+    ("lanes", "cache_points", "combine_buckets"),
+    [(1, 0, 0), (2, 0, COMBINE_BUCKETS), (1, 2_000_000, COMBINE_BUCKETS), (2, 2_000_000, 0), (1, 600, COMBINE_BUCKETS)],
+)
 def test_maintainer_on_shuffled_batches_matches_reference(
     clickhouse_url: str,
     ch_database: str,
@@ -187,12 +190,14 @@ def test_maintainer_on_shuffled_batches_matches_reference(
     monkeypatch: pytest.MonkeyPatch,
     lanes: int,
     cache_points: int,
+    combine_buckets: int,
 ) -> None:
     """The maintainer alone (no broker): raw batches stored in a messy order, each followed by
     update(); then `recompute_range` over everything changes nothing. With 2 lanes (every batch
     split from one stream a lane, each lane its own client) the rows are the same. With a point
     cache (shared by the lanes; one too small for every stream, so streams leave and come back)
-    too."""
+    too. The cascade combined by the store (combine_buckets 0) or in the worker (a batch's few
+    buckets): the same rows."""
     client = schema_client(f"{clickhouse_url.rstrip('/')}/{ch_database}")
     rng = random.Random(7)
     zones = {1: "UTC", 2: "America/New_York", 3: "Asia/Kathmandu", EXAMPLE[0]: "UTC"}
@@ -206,7 +211,11 @@ def test_maintainer_on_shuffled_batches_matches_reference(
     # these streams are sparse (minutes apart): held whatever their size
     cache = PointCache(cache_points, min_points=0) if cache_points else None
     maintainer = RollupLanes(
-        [RollupMaintainer(c, lambda node, _ms: zones[node], cache=cache) for c in clients], min_streams=1
+        [
+            RollupMaintainer(c, lambda node, _ms: zones[node], cache=cache, combine_buckets=combine_buckets)
+            for c in clients
+        ],
+        min_streams=1,
     )
     sink = RawSink(client)
     all_datums = [d for ds in streams.values() for d in ds]
