@@ -105,7 +105,7 @@ class Settings:
         },
     )
     rollup_combine_buckets: int = field(
-        default=1000,
+        default=300,
         metadata={
             "doc": "Most stale hour-to-year buckets a rollup step combines in the worker, from their stored rows"
             " read in one query; a step with more has the store combine them, a statement per level"

@@ -657,9 +657,10 @@ class RollupWrite:
 
 # Stale coarser buckets (all levels) a step may have for its cascade to be combined in the worker
 # (`combine_here`); more go to the store (`cascade_stage`). Each cascade statement costs the
-# embedded endpoint ~50 ms of planning whatever it carries, four a step (docs/hot-path.md); a
-# few hundred buckets' children are a few thousand rows, read in one query.
-COMBINE_BUCKETS = 1000
+# embedded endpoint ~50 ms of planning whatever it carries, four a step (docs/hot-path.md); 300
+# buckets are some 50 streams, whose children (~300 rows a stream with a year of history) are
+# read in one query.
+COMBINE_BUCKETS = 300
 
 
 def combine_here(client: Client, batch: RollupWrite) -> tuple[list[RollupRow], list[RollupRow]]:
