@@ -653,6 +653,8 @@ class RollupWrite:
     rows: Sequence[RollupRow]
     tombstones: Sequence[RollupRow] = ()
     cascade: Mapping[Periodicity, Sequence[tuple[int, str, int, int]]] = field(default_factory=dict)
+    # the stored rows `combine_here` needs (`cascade_reads` of every bucket), if read already
+    stored: Sequence[RollupRow] | None = None
 
 
 # Stale coarser buckets (all levels) a step may have for its cascade to be combined in the worker
@@ -663,18 +665,26 @@ class RollupWrite:
 COMBINE_BUCKETS = 300
 
 
+def cascade_reads(per: Periodicity, lo: int, hi: int) -> tuple[tuple[str, int, int], tuple[str, int, int]]:
+    """What `combine_here` reads of a stale `per` bucket [lo, hi) (`read_rollups` ranges): the
+    rows of the level below starting inside it, and its own stored row."""
+    src = CASCADE_SOURCE[per]
+    assert src is not None, "half hours come from raw"
+    return (src, lo, hi), (per, lo, lo + 1)
+
+
 def combine_here(client: Client, batch: RollupWrite) -> tuple[list[RollupRow], list[RollupRow]]:
     """The batch's rows and tombstones with its whole cascade (`processors.rollup.cascade`): the
     stored children and rows of every stale bucket read in one query, combined here, the
     result for one insert. Equal to the store's cascade (`cascade_stage`), which it replaces
     for a step with few buckets."""
-    requests: dict[tuple[int, str], list[tuple[str, int, int]]] = {}
-    for per, buckets in batch.cascade.items():
-        src = CASCADE_SOURCE[per]
-        assert src is not None
-        for node, source, lo, hi in set(buckets):
-            requests.setdefault((node, source), []).extend(((src, lo, hi), (per, lo, lo + 1)))
-    stored = read_rollups(client, [(node, source, ranges) for (node, source), ranges in requests.items()])
+    stored = batch.stored
+    if stored is None:
+        requests: dict[tuple[int, str], list[tuple[str, int, int]]] = {}
+        for per, buckets in batch.cascade.items():
+            for node, source, lo, hi in set(buckets):
+                requests.setdefault((node, source), []).extend(cascade_reads(per, lo, hi))
+        stored = read_rollups(client, [(node, source, ranges) for (node, source), ranges in requests.items()])
     rows, tombstones = cascade(batch.cascade, batch.rows, batch.tombstones, stored)
     return [*batch.rows, *rows], [*batch.tombstones, *tombstones]
 
@@ -693,9 +703,13 @@ class RollupSink(Sink[RollupWrite, int]):
     def setup(self) -> None:
         ensure_rollup_schema(self.client, self.cluster_name)
 
+    def combines_here(self, buckets: int) -> bool:
+        """Whether a step with this many stale coarser buckets has its cascade combined here."""
+        return 0 < buckets <= self.combine_buckets
+
     def write(self, batch: RollupWrite) -> int:
         with backpressure(f"rollup insert of {len(batch.rows)} + {len(batch.tombstones)} tombstones"):
-            if 0 < sum(len(b) for b in batch.cascade.values()) <= self.combine_buckets:
+            if batch.stored is not None or self.combines_here(sum(len(b) for b in batch.cascade.values())):
                 rows, tombstones = combine_here(self.client, batch)
                 return write_rollups(self.client, rows, tombstones, self.cluster)
             written = write_rollups(self.client, batch.rows, batch.tombstones, self.cluster)

@@ -59,6 +59,7 @@ from sinks.rollups import (
     RollupSink,
     RollupWrite,
     Window,
+    cascade_reads,
     read_last_after,
     read_neighbours,
     read_points,
@@ -98,8 +99,11 @@ class Refresh:
         default_factory=lambda: {p: [] for p in PERIODICITIES[1:]}
     )
 
+    # the stored rows the worker's cascade needs, read with the stale half hours' (or None)
+    stored: list[RollupRow] | None = None
+
     def write(self) -> RollupWrite:
-        return RollupWrite(self.rows, self.tombstones, self.cascade)
+        return RollupWrite(self.rows, self.tombstones, self.cascade, self.stored)
 
 
 def _merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -463,10 +467,15 @@ class RollupMaintainer:
         )
         for plan in plans:
             plan.fill(series, resets, self.tol)
+        # with the cascade combined here, the rows it needs come in the same read
+        here = self.sink.combines_here(sum(len(p.bounds[per]) for p in plans for per in PERIODICITIES[1:]))
+        found = read_rollups(
+            self.client, [(p.node, p.source, p.ranges() + (p.children() if here else [])) for p in plans]
+        )
         stored: dict[tuple[int, str], list[RollupRow]] = {}
-        for r in read_rollups(self.client, [(p.node, p.source, p.ranges()) for p in plans]):
+        for r in found:
             stored.setdefault((r.node_id, r.source_id), []).append(r)
-        out = Refresh()
+        out = Refresh(stored=found if here else None)
         for plan in plans:
             plan.halfhours(stored.get((plan.node, plan.source), []), out)
             self.kept_expired += plan.kept_expired
@@ -589,6 +598,12 @@ class _Plan:
         """Stored rows to read: the stale half hours (each may need a tombstone, or be kept behind
         the retention horizon). The coarser levels never leave the store."""
         return [("halfhour", lo, hi) for lo, hi in _merge_ranges(self.bounds["halfhour"].items())]
+
+    def children(self) -> list[tuple[str, int, int]]:
+        """What the worker's cascade reads of this stream's stale coarser buckets (`cascade_reads`)."""
+        return [
+            r for per in PERIODICITIES[1:] for lo, hi in self.bounds[per].items() for r in cascade_reads(per, lo, hi)
+        ]
 
     def halfhours(self, stored_halfhours: Sequence[RollupRow], out: Refresh) -> None:
         """Add to `out` this stream's fresh half hours, a tombstone for each stored stale one that
