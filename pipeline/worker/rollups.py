@@ -50,7 +50,7 @@ from processors.rollup import (
 from processors.rollup_columns import Series, recompute_series
 from processors.rows import DAY_MS, RawColumns
 from processors.stale_marks import SpanColumns, compact
-from sinks.auxiliary import read_resets
+from sinks.auxiliary import read_resets, streams_with_resets
 from sinks.clickhouse import raw_retention_days
 from sinks.rollups import (
     COMBINE_BUCKETS,
@@ -145,6 +145,7 @@ class RollupMaintainer:
         self._held: dict[Stream, Held] = {}  # a step's own references to what the cache holds
         self._generation = 0
         self._pulse: frozenset[str] | None = None  # a step's PULSE datastreams (the cache's)
+        self._with_resets: set[Stream] | None = None  # a step's streams with reset markers
         # set up by whoever runs the maintainer
         self.sink = RollupSink(client, cluster, combine_buckets=combine_buckets)
         self.timezone_at = timezone_at
@@ -192,6 +193,7 @@ class RollupMaintainer:
         changed readings, raw points of the stale windows, stored rows to cascade, one insert."""
         t0 = time.perf_counter()
         try:
+            self._with_resets = streams_with_resets(self.client)
             if self.cache is not None:
                 self._hold(spans, self.cache)
             stale = self.stale_of_spans(spans)
@@ -203,7 +205,7 @@ class RollupMaintainer:
                 self.cache.clear()
             raise
         finally:
-            self._held, self._pulse = {}, None
+            self._held, self._pulse, self._with_resets = {}, None, None
         self.last_seconds = time.perf_counter() - t0
         self.last_buckets = written
         log.debug("rollups: %d bucket(s) from %d span(s) in %.3fs", written, len(spans), self.last_seconds)
@@ -341,7 +343,14 @@ class RollupMaintainer:
             for i, got in zip(stored, found, strict=True):
                 out[i] = got
         if held:
-            resets = read_neighbours(self.client, [asked[i] for i in held], clock, lookback, readings=False)
+            # reset markers only of the streams that have any
+            with_resets = self._resets_of()
+            ask = [i for i in held if (asked[i].node_id, asked[i].source_id) in with_resets]
+            markers = (
+                read_neighbours(self.client, [asked[i] for i in ask], clock, lookback, readings=False) if ask else []
+            )
+            found_resets = dict(zip(ask, markers, strict=True))
+            resets = [found_resets.get(i, (None, None)) for i in held]
             for i, (reset_prev, reset_next) in zip(held, resets, strict=True):
                 r = asked[i]
                 prev, nxt = nearest_readings(
@@ -349,6 +358,10 @@ class RollupMaintainer:
                 )
                 out[i] = (_nearest(prev, reset_prev, max), _nearest(nxt, reset_next, min))
         return out
+
+    def _resets_of(self) -> set[Stream]:
+        """The streams with reset markers: the step's, or looked up now (outside a step)."""
+        return self._with_resets if self._with_resets is not None else streams_with_resets(self.client)
 
     def stale_of_spans(self, spans: SpanColumns) -> dict[tuple[int, str, str], set[int]]:
         """Per (node, source, zone): the stale half-hour starts of the spans' changed readings.
@@ -459,12 +472,11 @@ class RollupMaintainer:
         series = iter(read_series_for_recompute(self.client, windows, self.tol, pulse, served, held))
         # Every reset that can be a chain node of a window's pairs; older ones change nothing.
         near = max(NEAR_MS, self.tol.clock_ms + 1)
-        resets = iter(
-            read_resets(
-                self.client,
-                [(w.node_id, w.source_id, w.start_ms - self.tol.lookback_ms, w.end_ms + near) for w in windows],
-            )
-        )
+        with_resets = self._resets_of()
+        mine = [n for n, w in enumerate(windows) if (w.node_id, w.source_id) in with_resets]
+        reach = [(w.node_id, w.source_id, w.start_ms - self.tol.lookback_ms, w.end_ms + near) for w in windows]
+        by_window = dict(zip(mine, read_resets(self.client, [reach[n] for n in mine]) if mine else [], strict=True))
+        resets = iter([by_window.get(n, []) for n in range(len(windows))])
         for plan in plans:
             plan.fill(series, resets, self.tol)
         # with the cascade combined here, the rows it needs come in the same read
