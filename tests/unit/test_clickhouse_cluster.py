@@ -285,11 +285,11 @@ def test_cluster_inserts_are_synchronous_and_carry_tokens_where_a_batch_has_an_i
     assert by_table[4:] == [("rollup_raw", None), ("datum_auxiliary_raw", None)]
     assert all((s or {}).get("distributed_foreground_insert") == 1 for _t, s in client.inserts)
 
-    # the cascade in the store: one INSERT … SELECT per stage (week and month, both from days,
-    # together), as synchronous as any insert
+    # the cascade in the store (a step with many buckets): one INSERT … SELECT per stage (week and
+    # month, both from days, together), as synchronous as any insert
     client = Recorder()
     levels = {per: [(1, "/a", 0, 3_600_000)] for per in PERIODICITIES[1:]}
-    RollupSink(client, cluster=CLUSTER).write(RollupWrite([row], [], levels))
+    RollupSink(client, cluster=CLUSTER, combine_buckets=0).write(RollupWrite([row], [], levels))
     cascades = [c for c in client.calls if c[0] == "command"]
     stages = [re.findall(r"SELECT '(\w+)', g_node", c[1]) for c in cascades]
     assert stages == [["hour"], ["day"], ["week", "month"], ["year"]]
