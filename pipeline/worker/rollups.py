@@ -91,7 +91,8 @@ HOUR_MS = 3_600_000
 @dataclass
 class Refresh:
     """What one refresh produced: half hours from raw (and tombstones of those found empty), and
-    per coarser level the stale buckets the store combines from the level below (`cascade_sql`)."""
+    per coarser level the stale buckets to combine from the level below: by the store
+    (`cascade_sql`), or, with few, in the worker from `stored` (`sinks.rollups.combine_here`)."""
 
     rows: list[RollupRow] = field(default_factory=list)
     tombstones: list[RollupRow] = field(default_factory=list)
