@@ -17,13 +17,13 @@ from processors.rollup import (
     Periodicity,
     RollupKind,
     RollupRow,
-    _mode,
     bucket_bounds,
     buckets_between,
     cascade,
     combine,
     zone,
 )
+from tests.unit.rollup_rows import random_halfhour
 
 HALF = 1_800_000
 DAY = 86_400_000
@@ -31,25 +31,6 @@ DAY = 86_400_000
 START = 1_730_419_200_000
 ZONES = ("UTC", "America/New_York", "Asia/Kathmandu")
 PROPS: tuple[tuple[str, RollupKind], ...] = (("watts", "i"), ("wattHours", "a"), ("mode", "s"), ("tips", "p"))
-
-
-def halfhour(rng: random.Random, node: int, prop: str, kind: RollupKind, s: int, e: int) -> RollupRow:
-    n = rng.randint(1, 9)
-    tags = tuple(sorted(rng.sample(("x", "y"), rng.randint(0, 2))))
-    if kind == "i":
-        lo, hi = sorted(rng.uniform(-10.0, 100.0) for _ in range(2))
-        return RollupRow("halfhour", node, "/s", prop, kind, s, e, n, rng.uniform(lo, hi), lo, hi, tags=tags)
-    if kind == "s":
-        counts = tuple(sorted({v: rng.randint(1, 3) for v in rng.sample(("a", "b", "c"), 2)}.items()))
-        return RollupRow("halfhour", node, "/s", prop, kind, s, e, n, mode=_mode(counts), status_counts=counts)
-    if kind == "p":
-        return RollupRow("halfhour", node, "/s", prop, kind, s, e, n, diff=rng.uniform(0, 5))
-    start = rng.uniform(0, 1e3) if rng.random() < 0.7 else None
-    end = rng.uniform(0, 1e3) if rng.random() < 0.7 else None
-    return RollupRow(
-        "halfhour", node, "/s", prop, kind, s, e, n, diff=rng.uniform(0, 5), read_diff=rng.uniform(0, 5),
-        read_start=start, read_end=end, tags=tags,
-    )  # fmt: skip
 
 
 def levels(halfhours: list[RollupRow], tz: str) -> dict[Periodicity, list[RollupRow]]:
@@ -75,7 +56,9 @@ def test_cascade_here_equals_combine_after_a_step(seed: int) -> None:
         z = zone(tz)
         lo = START + rng.randrange(0, 4 * DAY // HALF) * HALF
         slots = list(buckets_between(lo, lo + rng.randint(1, 3) * DAY, "halfhour", z))
-        before = [halfhour(rng, node, p, k, s, e) for p, k in PROPS for s, e in slots if rng.random() < 0.5]
+        before = [
+            random_halfhour(rng, node, "/s", p, k, s, e) for p, k in PROPS for s, e in slots if rng.random() < 0.5
+        ]
         stored += [r for rows in levels(before, tz).values() for r in rows]
         # the step: some half hours recomputed, some emptied (one property may lose every one)
         gone_prop = rng.choice(PROPS)[0] if rng.random() < 0.3 else None
@@ -87,7 +70,7 @@ def test_cascade_here_equals_combine_after_a_step(seed: int) -> None:
                 emptied.append(RollupRow("halfhour", node, "/s", r.property, r.kind, r.ts_start_ms, r.ts_end_ms))
                 changed.append(r)
             elif roll < 0.4:
-                new = halfhour(rng, node, r.property, r.kind, r.ts_start_ms, r.ts_end_ms)
+                new = random_halfhour(rng, node, "/s", r.property, r.kind, r.ts_start_ms, r.ts_end_ms)
                 fresh.append(new)
                 changed.append(new)
                 now.append(new)
@@ -98,7 +81,7 @@ def test_cascade_here_equals_combine_after_a_step(seed: int) -> None:
                 for s, e in rng.sample(slots, min(2, len(slots))):
                     # (a half hour is either recomputed or emptied by a step, never both)
                     if not any(r.property == p and r.ts_start_ms == s for r in now + changed):
-                        new = halfhour(rng, node, p, k, s, e)
+                        new = random_halfhour(rng, node, "/s", p, k, s, e)
                         fresh.append(new)
                         changed.append(new)
                         now.append(new)
