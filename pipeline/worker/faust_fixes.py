@@ -108,6 +108,29 @@ naming the fix, instead of silently turning the workaround off.
    the streams handed to an agent is marked `tracked` (the skips come before that), so
    `ack_of_handled_only` records the acks of tracked messages only and settles the others: a
    skipped message holds the commit until it is fetched again and handled.
+
+10. A commit sent while the group has forgotten the member goes out as a standalone commit
+   (aiokafka 0.14). When the coordinator answers a heartbeat with UnknownMemberId (a broker
+   restarted without its data knows no member), aiokafka resets the member to generation -1 and
+   rejoins; the assignment stays active until the rejoin ends, so 8. lets through a commit sent
+   meanwhile. A commit of generation -1 is what a consumer outside any group sends, and the
+   restarted broker takes it: offsets of the old log land on the new one, the rejoin seeks there,
+   and the resent messages below them are never read. Seen once in CI (225 resent datums of
+   /S1/INV1, the broker-killed drill, a clean rejoin and nothing logged); made to happen every
+   time by holding the commit of the moment of the kill until the generation was reset (250 lost,
+   worker logs with every commit sent: generation -1, offset 10, taken; the rejoin seeked to 10).
+   `commit_of_current_assignment` also refuses a commit while the generation is -1: a member of a
+   group never commits outside it. Not committed, it is delivered again after the rejoin.
+
+11. A new assignment starts with the committed offsets of the last one (Faust 0.15.3).
+   `Consumer._commit_offsets` writes the offsets it tried into `_committed_offset` whether or not
+   they were committed, and after the await: a commit that lost the race with a rebalance (5.)
+   writes them into the next assignment's bookkeeping, and `Consumer.perform_seek` updates only
+   the partitions the broker has a commit for, so they stay (seen in every broker-killed drill:
+   offsets 5, 9 and 11 of the old log held as committed for partitions whose new log has no
+   commit). Faust then ignores the acks below them, and the guard (1.) takes them as the head.
+   `seek_from_the_broker` sets every assigned partition's committed offset from the broker's
+   answer, nothing where it has none.
 """
 
 from __future__ import annotations
@@ -283,13 +306,32 @@ async def count_generations_locally(self: Any, assigned: Iterable[Any]) -> None:
 
 async def commit_of_current_assignment(self: Any, assignment: Any, offsets: Any) -> Any:
     """aiokafka's `GroupCoordinator._do_commit_offsets`, refusing a commit whose assignment has
-    been replaced since it was made (8. above): it may carry offsets of a log that is gone. Raised
-    as aiokafka's own "No partitions assigned", which the commit (5.) takes as a lost race."""
+    been replaced since it was made (8. above), or whose member the group has forgotten (10.): it
+    may carry offsets of a log that is gone. Raised as aiokafka's own "No partitions assigned",
+    which the commit (5.) takes as a lost race."""
     from aiokafka.errors import IllegalStateError
+    from aiokafka.protocol.commit import OffsetCommitRequest
 
     if not assignment.active:
         raise IllegalStateError("No partitions assigned: the commit was made for an assignment since replaced")
+    if self.generation == OffsetCommitRequest.DEFAULT_GENERATION_ID:
+        # the coordinator no longer knows this member (aiokafka reset it and rejoins): a commit now
+        # would go out as a standalone one, which a broker that lost its data takes
+        raise IllegalStateError("No partitions assigned: the group forgot this member, which is rejoining")
     return await _do_commit_offsets()(self, assignment, offsets)
+
+
+async def seek_from_the_broker(self: Any) -> None:
+    """Faust's `Consumer.perform_seek`, with the committed offset of every partition the broker was
+    asked about taken from its answer, None where it has none, not left from an earlier
+    assignment (11. above). Faust's own handling of offset 0 (no head) is kept."""
+    from faust.transport.consumer import ensure_TP
+
+    committed = await self.seek_to_committed()
+    self._read_offset.update(
+        {ensure_TP(tp): offset if offset is not None and offset >= 0 else None for tp, offset in committed.items()}
+    )
+    self._committed_offset.update({ensure_TP(tp): offset if offset else None for tp, offset in committed.items()})
 
 
 def ack_of_handled_only(self: Any, message: Any) -> bool:
@@ -419,7 +461,8 @@ def apply() -> None:
     that survives a rebalance (#94, 5.) in place of `AIOKafkaConsumerThread._commit`; committed
     offsets asked at once (6.) in aiokafka; a log that starts again kept (7.) around Faust's
     `Consumer.getmany`; generations counted locally and commits bound to their assignment (8.);
-    acks of skipped messages recorded nowhere (9.)."""
+    acks of skipped messages recorded nowhere (9.); no commit while the group forgot the member
+    (10.); committed offsets of a new assignment from the broker only (11.)."""
     global _applied
     if _applied:
         return
@@ -437,6 +480,7 @@ def apply() -> None:
     _replace(ConsumerRebalanceListener, "on_partitions_assigned", count_generations_locally)
     _replace(GroupCoordinator, "_do_commit_offsets", commit_of_current_assignment)
     _replace(Consumer, "ack", ack_of_handled_only)
+    _replace(Consumer, "perform_seek", seek_from_the_broker)
     _applied = True
 
 
@@ -551,6 +595,19 @@ def _faust_own_ack() -> Any:
     return _own(_consumer_class(), "ack")
 
 
+def _faust_own_perform_seek() -> Any:
+    return _own(_consumer_class(), "perform_seek")
+
+
+def _generation_reset_to_default() -> bool:
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from aiokafka.protocol.commit import OffsetCommitRequest
+
+    return OffsetCommitRequest.DEFAULT_GENERATION_ID == -1 and (
+        "self.generation = OffsetCommitRequest.DEFAULT_GENERATION_ID" in _source(GroupCoordinator.reset_generation)
+    )
+
+
 def _faust_own_getmany() -> Any:
     return _own(_consumer_class(), "getmany")
 
@@ -616,6 +673,8 @@ _MONITOR = "pipeline.worker.sensor.PositionMonitor (commits and end offsets go t
 _NEW_LOG = "new_logs_kept/start_new_log (a log that starts again is dropped)"
 _ASSIGNMENT = "count_generations_locally/forget_taken/commit_of_current_assignment (work of one assignment in the next)"
 _SKIPPED = "ack_of_handled_only (a skipped message is acked)"
+_FORGOTTEN = "commit_of_current_assignment (a commit of a forgotten member goes out standalone)"
+_SEEKED = "seek_from_the_broker (a new assignment keeps the last one's committed offsets)"
 _AT_ONCE = "seek_to_committed_at_once/update_fetch_positions_at_once (committed offsets one partition at a time)"
 
 
@@ -826,6 +885,25 @@ RELIES_ON: tuple[Reliance, ...] = (
             and "self._do_commit_offsets(assignment, offsets)"
             in _source(_do_commit_offsets().__globals__["GroupCoordinator"].commit_offsets)
             and isinstance(_assignment_class().active, property)
+        ),
+    ),
+    Reliance(
+        _FORGOTTEN,
+        "aiokafka's GroupCoordinator.reset_generation setting generation to OffsetCommitRequest.DEFAULT_GENERATION_ID"
+        " (-1), and _do_commit_offsets sending self.generation",
+        lambda _app: _generation_reset_to_default() and "self.generation," in _source(_do_commit_offsets()),
+    ),
+    Reliance(
+        _SEEKED,
+        "Faust's Consumer.perform_seek(self) awaiting self.seek_to_committed() and updating _committed_offset and"
+        " _read_offset from it; Consumer._commit_offsets writing the offsets it tried into _committed_offset",
+        lambda _app: (
+            _params(_faust_own_perform_seek()) == ["self"]
+            and all(
+                part in _source(_faust_own_perform_seek())
+                for part in ("await self.seek_to_committed()", "self._committed_offset.update(", "read_offset")
+            )
+            and "self._committed_offset.update(committable_offsets)" in _source(_consumer_class()._commit_offsets)
         ),
     ),
     Reliance(

@@ -274,6 +274,8 @@ def test_every_workaround_has_its_reliances_listed() -> None:
         "new_logs_kept/start_new_log",
         "count_generations_locally/forget_taken/commit_of_current_assignment",
         "ack_of_handled_only",
+        "commit_of_current_assignment",
+        "seek_from_the_broker",
     }
 
 
@@ -726,19 +728,25 @@ class CommittingCoordinator:
         return SimpleNamespace(topics=[(t, [(p, 0) for p, _o, _m in parts]) for t, parts in request._topics])
 
 
-def _commit_under(replaced: bool) -> tuple[CommittingCoordinator, BaseException | None]:
+def _commit_under(
+    replaced: bool, forgotten: bool = False, commit: Any = commit_of_current_assignment
+) -> tuple[CommittingCoordinator, BaseException | None]:
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
     from aiokafka.consumer.subscription_state import Assignment
     from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
     coordinator = CommittingCoordinator()
     tp = TopicPartition("datum..S1.WX1", 1)
+    if forgotten:  # the heartbeat was answered UnknownMemberId: aiokafka's own reset, then a rejoin
+        coordinator.request_rejoin = lambda: None  # type: ignore[attr-defined]
+        GroupCoordinator.reset_generation(coordinator)  # type: ignore[arg-type]
 
     async def run() -> BaseException | None:
         made_for = Assignment({tp})  # the assignment the offsets were computed under
         if replaced:
             made_for._unassign()  # as aiokafka does when the rejoin brings the next one
         try:
-            await commit_of_current_assignment(coordinator, made_for, {tp: OffsetAndMetadata(6, "")})
+            await commit(coordinator, made_for, {tp: OffsetAndMetadata(6, "")})
         except Exception as exc:
             return exc
         return None
@@ -758,6 +766,62 @@ def test_a_commit_for_the_current_assignment_is_sent_by_aiokafka_own_method() ->
     coordinator, error = _commit_under(replaced=False)
     assert error is None
     assert [r._topics for r in coordinator.sent] == [[("datum..S1.WX1", [(1, 6, "")])]]
+
+
+def test_aiokafka_sends_a_commit_of_a_forgotten_member_as_a_standalone_one() -> None:
+    """The defect (10.): the assignment is still active while the member rejoins, and the commit
+    goes out with generation -1, which a broker that lost its data takes."""
+    from pipeline.worker.faust_fixes import _do_commit_offsets
+
+    coordinator, error = _commit_under(replaced=False, forgotten=True, commit=_do_commit_offsets())
+    assert error is None
+    sent = [(r._consumer_group_generation_id, r._topics) for r in coordinator.sent]
+    assert sent == [(-1, [("datum..S1.WX1", [(1, 6, "")])])]
+
+
+def test_a_commit_while_the_group_forgot_the_member_is_never_sent() -> None:
+    """The drill's loss in CI: offset 10 of the old log taken as a standalone commit by the restarted
+    broker, the rejoin seeking there, the resent messages below it never read."""
+    coordinator, error = _commit_under(replaced=False, forgotten=True)
+    assert coordinator.sent == []
+    assert error is not None and is_rebalance_race(error)
+    assert "forgot this member" in str(error)
+
+
+class SeekingConsumer:
+    """What Faust's Consumer.perform_seek reads and writes; the broker has a commit for one partition."""
+
+    def __init__(self) -> None:
+        self._read_offset: dict[Any, int | None] = defaultdict(lambda: None)
+        self._committed_offset: dict[Any, int | None] = defaultdict(lambda: None)
+
+    async def seek_to_committed(self) -> dict[Any, int | None]:
+        return {FaustTP("datum..S1.WX1", 1): None, FaustTP("datum..S2.WX1", 1): 7}
+
+
+def _seek(perform_seek: Any) -> SeekingConsumer:
+    consumer = SeekingConsumer()
+    # a commit of the last assignment that lost its race with the rebalance, written anyway by Faust
+    consumer._committed_offset[FaustTP("datum..S1.WX1", 1)] = 5
+    asyncio.run(perform_seek(consumer))
+    return consumer
+
+
+def test_faust_keeps_the_last_assignment_committed_offset_where_the_broker_has_none() -> None:
+    from pipeline.worker.faust_fixes import _faust_own_perform_seek
+
+    consumer = _seek(_faust_own_perform_seek())
+    assert consumer._committed_offset[FaustTP("datum..S1.WX1", 1)] == 5  # acks of 0..4 would be ignored
+
+
+def test_a_new_assignment_takes_every_committed_offset_from_the_broker() -> None:
+    from pipeline.worker.faust_fixes import seek_from_the_broker
+
+    consumer = _seek(seek_from_the_broker)
+    assert consumer._committed_offset[FaustTP("datum..S1.WX1", 1)] is None
+    assert consumer._committed_offset[FaustTP("datum..S2.WX1", 1)] == 7
+    assert consumer._read_offset[FaustTP("datum..S1.WX1", 1)] is None
+    assert consumer._read_offset[FaustTP("datum..S2.WX1", 1)] == 7
 
 
 def test_messages_unacked_at_a_revoke_count_for_nothing_after_it() -> None:
