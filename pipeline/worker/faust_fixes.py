@@ -131,6 +131,19 @@ naming the fix, instead of silently turning the workaround off.
    commit). Faust then ignores the acks below them, and the guard (1.) takes them as the head.
    `seek_from_the_broker` sets every assigned partition's committed offset from the broker's
    answer, nothing where it has none.
+
+12. A commit computed in one assignment can be sent in the next (Faust 0.15.3). Faust computes the
+   offsets, then awaits the producer's flush (which waits out a broker that is away), then hands
+   them to the consumer thread, where aiokafka takes its assignment of that moment: a rejoin that
+   ends during the flush (the restarted broker must first get back the topics the producer waits
+   for) makes the old log's offsets a commit of the new assignment, which 8. cannot tell. So
+   `rebalance_epoch` counts the revokes and assignments of this process where aiokafka calls
+   them (`revokes_counted`, `count_generations_locally`), `commit_tps_of_one_epoch` tags the
+   offsets with the epoch they were computed in, `commit_with_its_epoch` hands it to the consumer
+   thread, and `commit_racing_rebalance` refuses to send them in another epoch, checked with no
+   await before aiokafka takes its assignment (a later rebalance then makes that inactive: 8.).
+   Faust writes the refused offsets into `_committed_offset` all the same; the broker's answer at
+   the last seek is put back.
 """
 
 from __future__ import annotations
@@ -138,6 +151,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any
@@ -288,6 +302,26 @@ def getmany_keeping_new_logs(self: Any, timeout: float) -> AsyncIterator[tuple[A
 
 
 GENERATIONS = "_pipeline_assignments"
+EPOCH = "_pipeline_rebalances"  # revokes and assignments of this process, counted where aiokafka calls them
+SEEKED = "_pipeline_seeked"  # (epoch, committed offsets the broker answered at the last seek)
+# the epoch a commit's offsets were computed in, from Faust's `_commit_tps` to the consumer thread
+_computed_in: ContextVar[int | None] = ContextVar("pipeline_commit_epoch", default=None)
+
+
+def rebalance_epoch(app: Any) -> int:
+    """How many revokes and assignments this process has seen (12. above)."""
+    return int(app.__dict__.get(EPOCH, 0))
+
+
+def _next_epoch(app: Any) -> None:
+    app.__dict__[EPOCH] = rebalance_epoch(app) + 1
+
+
+def revokes_counted(self: Any, revoked: Iterable[Any]) -> Any:
+    """Faust's `ConsumerRebalanceListener.on_partitions_revoked`, counting the revoke in the epoch
+    first (12. above). Called by aiokafka before the rejoin, so before the next assignment."""
+    _next_epoch(self._thread.app)
+    return _faust_own_on_revoked()(self, revoked)
 
 
 async def count_generations_locally(self: Any, assigned: Iterable[Any]) -> None:
@@ -298,6 +332,7 @@ async def count_generations_locally(self: Any, assigned: Iterable[Any]) -> None:
     from faust.transport.consumer import ensure_TPset
 
     app = self._thread.app
+    _next_epoch(app)  # 12.
     generation = int(app.__dict__.get(GENERATIONS, 0)) + 1
     app.__dict__[GENERATIONS] = generation
     app.consumer_generation_id = generation
@@ -331,7 +366,10 @@ async def seek_from_the_broker(self: Any) -> None:
     self._read_offset.update(
         {ensure_TP(tp): offset if offset is not None and offset >= 0 else None for tp, offset in committed.items()}
     )
-    self._committed_offset.update({ensure_TP(tp): offset if offset else None for tp, offset in committed.items()})
+    epoch = rebalance_epoch(self.app)
+    seeked = {ensure_TP(tp): offset if offset else None for tp, offset in committed.items()}
+    self._committed_offset.update(seeked)
+    self.__dict__[SEEKED] = (epoch, seeked)  # what a commit overtaken by a rebalance puts back (12.)
 
 
 def ack_of_handled_only(self: Any, message: Any) -> bool:
@@ -344,6 +382,35 @@ def ack_of_handled_only(self: Any, message: Any) -> bool:
     return done
 
 
+async def commit_tps_of_one_epoch(self: Any, tps: Iterable[Any], start_new_transaction: bool) -> bool:
+    """Faust's `Consumer._commit_tps`, its offsets tagged with the epoch they were computed in, so
+    that the consumer thread refuses to send them after a rebalance (12. above). Faust writes the
+    offsets it tried into `_committed_offset` however the commit ended; when a rebalance came
+    meanwhile, the broker's answer at the last seek is put back (commits are one at a time, so
+    nothing else was committed since)."""
+    epoch = rebalance_epoch(self.app)
+    token = _computed_in.set(epoch)  # Faust computes the offsets right away, before any await
+    try:
+        done: bool = await _faust_own_commit_tps()(self, tps, start_new_transaction)
+    finally:
+        _computed_in.reset(token)
+    now = rebalance_epoch(self.app)
+    if now != epoch:
+        seeked_in, seeked = self.__dict__.get(SEEKED, (None, {}))
+        if seeked_in == now:
+            self._committed_offset.update(seeked)
+        # else the next seek, still to come, sets every assigned partition (11.)
+        return False
+    return done
+
+
+async def commit_with_its_epoch(self: Any, offsets: Mapping[Any, int]) -> bool:
+    """Faust's `AIOKafkaConsumerThread.commit` (called in the app's loop) handing the consumer
+    thread the epoch the offsets were computed in (12. above)."""
+    done: bool = await self.call_thread(self._commit, offsets, _computed_in.get())
+    return done
+
+
 def is_rebalance_race(exc: BaseException) -> bool:
     """aiokafka's answer to a commit whose partitions a rebalance took away meanwhile (5. above)."""
     from aiokafka.errors import IllegalStateError
@@ -352,14 +419,20 @@ def is_rebalance_race(exc: BaseException) -> bool:
     return isinstance(exc, IllegalStateError) and ("No partitions assigned" in text or "is not assigned" in text)
 
 
-async def commit_racing_rebalance(self: Any, offsets: Mapping[Any, int]) -> bool:
+async def commit_racing_rebalance(self: Any, offsets: Mapping[Any, int], epoch: int | None = None) -> bool:
     """Faust's `AIOKafkaConsumerThread._commit` where a commit that a rebalance overtook returns
-    False ("not committed") instead of crashing the consumer thread (faust-streaming #94; 5. above).
+    False ("not committed") instead of crashing the consumer thread (faust-streaming #94; 5. above),
+    and so does one whose offsets were computed before a rebalance since (`epoch`, 12.).
     Otherwise as Faust's: the same filter, bookkeeping and handling of every other error."""
     from aiokafka.errors import CommitFailedError
     from aiokafka.structs import OffsetAndMetadata
     from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
 
+    if epoch is not None and epoch != rebalance_epoch(self.app):
+        # checked in the consumer thread, where rebalances run, with no await before aiokafka takes
+        # its current assignment: a later rebalance makes that inactive, which 8. refuses
+        log.warning("commit computed before a rebalance: not sent, delivered again after it")
+        return False
     consumer = self._ensure_consumer()
     now = monotonic()
     assigned = self.assignment()
@@ -462,7 +535,8 @@ def apply() -> None:
     offsets asked at once (6.) in aiokafka; a log that starts again kept (7.) around Faust's
     `Consumer.getmany`; generations counted locally and commits bound to their assignment (8.);
     acks of skipped messages recorded nowhere (9.); no commit while the group forgot the member
-    (10.); committed offsets of a new assignment from the broker only (11.)."""
+    (10.); committed offsets of a new assignment from the broker only (11.); a commit bound to the
+    epoch its offsets were computed in (12.)."""
     global _applied
     if _applied:
         return
@@ -481,6 +555,9 @@ def apply() -> None:
     _replace(GroupCoordinator, "_do_commit_offsets", commit_of_current_assignment)
     _replace(Consumer, "ack", ack_of_handled_only)
     _replace(Consumer, "perform_seek", seek_from_the_broker)
+    _replace(ConsumerRebalanceListener, "on_partitions_revoked", revokes_counted)
+    _replace(Consumer, "_commit_tps", commit_tps_of_one_epoch)
+    _replace(AIOKafkaConsumerThread, "commit", commit_with_its_epoch)
     _applied = True
 
 
@@ -595,6 +672,32 @@ def _faust_own_ack() -> Any:
     return _own(_consumer_class(), "ack")
 
 
+def _before(first: str, then: str, text: str) -> bool:
+    """`first` is in `text` and comes before any `then`."""
+    return first in text and (then not in text or text.index(first) < text.index(then))
+
+
+def _aiokafka_commit_body() -> str:
+    from aiokafka import AIOKafkaConsumer
+
+    source = _source(AIOKafkaConsumer.commit)
+    return source[source.index('"""', source.index('"""') + 3) :]  # after the docstring (it shows awaits)
+
+
+def _faust_own_on_revoked() -> Any:
+    from faust.transport.drivers.aiokafka import ConsumerRebalanceListener
+
+    return _own(ConsumerRebalanceListener, "on_partitions_revoked")
+
+
+def _faust_own_commit_tps() -> Any:
+    return _own(_consumer_class(), "_commit_tps")
+
+
+def _faust_own_thread_commit() -> Any:
+    return _own(_consumer_thread_class(), "commit")
+
+
 def _faust_own_perform_seek() -> Any:
     return _own(_consumer_class(), "perform_seek")
 
@@ -675,6 +778,7 @@ _ASSIGNMENT = "count_generations_locally/forget_taken/commit_of_current_assignme
 _SKIPPED = "ack_of_handled_only (a skipped message is acked)"
 _FORGOTTEN = "commit_of_current_assignment (a commit of a forgotten member goes out standalone)"
 _SEEKED = "seek_from_the_broker (a new assignment keeps the last one's committed offsets)"
+_EPOCH = "revokes_counted/commit_tps_of_one_epoch/commit_with_its_epoch (a commit sent in the next assignment)"
 _AT_ONCE = "seek_to_committed_at_once/update_fetch_positions_at_once (committed offsets one partition at a time)"
 
 
@@ -904,6 +1008,21 @@ RELIES_ON: tuple[Reliance, ...] = (
                 for part in ("await self.seek_to_committed()", "self._committed_offset.update(", "read_offset")
             )
             and "self._committed_offset.update(committable_offsets)" in _source(_consumer_class()._commit_offsets)
+        ),
+    ),
+    Reliance(
+        _EPOCH,
+        "Faust's ConsumerRebalanceListener.on_partitions_revoked(self, revoked); Consumer._commit_tps(self, tps,"
+        " start_new_transaction) computing its offsets before any await; AIOKafkaConsumerThread.commit(self,"
+        " offsets) calling self.call_thread(self._commit, offsets); aiokafka's AIOKafkaConsumer.commit taking"
+        " its subscription's assignment before any await",
+        lambda _app: (
+            _params(_faust_own_on_revoked()) == ["self", "revoked"]
+            and _params(_faust_own_commit_tps()) == ["self", "tps", "start_new_transaction"]
+            and _before("self._filter_committable_offsets(tps)", "await", _source(_faust_own_commit_tps()))
+            and _params(_faust_own_thread_commit()) == ["self", "offsets"]
+            and "self.call_thread(self._commit, offsets)" in _source(_faust_own_thread_commit())
+            and _before("assignment = subscription.assignment", "await", _aiokafka_commit_body())
         ),
     ),
     Reliance(

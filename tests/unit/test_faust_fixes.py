@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
-from types import SimpleNamespace
+from types import MethodType, SimpleNamespace
 from typing import Any
 from weakref import WeakSet
 
@@ -276,6 +276,7 @@ def test_every_workaround_has_its_reliances_listed() -> None:
         "ack_of_handled_only",
         "commit_of_current_assignment",
         "seek_from_the_broker",
+        "revokes_counted/commit_tps_of_one_epoch/commit_with_its_epoch",
     }
 
 
@@ -792,6 +793,7 @@ class SeekingConsumer:
     """What Faust's Consumer.perform_seek reads and writes; the broker has a commit for one partition."""
 
     def __init__(self) -> None:
+        self.app = SimpleNamespace()
         self._read_offset: dict[Any, int | None] = defaultdict(lambda: None)
         self._committed_offset: dict[Any, int | None] = defaultdict(lambda: None)
 
@@ -893,3 +895,110 @@ def test_a_skipped_message_holds_the_commit_until_it_is_handled() -> None:
     again = Record(LOG_TP, 1)  # fetched again after the assignment, handed to an agent this time
     ack_of_handled_only(consumer, again)
     assert contiguous_new_offset(consumer, LOG_TP) == 3
+
+
+# -- a commit computed in one assignment, sent in the next (12.) -------------------------------------
+
+
+class EpochThread(FakeConsumerThread):
+    """The consumer thread: its `commit` hands `_commit` over as Faust's does (or with the epoch)."""
+
+    def __init__(self, app: Any, assigned: set[Any], with_epoch: bool) -> None:
+        from pipeline.worker.faust_fixes import _faust_own_thread_commit, commit_racing_rebalance, commit_with_its_epoch
+
+        super().__init__(None, assigned)
+        self.app = app
+        self._commit = MethodType(commit_racing_rebalance, self)
+        self.commit = MethodType(commit_with_its_epoch if with_epoch else _faust_own_thread_commit(), self)
+
+    async def call_thread(self, fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+
+class CommittingConsumer:
+    """Faust's own commit path (`_commit_tps` to `_commit_offsets`) on the bookkeeping it reads; the
+    producer's flush waits out a broker that restarted, during which the workers rejoined."""
+
+    from faust.transport.consumer import Consumer as _Faust
+
+    _filter_committable_offsets = _Faust._filter_committable_offsets
+    _should_commit = _Faust._should_commit
+    _handle_attached = _Faust._handle_attached
+    _commit_offsets = _Faust._commit_offsets
+    _new_offset = contiguous_new_offset
+    in_transaction = False
+
+    def __init__(self, with_epoch: bool) -> None:
+        import logging
+
+        self.log = SimpleNamespace(dev=lambda *_a: None, info=lambda *_a: None, logger=logging.getLogger("fake"))
+        self.app = SimpleNamespace(
+            producer=SimpleNamespace(flush=self._rejoin_while_flushing),
+            tables=SimpleNamespace(on_commit=lambda _offsets: None),
+            monitor=SimpleNamespace(on_tp_commit=lambda _offsets: None),
+            _attachments=SimpleNamespace(publish_for_tp_offset=self._nothing_attached),
+        )
+        self._thread = EpochThread(self.app, {LOG_TP}, with_epoch)
+        self._committed_offset: dict[Any, int | None] = defaultdict(lambda: None, {LOG_TP: 5})
+        self._acked: dict[Any, list[int]] = defaultdict(list, {LOG_TP: [5, 6, 7]})  # the old log's
+        self._acked_index: dict[Any, set[int]] = defaultdict(set, {LOG_TP: {5, 6, 7}})
+        self._gap: dict[Any, IntervalTree] = defaultdict(IntervalTree)
+        self._read_offset: dict[Any, int | None] = defaultdict(lambda: None)
+
+    def assignment(self) -> set[Any]:
+        return {LOG_TP}
+
+    async def _nothing_attached(self, _tp: Any, _offset: int) -> list[Any]:
+        return []
+
+    async def _commit(self, offsets: Any) -> bool:  # the aiokafka driver's Consumer._commit
+        done: bool = await self._thread.commit(offsets)
+        return done
+
+    async def seek_to_committed(self) -> dict[Any, int | None]:
+        return {LOG_TP: None}  # the restarted broker has no commit
+
+    async def _rejoin_while_flushing(self) -> None:
+        from pipeline.worker.faust_fixes import _next_epoch, seek_from_the_broker
+
+        _next_epoch(self.app)  # the revoke, as the listener counts it
+        for bookkeeping in (self._acked, self._acked_index, self._committed_offset, self._read_offset):
+            bookkeeping.pop(LOG_TP, None)  # as Faust's revoke does
+        _next_epoch(self.app)  # the assignment, the same partition again
+        await seek_from_the_broker(self)
+
+
+def _commit_across_a_rejoin(with_epoch: bool) -> CommittingConsumer:
+    from pipeline.worker.faust_fixes import _faust_own_commit_tps, commit_tps_of_one_epoch
+
+    consumer = CommittingConsumer(with_epoch)
+    commit_tps = commit_tps_of_one_epoch if with_epoch else _faust_own_commit_tps()
+    asyncio.run(commit_tps(consumer, [LOG_TP], True))
+    return consumer
+
+
+def test_faust_sends_offsets_of_one_assignment_in_the_next() -> None:
+    """The defect: offset 8 of the old log committed for the new one, and held as committed."""
+    consumer = _commit_across_a_rejoin(with_epoch=False)
+    assert [{tp.partition: o.offset for tp, o in c.items()} for c in consumer._thread.consumer.committed] == [{0: 8}]
+    assert consumer._committed_offset[LOG_TP] == 8
+
+
+def test_a_commit_computed_before_a_rebalance_is_never_sent_after_it() -> None:
+    consumer = _commit_across_a_rejoin(with_epoch=True)
+    assert consumer._thread.consumer.committed == []
+    assert consumer._committed_offset[LOG_TP] is None  # the broker's answer at the seek, put back
+
+
+def test_a_commit_within_one_epoch_is_sent() -> None:
+    consumer = CommittingConsumer(with_epoch=True)
+
+    async def flush() -> None:
+        pass
+
+    consumer.app.producer.flush = flush
+    from pipeline.worker.faust_fixes import commit_tps_of_one_epoch
+
+    assert asyncio.run(commit_tps_of_one_epoch(consumer, [LOG_TP], True)) is True
+    assert [{tp.partition: o.offset for tp, o in c.items()} for c in consumer._thread.consumer.committed] == [{0: 8}]
+    assert consumer._committed_offset[LOG_TP] == 8
