@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -68,6 +69,7 @@ from sinks.rollups import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 HALFHOUR: tuple[Periodicity, ...] = ("halfhour",)
 # Which neighbours of a changed accumulating reading are looked up (`stale_halfhours`).
@@ -344,14 +346,11 @@ class RollupMaintainer:
             for i, got in zip(stored, found, strict=True):
                 out[i] = got
         if held:
-            # reset markers only of the streams that have any
-            with_resets = self._resets_of()
-            ask = [i for i in held if (asked[i].node_id, asked[i].source_id) in with_resets]
-            markers = (
-                read_neighbours(self.client, [asked[i] for i in ask], clock, lookback, readings=False) if ask else []
+            markers = self._where_resets(
+                [(asked[i].node_id, asked[i].source_id) for i in held],
+                lambda ks: read_neighbours(self.client, [asked[held[k]] for k in ks], clock, lookback, readings=False),
             )
-            found_resets = dict(zip(ask, markers, strict=True))
-            resets = [found_resets.get(i, (None, None)) for i in held]
+            resets = [markers.get(k, (None, None)) for k in range(len(held))]
             for i, (reset_prev, reset_next) in zip(held, resets, strict=True):
                 r = asked[i]
                 prev, nxt = nearest_readings(
@@ -360,9 +359,13 @@ class RollupMaintainer:
                 out[i] = (_nearest(prev, reset_prev, max), _nearest(nxt, reset_next, min))
         return out
 
-    def _resets_of(self) -> set[Stream]:
-        """The streams with reset markers: the step's, or looked up now (outside a step)."""
-        return self._with_resets if self._with_resets is not None else streams_with_resets(self.client)
+    def _where_resets(self, streams: Sequence[Stream], read: Callable[[list[int]], Sequence[T]]) -> dict[int, T]:
+        """What `read` finds for the positions (in `streams`) of the streams with reset markers, by
+        position: the others have no marker to find. The streams with markers are the step's, or
+        looked up now (outside a step)."""
+        with_resets = self._with_resets if self._with_resets is not None else streams_with_resets(self.client)
+        ask = [k for k, stream in enumerate(streams) if stream in with_resets]
+        return dict(zip(ask, read(ask) if ask else [], strict=True))
 
     def stale_of_spans(self, spans: SpanColumns) -> dict[tuple[int, str, str], set[int]]:
         """Per (node, source, zone): the stale half-hour starts of the spans' changed readings.
@@ -473,11 +476,11 @@ class RollupMaintainer:
         series = iter(read_series_for_recompute(self.client, windows, self.tol, pulse, served, held))
         # Every reset that can be a chain node of a window's pairs; older ones change nothing.
         near = max(NEAR_MS, self.tol.clock_ms + 1)
-        with_resets = self._resets_of()
-        mine = [n for n, w in enumerate(windows) if (w.node_id, w.source_id) in with_resets]
         reach = [(w.node_id, w.source_id, w.start_ms - self.tol.lookback_ms, w.end_ms + near) for w in windows]
-        by_window = dict(zip(mine, read_resets(self.client, [reach[n] for n in mine]) if mine else [], strict=True))
-        resets = iter([by_window.get(n, []) for n in range(len(windows))])
+        markers = self._where_resets(
+            [r[:2] for r in reach], lambda ns: read_resets(self.client, [reach[n] for n in ns])
+        )
+        resets = iter([markers.get(n, []) for n in range(len(windows))])
         for plan in plans:
             plan.fill(series, resets, self.tol)
         # with the cascade combined here, the rows it needs come in the same read

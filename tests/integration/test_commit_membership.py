@@ -14,17 +14,12 @@ from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.structs import TopicPartition
 from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as ConfluentTP
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from pipeline.settings import Settings
+from pipeline.wire.producer import TopicAdmin
 from pipeline.worker import faust_fixes
 
 pytestmark = pytest.mark.integration
-
-
-def _create(bootstrap: str, topic: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})  # held: its futures die with it
-    for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
-        future.result(30)
 
 
 def _committed(bootstrap: str, topic: str, group: str) -> int:
@@ -79,7 +74,7 @@ def test_a_commit_while_the_group_forgot_the_member(
     do_commit: Any = faust_fixes.commit_of_current_assignment if guarded else faust_fixes._do_commit_offsets()
     monkeypatch.setattr(GroupCoordinator, "_do_commit_offsets", do_commit)
     topic, group = f"{unique}-commits", f"{unique}-group"
-    _create(kafka_bootstrap, topic)
+    TopicAdmin(Settings.from_env({})._with({"kafka_bootstrap": kafka_bootstrap})).ensure([topic], partitions=1)
     error = asyncio.run(_commit_after_the_group_forgot(kafka_bootstrap, topic, group))
     if guarded:
         assert error is not None and faust_fixes.is_rebalance_race(error), error

@@ -928,12 +928,12 @@ class CommittingConsumer:
     _new_offset = contiguous_new_offset
     in_transaction = False
 
-    def __init__(self, with_epoch: bool) -> None:
+    def __init__(self, with_epoch: bool, rejoin: bool = True) -> None:
         import logging
 
         self.log = SimpleNamespace(dev=lambda *_a: None, info=lambda *_a: None, logger=logging.getLogger("fake"))
         self.app = SimpleNamespace(
-            producer=SimpleNamespace(flush=self._rejoin_while_flushing),
+            producer=SimpleNamespace(flush=self._rejoin_while_flushing if rejoin else self._flushed),
             tables=SimpleNamespace(on_commit=lambda _offsets: None),
             monitor=SimpleNamespace(on_tp_commit=lambda _offsets: None),
             _attachments=SimpleNamespace(publish_for_tp_offset=self._nothing_attached),
@@ -958,6 +958,9 @@ class CommittingConsumer:
     async def seek_to_committed(self) -> dict[Any, int | None]:
         return {LOG_TP: None}  # the restarted broker has no commit
 
+    async def _flushed(self) -> None:
+        pass
+
     async def _rejoin_while_flushing(self) -> None:
         from pipeline.worker.faust_fixes import _next_epoch, seek_from_the_broker
 
@@ -968,37 +971,35 @@ class CommittingConsumer:
         await seek_from_the_broker(self)
 
 
-def _commit_across_a_rejoin(with_epoch: bool) -> CommittingConsumer:
+def _commit_across(with_epoch: bool, rejoin: bool = True) -> tuple[CommittingConsumer, bool]:
     from pipeline.worker.faust_fixes import _faust_own_commit_tps, commit_tps_of_one_epoch
 
-    consumer = CommittingConsumer(with_epoch)
+    consumer = CommittingConsumer(with_epoch, rejoin)
     commit_tps = commit_tps_of_one_epoch if with_epoch else _faust_own_commit_tps()
-    asyncio.run(commit_tps(consumer, [LOG_TP], True))
-    return consumer
+    done = asyncio.run(commit_tps(consumer, [LOG_TP], True))
+    return consumer, done
+
+
+def _sent(consumer: CommittingConsumer) -> list[dict[int, int]]:
+    """The offsets aiokafka was asked to commit, per commit, by partition."""
+    return [{tp.partition: o.offset for tp, o in c.items()} for c in consumer._thread.consumer.committed]
 
 
 def test_faust_sends_offsets_of_one_assignment_in_the_next() -> None:
     """The defect: offset 8 of the old log committed for the new one, and held as committed."""
-    consumer = _commit_across_a_rejoin(with_epoch=False)
-    assert [{tp.partition: o.offset for tp, o in c.items()} for c in consumer._thread.consumer.committed] == [{0: 8}]
+    consumer, _ = _commit_across(with_epoch=False)
+    assert _sent(consumer) == [{0: 8}]
     assert consumer._committed_offset[LOG_TP] == 8
 
 
 def test_a_commit_computed_before_a_rebalance_is_never_sent_after_it() -> None:
-    consumer = _commit_across_a_rejoin(with_epoch=True)
+    consumer, _ = _commit_across(with_epoch=True)
     assert consumer._thread.consumer.committed == []
     assert consumer._committed_offset[LOG_TP] is None  # the broker's answer at the seek, put back
 
 
 def test_a_commit_within_one_epoch_is_sent() -> None:
-    consumer = CommittingConsumer(with_epoch=True)
-
-    async def flush() -> None:
-        pass
-
-    consumer.app.producer.flush = flush
-    from pipeline.worker.faust_fixes import commit_tps_of_one_epoch
-
-    assert asyncio.run(commit_tps_of_one_epoch(consumer, [LOG_TP], True)) is True
-    assert [{tp.partition: o.offset for tp, o in c.items()} for c in consumer._thread.consumer.committed] == [{0: 8}]
+    consumer, done = _commit_across(with_epoch=True, rejoin=False)
+    assert done is True
+    assert _sent(consumer) == [{0: 8}]
     assert consumer._committed_offset[LOG_TP] == 8
