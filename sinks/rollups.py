@@ -779,9 +779,10 @@ def write_rollups(
 
 
 # The table of buckets travels in the query text, which ClickHouse parses up to `max_query_size`
-# bytes (262,144 by default: https://clickhouse.com/docs/operations/settings/settings#max_query_size);
-# the statement around it is about 3 kB.
-CASCADE_TEXT_BYTES = 200_000
+# bytes (QUERY_BYTES, which every client of the pipeline sets); the statement around it is about
+# 3 kB a level. A fleet's stage in one statement rather than three to six (at 200 kB each)
+# took the cascade 0.6-0.8 of the time (docs/hot-path.md).
+CASCADE_TEXT_BYTES = 4_000_000
 
 
 def _by_query_size(buckets: Sequence[tuple[int, str, int, int]]) -> Iterator[tuple[list[Range], int]]:

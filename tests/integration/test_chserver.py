@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.embedded import stack
-from sinks.clickhouse import sql_table
+from sinks.clickhouse import QUERY_BYTES, connect, sql_table
 
 DDL = """CREATE TABLE {db}.readings (
     ts DateTime64(3, 'UTC'), device LowCardinality(String), value Nullable(Float64),
@@ -95,6 +95,23 @@ def test_database_and_settings(clickhouse_url: str, ch_database: str) -> None:
     assert client.command("SELECT getSetting('max_block_size')") != 777
     # server-side parameter binding
     assert client.query("SELECT {a:UInt16} * 2", parameters={"a": 21}).result_rows == [(42,)]
+
+
+def test_the_pipeline_client_sends_statements_longer_than_clickhouse_default(
+    clickhouse_url: str, ch_database: str
+) -> None:
+    """A fleet's set-wise statement carries thousands of ranges in its text, past ClickHouse's
+    default `max_query_size` (256 KiB): the pipeline's clients raise it (QUERY_BYTES); a client
+    without that is refused the same statement (the control)."""
+    ranges = [(k, 1 + k // 10, f"/F/{k % 10}", k * 1000, k * 1000 + 500) for k in range(12_000)]
+    shape = "q UInt32, node UInt64, source String, lo Int64, hi Int64"
+    sql = f"SELECT count(), sum(lo) FROM {sql_table(shape, ranges)}"
+    assert 256 * 1024 < len(sql) < QUERY_BYTES
+    client = connect(clickhouse_url, ch_database)
+    assert client.query(sql).result_rows == [(12_000, sum(r[3] for r in ranges))]
+    plain = clickhouse_connect.get_client(dsn=clickhouse_url, database=ch_database)
+    with pytest.raises(DatabaseError, match="max_query_size"):
+        plain.query(sql)
 
 
 def test_session_temporary_table_and_set(clickhouse_url: str) -> None:

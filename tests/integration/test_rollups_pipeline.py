@@ -18,6 +18,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import sinks.auxiliary
+import sinks.clickhouse
+import sinks.rollups
 from pipeline import cli
 from pipeline.embedded.stack import free_port
 from pipeline.settings import Settings
@@ -180,8 +183,15 @@ def check_example(client: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("lanes", "cache_points", "combine_buckets"),
-    [(1, 0, 0), (2, 0, COMBINE_BUCKETS), (1, 2_000_000, COMBINE_BUCKETS), (2, 2_000_000, 0), (1, 600, COMBINE_BUCKETS)],
+    ("lanes", "cache_points", "combine_buckets", "split"),
+    [
+        (1, 0, 0, False),
+        (2, 0, COMBINE_BUCKETS, False),
+        (1, 2_000_000, COMBINE_BUCKETS, False),
+        (2, 2_000_000, 0, False),
+        (1, 600, COMBINE_BUCKETS, False),
+        (1, 0, 0, True),
+    ],
 )
 def test_maintainer_on_shuffled_batches_matches_reference(
     clickhouse_url: str,
@@ -191,13 +201,19 @@ def test_maintainer_on_shuffled_batches_matches_reference(
     lanes: int,
     cache_points: int,
     combine_buckets: int,
+    split: bool,
 ) -> None:
     """The maintainer alone (no broker): raw batches stored in a messy order, each followed by
     update(); then `recompute_range` over everything changes nothing. With 2 lanes (every batch
     split from one stream a lane, each lane its own client) the rows are the same. With a point
     cache (shared by the lanes; one too small for every stream, so streams leave and come back)
     too. The cascade combined by the store (combine_buckets 0) or in the worker (a batch's few
-    buckets): the same rows."""
+    buckets): the same rows. `split`: every set-wise read and cascade stage cut into statements
+    of a few ranges (a fleet's step is cut at RANGES_CHUNK and CASCADE_TEXT_BYTES): the same rows."""
+    if split:
+        for module in (sinks.clickhouse, sinks.rollups, sinks.auxiliary):
+            monkeypatch.setattr(module, "RANGES_CHUNK", 8)
+        monkeypatch.setattr(sinks.rollups, "CASCADE_TEXT_BYTES", 1000)
     client = schema_client(f"{clickhouse_url.rstrip('/')}/{ch_database}")
     rng = random.Random(7)
     zones = {1: "UTC", 2: "America/New_York", 3: "Asia/Kathmandu", EXAMPLE[0]: "UTC"}
