@@ -145,6 +145,7 @@ def main() -> None:
         steps.wrap(worker_rollups, "read_resets", "read resets")
         steps.wrap(worker_rollups._Plan, "fill", "recompute half hours")
         steps.wrap(worker_rollups, "read_rollups", "read stored rollups")
+        steps.wrap(m, "_with_stored_cases", "stored half hours' keys")
         steps.wrap(worker_rollups._Plan, "halfhours", "tombstones")
         steps.wrap(sink_rollups, "cascade_stage", "cascade in the store")
         # the half hours' insert alone (RollupSink.write also runs the cascade, timed above)

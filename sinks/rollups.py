@@ -567,6 +567,30 @@ def read_rollups(
     return out
 
 
+def read_rollup_keys(
+    client: Client,
+    requests: Sequence[tuple[int, str, Sequence[tuple[str, int, int]]]],
+) -> list[tuple[int, str, str, int]]:
+    """`read_rollups` of the same requests as keys only: (node, source, property, start ms) of
+    each stored (live) row, read as Arrow columns. What a refresh needs of its stored half hours
+    unless one of them is a tombstone's or retention's case (issue 13: a fleet's step read
+    tens of thousands of whole rows, a `RollupRow` each, to find none of either)."""
+    ranges: list[NamedRange] = [
+        (0, node_id, source_id, per, lo, hi) for node_id, source_id, levels in requests for per, lo, hi in levels
+    ]
+    out: list[tuple[int, str, str, int]] = []
+    for k in range(0, len(ranges), RANGES_CHUNK):
+        source, live = final_rows(ROLLUP_TABLE, "r", live=True)
+        join = ranges_join("r", ranges[k : k + RANGES_CHUNK], time_column="ts_start", name_column="periodicity")
+        table = client.query_arrow(
+            "SELECT r.node_id AS n, toString(r.source_id) AS s, toString(r.property) AS p,"
+            f" toUnixTimestamp64Milli(r.ts_start) AS t FROM {source}{join}{live}"
+        )
+        columns = [table.column(c).to_pylist() for c in ("n", "s", "p", "t")]
+        out.extend(zip(*columns, strict=True))
+    return out
+
+
 def cascade_sql(per: Periodicity, ranges: Sequence[Range]) -> str:
     """`INSERT … SELECT` of the `per` rows of the given parent buckets (q, node, source, start ms,
     end ms), each combined from the stored rows of its finer level (CASCADE_SOURCE) that start

@@ -64,6 +64,7 @@ from sinks.rollups import (
     read_last_after,
     read_neighbours,
     read_points,
+    read_rollup_keys,
     read_rollups,
     read_series_for_recompute,
 )
@@ -485,9 +486,10 @@ class RollupMaintainer:
             plan.fill(series, resets, self.tol)
         # with the cascade combined here, the rows it needs come in the same read
         here = self.sink.combines_here(sum(len(p.bounds[per]) for p in plans for per in PERIODICITIES[1:]))
-        found = read_rollups(
-            self.client, [(p.node, p.source, p.ranges() + (p.children() if here else [])) for p in plans]
-        )
+        if here:
+            found = read_rollups(self.client, [(p.node, p.source, p.ranges() + p.children()) for p in plans])
+        else:
+            found = read_rollups(self.client, [(p.node, p.source, p.ranges()) for p in self._with_stored_cases(plans)])
         stored: dict[tuple[int, str], list[RollupRow]] = {}
         for r in found:
             stored.setdefault((r.node_id, r.source_id), []).append(r)
@@ -495,6 +497,28 @@ class RollupMaintainer:
         for plan in plans:
             plan.halfhours(stored.get((plan.node, plan.source), []), out)
             self.kept_expired += plan.kept_expired
+        return out
+
+    def _with_stored_cases(self, plans: Sequence[_Plan]) -> list[_Plan]:
+        """The plans whose stored half hours `_Plan.halfhours` has something to do with: one that
+        no fresh row replaces (a tombstone's), or one behind the retention horizon (kept if the
+        recompute finds fewer samples). The stored rows of the others change nothing, so only
+        their keys are read (`read_rollup_keys`), and the whole rows of these plans only."""
+        keys: dict[tuple[int, str], list[tuple[str, int]]] = {}
+        for node, source, prop, start in read_rollup_keys(self.client, [(p.node, p.source, p.ranges()) for p in plans]):
+            keys.setdefault((node, source), []).append((prop, start))
+        out: list[_Plan] = []
+        for plan in plans:
+            mine = keys.get((plan.node, plan.source), [])
+            if not mine:
+                continue
+            fresh = {(r.property, r.ts_start_ms) for r in plan.fresh}
+            stale, horizon = plan.bounds["halfhour"], plan.horizon_ms
+            if any(
+                start in stale and ((prop, start) not in fresh or (horizon is not None and start <= horizon))
+                for prop, start in mine
+            ):
+                out.append(plan)
         return out
 
 
