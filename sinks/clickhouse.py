@@ -438,9 +438,10 @@ class RawSink(Sink[pa.Table | RawColumns, int]):
         return len(batch)
 
 
-_UTC_MS = pa.timestamp("ms", tz="UTC")
+# a DateTime64(3, 'UTC') column as Arrow gives it (epoch ms cast without a copy)
+UTC_MS = pa.timestamp("ms", tz="UTC")
 # processors.columns.RAW_SCHEMA with `created` a timestamp: what the raw table takes
-RAW_ARROW = RAW_SCHEMA.set(RAW_SCHEMA.get_field_index("created"), pa.field("created", _UTC_MS))
+RAW_ARROW = RAW_SCHEMA.set(RAW_SCHEMA.get_field_index("created"), pa.field("created", UTC_MS))
 assert tuple(RAW_ARROW.names) == RAW_COLUMNS
 
 
@@ -449,11 +450,11 @@ def raw_arrow(batch: pa.Table | RawColumns, inserted_ms: int | None = None) -> p
     `created` epoch ms become timestamps without a copy."""
     table = batch if isinstance(batch, pa.Table) else raw_table(batch)
     arrays = [table.column(name) for name in RAW_COLUMNS]
-    arrays[RAW_COLUMNS.index("created")] = arrays[RAW_COLUMNS.index("created")].cast(_UTC_MS)
+    arrays[RAW_COLUMNS.index("created")] = arrays[RAW_COLUMNS.index("created")].cast(UTC_MS)
     schema = RAW_ARROW
     if inserted_ms is not None:
-        arrays.append(pa.chunked_array([pa.array(np.full(len(table), inserted_ms, dtype=np.int64)).cast(_UTC_MS)]))
-        schema = schema.append(pa.field("inserted", _UTC_MS))
+        arrays.append(pa.chunked_array([pa.array(np.full(len(table), inserted_ms, dtype=np.int64)).cast(UTC_MS)]))
+        schema = schema.append(pa.field("inserted", UTC_MS))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

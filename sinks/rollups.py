@@ -38,6 +38,7 @@ from sinks.base import Sink
 from sinks.clickhouse import (
     RANGES_CHUNK,
     RAW_TABLE,
+    UTC_MS,
     NamedRange,
     Range,
     backpressure,
@@ -776,7 +777,6 @@ def write_rollups(
     return int(table.num_rows)
 
 
-_UTC_MS = pa.timestamp("ms", tz="UTC")
 _FIGURES = ("avg", "min", "max", "diff", "read_diff", "read_start", "read_end")
 # `rollup_raw`'s columns as an insert gives them (ROLLUP_COLUMNS; `computed` is the store's)
 ROLLUP_ARROW = pa.schema(
@@ -786,8 +786,8 @@ ROLLUP_ARROW = pa.schema(
         ("source_id", pa.string()),
         ("property", pa.string()),
         ("kind", pa.string()),
-        ("ts_start", _UTC_MS),
-        ("ts_end", _UTC_MS),
+        ("ts_start", UTC_MS),
+        ("ts_end", UTC_MS),
         ("count", pa.uint64()),
         *((name, pa.float64()) for name in _FIGURES),
         ("mode", pa.string()),
@@ -810,8 +810,8 @@ def rollup_arrow(rows: Sequence[RollupRow], tombstones: Sequence[RollupRow] = ()
         [r.source_id for r in every],
         [r.property for r in every],
         [r.kind for r in every],
-        pa.array([r.ts_start_ms for r in every], pa.int64()).cast(_UTC_MS),
-        pa.array([r.ts_end_ms for r in every], pa.int64()).cast(_UTC_MS),
+        pa.array([r.ts_start_ms for r in every], pa.int64()).cast(UTC_MS),
+        pa.array([r.ts_end_ms for r in every], pa.int64()).cast(UTC_MS),
         [r.count for r in every],
         *([getattr(r, name) for r in every] for name in _FIGURES),
         [r.mode or "" for r in every],
