@@ -249,12 +249,14 @@ class DeadLetterSink(Sink[Sequence[LetterRow], int]):
 QUERY_BYTES = 8 << 20
 
 
-def connect(url: str, database: str | None = None, **kwargs: Any) -> Client:
-    """A clickhouse-connect client for a URL like http://user:pw@host:8123/db."""
+def connect(url: str, database: str | None = None, long_statements: bool = True, **kwargs: Any) -> Client:
+    """A clickhouse-connect client for a URL like http://user:pw@host:8123/db. `long_statements`:
+    it may send statements up to QUERY_BYTES (a reader that never does, such as the HTTP API,
+    leaves the setting alone: a read-only user may not change it)."""
     parsed = urlparse(url)
     db = database or (parsed.path.strip("/") or None)
     base = f"{parsed.scheme}://{parsed.netloc}"
-    settings = {"max_query_size": QUERY_BYTES, **kwargs.pop("settings", {})}
+    settings = {**({"max_query_size": QUERY_BYTES} if long_statements else {}), **kwargs.pop("settings", {})}
     return clickhouse_connect.get_client(
         dsn=base, database=db or "default", settings=settings, compress="lz4", **kwargs
     )

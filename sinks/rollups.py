@@ -549,22 +549,28 @@ def rollup_row(values: Sequence[Any]) -> RollupRow:
     )
 
 
+def _rollup_reads(requests: Sequence[tuple[int, str, Sequence[tuple[str, int, int]]]], columns: str) -> Iterator[str]:
+    """SELECTs of `columns` (of `r`) from the stored (live) rows: per (node, source, ranges), each
+    (periodicity, start_ms, end_ms) range is the rows of that level with ts_start in [start_ms,
+    end_ms). One per RANGES_CHUNK ranges."""
+    ranges: list[NamedRange] = [
+        (0, node_id, source_id, per, lo, hi) for node_id, source_id, levels in requests for per, lo, hi in levels
+    ]
+    source, live = final_rows(ROLLUP_TABLE, "r", live=True)
+    for k in range(0, len(ranges), RANGES_CHUNK):
+        join = ranges_join("r", ranges[k : k + RANGES_CHUNK], time_column="ts_start", name_column="periodicity")
+        yield f"SELECT {columns} FROM {source}{join}{live}"
+
+
 def read_rollups(
     client: Client,
     requests: Sequence[tuple[int, str, Sequence[tuple[str, int, int]]]],
 ) -> list[RollupRow]:
     """Stored (live) rows: per (node, source, ranges), each (periodicity, start_ms, end_ms)
-    range is the rows of that level with ts_start in [start_ms, end_ms). One query per
-    RANGES_CHUNK ranges."""
-    ranges: list[NamedRange] = [
-        (0, node_id, source_id, per, lo, hi) for node_id, source_id, levels in requests for per, lo, hi in levels
-    ]
+    range is the rows of that level with ts_start in [start_ms, end_ms)."""
     out: list[RollupRow] = []
-    for k in range(0, len(ranges), RANGES_CHUNK):
-        source, live = final_rows(ROLLUP_TABLE, "r", live=True)
-        join = ranges_join("r", ranges[k : k + RANGES_CHUNK], time_column="ts_start", name_column="periodicity")
-        result = client.query(f"SELECT {rollup_row_columns('r')} FROM {source}{join}{live}")
-        out.extend(rollup_row(values) for values in result.result_rows)
+    for sql in _rollup_reads(requests, rollup_row_columns("r")):
+        out.extend(rollup_row(values) for values in client.query(sql).result_rows)
     return out
 
 
@@ -576,19 +582,12 @@ def read_rollup_keys(
     each stored (live) row, read as Arrow columns. What a refresh needs of its stored half hours
     unless one of them is a tombstone's or retention's case (issue 13: a fleet's step read
     tens of thousands of whole rows, a `RollupRow` each, to find none of either)."""
-    ranges: list[NamedRange] = [
-        (0, node_id, source_id, per, lo, hi) for node_id, source_id, levels in requests for per, lo, hi in levels
-    ]
+    keys = "r.node_id AS n, toString(r.source_id) AS s, toString(r.property) AS p,"
+    keys += " toUnixTimestamp64Milli(r.ts_start) AS t"
     out: list[tuple[int, str, str, int]] = []
-    for k in range(0, len(ranges), RANGES_CHUNK):
-        source, live = final_rows(ROLLUP_TABLE, "r", live=True)
-        join = ranges_join("r", ranges[k : k + RANGES_CHUNK], time_column="ts_start", name_column="periodicity")
-        table = client.query_arrow(
-            "SELECT r.node_id AS n, toString(r.source_id) AS s, toString(r.property) AS p,"
-            f" toUnixTimestamp64Milli(r.ts_start) AS t FROM {source}{join}{live}"
-        )
-        columns = [table.column(c).to_pylist() for c in ("n", "s", "p", "t")]
-        out.extend(zip(*columns, strict=True))
+    for sql in _rollup_reads(requests, keys):
+        table = client.query_arrow(sql)
+        out.extend(zip(*(table.column(c).to_pylist() for c in ("n", "s", "p", "t")), strict=True))
     return out
 
 

@@ -102,6 +102,7 @@ class Store:
                 try:
                     self._client = connect(
                         self.url,
+                        long_statements=False,
                         autogenerate_session_id=False,
                         connect_timeout=3,
                         send_receive_timeout=60,
