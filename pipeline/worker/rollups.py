@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -512,12 +512,8 @@ class RollupMaintainer:
             mine = keys.get((plan.node, plan.source), [])
             if not mine:
                 continue
-            fresh = {(r.property, r.ts_start_ms) for r in plan.fresh}
-            stale, horizon = plan.bounds["halfhour"], plan.horizon_ms
-            if any(
-                start in stale and ((prop, start) not in fresh or (horizon is not None and start <= horizon))
-                for prop, start in mine
-            ):
+            fresh = plan.fresh_keys()
+            if any(plan.tombstoned(key, fresh) or plan.may_keep(key[1]) for key in mine):
                 out.append(plan)
         return out
 
@@ -611,13 +607,26 @@ class _Plan:
             return
         fresh = {(r.property, r.ts_start_ms): r for r in self.fresh}
         for r in stored_halfhours:
-            if r.ts_start_ms not in self.bounds["halfhour"] or r.ts_start_ms > self.horizon_ms:
+            if not self.may_keep(r.ts_start_ms):
                 continue
             mine = fresh.get((r.property, r.ts_start_ms))
             if mine is None or mine.count < r.count:
                 fresh[(r.property, r.ts_start_ms)] = r
                 self.kept_expired += 1
         self.fresh = list(fresh.values())
+
+    def may_keep(self, start_ms: int) -> bool:
+        """Whether a stored half hour starting here is one `keep_expired` weighs: stale, and at or
+        before the retention horizon."""
+        return self.horizon_ms is not None and start_ms <= self.horizon_ms and start_ms in self.bounds["halfhour"]
+
+    def tombstoned(self, key: tuple[str, int], fresh: Container[tuple[str, int]]) -> bool:
+        """Whether a stored half hour (property, start) gets a tombstone: stale, and no fresh row
+        (of the keys `fresh`) replaces it."""
+        return key[1] in self.bounds["halfhour"] and key not in fresh
+
+    def fresh_keys(self) -> set[tuple[str, int]]:
+        return {(r.property, r.ts_start_ms) for r in self.fresh}
 
     def fill(self, series: Iterator[list[Series]], resets: Iterator[list[ResetMarker]], tol: Tolerances) -> None:
         """Half hours from raw (the points and resets of each window, in order), and every stale bucket."""
@@ -650,12 +659,12 @@ class _Plan:
         none replaces, and its stale buckets of every coarser level."""
         stored_halfhours = [r for r in stored_halfhours if r.periodicity == "halfhour"]
         self.keep_expired(stored_halfhours)
-        have = {(r.property, r.ts_start_ms) for r in self.fresh}
+        have = self.fresh_keys()
         out.rows += self.fresh
         out.tombstones += [
             RollupRow("halfhour", self.node, self.source, r.property, r.kind, r.ts_start_ms, r.ts_end_ms)
             for r in stored_halfhours
-            if r.ts_start_ms in self.bounds["halfhour"] and (r.property, r.ts_start_ms) not in have
+            if self.tombstoned((r.property, r.ts_start_ms), have)
         ]
         for per in PERIODICITIES[1:]:
             out.cascade[per] += [(self.node, self.source, lo, hi) for lo, hi in sorted(self.bounds[per].items())]
