@@ -20,7 +20,7 @@ Phases, one worker set throughout:
   4. the durable default: N datums stored as a gateway that trusts broker acks sees it, then N
      through a producer that waits for the workers' commits (`pipeline ingest` does that);
   5. paced at half the rate of 2: per chunk sent every ~0.1 s, the time from send to visible in
-     the `datum` view and in the halfhour rollup (polled every 0.1 s), p50/p99;
+     the `datum` view and in the halfhour rollup (polled every 0.1 s unless --poll-s), p50/p99;
   6. workers stopped; store-only ceiling: the raw rows of phase 2 read back as Arrow and inserted
      into a copy of the raw table in chunks of the worker's largest batch.
 
@@ -337,6 +337,7 @@ class Chunk:
     key: int
     datums: list[Datum]
     needs: list[tuple[tuple[int, int], int]]  # ((halfhour bucket, node group), datums counted by then)
+    first_ms: int = 0  # the earliest created of its datums
     sent: float = 0.0
     raw_at: float = 0.0
     rollup_at: float = 0.0
@@ -372,29 +373,39 @@ def paced_chunks(
             b = (d.created_ms // HALFHOUR_MS, g)
             cum[b] = cum.get(b, 0) + 1
             touched[b] = cum[b]
-        chunks.append(Chunk(k, datums, sorted(touched.items())))
+        chunks.append(Chunk(k, datums, sorted(touched.items()), min(d.created_ms for d in datums)))
     return chunks, tpc, cpt, npc
 
 
 def paced(
-    settings: Settings, shape: Shape, first_tick: int, rate: float, seconds: float, tail_s: float = 300.0
-) -> tuple[list[Chunk], float]:
-    """Send the chunks on schedule from this thread; poll what is visible from another."""
+    settings: Settings,
+    shape: Shape,
+    first_tick: int,
+    rate: float,
+    seconds: float,
+    tail_s: float = 300.0,
+    poll_s: float = 0.1,
+) -> tuple[list[Chunk], float, list[tuple[float, float]]]:
+    """Send the chunks on schedule from this thread; poll what is visible from another. Returns
+    the chunks, the rate they were sent at and the seconds each poll took (raw, rollups)."""
     chunks, tpc, cpt, npc = paced_chunks(shape, first_tick, rate, seconds)
+    stats: list[tuple[float, float]] = []
     lo = shape.created(first_tick)
     key = (
         f"intDiv(toUnixTimestamp64Milli(created) - {lo}, {shape.spacing_ms * tpc}) * {cpt} + intDiv(node_id - 1, {npc})"
     )
     # The rows the `datum` view shows are the raw table's distinct keys (FINAL keeps one row per
     # key): counted without FINAL, so a poll every 0.1 s does not merge millions of rows.
+    # Each poll reads only from the oldest chunk still pending on: the store the poller measures
+    # should not spend its cores re-reading what is already known (chunks complete about in order).
     raw_sql = (
         f"SELECT {key} AS k, uniqExact(node_id, source_id, created) FROM datum_raw WHERE property = 'watts' "
-        f"AND created >= fromUnixTimestamp64Milli(toInt64({lo}), 'UTC') GROUP BY k"
+        "AND created >= fromUnixTimestamp64Milli(toInt64({since}), 'UTC') GROUP BY k"
     )
     rollup_sql = (
         f"SELECT intDiv(toUnixTimestamp64Milli(ts_start), {HALFHOUR_MS}) AS b, intDiv(node_id - 1, {npc}) "
         f"AS g, sum(count) FROM rollup WHERE periodicity = 'halfhour' AND property = 'watts' "
-        f"AND ts_start >= fromUnixTimestamp64Milli(toInt64({lo}), 'UTC') GROUP BY b, g"
+        "AND ts_start >= fromUnixTimestamp64Milli(toInt64({since}), 'UTC') GROUP BY b, g"
     )
     client = connect(settings.clickhouse_url)
     done = threading.Event()
@@ -402,16 +413,29 @@ def paced(
     def poll() -> None:
         pending = list(chunks)
         while pending and not done.is_set():
-            raw = {int(k): int(c) for k, c in client.query(raw_sql).result_rows}
-            roll = {(int(b), int(g)): int(c) for b, g, c in client.query(rollup_sql).result_rows}
+            t = time.perf_counter()
+            # from the oldest chunk each query still waits for (a rollup: from its half hour's start)
+            raw_since = min((ch.first_ms for ch in pending if not ch.raw_at), default=None)
+            roll_since = min((ch.first_ms for ch in pending if not ch.rollup_at), default=None)
+            raw: dict[int, int] = {}
+            if raw_since is not None:
+                raw = {int(k): int(c) for k, c in client.query(raw_sql.format(since=raw_since)).result_rows}
+            t_raw = time.perf_counter()
+            roll: dict[tuple[int, int], int] = {}
+            if roll_since is not None:
+                since = max(lo, roll_since // HALFHOUR_MS * HALFHOUR_MS)
+                roll = {
+                    (int(b), int(g)): int(c) for b, g, c in client.query(rollup_sql.format(since=since)).result_rows
+                }
             now = time.perf_counter()
+            stats.append((t_raw - t, now - t_raw))
             for ch in pending:
                 if ch.sent and not ch.raw_at and raw.get(ch.key, 0) >= len(ch.datums):
                     ch.raw_at = now
                 if ch.sent and not ch.rollup_at and all(roll.get(b, 0) >= n for b, n in ch.needs):
                     ch.rollup_at = now
             pending = [ch for ch in pending if not (ch.raw_at and ch.rollup_at)]
-            time.sleep(0.1)
+            time.sleep(poll_s)
 
     poller = threading.Thread(target=poll, daemon=True)
     producer = DatumProducer(settings)
@@ -431,7 +455,7 @@ def paced(
     done.set()
     poller.join(5)
     producer.close()
-    return chunks, send_rate
+    return chunks, send_rate, stats
 
 
 def pct(values: list[float], p: float) -> float:
@@ -577,7 +601,13 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
         first = shape.first_tick_at_or_after((last // HALFHOUR_MS + 2) * HALFHOUR_MS)
         sampler = RssSampler([p.pid for p, _ in procs])
         sampler.start()
-        chunks, send_rate = paced(settings, shape, first, args.paced_rate or e2e / 2, args.paced_seconds)
+        cpu0 = cpu_s(worker_pids), cpu_s(STORE_PIDS), cpu_s([os.getpid()])
+        t_paced = time.perf_counter()
+        chunks, send_rate, polls = paced(
+            settings, shape, first, args.paced_rate or e2e / 2, args.paced_seconds, poll_s=args.poll_s
+        )
+        paced_wall = time.perf_counter() - t_paced
+        paced_cpu = cpu_s(worker_pids) - cpu0[0], cpu_s(STORE_PIDS) - cpu0[1], cpu_s([os.getpid()]) - cpu0[2]
         sampler.stop()
         raw_lat = [c.raw_at - c.sent for c in chunks if c.raw_at]
         roll_lat = [c.rollup_at - c.sent for c in chunks if c.rollup_at]
@@ -592,7 +622,16 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
             f"created->queryable: raw p50 {pct(raw_lat, 50):.2f} s, p99 {pct(raw_lat, 99):.2f} s; halfhour "
             f"rollup p50 {pct(roll_lat, 50):.2f} s, p99 {pct(roll_lat, 99):.2f} s; rollup behind raw p99 "
             f"{pct(behind, 99):.2f} s  ({len(chunks) - len(raw_lat)} chunks never raw-visible, "
-            f"{len(chunks) - len(roll_lat)} never in the rollup; polled every ~0.1 s)"
+            f"{len(chunks) - len(roll_lat)} never in the rollup; polled every ~{args.poll_s:g} s)"
+        )
+        # whether the paced phase had the cores to itself: a rate the pipeline cannot sustain
+        # shows as cores busy and latencies that grow
+        print(
+            f"CPU, paced:         workers {paced_cpu[0]:.1f} s"
+            + (f", store endpoint {paced_cpu[1]:.1f} s" if STORE_PIDS else "")
+            + f", this benchmark {paced_cpu[2]:.1f} s, of {paced_wall * (os.cpu_count() or 1):.1f} s the cores had "
+            f"({paced_wall:.1f} s, until the last chunk was in the rollups); {len(polls)} polls of the store, "
+            f"{sum(r for r, _ in polls):.1f} s in the raw queries, {sum(q for _, q in polls):.1f} s in the rollup ones"
         )
         rss_end = [rss_mib(p.pid) for p, _ in procs]
         for k, (a, b) in enumerate(zip(rss_start, rss_end, strict=True)):
@@ -632,6 +671,9 @@ def main() -> None:
     ap.add_argument("--datums", type=int, default=200_000, help="datums of the max-rate phase (whole ticks)")
     ap.add_argument("--workers", type=int, default=1, help="worker processes to start")
     ap.add_argument("--paced-seconds", type=float, default=30.0, help="length of the paced phase")
+    ap.add_argument(
+        "--poll-s", type=float, default=0.1, help="pause between the paced phase's polls of what is queryable"
+    )
     ap.add_argument(
         "--paced-rate", type=float, help="datums/s of the paced phase (default: half the measured end to end)"
     )
