@@ -1,14 +1,18 @@
 """Gateway side: publish datums to their per-source topics (confluent-kafka).
 
 Idempotent (no duplicates from producer retries), batching (many datums per message and
-librdkafka's linger), compressed. One message carries a batch of one (node, source) stream,
-keyed so the stream stays ordered on one partition.
+librdkafka's linger), compressed. Each (node, source) stream stays ordered on one partition: the
+one librdkafka's partitioner gives the stream's key (`key_partition`). One message carries the
+datums of the streams a send has for one partition (`bundles`): a fleet's send names thousands of
+streams of a datum or two each, and a message per stream cost the workers more than the datums'
+own work (issue 13).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -93,6 +97,61 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+# A bundle to produce: topic, partition (None: keyed, the partitioner picks), key (a stream's, or
+# None for a bundle of several streams), its datums.
+Bundle = tuple[str, int | None, bytes | None, list[Datum]]
+Stream = tuple[int, str]
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition librdkafka's default partitioner (consistent_random) gives a non-empty key:
+    its CRC-32 modulo the partition count. A bundle goes where each of its streams' keyed messages
+    would (`send_encoded`, a producer of an earlier version): a stream never spans two partitions."""
+    return zlib.crc32(key) % partitions
+
+
+def bundles(
+    groups: Mapping[Stream, Sequence[Datum]],
+    topic_of: Mapping[Stream, str],
+    partitions: Mapping[str, int],
+    max_datums: int,
+) -> list[Bundle]:
+    """The messages of a send: per (topic, partition), its streams' datums one stream after another
+    (each stream's in its order), cut into messages of at most `max_datums`. The streams of a topic
+    whose partition count is not known yet (None or missing: just created) go keyed, a stream a
+    message, as the partitioner places them."""
+    out: list[Bundle] = []
+    held: dict[tuple[str, int], list[tuple[bytes, Sequence[Datum]]]] = {}
+    for stream, items in groups.items():
+        topic, key = topic_of[stream], stream_key(*stream)
+        n = partitions.get(topic)
+        if not n:
+            out += [(topic, None, key, list(items[k : k + max_datums])) for k in range(0, len(items), max_datums)]
+            continue
+        held.setdefault((topic, key_partition(key, n)), []).append((key, items))
+    for (topic, partition), streams in held.items():
+        chunk: list[Datum] = []
+        keys: set[bytes] = set()
+        for key, items in streams:
+            start = 0
+            while start < len(items):
+                take = items[start : start + max_datums - len(chunk)]
+                chunk += take
+                keys.add(key)
+                start += len(take)
+                if len(chunk) >= max_datums:
+                    out.append((topic, partition, next(iter(keys)) if len(keys) == 1 else None, chunk))
+                    chunk, keys = [], set()
+        if chunk:
+            out.append((topic, partition, next(iter(keys)) if len(keys) == 1 else None, chunk))
+    return out
+
+
+# How long the partition counts of a listing are used before topics are listed again: a topic
+# given more partitions (scaling out) moves its streams, as librdkafka's metadata refresh would.
+PARTITIONS_REFRESH_S = 60.0
+
+
 class TopicAdmin:
     """Creates topics on first use; remembers which exist, as the broker last listed them: a broker
     restarted without its data (the embedded one keeps nothing) has lost them, and the next
@@ -103,11 +162,23 @@ class TopicAdmin:
         self._partitions = settings.topic_partitions
         self._topics = Topics.of_settings(settings)
         self._known: set[str] = set()
+        self._counts: dict[str, int] = {}  # partitions of each topic, as last listed
+        self._listed_at = -PARTITIONS_REFRESH_S
 
     def existing(self) -> set[str]:
         meta = self._admin.list_topics(timeout=10)
         self._known = set(meta.topics)
+        self._counts = {name: len(t.partitions) for name, t in meta.topics.items() if t.error is None and t.partitions}
+        self._listed_at = time.monotonic()
         return set(meta.topics)
+
+    def partition_counts(self, names: Iterable[str]) -> dict[str, int]:
+        """The partition count of each of the topics the broker lists (listed again once the last
+        listing is older than PARTITIONS_REFRESH_S, or does not have one of them)."""
+        wanted = set(names)
+        if time.monotonic() - self._listed_at >= PARTITIONS_REFRESH_S or not wanted <= self._counts.keys():
+            self.existing()
+        return {n: self._counts[n] for n in wanted if n in self._counts}
 
     def ensure(self, names: Iterable[str], partitions: int | None = None) -> None:
         missing = [n for n in set(names) if n not in self._known]
@@ -214,13 +285,25 @@ class DatumProducer:
         self._on_message_delivered(0, (), err, msg, letters=1)
 
     def _produce(
-        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]], on_delivery: Any = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]],
+        on_delivery: Any = None,
+        partition: int | None = None,
     ) -> None:
         wire_headers: list[tuple[str, str | bytes | None]] = [*headers]
         while True:
             try:
                 self._producer.produce(
-                    topic, value=value, key=key, headers=wire_headers, on_delivery=on_delivery or self._on_delivery
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=wire_headers,
+                    on_delivery=on_delivery or self._on_delivery,
+                    # -1: librdkafka's "unassigned", its partitioner picks one by the key
+                    partition=-1 if partition is None else partition,
                 )
                 break
             except BufferError:
@@ -230,25 +313,25 @@ class DatumProducer:
         self.messages_sent += 1
 
     def send(self, datums: Iterable[Datum]) -> int:
-        """Queue datums for delivery, one batch envelope per stream chunk. Returns datums queued."""
+        """Queue datums for delivery, one batch envelope per partition's chunk of them (`bundles`).
+        Returns datums queued."""
         groups = group_streams(datums)
-        self.admin.ensure(self.topics.source(src) for _, src in groups)
+        topic_of = {stream: self.topics.source(stream[1]) for stream in groups}
+        names = set(topic_of.values())
+        self.admin.ensure(names)
+        counts = self.admin.partition_counts(names)
         n = 0
-        size = self.settings.producer_batch_datums
-        for (node, src), items in groups.items():
-            topic = self.topics.source(src)
-            key = stream_key(node, src)
-            for start in range(0, len(items), size):
-                chunk = items[start : start + size]
-                ids = tuple((d.node_id, d.source_id, d.created_ms) for d in chunk) if self.track else ()
-                self._produce(
-                    topic,
-                    key,
-                    encode_batch(chunk),
-                    batch_headers(len(chunk)),
-                    partial(self._on_message_delivered, len(chunk), ids),
-                )
-                n += len(chunk)
+        for topic, partition, key, chunk in bundles(groups, topic_of, counts, self.settings.producer_batch_datums):
+            ids = tuple((d.node_id, d.source_id, d.created_ms) for d in chunk) if self.track else ()
+            self._produce(
+                topic,
+                key,
+                encode_batch(chunk),
+                batch_headers(len(chunk)),
+                partial(self._on_message_delivered, len(chunk), ids),
+                partition=partition,
+            )
+            n += len(chunk)
         self.datums_sent += n
         return n
 

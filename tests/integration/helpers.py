@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -18,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from pipeline.embedded.stack import free_port
 from pipeline.settings import ENV_PREFIX, Settings
+from pipeline.wire.codec import decode_batch
 
 if TYPE_CHECKING:
     import pytest
@@ -268,3 +270,26 @@ def token_cli(dsn: str, *args: str) -> dict[str, Any]:
     """`pipeline token ARGS...` against a history log; its last line of output as JSON."""
     result: dict[str, Any] = json.loads(pipeline_cli(dsn, "token", *args).strip().splitlines()[-1])
     return result
+
+
+def stream_positions(bootstrap: str, topic: str) -> dict[tuple[int, str], list[tuple[int, int, int]]]:
+    """(partition, offset, created) of every datum of every stream in `topic`, in offset order."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "topic-map-reader", "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        parts = list(meta.topics[topic].partitions)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        seen: dict[tuple[int, str], list[tuple[int, int, int]]] = defaultdict(list)
+        done = {p for p, end in ends.items() if end == 0}
+        while len(done) < len(parts):
+            msg = consumer.poll(5)
+            assert msg is not None, f"{topic}: fewer messages than its end offsets {ends}"
+            assert not msg.error(), msg.error()
+            for d in decode_batch(msg.value()):
+                seen[(d.node_id, d.source_id)].append((msg.partition(), msg.offset(), d.created_ms))
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                done.add(msg.partition())
+        return seen
+    finally:
+        consumer.close()

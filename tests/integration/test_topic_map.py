@@ -5,19 +5,16 @@ rebalance."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from pipeline.wire.codec import decode_batch
 from pipeline.wire.producer import DatumProducer
 from pipeline.wire.topics import Topics
 from processors.datum import Datum
 from sinks.clickhouse import connect, ensure_schema
-from tests.integration.helpers import settings_for, worker_process
+from tests.integration.helpers import settings_for, stream_positions, worker_process
 
 pytestmark = pytest.mark.integration
 
@@ -33,29 +30,6 @@ def stored(client: Any) -> set[tuple[int, str, int]]:
 def datum_topics(producer: DatumProducer, prefix: str) -> set[str]:
     pattern = producer.topics.source_pattern
     return {t for t in producer.admin.existing() if t.startswith(prefix) and pattern.match(t)}
-
-
-def stream_positions(bootstrap: str, topic: str) -> dict[tuple[int, str], list[tuple[int, int, int]]]:
-    """(partition, offset, created) of every datum of every stream in `topic`, in offset order."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "topic-map-reader", "enable.auto.commit": False})
-    try:
-        meta = consumer.list_topics(topic, timeout=10)
-        parts = list(meta.topics[topic].partitions)
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        seen: dict[tuple[int, str], list[tuple[int, int, int]]] = defaultdict(list)
-        done = {p for p, end in ends.items() if end == 0}
-        while len(done) < len(parts):
-            msg = consumer.poll(5)
-            assert msg is not None, f"{topic}: fewer messages than its end offsets {ends}"
-            assert not msg.error(), msg.error()
-            for d in decode_batch(msg.value()):
-                seen[(d.node_id, d.source_id)].append((msg.partition(), msg.offset(), d.created_ms))
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                done.add(msg.partition())
-        return seen
-    finally:
-        consumer.close()
 
 
 def test_many_sources_share_their_group_topic_and_lose_nothing(
