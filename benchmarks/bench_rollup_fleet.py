@@ -2,14 +2,16 @@
 stale marks, timed step by step in one process against the ClickHouse endpoint.
 
     python benchmarks/bench_rollup_fleet.py [--streams 2000] [--datums 10] [--rounds 3] [--history]
-                                            [--spacing-ms 60000] [--lanes 1]
+                                            [--spacing-ms 60000] [--lanes 1] [--raw-days 0]
 
 Per round: the raw rows of `--datums` new datums of each of `--streams` streams (4 samples:
 watts, voltage, wattHours, mode; `--spacing-ms` apart, 1 minute by default) are inserted, and the
 rollup maintainer is given their stale marks, as the rollup agent is. Printed per round: seconds
 of each step of `RollupMaintainer.update_spans` (stale half hours, read raw windows, recompute,
 read the stored half hours, their tombstones, the half hours' insert, the cascade in the store)
-and streams/s.
+and streams/s. `--raw-days D` stores D days of raw rows of every stream before the rounds (merged,
+as a store that has run a while holds them): what a step's reads of the raw table cost once the
+streams have a history, not only the rows of the rounds.
 Starts the chDB endpoint in a temp dir unless PIPELINE_CLICKHOUSE_URL is set. Prints figures; it is not a test.
 """
 
@@ -25,12 +27,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.embedded import stack  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 from pipeline.worker import rollups as worker_rollups  # noqa: E402
 from pipeline.worker.batch import column_marks, read_marks  # noqa: E402
+from processors.columns import RAW_SCHEMA  # noqa: E402
 from processors.datum import Datum  # noqa: E402
 from processors.rollup import Periodicity, RollupRow, bucket_bounds, buckets_between, zone  # noqa: E402
 from processors.rows import RawColumns  # noqa: E402
@@ -60,6 +66,40 @@ class Steps:
                 self.seconds[label] += time.perf_counter() - t0
 
         setattr(owner, name, timed)
+
+
+def raw_history(streams: int, base_ms: int, days: float, spacing_ms: int) -> pa.Table:
+    """`days` of raw rows before base_ms of every stream of `fleet_rows`, as the raw table's Arrow
+    columns (built whole: tens of millions of rows, no Python object per row)."""
+    per = int(days * DAY_MS // spacing_ms)
+    k = np.arange(-per, 0, dtype=np.int64)
+    stream = np.repeat(np.arange(streams, dtype=np.int64), per)
+    ks = np.tile(k, streams)
+    created = base_ms + ks * spacing_ms + stream
+    node = (1 + stream // 10).astype(np.uint64)
+    source = pa.array([f"/F/{s % 10}" for s in range(10)], pa.string()).take(pa.array(stream % 10))
+    tables = []
+    for prop, kind, value in (
+        ("watts", "i", 1000.0 + ks % 300),
+        ("voltage", "i", 230.0 + ks % 5),
+        ("wattHours", "a", 1e6 + (ks + per) * 17.0),
+    ):
+        n = len(created)
+        columns = {
+            "node_id": pa.array(node),
+            "source_id": source,
+            "created": pa.array(created),
+            "property": pa.repeat(prop, n),
+            "kind": pa.repeat(kind, n),
+            "value": pa.array(value.astype(np.float64)),
+        }
+        tables.append(
+            pa.Table.from_arrays(
+                [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in RAW_SCHEMA],
+                schema=RAW_SCHEMA,
+            )
+        )
+    return pa.concat_tables(tables)
 
 
 def fleet_rows(streams: int, datums: int, base_ms: int, k0: int, spacing_ms: int = 60_000) -> RawColumns:
@@ -125,6 +165,7 @@ def main() -> None:
         action="store_true",
         help="store the rollups of the year so far first (a stream running since January)",
     )
+    ap.add_argument("--raw-days", type=float, default=0.0, help="days of raw rows per stream stored first")
     args = ap.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -157,6 +198,17 @@ def main() -> None:
             for k in range(0, len(rows), 200_000):
                 sink_rollups.write_rollups(client, rows[k : k + 200_000])
             print(f"history: {len(rows):,} stored rollup rows of the year so far ({time.perf_counter() - t0:.1f} s)")
+        if args.raw_days:
+            t0 = time.perf_counter()
+            past = raw_history(args.streams, base, args.raw_days, args.spacing_ms)
+            for k in range(0, past.num_rows, 1_000_000):
+                raw.write(past.slice(k, 1_000_000), base - DAY_MS)
+            client.command("OPTIMIZE TABLE datum_raw FINAL")
+            print(
+                f"raw history: {past.num_rows:,} rows, {args.raw_days:g} days of every stream, stored and merged "
+                f"({time.perf_counter() - t0:.1f} s)"
+            )
+            del past
         print(
             f"{args.streams:,} streams x {args.datums} datums per round (4 samples), one batch of marks per round,"
             f" {args.lanes} lane(s) (with more than one, a step's seconds add up the lanes')"
