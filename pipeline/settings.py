@@ -68,7 +68,10 @@ class Settings:
         metadata={"doc": "Longest wait to fill a batch of stale marks, seconds (rollups lag raw rows by about this)"},
     )
     rollup_take_marks: int = field(
-        default=4000,
+        # A fleet's worker has a mark of each of its thousands of streams every raw batch: a take
+        # of a few thousand marks left a backlog of them, each stream recomputed once per mark,
+        # where a larger take recomputes it once for all (docs/hot-path.md, 2026-12-03).
+        default=40_000,
         metadata={
             "doc": "Most stale marks per rollup batch (a batch costs about ten statements whatever its size, so a"
             " backlog is best taken in large batches; smaller ones bound the memory of one batch)"
