@@ -6,8 +6,9 @@ raw table, and every refusal with its reasons). Nothing here touches a store.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from processors.binding import Catalog
 from processors.catalog_versions import VersionedCatalog
@@ -123,6 +124,45 @@ class AcceptResult:
     # the raw rows go within a day, their rollups stay (docs/rollups.md)
     samples_expired: int = 0
     datums_expired: int = 0  # accepted datums with at least one such sample
+
+
+_MISSING: Any = object()
+
+
+class Overlay(MutableMapping[RateKey, RateState]):
+    """Changes over a base mapping, read through to it; writes and deletes touch the changes only
+    (`new`), as a ChainMap's first map would. ChainMap's own lookups run a generator over its
+    maps: with the rate of every cumulative stream of a fleet's batch looked up, 7 % of a worker's
+    time (issue 13)."""
+
+    __slots__ = ("base", "new")
+
+    def __init__(self, base: Mapping[RateKey, RateState]) -> None:
+        self.base = base
+        self.new: dict[RateKey, RateState] = {}
+
+    def __getitem__(self, key: RateKey) -> RateState:
+        got = self.new.get(key, _MISSING)
+        return self.base[key] if got is _MISSING else got
+
+    def get(self, key: RateKey, default: Any = None) -> Any:
+        got = self.new.get(key, _MISSING)
+        return self.base.get(key, default) if got is _MISSING else got
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.new or key in self.base
+
+    def __setitem__(self, key: RateKey, value: RateState) -> None:
+        self.new[key] = value
+
+    def __delitem__(self, key: RateKey) -> None:
+        del self.new[key]
+
+    def __iter__(self) -> Iterator[RateKey]:
+        return iter(self.new.keys() | self.base.keys())
+
+    def __len__(self) -> int:
+        return len(self.new.keys() | self.base.keys())
 
 
 @dataclass

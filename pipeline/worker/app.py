@@ -37,7 +37,6 @@ import logging
 import os
 import threading
 import time
-from collections import ChainMap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -86,7 +85,7 @@ from processors.catalog_versions import VersionedCatalog
 from processors.datum import Rejection
 from processors.point_cache import PointCache
 from processors.qrating import RateState
-from processors.rows import RawColumns, Scoring
+from processors.rows import Overlay, RawColumns, Scoring
 from processors.stale_marks import Change, marks_in
 from sinks.auxiliary import AuxiliarySink, stored_properties
 from sinks.base import Sink
@@ -514,7 +513,7 @@ class DatumWorker:
         return streams
 
     def baseline_loader(
-        self, rates: ChainMap[Any, RateState], seen: set[tuple[int, str]]
+        self, rates: Overlay, seen: set[tuple[int, str]]
     ) -> Callable[[dict[tuple[int, str], int]], None]:
         """First sight of a stream since start (or since its partition came back: `forget_streams`):
         its cumulative rates continue from the store (the broker may have been restarted and kept
@@ -541,7 +540,7 @@ class DatumWorker:
         retry (or the halves of a split) sees them as they were."""
         m = self.metrics
         taken_at = self.stream_partitions.revocations
-        rates: ChainMap[Any, RateState] = ChainMap({}, self.scoring.rates)
+        rates = Overlay(self.scoring.rates)
         seen: set[tuple[int, str]] = set()
         scoring = Scoring(plan=self.scoring.plan, rates=rates, _scorers=self.scoring._scorers)
         # 1. decode and check (a thread: the baseline lookup talks to ClickHouse)
@@ -561,7 +560,7 @@ class DatumWorker:
                 await self.committer.retry("stale_marks", self.mark_stale, column_marks(outcome.rows, stamp))
         # this part is in: keep what it learned (but of streams whose partition was revoked meanwhile), count it
         lost = self.stream_partitions.learn(outcome.partitions, taken_at)
-        learned = rates.maps[0]
+        learned = rates.new
         self.scoring.rates.update(
             learned if not lost else {k: v for k, v in learned.items() if (k[0], k[1]) not in lost}
         )
