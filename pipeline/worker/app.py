@@ -187,6 +187,8 @@ class DatumWorker:
         faust_fixes.apply()
         # the app's monitor: Faust's sensor hooks keep every partition's positions there (lag)
         self.positions = PositionMonitor(self.metrics.consumer_lag)
+        # stream keys hashed once for the stale topic's partitions (pipeline/worker/faust_fixes.py 13.)
+        self._key_hashes = faust_fixes.KeyHashes()
         self.app = faust.App(
             settings.app_id,
             broker=faust_broker_url(settings.kafka_bootstrap),
@@ -371,19 +373,13 @@ class DatumWorker:
     async def mark_stale(self, marks: Sequence[tuple[bytes, bytes]]) -> None:
         """Produce the marks, a bundle per partition of the stale topic (`bundle_marks`), and
         wait for the broker to take every one."""
+        # each stream's marks on the partition the producer gives its key (None: no metadata yet)
+        partition_of = faust_fixes.stale_partitioner(self.app, self.topics.rollup_stale, self._key_hashes)
         futures = [
             await self.stale_topic.send(key=key, value=value, partition=partition)
-            for partition, key, value in bundle_marks(marks, self._stale_partition)
+            for partition, key, value in bundle_marks(marks, partition_of)
         ]
         await asyncio.gather(*futures)
-
-    def _stale_partition(self, key: bytes) -> int | None:
-        """The stale topic's partition a stream's key goes to, as the producer would pick it; None
-        while the producer has no metadata of the topic (its first send loads it)."""
-        try:
-            return int(self.app.producer.key_partition(self.topics.rollup_stale, key).partition)
-        except (TypeError, AssertionError, KeyError):  # partitions_for_topic() is None: not known yet
-            return None
 
     # -- rollups --------------------------------------------------------------------------------
 

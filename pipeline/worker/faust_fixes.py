@@ -144,13 +144,21 @@ naming the fix, instead of silently turning the workaround off.
    await before aiokafka takes its assignment (a later rebalance then makes that inactive: 8.).
    Faust writes the refused offsets into `_committed_offset` all the same; the broker's answer at
    the last seek is put back.
+
+13. A key's partition is hashed again at every call, in pure Python (aiokafka 0.14: `murmur2` of
+   `DefaultPartitioner`, reached through Faust's `Producer.key_partition`). The worker puts each
+   stream's stale marks on the partition the producer would give the stream's key (`bundle_marks`),
+   and a fleet's raw batch names thousands of streams at every batch: the hashing was 5 % of a
+   fleet worker's time (issue 13). `stale_partitioner` reads the topic's partitions from the
+   producer's metadata once per batch of marks and gives each key the partition
+   `DefaultPartitioner` would, from its hash kept by `KeyHashes`.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from time import monotonic
@@ -608,6 +616,40 @@ def resubscribe_if_dropped(app: Any, names: Iterable[str]) -> list[str]:
     return missing
 
 
+class KeyHashes:
+    """The murmur2 hash of each key, as aiokafka's DefaultPartitioner takes it (13. above): a
+    stream's key is hashed once, not at every batch of marks. Forgets them all past `limit` keys."""
+
+    def __init__(self, limit: int = 1 << 20) -> None:
+        self.limit = limit
+        self._hashes: dict[bytes, int] = {}
+
+    def partition(self, key: bytes, partitions: Sequence[int]) -> int:
+        """`DefaultPartitioner()(key, partitions, ...)` for a key that is not None."""
+        h = self._hashes.get(key)
+        if h is None:
+            from aiokafka.partitioner import murmur2
+
+            if len(self._hashes) >= self.limit:
+                self._hashes.clear()
+            h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return partitions[h % len(partitions)]
+
+
+def stale_partitioner(app: Any, topic: str, hashes: KeyHashes) -> Callable[[bytes], int | None]:
+    """`app.producer.key_partition(topic, key).partition` for the keys of one batch (13. above):
+    the topic's partitions read once from the producer's metadata. Every key gets None while the
+    producer has no metadata of the topic (its first send loads it)."""
+    try:
+        known = app.producer._ensure_producer()._metadata.partitions_for_topic(topic)
+    except Exception:  # no producer yet (not started): as without metadata
+        known = None
+    if not known:
+        return lambda _key: None
+    partitions = list(known)  # in the order AIOKafkaProducer._partition hands them to the partitioner
+    return lambda key: hashes.partition(key, partitions)
+
+
 # -- what the fixes rely on ---------------------------------------------------------------------
 
 
@@ -780,6 +822,7 @@ _FORGOTTEN = "commit_of_current_assignment (a commit of a forgotten member goes 
 _SEEKED = "seek_from_the_broker (a new assignment keeps the last one's committed offsets)"
 _EPOCH = "revokes_counted/commit_tps_of_one_epoch/commit_with_its_epoch (a commit sent in the next assignment)"
 _AT_ONCE = "seek_to_committed_at_once/update_fetch_positions_at_once (committed offsets one partition at a time)"
+_PARTITION = "stale_partitioner/KeyHashes (a key hashed in pure Python at every call)"
 
 
 def _seek_to_committed() -> Any:
@@ -800,7 +843,51 @@ def _partition_state_has(*names: str) -> bool:
     return all(hasattr(TopicPartitionState, n) for n in names)
 
 
+def _default_partitioner_is_murmur2() -> bool:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    text = _source(DefaultPartitioner.__call__)
+    return (
+        all(part in text for part in ("idx = murmur2(key)", "idx &= 0x7FFFFFFF", "idx %= len(all_partitions)"))
+        and "return all_partitions[idx]" in text
+    )
+
+
+def _producer_partition_source() -> str:
+    from aiokafka.producer.producer import AIOKafkaProducer
+
+    return _source(AIOKafkaProducer._partition)
+
+
+def _faust_key_partition_source() -> str:
+    from faust.transport.drivers.aiokafka import Producer
+
+    return _source(Producer.key_partition)
+
+
 RELIES_ON: tuple[Reliance, ...] = (
+    Reliance(
+        _PARTITION,
+        "aiokafka's DefaultPartitioner: murmur2 of the key, & 0x7FFFFFFF, modulo the partitions it indexes",
+        lambda _app: _default_partitioner_is_murmur2(),
+    ),
+    Reliance(
+        _PARTITION,
+        "AIOKafkaProducer._partition handing list(self._metadata.partitions_for_topic(topic)) to its partitioner",
+        lambda _app: (
+            "all_partitions = list(self._metadata.partitions_for_topic(topic))" in _producer_partition_source()
+            and "self._partitioner(serialized_key, all_partitions" in _producer_partition_source()
+        ),
+    ),
+    Reliance(
+        _PARTITION,
+        "Faust's Producer.key_partition through _ensure_producer()._partition; the app's partitioner the default",
+        lambda app: (
+            "self._ensure_producer()" in _faust_key_partition_source()
+            and "producer._partition(" in _faust_key_partition_source()
+            and app.conf.producer_partitioner is None
+        ),
+    ),
     Reliance(
         _CONTIGUOUS,
         "faust.transport.consumer.Consumer._new_offset(self, tp), the method replaced",

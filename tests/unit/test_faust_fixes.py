@@ -277,6 +277,7 @@ def test_every_workaround_has_its_reliances_listed() -> None:
         "commit_of_current_assignment",
         "seek_from_the_broker",
         "revokes_counted/commit_tps_of_one_epoch/commit_with_its_epoch",
+        "stale_partitioner/KeyHashes",
     }
 
 
