@@ -69,8 +69,9 @@ class Steps:
 
 
 def raw_history(streams: int, base_ms: int, days: float, spacing_ms: int) -> pa.Table:
-    """`days` of raw rows before base_ms of every stream of `fleet_rows`, as the raw table's Arrow
-    columns (built whole: tens of millions of rows, no Python object per row)."""
+    """`days` of raw rows before base_ms of every stream of `fleet_rows`, its three numbers (watts,
+    voltage, wattHours; not the status), as the raw table's Arrow columns (built whole: tens of
+    millions of rows, no Python object per row)."""
     per = int(days * DAY_MS // spacing_ms)
     k = np.arange(-per, 0, dtype=np.int64)
     stream = np.repeat(np.arange(streams, dtype=np.int64), per)

@@ -129,6 +129,11 @@ def bundles(
             out += [(topic, None, key, list(items[k : k + max_datums])) for k in range(0, len(items), max_datums)]
             continue
         held.setdefault((topic, key_partition(key, n)), []).append((key, items))
+
+    def bundle(topic: str, partition: int, keys: set[bytes], chunk: list[Datum]) -> Bundle:
+        # a message of one stream keeps that stream's key
+        return (topic, partition, next(iter(keys)) if len(keys) == 1 else None, chunk)
+
     for (topic, partition), streams in held.items():
         chunk: list[Datum] = []
         keys: set[bytes] = set()
@@ -140,10 +145,10 @@ def bundles(
                 keys.add(key)
                 start += len(take)
                 if len(chunk) >= max_datums:
-                    out.append((topic, partition, next(iter(keys)) if len(keys) == 1 else None, chunk))
+                    out.append(bundle(topic, partition, keys, chunk))
                     chunk, keys = [], set()
         if chunk:
-            out.append((topic, partition, next(iter(keys)) if len(keys) == 1 else None, chunk))
+            out.append(bundle(topic, partition, keys, chunk))
     return out
 
 
@@ -176,6 +181,9 @@ class TopicAdmin:
         """The partition count of each of the topics the broker lists (listed again once the last
         listing is older than PARTITIONS_REFRESH_S, or does not have one of them)."""
         wanted = set(names)
+        # from a listing, never from what `ensure` asked for: the topic may have been made by
+        # another producer or auto-created with the broker's default, and the count must be the
+        # one librdkafka places keys by
         if time.monotonic() - self._listed_at >= PARTITIONS_REFRESH_S or not wanted <= self._counts.keys():
             self.existing()
         return {n: self._counts[n] for n in wanted if n in self._counts}
