@@ -38,6 +38,7 @@ from pipeline.worker import rollups as worker_rollups  # noqa: E402
 from pipeline.worker.batch import column_marks, read_marks  # noqa: E402
 from processors.columns import RAW_SCHEMA  # noqa: E402
 from processors.datum import Datum  # noqa: E402
+from processors.point_cache import PointCache  # noqa: E402
 from processors.rollup import Periodicity, RollupRow, bucket_bounds, buckets_between, zone  # noqa: E402
 from processors.rows import RawColumns  # noqa: E402
 from sinks import rollups as sink_rollups  # noqa: E402
@@ -167,6 +168,14 @@ def main() -> None:
         help="store the rollups of the year so far first (a stream running since January)",
     )
     ap.add_argument("--raw-days", type=float, default=0.0, help="days of raw rows per stream stored first")
+    ap.add_argument(
+        "--cache",
+        type=int,
+        default=0,
+        metavar="MIN_POINTS",
+        help="hold the streams' points between rounds (a point cache holding streams with at least MIN_POINTS)",
+    )
+    ap.add_argument("--fill", type=int, default=0, help="streams a step may read into the cache (0: the worker's)")
     args = ap.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -176,12 +185,18 @@ def main() -> None:
         raw = RawSink(client)
         # lane 0 on the scratch client, each further lane its own client (as the worker's)
         clients = [client, *(connect(f"{url.rstrip('/')}/{db}") for _ in range(args.lanes - 1))]
+        cache = (
+            PointCache(50_000_000, max_streams=args.streams, min_points=args.cache) if args.cache or args.fill else None
+        )
+        if args.fill:
+            worker_rollups.CACHE_FILL_STREAMS = args.fill
         maintainer = worker_rollups.RollupLanes(
-            [worker_rollups.RollupMaintainer(c, lambda _node, _ms: "Pacific/Auckland") for c in clients],
+            [worker_rollups.RollupMaintainer(c, lambda _node, _ms: "Pacific/Auckland", cache=cache) for c in clients],
             Settings().rollup_lane_streams,
         )
         steps = Steps()
         m = worker_rollups.RollupMaintainer
+        steps.wrap(m, "_hold", "hold")
         steps.wrap(m, "stale_of_spans", "stale half hours")
         steps.wrap(worker_rollups, "read_series_for_recompute", "read raw windows")
         steps.wrap(worker_rollups, "read_resets", "read resets")
@@ -220,13 +235,14 @@ def main() -> None:
             raw.write(rows, stamp)
             spans, _ = read_marks([v for _, v in column_marks(rows, stamp)])
             steps.seconds.clear()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             written = maintainer.update_spans(spans)
-            total = time.perf_counter() - t0
+            total, cpu = time.perf_counter() - t0, time.process_time() - c0
             parts = ", ".join(f"{k} {v:.2f}" for k, v in steps.seconds.items())
             print(
                 f"round {r}: {total:.2f} s for {args.streams:,} streams ({args.streams / total:,.0f} streams/s,"
-                f" {args.streams * args.datums / total:,.0f} datums/s), {written:,} rows written; {parts}"
+                f" {args.streams * args.datums / total:,.0f} datums/s), {written:,} rows written, {cpu:.2f} s of this"
+                f" process's CPU; {parts}"
             )
 
 
