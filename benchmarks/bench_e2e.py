@@ -180,10 +180,21 @@ class RssSampler(threading.Thread):
                 out.append("too short to sample")
                 continue
             first, last, half = got[0], got[-1], got[len(got) // 2]
+            # after the first minute: what the phase settles to once its batches and caches have grown
+            settled = got[int(60 / self.every_s) :] if len(got) * self.every_s > 120 else []
+            after = (
+                f"; after its first minute {min(settled):.0f}-{max(settled):.0f} MiB"
+                f" ({(max(settled) - min(settled)) / min(settled):.1%} apart)"
+                if settled
+                else ""
+            )
+            if settled:
+                per_minute = ", ".join(f"{v:.0f}" for v in got[:: int(60 / self.every_s)])
+                after += f"; each minute {per_minute} MiB"
             out.append(
                 f"{first:.0f} MiB at its start, {last:.0f} MiB at its end ({(last - first) / first:+.1%}; second half "
                 f"{(last - half) / half:+.1%}), range {min(got):.0f}-{max(got):.0f} MiB ({len(got)} samples "
-                f"{self.every_s:g} s apart)"
+                f"{self.every_s:g} s apart){after}"
             )
         return out
 

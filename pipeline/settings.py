@@ -150,6 +150,13 @@ class Settings:
         default="auto",
         metadata={"doc": "API access: 'auto' (a token is required once any token exists) or 'required' (always)"},
     )
+    http_ingest_group_requests: int = field(
+        default=500,
+        metadata={
+            "doc": "Most HTTP ingest requests published together, answered by one broker acknowledgement"
+            " (a group holds what arrived while the one before it was flushing; 1: one request at a time)"
+        },
+    )
     clickhouse_port: int = field(default=8123, metadata={"doc": "Port of the embedded ClickHouse HTTP endpoint"})
     kafka_port: int = field(default=9092, metadata={"doc": "Port of the embedded Tansu broker"})
     postgres_port: int = field(default=5433, metadata={"doc": "Port of the embedded PostgreSQL"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,25 +42,32 @@ class Setup:
 
     def post(self, name: str | None, body: bytes, content_type: str = "application/json") -> tuple[int, Any]:
         headers = {"Content-Type": content_type}
-        host = f"127.0.0.1:{self.api.port}"
         if name is not None:
-            token, secret = self.tokens[name]
-            [signed] = sign_requests(
-                [
-                    {
-                        "token": token,
-                        "secret": secret,
-                        "method": "POST",
-                        "host": host,
-                        "path": PATH,
-                        "query": {},
-                        "contentType": content_type,
-                        "body": body.decode(),
-                        "date": datetime.now(UTC).isoformat(),
-                    }
-                ]
-            )
-            headers = signed["headers"]
+            [headers] = self.signed(name, [body], content_type)
+        return self.send(body, headers)
+
+    def signed(self, name: str, bodies: list[bytes], content_type: str = "application/json") -> list[dict[str, str]]:
+        """The headers of each body's POST signed with the named token (one Node process for all)."""
+        token, secret = self.tokens[name]
+        now = datetime.now(UTC).isoformat()
+        host = f"127.0.0.1:{self.api.port}"
+        requests = [
+            {
+                "token": token,
+                "secret": secret,
+                "method": "POST",
+                "host": host,
+                "path": PATH,
+                "query": {},
+                "contentType": content_type,
+                "body": body.decode(),
+                "date": now,
+            }
+            for body in bodies
+        ]
+        return [signed["headers"] for signed in sign_requests(requests)]
+
+    def send(self, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.api.port, timeout=60)
         try:
             conn.request("POST", PATH, body=body, headers=headers)
@@ -138,6 +146,35 @@ def test_accepted_datums_are_on_their_topics_once_the_answer_comes(setup: Setup)
         assert sorted((d.created_ms, d.i["watts"], d.a["wattHours"]) for d in got) == [
             (NOW_MS + k * 1000, float(k), 100.0 + k) for k in range(n)
         ]
+
+
+def test_concurrent_gateways_each_answered_once_their_datums_are_on_the_topics(setup: Setup) -> None:
+    """Requests posted at once are published in groups (one acknowledgement answers several): every
+    datum answered 200 is on its topic exactly once, in each gateway's order, and nothing else."""
+    gateways, per = 8, 12
+    bodies = {
+        g: [json.dumps([datum_json(1, f"/gw/c{g}", k), datum_json(1, f"/gw/d{g}", k)]).encode() for k in range(per)]
+        for g in range(gateways)
+    }
+    headers = dict(zip(bodies, [setup.signed("gw1", b) for b in bodies.values()], strict=True))
+    answers: dict[int, list[int]] = {g: [] for g in bodies}
+
+    def gateway(g: int) -> None:
+        for body, signed in zip(bodies[g], headers[g], strict=True):
+            status, _ = setup.send(body, signed)
+            answers[g].append(status)
+
+    threads = [threading.Thread(target=gateway, args=(g,)) for g in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert answers == {g: [200] * per for g in bodies}
+    for g in bodies:
+        for source in (f"/gw/c{g}", f"/gw/d{g}"):
+            got = [d.created_ms for d in setup.published(source)]
+            assert sorted(got) == [NOW_MS + k * 1000 for k in range(per)], source
+            assert got == sorted(got), f"{source} out of order"
 
 
 def test_another_nodes_datum_refuses_the_whole_body(setup: Setup) -> None:
