@@ -1018,5 +1018,6 @@ def watch_consumer(app: faust.App, interval_s: float = 2.0) -> threading.Thread:
 def run_worker(settings: Settings) -> None:
     """Run one worker until SIGINT/SIGTERM; Faust drains and commits on the way out."""
     memory.limit_arenas(MALLOC_ARENAS)  # before any thread starts
+    memory.arrow_from_malloc()  # before the first batch: Arrow's buffers under the same two remedies
     worker = DatumWorker(settings)
     faust.Worker(worker.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()

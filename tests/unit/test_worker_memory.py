@@ -34,3 +34,22 @@ def test_on_glibc_the_arena_limit_is_taken_and_trim_runs() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() in ("ok", "no glibc")
+
+
+def test_arrow_buffers_come_from_malloc_once_asked() -> None:
+    """In a process of its own: the default pool is pyarrow's bundled allocator until asked."""
+    script = (
+        "import pyarrow as pa\n"
+        "from pipeline.worker import memory\n"
+        "before = pa.default_memory_pool().backend_name\n"
+        "assert memory.arrow_from_malloc() == 'system'\n"
+        "assert pa.default_memory_pool().backend_name == 'system'\n"
+        "held = pa.array(range(100_000))\n"
+        "assert pa.system_memory_pool().bytes_allocated() >= 800_000, 'not from malloc'\n"
+        "print(before)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in ("mimalloc", "jemalloc", "system")
