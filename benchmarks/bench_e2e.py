@@ -189,8 +189,11 @@ class RssSampler(threading.Thread):
                 else ""
             )
             if settled:
-                per_minute = ", ".join(f"{v:.0f}" for v in got[:: int(60 / self.every_s)])
-                after += f"; each minute {per_minute} MiB"
+                # a batch in flight lifts a sample for a moment; the minute's median is the level
+                k = int(60 / self.every_s)
+                medians = [statistics.median(got[m : m + k]) for m in range(0, len(got) - k + 1, k)]
+                spread = (max(medians) - min(medians)) / min(medians)
+                after += f"; median of each minute {', '.join(f'{v:.0f}' for v in medians)} MiB ({spread:.1%} apart)"
             out.append(
                 f"{first:.0f} MiB at its start, {last:.0f} MiB at its end ({(last - first) / first:+.1%}; second half "
                 f"{(last - half) / half:+.1%}), range {min(got):.0f}-{max(got):.0f} MiB ({len(got)} samples "

@@ -155,6 +155,9 @@ def bundles(
 # How long the partition counts of a listing are used before topics are listed again: a topic
 # given more partitions (scaling out) moves its streams, as librdkafka's metadata refresh would.
 PARTITIONS_REFRESH_S = 60.0
+# How soon a topic the last listing had no count for (in error, or not there) is listed again: its
+# streams go keyed meanwhile, and a send does not cost an admin round trip each.
+PARTITIONS_MISSING_S = 2.0
 
 
 class TopicAdmin:
@@ -179,12 +182,14 @@ class TopicAdmin:
 
     def partition_counts(self, names: Iterable[str]) -> dict[str, int]:
         """The partition count of each of the topics the broker lists (listed again once the last
-        listing is older than PARTITIONS_REFRESH_S, or does not have one of them)."""
+        listing is older than PARTITIONS_REFRESH_S, or PARTITIONS_MISSING_S when it does not have
+        one of them; a topic `ensure` just made is listed at once)."""
         wanted = set(names)
         # from a listing, never from what `ensure` asked for: the topic may have been made by
         # another producer or auto-created with the broker's default, and the count must be the
         # one librdkafka places keys by
-        if time.monotonic() - self._listed_at >= PARTITIONS_REFRESH_S or not wanted <= self._counts.keys():
+        age = time.monotonic() - self._listed_at
+        if age >= PARTITIONS_REFRESH_S or (age >= PARTITIONS_MISSING_S and not wanted <= self._counts.keys()):
             self.existing()
         return {n: self._counts[n] for n in wanted if n in self._counts}
 
@@ -212,6 +217,7 @@ class TopicAdmin:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
             self._known.add(name)
+        self._listed_at = -PARTITIONS_REFRESH_S  # the new topics' counts: from the next listing
 
 
 class DatumProducer:
