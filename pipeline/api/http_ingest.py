@@ -47,6 +47,8 @@ class Publisher(Protocol):
 
     def flush(self, timeout: float = 60.0) -> None: ...
 
+    def close(self) -> None: ...
+
 
 @dataclass(eq=False)
 class _Request:
@@ -110,6 +112,15 @@ class GroupCommit:
             thread = self._thread
         if thread is not None:
             thread.join(2 * self.ack_timeout_s + 30)
+        self._drop_publisher()
+
+    def _drop_publisher(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            try:
+                publisher.close()
+            except Exception:  # closing is best effort: what it held was answered already
+                log.warning("HTTP ingest: closing the producer failed", exc_info=True)
 
     def _run(self) -> None:
         while True:
@@ -165,7 +176,7 @@ class GroupCommit:
             publisher.flush(self.ack_timeout_s)
         except Exception as exc:  # DeliveryError, the broker away: not taken, the gateways send again
             log.warning("HTTP ingest not acknowledged by the broker: %s", exc)
-            self._publisher = None
+            self._drop_publisher()
             for r in sent:
                 r.answer(exc)
             return

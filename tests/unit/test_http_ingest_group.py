@@ -45,6 +45,9 @@ class Fake:
     def send_auxiliary(self, change: AuxChange) -> None:
         self.log.append("aux")
 
+    def close(self) -> None:
+        self.log.append(f"close {self.name}")
+
     def flush(self, timeout: float = 60.0) -> None:
         self.log.append(f"flush {self.name}")
         self.flushing.set()
@@ -176,8 +179,9 @@ def test_a_failed_flush_answers_its_whole_group_not_taken_and_opens_a_new_publis
     assert isinstance(results[1], RuntimeError)
     start(commits, [3], results).join(WAIT_S)
     assert results[3] is None
-    assert log == ["send 1", "send 2", "flush p0", "send 3", "flush p1"]
+    assert log == ["send 1", "send 2", "flush p0", "close p0", "send 3", "flush p1"]
     commits.close()
+    assert log[-1] == "close p1"
 
 
 def test_a_publisher_that_cannot_be_opened_answers_not_taken(log: list[str]) -> None:
