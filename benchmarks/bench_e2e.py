@@ -180,20 +180,19 @@ class RssSampler(threading.Thread):
                 out.append("too short to sample")
                 continue
             first, last, half = got[0], got[-1], got[len(got) // 2]
-            # after the first minute: what the phase settles to once its batches and caches have grown
-            settled = got[int(60 / self.every_s) :] if len(got) * self.every_s > 120 else []
-            after = (
-                f"; after its first minute {min(settled):.0f}-{max(settled):.0f} MiB"
-                f" ({(max(settled) - min(settled)) / min(settled):.1%} apart)"
-                if settled
-                else ""
-            )
-            if settled:
-                # a batch in flight lifts a sample for a moment; the minute's median is the level
+            after = ""
+            if len(got) * self.every_s > 120:
+                # after the first minute: what the phase settles to once its batches and caches have
+                # grown; and each minute's median (a batch in flight lifts a sample for a moment)
                 k = int(60 / self.every_s)
+                settled = got[k:]
                 medians = [statistics.median(got[m : m + k]) for m in range(0, len(got) - k + 1, k)]
-                spread = (max(medians) - min(medians)) / min(medians)
-                after += f"; median of each minute {', '.join(f'{v:.0f}' for v in medians)} MiB ({spread:.1%} apart)"
+                after = (
+                    f"; after its first minute {min(settled):.0f}-{max(settled):.0f} MiB"
+                    f" ({(max(settled) - min(settled)) / min(settled):.1%} apart); median of each minute"
+                    f" {', '.join(f'{v:.0f}' for v in medians)} MiB"
+                    f" ({(max(medians) - min(medians)) / min(medians):.1%} apart)"
+                )
             out.append(
                 f"{first:.0f} MiB at its start, {last:.0f} MiB at its end ({(last - first) / first:+.1%}; second half "
                 f"{(last - half) / half:+.1%}), range {min(got):.0f}-{max(got):.0f} MiB ({len(got)} samples "

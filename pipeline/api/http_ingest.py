@@ -62,6 +62,12 @@ class _Request:
         self.done.set()
 
 
+def _send(publisher: Publisher, datums: Sequence[Datum], auxiliary: Sequence[AuxChange]) -> None:
+    publisher.send(datums)
+    for change in auxiliary:
+        publisher.send_auxiliary(change)
+
+
 class GroupCommit:
     """Requests published by one thread, a group at a time: every request waiting when a group
     starts (up to `max_requests`), in arrival order, is sent in one `send` (its streams bundled per
@@ -80,6 +86,8 @@ class GroupCommit:
         self._open = open_publisher
         self.max_requests = max(1, max_requests)
         self.ack_timeout_s = ack_timeout_s
+        # a request's answer comes within its group's send and flush and at most a group ahead of it
+        self.answer_within_s = 2 * ack_timeout_s + 30
         self._publisher: Publisher | None = None
         self._queue: list[_Request] = []
         self._cond = threading.Condition()
@@ -99,9 +107,8 @@ class GroupCommit:
                 self._thread = threading.Thread(target=self._run, name="http-ingest-commit", daemon=True)
                 self._thread.start()
             self._cond.notify()
-        # its group's send and flush, and at most a group ahead of it
-        if not request.done.wait(2 * self.ack_timeout_s + 30):
-            raise TimeoutError(f"no acknowledgement within {2 * self.ack_timeout_s + 30:.0f}s")
+        if not request.done.wait(self.answer_within_s):
+            raise TimeoutError(f"no acknowledgement within {self.answer_within_s:.0f}s")
         if request.error is not None:
             raise request.error
 
@@ -111,7 +118,7 @@ class GroupCommit:
             self._cond.notify()
             thread = self._thread
         if thread is not None:
-            thread.join(2 * self.ack_timeout_s + 30)
+            thread.join(self.answer_within_s)
         self._drop_publisher()
 
     def _drop_publisher(self) -> None:
@@ -150,18 +157,13 @@ class GroupCommit:
             return
         try:
             # one send: the group's streams bundled per partition, each stream's datums in order
-            publisher.send([d for r in group for d in r.datums])
-            for r in group:
-                for change in r.auxiliary:
-                    publisher.send_auxiliary(change)
+            _send(publisher, [d for r in group for d in r.datums], [c for r in group for c in r.auxiliary])
             sent = group
         except Exception:
             # find the request that cannot be sent (what went out already is sent again: stored once)
             for k, r in enumerate(group):
                 try:
-                    publisher.send(r.datums)
-                    for change in r.auxiliary:
-                        publisher.send_auxiliary(change)
+                    _send(publisher, r.datums, r.auxiliary)
                 except Exception as exc:
                     r.answer(exc)
                     rest = group[k + 1 :]

@@ -57,7 +57,10 @@ class Fake:
             raise RuntimeError("broker away")
 
 
-def start(commits: GroupCommit, ks: Sequence[int], results: dict[int, BaseException | None]) -> threading.Thread:
+Results = dict[int, BaseException | None]
+
+
+def start(commits: GroupCommit, ks: Sequence[int], results: Results) -> threading.Thread:
     """Publish the datums `ks` as one request in a thread; its answer lands in results[ks[0]]."""
 
     def run() -> None:
@@ -79,18 +82,24 @@ def until(cond: Callable[[], bool]) -> None:
         time.sleep(0.005)
 
 
+def held_flush(log: list[str], k: int, max_requests: int = 500) -> tuple[Fake, GroupCommit, Results, threading.Thread]:
+    """A group commit whose first request (datum k) is in a flush that waits for `release`."""
+    fake = Fake(log)
+    fake.hold = True
+    commits = GroupCommit(lambda: fake, max_requests, 5.0)
+    results: Results = {}
+    first = start(commits, [k], results)
+    assert fake.flushing.wait(WAIT_S)
+    return fake, commits, results, first
+
+
 @pytest.fixture
 def log() -> list[str]:
     return []
 
 
 def test_requests_arriving_during_a_flush_are_one_group_answered_after_its_flush(log: list[str]) -> None:
-    fake = Fake(log)
-    fake.hold = True
-    commits = GroupCommit(lambda: fake, 500, 5.0)
-    results: dict[int, BaseException | None] = {}
-    first = start(commits, [1], results)
-    assert fake.flushing.wait(WAIT_S)
+    fake, commits, results, first = held_flush(log, 1)
     later = [start(commits, [k], results) for k in (2, 3, 4)]
     time.sleep(0.05)
     # the first group's flush has not returned: nobody is answered, nothing more is sent
@@ -109,12 +118,7 @@ def test_requests_arriving_during_a_flush_are_one_group_answered_after_its_flush
 
 
 def test_no_request_is_answered_before_its_group_flush_returns(log: list[str]) -> None:
-    fake = Fake(log)
-    fake.hold = True
-    commits = GroupCommit(lambda: fake, 500, 5.0)
-    results: dict[int, BaseException | None] = {}
-    t = start(commits, [7], results)
-    assert fake.flushing.wait(WAIT_S)
+    fake, commits, results, t = held_flush(log, 7)
     time.sleep(0.05)
     assert 7 not in results
     fake.release.set()
@@ -124,12 +128,8 @@ def test_no_request_is_answered_before_its_group_flush_returns(log: list[str]) -
 
 
 def test_a_group_holds_at_most_max_requests(log: list[str]) -> None:
-    fake = Fake(log)
-    fake.hold = True
-    commits = GroupCommit(lambda: fake, 2, 5.0)
-    results: dict[int, BaseException | None] = {}
-    threads = [start(commits, [0], results)]
-    assert fake.flushing.wait(WAIT_S)
+    fake, commits, results, first = held_flush(log, 0, max_requests=2)
+    threads = [first]
     threads += [start(commits, [k], results) for k in (1, 2, 3, 4, 5)]
     until(lambda: len(commits._queue) == 5)
     fake.hold = False
@@ -144,12 +144,8 @@ def test_a_group_holds_at_most_max_requests(log: list[str]) -> None:
 
 
 def test_a_failed_send_answers_that_request_alone(log: list[str]) -> None:
-    fake = Fake(log)
-    fake.hold = True
-    commits = GroupCommit(lambda: fake, 500, 5.0)
-    results: dict[int, BaseException | None] = {}
-    threads = [start(commits, [0], results)]
-    assert fake.flushing.wait(WAIT_S)
+    fake, commits, results, first = held_flush(log, 0)
+    threads = [first]
     fake.poison = {1_700_000_000_002}
     for k in (1, 2, 3):
         threads.append(start(commits, [k], results))
@@ -174,7 +170,7 @@ def test_a_failed_flush_answers_its_whole_group_not_taken_and_opens_a_new_publis
         return made[-1]
 
     commits = GroupCommit(open_publisher, 500, 5.0)
-    results: dict[int, BaseException | None] = {}
+    results: Results = {}
     start(commits, [1, 2], results).join(WAIT_S)
     assert isinstance(results[1], RuntimeError)
     start(commits, [3], results).join(WAIT_S)

@@ -12,6 +12,15 @@ import pytest
 from pipeline.worker import memory
 
 
+def run_alone(script: str) -> str:
+    """The script's output, run in a Python process of its own (what it sets holds for the process)."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def test_without_glibc_both_are_no_ops(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory, "_glibc", lambda: None)
     assert memory.limit_arenas(2) is False
@@ -29,11 +38,7 @@ def test_on_glibc_the_arena_limit_is_taken_and_trim_runs() -> None:
         "assert isinstance(memory.trim(), bool)\n"
         "print('ok')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() in ("ok", "no glibc")
+    assert run_alone(script) in ("ok", "no glibc")
 
 
 def test_arrow_buffers_come_from_malloc_once_asked() -> None:
@@ -48,8 +53,4 @@ def test_arrow_buffers_come_from_malloc_once_asked() -> None:
         "assert pa.system_memory_pool().bytes_allocated() >= 800_000, 'not from malloc'\n"
         "print(before)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() in ("mimalloc", "jemalloc", "system")
+    assert run_alone(script) in ("mimalloc", "jemalloc", "system")
