@@ -608,6 +608,16 @@ def combine(rows: Iterable[RollupRow], periodicity: Periodicity, tz: Zone) -> li
     return out
 
 
+def _sum(values: Iterable[float]) -> float:
+    """Floats added one after the other from 0.0: the running sums of
+    processors/rollup_incremental.py extend exactly this (the builtin `sum` of Python 3.12 and
+    later compensates, so its result depends on the version)."""
+    total = 0.0
+    for v in values:
+        total += v
+    return total
+
+
 # (periodicity, node, source, property, kind, start ms, end ms): a merged row's identity and bounds
 _Head = tuple[Periodicity, int, str, str, RollupKind, int, int]
 
@@ -620,7 +630,7 @@ def _merge(head: _Head, children: Sequence[RollupRow]) -> RollupRow:
     if kind == "i":
         mins = [c.min for c in children if c.min is not None]
         maxs = [c.max for c in children if c.max is not None]
-        avg = sum(c.avg * c.count for c in children if c.count and c.avg is not None) / n if n else None
+        avg = _sum(c.avg * c.count for c in children if c.count and c.avg is not None) / n if n else None
         return RollupRow(*head, n, avg, min(mins) if mins else None, max(maxs) if maxs else None, tags=tags)
     if kind == "s":
         merged: Counter[str] = Counter()
@@ -629,14 +639,14 @@ def _merge(head: _Head, children: Sequence[RollupRow]) -> RollupRow:
         sc = tuple(sorted(merged.items()))
         return RollupRow(*head, n, mode=_mode(sc), status_counts=sc, tags=tags)
     if kind == "p":
-        return RollupRow(*head, n, diff=sum(c.diff or 0.0 for c in children), tags=tags)
+        return RollupRow(*head, n, diff=_sum(c.diff or 0.0 for c in children), tags=tags)
     starts = [c.read_start for c in children if c.read_start is not None]
     ends = [c.read_end for c in children if c.read_end is not None]
     return RollupRow(
         *head,
         n,
-        diff=sum(c.diff or 0.0 for c in children),
-        read_diff=sum(c.read_diff or 0.0 for c in children),
+        diff=_sum(c.diff or 0.0 for c in children),
+        read_diff=_sum(c.read_diff or 0.0 for c in children),
         read_start=starts[0] if starts else None,
         read_end=ends[-1] if ends else None,
         tags=tags,
