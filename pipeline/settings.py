@@ -107,6 +107,14 @@ class Settings:
             " cost less to read again than to keep in step)"
         },
     )
+    rollup_running_series: int = field(
+        default=100_000,
+        metadata={
+            "doc": "Series (a stream's property) whose open rollup buckets the rollup agent keeps as running sums,"
+            " so a step of appended readings extends them instead of recomputing from the store (0: none;"
+            " docs/rollups.md)"
+        },
+    )
     rollup_combine_buckets: int = field(
         default=300,
         metadata={

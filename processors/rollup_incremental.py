@@ -21,7 +21,7 @@ children in order (processors/rollup.py's `_sum`). tests/unit/test_rollup_increm
 compares both under Hypothesis.
 
 Anything else (a reading at or before the last one: late, corrected or a duplicate; a reset
-marker; tags; a NaN) raises `NotAnAppend`: the caller recomputes from the store as always and
+marker; a NaN) raises `NotAnAppend`: the caller recomputes from the store as always and
 seeds the series again. A series' state is only valid with what the store holds: whoever drives
 it drops it when a step fails. Pure: no I/O.
 """
@@ -29,6 +29,8 @@ it drops it when a step fails. Pure: no I/O.
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
@@ -75,6 +77,7 @@ class Figures:
     read_start: float | None = None
     read_end: float | None = None
     status: dict[str, int] = field(default_factory=dict)
+    tags: frozenset[str] = frozenset()
 
     def copy(self) -> Figures:
         return Figures(
@@ -88,19 +91,23 @@ class Figures:
             self.read_start,
             self.read_end,
             dict(self.status),
+            self.tags,
         )
 
 
 def _row(per: Periodicity, key: SeriesKey, f: Figures) -> RollupRow:
     node, source, prop, kind = key
+    tags = tuple(sorted(f.tags)) if f.tags else ()
     if kind == "i":
         avg = f.total / f.count if f.count else None
-        return RollupRow(per, node, source, prop, kind, f.lo, f.hi, f.count, avg, f.low, f.high)
+        return RollupRow(per, node, source, prop, kind, f.lo, f.hi, f.count, avg, f.low, f.high, tags=tags)
     if kind == "s":
         sc = tuple(sorted(f.status.items()))
-        return RollupRow(per, node, source, prop, kind, f.lo, f.hi, f.count, mode=_mode(sc), status_counts=sc)
+        return RollupRow(
+            per, node, source, prop, kind, f.lo, f.hi, f.count, mode=_mode(sc), status_counts=sc, tags=tags
+        )
     if kind == "p":
-        return RollupRow(per, node, source, prop, kind, f.lo, f.hi, f.count, diff=f.total)
+        return RollupRow(per, node, source, prop, kind, f.lo, f.hi, f.count, diff=f.total, tags=tags)
     return RollupRow(
         per,
         node,
@@ -114,13 +121,14 @@ def _row(per: Periodicity, key: SeriesKey, f: Figures) -> RollupRow:
         read_diff=f.read_diff,
         read_start=f.read_start,
         read_end=f.read_end,
+        tags=tags,
     )
 
 
 def _absorb(f: Figures, c: RollupRow) -> None:
     """Add child row `c` after the children already in `f`, as `_merge` adds its children."""
     if c.tags:
-        raise NotAnAppend("tags are united only by a recompute")
+        f.tags = f.tags.union(c.tags)
     f.count += c.count
     kind = c.kind
     if kind == "i":
@@ -191,14 +199,18 @@ class SeriesState:
     levels: dict[Periodicity, _Level]
 
     def append(
-        self, times: Sequence[int], values: Sequence[float | None], texts: Sequence[str | None]
+        self,
+        times: Sequence[int],
+        values: Sequence[float | None],
+        texts: Sequence[str | None],
+        tags: Sequence[Iterable[str]] | None = None,
     ) -> list[RollupRow]:
         """Points after the last one (ascending): the rows they change, every level, in cascade
-        order. A point without a value (or text) counts for nothing, as in `recompute`.
-        Raises NotAnAppend (the state is then no longer valid)."""
+        order. A point without a value (or text) counts for nothing, as in `recompute`; `tags`:
+        each point's (None: none has any). Raises NotAnAppend (the state is then no longer valid)."""
         kind = self.key[3]
         touched: dict[int, Figures] = {}
-        for t, v, x in zip(times, values, texts, strict=True):
+        for n, (t, v, x) in enumerate(zip(times, values, texts, strict=True)):
             if t <= self.last_t:
                 raise NotAnAppend("a point at or before the last one")
             if kind == "s":
@@ -207,6 +219,8 @@ class SeriesState:
                 f = self._at(t, touched)
                 f.count += 1
                 f.status[x] = f.status.get(x, 0) + 1
+                if tags is not None and tags[n]:
+                    f.tags = f.tags.union(tags[n])
                 self.last_t = t
                 continue
             if v is None:
@@ -214,7 +228,7 @@ class SeriesState:
             if math.isnan(v):
                 raise NotAnAppend("a NaN reading")
             if kind == "a":
-                self._reading(t, v, touched)
+                f = self._reading(t, v, touched)
             else:
                 f = self._at(t, touched)
                 f.count += 1
@@ -222,6 +236,8 @@ class SeriesState:
                 if kind == "i":
                     f.low = v if f.low is None else min(f.low, v)
                     f.high = v if f.high is None else max(f.high, v)
+            if tags is not None and tags[n]:
+                f.tags = f.tags.union(tags[n])  # the bucket holding the point's
             self.last_t, self.last_v = t, v
         rows = {HALFHOUR: [_row(HALFHOUR, self.key, touched[lo]) for lo in sorted(touched)]}
         for per in COARSER:
@@ -239,9 +255,9 @@ class SeriesState:
         touched[f.lo] = f
         return f
 
-    def _reading(self, t: int, v: float, touched: dict[int, Figures]) -> None:
+    def _reading(self, t: int, v: float, touched: dict[int, Figures]) -> Figures:
         """An accumulating reading after the last one: the pair into it (processors/rollup.py's
-        `_accumulating`, no reset in between)."""
+        `_accumulating`, no reset in between). Returns the half hour holding it."""
         tn, vn, tol = self.last_t, self.last_v, self.tol
         length, inc = t - tn, v - self.last_v
         chained = length <= tol.lookback_ms
@@ -287,9 +303,66 @@ class SeriesState:
             else:
                 f.read_end = vn
         self.halfhour = touched[bucket_bounds(t, HALFHOUR, self.z)[0]]
+        return self.halfhour
+
+
+def halfhour_figures(row: RollupRow, total: float) -> Figures:
+    """The figures of a half hour as `recompute` gave its row; `total`: its values added in time
+    order (kind i: the row's avg is that over the count, which does not give it back exactly)."""
+    f = Figures(row.ts_start_ms, row.ts_end_ms, row.count, low=row.min, high=row.max)
+    f.read_diff, f.read_start, f.read_end = row.read_diff or 0.0, row.read_start, row.read_end
+    f.status = dict(row.status_counts)
+    f.total = total if row.kind == "i" else row.diff or 0.0
+    f.tags = frozenset(row.tags)
+    return f
+
+
+def prefix_ranges(last_t: int, tz: Zone) -> list[tuple[Periodicity, Periodicity, int, int]]:
+    """Per coarser level, what its prefix is merged from for a series whose last point is at
+    last_t: (level, the level below, start of the open bucket, start of its open child); the
+    stored rows of the level below starting in [lo, hi)."""
+    z = zone(tz)
+    out = []
+    for per in COARSER:
+        source = CASCADE_SOURCE[per]
+        assert source is not None
+        out.append((per, source, bucket_bounds(last_t, per, z)[0], bucket_bounds(last_t, source, z)[0]))
+    return out
 
 
 def seed(
+    key: SeriesKey,
+    tz: Zone,
+    last: tuple[int, float],
+    half: Figures,
+    prefixes: Mapping[Periodicity, Figures],
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
+) -> SeriesState:
+    """A series' state: its last point (created, and the reading for kind a), the figures of that
+    point's half hour up to it (`halfhour_figures`), and per coarser level the merged children of
+    its open bucket before the open child (`prefix_ranges`; none: an empty prefix). Each open
+    child is the level below's open bucket, so it follows from these."""
+    z = zone(tz)
+    last_t, last_v = last
+    if (half.lo, half.hi) != bucket_bounds(last_t, HALFHOUR, z):
+        raise NotAnAppend("the half hour given does not hold the last point")
+    below: dict[Periodicity, RollupRow] = {HALFHOUR: _row(HALFHOUR, key, half)}
+    levels: dict[Periodicity, _Level] = {}
+    for per in COARSER:
+        source = CASCADE_SOURCE[per]
+        assert source is not None
+        lo, hi = bucket_bounds(last_t, per, z)
+        prefix = prefixes.get(per)
+        if prefix is None:
+            prefix = Figures(lo, hi)
+        elif (prefix.lo, prefix.hi) != (lo, hi):
+            raise NotAnAppend(f"the {per} prefix given is not of the last point's {per}")
+        levels[per] = level = _Level(per, prefix, below[source])
+        below[per] = _row(per, key, level.merged())
+    return SeriesState(key, z, tolerances, last_t, last_v, half.copy(), levels)
+
+
+def seed_from_rows(
     key: SeriesKey,
     tz: Zone,
     last: tuple[int, float],
@@ -297,57 +370,91 @@ def seed(
     rows: Iterable[RollupRow],
     tolerances: Tolerances = DEFAULT_TOLERANCES,
 ) -> SeriesState:
-    """A series' state from what the store holds: its last point (created, the reading for
-    kind a), the values of that point's half hour added in time order (kind i; else unused),
-    and its stored rows: at least that half hour's, and at each coarser level the children of
-    the open bucket (the half hours of the hour, the hours of the day, the days of the week and
-    of the month, the months of the year). Raises NotAnAppend when they do not fit together."""
+    """`seed` from stored rows: at least the last point's half hour, and the children of every
+    open bucket (the half hours of its hour, the hours of its day, the days of its week and its
+    month, the months of its year). Raises NotAnAppend when they do not end at the last point's."""
     z = zone(tz)
-    kind = key[3]
-    last_t, last_v = last
+    last_t = last[0]
     by_level: dict[Periodicity, dict[int, RollupRow]] = {per: {} for per in PERIODICITIES}
     for r in rows:
         if (r.node_id, r.source_id, r.property, r.kind) != key:
             continue
-        if r.tags:
-            raise NotAnAppend("tags are united only by a recompute")
         by_level[r.periodicity][r.ts_start_ms] = r
-    lo, hi = bucket_bounds(last_t, HALFHOUR, z)
-    own = by_level[HALFHOUR].get(lo)
+    own = by_level[HALFHOUR].get(bucket_bounds(last_t, HALFHOUR, z)[0])
     if own is None or own.count == 0:
         raise NotAnAppend("no stored half hour holds the last point")
-    half = Figures(lo, hi, own.count, low=own.min, high=own.max, read_diff=own.read_diff or 0.0)
-    half.read_start, half.read_end = own.read_start, own.read_end
-    half.status = dict(own.status_counts)
-    half.total = halfhour_total if kind == "i" else own.diff or 0.0
-    levels: dict[Periodicity, _Level] = {}
-    for per in COARSER:
-        source = CASCADE_SOURCE[per]
-        assert source is not None
-        p_lo, p_hi = bucket_bounds(last_t, per, z)
-        c_lo = bucket_bounds(last_t, source, z)[0]
-        children = sorted((s, r) for s, r in by_level[source].items() if p_lo <= s < p_hi)
-        if not children or children[-1][0] != c_lo:
+    prefixes: dict[Periodicity, Figures] = {}
+    for per, source, lo, child in prefix_ranges(last_t, z):
+        children = sorted((s, r) for s, r in by_level[source].items() if lo <= s < bucket_bounds(lo, per, z)[1])
+        if not children or children[-1][0] != child:
             raise NotAnAppend(f"the stored {source}s of the open {per} do not end at the last point's")
-        prefix = Figures(p_lo, p_hi)
+        prefixes[per] = prefix = Figures(*bucket_bounds(lo, per, z))
         for _, r in children[:-1]:
             _absorb(prefix, r)
-        levels[per] = _Level(per, prefix, children[-1][1])
-    return SeriesState(key, z, tolerances, last_t, last_v, half, levels)
+    return seed(key, z, last, halfhour_figures(own, halfhour_total), prefixes, tolerances)
 
 
-def seed_rows_wanted(last_t: int, tz: Zone) -> list[tuple[Periodicity, int, int]]:
-    """The stored rows `seed` needs of a series whose last point is at last_t: per level, the
-    range of bucket starts (periodicity, lo, hi)."""
-    z = zone(tz)
-    out = [(HALFHOUR, *bucket_bounds(last_t, "hour", z))]
-    for per in COARSER[1:]:
-        source = CASCADE_SOURCE[per]
-        assert source is not None
-        out.append((source, *bucket_bounds(last_t, per, z)))
-    return out
+Stream = tuple[int, str]
 
 
-def states_of(states: Mapping[SeriesKey, SeriesState], node: int, source: str) -> list[SeriesKey]:
-    """The keys of one stream's series."""
-    return [k for k in states if k[0] == node and k[1] == source]
+class RunningRollups:
+    """The series states of the streams, shared by a worker's rollup lanes (a stream is in one
+    lane at a time), up to `max_series`: the streams used longest ago go first.
+
+    A step takes its streams' states out (`take`) and puts back the ones it kept in step with
+    what it stored (`put`), only after its write: a step that fails keeps none. Emptied when the
+    stale topic's partitions move (another worker may store the streams meanwhile) or the PULSE
+    datastreams change (a property's kind with them); a put of a step that ran across that is
+    dropped (`generation`)."""
+
+    def __init__(self, max_series: int) -> None:
+        self.max_series = max_series
+        self.generation = 0
+        self.pulse: frozenset[str] | None = None
+        self._held: OrderedDict[Stream, dict[str, SeriesState]] = OrderedDict()
+        self._series = 0
+        self._lock = threading.Lock()
+        # what they did so far: series steps appended, series seeded, streams sent back to the store
+        self.appended = self.seeded = self.fell_back = 0
+
+    def __len__(self) -> int:
+        return self._series
+
+    def clear(self) -> None:
+        with self._lock:
+            self._held.clear()
+            self._series = 0
+            self.generation += 1
+
+    def use_pulse(self, pulse: frozenset[str]) -> None:
+        if pulse != self.pulse:
+            self.clear()
+            self.pulse = pulse
+
+    def take(self, streams: Iterable[Stream]) -> dict[Stream, dict[str, SeriesState]]:
+        with self._lock:
+            out: dict[Stream, dict[str, SeriesState]] = {}
+            for s in streams:
+                states = self._held.pop(s, None)
+                if states is not None:
+                    self._series -= len(states)
+                    out[s] = states
+            return out
+
+    def put(self, items: Mapping[Stream, dict[str, SeriesState]], generation: int) -> None:
+        with self._lock:
+            if generation != self.generation:
+                return
+            for stream, states in items.items():
+                old = self._held.pop(stream, None)
+                self._series += len(states) - (len(old) if old is not None else 0)
+                self._held[stream] = states
+            while self._held and self._series > self.max_series:
+                _, old = self._held.popitem(last=False)
+                self._series -= len(old)
+
+    def count(self, appended: int = 0, seeded: int = 0, fell_back: int = 0) -> None:
+        with self._lock:
+            self.appended += appended
+            self.seeded += seeded
+            self.fell_back += fell_back

@@ -591,6 +591,58 @@ def read_rollup_keys(
     return out
 
 
+# One merged prefix of `read_prefixes`: (q, property, kind) -> count, the added sum (kind i: of
+# avg x count; a and p: of diff), min, max, the added read_diff, read start, read end, status
+# counts, tags.
+Prefix = tuple[
+    int, float, float | None, float | None, float, float | None, float | None, dict[str, int], frozenset[str]
+]
+
+
+def read_prefixes(client: Client, ranges: Sequence[NamedRange]) -> dict[tuple[int, str, RollupKind], Prefix]:
+    """Per range (q, node, source, periodicity, lo, hi) and (property, kind), the stored (live)
+    rows of that level starting in [lo, hi) merged as `processors.rollup._merge` merges children:
+    the sums added in time order from 0.0 (as `_cascade_select` adds them: the same bits), kept
+    as sums (an average would not give its sum back exactly). What a series' running rollups
+    are seeded with (processors/rollup_incremental.py)."""
+    source, live = final_rows(ROLLUP_TABLE, "c", live=True)
+    out: dict[tuple[int, str, RollupKind], Prefix] = {}
+    for k in range(0, len(ranges), RANGES_CHUNK):
+        join = ranges_join("c", ranges[k : k + RANGES_CHUNK], time_column="ts_start", name_column="periodicity")
+        sql = (
+            "SELECT w.q AS q, toString(c.property) AS p, toString(c.kind) AS k, sum(c.count) AS n,"
+            " arraySort(groupArray((c.ts_start, toFloat64(c.count), c.avg, c.diff, c.read_diff))) AS seq,"
+            " if(k = 'i', arrayFold((acc, x) -> acc + if(x.2 > 0 AND x.3 IS NOT NULL, assumeNotNull(x.3) * x.2, 0.),"
+            " seq, 0.), arrayFold((acc, x) -> acc + ifNull(x.4, 0.), seq, 0.)) AS total,"
+            " min(c.min) AS low, max(c.max) AS high, arrayFold((acc, x) -> acc + ifNull(x.5, 0.), seq, 0.) AS rd,"
+            " argMinIf(c.read_start, c.ts_start, c.read_start IS NOT NULL) AS rs,"
+            " argMaxIf(c.read_end, c.ts_start, c.read_end IS NOT NULL) AS re,"
+            " sumMap(arrayMap(t -> t.1, c.status_counts), arrayMap(t -> t.2, c.status_counts)) AS sc,"
+            " groupUniqArrayArray(c.tags) AS g"
+            f" FROM {source}{join}{live} GROUP BY q, p, k"
+        )
+        table = client.query_arrow(sql)
+        cols = [table.column(c).to_pylist() for c in ("q", "p", "k", "n", "total", "low", "high", "rd", "rs", "re")]
+        counts = table.column("sc").to_pylist()
+        tags = table.column("g").to_pylist()
+        for (q, prop, kind, n, total, low, high, rd, rs, re), sc, g in zip(
+            zip(*cols, strict=True), counts, tags, strict=True
+        ):
+            status = dict(zip(sc["1"], sc["2"], strict=True)) if isinstance(sc, dict) else dict(zip(*sc, strict=True))
+            out[(int(q), prop, _KINDS.get(kind, "i"))] = (
+                int(n),
+                float(total),
+                low,
+                high,
+                float(rd),
+                rs,
+                re,
+                {str(v): int(c) for v, c in status.items()},
+                frozenset(g),
+            )
+    return out
+
+
 def cascade_sql(per: Periodicity, ranges: Sequence[Range]) -> str:
     """`INSERT … SELECT` of the `per` rows of the given parent buckets (q, node, source, start ms,
     end ms), each combined from the stored rows of its finer level (CASCADE_SOURCE) that start

@@ -85,6 +85,7 @@ from processors.catalog_versions import VersionedCatalog
 from processors.datum import Rejection
 from processors.point_cache import PointCache
 from processors.qrating import RateState
+from processors.rollup_incremental import RunningRollups
 from processors.rows import Overlay, RawColumns, Scoring
 from processors.stale_marks import Change, marks_in
 from sinks.auxiliary import AuxiliarySink, stored_properties
@@ -231,6 +232,7 @@ class DatumWorker:
         self._letters: DeadLetterSink | None = None
         self._rollups: RollupLanes | None = None
         self.rollup_cache: PointCache | None = None
+        self.rollup_running: RunningRollups | None = None
         self._cache_seen = (0, 0)  # the cache's counts last put into the metrics
         self._ledger: RollupLedger | None = None
         self._aux_client: Client | None = None
@@ -324,6 +326,9 @@ class DatumWorker:
                 if self.settings.rollup_cache_points
                 else None
             )
+            self.rollup_running = (
+                RunningRollups(self.settings.rollup_running_series) if self.settings.rollup_running_series else None
+            )
             self._rollups = RollupLanes(
                 [
                     RollupMaintainer(
@@ -333,6 +338,7 @@ class DatumWorker:
                         cluster=cluster,
                         cache=self.rollup_cache,
                         combine_buckets=self.settings.rollup_combine_buckets,
+                        running=self.rollup_running,
                     )
                     for client in lane_clients
                 ],
@@ -493,6 +499,8 @@ class DatumWorker:
         worker may take marks of streams held here, and what it stores is not spliced in here."""
         if self.rollup_cache is not None:
             self.rollup_cache.clear()
+        if self.rollup_running is not None:
+            self.rollup_running.clear()
 
     def forget_streams(self, revoked: Iterable[Any]) -> set[StreamKey]:
         """Drop the per-stream state of the streams of revoked partitions (Faust TPs): their next

@@ -40,6 +40,7 @@ from processors.rollup import (
     PERIODICITIES,
     Periodicity,
     ResetMarker,
+    RollupKind,
     RollupRow,
     Tolerances,
     bucket_bounds,
@@ -49,6 +50,15 @@ from processors.rollup import (
     zone,
 )
 from processors.rollup_columns import Series, recompute_series
+from processors.rollup_incremental import (
+    Figures,
+    NotAnAppend,
+    RunningRollups,
+    SeriesState,
+    halfhour_figures,
+    prefix_ranges,
+    seed,
+)
 from processors.rows import DAY_MS, RawColumns
 from processors.stale_marks import SpanColumns, compact
 from sinks.auxiliary import read_resets, streams_with_resets
@@ -60,10 +70,12 @@ from sinks.rollups import (
     RollupSink,
     RollupWrite,
     Window,
+    _series_of,
     cascade_reads,
     read_last_after,
     read_neighbours,
     read_points,
+    read_prefixes,
     read_rollup_keys,
     read_rollups,
     read_series_for_recompute,
@@ -89,6 +101,10 @@ SPARSE_AFTER_MS = 30 * 60_000
 # How far past a window a stream's stored rows may reach for its points to be read to the end.
 FILL_AHEAD_MS = 6 * 3_600_000
 HOUR_MS = 3_600_000
+# Streams a step seeds with running rollups at most (processors/rollup_incremental.py): a seed
+# reads every open bucket's merged children, which costs the store about what one step's
+# cascade of those streams does; a fleet's streams are seeded over a few steps.
+SEED_STREAMS = 4_000
 
 
 @dataclass
@@ -105,6 +121,8 @@ class Refresh:
 
     # the stored rows the worker's cascade needs, read with the stale half hours' (or None)
     stored: list[RollupRow] | None = None
+    # per stream recomputed here, the points its windows were read with (to seed running rollups)
+    plans: list[_Plan] = field(default_factory=list)
 
     def write(self) -> RollupWrite:
         return RollupWrite(self.rows, self.tombstones, self.cascade, self.stored)
@@ -142,8 +160,14 @@ class RollupMaintainer:
         cluster: str = "",
         cache: PointCache | None = None,
         combine_buckets: int = COMBINE_BUCKETS,
+        running: RunningRollups | None = None,
+        seed_streams: int = SEED_STREAMS,
     ) -> None:
         self.client = client
+        # the open buckets of the streams' series as running sums, kept between steps (shared by
+        # a worker's lanes): a step of appended readings extends them, not read from the store
+        self.running = running
+        self.seed_streams = seed_streams
         # the recent raw points of the streams, kept between steps (shared by a worker's lanes)
         self.cache = cache
         self._held: dict[Stream, Held] = {}  # a step's own references to what the cache holds
@@ -198,11 +222,22 @@ class RollupMaintainer:
         t0 = time.perf_counter()
         try:
             self._with_resets = streams_with_resets(self.client)
+            appended = _Appended(spans)
+            if self.running is not None:
+                appended = self._append(spans, self.running)
+            if self.cache is not None and appended.kept:
+                # their points changed without being spliced in: read again if they come back
+                self.cache.drop(appended.kept)
             if self.cache is not None:
-                self._hold(spans, self.cache)
-            stale = self.stale_of_spans(spans)
+                self._hold(appended.rest, self.cache)
+            stale = self.stale_of_spans(appended.rest)
             out = self.refresh([(n, s, tz, st) for (n, s, tz), st in stale.items()])
+            out.rows += appended.rows
             written = self.sink.write(out.write())
+            if self.running is not None:
+                # only now: what the states say is stored
+                self.running.put(appended.kept, appended.generation)
+                self._seed(appended.rest, out.plans, self.running, appended.generation)
         except BaseException:
             # a step that failed may not have re-read all it was told changed
             if self.cache is not None:
@@ -214,6 +249,135 @@ class RollupMaintainer:
         self.last_buckets = written
         log.debug("rollups: %d bucket(s) from %d span(s) in %.3fs", written, len(spans), self.last_seconds)
         return written
+
+    # -- running rollups (processors/rollup_incremental.py) ---------------------------------------
+
+    def _append(self, spans: SpanColumns, running: RunningRollups) -> _Appended:
+        """The streams whose every span only appends to series held in running rollups: their new
+        points read (one query), appended, and the rows of every level they change. The others
+        (not held, a late or corrected reading, a reset marker, a zone change, a new property)
+        are left for the store's recompute (`rest`); the states of those are dropped."""
+        pulse = self._pulse = self.pulse()
+        running.use_pulse(pulse)
+        out = _Appended(SpanColumns(), generation=running.generation)
+        spans_of: dict[Stream, list[int]] = {}
+        for i, stream in enumerate(zip(spans.node_id, spans.source_id, strict=True)):
+            spans_of.setdefault(stream, []).append(i)
+        taken = running.take(spans_of)
+        horizon = self.horizons(taken) if taken else {}
+        reach: dict[Stream, tuple[int, int]] = {}
+        for stream, states in taken.items():
+            mine = spans_of[stream]
+            first, last = min(spans.first[i] for i in mine), max(spans.last[i] for i in mine)
+            z = next(iter(states.values())).z
+            h = horizon.get(stream)
+            if (
+                stream not in (self._with_resets or ())
+                and all(spans.property[i] in states and spans.first[i] > states[spans.property[i]].last_t for i in mine)
+                and self.timezone_at(stream[0], first) == z.key == self.timezone_at(stream[0], last)
+                and (h is None or all(st.halfhour.lo > h for st in states.values()))
+            ):
+                reach[stream] = (first, last)
+        ranges = [(q, node, source, lo, hi + 1) for q, ((node, source), (lo, hi)) in enumerate(reach.items())]
+        series: dict[int, list[Series]] = {}
+        if ranges:
+            for q, s in _series_of(read_points(self.client, ranges, pulse)):
+                series.setdefault(q, []).append(s)
+        steps = 0
+        for q, stream in enumerate(reach):
+            states = taken[stream]
+            try:
+                rows: list[RollupRow] = []
+                for s in series.get(q, []):
+                    state = states.get(s.property)
+                    if state is None or state.key[3] != s.kind:
+                        raise NotAnAppend("a series not held as it is stored")
+                    new = s.created > state.last_t
+                    if not new.any():
+                        continue
+                    texts = (
+                        [x for x, n in zip(s.texts, new.tolist(), strict=True) if n] if s.texts is not None else None
+                    )
+                    tags = None if s.tags is None else [g for g, n in zip(s.tags, new.tolist(), strict=True) if n]
+                    rows += state.append(
+                        s.created[new].tolist(),
+                        [None if n else v for v, n in zip(s.value[new].tolist(), s.null[new].tolist(), strict=True)],
+                        texts if texts is not None else [None] * int(new.sum()),
+                        tags,
+                    )
+                    steps += 1
+            except NotAnAppend:
+                continue
+            out.rows += rows
+            out.kept[stream] = states
+        for stream, mine in spans_of.items():
+            if stream not in out.kept:
+                out.rest.add(
+                    stream[0],
+                    stream[1],
+                    [spans.property[i] for i in mine],
+                    [spans.kind[i] for i in mine],
+                    [spans.first[i] for i in mine],
+                    [spans.last[i] for i in mine],
+                )
+        running.count(appended=steps, fell_back=len(taken) - len(out.kept))
+        return out
+
+    def _seed(self, spans: SpanColumns, plans: Sequence[_Plan], running: RunningRollups, generation: int) -> None:
+        """Running rollups for streams the store just recomputed (up to `seed_streams`): each
+        series' half hour of the stream's last changed reading from the points its window was read
+        with, cut at that reading (later ones are in marks to come), and the merged children
+        before each open child from the stored rows. A series that cannot be seeded (a NaN, no
+        point in that half hour) is not; the stream's next change of it goes to the store. A
+        failed seed is only logged: the step is stored."""
+        last_of: dict[Stream, int] = {}
+        for node, source, hi in zip(spans.node_id, spans.source_id, spans.last, strict=True):
+            last_of[(node, source)] = max(hi, last_of.get((node, source), hi))
+        zones: dict[Stream, int] = {}
+        for plan in plans:
+            zones[(plan.node, plan.source)] = zones.get((plan.node, plan.source), 0) + 1
+        halves: list[tuple[_Plan, int, dict[str, tuple[RollupKind, tuple[int, float], Figures]]]] = []
+        for plan in plans:
+            stream = (plan.node, plan.source)
+            if len(halves) >= self.seed_streams:
+                break
+            if zones[stream] != 1 or stream in (self._with_resets or ()) or stream not in last_of:
+                continue
+            if plan.horizon_ms is not None and bucket_bounds(last_of[stream], "halfhour", plan.z)[0] <= plan.horizon_ms:
+                continue
+            found = plan.halfhour_of(last_of[stream], self.tol)
+            if found:
+                halves.append((plan, last_of[stream], found))
+        if not halves:
+            return
+        try:
+            ranges: list[tuple[int, int, str, str, int, int]] = []
+            for n, (plan, last, _found) in enumerate(halves):
+                for k, (_per, source, lo, child) in enumerate(prefix_ranges(last, plan.z)):
+                    ranges.append((n * 8 + k, plan.node, plan.source, source, lo, child))
+            prefixes = read_prefixes(self.client, ranges)
+        except Exception:
+            log.warning("rollups: running rollups of %d stream(s) not seeded", len(halves), exc_info=True)
+            return
+        seeded: dict[Stream, dict[str, SeriesState]] = {}
+        for n, (plan, last, found) in enumerate(halves):
+            states: dict[str, SeriesState] = {}
+            for prop, (kind, point, half) in found.items():
+                key = (plan.node, plan.source, prop, kind)
+                mine: dict[Periodicity, Figures] = {}
+                for k, (per, _source, lo, _child) in enumerate(prefix_ranges(last, plan.z)):
+                    got = prefixes.get((n * 8 + k, prop, key[3]))
+                    if got is not None:
+                        end = bucket_bounds(lo, per, plan.z)[1]
+                        mine[per] = Figures(lo, end, *got)
+                try:
+                    states[prop] = seed(key, plan.z, point, half, mine, self.tol)
+                except NotAnAppend:
+                    continue
+            if states:
+                seeded[(plan.node, plan.source)] = states
+        running.put(seeded, generation)
+        running.count(seeded=sum(len(v) for v in seeded.values()))
 
     # -- the point cache (processors/point_cache.py) ----------------------------------------------
 
@@ -493,7 +657,7 @@ class RollupMaintainer:
         stored: dict[tuple[int, str], list[RollupRow]] = {}
         for r in found:
             stored.setdefault((r.node_id, r.source_id), []).append(r)
-        out = Refresh(stored=found if here else None)
+        out = Refresh(stored=found if here else None, plans=plans)
         for plan in plans:
             plan.halfhours(stored.get((plan.node, plan.source), []), out)
             self.kept_expired += plan.kept_expired
@@ -516,6 +680,18 @@ class RollupMaintainer:
             if any(plan.tombstoned(key, fresh) or plan.may_keep(key[1]) for key in mine):
                 out.append(plan)
         return out
+
+
+@dataclass
+class _Appended:
+    """What a step's running rollups did: the spans left for the store's recompute, the rows of
+    the appends, the states kept in step (put back after the write), the generation they were
+    taken in."""
+
+    rest: SpanColumns
+    rows: list[RollupRow] = field(default_factory=list)
+    kept: dict[Stream, dict[str, SeriesState]] = field(default_factory=dict)
+    generation: int = 0
 
 
 class RollupLanes:
@@ -597,6 +773,8 @@ class _Plan:
     # half hours starting at or before this may have lost raw rows to expiry; None: none can
     horizon_ms: int | None = None
     kept_expired: int = 0
+    # per window, the series it was recomputed from (to seed running rollups)
+    series: list[list[Series]] = field(default_factory=list)
 
     def keep_expired(self, stored_halfhours: Sequence[RollupRow]) -> None:
         """Behind the retention horizon the raw rows of a half hour may be gone, so a recompute
@@ -631,10 +809,12 @@ class _Plan:
     def fill(self, series: Iterator[list[Series]], resets: Iterator[list[ResetMarker]], tol: Tolerances) -> None:
         """Half hours from raw (the points and resets of each window, in order), and every stale bucket."""
         self.fresh = []
+        self.series = []
         for ws, we in self.windows:
             self.bounds["halfhour"].update(buckets_between(ws, we, "halfhour", self.z))
+            self.series.append(next(series))
             self.fresh += recompute_series(
-                next(series), next(resets), ws, we, "halfhour", self.z, tol, self.node, self.source
+                self.series[-1], next(resets), ws, we, "halfhour", self.z, tol, self.node, self.source
             )
         for per in PERIODICITIES[1:]:
             src = CASCADE_SOURCE[per]
@@ -642,6 +822,36 @@ class _Plan:
             for s in self.bounds[src]:
                 lo, hi = bucket_bounds(s, per, self.z)
                 self.bounds[per][lo] = hi
+
+    def halfhour_of(self, last: int, tol: Tolerances) -> dict[str, tuple[RollupKind, tuple[int, float], Figures]]:
+        """Per series with a point in the half hour of `last` (a changed reading), that half hour's
+        figures from the points its window was read with up to `last`, and the series' last point
+        (created, reading): what `seed` takes. Not a series with a NaN, or two points at one
+        instant."""
+        lo, hi = bucket_bounds(last, "halfhour", self.z)
+        out: dict[str, tuple[RollupKind, tuple[int, float], Figures]] = {}
+        for (ws, we), series in zip(self.windows, self.series, strict=True):
+            if not ws <= lo < we:
+                continue
+            for s in series:
+                k = int(np.searchsorted(s.created, last, "right"))
+                texts, tags = (None if s.texts is None else s.texts[:k]), (None if s.tags is None else s.tags[:k])
+                cut = Series(s.property, s.kind, s.created[:k], s.value[:k], s.null[:k], texts, tags)
+                if not cut.fast():
+                    continue
+                counted = np.flatnonzero(~cut.null) if s.kind != "s" else np.arange(k)
+                if not len(counted) or int(cut.created[counted[-1]]) < lo:
+                    continue
+                row = [r for r in recompute_series([cut], [], lo, hi, "halfhour", self.z, tol) if r.ts_start_ms == lo]
+                if len(row) != 1:
+                    continue
+                total = 0.0
+                for t, v in zip(cut.created[counted].tolist(), cut.value[counted].tolist(), strict=True):
+                    if t >= lo:
+                        total += v  # in time order from 0.0, as `recompute` adds them
+                j = int(counted[-1])
+                out[s.property] = (s.kind, (int(cut.created[j]), float(cut.value[j])), halfhour_figures(row[0], total))
+        return out
 
     def ranges(self) -> list[tuple[str, int, int]]:
         """Stored rows to read: the stale half hours (each may need a tombstone, or be kept behind

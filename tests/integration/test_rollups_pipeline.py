@@ -38,6 +38,7 @@ from processors.rollup import (
     RollupRow,
     points_from_datum,
 )
+from processors.rollup_incremental import RunningRollups
 from processors.rows import RawColumns
 from sinks.clickhouse import RawSink
 from sinks.rollups import COMBINE_BUCKETS, ensure_rollup_schema, read_rollups, write_rollups
@@ -183,14 +184,16 @@ def check_example(client: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("lanes", "cache_points", "combine_buckets", "split"),
+    ("lanes", "cache_points", "combine_buckets", "split", "running"),
     [
-        (1, 0, 0, False),
-        (2, 0, COMBINE_BUCKETS, False),
-        (1, 2_000_000, COMBINE_BUCKETS, False),
-        (2, 2_000_000, 0, False),
-        (1, 600, COMBINE_BUCKETS, False),
-        (1, 0, 0, True),
+        (1, 0, 0, False, 0),
+        (2, 0, COMBINE_BUCKETS, False, 0),
+        (1, 2_000_000, COMBINE_BUCKETS, False, 0),
+        (2, 2_000_000, 0, False, 0),
+        (1, 600, COMBINE_BUCKETS, False, 0),
+        (1, 0, 0, True, 0),
+        (1, 0, 0, False, 100_000),
+        (2, 2_000_000, COMBINE_BUCKETS, True, 6),
     ],
 )
 def test_maintainer_on_shuffled_batches_matches_reference(
@@ -202,6 +205,7 @@ def test_maintainer_on_shuffled_batches_matches_reference(
     cache_points: int,
     combine_buckets: int,
     split: bool,
+    running: int,
 ) -> None:
     """The maintainer alone (no broker): raw batches stored in a messy order, each followed by
     update(); then `recompute_range` over everything changes nothing. With 2 lanes (every batch
@@ -209,7 +213,9 @@ def test_maintainer_on_shuffled_batches_matches_reference(
     cache (shared by the lanes; one too small for every stream, so streams leave and come back)
     too. The cascade combined by the store (combine_buckets 0) or in the worker (a batch's few
     buckets): the same rows. `split`: every set-wise read and cascade stage cut into statements
-    of a few ranges (a fleet's step is cut at RANGES_CHUNK and CASCADE_TEXT_BYTES): the same rows."""
+    of a few ranges (a fleet's step is cut at RANGES_CHUNK and CASCADE_TEXT_BYTES): the same rows.
+    `running`: series held as running rollups (6: fewer than the streams have, so streams leave
+    and come back): the same rows."""
     if split:
         for module in (sinks.clickhouse, sinks.rollups, sinks.auxiliary):
             monkeypatch.setattr(module, "RANGES_CHUNK", 8)
@@ -226,9 +232,12 @@ def test_maintainer_on_shuffled_batches_matches_reference(
     clients = [client, *(schema_client(f"{clickhouse_url.rstrip('/')}/{ch_database}") for _ in range(lanes - 1))]
     # these streams are sparse (minutes apart): held whatever their size
     cache = PointCache(cache_points, min_points=0) if cache_points else None
+    held = RunningRollups(running) if running else None
     maintainer = RollupLanes(
         [
-            RollupMaintainer(c, lambda node, _ms: zones[node], cache=cache, combine_buckets=combine_buckets)
+            RollupMaintainer(
+                c, lambda node, _ms: zones[node], cache=cache, combine_buckets=combine_buckets, running=held
+            )
             for c in clients
         ],
         min_streams=1,
@@ -252,6 +261,9 @@ def test_maintainer_on_shuffled_batches_matches_reference(
         print(f"point cache: {cache.served} windows served, {cache.filled} streams read in, {cache.respliced} spans")
         # it answered most windows and took in changes: the test exercises it
         assert cache.served > cache.filled and cache.respliced > 0
+    if held is not None:
+        print(f"running rollups: {held.seeded} series seeded, {held.appended} appends, {held.fell_back} fell back")
+        assert held.seeded and held.appended  # the test exercises them
     want = {k: (ds, zones[k[0]]) for k, ds in streams.items()}
     check(client, want)
     check_example(client)
@@ -280,6 +292,43 @@ def test_maintainer_on_shuffled_batches_matches_reference(
         == 0
     )
     assert {k: sorted(stored(client, *k), key=RollupRow.key) for k in streams} == before
+
+
+def test_running_rollups_of_readings_in_time_order_equal_a_full_recompute(
+    clickhouse_url: str, ch_database: str
+) -> None:
+    """Datums arriving in time order, a few per stream a step (a fleet's shape): after seeding,
+    the steps append to running rollups, and every level they store is what the reference
+    computes, and bit for bit what `recompute_range` over everything then stores (it changes
+    nothing). Days and a month's end in UTC, New York across the end of DST, Kathmandu."""
+    client = schema_client(f"{clickhouse_url.rstrip('/')}/{ch_database}")
+    rng = random.Random(11)
+    zones = {1: "UTC", 2: "America/New_York", 3: "Asia/Kathmandu"}
+    streams = {(n, f"/m/{n}"): gen_stream(rng, n, f"/m/{n}", 400) for n in zones}
+    held = RunningRollups(100_000)
+    maintainer = RollupMaintainer(client, lambda node, _ms: zones[node], running=held)
+    sink = RawSink(client)
+    ordered = sorted((d for ds in streams.values() for d in ds), key=lambda d: d.created_ms)
+    k = stream_steps = 0
+    while k < len(ordered):
+        size = rng.randrange(1, 10)
+        cols = RawColumns()
+        for d in ordered[k : k + size]:
+            cols.add_datum(d)
+        stream_steps += len({(d.node_id, d.source_id) for d in ordered[k : k + size]})
+        k += size
+        sink.write(cols)
+        maintainer.update(cols)
+    print(f"running rollups: {held.seeded} series seeded, {held.appended} appends, {held.fell_back} fell back")
+    # each stream's first step is recomputed by the store and seeds its three series; every later
+    # step appends to them (gaps longer than the clock tolerance, DST and month ends included)
+    assert (held.seeded, held.fell_back) == (9, 0)
+    assert held.appended == 3 * (stream_steps - len(streams))
+    check(client, {key: (ds, zones[key[0]]) for key, ds in streams.items()})
+    before = {key: sorted(stored(client, *key), key=RollupRow.key) for key in streams}
+    for node, source in streams:
+        recompute_range(client, node, source, T0 - DAY, T0 + SPAN + DAY, lambda n, _ms: zones[n])
+    assert {key: sorted(stored(client, *key), key=RollupRow.key) for key in streams} == before
 
 
 @pytest.mark.parametrize("combine_buckets", [0, COMBINE_BUCKETS])

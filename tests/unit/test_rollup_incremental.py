@@ -23,7 +23,7 @@ from processors.rollup import (
     bucket_bounds,
     rollup_all,
 )
-from processors.rollup_incremental import NotAnAppend, SeriesState, seed, seed_rows_wanted
+from processors.rollup_incremental import NotAnAppend, SeriesState, prefix_ranges, seed_from_rows
 from tests.unit.test_rollup import ms
 
 Key = tuple[Periodicity, int, str, str, RollupKind, int]
@@ -34,8 +34,8 @@ KEYS: dict[RollupKind, tuple[int, str, str, RollupKind]] = {k: (7, "/m", f"x{k}"
 STARTS = [ms("2024-03-30T20:00:00Z"), ms("2024-04-06T13:00:00Z"), ms("2024-12-31T21:50:00Z")]
 
 
-def point(kind: RollupKind, t: int, v: float | None, text: str | None) -> RawPoint:
-    return RawPoint(t, f"x{kind}", kind, None if kind == "s" else v, text if kind == "s" else None)
+def point(kind: RollupKind, t: int, v: float | None, text: str | None, tags: frozenset[str] = frozenset()) -> RawPoint:
+    return RawPoint(t, f"x{kind}", kind, None if kind == "s" else v, text if kind == "s" else None, tags=tags)
 
 
 def reference(points: Sequence[RawPoint], tz: str, tol: Tolerances) -> dict[Key, RollupRow]:
@@ -55,9 +55,10 @@ def seeded(kind: RollupKind, points: Sequence[RawPoint], tz: str, tol: Tolerance
     for p in counted:
         if lo <= p.created_ms < hi and p.value is not None:
             total += p.value
-    wanted = seed_rows_wanted(last.created_ms, tz)
-    rows = [r for r in stored.values() if any(r.periodicity == per and a <= r.ts_start_ms < b for per, a, b in wanted)]
-    return seed(KEYS[kind], tz, (last.created_ms, last.value or 0.0), total, rows, tol)
+    # the rows of each open bucket's level below, to the open child
+    wanted = [(source, a, c) for _per, source, a, c in prefix_ranges(last.created_ms, tz)]
+    rows = [r for r in stored.values() if any(r.periodicity == s and a <= r.ts_start_ms <= c for s, a, c in wanted)]
+    return seed_from_rows(KEYS[kind], tz, (last.created_ms, last.value or 0.0), total, rows, tol)
 
 
 def exact(rows: Sequence[RollupRow]) -> list[str]:
@@ -75,7 +76,8 @@ def check(kind: RollupKind, points: list[RawPoint], cut: int, steps: Sequence[in
         if not batch:
             break
         done += len(batch)
-        got = state.append([p.created_ms for p in batch], [p.value for p in batch], [p.text for p in batch])
+        tags = [p.tags for p in batch] if any(p.tags for p in batch) else None
+        got = state.append([p.created_ms for p in batch], [p.value for p in batch], [p.text for p in batch], tags)
         after = reference(points[:done], tz, TOL)
         assert exact(got) == exact([after[r.key()] for r in got])
         changed = {k for k, r in after.items() if k not in before or repr(before[k]) != repr(r)}
@@ -113,7 +115,8 @@ def series(draw: st.DrawFn) -> tuple[RollupKind, list[RawPoint], int, list[int],
         else:
             v = draw(VALUES)
         text = draw(st.one_of(st.sampled_from(["on", "off", "auto"]), st.none()))
-        points.append(point(kind, t, v, text))
+        tags = draw(st.sampled_from([frozenset(), frozenset(), frozenset({"x"}), frozenset({"x", "y"})]))
+        points.append(point(kind, t, v, text, tags))
     counted = [k for k, p in enumerate(points) if (p.text if kind == "s" else p.value) is not None]
     if not counted:
         points[0] = point(kind, points[0].created_ms, 1.0, "on")
@@ -184,4 +187,4 @@ def test_a_seed_without_the_open_buckets_children_is_refused() -> None:
     stored = reference(points, "UTC", TOL)
     rows = [r for r in stored.values() if r.periodicity != "hour"]
     with pytest.raises(NotAnAppend):
-        seed(KEYS["i"], "UTC", (points[-1].created_ms, 1.0), 2.0, rows, TOL)
+        seed_from_rows(KEYS["i"], "UTC", (points[-1].created_ms, 1.0), 2.0, rows, TOL)
