@@ -3,6 +3,7 @@ stale marks, timed step by step in one process against the ClickHouse endpoint.
 
     python benchmarks/bench_rollup_fleet.py [--streams 2000] [--datums 10] [--rounds 3] [--history]
                                             [--spacing-ms 60000] [--lanes 1] [--raw-days 0]
+                                            [--cache MIN_POINTS [--fill N]] [--running SERIES]
 
 Per round: the raw rows of `--datums` new datums of each of `--streams` streams (4 samples:
 watts, voltage, wattHours, mode; `--spacing-ms` apart, 1 minute by default) are inserted, and the
@@ -40,6 +41,7 @@ from processors.columns import RAW_SCHEMA  # noqa: E402
 from processors.datum import Datum  # noqa: E402
 from processors.point_cache import PointCache  # noqa: E402
 from processors.rollup import Periodicity, RollupRow, bucket_bounds, buckets_between, zone  # noqa: E402
+from processors.rollup_running import RunningRollups  # noqa: E402
 from processors.rows import RawColumns  # noqa: E402
 from sinks import rollups as sink_rollups  # noqa: E402
 from sinks.clickhouse import RawSink, connect  # noqa: E402
@@ -176,6 +178,13 @@ def main() -> None:
         help="hold the streams' points between rounds (a point cache holding streams with at least MIN_POINTS)",
     )
     ap.add_argument("--fill", type=int, default=0, help="streams a step may read into the cache (0: the worker's)")
+    ap.add_argument(
+        "--running",
+        type=int,
+        default=0,
+        metavar="SERIES",
+        help="hold up to SERIES series as running rollups (processors/rollup_incremental.py; 0: none)",
+    )
     args = ap.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -190,8 +199,12 @@ def main() -> None:
         )
         if args.fill:
             worker_rollups.CACHE_FILL_STREAMS = args.fill
+        running = RunningRollups(args.running) if args.running else None
         maintainer = worker_rollups.RollupLanes(
-            [worker_rollups.RollupMaintainer(c, lambda _node, _ms: "Pacific/Auckland", cache=cache) for c in clients],
+            [
+                worker_rollups.RollupMaintainer(c, lambda _node, _ms: "Pacific/Auckland", cache=cache, running=running)
+                for c in clients
+            ],
             Settings().rollup_lane_streams,
         )
         steps = Steps()
@@ -207,6 +220,9 @@ def main() -> None:
         steps.wrap(sink_rollups, "cascade_stage", "cascade in the store")
         # the half hours' insert alone (RollupSink.write also runs the cascade, timed above)
         steps.wrap(sink_rollups, "write_rollups", "insert")
+        steps.wrap(m, "_append", "running: append")
+        steps.wrap(m, "_seed", "running: seed")
+        steps.wrap(worker_rollups, "read_prefixes", "running: read prefixes")
         base = (int(time.time() * 1000) // DAY_MS - 3) * DAY_MS
         if args.history:
             t0 = time.perf_counter()
@@ -244,6 +260,8 @@ def main() -> None:
                 f" {args.streams * args.datums / total:,.0f} datums/s), {written:,} rows written, {cpu:.2f} s of this"
                 f" process's CPU; {parts}"
             )
+            if running is not None:
+                print(f"  running rollups: {running.seeded:,} series seeded, {running.appended:,} appends so far")
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ it drops it when a step fails. Pure: no I/O.
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
@@ -392,69 +390,3 @@ def seed_from_rows(
         for _, r in children[:-1]:
             _absorb(prefix, r)
     return seed(key, z, last, halfhour_figures(own, halfhour_total), prefixes, tolerances)
-
-
-Stream = tuple[int, str]
-
-
-class RunningRollups:
-    """The series states of the streams, shared by a worker's rollup lanes (a stream is in one
-    lane at a time), up to `max_series`: the streams used longest ago go first.
-
-    A step takes its streams' states out (`take`) and puts back the ones it kept in step with
-    what it stored (`put`), only after its write: a step that fails keeps none. Emptied when the
-    stale topic's partitions move (another worker may store the streams meanwhile) or the PULSE
-    datastreams change (a property's kind with them); a put of a step that ran across that is
-    dropped (`generation`)."""
-
-    def __init__(self, max_series: int) -> None:
-        self.max_series = max_series
-        self.generation = 0
-        self.pulse: frozenset[str] | None = None
-        self._held: OrderedDict[Stream, dict[str, SeriesState]] = OrderedDict()
-        self._series = 0
-        self._lock = threading.Lock()
-        # what they did so far: series steps appended, series seeded, streams sent back to the store
-        self.appended = self.seeded = self.fell_back = 0
-
-    def __len__(self) -> int:
-        return self._series
-
-    def clear(self) -> None:
-        with self._lock:
-            self._held.clear()
-            self._series = 0
-            self.generation += 1
-
-    def use_pulse(self, pulse: frozenset[str]) -> None:
-        if pulse != self.pulse:
-            self.clear()
-            self.pulse = pulse
-
-    def take(self, streams: Iterable[Stream]) -> dict[Stream, dict[str, SeriesState]]:
-        with self._lock:
-            out: dict[Stream, dict[str, SeriesState]] = {}
-            for s in streams:
-                states = self._held.pop(s, None)
-                if states is not None:
-                    self._series -= len(states)
-                    out[s] = states
-            return out
-
-    def put(self, items: Mapping[Stream, dict[str, SeriesState]], generation: int) -> None:
-        with self._lock:
-            if generation != self.generation:
-                return
-            for stream, states in items.items():
-                old = self._held.pop(stream, None)
-                self._series += len(states) - (len(old) if old is not None else 0)
-                self._held[stream] = states
-            while self._held and self._series > self.max_series:
-                _, old = self._held.popitem(last=False)
-                self._series -= len(old)
-
-    def count(self, appended: int = 0, seeded: int = 0, fell_back: int = 0) -> None:
-        with self._lock:
-            self.appended += appended
-            self.seeded += seeded
-            self.fell_back += fell_back

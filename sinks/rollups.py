@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
@@ -33,6 +34,7 @@ from processors.rollup import (
     cascade,
 )
 from processors.rollup_columns import Series
+from processors.rollup_running import RollupColumns
 from sinks.auxiliary import AUX_TABLE, ensure_aux_schema
 from sinks.base import Sink
 from sinks.clickhouse import (
@@ -732,6 +734,8 @@ class RollupWrite:
     cascade: Mapping[Periodicity, Sequence[tuple[int, str, int, int]]] = field(default_factory=dict)
     # the stored rows `combine_here` needs (`cascade_reads` of every bucket), if read already
     stored: Sequence[RollupRow] | None = None
+    # rows of every level as columns (running rollups: nothing to cascade), inserted with `rows`
+    columns: RollupColumns | None = None
 
 
 # Stale coarser buckets (all levels) a step may have for its cascade to be combined in the worker
@@ -788,8 +792,8 @@ class RollupSink(Sink[RollupWrite, int]):
         with backpressure(f"rollup insert of {len(batch.rows)} + {len(batch.tombstones)} tombstones"):
             if batch.stored is not None or self.combines_here(sum(len(b) for b in batch.cascade.values())):
                 rows, tombstones = combine_here(self.client, batch)
-                return write_rollups(self.client, rows, tombstones, self.cluster)
-            written = write_rollups(self.client, batch.rows, batch.tombstones, self.cluster)
+                return write_rollups(self.client, rows, tombstones, self.cluster, batch.columns)
+            written = write_rollups(self.client, batch.rows, batch.tombstones, self.cluster, batch.columns)
             # each stage after the one below it: it reads their stored rows
             for stage in CASCADE_STAGES:
                 levels = {per: batch.cascade.get(per, ()) for per in stage}
@@ -815,7 +819,11 @@ class RollupLedger(Sink[Iterable[tuple[int, str, int]], int]):
 
 
 def write_rollups(
-    client: Client, rows: Sequence[RollupRow], tombstones: Sequence[RollupRow] = (), cluster: Cluster | None = None
+    client: Client,
+    rows: Sequence[RollupRow],
+    tombstones: Sequence[RollupRow] = (),
+    cluster: Cluster | None = None,
+    columns: RollupColumns | None = None,
 ) -> int:
     """Insert rows and tombstones (rows marked deleted) in one insert; returns rows written.
 
@@ -823,6 +831,8 @@ def write_rollups(
     stale marks again may rightly give other figures, and the newest computation must win (by
     `computed`). A copy of the same figures is replaced like any recompute."""
     table = rollup_arrow(rows, tombstones)
+    if columns is not None and len(columns):
+        table = pa.concat_tables([table, rollup_columns_arrow(columns)])
     if table.num_rows:
         client.insert_arrow(ROLLUP_TABLE, table, **insert_kwargs(cluster))
     return int(table.num_rows)
@@ -872,6 +882,41 @@ def rollup_arrow(rows: Sequence[RollupRow], tombstones: Sequence[RollupRow] = ()
     ]
     arrays = [c if isinstance(c, pa.Array) else pa.array(c, f.type) for c, f in zip(columns, ROLLUP_ARROW, strict=True)]
     return pa.Table.from_arrays(arrays, schema=ROLLUP_ARROW)
+
+
+def rollup_columns_arrow(cols: RollupColumns) -> pa.Table:
+    """Running rollups' rows (processors/rollup_running.py) as an Arrow table of ROLLUP_ARROW: the
+    numbers from their arrays as they are, and the one-at-a-time path's rows after them."""
+    n = len(cols.periodicity)
+
+    def ints(parts: Sequence[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    figures = [
+        pa.array(
+            np.concatenate(values) if values else np.zeros(0),
+            pa.float64(),
+            mask=np.concatenate(absent) if absent else np.zeros(0, np.bool_),
+        )
+        for values, absent in cols.figures
+    ]
+    columns: list[Any] = [
+        pa.array(cols.periodicity, pa.string()),
+        pa.array(ints(cols.node_id).astype(np.uint64)),
+        pa.array(cols.source_id, pa.string()),
+        pa.array(cols.property, pa.string()),
+        pa.array(cols.kind, pa.string()),
+        pa.array(ints(cols.ts_start)).cast(UTC_MS),
+        pa.array(ints(cols.ts_end)).cast(UTC_MS),
+        pa.array(ints(cols.count).astype(np.uint64)),
+        *figures,
+        pa.array(cols.mode, pa.string()),
+        pa.array(cols.status_counts, ROLLUP_ARROW.field("status_counts").type),
+        pa.array(cols.tags, ROLLUP_ARROW.field("tags").type),
+        pa.array(np.zeros(n, np.uint8)),
+    ]
+    table = pa.Table.from_arrays(columns, schema=ROLLUP_ARROW)
+    return pa.concat_tables([table, rollup_arrow(cols.rows)]) if cols.rows else table
 
 
 # The table of buckets travels in the query text, which ClickHouse parses up to `max_query_size`

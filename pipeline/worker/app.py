@@ -85,7 +85,7 @@ from processors.catalog_versions import VersionedCatalog
 from processors.datum import Rejection
 from processors.point_cache import PointCache
 from processors.qrating import RateState
-from processors.rollup_incremental import RunningRollups
+from processors.rollup_running import RunningRollups
 from processors.rows import Overlay, RawColumns, Scoring
 from processors.stale_marks import Change, marks_in
 from sinks.auxiliary import AuxiliarySink, stored_properties

@@ -11,6 +11,7 @@ processors/rollup.py, the SQL from sinks/rollups.py. docs/rollups.md explains th
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -19,7 +20,9 @@ from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 
 from pipeline.progress import Progress
@@ -50,15 +53,8 @@ from processors.rollup import (
     zone,
 )
 from processors.rollup_columns import Series, recompute_series
-from processors.rollup_incremental import (
-    Figures,
-    NotAnAppend,
-    RunningRollups,
-    SeriesState,
-    halfhour_figures,
-    prefix_ranges,
-    seed,
-)
+from processors.rollup_incremental import Figures, NotAnAppend, SeriesState, halfhour_figures, prefix_ranges, seed
+from processors.rollup_running import Points, RollupColumns, RunningRollups
 from processors.rows import DAY_MS, RawColumns
 from processors.stale_marks import SpanColumns, compact
 from sinks.auxiliary import read_resets, streams_with_resets
@@ -70,7 +66,6 @@ from sinks.rollups import (
     RollupSink,
     RollupWrite,
     Window,
-    _series_of,
     cascade_reads,
     read_last_after,
     read_neighbours,
@@ -124,8 +119,8 @@ class Refresh:
     # per stream recomputed here, the points its windows were read with (to seed running rollups)
     plans: list[_Plan] = field(default_factory=list)
 
-    def write(self) -> RollupWrite:
-        return RollupWrite(self.rows, self.tombstones, self.cascade, self.stored)
+    def write(self, columns: RollupColumns | None = None) -> RollupWrite:
+        return RollupWrite(self.rows, self.tombstones, self.cascade, self.stored, columns)
 
 
 def _merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -220,9 +215,9 @@ class RollupMaintainer:
         A handful of queries per batch whatever the number of streams: neighbours of the
         changed readings, raw points of the stale windows, stored rows to cascade, one insert."""
         t0 = time.perf_counter()
+        appended = _Appended(spans)
         try:
             self._with_resets = streams_with_resets(self.client)
-            appended = _Appended(spans)
             if self.running is not None:
                 appended = self._append(spans, self.running)
             if self.cache is not None and appended.kept:
@@ -232,13 +227,19 @@ class RollupMaintainer:
                 self._hold(appended.rest, self.cache)
             stale = self.stale_of_spans(appended.rest)
             out = self.refresh([(n, s, tz, st) for (n, s, tz), st in stale.items()])
-            out.rows += appended.rows
-            written = self.sink.write(out.write())
+            written = self.sink.write(out.write(appended.columns))
             if self.running is not None:
                 # only now: what the states say is stored
                 self.running.put(appended.kept, appended.generation)
+                self.running.release(
+                    {k: v for k, v in appended.taken.items() if k not in appended.kept}, appended.generation
+                )
+                appended.taken = {}
                 self._seed(appended.rest, out.plans, self.running, appended.generation)
         except BaseException:
+            if self.running is not None:
+                # a failed step keeps none of the states it took (the store may hold some of its rows)
+                self.running.release(appended.taken, appended.generation)
             # a step that failed may not have re-read all it was told changed
             if self.cache is not None:
                 self.cache.clear()
@@ -263,53 +264,30 @@ class RollupMaintainer:
         spans_of: dict[Stream, list[int]] = {}
         for i, stream in enumerate(zip(spans.node_id, spans.source_id, strict=True)):
             spans_of.setdefault(stream, []).append(i)
-        taken = running.take(spans_of)
+        out.taken = taken = running.take(spans_of)
         horizon = self.horizons(taken) if taken else {}
+        last_t, lo0, zones = running.last_t, running.lo[0], running.zone
         reach: dict[Stream, tuple[int, int]] = {}
-        for stream, states in taken.items():
+        for stream, slots in taken.items():
             mine = spans_of[stream]
             first, last = min(spans.first[i] for i in mine), max(spans.last[i] for i in mine)
-            z = next(iter(states.values())).z
+            z = zones[next(iter(slots.values()))]
             h = horizon.get(stream)
             if (
                 stream not in (self._with_resets or ())
-                and all(spans.property[i] in states and spans.first[i] > states[spans.property[i]].last_t for i in mine)
+                and all(spans.property[i] in slots and spans.first[i] > last_t[slots[spans.property[i]]] for i in mine)
                 and self.timezone_at(stream[0], first) == z.key == self.timezone_at(stream[0], last)
-                and (h is None or all(st.halfhour.lo > h for st in states.values()))
+                and (h is None or all(lo0[k] > h for k in slots.values()))
             ):
                 reach[stream] = (first, last)
         ranges = [(q, node, source, lo, hi + 1) for q, ((node, source), (lo, hi)) in enumerate(reach.items())]
-        series: dict[int, list[Series]] = {}
+        order = list(reach)
+        points = None
         if ranges:
-            for q, s in _series_of(read_points(self.client, ranges, pulse)):
-                series.setdefault(q, []).append(s)
-        steps = 0
-        for q, stream in enumerate(reach):
-            states = taken[stream]
-            try:
-                rows: list[RollupRow] = []
-                for s in series.get(q, []):
-                    state = states.get(s.property)
-                    if state is None or state.key[3] != s.kind:
-                        raise NotAnAppend("a series not held as it is stored")
-                    new = s.created > state.last_t
-                    if not new.any():
-                        continue
-                    texts = (
-                        [x for x, n in zip(s.texts, new.tolist(), strict=True) if n] if s.texts is not None else None
-                    )
-                    tags = None if s.tags is None else [g for g, n in zip(s.tags, new.tolist(), strict=True) if n]
-                    rows += state.append(
-                        s.created[new].tolist(),
-                        [None if n else v for v, n in zip(s.value[new].tolist(), s.null[new].tolist(), strict=True)],
-                        texts if texts is not None else [None] * int(new.sum()),
-                        tags,
-                    )
-                    steps += 1
-            except NotAnAppend:
-                continue
-            out.rows += rows
-            out.kept[stream] = states
+            points = _new_points(read_points(self.client, ranges, pulse), [taken[stream] for stream in order], last_t)
+        out.columns, fell = running.append_points(order, points, self.tol) if points else (None, set())
+        out.appended = 0 if points is None else len(np.unique(points.slot))
+        out.kept = {stream: taken[stream] for stream in reach if stream not in fell}
         for stream, mine in spans_of.items():
             if stream not in out.kept:
                 out.rest.add(
@@ -320,7 +298,7 @@ class RollupMaintainer:
                     [spans.first[i] for i in mine],
                     [spans.last[i] for i in mine],
                 )
-        running.count(appended=steps, fell_back=len(taken) - len(out.kept))
+        running.count(appended=out.appended, fell_back=len(taken) - len(out.kept))
         return out
 
     def _seed(self, spans: SpanColumns, plans: Sequence[_Plan], running: RunningRollups, generation: int) -> None:
@@ -359,7 +337,7 @@ class RollupMaintainer:
         except Exception:
             log.warning("rollups: running rollups of %d stream(s) not seeded", len(halves), exc_info=True)
             return
-        seeded: dict[Stream, dict[str, SeriesState]] = {}
+        seeded: dict[Stream, dict[str, int]] = {}
         for n, (plan, last, found) in enumerate(halves):
             states: dict[str, SeriesState] = {}
             for prop, (kind, point, half) in found.items():
@@ -375,7 +353,7 @@ class RollupMaintainer:
                 except NotAnAppend:
                     continue
             if states:
-                seeded[(plan.node, plan.source)] = states
+                seeded[(plan.node, plan.source)] = running.store(states)
         running.put(seeded, generation)
         running.count(seeded=sum(len(v) for v in seeded.values()))
 
@@ -682,6 +660,52 @@ class RollupMaintainer:
         return out
 
 
+def _new_points(table: pa.Table, slots: Sequence[Mapping[str, int]], last_t: npt.NDArray[np.int64]) -> Points | None:
+    """A `read_points` result (q, t, p, k, v, x, g sorted by q, p, k, t; q the stream's place in
+    `slots`) as running rollups take it: each row's series slot (-1: not held), only the rows
+    after their series' last point. No Python object per row but the texts."""
+    n = table.num_rows
+    if n == 0:
+        return None
+
+    def col(name: str) -> pa.Array:
+        return table.column(name).combine_chunks()
+
+    q = col("q").to_numpy(zero_copy_only=False).astype(np.int64)
+    t = col("t").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    p, k = pc.dictionary_encode(col("p")), pc.dictionary_encode(col("k"))
+    pi, ki = p.indices.to_numpy(zero_copy_only=False), k.indices.to_numpy(zero_copy_only=False)
+    props = p.dictionary.to_pylist()
+    codes = np.asarray([_KIND_CODES.get(x, 0) for x in k.dictionary.to_pylist()], np.int8)[ki]
+    cut = np.flatnonzero((q[1:] != q[:-1]) | (pi[1:] != pi[:-1]) | (ki[1:] != ki[:-1])) + 1
+    starts = np.concatenate([[0], cut])
+    group_slot = np.asarray(
+        [slots[a].get(props[b], -1) for a, b in zip(q[starts].tolist(), pi[starts].tolist(), strict=True)], np.int64
+    )
+    slot = np.repeat(group_slot, np.diff(np.append(starts, n)))
+    keep = (slot < 0) | (t > last_t[np.where(slot >= 0, slot, 0)])
+    v, x, g = col("v"), col("x"), col("g")
+    tagged = pc.list_value_length(g).to_numpy(zero_copy_only=False) > 0
+    rows = np.flatnonzero(keep)
+    if not len(rows):
+        return None
+    picked = pa.array(rows)
+    return Points(
+        q[rows],
+        slot[rows],
+        codes[rows],
+        t[rows],
+        v.fill_null(math.nan).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)[rows],
+        # a status has its text, never a value: a missing one is counted as it is, ''
+        v.is_null().to_numpy(zero_copy_only=False)[rows] & (codes[rows] != 3),
+        x.take(picked).to_pylist(),
+        [tuple(tg) for tg in g.take(picked).to_pylist()] if tagged[rows].any() else None,
+    )
+
+
+_KIND_CODES = {"i": 0, "a": 1, "p": 2, "s": 3}
+
+
 @dataclass
 class _Appended:
     """What a step's running rollups did: the spans left for the store's recompute, the rows of
@@ -689,8 +713,10 @@ class _Appended:
     taken in."""
 
     rest: SpanColumns
-    rows: list[RollupRow] = field(default_factory=list)
-    kept: dict[Stream, dict[str, SeriesState]] = field(default_factory=dict)
+    columns: RollupColumns | None = None
+    taken: dict[Stream, dict[str, int]] = field(default_factory=dict)  # slots, until put or released
+    appended: int = 0  # series appended to
+    kept: dict[Stream, dict[str, int]] = field(default_factory=dict)
     generation: int = 0
 
 

@@ -38,7 +38,7 @@ from processors.rollup import (
     RollupRow,
     points_from_datum,
 )
-from processors.rollup_incremental import RunningRollups
+from processors.rollup_running import RunningRollups
 from processors.rows import RawColumns
 from sinks.clickhouse import RawSink
 from sinks.rollups import COMBINE_BUCKETS, ensure_rollup_schema, read_rollups, write_rollups

@@ -1,0 +1,142 @@
+"""The running rollups' table (processors/rollup_running.py) against the reference: several series
+in one table, seeded as the pipeline seeds them, given their points in steps all at once; every
+row of every step bit for bit the row `rollup_all` computes over the points so far, every
+changed row among them; and what is not an append sends its stream back to the store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from processors.rollup import MINUTE_MS, RawPoint, RollupKind, RollupRow
+from processors.rollup_running import NewPoints, RunningRollups, as_rows
+from tests.unit.test_rollup import ms
+from tests.unit.test_rollup_incremental import TOL, exact, point, reference, seeded, series
+
+Drawn = tuple[RollupKind, list[RawPoint], int, list[int], str]
+
+
+def new_points(kind: RollupKind, batch: Sequence[RawPoint]) -> NewPoints:
+    value = [np.nan if p.value is None else p.value for p in batch]
+    return NewPoints(
+        f"x{kind}",
+        kind,
+        np.asarray([p.created_ms for p in batch], np.int64),
+        np.asarray(value, np.float64),
+        np.asarray([(p.text if kind == "s" else p.value) is None for p in batch], np.bool_),
+        [p.text or "" for p in batch] if kind == "s" else None,
+        [p.tags for p in batch] if any(p.tags for p in batch) else None,
+    )
+
+
+def run(drawn: Sequence[Drawn]) -> tuple[int, int]:
+    """Each drawn series a stream of its own in one table; returns rows emitted, and of those the
+    one-at-a-time path's."""
+    table = RunningRollups(1_000)
+    slots: dict[tuple[int, str], dict[str, int]] = {}
+    done: dict[int, int] = {}
+    before: dict[int, dict[object, RollupRow]] = {}
+    for n, (kind, points, cut, _steps, tz) in enumerate(drawn):
+        state = seeded(kind, points[:cut], tz, TOL)
+        state.key = (n, "/m", f"x{kind}", kind)
+        slots[(n, "/m")] = table.store({f"x{kind}": state})
+        done[n] = cut
+        before[n] = {k[:1] + k[3:]: r for k, r in reference(points[:cut], tz, TOL).items()}
+    emitted = one_at_a_time = 0
+    for step in range(max(len(d[3]) for d in drawn)):
+        steps = {}
+        for n, (kind, points, _cut, sizes, _tz) in enumerate(drawn):
+            if step < len(sizes) and done[n] < len(points):
+                batch = points[done[n] : done[n] + sizes[step]]
+                steps[(n, "/m")] = (slots[(n, "/m")], [new_points(kind, batch)])
+                done[n] += len(batch)
+        if not steps:
+            break
+        cols, fell = table.append(steps, TOL)
+        assert not fell  # every drawn point appends
+        got = as_rows(cols)
+        emitted += len(got)
+        one_at_a_time += len(cols.rows)
+        by_stream: dict[int, list[RollupRow]] = {}
+        for r in got:
+            by_stream.setdefault(r.node_id, []).append(r)
+        for n, _source in steps:
+            kind, points, _cut, _sizes, tz = drawn[n]
+            after = {k[:1] + k[3:]: r for k, r in reference(points[: done[n]], tz, TOL).items()}
+            mine = by_stream.get(n, [])
+            key = lambda r: (r.periodicity, r.property, r.kind, r.ts_start_ms)  # noqa: E731
+            want = [after[key(r)] for r in mine]
+            assert exact([_renamed(r, 7) for r in mine]) == exact(want)
+            changed = {k for k, r in after.items() if k not in before[n] or repr(before[n][k]) != repr(r)}
+            assert changed <= {key(r) for r in mine}, sorted(changed - {key(r) for r in mine})
+            before[n] = after
+    return emitted, one_at_a_time
+
+
+def _renamed(r: RollupRow, node: int) -> RollupRow:
+    return RollupRow(
+        r.periodicity, node, r.source_id, r.property, r.kind, r.ts_start_ms, r.ts_end_ms, r.count, r.avg, r.min,
+        r.max, r.diff, r.read_diff, r.read_start, r.read_end, r.mode, r.status_counts, r.tags,
+    )  # fmt: skip
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(series(), min_size=1, max_size=4))
+def test_a_table_of_series_equals_the_reference_bit_for_bit(drawn: list[Drawn]) -> None:
+    run(drawn)
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Kathmandu"])
+def test_a_fleet_a_reading_a_minute_goes_by_columns(tz: str) -> None:
+    """Four series of every kind, a reading a minute for three hours: the rows of every level,
+    each step; most steps go by columns (the rows of the one-at-a-time path are few)."""
+    t0 = ms("2024-03-31T00:31:00Z")
+    drawn: list[Drawn] = []
+    for kind in ("i", "a", "p", "s"):
+        points = [point(kind, t0 + k * MINUTE_MS, 1e3 + k * 0.1 + k % 7, "on" if k % 3 else "off") for k in range(180)]
+        drawn.append((kind, points, 1, [1] * 179, tz))
+    emitted, one_at_a_time = run(drawn)
+    assert emitted >= 4 * 179 * 6 and one_at_a_time < 0.1 * emitted
+
+
+def test_what_is_not_an_append_sends_the_stream_back_and_writes_none_of_its_rows() -> None:
+    """Of two streams in a step, the one with a point at its series' last goes back to the store
+    (none of its rows), the other's rows are there."""
+    t0 = ms("2024-05-01T11:50:00Z")
+    table = RunningRollups(100)
+    slots = {}
+    for n in (1, 2):
+        points = [point("i", t0 + k * 5 * MINUTE_MS, 1.0, None) for k in range(3)]
+        state = seeded("i", points, "UTC", TOL)
+        state.key = (n, "/m", "xi", "i")
+        slots[(n, "/m")] = table.store({"xi": state})
+    late = point("i", t0 + 10 * MINUTE_MS, 5.0, None)  # the last point again
+    fresh = point("i", t0 + 12 * MINUTE_MS, 5.0, None)
+    cols, fell = table.append(
+        {
+            (1, "/m"): (slots[(1, "/m")], [new_points("i", [late])]),
+            (2, "/m"): (slots[(2, "/m")], [new_points("i", [fresh])]),
+        },
+        TOL,
+    )
+    assert fell == {(1, "/m")}
+    assert {r.node_id for r in as_rows(cols)} == {2} and len(as_rows(cols)) == 6
+
+
+def test_taken_slots_come_back_only_if_put_in_the_same_generation() -> None:
+    """A step takes a stream's slots; a rebalance (clear) while it runs voids its put."""
+    table = RunningRollups(100)
+    points = [point("i", ms("2024-05-01T11:50:00Z") + k * MINUTE_MS, 1.0, None) for k in range(3)]
+    state = seeded("i", points, "UTC", TOL)
+    table.put({(7, "/m"): table.store({"xi": state})}, table.generation)
+    assert len(table) == 1
+    generation = table.generation
+    taken = table.take([(7, "/m")])
+    assert len(table) == 0 and taken
+    table.clear()
+    table.put(taken, generation)
+    assert len(table) == 0 and table.take([(7, "/m")]) == {}
