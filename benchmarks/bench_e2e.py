@@ -48,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from pipeline.embedded import stack  # noqa: E402
 from pipeline.history.events import datamodel_events  # noqa: E402
@@ -213,6 +215,25 @@ def cpu_s(pids: Sequence[int]) -> float:
 
 # the embedded store endpoint's process, when this run started it (its CPU is counted)
 STORE_PIDS: list[int] = []
+
+
+RUNNING_METRICS = (
+    "pipeline_rollup_running_series",
+    "pipeline_rollup_running_appends_total",
+    "pipeline_rollup_running_seeded_total",
+    "pipeline_rollup_running_fallbacks_total",
+)
+
+
+def scraped(port: int, names: Sequence[str]) -> list[float]:
+    """Samples from a worker's /metrics, in the order named ([] if it has none of them)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return []
+    found = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name in names}
+    return [found.get(n, 0.0) for n in names] if found else []
 
 
 def rss_mib(pid: int) -> float:
@@ -543,10 +564,12 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
 
     with contextlib.ExitStack() as workers:
         procs = []
+        ports: list[int] = []
         for k in range(args.workers):
             log = work / f"worker-{k}.log"
             mine = replace(settings, metrics_port=stack.free_port()) if k else settings
             procs.append((workers.enter_context(worker_process(mine, log)), log))
+            ports.append(mine.metrics_port)
         for _, log in procs:
             wait_for_catalog(settings.postgres_dsn, len(events), log)
         # 1. warm-up: a tick of node 1's streams, one on every topic, stored and rolled up
@@ -654,6 +677,13 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
             )
         for k, line in enumerate(sampler.summary()):
             print(f"worker {k} RSS, paced: {line}")
+        for k, port in enumerate(ports):
+            got = scraped(port, RUNNING_METRICS)
+            if got:
+                print(
+                    f"worker {k} running rollups: {got[0]:,.0f} series held, {got[1]:,.0f} series steps appended,"
+                    f" {got[2]:,.0f} series seeded, {got[3]:,.0f} stream steps sent to the store's recompute"
+                )
 
         deadletter = producer.topics.deadletter
         letters = (

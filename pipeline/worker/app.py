@@ -233,6 +233,7 @@ class DatumWorker:
         self._rollups: RollupLanes | None = None
         self.rollup_cache: PointCache | None = None
         self.rollup_running: RunningRollups | None = None
+        self._running_seen = (0, 0, 0)  # the running rollups' counts last put into the metrics
         self._cache_seen = (0, 0)  # the cache's counts last put into the metrics
         self._ledger: RollupLedger | None = None
         self._aux_client: Client | None = None
@@ -485,14 +486,23 @@ class DatumWorker:
     # -- datums ---------------------------------------------------------------------------------
 
     def observe_cache(self) -> None:
-        """The point cache's figures into the metrics (its counts only grow)."""
+        """The point cache's and the running rollups' figures into the metrics (their counts only
+        grow)."""
+        m = self.metrics
         cache = self.rollup_cache
         if cache is not None:
-            m = self.metrics
             m.rollup_cache_points.set(cache.points)
             m.rollup_cache_windows.inc(cache.served - self._cache_seen[0])
             m.rollup_cache_fills.inc(cache.filled - self._cache_seen[1])
             self._cache_seen = (cache.served, cache.filled)
+        running = self.rollup_running
+        if running is not None:
+            seen = self._running_seen
+            m.rollup_running_series.set(len(running))
+            m.rollup_running_appends.inc(running.appended - seen[0])
+            m.rollup_running_seeded.inc(running.seeded - seen[1])
+            m.rollup_running_fallbacks.inc(running.fell_back - seen[2])
+            self._running_seen = (running.appended, running.seeded, running.fell_back)
 
     def forget_points(self) -> None:
         """Empty the rollup agent's point cache: once the stale topic's partitions move, another

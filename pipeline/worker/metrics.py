@@ -37,6 +37,10 @@ class Metrics:
     dependency_up: Gauge
     rollup_repairs: Counter
     rollup_cache_points: Gauge
+    rollup_running_series: Gauge
+    rollup_running_appends: Counter
+    rollup_running_seeded: Counter
+    rollup_running_fallbacks: Counter
     rollup_cache_windows: Counter
     rollup_cache_fills: Counter
 
@@ -127,6 +131,24 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
         ),
         rollup_cache_points=Gauge(
             "pipeline_rollup_cache_points", "Raw points the rollup agent holds between steps", registry=registry
+        ),
+        rollup_running_series=Gauge(
+            "pipeline_rollup_running_series",
+            "Series whose open rollup buckets the rollup agent holds as running sums",
+            registry=registry,
+        ),
+        rollup_running_appends=Counter(
+            "pipeline_rollup_running_appends",
+            "Series steps appended to running rollups (not recomputed from the store)",
+            registry=registry,
+        ),
+        rollup_running_seeded=Counter(
+            "pipeline_rollup_running_seeded", "Series seeded as running rollups after a recompute", registry=registry
+        ),
+        rollup_running_fallbacks=Counter(
+            "pipeline_rollup_running_fallbacks",
+            "Streams held as running rollups whose step went to the store's recompute (not an append)",
+            registry=registry,
         ),
         rollup_cache_windows=Counter(
             "pipeline_rollup_cache_windows",
