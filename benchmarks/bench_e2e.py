@@ -222,6 +222,7 @@ RUNNING_METRICS = (
     "pipeline_rollup_running_appends_total",
     "pipeline_rollup_running_seeded_total",
     "pipeline_rollup_running_fallbacks_total",
+    "pipeline_rollup_running_one_at_a_time_total",
 )
 
 
@@ -681,7 +682,8 @@ def run_in(args: argparse.Namespace, settings: Settings, shape: Shape, ticks: in
             got = scraped(port, RUNNING_METRICS)
             if got:
                 print(
-                    f"worker {k} running rollups: {got[0]:,.0f} series held, {got[1]:,.0f} series steps appended,"
+                    f"worker {k} running rollups: {got[0]:,.0f} series held, {got[1]:,.0f} series steps appended"
+                    f" ({got[4]:,.0f} one series at a time),"
                     f" {got[2]:,.0f} series seeded, {got[3]:,.0f} stream steps sent to the store's recompute"
                 )
 

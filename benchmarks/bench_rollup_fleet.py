@@ -261,7 +261,10 @@ def main() -> None:
                 f" process's CPU; {parts}"
             )
             if running is not None:
-                print(f"  running rollups: {running.seeded:,} series seeded, {running.appended:,} appends so far")
+                print(
+                    f"  running rollups: {running.seeded:,} series seeded, {running.appended:,} appends so far"
+                    f" ({running.one_at_a_time:,} one series at a time)"
+                )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
@@ -33,10 +34,12 @@ from processors.rollup import (
     CASCADE_SOURCE,
     DEFAULT_TOLERANCES,
     PERIODICITIES,
+    Periodicity,
     RollupKind,
     RollupRow,
     Tolerances,
     _mode,
+    bucket_bounds,
 )
 from processors.rollup_incremental import COARSER, Figures, NotAnAppend, SeriesState, seed
 
@@ -125,8 +128,9 @@ class RunningRollups:
         self._cap = 0
         self._free: list[int] = []
         self._grow(capacity)
-        # what they did so far: series steps appended, series seeded, streams sent to the store
-        self.appended = self.seeded = self.fell_back = 0
+        # what they did so far: series steps appended, series seeded, streams sent to the store;
+        # of the appended, those one series at a time (`SeriesState`)
+        self.appended = self.seeded = self.fell_back = self.one_at_a_time = 0
 
     def _grow(self, cap: int) -> None:
         old = self._cap
@@ -335,10 +339,19 @@ class RunningRollups:
             outside = self.tagged[np.where(group_slot >= 0, group_slot, 0)] | (
                 p.created[ends - 1] >= self.hi[0, np.where(group_slot >= 0, group_slot, 0)]
             )
+            plain = ~self.tagged[np.where(group_slot >= 0, group_slot, 0)]
             if p.tags is not None:
-                tagged = np.asarray([bool(g) for g in p.tags], np.bool_)
-                outside |= np.logical_or.reduceat(tagged, starts)
+                tagged = np.logical_or.reduceat(np.asarray([bool(g) for g in p.tags], np.bool_), starts)
+                outside |= tagged
+                plain &= ~tagged
+            # by columns too: one point opening the next half hour (a fleet's streams do so at once)
+            crossing = outside & plain & (ends - starts == 1) & ~p.null[starts] & (group_slot >= 0)
+            for g in np.flatnonzero(crossing).tolist():
+                k1 = int(group_slot[g])
+                crossing[g] = int(p.created[starts[g]]) < _end(int(self.hi[0, k1]), self.zone[k1], "halfhour")
+            outside &= ~crossing
             rows: dict[Stream, list[RollupRow]] = {}
+            self.one_at_a_time += int(outside.sum())
             for g in np.flatnonzero(outside).tolist():
                 stream = streams[int(p.stream[starts[g]])]
                 if stream in fell:
@@ -364,11 +377,16 @@ class RunningRollups:
             for stream, mine in rows.items():
                 if stream not in fell:
                     out.rows += mine
-            # the rest, by columns: every point inside its series' open half hour
-            fast = np.repeat(~outside, ends - starts)
+            # the rest, by columns: every point inside its series' open half hour, or opening the next
+            fast = np.repeat(~outside & ~crossing, ends - starts)
             if fell:
                 gone = np.asarray([streams[n] in fell for n in range(len(streams))], np.bool_)
                 fast &= ~gone[p.stream]
+                crossing &= ~gone[p.stream[starts]]
+            if crossing.any():
+                at = starts[crossing]
+                status = at[p.kind[at] == 3].tolist()
+                self._cross(slot[at], p.created[at], p.value[at], [p.texts[m] for m in status], tol, out)
             if fast.any():
                 self._inside(p, fast, tol, out)
             return out, fell
@@ -417,91 +435,281 @@ class RunningRollups:
                 st[x] = st.get(x, 0) + 1
         self._rows(slots, out)
 
-    def _rows(self, slots: I64, out: RollupColumns) -> None:
-        """The rows of every level of these slots: level 0's figures, each higher level its
-        prefix with the row below added (`_absorb`, vectorized)."""
-        kind = self.kind[slots]
-        is_i, is_a, is_s = kind == 0, kind == 1, kind == 3
-        is_ap = (kind == 1) | (kind == 2)
-        n_rows = len(slots)
-        node, source, prop = self.node[slots], self.source[slots], self.prop[slots]
-        kinds = [_KINDS[c] for c in kind.tolist()]
-        statuses = [
-            dict(self.status[0, k]) if c == 3 else None for k, c in zip(slots.tolist(), kind.tolist(), strict=True)
-        ]
-        # the row of each level, as figures: count, total, low, high, read_diff, read_start, read_end
-        rows: list[tuple[I64, I64, I64, F64, F64, F64, F64, F64, F64, list[dict[str, int] | None]]] = []
-        rows.append(
-            (
-                self.lo[0, slots],
-                self.hi[0, slots],
-                self.n[0, slots],
-                self.tot[0, slots],
-                self.low[0, slots],
-                self.high[0, slots],
-                self.rdiff[0, slots],
-                self.rstart[0, slots],
-                self.rend[0, slots],
-                statuses,
-            )
+    # -- rows: a level's figures for many slots at once -----------------------------------------
+
+    def _level(self, lv: int, slots: I64) -> Figs:
+        """The stored figures of level lv (0: the open half hour; else the open bucket's prefix)."""
+        status = [self.status[lv, k] for k in slots.tolist()]
+        return Figs(
+            self.lo[lv, slots],
+            self.hi[lv, slots],
+            self.n[lv, slots],
+            self.tot[lv, slots],
+            self.low[lv, slots],
+            self.high[lv, slots],
+            self.rdiff[lv, slots],
+            self.rstart[lv, slots],
+            self.rend[lv, slots],
+            [None if d is None else dict(d) for d in status],
         )
+
+    def _keep(self, lv: int, slots: I64, f: Figs) -> None:
+        self.lo[lv, slots], self.hi[lv, slots], self.n[lv, slots], self.tot[lv, slots] = f.lo, f.hi, f.n, f.tot
+        self.low[lv, slots], self.high[lv, slots], self.rdiff[lv, slots] = f.low, f.high, f.rd
+        self.rstart[lv, slots], self.rend[lv, slots] = f.rs, f.re
+        for k, d in zip(slots.tolist(), f.status, strict=True):
+            self.status[lv, k] = d
+
+    def _levels(self, slots: I64, half: Figs) -> list[Figs]:
+        """The row of every level from the half hour's: each level's prefix with the row below."""
+        kind = self.kind[slots]
+        rows = [half]
         for lv in range(1, LEVELS):
             src = _SOURCE[lv]
             assert src is not None
-            _lo, _hi, cn, ctot, clow, chigh, crd, crs, cre, cst = rows[src]
-            n = self.n[lv, slots] + cn
-            ptot = self.tot[lv, slots]
-            # `_merge` adds avg x count for i (a child with a count), `diff or 0.0` for a and p
-            cavg = np.divide(ctot, cn, out=np.zeros(n_rows), where=cn > 0)
-            add_i = np.where(cn > 0, cavg * cn, 0.0)
-            add_ap = np.where(ctot == 0.0, 0.0, ctot)
-            tot = np.where(is_i, np.where(cn > 0, ptot + add_i, ptot), np.where(is_ap, ptot + add_ap, ptot))
-            plow, phigh = self.low[lv, slots], self.high[lv, slots]
-            low = np.where(np.isnan(clow), plow, np.where(np.isnan(plow) | (clow < plow), clow, plow))
-            high = np.where(np.isnan(chigh), phigh, np.where(np.isnan(phigh) | (chigh > phigh), chigh, phigh))
-            rd = self.rdiff[lv, slots] + np.where(crd == 0.0, 0.0, crd)
-            prs = self.rstart[lv, slots]
-            rs = np.where(np.isnan(prs), crs, prs)
-            re = np.where(np.isnan(cre), self.rend[lv, slots], cre)
-            st: list[dict[str, int] | None] = []
-            for k, child in zip(slots.tolist(), cst, strict=True):
-                if child is None:
-                    st.append(None)
-                    continue
-                merged = dict(self.status[lv, k] or {})
-                for x, c in child.items():
-                    merged[x] = merged.get(x, 0) + c
-                st.append(merged)
-            rows.append((self.lo[lv, slots], self.hi[lv, slots], n, tot, low, high, rd, rs, re, st))
-        for lv, (lo, hi, n, tot, low, high, rd, rs, re, st) in enumerate(rows):
-            out.periodicity += [PERIODICITIES[lv]] * n_rows
-            out.node_id.append(node)
-            out.source_id += source.tolist()
-            out.property += prop.tolist()
-            out.kind += kinds
-            out.ts_start.append(lo)
-            out.ts_end.append(hi)
-            out.count.append(n)
-            avg = np.divide(tot, n, out=np.zeros(n_rows), where=n > 0)
-            for (values, absent), (fig, missing) in zip(
-                out.figures,
-                (
-                    (avg, ~is_i | (n == 0)),
-                    (low, ~is_i | np.isnan(low)),
-                    (high, ~is_i | np.isnan(high)),
-                    (tot, ~is_ap),
-                    (rd, ~is_a),
-                    (rs, ~is_a | np.isnan(rs)),
-                    (re, ~is_a | np.isnan(re)),
-                ),
-                strict=True,
-            ):
-                values.append(np.where(missing, 0.0, fig))
-                absent.append(missing)
-            counts = [sorted(d.items()) if d is not None else [] for d in st]
-            out.status_counts += counts
-            out.mode += [(_mode(tuple(c)) or "") if s else "" for c, s in zip(counts, is_s.tolist(), strict=True)]
-            out.tags += [[] for _ in range(n_rows)]
+            rows.append(_merged(self._level(lv, slots), rows[src], kind))
+        return rows
+
+    def _rows(self, slots: I64, out: RollupColumns) -> None:
+        """The rows of every level of these slots: level 0's figures, each higher level its
+        prefix with the row below added (`_absorb`, vectorized)."""
+        for lv, f in enumerate(self._levels(slots, self._level(0, slots))):
+            self._emit(lv, slots, f, out)
+
+    def _cross(self, slots: I64, t: I64, v: F64, texts: Sequence[str], tol: Tolerances, out: RollupColumns) -> None:
+        """One point per slot, in the half hour after its open one (and for an accumulating
+        series the pair from its last reading across that edge): the old half hour closes (its
+        share of the pair added), the new one opens, and each coarser level whose open child
+        moved takes the old child into its prefix, or opens a new bucket."""
+        kind = self.kind[slots]
+        acc = kind == 1
+        edge = self.hi[0, slots]
+        length = t - self.last_t[slots]
+        inc = v - self.last_v[slots]
+        lf = length.astype(np.float64)
+        clock = acc & (length <= tol.clock_ms)
+        chained = acc & (length <= tol.lookback_ms)
+        at_edge = t == edge
+        # the old half hour: the pair's share before the edge; a reading exactly at the edge is
+        # its end reading and its reading difference ((start, end] holds it)
+        old = self._level(0, slots)
+        share = inc * (edge - self.last_t[slots]).astype(np.float64) / lf
+        old.tot = np.where(clock, old.tot + share, old.tot)
+        ends = chained & at_edge
+        old.rd = np.where(ends, old.rd + inc, old.rd)
+        old.re = np.where(ends, v, old.re)
+        self._keep(0, slots, old)
+        before = self._levels(slots, old)
+        # the new half hour
+        z = self.zone[slots]
+        lo = edge
+        hi = np.asarray([_end(int(a), zz, "halfhour") for a, zz in zip(lo.tolist(), z.tolist(), strict=True)], np.int64)
+        n = len(slots)
+        after_share = inc * (t - edge).astype(np.float64) / lf
+        piece = clock & ~at_edge
+        tot = np.where(piece, 0.0 + after_share, 0.0)
+        tot = np.where((kind == 0) | (kind == 2), 0.0 + v, tot)
+        rd = np.where(chained & ~at_edge, 0.0 + inc, 0.0)
+        vn = self.last_v[slots]
+        rs = np.where(acc, np.where(at_edge, v, np.where(chained, vn, v)), _NAN)
+        inst = kind == 0
+        status: list[dict[str, int] | None] = [None] * n
+        for m, x in zip(np.flatnonzero(kind == 3).tolist(), texts, strict=True):
+            status[m] = {x: 1}
+        half = Figs(
+            lo,
+            hi,
+            np.ones(n, np.int64),
+            tot,
+            np.where(inst, v, _NAN),
+            np.where(inst, v, _NAN),
+            rd,
+            rs,
+            np.where(acc, v, _NAN),
+            status,
+        )
+        self._keep(0, slots, half)
+        self.last_t[slots] = t
+        num = kind != 3
+        self.last_v[slots[num]] = v[num]
+        self._emit(0, slots, before[0], out)
+        self._emit(0, slots, half, out)
+        rows = [half]
+        for lv in range(1, LEVELS):
+            src = _SOURCE[lv]
+            assert src is not None
+            prefix = self._level(lv, slots)
+            closed = rows[src].lo >= prefix.hi
+            moved = ~closed & (rows[src].lo > before[src].lo)
+            if moved.any():
+                prefix = _chosen(moved, _merged(prefix, before[src], kind), prefix)
+            if closed.any():
+                per = PERIODICITIES[lv]
+                opened = [
+                    _bounds_of(int(a), zz, per)
+                    for a, zz in zip(rows[src].lo[closed].tolist(), z[closed].tolist(), strict=True)
+                ]
+                fresh = _empty(len(opened), kind[closed])
+                fresh.lo = np.asarray([a for a, _ in opened], np.int64)
+                fresh.hi = np.asarray([b for _, b in opened], np.int64)
+                prefix = _chosen(closed, _placed(fresh, closed, prefix), prefix)
+                self._emit(lv, slots[closed], before[lv].take(closed), out)
+            self._keep(lv, slots, prefix)
+            rows.append(_merged(prefix, rows[src], kind))
+            self._emit(lv, slots, rows[lv], out)
+
+    def _emit(self, lv: int, slots: I64, f: Figs, out: RollupColumns) -> None:
+        n_rows = len(slots)
+        if not n_rows:
+            return
+        kind = self.kind[slots]
+        is_i, is_a, is_s = kind == 0, kind == 1, kind == 3
+        is_ap = (kind == 1) | (kind == 2)
+        out.periodicity += [PERIODICITIES[lv]] * n_rows
+        out.node_id.append(self.node[slots])
+        out.source_id += self.source[slots].tolist()
+        out.property += self.prop[slots].tolist()
+        out.kind += [_KINDS[c] for c in kind.tolist()]
+        out.ts_start.append(f.lo)
+        out.ts_end.append(f.hi)
+        out.count.append(f.n)
+        avg = np.divide(f.tot, f.n, out=np.zeros(n_rows), where=f.n > 0)
+        for (values, absent), (fig, missing) in zip(
+            out.figures,
+            (
+                (avg, ~is_i | (f.n == 0)),
+                (f.low, ~is_i | np.isnan(f.low)),
+                (f.high, ~is_i | np.isnan(f.high)),
+                (f.tot, ~is_ap),
+                (f.rd, ~is_a),
+                (f.rs, ~is_a | np.isnan(f.rs)),
+                (f.re, ~is_a | np.isnan(f.re)),
+            ),
+            strict=True,
+        ):
+            values.append(np.where(missing, 0.0, fig))
+            absent.append(missing)
+        counts = [sorted(d.items()) if d is not None else [] for d in f.status]
+        out.status_counts += counts
+        out.mode += [(_mode(tuple(c)) or "") if s else "" for c, s in zip(counts, is_s.tolist(), strict=True)]
+        out.tags += [[] for _ in range(n_rows)]
+
+
+@dataclass
+class Figs:
+    """One level's figures of many slots (`Figures` as arrays; NaN for None)."""
+
+    lo: I64
+    hi: I64
+    n: I64
+    tot: F64
+    low: F64
+    high: F64
+    rd: F64
+    rs: F64
+    re: F64
+    status: list[dict[str, int] | None]
+
+    def take(self, mask: npt.NDArray[np.bool_]) -> Figs:
+        picked = np.flatnonzero(mask).tolist()
+        return Figs(
+            self.lo[mask],
+            self.hi[mask],
+            self.n[mask],
+            self.tot[mask],
+            self.low[mask],
+            self.high[mask],
+            self.rd[mask],
+            self.rs[mask],
+            self.re[mask],
+            [self.status[m] for m in picked],
+        )
+
+
+def _merged(p: Figs, c: Figs, kind: npt.NDArray[np.int8]) -> Figs:
+    """Prefix p with child row c added, as `_absorb` adds a child (bounds p's)."""
+    is_i, is_ap = kind == 0, (kind == 1) | (kind == 2)
+    # `_merge` adds avg x count for i (a child with a count), `diff or 0.0` for a and p
+    cavg = np.divide(c.tot, c.n, out=np.zeros(len(c.n)), where=c.n > 0)
+    add_i = np.where(c.n > 0, cavg * c.n, 0.0)
+    add_ap = np.where(c.tot == 0.0, 0.0, c.tot)
+    tot = np.where(is_i, np.where(c.n > 0, p.tot + add_i, p.tot), np.where(is_ap, p.tot + add_ap, p.tot))
+    low = np.where(np.isnan(c.low), p.low, np.where(np.isnan(p.low) | (c.low < p.low), c.low, p.low))
+    high = np.where(np.isnan(c.high), p.high, np.where(np.isnan(p.high) | (c.high > p.high), c.high, p.high))
+    rd = p.rd + np.where(c.rd == 0.0, 0.0, c.rd)
+    rs = np.where(np.isnan(p.rs), c.rs, p.rs)
+    re = np.where(np.isnan(c.re), p.re, c.re)
+    status: list[dict[str, int] | None] = []
+    for mine, child in zip(p.status, c.status, strict=True):
+        if child is None:
+            status.append(mine)
+            continue
+        merged = dict(mine or {})
+        for x, m in child.items():
+            merged[x] = merged.get(x, 0) + m
+        status.append(merged)
+    return Figs(p.lo, p.hi, p.n + c.n, tot, low, high, rd, rs, re, status)
+
+
+def _chosen(mask: npt.NDArray[np.bool_], a: Figs, b: Figs) -> Figs:
+    """a where mask, else b."""
+    pick = mask.tolist()
+    return Figs(
+        np.where(mask, a.lo, b.lo),
+        np.where(mask, a.hi, b.hi),
+        np.where(mask, a.n, b.n),
+        np.where(mask, a.tot, b.tot),
+        np.where(mask, a.low, b.low),
+        np.where(mask, a.high, b.high),
+        np.where(mask, a.rd, b.rd),
+        np.where(mask, a.rs, b.rs),
+        np.where(mask, a.re, b.re),
+        [x if m else y for x, y, m in zip(a.status, b.status, pick, strict=True)],
+    )
+
+
+def _empty(n: int, kind: npt.NDArray[np.int8]) -> Figs:
+    return Figs(
+        np.zeros(n, np.int64),
+        np.zeros(n, np.int64),
+        np.zeros(n, np.int64),
+        np.zeros(n),
+        np.full(n, _NAN),
+        np.full(n, _NAN),
+        np.zeros(n),
+        np.full(n, _NAN),
+        np.full(n, _NAN),
+        [{} if k == 3 else None for k in kind.tolist()],
+    )
+
+
+def _placed(part: Figs, mask: npt.NDArray[np.bool_], like: Figs) -> Figs:
+    """`part` (one entry per True of mask) spread over mask's length, `like` elsewhere."""
+    out = Figs(
+        like.lo.copy(),
+        like.hi.copy(),
+        like.n.copy(),
+        like.tot.copy(),
+        like.low.copy(),
+        like.high.copy(),
+        like.rd.copy(),
+        like.rs.copy(),
+        like.re.copy(),
+        list(like.status),
+    )
+    for name in ("lo", "hi", "n", "tot", "low", "high", "rd", "rs", "re"):
+        getattr(out, name)[mask] = getattr(part, name)
+    for m, d in zip(np.flatnonzero(mask).tolist(), part.status, strict=True):
+        out.status[m] = d
+    return out
+
+
+def _bounds_of(ts: int, z: ZoneInfo, per: Periodicity) -> tuple[int, int]:
+    return bucket_bounds(ts, per, z)
+
+
+def _end(lo: int, z: ZoneInfo, per: Periodicity) -> int:
+    return bucket_bounds(lo, per, z)[1]
 
 
 def _none(x: float) -> float | None:

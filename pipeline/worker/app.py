@@ -233,7 +233,7 @@ class DatumWorker:
         self._rollups: RollupLanes | None = None
         self.rollup_cache: PointCache | None = None
         self.rollup_running: RunningRollups | None = None
-        self._running_seen = (0, 0, 0)  # the running rollups' counts last put into the metrics
+        self._running_seen = (0, 0, 0, 0)  # the running rollups' counts last put into the metrics
         self._cache_seen = (0, 0)  # the cache's counts last put into the metrics
         self._ledger: RollupLedger | None = None
         self._aux_client: Client | None = None
@@ -502,7 +502,8 @@ class DatumWorker:
             m.rollup_running_appends.inc(running.appended - seen[0])
             m.rollup_running_seeded.inc(running.seeded - seen[1])
             m.rollup_running_fallbacks.inc(running.fell_back - seen[2])
-            self._running_seen = (running.appended, running.seeded, running.fell_back)
+            m.rollup_running_one_at_a_time.inc(running.one_at_a_time - seen[3])
+            self._running_seen = (running.appended, running.seeded, running.fell_back, running.one_at_a_time)
 
     def forget_points(self) -> None:
         """Empty the rollup agent's point cache: once the stale topic's partitions move, another

@@ -41,6 +41,7 @@ class Metrics:
     rollup_running_appends: Counter
     rollup_running_seeded: Counter
     rollup_running_fallbacks: Counter
+    rollup_running_one_at_a_time: Counter
     rollup_cache_windows: Counter
     rollup_cache_fills: Counter
 
@@ -148,6 +149,11 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
         rollup_running_fallbacks=Counter(
             "pipeline_rollup_running_fallbacks",
             "Streams held as running rollups whose step went to the store's recompute (not an append)",
+            registry=registry,
+        ),
+        rollup_running_one_at_a_time=Counter(
+            "pipeline_rollup_running_one_at_a_time",
+            "Of the series steps appended, those one series at a time (a new half hour, a pair across its end, tags)",
             registry=registry,
         ),
         rollup_cache_windows=Counter(
