@@ -344,11 +344,17 @@ class RunningRollups:
                 tagged = np.logical_or.reduceat(np.asarray([bool(g) for g in p.tags], np.bool_), starts)
                 outside |= tagged
                 plain &= ~tagged
-            # by columns too: one point opening the next half hour (a fleet's streams do so at once)
-            crossing = outside & plain & (ends - starts == 1) & ~p.null[starts] & (group_slot >= 0)
+            # by columns too: points that step from half hour to the next one at most (a fleet's
+            # streams open the next half hour at once; a step behind holds a few of each stream)
+            crossing = outside & plain & (group_slot >= 0)
+            counted = ~p.null
             for g in np.flatnonzero(crossing).tolist():
                 k1 = int(group_slot[g])
-                crossing[g] = int(p.created[starts[g]]) < _end(int(self.hi[0, k1]), self.zone[k1], "halfhour")
+                crossing[g] = _adjacent(
+                    int(self.hi[0, k1]),
+                    p.created[starts[g] : ends[g]][counted[starts[g] : ends[g]]].tolist(),
+                    self.zone[k1],
+                )
             outside &= ~crossing
             rows: dict[Stream, list[RollupRow]] = {}
             self.one_at_a_time += int(outside.sum())
@@ -377,23 +383,20 @@ class RunningRollups:
             for stream, mine in rows.items():
                 if stream not in fell:
                     out.rows += mine
-            # the rest, by columns: every point inside its series' open half hour, or opening the next
-            fast = np.repeat(~outside & ~crossing, ends - starts)
+            # the rest, by columns: each point inside its series' open half hour, or opening the next
+            fast = np.repeat(~outside, ends - starts)
             if fell:
                 gone = np.asarray([streams[n] in fell for n in range(len(streams))], np.bool_)
                 fast &= ~gone[p.stream]
-                crossing &= ~gone[p.stream[starts]]
-            if crossing.any():
-                at = starts[crossing]
-                status = at[p.kind[at] == 3].tolist()
-                self._cross(slot[at], p.created[at], p.value[at], [p.texts[m] for m in status], tol, out)
             if fast.any():
-                self._inside(p, fast, tol, out)
+                self._columns(p, fast, tol, out)
             return out, fell
 
-    def _inside(self, p: Points, fast: npt.NDArray[np.bool_], tol: Tolerances, out: RollupColumns) -> None:
-        """Points inside each series' open half hour, for all series at once: counted, added, and
-        for an accumulating series its pair's whole increase (the pair lies inside the bucket)."""
+    def _columns(self, p: Points, fast: npt.NDArray[np.bool_], tol: Tolerances, out: RollupColumns) -> None:
+        """Points of many series at once, the j-th of every series together: one inside its
+        series' open half hour is counted and added (an accumulating series' pair, inside the
+        bucket, adds its whole increase); one in the next half hour closes the open one and opens
+        it (`_cross`). The rows of the buckets closed on the way, then of every open one."""
         keep = fast & ~p.null
         slot, t, v, kind = p.slot[keep], p.created[keep], p.value[keep], p.kind[keep]
         status = keep & (p.kind == 3)
@@ -403,8 +406,14 @@ class RunningRollups:
         first[1:] = slot[1:] != slot[:-1]
         starts = np.flatnonzero(first)
         rank = np.arange(len(slot)) - np.repeat(starts, np.diff(np.append(starts, len(slot))))
+        is_status = kind == 3
         for j in range(int(rank.max()) + 1 if len(rank) else 0):
             sel = rank == j
+            across = sel & (t >= self.hi[0, slot])
+            if across.any():
+                picked = [x for x, m in zip(texts, across[is_status].tolist(), strict=True) if m] if texts else []
+                self._cross(slot[across], t[across], v[across], picked, tol, out)
+                sel &= ~across
             k, tj, vj, kj = slot[sel], t[sel], v[sel], kind[sel]
             self.n[0, k] += 1
             inst = kj == 0
@@ -429,10 +438,11 @@ class RunningRollups:
             self.last_t[k] = tj
             num = kj != 3
             self.last_v[k[num]] = vj[num]
-        if texts:
-            for k1, x in zip(slot[kind == 3].tolist(), texts, strict=True):
-                st = self.status[0, k1]
-                st[x] = st.get(x, 0) + 1
+            if texts:
+                for k1, x, m in zip(slot[is_status].tolist(), texts, sel[is_status].tolist(), strict=True):
+                    if m:
+                        st = self.status[0, k1]
+                        st[x] = st.get(x, 0) + 1
         self._rows(slots, out)
 
     # -- rows: a level's figures for many slots at once -----------------------------------------
@@ -532,8 +542,7 @@ class RunningRollups:
         self.last_t[slots] = t
         num = kind != 3
         self.last_v[slots[num]] = v[num]
-        self._emit(0, slots, before[0], out)
-        self._emit(0, slots, half, out)
+        self._emit(0, slots, before[0], out)  # closed; the open rows come once the step is done
         rows = [half]
         for lv in range(1, LEVELS):
             src = _SOURCE[lv]
@@ -556,7 +565,6 @@ class RunningRollups:
                 self._emit(lv, slots[closed], before[lv].take(closed), out)
             self._keep(lv, slots, prefix)
             rows.append(_merged(prefix, rows[src], kind))
-            self._emit(lv, slots, rows[lv], out)
 
     def _emit(self, lv: int, slots: I64, f: Figs, out: RollupColumns) -> None:
         n_rows = len(slots)
@@ -702,6 +710,17 @@ def _placed(part: Figs, mask: npt.NDArray[np.bool_], like: Figs) -> Figs:
     for m, d in zip(np.flatnonzero(mask).tolist(), part.status, strict=True):
         out.status[m] = d
     return out
+
+
+def _adjacent(hi: int, times: Sequence[int], z: ZoneInfo) -> bool:
+    """Whether each of the times (ascending) lies in the open half hour (ending at hi) or the one
+    after the half hour of the time before it: no empty half hour stepped over."""
+    for t in times:
+        if t >= hi:
+            hi = _end(hi, z, "halfhour")
+            if t >= hi:
+                return False
+    return True
 
 
 def _bounds_of(ts: int, z: ZoneInfo, per: Periodicity) -> tuple[int, int]:
