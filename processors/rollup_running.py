@@ -8,11 +8,14 @@ open bucket before its open child. The open child of a level is the open bucket 
 below, so a step's rows are level 0's figures, then each level's prefix with the row below
 added (`_merge`'s additions, in the same order: the same bits).
 
-A step takes each series' new points. The common case, every new point in the half hour already
-open (and for an accumulating series every pair inside it, so its clock share is the whole
-increase), is done here for all series at once. The rest (a new half hour, a pair across an
-edge, tags) goes through `SeriesState` one series at a time, the two sharing their figures.
-tests/unit/test_rollup_running.py compares the table with `SeriesState` under Hypothesis.
+A step takes each series' new points, the j-th point of every series together: one inside the
+open half hour is counted and added (an accumulating series' pair lies inside it, so its clock
+share is the whole increase); one in the next half hour closes the open one (its share of the
+pair before the edge) and opens the next, and each coarser level whose open child moved takes
+the old child into its prefix or opens a new bucket. A series whose points step over an empty
+half hour (a gap: pairs with pieces in several buckets) goes through `SeriesState` one series
+at a time, the two sharing their figures. tests/unit/test_rollup_running.py compares the table
+with the reference under Hypothesis.
 
 A stream's series are taken out for a step and put back after its write (`take`, `put`): a step
 that fails, or falls back to the store for a stream, keeps none of that stream's. Pure: no I/O.
@@ -149,7 +152,6 @@ class RunningRollups:
         self.zone = grown(g(self, "zone", None), (cap,), object, None)
         self.last_t = grown(g(self, "last_t", None), (cap,), np.int64, 0)
         self.last_v = grown(g(self, "last_v", None), (cap,), np.float64, 0.0)
-        self.tagged = grown(g(self, "tagged", None), (cap,), np.bool_, False)
         self.lo = grown(g(self, "lo", None), (LEVELS, cap), np.int64, 0)
         self.hi = grown(g(self, "hi", None), (LEVELS, cap), np.int64, 0)
         self.n = grown(g(self, "n", None), (LEVELS, cap), np.int64, 0)
@@ -248,7 +250,6 @@ class RunningRollups:
         self.node[k], self.source[k], self.prop[k], self.kind[k] = node, source, prop, _CODE[kind]
         self.zone[k], self.last_t[k], self.last_v[k] = state.z, state.last_t, state.last_v
         figures = [state.halfhour, *(state.levels[p].prefix for p in COARSER)]
-        tagged = False
         for lv, f in enumerate(figures):
             self.lo[lv, k], self.hi[lv, k], self.n[lv, k], self.tot[lv, k] = f.lo, f.hi, f.count, f.total
             self.low[lv, k] = _NAN if f.low is None else f.low
@@ -258,8 +259,6 @@ class RunningRollups:
             self.rend[lv, k] = _NAN if f.read_end is None else f.read_end
             self.status[lv, k] = dict(f.status) if kind == "s" else None
             self.tags[lv, k] = f.tags
-            tagged |= bool(f.tags)
-        self.tagged[k] = tagged
 
     def state(self, k: int, tol: Tolerances = DEFAULT_TOLERANCES) -> SeriesState:
         """Slot k as a `SeriesState` (for the one-at-a-time path)."""
@@ -335,18 +334,11 @@ class RunningRollups:
             starts = np.flatnonzero(first)
             ends = np.append(starts[1:], len(slot))
             group_slot = slot[starts]
-            # the one-at-a-time path: a new half hour, a pair across its end, tags
-            outside = self.tagged[np.where(group_slot >= 0, group_slot, 0)] | (
-                p.created[ends - 1] >= self.hi[0, np.where(group_slot >= 0, group_slot, 0)]
-            )
-            plain = ~self.tagged[np.where(group_slot >= 0, group_slot, 0)]
-            if p.tags is not None:
-                tagged = np.logical_or.reduceat(np.asarray([bool(g) for g in p.tags], np.bool_), starts)
-                outside |= tagged
-                plain &= ~tagged
+            # the one-at-a-time path: a step over an empty half hour (a gap)
+            outside = p.created[ends - 1] >= self.hi[0, np.where(group_slot >= 0, group_slot, 0)]
             # by columns too: points that step from half hour to the next one at most (a fleet's
             # streams open the next half hour at once; a step behind holds a few of each stream)
-            crossing = outside & plain & (group_slot >= 0)
+            crossing = outside & (group_slot >= 0)
             counted = ~p.null
             for g in np.flatnonzero(crossing).tolist():
                 k1 = int(group_slot[g])
@@ -407,13 +399,22 @@ class RunningRollups:
         starts = np.flatnonzero(first)
         rank = np.arange(len(slot)) - np.repeat(starts, np.diff(np.append(starts, len(slot))))
         is_status = kind == 3
+        none: frozenset[str] = frozenset()
+        tags = [frozenset(g) for g, k in zip(p.tags, keep.tolist(), strict=True) if k] if p.tags is not None else None
         for j in range(int(rank.max()) + 1 if len(rank) else 0):
             sel = rank == j
             across = sel & (t >= self.hi[0, slot])
             if across.any():
                 picked = [x for x, m in zip(texts, across[is_status].tolist(), strict=True) if m] if texts else []
-                self._cross(slot[across], t[across], v[across], picked, tol, out)
+                at = np.flatnonzero(across).tolist()
+                opened = [tags[m] for m in at] if tags is not None else [none] * len(at)
+                self._cross(slot[across], t[across], v[across], picked, opened, tol, out)
                 sel &= ~across
+            if tags is not None:
+                for m in np.flatnonzero(sel).tolist():
+                    g, k1 = tags[m], int(slot[m])
+                    if g and not g <= self.tags[0, k1]:
+                        self.tags[0, k1] = self.tags[0, k1] | g
             k, tj, vj, kj = slot[sel], t[sel], v[sel], kind[sel]
             self.n[0, k] += 1
             inst = kj == 0
@@ -461,14 +462,16 @@ class RunningRollups:
             self.rstart[lv, slots],
             self.rend[lv, slots],
             [None if d is None else dict(d) for d in status],
+            list(self.tags[lv, slots]),
         )
 
     def _keep(self, lv: int, slots: I64, f: Figs) -> None:
         self.lo[lv, slots], self.hi[lv, slots], self.n[lv, slots], self.tot[lv, slots] = f.lo, f.hi, f.n, f.tot
         self.low[lv, slots], self.high[lv, slots], self.rdiff[lv, slots] = f.low, f.high, f.rd
         self.rstart[lv, slots], self.rend[lv, slots] = f.rs, f.re
-        for k, d in zip(slots.tolist(), f.status, strict=True):
+        for k, d, g in zip(slots.tolist(), f.status, f.tags, strict=True):
             self.status[lv, k] = d
+            self.tags[lv, k] = g
 
     def _levels(self, slots: I64, half: Figs) -> list[Figs]:
         """The row of every level from the half hour's: each level's prefix with the row below."""
@@ -486,7 +489,16 @@ class RunningRollups:
         for lv, f in enumerate(self._levels(slots, self._level(0, slots))):
             self._emit(lv, slots, f, out)
 
-    def _cross(self, slots: I64, t: I64, v: F64, texts: Sequence[str], tol: Tolerances, out: RollupColumns) -> None:
+    def _cross(
+        self,
+        slots: I64,
+        t: I64,
+        v: F64,
+        texts: Sequence[str],
+        tags: Sequence[frozenset[str]],
+        tol: Tolerances,
+        out: RollupColumns,
+    ) -> None:
         """One point per slot, in the half hour after its open one (and for an accumulating
         series the pair from its last reading across that edge): the old half hour closes (its
         share of the pair added), the new one opens, and each coarser level whose open child
@@ -537,6 +549,7 @@ class RunningRollups:
             rs,
             np.where(acc, v, _NAN),
             status,
+            list(tags),
         )
         self._keep(0, slots, half)
         self.last_t[slots] = t
@@ -600,7 +613,7 @@ class RunningRollups:
         counts = [sorted(d.items()) if d is not None else [] for d in f.status]
         out.status_counts += counts
         out.mode += [(_mode(tuple(c)) or "") if s else "" for c, s in zip(counts, is_s.tolist(), strict=True)]
-        out.tags += [[] for _ in range(n_rows)]
+        out.tags += [sorted(g) for g in f.tags]
 
 
 @dataclass
@@ -617,6 +630,7 @@ class Figs:
     rs: F64
     re: F64
     status: list[dict[str, int] | None]
+    tags: list[frozenset[str]]
 
     def take(self, mask: npt.NDArray[np.bool_]) -> Figs:
         picked = np.flatnonzero(mask).tolist()
@@ -631,6 +645,7 @@ class Figs:
             self.rs[mask],
             self.re[mask],
             [self.status[m] for m in picked],
+            [self.tags[m] for m in picked],
         )
 
 
@@ -656,7 +671,8 @@ def _merged(p: Figs, c: Figs, kind: npt.NDArray[np.int8]) -> Figs:
         for x, m in child.items():
             merged[x] = merged.get(x, 0) + m
         status.append(merged)
-    return Figs(p.lo, p.hi, p.n + c.n, tot, low, high, rd, rs, re, status)
+    tags = [a if b <= a else a | b for a, b in zip(p.tags, c.tags, strict=True)]
+    return Figs(p.lo, p.hi, p.n + c.n, tot, low, high, rd, rs, re, status, tags)
 
 
 def _chosen(mask: npt.NDArray[np.bool_], a: Figs, b: Figs) -> Figs:
@@ -673,6 +689,7 @@ def _chosen(mask: npt.NDArray[np.bool_], a: Figs, b: Figs) -> Figs:
         np.where(mask, a.rs, b.rs),
         np.where(mask, a.re, b.re),
         [x if m else y for x, y, m in zip(a.status, b.status, pick, strict=True)],
+        [x if m else y for x, y, m in zip(a.tags, b.tags, pick, strict=True)],
     )
 
 
@@ -688,6 +705,7 @@ def _empty(n: int, kind: npt.NDArray[np.int8]) -> Figs:
         np.full(n, _NAN),
         np.full(n, _NAN),
         [{} if k == 3 else None for k in kind.tolist()],
+        [frozenset()] * n,
     )
 
 
@@ -704,11 +722,13 @@ def _placed(part: Figs, mask: npt.NDArray[np.bool_], like: Figs) -> Figs:
         like.rs.copy(),
         like.re.copy(),
         list(like.status),
+        list(like.tags),
     )
     for name in ("lo", "hi", "n", "tot", "low", "high", "rd", "rs", "re"):
         getattr(out, name)[mask] = getattr(part, name)
-    for m, d in zip(np.flatnonzero(mask).tolist(), part.status, strict=True):
+    for m, d, g in zip(np.flatnonzero(mask).tolist(), part.status, part.tags, strict=True):
         out.status[m] = d
+        out.tags[m] = g
     return out
 
 
