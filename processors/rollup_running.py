@@ -13,8 +13,8 @@ open half hour is counted and added (an accumulating series' pair lies inside it
 share is the whole increase); one in the next half hour closes the open one (its share of the
 pair before the edge) and opens the next, and each coarser level whose open child moved takes
 the old child into its prefix or opens a new bucket. A series whose points step over an empty
-half hour (a gap: pairs with pieces in several buckets) goes through `SeriesState` one series
-at a time, the two sharing their figures. tests/unit/test_rollup_running.py compares the table
+half hour with an accumulating pair that shares its increase with it goes through
+`SeriesState` one series at a time, the two sharing their figures. tests/unit/test_rollup_running.py compares the table
 with the reference under Hypothesis.
 
 A stream's series are taken out for a step and put back after its write (`take`, `put`): a step
@@ -342,10 +342,13 @@ class RunningRollups:
             counted = ~p.null
             for g in np.flatnonzero(crossing).tolist():
                 k1 = int(group_slot[g])
-                crossing[g] = _adjacent(
+                crossing[g] = _steps(
+                    int(self.last_t[k1]),
                     int(self.hi[0, k1]),
                     p.created[starts[g] : ends[g]][counted[starts[g] : ends[g]]].tolist(),
                     self.zone[k1],
+                    int(self.kind[k1]) == 1,
+                    tol,
                 )
             outside &= ~crossing
             rows: dict[Stream, list[RollupRow]] = {}
@@ -499,7 +502,7 @@ class RunningRollups:
         tol: Tolerances,
         out: RollupColumns,
     ) -> None:
-        """One point per slot, in the half hour after its open one (and for an accumulating
+        """One point per slot, in a half hour after its open one (`_steps`; for an accumulating
         series the pair from its last reading across that edge): the old half hour closes (its
         share of the pair added), the new one opens, and each coarser level whose open child
         moved takes the old child into its prefix, or opens a new bucket."""
@@ -522,10 +525,11 @@ class RunningRollups:
         old.re = np.where(ends, v, old.re)
         self._keep(0, slots, old)
         before = self._levels(slots, old)
-        # the new half hour
+        # the new half hour (the next, or further: `_steps`)
         z = self.zone[slots]
-        lo = edge
-        hi = np.asarray([_end(int(a), zz, "halfhour") for a, zz in zip(lo.tolist(), z.tolist(), strict=True)], np.int64)
+        bounds = [_bounds_of(int(a), zz, "halfhour") for a, zz in zip(t.tolist(), z.tolist(), strict=True)]
+        lo = np.asarray([a for a, _ in bounds], np.int64)
+        hi = np.asarray([b for _, b in bounds], np.int64)
         n = len(slots)
         after_share = inc * (t - edge).astype(np.float64) / lf
         piece = clock & ~at_edge
@@ -732,14 +736,20 @@ def _placed(part: Figs, mask: npt.NDArray[np.bool_], like: Figs) -> Figs:
     return out
 
 
-def _adjacent(hi: int, times: Sequence[int], z: ZoneInfo) -> bool:
-    """Whether each of the times (ascending) lies in the open half hour (ending at hi) or the one
-    after the half hour of the time before it: no empty half hour stepped over."""
+def _steps(last: int, hi: int, times: Sequence[int], z: ZoneInfo, accumulating: bool, tol: Tolerances) -> bool:
+    """Whether `_cross` covers each of the times (ascending) that leaves the open half hour (ending
+    at hi): into the next half hour, or further for anything but an accumulating series, whose
+    pair then must share nothing by clock with the half hours stepped over, nor give the one
+    before its bucket its reading difference."""
     for t in times:
         if t >= hi:
-            hi = _end(hi, z, "halfhour")
-            if t >= hi:
-                return False
+            nxt = _end(hi, z, "halfhour")
+            lo, hi = _bounds_of(t, z, "halfhour")
+            if accumulating and t >= nxt:
+                length = t - last
+                if length <= tol.clock_ms or (t == lo and length <= tol.lookback_ms):
+                    return False
+        last = t
     return True
 
 

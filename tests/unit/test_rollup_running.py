@@ -92,15 +92,17 @@ def test_a_table_of_series_equals_the_reference_bit_for_bit(drawn: list[Drawn]) 
 
 @pytest.mark.parametrize(("tz", "per_step"), [("UTC", 1), ("Asia/Kathmandu", 1), ("Europe/Berlin", 7)])
 def test_a_fleet_a_reading_a_minute_goes_by_columns(tz: str, per_step: int) -> None:
-    """Four series of every kind, a reading a minute for three hours, one or a few a step: the
+    """Four series of every kind, a reading a minute for three hours and a gap, one or a few a step: the
     rows of every level, each step, all by columns (opening the next half hour, hour and day
     too, within a step as well; tags as a datastream template gives every sample)."""
     t0 = ms("2024-03-31T00:31:00Z")
     drawn: list[Drawn] = []
     tags = frozenset({"energy", "power"}) if per_step > 1 else frozenset()
     for kind in ("i", "a", "p", "s"):
+        # and 80 minutes without a reading (longer than the clock tolerance)
         points = [
-            point(kind, t0 + k * MINUTE_MS, 1e3 + k * 0.1 + k % 7, "on" if k % 3 else "off", tags) for k in range(180)
+            point(kind, t0 + (k + 80 * (k >= 120)) * MINUTE_MS, 1e3 + k * 0.1 + k % 7, "on" if k % 3 else "off", tags)
+            for k in range(180)
         ]
         drawn.append((kind, points, 1, [per_step] * (179 // per_step + 1), tz))
     emitted, one_at_a_time = run(drawn)
