@@ -88,30 +88,44 @@ class Points:
     tags: Sequence[tuple[str, ...]] | None = None
 
 
-@dataclass
-class RollupColumns:
-    """Rollup rows as columns (the insert's order: sinks/rollups.py `rollup_columns_arrow`); a
-    None figure is NaN in the float columns and listed in `absent` per column."""
+@dataclass(frozen=True)
+class RowChunk:
+    """Rows of one level for many series, as arrays: kind as codes (`KINDS`), a None figure NaN
+    and listed in `absent`, status counts and modes by row (kind s rows only), tags as an index
+    into `tag_sets`."""
 
-    periodicity: list[str] = field(default_factory=list)
-    node_id: list[I64] = field(default_factory=list)
-    source_id: list[str] = field(default_factory=list)
-    property: list[str] = field(default_factory=list)
-    kind: list[str] = field(default_factory=list)
-    ts_start: list[I64] = field(default_factory=list)
-    ts_end: list[I64] = field(default_factory=list)
-    count: list[I64] = field(default_factory=list)
-    # avg, min, max, diff, read_diff, read_start, read_end: values, and where they are None
-    figures: list[tuple[list[F64], list[npt.NDArray[np.bool_]]]] = field(
-        default_factory=lambda: [([], []) for _ in range(7)]
-    )
-    mode: list[str] = field(default_factory=list)
-    status_counts: list[list[tuple[str, int]]] = field(default_factory=list)
-    tags: list[list[str]] = field(default_factory=list)
-    rows: list[RollupRow] = field(default_factory=list)  # rows of the one-at-a-time path
+    periodicity: str
+    node_id: I64
+    source_id: npt.NDArray[Any]
+    property: npt.NDArray[Any]
+    kind: npt.NDArray[np.int8]
+    ts_start: I64
+    ts_end: I64
+    count: I64
+    # avg, min, max, diff, read_diff, read_start, read_end
+    figures: list[tuple[F64, npt.NDArray[np.bool_]]]
+    status_counts: dict[int, list[tuple[str, int]]]
+    mode: dict[int, str]
+    tags: I64
+    tag_sets: list[tuple[str, ...]]
 
     def __len__(self) -> int:
-        return len(self.periodicity) + len(self.rows)
+        return len(self.count)
+
+
+@dataclass
+class RollupColumns:
+    """Rollup rows of a step: chunks of arrays (sinks/rollups.py `rollup_columns_arrow` inserts
+    them), and the rows of the one-at-a-time path."""
+
+    chunks: list[RowChunk] = field(default_factory=list)
+    rows: list[RollupRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.chunks) + len(self.rows)
+
+
+KINDS = _KINDS
 
 
 class RunningRollups:
@@ -590,18 +604,10 @@ class RunningRollups:
         kind = self.kind[slots]
         is_i, is_a, is_s = kind == 0, kind == 1, kind == 3
         is_ap = (kind == 1) | (kind == 2)
-        out.periodicity += [PERIODICITIES[lv]] * n_rows
-        out.node_id.append(self.node[slots])
-        out.source_id += self.source[slots].tolist()
-        out.property += self.prop[slots].tolist()
-        out.kind += [_KINDS[c] for c in kind.tolist()]
-        out.ts_start.append(f.lo)
-        out.ts_end.append(f.hi)
-        out.count.append(f.n)
         avg = np.divide(f.tot, f.n, out=np.zeros(n_rows), where=f.n > 0)
-        for (values, absent), (fig, missing) in zip(
-            out.figures,
-            (
+        figures = [
+            (np.where(missing, 0.0, fig), missing)
+            for fig, missing in (
                 (avg, ~is_i | (f.n == 0)),
                 (f.low, ~is_i | np.isnan(f.low)),
                 (f.high, ~is_i | np.isnan(f.high)),
@@ -609,15 +615,31 @@ class RunningRollups:
                 (f.rd, ~is_a),
                 (f.rs, ~is_a | np.isnan(f.rs)),
                 (f.re, ~is_a | np.isnan(f.re)),
-            ),
-            strict=True,
-        ):
-            values.append(np.where(missing, 0.0, fig))
-            absent.append(missing)
-        counts = [sorted(d.items()) if d is not None else [] for d in f.status]
-        out.status_counts += counts
-        out.mode += [(_mode(tuple(c)) or "") if s else "" for c, s in zip(counts, is_s.tolist(), strict=True)]
-        out.tags += [sorted(g) for g in f.tags]
+            )
+        ]
+        counts: dict[int, list[tuple[str, int]]] = {}
+        for m in np.flatnonzero(is_s).tolist():
+            d = f.status[m]
+            counts[m] = sorted(d.items()) if d else []
+        sets: dict[frozenset[str], int] = {}
+        tags = np.fromiter((sets.setdefault(g, len(sets)) for g in f.tags), np.int64, n_rows)
+        out.chunks.append(
+            RowChunk(
+                PERIODICITIES[lv],
+                self.node[slots],
+                self.source[slots],
+                self.prop[slots],
+                kind,
+                f.lo,
+                f.hi,
+                f.n,
+                figures,
+                counts,
+                {m: _mode(tuple(c)) or "" for m, c in counts.items()},
+                tags,
+                [tuple(sorted(g)) for g in sets],
+            )
+        )
 
 
 @dataclass
@@ -766,41 +788,32 @@ def _none(x: float) -> float | None:
 
 
 def as_rows(cols: RollupColumns) -> list[RollupRow]:
-    """The rows of `cols` as RollupRows (for tests and the one-at-a-time path's readers)."""
-    n = len(cols.periodicity)
-    flat = [
-        np.concatenate(c) if c else np.zeros(0, np.int64)
-        for c in (cols.node_id, cols.ts_start, cols.ts_end, cols.count)
-    ]
-    figs = [
-        (np.concatenate(v) if v else np.zeros(0), np.concatenate(a) if a else np.zeros(0, np.bool_))
-        for v, a in cols.figures
-    ]
+    """The rows of `cols` as RollupRows (for tests)."""
     out = list(cols.rows)
-    for i in range(n):
-        avg, low, high, diff, rd, rs, re = (None if a[i] else float(v[i]) for v, a in figs)
-        kind = cols.kind[i]
-        sc = tuple(cols.status_counts[i])
-        out.append(
-            RollupRow(
-                cols.periodicity[i],  # type: ignore[arg-type]
-                int(flat[0][i]),
-                cols.source_id[i],
-                cols.property[i],
-                kind,  # type: ignore[arg-type]
-                int(flat[1][i]),
-                int(flat[2][i]),
-                int(flat[3][i]),
-                avg,
-                low,
-                high,
-                diff,
-                rd,
-                rs,
-                re,
-                mode=cols.mode[i] or None if kind == "s" else None,
-                status_counts=sc,
-                tags=tuple(cols.tags[i]),
+    for c in cols.chunks:
+        for i in range(len(c)):
+            avg, low, high, diff, rd, rs, re = (None if a[i] else float(v[i]) for v, a in c.figures)
+            kind = _KINDS[int(c.kind[i])]
+            out.append(
+                RollupRow(
+                    c.periodicity,  # type: ignore[arg-type]
+                    int(c.node_id[i]),
+                    str(c.source_id[i]),
+                    str(c.property[i]),
+                    kind,
+                    int(c.ts_start[i]),
+                    int(c.ts_end[i]),
+                    int(c.count[i]),
+                    avg,
+                    low,
+                    high,
+                    diff,
+                    rd,
+                    rs,
+                    re,
+                    mode=(c.mode.get(i) or None) if kind == "s" else None,
+                    status_counts=tuple(c.status_counts.get(i, ())),
+                    tags=c.tag_sets[int(c.tags[i])],
+                )
             )
-        )
     return out

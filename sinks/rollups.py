@@ -34,7 +34,7 @@ from processors.rollup import (
     cascade,
 )
 from processors.rollup_columns import Series
-from processors.rollup_running import RollupColumns
+from processors.rollup_running import KINDS, RollupColumns, RowChunk
 from sinks.auxiliary import AUX_TABLE, ensure_aux_schema
 from sinks.base import Sink
 from sinks.clickhouse import (
@@ -886,37 +886,58 @@ def rollup_arrow(rows: Sequence[RollupRow], tombstones: Sequence[RollupRow] = ()
 
 def rollup_columns_arrow(cols: RollupColumns) -> pa.Table:
     """Running rollups' rows (processors/rollup_running.py) as an Arrow table of ROLLUP_ARROW: the
-    numbers from their arrays as they are, and the one-at-a-time path's rows after them."""
-    n = len(cols.periodicity)
+    numbers from their arrays as they are, texts and lists without a Python object per row but
+    the status rows'; the one-at-a-time path's rows after them."""
+    tables = [_chunk_arrow(c) for c in cols.chunks if len(c)]
+    if cols.rows:
+        tables.append(rollup_arrow(cols.rows))
+    return pa.concat_tables(tables) if tables else ROLLUP_ARROW.empty_table()
 
-    def ints(parts: Sequence[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
-        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    figures = [
-        pa.array(
-            np.concatenate(values) if values else np.zeros(0),
-            pa.float64(),
-            mask=np.concatenate(absent) if absent else np.zeros(0, np.bool_),
-        )
-        for values, absent in cols.figures
-    ]
+_KIND_TEXT = np.asarray(KINDS, dtype=object)
+
+
+def _lists(lengths: npt.NDArray[np.int64], values: pa.Array) -> pa.Array:
+    offsets = np.zeros(len(lengths) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def _chunk_arrow(c: RowChunk) -> pa.Table:
+    n = len(c)
+    mode = np.full(n, "", dtype=object)
+    for m, x in c.mode.items():
+        mode[m] = x
+    status_type = ROLLUP_ARROW.field("status_counts").type
+    lengths = np.zeros(n, np.int64)
+    items: list[tuple[str, int]] = []
+    for m in sorted(c.status_counts):
+        lengths[m] = len(c.status_counts[m])
+        items += c.status_counts[m]
+    status = _lists(lengths, pa.array(items, status_type.value_type))
+    # tags: each row's set, by its index into the chunk's sets
+    set_len = np.asarray([len(g) for g in c.tag_sets], np.int64)
+    set_start = np.concatenate([[0], np.cumsum(set_len)[:-1]]).astype(np.int64)
+    row_len = set_len[c.tags]
+    flat_tags = pa.array([t for g in c.tag_sets for t in g], pa.string())
+    within = np.arange(int(row_len.sum()), dtype=np.int64) - np.repeat(np.cumsum(row_len) - row_len, row_len)
+    tags = _lists(row_len, flat_tags.take(pa.array(np.repeat(set_start[c.tags], row_len) + within)))
     columns: list[Any] = [
-        pa.array(cols.periodicity, pa.string()),
-        pa.array(ints(cols.node_id).astype(np.uint64)),
-        pa.array(cols.source_id, pa.string()),
-        pa.array(cols.property, pa.string()),
-        pa.array(cols.kind, pa.string()),
-        pa.array(ints(cols.ts_start)).cast(UTC_MS),
-        pa.array(ints(cols.ts_end)).cast(UTC_MS),
-        pa.array(ints(cols.count).astype(np.uint64)),
-        *figures,
-        pa.array(cols.mode, pa.string()),
-        pa.array(cols.status_counts, ROLLUP_ARROW.field("status_counts").type),
-        pa.array(cols.tags, ROLLUP_ARROW.field("tags").type),
+        pa.array(np.full(n, c.periodicity, dtype=object), pa.string()),
+        pa.array(c.node_id.astype(np.uint64)),
+        pa.array(c.source_id, pa.string()),
+        pa.array(c.property, pa.string()),
+        pa.array(_KIND_TEXT[c.kind], pa.string()),
+        pa.array(c.ts_start).cast(UTC_MS),
+        pa.array(c.ts_end).cast(UTC_MS),
+        pa.array(c.count.astype(np.uint64)),
+        *(pa.array(values, pa.float64(), mask=absent) for values, absent in c.figures),
+        pa.array(mode, pa.string()),
+        status,
+        tags,
         pa.array(np.zeros(n, np.uint8)),
     ]
-    table = pa.Table.from_arrays(columns, schema=ROLLUP_ARROW)
-    return pa.concat_tables([table, rollup_arrow(cols.rows)]) if cols.rows else table
+    return pa.Table.from_arrays(columns, schema=ROLLUP_ARROW)
 
 
 # The table of buckets travels in the query text, which ClickHouse parses up to `max_query_size`

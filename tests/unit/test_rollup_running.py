@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processors.rollup import MINUTE_MS, RawPoint, RollupKind, RollupRow
-from processors.rollup_running import NewPoints, RunningRollups, as_rows
+from processors.rollup_running import NewPoints, RollupColumns, RunningRollups, as_rows
+from sinks.rollups import rollup_arrow, rollup_columns_arrow
 from tests.unit.test_rollup import ms
 from tests.unit.test_rollup_incremental import TOL, exact, point, reference, seeded, series
 
@@ -60,6 +61,9 @@ def run(drawn: Sequence[Drawn]) -> tuple[int, int]:
         assert not fell  # every drawn point appends
         got = as_rows(cols)
         emitted += len(got)
+        # the insert's table of the arrays: the table of the same rows as objects
+        by_columns = as_rows(RollupColumns(cols.chunks))
+        assert rollup_columns_arrow(cols).equals(rollup_arrow([*by_columns, *cols.rows]))
         one_at_a_time = table.one_at_a_time
         by_stream: dict[int, list[RollupRow]] = {}
         for r in got:
