@@ -55,6 +55,8 @@ _SOURCE = [None, *(PERIODICITIES.index(CASCADE_SOURCE[p] or "halfhour") for p in
 _KINDS: tuple[RollupKind, ...] = ("i", "a", "p", "s")
 _CODE = {k: n for n, k in enumerate(_KINDS)}
 _NAN = float("nan")
+# Most points of one series a step appends (the columns take a pass per point of the longest)
+MAX_POINTS = 64
 
 
 @dataclass(frozen=True)
@@ -326,13 +328,14 @@ class RunningRollups:
         return self.append_points(streams, flat, tol)
 
     def append_points(
-        self, streams: Sequence[Stream], p: Points, tol: Tolerances = DEFAULT_TOLERANCES
+        self, streams: Sequence[Stream], p: Points, tol: Tolerances = DEFAULT_TOLERANCES, max_points: int = MAX_POINTS
     ) -> tuple[RollupColumns, set[Stream]]:
         """The new points of the streams' series, flat (`Points`, sorted by stream, slot, created),
         appended: the rows of every level they change, and the streams that fell back (a series
         not held or of another kind, a point at or before the one before it or a series' last, a
-        NaN), whose slots the caller releases; their rows are not in the result. Points at or
-        before a series' last that the caller read with the rest must be left out by the caller."""
+        NaN, more than `max_points` points), whose slots the caller releases; their rows are not
+        in the result. Points at or before a series' last that the caller read with the rest
+        must be left out by the caller."""
         out = RollupColumns()
         with self._lock:
             slot = p.slot
@@ -344,9 +347,12 @@ class RunningRollups:
             first[1:] = slot[1:] != slot[:-1]
             bad[1:] |= ~first[1:] & (p.created[1:] <= p.created[:-1])
             bad |= first & (p.created <= self.last_t[k])
-            fell = {streams[n] for n in np.unique(p.stream[bad]).tolist()}
             starts = np.flatnonzero(first)
             ends = np.append(starts[1:], len(slot))
+            # a series with many points a step (a dense stream, or a backlog) costs a pass of the
+            # columns per point: its stream goes to the store's recompute
+            bad[starts[(ends - starts) > max_points]] = True
+            fell = {streams[n] for n in np.unique(p.stream[bad]).tolist()}
             group_slot = slot[starts]
             # the one-at-a-time path: a step over an empty half hour (a gap)
             outside = p.created[ends - 1] >= self.hi[0, np.where(group_slot >= 0, group_slot, 0)]

@@ -100,6 +100,11 @@ HOUR_MS = 3_600_000
 # reads every open bucket's merged children, which costs the store about what one step's
 # cascade of those streams does; a fleet's streams are seeded over a few steps.
 SEED_STREAMS = 4_000
+# A stream is seeded only if none of its series has more points than this in the half hour of its
+# last change: a dense stream's steps append thousands of points a series, which the columns of
+# running rollups take a pass each (`processors.rollup_running.MAX_POINTS`); its rollups come from
+# the store's recompute and the point cache as before.
+SEED_MAX_POINTS = 120
 
 
 @dataclass
@@ -849,13 +854,16 @@ class _Plan:
                 lo, hi = bucket_bounds(s, per, self.z)
                 self.bounds[per][lo] = hi
 
-    def halfhour_of(self, last: int, tol: Tolerances) -> dict[str, tuple[RollupKind, tuple[int, float], Figures]]:
+    def halfhour_of(
+        self, last: int, tol: Tolerances, max_points: int = SEED_MAX_POINTS
+    ) -> dict[str, tuple[RollupKind, tuple[int, float], Figures]]:
         """Per series with a point in the half hour of `last` (a changed reading), that half hour's
         figures from the points its window was read with up to `last`, and the series' last point
         (created, reading): what `seed` takes. Not a series with a NaN, or two points at one
-        instant."""
+        instant; none when a series has more than `max_points` points in that half hour."""
         lo, hi = bucket_bounds(last, "halfhour", self.z)
         out: dict[str, tuple[RollupKind, tuple[int, float], Figures]] = {}
+        fresh = {(r.property, r.ts_start_ms): r for r in self.fresh if r.ts_start_ms == lo}
         for (ws, we), series in zip(self.windows, self.series, strict=True):
             if not ws <= lo < we:
                 continue
@@ -868,7 +876,14 @@ class _Plan:
                 counted = np.flatnonzero(~cut.null) if s.kind != "s" else np.arange(k)
                 if not len(counted) or int(cut.created[counted[-1]]) < lo:
                     continue
-                row = [r for r in recompute_series([cut], [], lo, hi, "halfhour", self.z, tol) if r.ts_start_ms == lo]
+                if int(np.count_nonzero(cut.created[counted] >= lo)) > max_points:
+                    return {}  # dense: the whole stream stays with the store's recompute
+                if k == len(s.created) and (s.property, lo) in fresh:
+                    row = [fresh[(s.property, lo)]]  # no point after `last`: the half hour as recomputed
+                else:
+                    row = [
+                        r for r in recompute_series([cut], [], lo, hi, "halfhour", self.z, tol) if r.ts_start_ms == lo
+                    ]
                 if len(row) != 1:
                     continue
                 total = 0.0
