@@ -98,8 +98,9 @@ FILL_AHEAD_MS = 6 * 3_600_000
 HOUR_MS = 3_600_000
 # Streams a step seeds with running rollups at most (processors/rollup_incremental.py): a seed
 # reads every open bucket's merged children, which costs the store about what one step's
-# cascade of those streams does; a fleet's streams are seeded over a few steps.
-SEED_STREAMS = 4_000
+# cascade of those streams does. A stream not seeded costs its next step a recompute from the
+# store again (dearer than the seed): a fleet's first step seeds all it can.
+SEED_STREAMS = 50_000
 # A stream is seeded only if none of its series has more points than this in the half hour of its
 # last change: a dense stream's steps append thousands of points a series, which the columns of
 # running rollups take a pass each (`processors.rollup_running.MAX_POINTS`); its rollups come from
