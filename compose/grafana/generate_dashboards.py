@@ -498,6 +498,24 @@ def pipeline_health() -> dict[str, Any]:
         ),
         w=8,
     )
+    lay.add(
+        timeseries(
+            "Running rollups",
+            [
+                prom(rate("pipeline_rollup_running_appends_total"), "series steps appended/s"),
+                prom(rate("pipeline_rollup_running_one_at_a_time_total"), "of those one at a time/s", ref="B"),
+                prom(rate("pipeline_rollup_running_seeded_total"), "series seeded/s", ref="C"),
+                prom(rate("pipeline_rollup_running_fallbacks_total"), "streams to the store/s", ref="D"),
+                prom(f"sum(pipeline_rollup_running_series{SEL})", "series held", ref="E"),
+            ],
+            "short",
+            "pipeline_rollup_running_*: series whose open rollup buckets the rollup agent holds as running "
+            "sums. A step of appended readings extends them (every level, no read of the store); anything "
+            "else (a late or corrected reading, a reset) goes to the store's recompute and seeds the series "
+            "again. Many fallbacks: late data, or PIPELINE_ROLLUP_RUNNING_SERIES too small for the streams.",
+        ),
+        w=8,
+    )
 
     lay.row("Latency")
     lay.add(
