@@ -91,6 +91,19 @@ class Points:
 
 
 @dataclass(frozen=True)
+class Seed:
+    """What `processors.rollup_incremental.seed` takes, checked by whoever made it: the series,
+    its zone, its last point, and its figures at every level (the last point's half hour, then
+    each coarser level's prefix, bounded by the last point's bucket)."""
+
+    key: tuple[int, str, str, RollupKind]
+    z: ZoneInfo
+    last_t: int
+    last_v: float
+    figures: Sequence[Figures]
+
+
+@dataclass(frozen=True)
 class RowChunk:
     """Rows of one level for many series, as arrays: kind as codes (`KINDS`), a None figure NaN
     and listed in `absent`, status counts and modes by row (kind s rows only), tags as an index
@@ -261,11 +274,35 @@ class RunningRollups:
                 out[prop] = k
             return out
 
+    def store_seeds(self, seeds: Mapping[str, Seed]) -> dict[str, int]:
+        """New slots holding these seeds (one stream's), for `put`: `seed`'s state written
+        directly, without a `SeriesState` (a fleet's first step seeds tens of thousands)."""
+        with self._lock:
+            out: dict[str, int] = {}
+            for prop, sd in seeds.items():
+                if not self._free:
+                    self._grow(2 * self._cap)
+                k = self._free.pop()
+                self._write_figures(k, sd.key, sd.z, sd.last_t, sd.last_v, sd.figures)
+                out[prop] = k
+            return out
+
     def _write(self, k: int, state: SeriesState) -> None:
-        node, source, prop, kind = state.key
-        self.node[k], self.source[k], self.prop[k], self.kind[k] = node, source, prop, _CODE[kind]
-        self.zone[k], self.last_t[k], self.last_v[k] = state.z, state.last_t, state.last_v
         figures = [state.halfhour, *(state.levels[p].prefix for p in COARSER)]
+        self._write_figures(k, state.key, state.z, state.last_t, state.last_v, figures)
+
+    def _write_figures(
+        self,
+        k: int,
+        key: tuple[int, str, str, RollupKind],
+        z: ZoneInfo,
+        last_t: int,
+        last_v: float,
+        figures: Sequence[Figures],
+    ) -> None:
+        node, source, prop, kind = key
+        self.node[k], self.source[k], self.prop[k], self.kind[k] = node, source, prop, _CODE[kind]
+        self.zone[k], self.last_t[k], self.last_v[k] = z, last_t, last_v
         for lv, f in enumerate(figures):
             self.lo[lv, k], self.hi[lv, k], self.n[lv, k], self.tot[lv, k] = f.lo, f.hi, f.count, f.total
             self.low[lv, k] = _NAN if f.low is None else f.low

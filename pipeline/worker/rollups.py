@@ -53,8 +53,8 @@ from processors.rollup import (
     zone,
 )
 from processors.rollup_columns import Series, recompute_series
-from processors.rollup_incremental import Figures, NotAnAppend, SeriesState, halfhour_figures, prefix_ranges, seed
-from processors.rollup_running import Points, RollupColumns, RunningRollups
+from processors.rollup_incremental import Figures, halfhour_figures, prefix_ranges
+from processors.rollup_running import Points, RollupColumns, RunningRollups, Seed
 from processors.rows import DAY_MS, RawColumns
 from processors.stale_marks import SpanColumns, compact
 from sinks.auxiliary import read_resets, streams_with_resets
@@ -345,21 +345,18 @@ class RollupMaintainer:
             return
         seeded: dict[Stream, dict[str, int]] = {}
         for n, (plan, last, found) in enumerate(halves):
-            states: dict[str, SeriesState] = {}
+            # every series' last point is in the half hour of `last` (`halfhour_of`): its
+            # buckets at every level are the ones of `last`
+            bounds = [(per, lo, bucket_bounds(lo, per, plan.z)[1]) for per, _s, lo, _c in prefix_ranges(last, plan.z)]
+            seeds: dict[str, Seed] = {}
             for prop, (kind, point, half) in found.items():
-                key = (plan.node, plan.source, prop, kind)
-                mine: dict[Periodicity, Figures] = {}
-                for k, (per, _source, lo, _child) in enumerate(prefix_ranges(last, plan.z)):
-                    got = prefixes.get((n * 8 + k, prop, key[3]))
-                    if got is not None:
-                        end = bucket_bounds(lo, per, plan.z)[1]
-                        mine[per] = Figures(lo, end, *got)
-                try:
-                    states[prop] = seed(key, plan.z, point, half, mine, self.tol)
-                except NotAnAppend:
-                    continue
-            if states:
-                seeded[(plan.node, plan.source)] = running.store(states)
+                figures = [half]
+                for k, (_per, lo, hi) in enumerate(bounds):
+                    got = prefixes.get((n * 8 + k, prop, kind))
+                    figures.append(Figures(lo, hi) if got is None else Figures(lo, hi, *got))
+                seeds[prop] = Seed((plan.node, plan.source, prop, kind), plan.z, point[0], point[1], figures)
+            if seeds:
+                seeded[(plan.node, plan.source)] = running.store_seeds(seeds)
         running.put(seeded, generation)
         running.count(seeded=sum(len(v) for v in seeded.values()))
 
