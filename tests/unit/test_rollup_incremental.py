@@ -126,7 +126,7 @@ def series(draw: st.DrawFn) -> tuple[RollupKind, list[RawPoint], int, list[int],
     return kind, points, cut, steps, tz
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(series())
 def test_appends_equal_the_reference_bit_for_bit(drawn: tuple[RollupKind, list[RawPoint], int, list[int], str]) -> None:
     check(*drawn)

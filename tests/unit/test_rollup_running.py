@@ -88,7 +88,7 @@ def _renamed(r: RollupRow, node: int) -> RollupRow:
     )  # fmt: skip
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(series(), min_size=1, max_size=4))
 def test_a_table_of_series_equals_the_reference_bit_for_bit(drawn: list[Drawn]) -> None:
     run(drawn)
