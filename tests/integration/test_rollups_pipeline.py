@@ -365,6 +365,53 @@ def test_a_stored_half_hour_no_raw_row_is_left_for_gets_a_tombstone(
 DAY = 24 * HOUR
 
 
+def test_a_worker_appends_readings_in_time_order_by_running_rollups(worker_settings: Settings, tmp_path: Path) -> None:
+    """A real worker given datums in time order, a few per stream a send (a fleet's gateways):
+    its rollup agent seeds each stream once and appends every later step without the store's
+    recompute (the worker's counters say so), and every level equals the reference."""
+    client = schema_client(worker_settings.clickhouse_url)
+    rng = random.Random(5)
+    streams = {(n, f"/r/{n}"): (gen_stream(rng, n, f"/r/{n}", 150), "UTC") for n in (1, 2, 3)}
+    ordered = sorted((d for ds, _ in streams.values() for d in ds), key=lambda d: d.created_ms)
+    producer = DatumProducer(worker_settings)
+    port = worker_settings.metrics_port
+    with worker_process(worker_settings, tmp_path / "worker.log"):
+        # the first datums of every stream, rolled up (and so seeded) before the rest come
+        producer.send(ordered[:6])
+        producer.flush()
+
+        def seeded_so_far() -> float:
+            try:
+                return scraped(port, "pipeline_rollup_running_seeded_total")
+            except OSError:
+                return 0.0  # its metrics not served yet
+
+        wait_for(lambda: seeded_so_far() >= 9, 60, "the streams seeded")
+        for k in range(6, len(ordered), 6):
+            producer.send(ordered[k : k + 6])
+            producer.flush()
+            time.sleep(0.05)
+
+        def settled() -> bool:
+            try:
+                check(client, streams)
+            except AssertionError:
+                return False
+            return True
+
+        try:
+            wait_for(settled, 90, "rollups equal to the reference")
+        finally:
+            check(client, streams)
+        appended = scraped(port, "pipeline_rollup_running_appends_total")
+        seeded = scraped(port, "pipeline_rollup_running_seeded_total")
+        fell = scraped(port, "pipeline_rollup_running_fallbacks_total")
+        print(f"running rollups: {appended:.0f} series steps appended, {seeded:.0f} seeded, {fell:.0f} fallbacks")
+        # seeded once, and every later step appended (a step sent to the store seeds again)
+        assert (seeded, fell) == (9, 0) and appended >= 3
+    assert "Traceback" not in (tmp_path / "worker.log").read_text()
+
+
 def test_pipeline_rollups_match_reference_across_a_restart(worker_settings: Settings, tmp_path: Path) -> None:
     # rollup lanes from one stream a lane: the workers' batches of marks split into two lanes
     # and every stream's points held between steps (these streams are sparse: minutes apart)
