@@ -315,7 +315,11 @@ def halfhour_figures(row: RollupRow, total: float) -> Figures:
     return f
 
 
-def prefix_ranges(last_t: int, tz: Zone) -> list[tuple[Periodicity, Periodicity, int, int]]:
+# (level, the level below, start of the level's open bucket, start of its open child)
+PrefixRange = tuple[Periodicity, Periodicity, int, int]
+
+
+def prefix_ranges(last_t: int, tz: Zone) -> list[PrefixRange]:
     """Per coarser level, what its prefix is merged from for a series whose last point is at
     last_t: (level, the level below, start of the open bucket, start of its open child); the
     stored rows of the level below starting in [lo, hi)."""

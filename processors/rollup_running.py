@@ -37,7 +37,6 @@ from processors.rollup import (
     CASCADE_SOURCE,
     DEFAULT_TOLERANCES,
     PERIODICITIES,
-    Periodicity,
     RollupKind,
     RollupRow,
     Tolerances,
@@ -53,7 +52,8 @@ LEVELS = len(PERIODICITIES)
 # each level's source level, by index (the half hours come from raw)
 _SOURCE = [None, *(PERIODICITIES.index(CASCADE_SOURCE[p] or "halfhour") for p in COARSER)]
 _KINDS: tuple[RollupKind, ...] = ("i", "a", "p", "s")
-_CODE = {k: n for n, k in enumerate(_KINDS)}
+# a kind's code in the arrays (anything the store calls otherwise is instantaneous)
+KIND_CODES: dict[str, int] = {k: n for n, k in enumerate(_KINDS)}
 _NAN = float("nan")
 # Most points of one series a step appends (the columns take a pass per point of the longest)
 MAX_POINTS = 64
@@ -101,6 +101,13 @@ class Seed:
     last_t: int
     last_v: float
     figures: Sequence[Figures]
+
+    @staticmethod
+    def of(state: SeriesState) -> Seed:
+        """A state's seed: its half hour and its coarser levels' prefixes (the open children
+        follow from them)."""
+        figures = [state.halfhour, *(state.levels[p].prefix for p in COARSER)]
+        return Seed(state.key, state.z, state.last_t, state.last_v, figures)
 
 
 @dataclass(frozen=True)
@@ -264,15 +271,7 @@ class RunningRollups:
 
     def store(self, states: Mapping[str, SeriesState]) -> dict[str, int]:
         """New slots holding these states (one stream's), for `put`."""
-        with self._lock:
-            out: dict[str, int] = {}
-            for prop, state in states.items():
-                if not self._free:
-                    self._grow(2 * self._cap)
-                k = self._free.pop()
-                self._write(k, state)
-                out[prop] = k
-            return out
+        return self.store_seeds({prop: Seed.of(state) for prop, state in states.items()})
 
     def store_seeds(self, seeds: Mapping[str, Seed]) -> dict[str, int]:
         """New slots holding these seeds (one stream's), for `put`: `seed`'s state written
@@ -283,27 +282,15 @@ class RunningRollups:
                 if not self._free:
                     self._grow(2 * self._cap)
                 k = self._free.pop()
-                self._write_figures(k, sd.key, sd.z, sd.last_t, sd.last_v, sd.figures)
+                self._write(k, sd)
                 out[prop] = k
             return out
 
-    def _write(self, k: int, state: SeriesState) -> None:
-        figures = [state.halfhour, *(state.levels[p].prefix for p in COARSER)]
-        self._write_figures(k, state.key, state.z, state.last_t, state.last_v, figures)
-
-    def _write_figures(
-        self,
-        k: int,
-        key: tuple[int, str, str, RollupKind],
-        z: ZoneInfo,
-        last_t: int,
-        last_v: float,
-        figures: Sequence[Figures],
-    ) -> None:
-        node, source, prop, kind = key
-        self.node[k], self.source[k], self.prop[k], self.kind[k] = node, source, prop, _CODE[kind]
-        self.zone[k], self.last_t[k], self.last_v[k] = z, last_t, last_v
-        for lv, f in enumerate(figures):
+    def _write(self, k: int, sd: Seed) -> None:
+        node, source, prop, kind = sd.key
+        self.node[k], self.source[k], self.prop[k], self.kind[k] = node, source, prop, KIND_CODES[kind]
+        self.zone[k], self.last_t[k], self.last_v[k] = sd.z, sd.last_t, sd.last_v
+        for lv, f in enumerate(sd.figures):
             self.lo[lv, k], self.hi[lv, k], self.n[lv, k], self.tot[lv, k] = f.lo, f.hi, f.count, f.total
             self.low[lv, k] = _NAN if f.low is None else f.low
             self.high[lv, k] = _NAN if f.high is None else f.high
@@ -346,7 +333,7 @@ class RunningRollups:
         for n, stream in enumerate(streams):
             slots, series = steps[stream]
             for s in series:
-                parts.append((n, slots.get(s.prop, -1), _CODE[s.kind], s))
+                parts.append((n, slots.get(s.prop, -1), KIND_CODES[s.kind], s))
         if not parts:
             return RollupColumns(), set()
         sizes = [len(s.created) for *_, s in parts]
@@ -431,7 +418,7 @@ class RunningRollups:
                 except NotAnAppend:
                     fell.add(stream)
                     continue
-                self._write(k1, state)
+                self._write(k1, Seed.of(state))
             for stream, mine in rows.items():
                 if stream not in fell:
                     out.rows += mine
@@ -584,7 +571,7 @@ class RunningRollups:
         before = self._levels(slots, old)
         # the new half hour (the next, or further: `_steps`)
         z = self.zone[slots]
-        bounds = [_bounds_of(int(a), zz, "halfhour") for a, zz in zip(t.tolist(), z.tolist(), strict=True)]
+        bounds = [bucket_bounds(int(a), "halfhour", zz) for a, zz in zip(t.tolist(), z.tolist(), strict=True)]
         lo = np.asarray([a for a, _ in bounds], np.int64)
         hi = np.asarray([b for _, b in bounds], np.int64)
         n = len(slots)
@@ -629,7 +616,7 @@ class RunningRollups:
             if closed.any():
                 per = PERIODICITIES[lv]
                 opened = [
-                    _bounds_of(int(a), zz, per)
+                    bucket_bounds(int(a), per, zz)
                     for a, zz in zip(rows[src].lo[closed].tolist(), z[closed].tolist(), strict=True)
                 ]
                 fresh = _empty(len(opened), kind[closed])
@@ -808,22 +795,14 @@ def _steps(last: int, hi: int, times: Sequence[int], z: ZoneInfo, accumulating: 
     before its bucket its reading difference."""
     for t in times:
         if t >= hi:
-            nxt = _end(hi, z, "halfhour")
-            lo, hi = _bounds_of(t, z, "halfhour")
+            nxt = bucket_bounds(hi, "halfhour", z)[1]
+            lo, hi = bucket_bounds(t, "halfhour", z)
             if accumulating and t >= nxt:
                 length = t - last
                 if length <= tol.clock_ms or (t == lo and length <= tol.lookback_ms):
                     return False
         last = t
     return True
-
-
-def _bounds_of(ts: int, z: ZoneInfo, per: Periodicity) -> tuple[int, int]:
-    return bucket_bounds(ts, per, z)
-
-
-def _end(lo: int, z: ZoneInfo, per: Periodicity) -> int:
-    return bucket_bounds(lo, per, z)[1]
 
 
 def _none(x: float) -> float | None:

@@ -236,27 +236,64 @@ class Window:
     end_ms: int
 
 
+@dataclass(frozen=True)
+class PointColumns:
+    """An Arrow result of (q, t, p, k, v, x, g) sorted by q, p, k, t, as arrays: q, created,
+    property and kind as indices into `props` and `kinds`, value (NaN where null), null, the
+    text and tag columns as read, whether each row has tags, and where each (q, p, k) group
+    starts."""
+
+    q: npt.NDArray[Any]
+    t: npt.NDArray[np.int64]
+    pi: npt.NDArray[Any]
+    ki: npt.NDArray[Any]
+    props: list[str]
+    kinds: list[str]
+    value: npt.NDArray[np.float64]
+    null: npt.NDArray[np.bool_]
+    x: pa.Array
+    g: pa.Array
+    tagged: npt.NDArray[np.bool_]
+    starts: npt.NDArray[np.int64]
+
+    @staticmethod
+    def of(table: pa.Table) -> PointColumns:
+        def col(name: str) -> pa.Array:
+            return table.column(name).combine_chunks()
+
+        q = col("q").to_numpy(zero_copy_only=False)
+        t = col("t").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        p, k = pc.dictionary_encode(col("p")), pc.dictionary_encode(col("k"))
+        pi, ki = p.indices.to_numpy(zero_copy_only=False), k.indices.to_numpy(zero_copy_only=False)
+        v, g = col("v"), col("g")
+        cut = np.flatnonzero((q[1:] != q[:-1]) | (pi[1:] != pi[:-1]) | (ki[1:] != ki[:-1])) + 1
+        return PointColumns(
+            q,
+            t,
+            pi,
+            ki,
+            p.dictionary.to_pylist(),
+            k.dictionary.to_pylist(),
+            v.fill_null(math.nan).to_numpy(zero_copy_only=False).astype(np.float64, copy=False),
+            v.is_null().to_numpy(zero_copy_only=False),
+            col("x"),
+            g,
+            pc.list_value_length(g).to_numpy(zero_copy_only=False) > 0,
+            np.concatenate([[0], cut]).astype(np.int64),
+        )
+
+
 def _series_of(table: pa.Table) -> list[tuple[int, Series]]:
     """(window, series) of an Arrow result of (q, t, p, k, v, x, g) sorted by q, p, k, t: one
     series per (q, p, k), without a Python object per row (texts and tags only where present)."""
     n = table.num_rows
     if n == 0:
         return []
-
-    def col(name: str) -> pa.Array:
-        return table.column(name).combine_chunks()
-
-    q = col("q").to_numpy(zero_copy_only=False)
-    t = col("t").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    p, k = pc.dictionary_encode(col("p")), pc.dictionary_encode(col("k"))
-    pi, ki = p.indices.to_numpy(zero_copy_only=False), k.indices.to_numpy(zero_copy_only=False)
-    props, kinds = p.dictionary.to_pylist(), k.dictionary.to_pylist()
-    v, x, g = col("v"), col("x"), col("g")
-    null = v.is_null().to_numpy(zero_copy_only=False)
-    value = v.fill_null(math.nan).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-    tagged = pc.list_value_length(g).to_numpy(zero_copy_only=False) > 0
-    cut = np.flatnonzero((q[1:] != q[:-1]) | (pi[1:] != pi[:-1]) | (ki[1:] != ki[:-1])) + 1
-    starts, ends = [0, *cut.tolist()], [*cut.tolist(), n]
+    c = PointColumns.of(table)
+    q, t, pi, ki, props, kinds = c.q, c.t, c.pi, c.ki, c.props, c.kinds
+    value, null, x, g, tagged = c.value, c.null, c.x, c.g, c.tagged
+    cut = c.starts[1:]
+    starts, ends = c.starts.tolist(), [*cut.tolist(), n]
     # Series.fast() of every series at once (a fleet's series hold a few points each): a point at or
     # before the one before it in its series, or a NaN value (a status's NaN is its missing number)
     bad = np.zeros(n, np.bool_)

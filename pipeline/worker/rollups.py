@@ -11,7 +11,6 @@ processors/rollup.py, the SQL from sinks/rollups.py. docs/rollups.md explains th
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -22,7 +21,6 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 
 from pipeline.progress import Progress
@@ -53,8 +51,8 @@ from processors.rollup import (
     zone,
 )
 from processors.rollup_columns import Series, recompute_series
-from processors.rollup_incremental import Figures, halfhour_figures, prefix_ranges
-from processors.rollup_running import Points, RollupColumns, RunningRollups, Seed
+from processors.rollup_incremental import Figures, PrefixRange, halfhour_figures, prefix_ranges
+from processors.rollup_running import KIND_CODES, Points, RollupColumns, RunningRollups, Seed
 from processors.rows import DAY_MS, RawColumns
 from processors.stale_marks import SpanColumns, compact
 from sinks.auxiliary import read_resets, streams_with_resets
@@ -63,6 +61,7 @@ from sinks.rollups import (
     COMBINE_BUCKETS,
     NEAR_MS,
     NeighbourRequest,
+    PointColumns,
     RollupSink,
     RollupWrite,
     Window,
@@ -320,7 +319,7 @@ class RollupMaintainer:
         zones: dict[Stream, int] = {}
         for plan in plans:
             zones[(plan.node, plan.source)] = zones.get((plan.node, plan.source), 0) + 1
-        halves: list[tuple[_Plan, int, dict[str, tuple[RollupKind, tuple[int, float], Figures]]]] = []
+        halves: list[tuple[_Plan, dict[str, tuple[RollupKind, tuple[int, float], Figures]], list[PrefixRange]]] = []
         for plan in plans:
             stream = (plan.node, plan.source)
             if len(halves) >= self.seed_streams:
@@ -331,23 +330,23 @@ class RollupMaintainer:
                 continue
             found = plan.halfhour_of(last_of[stream], self.tol)
             if found:
-                halves.append((plan, last_of[stream], found))
+                halves.append((plan, found, prefix_ranges(last_of[stream], plan.z)))
         if not halves:
             return
         try:
             ranges: list[tuple[int, int, str, str, int, int]] = []
-            for n, (plan, last, _found) in enumerate(halves):
-                for k, (_per, source, lo, child) in enumerate(prefix_ranges(last, plan.z)):
+            for n, (plan, _found, levels) in enumerate(halves):
+                for k, (_per, source, lo, child) in enumerate(levels):
                     ranges.append((n * 8 + k, plan.node, plan.source, source, lo, child))
             prefixes = read_prefixes(self.client, ranges)
         except Exception:
             log.warning("rollups: running rollups of %d stream(s) not seeded", len(halves), exc_info=True)
             return
         seeded: dict[Stream, dict[str, int]] = {}
-        for n, (plan, last, found) in enumerate(halves):
-            # every series' last point is in the half hour of `last` (`halfhour_of`): its
-            # buckets at every level are the ones of `last`
-            bounds = [(per, lo, bucket_bounds(lo, per, plan.z)[1]) for per, _s, lo, _c in prefix_ranges(last, plan.z)]
+        for n, (plan, found, levels) in enumerate(halves):
+            # every series' last point is in the half hour of the stream's last change
+            # (`halfhour_of`): its buckets at every level are that change's
+            bounds = [(per, lo, bucket_bounds(lo, per, plan.z)[1]) for per, _s, lo, _c in levels]
             seeds: dict[str, Seed] = {}
             for prop, (kind, point, half) in found.items():
                 figures = [half]
@@ -670,25 +669,15 @@ def _new_points(table: pa.Table, slots: Sequence[Mapping[str, int]], last_t: npt
     n = table.num_rows
     if n == 0:
         return None
-
-    def col(name: str) -> pa.Array:
-        return table.column(name).combine_chunks()
-
-    q = col("q").to_numpy(zero_copy_only=False).astype(np.int64)
-    t = col("t").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    p, k = pc.dictionary_encode(col("p")), pc.dictionary_encode(col("k"))
-    pi, ki = p.indices.to_numpy(zero_copy_only=False), k.indices.to_numpy(zero_copy_only=False)
-    props = p.dictionary.to_pylist()
-    codes = np.asarray([_KIND_CODES.get(x, 0) for x in k.dictionary.to_pylist()], np.int8)[ki]
-    cut = np.flatnonzero((q[1:] != q[:-1]) | (pi[1:] != pi[:-1]) | (ki[1:] != ki[:-1])) + 1
-    starts = np.concatenate([[0], cut])
+    c = PointColumns.of(table)
+    q = c.q.astype(np.int64)
+    codes = np.asarray([KIND_CODES.get(x, 0) for x in c.kinds], np.int8)[c.ki]
     group_slot = np.asarray(
-        [slots[a].get(props[b], -1) for a, b in zip(q[starts].tolist(), pi[starts].tolist(), strict=True)], np.int64
+        [slots[a].get(c.props[b], -1) for a, b in zip(q[c.starts].tolist(), c.pi[c.starts].tolist(), strict=True)],
+        np.int64,
     )
-    slot = np.repeat(group_slot, np.diff(np.append(starts, n)))
-    keep = (slot < 0) | (t > last_t[np.where(slot >= 0, slot, 0)])
-    v, x, g = col("v"), col("x"), col("g")
-    tagged = pc.list_value_length(g).to_numpy(zero_copy_only=False) > 0
+    slot = np.repeat(group_slot, np.diff(np.append(c.starts, n)))
+    keep = (slot < 0) | (c.t > last_t[np.where(slot >= 0, slot, 0)])
     rows = np.flatnonzero(keep)
     if not len(rows):
         return None
@@ -697,16 +686,13 @@ def _new_points(table: pa.Table, slots: Sequence[Mapping[str, int]], last_t: npt
         q[rows],
         slot[rows],
         codes[rows],
-        t[rows],
-        v.fill_null(math.nan).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)[rows],
+        c.t[rows],
+        c.value[rows],
         # a status has its text, never a value: a missing one is counted as it is, ''
-        v.is_null().to_numpy(zero_copy_only=False)[rows] & (codes[rows] != 3),
-        x.take(picked).to_pylist(),
-        [tuple(tg) for tg in g.take(picked).to_pylist()] if tagged[rows].any() else None,
+        c.null[rows] & (codes[rows] != 3),
+        c.x.take(picked).to_pylist(),
+        [tuple(tg) for tg in c.g.take(picked).to_pylist()] if c.tagged[rows].any() else None,
     )
-
-
-_KIND_CODES = {"i": 0, "a": 1, "p": 2, "s": 3}
 
 
 @dataclass
