@@ -291,8 +291,11 @@ class RollupMaintainer:
         if ranges:
             points = _new_points(read_points(self.client, ranges, pulse), [taken[stream] for stream in order], last_t)
         out.columns, fell = running.append_points(order, points, self.tol) if points else (None, set())
-        out.appended = 0 if points is None else len(np.unique(points.slot))
         out.kept = {stream: taken[stream] for stream in reach if stream not in fell}
+        if points is not None:
+            # series steps appended: the series with new points of the streams kept
+            kept = np.asarray([stream in out.kept for stream in order], np.bool_)
+            out.appended = len(np.unique(points.slot[kept[points.stream]]))
         for stream, mine in spans_of.items():
             if stream not in out.kept:
                 out.rest.add(
