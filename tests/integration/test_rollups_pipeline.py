@@ -38,7 +38,7 @@ from processors.rollup import (
     RollupRow,
     points_from_datum,
 )
-from processors.rollup_running import RunningRollups
+from processors.rollup_running import MAX_POINTS, RunningRollups
 from processors.rows import RawColumns
 from sinks.clickhouse import RawSink
 from sinks.rollups import COMBINE_BUCKETS, ensure_rollup_schema, read_rollups, write_rollups
@@ -363,6 +363,35 @@ def test_a_stored_half_hour_no_raw_row_is_left_for_gets_a_tombstone(
 
 
 DAY = 24 * HOUR
+
+
+def test_running_rollups_count_only_the_series_they_kept(clickhouse_url: str, ch_database: str) -> None:
+    """A step where one stream appends and another, read with it, goes back to the store (more
+    points a series than the arrays take a step): the appends counted are the first stream's
+    three series, not the other's too; both streams' rows equal the reference."""
+    client = schema_client(f"{clickhouse_url.rstrip('/')}/{ch_database}")
+    held = RunningRollups(100)
+    maintainer = RollupMaintainer(client, lambda _node, _ms: "UTC", running=held)
+    sink = RawSink(client)
+
+    def datum(node: int, t: int) -> Datum:
+        return Datum(node, f"/c/{node}", t, i={"watts": 1.0 + t % 7}, a={"wattHours": t / 1000.0}, s={"mode": "on"})
+
+    def step(datums: list[Datum]) -> None:
+        cols = RawColumns()
+        for d in datums:
+            cols.add_datum(d)
+        sink.write(cols)
+        maintainer.update(cols)
+
+    sent = {1: [datum(1, T0)], 2: [datum(2, T0)]}
+    step([*sent[1], *sent[2]])
+    assert (held.seeded, held.appended) == (6, 0)
+    sent[1].append(datum(1, T0 + MIN))
+    sent[2] += [datum(2, T0 + 1000 * (k + 1)) for k in range(MAX_POINTS + 1)]
+    step([sent[1][-1], *sent[2][1:]])
+    assert (held.appended, held.fell_back) == (3, 1)
+    check(client, {(n, f"/c/{n}"): (ds, "UTC") for n, ds in sent.items()})
 
 
 def test_a_worker_appends_readings_in_time_order_by_running_rollups(worker_settings: Settings, tmp_path: Path) -> None:
