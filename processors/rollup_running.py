@@ -111,6 +111,69 @@ class Seed:
 
 
 @dataclass(frozen=True)
+class FreshSeeds:
+    """Series seeded at the start of a half hour X, as a stream with no running rollups is on its
+    first step (`store_fresh`): nothing of X counted yet, the series' last reading before X
+    (accumulating, within the look-back; else a time far before X and NaN: `NO_READING`), and
+    per coarser level (hour … year) the figures of the open bucket holding X: its children
+    before X's merged (the store's rows, as `read_prefixes` merges them). The caller then appends
+    the series' points from X on; it must only do so where the buckets before X already have
+    what the pair into the first of them gives them (`pair_reaches_back`)."""
+
+    node: I64
+    source: Sequence[str]
+    prop: Sequence[str]
+    kind: Sequence[RollupKind]
+    zone: Sequence[ZoneInfo]
+    x_lo: I64
+    last_t: I64
+    last_v: F64
+    levels: Sequence[Figs]  # hour, day, week, month, year
+
+    def __len__(self) -> int:
+        return len(self.x_lo)
+
+
+# a bucket's figures as `sinks.rollups.read_prefixes` gives them: count, total, min, max, reading
+# difference, start and end readings, status counts, tags
+PrefixFigures = tuple[
+    int, float, float | None, float | None, float, float | None, float | None, dict[str, int], frozenset[str]
+]
+
+
+def level_figs(lo: I64, hi: I64, kinds: npt.NDArray[np.int8], found: Mapping[int, PrefixFigures]) -> Figs:
+    """One coarser level's open buckets [lo, hi) of many series, the entries of `found` (by
+    position) holding the children merged so far, the others empty."""
+    f = _empty(len(lo), kinds)
+    f.lo, f.hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
+    for m, (n, tot, low, high, rd, rs, re, status, tags) in found.items():
+        f.n[m], f.tot[m], f.rd[m] = n, tot, rd
+        f.low[m] = _NAN if low is None else low
+        f.high[m] = _NAN if high is None else high
+        f.rs[m] = _NAN if rs is None else rs
+        f.re[m] = _NAN if re is None else re
+        if kinds[m] == 3:
+            f.status[m] = dict(status)
+        f.tags[m] = tags
+    return f
+
+
+# a fresh series' last reading when it has none (or it is beyond every tolerance): far enough
+# before X that no pair reaches it
+NO_READING = -(1 << 53)
+
+
+def pair_reaches_back(before: int | None, first: int, x_lo: int, tol: Tolerances) -> bool:
+    """Whether an accumulating pair from the reading `before` (< x_lo; None: none) to `first`
+    (the first reading from x_lo on) gives anything to a bucket before X: a clock share, or the
+    reading difference of a reading exactly at X's start."""
+    if before is None:
+        return False
+    length = first - before
+    return length <= tol.clock_ms or (first == x_lo and length <= tol.lookback_ms)
+
+
+@dataclass(frozen=True)
 class RowChunk:
     """Rows of one level for many series, as arrays: kind as codes (`KINDS`), a None figure NaN
     and listed in `absent`, status counts and modes by row (kind s rows only), tags as an index
@@ -188,6 +251,9 @@ class RunningRollups:
         self.zone = grown(g(self, "zone", None), (cap,), object, None)
         self.last_t = grown(g(self, "last_t", None), (cap,), np.int64, 0)
         self.last_v = grown(g(self, "last_v", None), (cap,), np.float64, 0.0)
+        # seeded at the start of a half hour X (`store_fresh`): level 0 is a placeholder ending at
+        # X, whose figures are the store's; the first point crossing into X opens it
+        self.fresh = grown(g(self, "fresh", None), (cap,), np.bool_, False)
         self.lo = grown(g(self, "lo", None), (LEVELS, cap), np.int64, 0)
         self.hi = grown(g(self, "hi", None), (LEVELS, cap), np.int64, 0)
         self.n = grown(g(self, "n", None), (LEVELS, cap), np.int64, 0)
@@ -259,6 +325,7 @@ class RunningRollups:
         for k in slots:
             self.status[:, k] = None
             self.tags[:, k] = frozenset()
+            self.fresh[k] = False
             self._free.append(k)
 
     def count(self, appended: int = 0, seeded: int = 0, fell_back: int = 0) -> None:
@@ -290,6 +357,7 @@ class RunningRollups:
         node, source, prop, kind = sd.key
         self.node[k], self.source[k], self.prop[k], self.kind[k] = node, source, prop, KIND_CODES[kind]
         self.zone[k], self.last_t[k], self.last_v[k] = sd.z, sd.last_t, sd.last_v
+        self.fresh[k] = False
         for lv, f in enumerate(sd.figures):
             self.lo[lv, k], self.hi[lv, k], self.n[lv, k], self.tot[lv, k] = f.lo, f.hi, f.count, f.total
             self.low[lv, k] = _NAN if f.low is None else f.low
@@ -299,6 +367,30 @@ class RunningRollups:
             self.rend[lv, k] = _NAN if f.read_end is None else f.read_end
             self.status[lv, k] = dict(f.status) if kind == "s" else None
             self.tags[lv, k] = f.tags
+
+    def store_fresh(self, seeds: FreshSeeds) -> list[int]:
+        """New slots holding series seeded at the start of a half hour X (one per entry of
+        `seeds`, in order), for `put`: written as arrays, no object per series."""
+        with self._lock:
+            n = len(seeds.x_lo)
+            while len(self._free) < n:
+                self._grow(2 * self._cap)
+            taken = [self._free.pop() for _ in range(n)]
+            ks = np.asarray(taken, np.int64)
+            kinds = np.asarray([KIND_CODES[k] for k in seeds.kind], np.int8)
+            self.node[ks], self.kind[ks] = seeds.node, kinds
+            self.source[ks] = np.asarray(seeds.source, object)
+            self.prop[ks] = np.asarray(seeds.prop, object)
+            zones = np.empty(n, object)
+            zones[:] = seeds.zone
+            self.zone[ks] = zones
+            self.last_t[ks], self.last_v[ks], self.fresh[ks] = seeds.last_t, seeds.last_v, True
+            placeholder = _empty(n, kinds)
+            placeholder.lo, placeholder.hi = seeds.x_lo - 1, seeds.x_lo.copy()
+            self._keep(0, ks, placeholder)
+            for lv, figs in enumerate(seeds.levels, start=1):
+                self._keep(lv, ks, figs)
+            return taken
 
     def state(self, k: int, tol: Tolerances = DEFAULT_TOLERANCES) -> SeriesState:
         """Slot k as a `SeriesState` (for the one-at-a-time path)."""
@@ -402,6 +494,9 @@ class RunningRollups:
                 if stream in fell:
                     continue
                 a, b, k1 = int(starts[g]), int(ends[g]), int(group_slot[g])
+                if self.fresh[k1]:
+                    fell.add(stream)  # its placeholder is not a half hour `SeriesState` can extend
+                    continue
                 try:
                     state = self.state(k1, tol)
                     rows.setdefault(stream, []).extend(
@@ -491,7 +586,8 @@ class RunningRollups:
                     if m:
                         st = self.status[0, k1]
                         st[x] = st.get(x, 0) + 1
-        self._rows(slots, out)
+        # a series seeded fresh with no counted point yet has no row of its own
+        self._rows(slots[~self.fresh[slots]], out)
 
     # -- rows: a level's figures for many slots at once -----------------------------------------
 
@@ -559,12 +655,15 @@ class RunningRollups:
         clock = acc & (length <= tol.clock_ms)
         chained = acc & (length <= tol.lookback_ms)
         at_edge = t == edge
+        # a fresh series' placeholder (before X): what the pair gives the buckets before X is the
+        # store's, so it stays empty, is not written, and adds nothing where it is merged
+        seeded_fresh = self.fresh[slots]
         # the old half hour: the pair's share before the edge; a reading exactly at the edge is
         # its end reading and its reading difference ((start, end] holds it)
         old = self._level(0, slots)
         share = inc * (edge - self.last_t[slots]).astype(np.float64) / lf
-        old.tot = np.where(clock, old.tot + share, old.tot)
-        ends = chained & at_edge
+        old.tot = np.where(clock & ~seeded_fresh, old.tot + share, old.tot)
+        ends = chained & at_edge & ~seeded_fresh
         old.rd = np.where(ends, old.rd + inc, old.rd)
         old.re = np.where(ends, v, old.re)
         self._keep(0, slots, old)
@@ -603,7 +702,9 @@ class RunningRollups:
         self.last_t[slots] = t
         num = kind != 3
         self.last_v[slots[num]] = v[num]
-        self._emit(0, slots, before[0], out)  # closed; the open rows come once the step is done
+        self.fresh[slots] = False
+        # closed; the open rows come once the step is done
+        self._emit(0, slots[~seeded_fresh], before[0].take(~seeded_fresh), out)
         rows = [half]
         for lv in range(1, LEVELS):
             src = _SOURCE[lv]
@@ -623,7 +724,9 @@ class RunningRollups:
                 fresh.lo = np.asarray([a for a, _ in opened], np.int64)
                 fresh.hi = np.asarray([b for _, b in opened], np.int64)
                 prefix = _chosen(closed, _placed(fresh, closed, prefix), prefix)
-                self._emit(lv, slots[closed], before[lv].take(closed), out)
+                # a fresh series' bucket holding X closes with only the store's children in it
+                shut = closed & ~seeded_fresh
+                self._emit(lv, slots[shut], before[lv].take(shut), out)
             self._keep(lv, slots, prefix)
             rows.append(_merged(prefix, rows[src], kind))
 
