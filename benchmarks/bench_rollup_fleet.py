@@ -221,8 +221,10 @@ def main() -> None:
         # the half hours' insert alone (RollupSink.write also runs the cascade, timed above)
         steps.wrap(sink_rollups, "write_rollups", "insert")
         steps.wrap(m, "_append", "running: append")
-        steps.wrap(m, "_seed", "running: seed")
+        steps.wrap(m, "_cold", "running: seed and append (cold)")
         steps.wrap(worker_rollups, "read_prefixes", "running: read prefixes")
+        steps.wrap(worker_rollups, "read_processed_after", "running: read counted after")
+        steps.wrap(worker_rollups, "read_readings_before", "running: read readings before")
         base = (int(time.time() * 1000) // DAY_MS - 3) * DAY_MS
         if args.history:
             t0 = time.perf_counter()

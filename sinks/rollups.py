@@ -213,6 +213,48 @@ def read_last_after(client: Client, ranges: Sequence[Range]) -> dict[int, int]:
     return out
 
 
+def read_processed_after(
+    client: Client, ranges: Sequence[Range], window_days: int = REPAIR_WINDOW_DAYS, cluster: str = ""
+) -> set[int]:
+    """The ranges (q, node, source, lo, hi) holding a raw point (its latest version, `FINAL`)
+    whose batch the rollup ledger lists as rolled up, or stored before the ledger's window: a
+    point the stored rollups already count. Running rollups seeded for a stream's first step
+    stop at the step's last reading; a counted point after it would be dropped from the rows
+    they write (a point not yet rolled up has marks to come, which append it)."""
+    out: set[int] = set()
+    kwargs: dict[str, Any] = {"settings": {"distributed_product_mode": "local"}} if cluster else {}
+    for k in range(0, len(ranges), RANGES_CHUNK):
+        chunk = ranges[k : k + RANGES_CHUNK]
+        nodes = ", ".join(str(n) for n in sorted({int(r[1]) for r in chunk}))
+        sql = (
+            f"SELECT DISTINCT w.q FROM {final_rows(RAW_TABLE, 'd')[0]}{ranges_join('d', chunk)}"
+            f" AND ((d.node_id, toString(d.source_id), d.inserted) IN (SELECT node_id, source_id, inserted"
+            f" FROM {ROLLUP_DONE_TABLE} WHERE node_id IN ({nodes}))"
+            f" OR d.inserted < now64(3) - toIntervalDay({int(window_days)}))"
+        )
+        out.update(int(r[0]) for r in client.query(sql, **kwargs).result_rows)
+    return out
+
+
+def read_readings_before(client: Client, ranges: Sequence[NamedRange]) -> dict[int, tuple[int, float]]:
+    """Per named range (q, node, source, property, lo, hi), the latest accumulating reading of the
+    property before hi and at or after lo (created, value), where it has one: first within
+    FIRST_REACH_MS of hi (a dense stream's hour of readings is not scanned for it), then, for the
+    ranges without one, the rest of the way to lo."""
+    out: dict[int, tuple[int, float]] = {}
+
+    def look(asked: Sequence[NamedRange]) -> None:
+        for k in range(0, len(asked), RANGES_CHUNK):
+            for row in client.query(_edge_sql(asked[k : k + RANGES_CHUNK], last=True)).result_rows:
+                out[int(row[0])] = (int(row[1]), float(row[4]))
+
+    near = [(q, n, s, p, max(lo, hi - FIRST_REACH_MS), hi) for q, n, s, p, lo, hi in ranges]
+    look(near)
+    far = [(q, n, s, p, lo, near_lo) for (q, n, s, p, lo, _hi), (*_, near_lo, _h) in zip(ranges, near, strict=True)]
+    look([r for r in far if r[0] not in out and r[4] < r[5]])
+    return out
+
+
 def _edge_sql(ranges: Sequence[Range] | Sequence[NamedRange], *, last: bool) -> str:
     """Per range and property, the latest (last=True) or first accumulating reading in it; with
     named ranges, only of the property named."""

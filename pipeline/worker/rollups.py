@@ -41,7 +41,6 @@ from processors.rollup import (
     PERIODICITIES,
     Periodicity,
     ResetMarker,
-    RollupKind,
     RollupRow,
     Tolerances,
     bucket_bounds,
@@ -51,8 +50,18 @@ from processors.rollup import (
     zone,
 )
 from processors.rollup_columns import Series, recompute_series
-from processors.rollup_incremental import Figures, PrefixRange, halfhour_figures, prefix_ranges
-from processors.rollup_running import KIND_CODES, Points, RollupColumns, RunningRollups, Seed
+from processors.rollup_incremental import prefix_ranges
+from processors.rollup_running import (
+    KIND_CODES,
+    MAX_POINTS,
+    NO_READING,
+    FreshSeeds,
+    Points,
+    RollupColumns,
+    RunningRollups,
+    level_figs,
+    pair_reaches_back,
+)
 from processors.rows import DAY_MS, RawColumns
 from processors.stale_marks import SpanColumns, compact
 from sinks.auxiliary import read_resets, streams_with_resets
@@ -70,6 +79,8 @@ from sinks.rollups import (
     read_neighbours,
     read_points,
     read_prefixes,
+    read_processed_after,
+    read_readings_before,
     read_rollup_keys,
     read_rollups,
     read_series_for_recompute,
@@ -95,16 +106,16 @@ SPARSE_AFTER_MS = 30 * 60_000
 # How far past a window a stream's stored rows may reach for its points to be read to the end.
 FILL_AHEAD_MS = 6 * 3_600_000
 HOUR_MS = 3_600_000
-# Streams a step seeds with running rollups at most (processors/rollup_incremental.py): a seed
-# reads every open bucket's merged children, which costs the store about what one step's
-# cascade of those streams does. A stream not seeded costs its next step a recompute from the
-# store again (dearer than the seed): a fleet's first step seeds all it can.
+# Streams a step seeds with running rollups at most (`RollupMaintainer._cold`): a seed reads the
+# stream's points from the half hour of its first change and every open bucket's merged
+# children. A stream not seeded goes to the store's recompute: a fleet's first step seeds all it
+# can.
 SEED_STREAMS = 50_000
-# A stream is seeded only if none of its series has more points than this in the half hour of its
-# last change: a dense stream's steps append thousands of points a series, which the columns of
-# running rollups take a pass each (`processors.rollup_running.MAX_POINTS`); its rollups come from
-# the store's recompute and the point cache as before.
-SEED_MAX_POINTS = 120
+# A stream with more points a series than running rollups take in a step
+# (`processors.rollup_running.MAX_POINTS`: a dense stream, each step thousands) is not seeded again
+# for this long: its rollups come from the store's recompute and the point cache, and its points
+# are not read twice a step.
+DENSE_FOR_S = 300.0
 
 
 @dataclass
@@ -168,6 +179,8 @@ class RollupMaintainer:
         # a worker's lanes): a step of appended readings extends them, not read from the store
         self.running = running
         self.seed_streams = seed_streams
+        self.cluster = cluster
+        self._dense: dict[Stream, float] = {}  # streams not seeded until then (monotonic s)
         # the recent raw points of the streams, kept between steps (shared by a worker's lanes)
         self.cache = cache
         self._held: dict[Stream, Held] = {}  # a step's own references to what the cache holds
@@ -240,7 +253,6 @@ class RollupMaintainer:
                     {k: v for k, v in appended.taken.items() if k not in appended.kept}, appended.generation
                 )
                 appended.taken = {}
-                self._seed(appended.rest, out.plans, self.running, appended.generation)
         except BaseException:
             if self.running is not None:
                 # a failed step keeps none of the states it took (the store may hold some of its rows)
@@ -260,9 +272,10 @@ class RollupMaintainer:
 
     def _append(self, spans: SpanColumns, running: RunningRollups) -> _Appended:
         """The streams whose every span only appends to series held in running rollups: their new
-        points read (one query), appended, and the rows of every level they change. The others
-        (not held, a late or corrected reading, a reset marker, a zone change, a new property)
-        are left for the store's recompute (`rest`); the states of those are dropped."""
+        points read (one query), appended, and the rows of every level they change. Streams not
+        held are seeded where they can be (`_cold`) and appended alike. The others (a late or
+        corrected reading, a reset marker, a zone change, a new property, a dense stream) are
+        left for the store's recompute (`rest`); the states of those are dropped."""
         pulse = self._pulse = self.pulse()
         running.use_pulse(pulse)
         out = _Appended(SpanColumns(), generation=running.generation)
@@ -270,8 +283,9 @@ class RollupMaintainer:
         for i, stream in enumerate(zip(spans.node_id, spans.source_id, strict=True)):
             spans_of.setdefault(stream, []).append(i)
         out.taken = taken = running.take(spans_of)
-        horizon = self.horizons(taken) if taken else {}
+        horizon = self.horizons(spans_of) if spans_of else {}
         last_t, lo0, zones = running.last_t, running.lo[0], running.zone
+        resets = self._with_resets or set()
         reach: dict[Stream, tuple[int, int]] = {}
         for stream, slots in taken.items():
             mine = spans_of[stream]
@@ -279,7 +293,7 @@ class RollupMaintainer:
             z = zones[next(iter(slots.values()))]
             h = horizon.get(stream)
             if (
-                stream not in (self._with_resets or ())
+                stream not in resets
                 and all(spans.property[i] in slots and spans.first[i] > last_t[slots[spans.property[i]]] for i in mine)
                 and self.timezone_at(stream[0], first) == z.key == self.timezone_at(stream[0], last)
                 and (h is None or all(lo0[k] > h for k in slots.values()))
@@ -289,13 +303,35 @@ class RollupMaintainer:
         order = list(reach)
         points = None
         if ranges:
-            points = _new_points(read_points(self.client, ranges, pulse), [taken[stream] for stream in order], last_t)
+            got = read_points(self.client, ranges, pulse)
+            if got.num_rows:
+                points = _new_points(PointColumns.of(got), [taken[stream] for stream in order], last_t)
         out.columns, fell = running.append_points(order, points, self.tol) if points else (None, set())
         out.kept = {stream: taken[stream] for stream in reach if stream not in fell}
         if points is not None:
             # series steps appended: the series with new points of the streams kept
             kept = np.asarray([stream in out.kept for stream in order], np.bool_)
             out.appended = len(np.unique(points.slot[kept[points.stream]]))
+        fell_back = len(taken) - len(out.kept)
+        now = time.monotonic()
+        cold = [
+            stream
+            for stream in spans_of
+            if stream not in taken and stream not in resets and self._dense.get(stream, 0.0) <= now
+        ][: self.seed_streams]
+        if cold:
+            seeded = self._cold(cold, spans_of, spans, horizon, running, pulse)
+            taken.update(seeded.taken)
+            out.kept.update(seeded.kept)
+            out.appended += seeded.appended
+            if seeded.columns is not None:
+                if out.columns is None:
+                    out.columns = seeded.columns
+                else:
+                    out.columns.chunks += seeded.columns.chunks
+                    out.columns.rows += seeded.columns.rows
+            running.count(seeded=seeded.series)
+            fell_back += len(seeded.taken) - len(seeded.kept)
         for stream, mine in spans_of.items():
             if stream not in out.kept:
                 out.rest.add(
@@ -306,61 +342,171 @@ class RollupMaintainer:
                     [spans.first[i] for i in mine],
                     [spans.last[i] for i in mine],
                 )
-        running.count(appended=out.appended, fell_back=len(taken) - len(out.kept))
+        running.count(appended=out.appended, fell_back=fell_back)
         return out
 
-    def _seed(self, spans: SpanColumns, plans: Sequence[_Plan], running: RunningRollups, generation: int) -> None:
-        """Running rollups for streams the store just recomputed (up to `seed_streams`): each
-        series' half hour of the stream's last changed reading from the points its window was read
-        with, cut at that reading (later ones are in marks to come), and the merged children
-        before each open child from the stored rows. A series that cannot be seeded (a NaN, no
-        point in that half hour) is not; the stream's next change of it goes to the store. A
-        failed seed is only logged: the step is stored."""
-        last_of: dict[Stream, int] = {}
-        for node, source, hi in zip(spans.node_id, spans.source_id, spans.last, strict=True):
-            last_of[(node, source)] = max(hi, last_of.get((node, source), hi))
-        zones: dict[Stream, int] = {}
-        for plan in plans:
-            zones[(plan.node, plan.source)] = zones.get((plan.node, plan.source), 0) + 1
-        halves: list[tuple[_Plan, dict[str, tuple[RollupKind, tuple[int, float], Figures]], list[PrefixRange]]] = []
-        for plan in plans:
-            stream = (plan.node, plan.source)
-            if len(halves) >= self.seed_streams:
-                break
-            if zones[stream] != 1 or stream in (self._with_resets or ()) or stream not in last_of:
-                continue
-            if plan.horizon_ms is not None and bucket_bounds(last_of[stream], "halfhour", plan.z)[0] <= plan.horizon_ms:
-                continue
-            found = plan.halfhour_of(last_of[stream], self.tol)
-            if found:
-                halves.append((plan, found, prefix_ranges(last_of[stream], plan.z)))
-        if not halves:
-            return
-        try:
-            ranges: list[tuple[int, int, str, str, int, int]] = []
-            for n, (plan, _found, levels) in enumerate(halves):
-                for k, (_per, source, lo, child) in enumerate(levels):
-                    ranges.append((n * 8 + k, plan.node, plan.source, source, lo, child))
-            prefixes = read_prefixes(self.client, ranges)
-        except Exception:
-            log.warning("rollups: running rollups of %d stream(s) not seeded", len(halves), exc_info=True)
-            return
-        seeded: dict[Stream, dict[str, int]] = {}
-        for n, (plan, found, levels) in enumerate(halves):
-            # every series' last point is in the half hour of the stream's last change
-            # (`halfhour_of`): its buckets at every level are that change's
-            bounds = [(per, lo, bucket_bounds(lo, per, plan.z)[1]) for per, _s, lo, _c in levels]
-            seeds: dict[str, Seed] = {}
-            for prop, (kind, point, half) in found.items():
-                figures = [half]
-                for k, (_per, lo, hi) in enumerate(bounds):
-                    got = prefixes.get((n * 8 + k, prop, kind))
-                    figures.append(Figures(lo, hi) if got is None else Figures(lo, hi, *got))
-                seeds[prop] = Seed((plan.node, plan.source, prop, kind), plan.z, point[0], point[1], figures)
-            if seeds:
-                seeded[(plan.node, plan.source)] = running.store_seeds(seeds)
-        running.put(seeded, generation)
-        running.count(seeded=sum(len(v) for v in seeded.values()))
+    def _cold(
+        self,
+        streams: Sequence[Stream],
+        spans_of: Mapping[Stream, list[int]],
+        spans: SpanColumns,
+        horizon: Mapping[Stream, int | None],
+        running: RunningRollups,
+        pulse: frozenset[str],
+    ) -> _Appended:
+        """Running rollups for streams that have none (a stream's first step, after a restart, a
+        rebalance, or a step the store recomputed): each series seeded at the start of the half
+        hour X holding the stream's first change (`FreshSeeds`: nothing of X, its last
+        accumulating reading before X, each coarser level's children before X's merged in the
+        store), then given its points from X to the step's last and appended like the others —
+        the store's points of X replayed, the step's added.
+
+        Four reads for all the streams: their points from X on, the last accumulating readings
+        before X, whether the store counts a point after the step's last already (the rollup
+        ledger: the rows written would leave it out), the merged children. A stream is left to
+        the store's recompute where the appends would not give the store's rows exactly: a zone
+        change, the retention horizon at or after X, a counted point after its last, a changed
+        reading no longer there or without a value (its half hour may need a tombstone), an
+        accumulating pair into X's first reading that is new and reaches back before X, a
+        property of two kinds, or more than MAX_POINTS points a series (a dense stream: not tried
+        again for DENSE_FOR_S)."""
+        out = _Appended(SpanColumns())
+        plan: list[tuple[Stream, str, int, int, int]] = []  # stream, zone, first change, last, X
+        for stream in streams:
+            mine = spans_of[stream]
+            first, last = min(spans.first[i] for i in mine), max(spans.last[i] for i in mine)
+            z = self.timezone_at(stream[0], first)
+            x_lo = bucket_bounds(first, "halfhour", z)[0]
+            h = horizon.get(stream)
+            if z == self.timezone_at(stream[0], last) == self.timezone_at(stream[0], x_lo) and (h is None or x_lo > h):
+                plan.append((stream, z, first, last, x_lo))
+        if not plan:
+            return out
+        table = read_points(
+            self.client, [(q, n, s, x, last + 1) for q, ((n, s), _z, _f, last, x) in enumerate(plan)], pulse
+        )
+        if not table.num_rows:
+            return out
+        c = PointColumns.of(table)
+        n = len(c.t)
+        ends = np.append(c.starts[1:], n)
+        gq = c.q[c.starts].astype(np.int64)
+        gprop = [c.props[i] for i in c.pi[c.starts].tolist()]
+        gkind = [c.kinds[i] for i in c.ki[c.starts].tolist()]
+        counted = ~c.null | np.asarray([k == "s" for k in c.kinds], np.bool_)[c.ki]
+        refused: set[int] = set()
+        now = time.monotonic()
+        for g in np.flatnonzero((ends - c.starts) > MAX_POINTS).tolist():
+            q = int(gq[g])
+            refused.add(q)
+            self._dense[plan[q][0]] = now + DENSE_FOR_S
+        # a property of two kinds: its series share a slot name
+        seen: set[tuple[int, str]] = set()
+        for q, prop in zip(gq.tolist(), gprop, strict=True):
+            if (q, prop) in seen:
+                refused.add(q)
+            seen.add((q, prop))
+        # every span's last changed reading is there and counted: its half hour gets a row
+        group_of = {(q, prop): g for g, (q, prop) in enumerate(zip(gq.tolist(), gprop, strict=True))}
+        where = {stream: q for q, (stream, *_rest) in enumerate(plan)}
+        base = int(c.t.min())
+        keys = (np.repeat(np.arange(len(gq), dtype=np.int64), ends - c.starts) << 40) | (c.t - base)
+        asked_q, asked = [], []
+        for stream, q in where.items():
+            for i in spans_of[stream]:
+                gi = group_of.get((q, spans.property[i]))
+                if gi is None or spans.last[i] < base:
+                    refused.add(q)
+                else:
+                    asked_q.append(q)
+                    asked.append((gi << 40) | (spans.last[i] - base))
+        if asked:
+            missing = ~np.isin(np.asarray(asked, np.int64), keys[counted])
+            refused.update(np.asarray(asked_q, np.int64)[missing].tolist())
+        # a counted point after the step's last (as far as its year bucket reaches)
+        after = []
+        for q, ((node, source), z, _first, last, _x) in enumerate(plan):
+            if q not in refused:
+                after.append((q, node, source, last + 1, bucket_bounds(last, "year", z)[1]))
+        refused |= read_processed_after(self.client, after, cluster=self.cluster) if after else set()
+        # accumulating series: the last reading before X, and whether a new pair reaches back
+        acc = [g for g, k in enumerate(gkind) if k == "a" and int(gq[g]) not in refused]
+        before: dict[int, tuple[int, float]] = {}
+        if acc:
+            named = []
+            for g in acc:
+                (node, source), _z, _first, _last, x_lo = plan[int(gq[g])]
+                named.append((g, node, source, gprop[g], x_lo - self.tol.lookback_ms, x_lo))
+            before = read_readings_before(self.client, named)
+            for g in acc:
+                q = int(gq[g])
+                a, b = int(c.starts[g]), int(ends[g])
+                firsts = np.flatnonzero(counted[a:b])
+                if not len(firsts):
+                    continue
+                p1 = int(c.t[a + int(firsts[0])])
+                prev = before.get(g)
+                if p1 >= plan[q][2] and pair_reaches_back(None if prev is None else prev[0], p1, plan[q][4], self.tol):
+                    refused.add(q)
+        groups = [g for g in range(len(gq)) if int(gq[g]) not in refused]
+        if not groups:
+            return out
+        # each coarser level's children before X's, merged in the store
+        levels = {q: prefix_ranges(plan[q][4], plan[q][1]) for q in sorted({int(gq[g]) for g in groups})}
+        prefixes = read_prefixes(
+            self.client,
+            [
+                (q * 8 + k, plan[q][0][0], plan[q][0][1], src, lo, child)
+                for q, ls in levels.items()
+                for k, (_p, src, lo, child) in enumerate(ls)
+            ],
+        )
+        kinds = np.asarray([KIND_CODES.get(gkind[g], 0) for g in groups], np.int8)
+        figs = []
+        for k in range(len(PERIODICITIES) - 1):
+            bounds = [
+                bucket_bounds(levels[int(gq[g])][k][2], levels[int(gq[g])][k][0], plan[int(gq[g])][1]) for g in groups
+            ]
+            found = {}
+            for m, g in enumerate(groups):
+                got = prefixes.get((int(gq[g]) * 8 + k, gprop[g], gkind[g]))
+                if got is not None:
+                    found[m] = got
+            figs.append(
+                level_figs(
+                    np.asarray([b[0] for b in bounds], np.int64),
+                    np.asarray([b[1] for b in bounds], np.int64),
+                    kinds,
+                    found,
+                )
+            )
+        prev_of = [before.get(g) if gkind[g] == "a" else None for g in groups]
+        seeds = FreshSeeds(
+            np.asarray([plan[int(gq[g])][0][0] for g in groups], np.int64),
+            [plan[int(gq[g])][0][1] for g in groups],
+            [gprop[g] for g in groups],
+            [gkind[g] for g in groups],
+            [zone(plan[int(gq[g])][1]) for g in groups],
+            np.asarray([plan[int(gq[g])][4] for g in groups], np.int64),
+            np.asarray([NO_READING if pv is None else pv[0] for pv in prev_of], np.int64),
+            np.asarray([np.nan if pv is None else pv[1] for pv in prev_of], np.float64),
+            figs,
+        )
+        slots_of: list[dict[str, int]] = [{} for _ in plan]
+        for g, k1 in zip(groups, running.store_fresh(seeds), strict=True):
+            slots_of[int(gq[g])][gprop[g]] = k1
+        for q, slots in enumerate(slots_of):
+            if slots:
+                out.taken[plan[q][0]] = slots
+        out.series = len(groups)
+        points = _new_points(c, slots_of, running.last_t)
+        order = [stream for stream, *_rest in plan]
+        out.columns, fell = running.append_points(order, points, self.tol) if points else (None, set())
+        out.kept = {stream: slots for stream, slots in out.taken.items() if stream not in fell}
+        if points is not None:
+            kept = np.asarray([stream in out.kept for stream in order], np.bool_)
+            out.appended = len(np.unique(points.slot[kept[points.stream] & (points.slot >= 0)]))
+        return out
 
     # -- the point cache (processors/point_cache.py) ----------------------------------------------
 
@@ -665,14 +811,13 @@ class RollupMaintainer:
         return out
 
 
-def _new_points(table: pa.Table, slots: Sequence[Mapping[str, int]], last_t: npt.NDArray[np.int64]) -> Points | None:
+def _new_points(c: PointColumns, slots: Sequence[Mapping[str, int]], last_t: npt.NDArray[np.int64]) -> Points | None:
     """A `read_points` result (q, t, p, k, v, x, g sorted by q, p, k, t; q the stream's place in
     `slots`) as running rollups take it: each row's series slot (-1: not held), only the rows
     after their series' last point. No Python object per row but the texts."""
-    n = table.num_rows
+    n = len(c.t)
     if n == 0:
         return None
-    c = PointColumns.of(table)
     q = c.q.astype(np.int64)
     codes = np.asarray([KIND_CODES.get(x, 0) for x in c.kinds], np.int8)[c.ki]
     group_slot = np.asarray(
@@ -710,6 +855,7 @@ class _Appended:
     appended: int = 0  # series appended to
     kept: dict[Stream, dict[str, int]] = field(default_factory=dict)
     generation: int = 0
+    series: int = 0  # series seeded (`_cold`)
 
 
 class RollupLanes:
@@ -791,8 +937,6 @@ class _Plan:
     # half hours starting at or before this may have lost raw rows to expiry; None: none can
     horizon_ms: int | None = None
     kept_expired: int = 0
-    # per window, the series it was recomputed from (to seed running rollups)
-    series: list[list[Series]] = field(default_factory=list)
 
     def keep_expired(self, stored_halfhours: Sequence[RollupRow]) -> None:
         """Behind the retention horizon the raw rows of a half hour may be gone, so a recompute
@@ -827,12 +971,10 @@ class _Plan:
     def fill(self, series: Iterator[list[Series]], resets: Iterator[list[ResetMarker]], tol: Tolerances) -> None:
         """Half hours from raw (the points and resets of each window, in order), and every stale bucket."""
         self.fresh = []
-        self.series = []
         for ws, we in self.windows:
             self.bounds["halfhour"].update(buckets_between(ws, we, "halfhour", self.z))
-            self.series.append(next(series))
             self.fresh += recompute_series(
-                self.series[-1], next(resets), ws, we, "halfhour", self.z, tol, self.node, self.source
+                next(series), next(resets), ws, we, "halfhour", self.z, tol, self.node, self.source
             )
         for per in PERIODICITIES[1:]:
             src = CASCADE_SOURCE[per]
@@ -840,46 +982,6 @@ class _Plan:
             for s in self.bounds[src]:
                 lo, hi = bucket_bounds(s, per, self.z)
                 self.bounds[per][lo] = hi
-
-    def halfhour_of(
-        self, last: int, tol: Tolerances, max_points: int = SEED_MAX_POINTS
-    ) -> dict[str, tuple[RollupKind, tuple[int, float], Figures]]:
-        """Per series with a point in the half hour of `last` (a changed reading), that half hour's
-        figures from the points its window was read with up to `last`, and the series' last point
-        (created, reading): what `seed` takes. Not a series with a NaN, or two points at one
-        instant; none when a series has more than `max_points` points in that half hour."""
-        lo, hi = bucket_bounds(last, "halfhour", self.z)
-        out: dict[str, tuple[RollupKind, tuple[int, float], Figures]] = {}
-        fresh = {(r.property, r.ts_start_ms): r for r in self.fresh if r.ts_start_ms == lo}
-        for (ws, we), series in zip(self.windows, self.series, strict=True):
-            if not ws <= lo < we:
-                continue
-            for s in series:
-                k = int(np.searchsorted(s.created, last, "right"))
-                texts, tags = (None if s.texts is None else s.texts[:k]), (None if s.tags is None else s.tags[:k])
-                cut = Series(s.property, s.kind, s.created[:k], s.value[:k], s.null[:k], texts, tags)
-                if not cut.fast():
-                    continue
-                counted = np.flatnonzero(~cut.null) if s.kind != "s" else np.arange(k)
-                if not len(counted) or int(cut.created[counted[-1]]) < lo:
-                    continue
-                if int(np.count_nonzero(cut.created[counted] >= lo)) > max_points:
-                    return {}  # dense: the whole stream stays with the store's recompute
-                if k == len(s.created) and (s.property, lo) in fresh:
-                    row = [fresh[(s.property, lo)]]  # no point after `last`: the half hour as recomputed
-                else:
-                    row = [
-                        r for r in recompute_series([cut], [], lo, hi, "halfhour", self.z, tol) if r.ts_start_ms == lo
-                    ]
-                if len(row) != 1:
-                    continue
-                total = 0.0
-                for t, v in zip(cut.created[counted].tolist(), cut.value[counted].tolist(), strict=True):
-                    if t >= lo:
-                        total += v  # in time order from 0.0, as `recompute` adds them
-                j = int(counted[-1])
-                out[s.property] = (s.kind, (int(cut.created[j]), float(cut.value[j])), halfhour_figures(row[0], total))
-        return out
 
     def ranges(self) -> list[tuple[str, int, int]]:
         """Stored rows to read: the stale half hours (each may need a tombstone, or be kept behind
