@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
@@ -421,7 +422,10 @@ class RollupMaintainer:
                     asked_q.append(q)
                     asked.append((gi << 40) | (spans.last[i] - base))
         if asked:
-            missing = ~np.isin(np.asarray(asked, np.int64), keys[counted])
+            have = keys[counted]  # ascending: the points are sorted by q, p, k, t
+            want = np.asarray(asked, np.int64)
+            at = np.minimum(np.searchsorted(have, want), len(have) - 1)
+            missing = have[at] != want if len(have) else np.ones(len(want), np.bool_)
             refused.update(np.asarray(asked_q, np.int64)[missing].tolist())
         # a counted point after the step's last (as far as its year bucket reaches)
         after = []
@@ -452,7 +456,10 @@ class RollupMaintainer:
         if not groups:
             return out
         # each coarser level's children before X's, merged in the store
-        levels = {q: prefix_ranges(plan[q][4], plan[q][1]) for q in sorted({int(gq[g]) for g in groups})}
+        levels = {q: _prefix_ranges(plan[q][4], plan[q][1]) for q in sorted({int(gq[g]) for g in groups})}
+        bounds_of = {
+            q: [bucket_bounds(lo, per, plan[q][1]) for per, _src, lo, _child in ls] for q, ls in levels.items()
+        }
         prefixes = read_prefixes(
             self.client,
             [
@@ -464,9 +471,7 @@ class RollupMaintainer:
         kinds = np.asarray([KIND_CODES.get(gkind[g], 0) for g in groups], np.int8)
         figs = []
         for k in range(len(PERIODICITIES) - 1):
-            bounds = [
-                bucket_bounds(levels[int(gq[g])][k][2], levels[int(gq[g])][k][0], plan[int(gq[g])][1]) for g in groups
-            ]
+            bounds = [bounds_of[int(gq[g])][k] for g in groups]
             found = {}
             for m, g in enumerate(groups):
                 got = prefixes.get((int(gq[g]) * 8 + k, gprop[g], gkind[g]))
@@ -809,6 +814,10 @@ class RollupMaintainer:
             if any(plan.tombstoned(key, fresh) or plan.may_keep(key[1]) for key in mine):
                 out.append(plan)
         return out
+
+
+# A fleet's streams share their half hours: the same X and zone, thousands of times a step.
+_prefix_ranges = lru_cache(maxsize=4096)(prefix_ranges)
 
 
 def _new_points(c: PointColumns, slots: Sequence[Mapping[str, int]], last_t: npt.NDArray[np.int64]) -> Points | None:
