@@ -332,7 +332,7 @@ class RollupMaintainer:
                     out.columns.chunks += seeded.columns.chunks
                     out.columns.rows += seeded.columns.rows
             running.count(seeded=seeded.series)
-            fell_back += len(seeded.taken) - len(seeded.kept)
+            fell_back += len(cold) - len(seeded.kept)  # tried and sent to the store
         for stream, mine in spans_of.items():
             if stream not in out.kept:
                 out.rest.add(

@@ -406,6 +406,47 @@ def test_running_rollups_count_only_the_series_they_kept(clickhouse_url: str, ch
     check(client, {(n, f"/c/{n}"): (ds, "UTC") for n, ds in sent.items()})
 
 
+def test_a_first_step_is_not_seeded_where_the_store_counts_a_later_reading(
+    clickhouse_url: str, ch_database: str
+) -> None:
+    """After a restart (running rollups empty) a late reading arrives: the stream's first step
+    would seed at its half hour and stop at the late reading, leaving out the later readings the
+    stored rows count. The rollup ledger lists their batches, so the step goes to the store's
+    recompute and every level equals the reference. Negative control: a stream whose earlier
+    batches are not in the ledger (as if never rolled up) is seeded, and its rows miss the later
+    readings: the ledger is what keeps them."""
+    client = schema_client(f"{clickhouse_url.rstrip('/')}/{ch_database}")
+    held = RunningRollups(100)
+    maintainer = RollupMaintainer(client, lambda _node, _ms: "UTC", running=held)
+    sink = RawSink(client)
+
+    def datum(node: int, t: int) -> Datum:
+        return Datum(node, f"/l/{node}", t, i={"watts": 1.0 + t % 7}, a={"wattHours": t / 1000.0}, s={"mode": "on"})
+
+    sent = {n: [datum(n, T0 + k * MIN) for k in range(6)] for n in (1, 2)}
+    for n, datums in sent.items():
+        for d in datums:
+            cols = RawColumns()
+            cols.add_datum(d)
+            if n == 1:
+                roll_up(client, sink, maintainer, cols)
+            else:  # stored and rolled up, but not in the ledger
+                sink.write(cols, STAMPS.next())
+                maintainer.update(cols)
+    held.clear()  # a restart: no running rollups
+    seeded, fell_back = held.seeded, held.fell_back
+    late = {n: datum(n, T0 + 2 * MIN + 30_000) for n in (1, 2)}
+    cols = RawColumns()
+    for n in (1, 2):
+        cols.add_datum(late[n])
+        sent[n].append(late[n])
+    roll_up(client, sink, maintainer, cols)
+    assert (held.seeded - seeded, held.fell_back - fell_back) == (3, 1)  # stream 2 seeded, stream 1 refused
+    check(client, {(1, "/l/1"): (sent[1], "UTC")})
+    with pytest.raises(AssertionError):
+        check(client, {(2, "/l/2"): (sent[2], "UTC")})
+
+
 def test_a_worker_appends_readings_in_time_order_by_running_rollups(worker_settings: Settings, tmp_path: Path) -> None:
     """A real worker given datums in time order, a few per stream a send (a fleet's gateways):
     its rollup agent seeds each stream once and appends every later step without the store's
