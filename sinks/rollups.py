@@ -1097,13 +1097,18 @@ def mark_rolled_up(client: Client, batches: Iterable[tuple[int, str, int]], clus
     a cluster the rows are their own deduplication token: the same entries again add nothing."""
     rows = sorted(set(batches))
     if rows:
-        token = batch_token((), [json.dumps(rows).encode()])
-        client.insert(
-            ROLLUP_DONE_TABLE,
-            [[n, s, t] for n, s, t in rows],
-            column_names=["node_id", "source_id", "inserted"],
-            **insert_kwargs(cluster, token),
+        # the token only where it is used (a cluster): a fleet's step lists tens of thousands
+        token = batch_token((), [json.dumps(rows).encode()]) if cluster is not None else None
+        nodes, sources, stamps = zip(*rows, strict=True)
+        table = pa.table(
+            {
+                "node_id": pa.array(nodes, pa.uint64()),
+                "source_id": pa.array(sources, pa.string()),
+                "inserted": pa.array(stamps, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            }
         )
+        # columns, not a Python row a batch (the ledger's insert was 5 % of a fleet worker's time)
+        client.insert_arrow(ROLLUP_DONE_TABLE, table, **insert_kwargs(cluster, token))
     return len(rows)
 
 
