@@ -21,6 +21,18 @@ each cost the worker more than the marks' own work, issue 13):
 
     B 2  I marks n, then n times: I length, a mark of version 1 (never a bundle)
 
+Columns, version 3: the marks of many streams of one raw batch bound for one partition, as
+arrays, so neither side spends Python on each stream (a fleet's step names tens of thousands; the
+marks a stream at a time were a quarter of a fleet worker's time, issue 13):
+
+    B 3  B flags (1: has inserted)  q inserted (0 if none)  I streams n  I spans m
+    I sources table length, sources table: I count, then per source: H length, source (UTF-8)
+    I names table length, names table (as version 1)
+    Q node[n]  I source index[n]
+    I stream index[m]  I name index[m]  q first created ms[m]  I last - first (ms)[m]
+
+the spans in order of their stream, each stream's as they came.
+
 Small marks are the common case (a fleet: one datum per stream per batch), so the per-mark cost
 is kept low: the names table is built and parsed once per distinct table, the span rows are one
 struct call.
@@ -34,17 +46,19 @@ import json
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
 from operator import add
 from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 HALFHOUR_MS = 1_800_000
 VERSION = 1
 BUNDLE = 2
+COLUMNS = 3
+_COLUMNS_HEAD = struct.Struct("<BBqII")
 _BUNDLE_HEAD = struct.Struct("<BI")
 _HEAD = struct.Struct("<BBQqHI")
 _COUNT = struct.Struct("<I")
@@ -97,6 +111,14 @@ class SpanColumns:
         self.kind += kinds
         self.first += firsts
         self.last += lasts
+
+    def extend(self, other: SpanColumns) -> None:
+        self.node_id += other.node_id
+        self.source_id += other.source_id
+        self.property += other.property
+        self.kind += other.kind
+        self.first += other.first
+        self.last += other.last
 
     def joined(self) -> SpanColumns:
         """Spans of one stream, property, kind and half hour(s) joined into one (the union of
@@ -240,20 +262,107 @@ def _mark(
     return _pack(node_id, source_id, names, flat, inserted_ms)
 
 
-def encode_arrow(
+@dataclass(frozen=True)
+class MarkColumns:
+    """The stale marks of many streams of one raw batch as arrays (`mark_columns`): per stream its
+    node and source; per span its stream (ascending: each stream's spans together, streams in
+    first-seen order), its (property, kind) as an index into `names`, and the first and last
+    created of its changed readings. Written as bundles of version 3 (`bundles`), or a mark of
+    version 1 per stream (`marks`)."""
+
+    node: npt.NDArray[np.uint64]
+    source: list[str]
+    inserted_ms: int | None
+    names: list[tuple[str, str]]
+    stream: npt.NDArray[np.int64]
+    name: npt.NDArray[np.int64]
+    first: npt.NDArray[np.int64]
+    last: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def marks(self) -> list[tuple[int, str, bytes]]:
+        """(node, source, mark of version 1) per stream, in order."""
+        out: list[tuple[int, str, bytes]] = []
+        cuts = np.searchsorted(self.stream, np.arange(len(self.source) + 1)).tolist()
+        names, firsts, lasts, idx = self.names, self.first.tolist(), self.last.tolist(), self.name.tolist()
+        for k, (node, source) in enumerate(zip(self.node.tolist(), self.source, strict=True)):
+            spans = ((names[idx[j]], firsts[j], lasts[j]) for j in range(cuts[k], cuts[k + 1]))
+            out.append((node, source, _mark(node, source, spans, self.inserted_ms)))
+        return out
+
+    def bundles(self, streams: npt.NDArray[np.int64], max_bytes: int) -> list[bytes]:
+        """The given streams (ascending indices) as bundles of version 3, each under max_bytes
+        where a stream's spans allow (a stream is never split)."""
+        if not len(streams):
+            return []
+        cuts = np.searchsorted(self.stream, np.arange(len(self.source) + 1))
+        sizes = 12 + 20 * (cuts[streams + 1] - cuts[streams])
+        fixed = 64 + len(_names_table(tuple(self.names)))
+        out: list[bytes] = []
+        start, total = 0, fixed
+        for k, size in enumerate(sizes.tolist()):
+            size += 8 + len(self.source[int(streams[k])])
+            if k > start and total + size > max_bytes:
+                out.append(self._bundle(streams[start:k], cuts))
+                start, total = k, fixed
+            total += size
+        out.append(self._bundle(streams[start:], cuts))
+        return out
+
+    def _bundle(self, streams: npt.NDArray[np.int64], cuts: npt.NDArray[np.int64]) -> bytes:
+        spans = np.concatenate([np.arange(cuts[k], cuts[k + 1]) for k in streams.tolist()])
+        sources: dict[str, int] = {}
+        source_idx = np.fromiter(
+            (sources.setdefault(self.source[k], len(sources)) for k in streams.tolist()), np.uint32, len(streams)
+        )
+        # the spans' stream indices within this bundle
+        local = np.zeros(len(self.source), np.uint32)
+        local[streams] = np.arange(len(streams), dtype=np.uint32)
+        delta = self.last[spans] - self.first[spans]
+        if len(delta) and (delta.min() < 0 or delta.max() > 0xFFFFFFFF):
+            raise MarkError("a span of a stale mark cannot be encoded")
+        table = [_COUNT.pack(len(sources))]
+        for name in sources:
+            raw = name.encode()
+            if len(raw) > 0xFFFF:
+                raise MarkError(f"source {name!r} too long for a stale mark")
+            table += [_PROP.pack(len(raw)), raw]
+        source_table = b"".join(table)
+        names = _names_table(tuple(self.names))
+        head = _COLUMNS_HEAD.pack(
+            COLUMNS, 0 if self.inserted_ms is None else 1, self.inserted_ms or 0, len(streams), len(spans)
+        )
+        return b"".join(
+            (
+                head,
+                _COUNT.pack(len(source_table)),
+                source_table,
+                _COUNT.pack(len(names)),
+                names,
+                self.node[streams].astype("<u8").tobytes(),
+                source_idx.astype("<u4").tobytes(),
+                local[self.stream[spans]].astype("<u4").tobytes(),
+                self.name[spans].astype("<u4").tobytes(),
+                self.first[spans].astype("<i8").tobytes(),
+                delta.astype("<u4").tobytes(),
+            )
+        )
+
+
+def mark_columns(
     node_ids: pa.Array | pa.ChunkedArray,
     source_ids: pa.Array | pa.ChunkedArray,
     created: npt.NDArray[np.int64],
     properties: pa.Array | pa.ChunkedArray,
     kinds: pa.Array | pa.ChunkedArray,
     inserted_ms: int | None = None,
-) -> list[tuple[int, str, bytes]]:
-    """`encode_columns` of Arrow columns: the same marks, byte for byte (streams, and each
-    stream's spans, in first-seen order), with the cells found by Arrow's hash grouping in C
-    instead of two dict lookups per row in Python (the columnar datum path's rows, issue 13)."""
+) -> MarkColumns:
+    """The spans of the changed readings (Arrow columns) as `MarkColumns`: the cells found by
+    Arrow's hash grouping in C, the streams and their order by numpy, no Python per row or per
+    stream but the sources' names."""
     n = len(created)
-    if not n:
-        return []
     rows = pa.table(
         {
             "n": node_ids,
@@ -268,24 +377,57 @@ def encode_arrow(
     cells = rows.group_by(["n", "s", "h", "p", "k"], use_threads=False).aggregate(
         [("c", "min"), ("c", "max"), ("i", "min")]
     )
-    nodes, sources = cells.column("n").to_pylist(), cells.column("s").to_pylist()
-    props, kinds_ = cells.column("p").to_pylist(), cells.column("k").to_pylist()
-    firsts, lasts = cells.column("c_min").to_pylist(), cells.column("c_max").to_pylist()
+    nodes = cells.column("n").to_numpy().astype(np.uint64)
+    src = pc.dictionary_encode(cells.column("s").combine_chunks())
+    src_i = src.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    p_enc = pc.dictionary_encode(cells.column("p").combine_chunks().cast(pa.string()))
+    k_enc = pc.dictionary_encode(cells.column("k").combine_chunks().cast(pa.string()))
+    k_count = max(len(k_enc.dictionary), 1)
+    code = p_enc.indices.to_numpy(zero_copy_only=False).astype(np.int64) * k_count + k_enc.indices.to_numpy(
+        zero_copy_only=False
+    ).astype(np.int64)
+    distinct, name_i = np.unique(code, return_inverse=True)
+    name_i = name_i.reshape(-1)
+    p_names, k_names = p_enc.dictionary.to_pylist(), k_enc.dictionary.to_pylist()
+    names = [(str(p_names[c // k_count]), str(k_names[c % k_count])) for c in distinct.tolist()]
     seen = cells.column("i_min").to_numpy()
-    # a stream's place: its first row; a cell's: its first row within its stream
-    stream_of: dict[tuple[int, str], int] = {}
-    stream_ids = [stream_of.setdefault(key, len(stream_of)) for key in zip(nodes, sources, strict=True)]
-    sid = np.asarray(stream_ids, dtype=np.int64)
-    stream_first = np.full(len(stream_of), n, dtype=np.int64)
+    # streams: distinct (node, source), in first-seen order
+    pair = np.rec.fromarrays([nodes, src_i])
+    _, key, sid = np.unique(pair, return_index=True, return_inverse=True)
+    sid = sid.reshape(-1)
+    stream_first = np.full(len(key), n, dtype=np.int64)
     np.minimum.at(stream_first, sid, seen)
-    order = np.lexsort((seen, stream_first[sid])).tolist()
-    out: list[tuple[int, str, bytes]] = []
-    for _stream, run in groupby(order, key=stream_ids.__getitem__):
-        mine = list(run)
-        node, source = nodes[mine[0]], sources[mine[0]]
-        spans = (((props[g], kinds_[g]), firsts[g], lasts[g]) for g in mine)
-        out.append((node, source, _mark(node, source, spans, inserted_ms)))
-    return out
+    rank = np.empty(len(key), np.int64)
+    rank[np.argsort(stream_first, kind="stable")] = np.arange(len(key))
+    order = np.lexsort((seen, rank[sid]))
+    by_rank = np.argsort(rank, kind="stable")  # stream ids in first-seen order
+    src_names = src.dictionary.to_pylist()
+    return MarkColumns(
+        nodes[key[by_rank]],
+        [str(src_names[i]) for i in src_i[key[by_rank]].tolist()],
+        inserted_ms,
+        names,
+        rank[sid[order]],
+        name_i[order],
+        cells.column("c_min").to_numpy()[order].astype(np.int64),
+        cells.column("c_max").to_numpy()[order].astype(np.int64),
+    )
+
+
+def encode_arrow(
+    node_ids: pa.Array | pa.ChunkedArray,
+    source_ids: pa.Array | pa.ChunkedArray,
+    created: npt.NDArray[np.int64],
+    properties: pa.Array | pa.ChunkedArray,
+    kinds: pa.Array | pa.ChunkedArray,
+    inserted_ms: int | None = None,
+) -> list[tuple[int, str, bytes]]:
+    """`encode_columns` of Arrow columns: the same marks, byte for byte (streams, and each
+    stream's spans, in first-seen order), with the cells found by Arrow's hash grouping in C
+    instead of two dict lookups per row in Python (the columnar datum path's rows, issue 13)."""
+    if not len(created):
+        return []
+    return mark_columns(node_ids, source_ids, created, properties, kinds, inserted_ms).marks()
 
 
 def _spans_struct(n: int) -> struct.Struct:
@@ -435,6 +577,68 @@ def _parse_json(data: bytes) -> _Parsed:
     return node, source, stamp, spans.property, spans.kind, spans.first, spans.last
 
 
+def _columns_of(data: bytes) -> tuple[SpanColumns, list[tuple[int, str, int]]]:
+    """A bundle of version 3: its spans as columns, and its streams' raw batches."""
+    try:
+        _, flags, inserted, n, m = _COLUMNS_HEAD.unpack_from(data, 0)
+        at = _COLUMNS_HEAD.size
+        (size,) = _COUNT.unpack_from(data, at)
+        table = data[at + _COUNT.size : at + _COUNT.size + size]
+        if len(table) != size:
+            raise MarkError("stale mark bundle truncated")
+        at += _COUNT.size + size
+        (count,) = _COUNT.unpack_from(table, 0)
+        sources: list[str] = []
+        pos = _COUNT.size
+        for _ in range(count):
+            (length,) = _PROP.unpack_from(table, pos)
+            sources.append(_text(table, pos + 2, length))
+            pos += 2 + length
+        if pos != len(table):
+            raise MarkError("stale mark bundle's sources table has trailing bytes")
+        (size,) = _COUNT.unpack_from(data, at)
+        names = data[at + _COUNT.size : at + _COUNT.size + size]
+        if len(names) != size:
+            raise MarkError("stale mark bundle truncated")
+        props, kinds = _read_names(names)
+        at += _COUNT.size + size
+        if len(data) - at != 12 * n + 20 * m:
+            raise MarkError(
+                "stale mark bundle truncated"
+                if len(data) - at < 12 * n + 20 * m
+                else "stale mark bundle has trailing bytes"
+            )
+        node = np.frombuffer(data, "<u8", n, at)
+        src = np.frombuffer(data, "<u4", n, at + 8 * n)
+        at += 12 * n
+        stream = np.frombuffer(data, "<u4", m, at)
+        name = np.frombuffer(data, "<u4", m, at + 4 * m)
+        first = np.frombuffer(data, "<i8", m, at + 8 * m).astype(np.int64)
+        delta = np.frombuffer(data, "<u4", m, at + 16 * m).astype(np.int64)
+    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, MarkError):
+            raise
+        raise MarkError(f"stale mark bundle unreadable: {exc}") from exc
+    if (n and int(src.max()) >= len(sources)) or (m and (int(stream.max()) >= n or int(name.max()) >= len(props))):
+        raise MarkError("stale mark bundle names an unknown stream, source or property")
+    if m and bool((np.diff(stream.astype(np.int64)) < 0).any()):
+        raise MarkError("stale mark bundle's spans are not in the order of their streams")
+    nodes = node.tolist()
+    names_of = [sources[i] for i in src.tolist()]
+    at_stream = stream.tolist()
+    at_name = name.tolist()
+    out = SpanColumns(
+        [nodes[i] for i in at_stream],
+        [names_of[i] for i in at_stream],
+        [props[i] for i in at_name],
+        [kinds[i] for i in at_name],
+        first.tolist(),
+        (first + delta).tolist(),
+    )
+    batches = [(a, b, inserted) for a, b in zip(nodes, names_of, strict=True)] if flags & 1 else []
+    return out, batches
+
+
 def _parse(data: bytes) -> _Parsed:
     if not data:
         raise MarkError("empty stale mark")
@@ -456,6 +660,8 @@ def marks_in(data: bytes) -> int:
     a bundle too short to say, which reading it refuses)."""
     if data[:1] == bytes((BUNDLE,)) and len(data) >= _BUNDLE_HEAD.size:
         return int(_BUNDLE_HEAD.unpack_from(data, 0)[1])
+    if data[:1] == bytes((COLUMNS,)) and len(data) >= _COLUMNS_HEAD.size:
+        return int(_COLUMNS_HEAD.unpack_from(data, 0)[3])  # its streams: a mark each
     return 1
 
 
@@ -497,12 +703,26 @@ def decode_marks(values: Iterable[bytes]) -> tuple[SpanColumns, set[tuple[int, s
     batches: set[tuple[int, str, int]] = set()
     streams: set[tuple[int, str]] = set()
     repeated = False
-    for data in (mark for value in values for mark in unbundle(value)):
-        node, source, inserted, props, kinds, firsts, lasts = _parse(data)
-        spans.add(node, source, props, kinds, firsts, lasts)
-        if inserted is not None:
-            batches.add((node, source, inserted))
-        if not repeated:
-            repeated = (node, source) in streams
+    for value in values:
+        if value[:1] == bytes((COLUMNS,)):
+            cols, mine = _columns_of(value)
+            spans.extend(cols)
+            batches.update(mine)
+            # a bundle's streams are distinct: only another message can repeat one
+            named = (
+                {(node, source) for node, source, _ in mine}
+                if mine
+                else set(zip(cols.node_id, cols.source_id, strict=True))
+            )
+            repeated = repeated or not streams.isdisjoint(named)
+            streams |= named
+            continue
+        for data in unbundle(value):
+            node, source, inserted, props, kinds, firsts, lasts = _parse(data)
+            spans.add(node, source, props, kinds, firsts, lasts)
+            if inserted is not None:
+                batches.add((node, source, inserted))
+            if not repeated:
+                repeated = (node, source) in streams
             streams.add((node, source))
     return (spans.joined() if repeated else spans), batches

@@ -67,7 +67,7 @@ from pipeline.worker.batch import (
     Part,
     Stamps,
     bundle_marks,
-    column_marks,
+    column_bundles,
     event_letter,
     header,
     internal_letter,
@@ -75,6 +75,7 @@ from pipeline.worker.batch import (
     read_marks,
     split_part,
     stale_marks,
+    stored_marks,
 )
 from pipeline.worker.commit import Committer, RetryPolicy, Unavailable, stage_named
 from pipeline.worker.metrics import Metrics, build_metrics, observe_many
@@ -87,7 +88,7 @@ from processors.point_cache import PointCache
 from processors.qrating import RateState
 from processors.rollup_running import RunningRollups
 from processors.rows import Overlay, RawColumns, Scoring
-from processors.stale_marks import Change, marks_in
+from processors.stale_marks import Change, MarkColumns, marks_in
 from sinks.auxiliary import AuxiliarySink, stored_properties
 from sinks.base import Sink
 from sinks.clickhouse import LATEST_TABLE, DeadLetterSink, RawSink, connect, rate_baselines_many
@@ -377,14 +378,16 @@ class DatumWorker:
         """fn(*args) in a thread, retried while it fails transiently; a data error is raised."""
         return await self.committer.retry(what, asyncio.to_thread, fn, *args)
 
-    async def mark_stale(self, marks: Sequence[tuple[bytes, bytes]]) -> None:
-        """Produce the marks, a bundle per partition of the stale topic (`bundle_marks`), and
-        wait for the broker to take every one."""
+    async def mark_stale(self, marks: Sequence[tuple[bytes, bytes]] | MarkColumns) -> None:
+        """Produce the marks, a bundle per partition of the stale topic (`bundle_marks`; marks as
+        arrays: `column_bundles`), and wait for the broker to take every one."""
         # each stream's marks on the partition the producer gives its key (None: no metadata yet)
         partition_of = faust_fixes.stale_partitioner(self.app, self.topics.rollup_stale, self._key_hashes)
+        messages = (
+            column_bundles(marks, partition_of) if isinstance(marks, MarkColumns) else bundle_marks(marks, partition_of)
+        )
         futures = [
-            await self.stale_topic.send(key=key, value=value, partition=partition)
-            for partition, key, value in bundle_marks(marks, partition_of)
+            await self.stale_topic.send(key=key, value=value, partition=partition) for partition, key, value in messages
         ]
         await asyncio.gather(*futures)
 
@@ -572,7 +575,7 @@ class DatumWorker:
             await self.store(outcome.rows, stamp=stamp, origins=origins)
             # 2b. mark the rollup buckets of what was just stored stale (before the ack)
             with stage_named("stale_marks"):
-                await self.committer.retry("stale_marks", self.mark_stale, column_marks(outcome.rows, stamp))
+                await self.committer.retry("stale_marks", self.mark_stale, stored_marks(outcome.rows, stamp))
         # this part is in: keep what it learned (but of streams whose partition was revoked meanwhile), count it
         lost = self.stream_partitions.learn(outcome.partitions, taken_at)
         learned = rates.new

@@ -30,7 +30,16 @@ from processors.catalog_versions import VersionedCatalog
 from processors.columns import RAW_SCHEMA, DatumColumns, accept_columns, concat_raw, first_accumulating, raw_table
 from processors.datum import Datum, Rejection
 from processors.rows import RawColumns, Scoring, accept_batch
-from processors.stale_marks import Change, SpanColumns, bundle, decode_marks, encode_arrow, encode_columns
+from processors.stale_marks import (
+    Change,
+    MarkColumns,
+    SpanColumns,
+    bundle,
+    decode_marks,
+    encode_arrow,
+    encode_columns,
+    mark_columns,
+)
 
 StreamKey = tuple[int, str]  # (node, source)
 PartitionKey = tuple[str, int]  # (topic, partition)
@@ -257,6 +266,23 @@ def column_marks(rows: pa.Table | RawColumns, inserted_ms: int | None = None) ->
     return [(stream_key(node, source), value) for node, source, value in encoded]
 
 
+def stored_marks(rows: pa.Table | RawColumns, inserted_ms: int) -> MarkColumns | list[tuple[bytes, bytes]]:
+    """The stale marks of a stored batch: the columnar path's as `MarkColumns` (written as
+    bundles of arrays, `column_bundles`), the reference path's a mark per stream."""
+    if isinstance(rows, pa.Table):
+        if not len(rows):
+            return []
+        return mark_columns(
+            rows.column("node_id"),
+            rows.column("source_id"),
+            rows.column("created").to_numpy(),
+            rows.column("property"),
+            rows.column("kind"),
+            inserted_ms,
+        )
+    return column_marks(rows, inserted_ms)
+
+
 # A bundle of stale marks stays well under the broker's largest message (max_message_bytes).
 BUNDLE_MAX_BYTES = 1 << 20
 
@@ -289,6 +315,24 @@ def bundle_marks(
         group.append(mark)
         size[p] += len(mark)
     out += [(p, None, bundle(group)) for p, group in held.items()]
+    return out
+
+
+def column_bundles(
+    marks: MarkColumns, partition_of: Callable[[bytes], int | None], max_bytes: int = BUNDLE_MAX_BYTES
+) -> list[tuple[int | None, bytes | None, bytes]]:
+    """`bundle_marks` of marks as arrays: the streams bound for one partition of the stale topic as
+    one bundle of arrays (version 3), or a few where they exceed `max_bytes`; a stream whose
+    partition is not known goes alone as a mark of version 1, keyed by its stream."""
+    keys = [stream_key(node, source) for node, source in zip(marks.node.tolist(), marks.source, strict=True)]
+    partitions = [partition_of(key) for key in keys]
+    out: list[tuple[int | None, bytes | None, bytes]] = []
+    if None in partitions:
+        single = marks.marks()
+        out += [(None, keys[k], single[k][2]) for k, p in enumerate(partitions) if p is None]
+    known = np.asarray([-1 if p is None else p for p in partitions], np.int64)
+    for p in np.unique(known[known >= 0]).tolist():
+        out += [(p, None, value) for value in marks.bundles(np.flatnonzero(known == p), max_bytes)]
     return out
 
 
