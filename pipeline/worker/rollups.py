@@ -397,6 +397,8 @@ class RollupMaintainer:
         counted = ~c.null | np.asarray([k == "s" for k in c.kinds], np.bool_)[c.ki]
         refused: set[int] = set()
         now = time.monotonic()
+        if len(self._dense) > 10_000:
+            self._dense = {k: until for k, until in self._dense.items() if until > now}
         for g in np.flatnonzero((ends - c.starts) > MAX_POINTS).tolist():
             q = int(gq[g])
             refused.add(q)
