@@ -408,9 +408,13 @@ def mark_columns(
     names = [(str(p_names[c // k_count]), str(k_names[c % k_count])) for c in distinct.tolist()]
     seen = cells.column("i_min").to_numpy()
     # streams: distinct (node, source), in first-seen order
-    pair = np.rec.fromarrays([nodes, src_i])
-    _, key, sid = np.unique(pair, return_index=True, return_inverse=True)
-    sid = sid.reshape(-1)
+    # (node, source) groups by a sort of two integer columns (a unique of records compares slowly)
+    by_pair = np.lexsort((src_i, nodes))
+    new = np.ones(len(by_pair), np.bool_)
+    new[1:] = (nodes[by_pair][1:] != nodes[by_pair][:-1]) | (src_i[by_pair][1:] != src_i[by_pair][:-1])
+    sid = np.empty(len(by_pair), np.int64)
+    sid[by_pair] = np.cumsum(new) - 1
+    key = by_pair[new]  # a cell of each stream
     stream_first = np.full(len(key), n, dtype=np.int64)
     np.minimum.at(stream_first, sid, seen)
     rank = np.empty(len(key), np.int64)

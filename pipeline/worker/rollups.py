@@ -312,7 +312,7 @@ class RollupMaintainer:
         if points is not None:
             # series steps appended: the series with new points of the streams kept
             kept = np.asarray([stream in out.kept for stream in order], np.bool_)
-            out.appended = len(np.unique(points.slot[kept[points.stream]]))
+            out.appended = _series_in(points.slot[kept[points.stream]])
         fell_back = len(taken) - len(out.kept)
         now = time.monotonic()
         cold = [
@@ -512,7 +512,7 @@ class RollupMaintainer:
         out.kept = {stream: slots for stream, slots in out.taken.items() if stream not in fell}
         if points is not None:
             kept = np.asarray([stream in out.kept for stream in order], np.bool_)
-            out.appended = len(np.unique(points.slot[kept[points.stream] & (points.slot >= 0)]))
+            out.appended = _series_in(points.slot[kept[points.stream] & (points.slot >= 0)])
         return out
 
     # -- the point cache (processors/point_cache.py) ----------------------------------------------
@@ -816,6 +816,11 @@ class RollupMaintainer:
             if any(plan.tombstoned(key, fresh) or plan.may_keep(key[1]) for key in mine):
                 out.append(plan)
         return out
+
+
+def _series_in(slots: npt.NDArray[np.int64]) -> int:
+    """How many series a step's points (sorted by stream, slot, created) are of."""
+    return int(len(slots) and 1 + np.count_nonzero(slots[1:] != slots[:-1]))
 
 
 # A fleet's streams share their half hours: the same X and zone, thousands of times a step.
