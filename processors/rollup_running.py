@@ -754,8 +754,14 @@ class RunningRollups:
         for m in np.flatnonzero(is_s).tolist():
             d = f.status[m]
             counts[m] = sorted(d.items()) if d else []
-        sets: dict[frozenset[str], int] = {}
-        tags = np.fromiter((sets.setdefault(g, len(sets)) for g in f.tags), np.int64, n_rows)
+        # a fleet's rows mostly share one tag set: the distinct ones and each row's index without a
+        # Python frame per row
+        sets = list(dict.fromkeys(f.tags))
+        if len(sets) == 1:
+            tags = np.zeros(n_rows, np.int64)
+        else:
+            index = {g: i for i, g in enumerate(sets)}
+            tags = np.fromiter(map(index.__getitem__, f.tags), np.int64, n_rows)
         out.chunks.append(
             RowChunk(
                 PERIODICITIES[lv],
