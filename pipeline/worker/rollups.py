@@ -42,6 +42,7 @@ from processors.rollup import (
     PERIODICITIES,
     Periodicity,
     ResetMarker,
+    RollupKind,
     RollupRow,
     Tolerances,
     bucket_bounds,
@@ -51,13 +52,14 @@ from processors.rollup import (
     zone,
 )
 from processors.rollup_columns import Series, recompute_series
-from processors.rollup_incremental import prefix_ranges
+from processors.rollup_incremental import PrefixRange, prefix_ranges
 from processors.rollup_running import (
     KIND_CODES,
     MAX_POINTS,
     NO_READING,
     FreshSeeds,
     Points,
+    PrefixFigures,
     RollupColumns,
     RunningRollups,
     level_figs,
@@ -66,7 +68,7 @@ from processors.rollup_running import (
 from processors.rows import DAY_MS, RawColumns
 from processors.stale_marks import SpanColumns, compact
 from sinks.auxiliary import read_resets, streams_with_resets
-from sinks.clickhouse import raw_retention_days
+from sinks.clickhouse import NamedRange, raw_retention_days
 from sinks.rollups import (
     COMBINE_BUCKETS,
     NEAR_MS,
@@ -372,7 +374,7 @@ class RollupMaintainer:
         property of two kinds, or more than MAX_POINTS points a series (a dense stream: not tried
         again for DENSE_FOR_S)."""
         out = _Appended(SpanColumns())
-        plan: list[tuple[Stream, str, int, int, int]] = []  # stream, zone, first change, last, X
+        plan: list[_Cold] = []
         for stream in streams:
             mine = spans_of[stream]
             first, last = min(spans.first[i] for i in mine), max(spans.last[i] for i in mine)
@@ -380,134 +382,50 @@ class RollupMaintainer:
             x_lo = bucket_bounds(first, "halfhour", z)[0]
             h = horizon.get(stream)
             if z == self.timezone_at(stream[0], last) == self.timezone_at(stream[0], x_lo) and (h is None or x_lo > h):
-                plan.append((stream, z, first, last, x_lo))
+                plan.append(_Cold(stream, z, first, last, x_lo))
         if not plan:
             return out
-        table = read_points(
-            self.client, [(q, n, s, x, last + 1) for q, ((n, s), _z, _f, last, x) in enumerate(plan)], pulse
-        )
+        table = read_points(self.client, [(q, *c.stream, c.x_lo, c.last + 1) for q, c in enumerate(plan)], pulse)
         if not table.num_rows:
             return out
-        c = PointColumns.of(table)
-        n = len(c.t)
-        ends = np.append(c.starts[1:], n)
-        gq = c.q[c.starts].astype(np.int64)
-        gprop = [c.props[i] for i in c.pi[c.starts].tolist()]
-        gkind = [c.kinds[i] for i in c.ki[c.starts].tolist()]
-        counted = ~c.null | np.asarray([k == "s" for k in c.kinds], np.bool_)[c.ki]
-        refused: set[int] = set()
+        read = _ColdSeries(PointColumns.of(table))
+        refused = read.dense() | read.two_kinds() | read.changes_missing(plan, spans_of, spans)
         now = time.monotonic()
         if len(self._dense) > 10_000:
             self._dense = {k: until for k, until in self._dense.items() if until > now}
-        for g in np.flatnonzero((ends - c.starts) > MAX_POINTS).tolist():
-            q = int(gq[g])
-            refused.add(q)
-            self._dense[plan[q][0]] = now + DENSE_FOR_S
-        # a property of two kinds: its series share a slot name
-        seen: set[tuple[int, str]] = set()
-        for q, prop in zip(gq.tolist(), gprop, strict=True):
-            if (q, prop) in seen:
-                refused.add(q)
-            seen.add((q, prop))
-        # every span's last changed reading is there and counted: its half hour gets a row
-        group_of = {(q, prop): g for g, (q, prop) in enumerate(zip(gq.tolist(), gprop, strict=True))}
-        where = {stream: q for q, (stream, *_rest) in enumerate(plan)}
-        base = int(c.t.min())
-        keys = (np.repeat(np.arange(len(gq), dtype=np.int64), ends - c.starts) << 40) | (c.t - base)
-        asked_q, asked = [], []
-        for stream, q in where.items():
-            for i in spans_of[stream]:
-                gi = group_of.get((q, spans.property[i]))
-                if gi is None or spans.last[i] < base:
-                    refused.add(q)
-                else:
-                    asked_q.append(q)
-                    asked.append((gi << 40) | (spans.last[i] - base))
-        if asked:
-            have = keys[counted]  # ascending: the points are sorted by q, p, k, t
-            want = np.asarray(asked, np.int64)
-            at = np.minimum(np.searchsorted(have, want), len(have) - 1)
-            missing = have[at] != want if len(have) else np.ones(len(want), np.bool_)
-            refused.update(np.asarray(asked_q, np.int64)[missing].tolist())
+        self._dense.update((plan[q].stream, now + DENSE_FOR_S) for q in read.dense())
         # a counted point after the step's last (as far as its year bucket reaches)
-        after = []
-        for q, ((node, source), z, _first, last, _x) in enumerate(plan):
-            if q not in refused:
-                after.append((q, node, source, last + 1, bucket_bounds(last, "year", z)[1]))
+        after = [
+            (q, *c.stream, c.last + 1, bucket_bounds(c.last, "year", c.zone)[1])
+            for q, c in enumerate(plan)
+            if q not in refused
+        ]
         refused |= read_processed_after(self.client, after, cluster=self.cluster) if after else set()
         # accumulating series: the last reading before X, and whether a new pair reaches back
-        acc = [g for g, k in enumerate(gkind) if k == "a" and int(gq[g]) not in refused]
-        before: dict[int, tuple[int, float]] = {}
-        if acc:
-            named = []
-            for g in acc:
-                (node, source), _z, _first, _last, x_lo = plan[int(gq[g])]
-                named.append((g, node, source, gprop[g], x_lo - self.tol.lookback_ms, x_lo))
-            before = read_readings_before(self.client, named)
-            for g in acc:
-                q = int(gq[g])
-                a, b = int(c.starts[g]), int(ends[g])
-                firsts = np.flatnonzero(counted[a:b])
-                if not len(firsts):
-                    continue
-                p1 = int(c.t[a + int(firsts[0])])
-                prev = before.get(g)
-                if p1 >= plan[q][2] and pair_reaches_back(None if prev is None else prev[0], p1, plan[q][4], self.tol):
-                    refused.add(q)
-        groups = [g for g in range(len(gq)) if int(gq[g]) not in refused]
+        acc = [g for g, k in enumerate(read.kind) if k == "a" and read.q[g] not in refused]
+        before = read_readings_before(self.client, read.before_x(acc, plan, self.tol.lookback_ms)) if acc else {}
+        refused |= read.reaching_back(acc, before, plan, self.tol)
+        groups = [g for g in range(len(read.q)) if read.q[g] not in refused]
         if not groups:
             return out
         # each coarser level's children before X's, merged in the store
-        levels = {q: _prefix_ranges(plan[q][4], plan[q][1]) for q in sorted({int(gq[g]) for g in groups})}
-        bounds_of = {
-            q: [bucket_bounds(lo, per, plan[q][1]) for per, _src, lo, _child in ls] for q, ls in levels.items()
-        }
+        levels = {q: _prefix_ranges(plan[q].x_lo, plan[q].zone) for q in sorted({read.q[g] for g in groups})}
         prefixes = read_prefixes(
             self.client,
             [
-                (q * 8 + k, plan[q][0][0], plan[q][0][1], src, lo, child)
+                (q * 8 + k, *plan[q].stream, src, lo, child)
                 for q, ls in levels.items()
-                for k, (_p, src, lo, child) in enumerate(ls)
+                for k, (_per, src, lo, child) in enumerate(ls)
             ],
         )
-        kinds = np.asarray([KIND_CODES.get(gkind[g], 0) for g in groups], np.int8)
-        figs = []
-        for k in range(len(PERIODICITIES) - 1):
-            bounds = [bounds_of[int(gq[g])][k] for g in groups]
-            found = {}
-            for m, g in enumerate(groups):
-                got = prefixes.get((int(gq[g]) * 8 + k, gprop[g], gkind[g]))
-                if got is not None:
-                    found[m] = got
-            figs.append(
-                level_figs(
-                    np.asarray([b[0] for b in bounds], np.int64),
-                    np.asarray([b[1] for b in bounds], np.int64),
-                    kinds,
-                    found,
-                )
-            )
-        prev_of = [before.get(g) if gkind[g] == "a" else None for g in groups]
-        seeds = FreshSeeds(
-            np.asarray([plan[int(gq[g])][0][0] for g in groups], np.int64),
-            [plan[int(gq[g])][0][1] for g in groups],
-            [gprop[g] for g in groups],
-            [gkind[g] for g in groups],
-            [zone(plan[int(gq[g])][1]) for g in groups],
-            np.asarray([plan[int(gq[g])][4] for g in groups], np.int64),
-            np.asarray([NO_READING if pv is None else pv[0] for pv in prev_of], np.int64),
-            np.asarray([np.nan if pv is None else pv[1] for pv in prev_of], np.float64),
-            figs,
-        )
         slots_of: list[dict[str, int]] = [{} for _ in plan]
+        seeds = read.seeds(groups, plan, levels, prefixes, before)
         for g, k1 in zip(groups, running.store_fresh(seeds), strict=True):
-            slots_of[int(gq[g])][gprop[g]] = k1
-        for q, slots in enumerate(slots_of):
-            if slots:
-                out.taken[plan[q][0]] = slots
+            slots_of[read.q[g]][read.prop[g]] = k1
+        out.taken = {plan[q].stream: slots for q, slots in enumerate(slots_of) if slots}
         out.series = len(groups)
-        points = _new_points(c, slots_of, running.last_t)
-        order = [stream for stream, *_rest in plan]
+        points = _new_points(read.c, slots_of, running.last_t)
+        order = [c.stream for c in plan]
         out.columns, fell = running.append_points(order, points, self.tol) if points else (None, set())
         out.kept = {stream: slots for stream, slots in out.taken.items() if stream not in fell}
         if points is not None:
@@ -816,6 +734,134 @@ class RollupMaintainer:
             if any(plan.tombstoned(key, fresh) or plan.may_keep(key[1]) for key in mine):
                 out.append(plan)
         return out
+
+
+@dataclass(frozen=True)
+class _Cold:
+    """A stream `_cold` tries to seed: its zone, its step's first change and last reading, and X
+    (the start of the half hour of its first change)."""
+
+    stream: Stream
+    zone: str
+    first: int
+    last: int
+    x_lo: int
+
+
+class _ColdSeries:
+    """The points `_cold` read (q: the stream's place in its plan), by series: what refuses a
+    stream, and the seeds of the rest. No I/O."""
+
+    def __init__(self, c: PointColumns) -> None:
+        self.c = c
+        self.ends = np.append(c.starts[1:], len(c.t))
+        self.q: list[int] = c.q[c.starts].astype(np.int64).tolist()
+        self.prop = [c.props[i] for i in c.pi[c.starts].tolist()]
+        self.kind = [c.kinds[i] for i in c.ki[c.starts].tolist()]
+        # what a recompute counts: a value, or a status (its text, even '')
+        self.counted = ~c.null | np.asarray([k == "s" for k in c.kinds], np.bool_)[c.ki]
+
+    def dense(self) -> set[int]:
+        """Streams with more points a series than running rollups take a step."""
+        return {self.q[g] for g in np.flatnonzero((self.ends - self.c.starts) > MAX_POINTS).tolist()}
+
+    def two_kinds(self) -> set[int]:
+        """Streams with a property of two kinds (its series would share a slot name)."""
+        seen: set[tuple[int, str]] = set()
+        out: set[int] = set()
+        for q, prop in zip(self.q, self.prop, strict=True):
+            if (q, prop) in seen:
+                out.add(q)
+            seen.add((q, prop))
+        return out
+
+    def changes_missing(
+        self, plan: Sequence[_Cold], spans_of: Mapping[Stream, list[int]], spans: SpanColumns
+    ) -> set[int]:
+        """Streams with a span whose last changed reading is not there or not counted (its half
+        hour may need a tombstone, which appends never write)."""
+        c, out = self.c, set()
+        group_of = {(q, prop): g for g, (q, prop) in enumerate(zip(self.q, self.prop, strict=True))}
+        base = int(c.t.min())
+        # (series, created) as one sortable key: the points are sorted by q, p, k, t
+        keys = (np.repeat(np.arange(len(self.q), dtype=np.int64), self.ends - c.starts) << 40) | (c.t - base)
+        asked_q, asked = [], []
+        for q, cold in enumerate(plan):
+            for i in spans_of[cold.stream]:
+                g = group_of.get((q, spans.property[i]))
+                if g is None or spans.last[i] < base:
+                    out.add(q)
+                else:
+                    asked_q.append(q)
+                    asked.append((g << 40) | (spans.last[i] - base))
+        have = keys[self.counted]
+        if asked and len(have):
+            want = np.asarray(asked, np.int64)
+            missing = have[np.minimum(np.searchsorted(have, want), len(have) - 1)] != want
+            out.update(np.asarray(asked_q, np.int64)[missing].tolist())
+        elif asked:
+            out.update(asked_q)
+        return out
+
+    def before_x(self, acc: Sequence[int], plan: Sequence[_Cold], lookback_ms: int) -> list[NamedRange]:
+        """Where each accumulating series' last reading before X is looked for: the look-back."""
+        out: list[NamedRange] = []
+        for g in acc:
+            cold = plan[self.q[g]]
+            out.append((g, cold.stream[0], cold.stream[1], self.prop[g], cold.x_lo - lookback_ms, cold.x_lo))
+        return out
+
+    def reaching_back(
+        self, acc: Sequence[int], before: Mapping[int, tuple[int, float]], plan: Sequence[_Cold], tol: Tolerances
+    ) -> set[int]:
+        """Streams with an accumulating series (of `acc`) whose first reading from X on is new
+        (at or after the stream's first change) and whose pair from the reading before X gives a
+        bucket before X something (`pair_reaches_back`): the stored rows do not have it yet."""
+        out: set[int] = set()
+        for g in acc:
+            a, b = int(self.c.starts[g]), int(self.ends[g])
+            firsts = np.flatnonzero(self.counted[a:b])
+            if not len(firsts):
+                continue
+            cold, p1, prev = plan[self.q[g]], int(self.c.t[a + int(firsts[0])]), before.get(g)
+            if p1 >= cold.first and pair_reaches_back(None if prev is None else prev[0], p1, cold.x_lo, tol):
+                out.add(self.q[g])
+        return out
+
+    def seeds(
+        self,
+        groups: Sequence[int],
+        plan: Sequence[_Cold],
+        levels: Mapping[int, Sequence[PrefixRange]],
+        prefixes: Mapping[tuple[int, str, RollupKind], PrefixFigures],
+        before: Mapping[int, tuple[int, float]],
+    ) -> FreshSeeds:
+        """The series `groups` seeded fresh at their stream's X: each coarser level's bucket
+        holding X with the merged children `prefixes` found (keyed q * 8 + level), the last
+        accumulating reading before X."""
+        kinds = np.asarray([KIND_CODES.get(self.kind[g], 0) for g in groups], np.int8)
+        bounds_of = {q: [bucket_bounds(lo, per, plan[q].zone) for per, _s, lo, _c in ls] for q, ls in levels.items()}
+        figs = []
+        for k in range(len(PERIODICITIES) - 1):
+            bounds = np.asarray([bounds_of[self.q[g]][k] for g in groups], np.int64).reshape(-1, 2)
+            found = {}
+            for m, g in enumerate(groups):
+                got = prefixes.get((self.q[g] * 8 + k, self.prop[g], self.kind[g]))
+                if got is not None:
+                    found[m] = got
+            figs.append(level_figs(bounds[:, 0], bounds[:, 1], kinds, found))
+        prev = [before.get(g) if self.kind[g] == "a" else None for g in groups]
+        return FreshSeeds(
+            np.asarray([plan[self.q[g]].stream[0] for g in groups], np.int64),
+            [plan[self.q[g]].stream[1] for g in groups],
+            [self.prop[g] for g in groups],
+            [self.kind[g] for g in groups],
+            [zone(plan[self.q[g]].zone) for g in groups],
+            np.asarray([plan[self.q[g]].x_lo for g in groups], np.int64),
+            np.asarray([NO_READING if pv is None else pv[0] for pv in prev], np.int64),
+            np.asarray([np.nan if pv is None else pv[1] for pv in prev], np.float64),
+            figs,
+        )
 
 
 def _series_in(slots: npt.NDArray[np.int64]) -> int:
