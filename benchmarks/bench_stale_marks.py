@@ -6,6 +6,11 @@ rows), 20 streams a datum per second each (dense), and 20,000 streams one datum 
          into per-row columns (pipeline/worker/app.py before issue 13)
     new  one binary mark per stream, one (property, kind, first, last) span per half hour
          (processors/stale_marks.py), read back into spans per stream
+    bundled  the same marks bundled per partition of the stale topic (4 partitions), as the
+         worker sent them until 2026-12-03; read twice, as two batches' marks of the same
+         streams are (joined)
+    arrays   the columnar path's marks (`stored_marks` of the Arrow rows): per partition one bundle
+         of arrays (version 3, `column_bundles`), read twice likewise
 
     .venv/bin/python benchmarks/bench_stale_marks.py [--repeat 7]
 
@@ -25,9 +30,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.wire.topics import stream_key  # noqa: E402
-from pipeline.worker.batch import column_marks, read_marks  # noqa: E402
+from pipeline.worker.batch import (  # noqa: E402
+    bundle_marks,
+    column_bundles,
+    column_marks,
+    read_marks,
+    stored_marks,
+)
+from processors.columns import raw_table  # noqa: E402
 from processors.datum import Datum  # noqa: E402
 from processors.rows import RawColumns  # noqa: E402
+from processors.stale_marks import MarkColumns  # noqa: E402
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00Z
 DATUMS = 20_000
@@ -79,6 +92,27 @@ def new_round(rows: RawColumns, stamp: int) -> int:
     return sum(len(v) for _, v in marks)
 
 
+def partition_of(key: bytes) -> int:
+    return hash(key) % 4
+
+
+def bundled_round(rows: RawColumns, stamp: int) -> int:
+    messages = bundle_marks([(key, value) for key, value in column_marks(rows, stamp)], partition_of)
+    read_marks([v for *_, v in messages] * 2)
+    return sum(len(v) for *_, v in messages)
+
+
+def arrays_round(rows: RawColumns, stamp: int) -> int:
+    marks = stored_marks(TABLES[id(rows)], stamp)
+    assert isinstance(marks, MarkColumns)
+    messages = column_bundles(marks, partition_of)
+    read_marks([v for *_, v in messages] * 2)
+    return sum(len(v) for *_, v in messages)
+
+
+TABLES: dict[int, Any] = {}  # each batch's rows as the columnar path's Arrow table, made once
+
+
 # -- the batches ---------------------------------------------------------------------------------
 
 
@@ -114,12 +148,20 @@ def main() -> None:
     args = ap.parse_args()
     for name, streams, spacing in (("dense", 20, 1000), ("fleet", 20_000, 60_000)):
         rows = batch(streams, spacing)
+        TABLES[id(rows)] = raw_table(rows)
         old_ms, old_bytes = best(old_round, rows, args.repeat)
         new_ms, new_bytes = best(new_round, rows, args.repeat)
         print(
             f"{name:5} {DATUMS} datums x 4 samples ({len(rows)} rows), {streams} streams: "
             f"old JSON {old_ms:7.1f} ms {old_bytes:>9,} B | new binary {new_ms:6.1f} ms {new_bytes:>9,} B | "
             f"new/old time {new_ms / old_ms:.3f}, bytes {new_bytes / old_bytes:.3f}"
+        )
+        b_ms, b_bytes = best(bundled_round, rows, args.repeat)
+        a_ms, a_bytes = best(arrays_round, rows, args.repeat)
+        print(
+            f"{name:5} encoded, bundled per partition, read twice: marks bundled {b_ms:6.1f} ms {b_bytes:>9,} B | "
+            f"bundles of arrays {a_ms:6.1f} ms {a_bytes:>9,} B | arrays/bundled time {a_ms / b_ms:.3f}, "
+            f"bytes {a_bytes / b_bytes:.3f}"
         )
 
 
