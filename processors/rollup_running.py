@@ -593,7 +593,10 @@ class RunningRollups:
 
     def _level(self, lv: int, slots: I64) -> Figs:
         """The stored figures of level lv (0: the open half hour; else the open bucket's prefix)."""
-        status = [self.status[lv, k] for k in slots.tolist()]
+        status = self.status[lv, slots].tolist()
+        for m in np.flatnonzero(self.kind[slots] == 3).tolist():  # only status rows have counts
+            if status[m] is not None:
+                status[m] = dict(status[m])
         return Figs(
             self.lo[lv, slots],
             self.hi[lv, slots],
@@ -604,8 +607,8 @@ class RunningRollups:
             self.rdiff[lv, slots],
             self.rstart[lv, slots],
             self.rend[lv, slots],
-            [None if d is None else dict(d) for d in status],
-            list(self.tags[lv, slots]),
+            status,
+            self.tags[lv, slots].tolist(),
         )
 
     def _keep(self, lv: int, slots: I64, f: Figs) -> None:
@@ -827,15 +830,14 @@ def _merged(p: Figs, c: Figs, kind: npt.NDArray[np.int8]) -> Figs:
     rd = p.rd + np.where(c.rd == 0.0, 0.0, c.rd)
     rs = np.where(np.isnan(p.rs), c.rs, p.rs)
     re = np.where(np.isnan(c.re), p.re, c.re)
-    status: list[dict[str, int] | None] = []
-    for mine, child in zip(p.status, c.status, strict=True):
-        if child is None:
-            status.append(mine)
-            continue
-        merged = dict(mine or {})
-        for x, m in child.items():
-            merged[x] = merged.get(x, 0) + m
-        status.append(merged)
+    status = list(p.status)
+    for k in np.flatnonzero(kind == 3).tolist():  # only status rows have counts
+        child = c.status[k]
+        if child is not None:
+            merged = dict(status[k] or {})
+            for x, m in child.items():
+                merged[x] = merged.get(x, 0) + m
+            status[k] = merged
     tags = [a if b <= a else a | b for a, b in zip(p.tags, c.tags, strict=True)]
     return Figs(p.lo, p.hi, p.n + c.n, tot, low, high, rd, rs, re, status, tags)
 

@@ -144,11 +144,13 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
             registry=registry,
         ),
         rollup_running_seeded=Counter(
-            "pipeline_rollup_running_seeded", "Series seeded as running rollups after a recompute", registry=registry
+            "pipeline_rollup_running_seeded",
+            "Series seeded as running rollups on their stream's first step",
+            registry=registry,
         ),
         rollup_running_fallbacks=Counter(
             "pipeline_rollup_running_fallbacks",
-            "Streams held as running rollups whose step went to the store's recompute (not an append)",
+            "Stream steps running rollups did not take (held, or tried on a first step), sent to the store's recompute",
             registry=registry,
         ),
         rollup_running_one_at_a_time=Counter(
