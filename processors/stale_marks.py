@@ -299,7 +299,8 @@ class MarkColumns:
         )
 
     def marks(self) -> list[tuple[int, str, bytes]]:
-        """(node, source, mark of version 1) per stream, in order."""
+        """(node, source, mark of version 1) per stream, in order: `encode_columns`' marks of the
+        same rows, byte for byte (streams, and each stream's spans, in first-seen order)."""
         out: list[tuple[int, str, bytes]] = []
         cuts = np.searchsorted(self.stream, np.arange(len(self.source) + 1)).tolist()
         names, firsts, lasts, idx = self.names, self.first.tolist(), self.last.tolist(), self.name.tolist()
@@ -432,22 +433,6 @@ def mark_columns(
         cells.column("c_min").to_numpy()[order].astype(np.int64),
         cells.column("c_max").to_numpy()[order].astype(np.int64),
     )
-
-
-def encode_arrow(
-    node_ids: pa.Array | pa.ChunkedArray,
-    source_ids: pa.Array | pa.ChunkedArray,
-    created: npt.NDArray[np.int64],
-    properties: pa.Array | pa.ChunkedArray,
-    kinds: pa.Array | pa.ChunkedArray,
-    inserted_ms: int | None = None,
-) -> list[tuple[int, str, bytes]]:
-    """`encode_columns` of Arrow columns: the same marks, byte for byte (streams, and each
-    stream's spans, in first-seen order), with the cells found by Arrow's hash grouping in C
-    instead of two dict lookups per row in Python (the columnar datum path's rows, issue 13)."""
-    if not len(created):
-        return []
-    return mark_columns(node_ids, source_ids, created, properties, kinds, inserted_ms).marks()
 
 
 def _spans_struct(n: int) -> struct.Struct:

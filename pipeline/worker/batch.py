@@ -36,7 +36,6 @@ from processors.stale_marks import (
     SpanColumns,
     bundle,
     decode_marks,
-    encode_arrow,
     encode_columns,
     mark_columns,
 )
@@ -250,17 +249,22 @@ def stale_marks(changes: Iterable[Change], inserted_ms: int | None = None) -> li
     ]
 
 
+def table_marks(rows: pa.Table, inserted_ms: int | None = None) -> MarkColumns:
+    """The stale marks of raw rows as an Arrow table (`mark_columns`: Arrow's grouping)."""
+    return mark_columns(
+        rows.column("node_id"),
+        rows.column("source_id"),
+        rows.column("created").to_numpy(),
+        rows.column("property"),
+        rows.column("kind"),
+        inserted_ms,
+    )
+
+
 def column_marks(rows: pa.Table | RawColumns, inserted_ms: int | None = None) -> list[tuple[bytes, bytes]]:
-    """`stale_marks` of stored rows, read straight from their columns (Arrow: `encode_arrow`)."""
+    """`stale_marks` of stored rows, read straight from their columns (Arrow: `table_marks`)."""
     if isinstance(rows, pa.Table):
-        encoded = encode_arrow(
-            rows.column("node_id"),
-            rows.column("source_id"),
-            rows.column("created").to_numpy(),
-            rows.column("property"),
-            rows.column("kind"),
-            inserted_ms,
-        )
+        encoded = table_marks(rows, inserted_ms).marks()
     else:
         encoded = encode_columns(rows.node_id, rows.source_id, rows.created, rows.property, rows.kind, inserted_ms)
     return [(stream_key(node, source), value) for node, source, value in encoded]
@@ -270,16 +274,7 @@ def stored_marks(rows: pa.Table | RawColumns, inserted_ms: int) -> MarkColumns |
     """The stale marks of a stored batch: the columnar path's as `MarkColumns` (written as
     bundles of arrays, `column_bundles`), the reference path's a mark per stream."""
     if isinstance(rows, pa.Table):
-        if not len(rows):
-            return []
-        return mark_columns(
-            rows.column("node_id"),
-            rows.column("source_id"),
-            rows.column("created").to_numpy(),
-            rows.column("property"),
-            rows.column("kind"),
-            inserted_ms,
-        )
+        return table_marks(rows, inserted_ms) if len(rows) else []
     return column_marks(rows, inserted_ms)
 
 

@@ -27,7 +27,6 @@ from processors.stale_marks import (
     compact,
     decode,
     encode,
-    encode_arrow,
     encode_columns,
     mark_columns,
     marks_in,
@@ -165,16 +164,10 @@ ARROW_ROWS = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(rows=ARROW_ROWS, inserted=st.none() | MS)
-def test_marks_of_arrow_columns_are_the_marks_of_lists_byte_for_byte(
-    rows: list[tuple[int, str, int, str, str]], inserted: int | None
-) -> None:
-    """The columnar datum path's marks (`encode_arrow`, Arrow's hash grouping) are those of the
-    per-row reference (`encode_columns`): streams and spans in first-seen order, the same bytes."""
+def arrow_marks(rows: list[tuple[int, str, int, str, str]], inserted: int | None) -> MarkColumns:
+    """The changes as the columnar path's Arrow columns, made into `MarkColumns`."""
     node, source, created, prop, kind = (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [], [], [])
-    want = encode_columns(node, source, created, prop, kind, inserted)
-    got = encode_arrow(
+    return mark_columns(
         pa.array(node, pa.uint64()),
         pa.array(source, pa.string()),
         np.asarray(created, dtype=np.int64),
@@ -182,7 +175,18 @@ def test_marks_of_arrow_columns_are_the_marks_of_lists_byte_for_byte(
         pa.array(kind, pa.string()),
         inserted,
     )
-    assert got == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=ARROW_ROWS, inserted=st.none() | MS)
+def test_marks_of_arrow_columns_are_the_marks_of_lists_byte_for_byte(
+    rows: list[tuple[int, str, int, str, str]], inserted: int | None
+) -> None:
+    """The columnar datum path's marks (`mark_columns`, Arrow's hash grouping) are those of the
+    per-row reference (`encode_columns`): streams and spans in first-seen order, the same bytes."""
+    node, source, created, prop, kind = (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [], [], [])
+    want = encode_columns(node, source, created, prop, kind, inserted)
+    assert arrow_marks(rows, inserted).marks() == want
 
 
 def test_column_marks_read_arrow_tables_and_lists_alike() -> None:
@@ -267,18 +271,6 @@ def test_bundles_keep_each_stream_on_its_partition_in_order(
 
 
 # -- bundles of arrays (version 3) -----------------------------------------------------------------
-
-
-def arrow_marks(rows: list[tuple[int, str, int, str, str]], inserted: int | None) -> MarkColumns:
-    node, source, created, prop, kind = (list(c) for c in zip(*rows, strict=True))
-    return mark_columns(
-        pa.array(node, pa.uint64()),
-        pa.array(source, pa.string()),
-        np.asarray(created, dtype=np.int64),
-        pa.array(prop, pa.string()),
-        pa.array(kind, pa.string()),
-        inserted,
-    )
 
 
 @settings(max_examples=300, deadline=None)
