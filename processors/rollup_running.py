@@ -337,19 +337,15 @@ class RunningRollups:
     # -- series in and out ----------------------------------------------------------------------
 
     def store(self, states: Mapping[str, SeriesState]) -> dict[str, int]:
-        """New slots holding these states (one stream's), for `put`."""
-        return self.store_seeds({prop: Seed.of(state) for prop, state in states.items()})
-
-    def store_seeds(self, seeds: Mapping[str, Seed]) -> dict[str, int]:
-        """New slots holding these seeds (one stream's), for `put`: `seed`'s state written
-        directly, without a `SeriesState` (a fleet's first step seeds tens of thousands)."""
+        """New slots holding these states (one stream's), for `put` (a stream's first step seeds
+        by `store_fresh`)."""
         with self._lock:
             out: dict[str, int] = {}
-            for prop, sd in seeds.items():
+            for prop, state in states.items():
                 if not self._free:
                     self._grow(2 * self._cap)
                 k = self._free.pop()
-                self._write(k, sd)
+                self._write(k, Seed.of(state))
                 out[prop] = k
             return out
 
