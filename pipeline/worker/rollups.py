@@ -309,12 +309,7 @@ class RollupMaintainer:
             got = read_points(self.client, ranges, pulse)
             if got.num_rows:
                 points = _new_points(PointColumns.of(got), [taken[stream] for stream in order], last_t)
-        out.columns, fell = running.append_points(order, points, self.tol) if points else (None, set())
-        out.kept = {stream: taken[stream] for stream in reach if stream not in fell}
-        if points is not None:
-            # series steps appended: the series with new points of the streams kept
-            kept = np.asarray([stream in out.kept for stream in order], np.bool_)
-            out.appended = _series_in(points.slot[kept[points.stream]])
+        self._appended(out, running, order, {stream: taken[stream] for stream in reach}, points)
         fell_back = len(taken) - len(out.kept)
         now = time.monotonic()
         cold = [
@@ -389,11 +384,12 @@ class RollupMaintainer:
         if not table.num_rows:
             return out
         read = _ColdSeries(PointColumns.of(table))
-        refused = read.dense() | read.two_kinds() | read.changes_missing(plan, spans_of, spans)
+        dense = read.dense()
+        refused = dense | read.two_kinds() | read.changes_missing(plan, spans_of, spans)
         now = time.monotonic()
         if len(self._dense) > 10_000:
             self._dense = {k: until for k, until in self._dense.items() if until > now}
-        self._dense.update((plan[q].stream, now + DENSE_FOR_S) for q in read.dense())
+        self._dense.update((plan[q].stream, now + DENSE_FOR_S) for q in dense)
         # a counted point after the step's last (as far as its year bucket reaches)
         after = [
             (q, *c.stream, c.last + 1, bucket_bounds(c.last, "year", c.zone)[1])
@@ -425,13 +421,25 @@ class RollupMaintainer:
         out.taken = {plan[q].stream: slots for q, slots in enumerate(slots_of) if slots}
         out.series = len(groups)
         points = _new_points(read.c, slots_of, running.last_t)
-        order = [c.stream for c in plan]
+        self._appended(out, running, [c.stream for c in plan], out.taken, points)
+        return out
+
+    def _appended(
+        self,
+        out: _Appended,
+        running: RunningRollups,
+        order: Sequence[Stream],
+        slots: Mapping[Stream, dict[str, int]],
+        points: Points | None,
+    ) -> None:
+        """The points appended (`order`: the streams `points.stream` indexes): into `out` the
+        rows, the streams kept (of `slots`, those that did not fall back) and the series steps
+        appended (the series with points of the streams kept)."""
         out.columns, fell = running.append_points(order, points, self.tol) if points else (None, set())
-        out.kept = {stream: slots for stream, slots in out.taken.items() if stream not in fell}
+        out.kept = {stream: mine for stream, mine in slots.items() if stream not in fell}
         if points is not None:
             kept = np.asarray([stream in out.kept for stream in order], np.bool_)
             out.appended = _series_in(points.slot[kept[points.stream] & (points.slot >= 0)])
-        return out
 
     # -- the point cache (processors/point_cache.py) ----------------------------------------------
 
