@@ -142,6 +142,20 @@ def best(fn: Callable[[RawColumns, int], int], rows: RawColumns, repeat: int) ->
     return min(times) * 1000, size
 
 
+Round = Callable[[RawColumns, int], int]
+
+
+def compare(title: str, before: tuple[str, Round], after: tuple[str, Round], rows: RawColumns, repeat: int) -> None:
+    """Print the best time and the bytes of both, and after/before of each."""
+    (b_name, b_fn), (a_name, a_fn) = before, after
+    b_ms, b_bytes = best(b_fn, rows, repeat)
+    a_ms, a_bytes = best(a_fn, rows, repeat)
+    print(
+        f"{title}: {b_name} {b_ms:7.1f} ms {b_bytes:>9,} B | {a_name} {a_ms:6.1f} ms {a_bytes:>9,} B | "
+        f"{a_name}/{b_name} time {a_ms / b_ms:.3f}, bytes {a_bytes / b_bytes:.3f}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=7)
@@ -149,20 +163,10 @@ def main() -> None:
     for name, streams, spacing in (("dense", 20, 1000), ("fleet", 20_000, 60_000)):
         rows = batch(streams, spacing)
         TABLES[id(rows)] = raw_table(rows)
-        old_ms, old_bytes = best(old_round, rows, args.repeat)
-        new_ms, new_bytes = best(new_round, rows, args.repeat)
-        print(
-            f"{name:5} {DATUMS} datums x 4 samples ({len(rows)} rows), {streams} streams: "
-            f"old JSON {old_ms:7.1f} ms {old_bytes:>9,} B | new binary {new_ms:6.1f} ms {new_bytes:>9,} B | "
-            f"new/old time {new_ms / old_ms:.3f}, bytes {new_bytes / old_bytes:.3f}"
-        )
-        b_ms, b_bytes = best(bundled_round, rows, args.repeat)
-        a_ms, a_bytes = best(arrays_round, rows, args.repeat)
-        print(
-            f"{name:5} encoded, bundled per partition, read twice: marks bundled {b_ms:6.1f} ms {b_bytes:>9,} B | "
-            f"bundles of arrays {a_ms:6.1f} ms {a_bytes:>9,} B | arrays/bundled time {a_ms / b_ms:.3f}, "
-            f"bytes {a_bytes / b_bytes:.3f}"
-        )
+        title = f"{name:5} {DATUMS} datums x 4 samples ({len(rows)} rows), {streams} streams"
+        compare(title, ("old JSON", old_round), ("new binary", new_round), rows, args.repeat)
+        title = f"{name:5} encoded, bundled per partition, read twice"
+        compare(title, ("marks bundled", bundled_round), ("bundles of arrays", arrays_round), rows, args.repeat)
 
 
 if __name__ == "__main__":

@@ -189,6 +189,11 @@ def roll_up(client: Any, sink: RawSink, maintainer: RollupMaintainer | RollupLan
     mark_rolled_up(client, {(n, s, stamp) for n, s in zip(cols.node_id, cols.source_id, strict=True)})
 
 
+def meter_datum(node: int, source: str, t: int) -> Datum:
+    """A meter's datum at t: an instantaneous, an accumulating and a status sample."""
+    return Datum(node, source, t, i={"watts": 1.0 + t % 7}, a={"wattHours": t / 1000.0}, s={"mode": "on"})
+
+
 def check_example(client: Any) -> None:
     rows = {(r.periodicity, r.ts_start_ms): r for r in stored(client, *EXAMPLE)}
     nine = T0 - 3 * HOUR
@@ -388,7 +393,7 @@ def test_running_rollups_count_only_the_series_they_kept(clickhouse_url: str, ch
     sink = RawSink(client)
 
     def datum(node: int, t: int) -> Datum:
-        return Datum(node, f"/c/{node}", t, i={"watts": 1.0 + t % 7}, a={"wattHours": t / 1000.0}, s={"mode": "on"})
+        return meter_datum(node, f"/c/{node}", t)
 
     def step(datums: list[Datum]) -> None:
         cols = RawColumns()
@@ -421,7 +426,7 @@ def test_a_first_step_is_not_seeded_where_the_store_counts_a_later_reading(
     sink = RawSink(client)
 
     def datum(node: int, t: int) -> Datum:
-        return Datum(node, f"/l/{node}", t, i={"watts": 1.0 + t % 7}, a={"wattHours": t / 1000.0}, s={"mode": "on"})
+        return meter_datum(node, f"/l/{node}", t)
 
     sent = {n: [datum(n, T0 + k * MIN) for k in range(6)] for n in (1, 2)}
     for n, datums in sent.items():
